@@ -1,0 +1,300 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * memcg_iter: a cgroup iterator that emits one fixed-layout record of the
+ * selected memory-cgroup statistics per visited cgroup (see memcg_record.h).
+ *
+ * The selection is .rodata, set by the loader before load: which stats, at
+ * which slot of which kernel array, with which scale. The verifier sees those
+ * values as constants, so one object serves every selection and every kernel
+ * layout the loader can resolve, and unused paths are dead code.
+ */
+#include "vmlinux_min.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "memcg_record.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* --- selection, written by the loader into .rodata before load --- */
+const volatile __u32 nr_stats = 0;
+const volatile __u32 seq_budget = 0;		/* records that fit the seq buffer */
+const volatile __u32 overflow_capacity = 0;	/* entries of the overflow map */
+const volatile bool local_stats = false;	/* state_local/events_local */
+const volatile bool use_kfuncs = false;		/* Linux 7.0+ memcg kfuncs */
+/* cgroup v1 reports the root memcg's usage from its stats (mem_cgroup_usage) */
+const volatile bool root_usage_from_stats = false;
+const volatile __u32 root_file_slot = 0;
+const volatile __u32 root_anon_slot = 0;
+const volatile __u64 page_size = 4096;
+const volatile struct pmc_stat_spec specs[PMC_MAX_STATS] = {};
+
+/* --- writer bookkeeping; only touched under cgroup_mutex, except in the
+ * end-of-walk call, which reads it carefully (see pmc_write_trailer) --- */
+struct pmc_overflow_state overflow_state = {};
+__u64 visited = 0;
+
+struct pmc_scratch {
+	struct pmc_record hdr;
+	__u64 values[PMC_MAX_STATS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pmc_scratch);
+} scratch SEC(".maps");
+
+/* Records past the seq budget. Value size and capacity are set at load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct pmc_record));
+} overflow SEC(".maps");
+
+/* Linux 7.0+ (mm/bpf_memcontrol.c). Weak: unresolved where absent; every
+ * call sits behind use_kfuncs, which stays false there, so it is dead code. */
+extern struct mem_cgroup *bpf_get_mem_cgroup(struct cgroup_subsys_state *css) __ksym __weak;
+extern void bpf_put_mem_cgroup(struct mem_cgroup *memcg) __ksym __weak;
+extern unsigned long bpf_mem_cgroup_page_state(struct mem_cgroup *memcg, int idx) __ksym __weak;
+extern unsigned long bpf_mem_cgroup_vm_events(struct mem_cgroup *memcg, int event) __ksym __weak;
+extern unsigned long bpf_mem_cgroup_memory_events(struct mem_cgroup *memcg, int event) __ksym __weak;
+extern unsigned long bpf_mem_cgroup_usage(struct mem_cgroup *memcg) __ksym __weak;
+
+#define barrier() asm volatile("" ::: "memory")
+
+static __always_inline __u64 read_u64(const void *addr, bool *ok)
+{
+	__u64 v = 0;
+
+	*ok = bpf_probe_read_kernel(&v, sizeof(v), addr) == 0;
+	return v;
+}
+
+static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which, bool *ok)
+{
+	struct page_counter *pc;
+
+	pc = which < PMC_CTR_SWAP_USAGE ? &memcg->memory : &memcg->swap;
+	switch (which) {
+	case PMC_CTR_MEMORY_USAGE:
+	case PMC_CTR_SWAP_USAGE:
+		return read_u64(__builtin_preserve_access_index(&pc->usage.counter), ok);
+	case PMC_CTR_MEMORY_PEAK:
+	case PMC_CTR_SWAP_PEAK:
+		return read_u64(__builtin_preserve_access_index(&pc->watermark), ok);
+	case PMC_CTR_MEMORY_MAX:
+	case PMC_CTR_SWAP_MAX:
+		return read_u64(__builtin_preserve_access_index(&pc->max), ok);
+	case PMC_CTR_MEMORY_FAILCNT:
+	case PMC_CTR_SWAP_FAILCNT:
+		return read_u64(__builtin_preserve_access_index(&pc->failcnt), ok);
+	}
+	*ok = false;
+	return 0;
+}
+
+/* Fill rec->values for one memcg through CO-RE reads of struct mem_cgroup. */
+static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup *memcg,
+				      bool is_root)
+{
+	struct memcg_vmstats *vmstats = BPF_CORE_READ(memcg, vmstats);
+	__u32 state_len = bpf_core_field_size(struct memcg_vmstats, state) / sizeof(long);
+	__u32 events_len = bpf_core_field_size(struct memcg_vmstats, events) / sizeof(long);
+	__u32 memev_len = bpf_core_field_size(struct mem_cgroup, memory_events) / sizeof(long);
+	__u32 state_off, events_off, memev_off;
+	__u64 valid = 0;
+	__u32 i;
+
+	if (local_stats) {
+		state_off = bpf_core_field_offset(struct memcg_vmstats, state_local);
+		events_off = bpf_core_field_offset(struct memcg_vmstats, events_local);
+		memev_off = bpf_core_field_offset(struct mem_cgroup, memory_events_local);
+	} else {
+		state_off = bpf_core_field_offset(struct memcg_vmstats, state);
+		events_off = bpf_core_field_offset(struct memcg_vmstats, events);
+		memev_off = bpf_core_field_offset(struct mem_cgroup, memory_events);
+	}
+	if (!vmstats)
+		rec->hdr.flags |= PMC_REC_NO_VMSTATS;
+
+	for (i = 0; i < PMC_MAX_STATS; i++) {
+		__u32 kind, slot, flags;
+		__u64 scale, v = 0;
+		bool ok = false;
+
+		if (i >= nr_stats)
+			break;
+		kind = specs[i].kind;
+		slot = specs[i].slot;
+		flags = specs[i].flags;
+		scale = specs[i].scale;
+
+		switch (kind) {
+		case PMC_KIND_STATE:
+			if (vmstats && slot < state_len)
+				v = read_u64((void *)vmstats + state_off + slot * sizeof(long), &ok);
+			break;
+		case PMC_KIND_EVENT:
+			if (vmstats && slot < events_len)
+				v = read_u64((void *)vmstats + events_off + slot * sizeof(long), &ok);
+			break;
+		case PMC_KIND_MEMEVENT:
+			if (slot < memev_len)
+				v = read_u64((void *)memcg + memev_off + slot * sizeof(long), &ok);
+			break;
+		case PMC_KIND_COUNTER:
+			if (slot == PMC_CTR_MEMORY_USAGE && is_root) {
+				/* v1 memory.usage_in_bytes of the root memcg is
+				 * NR_FILE_PAGES + NR_ANON_MAPPED (mem_cgroup_usage) */
+				if (root_usage_from_stats && vmstats &&
+				    root_file_slot < state_len && root_anon_slot < state_len) {
+					__u32 off = bpf_core_field_offset(struct memcg_vmstats, state);
+					bool ok2 = false;
+					long f = read_u64((void *)vmstats + off + root_file_slot * sizeof(long), &ok);
+					long a = read_u64((void *)vmstats + off + root_anon_slot * sizeof(long), &ok2);
+
+					ok = ok && ok2;
+					v = (f > 0 ? f : 0) + (a > 0 ? a : 0);
+				}
+			} else {
+				v = read_counter(memcg, slot, &ok);
+			}
+			break;
+		}
+		if (!ok) {
+			rec->values[i & (PMC_MAX_STATS - 1)] = 0;
+			continue;
+		}
+		/* memcg_page_state() reports a transiently negative sum as 0 */
+		if ((flags & PMC_SPEC_SIGNED) && (long)v < 0)
+			v = 0;
+		rec->values[i & (PMC_MAX_STATS - 1)] = v * scale;
+		valid |= 1ULL << i;
+	}
+	rec->hdr.valid = valid;
+}
+
+/* Fill rec->values through the Linux 7.0+ kfuncs. */
+static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *cgrp)
+{
+	struct mem_cgroup *memcg = bpf_get_mem_cgroup(&cgrp->self);
+	__u64 valid = 0;
+	__u32 i;
+
+	if (!memcg) {
+		rec->hdr.flags |= PMC_REC_NO_MEMCG;
+		return;
+	}
+	for (i = 0; i < PMC_MAX_STATS; i++) {
+		__u64 v = (unsigned long)-1;
+
+		if (i >= nr_stats)
+			break;
+		switch (specs[i].kind) {
+		case PMC_KIND_STATE:
+			v = bpf_mem_cgroup_page_state(memcg, specs[i].item);
+			break;
+		case PMC_KIND_EVENT:
+			v = bpf_mem_cgroup_vm_events(memcg, specs[i].item);
+			break;
+		case PMC_KIND_MEMEVENT:
+			v = bpf_mem_cgroup_memory_events(memcg, specs[i].item);
+			break;
+		case PMC_KIND_COUNTER:
+			if (specs[i].slot == PMC_CTR_MEMORY_USAGE)
+				v = bpf_mem_cgroup_usage(memcg);
+			break;
+		}
+		/* (unsigned long)-1: the kernel does not track this item */
+		if (v == (unsigned long)-1)
+			continue;
+		rec->values[i & (PMC_MAX_STATS - 1)] = v * specs[i].scale;
+		valid |= 1ULL << i;
+	}
+	rec->hdr.valid = valid;
+	bpf_put_mem_cgroup(memcg);
+}
+
+/*
+ * End of walk: runs after cgroup_mutex was dropped, so another session may
+ * already be writing the bookkeeping. Read `visited` before the owner:
+ * a new session sets the owner first, so an unchanged owner proves the count.
+ */
+static __always_inline int pmc_write_trailer(struct bpf_iter_meta *meta)
+{
+	struct pmc_trailer t = {
+		.magic = PMC_TRAILER_MAGIC,
+		.session_id = meta->session_id,
+	};
+	__u64 count = visited;
+
+	barrier();
+	t.visited = overflow_state.session_id == meta->session_id ? count : ~0ULL;
+	bpf_seq_write(meta->seq, &t, sizeof(t));
+	return 0;
+}
+
+SEC("iter/cgroup")
+int pmc_memcg_iter(struct bpf_iter__cgroup *ctx)
+{
+	struct bpf_iter_meta *meta = ctx->meta;
+	struct cgroup *cgrp = ctx->cgroup;
+	struct cgroup_subsys_state *css, *parent;
+	struct pmc_scratch *rec;
+	__u32 size = PMC_RECORD_SIZE(nr_stats);
+	__u32 zero = 0;
+	__u64 n;
+
+	if (!cgrp)
+		return pmc_write_trailer(meta);
+
+	if (overflow_state.session_id != meta->session_id) {
+		/* first cgroup of a new session: claim the bookkeeping */
+		overflow_state.session_id = meta->session_id;
+		barrier();
+		overflow_state.written = 0;
+		overflow_state.dropped = 0;
+		visited = 0;
+	}
+
+	rec = bpf_map_lookup_elem(&scratch, &zero);
+	if (!rec || size > sizeof(*rec))
+		return 1;
+
+	rec->hdr.cgroup_id = BPF_CORE_READ(cgrp, kn, id);
+	parent = BPF_CORE_READ(cgrp, self.parent);
+	rec->hdr.parent_id = parent ? BPF_CORE_READ(parent, cgroup, kn, id) : 0;
+	rec->hdr.level = BPF_CORE_READ(cgrp, level);
+	rec->hdr.flags = 0;
+	rec->hdr.valid = 0;
+
+	if (use_kfuncs) {
+		fill_kfunc(rec, cgrp);
+	} else {
+		css = BPF_CORE_READ(cgrp, subsys[bpf_core_enum_value(enum cgroup_subsys_id,
+								     memory_cgrp_id)]);
+		if (css)
+			fill_core(rec, (struct mem_cgroup *)css, parent == 0);
+		else
+			rec->hdr.flags |= PMC_REC_NO_MEMCG;
+	}
+
+	n = visited++;
+	if (n < seq_budget) {
+		bpf_seq_write(meta->seq, rec, size);
+	} else {
+		__u32 idx = n - seq_budget;
+		void *dst = idx < overflow_capacity ? bpf_map_lookup_elem(&overflow, &idx) : 0;
+
+		if (dst) {
+			bpf_probe_read_kernel(dst, size, rec);
+			overflow_state.written++;
+		} else {
+			overflow_state.dropped++;
+		}
+	}
+	return 0;
+}

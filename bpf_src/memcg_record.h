@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The wire format between the memcg iterator program and its readers.
+ * Included by the BPF program (bpf_src/), the C shim (csrc/) and mirrored by
+ * pymemcg/decode.py; change all three together and bump PMC_FORMAT_VERSION.
+ *
+ * One iterator session writes, in this order:
+ *   N records    struct pmc_record + nr_stats u64 values, fixed size
+ *   1 trailer    struct pmc_trailer, written when the walk has ended
+ * Records past the seq budget (the kernel's 32 KiB session buffer) go to the
+ * mmapable overflow array map instead; the trailer's `visited` tells how many
+ * records the walk produced in all.
+ */
+#ifndef PMC_MEMCG_RECORD_H
+#define PMC_MEMCG_RECORD_H
+
+#define PMC_FORMAT_VERSION	1
+#define PMC_MAX_STATS		64	/* one bit each in pmc_record.valid */
+#define PMC_SEQ_BUF_SIZE	32768	/* PAGE_SIZE << 3 in kernel/bpf/bpf_iter.c */
+#define PMC_TRAILER_MAGIC	0x31474d434d4d50ULL	/* "PMMCMG1" */
+
+/* pmc_record.flags */
+#define PMC_REC_NO_MEMCG	(1U << 0)	/* cgroup has no memory css */
+#define PMC_REC_NO_VMSTATS	(1U << 1)	/* memcg->vmstats was NULL */
+
+/* pmc_stat_spec.kind */
+enum pmc_stat_kind {
+	PMC_KIND_NONE = 0,	/* unavailable: never read, valid bit stays 0 */
+	PMC_KIND_STATE,		/* memcg_vmstats.state[slot] / state_local[slot] */
+	PMC_KIND_EVENT,		/* memcg_vmstats.events[slot] / events_local[slot] */
+	PMC_KIND_MEMEVENT,	/* mem_cgroup.memory_events[slot] / _local[slot] */
+	PMC_KIND_COUNTER,	/* a page_counter field, slot is enum pmc_counter */
+};
+
+/* pmc_stat_spec.slot when kind == PMC_KIND_COUNTER */
+enum pmc_counter {
+	PMC_CTR_MEMORY_USAGE = 0,
+	PMC_CTR_MEMORY_PEAK,
+	PMC_CTR_MEMORY_MAX,
+	PMC_CTR_MEMORY_FAILCNT,
+	PMC_CTR_SWAP_USAGE,	/* memcg->swap on cgroup v2, memcg->memsw on v1 */
+	PMC_CTR_SWAP_PEAK,
+	PMC_CTR_SWAP_MAX,
+	PMC_CTR_SWAP_FAILCNT,
+};
+
+/* pmc_stat_spec.flags */
+#define PMC_SPEC_SIGNED		(1U << 0)	/* kernel keeps a long: clamp < 0 to 0 */
+
+struct pmc_stat_spec {
+	unsigned int kind;	/* enum pmc_stat_kind */
+	unsigned int slot;	/* array index (CO-RE backend) */
+	unsigned int item;	/* kernel enum value (kfunc backend) */
+	unsigned int flags;	/* PMC_SPEC_* */
+	unsigned long long scale;	/* value = raw * scale: page size, 1024, 1 */
+};
+
+struct pmc_record {
+	unsigned long long cgroup_id;	/* kernfs id == st_ino of the directory */
+	unsigned long long parent_id;	/* 0 for the hierarchy root */
+	unsigned int level;		/* 0 for the hierarchy root */
+	unsigned int flags;		/* PMC_REC_* */
+	unsigned long long valid;	/* bit i set: value i was read */
+	/* followed by nr_stats unsigned long long values, bytes or counts */
+};
+
+struct pmc_trailer {
+	unsigned long long magic;	/* PMC_TRAILER_MAGIC */
+	unsigned long long session_id;	/* bpf_iter_meta.session_id */
+	unsigned long long visited;	/* records this walk produced in all */
+};
+
+/* Writer bookkeeping in .bss, read by the shim through the mmaped map. */
+struct pmc_overflow_state {
+	unsigned long long session_id;	/* session whose records the map holds */
+	unsigned long long written;	/* records written to the map */
+	unsigned long long dropped;	/* records that did not fit the map */
+};
+
+#define PMC_RECORD_SIZE(nr_stats) \
+	(sizeof(struct pmc_record) + (nr_stats) * sizeof(unsigned long long))
+
+#endif /* PMC_MEMCG_RECORD_H */

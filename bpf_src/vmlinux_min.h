@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The few kernel types memcg_iter.bpf.c touches, declared by hand with
+ * preserve_access_index so that libbpf relocates every field offset and size
+ * against the running kernel's BTF (CO-RE). A full vmlinux.h would tie the
+ * build to the build host's kernel; these declarations tie it to nothing.
+ * Member order and array sizes here are placeholders: only names and types
+ * matter.
+ */
+#ifndef PMC_VMLINUX_MIN_H
+#define PMC_VMLINUX_MIN_H
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed char __s8;
+typedef short __s16;
+typedef int __s32;
+typedef long long __s64;
+typedef __u32 __be32;
+typedef __u16 __be16;
+typedef __u32 __wsum;
+typedef __u64 u64;
+typedef _Bool bool;
+#define true 1
+#define false 0
+
+enum bpf_map_type {
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+};
+
+enum {
+	BPF_F_MMAPABLE = (1U << 10),
+};
+
+typedef struct {
+	long counter;
+} atomic_long_t;
+
+struct seq_file;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+	__u64 session_id;
+	__u64 seq_num;
+} __attribute__((preserve_access_index));
+
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup;
+
+struct cgroup_subsys_state {
+	struct cgroup *cgroup;
+	struct cgroup_subsys_state *parent;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct cgroup_subsys_state self;
+	int level;
+	struct kernfs_node *kn;
+	struct cgroup_subsys_state *subsys[16];
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__cgroup {
+	struct bpf_iter_meta *meta;
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct page_counter {
+	atomic_long_t usage;
+	unsigned long failcnt;
+	unsigned long watermark;
+	unsigned long max;
+} __attribute__((preserve_access_index));
+
+struct memcg_vmstats {
+	long state[1];
+	unsigned long events[1];
+	long state_local[1];
+	unsigned long events_local[1];
+} __attribute__((preserve_access_index));
+
+struct mem_cgroup {
+	struct cgroup_subsys_state css;
+	struct page_counter memory;
+	struct page_counter swap;
+	struct memcg_vmstats *vmstats;
+	atomic_long_t memory_events[1];
+	atomic_long_t memory_events_local[1];
+} __attribute__((preserve_access_index));
+
+enum cgroup_subsys_id {
+	memory_cgrp_id = 4,
+};
+
+#endif /* PMC_VMLINUX_MIN_H */

@@ -1,0 +1,83 @@
+"""cffi build module (API mode) for pymemcg._pymemcg.
+
+The cdef below mirrors csrc/pmc_shim.h; keep them together. libbpf is linked
+statically (libbpf.a) so that the built extension needs only libelf and zlib.
+The BPF object is embedded through the skeleton that `make bpf` writes into
+build/.
+"""
+
+import os
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BUILD = os.path.join(ROOT, "build")
+
+CDEF = """
+#define PMC_MAX_STATS 64
+
+struct pmc_stat_spec {
+    unsigned int kind;
+    unsigned int slot;
+    unsigned int item;
+    unsigned int flags;
+    unsigned long long scale;
+};
+
+struct pmc_config {
+    unsigned int nr_stats;
+    struct pmc_stat_spec specs[64];
+    int local_stats;
+    int use_kfuncs;
+    int root_usage_from_stats;
+    unsigned int root_file_slot;
+    unsigned int root_anon_slot;
+    unsigned long long page_size;
+    unsigned int overflow_capacity;
+};
+
+struct pmc_prog;
+struct pmc_btf;
+
+int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
+                  char *log, size_t log_size);
+void pmc_prog_destroy(struct pmc_prog *prog);
+unsigned int pmc_prog_record_size(const struct pmc_prog *prog);
+unsigned int pmc_prog_seq_budget(const struct pmc_prog *prog);
+unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog);
+int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order);
+int pmc_link_pin(int link_fd, const char *path);
+ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size);
+int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
+                      void *dst, unsigned long long n);
+
+int pmc_btf_open(const char *path, struct pmc_btf **out);
+void pmc_btf_close(struct pmc_btf *btf);
+int pmc_btf_enum(struct pmc_btf *btf, const char *enum_name, char *out, size_t out_size);
+long pmc_btf_member_size(struct pmc_btf *btf, const char *struct_name, const char *member);
+int pmc_btf_has_func(struct pmc_btf *btf, const char *name);
+"""
+
+
+def _libbpf_archive() -> str:
+    """The position-independent libbpf.a that `make bpf` builds."""
+    path = os.path.join(BUILD, "libbpf", "libbpf.a")
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} is missing: run `make bpf` first")
+    return path
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "pymemcg._pymemcg",
+    '#include "pmc_shim.h"\n',
+    sources=[os.path.relpath(os.path.join(HERE, "pmc_shim.c"), ROOT)],
+    include_dirs=[HERE, os.path.join(ROOT, "bpf_src"), BUILD, os.path.join(BUILD, "libbpf", "include")],
+    extra_objects=[_libbpf_archive()],
+    libraries=["elf", "z"],
+    extra_compile_args=["-O2", "-Wall"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

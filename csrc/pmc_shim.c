@@ -1,0 +1,329 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+
+#include "pmc_shim.h"
+#include "memcg_iter.skel.h"
+
+struct pmc_prog {
+	struct memcg_iter *skel;
+	void *overflow_mem;		/* mmap of the overflow map */
+	size_t overflow_mem_size;
+	unsigned int record_size;
+	unsigned int seq_budget;
+	unsigned int overflow_capacity;
+};
+
+/*
+ * libbpf reports through a process-wide print callback. Keep what it says
+ * during a load so that the caller gets it with the error instead of on
+ * stderr of whatever daemon embeds us.
+ */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *log_dst;
+static size_t log_cap, log_len;
+
+static int capture_print(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+	int n;
+
+	if (level == LIBBPF_DEBUG || !log_dst || log_len + 1 >= log_cap)
+		return 0;
+	n = vsnprintf(log_dst + log_len, log_cap - log_len, fmt, args);
+	if (n > 0)
+		log_len = log_len + n < log_cap ? log_len + n : log_cap - 1;
+	return 0;
+}
+
+static void log_begin(char *dst, size_t cap)
+{
+	pthread_mutex_lock(&log_lock);
+	log_dst = dst;
+	log_cap = cap;
+	log_len = 0;
+	if (cap)
+		dst[0] = '\0';
+	libbpf_set_print(capture_print);
+}
+
+static void log_end(void)
+{
+	log_dst = NULL;
+	log_cap = log_len = 0;
+	pthread_mutex_unlock(&log_lock);
+}
+
+void pmc_prog_destroy(struct pmc_prog *prog)
+{
+	if (!prog)
+		return;
+	if (prog->overflow_mem)
+		munmap(prog->overflow_mem, prog->overflow_mem_size);
+	memcg_iter__destroy(prog->skel);
+	free(prog);
+}
+
+int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
+		  char *log, size_t log_size)
+{
+	/* the kernel's verifier log of a rejected program goes here too */
+	LIBBPF_OPTS(bpf_object_open_opts, opts,
+		    .kernel_log_buf = NULL, .kernel_log_size = 0);
+	struct pmc_prog *prog;
+	struct memcg_iter *skel;
+	unsigned int i, capacity;
+	int err, map_fd;
+
+	*out = NULL;
+	if (cfg->nr_stats > PMC_MAX_STATS || cfg->page_size == 0)
+		return -EINVAL;
+	capacity = cfg->overflow_capacity ? cfg->overflow_capacity : 1;
+
+	prog = calloc(1, sizeof(*prog));
+	if (!prog)
+		return -ENOMEM;
+	prog->record_size = PMC_RECORD_SIZE(cfg->nr_stats);
+	prog->seq_budget = (PMC_SEQ_BUF_SIZE - sizeof(struct pmc_trailer)) / prog->record_size;
+	prog->overflow_capacity = capacity;
+
+	log_begin(log, log_size);
+	skel = memcg_iter__open_opts(&opts);
+	if (!skel) {
+		err = -errno;
+		goto fail;
+	}
+	prog->skel = skel;
+
+	skel->rodata->nr_stats = cfg->nr_stats;
+	skel->rodata->seq_budget = prog->seq_budget;
+	skel->rodata->overflow_capacity = capacity;
+	skel->rodata->local_stats = !!cfg->local_stats;
+	skel->rodata->use_kfuncs = !!cfg->use_kfuncs;
+	skel->rodata->root_usage_from_stats = !!cfg->root_usage_from_stats;
+	skel->rodata->root_file_slot = cfg->root_file_slot;
+	skel->rodata->root_anon_slot = cfg->root_anon_slot;
+	skel->rodata->page_size = cfg->page_size;
+	for (i = 0; i < cfg->nr_stats; i++)
+		memcpy((void *)&skel->rodata->specs[i], &cfg->specs[i], sizeof(cfg->specs[i]));
+
+	err = bpf_map__set_value_size(skel->maps.overflow, prog->record_size);
+	if (!err)
+		err = bpf_map__set_max_entries(skel->maps.overflow, capacity);
+	if (!err && log && log_size)
+		err = bpf_program__set_log_buf(skel->progs.pmc_memcg_iter, log + log_size / 2,
+					       log_size - log_size / 2);
+	if (err)
+		goto fail;
+
+	err = memcg_iter__load(skel);
+	if (err)
+		goto fail;
+
+	map_fd = bpf_map__fd(skel->maps.overflow);
+	prog->overflow_mem_size = (size_t)capacity * prog->record_size;
+	prog->overflow_mem = mmap(NULL, prog->overflow_mem_size, PROT_READ, MAP_SHARED, map_fd, 0);
+	if (prog->overflow_mem == MAP_FAILED) {
+		prog->overflow_mem = NULL;
+		err = -errno;
+		goto fail;
+	}
+	log_end();
+	*out = prog;
+	return 0;
+fail:
+	log_end();
+	pmc_prog_destroy(prog);
+	return err < 0 ? err : -EINVAL;
+}
+
+unsigned int pmc_prog_record_size(const struct pmc_prog *prog)
+{
+	return prog->record_size;
+}
+
+unsigned int pmc_prog_seq_budget(const struct pmc_prog *prog)
+{
+	return prog->seq_budget;
+}
+
+unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog)
+{
+	return prog->overflow_capacity;
+}
+
+int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order)
+{
+	union bpf_iter_link_info linfo;
+	LIBBPF_OPTS(bpf_link_create_opts, opts);
+	int fd;
+
+	memset(&linfo, 0, sizeof(linfo));
+	linfo.cgroup.cgroup_fd = cgroup_fd;
+	linfo.cgroup.order = order;
+	opts.iter_info = &linfo;
+	opts.iter_info_len = sizeof(linfo);
+	fd = bpf_link_create(bpf_program__fd(prog->skel->progs.pmc_memcg_iter), 0,
+			     BPF_TRACE_ITER, &opts);
+	return fd < 0 ? -errno : fd;
+}
+
+int pmc_link_pin(int link_fd, const char *path)
+{
+	return bpf_obj_pin(link_fd, path) ? -errno : 0;
+}
+
+ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size)
+{
+	ssize_t n, total = 0;
+	int fd, err = 0;
+
+	fd = bpf_iter_create(link_fd);
+	if (fd < 0)
+		return -errno;
+	/* A buffer larger than the kernel's seq buffer gets the whole session
+	 * in one read (bpf_seq_read stops early only when count >= size). The
+	 * loop only runs on if a kernel ever hands out less. */
+	while ((size_t)total < buf_size) {
+		n = read(fd, (char *)buf + total, buf_size - total);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			err = -errno;
+			break;
+		}
+		if (n == 0)
+			break;
+		total += n;
+		if (total > 0 && (size_t)total < buf_size &&
+		    (size_t)total >= sizeof(struct pmc_trailer) &&
+		    ((struct pmc_trailer *)((char *)buf + total - sizeof(struct pmc_trailer)))->magic ==
+			    PMC_TRAILER_MAGIC &&
+		    (total - sizeof(struct pmc_trailer)) % 8 == 0)
+			break;	/* the trailer is the session's last word */
+	}
+	close(fd);
+	return err ? err : total;
+}
+
+int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
+		      void *dst, unsigned long long n)
+{
+	volatile struct pmc_overflow_state *st = &prog->skel->bss->overflow_state;
+
+	if (n > prog->overflow_capacity)
+		return -E2BIG;
+	if (__atomic_load_n(&st->session_id, __ATOMIC_ACQUIRE) != session_id)
+		return -EAGAIN;
+	if (st->written < n)
+		return st->dropped ? -E2BIG : -EAGAIN;
+	memcpy(dst, prog->overflow_mem, n * prog->record_size);
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	/* a session that started meanwhile claimed the map before writing */
+	if (__atomic_load_n(&st->session_id, __ATOMIC_ACQUIRE) != session_id)
+		return -EAGAIN;
+	return 0;
+}
+
+/* --- BTF --- */
+
+struct pmc_btf {
+	struct btf *btf;
+};
+
+int pmc_btf_open(const char *path, struct pmc_btf **out)
+{
+	struct pmc_btf *b;
+	int err;
+
+	*out = NULL;
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	b->btf = path ? btf__parse(path, NULL) : btf__load_vmlinux_btf();
+	err = libbpf_get_error(b->btf);
+	if (err) {
+		free(b);
+		return err < 0 ? err : -err;
+	}
+	*out = b;
+	return 0;
+}
+
+void pmc_btf_close(struct pmc_btf *b)
+{
+	if (!b)
+		return;
+	btf__free(b->btf);
+	free(b);
+}
+
+int pmc_btf_enum(struct pmc_btf *b, const char *enum_name, char *out, size_t out_size)
+{
+	const struct btf_type *t;
+	const struct btf_enum *e;
+	size_t len = 0;
+	int id, i, n;
+
+	id = btf__find_by_name_kind(b->btf, enum_name, BTF_KIND_ENUM);
+	if (id < 0)
+		return -ENOENT;
+	t = btf__type_by_id(b->btf, id);
+	e = btf_enum(t);
+	for (i = 0; i < btf_vlen(t); i++, e++) {
+		n = snprintf(out + len, out_size - len, "%s %d\n",
+			     btf__name_by_offset(b->btf, e->name_off), e->val);
+		if (n < 0 || (size_t)n >= out_size - len)
+			return -ENOSPC;
+		len += n;
+	}
+	return (int)len;
+}
+
+static long member_size(const struct btf *btf, const struct btf_type *t, const char *member)
+{
+	const struct btf_member *m = btf_members(t);
+	int i;
+
+	for (i = 0; i < btf_vlen(t); i++, m++) {
+		const char *name = btf__name_by_offset(btf, m->name_off);
+
+		if (name && name[0] && !strcmp(name, member))
+			return btf__resolve_size(btf, m->type);
+		if (!name || !name[0]) {	/* anonymous struct or union */
+			const struct btf_type *mt = btf__type_by_id(btf, btf__resolve_type(btf, m->type));
+			long sz;
+
+			if (mt && (btf_is_struct(mt) || btf_is_union(mt))) {
+				sz = member_size(btf, mt, member);
+				if (sz >= 0)
+					return sz;
+			}
+		}
+	}
+	return -ENOENT;
+}
+
+long pmc_btf_member_size(struct pmc_btf *b, const char *struct_name, const char *member)
+{
+	int id = btf__find_by_name_kind(b->btf, struct_name, BTF_KIND_STRUCT);
+
+	if (id < 0)
+		return -ENOENT;
+	return member_size(b->btf, btf__type_by_id(b->btf, id), member);
+}
+
+int pmc_btf_has_func(struct pmc_btf *b, const char *name)
+{
+	return btf__find_by_name_kind(b->btf, name, BTF_KIND_FUNC) >= 0;
+}

@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * pmc_shim: the small C side of pymemcg. It loads the memcg_iter skeleton
+ * with a selection, attaches the iterator to a cgroup, runs sessions, and
+ * answers questions about the running kernel's BTF. Python (cffi, API mode)
+ * calls only what is declared here; csrc/build_ffi.py mirrors it as cdef.
+ *
+ * Every function returns a negative errno on failure and leaves nothing
+ * behind: no fds, links or maps.
+ */
+#ifndef PMC_SHIM_H
+#define PMC_SHIM_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include "memcg_record.h"
+
+struct pmc_config {
+	unsigned int nr_stats;
+	struct pmc_stat_spec specs[PMC_MAX_STATS];
+	int local_stats;
+	int use_kfuncs;
+	int root_usage_from_stats;
+	unsigned int root_file_slot;
+	unsigned int root_anon_slot;
+	unsigned long long page_size;
+	unsigned int overflow_capacity;	/* records the overflow map can hold */
+};
+
+struct pmc_prog;
+
+/* Load the program with this selection; on a verifier rejection the kernel's
+ * log lands in log (NUL-terminated). */
+int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
+		  char *log, size_t log_size);
+void pmc_prog_destroy(struct pmc_prog *prog);
+unsigned int pmc_prog_record_size(const struct pmc_prog *prog);
+unsigned int pmc_prog_seq_budget(const struct pmc_prog *prog);
+unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog);
+
+/* A new iterator link on the cgroup behind cgroup_fd; returns the link fd. */
+int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order);
+
+int pmc_link_pin(int link_fd, const char *path);
+
+/* One session: create, read everything into buf, close. Returns bytes. */
+ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size);
+
+/* Copy the first n overflow records of session_id into dst. -EAGAIN when a
+ * later session took the map over meanwhile: read again. */
+int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
+		      void *dst, unsigned long long n);
+
+/* BTF of the running kernel (path NULL) or of a file. */
+struct pmc_btf;
+int pmc_btf_open(const char *path, struct pmc_btf **out);
+void pmc_btf_close(struct pmc_btf *btf);
+/* "NAME VALUE\n" per enumerator into out; bytes written, -ENOENT, -ENOSPC */
+int pmc_btf_enum(struct pmc_btf *btf, const char *enum_name, char *out, size_t out_size);
+/* byte size of struct_name.member, looking into anonymous members; -ENOENT */
+long pmc_btf_member_size(struct pmc_btf *btf, const char *struct_name, const char *member);
+/* 1 if a function (kfunc) of this name is in BTF, else 0 */
+int pmc_btf_has_func(struct pmc_btf *btf, const char *name);
+
+#endif /* PMC_SHIM_H */

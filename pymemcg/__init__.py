@@ -1,0 +1,26 @@
+"""pymemcg: memory-cgroup statistics through a pinned BPF cgroup iterator.
+
+    import pymemcg
+    with pymemcg.Reader(stats=["anon", "file", "usage", "pgfault"]) as r:
+        one = r.read("/sys/fs/cgroup/memory/some/group")
+        tree = r.read_tree("/sys/fs/cgroup/memory")
+
+Sizes are bytes and events counts, as memory.stat prints them. Nothing
+happens at import time: the BPF program loads when a Reader is made.
+"""
+
+from .catalog import DEFAULT_STATS
+from .decode import Record, Snapshot
+from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, MalformedData, NoBtf,
+                     NoMemoryController, NotACgroup, PermissionDenied, ReadError,
+                     StatUnavailable, UnknownStat, VerifierRejected)
+from .reader import FallbackWarning, Reader, StatInfo, stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Reader", "Record", "Snapshot", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
+    "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "MalformedData", "NoBtf",
+    "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "StatUnavailable",
+    "UnknownStat", "VerifierRejected", "__version__",
+]

@@ -1,0 +1,378 @@
+"""The BPF backend: a pinned cgroup iterator read straight into a buffer.
+
+One program is loaded per selection. It is attached once per (cgroup,
+order) and the link is pinned under PIN_DIR; each read then runs one
+iterator session (create, read, close) in C, and Python unpacks the fixed-
+layout records. A walk whose records exceed the session's 32 KiB buffer
+spills the rest into an mmaped array map in the same walk (see
+bpf_src/memcg_iter.bpf.c); the trailer says how many there were, so a tree
+is complete or the read fails, never truncated.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import re
+import threading
+import weakref
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import layout as layout_mod
+from .cgroupfs import Cgroup, NameCache, resolve_cgroup
+from .decode import FORMAT_VERSION, Layout, Record, Snapshot, parse_trailer
+from .errors import (BpfUnavailable, CgroupNotFound, MalformedData, PermissionDenied, ReadError,
+                     VerifierRejected)
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+BPFFS = "/sys/fs/bpf"
+PIN_DIR = os.path.join(BPFFS, "pymemcg")
+SEQ_BUF_SIZE = 32768                 # PMC_SEQ_BUF_SIZE
+ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE = 1, 2
+INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
+_RETRIES = 8
+
+_facts_lock = threading.Lock()
+_facts: Optional[layout_mod.KernelFacts] = None
+
+
+def kernel_facts() -> layout_mod.KernelFacts:
+    """The running kernel's facts, read from BTF once per process."""
+    global _facts
+    with _facts_lock:
+        if _facts is None:
+            _facts = layout_mod.KernelFacts.from_running_kernel()
+        return _facts
+
+
+def _lib():
+    try:
+        from ._pymemcg import ffi, lib
+    except ImportError as e:  # pragma: no cover - a broken install
+        raise BpfUnavailable(f"the compiled part of pymemcg is missing ({e}): reinstall with "
+                             f"`pip install .` from a checkout, or use backend='text'") from None
+    return ffi, lib
+
+
+def _is_bpffs(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if left.split()[4] == path and right.split()[0] == "bpf":
+                return True
+    return False
+
+
+def ensure_bpffs() -> None:
+    """Mount bpffs at /sys/fs/bpf if nothing is mounted there."""
+    if _is_bpffs(BPFFS):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", BPFFS.encode(), b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        cls = PermissionDenied if err in (errno.EPERM, errno.EACCES) else BpfUnavailable
+        raise cls(f"bpffs is not mounted at {BPFFS} and mounting it failed "
+                  f"({os.strerror(err)}): run as root or `mount -t bpf bpf {BPFFS}`")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_PIN_RE = re.compile(r"^v\d+-[0-9a-f]{12}-\d+-\d+-(\d+)$")
+
+
+def remove_stale_pins(pin_dir: str = PIN_DIR) -> int:
+    """Unpin links left by pymemcg processes that no longer run."""
+    removed = 0
+    try:
+        names = os.listdir(pin_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        m = _PIN_RE.match(name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(pin_dir, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _make_pin_dir(pin_dir: str) -> None:
+    try:
+        st = os.lstat(pin_dir)
+    except FileNotFoundError:
+        os.mkdir(pin_dir, 0o700)
+        return
+    import stat as stat_mod
+    if not stat_mod.S_ISDIR(st.st_mode):
+        raise BpfUnavailable(f"{pin_dir} exists and is not a directory (a symlink?): remove it")
+
+
+class _Program:
+    """One loaded iterator program (a selection) and its links."""
+
+    def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
+                 capacity: int, root_slots: Optional[Tuple[int, int]]) -> None:
+        ffi, lib = _lib()
+        self.ffi, self.lib = ffi, lib
+        cfg = ffi.new("struct pmc_config *")
+        cfg.nr_stats = len(resolutions)
+        for i, r in enumerate(resolutions):
+            spec = cfg.specs[i]
+            spec.kind, spec.slot, spec.item = r.kind, r.slot, r.item
+            spec.flags, spec.scale = r.flags, r.scale
+        cfg.local_stats = int(local)
+        cfg.page_size = PAGE_SIZE
+        cfg.overflow_capacity = capacity
+        if root_slots is not None:
+            cfg.root_usage_from_stats = 1
+            cfg.root_file_slot, cfg.root_anon_slot = root_slots
+        out = ffi.new("struct pmc_prog **")
+        log = ffi.new("char[]", 1 << 20)
+        rc = lib.pmc_prog_load(cfg, out, log, len(log))
+        if rc < 0:
+            text = ffi.string(log).decode(errors="replace")
+            text += "\n" + ffi.string(log + len(log) // 2).decode(errors="replace")
+            raise _load_error(-rc, text.strip())
+        self.prog = out[0]
+        self.record_size = lib.pmc_prog_record_size(self.prog)
+        self.seq_budget = lib.pmc_prog_seq_budget(self.prog)
+        self.capacity = lib.pmc_prog_overflow_capacity(self.prog)
+
+    def attach(self, cg: Cgroup, order: int) -> int:
+        fd = os.open(cg.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            link = self.lib.pmc_prog_attach(self.prog, fd, order)
+        finally:
+            os.close(fd)
+        if link < 0:
+            raise BpfUnavailable(f"attaching the cgroup iterator to {cg.path} failed "
+                                 f"({os.strerror(-link)}): this kernel needs cgroup iterators "
+                                 f"(Linux 6.1+); use backend='text'")
+        return link
+
+    def destroy(self) -> None:
+        if self.prog is not None:
+            self.lib.pmc_prog_destroy(self.prog)
+            self.prog = None
+
+
+def _load_error(err: int, log: str) -> Exception:
+    if err in (errno.EPERM,) and "verifier" not in log.lower() and "processed" not in log:
+        return PermissionDenied(f"loading the BPF program was refused ({os.strerror(err)}): it "
+                                f"needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN); run "
+                                f"as root or use backend='text'")
+    if "processed" in log or "R0" in log or "invalid" in log.lower() or "BEGIN PROG LOAD LOG" in log:
+        return VerifierRejected(f"the kernel's verifier rejected the pymemcg program "
+                                f"({os.strerror(err)}): this kernel is not supported by this "
+                                f"build; report it with the log below, or use backend='text'", log)
+    return BpfUnavailable(f"loading the BPF program failed ({os.strerror(err)}): "
+                          f"{log.splitlines()[-1] if log else 'no log'}; use backend='text'")
+
+
+class _Link:
+    __slots__ = ("fd", "pin", "cgroup", "order")
+
+    def __init__(self, fd: int, pin: Optional[str], cgroup: Cgroup, order: int) -> None:
+        self.fd, self.pin, self.cgroup, self.order = fd, pin, cgroup, order
+
+
+def _release(state: dict) -> None:
+    """Close links, unpin, unload. Idempotent; also run by a finalizer."""
+    for link in list(state["links"].values()):
+        if link.pin:
+            try:
+                os.unlink(link.pin)
+            except OSError:
+                pass
+        try:
+            os.close(link.fd)
+        except OSError:
+            pass
+    state["links"].clear()
+    prog = state.get("prog")
+    if prog is not None:
+        prog.destroy()
+        state["prog"] = None
+
+
+class BpfBackend:
+    """Reads the selection through the memcg iterator program."""
+
+    name = "bpf"
+
+    def __init__(self, names: Sequence[str], local: bool, version: int, mountpoint: str,
+                 pin_dir: Optional[str] = PIN_DIR) -> None:
+        facts = kernel_facts()
+        self.facts = facts
+        self.resolutions = layout_mod.resolve(names, facts, version, PAGE_SIZE)
+        sources = {r.stat.name: (f"bpf/{r.via}: {r.detail}" if r.available
+                                 else f"unavailable: {r.detail}") for r in self.resolutions}
+        self.layout = Layout(names, sources, {r.stat.name: r.stat.unit for r in self.resolutions})
+        self.local = local
+        self.version = version
+        self.pin_dir = pin_dir
+        self._root_slots = layout_mod.root_usage_slots(facts) if version == 1 else None
+        self._digest = hashlib.sha1(repr((FORMAT_VERSION, local, version, self._root_slots, [
+            (r.stat.name, r.kind, r.slot, r.item, r.flags, r.scale) for r in self.resolutions
+        ])).encode()).hexdigest()[:12]
+        if pin_dir:
+            ensure_bpffs()
+            _make_pin_dir(pin_dir)
+            remove_stale_pins(pin_dir)
+        self._lock = threading.Lock()
+        self._state: dict = {"links": {}, "prog": None}
+        self._finalizer = weakref.finalize(self, _release, self._state)
+        self._state["prog"] = _Program(self.resolutions, local, INITIAL_OVERFLOW_CAPACITY,
+                                       self._root_slots)
+        self._by_path: Dict[str, _Link] = {}
+        self._names = NameCache(mountpoint)
+        self._ffi, self._lib = _lib()
+        self._buf = bytearray(SEQ_BUF_SIZE + 4096)
+        self._cbuf = self._ffi.from_buffer(self._buf)
+        self._ovf = bytearray(0)
+
+    # --- links ---
+    def _link(self, cg: Cgroup, order: int) -> _Link:
+        key = (cg.id, order)
+        link = self._state["links"].get(key)
+        if link is not None:
+            return link
+        prog: _Program = self._state["prog"]
+        fd = prog.attach(cg, order)
+        pin = None
+        if self.pin_dir:
+            pin = os.path.join(self.pin_dir, f"v{FORMAT_VERSION}-{self._digest}-{cg.id}-"
+                                             f"{order}-{os.getpid()}")
+            try:
+                os.unlink(pin)  # ours from an earlier program of this process
+            except FileNotFoundError:
+                pass
+            rc = self._lib.pmc_link_pin(fd, pin.encode())
+            if rc < 0:
+                os.close(fd)
+                raise BpfUnavailable(f"pinning the iterator link at {pin} failed "
+                                     f"({os.strerror(-rc)}): check that {self.pin_dir} is on "
+                                     f"bpffs and writable by root")
+        link = _Link(fd, pin, cg, order)
+        self._state["links"][key] = link
+        return link
+
+    def _drop_link(self, link: _Link) -> None:
+        self._state["links"].pop((link.cgroup.id, link.order), None)
+        self._by_path = {p: l for p, l in self._by_path.items() if l is not link}
+        if link.pin:
+            try:
+                os.unlink(link.pin)
+            except OSError:
+                pass
+        os.close(link.fd)
+
+    def _session(self, link: _Link) -> int:
+        n = self._lib.pmc_read_session(link.fd, self._cbuf, len(self._buf))
+        if n < 0:
+            raise ReadError(-n, f"reading the iterator of {link.cgroup.path} failed: "
+                                f"{os.strerror(-n)}")
+        return n
+
+    # --- reads ---
+    def read(self, path: str) -> Record:
+        with self._lock:
+            link = self._by_path.get(path)
+            for _ in range(2):
+                if link is None:
+                    cg = resolve_cgroup(path)
+                    link = self._link(cg, ORDER_SELF_ONLY)
+                    self._by_path[path] = link
+                n = self._session(link)
+                count, _session, _visited = parse_trailer(self._buf, n,
+                                                          self.layout.record_size)
+                if count == 1:
+                    return Record(self.layout, self.layout.record.unpack_from(self._buf, 0),
+                                  link.cgroup.relpath)
+                # 0 records: the cgroup behind the link died; the path may be new
+                self._drop_link(link)
+                link = None
+            raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
+
+    def read_tree(self, path: str) -> Snapshot:
+        with self._lock:
+            cg = resolve_cgroup(path)
+            for _ in range(_RETRIES):
+                link = self._link(cg, ORDER_DESCENDANTS_PRE)
+                raw = self._walk(link)
+                if raw is None:
+                    continue
+                if not raw:
+                    raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
+                return self._snapshot(cg, raw)
+            raise ReadError(errno.EAGAIN, f"reading {path}: other sessions of the same program "
+                                          f"kept taking the overflow map; retry")
+
+    def _walk(self, link: _Link) -> Optional[List[tuple]]:
+        """Record tuples of one complete walk, or None to retry."""
+        rs = self.layout.record_size
+        n = self._session(link)
+        count, session, visited = parse_trailer(self._buf, n, rs)
+        if visited == 2**64 - 1:
+            return None  # another session claimed the bookkeeping at our end
+        rec = self.layout.record
+        out = list(rec.iter_unpack(memoryview(self._buf)[:count * rs]))
+        extra = visited - count
+        if extra <= 0:
+            return out
+        prog: _Program = self._state["prog"]
+        if extra > prog.capacity:
+            self._grow(visited)
+            return None
+        if len(self._ovf) < extra * rs:
+            self._ovf = bytearray(prog.capacity * rs)
+        rc = self._lib.pmc_copy_overflow(prog.prog, session, self._ffi.from_buffer(self._ovf),
+                                         extra)
+        if rc == -errno.EAGAIN:
+            return None
+        if rc < 0:
+            raise ReadError(-rc, f"copying overflow records failed: {os.strerror(-rc)}")
+        out.extend(rec.iter_unpack(memoryview(self._ovf)[:extra * rs]))
+        return out
+
+    def _grow(self, needed: int) -> None:
+        """Reload with an overflow map that holds `needed` records and more."""
+        capacity = INITIAL_OVERFLOW_CAPACITY
+        while capacity < needed * 5 // 4:
+            capacity *= 2
+        _release(self._state)
+        self._by_path.clear()
+        self._state["prog"] = _Program(self.resolutions, self.local, capacity, self._root_slots)
+
+    def _snapshot(self, root: Cgroup, raw: List[tuple]) -> Snapshot:
+        names = self._names
+        names.learn(root.id, root.relpath)
+        layout = self.layout
+        records = []
+        for t in raw:
+            path = names.paths.get(t[0])
+            if path is None:
+                path = names.child_path(t[1], t[0])
+            records.append(Record(layout, t, path))
+        if len(names.paths) > 2 * len(records) + 64:
+            names.forget_except({t[0] for t in raw})
+        if raw[0][0] != root.id:
+            raise MalformedData(f"walk of {root.path} did not start at its root")
+        return Snapshot(root.relpath, records)
+
+    def close(self) -> None:
+        with self._lock:
+            self._finalizer()
+            self._by_path.clear()

@@ -1,0 +1,162 @@
+"""Cgroup paths: validation, the hierarchy a path lives on, ids and names."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from .errors import CgroupNotFound, NoMemoryController, NotACgroup
+
+CGROUP_MOUNT = "/sys/fs/cgroup"
+
+
+@dataclass(frozen=True)
+class Mount:
+    mountpoint: str
+    fstype: str             # "cgroup" (v1) or "cgroup2"
+    options: Tuple[str, ...]
+
+    @property
+    def version(self) -> int:
+        return 2 if self.fstype == "cgroup2" else 1
+
+    @property
+    def has_memory(self) -> bool:
+        if self.version == 1:
+            return "memory" in self.options
+        try:
+            with open(os.path.join(self.mountpoint, "cgroup.controllers")) as f:
+                return "memory" in f.read().split()
+        except OSError:
+            return False
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n") \
+        .replace("\\134", "\\")
+
+
+def cgroup_mounts() -> List[Mount]:
+    """Every cgroup and cgroup2 mount of this mount namespace."""
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
+                continue
+            mounts.append(Mount(_unescape(fields[4]), rfields[0], tuple(rfields[2].split(","))))
+    return mounts
+
+
+def memory_mount() -> Optional[Mount]:
+    """The hierarchy that carries the memory controller, if any."""
+    for m in cgroup_mounts():
+        if m.has_memory:
+            return m
+    return None
+
+
+def own_memory_cgroup() -> Optional[str]:
+    """Absolute path of this process's memory cgroup."""
+    mount = memory_mount()
+    if mount is None:
+        return None
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            hid, controllers, path = line.rstrip("\n").split(":", 2)
+            if (mount.version == 1 and "memory" in controllers.split(",")) or \
+                    (mount.version == 2 and hid == "0"):
+                return os.path.join(mount.mountpoint, path.lstrip("/"))
+    return None
+
+
+@dataclass(frozen=True)
+class Cgroup:
+    """A validated memory cgroup directory."""
+
+    path: str           # absolute, symlinks resolved
+    mount: Mount
+    relpath: str        # relative to the hierarchy root: "/" or "/a/b"
+    id: int             # kernfs id == st_ino
+
+    @property
+    def level(self) -> int:
+        return 0 if self.relpath == "/" else self.relpath.count("/")
+
+
+def _mount_of(path: str) -> Optional[Mount]:
+    best = None
+    for m in cgroup_mounts():
+        mp = m.mountpoint.rstrip("/") or "/"
+        if path == mp or path.startswith(mp + "/"):
+            if best is None or len(mp) > len(best.mountpoint):
+                best = m
+    return best
+
+
+def resolve_cgroup(path: str) -> Cgroup:
+    """Validate `path` as a memory cgroup directory; raise a pymemcg.Error if not."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise NotACgroup(f"{path!r} is not a path: pass the cgroup directory, e.g. "
+                         f"{CGROUP_MOUNT}/memory/<group>")
+    path = os.fsdecode(path)
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise CgroupNotFound(f"{path}: no such cgroup; check the path (cgroups of this host "
+                             f"are under {CGROUP_MOUNT})") from None
+    except OSError as e:
+        raise NotACgroup(f"{path}: cannot stat ({e.strerror})") from None
+    mount = _mount_of(real)
+    if mount is None or not os.path.isdir(real):
+        raise NotACgroup(f"{path} is not a cgroup directory: pass a directory under a cgroup "
+                         f"mount ({CGROUP_MOUNT}/...)")
+    if not os.path.exists(os.path.join(real, "memory.stat")):
+        where = memory_mount()
+        hint = f"use a cgroup under {where.mountpoint}" if where else \
+            "this host has no memory controller mounted"
+        raise NoMemoryController(f"{path} has no memory controller (no memory.stat): {hint}")
+    rel = "/" + os.path.relpath(real, mount.mountpoint)
+    rel = "/" if rel == "/." else rel
+    return Cgroup(real, mount, rel, st.st_ino)
+
+
+class NameCache:
+    """kernfs id -> path under a hierarchy, learned from directory listings.
+
+    Records carry ids, not names. A directory listing gives each child's
+    inode number, which is its kernfs id, without a stat() per child; a
+    listing is needed only the first time a parent shows new children.
+    """
+
+    def __init__(self, mountpoint: str) -> None:
+        self.mountpoint = mountpoint
+        self.paths: Dict[int, str] = {}
+
+    def learn(self, cgroup_id: int, relpath: str) -> None:
+        self.paths[cgroup_id] = relpath
+
+    def child_path(self, parent_id: int, cgroup_id: int) -> Optional[str]:
+        path = self.paths.get(cgroup_id)
+        if path is not None:
+            return path
+        parent = self.paths.get(parent_id)
+        if parent is None:
+            return None
+        base = self.mountpoint + (parent if parent != "/" else "")
+        try:
+            with os.scandir(base) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        child = (parent.rstrip("/") + "/" + entry.name)
+                        self.paths[entry.inode()] = child
+        except OSError:
+            return None
+        return self.paths.get(cgroup_id)
+
+    def forget_except(self, live_ids) -> None:
+        for stale in self.paths.keys() - live_ids:
+            del self.paths[stale]

@@ -1,0 +1,182 @@
+"""Decoding iterator output (bpf_src/memcg_record.h) into records.
+
+The hot path is one struct.unpack_from per record and nothing per value:
+values stay in the tuple the C code of `struct` built.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import MalformedData, StatUnavailable, UnknownStat
+
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<QQIIQ")          # struct pmc_record
+TRAILER = struct.Struct("<QQQ")           # struct pmc_trailer
+TRAILER_MAGIC = 0x31474D434D4D50          # PMC_TRAILER_MAGIC
+REC_NO_MEMCG = 1 << 0
+REC_NO_VMSTATS = 1 << 1
+MAX_STATS = 64
+
+
+class Layout:
+    """The selected stat names, in record order, and how each was resolved."""
+
+    __slots__ = ("names", "index", "record", "record_size", "sources", "units")
+
+    def __init__(self, names: Sequence[str], sources: Optional[Mapping[str, str]] = None,
+                 units: Optional[Mapping[str, str]] = None) -> None:
+        if len(names) > MAX_STATS:
+            raise MalformedData(f"{len(names)} stats selected: at most {MAX_STATS} fit a record; "
+                                f"select fewer")
+        self.names: Tuple[str, ...] = tuple(names)
+        self.index: Dict[str, int] = {n: i for i, n in enumerate(self.names)}
+        self.record = struct.Struct(f"<QQIIQ{len(self.names)}Q")
+        self.record_size = self.record.size
+        self.sources: Dict[str, str] = dict(sources or {})
+        self.units: Dict[str, str] = dict(units or {})
+
+
+class Record:
+    """One cgroup's stats: record["anon"] in bytes, record["pgfault"] a count.
+
+    A stat that could not be read for this cgroup raises StatUnavailable on
+    [] and gives None from get(); it is never reported as 0. The record keeps
+    the tuple struct unpacked, (id, parent_id, level, flags, valid, *values),
+    so that making one costs a single object.
+    """
+
+    __slots__ = ("_t", "_layout", "path")
+
+    def __init__(self, layout: Layout, raw: tuple, path: Optional[str]) -> None:
+        self._layout = layout
+        self._t = raw
+        self.path = path
+
+    @property
+    def id(self) -> int:
+        """kernfs id of the cgroup: st_ino of its directory."""
+        return self._t[0]
+
+    @property
+    def parent_id(self) -> int:
+        return self._t[1]
+
+    @property
+    def level(self) -> int:
+        """Depth below the hierarchy root (0 for the root)."""
+        return self._t[2]
+
+    @property
+    def flags(self) -> int:
+        return self._t[3]
+
+    @property
+    def valid(self) -> int:
+        """Bit i set: the i-th selected stat was read."""
+        return self._t[4]
+
+    def __getitem__(self, name: str) -> int:
+        try:
+            i = self._layout.index[name]
+        except KeyError:
+            raise UnknownStat(f"{name!r} is not in this reader's selection "
+                              f"{list(self._layout.names)}; add it to stats=") from None
+        if not (self._t[4] >> i) & 1:
+            raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: "
+                                  f"{self._layout.sources.get(name, 'not read')}")
+        return self._t[i + 5]
+
+    def get(self, name: str, default: Optional[int] = None) -> Optional[int]:
+        i = self._layout.index.get(name)
+        if i is None or not (self._t[4] >> i) & 1:
+            return default
+        return self._t[i + 5]
+
+    def __contains__(self, name: str) -> bool:
+        i = self._layout.index.get(name)
+        return i is not None and bool((self._t[4] >> i) & 1)
+
+    def keys(self) -> Tuple[str, ...]:
+        return self._layout.names
+
+    def as_dict(self) -> Dict[str, Optional[int]]:
+        """Every selected stat; None where unavailable."""
+        valid = self._t[4]
+        return {n: (v if (valid >> i) & 1 else None)
+                for i, (n, v) in enumerate(zip(self._layout.names, self._t[5:]))}
+
+    def source(self, name: str) -> str:
+        """How this stat was resolved on this kernel (table, btf-enum, ...)."""
+        return self._layout.sources.get(name, "")
+
+    @property
+    def has_memcg(self) -> bool:
+        return not self._t[3] & REC_NO_MEMCG
+
+    def __repr__(self) -> str:
+        return f"Record(path={self.path!r}, id={self.id}, level={self.level}, {self.as_dict()})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (self.id, self.parent_id, self.level, self.path, self.as_dict()) == \
+            (other.id, other.parent_id, other.level, other.path, other.as_dict())
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Snapshot(Mapping[str, Record]):
+    """A tree read in one walk: records keyed by path, findable by id."""
+
+    def __init__(self, root: str, records: List[Record]) -> None:
+        self.root = root
+        self.records = records
+        self._by_path = {r.path: r for r in records if r.path is not None}
+        self._by_id = {r.id: r for r in records}
+
+    def __getitem__(self, path: str) -> Record:
+        return self._by_path[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_path)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def by_id(self, cgroup_id: int) -> Record:
+        return self._by_id[cgroup_id]
+
+    def __repr__(self) -> str:
+        return f"Snapshot(root={self.root!r}, {len(self.records)} cgroups)"
+
+
+def parse_trailer(buf, nbytes: int, record_size: int) -> Tuple[int, int, int]:
+    """(records in the buffer, session id, records the walk produced in all)."""
+    if nbytes < TRAILER.size or (nbytes - TRAILER.size) % record_size:
+        raise MalformedData(f"iterator returned {nbytes} bytes, not whole {record_size}-byte "
+                            f"records and a trailer: the program and the reader disagree on the "
+                            f"format; reinstall pymemcg")
+    magic, session, visited = TRAILER.unpack_from(buf, nbytes - TRAILER.size)
+    if magic != TRAILER_MAGIC:
+        raise MalformedData(f"iterator output ends without the trailer (magic {magic:#x}): "
+                            f"the walk did not complete or the format differs")
+    return (nbytes - TRAILER.size) // record_size, session, visited
+
+
+def iter_records(layout: Layout, buf, nbytes: int) -> Iterator[tuple]:
+    """Raw record tuples (id, parent_id, level, flags, valid, *values)."""
+    if nbytes % layout.record_size:
+        raise MalformedData(f"{nbytes} bytes are not whole {layout.record_size}-byte records")
+    return layout.record.iter_unpack(memoryview(buf)[:nbytes])
+
+
+def encode_record(layout: Layout, cgroup_id: int, parent_id: int, level: int, flags: int,
+                  valid: int, values: Sequence[int]) -> bytes:
+    """The bytes the BPF program writes for these values (tests, fixtures)."""
+    return layout.record.pack(cgroup_id, parent_id, level, flags, valid, *values)
+
+
+def encode_trailer(session_id: int, visited: int) -> bytes:
+    return TRAILER.pack(TRAILER_MAGIC, session_id, visited)

@@ -1,0 +1,72 @@
+"""Exceptions. Every message names the cause and the remedy."""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Base class of every error pymemcg raises on purpose."""
+
+
+class CgroupNotFound(Error, FileNotFoundError):
+    """The path does not exist."""
+
+
+class NotACgroup(Error, ValueError):
+    """The path exists but is not a cgroup directory."""
+
+
+class NoMemoryController(Error, ValueError):
+    """The cgroup is on a hierarchy without the memory controller."""
+
+
+class UnknownStat(Error, KeyError):
+    """A stat name pymemcg does not know."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StatUnavailable(Error, KeyError):
+    """A known stat that this kernel or backend cannot serve exactly."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class BpfUnavailable(Error, RuntimeError):
+    """The BPF backend cannot run on this host (privileges, BTF, bpffs, kernel)."""
+
+
+class PermissionDenied(BpfUnavailable, PermissionError):
+    """The process lacks the privileges to load BPF programs."""
+
+
+class NoBtf(BpfUnavailable):
+    """The running kernel exposes no BTF (/sys/kernel/btf/vmlinux)."""
+
+
+class VerifierRejected(BpfUnavailable):
+    """The kernel's verifier rejected the program; `log` holds its log."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.log:
+            tail = self.log.strip().splitlines()[-40:]
+            text += "\n--- verifier log (last lines) ---\n" + "\n".join(tail)
+        return text
+
+
+class ReadError(Error, OSError):
+    """A read of the iterator or of a cgroup file failed."""
+
+
+class MalformedData(Error, ValueError):
+    """memory.stat text or iterator records that do not parse."""
+
+
+class Closed(Error, RuntimeError):
+    """The Reader was used after close()."""

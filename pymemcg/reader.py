@@ -1,0 +1,165 @@
+"""The public Reader: one API over the BPF and text backends."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from . import catalog
+from .cgroupfs import memory_mount, resolve_cgroup
+from .decode import Record, Snapshot
+from .errors import BpfUnavailable, Closed, NoMemoryController, UnknownStat
+
+#: set to 1 (CI does) to make "BPF unavailable" an error instead of a fallback
+REQUIRE_BPF_ENV = "PYMEMCG_REQUIRE_BPF"
+
+
+class FallbackWarning(UserWarning):
+    """The BPF backend could not run; the text backend serves instead."""
+
+
+def _bpf_required() -> bool:
+    return os.environ.get(REQUIRE_BPF_ENV, "") not in ("", "0")
+
+
+def _check_names(names: Sequence[str]) -> List[str]:
+    if isinstance(names, str):
+        names = [names]
+    out = list(names)
+    for n in out:
+        if n not in catalog.STATS:
+            raise UnknownStat(f"unknown stat {n!r}: see pymemcg.stats() for the names "
+                              f"this version knows")
+    if len(set(out)) != len(out):
+        raise UnknownStat(f"stats lists a name twice: {out}")
+    return out
+
+
+class Reader:
+    """Reads memory-cgroup stats, through BPF where it can.
+
+    stats: names from pymemcg.stats(); sizes come back in bytes, events as
+    counts. local: the cgroup's own values instead of hierarchical ones.
+    backend: "auto" (BPF, else text with a FallbackWarning), "bpf", "text".
+    Reads are serialised per Reader; use one Reader per thread for
+    parallel reads. Close it (or use `with`) to unpin and unload.
+    """
+
+    def __init__(self, stats: Sequence[str] = catalog.DEFAULT_STATS, *, local: bool = False,
+                 backend: str = "auto") -> None:
+        self.stats = _check_names(stats)
+        self.local = local
+        if backend not in ("auto", "bpf", "text"):
+            raise ValueError(f"backend must be 'auto', 'bpf' or 'text', not {backend!r}")
+        mount = memory_mount()
+        if mount is None:
+            raise NoMemoryController("no cgroup hierarchy on this host has the memory "
+                                     "controller: mount one (cgroup v2 with +memory, or v1 "
+                                     "-o memory)")
+        self.cgroup_version = mount.version
+        self._backend = None
+        self._lock = threading.Lock()
+        if backend in ("auto", "bpf"):
+            try:
+                from .bpf import BpfBackend
+                self._backend = BpfBackend(self.stats, local, mount.version, mount.mountpoint)
+            except BpfUnavailable as e:
+                if backend == "bpf" or _bpf_required():
+                    raise
+                warnings.warn(f"pymemcg: BPF backend unavailable, reading memory.stat text "
+                              f"instead: {e}", FallbackWarning, stacklevel=2)
+        if self._backend is None:
+            from .textstat import TextBackend
+            self._backend = TextBackend(self.stats, local, mount.version)
+
+    @property
+    def backend(self) -> str:
+        """'bpf' or 'text'."""
+        return self._be().name
+
+    @property
+    def sources(self):
+        """stat name -> how it is read on this host, or why it is unavailable."""
+        return dict(self._be().layout.sources)
+
+    def _be(self):
+        if self._backend is None:
+            raise Closed("this Reader is closed: make a new one")
+        return self._backend
+
+    def read(self, path: str) -> Record:
+        """The selected stats of the cgroup directory `path`."""
+        be = self._be()
+        if be.name == "bpf":
+            return be.read(path)
+        return be.read(resolve_cgroup(path))
+
+    def read_tree(self, root: str) -> Snapshot:
+        """Every cgroup under `root` (included), from one walk."""
+        be = self._be()
+        if be.name == "bpf":
+            return be.read_tree(root)
+        return be.read_tree(resolve_cgroup(root))
+
+    def close(self) -> None:
+        """Unpin links and unload the program. Safe to call twice."""
+        with self._lock:
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = self._backend.name if self._backend else "closed"
+        return f"Reader({len(self.stats)} stats, local={self.local}, backend={state})"
+
+
+@dataclass(frozen=True)
+class StatInfo:
+    """One row of pymemcg.stats()."""
+
+    name: str
+    unit: str          # "bytes" or "count"
+    meaning: str
+    available: bool    # can this host serve it exactly?
+    backend: str       # "bpf", "text" or "" when unavailable
+    via: str           # how: "bpf/table ...", "text: memory.stat", or why not
+
+
+def stats(local: bool = False) -> List[StatInfo]:
+    """Every stat name with its unit, meaning and how this host serves it."""
+    from .textstat import text_availability
+    mount = memory_mount()
+    version = mount.version if mount else 2
+    bpf_res = {}
+    bpf_error = ""
+    try:
+        from .bpf import PAGE_SIZE, kernel_facts
+        from .layout import resolve
+        facts = kernel_facts()
+        bpf_res = {r.stat.name: r for r in resolve(list(catalog.STATS), facts, version,
+                                                    PAGE_SIZE)}
+    except Exception as e:  # no BTF, no extension: the text backend still answers
+        bpf_error = str(e)
+    out = []
+    for s in catalog.STATS.values():
+        r = bpf_res.get(s.name)
+        if r is not None and r.available:
+            out.append(StatInfo(s.name, s.unit, s.meaning, True, "bpf", f"{r.via}: {r.detail}"))
+            continue
+        ok, where = text_availability(s.name, version, local)
+        why = r.detail if r is not None else bpf_error
+        if ok:
+            out.append(StatInfo(s.name, s.unit, s.meaning, True, "text",
+                                f"{where} (bpf: {why})"))
+        else:
+            out.append(StatInfo(s.name, s.unit, s.meaning, False, "", f"bpf: {why}; text: {where}"))
+    return out

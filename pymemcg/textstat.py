@@ -1,0 +1,222 @@
+"""The text backend: memory.stat and friends, parsed.
+
+It serves hosts where BPF cannot run and is the control of every parity test
+and benchmark. Both memory.stat formats are understood: v2 keys are the stat
+names; v1 keys map to them (cache -> file, rss -> anon, ...), with the
+total_* keys as the hierarchical values and the plain keys as local ones.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import catalog
+from .catalog import COUNTER, MEMEVENT
+from .cgroupfs import Cgroup, resolve_cgroup
+from .decode import Layout, Record, Snapshot
+from .errors import MalformedData, ReadError
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PAGE_COUNTER_MAX_BYTES = (2**63 - 1) // PAGE_SIZE * PAGE_SIZE  # "max" / unlimited
+
+# counter -> file, per cgroup version
+_V1_COUNTER_FILES = {
+    "usage": "memory.usage_in_bytes", "peak": "memory.max_usage_in_bytes",
+    "limit": "memory.limit_in_bytes", "failcnt": "memory.failcnt",
+    "memsw_usage": "memory.memsw.usage_in_bytes", "memsw_peak": "memory.memsw.max_usage_in_bytes",
+    "memsw_limit": "memory.memsw.limit_in_bytes", "memsw_failcnt": "memory.memsw.failcnt",
+}
+_V2_COUNTER_FILES = {
+    "usage": "memory.current", "peak": "memory.peak", "limit": "memory.max",
+    "swap_usage": "memory.swap.current", "swap_peak": "memory.swap.peak",
+    "swap_limit": "memory.swap.max",
+}
+# memory.events keys -> stat names
+_EVENTS_KEYS = {"low": "low", "high": "high", "max": "max", "oom": "oom", "oom_kill": "oom_kill",
+                "oom_group_kill": "oom_group_kill"}
+_SWAP_EVENTS_KEYS = {"high": "swap_high_events", "max": "swap_max_events",
+                     "fail": "swap_fail_events"}
+
+
+def parse_flat_keyed(text, what: str = "memory.stat") -> Dict[str, int]:
+    """'key value' lines -> {key: value}. Raises MalformedData on anything else."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("ascii")
+        except UnicodeDecodeError as e:
+            raise MalformedData(f"{what}: not ASCII text at byte {e.start}") from None
+    out: Dict[str, int] = {}
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not parts[0]:
+            raise MalformedData(f"{what} line {lineno}: expected 'key value', got {line[:60]!r}")
+        key, value = parts
+        if not value.isdigit() or not value.isascii():
+            raise MalformedData(f"{what} line {lineno}: {key} has a non-numeric value "
+                                f"{value[:30]!r}")
+        out[key] = int(value)
+    return out
+
+
+def v1_to_names(raw: Dict[str, int], local: bool) -> Dict[str, int]:
+    """v1 memory.stat keys -> stat names: plain keys if local, total_* otherwise."""
+    out: Dict[str, int] = {}
+    for v1_key, name in catalog.V1_KEYS.items():
+        key = v1_key if local else "total_" + v1_key
+        if key in raw:
+            out[name] = raw[key]
+    return out
+
+
+def parse_memory_stat(text, version: int, local: bool = False) -> Dict[str, int]:
+    """memory.stat text of cgroup `version` -> {stat name: value}.
+
+    v2 memory.stat has hierarchical values only: with local=True it gives {}.
+    """
+    raw = parse_flat_keyed(text)
+    if version == 1:
+        return v1_to_names(raw, local)
+    if local:
+        return {}
+    return {k: v for k, v in raw.items() if k in catalog.STATS}
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb", buffering=0) as f:
+            return f.read().decode("ascii")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ReadError(e.errno, f"cannot read {path}: {e.strerror}") from None
+
+
+def _read_number(path: str) -> Optional[int]:
+    text = _read(path)
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "max":
+        return PAGE_COUNTER_MAX_BYTES
+    if not text.isdigit():
+        raise MalformedData(f"{path}: expected a number, got {text[:30]!r}")
+    return int(text)
+
+
+def text_availability(name: str, version: int, local: bool) -> Tuple[bool, str]:
+    """Whether the text backend can serve a stat, and from which file."""
+    stat = catalog.STATS[name]
+    if stat.kind == COUNTER:
+        files = _V1_COUNTER_FILES if version == 1 else _V2_COUNTER_FILES
+        return (name in files, files.get(name, f"no cgroup v{version} file"))
+    if stat.kind == MEMEVENT:
+        if version == 1:
+            ok = name == "oom_kill" and not local
+            return ok, "memory.oom_control" if ok else "no cgroup v1 file"
+        return True, "memory.events.local" if local else "memory.events"
+    if version == 1:
+        return (stat.v1_key is not None, "memory.stat" if stat.v1_key else "not in v1 memory.stat")
+    if local:
+        return False, "v2 memory.stat has no local values"
+    return (stat.v2_key is not None, "memory.stat" if stat.v2_key else "not in v2 memory.stat")
+
+
+class TextBackend:
+    """Reads the selected stats from cgroupfs files."""
+
+    name = "text"
+
+    def __init__(self, names: Sequence[str], local: bool, version: int) -> None:
+        self.version = version
+        self.local = local
+        sources = {}
+        for n in names:
+            ok, where = text_availability(n, version, local)
+            sources[n] = f"text: {where}" if ok else f"unavailable: {where}"
+        self.layout = Layout(names, sources)
+
+    def values(self, path: str) -> Dict[str, int]:
+        """All stats this backend can read for the cgroup directory `path`."""
+        names = self.layout.names
+        out: Dict[str, int] = {}
+        stat_text = _read(os.path.join(path, "memory.stat"))
+        if stat_text is None:
+            raise ReadError(2, f"{path}/memory.stat vanished: the cgroup was removed")
+        out.update(parse_memory_stat(stat_text, self.version, self.local))
+        files = _V1_COUNTER_FILES if self.version == 1 else _V2_COUNTER_FILES
+        want = set(names)
+        for name, fname in files.items():
+            if name in want:
+                value = _read_number(os.path.join(path, fname))
+                if value is not None:
+                    out[name] = value
+        if want & {s.name for s in catalog.STATS.values() if s.kind == MEMEVENT}:
+            out.update(self._events(path))
+        return out
+
+    def _events(self, path: str) -> Dict[str, int]:
+        if self.version == 1:
+            if self.local:
+                return {}
+            text = _read(os.path.join(path, "memory.oom_control")) or ""
+            raw = parse_flat_keyed(text, "memory.oom_control")
+            return {"oom_kill": raw["oom_kill"]} if "oom_kill" in raw else {}
+        out = {}
+        text = _read(os.path.join(path, "memory.events.local" if self.local else "memory.events"))
+        for k, v in parse_flat_keyed(text or "", "memory.events").items():
+            if k in _EVENTS_KEYS:
+                out[_EVENTS_KEYS[k]] = v
+        text = _read(os.path.join(path, "memory.swap.events"))
+        for k, v in parse_flat_keyed(text or "", "memory.swap.events").items():
+            if k in _SWAP_EVENTS_KEYS:
+                out[_SWAP_EVENTS_KEYS[k]] = v
+        return out
+
+    def record(self, cg: Cgroup, parent_id: int) -> Record:
+        values = self.values(cg.path)
+        valid = 0
+        row: List[int] = []
+        for i, name in enumerate(self.layout.names):
+            v = values.get(name)
+            if v is not None:
+                valid |= 1 << i
+            row.append(v or 0)
+        return Record(self.layout, (cg.id, parent_id, cg.level, 0, valid, *row), cg.relpath)
+
+    def read(self, cg: Cgroup) -> Record:
+        parent_id = 0 if cg.relpath == "/" else os.stat(os.path.dirname(cg.path)).st_ino
+        return self.record(cg, parent_id)
+
+    def read_tree(self, root: Cgroup) -> Snapshot:
+        records: List[Record] = []
+        stack = [(root.path, root.relpath, self.read(root))]
+        records.append(stack[0][2])
+        while stack:
+            path, rel, rec = stack.pop()
+            try:
+                entries = sorted((e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)),
+                                 key=lambda e: e.name, reverse=True)
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                child_rel = (rel.rstrip("/") + "/" + e.name)
+                try:
+                    child = Cgroup(e.path, root.mount, child_rel, e.inode())
+                    crec = self.record(child, rec.id)
+                except ReadError:
+                    continue  # removed while we walked
+                records.append(crec)
+                stack.append((e.path, child_rel, crec))
+        return Snapshot(root.relpath, records)
+
+    def close(self) -> None:
+        pass
+
+
+def read_cgroup(path: str, names: Sequence[str], local: bool = False) -> Record:
+    """One-shot text read (no Reader)."""
+    cg = resolve_cgroup(path)
+    return TextBackend(names, local, cg.mount.version).read(cg)
