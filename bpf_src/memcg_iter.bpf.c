@@ -21,10 +21,6 @@ const volatile __u32 seq_budget = 0;		/* records that fit the seq buffer */
 const volatile __u32 overflow_capacity = 0;	/* entries of the overflow map */
 const volatile bool local_stats = false;	/* state_local/events_local */
 const volatile bool use_kfuncs = false;		/* Linux 7.0+ memcg kfuncs */
-/* cgroup v1 reports the root memcg's usage from its stats (mem_cgroup_usage) */
-const volatile bool root_usage_from_stats = false;
-const volatile __u32 root_file_slot = 0;
-const volatile __u32 root_anon_slot = 0;
 const volatile __u64 page_size = 4096;
 const volatile struct pmc_stat_spec specs[PMC_MAX_STATS] = {};
 
@@ -105,7 +101,6 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup
 	__u32 events_len = bpf_core_field_size(struct memcg_vmstats, events) / sizeof(long);
 	__u32 memev_len = bpf_core_field_size(struct mem_cgroup, memory_events) / sizeof(long);
 	__u32 state_off, events_off, memev_off;
-	__u64 valid = 0;
 	__u32 i;
 
 	if (local_stats) {
@@ -146,22 +141,12 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup
 				v = read_u64((void *)memcg + memev_off + slot * sizeof(long), &ok);
 			break;
 		case PMC_KIND_COUNTER:
-			if (slot == PMC_CTR_MEMORY_USAGE && is_root) {
-				/* v1 memory.usage_in_bytes of the root memcg is
-				 * NR_FILE_PAGES + NR_ANON_MAPPED (mem_cgroup_usage) */
-				if (root_usage_from_stats && vmstats &&
-				    root_file_slot < state_len && root_anon_slot < state_len) {
-					__u32 off = bpf_core_field_offset(struct memcg_vmstats, state);
-					bool ok2 = false;
-					long f = read_u64((void *)vmstats + off + root_file_slot * sizeof(long), &ok);
-					long a = read_u64((void *)vmstats + off + root_anon_slot * sizeof(long), &ok2);
-
-					ok = ok && ok2;
-					v = (f > 0 ? f : 0) + (a > 0 ? a : 0);
-				}
-			} else {
-				v = read_counter(memcg, slot, &ok);
-			}
+			/* The root memcg's usage files show global vmstat
+			 * approximations (mem_cgroup_usage), not its counter:
+			 * leave them unavailable rather than different. */
+			if (is_root && (slot == PMC_CTR_MEMORY_USAGE || slot == PMC_CTR_SWAP_USAGE))
+				break;
+			v = read_counter(memcg, slot, &ok);
 			break;
 		}
 		if (!ok) {
@@ -172,16 +157,14 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup
 		if ((flags & PMC_SPEC_SIGNED) && (long)v < 0)
 			v = 0;
 		rec->values[i & (PMC_MAX_STATS - 1)] = v * scale;
-		valid |= 1ULL << i;
+		rec->hdr.valid[(i >> 6) & 1] |= 1ULL << (i & 63);
 	}
-	rec->hdr.valid = valid;
 }
 
 /* Fill rec->values through the Linux 7.0+ kfuncs. */
 static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *cgrp)
 {
 	struct mem_cgroup *memcg = bpf_get_mem_cgroup(&cgrp->self);
-	__u64 valid = 0;
 	__u32 i;
 
 	if (!memcg) {
@@ -212,9 +195,8 @@ static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *c
 		if (v == (unsigned long)-1)
 			continue;
 		rec->values[i & (PMC_MAX_STATS - 1)] = v * specs[i].scale;
-		valid |= 1ULL << i;
+		rec->hdr.valid[(i >> 6) & 1] |= 1ULL << (i & 63);
 	}
-	rec->hdr.valid = valid;
 	bpf_put_mem_cgroup(memcg);
 }
 
@@ -269,7 +251,8 @@ int pmc_memcg_iter(struct bpf_iter__cgroup *ctx)
 	rec->hdr.parent_id = parent ? BPF_CORE_READ(parent, cgroup, kn, id) : 0;
 	rec->hdr.level = BPF_CORE_READ(cgrp, level);
 	rec->hdr.flags = 0;
-	rec->hdr.valid = 0;
+	rec->hdr.valid[0] = 0;
+	rec->hdr.valid[1] = 0;
 
 	if (use_kfuncs) {
 		fill_kfunc(rec, cgrp);

@@ -15,7 +15,7 @@
 #define PMC_MEMCG_RECORD_H
 
 #define PMC_FORMAT_VERSION	1
-#define PMC_MAX_STATS		64	/* one bit each in pmc_record.valid */
+#define PMC_MAX_STATS		128	/* one bit each in pmc_record.valid */
 #define PMC_SEQ_BUF_SIZE	32768	/* PAGE_SIZE << 3 in kernel/bpf/bpf_iter.c */
 #define PMC_TRAILER_MAGIC	0x31474d434d4d50ULL	/* "PMMCMG1" */
 
@@ -60,7 +60,7 @@ struct pmc_record {
 	unsigned long long parent_id;	/* 0 for the hierarchy root */
 	unsigned int level;		/* 0 for the hierarchy root */
 	unsigned int flags;		/* PMC_REC_* */
-	unsigned long long valid;	/* bit i set: value i was read */
+	unsigned long long valid[PMC_MAX_STATS / 64];	/* bit i set: value i was read */
 	/* followed by nr_stats unsigned long long values, bytes or counts */
 };
 

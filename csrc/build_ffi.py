@@ -14,7 +14,7 @@ ROOT = os.path.dirname(HERE)
 BUILD = os.path.join(ROOT, "build")
 
 CDEF = """
-#define PMC_MAX_STATS 64
+#define PMC_MAX_STATS 128
 
 struct pmc_stat_spec {
     unsigned int kind;
@@ -26,12 +26,9 @@ struct pmc_stat_spec {
 
 struct pmc_config {
     unsigned int nr_stats;
-    struct pmc_stat_spec specs[64];
+    struct pmc_stat_spec specs[128];
     int local_stats;
     int use_kfuncs;
-    int root_usage_from_stats;
-    unsigned int root_file_slot;
-    unsigned int root_anon_slot;
     unsigned long long page_size;
     unsigned int overflow_capacity;
 };

@@ -110,9 +110,6 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 	skel->rodata->overflow_capacity = capacity;
 	skel->rodata->local_stats = !!cfg->local_stats;
 	skel->rodata->use_kfuncs = !!cfg->use_kfuncs;
-	skel->rodata->root_usage_from_stats = !!cfg->root_usage_from_stats;
-	skel->rodata->root_file_slot = cfg->root_file_slot;
-	skel->rodata->root_anon_slot = cfg->root_anon_slot;
 	skel->rodata->page_size = cfg->page_size;
 	for (i = 0; i < cfg->nr_stats; i++)
 		memcpy((void *)&skel->rodata->specs[i], &cfg->specs[i], sizeof(cfg->specs[i]));

@@ -20,9 +20,6 @@ struct pmc_config {
 	struct pmc_stat_spec specs[PMC_MAX_STATS];
 	int local_stats;
 	int use_kfuncs;
-	int root_usage_from_stats;
-	unsigned int root_file_slot;
-	unsigned int root_anon_slot;
 	unsigned long long page_size;
 	unsigned int overflow_capacity;	/* records the overflow map can hold */
 };

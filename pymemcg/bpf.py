@@ -16,9 +16,10 @@ import errno
 import hashlib
 import os
 import re
+import stat as stat_mod
 import threading
 import weakref
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 from . import layout as layout_mod
 from .cgroupfs import Cgroup, NameCache, resolve_cgroup
@@ -112,9 +113,12 @@ def _make_pin_dir(pin_dir: str) -> None:
     try:
         st = os.lstat(pin_dir)
     except FileNotFoundError:
-        os.mkdir(pin_dir, 0o700)
+        try:
+            os.mkdir(pin_dir, 0o700)
+        except OSError as e:
+            raise BpfUnavailable(f"cannot create the pin directory {pin_dir} "
+                                 f"({e.strerror}): run as root") from None
         return
-    import stat as stat_mod
     if not stat_mod.S_ISDIR(st.st_mode):
         raise BpfUnavailable(f"{pin_dir} exists and is not a directory (a symlink?): remove it")
 
@@ -123,7 +127,7 @@ class _Program:
     """One loaded iterator program (a selection) and its links."""
 
     def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
-                 capacity: int, root_slots: Optional[Tuple[int, int]]) -> None:
+                 capacity: int, use_kfuncs: bool = False) -> None:
         ffi, lib = _lib()
         self.ffi, self.lib = ffi, lib
         cfg = ffi.new("struct pmc_config *")
@@ -133,11 +137,9 @@ class _Program:
             spec.kind, spec.slot, spec.item = r.kind, r.slot, r.item
             spec.flags, spec.scale = r.flags, r.scale
         cfg.local_stats = int(local)
+        cfg.use_kfuncs = int(use_kfuncs)
         cfg.page_size = PAGE_SIZE
         cfg.overflow_capacity = capacity
-        if root_slots is not None:
-            cfg.root_usage_from_stats = 1
-            cfg.root_file_slot, cfg.root_anon_slot = root_slots
         out = ffi.new("struct pmc_prog **")
         log = ffi.new("char[]", 1 << 20)
         rc = lib.pmc_prog_load(cfg, out, log, len(log))
@@ -223,19 +225,22 @@ class BpfBackend:
         self.local = local
         self.version = version
         self.pin_dir = pin_dir
-        self._root_slots = layout_mod.root_usage_slots(facts) if version == 1 else None
-        self._digest = hashlib.sha1(repr((FORMAT_VERSION, local, version, self._root_slots, [
+        self._digest = hashlib.sha1(repr((FORMAT_VERSION, local, version, [
             (r.stat.name, r.kind, r.slot, r.item, r.flags, r.scale) for r in self.resolutions
         ])).encode()).hexdigest()[:12]
-        if pin_dir:
-            ensure_bpffs()
-            _make_pin_dir(pin_dir)
-            remove_stale_pins(pin_dir)
         self._lock = threading.Lock()
         self._state: dict = {"links": {}, "prog": None}
         self._finalizer = weakref.finalize(self, _release, self._state)
-        self._state["prog"] = _Program(self.resolutions, local, INITIAL_OVERFLOW_CAPACITY,
-                                       self._root_slots)
+        # load first: without privileges this is what fails, with a clear error
+        self._state["prog"] = _Program(self.resolutions, local, INITIAL_OVERFLOW_CAPACITY)
+        if pin_dir:
+            try:
+                ensure_bpffs()
+                _make_pin_dir(pin_dir)
+                remove_stale_pins(pin_dir)
+            except BaseException:
+                self._finalizer()
+                raise
         self._by_path: Dict[str, _Link] = {}
         self._names = NameCache(mountpoint)
         self._ffi, self._lib = _lib()
@@ -354,7 +359,7 @@ class BpfBackend:
             capacity *= 2
         _release(self._state)
         self._by_path.clear()
-        self._state["prog"] = _Program(self.resolutions, self.local, capacity, self._root_slots)
+        self._state["prog"] = _Program(self.resolutions, self.local, capacity)
 
     def _snapshot(self, root: Cgroup, raw: List[tuple]) -> Snapshot:
         names = self._names

@@ -12,12 +12,13 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from .errors import MalformedData, StatUnavailable, UnknownStat
 
 FORMAT_VERSION = 1
-HEADER = struct.Struct("<QQIIQ")          # struct pmc_record
+HEADER = struct.Struct("<QQIIQQ")         # struct pmc_record
 TRAILER = struct.Struct("<QQQ")           # struct pmc_trailer
 TRAILER_MAGIC = 0x31474D434D4D50          # PMC_TRAILER_MAGIC
 REC_NO_MEMCG = 1 << 0
 REC_NO_VMSTATS = 1 << 1
-MAX_STATS = 64
+MAX_STATS = 128
+VALUES_AT = 6                             # index of the first value in a record tuple
 
 
 class Layout:
@@ -32,7 +33,7 @@ class Layout:
                                 f"select fewer")
         self.names: Tuple[str, ...] = tuple(names)
         self.index: Dict[str, int] = {n: i for i, n in enumerate(self.names)}
-        self.record = struct.Struct(f"<QQIIQ{len(self.names)}Q")
+        self.record = struct.Struct(f"<QQIIQQ{len(self.names)}Q")
         self.record_size = self.record.size
         self.sources: Dict[str, str] = dict(sources or {})
         self.units: Dict[str, str] = dict(units or {})
@@ -43,8 +44,8 @@ class Record:
 
     A stat that could not be read for this cgroup raises StatUnavailable on
     [] and gives None from get(); it is never reported as 0. The record keeps
-    the tuple struct unpacked, (id, parent_id, level, flags, valid, *values),
-    so that making one costs a single object.
+    the tuple struct unpacked, (id, parent_id, level, flags, valid_lo,
+    valid_hi, *values), so that making one costs a single object.
     """
 
     __slots__ = ("_t", "_layout", "path")
@@ -75,7 +76,7 @@ class Record:
     @property
     def valid(self) -> int:
         """Bit i set: the i-th selected stat was read."""
-        return self._t[4]
+        return self._t[4] | self._t[5] << 64
 
     def __getitem__(self, name: str) -> int:
         try:
@@ -83,29 +84,29 @@ class Record:
         except KeyError:
             raise UnknownStat(f"{name!r} is not in this reader's selection "
                               f"{list(self._layout.names)}; add it to stats=") from None
-        if not (self._t[4] >> i) & 1:
+        if not (self._t[4 + (i >> 6)] >> (i & 63)) & 1:
             raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: "
                                   f"{self._layout.sources.get(name, 'not read')}")
-        return self._t[i + 5]
+        return self._t[i + VALUES_AT]
 
     def get(self, name: str, default: Optional[int] = None) -> Optional[int]:
         i = self._layout.index.get(name)
-        if i is None or not (self._t[4] >> i) & 1:
+        if i is None or not (self._t[4 + (i >> 6)] >> (i & 63)) & 1:
             return default
-        return self._t[i + 5]
+        return self._t[i + VALUES_AT]
 
     def __contains__(self, name: str) -> bool:
         i = self._layout.index.get(name)
-        return i is not None and bool((self._t[4] >> i) & 1)
+        return i is not None and bool((self._t[4 + (i >> 6)] >> (i & 63)) & 1)
 
     def keys(self) -> Tuple[str, ...]:
         return self._layout.names
 
     def as_dict(self) -> Dict[str, Optional[int]]:
         """Every selected stat; None where unavailable."""
-        valid = self._t[4]
+        valid = self.valid
         return {n: (v if (valid >> i) & 1 else None)
-                for i, (n, v) in enumerate(zip(self._layout.names, self._t[5:]))}
+                for i, (n, v) in enumerate(zip(self._layout.names, self._t[VALUES_AT:]))}
 
     def source(self, name: str) -> str:
         """How this stat was resolved on this kernel (table, btf-enum, ...)."""
@@ -166,7 +167,7 @@ def parse_trailer(buf, nbytes: int, record_size: int) -> Tuple[int, int, int]:
 
 
 def iter_records(layout: Layout, buf, nbytes: int) -> Iterator[tuple]:
-    """Raw record tuples (id, parent_id, level, flags, valid, *values)."""
+    """Raw record tuples (id, parent_id, level, flags, valid_lo, valid_hi, *values)."""
     if nbytes % layout.record_size:
         raise MalformedData(f"{nbytes} bytes are not whole {layout.record_size}-byte records")
     return layout.record.iter_unpack(memoryview(buf)[:nbytes])
@@ -175,7 +176,8 @@ def iter_records(layout: Layout, buf, nbytes: int) -> Iterator[tuple]:
 def encode_record(layout: Layout, cgroup_id: int, parent_id: int, level: int, flags: int,
                   valid: int, values: Sequence[int]) -> bytes:
     """The bytes the BPF program writes for these values (tests, fixtures)."""
-    return layout.record.pack(cgroup_id, parent_id, level, flags, valid, *values)
+    return layout.record.pack(cgroup_id, parent_id, level, flags, valid & (2**64 - 1), valid >> 64,
+                              *values)
 
 
 def encode_trailer(session_id: int, visited: int) -> bytes:

@@ -202,15 +202,3 @@ def _resolve_one(stat: Stat, facts: KernelFacts, match: Optional[TableMatch],
     flags = SPEC_SIGNED if stat.kind == STATE else 0
     return Resolution(stat, VIA_TABLE, kind, slots[stat.item], item_value, flags, scale,
                       f"table {match.table.release}: {match.table.source}")
-
-
-def root_usage_slots(facts: KernelFacts) -> Optional[Tuple[int, int]]:
-    """State slots of NR_FILE_PAGES and NR_ANON_MAPPED, for v1 root usage."""
-    match = match_table(facts)
-    if match is None:
-        return None
-    file_slot = match.state_slots.get("NR_FILE_PAGES")
-    anon_slot = match.state_slots.get("NR_ANON_MAPPED")
-    if file_slot is None or anon_slot is None:
-        return None
-    return file_slot, anon_slot

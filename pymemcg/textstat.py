@@ -184,7 +184,8 @@ class TextBackend:
             if v is not None:
                 valid |= 1 << i
             row.append(v or 0)
-        return Record(self.layout, (cg.id, parent_id, cg.level, 0, valid, *row), cg.relpath)
+        return Record(self.layout, (cg.id, parent_id, cg.level, 0, valid & (2**64 - 1), valid >> 64,
+                                    *row), cg.relpath)
 
     def read(self, cg: Cgroup) -> Record:
         parent_id = 0 if cg.relpath == "/" else os.stat(os.path.dirname(cg.path)).st_ino

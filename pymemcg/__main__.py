@@ -1,0 +1,5 @@
+"""`python -m pymemcg`: the command line (see pymemcg.cli)."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Fixtures on the real kernel: temporary memory cgroups and workloads in them.
+
+Every cgroup is made under this process's own memory cgroup and removed at
+teardown, with the processes the test started killed first.
+
+BPF tests need root and a kernel that runs the program. Without
+PYMEMCG_REQUIRE_BPF they are skipped where BPF cannot run (a developer's
+unprivileged shell); with it (CI sets it) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+import pymemcg
+from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
+from pymemcg.reader import REQUIRE_BPF_ENV
+
+MiB = 1 << 20
+
+
+def bpf_required() -> bool:
+    return os.environ.get(REQUIRE_BPF_ENV, "") not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def bpf_ok():
+    """Fails (CI) or skips (elsewhere) when the BPF backend cannot run here."""
+    try:
+        with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
+            r.read(own_memory_cgroup())
+    except pymemcg.BpfUnavailable as e:
+        if bpf_required():
+            pytest.fail(f"BPF backend unavailable but {REQUIRE_BPF_ENV} is set: {e}")
+        pytest.skip(f"BPF backend unavailable here: {e}")
+    return True
+
+
+@pytest.fixture(scope="session")
+def cgroup_version() -> int:
+    mount = memory_mount()
+    assert mount is not None, "this host has no memory cgroup hierarchy"
+    return mount.version
+
+
+def _rmtree_cgroup(path: str) -> None:
+    """rmdir a cgroup subtree bottom-up (cgroup dirs hold only kernel files)."""
+    for dirpath, dirnames, _ in sorted(os.walk(path, topdown=False), key=lambda t: -len(t[0])):
+        for attempt in range(50):
+            try:
+                os.rmdir(dirpath)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)  # tasks still exiting
+        else:
+            raise RuntimeError(f"could not remove test cgroup {dirpath}")
+
+
+class CgroupFactory:
+    def __init__(self) -> None:
+        own = own_memory_cgroup()
+        assert own is not None
+        self.base = os.path.join(own, f"pymemcg-test-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.mkdir(self.base)
+        self.procs: list[subprocess.Popen] = []
+
+    def make(self, relpath: str) -> str:
+        path = os.path.join(self.base, relpath)
+        os.makedirs(path)
+        return path
+
+    def spawn(self, cgroup: str, script: str) -> subprocess.Popen:
+        """Run python `script` inside `cgroup`; waits for it to print 'ready'."""
+        def enter():
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)],
+                                preexec_fn=enter, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        self.procs.append(proc)
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", f"workload did not start: {line!r}"
+        return proc
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.wait()
+            shm = f"/dev/shm/pymemcg-test-{p.pid}"
+            if os.path.exists(shm):
+                os.unlink(shm)
+        if os.path.exists(self.base):
+            _rmtree_cgroup(self.base)
+
+
+@pytest.fixture
+def cgroups():
+    factory = CgroupFactory()
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+# A workload that charges known memory of each kind, then sleeps until stdin
+# closes: anonymous (touched bytearray), page cache (a file written and
+# fsynced, then read back), and shmem (a file on /dev/shm).
+WORKLOAD = """
+import os, sys, tempfile
+anon = bytearray({anon})
+for i in range(0, len(anon), 4096):
+    anon[i] = 1
+fd, name = tempfile.mkstemp(dir={cache_dir!r})
+os.write(fd, b"x" * {cache}); os.fsync(fd)
+os.pread(fd, {cache}, 0)
+os.unlink(name)
+shm = "/dev/shm/pymemcg-test-%d" % os.getpid()
+with open(shm, "wb") as f:
+    f.write(b"y" * {shmem})
+print("ready", flush=True)
+sys.stdin.read()
+os.unlink(shm)
+"""
+
+
+def workload(anon: int = 24 * MiB, cache: int = 16 * MiB, shmem: int = 8 * MiB,
+             cache_dir: str = "/var/tmp") -> str:
+    return WORKLOAD.format(anon=anon, cache=cache, shmem=shmem, cache_dir=cache_dir)
