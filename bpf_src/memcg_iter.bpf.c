@@ -32,6 +32,7 @@ __u64 visited = 0;
 struct pmc_scratch {
 	struct pmc_record hdr;
 	__u64 values[PMC_MAX_STATS];
+	__u64 name[PMC_NAME_MAX / 8];	/* not part of the record */
 };
 
 struct {
@@ -200,6 +201,30 @@ static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *c
 	bpf_put_mem_cgroup(memcg);
 }
 
+static __always_inline __u64 name_hash(struct pmc_scratch *rec, struct kernfs_node *kn)
+{
+	const char *name = BPF_CORE_READ(kn, name);
+	__u64 h = PMC_FNV_OFFSET;
+	long n;
+	__u32 i;
+
+	n = bpf_probe_read_kernel_str(rec->name, sizeof(rec->name), name);
+	if (n <= 0)
+		return 0;
+	for (i = 0; i < PMC_NAME_MAX / 8; i++) {
+		long left = n - i * 8;
+		__u64 w;
+
+		if (left <= 0)
+			break;
+		w = rec->name[i];
+		if (left < 8)
+			w &= (1ULL << (left * 8)) - 1;	/* bytes past the NUL are stale */
+		h = (h ^ w) * PMC_FNV_PRIME;
+	}
+	return h;
+}
+
 /*
  * End of walk: runs after cgroup_mutex was dropped, so another session may
  * already be writing the bookkeeping. Read `visited` before the owner:
@@ -247,6 +272,7 @@ int pmc_memcg_iter(struct bpf_iter__cgroup *ctx)
 		return 1;
 
 	rec->hdr.cgroup_id = BPF_CORE_READ(cgrp, kn, id);
+	rec->hdr.name_hash = name_hash(rec, BPF_CORE_READ(cgrp, kn));
 	parent = BPF_CORE_READ(cgrp, self.parent);
 	rec->hdr.parent_id = parent ? BPF_CORE_READ(parent, cgroup, kn, id) : 0;
 	rec->hdr.level = BPF_CORE_READ(cgrp, level);

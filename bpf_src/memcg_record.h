@@ -14,7 +14,7 @@
 #ifndef PMC_MEMCG_RECORD_H
 #define PMC_MEMCG_RECORD_H
 
-#define PMC_FORMAT_VERSION	1
+#define PMC_FORMAT_VERSION	2
 #define PMC_MAX_STATS		128	/* one bit each in pmc_record.valid */
 #define PMC_SEQ_BUF_SIZE	32768	/* PAGE_SIZE << 3 in kernel/bpf/bpf_iter.c */
 #define PMC_TRAILER_MAGIC	0x31474d434d4d50ULL	/* "PMMCMG1" */
@@ -58,6 +58,7 @@ struct pmc_stat_spec {
 struct pmc_record {
 	unsigned long long cgroup_id;	/* kernfs id == st_ino of the directory */
 	unsigned long long parent_id;	/* 0 for the hierarchy root */
+	unsigned long long name_hash;	/* pmc_name_hash() of the directory name */
 	unsigned int level;		/* 0 for the hierarchy root */
 	unsigned int flags;		/* PMC_REC_* */
 	unsigned long long valid[PMC_MAX_STATS / 64];	/* bit i set: value i was read */
@@ -76,6 +77,15 @@ struct pmc_overflow_state {
 	unsigned long long written;	/* records written to the map */
 	unsigned long long dropped;	/* records that did not fit the map */
 };
+
+/*
+ * FNV-1a over the name's NUL-terminated bytes taken as little-endian u64
+ * words, the last one zero-padded: cheap in BPF, and it tells a reader when
+ * a cgroup it knows by id was renamed (cgroup v1 allows rename).
+ */
+#define PMC_FNV_OFFSET	0xcbf29ce484222325ULL
+#define PMC_FNV_PRIME	0x100000001b3ULL
+#define PMC_NAME_MAX	256
 
 #define PMC_RECORD_SIZE(nr_stats) \
 	(sizeof(struct pmc_record) + (nr_stats) * sizeof(unsigned long long))

@@ -48,6 +48,7 @@ struct bpf_iter_meta {
 } __attribute__((preserve_access_index));
 
 struct kernfs_node {
+	const char *name;
 	__u64 id;
 } __attribute__((preserve_access_index));
 

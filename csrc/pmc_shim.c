@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -144,6 +145,11 @@ fail:
 	return err < 0 ? err : -EINVAL;
 }
 
+const void *pmc_object_bytes(size_t *size)
+{
+	return memcg_iter__elf_bytes(size);
+}
+
 unsigned int pmc_prog_record_size(const struct pmc_prog *prog)
 {
 	return prog->record_size;
@@ -211,6 +217,19 @@ ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size)
 	}
 	close(fd);
 	return err ? err : total;
+}
+
+ssize_t pmc_read_cgroup(int link_fd, const char *path, unsigned long long ino,
+			void *buf, size_t buf_size)
+{
+	struct stat st;
+
+	/* cgroup v1 allows rename, and a path can be reused by a new cgroup */
+	if (stat(path, &st))
+		return -errno;
+	if (st.st_ino != ino)
+		return -ESTALE;
+	return pmc_read_session(link_fd, buf, buf_size);
 }
 
 int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,

@@ -40,8 +40,16 @@ int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order);
 
 int pmc_link_pin(int link_fd, const char *path);
 
+/* The embedded BPF object (ELF), to fingerprint pins with. */
+const void *pmc_object_bytes(size_t *size);
+
 /* One session: create, read everything into buf, close. Returns bytes. */
 ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size);
+
+/* A session of a SELF_ONLY link, after checking that `path` still names the
+ * cgroup (inode `ino`) the link was made for: -ESTALE if it does not. */
+ssize_t pmc_read_cgroup(int link_fd, const char *path, unsigned long long ino,
+			void *buf, size_t buf_size);
 
 /* Copy the first n overflow records of session_id into dst. -EAGAIN when a
  * later session took the map over meanwhile: read again. */

@@ -23,7 +23,9 @@ from typing import Dict, List, Optional, Sequence
 
 from . import layout as layout_mod
 from .cgroupfs import Cgroup, NameCache, resolve_cgroup
-from .decode import FORMAT_VERSION, Layout, Record, Snapshot, parse_trailer
+import struct
+
+from .decode import FORMAT_VERSION, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot, parse_trailer
 from .errors import (BpfUnavailable, CgroupNotFound, MalformedData, PermissionDenied, ReadError,
                      VerifierRejected)
 
@@ -46,6 +48,14 @@ def kernel_facts() -> layout_mod.KernelFacts:
         if _facts is None:
             _facts = layout_mod.KernelFacts.from_running_kernel()
         return _facts
+
+
+def object_digest() -> str:
+    """sha256 of the embedded BPF object: a pin made by another build never matches."""
+    ffi, lib = _lib()
+    size = ffi.new("size_t *")
+    data = lib.pmc_object_bytes(size)
+    return hashlib.sha256(ffi.buffer(data, size[0])).hexdigest()
 
 
 def _lib():
@@ -184,10 +194,11 @@ def _load_error(err: int, log: str) -> Exception:
 
 
 class _Link:
-    __slots__ = ("fd", "pin", "cgroup", "order")
+    __slots__ = ("fd", "pin", "cgroup", "order", "path")
 
     def __init__(self, fd: int, pin: Optional[str], cgroup: Cgroup, order: int) -> None:
         self.fd, self.pin, self.cgroup, self.order = fd, pin, cgroup, order
+        self.path = os.fsencode(cgroup.path)   # for the stat() check in C
 
 
 def _release(state: dict) -> None:
@@ -225,7 +236,7 @@ class BpfBackend:
         self.local = local
         self.version = version
         self.pin_dir = pin_dir
-        self._digest = hashlib.sha1(repr((FORMAT_VERSION, local, version, [
+        self._digest = hashlib.sha256(repr((object_digest(), local, version, [
             (r.stat.name, r.kind, r.slot, r.item, r.flags, r.scale) for r in self.resolutions
         ])).encode()).hexdigest()[:12]
         self._lock = threading.Lock()
@@ -242,10 +253,14 @@ class BpfBackend:
                 self._finalizer()
                 raise
         self._by_path: Dict[str, _Link] = {}
-        self._names = NameCache(mountpoint)
+        self._names = NameCache()
         self._ffi, self._lib = _lib()
         self._buf = bytearray(SEQ_BUF_SIZE + 4096)
+        self._buflen = len(self._buf)
         self._cbuf = self._ffi.from_buffer(self._buf)
+        # one record and the trailer, unpacked by one Struct call
+        self._single = struct.Struct(self.layout.record.format + TRAILER.format[1:])
+        self._single_size = self._single.size
         self._ovf = bytearray(0)
 
     # --- links ---
@@ -253,6 +268,8 @@ class BpfBackend:
         key = (cg.id, order)
         link = self._state["links"].get(key)
         if link is not None:
+            if link.cgroup.path != cg.path:  # the same cgroup, renamed
+                link.cgroup, link.path = cg, os.fsencode(cg.path)
             return link
         prog: _Program = self._state["prog"]
         fd = prog.attach(cg, order)
@@ -295,21 +312,35 @@ class BpfBackend:
     def read(self, path: str) -> Record:
         with self._lock:
             link = self._by_path.get(path)
-            for _ in range(2):
-                if link is None:
-                    cg = resolve_cgroup(path)
-                    link = self._link(cg, ORDER_SELF_ONLY)
-                    self._by_path[path] = link
-                n = self._session(link)
-                count, _session, _visited = parse_trailer(self._buf, n,
-                                                          self.layout.record_size)
-                if count == 1:
-                    return Record(self.layout, self.layout.record.unpack_from(self._buf, 0),
-                                  link.cgroup.relpath)
-                # 0 records: the cgroup behind the link died; the path may be new
-                self._drop_link(link)
-                link = None
-            raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
+            if link is not None:
+                # fast path: the path still names the linked cgroup (checked
+                # in C), exactly one record and the trailer, one unpack
+                n = self._lib.pmc_read_cgroup(link.fd, link.path, link.cgroup.id, self._cbuf,
+                                              self._buflen)
+                if n == self._single_size:
+                    t = self._single.unpack_from(self._buf)
+                    if t[-3] == TRAILER_MAGIC:
+                        return Record(self.layout, t, link.cgroup.relpath)
+                if n == -errno.ESTALE or n == -errno.ENOENT:
+                    del self._by_path[path]  # renamed, removed or replaced
+                    link = None
+            return self._read_slow(path, link)
+
+    def _read_slow(self, path: str, link: Optional[_Link]) -> Record:
+        for _ in range(3):
+            if link is None:
+                cg = resolve_cgroup(path)
+                link = self._link(cg, ORDER_SELF_ONLY)
+                self._by_path[path] = link
+            n = self._session(link)
+            count, _session, _visited = parse_trailer(self._buf, n, self.layout.record_size)
+            if count == 1:
+                return Record(self.layout, self.layout.record.unpack_from(self._buf, 0),
+                              link.cgroup.relpath)
+            # 0 records: the cgroup behind the link died; the path may be new
+            self._drop_link(link)
+            link = None
+        raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
 
     def read_tree(self, path: str) -> Snapshot:
         with self._lock:
@@ -362,19 +393,26 @@ class BpfBackend:
         self._state["prog"] = _Program(self.resolutions, self.local, capacity)
 
     def _snapshot(self, root: Cgroup, raw: List[tuple]) -> Snapshot:
-        names = self._names
-        names.learn(root.id, root.relpath)
-        layout = self.layout
-        records = []
-        for t in raw:
-            path = names.paths.get(t[0])
-            if path is None:
-                path = names.child_path(t[1], t[0])
-            records.append(Record(layout, t, path))
-        if len(names.paths) > 2 * len(records) + 64:
-            names.forget_except({t[0] for t in raw})
+        """Records with paths. The walk is pre-order, so a parent's path is
+        known before its children's."""
         if raw[0][0] != root.id:
             raise MalformedData(f"walk of {root.path} did not start at its root")
+        names = self._names
+        layout = self.layout
+        mount = root.mount.mountpoint
+        rel = {root.id: root.relpath}
+        records = [Record(layout, raw[0], root.relpath)]
+        for t in raw[1:]:
+            parent = rel.get(t[1])
+            path = None
+            if parent is not None:
+                name = names.name(mount + parent if parent != "/" else mount, t[0], t[2])
+                if name is not None:
+                    path = (parent if parent != "/" else "") + "/" + name
+                    rel[t[0]] = path
+            records.append(Record(layout, t, path))
+        if len(names.names) > 2 * len(records) + 64:
+            names.forget_except(rel.keys())
         return Snapshot(root.relpath, records)
 
     def close(self) -> None:

@@ -125,38 +125,36 @@ def resolve_cgroup(path: str) -> Cgroup:
 
 
 class NameCache:
-    """kernfs id -> path under a hierarchy, learned from directory listings.
+    """kernfs id -> directory name, checked against each record's name hash.
 
-    Records carry ids, not names. A directory listing gives each child's
-    inode number, which is its kernfs id, without a stat() per child; a
-    listing is needed only the first time a parent shows new children.
+    Records carry ids and a hash of the name, not the name. A directory
+    listing gives each child's inode number (its kernfs id) and name without a
+    stat() per child, so a listing is needed only when a parent shows a child
+    that is new or renamed since the last snapshot.
     """
 
-    def __init__(self, mountpoint: str) -> None:
-        self.mountpoint = mountpoint
-        self.paths: Dict[int, str] = {}
+    def __init__(self) -> None:
+        self.names: Dict[int, Tuple[int, str]] = {}   # id -> (name hash, name)
 
-    def learn(self, cgroup_id: int, relpath: str) -> None:
-        self.paths[cgroup_id] = relpath
-
-    def child_path(self, parent_id: int, cgroup_id: int) -> Optional[str]:
-        path = self.paths.get(cgroup_id)
-        if path is not None:
-            return path
-        parent = self.paths.get(parent_id)
-        if parent is None:
-            return None
-        base = self.mountpoint + (parent if parent != "/" else "")
+    def name(self, parent_path: str, cgroup_id: int, hashed: int) -> Optional[str]:
+        """The name of cgroup_id, a child of the directory parent_path."""
+        known = self.names.get(cgroup_id)
+        if known is not None and known[0] == hashed:
+            return known[1]
+        from .decode import name_hash
         try:
-            with os.scandir(base) as it:
+            with os.scandir(parent_path) as it:
                 for entry in it:
                     if entry.is_dir(follow_symlinks=False):
-                        child = (parent.rstrip("/") + "/" + entry.name)
-                        self.paths[entry.inode()] = child
+                        old = self.names.get(entry.inode())
+                        if old is None or old[1] != entry.name:
+                            self.names[entry.inode()] = (name_hash(entry.name), entry.name)
         except OSError:
             return None
-        return self.paths.get(cgroup_id)
+        known = self.names.get(cgroup_id)
+        # a mismatch left here means a rename after the walk: the current name
+        return known[1] if known is not None else None
 
     def forget_except(self, live_ids) -> None:
-        for stale in self.paths.keys() - live_ids:
-            del self.paths[stale]
+        for stale in self.names.keys() - live_ids:
+            del self.names[stale]

@@ -6,19 +6,22 @@ values stay in the tuple the C code of `struct` built.
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import MalformedData, StatUnavailable, UnknownStat
 
-FORMAT_VERSION = 1
-HEADER = struct.Struct("<QQIIQQ")         # struct pmc_record
+FORMAT_VERSION = 2
+HEADER = struct.Struct("<QQQIIQQ")        # struct pmc_record
 TRAILER = struct.Struct("<QQQ")           # struct pmc_trailer
 TRAILER_MAGIC = 0x31474D434D4D50          # PMC_TRAILER_MAGIC
 REC_NO_MEMCG = 1 << 0
 REC_NO_VMSTATS = 1 << 1
 MAX_STATS = 128
-VALUES_AT = 6                             # index of the first value in a record tuple
+VALUES_AT = 7                             # index of the first value in a record tuple
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
 
 
 class Layout:
@@ -33,7 +36,7 @@ class Layout:
                                 f"select fewer")
         self.names: Tuple[str, ...] = tuple(names)
         self.index: Dict[str, int] = {n: i for i, n in enumerate(self.names)}
-        self.record = struct.Struct(f"<QQIIQQ{len(self.names)}Q")
+        self.record = struct.Struct(f"<QQQIIQQ{len(self.names)}Q")
         self.record_size = self.record.size
         self.sources: Dict[str, str] = dict(sources or {})
         self.units: Dict[str, str] = dict(units or {})
@@ -44,8 +47,8 @@ class Record:
 
     A stat that could not be read for this cgroup raises StatUnavailable on
     [] and gives None from get(); it is never reported as 0. The record keeps
-    the tuple struct unpacked, (id, parent_id, level, flags, valid_lo,
-    valid_hi, *values), so that making one costs a single object.
+    the tuple struct unpacked, (id, parent_id, name_hash, level, flags,
+    valid_lo, valid_hi, *values), so that making one costs a single object.
     """
 
     __slots__ = ("_t", "_layout", "path")
@@ -65,18 +68,22 @@ class Record:
         return self._t[1]
 
     @property
-    def level(self) -> int:
-        """Depth below the hierarchy root (0 for the root)."""
+    def name_hash(self) -> int:
         return self._t[2]
 
     @property
-    def flags(self) -> int:
+    def level(self) -> int:
+        """Depth below the hierarchy root (0 for the root)."""
         return self._t[3]
+
+    @property
+    def flags(self) -> int:
+        return self._t[4]
 
     @property
     def valid(self) -> int:
         """Bit i set: the i-th selected stat was read."""
-        return self._t[4] | self._t[5] << 64
+        return self._t[5] | self._t[6] << 64
 
     def __getitem__(self, name: str) -> int:
         try:
@@ -84,20 +91,20 @@ class Record:
         except KeyError:
             raise UnknownStat(f"{name!r} is not in this reader's selection "
                               f"{list(self._layout.names)}; add it to stats=") from None
-        if not (self._t[4 + (i >> 6)] >> (i & 63)) & 1:
+        if not (self._t[5 + (i >> 6)] >> (i & 63)) & 1:
             raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: "
                                   f"{self._layout.sources.get(name, 'not read')}")
         return self._t[i + VALUES_AT]
 
     def get(self, name: str, default: Optional[int] = None) -> Optional[int]:
         i = self._layout.index.get(name)
-        if i is None or not (self._t[4 + (i >> 6)] >> (i & 63)) & 1:
+        if i is None or not (self._t[5 + (i >> 6)] >> (i & 63)) & 1:
             return default
         return self._t[i + VALUES_AT]
 
     def __contains__(self, name: str) -> bool:
         i = self._layout.index.get(name)
-        return i is not None and bool((self._t[4 + (i >> 6)] >> (i & 63)) & 1)
+        return i is not None and bool((self._t[5 + (i >> 6)] >> (i & 63)) & 1)
 
     def keys(self) -> Tuple[str, ...]:
         return self._layout.names
@@ -114,7 +121,7 @@ class Record:
 
     @property
     def has_memcg(self) -> bool:
-        return not self._t[3] & REC_NO_MEMCG
+        return not self._t[4] & REC_NO_MEMCG
 
     def __repr__(self) -> str:
         return f"Record(path={self.path!r}, id={self.id}, level={self.level}, {self.as_dict()})"
@@ -167,17 +174,29 @@ def parse_trailer(buf, nbytes: int, record_size: int) -> Tuple[int, int, int]:
 
 
 def iter_records(layout: Layout, buf, nbytes: int) -> Iterator[tuple]:
-    """Raw record tuples (id, parent_id, level, flags, valid_lo, valid_hi, *values)."""
+    """Raw record tuples (id, parent_id, name_hash, level, flags, valid_lo, valid_hi,
+    *values)."""
     if nbytes % layout.record_size:
         raise MalformedData(f"{nbytes} bytes are not whole {layout.record_size}-byte records")
     return layout.record.iter_unpack(memoryview(buf)[:nbytes])
 
 
 def encode_record(layout: Layout, cgroup_id: int, parent_id: int, level: int, flags: int,
-                  valid: int, values: Sequence[int]) -> bytes:
+                  valid: int, values: Sequence[int], name_hash: int = 0) -> bytes:
     """The bytes the BPF program writes for these values (tests, fixtures)."""
-    return layout.record.pack(cgroup_id, parent_id, level, flags, valid & (2**64 - 1), valid >> 64,
-                              *values)
+    return layout.record.pack(cgroup_id, parent_id, name_hash, level, flags,
+                              valid & (2**64 - 1), valid >> 64, *values)
+
+
+def name_hash(name: str) -> int:
+    """pmc_name_hash of memcg_record.h: FNV-1a over the NUL-terminated name in
+    little-endian u64 words, the last zero-padded."""
+    data = os.fsencode(name) + b"\0"
+    data += b"\0" * (-len(data) % 8)
+    h = FNV_OFFSET
+    for (w,) in struct.iter_unpack("<Q", data):
+        h = ((h ^ w) * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h
 
 
 def encode_trailer(session_id: int, visited: int) -> bytes:

@@ -54,8 +54,11 @@ def parse_flat_keyed(text, what: str = "memory.stat") -> Dict[str, int]:
         if len(parts) != 2 or not parts[0]:
             raise MalformedData(f"{what} line {lineno}: expected 'key value', got {line[:60]!r}")
         key, value = parts
-        if not value.isdigit() or not value.isascii():
-            raise MalformedData(f"{what} line {lineno}: {key} has a non-numeric value "
+        if not key.isascii() or not key.isprintable():
+            raise MalformedData(f"{what} line {lineno}: key {key[:30]!r} is not printable ASCII")
+        # the kernel prints u64s: 20 digits at most
+        if not value.isascii() or not value.isdigit() or len(value) > 20 or int(value) >= 2**64:
+            raise MalformedData(f"{what} line {lineno}: {key} has a value that is not a u64 "
                                 f"{value[:30]!r}")
         out[key] = int(value)
     return out
@@ -138,8 +141,12 @@ class TextBackend:
             sources[n] = f"text: {where}" if ok else f"unavailable: {where}"
         self.layout = Layout(names, sources)
 
-    def values(self, path: str) -> Dict[str, int]:
-        """All stats this backend can read for the cgroup directory `path`."""
+    def values(self, path: str, is_root: bool = False) -> Dict[str, int]:
+        """All stats this backend can read for the cgroup directory `path`.
+
+        The root's usage files on cgroup v1 are global approximations
+        (mem_cgroup_usage), not its page counter: left out, as in BPF.
+        """
         names = self.layout.names
         out: Dict[str, int] = {}
         stat_text = _read(os.path.join(path, "memory.stat"))
@@ -149,7 +156,7 @@ class TextBackend:
         files = _V1_COUNTER_FILES if self.version == 1 else _V2_COUNTER_FILES
         want = set(names)
         for name, fname in files.items():
-            if name in want:
+            if name in want and not (is_root and name in ("usage", "memsw_usage")):
                 value = _read_number(os.path.join(path, fname))
                 if value is not None:
                     out[name] = value
@@ -176,7 +183,7 @@ class TextBackend:
         return out
 
     def record(self, cg: Cgroup, parent_id: int) -> Record:
-        values = self.values(cg.path)
+        values = self.values(cg.path, cg.relpath == "/")
         valid = 0
         row: List[int] = []
         for i, name in enumerate(self.layout.names):
@@ -184,8 +191,8 @@ class TextBackend:
             if v is not None:
                 valid |= 1 << i
             row.append(v or 0)
-        return Record(self.layout, (cg.id, parent_id, cg.level, 0, valid & (2**64 - 1), valid >> 64,
-                                    *row), cg.relpath)
+        return Record(self.layout, (cg.id, parent_id, 0, cg.level, 0, valid & (2**64 - 1),
+                                    valid >> 64, *row), cg.relpath)
 
     def read(self, cg: Cgroup) -> Record:
         parent_id = 0 if cg.relpath == "/" else os.stat(os.path.dirname(cg.path)).st_ino

@@ -1,0 +1,418 @@
+"""The iterator wire format (pymemcg/decode.py): encode -> decode round trips and bad buffers.
+
+Pure Python: no kernel, no BPF. The encoder is the one the fixtures use; the
+layout is checked against bpf_src/memcg_record.h by hand-computed sizes below.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import pymemcg
+from pymemcg import catalog
+from pymemcg.decode import (FORMAT_VERSION, HEADER, MAX_STATS, REC_NO_MEMCG, REC_NO_VMSTATS, TRAILER,
+                            TRAILER_MAGIC, Layout, Record, Snapshot, encode_record,
+                            encode_trailer, iter_records, parse_trailer)
+
+# The record carries MAX_STATS valid bits in MAX_STATS / 64 u64 words (128 and two words at
+# the time of writing); these tests follow decode.MAX_STATS rather than hard-coding it.
+
+U64 = st.integers(min_value=0, max_value=2**64 - 1)
+U32 = st.integers(min_value=0, max_value=2**32 - 1)
+FAST = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+ALL_NAMES = sorted(catalog.STATS)
+MAX_SELECTABLE = min(MAX_STATS, len(ALL_NAMES))
+# names that are not stats: Layout takes any names, so these fill selections past the catalog
+FAKE_NAMES = [f"fake_{i}" for i in range(MAX_STATS + 64)]
+
+
+def _sample(n_seed):
+    n, seed = n_seed
+    return random.Random(seed).sample(ALL_NAMES, n)
+
+
+# distinct catalog names in any order: small selections, and large ones that use the second
+# valid word (bits 64..). A size and a seed rather than a list of draws keeps generation cheap.
+selections = (st.tuples(st.integers(1, 64), st.integers(0, 2**32 - 1))
+              | st.tuples(st.integers(min(65, MAX_SELECTABLE), MAX_SELECTABLE),
+                          st.integers(0, 2**32 - 1))).map(_sample)
+
+
+@st.composite
+def records_for(draw, n, min_size=0, max_size=8, unique_ids=False):
+    """Raw record tuples (id, parent_id, level, flags, valid, values) for n stats."""
+    # keep a case small enough for hypothesis's buffer: fewer records when they are wide
+    max_size = max(min_size, 2, min(max_size, 256 // n))
+    ids = draw(st.lists(U64, min_size=min_size, max_size=max_size, unique=unique_ids))
+    out = []
+    for cid in ids:
+        # the values come from one byte string: drawing up to MAX_STATS integers one by one
+        # per record would make the module slow; edge values are mixed in by index
+        blob = draw(st.binary(min_size=8 * n, max_size=8 * n))
+        values = list(struct.unpack(f"<{n}Q", blob))
+        for i, edge in draw(st.lists(st.tuples(st.integers(0, n - 1),
+                                               st.sampled_from([0, 1, 2**63, 2**64 - 1])),
+                                     max_size=3)):
+            values[i] = edge
+        out.append((cid, draw(U64), draw(U32), draw(U32),
+                    draw(st.integers(0, 2**n - 1)), tuple(values)))
+    return out
+
+
+@st.composite
+def encoded(draw, min_records=0, unique_ids=False):
+    names = draw(selections)
+    layout = Layout(names, {n: "test" for n in names})
+    recs = draw(records_for(len(names), min_size=min_records, unique_ids=unique_ids))
+    session, visited = draw(U64), draw(U64)
+    body = b"".join(encode_record(layout, *r[:5], r[5]) for r in recs)
+    return layout, recs, session, visited, body + encode_trailer(session, visited)
+
+
+def decode_all(layout, buf, nbytes, paths=None):
+    count, session, visited = parse_trailer(buf, nbytes, layout.record_size)
+    raws = list(iter_records(layout, buf, count * layout.record_size))
+    assert len(raws) == count
+    if paths is None:
+        paths = [f"/cg{i}" for i in range(count)]
+    return [Record(layout, t, p) for t, p in zip(raws, paths)], session, visited
+
+
+def check_record(rec: Record, layout: Layout, want, path):
+    cid, parent, level, flags, valid, values = want
+    assert (rec.id, rec.parent_id, rec.level, rec.flags, rec.valid) == \
+        (cid, parent, level, flags, valid)
+    assert rec.path == path
+    assert rec.has_memcg == (not flags & REC_NO_MEMCG)
+    assert rec.keys() == tuple(layout.names)
+    as_dict = rec.as_dict()
+    assert list(as_dict) == list(layout.names)
+    for i, name in enumerate(layout.names):
+        assert rec.source(name) == "test"
+        if (valid >> i) & 1:
+            assert rec[name] == values[i]
+            assert rec.get(name) == values[i]
+            assert rec.get(name, -1) == values[i]
+            assert name in rec
+            assert as_dict[name] == values[i]
+        else:
+            with pytest.raises(pymemcg.StatUnavailable) as ei:
+                rec[name]
+            assert isinstance(ei.value, pymemcg.Error) and isinstance(ei.value, KeyError)
+            assert name in str(ei.value)
+            assert rec.get(name) is None
+            assert rec.get(name, -1) == -1
+            assert name not in rec
+            assert as_dict[name] is None
+    # a known stat outside the selection (if any), and names nobody knows
+    outside = [n for n in ALL_NAMES if n not in layout.index][:1]
+    for unknown in outside + ["no_such_stat", ""]:
+        with pytest.raises(pymemcg.UnknownStat) as ei:
+            rec[unknown]
+        assert isinstance(ei.value, pymemcg.Error) and isinstance(ei.value, KeyError)
+        assert rec.get(unknown) is None
+        assert rec.get(unknown, 7) == 7
+        assert unknown not in rec
+
+
+# --------------------------------------------------------------------------
+# the format itself
+
+def raw_tuple(cid, parent, level, flags, valid, values):
+    """The tuple struct unpacks a record into, built by hand (header order of memcg_record.h)."""
+    return (cid, parent, 0, level, flags, valid & (2**64 - 1), valid >> 64, *values)
+
+
+def test_sizes_match_the_c_header():
+    # struct pmc_record: u64 cgroup_id, u64 parent_id, u64 name_hash, u32 level,
+    # u32 flags, u64 valid[PMC_MAX_STATS / 64]
+    assert MAX_STATS % 64 == 0
+    assert HEADER.size == 8 + 8 + 8 + 4 + 4 + 8 * (MAX_STATS // 64)
+    # struct pmc_trailer: u64 magic, u64 session, u64 visited
+    assert TRAILER.size == 24
+    names = ALL_NAMES + FAKE_NAMES
+    for n in (0, 1, 14, 64, 65, MAX_STATS):
+        assert Layout(names[:n]).record_size == HEADER.size + 8 * n
+    assert TRAILER_MAGIC == int.from_bytes(b"PMMCMG1", "little")  # bytes in memory order
+
+
+def test_c_header_constants_agree():
+    import pathlib
+    import re
+    header = pathlib.Path(__file__).resolve().parent.parent / "bpf_src" / "memcg_record.h"
+    if not header.exists():
+        pytest.skip("no bpf_src in this checkout")
+    text = header.read_text()
+    assert int(re.search(r"#define PMC_MAX_STATS\s+(\d+)", text).group(1)) == MAX_STATS
+    assert int(re.search(r"#define PMC_TRAILER_MAGIC\s+(0x[0-9a-fA-F]+)", text).group(1),
+               16) == TRAILER_MAGIC
+    assert int(re.search(r"#define PMC_FORMAT_VERSION\s+(\d+)", text).group(1)) == \
+        FORMAT_VERSION
+
+
+def test_encode_is_little_endian():
+    layout = Layout(["anon", "file"])
+    raw = encode_record(layout, 1, 2, 3, REC_NO_VMSTATS, 0b10, [5, 6], name_hash=4)
+    assert raw == struct.pack("<QQQII" + "Q" * (MAX_STATS // 64) + "QQ", 1, 2, 4, 3,
+                              REC_NO_VMSTATS, 0b10, *[0] * (MAX_STATS // 64 - 1), 5, 6)
+    assert encode_trailer(9, 10) == struct.pack("<QQQ", TRAILER_MAGIC, 9, 10)
+
+
+def test_layout_index_and_sources():
+    layout = Layout(["file", "anon"], {"anon": "table"})
+    assert layout.names == ("file", "anon")
+    assert layout.index == {"file": 0, "anon": 1}
+    rec = Record(layout, raw_tuple(1, 0, 0, 0, 0b11, [10, 20]), "/")
+    assert rec["file"] == 10 and rec["anon"] == 20
+    assert rec.source("anon") == "table" and rec.source("file") == ""
+
+
+def test_too_many_names():
+    names = ALL_NAMES + FAKE_NAMES
+    with pytest.raises(pymemcg.MalformedData, match=f"{MAX_STATS + 1} stats selected"):
+        Layout(names[:MAX_STATS + 1])
+    with pytest.raises(pymemcg.MalformedData):
+        Layout(names)
+    Layout(names[:MAX_STATS])  # exactly MAX_STATS fit
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(MAX_STATS + 1, MAX_STATS + 64), st.randoms(use_true_random=False))
+def test_too_many_names_hypothesis(n, rnd):
+    names = (ALL_NAMES + FAKE_NAMES)[:n]
+    rnd.shuffle(names)
+    with pytest.raises(pymemcg.MalformedData):
+        Layout(names)
+
+
+def test_full_width_record_round_trips():
+    # MAX_STATS names: every valid bit, including the top one of the last word
+    names = (ALL_NAMES + FAKE_NAMES)[:MAX_STATS]
+    layout = Layout(names)
+    valid = (1 << (MAX_STATS - 1)) | (1 << 64) | (1 << 63) | 1
+    values = list(range(100, 100 + MAX_STATS))
+    buf = encode_record(layout, 7, 3, 2, 0, valid, values) + encode_trailer(1, 1)
+    count, _, _ = parse_trailer(buf, len(buf), layout.record_size)
+    (t,) = iter_records(layout, buf, count * layout.record_size)
+    rec = Record(layout, t, "/x")
+    assert rec.valid == valid
+    for i, n in enumerate(names):
+        assert rec.get(n) == (values[i] if (valid >> i) & 1 else None)
+    assert rec[names[-1]] == values[-1] and rec[names[64]] == values[64]
+    with pytest.raises(pymemcg.StatUnavailable):
+        rec[names[65]]
+
+
+def test_unavailable_message_names_the_source():
+    layout = Layout(["anon", "file"], {"file": "unavailable: not in v2 memory.stat"})
+    rec = Record(layout, raw_tuple(5, 1, 1, 0, 0b01, [1, 2]), "/a")
+    with pytest.raises(pymemcg.StatUnavailable, match="file is unavailable for /a: "
+                                                      "unavailable: not in v2 memory.stat"):
+        rec["file"]
+    with pytest.raises(pymemcg.UnknownStat, match="'pgfault' is not in this reader's selection"):
+        rec["pgfault"]
+
+
+def test_valid_bits_past_the_selection_are_ignored():
+    layout = Layout(["anon"])
+    rec = Record(layout, raw_tuple(1, 0, 0, 0, 2**MAX_STATS - 1, [3]), None)
+    assert rec.as_dict() == {"anon": 3}
+    assert rec["anon"] == 3
+    assert "file" not in rec
+
+
+# --------------------------------------------------------------------------
+# round trips
+
+@FAST
+@given(encoded())
+def test_round_trip(case):
+    layout, recs, session, visited, buf = case
+    assert len(buf) == len(recs) * layout.record_size + TRAILER.size
+    out, s, v = decode_all(layout, buf, len(buf))
+    assert (s, v) == (session, visited)
+    assert len(out) == len(recs)
+    for i, (rec, want) in enumerate(zip(out, recs)):
+        check_record(rec, layout, want, f"/cg{i}")
+
+
+@FAST
+@given(encoded(), st.binary(max_size=200), st.sampled_from([bytes, bytearray, memoryview]))
+def test_round_trip_in_a_larger_buffer(case, junk, kind):
+    # the reader decodes the first n bytes of a reused buffer: what follows must not matter
+    layout, recs, session, visited, buf = case
+    big = kind(buf + junk)
+    out, s, v = decode_all(layout, big, len(buf))
+    assert (s, v) == (session, visited)
+    assert len(out) == len(recs)
+    for i, (rec, want) in enumerate(zip(out, recs)):
+        check_record(rec, layout, want, f"/cg{i}")
+
+
+@FAST
+@given(encoded(unique_ids=True))
+def test_snapshot(case):
+    layout, recs, session, visited, buf = case
+    paths = ["/"] + [f"/g{i}" for i in range(1, len(recs))]
+    out, _, _ = decode_all(layout, buf, len(buf), paths)
+    snap = Snapshot("/", out)
+    assert snap.root == "/"
+    assert len(snap) == len(recs)
+    assert list(snap) == paths[:len(recs)]
+    assert snap.records == out
+    for path, rec, want in zip(paths, out, recs):
+        assert snap[path] is rec
+        assert path in snap
+        assert snap.by_id(want[0]) is rec
+        check_record(snap[path], layout, want, path)
+    with pytest.raises(KeyError):
+        snap["/no/such/group"]
+    missing = next(i for i in range(len(recs) + 1) if i not in {w[0] for w in recs})
+    with pytest.raises(KeyError):
+        snap.by_id(missing)
+    assert dict(snap.items()) == dict(zip(paths, out))
+
+
+@FAST
+@given(encoded(min_records=1))
+def test_record_equality(case):
+    layout, recs, _, _, buf = case
+    a, _, _ = decode_all(layout, buf, len(buf))
+    b, _, _ = decode_all(layout, bytearray(buf), len(buf))
+    elsewhere, _, _ = decode_all(layout, buf, len(buf), ["/elsewhere"] * len(a))
+    for x, y, z in zip(a, b, elsewhere):
+        assert x == y           # same bytes, same path: equal, whatever the buffer type
+        assert x != z           # same bytes, another path
+        assert x.__eq__(object()) is NotImplemented
+    with pytest.raises(TypeError):
+        hash(a[0])
+
+
+# --------------------------------------------------------------------------
+# bad buffers: MalformedData or a consistent answer, never anything else
+
+def decode_or_malformed(layout, buf, nbytes):
+    """Decode and touch every field; None if MalformedData, else the records."""
+    try:
+        count, session, visited = parse_trailer(buf, nbytes, layout.record_size)
+    except pymemcg.MalformedData:
+        return None
+    assert count * layout.record_size + TRAILER.size == nbytes
+    assert 0 <= session < 2**64 and 0 <= visited < 2**64
+    raws = list(iter_records(layout, buf, count * layout.record_size))
+    assert len(raws) == count
+    out = []
+    for t in raws:
+        rec = Record(layout, t, None)
+        rec.as_dict()
+        repr(rec)
+        for name in layout.names:
+            try:
+                rec[name]
+            except pymemcg.StatUnavailable:
+                pass
+        out.append(rec)
+    return out
+
+
+@FAST
+@given(encoded(), st.data())
+def test_truncated(case, data):
+    layout, recs, session, visited, buf = case
+    cut = data.draw(st.integers(1, len(buf)), label="cut")
+    short = buf[:-cut]
+    out = decode_or_malformed(layout, short, len(short))
+    if cut % layout.record_size:
+        assert out is None  # sizes no longer add up
+    # a cut of whole records moves the trailer window into record data: only a value that
+    # happens to equal the magic could pass, and then the answer is still self-consistent
+
+
+@FAST
+@given(encoded(), st.data())
+def test_truncated_nbytes_of_a_whole_buffer(case, data):
+    # the reader's pattern: a full buffer, fewer bytes reported
+    layout, recs, session, visited, buf = case
+    n = data.draw(st.integers(0, len(buf) - 1), label="nbytes")
+    decode_or_malformed(layout, buf, n)
+
+
+@FAST
+@given(encoded(), U64)
+def test_wrong_magic(case, magic):
+    assume(magic != TRAILER_MAGIC)
+    layout, recs, session, visited, buf = case
+    bad = buf[:-TRAILER.size] + TRAILER.pack(magic, session, visited)
+    with pytest.raises(pymemcg.MalformedData, match="without the trailer"):
+        parse_trailer(bad, len(bad), layout.record_size)
+
+
+@FAST
+@given(encoded(), st.integers(0, 7), st.integers(1, 255))
+def test_corrupt_magic_byte(case, byte, xor):
+    layout, recs, session, visited, buf = case
+    bad = bytearray(buf)
+    bad[len(buf) - TRAILER.size + byte] ^= xor
+    with pytest.raises(pymemcg.MalformedData):
+        parse_trailer(bad, len(bad), layout.record_size)
+
+
+@FAST
+@given(encoded(), st.binary(min_size=1, max_size=64))
+def test_extra_bytes_after_the_trailer(case, extra):
+    layout, recs, session, visited, buf = case
+    longer = buf + extra
+    out = decode_or_malformed(layout, longer, len(longer))
+    if len(extra) % layout.record_size:
+        assert out is None
+
+
+@FAST
+@given(selections, st.binary(max_size=2048))
+def test_random_bytes(names, data):
+    layout = Layout(names)
+    decode_or_malformed(layout, data, len(data))
+
+
+@FAST
+@given(selections, st.data())
+def test_random_bytes_with_a_trailer(names, data):
+    # random record bytes, of a valid size, behind a real trailer: always decodes
+    layout = Layout(names)
+    count = data.draw(st.integers(0, 6), label="count")
+    body = data.draw(st.binary(min_size=count * layout.record_size,
+                               max_size=count * layout.record_size), label="body")
+    buf = body + encode_trailer(1, count)
+    out = decode_or_malformed(layout, buf, len(buf))
+    assert out is not None and len(out) == count
+
+
+@FAST
+@given(selections, st.integers(0, 4), st.integers(1, 400))
+def test_iter_records_partial(names, whole, extra):
+    layout = Layout(names)
+    assume(extra % layout.record_size)
+    n = whole * layout.record_size + extra
+    with pytest.raises(pymemcg.MalformedData, match="not whole"):
+        iter_records(layout, bytes(n), n)
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, TRAILER.size - 1])
+def test_shorter_than_a_trailer(nbytes):
+    layout = Layout(["anon"])
+    with pytest.raises(pymemcg.MalformedData, match="not whole"):
+        parse_trailer(bytes(64), nbytes, layout.record_size)
+
+
+def test_trailer_only_is_zero_records():
+    layout = Layout(["anon", "file"])
+    buf = encode_trailer(42, 0)
+    assert parse_trailer(buf, len(buf), layout.record_size) == (0, 42, 0)
+    assert list(iter_records(layout, buf, 0)) == []

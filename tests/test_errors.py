@@ -1,0 +1,181 @@
+"""Bad input and hostile hosts: a pymemcg.Error subclass naming cause and
+remedy, and nothing left behind (fds, links, pins)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+
+import pytest
+
+import pymemcg
+from pymemcg import bpf as bpf_mod
+from pymemcg import layout
+from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
+
+
+def open_fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def pins() -> set:
+    try:
+        return set(os.listdir(bpf_mod.PIN_DIR))
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture
+def no_leaks(bpf_ok):
+    fds, before = open_fds(), pins()
+    yield
+    assert pins() == before, "pins left behind"
+    assert open_fds() <= fds, f"fds left behind: {open_fds() - fds}"
+
+
+def _reader(**kw):
+    return pymemcg.Reader(stats=["usage", "anon"], backend="bpf", **kw)
+
+
+@pytest.mark.parametrize("backend", ["bpf", "text"])
+def test_missing_path(no_leaks, backend):
+    with pymemcg.Reader(stats=["usage"], backend=backend) as r:
+        with pytest.raises(pymemcg.CgroupNotFound, match="no such cgroup"):
+            r.read("/sys/fs/cgroup/memory/does/not/exist")
+        with pytest.raises(pymemcg.CgroupNotFound):
+            r.read_tree("/nonexistent")
+
+
+@pytest.mark.parametrize("backend", ["bpf", "text"])
+def test_not_a_cgroup(no_leaks, backend, tmp_path):
+    own = own_memory_cgroup()
+    with pymemcg.Reader(stats=["usage"], backend=backend) as r:
+        for bad in (str(tmp_path), os.path.join(own, "memory.stat"), "/proc"):
+            with pytest.raises(pymemcg.NotACgroup, match="not a cgroup directory"):
+                r.read(bad)
+        with pytest.raises(pymemcg.NotACgroup):
+            r.read(12345)
+
+
+def test_hierarchy_without_memory_controller(no_leaks):
+    others = [m.mountpoint for m in pymemcg.cgroupfs.cgroup_mounts() if not m.has_memory]
+    assert others, "this host has no cgroup hierarchy without memory to test with"
+    with _reader() as r:
+        for path in others:
+            with pytest.raises(pymemcg.NoMemoryController, match=memory_mount().mountpoint):
+                r.read(path)
+
+
+def test_unknown_stat(no_leaks):
+    with pytest.raises(pymemcg.UnknownStat, match="pymemcg.stats()"):
+        pymemcg.Reader(stats=["usage", "no_such_stat"])
+    with pytest.raises(pymemcg.UnknownStat, match="twice"):
+        pymemcg.Reader(stats=["usage", "usage"])
+    with _reader() as r:
+        rec = r.read(own_memory_cgroup())
+        with pytest.raises(pymemcg.UnknownStat, match="add it to stats="):
+            rec["file"]
+
+
+def test_unavailable_stat_is_not_zero(no_leaks):
+    # swap_usage is cgroup v2's counter; on v1 the union member is memsw
+    name = "swap_usage" if memory_mount().version == 1 else "memsw_usage"
+    with pymemcg.Reader(stats=["usage", name], backend="bpf") as r:
+        rec = r.read(own_memory_cgroup())
+        assert rec.get(name) is None and name not in rec
+        with pytest.raises(pymemcg.StatUnavailable, match="only on cgroup"):
+            rec[name]
+        assert rec.as_dict()[name] is None
+
+
+def test_closed_reader(no_leaks):
+    r = _reader()
+    r.close()
+    r.close()  # idempotent
+    with pytest.raises(pymemcg.Closed):
+        r.read(own_memory_cgroup())
+
+
+def _as_nobody(fn):
+    """Run fn() in a forked child with uid/gid nobody and no capabilities."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                result = ("ok", fn())
+            except Exception as e:  # report it to the parent
+                result = ("raised", type(e).__name__, str(e))
+            os.write(wfd, pickle.dumps(result))
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(data)
+
+
+def test_missing_privileges(no_leaks):
+    own = own_memory_cgroup()
+
+    def bpf_read():
+        with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
+            return r.read(own)["usage"]
+    result = _as_nobody(bpf_read)
+    assert result[:2] == ("raised", "PermissionDenied"), result
+    assert "root" in result[2] and "backend='text'" in result[2]
+
+    def auto_read():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            os.environ.pop("PYMEMCG_REQUIRE_BPF", None)
+            with pymemcg.Reader(stats=["usage", "anon"]) as r:
+                return r.backend, r.read(own)["anon"] >= 0, [str(w.message) for w in caught]
+    result = _as_nobody(auto_read)
+    assert result[0] == "ok", result
+    backend, ok, messages = result[1]
+    assert backend == "text" and ok
+    assert any("BPF backend unavailable" in m for m in messages)
+
+    def required():
+        os.environ["PYMEMCG_REQUIRE_BPF"] = "1"
+        pymemcg.Reader(stats=["usage"])
+    result = _as_nobody(required)
+    assert result[:2] == ("raised", "PermissionDenied"), result
+
+
+def test_kernel_without_btf(no_leaks, monkeypatch):
+    from pymemcg import btf
+    monkeypatch.setattr(btf, "VMLINUX_BTF", "/nonexistent/vmlinux")
+    monkeypatch.setattr(bpf_mod, "_facts", None)
+    with pytest.raises(pymemcg.NoBtf, match="CONFIG_DEBUG_INFO_BTF"):
+        pymemcg.Reader(stats=["usage"], backend="bpf")
+    monkeypatch.delenv("PYMEMCG_REQUIRE_BPF", raising=False)
+    with pytest.warns(pymemcg.FallbackWarning, match="no BTF"):
+        with pymemcg.Reader(stats=["usage"]) as r:
+            assert r.backend == "text"
+
+
+def test_verifier_rejection_carries_the_log(no_leaks):
+    # Forcing the kfunc path on a kernel without the memcg kfuncs leaves
+    # unresolved kfunc calls live: a real verifier rejection.
+    if layout.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
+        pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
+    res = layout.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
+    with pytest.raises(pymemcg.VerifierRejected) as info:
+        bpf_mod._Program(res, False, 16, use_kfuncs=True)
+    assert "processed" in info.value.log
+    assert "verifier log" in str(info.value) and "backend='text'" in str(info.value)
+
+
+def test_errors_are_one_family():
+    for cls in (pymemcg.CgroupNotFound, pymemcg.NotACgroup, pymemcg.NoMemoryController,
+                pymemcg.UnknownStat, pymemcg.PermissionDenied, pymemcg.NoBtf,
+                pymemcg.VerifierRejected, pymemcg.MalformedData, pymemcg.StatUnavailable):
+        assert issubclass(cls, pymemcg.Error)

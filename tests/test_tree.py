@@ -1,0 +1,116 @@
+"""Whole-tree snapshots: complete past the 32 KiB session buffer, each
+cgroup exactly once, ids equal to st_ino, paths and levels right."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import pymemcg
+
+N_CGROUPS = 2000
+
+
+def _make_tree(cgroups, n: int) -> dict:
+    """n cgroups under one parent: 40 groups of up to 49 children, some nested.
+    Returns {relative path under the parent: st_ino}."""
+    made = {}
+    i = 0
+    g = 0
+    while i < n:
+        group = f"g{g:03d}"
+        cgroups.make(group)
+        made[group] = None
+        i += 1
+        for c in range(49):
+            if i >= n:
+                break
+            rel = f"{group}/c{c:02d}" if c % 7 else f"{group}/c{c:02d}/deep"
+            cgroups.make(rel)
+            made[rel] = None
+            i += 1
+            if rel.endswith("/deep"):
+                made[os.path.dirname(rel)] = None
+                i += 1
+        g += 1
+    base = cgroups.base
+    return {rel: os.stat(os.path.join(base, rel)).st_ino for rel in made}
+
+
+def test_snapshot_of_2000_cgroups(bpf_ok, cgroups):
+    expected = _make_tree(cgroups, N_CGROUPS)
+    assert len(expected) >= N_CGROUPS
+    with pymemcg.Reader(stats=["usage", "anon", "file", "pgfault", "oom_kill"],
+                        backend="bpf") as r:
+        for _ in range(2):  # the second read reuses the grown program and name cache
+            snap = r.read_tree(cgroups.base)
+            ids = [rec.id for rec in snap.records]
+            assert len(ids) == len(set(ids)), "a cgroup appeared twice"
+            assert len(snap) == len(expected) + 1  # + the parent itself
+            root = snap.by_id(os.stat(cgroups.base).st_ino)
+            assert root.path == snap.root and snap.records[0] is root
+            for rel, ino in expected.items():
+                rec = snap.by_id(ino)
+                assert rec.path == snap.root + "/" + rel
+                assert snap[rec.path] is rec
+                assert rec.level == root.level + rel.count("/") + 1
+                assert rec.parent_id == os.stat(os.path.dirname(
+                    os.path.join(cgroups.base, rel))).st_ino
+                assert rec["usage"] >= 0 and rec.get("oom_kill") == 0
+
+
+def test_tree_follows_creation_and_removal(bpf_ok, cgroups):
+    cgroups.make("a/b")
+    with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
+        before = r.read_tree(cgroups.base)
+        assert {p.rsplit("/", 1)[-1] for p in before} >= {"a", "b"}
+        os.rmdir(os.path.join(cgroups.base, "a/b"))
+        cgroups.make("a/c")
+        after = r.read_tree(cgroups.base)
+        names = {p.rsplit("/", 1)[-1] for p in after}
+        assert "c" in names and "b" not in names
+        assert len(after) == 3
+
+
+def test_text_backend_tree_matches_bpf_tree_shape(bpf_ok, cgroups):
+    _make_tree(cgroups, 120)
+    with pymemcg.Reader(stats=["usage"], backend="bpf") as b, \
+            pymemcg.Reader(stats=["usage"], backend="text") as t:
+        sb, st = b.read_tree(cgroups.base), t.read_tree(cgroups.base)
+        assert {(r.path, r.id, r.level, r.parent_id) for r in sb.records} == \
+            {(r.path, r.id, r.level, r.parent_id) for r in st.records}
+
+
+def test_rename_is_followed(bpf_ok, cgroups):
+    """cgroup v1 allows rename: a path must never serve another cgroup."""
+    a = cgroups.make("r/a")
+    cgroups.make("r/a/kid")
+    base = os.path.dirname(a)
+    with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
+        old_id = r.read(a).id
+        before = r.read_tree(base)
+        assert before.by_id(old_id).path.endswith("/r/a")
+        b = os.path.join(base, "b")
+        os.rename(a, b)
+        with pytest.raises(pymemcg.CgroupNotFound):
+            r.read(a)
+        assert r.read(b).id == old_id and r.read(b).path.endswith("/r/b")
+        after = r.read_tree(base)
+        assert after.by_id(old_id).path.endswith("/r/b")
+        assert any(p.endswith("/r/b/kid") for p in after)
+        os.mkdir(a)  # the old path, now a different cgroup
+        new = r.read(a)
+        assert new.id == os.stat(a).st_ino != old_id
+
+
+def test_name_hash_matches_the_bpf_program(bpf_ok, cgroups):
+    from pymemcg.decode import name_hash
+    names = ["x", "12345678", "1234567", "a" * 200, "with space", "ünïcode-名前"]
+    for name in names:
+        cgroups.make(f"h/{name}")
+    with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
+        snap = r.read_tree(os.path.join(cgroups.base, "h"))
+        for name in names:
+            rec = snap[snap.root + "/" + name]
+            assert rec.name_hash == name_hash(name)
