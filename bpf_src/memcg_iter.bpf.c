@@ -244,8 +244,29 @@ static __always_inline int pmc_write_trailer(struct bpf_iter_meta *meta)
 	return 0;
 }
 
-SEC("iter/cgroup")
-int pmc_memcg_iter(struct bpf_iter__cgroup *ctx)
+/*
+ * Hash of the path from the hierarchy root: the name hashes of the cgroup and
+ * its ancestors below the root, leaf first. Read in the same walk as the
+ * stats (cgroup_mutex held, which rename takes too), it proves that the
+ * record belongs to the path the reader asked for. 0: deeper than we walk.
+ */
+static __always_inline __u64 path_hash(struct pmc_scratch *rec, struct cgroup *cgrp)
+{
+	__u64 h = PMC_FNV_OFFSET;
+	__u32 depth;
+
+	for (depth = 0; depth < PMC_PATH_MAX_DEPTH; depth++) {
+		struct cgroup_subsys_state *parent = BPF_CORE_READ(cgrp, self.parent);
+
+		if (!parent)
+			return h;
+		h = (h ^ name_hash(rec, BPF_CORE_READ(cgrp, kn))) * PMC_FNV_PRIME;
+		cgrp = BPF_CORE_READ(parent, cgroup);
+	}
+	return 0;
+}
+
+static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path)
 {
 	struct bpf_iter_meta *meta = ctx->meta;
 	struct cgroup *cgrp = ctx->cgroup;
@@ -272,7 +293,7 @@ int pmc_memcg_iter(struct bpf_iter__cgroup *ctx)
 		return 1;
 
 	rec->hdr.cgroup_id = BPF_CORE_READ(cgrp, kn, id);
-	rec->hdr.name_hash = name_hash(rec, BPF_CORE_READ(cgrp, kn));
+	rec->hdr.name_hash = with_path ? path_hash(rec, cgrp) : name_hash(rec, BPF_CORE_READ(cgrp, kn));
 	parent = BPF_CORE_READ(cgrp, self.parent);
 	rec->hdr.parent_id = parent ? BPF_CORE_READ(parent, cgroup, kn, id) : 0;
 	rec->hdr.level = BPF_CORE_READ(cgrp, level);
@@ -306,4 +327,18 @@ int pmc_memcg_iter(struct bpf_iter__cgroup *ctx)
 		}
 	}
 	return 0;
+}
+
+/* Trees: each record carries its name's hash. */
+SEC("iter/cgroup")
+int pmc_memcg_iter(struct bpf_iter__cgroup *ctx)
+{
+	return emit(ctx, false);
+}
+
+/* Single cgroups: the record carries the hash of its whole path. */
+SEC("iter/cgroup")
+int pmc_memcg_iter_path(struct bpf_iter__cgroup *ctx)
+{
+	return emit(ctx, true);
 }

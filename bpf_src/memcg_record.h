@@ -58,7 +58,8 @@ struct pmc_stat_spec {
 struct pmc_record {
 	unsigned long long cgroup_id;	/* kernfs id == st_ino of the directory */
 	unsigned long long parent_id;	/* 0 for the hierarchy root */
-	unsigned long long name_hash;	/* pmc_name_hash() of the directory name */
+	unsigned long long name_hash;	/* hash of the name (tree program) or of the
+					 * path below the root (path program) */
 	unsigned int level;		/* 0 for the hierarchy root */
 	unsigned int flags;		/* PMC_REC_* */
 	unsigned long long valid[PMC_MAX_STATS / 64];	/* bit i set: value i was read */
@@ -86,6 +87,7 @@ struct pmc_overflow_state {
 #define PMC_FNV_OFFSET	0xcbf29ce484222325ULL
 #define PMC_FNV_PRIME	0x100000001b3ULL
 #define PMC_NAME_MAX	256
+#define PMC_PATH_MAX_DEPTH	32
 
 #define PMC_RECORD_SIZE(nr_stats) \
 	(sizeof(struct pmc_record) + (nr_stats) * sizeof(unsigned long long))

@@ -46,8 +46,6 @@ int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order);
 int pmc_link_pin(int link_fd, const char *path);
 const void *pmc_object_bytes(size_t *size);
 ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size);
-ssize_t pmc_read_cgroup(int link_fd, const char *path, unsigned long long ino,
-                        void *buf, size_t buf_size);
 int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
                       void *dst, unsigned long long n);
 

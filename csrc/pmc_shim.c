@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -120,7 +119,10 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 		err = bpf_map__set_max_entries(skel->maps.overflow, capacity);
 	if (!err && log && log_size)
 		err = bpf_program__set_log_buf(skel->progs.pmc_memcg_iter, log + log_size / 2,
-					       log_size - log_size / 2);
+					       log_size / 4);
+	if (!err && log && log_size)
+		err = bpf_program__set_log_buf(skel->progs.pmc_memcg_iter_path,
+					       log + log_size / 2 + log_size / 4, log_size / 4);
 	if (err)
 		goto fail;
 
@@ -167,6 +169,9 @@ unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog)
 
 int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order)
 {
+	/* one cgroup: the program that proves its path; walks: name hashes */
+	struct bpf_program *p = order == 1 ? prog->skel->progs.pmc_memcg_iter_path
+					   : prog->skel->progs.pmc_memcg_iter;
 	union bpf_iter_link_info linfo;
 	LIBBPF_OPTS(bpf_link_create_opts, opts);
 	int fd;
@@ -176,7 +181,7 @@ int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order)
 	linfo.cgroup.order = order;
 	opts.iter_info = &linfo;
 	opts.iter_info_len = sizeof(linfo);
-	fd = bpf_link_create(bpf_program__fd(prog->skel->progs.pmc_memcg_iter), 0,
+	fd = bpf_link_create(bpf_program__fd(p), 0,
 			     BPF_TRACE_ITER, &opts);
 	return fd < 0 ? -errno : fd;
 }
@@ -217,19 +222,6 @@ ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size)
 	}
 	close(fd);
 	return err ? err : total;
-}
-
-ssize_t pmc_read_cgroup(int link_fd, const char *path, unsigned long long ino,
-			void *buf, size_t buf_size)
-{
-	struct stat st;
-
-	/* cgroup v1 allows rename, and a path can be reused by a new cgroup */
-	if (stat(path, &st))
-		return -errno;
-	if (st.st_ino != ino)
-		return -ESTALE;
-	return pmc_read_session(link_fd, buf, buf_size);
 }
 
 int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,

@@ -35,7 +35,8 @@ unsigned int pmc_prog_record_size(const struct pmc_prog *prog);
 unsigned int pmc_prog_seq_budget(const struct pmc_prog *prog);
 unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog);
 
-/* A new iterator link on the cgroup behind cgroup_fd; returns the link fd. */
+/* A new iterator link on the cgroup behind cgroup_fd; returns the link fd.
+ * SELF_ONLY (1) links run the program whose records carry the path hash. */
 int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order);
 
 int pmc_link_pin(int link_fd, const char *path);
@@ -45,11 +46,6 @@ const void *pmc_object_bytes(size_t *size);
 
 /* One session: create, read everything into buf, close. Returns bytes. */
 ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size);
-
-/* A session of a SELF_ONLY link, after checking that `path` still names the
- * cgroup (inode `ino`) the link was made for: -ESTALE if it does not. */
-ssize_t pmc_read_cgroup(int link_fd, const char *path, unsigned long long ino,
-			void *buf, size_t buf_size);
 
 /* Copy the first n overflow records of session_id into dst. -EAGAIN when a
  * later session took the map over meanwhile: read again. */

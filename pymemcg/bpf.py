@@ -194,11 +194,11 @@ def _load_error(err: int, log: str) -> Exception:
 
 
 class _Link:
-    __slots__ = ("fd", "pin", "cgroup", "order", "path")
+    __slots__ = ("fd", "pin", "cgroup", "order", "path_hash")
 
     def __init__(self, fd: int, pin: Optional[str], cgroup: Cgroup, order: int) -> None:
         self.fd, self.pin, self.cgroup, self.order = fd, pin, cgroup, order
-        self.path = os.fsencode(cgroup.path)   # for the stat() check in C
+        self.path_hash = -1     # learnt at the first read (_read_slow)
 
 
 def _release(state: dict) -> None:
@@ -269,7 +269,7 @@ class BpfBackend:
         link = self._state["links"].get(key)
         if link is not None:
             if link.cgroup.path != cg.path:  # the same cgroup, renamed
-                link.cgroup, link.path = cg, os.fsencode(cg.path)
+                link.cgroup, link.path_hash = cg, -1
             return link
         prog: _Program = self._state["prog"]
         fd = prog.attach(cg, order)
@@ -313,17 +313,15 @@ class BpfBackend:
         with self._lock:
             link = self._by_path.get(path)
             if link is not None:
-                # fast path: the path still names the linked cgroup (checked
-                # in C), exactly one record and the trailer, one unpack
-                n = self._lib.pmc_read_cgroup(link.fd, link.path, link.cgroup.id, self._cbuf,
-                                              self._buflen)
+                # fast path: one record and the trailer, one unpack, and the
+                # record's path hash proves the path still names this cgroup
+                n = self._lib.pmc_read_session(link.fd, self._cbuf, self._buflen)
                 if n == self._single_size:
                     t = self._single.unpack_from(self._buf)
-                    if t[-3] == TRAILER_MAGIC:
+                    if t[-3] == TRAILER_MAGIC and t[2] == link.path_hash:
                         return Record(self.layout, t, link.cgroup.relpath)
-                if n == -errno.ESTALE or n == -errno.ENOENT:
-                    del self._by_path[path]  # renamed, removed or replaced
-                    link = None
+                del self._by_path[path]  # renamed, removed or replaced: resolve again
+                link = None
             return self._read_slow(path, link)
 
     def _read_slow(self, path: str, link: Optional[_Link]) -> Record:
@@ -335,12 +333,31 @@ class BpfBackend:
             n = self._session(link)
             count, _session, _visited = parse_trailer(self._buf, n, self.layout.record_size)
             if count == 1:
-                return Record(self.layout, self.layout.record.unpack_from(self._buf, 0),
-                              link.cgroup.relpath)
+                t = self.layout.record.unpack_from(self._buf, 0)
+                # Learn the path hash the kernel reports for this path: the
+                # path named this cgroup before the walk (resolve) and still
+                # does after it, so the hash seen in between is the path's.
+                # (Observed rather than computed: a cgroup namespace or a
+                # mount of a subtree hides the top of the path from us.)
+                if t[2] != 0 and self._still_names(path, link.cgroup.id):
+                    link.path_hash = t[2]
+                    return Record(self.layout, t, link.cgroup.relpath)
+                if t[2] == 0 and self._still_names(path, link.cgroup.id):
+                    return Record(self.layout, t, link.cgroup.relpath)  # too deep to prove
+                self._by_path.pop(path, None)  # renamed meanwhile: resolve again
+                link = None
+                continue
             # 0 records: the cgroup behind the link died; the path may be new
             self._drop_link(link)
             link = None
         raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
+
+    @staticmethod
+    def _still_names(path: str, cgroup_id: int) -> bool:
+        try:
+            return os.stat(path).st_ino == cgroup_id
+        except OSError:
+            return False
 
     def read_tree(self, path: str) -> Snapshot:
         with self._lock:

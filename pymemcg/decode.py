@@ -188,6 +188,14 @@ def encode_record(layout: Layout, cgroup_id: int, parent_id: int, level: int, fl
                               valid & (2**64 - 1), valid >> 64, *values)
 
 
+def path_hash(relpath: str) -> int:
+    """What the path program reports for a cgroup at relpath ("/a/b")."""
+    h = FNV_OFFSET
+    for part in reversed([p for p in relpath.split("/") if p]):
+        h = ((h ^ name_hash(part)) * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
 def name_hash(name: str) -> int:
     """pmc_name_hash of memcg_record.h: FNV-1a over the NUL-terminated name in
     little-endian u64 words, the last zero-padded."""

@@ -105,7 +105,7 @@ def test_rename_is_followed(bpf_ok, cgroups):
 
 
 def test_name_hash_matches_the_bpf_program(bpf_ok, cgroups):
-    from pymemcg.decode import name_hash
+    from pymemcg.decode import name_hash, path_hash
     names = ["x", "12345678", "1234567", "a" * 200, "with space", "ünïcode-名前"]
     for name in names:
         cgroups.make(f"h/{name}")
@@ -114,3 +114,6 @@ def test_name_hash_matches_the_bpf_program(bpf_ok, cgroups):
         for name in names:
             rec = snap[snap.root + "/" + name]
             assert rec.name_hash == name_hash(name)
+            # single reads carry the hash of the whole path instead
+            single = r.read(os.path.join(cgroups.base, "h", name))
+            assert single.name_hash == path_hash(single.path) != rec.name_hash
