@@ -253,6 +253,7 @@ class BpfBackend:
                 self._finalizer()
                 raise
         self._by_path: Dict[str, _Link] = {}
+        self._roots: Dict[str, Cgroup] = {}
         self._names = NameCache()
         self._ffi, self._lib = _lib()
         self._buf = bytearray(SEQ_BUF_SIZE + 4096)
@@ -361,7 +362,9 @@ class BpfBackend:
 
     def read_tree(self, path: str) -> Snapshot:
         with self._lock:
-            cg = resolve_cgroup(path)
+            cg = self._roots.get(path)
+            if cg is None or not self._still_names(path, cg.id):
+                cg = self._roots[path] = resolve_cgroup(path)
             for _ in range(_RETRIES):
                 link = self._link(cg, ORDER_DESCENDANTS_PRE)
                 raw = self._walk(link)
@@ -410,29 +413,34 @@ class BpfBackend:
         self._state["prog"] = _Program(self.resolutions, self.local, capacity)
 
     def _snapshot(self, root: Cgroup, raw: List[tuple]) -> Snapshot:
-        """Records with paths. The walk is pre-order, so a parent's path is
-        known before its children's."""
+        """Paths for the records. The walk is pre-order, so a parent's path
+        is known before its children's."""
         if raw[0][0] != root.id:
             raise MalformedData(f"walk of {root.path} did not start at its root")
         names = self._names
-        layout = self.layout
+        known = names.names
         mount = root.mount.mountpoint
-        rel = {root.id: root.relpath}
-        records = [Record(layout, raw[0], root.relpath)]
+        top = root.relpath
+        rel = {root.id: "" if top == "/" else top}
+        paths: List[Optional[str]] = [top]
         for t in raw[1:]:
             parent = rel.get(t[1])
             path = None
             if parent is not None:
-                name = names.name(mount + parent if parent != "/" else mount, t[0], t[2])
+                hit = known.get(t[0])
+                if hit is not None and hit[0] == t[2]:
+                    name = hit[1]
+                else:  # new or renamed: list the parent directory
+                    name = names.name(mount + parent, t[0], t[2])
                 if name is not None:
-                    path = (parent if parent != "/" else "") + "/" + name
-                    rel[t[0]] = path
-            records.append(Record(layout, t, path))
-        if len(names.names) > 2 * len(records) + 64:
+                    path = rel[t[0]] = parent + "/" + name
+            paths.append(path)
+        if len(known) > 2 * len(raw) + 64:
             names.forget_except(rel.keys())
-        return Snapshot(root.relpath, records)
+        return Snapshot(top, self.layout, raw, paths)
 
     def close(self) -> None:
         with self._lock:
             self._finalizer()
             self._by_path.clear()
+            self._roots.clear()

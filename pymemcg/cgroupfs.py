@@ -37,8 +37,18 @@ def _unescape(field: str) -> str:
         .replace("\\134", "\\")
 
 
-def cgroup_mounts() -> List[Mount]:
-    """Every cgroup and cgroup2 mount of this mount namespace."""
+_mounts_cache: Optional[List[Mount]] = None
+
+
+def cgroup_mounts(cached: bool = False) -> List[Mount]:
+    """Every cgroup and cgroup2 mount of this mount namespace.
+
+    cached=True reuses the last parse: path lookups re-parse only when no
+    known mount matches, since cgroup mounts change rarely.
+    """
+    global _mounts_cache
+    if cached and _mounts_cache is not None:
+        return _mounts_cache
     mounts = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -47,6 +57,7 @@ def cgroup_mounts() -> List[Mount]:
             if len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
                 continue
             mounts.append(Mount(_unescape(fields[4]), rfields[0], tuple(rfields[2].split(","))))
+    _mounts_cache = mounts
     return mounts
 
 
@@ -87,8 +98,12 @@ class Cgroup:
 
 
 def _mount_of(path: str) -> Optional[Mount]:
+    return _longest_mount(path, cgroup_mounts(cached=True)) or _longest_mount(path, cgroup_mounts())
+
+
+def _longest_mount(path: str, mounts: List[Mount]) -> Optional[Mount]:
     best = None
-    for m in cgroup_mounts():
+    for m in mounts:
         mp = m.mountpoint.rstrip("/") or "/"
         if path == mp or path.startswith(mp + "/"):
             if best is None or len(mp) > len(best.mountpoint):

@@ -136,28 +136,70 @@ class Record:
 
 
 class Snapshot(Mapping[str, Record]):
-    """A tree read in one walk: records keyed by path, findable by id."""
+    """A tree read in one walk: records keyed by path, findable by id.
 
-    def __init__(self, root: str, records: List[Record]) -> None:
+    Records are made on first access: a snapshot keeps the tuples that
+    struct unpacked and the paths, so reading a column or a few cgroups out
+    of a large tree costs no object per cgroup.
+    """
+
+    def __init__(self, root: str, layout: Layout, raw: List[tuple],
+                 paths: List[Optional[str]]) -> None:
         self.root = root
-        self.records = records
-        self._by_path = {r.path: r for r in records if r.path is not None}
-        self._by_id = {r.id: r for r in records}
+        self.layout = layout
+        self._raw = raw
+        self._paths = paths
+        self._objs: List[Optional[Record]] = [None] * len(raw)
+        self._index = {p: i for i, p in enumerate(paths) if p is not None}
+        self._ids: Optional[Dict[int, int]] = None
+
+    @classmethod
+    def from_records(cls, root: str, records: List[Record]) -> "Snapshot":
+        layout = records[0]._layout if records else Layout(())
+        snap = cls(root, layout, [r._t for r in records], [r.path for r in records])
+        snap._objs = list(records)
+        return snap
+
+    def _record(self, i: int) -> Record:
+        rec = self._objs[i]
+        if rec is None:
+            rec = self._objs[i] = Record(self.layout, self._raw[i], self._paths[i])
+        return rec
+
+    @property
+    def records(self) -> List[Record]:
+        """Every cgroup of the walk, in walk order (the root first)."""
+        return [self._record(i) for i in range(len(self._raw))]
 
     def __getitem__(self, path: str) -> Record:
-        return self._by_path[path]
+        return self._record(self._index[path])
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._by_path)
+        return iter(self._index)
 
     def __len__(self) -> int:
-        return len(self.records)
+        """Cgroups in the walk (a cgroup removed before its name was read
+        has path None: it counts here but is reachable only by id)."""
+        return len(self._raw)
 
     def by_id(self, cgroup_id: int) -> Record:
-        return self._by_id[cgroup_id]
+        if self._ids is None:
+            self._ids = {t[0]: i for i, t in enumerate(self._raw)}
+        return self._record(self._ids[cgroup_id])
+
+    def column(self, name: str) -> List[Optional[int]]:
+        """One stat for every cgroup, in walk order (None where unavailable)."""
+        i = self.layout.index[name]
+        word, bit, at = 5 + (i >> 6), i & 63, i + VALUES_AT
+        return [t[at] if (t[word] >> bit) & 1 else None for t in self._raw]
+
+    @property
+    def paths(self) -> List[Optional[str]]:
+        """Paths in walk order, aligned with column()."""
+        return list(self._paths)
 
     def __repr__(self) -> str:
-        return f"Snapshot(root={self.root!r}, {len(self.records)} cgroups)"
+        return f"Snapshot(root={self.root!r}, {len(self._raw)} cgroups)"
 
 
 def parse_trailer(buf, nbytes: int, record_size: int) -> Tuple[int, int, int]:

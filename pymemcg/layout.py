@@ -201,4 +201,4 @@ def _resolve_one(stat: Stat, facts: KernelFacts, match: Optional[TableMatch],
     kind = KIND_STATE if stat.kind == STATE else KIND_EVENT
     flags = SPEC_SIGNED if stat.kind == STATE else 0
     return Resolution(stat, VIA_TABLE, kind, slots[stat.item], item_value, flags, scale,
-                      f"table {match.table.release}: {match.table.source}")
+                      f"table {match.table.release} (mm/memcontrol.c, checked against BTF)")

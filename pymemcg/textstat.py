@@ -218,7 +218,7 @@ class TextBackend:
                     continue  # removed while we walked
                 records.append(crec)
                 stack.append((e.path, child_rel, crec))
-        return Snapshot(root.relpath, records)
+        return Snapshot.from_records(root.relpath, records)
 
     def close(self) -> None:
         pass

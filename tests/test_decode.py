@@ -262,7 +262,11 @@ def test_snapshot(case):
     layout, recs, session, visited, buf = case
     paths = ["/"] + [f"/g{i}" for i in range(1, len(recs))]
     out, _, _ = decode_all(layout, buf, len(buf), paths)
-    snap = Snapshot("/", out)
+    snap = Snapshot.from_records("/", out)
+    lazy = Snapshot("/", layout, [r._t for r in out], [r.path for r in out])
+    assert lazy.records == out and list(lazy) == list(snap)
+    for i, name in enumerate(layout.names):
+        assert lazy.column(name) == [r.get(name) for r in out]
     assert snap.root == "/"
     assert len(snap) == len(recs)
     assert list(snap) == paths[:len(recs)]

@@ -49,11 +49,11 @@ def test_snapshot_of_2000_cgroups(bpf_ok, cgroups):
             assert len(ids) == len(set(ids)), "a cgroup appeared twice"
             assert len(snap) == len(expected) + 1  # + the parent itself
             root = snap.by_id(os.stat(cgroups.base).st_ino)
-            assert root.path == snap.root and snap.records[0] is root
+            assert root.path == snap.root and snap.records[0] == root
             for rel, ino in expected.items():
                 rec = snap.by_id(ino)
                 assert rec.path == snap.root + "/" + rel
-                assert snap[rec.path] is rec
+                assert snap[rec.path] == rec
                 assert rec.level == root.level + rel.count("/") + 1
                 assert rec.parent_id == os.stat(os.path.dirname(
                     os.path.join(cgroups.base, rel))).st_ino
