@@ -1,20 +1,23 @@
 # pymemcg: BPF object, skeleton, Python extension, tests, benchmarks.
 #
 #   make            build the BPF object and its skeleton into build/
-#   make develop    editable install of the package (builds everything)
+#   make develop    editable install into .venv (builds everything)
 #   make test       the test suite (root, real kernel, real cgroups)
 #   make snapshot   a snapshot of this host's memory cgroups through BPF
-#   make bench      the benchmark against memory.stat
+#   make bench      the benchmark against memory.stat (writes docs/bench.md)
 #   make deps       Debian packages needed to build (apt-get)
 
 OUTPUT     ?= build
 CLANG      ?= $(shell command -v clang-19 || command -v clang)
 BPFTOOL    ?= $(shell command -v bpftool || ls /usr/sbin/bpftool 2>/dev/null)
 PYTHON     ?= python3
+VENV       ?= .venv
+VPY        := $(VENV)/bin/python
 ARCH       := $(shell uname -m | sed 's/x86_64/x86/; s/aarch64/arm64/')
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function
 
-APT_PACKAGES := clang-19 llvm-19 bpftool libelf-dev zlib1g-dev pkg-config make gcc curl ca-certificates
+APT_PACKAGES := clang-19 llvm-19 bpftool libelf-dev zlib1g-dev pkg-config make gcc curl \
+                ca-certificates python3-venv python3-dev
 
 # Debian's libbpf.a is not position independent, so it cannot go into a Python
 # extension: build the same release (bookworm's 1.1.2, no Debian patches) from
@@ -62,17 +65,24 @@ deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
 
-develop: bpf
-	$(PYTHON) -m pip install -q -e '.[test]'
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
 
+develop: bpf $(VPY)
+	$(VPY) -m pip install -q -e '.[test]'
+
+# PYMEMCG_REQUIRE_BPF=1 (set by .ci/run) makes "BPF unavailable" fail the BPF
+# tests instead of skipping them
 test: develop
-	PYMEMCG_REQUIRE_BPF=1 $(PYTHON) -m pytest -q tests
+	$(VPY) -m pytest -q tests
 
 snapshot: develop
-	$(PYTHON) -m pymemcg snapshot
+	$(VPY) -m pymemcg snapshot
 
 bench: develop
-	$(PYTHON) -m pymemcg.bench
+	mkdir -p docs
+	$(VPY) -m pymemcg.bench --out docs/bench.md
 
 clean:
-	rm -rf $(OUTPUT) *.egg-info pymemcg/_pymemcg*.so
+	rm -rf $(OUTPUT) $(VENV) *.egg-info pymemcg/_pymemcg*.so

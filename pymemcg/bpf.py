@@ -262,6 +262,8 @@ class BpfBackend:
         # one record and the trailer, unpacked by one Struct call
         self._single = struct.Struct(self.layout.record.format + TRAILER.format[1:])
         self._single_size = self._single.size
+        self._unpack_single = self._single.unpack_from
+        self._read_session = self._lib.pmc_read_session
         self._ovf = bytearray(0)
 
     # --- links ---
@@ -311,19 +313,23 @@ class BpfBackend:
 
     # --- reads ---
     def read(self, path: str) -> Record:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             link = self._by_path.get(path)
             if link is not None:
                 # fast path: one record and the trailer, one unpack, and the
                 # record's path hash proves the path still names this cgroup
-                n = self._lib.pmc_read_session(link.fd, self._cbuf, self._buflen)
+                n = self._read_session(link.fd, self._cbuf, self._buflen)
                 if n == self._single_size:
-                    t = self._single.unpack_from(self._buf)
+                    t = self._unpack_single(self._buf)
                     if t[-3] == TRAILER_MAGIC and t[2] == link.path_hash:
                         return Record(self.layout, t, link.cgroup.relpath)
                 del self._by_path[path]  # renamed, removed or replaced: resolve again
                 link = None
             return self._read_slow(path, link)
+        finally:
+            lock.release()
 
     def _read_slow(self, path: str, link: Optional[_Link]) -> Record:
         for _ in range(3):
