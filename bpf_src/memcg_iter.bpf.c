@@ -21,6 +21,10 @@ const volatile __u32 seq_budget = 0;		/* records that fit the seq buffer */
 const volatile __u32 overflow_capacity = 0;	/* entries of the overflow map */
 const volatile bool local_stats = false;	/* state_local/events_local */
 const volatile bool use_kfuncs = false;		/* Linux 7.0+ memcg kfuncs */
+/* which kernel arrays the selection reads: each is copied in one read */
+const volatile bool need_state = false;
+const volatile bool need_events = false;
+const volatile bool need_memev = false;
 const volatile __u64 page_size = 4096;
 const volatile struct pmc_stat_spec specs[PMC_MAX_STATS] = {};
 
@@ -29,10 +33,16 @@ const volatile struct pmc_stat_spec specs[PMC_MAX_STATS] = {};
 struct pmc_overflow_state overflow_state = {};
 __u64 visited = 0;
 
+#define PMC_ARRAY_MAX	128	/* longest state[]/events[] copied whole */
+
 struct pmc_scratch {
 	struct pmc_record hdr;
 	__u64 values[PMC_MAX_STATS];
-	__u64 name[PMC_NAME_MAX / 8];	/* not part of the record */
+	/* not part of the record: */
+	__u64 name[PMC_NAME_MAX / 8];
+	__u64 state[PMC_ARRAY_MAX];
+	__u64 events[PMC_ARRAY_MAX];
+	__u64 memev[PMC_ARRAY_MAX / 4];
 };
 
 struct {
@@ -93,6 +103,19 @@ static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which,
 	return 0;
 }
 
+/*
+ * Copy len longs at src into dst (at most max): one helper call for a whole
+ * kernel array instead of one per stat. Returns how many longs were copied.
+ */
+static __always_inline __u32 copy_array(__u64 *dst, __u32 max, const void *src, __u32 len)
+{
+	__u32 size = (len < max ? len : max) * sizeof(__u64);
+
+	if (!src || !size || size > max * sizeof(__u64))
+		return 0;
+	return bpf_probe_read_kernel(dst, size, src) ? 0 : size / sizeof(__u64);
+}
+
 /* Fill rec->values for one memcg through CO-RE reads of struct mem_cgroup. */
 static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup *memcg,
 				      bool is_root)
@@ -101,20 +124,38 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup
 	__u32 state_len = bpf_core_field_size(struct memcg_vmstats, state) / sizeof(long);
 	__u32 events_len = bpf_core_field_size(struct memcg_vmstats, events) / sizeof(long);
 	__u32 memev_len = bpf_core_field_size(struct mem_cgroup, memory_events) / sizeof(long);
-	__u32 state_off, events_off, memev_off;
+	__u32 state_n = 0, events_n = 0, memev_n = 0;
 	__u32 i;
 
-	if (local_stats) {
-		state_off = bpf_core_field_offset(struct memcg_vmstats, state_local);
-		events_off = bpf_core_field_offset(struct memcg_vmstats, events_local);
-		memev_off = bpf_core_field_offset(struct mem_cgroup, memory_events_local);
-	} else {
-		state_off = bpf_core_field_offset(struct memcg_vmstats, state);
-		events_off = bpf_core_field_offset(struct memcg_vmstats, events);
-		memev_off = bpf_core_field_offset(struct mem_cgroup, memory_events);
-	}
 	if (!vmstats)
 		rec->hdr.flags |= PMC_REC_NO_VMSTATS;
+	if (local_stats) {
+		if (need_state && vmstats)
+			state_n = copy_array(rec->state, PMC_ARRAY_MAX, (void *)vmstats +
+					     bpf_core_field_offset(struct memcg_vmstats, state_local),
+					     state_len);
+		if (need_events && vmstats)
+			events_n = copy_array(rec->events, PMC_ARRAY_MAX, (void *)vmstats +
+					      bpf_core_field_offset(struct memcg_vmstats, events_local),
+					      events_len);
+		if (need_memev)
+			memev_n = copy_array(rec->memev, PMC_ARRAY_MAX / 4, (void *)memcg +
+					     bpf_core_field_offset(struct mem_cgroup, memory_events_local),
+					     memev_len);
+	} else {
+		if (need_state && vmstats)
+			state_n = copy_array(rec->state, PMC_ARRAY_MAX, (void *)vmstats +
+					     bpf_core_field_offset(struct memcg_vmstats, state),
+					     state_len);
+		if (need_events && vmstats)
+			events_n = copy_array(rec->events, PMC_ARRAY_MAX, (void *)vmstats +
+					      bpf_core_field_offset(struct memcg_vmstats, events),
+					      events_len);
+		if (need_memev)
+			memev_n = copy_array(rec->memev, PMC_ARRAY_MAX / 4, (void *)memcg +
+					     bpf_core_field_offset(struct mem_cgroup, memory_events),
+					     memev_len);
+	}
 
 	for (i = 0; i < PMC_MAX_STATS; i++) {
 		__u32 kind, slot, flags;
@@ -130,16 +171,16 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup
 
 		switch (kind) {
 		case PMC_KIND_STATE:
-			if (vmstats && slot < state_len)
-				v = read_u64((void *)vmstats + state_off + slot * sizeof(long), &ok);
+			ok = slot < state_n;
+			v = rec->state[slot & (PMC_ARRAY_MAX - 1)];
 			break;
 		case PMC_KIND_EVENT:
-			if (vmstats && slot < events_len)
-				v = read_u64((void *)vmstats + events_off + slot * sizeof(long), &ok);
+			ok = slot < events_n;
+			v = rec->events[slot & (PMC_ARRAY_MAX - 1)];
 			break;
 		case PMC_KIND_MEMEVENT:
-			if (slot < memev_len)
-				v = read_u64((void *)memcg + memev_off + slot * sizeof(long), &ok);
+			ok = slot < memev_n;
+			v = rec->memev[slot & (PMC_ARRAY_MAX / 4 - 1)];
 			break;
 		case PMC_KIND_COUNTER:
 			/* The root memcg's usage files show global vmstat
@@ -203,7 +244,7 @@ static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *c
 
 static __always_inline __u64 name_hash(struct pmc_scratch *rec, struct kernfs_node *kn)
 {
-	const char *name = BPF_CORE_READ(kn, name);
+	const char *name = kn->name;
 	__u64 h = PMC_FNV_OFFSET;
 	long n;
 	__u32 i;
@@ -256,12 +297,12 @@ static __always_inline __u64 path_hash(struct pmc_scratch *rec, struct cgroup *c
 	__u32 depth;
 
 	for (depth = 0; depth < PMC_PATH_MAX_DEPTH; depth++) {
-		struct cgroup_subsys_state *parent = BPF_CORE_READ(cgrp, self.parent);
+		struct cgroup_subsys_state *parent = cgrp->self.parent;
 
 		if (!parent)
 			return h;
-		h = (h ^ name_hash(rec, BPF_CORE_READ(cgrp, kn))) * PMC_FNV_PRIME;
-		cgrp = BPF_CORE_READ(parent, cgroup);
+		h = (h ^ name_hash(rec, cgrp->kn)) * PMC_FNV_PRIME;
+		cgrp = parent->cgroup;
 	}
 	return 0;
 }
@@ -292,11 +333,12 @@ static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path)
 	if (!rec || size > sizeof(*rec))
 		return 1;
 
-	rec->hdr.cgroup_id = BPF_CORE_READ(cgrp, kn, id);
-	rec->hdr.name_hash = with_path ? path_hash(rec, cgrp) : name_hash(rec, BPF_CORE_READ(cgrp, kn));
-	parent = BPF_CORE_READ(cgrp, self.parent);
-	rec->hdr.parent_id = parent ? BPF_CORE_READ(parent, cgroup, kn, id) : 0;
-	rec->hdr.level = BPF_CORE_READ(cgrp, level);
+	/* ctx->cgroup is a BTF pointer: plain loads, no helper calls */
+	rec->hdr.cgroup_id = cgrp->kn->id;
+	rec->hdr.name_hash = with_path ? path_hash(rec, cgrp) : name_hash(rec, cgrp->kn);
+	parent = cgrp->self.parent;
+	rec->hdr.parent_id = parent ? parent->cgroup->kn->id : 0;
+	rec->hdr.level = cgrp->level;
 	rec->hdr.flags = 0;
 	rec->hdr.valid[0] = 0;
 	rec->hdr.valid[1] = 0;
@@ -304,8 +346,7 @@ static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path)
 	if (use_kfuncs) {
 		fill_kfunc(rec, cgrp);
 	} else {
-		css = BPF_CORE_READ(cgrp, subsys[bpf_core_enum_value(enum cgroup_subsys_id,
-								     memory_cgrp_id)]);
+		css = cgrp->subsys[bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id)];
 		if (css)
 			fill_core(rec, (struct mem_cgroup *)css, parent == 0);
 		else

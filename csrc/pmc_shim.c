@@ -111,8 +111,20 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 	skel->rodata->local_stats = !!cfg->local_stats;
 	skel->rodata->use_kfuncs = !!cfg->use_kfuncs;
 	skel->rodata->page_size = cfg->page_size;
-	for (i = 0; i < cfg->nr_stats; i++)
+	for (i = 0; i < cfg->nr_stats; i++) {
 		memcpy((void *)&skel->rodata->specs[i], &cfg->specs[i], sizeof(cfg->specs[i]));
+		switch (cfg->specs[i].kind) {
+		case PMC_KIND_STATE:
+			skel->rodata->need_state = true;
+			break;
+		case PMC_KIND_EVENT:
+			skel->rodata->need_events = true;
+			break;
+		case PMC_KIND_MEMEVENT:
+			skel->rodata->need_memev = true;
+			break;
+		}
+	}
 
 	err = bpf_map__set_value_size(skel->maps.overflow, prog->record_size);
 	if (!err)
