@@ -66,16 +66,40 @@ def _rmtree_cgroup(path: str) -> None:
             raise RuntimeError(f"could not remove test cgroup {dirpath}")
 
 
+def _enable_memory(parent: str) -> None:
+    """cgroup v2: children get the memory controller only if the parent
+    lists it in cgroup.subtree_control."""
+    control = os.path.join(parent, "cgroup.subtree_control")
+    if os.path.exists(control):
+        with open(control) as f:
+            if "memory" in f.read().split():
+                return
+        with open(control, "w") as f:
+            f.write("+memory")
+
+
 class CgroupFactory:
     def __init__(self) -> None:
         own = own_memory_cgroup()
         assert own is not None
         self.base = os.path.join(own, f"pymemcg-test-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.v2 = memory_mount().version == 2
+        if self.v2:
+            _enable_memory(own)
         os.mkdir(self.base)
         self.procs: list[subprocess.Popen] = []
 
     def make(self, relpath: str) -> str:
         path = os.path.join(self.base, relpath)
+        if self.v2:
+            parts = relpath.strip("/").split("/")
+            cur = self.base
+            for part in parts:
+                _enable_memory(cur)
+                cur = os.path.join(cur, part)
+                if not os.path.isdir(cur):
+                    os.mkdir(cur)
+            return path
         os.makedirs(path)
         return path
 
