@@ -130,6 +130,10 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup
 	if (!vmstats)
 		rec->hdr.flags |= PMC_REC_NO_VMSTATS;
 	if (local_stats) {
+		/* state_local[]/events_local[] came in 6.2; before, local values
+		 * were per-CPU sums and the loader marks them unavailable */
+		if (!bpf_core_field_exists(struct memcg_vmstats, state_local))
+			vmstats = 0;
 		if (need_state && vmstats)
 			state_n = copy_array(rec->state, PMC_ARRAY_MAX, (void *)vmstats +
 					     bpf_core_field_offset(struct memcg_vmstats, state_local),

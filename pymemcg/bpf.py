@@ -229,7 +229,14 @@ class BpfBackend:
                  pin_dir: Optional[str] = PIN_DIR) -> None:
         facts = kernel_facts()
         self.facts = facts
-        self.resolutions = layout_mod.resolve(names, facts, version, PAGE_SIZE)
+        # The seed's RFC kfuncs are recognised but not driven by the program
+        # yet: such kernels are read through CO-RE like any other.
+        backend = layout_mod.select_backend(facts, local)
+        if backend == layout_mod.BACKEND_RFC:
+            backend = layout_mod.BACKEND_CORE
+        self.kernel_backend = backend
+        self.resolutions = layout_mod.resolve(names, facts, version, PAGE_SIZE, local=local,
+                                              backend=backend)
         sources = {r.stat.name: (f"bpf/{r.via}: {r.detail}" if r.available
                                  else f"unavailable: {r.detail}") for r in self.resolutions}
         self.layout = Layout(names, sources, {r.stat.name: r.stat.unit for r in self.resolutions})
@@ -243,7 +250,8 @@ class BpfBackend:
         self._state: dict = {"links": {}, "prog": None}
         self._finalizer = weakref.finalize(self, _release, self._state)
         # load first: without privileges this is what fails, with a clear error
-        self._state["prog"] = _Program(self.resolutions, local, INITIAL_OVERFLOW_CAPACITY)
+        self._state["prog"] = _Program(self.resolutions, local, INITIAL_OVERFLOW_CAPACITY,
+                                       use_kfuncs=backend == layout_mod.BACKEND_KFUNC)
         if pin_dir:
             try:
                 ensure_bpffs()
@@ -416,7 +424,8 @@ class BpfBackend:
             capacity *= 2
         _release(self._state)
         self._by_path.clear()
-        self._state["prog"] = _Program(self.resolutions, self.local, capacity)
+        self._state["prog"] = _Program(self.resolutions, self.local, capacity,
+                                       use_kfuncs=self.kernel_backend == layout_mod.BACKEND_KFUNC)
 
     def _snapshot(self, root: Cgroup, raw: List[tuple]) -> Snapshot:
         """Paths for the records. The walk is pre-order, so a parent's path

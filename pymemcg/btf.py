@@ -6,7 +6,7 @@ import os
 from typing import Dict, Optional
 
 from .errors import NoBtf
-from .layout import ENUMS, MEMCG_KFUNCS, KernelFacts
+from .layout import ENUMS, MEMCG_KFUNCS, RFC_KFUNCS, KernelFacts
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
@@ -29,27 +29,31 @@ def read_kernel_facts(release: str, path: Optional[str] = None) -> KernelFacts:
                     f"kernel's BTF; use backend='text'")
     btf = handle[0]
     try:
-        enums: Dict[str, int] = {}
+        enums: Dict[str, Dict[str, int]] = {}
         buf = ffi.new("char[]", 1 << 16)
         for name in ENUMS:
             n = lib.pmc_btf_enum(btf, name.encode(), buf, len(buf))
             if n < 0:
                 continue
+            values = enums[name] = {}
             for line in ffi.string(buf, n).decode().splitlines():
                 key, value = line.split()
-                enums[key] = int(value)
+                values[key] = int(value)
 
         def array_len(struct: str, member: str) -> Optional[int]:
             size = lib.pmc_btf_member_size(btf, struct.encode(), member.encode())
             return size // 8 if size >= 0 else None
 
-        kfuncs = frozenset(f for f in MEMCG_KFUNCS if lib.pmc_btf_has_func(btf, f.encode()))
+        kfuncs = frozenset(f for f in MEMCG_KFUNCS + RFC_KFUNCS
+                           if lib.pmc_btf_has_func(btf, f.encode()))
         return KernelFacts(
             release=release,
             enums=enums,
             state_len=array_len("memcg_vmstats", "state"),
             events_len=array_len("memcg_vmstats", "events"),
             memory_events_len=array_len("mem_cgroup", "memory_events"),
+            state_local_len=array_len("memcg_vmstats", "state_local"),
+            events_local_len=array_len("memcg_vmstats", "events_local"),
             kfuncs=kfuncs,
         )
     finally:

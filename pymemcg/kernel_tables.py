@@ -22,7 +22,8 @@ from typing import Dict, Optional, Tuple
 @dataclass(frozen=True)
 class Entry:
     item: str
-    config: Optional[str] = None  # an #ifdef the enums do not reveal
+    config: Optional[str] = None   # an #ifdef the enums do not reveal
+    if_enum: Optional[str] = None  # present only where this enumerator exists
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,11 @@ class KernelTable:
     source: str             # where the lists were copied from
     state_layout: str       # "compacted": state[i] holds state_items[i]; "by_enum": state[enum value]
     event_layout: str       # "compacted" or "by_enum"
+    # compacted: the list, in slot order; by_enum: the items memcg tracks
+    # and memory.stat shows (the rest of state[] is never updated per memcg)
     state_items: Tuple[Entry, ...] = ()
     event_items: Tuple[Entry, ...] = ()
+    has_local_arrays: bool = True   # state_local[]/events_local[] (6.2+)
 
 
 def _entries(*names: str, config: Optional[str] = None) -> Tuple[Entry, ...]:
@@ -80,4 +84,70 @@ LINUX_6_18 = KernelTable(
     ),
 )
 
-TABLES: Dict[str, KernelTable] = {t.release: t for t in (LINUX_6_18,)}
+# Linux 6.12 (Debian linux-source-6.12 6.12.117-1~deb12u1, mm/memcontrol.c
+# lines 277-323 and 416-454). Debian's cloud kernel builds it without
+# CONFIG_MEMCG_V1 and CONFIG_ZSWAP.
+LINUX_6_12 = KernelTable(
+    release="6.12",
+    source="Linux 6.12.117 mm/memcontrol.c memcg_node_stat_items[], memcg_stat_items[], "
+           "memcg_vm_event_stat[] (Debian linux-source-6.12 6.12.117-1~deb12u1)",
+    state_layout="compacted",
+    event_layout="compacted",
+    state_items=_entries(
+        "NR_INACTIVE_ANON", "NR_ACTIVE_ANON", "NR_INACTIVE_FILE", "NR_ACTIVE_FILE",
+        "NR_UNEVICTABLE", "NR_SLAB_RECLAIMABLE_B", "NR_SLAB_UNRECLAIMABLE_B",
+        "WORKINGSET_REFAULT_ANON", "WORKINGSET_REFAULT_FILE", "WORKINGSET_ACTIVATE_ANON",
+        "WORKINGSET_ACTIVATE_FILE", "WORKINGSET_RESTORE_ANON", "WORKINGSET_RESTORE_FILE",
+        "WORKINGSET_NODERECLAIM", "NR_ANON_MAPPED", "NR_FILE_MAPPED", "NR_FILE_PAGES",
+        "NR_FILE_DIRTY", "NR_WRITEBACK", "NR_SHMEM", "NR_SHMEM_THPS", "NR_FILE_THPS",
+        "NR_ANON_THPS", "NR_KERNEL_STACK_KB", "NR_PAGETABLE", "NR_SECONDARY_PAGETABLE",
+        "NR_SWAPCACHE", "PGPROMOTE_SUCCESS", "PGDEMOTE_KSWAPD", "PGDEMOTE_DIRECT",
+        "PGDEMOTE_KHUGEPAGED",
+        "MEMCG_SWAP", "MEMCG_SOCK", "MEMCG_PERCPU_B", "MEMCG_VMALLOC", "MEMCG_KMEM",
+        "MEMCG_ZSWAP_B", "MEMCG_ZSWAPPED",
+    ),
+    event_items=_entries("PGPGIN", "PGPGOUT", config="MEMCG_V1") + _entries(
+        "PGSCAN_KSWAPD", "PGSCAN_DIRECT", "PGSCAN_KHUGEPAGED",
+        "PGSTEAL_KSWAPD", "PGSTEAL_DIRECT", "PGSTEAL_KHUGEPAGED",
+        "PGFAULT", "PGMAJFAULT", "PGREFILL", "PGACTIVATE", "PGDEACTIVATE",
+        "PGLAZYFREE", "PGLAZYFREED",
+        "SWPIN_ZERO", "SWPOUT_ZERO",
+        "ZSWPIN", "ZSWPOUT", "ZSWPWB",
+        "THP_FAULT_ALLOC", "THP_COLLAPSE_ALLOC", "THP_SWPOUT", "THP_SWPOUT_FALLBACK",
+        "NUMA_PAGE_MIGRATE", "NUMA_PTE_UPDATES", "NUMA_HINT_FAULTS",
+    ),
+)
+
+# Linux 6.1 (Debian linux-source-6.1 6.1.192-2, mm/memcontrol.c): state[] is
+# indexed by enum value (state[MEMCG_NR_STAT]); the items memcg keeps are those
+# memory_stats[] (line 1472) and memcg1_stats[] (line 4035) print; zswap ones
+# only with CONFIG_ZSWAP, which the ZSWPIN enumerator reveals. events[] is
+# compacted through memcg_vm_event_stat[] (line 659). There are no
+# state_local[]/events_local[]: local values are per-CPU sums.
+LINUX_6_1 = KernelTable(
+    release="6.1",
+    source="Linux 6.1.192 mm/memcontrol.c memory_stats[], memcg1_stats[], "
+           "memcg_vm_event_stat[] (Debian linux-source-6.1 6.1.192-2)",
+    state_layout="by_enum",
+    event_layout="compacted",
+    state_items=_entries(
+        "NR_ANON_MAPPED", "NR_FILE_PAGES", "MEMCG_KMEM", "NR_KERNEL_STACK_KB", "NR_PAGETABLE",
+        "NR_SECONDARY_PAGETABLE", "MEMCG_PERCPU_B", "MEMCG_SOCK", "MEMCG_VMALLOC", "NR_SHMEM",
+        "NR_FILE_MAPPED", "NR_FILE_DIRTY", "NR_WRITEBACK", "NR_SWAPCACHE",
+        "NR_ANON_THPS", "NR_FILE_THPS", "NR_SHMEM_THPS",
+        "NR_INACTIVE_ANON", "NR_ACTIVE_ANON", "NR_INACTIVE_FILE", "NR_ACTIVE_FILE",
+        "NR_UNEVICTABLE", "NR_SLAB_RECLAIMABLE_B", "NR_SLAB_UNRECLAIMABLE_B",
+        "WORKINGSET_REFAULT_ANON", "WORKINGSET_REFAULT_FILE", "WORKINGSET_ACTIVATE_ANON",
+        "WORKINGSET_ACTIVATE_FILE", "WORKINGSET_RESTORE_ANON", "WORKINGSET_RESTORE_FILE",
+        "WORKINGSET_NODERECLAIM", "MEMCG_SWAP",
+    ) + (Entry("MEMCG_ZSWAP_B", if_enum="ZSWPIN"), Entry("MEMCG_ZSWAPPED", if_enum="ZSWPIN")),
+    event_items=_entries(
+        "PGPGIN", "PGPGOUT", "PGSCAN_KSWAPD", "PGSCAN_DIRECT", "PGSTEAL_KSWAPD",
+        "PGSTEAL_DIRECT", "PGFAULT", "PGMAJFAULT", "PGREFILL", "PGACTIVATE", "PGDEACTIVATE",
+        "PGLAZYFREE", "PGLAZYFREED", "ZSWPIN", "ZSWPOUT", "THP_FAULT_ALLOC",
+        "THP_COLLAPSE_ALLOC",
+    ),
+    has_local_arrays=False,
+)
+
+TABLES: Dict[str, KernelTable] = {t.release: t for t in (LINUX_6_1, LINUX_6_12, LINUX_6_18)}

@@ -1,10 +1,17 @@
 """Layout resolution: which slot of which kernel array holds each stat.
 
-Input is a set of facts about the running kernel, read from its BTF
-(`KernelFacts.from_running_kernel`) or written by hand in tests; output is
-one `Resolution` per stat: the spec the BPF program reads it by, and how it
-was resolved, or why it is unavailable. Nothing here guesses: a stat whose
-slot cannot be proven from the facts is unavailable.
+Input is a set of facts about the running kernel, read from its BTF and
+kallsyms (`KernelFacts.from_running_kernel`) or written by hand in tests;
+output is one `Resolution` per stat: the spec the BPF program reads it by,
+and how it was resolved, or why it is unavailable. Nothing here guesses: a
+stat whose slot cannot be proven from the facts is unavailable.
+
+Order, for the state[]/events[] arrays of struct memcg_vmstats:
+  a. the kernel's own item lists, read from kernel memory through kallsyms;
+  b. the release's lists in kernel_tables.py, accepted only when they match
+     the kernel's BTF (enumerators present, array lengths);
+  c. otherwise unavailable.
+Where the kernel has the memcg kfuncs (Linux 7.0+), they replace all this.
 """
 
 from __future__ import annotations
@@ -25,39 +32,84 @@ COUNTERS = {"MEMORY_USAGE": 0, "MEMORY_PEAK": 1, "MEMORY_MAX": 2, "MEMORY_FAILCN
             "SWAP_USAGE": 4, "SWAP_PEAK": 5, "SWAP_MAX": 6, "SWAP_FAILCNT": 7}
 SPEC_SIGNED = 1
 
-ENUMS = ("node_stat_item", "memcg_stat_item", "vm_event_item", "memcg_memory_event")
+STATE_ENUMS = ("node_stat_item", "memcg_stat_item")
+EVENT_ENUMS = ("vm_event_item",)
+ENUMS = STATE_ENUMS + EVENT_ENUMS + ("memcg_memory_event",)
+
+#: Linux 7.0+ mm/bpf_memcontrol.c
 MEMCG_KFUNCS = ("bpf_get_mem_cgroup", "bpf_put_mem_cgroup", "bpf_mem_cgroup_page_state",
                 "bpf_mem_cgroup_vm_events", "bpf_mem_cgroup_memory_events",
                 "bpf_mem_cgroup_usage", "bpf_mem_cgroup_flush_stats")
+#: the seed's RFC patch (never merged; kernels that carry it take struct cgroup *)
+RFC_KFUNCS = ("memcg_stat_fetch", "memcg_node_stat_fetch", "memcg_vm_event_fetch",
+              "memcg_flush_stats")
+
+BACKEND_KFUNC = "kfunc"
+BACKEND_RFC = "rfc-kfunc"
+BACKEND_CORE = "core"
 
 # how a stat was resolved
+VIA_KALLSYMS = "kallsyms"    # the kernel's own item lists, read from its memory
 VIA_TABLE = "table"          # kernel_tables, checked against BTF
-VIA_ENUM = "btf-enum"        # slot is the enum value itself (memory_events[])
+VIA_ENUM = "btf-enum"        # the slot is the enum value itself (memory_events[])
 VIA_FIELD = "core-field"     # a struct field, relocated by CO-RE
+VIA_KFUNC = "kfunc"          # asked by name through the memcg kfuncs
 UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True)
 class KernelFacts:
-    """What resolution needs to know about a kernel, all from its BTF."""
+    """What resolution needs to know about a kernel: BTF, and kallsyms lists."""
 
-    release: str                               # "6.18"
-    enums: Mapping[str, int]                   # enumerator -> value, of ENUMS
-    state_len: Optional[int]                   # len(memcg_vmstats.state)
-    events_len: Optional[int]                  # len(memcg_vmstats.events)
-    memory_events_len: Optional[int]           # len(mem_cgroup.memory_events)
+    release: str                                     # "6.18"
+    enums: Mapping[str, Mapping[str, int]]           # enum type -> enumerator -> value
+    state_len: Optional[int]                         # len(memcg_vmstats.state)
+    events_len: Optional[int]                        # len(memcg_vmstats.events)
+    memory_events_len: Optional[int]                 # len(mem_cgroup.memory_events)
+    state_local_len: Optional[int] = None            # None: no state_local[] (< 6.2)
+    events_local_len: Optional[int] = None
     kfuncs: FrozenSet[str] = frozenset()
+    # the kernel's own lists (kallsyms), as enumerator names in slot order
+    kallsyms_state: Optional[Tuple[str, ...]] = None
+    kallsyms_events: Optional[Tuple[str, ...]] = None
 
     @classmethod
     def from_running_kernel(cls) -> "KernelFacts":
         from . import btf  # the shim: only needed on a real kernel
         return btf.read_kernel_facts(release_of(os.uname().release))
 
+    def value(self, name: str) -> Optional[int]:
+        for values in self.enums.values():
+            if name in values:
+                return values[name]
+        return None
+
+    def enum_of(self, name: str) -> Optional[str]:
+        for enum, values in self.enums.items():
+            if name in values:
+                return enum
+        return None
+
+    def has(self, name: str) -> bool:
+        return self.enum_of(name) is not None
+
 
 def release_of(uname_release: str) -> str:
     """'6.18.44-fc-v657' -> '6.18'."""
     m = re.match(r"(\d+)\.(\d+)", uname_release)
     return f"{m.group(1)}.{m.group(2)}" if m else uname_release
+
+
+def select_backend(facts: KernelFacts, local: bool = False) -> str:
+    """The BPF backend this kernel calls for.
+
+    The kfuncs answer hierarchical values only: local values stay on CO-RE.
+    """
+    if not local and all(f in facts.kfuncs for f in MEMCG_KFUNCS):
+        return BACKEND_KFUNC
+    if not local and all(f in facts.kfuncs for f in RFC_KFUNCS):
+        return BACKEND_RFC
+    return BACKEND_CORE
 
 
 @dataclass(frozen=True)
@@ -80,15 +132,29 @@ class Resolution:
 
 @dataclass(frozen=True)
 class TableMatch:
-    """A kernel table resolved against BTF facts."""
+    """Item lists resolved against BTF facts: item name -> slot."""
 
-    table: KernelTable
+    source: str                 # VIA_KALLSYMS or VIA_TABLE
+    detail: str
     state_slots: Dict[str, int] = field(default_factory=dict)
     event_slots: Dict[str, int] = field(default_factory=dict)
     problems: Tuple[str, ...] = ()
 
 
-def _resolve_list(entries: Sequence[Entry], enums: Mapping[str, int],
+def _flat(facts: KernelFacts, enums: Sequence[str]) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for e in enums:
+        out.update(facts.enums.get(e, {}))
+    return out
+
+
+def _present(entry: Entry, known: Mapping[str, int], facts: KernelFacts) -> bool:
+    if entry.item not in known:
+        return False
+    return entry.if_enum is None or facts.has(entry.if_enum)
+
+
+def _resolve_list(entries: Sequence[Entry], known: Mapping[str, int], facts: KernelFacts,
                   length: Optional[int], what: str) -> Tuple[Dict[str, int], Optional[str]]:
     """Slots of a compacted list, or why the list does not fit this kernel.
 
@@ -98,7 +164,7 @@ def _resolve_list(entries: Sequence[Entry], enums: Mapping[str, int],
     """
     if length is None:
         return {}, f"{what} array not in BTF"
-    present = [e for e in entries if e.item in enums]
+    present = [e for e in entries if _present(e, known, facts)]
     configs = sorted({e.config for e in present if e.config})
     fits: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
     for on in itertools.product((False, True), repeat=len(configs)):
@@ -113,35 +179,70 @@ def _resolve_list(entries: Sequence[Entry], enums: Mapping[str, int],
     return {item: slot for slot, item in enumerate(items)}, None
 
 
-def _by_enum(enums: Mapping[str, int], length: Optional[int], names: Iterable[str],
-             what: str) -> Tuple[Dict[str, int], Optional[str]]:
-    if length is None:
-        return {}, f"{what} array not in BTF"
-    return {n: enums[n] for n in names if n in enums and enums[n] < length}, None
-
-
-def match_table(facts: KernelFacts, tables: Mapping[str, KernelTable] = TABLES) -> Optional[TableMatch]:
-    """The table for this kernel release, with the slots BTF confirms."""
+def match_table(facts: KernelFacts, tables: Mapping[str, KernelTable] = TABLES
+                ) -> Optional[TableMatch]:
+    """The release's built-in lists, with the slots BTF confirms."""
     table = tables.get(facts.release)
     if table is None:
         return None
     problems: List[str] = []
+    states = _flat(facts, STATE_ENUMS)
+    events_known = _flat(facts, EVENT_ENUMS)
     if table.state_layout == "compacted":
-        state, why = _resolve_list(table.state_items, facts.enums, facts.state_len, "state[]")
-    else:
-        nr = facts.enums.get("MEMCG_NR_STAT")
-        state, why = _by_enum(facts.enums, facts.state_len, facts.enums, "state[]")
-        if why is None and nr != facts.state_len:
+        state, why = _resolve_list(table.state_items, states, facts, facts.state_len, "state[]")
+    else:  # by_enum: the slot is the enum value, for the items memcg keeps
+        nr = states.get("MEMCG_NR_STAT")
+        if facts.state_len is None or nr != facts.state_len:
             state, why = {}, f"state[] has {facts.state_len} slots, MEMCG_NR_STAT is {nr}"
+        else:
+            state = {e.item: states[e.item] for e in table.state_items
+                     if _present(e, states, facts) and states[e.item] < nr}
+            why = None
     if why:
         problems.append(why)
     if table.event_layout == "compacted":
-        events, why = _resolve_list(table.event_items, facts.enums, facts.events_len, "events[]")
+        events, why = _resolve_list(table.event_items, events_known, facts, facts.events_len,
+                                    "events[]")
     else:
-        events, why = _by_enum(facts.enums, facts.events_len, facts.enums, "events[]")
+        events = {e.item: events_known[e.item] for e in table.event_items
+                  if _present(e, events_known, facts)
+                  and events_known[e.item] < (facts.events_len or 0)}
+        why = None if facts.events_len is not None else "events[] array not in BTF"
     if why:
         problems.append(why)
-    return TableMatch(table, state, events, tuple(problems))
+    return TableMatch(VIA_TABLE, f"table {table.release} (mm/memcontrol.c, checked against BTF)",
+                      state, events, tuple(problems))
+
+
+def match_kallsyms(facts: KernelFacts, tables: Mapping[str, KernelTable] = TABLES
+                   ) -> Optional[TableMatch]:
+    """The kernel's own lists, when kallsyms exposed them; cross-checked
+    against the built-in table of the release where there is one."""
+    if facts.kallsyms_state is None and facts.kallsyms_events is None:
+        return None
+    state: Dict[str, int] = {}
+    events: Dict[str, int] = {}
+    problems: List[str] = []
+    if facts.kallsyms_state is not None:
+        if len(facts.kallsyms_state) != facts.state_len:
+            problems.append(f"kallsyms state list has {len(facts.kallsyms_state)} items, "
+                            f"BTF state[] {facts.state_len}")
+        else:
+            state = {name: i for i, name in enumerate(facts.kallsyms_state)}
+    if facts.kallsyms_events is not None:
+        if len(facts.kallsyms_events) != facts.events_len:
+            problems.append(f"kallsyms event list has {len(facts.kallsyms_events)} items, "
+                            f"BTF events[] {facts.events_len}")
+        else:
+            events = {name: i for i, name in enumerate(facts.kallsyms_events)}
+    detail = "the kernel's own item lists (kallsyms)"
+    table = match_table(facts, tables)
+    if table is not None and not table.problems:
+        agree = all(table.state_slots.get(k) == v for k, v in state.items()) and \
+            all(table.event_slots.get(k) == v for k, v in events.items())
+        detail += (f"; built-in table {facts.release} agrees" if agree else
+                   f"; built-in table {facts.release} DIFFERS (the kernel's lists win)")
+    return TableMatch(VIA_KALLSYMS, detail, state, events, tuple(problems))
 
 
 def _scale(stat: Stat, page_size: int) -> int:
@@ -154,19 +255,22 @@ def _scale(stat: Stat, page_size: int) -> int:
     return page_size
 
 
-def resolve(names: Sequence[str], facts: KernelFacts, cgroup_version: int,
-            page_size: int, tables: Mapping[str, KernelTable] = TABLES) -> List[Resolution]:
+def resolve(names: Sequence[str], facts: KernelFacts, cgroup_version: int, page_size: int,
+            tables: Mapping[str, KernelTable] = TABLES, local: bool = False,
+            backend: Optional[str] = None) -> List[Resolution]:
     """One Resolution per name, in order. Unknown names raise UnknownStat."""
     from .errors import UnknownStat
 
-    match = match_table(facts, tables)
+    backend = backend or select_backend(facts, local)
+    matches = [m for m in (match_kallsyms(facts, tables), match_table(facts, tables)) if m]
     out: List[Resolution] = []
     for name in names:
         stat = catalog.STATS.get(name)
         if stat is None:
             raise UnknownStat(f"unknown stat {name!r}: see pymemcg.stats() for the names "
                               f"this version knows")
-        out.append(_resolve_one(stat, facts, match, cgroup_version, page_size))
+        out.append(_resolve_one(stat, facts, matches, cgroup_version, page_size, local,
+                                backend))
     return out
 
 
@@ -174,31 +278,63 @@ def _unavailable(stat: Stat, why: str) -> Resolution:
     return Resolution(stat, UNAVAILABLE, detail=why)
 
 
-def _resolve_one(stat: Stat, facts: KernelFacts, match: Optional[TableMatch],
-                 cgroup_version: int, page_size: int) -> Resolution:
+def _resolve_one(stat: Stat, facts: KernelFacts, matches: Sequence[TableMatch],
+                 cgroup_version: int, page_size: int, local: bool, backend: str) -> Resolution:
     if stat.cgroup_version and stat.cgroup_version != cgroup_version:
         return _unavailable(stat, f"only on cgroup v{stat.cgroup_version}")
     scale = _scale(stat, page_size)
-    item_value = facts.enums.get(stat.item, 0)
 
     if stat.kind == COUNTER:
-        return Resolution(stat, VIA_FIELD, KIND_COUNTER, COUNTERS[stat.item], 0, 0,
-                          page_size if stat.unit == BYTES else 1, "struct page_counter")
-    if stat.item not in facts.enums:
+        if backend != BACKEND_CORE and stat.item != "MEMORY_USAGE":
+            return _unavailable(stat, "the kfuncs serve usage only of the page counters")
+        via = VIA_KFUNC if backend != BACKEND_CORE else VIA_FIELD
+        return Resolution(stat, via, KIND_COUNTER, COUNTERS[stat.item], 0, 0,
+                          1 if backend != BACKEND_CORE or stat.unit != BYTES else page_size,
+                          "struct page_counter" if via == VIA_FIELD else "bpf_mem_cgroup_usage")
+    enum = facts.enum_of(stat.item)
+    if enum is None:
         return _unavailable(stat, f"{stat.item} is not in this kernel's BTF")
+    value = facts.value(stat.item) or 0
+
+    if backend != BACKEND_CORE:
+        # asked by enum value; the kernel answers in memory.stat's unit, and
+        # says (unsigned long)-1 for what it does not track. Linux 7.1 moved
+        # PGSCAN*/PGSTEAL*/PGREFILL into node_stat_item: the enum decides.
+        if stat.kind == MEMEVENT:
+            kind = KIND_MEMEVENT
+        else:
+            kind = KIND_STATE if enum in STATE_ENUMS else KIND_EVENT
+        return Resolution(stat, VIA_KFUNC, kind, 0, value, 0,
+                          1 if kind != KIND_STATE else _kfunc_scale(stat, page_size),
+                          f"enum {enum} through the memcg kfuncs")
+
     if stat.kind == MEMEVENT:
-        if facts.memory_events_len is None or item_value >= facts.memory_events_len:
+        if facts.memory_events_len is None or value >= facts.memory_events_len:
             return _unavailable(stat, "memory_events[] does not hold it")
-        return Resolution(stat, VIA_ENUM, KIND_MEMEVENT, item_value, item_value, 0, 1,
+        return Resolution(stat, VIA_ENUM, KIND_MEMEVENT, value, value, 0, 1,
                           "enum memcg_memory_event")
-    if match is None:
+    if local:
+        length = facts.state_local_len if stat.kind == STATE else facts.events_local_len
+        if length is None:
+            return _unavailable(stat, "this kernel keeps local values per CPU only "
+                                      "(no state_local[]/events_local[]); use local=False")
+    if not matches:
         return _unavailable(stat, f"no item table for Linux {facts.release} and no kernel "
-                                  f"tables in kallsyms")
-    slots = match.state_slots if stat.kind == STATE else match.event_slots
-    if stat.item not in slots:
-        why = "; ".join(match.problems) or "not in the kernel's memcg item list"
-        return _unavailable(stat, f"{stat.item}: {why} (table {match.table.release})")
-    kind = KIND_STATE if stat.kind == STATE else KIND_EVENT
-    flags = SPEC_SIGNED if stat.kind == STATE else 0
-    return Resolution(stat, VIA_TABLE, kind, slots[stat.item], item_value, flags, scale,
-                      f"table {match.table.release} (mm/memcontrol.c, checked against BTF)")
+                                  f"item lists in kallsyms")
+    problems: List[str] = []
+    for match in matches:
+        slots = match.state_slots if stat.kind == STATE else match.event_slots
+        if stat.item in slots:
+            kind = KIND_STATE if stat.kind == STATE else KIND_EVENT
+            flags = SPEC_SIGNED if stat.kind == STATE else 0
+            return Resolution(stat, match.source, kind, slots[stat.item], value, flags, scale,
+                              match.detail)
+        problems.extend(match.problems)
+    why = "; ".join(problems) or "the kernel does not keep it per memcg"
+    return _unavailable(stat, f"{stat.item}: {why}")
+
+
+def _kfunc_scale(stat: Stat, page_size: int) -> int:
+    """bpf_mem_cgroup_page_state() returns memcg_page_state_output(): already
+    in memory.stat's unit."""
+    return 1

@@ -150,7 +150,7 @@ def stats(local: bool = False) -> List[StatInfo]:
         from .layout import resolve
         facts = kernel_facts()
         bpf_res = {r.stat.name: r for r in resolve(list(catalog.STATS), facts, version,
-                                                    PAGE_SIZE)}
+                                                    PAGE_SIZE, local=local)}
     except Exception as e:  # no BTF, no extension: the text backend still answers
         bpf_error = str(e)
     out = []

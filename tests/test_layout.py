@@ -1,0 +1,171 @@
+"""Slot resolution over kernel facts: which backend, which program, which
+slot, or why a stat is unavailable. Facts are this host's BTF, and variants
+of it standing for other kernels (6.1 by-enum layout, a kernel with the
+7.0 kfuncs, one where 7.1 moved PGSCAN* into node_stat_item, a release
+without a table, lists read from kallsyms)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import pymemcg
+from pymemcg import catalog, layout
+from pymemcg.kernel_tables import LINUX_6_1, LINUX_6_18, TABLES
+
+PAGE = 4096
+ALL = list(catalog.STATS)
+
+
+@pytest.fixture(scope="module")
+def host():
+    return layout.KernelFacts.from_running_kernel()
+
+
+def by_name(res):
+    return {r.stat.name: r for r in res}
+
+
+def test_release_of():
+    assert layout.release_of("6.18.44-fc-v657") == "6.18"
+    assert layout.release_of("6.1.0-56-cloud-amd64") == "6.1"
+
+
+def test_host_resolves_through_its_table(host):
+    if host.release not in TABLES:
+        pytest.skip(f"no table for {host.release}")
+    res = by_name(layout.resolve(ALL, host, 1, PAGE))
+    unavailable = {n for n, r in res.items() if not r.available}
+    # only the cgroup v2 counters; everything else has a proven slot
+    assert unavailable == {"swap_usage", "swap_peak", "swap_limit"}
+    assert res["anon"].via == layout.VIA_TABLE and res["anon"].kind == layout.KIND_STATE
+    assert res["pgfault"].kind == layout.KIND_EVENT
+    assert res["oom_kill"].via == layout.VIA_ENUM
+    assert res["usage"].via == layout.VIA_FIELD
+    assert res["kernel_stack"].scale == 1024 and res["percpu"].scale == 1
+    assert res["anon"].scale == PAGE and res["workingset_refault_file"].scale == 1
+    slots = [r.slot for r in res.values() if r.kind == layout.KIND_STATE]
+    assert len(slots) == len(set(slots)) and max(slots) < host.state_len
+
+
+def test_6_18_table_slots():
+    assert LINUX_6_18.state_items[14].item == "NR_ANON_MAPPED"
+    assert len(LINUX_6_18.state_items) == 40 and len(LINUX_6_18.event_items) == 31
+
+
+def test_wrong_array_length_makes_stats_unavailable(host):
+    broken = dataclasses.replace(host, state_len=(host.state_len or 0) + 1)
+    res = by_name(layout.resolve(["anon", "pgfault", "usage", "oom_kill"], broken, 1, PAGE))
+    assert not res["anon"].available and "length" in res["anon"].detail
+    assert res["pgfault"].available  # events[] still matches
+    assert res["usage"].available and res["oom_kill"].available
+
+
+def test_undecidable_config_is_resolved_by_length(host):
+    # PGPGIN/PGPGOUT sit under CONFIG_MEMCG_V1, which no enum reveals
+    without = dataclasses.replace(host, events_len=(host.events_len or 0) - 2)
+    res = by_name(layout.resolve(["pgpgin", "pgfault"], without, 2, PAGE))
+    assert not res["pgpgin"].available
+    assert res["pgfault"].available and res["pgfault"].slot == 10
+
+
+def test_unknown_release_gets_no_table(host):
+    future = dataclasses.replace(host, release="6.99")
+    res = by_name(layout.resolve(["anon", "pgfault", "usage", "oom_kill"], future, 1, PAGE))
+    assert not res["anon"].available and "no item table" in res["anon"].detail
+    assert not res["pgfault"].available
+    assert res["usage"].available and res["oom_kill"].available
+
+
+def test_missing_enumerator(host):
+    enums = {k: dict(v) for k, v in host.enums.items()}
+    del enums["node_stat_item"]["NR_SHMEM_THPS"]
+    facts = dataclasses.replace(host, enums=enums)
+    res = by_name(layout.resolve(["shmem_thp"], facts, 1, PAGE))
+    assert not res["shmem_thp"].available and "not in this kernel's BTF" in res["shmem_thp"].detail
+
+
+def linux_6_1_like(host):
+    """This host's enums with 6.1's layout: state[] by enum value, no local arrays."""
+    nr = host.enums["memcg_stat_item"]["MEMCG_NR_STAT"]
+    return dataclasses.replace(host, release="6.1", state_len=nr, events_len=17,
+                               state_local_len=None, events_local_len=None)
+
+
+def test_6_1_by_enum_layout(host):
+    facts = linux_6_1_like(host)
+    res = by_name(layout.resolve(ALL, facts, 1, PAGE))
+    assert res["anon"].slot == host.enums["node_stat_item"]["NR_ANON_MAPPED"]
+    assert res["swap"].slot == host.enums["memcg_stat_item"]["MEMCG_SWAP"]
+    assert res["pgfault"].slot == 6 and res["thp_collapse_alloc"].slot == 16
+    # the rest of state[] is never updated per memcg on 6.1
+    assert not res["pgdemote_kswapd"].available and not res["hugetlb"].available
+    local = by_name(layout.resolve(["anon", "pgfault", "oom_kill"], facts, 1, PAGE, local=True))
+    assert not local["anon"].available and "per CPU" in local["anon"].detail
+    assert not local["pgfault"].available and local["oom_kill"].available
+
+
+def test_6_1_zswap_items_follow_config(host):
+    facts = linux_6_1_like(host)
+    assert by_name(layout.resolve(["zswap"], facts, 1, PAGE))["zswap"].available
+    enums = {k: dict(v) for k, v in facts.enums.items()}
+    for name in ("ZSWPIN", "ZSWPOUT", "ZSWPWB"):
+        enums["vm_event_item"].pop(name)
+    nozswap = dataclasses.replace(facts, enums=enums, events_len=15)
+    res = by_name(layout.resolve(["zswap", "pgfault"], nozswap, 1, PAGE))
+    assert not res["zswap"].available and res["pgfault"].available
+
+
+def test_kallsyms_lists_win_and_are_cross_checked(host):
+    if host.release not in TABLES:
+        pytest.skip(f"no table for {host.release}")
+    table = layout.match_table(host)
+    state = tuple(sorted(table.state_slots, key=table.state_slots.get))
+    events = tuple(sorted(table.event_slots, key=table.event_slots.get))
+    same = dataclasses.replace(host, kallsyms_state=state, kallsyms_events=events)
+    res = by_name(layout.resolve(["anon", "pgfault"], same, 1, PAGE))
+    assert res["anon"].via == layout.VIA_KALLSYMS and "agrees" in res["anon"].detail
+    swapped = list(state)
+    i, j = swapped.index("NR_ANON_MAPPED"), swapped.index("NR_FILE_PAGES")
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    other = dataclasses.replace(host, kallsyms_state=tuple(swapped), kallsyms_events=events)
+    res = by_name(layout.resolve(["anon"], other, 1, PAGE))
+    assert res["anon"].slot == j and "DIFFERS" in res["anon"].detail
+    short = dataclasses.replace(host, release="6.99", kallsyms_state=state[:-1])
+    res = by_name(layout.resolve(["anon"], short, 1, PAGE))
+    assert not res["anon"].available and "kallsyms state list" in res["anon"].detail
+
+
+def test_backend_selection(host):
+    assert layout.select_backend(host) == layout.BACKEND_CORE  # 6.18: no kfuncs
+    v70 = dataclasses.replace(host, kfuncs=frozenset(layout.MEMCG_KFUNCS))
+    assert layout.select_backend(v70) == layout.BACKEND_KFUNC
+    assert layout.select_backend(v70, local=True) == layout.BACKEND_CORE
+    rfc = dataclasses.replace(host, kfuncs=frozenset(layout.RFC_KFUNCS))
+    assert layout.select_backend(rfc) == layout.BACKEND_RFC
+    partial = dataclasses.replace(host, kfuncs=frozenset(layout.MEMCG_KFUNCS[:3]))
+    assert layout.select_backend(partial) == layout.BACKEND_CORE
+
+
+def test_kfunc_resolution_follows_the_enum(host):
+    v70 = dataclasses.replace(host, release="7.0", kfuncs=frozenset(layout.MEMCG_KFUNCS))
+    res = by_name(layout.resolve(["anon", "pgscan_kswapd", "oom_kill", "usage", "peak"], v70,
+                                 2, PAGE))
+    assert res["anon"].via == layout.VIA_KFUNC and res["anon"].kind == layout.KIND_STATE
+    assert res["anon"].item == host.enums["node_stat_item"]["NR_ANON_MAPPED"]
+    assert res["pgscan_kswapd"].kind == layout.KIND_EVENT
+    assert res["oom_kill"].kind == layout.KIND_MEMEVENT
+    assert res["usage"].available and not res["peak"].available
+    # Linux 7.1: PGSCAN*/PGSTEAL*/PGREFILL moved to node_stat_item
+    enums = {k: dict(v) for k, v in host.enums.items()}
+    moved = enums["vm_event_item"].pop("PGSCAN_KSWAPD")
+    enums["node_stat_item"]["PGSCAN_KSWAPD"] = 60
+    v71 = dataclasses.replace(v70, release="7.1", enums=enums)
+    r = by_name(layout.resolve(["pgscan_kswapd"], v71, 2, PAGE))["pgscan_kswapd"]
+    assert r.kind == layout.KIND_STATE and r.item == 60 and moved != 60
+
+
+def test_unknown_names_raise():
+    with pytest.raises(pymemcg.UnknownStat):
+        layout.resolve(["nope"], layout.KernelFacts("6.18", {}, 1, 1, 1), 1, PAGE)
