@@ -28,6 +28,10 @@ const volatile bool need_memev = false;
 const volatile __u64 page_size = 4096;
 const volatile struct pmc_stat_spec specs[PMC_MAX_STATS] = {};
 
+/* kernel item lists to copy out (pmc_kernel_tables), in u32 entries */
+const volatile __u32 tbl_state_n = 0;
+const volatile __u32 tbl_events_n = 0;
+
 /* --- writer bookkeeping; only touched under cgroup_mutex, except in the
  * end-of-walk call, which reads it carefully (see pmc_write_trailer) --- */
 struct pmc_overflow_state overflow_state = {};
@@ -69,6 +73,12 @@ extern unsigned long bpf_mem_cgroup_page_state(struct mem_cgroup *memcg, int idx
 extern unsigned long bpf_mem_cgroup_vm_events(struct mem_cgroup *memcg, int event) __ksym __weak;
 extern unsigned long bpf_mem_cgroup_memory_events(struct mem_cgroup *memcg, int event) __ksym __weak;
 extern unsigned long bpf_mem_cgroup_usage(struct mem_cgroup *memcg) __ksym __weak;
+
+/* The kernel's own item lists (mm/memcontrol.c). Typeless and weak: they
+ * resolve through kallsyms where the kernel lists data symbols
+ * (CONFIG_KALLSYMS_ALL) and are NULL elsewhere. */
+extern const void memcg_node_stat_items __ksym __weak;
+extern const void memcg_vm_event_stat __ksym __weak;
 
 #define barrier() asm volatile("" ::: "memory")
 
@@ -386,4 +396,41 @@ SEC("iter/cgroup")
 int pmc_memcg_iter_path(struct bpf_iter__cgroup *ctx)
 {
 	return emit(ctx, true);
+}
+
+/*
+ * Copies the kernel's item lists out, once: a header of two u32 counts
+ * (entries read of memcg_node_stat_items[], of memcg_vm_event_stat[]; 0 when
+ * absent or unreadable), then the entries. The loader attaches it SELF_ONLY
+ * to the hierarchy root, reads one session and unloads it.
+ */
+SEC("iter/cgroup")
+int pmc_kernel_tables(struct bpf_iter__cgroup *ctx)
+{
+	struct pmc_scratch *rec;
+	__u32 counts[2] = {};
+	__u32 zero = 0;
+	__u32 sn = tbl_state_n, en = tbl_events_n;
+
+	if (!ctx->cgroup)
+		return 0;
+	rec = bpf_map_lookup_elem(&scratch, &zero);
+	if (!rec)
+		return 1;
+	if (sn > 2 * PMC_ARRAY_MAX)
+		sn = 0;
+	if (en > 2 * PMC_ARRAY_MAX)
+		en = 0;
+	if (sn && &memcg_node_stat_items &&
+	    !bpf_probe_read_kernel(rec->state, sn * sizeof(__u32), &memcg_node_stat_items))
+		counts[0] = sn;
+	if (en && &memcg_vm_event_stat &&
+	    !bpf_probe_read_kernel(rec->events, en * sizeof(__u32), &memcg_vm_event_stat))
+		counts[1] = en;
+	bpf_seq_write(ctx->meta->seq, counts, sizeof(counts));
+	if (counts[0])
+		bpf_seq_write(ctx->meta->seq, rec->state, sn * sizeof(__u32));
+	if (counts[1])
+		bpf_seq_write(ctx->meta->seq, rec->events, en * sizeof(__u32));
+	return 1;
 }

@@ -49,6 +49,10 @@ ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size);
 int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
                       void *dst, unsigned long long n);
 
+int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,
+                           unsigned int *state_out, unsigned int *events_out,
+                           unsigned int *got_state, unsigned int *got_events);
+
 int pmc_btf_open(const char *path, struct pmc_btf **out);
 void pmc_btf_close(struct pmc_btf *btf);
 int pmc_btf_enum(struct pmc_btf *btf, const char *enum_name, char *out, size_t out_size);

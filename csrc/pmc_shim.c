@@ -255,6 +255,76 @@ int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
 	return 0;
 }
 
+int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,
+			   unsigned int *state_out, unsigned int *events_out,
+			   unsigned int *got_state, unsigned int *got_events)
+{
+	union bpf_iter_link_info linfo;
+	LIBBPF_OPTS(bpf_link_create_opts, opts);
+	struct memcg_iter *skel;
+	unsigned int buf[4 * 256 + 2];
+	int link = -1, iter = -1, err;
+	ssize_t n;
+
+	*got_state = *got_events = 0;
+	if (state_n > 256 || events_n > 256)
+		return -EINVAL;
+	log_begin(NULL, 0);
+	skel = memcg_iter__open();
+	if (!skel) {
+		err = -errno;
+		log_end();
+		return err;
+	}
+	skel->rodata->tbl_state_n = state_n;
+	skel->rodata->tbl_events_n = events_n;
+	err = bpf_map__set_value_size(skel->maps.overflow, PMC_RECORD_SIZE(0));
+	if (!err)
+		err = memcg_iter__load(skel);
+	log_end();
+	if (err)
+		goto out;
+
+	memset(&linfo, 0, sizeof(linfo));
+	linfo.cgroup.cgroup_fd = cgroup_fd;
+	linfo.cgroup.order = 1;	/* SELF_ONLY */
+	opts.iter_info = &linfo;
+	opts.iter_info_len = sizeof(linfo);
+	link = bpf_link_create(bpf_program__fd(skel->progs.pmc_kernel_tables), 0,
+			       BPF_TRACE_ITER, &opts);
+	if (link < 0) {
+		err = -errno;
+		goto out;
+	}
+	iter = bpf_iter_create(link);
+	if (iter < 0) {
+		err = -errno;
+		goto out;
+	}
+	n = read(iter, buf, sizeof(buf));
+	if (n < (ssize_t)(2 * sizeof(unsigned int))) {
+		err = n < 0 ? -errno : -EIO;
+		goto out;
+	}
+	if ((size_t)n != (2 + buf[0] + buf[1]) * sizeof(unsigned int) ||
+	    buf[0] > state_n || buf[1] > events_n) {
+		err = -EIO;
+		goto out;
+	}
+	memcpy(state_out, buf + 2, buf[0] * sizeof(unsigned int));
+	memcpy(events_out, buf + 2 + buf[0], buf[1] * sizeof(unsigned int));
+	*got_state = buf[0];
+	*got_events = buf[1];
+	err = 0;
+out:
+	if (iter >= 0)
+		close(iter);
+	if (link >= 0)
+		close(link);
+	memcg_iter__destroy(skel);
+	return err;
+}
+
 /* --- BTF --- */
 
 struct pmc_btf {

@@ -52,6 +52,13 @@ ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size);
 int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
 		      void *dst, unsigned long long n);
 
+/* The kernel's own memcg item lists through kallsyms: copies up to state_n
+ * entries of memcg_node_stat_items[] and events_n of memcg_vm_event_stat[];
+ * *got_* say how many were read (0: not in kallsyms or unreadable). */
+int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,
+			   unsigned int *state_out, unsigned int *events_out,
+			   unsigned int *got_state, unsigned int *got_events);
+
 /* BTF of the running kernel (path NULL) or of a file. */
 struct pmc_btf;
 int pmc_btf_open(const char *path, struct pmc_btf **out);

@@ -42,12 +42,59 @@ _facts: Optional[layout_mod.KernelFacts] = None
 
 
 def kernel_facts() -> layout_mod.KernelFacts:
-    """The running kernel's facts, read from BTF once per process."""
+    """The running kernel's facts, read from BTF (and kallsyms) once per process."""
     global _facts
     with _facts_lock:
         if _facts is None:
-            _facts = layout_mod.KernelFacts.from_running_kernel()
+            _facts = with_kernel_lists(layout_mod.KernelFacts.from_running_kernel())
         return _facts
+
+
+def _kallsyms_has(names: Sequence[str]) -> Dict[str, bool]:
+    try:
+        with open("/proc/kallsyms", "rb") as f:
+            data = f.read()
+    except OSError:
+        return {n: False for n in names}
+    return {n: re.search(rb" " + n.encode() + rb"$", data, re.M) is not None for n in names}
+
+
+def with_kernel_lists(facts: layout_mod.KernelFacts) -> layout_mod.KernelFacts:
+    """Add the kernel's own item lists where kallsyms has them (Debian's
+    kernels: CONFIG_KALLSYMS_ALL), copied out by a one-shot BPF program.
+    Without privileges, or without the symbols, the facts stay as they are."""
+    has = _kallsyms_has(["memcg_node_stat_items", "memcg_vm_event_stat"])
+    if not any(has.values()) or os.geteuid() != 0:
+        return facts
+    memcg_items = sorted(v for k, v in facts.enums.get("memcg_stat_item", {}).items()
+                         if k != "MEMCG_NR_STAT")
+    state_n = (facts.state_len or 0) - len(memcg_items) if has["memcg_node_stat_items"] else 0
+    events_n = (facts.events_len or 0) if has["memcg_vm_event_stat"] else 0
+    if state_n <= 0 and events_n <= 0:
+        return facts
+    from .cgroupfs import memory_mount
+    mount = memory_mount()
+    if mount is None:
+        return facts
+    ffi, lib = _lib()
+    state = ffi.new("unsigned int[256]")
+    events = ffi.new("unsigned int[256]")
+    got_s, got_e = ffi.new("unsigned int *"), ffi.new("unsigned int *")
+    fd = os.open(mount.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        rc = lib.pmc_read_kernel_tables(fd, max(state_n, 0), events_n, state, events, got_s,
+                                        got_e)
+    finally:
+        os.close(fd)
+    if rc < 0:
+        return facts
+    import dataclasses
+    # memcg_stat_items[] follows the node items in state[]: MEMCG_SWAP..
+    # in enum order in every release that compacts state[] (6.10+)
+    kstate = tuple(state[i] for i in range(got_s[0])) + tuple(memcg_items) \
+        if got_s[0] else None
+    kevents = tuple(events[i] for i in range(got_e[0])) if got_e[0] else None
+    return dataclasses.replace(facts, kallsyms_state=kstate, kallsyms_events=kevents)
 
 
 def object_digest() -> str:

@@ -69,9 +69,9 @@ class KernelFacts:
     state_local_len: Optional[int] = None            # None: no state_local[] (< 6.2)
     events_local_len: Optional[int] = None
     kfuncs: FrozenSet[str] = frozenset()
-    # the kernel's own lists (kallsyms), as enumerator names in slot order
-    kallsyms_state: Optional[Tuple[str, ...]] = None
-    kallsyms_events: Optional[Tuple[str, ...]] = None
+    # the kernel's own lists (kallsyms), as enum values in slot order
+    kallsyms_state: Optional[Tuple[int, ...]] = None
+    kallsyms_events: Optional[Tuple[int, ...]] = None
 
     @classmethod
     def from_running_kernel(cls) -> "KernelFacts":
@@ -223,23 +223,26 @@ def match_kallsyms(facts: KernelFacts, tables: Mapping[str, KernelTable] = TABLE
     state: Dict[str, int] = {}
     events: Dict[str, int] = {}
     problems: List[str] = []
-    if facts.kallsyms_state is not None:
-        if len(facts.kallsyms_state) != facts.state_len:
-            problems.append(f"kallsyms state list has {len(facts.kallsyms_state)} items, "
-                            f"BTF state[] {facts.state_len}")
+    for values, length, enums, out, what in (
+            (facts.kallsyms_state, facts.state_len, STATE_ENUMS, state, "state"),
+            (facts.kallsyms_events, facts.events_len, EVENT_ENUMS, events, "event")):
+        if values is None:
+            continue
+        known = _flat(facts, enums)
+        if len(values) != length:
+            problems.append(f"kallsyms {what} list has {len(values)} items, BTF {length}")
+        elif len(set(values)) != len(values) or not set(values) <= set(known.values()):
+            problems.append(f"kallsyms {what} list holds values that are not distinct "
+                            f"enumerators")
         else:
-            state = {name: i for i, name in enumerate(facts.kallsyms_state)}
-    if facts.kallsyms_events is not None:
-        if len(facts.kallsyms_events) != facts.events_len:
-            problems.append(f"kallsyms event list has {len(facts.kallsyms_events)} items, "
-                            f"BTF events[] {facts.events_len}")
-        else:
-            events = {name: i for i, name in enumerate(facts.kallsyms_events)}
+            slot_of = {v: i for i, v in enumerate(values)}
+            out.update({name: slot_of[v] for name, v in known.items() if v in slot_of})
     detail = "the kernel's own item lists (kallsyms)"
     table = match_table(facts, tables)
     if table is not None and not table.problems:
-        agree = all(table.state_slots.get(k) == v for k, v in state.items()) and \
-            all(table.event_slots.get(k) == v for k, v in events.items())
+        # enumerator aliases (NR_LRU_BASE...) share values: compare by the table's names
+        agree = (not state or all(state.get(k) == v for k, v in table.state_slots.items())) \
+            and (not events or all(events.get(k) == v for k, v in table.event_slots.items()))
         detail += (f"; built-in table {facts.release} agrees" if agree else
                    f"; built-in table {facts.release} DIFFERS (the kernel's lists win)")
     return TableMatch(VIA_KALLSYMS, detail, state, events, tuple(problems))

@@ -121,13 +121,14 @@ def test_kallsyms_lists_win_and_are_cross_checked(host):
     if host.release not in TABLES:
         pytest.skip(f"no table for {host.release}")
     table = layout.match_table(host)
-    state = tuple(sorted(table.state_slots, key=table.state_slots.get))
-    events = tuple(sorted(table.event_slots, key=table.event_slots.get))
+    state = tuple(host.value(n) for n in sorted(table.state_slots, key=table.state_slots.get))
+    events = tuple(host.value(n)
+                   for n in sorted(table.event_slots, key=table.event_slots.get))
     same = dataclasses.replace(host, kallsyms_state=state, kallsyms_events=events)
     res = by_name(layout.resolve(["anon", "pgfault"], same, 1, PAGE))
     assert res["anon"].via == layout.VIA_KALLSYMS and "agrees" in res["anon"].detail
     swapped = list(state)
-    i, j = swapped.index("NR_ANON_MAPPED"), swapped.index("NR_FILE_PAGES")
+    i, j = swapped.index(host.value("NR_ANON_MAPPED")), swapped.index(host.value("NR_FILE_PAGES"))
     swapped[i], swapped[j] = swapped[j], swapped[i]
     other = dataclasses.replace(host, kallsyms_state=tuple(swapped), kallsyms_events=events)
     res = by_name(layout.resolve(["anon"], other, 1, PAGE))
@@ -135,6 +136,9 @@ def test_kallsyms_lists_win_and_are_cross_checked(host):
     short = dataclasses.replace(host, release="6.99", kallsyms_state=state[:-1])
     res = by_name(layout.resolve(["anon"], short, 1, PAGE))
     assert not res["anon"].available and "kallsyms state list" in res["anon"].detail
+    bogus = dataclasses.replace(host, release="6.99", kallsyms_state=(state[0],) * len(state))
+    res = by_name(layout.resolve(["anon"], bogus, 1, PAGE))
+    assert not res["anon"].available and "not distinct" in res["anon"].detail
 
 
 def test_backend_selection(host):
