@@ -135,41 +135,38 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup
 	__u32 events_len = bpf_core_field_size(struct memcg_vmstats, events) / sizeof(long);
 	__u32 memev_len = bpf_core_field_size(struct mem_cgroup, memory_events) / sizeof(long);
 	__u32 state_n = 0, events_n = 0, memev_n = 0;
+	__u32 state_off, events_off, memev_off;
 	__u32 i;
 
 	if (!vmstats)
 		rec->hdr.flags |= PMC_REC_NO_VMSTATS;
 	if (local_stats) {
 		/* state_local[]/events_local[] came in 6.2; before, local values
-		 * were per-CPU sums and the loader marks them unavailable */
-		if (!bpf_core_field_exists(struct memcg_vmstats, state_local))
+		 * were per-CPU sums and the loader marks them unavailable. The
+		 * offsets sit behind the existence check so that their failed
+		 * relocations are dead code on such kernels. */
+		if (bpf_core_field_exists(struct memcg_vmstats, state_local)) {
+			state_off = bpf_core_field_offset(struct memcg_vmstats, state_local);
+			events_off = bpf_core_field_offset(struct memcg_vmstats, events_local);
+		} else {
 			vmstats = 0;
-		if (need_state && vmstats)
-			state_n = copy_array(rec->state, PMC_ARRAY_MAX, (void *)vmstats +
-					     bpf_core_field_offset(struct memcg_vmstats, state_local),
-					     state_len);
-		if (need_events && vmstats)
-			events_n = copy_array(rec->events, PMC_ARRAY_MAX, (void *)vmstats +
-					      bpf_core_field_offset(struct memcg_vmstats, events_local),
-					      events_len);
-		if (need_memev)
-			memev_n = copy_array(rec->memev, PMC_ARRAY_MAX / 4, (void *)memcg +
-					     bpf_core_field_offset(struct mem_cgroup, memory_events_local),
-					     memev_len);
+			state_off = events_off = 0;
+		}
+		memev_off = bpf_core_field_offset(struct mem_cgroup, memory_events_local);
 	} else {
-		if (need_state && vmstats)
-			state_n = copy_array(rec->state, PMC_ARRAY_MAX, (void *)vmstats +
-					     bpf_core_field_offset(struct memcg_vmstats, state),
-					     state_len);
-		if (need_events && vmstats)
-			events_n = copy_array(rec->events, PMC_ARRAY_MAX, (void *)vmstats +
-					      bpf_core_field_offset(struct memcg_vmstats, events),
-					      events_len);
-		if (need_memev)
-			memev_n = copy_array(rec->memev, PMC_ARRAY_MAX / 4, (void *)memcg +
-					     bpf_core_field_offset(struct mem_cgroup, memory_events),
-					     memev_len);
+		state_off = bpf_core_field_offset(struct memcg_vmstats, state);
+		events_off = bpf_core_field_offset(struct memcg_vmstats, events);
+		memev_off = bpf_core_field_offset(struct mem_cgroup, memory_events);
 	}
+	if (need_state && vmstats)
+		state_n = copy_array(rec->state, PMC_ARRAY_MAX, (void *)vmstats + state_off,
+				     state_len);
+	if (need_events && vmstats)
+		events_n = copy_array(rec->events, PMC_ARRAY_MAX, (void *)vmstats + events_off,
+				      events_len);
+	if (need_memev)
+		memev_n = copy_array(rec->memev, PMC_ARRAY_MAX / 4, (void *)memcg + memev_off,
+				     memev_len);
 
 	for (i = 0; i < PMC_MAX_STATS; i++) {
 		__u32 kind, slot, flags;
