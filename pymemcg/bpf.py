@@ -35,6 +35,7 @@ PIN_DIR = os.path.join(BPFFS, "pymemcg")
 SEQ_BUF_SIZE = 32768                 # PMC_SEQ_BUF_SIZE
 ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE = 1, 2
 INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
+MAX_SINGLE_LINKS = 256               # cgroups read one by one keep a link (an fd) each
 _RETRIES = 8
 
 _facts_lock = threading.Lock()
@@ -349,6 +350,12 @@ class BpfBackend:
         self._state["links"][key] = link
         return link
 
+    def _evict_single_links(self) -> None:
+        """Keep at most MAX_SINGLE_LINKS one-cgroup links: drop the oldest."""
+        singles = [l for l in self._state["links"].values() if l.order == ORDER_SELF_ONLY]
+        for link in singles[:max(0, len(singles) - MAX_SINGLE_LINKS + 1)]:
+            self._drop_link(link)
+
     def _drop_link(self, link: _Link) -> None:
         self._state["links"].pop((link.cgroup.id, link.order), None)
         self._by_path = {p: l for p, l in self._by_path.items() if l is not link}
@@ -390,6 +397,7 @@ class BpfBackend:
         for _ in range(3):
             if link is None:
                 cg = resolve_cgroup(path)
+                self._evict_single_links()
                 link = self._link(cg, ORDER_SELF_ONLY)
                 self._by_path[path] = link
             n = self._session(link)

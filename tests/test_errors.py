@@ -179,3 +179,15 @@ def test_errors_are_one_family():
                 pymemcg.UnknownStat, pymemcg.PermissionDenied, pymemcg.NoBtf,
                 pymemcg.VerifierRejected, pymemcg.MalformedData, pymemcg.StatUnavailable):
         assert issubclass(cls, pymemcg.Error)
+
+
+def test_many_single_cgroups_keep_fds_bounded(no_leaks, cgroups, monkeypatch):
+    monkeypatch.setattr(bpf_mod, "MAX_SINGLE_LINKS", 8)
+    paths = [cgroups.make(f"many/c{i}") for i in range(30)]
+    with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
+        fds = len(open_fds())  # the program and its maps are open by now
+        for _ in range(2):
+            for p in paths:
+                assert r.read(p).id == os.stat(p).st_ino
+        assert len(open_fds()) <= fds + 8  # one link per cached cgroup
+        assert len([p for p in pins() if p.endswith(f"-1-{os.getpid()}")]) <= 8
