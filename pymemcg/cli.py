@@ -1,25 +1,37 @@
-"""The pymemcg command line: `python -m pymemcg snapshot`, `... stats`.
+"""The pymemcg command line (also `python -m pymemcg`).
 
-    pymemcg snapshot [ROOT] [--stats a,b,c] [--local] [--format table|json|csv]
+    pymemcg snapshot [ROOT] [--stats a,b,c|all] [--local] [--format table|json|csv]
                      [--backend auto|bpf|text]
-    pymemcg stats
+    pymemcg top [ROOT] [--sort STAT] [--interval S] [--stats ...] [--batch] [-n N]
+    pymemcg watch [ROOT] [--interval S] [--count N] [--per cgroup|snapshot] [--stats ...]
+    pymemcg export [ROOT] [--listen ADDR:PORT] [--stats ...]     (the `prometheus` extra)
+    pymemcg doctor [--format text|json]
+    pymemcg stats [--format table|json]
+    pymemcg bench [...]                                           (python -m pymemcg.bench)
     pymemcg --version
 
-User errors (pymemcg.Error) print `pymemcg: <message>` on stderr and exit 2.
+Exit status: 0 on success, and when top, watch or export is stopped (q,
+Ctrl-C, SIGTERM); 2 for user errors (pymemcg.Error, printed as
+`pymemcg: <message>`, and bad arguments); doctor exits 1 when only the text
+backend works here. Colour only on a terminal (--color, NO_COLOR).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
+import signal
 import sys
+import time
 import warnings
-from typing import Dict, List, Optional, Sequence, TextIO
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from . import __version__, catalog
-from .cgroupfs import memory_mount
+from .cgroupfs import memory_mount, own_memory_cgroup
 from .decode import Record, Snapshot
 from .errors import Error, NoMemoryController, UnknownStat
 from .reader import Reader, stats as list_stats
@@ -29,12 +41,47 @@ PROG = "pymemcg"
 #: what `snapshot` shows when --stats is not given
 SNAPSHOT_STATS = ("usage", "anon", "file", "shmem", "kernel_stack", "pgfault", "pgmajfault",
                   "oom_kill")
+#: what `top` shows when --stats is not given (counts are shown per second)
+TOP_STATS = ("usage", "anon", "file", "shmem", "kernel", "pgfault", "pgmajfault", "oom_kill")
+#: what `watch` writes when --stats is not given
+WATCH_STATS = catalog.DEFAULT_STATS
 
 EXIT_OK = 0
+EXIT_DEGRADED = 1       # doctor: BPF does not work here, text does
 EXIT_USAGE = 2          # argparse uses 2 as well
 EXIT_INTERRUPTED = 130
 
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+# --- colour ---
+
+_SGR = {"bold": "1", "dim": "2", "reverse": "7", "red": "31", "green": "32", "yellow": "33",
+        "blue": "34", "cyan": "36"}
+
+
+def colour_wanted(stream: TextIO, mode: str = "auto") -> bool:
+    """--color always/never, or auto: a terminal, NO_COLOR unset, TERM not 'dumb'."""
+    if mode == "always":
+        return True
+    if mode == "never" or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Style:
+    """ANSI styling that is a no-op when colour is off."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, text: str, *styles: str) -> str:
+        if not self.enabled or not styles:
+            return text
+        return "\x1b[" + ";".join(_SGR[s] for s in styles) + "m" + text + "\x1b[0m"
 
 
 # --- formatting helpers ---
@@ -60,13 +107,38 @@ def format_value(name: str, value: Optional[int]) -> str:
     return str(value)
 
 
-def parse_stat_list(text: str) -> List[str]:
-    """'a, b,c' -> ['a', 'b', 'c']; names are checked by the Reader."""
+def format_rate(rate: Optional[float]) -> str:
+    """Events per second: '0', '3.5', '812', '12.3k', '4.1M'; '-' before a second sample."""
+    if rate is None:
+        return "-"
+    if rate == 0:
+        return "0"
+    if rate < 10:
+        return f"{rate:.1f}"
+    if rate < 10000:
+        return f"{rate:.0f}"
+    for unit, scale in (("k", 1e3), ("M", 1e6), ("G", 1e9)):
+        if rate < scale * 1000 or unit == "G":
+            return f"{rate / scale:.1f}{unit}"
+    raise AssertionError("unreachable")
+
+
+def parse_stat_list(text: str, local: bool = False) -> List[str]:
+    """'a, b,c' -> ['a', 'b', 'c'] (names are checked by the Reader); 'all' -> every
+    stat this host can serve."""
+    if text.strip() == "all":
+        return [s.name for s in list_stats(local=local) if s.available]
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise UnknownStat("--stats names no stat: give a comma-separated list, e.g. "
-                          "--stats anon,file,usage (see `pymemcg stats`)")
+                          "--stats anon,file,usage, or all (see `pymemcg stats`)")
     return names
+
+
+def _selection(args: argparse.Namespace, default: Sequence[str]) -> List[str]:
+    if args.stats is None:
+        return list(default)
+    return parse_stat_list(args.stats, local=getattr(args, "local", False))
 
 
 def _kernel_release() -> str:
@@ -78,11 +150,78 @@ def _display_path(rec: Record) -> str:
     return rec.path if rec.path is not None else f"?id={rec.id}"
 
 
-# --- snapshot output ---
+def _default_root(root: Optional[str]) -> str:
+    if root is not None:
+        return root
+    mount = memory_mount()
+    if mount is None:
+        raise NoMemoryController("no cgroup hierarchy on this host has the memory "
+                                 "controller: mount one, or pass ROOT")
+    return mount.mountpoint
+
+
+def open_reader(names: Sequence[str], local: bool, backend: str) -> Reader:
+    """A Reader; the BPF -> text fallback warning is said once, in our own words."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader = Reader(stats=names, local=local, backend=backend)
+    for w in caught:
+        print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+    return reader
+
+
+class Stop(Exception):
+    """SIGTERM or SIGHUP arrived: leave the loop and clean up (unpin) as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM (and SIGHUP, unless ignored as under nohup) into Stop inside
+    long-running commands, so that the Reader closes and unpins its links
+    instead of the process dying mid-way."""
+    def handler(signum, frame):
+        raise Stop()
+    installed = []
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
+            installed.append((sig, signal.signal(sig, handler)))
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in installed:
+            signal.signal(sig, old)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
+    return value
+
+
+# --- snapshot ---
 
 def write_table(out: TextIO, snap: Snapshot, names: Sequence[str], backend: str,
-                version: int) -> None:
+                version: int, style: Optional[Style] = None) -> None:
     """Summary line, then one row per cgroup with the path indented by level."""
+    style = style or Style(False)
     out.write(f"backend {backend}, {len(snap.records)} cgroups, kernel {_kernel_release()}, "
               f"cgroup v{version}\n")
     base = snap.records[0].level if snap.records else 0
@@ -96,8 +235,14 @@ def write_table(out: TextIO, snap: Snapshot, names: Sequence[str], backend: str,
     lines = [[header[0].ljust(widths[0])] + [h.rjust(w) for h, w in zip(header[1:], widths[1:])]]
     for r in rows:
         lines.append([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])])
-    for cells in lines:
-        out.write("  ".join(cells).rstrip() + "\n")
+    for i, cells in enumerate(lines):
+        line = "  ".join(cells).rstrip()
+        out.write((style(line, "bold") if i == 0 else line) + "\n")
+
+
+def record_json(rec: Record) -> Dict[str, object]:
+    return {"id": rec.id, "parent_id": rec.parent_id, "path": rec.path, "level": rec.level,
+            "stats": rec.as_dict()}
 
 
 def snapshot_json(snap: Snapshot, names: Sequence[str], backend: str, version: int,
@@ -111,11 +256,7 @@ def snapshot_json(snap: Snapshot, names: Sequence[str], backend: str, version: i
         "local": local,
         "stats": list(names),
         "units": {n: catalog.STATS[n].unit for n in names},
-        "cgroups": [
-            {"id": rec.id, "parent_id": rec.parent_id, "path": rec.path, "level": rec.level,
-             "stats": rec.as_dict()}
-            for rec in snap.records
-        ],
+        "cgroups": [record_json(rec) for rec in snap.records],
     }
 
 
@@ -130,20 +271,9 @@ def write_csv(out: TextIO, snap: Snapshot, names: Sequence[str]) -> None:
 
 
 def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
-    names = parse_stat_list(args.stats) if args.stats is not None else list(SNAPSHOT_STATS)
-    root = args.root
-    if root is None:
-        mount = memory_mount()
-        if mount is None:
-            raise NoMemoryController("no cgroup hierarchy on this host has the memory "
-                                     "controller: mount one, or pass ROOT")
-        root = mount.mountpoint
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        reader = Reader(stats=names, local=args.local, backend=args.backend)
-    for w in caught:  # the BPF -> text fallback: say it once, in our own words
-        print(f"{PROG}: warning: {w.message}", file=sys.stderr)
-    with reader:
+    names = _selection(args, SNAPSHOT_STATS)
+    root = _default_root(args.root)
+    with open_reader(names, args.local, args.backend) as reader:
         snap = reader.read_tree(root)
         backend, version = reader.backend, reader.cgroup_version
     if args.format == "json":
@@ -152,7 +282,7 @@ def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
     elif args.format == "csv":
         write_csv(out, snap, names)
     else:
-        write_table(out, snap, names, backend, version)
+        write_table(out, snap, names, backend, version, Style(colour_wanted(out, args.color)))
     return EXIT_OK
 
 
@@ -175,43 +305,769 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+# --- watch: JSON lines ---
+
+def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
+    """One JSON object per cgroup per snapshot (default), or one per snapshot.
+
+    per cgroup:   {"seq": 0, "time": 1764115200.25, "id": 1, "parent_id": 0, "path": "/",
+                   "level": 0, "stats": {"usage": null, "anon": 4521984, ...}}
+    per snapshot: {"seq": 0, "time": ..., "backend": "bpf", "root": "...", "cgroups": [...]}
+
+    seq numbers the snapshots from 0; time is the Unix time the walk started;
+    sizes are bytes and events cumulative counts, null where unavailable.
+    """
+    names = _selection(args, WATCH_STATS)
+    root = _default_root(args.root)
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    with stop_on_sigterm():
+        try:
+            with open_reader(names, args.local, args.backend) as reader:
+                _watch_loop(reader, root, args, out, dumps)
+        except (KeyboardInterrupt, Stop):
+            pass
+    return EXIT_OK
+
+
+def _watch_loop(reader: Reader, root: str, args: argparse.Namespace, out: TextIO,
+                dumps: Callable[[object], str]) -> None:
+    seq = 0
+    due = time.monotonic()
+    while True:
+        now = time.time()
+        snap = reader.read_tree(root)
+        if args.per == "snapshot":
+            out.write(dumps({"seq": seq, "time": now, "backend": reader.backend, "root": root,
+                             "local": args.local,
+                             "cgroups": [record_json(r) for r in snap.records]}) + "\n")
+        else:
+            for rec in snap.records:
+                out.write(dumps({"seq": seq, "time": now, **record_json(rec)}) + "\n")
+        out.flush()
+        seq += 1
+        if args.count is not None and seq >= args.count:
+            return
+        due += args.interval
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            due = time.monotonic()  # fell behind: no burst of catch-up reads
+
+
+# --- top: a live view ---
+
+@dataclass
+class TopRow:
+    path: str
+    id: int
+    level: int
+    values: Dict[str, Optional[float]]   # bytes for sizes, per-second rates for counts
+
+
+class TopView:
+    """The state of `pymemcg top`: the last snapshot as rows, with rates for
+    cumulative counts (per second between the last two refreshes), sorted."""
+
+    def __init__(self, reader: Reader, root: str, names: Sequence[str], sort: str,
+                 interval: float, reverse: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.reader, self.root, self.names = reader, root, list(names)
+        self.rates = {n for n in self.names if catalog.STATS[n].unit == catalog.COUNT}
+        if sort not in self.names and sort != "cgroup":
+            raise UnknownStat(f"--sort {sort}: sort by one of the shown stats "
+                              f"({', '.join(self.names)}) or by cgroup")
+        self.sort, self.reverse, self.interval = sort, reverse, interval
+        self.clock = clock
+        self.rows: List[TopRow] = []
+        self.refreshes = 0
+        self.taken_at = 0.0           # wall clock of the last refresh
+        self._prev: Dict[int, Dict[str, Optional[int]]] = {}
+        self._prev_t: Optional[float] = None
+
+    def refresh(self) -> None:
+        snap = self.reader.read_tree(self.root)
+        now = self.clock()
+        dt = None if self._prev_t is None else now - self._prev_t
+        rows, current = [], {}
+        for rec in snap.records:
+            raw = rec.as_dict()
+            prev = self._prev.get(rec.id)
+            shown: Dict[str, Optional[float]] = {}
+            for n in self.names:
+                v = raw.get(n)
+                if n in self.rates:
+                    p = prev.get(n) if prev is not None else None
+                    # a counter that went down was reset (v1 failcnt): no rate this time
+                    shown[n] = None if (v is None or p is None or not dt or dt <= 0 or v < p) \
+                        else (v - p) / dt
+                else:
+                    shown[n] = v
+            current[rec.id] = raw
+            rows.append(TopRow(_display_path(rec), rec.id, rec.level, shown))
+        self._prev, self._prev_t = current, now
+        self.rows = rows
+        self.refreshes += 1
+        self.taken_at = time.time()
+        self.sort_rows()
+
+    def sort_rows(self) -> None:
+        if self.sort == "cgroup":
+            self.rows.sort(key=lambda r: r.path, reverse=self.reverse)
+            return
+        known = [r for r in self.rows if r.values.get(self.sort) is not None]
+        unknown = [r for r in self.rows if r.values.get(self.sort) is None]
+        # largest first; ties and unknowns in path order; unknowns always last
+        known.sort(key=lambda r: r.path)
+        known.sort(key=lambda r: r.values[self.sort], reverse=not self.reverse)
+        unknown.sort(key=lambda r: r.path)
+        self.rows = known + unknown
+
+    def cycle_sort(self, step: int) -> None:
+        keys = self.names + ["cgroup"]
+        self.sort = keys[(keys.index(self.sort) + step) % len(keys)]
+        self.sort_rows()
+
+    # --- rendering (pure: tests call it without a terminal) ---
+
+    def label(self, name: str) -> str:
+        return name.upper() + ("/s" if name in self.rates else "")
+
+    def cell(self, name: str, value: Optional[float]) -> str:
+        if name in self.rates:
+            return format_rate(value)
+        return format_value(name, None if value is None else int(value))
+
+    def render(self, width: Optional[int] = None, height: Optional[int] = None,
+               keys_help: bool = True) -> List[Tuple[str, str]]:
+        """Lines as (text, kind); kind is title, help, header or row.
+        width/height None: no truncation (batch mode)."""
+        order = "ascending" if (self.sort == "cgroup") != self.reverse else "descending"
+        title = (f"pymemcg top - {self.root} - {self.reader.backend}, cgroup "
+                 f"v{self.reader.cgroup_version} - {len(self.rows)} cgroups - every "
+                 f"{self.interval:g}s - {time.strftime('%H:%M:%S', time.localtime(self.taken_at))}")
+        help_line = f"sort: {self.sort} ({order})"
+        if keys_help:
+            help_line += "   q quit  < > sort column  r reverse  + - interval  space refresh"
+        widths = self._widths()
+        header_cells = [self.label(n).rjust(w) for n, w in zip(self.names, widths)]
+        header = "  ".join(header_cells) + "  CGROUP"
+        lines: List[Tuple[str, str]] = [(title, "title"), (help_line, "help"), (header, "header")]
+        for r in self.rows:
+            cells = [self.cell(n, r.values.get(n)).rjust(w) for n, w in zip(self.names, widths)]
+            lines.append(("  ".join(cells) + "  " + r.path, "row"))
+        if height is not None and len(lines) > height:
+            hidden = len(lines) - height + 1
+            lines = lines[:height - 1] + [(f"... {hidden} more cgroups (a taller window shows "
+                                          f"them)", "help")]
+        if width is not None:
+            lines = [(_fit(text, width) if kind == "row" else text[:width], kind)
+                     for text, kind in lines]
+        return lines
+
+    def _widths(self) -> List[int]:
+        return [max([6, len(self.label(n))] + [len(self.cell(n, r.values.get(n)))
+                                               for r in self.rows])
+                for n in self.names]
+
+    def sort_span(self) -> Tuple[int, int]:
+        """(column, width) of the sorted column's header label, for highlighting."""
+        x = 0
+        for n, w in zip(self.names, self._widths()):
+            if n == self.sort:
+                return x, w
+            x += w + 2
+        return x, len("CGROUP")   # sorted by cgroup: the last column
+
+
+def _fit(text: str, width: int) -> str:
+    """Cut a row (numbers, then the path) to the width: the path loses its middle,
+    marked '..', so that both its top and its leaf stay readable."""
+    if len(text) <= width:
+        return text
+    numbers, sep, path = text.rpartition("  ")
+    room = width - len(numbers) - len(sep)
+    if not sep or room < 8:
+        return text[:width]
+    head = room // 3
+    tail = room - head - 2
+    return numbers + sep + path[:head] + ".." + path[len(path) - tail:]
+
+
+def _top_batch(view: TopView, out: TextIO, iterations: Optional[int], style: Style) -> int:
+    done = 0
+    due = time.monotonic()
+    while True:
+        view.refresh()
+        for text, kind in view.render(keys_help=False):
+            out.write((style(text, "bold") if kind in ("title", "header") else text) + "\n")
+        out.write("\n")
+        out.flush()
+        done += 1
+        if iterations is not None and done >= iterations:
+            return EXIT_OK
+        due += view.interval
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            due = time.monotonic()
+
+
+def _top_curses(stdscr, view: TopView, iterations: Optional[int], colour: bool) -> None:
+    import curses
+
+    try:
+        curses.curs_set(0)
+    except curses.error:
+        pass
+    attrs = {"title": curses.A_BOLD, "help": curses.A_DIM, "header": curses.A_REVERSE,
+             "row": curses.A_NORMAL}
+    sort_attr = curses.A_REVERSE | curses.A_BOLD
+    if colour and curses.has_colors():
+        try:
+            curses.start_color()
+            curses.use_default_colors()
+            curses.init_pair(1, curses.COLOR_BLACK, curses.COLOR_CYAN)
+            curses.init_pair(2, curses.COLOR_CYAN, -1)
+            attrs["header"] = curses.color_pair(1)
+            attrs["title"] = curses.color_pair(2) | curses.A_BOLD
+            sort_attr = curses.color_pair(1) | curses.A_BOLD | curses.A_UNDERLINE
+        except curses.error:
+            pass
+    done = 0
+    next_at = time.monotonic()
+    while True:
+        if time.monotonic() >= next_at:
+            view.refresh()
+            done += 1
+            next_at = time.monotonic() + view.interval
+        height, width = stdscr.getmaxyx()
+        stdscr.erase()
+        lines = view.render(width - 1, height)
+        for y, (text, kind) in enumerate(lines):
+            try:
+                stdscr.addnstr(y, 0, text, width - 1, attrs.get(kind, curses.A_NORMAL))
+            except curses.error:
+                pass
+        x, w = view.sort_span()
+        if len(lines) > 2 and x < width - 1:
+            try:
+                stdscr.addnstr(2, x, lines[2][0][x:x + w], width - 1 - x, sort_attr)
+            except curses.error:
+                pass
+        stdscr.refresh()
+        if iterations is not None and done >= iterations:
+            return
+        stdscr.timeout(max(int((next_at - time.monotonic()) * 1000), 0))
+        ch = stdscr.getch()
+        if ch in (ord("q"), ord("Q")):
+            return
+        if ch in (ord(">"), ord("."), curses.KEY_RIGHT):
+            view.cycle_sort(1)
+        elif ch in (ord("<"), ord(","), curses.KEY_LEFT):
+            view.cycle_sort(-1)
+        elif ch in (ord("r"), ord("R")):
+            view.reverse = not view.reverse
+            view.sort_rows()
+        elif ch == ord("+"):
+            view.interval = min(view.interval * 2, 3600.0)
+            next_at = time.monotonic() + view.interval
+        elif ch == ord("-"):
+            view.interval = max(view.interval / 2, 0.1)
+            next_at = min(next_at, time.monotonic() + view.interval)
+        elif ch == ord(" "):
+            next_at = time.monotonic()
+
+
+def cmd_top(args: argparse.Namespace, out: TextIO) -> int:
+    names = _selection(args, TOP_STATS)
+    sort = args.sort if args.sort is not None else ("usage" if "usage" in names else names[0])
+    if sort not in names and sort != "cgroup":
+        raise UnknownStat(f"--sort {sort}: sort by one of the shown stats ({', '.join(names)}) "
+                          f"or by cgroup; --stats adds stats")
+    root = _default_root(args.root)
+    interactive = not args.batch and _isatty(out) and _isatty(sys.stdin)
+    with stop_on_sigterm():
+        try:
+            with open_reader(names, args.local, args.backend) as reader:
+                view = TopView(reader, root, names, sort, args.interval, reverse=args.reverse)
+                if not interactive:
+                    return _top_batch(view, out, args.iterations,
+                                      Style(colour_wanted(out, args.color)))
+                import curses
+                os.environ.setdefault("ESCDELAY", "25")
+                curses.wrapper(_top_curses, view, args.iterations, colour_wanted(out, args.color))
+        except (KeyboardInterrupt, Stop):
+            pass  # curses.wrapper has restored the terminal already
+    return EXIT_OK
+
+
+def _isatty(stream: Optional[TextIO]) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# --- doctor ---
+
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+KALLSYMS_TABLES = ("memcg_node_stat_items", "memcg_stat_items", "memcg_vm_event_stat")
+MIN_ITER_KERNEL = (6, 1)
+
+
+@dataclass
+class Check:
+    name: str
+    status: str          # ok, info, warn, fail
+    detail: str
+    remedy: str = ""
+    data: Dict[str, object] = field(default_factory=dict)
+
+
+def _kernel_version(release: str) -> Tuple[int, int]:
+    import re
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def _effective_caps() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def _read_int(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _kallsyms_tables() -> Optional[List[str]]:
+    """Which of the kernel's memcg item tables /proc/kallsyms names (None: unreadable)."""
+    wanted = {name: False for name in KALLSYMS_TABLES}
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                name = line.rstrip("\n").rsplit(" ", 1)[-1].split("\t", 1)[0]
+                if name in wanted:
+                    wanted[name] = True
+    except OSError:
+        return None
+    return [n for n, found in wanted.items() if found]
+
+
+def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
+    """Everything `pymemcg doctor` looks at, and a summary."""
+    from . import layout
+    checks: List[Check] = []
+    release = _kernel_release()
+    version = _kernel_version(release)
+
+    # kernel
+    if version >= MIN_ITER_KERNEL:
+        checks.append(Check("kernel", "ok", f"Linux {release}: has cgroup iterators (6.1+)"))
+    else:
+        checks.append(Check("kernel", "fail", f"Linux {release}: cgroup iterators came in 6.1",
+                            "run a 6.1+ kernel for the BPF backend; the text backend works on "
+                            "any kernel"))
+
+    # BTF
+    btf = "/sys/kernel/btf/vmlinux"
+    if os.path.exists(btf):
+        size = os.path.getsize(btf)
+        checks.append(Check("btf", "ok", f"{btf} ({human_bytes(size)})"))
+    else:
+        checks.append(Check("btf", "fail", f"{btf} is missing: the kernel exposes no BTF",
+                            "run a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution "
+                            "kernels since 2021 are)"))
+
+    # kernel facts from BTF: kfuncs, item tables
+    facts, facts_error = None, ""
+    try:
+        from .bpf import kernel_facts
+        facts = kernel_facts()
+    except Exception as e:  # no BTF, extension missing, ...
+        facts_error = " ".join(str(e).split())
+    if facts is None:
+        checks.append(Check("memcg kfuncs", "warn", f"cannot read the kernel's BTF: {facts_error}",
+                            "see the btf line"))
+    else:
+        select = getattr(layout, "select_backend", None)
+        flavour = select(facts) if select is not None else None
+        have = [k for k in layout.MEMCG_KFUNCS if k in facts.kfuncs]
+        missing = [k for k in layout.MEMCG_KFUNCS if k not in facts.kfuncs]
+        if not missing:
+            checks.append(Check("memcg kfuncs", "ok", f"all {len(have)} present (Linux 7.0+); "
+                                f"BPF flavour: {flavour or 'kfunc'}",
+                                data={"present": have, "flavour": flavour}))
+        elif not have:
+            checks.append(Check("memcg kfuncs", "info",
+                                f"none of the {len(missing)} (bpf_get_mem_cgroup, "
+                                f"bpf_mem_cgroup_page_state, ...): they came in Linux 7.0",
+                                "nothing to do: the CO-RE backend reads struct mem_cgroup "
+                                "directly instead",
+                                data={"present": [], "missing": missing, "flavour": flavour}))
+        else:
+            checks.append(Check("memcg kfuncs", "warn",
+                                f"{len(have)} of {len(layout.MEMCG_KFUNCS)}; missing "
+                                f"{', '.join(missing)}",
+                                "nothing to do: the CO-RE backend does not need them",
+                                data={"present": have, "missing": missing,
+                                      "flavour": flavour}))
+
+    # item tables: where the memory.stat items (state[]/events[] slots) come from
+    kallsyms = _kallsyms_tables()
+    if kallsyms is None:
+        ks = "/proc/kallsyms is unreadable"
+    elif kallsyms:
+        ks = f"/proc/kallsyms names {', '.join(kallsyms)}"
+    else:
+        ks = (f"/proc/kallsyms has no {', '.join(KALLSYMS_TABLES)} (static data, listed only "
+              f"with CONFIG_KALLSYMS_ALL=y)")
+    infos = list_stats()
+    items = [s for s in infos if catalog.STATS[s.name].kind in (catalog.STATE, catalog.EVENT)]
+    through_bpf = [s for s in items if s.available and s.backend == "bpf"]
+    vias: Dict[str, int] = {}
+    for s in through_bpf:
+        how_one = s.via.split(": ", 1)[-1]   # "table: table 6.18 (...)" -> "table 6.18 (...)"
+        vias[how_one] = vias.get(how_one, 0) + 1
+    how = "; ".join(f"{n} by {via}" for via, n in sorted(vias.items(), key=lambda kv: -kv[1]))
+    data = {"kallsyms": kallsyms, "through_bpf": len(through_bpf), "items": len(items),
+            "via": vias}
+    if through_bpf:
+        checks.append(Check("item tables", "ok",
+                            f"{len(through_bpf)} of {len(items)} memory.stat items through BPF "
+                            f"({how}); {ks}", data=data))
+    else:
+        why = next((s.via for s in items), "")
+        checks.append(Check("item tables", "warn",
+                            f"no memory.stat item is readable through BPF ({why}); {ks}",
+                            "through BPF only page counters and memory.events are exact here: "
+                            "use backend='text' for memory.stat sizes and events, or add this "
+                            "release's lists to pymemcg/kernel_tables.py", data=data))
+
+    # privileges
+    euid = os.geteuid()
+    caps = _effective_caps()
+    has = {name: bool(caps >> bit & 1) for name, bit in
+           (("CAP_SYS_ADMIN", CAP_SYS_ADMIN), ("CAP_BPF", CAP_BPF), ("CAP_PERFMON", CAP_PERFMON))}
+    unpriv = _read_int("/proc/sys/kernel/unprivileged_bpf_disabled")
+    capstr = ", ".join(n for n, ok in has.items() if ok) or "none of CAP_SYS_ADMIN/CAP_BPF/CAP_PERFMON"
+    privileged = has["CAP_SYS_ADMIN"] or (has["CAP_BPF"] and has["CAP_PERFMON"])
+    detail = f"euid {euid}, capabilities: {capstr}; kernel.unprivileged_bpf_disabled={unpriv}"
+    if privileged:
+        checks.append(Check("privileges", "ok", detail, data={"euid": euid, **has}))
+    else:
+        checks.append(Check("privileges", "fail", detail,
+                            "run as root, or give the process CAP_BPF and CAP_PERFMON (systemd: "
+                            "AmbientCapabilities=CAP_BPF CAP_PERFMON); CAP_SYS_ADMIN mounts bpffs",
+                            data={"euid": euid, **has}))
+
+    # bpffs
+    from .bpf import BPFFS, PIN_DIR, _is_bpffs
+    try:
+        mounted = _is_bpffs(BPFFS)
+    except OSError:
+        mounted = False
+    if mounted:
+        try:
+            pins = len(os.listdir(PIN_DIR))
+        except OSError:
+            pins = 0
+        checks.append(Check("bpffs", "ok", f"mounted at {BPFFS}; {pins} pymemcg pins in {PIN_DIR}",
+                            data={"mounted": True, "pins": pins}))
+    else:
+        checks.append(Check("bpffs", "warn" if privileged else "fail",
+                            f"nothing mounted at {BPFFS}",
+                            "pymemcg mounts it itself when it runs as root; or "
+                            f"`mount -t bpf bpf {BPFFS}` (fstab: bpf {BPFFS} bpf defaults 0 0)",
+                            data={"mounted": False}))
+
+    # cgroups
+    mount = memory_mount()
+    if mount is None:
+        checks.append(Check("cgroup", "fail", "no cgroup hierarchy has the memory controller",
+                            "mount cgroup v2 with the memory controller enabled, or v1 with "
+                            "-o memory"))
+    else:
+        own = own_memory_cgroup()
+        checks.append(Check("cgroup", "ok", f"v{mount.version}, memory controller at "
+                            f"{mount.mountpoint}; this process is in {own}",
+                            data={"version": mount.version, "mountpoint": mount.mountpoint,
+                                  "own": own}))
+
+    # the backends, tried for real
+    backends: Dict[str, Optional[str]] = {}
+    target = own_memory_cgroup() if mount is not None else None
+    for backend in ("bpf", "text"):
+        if target is None:
+            backends[backend] = "no memory cgroup to read"
+            continue
+        try:
+            with Reader(stats=["usage", "anon", "pgfault"], backend=backend) as r:
+                r.read(target)
+                start = time.perf_counter()
+                r.read(target)
+                took = time.perf_counter() - start
+            backends[backend] = None
+            checks.append(Check(f"{backend} backend", "ok",
+                                f"read {target} in {took * 1e6:.0f} us"))
+        except Error as e:
+            msg = " ".join(str(e).split("\n--- verifier log")[0].split())
+            backends[backend] = msg
+            checks.append(Check(f"{backend} backend", "fail", msg,
+                                "see the lines above" if backend == "bpf" else ""))
+
+    # stats
+    by = {"bpf": [s.name for s in infos if s.available and s.backend == "bpf"],
+          "text": [s.name for s in infos if s.available and s.backend == "text"],
+          "unavailable": [s.name for s in infos if not s.available]}
+    why = {s.name: s.via for s in infos if not s.available}
+    if backends.get("bpf") is None:
+        detail = (f"{len(by['bpf'])} exact through BPF, {len(by['text'])} through memory.stat "
+                  f"text only, {len(by['unavailable'])} unavailable here")
+        status = "ok" if by["bpf"] else "warn"
+    else:
+        # BPF does not load: what the text backend serves is what this host gets
+        from .textstat import text_availability
+        version_here = mount.version if mount is not None else 2
+        text_ok = [s.name for s in infos if text_availability(s.name, version_here, False)[0]]
+        by["unavailable"] = [s.name for s in infos if s.name not in text_ok]
+        detail = (f"{len(text_ok)} through memory.stat text (BPF does not load here; it would "
+                  f"serve {len(by['bpf'])}), {len(by['unavailable'])} unavailable")
+        by["bpf"], by["text"] = [], text_ok
+        status = "warn"
+    if by["unavailable"]:
+        names = by["unavailable"]
+        detail += f" ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
+    checks.append(Check("stats", status, detail,
+                        "`pymemcg stats` lists each stat and why" if by["unavailable"] else "",
+                        data={**by, "why": why}))
+
+    works = "bpf" if backends.get("bpf") is None else "text" if backends.get("text") is None \
+        else None
+    summary = {"version": __version__, "kernel": release, "backend": works,
+               "cgroup_version": mount.version if mount else None,
+               "backend_errors": {k: v for k, v in backends.items() if v}}
+    return checks, summary
+
+
+def _wrapper(out: TextIO, indent: str) -> Callable[[str], str]:
+    """On a terminal, wrap text to its width under `indent`; elsewhere one line each."""
+    try:
+        tty = out.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    if not tty:
+        return lambda text: text
+    import shutil
+    import textwrap
+    width = max(shutil.get_terminal_size().columns - len(indent), 30)
+
+    def wrap(text: str) -> str:
+        return ("\n" + indent).join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
+    return wrap
+
+
+def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
+    checks, summary = doctor_checks()
+    status = EXIT_OK if summary["backend"] == "bpf" else \
+        EXIT_DEGRADED if summary["backend"] == "text" else EXIT_USAGE
+    if args.format == "json":
+        json.dump({**summary, "checks": [{"name": c.name, "status": c.status, "detail": c.detail,
+                                          "remedy": c.remedy, **({"data": c.data} if c.data else {})}
+                                         for c in checks]}, out, indent=2)
+        out.write("\n")
+        return status
+    style = Style(colour_wanted(out, args.color))
+    colours = {"ok": "green", "info": "cyan", "warn": "yellow", "fail": "red"}
+    out.write(style(f"pymemcg {__version__} doctor", "bold") +
+              f": Linux {summary['kernel']}, cgroup v{summary['cgroup_version']}\n\n")
+    name_w = max(len(c.name) for c in checks)
+    indent = " " * (2 + 5 + 1 + name_w + 2)
+    wrap = _wrapper(out, indent)
+    for c in checks:
+        tag = style(f"{c.status:<5}", colours[c.status], "bold")
+        out.write(f"  {tag} {c.name:<{name_w}}  {wrap(c.detail)}\n")
+        if c.remedy and c.status != "ok":
+            out.write(f"{indent}{wrap('-> ' + c.remedy)}\n")
+    out.write("\n")
+    if summary["backend"] == "bpf":
+        out.write(style("verdict: the BPF backend works here", "green", "bold") +
+                  "; Reader(backend=\"auto\") uses it.\n")
+    elif summary["backend"] == "text":
+        out.write(style("verdict: BPF does not work here", "yellow", "bold") +
+                  f" ({summary['backend_errors'].get('bpf')}); Reader(backend=\"auto\") falls "
+                  f"back to memory.stat text with a FallbackWarning.\n")
+    else:
+        out.write(style("verdict: no backend works here", "red", "bold") + "; see above.\n")
+    return status
+
+
+# --- export: Prometheus ---
+
+DEFAULT_LISTEN = "127.0.0.1:9756"
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    from .prometheus import MemcgCollector, listen_url, make_server, parse_listen
+    host, port = parse_listen(args.listen)
+    names = _selection(args, catalog.DEFAULT_STATS)
+    root = _default_root(args.root)
+    with stop_on_sigterm():
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                collector = MemcgCollector(root, names, local=args.local, backend=args.backend,
+                                           cadvisor=not args.no_cadvisor and not args.local)
+            for w in caught:
+                print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+            with collector:
+                server = make_server(collector, host, port)
+                try:
+                    print(f"{PROG}: serving memory metrics of {root} on {listen_url(server)} "
+                          f"(backend {collector.reader.backend}); Ctrl-C stops",
+                          file=sys.stderr, flush=True)
+                    server.serve_forever()
+                finally:
+                    server.server_close()
+        except (KeyboardInterrupt, Stop):
+            pass
+    return EXIT_OK
+
+
 # --- entry point ---
 
+def _add_common(p: argparse.ArgumentParser, default_stats: Sequence[str], root: bool = True,
+                backend: bool = True) -> None:
+    if root:
+        p.add_argument("root", metavar="ROOT", nargs="?",
+                       help="cgroup directory (default: the memory hierarchy's mountpoint)")
+    p.add_argument("--stats", metavar="A,B,C",
+                   help="comma-separated stat names, or all (default: %s)"
+                        % ",".join(default_stats))
+    p.add_argument("--local", action="store_true",
+                   help="each cgroup's own values instead of hierarchical ones")
+    if backend:
+        p.add_argument("--backend", choices=("auto", "bpf", "text"), default="auto",
+                       help="auto: BPF, else memory.stat text with a warning (default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Memory-cgroup statistics through a "
-                                "pinned BPF cgroup iterator (memory.stat as fallback).")
+    colour = argparse.ArgumentParser(add_help=False)
+    colour.add_argument("--color", "--colour", dest="color", choices=("auto", "always", "never"),
+                        default=argparse.SUPPRESS,
+                        help="colour: auto (a terminal, NO_COLOR unset), always, never")
+
+    p = argparse.ArgumentParser(prog=PROG, parents=[colour],
+                                description="Memory-cgroup statistics through a pinned BPF "
+                                            "cgroup iterator (memory.stat as fallback).")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    snap = sub.add_parser("snapshot", help="read a cgroup tree in one walk and print it",
+    snap = sub.add_parser("snapshot", parents=[colour],
+                          help="read a cgroup tree in one walk and print it",
                           description="Read every cgroup under ROOT (included) in one walk.")
-    snap.add_argument("root", metavar="ROOT", nargs="?",
-                      help="cgroup directory (default: the memory hierarchy's mountpoint)")
-    snap.add_argument("--stats", metavar="A,B,C",
-                      help="comma-separated stat names (default: %s)" % ",".join(SNAPSHOT_STATS))
-    snap.add_argument("--local", action="store_true",
-                      help="each cgroup's own values instead of hierarchical ones")
+    _add_common(snap, SNAPSHOT_STATS)
     snap.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    snap.add_argument("--backend", choices=("auto", "bpf", "text"), default="auto",
-                      help="auto: BPF, else memory.stat text with a warning (default)")
     snap.set_defaults(func=cmd_snapshot)
 
-    st = sub.add_parser("stats", help="list every stat and how this host serves it")
+    top = sub.add_parser("top", parents=[colour], help="a live view of the cgroup tree",
+                         description="A live view like systemd-cgtop: one tree read per refresh, "
+                                     "counts as rates per second between refreshes. Keys: q quit, "
+                                     "< > sort column, r reverse, + - interval, space refresh. "
+                                     "Ctrl-C quits too. Off a terminal (or --batch) it prints "
+                                     "frames.")
+    _add_common(top, TOP_STATS)
+    top.add_argument("--sort", metavar="STAT",
+                     help="sort by this shown stat (largest first; counts by rate) or by cgroup "
+                          "(default: usage)")
+    top.add_argument("--reverse", action="store_true", help="smallest first")
+    top.add_argument("--interval", "-d", type=_positive_float, default=1.0, metavar="S",
+                     help="seconds between refreshes (default 1)")
+    top.add_argument("--batch", "-b", action="store_true",
+                     help="print frames instead of a full-screen view")
+    top.add_argument("--iterations", "-n", type=_positive_int, metavar="N",
+                     help="stop after N refreshes")
+    top.set_defaults(func=cmd_top)
+
+    watch = sub.add_parser("watch", parents=[colour], help="JSON lines, one snapshot per interval",
+                           description="Write JSON lines for other tools: by default one object "
+                                       "per cgroup per snapshot ({seq, time, id, parent_id, path, "
+                                       "level, stats}); --per snapshot writes one object per "
+                                       "snapshot. Exact integers, null where unavailable.")
+    _add_common(watch, WATCH_STATS)
+    watch.add_argument("--interval", "-i", type=_positive_float, default=1.0, metavar="S",
+                       help="seconds between snapshots (default 1)")
+    watch.add_argument("--count", "-c", type=_positive_int, metavar="N",
+                       help="stop after N snapshots (default: until Ctrl-C)")
+    watch.add_argument("--per", choices=("cgroup", "snapshot"), default="cgroup",
+                       help="one JSON object per cgroup (default) or per snapshot")
+    watch.set_defaults(func=cmd_watch)
+
+    export = sub.add_parser("export", parents=[colour],
+                            help="serve Prometheus metrics (cAdvisor names + memcg_<stat>)",
+                            description="Serve Prometheus metrics over HTTP: cAdvisor's "
+                                        "container_memory_* names with an id label, and every "
+                                        "selected stat as memcg_<stat> with a cgroup label. One "
+                                        "tree read per scrape. Needs `pip install "
+                                        "'pymemcg[prometheus]'`.")
+    _add_common(export, catalog.DEFAULT_STATS)
+    export.add_argument("--listen", "-l", metavar="ADDR:PORT", default=DEFAULT_LISTEN,
+                        help=f"address to serve on (default {DEFAULT_LISTEN}; :9756 for every "
+                             f"address; port 0 picks a free one)")
+    export.add_argument("--no-cadvisor", action="store_true",
+                        help="only the memcg_<stat> metrics")
+    export.set_defaults(func=cmd_export)
+
+    doctor = sub.add_parser("doctor", parents=[colour],
+                            help="which backend works here, why, and what to fix")
+    doctor.add_argument("--format", choices=("text", "json"), default="text")
+    doctor.set_defaults(func=cmd_doctor)
+
+    st = sub.add_parser("stats", parents=[colour],
+                        help="list every stat and how this host serves it")
     st.add_argument("--local", action="store_true", help="availability of local values")
     st.add_argument("--format", choices=("table", "json"), default="table")
     st.set_defaults(func=cmd_stats)
+
+    sub.add_parser("bench", add_help=False,
+                   help="the benchmark against memory.stat (python -m pymemcg.bench; "
+                        "`pymemcg bench --help`)")
     return p
+
+
+def _error_text(e: Error) -> str:
+    text = str(e).strip()
+    return text if "\n" in text else " ".join(text.split())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     try:
+        if args.command == "bench":
+            from .bench import main as bench_main
+            return bench_main(extra)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if not hasattr(args, "color"):
+            args.color = "auto"
         return args.func(args, sys.stdout)
     except Error as e:
-        msg = " ".join(str(e).split()) if "\n" not in str(e).strip() else str(e).strip()
-        print(f"{PROG}: {msg}", file=sys.stderr)
+        print(f"{PROG}: {_error_text(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

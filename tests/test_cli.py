@@ -216,3 +216,236 @@ def test_version():
     r = run_cli("--version")
     assert r.returncode == 0
     assert r.stdout == f"pymemcg {pymemcg.__version__}\n"
+
+
+# --- one version ---
+
+def test_one_version_string():
+    from pymemcg import _version
+    assert pymemcg.__version__ == _version.__version__
+    r = run_cli("--version")
+    assert r.stdout == f"pymemcg {_version.__version__}\n"
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)
+    assert "version" not in project["project"], "the version is written in pyproject.toml"
+    assert "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == \
+        {"attr": "pymemcg._version.__version__"}
+
+
+def test_console_script_agrees_with_python_m():
+    import shutil
+    script = shutil.which("pymemcg")
+    if script is None:
+        pytest.skip("the pymemcg console script is not on PATH (pip install -e .)")
+    for args in (["--version"], ["stats", "--format", "json"]):
+        a = subprocess.run([script, *args], capture_output=True, text=True, env=ENV, timeout=60)
+        b = run_cli(*args)
+        assert (a.returncode, a.stdout) == (b.returncode, b.stdout)
+
+
+def test_argument_errors_are_clean():
+    for args in (["snapshot", "--bogus"], [], ["nosuchcommand"], ["watch", "--count", "0"],
+                 ["watch", "--interval", "-1"], ["top", "--interval", "nan"]):
+        r = run_cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert "usage: pymemcg" in r.stderr, r.stderr
+
+
+# --- watch ---
+
+WATCH_KEYS = ["seq", "time", "id", "parent_id", "path", "level", "stats"]
+
+
+def test_watch_json_lines_per_cgroup(bpf_ok, mount, own_rel):
+    r = run_cli("watch", "--count", "2", "--interval", "0.3", "--stats", "anon,pgfault,usage",
+                "--backend", "bpf")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert all(list(obj) == WATCH_KEYS for obj in lines)
+    seqs = [obj["seq"] for obj in lines]
+    assert seqs == sorted(seqs) and set(seqs) == {0, 1}
+    times = {obj["seq"]: obj["time"] for obj in lines}
+    assert all(obj["time"] == times[obj["seq"]] for obj in lines)  # one time per snapshot
+    assert 0.2 <= times[1] - times[0] <= 2.0
+    for seq in (0, 1):
+        snap = [obj for obj in lines if obj["seq"] == seq]
+        assert snap[0]["path"] == "/" and snap[0]["level"] == 0
+        own = [obj for obj in snap if obj["path"] == own_rel]
+        assert len(own) == 1
+        assert list(own[0]["stats"]) == ["anon", "pgfault", "usage"]
+        assert_values(own_rel, own[0]["stats"])
+    check_ids(mount, [(o["path"], o["id"]) for o in lines if o["seq"] == 1], {"/", own_rel})
+
+
+def test_watch_json_lines_per_snapshot_of_a_subtree(bpf_ok, mount, own_rel):
+    r = run_cli("watch", abs_path(mount, own_rel), "--count", "2", "--interval", "0.1",
+                "--per", "snapshot", "--stats", "file,pgmajfault", "--backend", "bpf")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [obj["seq"] for obj in lines] == [0, 1]
+    for obj in lines:
+        assert list(obj) == ["seq", "time", "backend", "root", "local", "cgroups"]
+        assert obj["backend"] == "bpf" and obj["root"] == abs_path(mount, own_rel)
+        first = obj["cgroups"][0]
+        assert first["path"] == own_rel
+        assert first["id"] == os.stat(abs_path(mount, own_rel)).st_ino
+        assert_values(own_rel, first["stats"])
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_watch_stops_cleanly(bpf_ok, sig):
+    import signal
+    proc = subprocess.Popen([sys.executable, "-m", "pymemcg", "watch", "--interval", "0.2",
+                             "--stats", "anon", "--backend", "bpf"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        json.loads(proc.stdout.readline())
+        pins = [n for n in os.listdir("/sys/fs/bpf/pymemcg") if n.endswith(f"-{proc.pid}")]
+        assert pins, "watch reads through a pinned link"
+    finally:
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert err == ""
+    for line in out.splitlines():  # whole lines only
+        json.loads(line)
+    assert [n for n in os.listdir("/sys/fs/bpf/pymemcg") if n.endswith(f"-{proc.pid}")] == []
+
+
+def test_watch_into_a_closed_pipe_is_quiet(bpf_ok):
+    proc = subprocess.Popen([sys.executable, "-m", "pymemcg", "watch", "--interval", "0.05",
+                             "--stats", "anon", "--backend", "bpf"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=ENV)
+    proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 0
+    assert err == ""
+
+
+def test_watch_nonexistent_root_is_a_user_error():
+    r = run_cli("watch", "/nonexistent", "--count", "1")
+    assert r.returncode == 2
+    assert r.stderr.startswith("pymemcg: /nonexistent") and "Traceback" not in r.stderr
+    assert r.stdout == ""
+
+
+# --- doctor ---
+
+def kallsyms_has(name: str) -> bool:
+    with open("/proc/kallsyms") as f:
+        return any(line.split()[2] == name for line in f if len(line.split()) >= 3)
+
+
+def test_doctor_json_tells_what_this_host_has(bpf_ok, mount):
+    from pymemcg import layout
+    from pymemcg.bpf import kernel_facts
+    r = run_cli("doctor", "--format", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads(r.stdout)
+    assert data["backend"] == "bpf" and data["backend_errors"] == {}
+    assert data["kernel"] == os.uname().release and data["version"] == pymemcg.__version__
+    assert data["cgroup_version"] == mount.version
+    checks = {c["name"]: c for c in data["checks"]}
+    assert list(checks) == ["kernel", "btf", "memcg kfuncs", "item tables", "privileges",
+                            "bpffs", "cgroup", "bpf backend", "text backend", "stats"]
+    for name in ("kernel", "btf", "privileges", "bpffs", "cgroup", "bpf backend", "text backend"):
+        assert checks[name]["status"] == "ok", checks[name]
+    have = [k for k in layout.MEMCG_KFUNCS if k in kernel_facts().kfuncs]
+    assert checks["memcg kfuncs"]["data"]["present"] == have
+    assert checks["memcg kfuncs"]["status"] == ("ok" if len(have) == len(layout.MEMCG_KFUNCS)
+                                                else "info" if not have else "warn")
+    found = checks["item tables"]["data"]["kallsyms"]
+    assert found == [n for n in ("memcg_node_stat_items", "memcg_stat_items",
+                                 "memcg_vm_event_stat") if kallsyms_has(n)]
+    assert checks["cgroup"]["data"]["version"] == mount.version
+    assert checks["privileges"]["data"]["euid"] == os.geteuid()
+    infos = pymemcg.stats()
+    st = checks["stats"]["data"]
+    assert len(st["bpf"]) + len(st["text"]) + len(st["unavailable"]) == len(infos)
+    assert set(st["unavailable"]) == {s.name for s in infos if not s.available}
+
+
+def test_doctor_text(bpf_ok):
+    r = run_cli("doctor")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "\x1b[" not in r.stdout  # not a terminal: no colour
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"pymemcg {pymemcg.__version__} doctor: Linux {os.uname().release}, " \
+                       f"cgroup v{memory_mount().version}"
+    for name in ("kernel", "btf", "memcg kfuncs", "item tables", "privileges", "bpffs",
+                 "cgroup", "bpf backend", "text backend", "stats"):
+        assert any(re.match(rf"  (ok|info|warn|fail)\s+{name}  ", line) for line in lines), name
+    assert lines[-1].startswith("verdict: the BPF backend works here")
+
+
+def test_doctor_without_privileges_names_the_remedy(bpf_ok):
+    import shutil
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop capabilities")
+    r = subprocess.run(["setpriv", "--bounding-set", "-all", "--inh-caps", "-all",
+                        sys.executable, "-m", "pymemcg", "doctor"],
+                       capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "PYMEMCG_REQUIRE_BPF"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout
+    assert re.search(r"^  fail  privileges\s+euid 0, capabilities: none", out, re.M), out
+    assert "-> run as root, or give the process CAP_BPF and CAP_PERFMON" in out
+    assert re.search(r"^  fail  bpf backend ", out, re.M)
+    assert re.search(r"^  ok    text backend ", out, re.M)
+    assert out.splitlines()[-1].startswith("verdict: BPF does not work here")
+
+
+# --- bench ---
+
+def test_bench_delegates_to_pymemcg_bench():
+    a = run_cli("bench", "--help")
+    b = subprocess.run([sys.executable, "-m", "pymemcg.bench", "--help"], capture_output=True,
+                       text=True, env=ENV, timeout=60)
+    assert a.returncode == b.returncode == 0
+    assert a.stdout == b.stdout and a.stdout.startswith("usage: ")
+
+
+# --- colour ---
+
+def run_in_pty(args, env_extra=None) -> str:
+    """Run the CLI with stdout on a pseudo-terminal; what it wrote there."""
+    import pty
+    master, slave = pty.openpty()
+    env = {**ENV, "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    env.update(env_extra or {})
+    proc = subprocess.Popen([sys.executable, "-m", "pymemcg", *args], stdout=slave,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=120) in (0, 1), proc.stderr.read()
+    return b"".join(chunks).decode()
+
+
+def test_colour_only_on_a_terminal(bpf_ok):
+    assert "\x1b[" not in run_cli("snapshot").stdout
+    assert "\x1b[1m" in run_cli("snapshot", "--color", "always").stdout
+    assert "\x1b[1m" in run_cli("--color", "always", "snapshot").stdout
+    on_tty = run_in_pty(["snapshot"])
+    assert "\x1b[1m" in on_tty
+    assert "\x1b[" not in run_in_pty(["snapshot"], {"NO_COLOR": "1"})
+    assert "\x1b[" not in run_in_pty(["snapshot", "--color", "never"])
+    assert "\x1b[32;1m" in run_in_pty(["doctor"])  # ok in green
