@@ -838,9 +838,11 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
         status = "ok" if by["bpf"] else "warn"
     else:
         # BPF does not load: what the text backend serves is what this host gets
-        from .textstat import text_availability
+        from .textstat import printed_keys, text_availability
         version_here = mount.version if mount is not None else 2
-        text_ok = [s.name for s in infos if text_availability(s.name, version_here, False)[0]]
+        keys = printed_keys(mount.mountpoint) if mount is not None else None
+        text_ok = [s.name for s in infos
+                   if text_availability(s.name, version_here, False, keys)[0]]
         by["unavailable"] = [s.name for s in infos if s.name not in text_ok]
         detail = (f"{len(text_ok)} through memory.stat text (BPF does not load here; it would "
                   f"serve {len(by['bpf'])}), {len(by['unavailable'])} unavailable")

@@ -73,7 +73,7 @@ class Reader:
                               f"instead: {e}", FallbackWarning, stacklevel=2)
         if self._backend is None:
             from .textstat import TextBackend
-            self._backend = TextBackend(self.stats, local, mount.version)
+            self._backend = TextBackend(self.stats, local, mount.version, mount.mountpoint)
         elif self._backend.name == "bpf":
             # the hot path: skip a call layer (close() takes it back)
             self.read = self._backend.read  # type: ignore[method-assign]
@@ -140,9 +140,10 @@ class StatInfo:
 
 def stats(local: bool = False) -> List[StatInfo]:
     """Every stat name with its unit, meaning and how this host serves it."""
-    from .textstat import text_availability
+    from .textstat import printed_keys, text_availability
     mount = memory_mount()
     version = mount.version if mount else 2
+    keys = printed_keys(mount.mountpoint) if mount else None
     bpf_res = {}
     bpf_error = ""
     try:
@@ -159,7 +160,7 @@ def stats(local: bool = False) -> List[StatInfo]:
         if r is not None and r.available:
             out.append(StatInfo(s.name, s.unit, s.meaning, True, "bpf", f"{r.via}: {r.detail}"))
             continue
-        ok, where = text_availability(s.name, version, local)
+        ok, where = text_availability(s.name, version, local, keys)
         why = r.detail if r is not None else bpf_error
         if ok:
             out.append(StatInfo(s.name, s.unit, s.meaning, True, "text",

@@ -109,8 +109,23 @@ def _read_number(path: str) -> Optional[int]:
     return int(text)
 
 
-def text_availability(name: str, version: int, local: bool) -> Tuple[bool, str]:
-    """Whether the text backend can serve a stat, and from which file."""
+_printed_keys: Dict[str, frozenset] = {}
+
+
+def printed_keys(mountpoint: str) -> frozenset:
+    """The keys this kernel prints in memory.stat (read at the hierarchy root
+    once): a catalog name is served by text only where the kernel prints it."""
+    keys = _printed_keys.get(mountpoint)
+    if keys is None:
+        text = _read(os.path.join(mountpoint, "memory.stat")) or ""
+        keys = _printed_keys[mountpoint] = frozenset(parse_flat_keyed(text))
+    return keys
+
+
+def text_availability(name: str, version: int, local: bool,
+                      keys: Optional[frozenset] = None) -> Tuple[bool, str]:
+    """Whether the text backend can serve a stat, and from which file.
+    keys: what memory.stat prints on this kernel (printed_keys())."""
     stat = catalog.STATS[name]
     if stat.kind == COUNTER:
         files = _V1_COUNTER_FILES if version == 1 else _V2_COUNTER_FILES
@@ -120,11 +135,14 @@ def text_availability(name: str, version: int, local: bool) -> Tuple[bool, str]:
             ok = name == "oom_kill" and not local
             return ok, "memory.oom_control" if ok else "no cgroup v1 file"
         return True, "memory.events.local" if local else "memory.events"
-    if version == 1:
-        return (stat.v1_key is not None, "memory.stat" if stat.v1_key else "not in v1 memory.stat")
-    if local:
+    key = stat.v1_key if version == 1 else stat.v2_key
+    if version == 2 and local:
         return False, "v2 memory.stat has no local values"
-    return (stat.v2_key is not None, "memory.stat" if stat.v2_key else "not in v2 memory.stat")
+    if key is None:
+        return False, f"not in v{version} memory.stat"
+    if keys is not None and key not in keys:
+        return False, "this kernel's memory.stat does not print it"
+    return True, "memory.stat"
 
 
 class TextBackend:
@@ -132,12 +150,14 @@ class TextBackend:
 
     name = "text"
 
-    def __init__(self, names: Sequence[str], local: bool, version: int) -> None:
+    def __init__(self, names: Sequence[str], local: bool, version: int,
+                 mountpoint: Optional[str] = None) -> None:
         self.version = version
         self.local = local
+        keys = printed_keys(mountpoint) if mountpoint else None
         sources = {}
         for n in names:
-            ok, where = text_availability(n, version, local)
+            ok, where = text_availability(n, version, local, keys)
             sources[n] = f"text: {where}" if ok else f"unavailable: {where}"
         self.layout = Layout(names, sources)
 
@@ -227,4 +247,4 @@ class TextBackend:
 def read_cgroup(path: str, names: Sequence[str], local: bool = False) -> Record:
     """One-shot text read (no Reader)."""
     cg = resolve_cgroup(path)
-    return TextBackend(names, local, cg.mount.version).read(cg)
+    return TextBackend(names, local, cg.mount.version, cg.mount.mountpoint).read(cg)

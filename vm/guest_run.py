@@ -1,0 +1,205 @@
+"""Run the parity tests here and write one result file (JSON).
+
+vm/matrix.py runs this inside each qemu guest (chrooted into the host's root
+filesystem, shared read-only, so the Python and the pymemcg install are the
+host's own) and natively on the host. Only the standard library is used
+here; pymemcg and pytest run in subprocesses, exactly as a user runs them:
+
+    python -c 'import pymemcg, json; print(json.dumps([s.__dict__ for s in pymemcg.stats()]))'
+    python -m pytest tests/test_parity.py        (with PYMEMCG_REQUIRE_BPF=1)
+
+The result file holds the kernel release, the cgroup version, the stats list
+(what is available and how each stat is served), the test outcome counts,
+each failing test's message, and pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+
+# One interpreter start (each costs seconds under TCG) collects what
+#   python -c 'import pymemcg, json; print(json.dumps([s.__dict__ for s in pymemcg.stats()]))'
+# prints, plus, for the matrix's text-backend row, which stats memory.stat and
+# friends carry here (pymemcg's own rule; best effort).
+INFO_CMD = """
+import json, pymemcg
+out = {"stats": [s.__dict__ for s in pymemcg.stats()],
+       "pymemcg_file": pymemcg.__file__, "pymemcg_version": pymemcg.__version__}
+try:
+    from pymemcg.cgroupfs import memory_mount
+    from pymemcg.textstat import text_availability
+    m = memory_mount()
+    out["cgroup_version"] = m.version
+    out["memory_mount"] = m.mountpoint
+    out["text_available"] = {s["name"]: text_availability(s["name"], m.version, False)[0]
+                             for s in out["stats"]}
+except Exception as e:
+    out["text_available_error"] = repr(e)
+# what the text backend really returns for a fresh child cgroup here (which
+# keys this kernel's memory.stat, counter and event files have)
+try:
+    import os
+    from pymemcg.cgroupfs import own_memory_cgroup
+    from pymemcg.textstat import TextBackend
+    child = os.path.join(own_memory_cgroup(), "pymemcg-matrix-%d" % os.getpid())
+    os.mkdir(child)
+    try:
+        vals = TextBackend([s["name"] for s in out["stats"]], False, m.version).values(child)
+        out["text_served"] = sorted(vals)
+    finally:
+        os.rmdir(child)
+except Exception as e:
+    out["text_served_error"] = repr(e)
+print(json.dumps(out))
+"""
+
+TESTS = ["tests/test_parity.py"]
+
+
+def run_json(py: str, code: str, env: dict, cwd: str) -> tuple:
+    """(parsed JSON or None, error text)"""
+    try:
+        p = subprocess.run([py, "-c", code], capture_output=True, text=True, env=env, cwd=cwd,
+                           timeout=300)
+    except subprocess.TimeoutExpired:
+        return None, "timed out after 300 s"
+    if p.returncode != 0:
+        return None, (p.stderr or p.stdout).strip()[-2000:]
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1]), ""
+    except (ValueError, IndexError) as e:
+        return None, f"unparsable output ({e}): {p.stdout[-500:]!r} {p.stderr[-500:]!r}"
+
+
+def run_pytest(py: str, repo: str, env: dict, timeout: float, junit: str) -> dict:
+    """Runs pytest, echoing its output; returns rc, output tail, duration."""
+    cmd = [py, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "--tb=short",
+           "-o", "junit_family=xunit2", f"--junitxml={junit}", *TESTS]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    lines: list = []
+
+    def pump():
+        for line in proc.stdout:
+            lines.append(line)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    timed_out = False
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.kill()
+        rc = proc.wait()
+    t.join(10)
+    return {"cmd": cmd, "rc": rc, "timed_out": timed_out,
+            "duration_s": round(time.monotonic() - t0, 1), "output_tail": "".join(lines[-200:])}
+
+
+def parse_junit(path: str) -> tuple:
+    """(counts, [per-test outcome]) from a pytest junit xml file."""
+    counts = {"total": 0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    cases = []
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None, []
+    for tc in root.iter("testcase"):
+        name = f"{tc.get('classname', '')}::{tc.get('name', '')}"
+        outcome, message, text = "passed", "", ""
+        for tag in ("failure", "error", "skipped"):
+            el = tc.find(tag)
+            if el is not None:
+                outcome = {"failure": "failed", "error": "errors", "skipped": "skipped"}[tag]
+                message = el.get("message", "") or ""
+                text = (el.text or "")
+                break
+        counts["total"] += 1
+        counts[outcome] += 1
+        entry = {"test": name, "outcome": outcome, "time_s": round(float(tc.get("time", 0)), 2)}
+        if outcome != "passed":
+            entry["message"] = message[:4000]
+            entry["detail"] = text[-4000:]
+        cases.append(entry)
+    return counts, cases
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repo", required=True, help="the checkout whose tests run")
+    ap.add_argument("--out", required=True, help="result file to write")
+    ap.add_argument("--where", default="native", help="free text: where this runs")
+    ap.add_argument("--timeout", type=float, default=900, help="pytest time limit, seconds")
+    args = ap.parse_args()
+
+    py = sys.executable
+    env = dict(os.environ)
+    env.setdefault("PYMEMCG_REQUIRE_BPF", "1")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # the parity tests need no plugins; loading every installed one (hypothesis,
+    # pytest-benchmark, ...) costs tens of seconds under TCG
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    tmp = tempfile.mkdtemp(prefix="pymemcg-matrix-")
+    env.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tmp, "hypothesis"))
+
+    t0 = time.monotonic()
+    result = {
+        "schema": 1,
+        "where": args.where,
+        "kernel_release": platform.release(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "python_executable": py,
+        "require_bpf": env["PYMEMCG_REQUIRE_BPF"],
+        "tests": TESTS,
+    }
+    print(f"MATRIX: kernel {result['kernel_release']}, python {py}", flush=True)
+
+    info, err = run_json(py, INFO_CMD, env, args.repo)
+    result.update(info or {})
+    stats = result.setdefault("stats", None)
+    if err:
+        result["stats_error"] = err
+        print(f"MATRIX: pymemcg.stats() failed: {err}", flush=True)
+    else:
+        n_bpf = sum(1 for s in stats if s.get("backend") == "bpf")
+        print(f"MATRIX: pymemcg.stats(): {len(stats)} stats, {n_bpf} through BPF", flush=True)
+
+    junit = os.path.join(tmp, "junit.xml")
+    result["pytest"] = run_pytest(py, args.repo, env, args.timeout, junit)
+    counts, cases = parse_junit(junit)
+    shutil.rmtree(tmp, ignore_errors=True)
+    result["counts"] = counts
+    result["cases"] = cases
+    ok = (result["pytest"]["rc"] == 0 and not result["pytest"]["timed_out"] and counts is not None
+          and counts["total"] > 0 and counts["failed"] == 0 and counts["errors"] == 0
+          and stats is not None)
+    result["passed"] = ok
+    result["duration_s"] = round(time.monotonic() - t0, 1)
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(args.out + ".tmp", args.out)
+    print(f"MATRIX: RESULT {'PASS' if ok else 'FAIL'} {json.dumps(counts)}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
