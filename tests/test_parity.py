@@ -157,7 +157,7 @@ def test_subtree_parity(bpf_ok, cgroups, cgroup_version, local):
         if rec.get("anon") is not None:  # not served locally on 6.1
             assert rec["anon"] < 1 * MiB  # the parent itself runs nothing
     else:
-        assert rec["anon"] >= 24 * MiB
+        assert rec["anon"] >= 20 * MiB  # 24 MiB, less what is not yet flushed
 
 
 def test_tree_read_matches_single_reads(bpf_ok, cgroups, cgroup_version):
