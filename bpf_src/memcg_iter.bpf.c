@@ -354,6 +354,14 @@ static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path)
 	rec->hdr.valid[0] = 0;
 	rec->hdr.valid[1] = 0;
 
+	/* every value is written for every record: a reader of the raw
+	 * records must never see the previous cgroup's numbers */
+	for (__u32 i = 0; i < PMC_MAX_STATS; i++) {
+		if (i >= nr_stats)
+			break;
+		rec->values[i & (PMC_MAX_STATS - 1)] = 0;
+	}
+
 	if (use_kfuncs) {
 		fill_kfunc(rec, cgrp);
 	} else {

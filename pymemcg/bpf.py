@@ -129,7 +129,9 @@ def ensure_bpffs() -> None:
     if _is_bpffs(BPFFS):
         return
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"bpf", BPFFS.encode(), b"bpf", 0, None) != 0:
+    # mode=0700: bpffs defaults to a world-writable sticky root, where any
+    # user could make the pin directory before root does
+    if libc.mount(b"bpf", BPFFS.encode(), b"bpf", 0, b"mode=0700") != 0:
         err = ctypes.get_errno()
         cls = PermissionDenied if err in (errno.EPERM, errno.EACCES) else BpfUnavailable
         raise cls(f"bpffs is not mounted at {BPFFS} and mounting it failed "
@@ -179,6 +181,11 @@ def _make_pin_dir(pin_dir: str) -> None:
         return
     if not stat_mod.S_ISDIR(st.st_mode):
         raise BpfUnavailable(f"{pin_dir} exists and is not a directory (a symlink?): remove it")
+    # pins must live where only we can add, replace or remove them
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise BpfUnavailable(f"{pin_dir} is owned by uid {st.st_uid} with mode "
+                             f"{stat_mod.S_IMODE(st.st_mode):o}: pins need a directory owned "
+                             f"by this user and writable by no one else; remove it")
 
 
 class _Program:
@@ -340,6 +347,10 @@ class BpfBackend:
                 os.unlink(pin)  # ours from an earlier program of this process
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                os.close(fd)
+                raise BpfUnavailable(f"cannot replace {pin} ({e.strerror}): something else "
+                                     f"sits at the pin's name; remove it") from None
             rc = self._lib.pmc_link_pin(fd, pin.encode())
             if rc < 0:
                 os.close(fd)
@@ -385,7 +396,8 @@ class BpfBackend:
                 n = self._read_session(link.fd, self._cbuf, self._buflen)
                 if n == self._single_size:
                     t = self._unpack_single(self._buf)
-                    if t[-3] == TRAILER_MAGIC and t[2] == link.path_hash:
+                    if t[-3] == TRAILER_MAGIC and t[2] == link.path_hash and \
+                            t[0] == link.cgroup.id:
                         return Record(self.layout, t, link.cgroup.relpath)
                 del self._by_path[path]  # renamed, removed or replaced: resolve again
                 link = None
@@ -409,6 +421,9 @@ class BpfBackend:
                 # does after it, so the hash seen in between is the path's.
                 # (Observed rather than computed: a cgroup namespace or a
                 # mount of a subtree hides the top of the path from us.)
+                if t[0] != link.cgroup.id:
+                    raise MalformedData(f"the iterator of {path} returned cgroup {t[0]}, "
+                                        f"not {link.cgroup.id}")
                 if t[2] != 0 and self._still_names(path, link.cgroup.id):
                     link.path_hash = t[2]
                     return Record(self.layout, t, link.cgroup.relpath)

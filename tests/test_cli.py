@@ -53,6 +53,8 @@ def check_ids(mount, rows, must: set) -> None:
     """id == st_ino of the directory for every cgroup still there; those in `must` are."""
     checked = set()
     for path, cid in rows:
+        if not path:
+            continue  # removed before its name was read: no path to check
         try:
             ino = os.stat(abs_path(mount, path)).st_ino
         except FileNotFoundError:

@@ -191,3 +191,19 @@ def test_many_single_cgroups_keep_fds_bounded(no_leaks, cgroups, monkeypatch):
                 assert r.read(p).id == os.stat(p).st_ino
         assert len(open_fds()) <= fds + 8  # one link per cached cgroup
         assert len([p for p in pins() if p.endswith(f"-1-{os.getpid()}")]) <= 8
+
+
+def test_pin_dir_owned_by_someone_else_is_refused(no_leaks):
+    d = os.path.join(bpf_mod.BPFFS, f"pymemcg-test-{os.getpid()}")
+    os.mkdir(d, 0o700)
+    try:
+        os.chown(d, 65534, 65534)
+        mount = memory_mount()
+        with pytest.raises(pymemcg.BpfUnavailable, match="owned by uid 65534"):
+            bpf_mod.BpfBackend(["usage"], False, mount.version, mount.mountpoint, pin_dir=d)
+        os.chown(d, 0, 0)
+        os.chmod(d, 0o777)
+        with pytest.raises(pymemcg.BpfUnavailable, match="writable by no one else"):
+            bpf_mod.BpfBackend(["usage"], False, mount.version, mount.mountpoint, pin_dir=d)
+    finally:
+        os.rmdir(d)
