@@ -20,8 +20,9 @@ def open_fds() -> set:
 
 
 def pins() -> set:
+    """This process's pins (other processes may be pinning meanwhile)."""
     try:
-        return set(os.listdir(bpf_mod.PIN_DIR))
+        return {p for p in os.listdir(bpf_mod.PIN_DIR) if p.endswith(f"-{os.getpid()}")}
     except FileNotFoundError:
         return set()
 
