@@ -26,8 +26,8 @@ from .cgroupfs import Cgroup, NameCache, resolve_cgroup
 import struct
 
 from .decode import FORMAT_VERSION, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot, parse_trailer
-from .errors import (BpfUnavailable, CgroupNotFound, MalformedData, PermissionDenied, ReadError,
-                     VerifierRejected)
+from .errors import (BpfUnavailable, CgroupNotFound, Closed, MalformedData, NotACgroup,
+                     PermissionDenied, ReadError, VerifierRejected)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 BPFFS = "/sys/fs/bpf"
@@ -36,6 +36,7 @@ SEQ_BUF_SIZE = 32768                 # PMC_SEQ_BUF_SIZE
 ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE = 1, 2
 INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
 MAX_SINGLE_LINKS = 256               # cgroups read one by one keep a link (an fd) each
+MAX_TREE_LINKS = 64                  # and so do tree roots
 _RETRIES = 8
 
 _facts_lock = threading.Lock()
@@ -218,11 +219,16 @@ class _Program:
         self.capacity = lib.pmc_prog_overflow_capacity(self.prog)
 
     def attach(self, cg: Cgroup, order: int) -> int:
-        fd = os.open(cg.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(cg.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise CgroupNotFound(f"{cg.path}: the cgroup was removed") from None
         try:
             link = self.lib.pmc_prog_attach(self.prog, fd, order)
         finally:
             os.close(fd)
+        if link == -errno.ENOENT or (link < 0 and not os.path.isdir(cg.path)):
+            raise CgroupNotFound(f"{cg.path}: the cgroup was removed")
         if link < 0:
             raise BpfUnavailable(f"attaching the cgroup iterator to {cg.path} failed "
                                  f"({os.strerror(-link)}): this kernel needs cgroup iterators "
@@ -249,17 +255,18 @@ def _load_error(err: int, log: str) -> Exception:
 
 
 class _Link:
-    __slots__ = ("fd", "pin", "cgroup", "order", "path_hash")
+    __slots__ = ("fd", "pin", "cgroup", "order", "path_hash", "pid")
 
     def __init__(self, fd: int, pin: Optional[str], cgroup: Cgroup, order: int) -> None:
         self.fd, self.pin, self.cgroup, self.order = fd, pin, cgroup, order
+        self.pid = os.getpid()  # a forked child must not unpin its parent's links
         self.path_hash = -1     # learnt at the first read (_read_slow)
 
 
 def _release(state: dict) -> None:
     """Close links, unpin, unload. Idempotent; also run by a finalizer."""
     for link in list(state["links"].values()):
-        if link.pin:
+        if link.pin and link.pid == os.getpid():
             try:
                 os.unlink(link.pin)
             except OSError:
@@ -273,6 +280,19 @@ def _release(state: dict) -> None:
     if prog is not None:
         prog.destroy()
         state["prog"] = None
+
+
+_backends: "weakref.WeakSet[BpfBackend]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # a thread of the parent may have held a Reader's lock at fork time; it
+    # does not exist in the child, so the lock would never be released
+    for backend in list(_backends):
+        backend._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class BpfBackend:
@@ -302,6 +322,7 @@ class BpfBackend:
             (r.stat.name, r.kind, r.slot, r.item, r.flags, r.scale) for r in self.resolutions
         ])).encode()).hexdigest()[:12]
         self._lock = threading.Lock()
+        _backends.add(self)
         self._state: dict = {"links": {}, "prog": None}
         self._finalizer = weakref.finalize(self, _release, self._state)
         # load first: without privileges this is what fails, with a clear error
@@ -331,6 +352,8 @@ class BpfBackend:
 
     # --- links ---
     def _link(self, cg: Cgroup, order: int) -> _Link:
+        if self._state["prog"] is None:
+            raise Closed("this Reader is closed: make a new one")
         key = (cg.id, order)
         link = self._state["links"].get(key)
         if link is not None:
@@ -361,6 +384,12 @@ class BpfBackend:
         self._state["links"][key] = link
         return link
 
+    def _evict_tree_links(self) -> None:
+        """Keep at most MAX_TREE_LINKS tree links: drop the oldest."""
+        trees = [l for l in self._state["links"].values() if l.order == ORDER_DESCENDANTS_PRE]
+        for link in trees[:max(0, len(trees) - MAX_TREE_LINKS + 1)]:
+            self._drop_link(link)
+
     def _evict_single_links(self) -> None:
         """Keep at most MAX_SINGLE_LINKS one-cgroup links: drop the oldest."""
         singles = [l for l in self._state["links"].values() if l.order == ORDER_SELF_ONLY]
@@ -370,7 +399,8 @@ class BpfBackend:
     def _drop_link(self, link: _Link) -> None:
         self._state["links"].pop((link.cgroup.id, link.order), None)
         self._by_path = {p: l for p, l in self._by_path.items() if l is not link}
-        if link.pin:
+        self._roots = {p: c for p, c in self._roots.items() if c.id != link.cgroup.id}
+        if link.pin and link.pid == os.getpid():
             try:
                 os.unlink(link.pin)
             except OSError:
@@ -389,7 +419,10 @@ class BpfBackend:
         lock = self._lock
         lock.acquire()
         try:
-            link = self._by_path.get(path)
+            try:
+                link = self._by_path.get(path)
+            except TypeError:  # not a path at all (unhashable)
+                link = None
             if link is not None:
                 # fast path: one record and the trailer, one unpack, and the
                 # record's path hash proves the path still names this cgroup
@@ -411,7 +444,11 @@ class BpfBackend:
                 cg = resolve_cgroup(path)
                 self._evict_single_links()
                 link = self._link(cg, ORDER_SELF_ONLY)
-                self._by_path[path] = link
+                # only a canonical absolute path may skip resolution next time:
+                # a relative one depends on the cwd, a symlink on its target,
+                # and the path hash proves only the cgroup's own path
+                if isinstance(path, str) and path == cg.path:
+                    self._by_path[path] = link
             n = self._session(link)
             count, _session, _visited = parse_trailer(self._buf, n, self.layout.record_size)
             if count == 1:
@@ -424,10 +461,11 @@ class BpfBackend:
                 if t[0] != link.cgroup.id:
                     raise MalformedData(f"the iterator of {path} returned cgroup {t[0]}, "
                                         f"not {link.cgroup.id}")
-                if t[2] != 0 and self._still_names(path, link.cgroup.id):
+                real = link.cgroup.path  # what the given path resolved to
+                if t[2] != 0 and self._still_names(real, link.cgroup.id):
                     link.path_hash = t[2]
                     return Record(self.layout, t, link.cgroup.relpath)
-                if t[2] == 0 and self._still_names(path, link.cgroup.id):
+                if t[2] == 0 and self._still_names(real, link.cgroup.id):
                     return Record(self.layout, t, link.cgroup.relpath)  # too deep to prove
                 self._by_path.pop(path, None)  # renamed meanwhile: resolve again
                 link = None
@@ -446,15 +484,31 @@ class BpfBackend:
 
     def read_tree(self, path: str) -> Snapshot:
         with self._lock:
-            cg = self._roots.get(path)
-            if cg is None or not self._still_names(path, cg.id):
-                cg = self._roots[path] = resolve_cgroup(path)
+            try:
+                cg = self._roots.get(path)
+            except TypeError:  # not a path at all (unhashable): resolve says so
+                cg = None
+            if cg is None or not self._still_names(cg.path, cg.id):
+                if cg is not None:  # that root is gone: release its link
+                    old = self._state["links"].get((cg.id, ORDER_DESCENDANTS_PRE))
+                    if old is not None:
+                        self._drop_link(old)
+                    self._roots.pop(path, None)
+                cg = resolve_cgroup(path)
+                if isinstance(path, str) and path == cg.path:  # canonical paths only
+                    self._roots[path] = cg
             for _ in range(_RETRIES):
+                self._evict_tree_links()
                 link = self._link(cg, ORDER_DESCENDANTS_PRE)
                 raw = self._walk(link)
+                if not raw and not self._still_names(cg.path, cg.id):
+                    # a walk of a dead root visits nothing (and claims nothing)
+                    self._drop_link(link)
+                    raise CgroupNotFound(f"{path}: the cgroup was removed")
                 if raw is None:
                     continue
                 if not raw:
+                    self._drop_link(link)
                     raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
                 return self._snapshot(cg, raw)
             raise ReadError(errno.EAGAIN, f"reading {path}: other sessions of the same program "

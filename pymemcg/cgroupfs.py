@@ -116,20 +116,26 @@ def resolve_cgroup(path: str) -> Cgroup:
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise NotACgroup(f"{path!r} is not a path: pass the cgroup directory, e.g. "
                          f"{CGROUP_MOUNT}/memory/<group>")
-    path = os.fsdecode(path)
-    real = os.path.realpath(path)
     try:
+        path = os.fsdecode(path)
+        real = os.path.realpath(path)
         st = os.stat(real)
+    except ValueError:  # an embedded NUL byte
+        raise NotACgroup(f"{path!r} is not a valid path (it holds a NUL byte)") from None
     except FileNotFoundError:
         raise CgroupNotFound(f"{path}: no such cgroup; check the path (cgroups of this host "
                              f"are under {CGROUP_MOUNT})") from None
     except OSError as e:
         raise NotACgroup(f"{path}: cannot stat ({e.strerror})") from None
     mount = _mount_of(real)
+    if mount is not None and not os.path.lexists(real):
+        raise CgroupNotFound(f"{path}: the cgroup was removed")
     if mount is None or not os.path.isdir(real):
         raise NotACgroup(f"{path} is not a cgroup directory: pass a directory under a cgroup "
                          f"mount ({CGROUP_MOUNT}/...)")
     if not os.path.exists(os.path.join(real, "memory.stat")):
+        if not os.path.isdir(real):
+            raise CgroupNotFound(f"{path}: the cgroup was removed")
         where = memory_mount()
         hint = f"use a cgroup under {where.mountpoint}" if where else \
             "this host has no memory controller mounted"

@@ -1,0 +1,376 @@
+"""Issue 5 part 3, churn: tree reads while other processes create and remove
+thousands of cgroups and move tasks between them; cgroups removed under a
+reader. Snapshots stay exact (README "Snapshots: what a tree read
+guarantees"), errors are pymemcg.Error subclasses, nothing leaks.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import pymemcg
+from pymemcg import bpf as bpf_mod
+from pymemcg.cgroupfs import memory_mount
+
+CHURN_SECONDS = 8.0
+STATS = ["usage", "limit", "anon", "file"]
+
+
+def open_fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def my_pins() -> set:
+    try:
+        return {p for p in os.listdir(bpf_mod.PIN_DIR) if p.endswith(f"-{os.getpid()}")}
+    except FileNotFoundError:
+        return set()
+
+
+def limit_of(path: str):
+    name = "memory.limit_in_bytes" if memory_mount().version == 1 else "memory.max"
+    with open(os.path.join(path, name)) as f:
+        text = f.read().strip()
+    return None if text == "max" else int(text)
+
+
+def rel_of(path: str) -> str:
+    return "/" + os.path.relpath(path, memory_mount().mountpoint)
+
+
+def subdirs(path: str) -> list:
+    return [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+
+
+# mkdir/rmdir loop: flat and nested cgroups, each removed again; prints the count
+CHURNER = r"""
+import os, sys, time
+root, seconds, tag = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+end = time.monotonic() + seconds
+made = 0
+i = 0
+while time.monotonic() < end:
+    i += 1
+    a = os.path.join(root, "%s-%d" % (tag, i))
+    os.mkdir(a); made += 1
+    if i % 3 == 0:
+        b = os.path.join(a, "n")
+        os.mkdir(b); made += 1
+        os.mkdir(os.path.join(b, "m")); made += 1
+        os.rmdir(os.path.join(b, "m"))
+        os.rmdir(b)
+    if i % 5 == 0:                       # a rename (v1 allows it), then removal
+        r = a + "-r"
+        os.rename(a, r)
+        a = r
+    os.rmdir(a)
+print(made, flush=True)
+"""
+
+# moves a task into fresh cgroups and out again, then removes them; also
+# between the long-lived "movers" cgroups
+MOVER = r"""
+import os, sys, time
+root, movers, seconds, pid = sys.argv[1], sys.argv[2].split(","), float(sys.argv[3]), sys.argv[4]
+end = time.monotonic() + seconds
+moves = 0
+i = 0
+def move(cg):
+    global moves
+    with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+        f.write(pid)
+    moves += 1
+while time.monotonic() < end:
+    i += 1
+    a = os.path.join(root, "mv-%d" % i)
+    os.mkdir(a)
+    move(a)
+    move(movers[i % len(movers)])
+    for _ in range(50):
+        try:
+            os.rmdir(a)
+            break
+        except OSError:
+            time.sleep(0.001)
+print(moves, flush=True)
+"""
+
+
+def _py(script: str, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _check_snapshot(snap, stable: dict, limits: dict, empty: set) -> None:
+    """What README promises of one snapshot, for the cgroups that stay put."""
+    recs = snap.records
+    ids = [r.id for r in recs]
+    assert len(ids) == len(set(ids)), "a cgroup twice in one snapshot"
+    seen = {}
+    for i, r in enumerate(recs):
+        if i:
+            # pre-order: a parent comes before its children, one level up
+            assert r.parent_id in seen, f"{r.id}: parent {r.parent_id} not walked before it"
+            assert r.level == seen[r.parent_id] + 1
+        seen[r.id] = r.level
+    for rel, ino in stable.items():
+        assert rel in snap, f"stable cgroup {rel} missing from a snapshot"
+        rec = snap[rel]
+        assert rec.id == ino and rec.path == rel
+        if limits[rel] is not None:
+            assert rec["limit"] == limits[rel], rel
+        if rel in empty:
+            assert rec["usage"] == 0 and rec["anon"] == 0 and rec["file"] == 0, rel
+    for p in snap:                       # no path names a cgroup other than its own
+        if p in stable:
+            assert snap[p].id == stable[p]
+
+
+def test_tree_reads_under_churn(bpf_ok, cgroups):
+    base = cgroups.base
+    stable_rels = ["stable", "stable/empty", "stable/limited", "stable/x", "stable/x/y",
+                   "stable/x/y/z", "churn", "movers", "movers/m0", "movers/m1", "movers/m2"]
+    for rel in stable_rels:
+        cgroups.make(rel)
+    if memory_mount().version == 1:
+        with open(os.path.join(base, "stable/limited/memory.limit_in_bytes"), "w") as f:
+            f.write(str(48 << 20))
+    stable = {rel_of(base): os.stat(base).st_ino}
+    stable.update({rel_of(os.path.join(base, r)): os.stat(os.path.join(base, r)).st_ino
+                   for r in stable_rels})
+    limits = {rel: limit_of(os.path.join(memory_mount().mountpoint, rel.lstrip("/")))
+              for rel in stable}
+    # leaves without tasks: nothing is ever charged to them. (A parent is not
+    # empty: the kernel charges a child's struct mem_cgroup to the parent.)
+    empty = {rel_of(os.path.join(base, r)) for r in
+             ("stable/empty", "stable/limited", "stable/x/y/z")}
+    churn_dir = os.path.join(base, "churn")
+    movers = [os.path.join(base, f"movers/m{i}") for i in range(3)]
+    single_paths = [os.path.join(base, r) for r in ("stable/empty", "stable/x/y/z", "movers/m1")]
+
+    fds0, pins0 = open_fds(), my_pins()
+    errors: list = []
+    counts = {"bpf-tree": 0, "bpf-shared": 0, "text-tree": 0, "single": 0, "churn-single": 0}
+    stop = threading.Event()
+    vanished: dict = {}       # pymemcg.Error class -> [count, a message] for vanishing cgroups
+    known_bug: list = []
+
+    sleeper = subprocess.Popen(["sleep", "600"], preexec_fn=lambda: open(
+        os.path.join(movers[0], "cgroup.procs"), "w").write(str(os.getpid())))
+    procs = []
+    try:
+        with pymemcg.Reader(stats=STATS, backend="bpf") as shared, \
+                pymemcg.Reader(stats=STATS, backend="bpf") as own, \
+                pymemcg.Reader(stats=STATS, backend="text") as text:
+
+            def loop(name, fn):
+                try:
+                    while not stop.is_set():
+                        fn()
+                        counts[name] += 1
+                except BaseException as e:  # noqa: BLE001 - the test reports it
+                    import traceback
+                    errors.append((name, repr(e), traceback.format_exc()))
+                    stop.set()
+
+            def tree_with(reader):
+                def one():
+                    _check_snapshot(reader.read_tree(base), stable, limits, empty)
+                return one
+
+            rnd = random.Random(5)
+
+            def singles():
+                for p in single_paths:
+                    rec = shared.read(p)
+                    assert rec.id == os.stat(p).st_ino
+                    if p.endswith("empty") or p.endswith("z"):
+                        assert rec["usage"] == 0
+                # a cgroup that may vanish at any moment: a record or a pymemcg.Error
+                try:
+                    names = os.listdir(churn_dir)
+                except OSError:
+                    names = []
+                names = [n for n in names if "-" in n]
+                if names:
+                    p = os.path.join(churn_dir, rnd.choice(names))
+                    for call in (shared.read, shared.read_tree, text.read, text.read_tree):
+                        try:
+                            rec = call(p)
+                            if call == shared.read:
+                                assert rec.path.startswith(rel_of(churn_dir) + "/")
+                                counts["churn-single"] += 1
+                        except pymemcg.Error as e:
+                            errs = vanished.setdefault(type(e).__name__, [0, str(e)])
+                            errs[0] += 1
+                        except FileNotFoundError as e:
+                            # BUG (test_removed_between_resolve_and_attach): attach's
+                            # os.open of a cgroup removed after resolve_cgroup raises a
+                            # bare FileNotFoundError. Counted here, asserted there.
+                            import traceback
+                            if "in attach" not in traceback.format_exc():
+                                raise
+                            known_bug.append(repr(e))
+
+            threads = [threading.Thread(target=loop, args=("bpf-tree", tree_with(own))),
+                       threading.Thread(target=loop, args=("bpf-shared", tree_with(shared))),
+                       threading.Thread(target=loop, args=("text-tree", tree_with(text))),
+                       threading.Thread(target=loop, args=("single", singles))]
+            for t in threads:
+                t.start()
+            procs = [_py(CHURNER, churn_dir, CHURN_SECONDS, f"c{k}") for k in range(2)]
+            procs.append(_py(MOVER, churn_dir, ",".join(movers), CHURN_SECONDS, sleeper.pid))
+            outs = []
+            for p in procs:
+                out, err = p.communicate(timeout=CHURN_SECONDS + 30)
+                assert p.returncode == 0, err
+                outs.append(int(out.strip()))
+            stop.set()
+            for t in threads:
+                t.join(30)
+            assert not any(t.is_alive() for t in threads), "a reader hung"
+            assert not errors, "\n".join(e[2] for e in errors[:3])
+            made, moves = outs[0] + outs[1], outs[2]
+            assert made >= 1000, f"only {made} cgroups made: churn too slow to mean anything"
+            assert moves >= 100
+            assert counts["bpf-tree"] >= 50 and counts["text-tree"] >= 5, counts
+            # after the churn: the tree is exactly the stable cgroups
+            final = shared.read_tree(base)
+            assert {p: final[p].id for p in final} == stable
+            assert len(final) == len(stable)
+            _check_snapshot(text.read_tree(base), stable, limits, empty)
+        print(f"churn: {made} cgroups made, {moves} moves, reads {counts}, errors on "
+              f"vanishing cgroups {vanished}, bare FileNotFoundError (bug) {len(known_bug)}")
+    finally:
+        stop.set()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+        sleeper.kill()
+        sleeper.wait()
+    gc.collect()
+    # nothing left: fds, pins, cgroups
+    assert open_fds() <= fds0, f"fds left behind: {open_fds() - fds0}"
+    assert my_pins() == pins0, f"pins left behind: {my_pins() - pins0}"
+    assert subdirs(churn_dir) == [], "the churners left cgroups behind"
+
+
+# --------------------------------------------------------------------------
+# removal under a reader
+
+@pytest.fixture
+def no_leaks(bpf_ok):
+    fds, pins = open_fds(), my_pins()
+    yield
+    gc.collect()
+    assert my_pins() == pins, f"pins left behind: {my_pins() - pins}"
+    assert open_fds() <= fds, f"fds left behind: {open_fds() - fds}"
+
+
+@pytest.mark.parametrize("backend", ["bpf", "text"])
+def test_read_of_a_removed_cgroup(no_leaks, cgroups, backend):
+    never = cgroups.make("never")
+    once = cgroups.make("once")
+    with pymemcg.Reader(stats=STATS, backend=backend) as r:
+        assert r.read(once).id == os.stat(once).st_ino
+        os.rmdir(never)
+        os.rmdir(once)
+        with pytest.raises(pymemcg.CgroupNotFound):
+            r.read(never)
+        for _ in range(3):  # and again: no stale answer from the old link
+            with pytest.raises(pymemcg.CgroupNotFound):
+                r.read(once)
+        # the same name made again is a new cgroup, read as such
+        os.mkdir(once)
+        assert r.read(once).id == os.stat(once).st_ino
+
+
+def test_cgroup_removed_between_attach_and_read(no_leaks, cgroups, monkeypatch):
+    victim = cgroups.make("victim")
+    real_attach = bpf_mod._Program.attach
+
+    def attach_then_remove(self, cg, order):
+        fd = real_attach(self, cg, order)
+        if cg.path == victim:
+            os.rmdir(victim)
+        return fd
+    monkeypatch.setattr(bpf_mod._Program, "attach", attach_then_remove)
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        with pytest.raises(pymemcg.CgroupNotFound):
+            r.read(victim)
+        assert r.read(cgroups.base).id == os.stat(cgroups.base).st_ino
+
+
+@pytest.mark.parametrize("method", ["read", "read_tree"])
+def test_removed_between_resolve_and_attach(bpf_ok, cgroups, monkeypatch, method):
+    victim = cgroups.make("victim")
+    real_resolve = bpf_mod.resolve_cgroup
+
+    def resolve_then_remove(path):
+        cg = real_resolve(path)
+        if cg.path == victim:
+            os.rmdir(victim)
+        return cg
+    monkeypatch.setattr(bpf_mod, "resolve_cgroup", resolve_then_remove)
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        with pytest.raises(pymemcg.CgroupNotFound):
+            getattr(r, method)(victim)
+
+
+def test_tree_root_removed_between_attach_and_walk(bpf_ok, cgroups, monkeypatch):
+    victim = cgroups.make("victim")
+    real_attach = bpf_mod._Program.attach
+
+    def attach_then_remove(self, cg, order):
+        fd = real_attach(self, cg, order)
+        if cg.path == victim:
+            os.rmdir(victim)
+        return fd
+    monkeypatch.setattr(bpf_mod._Program, "attach", attach_then_remove)
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        with pytest.raises(pymemcg.CgroupNotFound):
+            r.read_tree(victim)
+
+
+@pytest.mark.parametrize("backend", ["bpf", "text"])
+def test_tree_root_removed_under_a_reader(no_leaks, cgroups, backend):
+    root = cgroups.make("root")
+    cgroups.make("root/child")
+    with pymemcg.Reader(stats=STATS, backend=backend) as r:
+        snap = r.read_tree(root)
+        assert len(snap) == 2
+        os.rmdir(os.path.join(root, "child"))
+        assert len(r.read_tree(root)) == 1
+        os.rmdir(root)
+        for _ in range(3):
+            with pytest.raises(pymemcg.CgroupNotFound):
+                r.read_tree(root)
+            with pytest.raises(pymemcg.CgroupNotFound):
+                r.read(root)
+        os.mkdir(root)                    # same path, new cgroup
+        again = r.read_tree(root)
+        assert len(again) == 1 and again.records[0].id == os.stat(root).st_ino
+        assert again.records[0].id != snap.records[0].id
+
+
+def test_removed_tree_roots_release_their_links(bpf_ok, cgroups):
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        r.read_tree(cgroups.base)
+        fds, pins = len(open_fds()), len(my_pins())
+        for i in range(20):
+            p = cgroups.make(f"pod{i}")
+            r.read_tree(p)
+            os.rmdir(p)
+            with pytest.raises(pymemcg.CgroupNotFound):
+                r.read_tree(p)
+        grown_fds, grown_pins = len(open_fds()) - fds, len(my_pins()) - pins
+        assert (grown_fds, grown_pins) == (0, 0), \
+            f"{grown_fds} fds and {grown_pins} pins held for 20 removed roots"

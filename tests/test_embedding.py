@@ -1,0 +1,362 @@
+"""Issue 5 part 2, embedding in a daemon: threads sharing one Reader, fork,
+close() and `with`, nothing done at import, and flat fds/RSS over many reads.
+
+Real kernel, real cgroups (the `cgroups` fixture); BPF tests need `bpf_ok`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import pymemcg
+from pymemcg import bpf as bpf_mod
+from pymemcg.cgroupfs import memory_mount
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STATS = ["usage", "limit", "anon", "file", "pgfault"]
+
+
+def open_fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def my_pins(pid: int = None) -> set:
+    """Pins made by this process (other pymemcg processes may run on the host)."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        return {p for p in os.listdir(bpf_mod.PIN_DIR) if p.endswith(f"-{pid}")}
+    except FileNotFoundError:
+        return set()
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def v1_limit(path: str) -> int:
+    name = "memory.limit_in_bytes" if memory_mount().version == 1 else "memory.max"
+    with open(os.path.join(path, name)) as f:
+        text = f.read().strip()
+    return int(text) if text != "max" else None
+
+
+@pytest.fixture
+def no_leaks(bpf_ok):
+    fds, pins = open_fds(), my_pins()
+    yield
+    gc.collect()
+    assert my_pins() == pins, f"pins left behind: {my_pins() - pins}"
+    assert open_fds() <= fds, f"fds left behind: {open_fds() - fds}"
+
+
+@pytest.fixture
+def tree(cgroups):
+    """A small fixed tree: {relpath under base: (abs path, st_ino)}; `e` stays empty."""
+    rels = ["e", "a", "a/b", "a/b/c", "d"]
+    out = {}
+    for rel in rels:
+        p = cgroups.make(rel)
+        out[rel] = (p, os.stat(p).st_ino)
+    if memory_mount().version == 1:
+        with open(os.path.join(out["d"][0], "memory.limit_in_bytes"), "w") as f:
+            f.write(str(64 << 20))
+    out[""] = (cgroups.base, os.stat(cgroups.base).st_ino)
+    return out
+
+
+def _base_rel(cgroups) -> str:
+    return "/" + os.path.relpath(cgroups.base, memory_mount().mountpoint)
+
+
+# --------------------------------------------------------------------------
+# nothing at import time
+
+IMPORT_PROBE = r"""
+import json, os, sys
+def fds():
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[fd] = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            pass
+    return out
+def pins():
+    try:
+        return sorted(os.listdir("/sys/fs/bpf/pymemcg"))
+    except FileNotFoundError:
+        return None
+fd0, pins0 = fds(), pins()
+import pymemcg
+fd1, pins1 = fds(), pins()
+print(json.dumps({"fd0": fd0, "fd1": fd1, "pins0": pins0, "pins1": pins1,
+                  "bpf_module": "pymemcg.bpf" in sys.modules,
+                  "extension": "pymemcg._pymemcg" in sys.modules}))
+"""
+
+
+def test_import_opens_no_fds_and_loads_no_bpf(bpf_ok):
+    out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True,
+                         timeout=60, check=True, cwd="/")
+    r = json.loads(out.stdout)
+    assert r["fd1"] == r["fd0"], "import pymemcg opened or closed fds"
+    assert not [t for t in r["fd1"].values() if "bpf" in t], "a BPF object is open after import"
+    # pins of other processes may come and go meanwhile: only new ones of the probe count
+    new = set(r["pins1"] or []) - set(r["pins0"] or [])
+    assert not new, f"import pymemcg pinned something: {new}"
+    # the BPF backend and its extension are loaded by Reader(), not by import
+    assert not r["bpf_module"] and not r["extension"]
+
+
+# --------------------------------------------------------------------------
+# close, with
+
+@pytest.mark.parametrize("backend", ["bpf", "text"])
+def test_close_is_idempotent_and_with_closes(no_leaks, tree, backend):
+    fds = open_fds()
+    with pymemcg.Reader(stats=STATS, backend=backend) as r:
+        assert r.backend == backend
+        assert r.read(tree["a"][0]).id == tree["a"][1]
+        assert len(r.read_tree(tree[""][0])) == 6
+        if backend == "bpf":
+            assert my_pins(), "a BPF reader pins its links"
+    assert repr(r).endswith("backend=closed)")
+    for _ in range(3):
+        r.close()
+    for call in (lambda: r.read(tree["a"][0]), lambda: r.read_tree(tree[""][0]),
+                 lambda: r.backend, lambda: r.sources):
+        with pytest.raises(pymemcg.Closed, match="closed"):
+            call()
+    assert open_fds() <= fds
+    # an exception inside `with` closes as well and is not swallowed
+    with pytest.raises(ZeroDivisionError):
+        with pymemcg.Reader(stats=STATS, backend=backend) as r2:
+            r2.read(tree["a"][0])
+            1 / 0
+    with pytest.raises(pymemcg.Closed):
+        r2.read(tree["a"][0])
+
+
+def test_dropped_reader_is_released_by_the_finalizer(no_leaks, tree):
+    r = pymemcg.Reader(stats=STATS, backend="bpf")
+    r.read(tree["a"][0])
+    r.read_tree(tree[""][0])
+    assert my_pins()
+    del r
+    gc.collect()
+    assert not my_pins()
+
+
+def test_read_bound_before_close_raises_closed(bpf_ok, tree):
+    r = pymemcg.Reader(stats=STATS, backend="bpf")
+    read = r.read                         # BpfBackend.read: the hot path skips Reader
+    read(tree["a"][0])
+    r.close()
+    with pytest.raises(pymemcg.Closed):
+        read(tree["a"][0])
+
+
+# --------------------------------------------------------------------------
+# threads
+
+def test_threads_share_one_reader(no_leaks, tree):
+    """8 threads hammer one Reader with single and tree reads: no exception,
+    every answer right (ids, paths, limits, an empty cgroup's usage 0)."""
+    n_threads, rounds = 8, 300
+    base_rel = os.path.relpath(tree[""][0], memory_mount().mountpoint)
+    want_tree = {("/" + base_rel + ("/" + rel if rel else "")): ino
+                 for rel, (_, ino) in tree.items()}
+    limits = {rel: v1_limit(p) for rel, (p, _) in tree.items()}
+    errors, counts = [], []
+    start = threading.Barrier(n_threads)
+
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        def worker(k: int) -> None:
+            done = 0
+            try:
+                start.wait()
+                rels = list(tree)
+                for i in range(rounds):
+                    rel = rels[(i + k) % len(rels)]
+                    path, ino = tree[rel]
+                    rec = r.read(path)
+                    assert rec.id == ino, (rel, rec.id, ino)
+                    assert rec.path == "/" + base_rel + ("/" + rel if rel else "")
+                    if limits[rel] is not None:
+                        assert rec["limit"] == limits[rel]
+                    if rel == "e":
+                        assert rec["usage"] == 0 and rec["anon"] == 0
+                    if i % 10 == k % 10:
+                        snap = r.read_tree(tree[""][0])
+                        got = {p: snap[p].id for p in snap}
+                        assert got == want_tree
+                        ids = [x.id for x in snap.records]
+                        assert len(ids) == len(set(ids))
+                        assert snap["/" + base_rel + "/e"]["usage"] == 0
+                    done += 1
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append((k, repr(e)))
+            counts.append(done)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads), "a reader thread hung"
+    assert not errors, errors[:5]
+    assert sum(counts) == n_threads * rounds
+
+
+# --------------------------------------------------------------------------
+# fork
+
+def _in_child(fn, timeout: int = 20):
+    """fn() in a forked child; ('ok', value) or ('raised', class, message) or ('hung',).
+    The child leaves with os._exit (no atexit, no finalizers), reaped here."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rfd)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(timeout)
+            try:
+                result = ("ok", fn())
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                result = ("raised", type(e).__name__, str(e),
+                          isinstance(e, pymemcg.Error))
+            os.write(wfd, pickle.dumps(result))
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        return ("hung",) if os.WIFSIGNALED(status) else ("died", status)
+    return pickle.loads(data)
+
+
+def test_forked_child_can_use_the_parents_reader(no_leaks, tree):
+    """Observed behaviour: it works. The child reads through the inherited link
+    fds (single and tree), attaches new links of its own, and the parent's
+    Reader keeps working afterwards."""
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        assert r.read(tree["a"][0]).id == tree["a"][1]
+        base_snap = r.read_tree(tree[""][0])
+        parent_pins = my_pins()
+
+        def child():
+            a = r.read(tree["a"][0])                 # inherited link
+            c = r.read(tree["a/b/c"][0])             # a new link, pinned with the child's pid
+            snap = r.read_tree(tree[""][0])
+            return (a.id, c.id, sorted(snap), snap.by_id(tree["e"][1])["usage"],
+                    sorted(my_pins()))
+        result = _in_child(child)
+        assert result[0] == "ok", result
+        a_id, c_id, paths, e_usage, child_pins = result[1]
+        assert (a_id, c_id, e_usage) == (tree["a"][1], tree["a/b/c"][1], 0)
+        assert paths == sorted(base_snap)
+        assert my_pins() == parent_pins
+        # the child's own pin (its pid) is left behind: os._exit ran no finalizer
+        assert len(child_pins) == 1
+        # ... and is removed by the next Reader that starts, the child being dead
+        with pymemcg.Reader(stats=["usage"], backend="bpf"):
+            pass
+        assert not [p for p in os.listdir(bpf_mod.PIN_DIR) if p in child_pins]
+        # the parent is unaffected
+        assert r.read(tree["a"][0]).id == tree["a"][1]
+        assert sorted(r.read_tree(tree[""][0])) == sorted(base_snap)
+        assert my_pins() == parent_pins
+
+
+FORK_EXIT_PROBE = r"""
+import json, os, sys, pymemcg
+from pymemcg import bpf
+path = sys.argv[1]
+def pins():
+    return sorted(p for p in os.listdir(bpf.PIN_DIR) if p.endswith("-%d" % os.getpid()))
+r = pymemcg.Reader(stats=["usage"], backend="bpf")
+r.read(path); r.read_tree(path)
+before = pins()
+pid = os.fork()
+if pid == 0:
+    r.read(path)
+    sys.exit(0)          # a normal exit: atexit and weakref finalizers run in the child
+os.waitpid(pid, 0)
+after = pins()
+ok = r.read(path).id == os.stat(path).st_ino
+r.close()
+print(json.dumps([before, after, ok]))
+"""
+
+
+def test_child_exit_leaves_the_parents_pins(bpf_ok, tree):
+    out = subprocess.run([sys.executable, "-c", FORK_EXIT_PROBE, tree["a"][0]],
+                         capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    before, after, ok = json.loads(out.stdout)
+    assert ok, "the parent could no longer read after the child exited"
+    assert len(before) == 2
+    assert after == before, "the child's exit removed the parent's pins"
+
+
+def test_fork_during_a_read_in_another_thread(bpf_ok, tree):
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        r.read(tree["a"][0])
+        lock = r._backend._lock
+        # stands for another thread being inside read() at the moment of fork
+        assert lock.acquire(timeout=5)
+        try:
+            result = _in_child(lambda: r.read(tree["a"][0]).id, timeout=3)
+        finally:
+            lock.release()
+    assert result[0] == "ok" or (result[0] == "raised" and result[3]), result
+
+
+# --------------------------------------------------------------------------
+# many reads: flat fds and RSS
+
+def test_50k_reads_keep_fds_and_rss_flat(no_leaks, tree):
+    paths = [tree[k][0] for k in ("a", "a/b/c", "e", "d")]
+    root = tree[""][0]
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        read, read_tree = r.read, r.read_tree
+
+        def burst(n_single: int, n_tree: int) -> None:
+            for i in range(n_single):
+                read(paths[i & 3])
+            for _ in range(n_tree):
+                read_tree(root)
+
+        burst(5000, 500)          # warm-up: links, name cache, allocator arenas
+        gc.collect()
+        fds0, rss0 = open_fds(), rss_bytes()
+        for _ in range(5):
+            burst(10000, 400)     # 50,000 single reads and 2,000 tree reads in all
+        gc.collect()
+        fds1, rss1 = open_fds(), rss_bytes()
+        assert fds1 == fds0, f"fds changed: +{fds1 - fds0} -{fds0 - fds1}"
+        assert rss1 - rss0 < 2 << 20, f"RSS grew by {(rss1 - rss0) >> 10} KiB"
+        assert read(tree["e"][0])["usage"] == 0
+
+
+def test_soak_script_smoke(bpf_ok):
+    """tools/soak.py (make soak runs it with 10^6 reads) works and judges flat."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "soak.py"),
+                          "--reads", "20000", "--tree-reads", "4000", "--report-every", "5000"],
+                         capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "PASS" in out.stdout
+    assert "fds" in out.stdout and "rss" in out.stdout
