@@ -339,6 +339,7 @@ class BpfBackend:
         self._by_path: Dict[str, _Link] = {}
         self._roots: Dict[str, Cgroup] = {}
         self._names = NameCache()
+        self._path_cache: Dict[int, tuple] = {}
         self._ffi, self._lib = _lib()
         self._buf = bytearray(SEQ_BUF_SIZE + 4096)
         self._buflen = len(self._buf)
@@ -562,18 +563,31 @@ class BpfBackend:
         top = root.relpath
         rel = {root.id: "" if top == "/" else top}
         paths: List[Optional[str]] = [top]
+        # id -> (name hash, parent path, path) of the last snapshot: an
+        # unchanged cgroup under an unchanged parent reuses its path string
+        prev = self._path_cache
+        cur: Dict[int, tuple] = {}
         for t in raw[1:]:
             parent = rel.get(t[1])
             path = None
             if parent is not None:
-                hit = known.get(t[0])
-                if hit is not None and hit[0] == t[2]:
-                    name = hit[1]
-                else:  # new or renamed: list the parent directory
-                    name = names.name(mount + parent, t[0], t[2])
-                if name is not None:
-                    path = rel[t[0]] = parent + "/" + name
+                c = prev.get(t[0])
+                if c is not None and c[0] == t[2] and c[1] is parent:
+                    path = c[2]
+                else:
+                    hit = known.get(t[0])
+                    if hit is not None and hit[0] == t[2]:
+                        name = hit[1]
+                    else:  # new or renamed: list the parent directory
+                        name = names.name(mount + parent, t[0], t[2])
+                    if name is not None:
+                        path = parent + "/" + name
+                        c = (t[2], parent, path)
+                if path is not None:
+                    rel[t[0]] = path
+                    cur[t[0]] = c
             paths.append(path)
+        self._path_cache = cur
         if len(known) > 2 * len(raw) + 64:
             names.forget_except(rel.keys())
         return Snapshot(top, self.layout, raw, paths)
