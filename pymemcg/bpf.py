@@ -26,8 +26,8 @@ from .cgroupfs import Cgroup, NameCache, resolve_cgroup
 import struct
 
 from .decode import FORMAT_VERSION, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot, parse_trailer
-from .errors import (BpfUnavailable, CgroupNotFound, Closed, MalformedData, NotACgroup,
-                     PermissionDenied, ReadError, VerifierRejected)
+from .errors import (BpfUnavailable, CgroupNotFound, Closed, MalformedData, PermissionDenied,
+                     ReadError, VerifierRejected)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 BPFFS = "/sys/fs/bpf"

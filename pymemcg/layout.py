@@ -20,10 +20,10 @@ import itertools
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from . import catalog
-from .catalog import BYTES, COUNT, COUNTER, EVENT, MEMEVENT, STATE, Stat
+from .catalog import BYTES, COUNT, COUNTER, MEMEVENT, STATE, Stat
 from .kernel_tables import TABLES, Entry, KernelTable
 
 # enum pmc_stat_kind / enum pmc_counter / PMC_SPEC_* in bpf_src/memcg_record.h
@@ -307,8 +307,9 @@ def _resolve_one(stat: Stat, facts: KernelFacts, matches: Sequence[TableMatch],
             kind = KIND_MEMEVENT
         else:
             kind = KIND_STATE if enum in STATE_ENUMS else KIND_EVENT
-        return Resolution(stat, VIA_KFUNC, kind, 0, value, 0,
-                          1 if kind != KIND_STATE else _kfunc_scale(stat, page_size),
+        # bpf_mem_cgroup_page_state() returns memcg_page_state_output():
+        # already in memory.stat's unit, so no scale
+        return Resolution(stat, VIA_KFUNC, kind, 0, value, 0, 1,
                           f"enum {enum} through the memcg kfuncs")
 
     if stat.kind == MEMEVENT:
@@ -335,9 +336,3 @@ def _resolve_one(stat: Stat, facts: KernelFacts, matches: Sequence[TableMatch],
         problems.extend(match.problems)
     why = "; ".join(problems) or "the kernel does not keep it per memcg"
     return _unavailable(stat, f"{stat.item}: {why}")
-
-
-def _kfunc_scale(stat: Stat, page_size: int) -> int:
-    """bpf_mem_cgroup_page_state() returns memcg_page_state_output(): already
-    in memory.stat's unit."""
-    return 1

@@ -6,7 +6,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from . import catalog
 from .cgroupfs import memory_mount, resolve_cgroup

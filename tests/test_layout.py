@@ -12,7 +12,7 @@ import pytest
 
 import pymemcg
 from pymemcg import catalog, layout
-from pymemcg.kernel_tables import LINUX_6_1, LINUX_6_18, TABLES
+from pymemcg.kernel_tables import LINUX_6_18, TABLES
 
 PAGE = 4096
 ALL = list(catalog.STATS)
