@@ -22,7 +22,7 @@ import weakref
 from typing import Dict, List, Optional, Sequence
 
 from . import layout as layout_mod
-from .cgroupfs import Cgroup, NameCache, resolve_cgroup
+from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
 import struct
 
 from .decode import FORMAT_VERSION, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot, parse_trailer
@@ -338,8 +338,7 @@ class BpfBackend:
                 raise
         self._by_path: Dict[str, _Link] = {}
         self._roots: Dict[str, Cgroup] = {}
-        self._names = NameCache()
-        self._path_cache: Dict[int, tuple] = {}
+        self._paths = TreePaths()
         self._ffi, self._lib = _lib()
         self._buf = bytearray(SEQ_BUF_SIZE + 4096)
         self._buflen = len(self._buf)
@@ -553,44 +552,9 @@ class BpfBackend:
                                        use_kfuncs=self.kernel_backend == layout_mod.BACKEND_KFUNC)
 
     def _snapshot(self, root: Cgroup, raw: List[tuple]) -> Snapshot:
-        """Paths for the records. The walk is pre-order, so a parent's path
-        is known before its children's."""
         if raw[0][0] != root.id:
             raise MalformedData(f"walk of {root.path} did not start at its root")
-        names = self._names
-        known = names.names
-        mount = root.mount.mountpoint
-        top = root.relpath
-        rel = {root.id: "" if top == "/" else top}
-        paths: List[Optional[str]] = [top]
-        # id -> (name hash, parent path, path) of the last snapshot: an
-        # unchanged cgroup under an unchanged parent reuses its path string
-        prev = self._path_cache
-        cur: Dict[int, tuple] = {}
-        for t in raw[1:]:
-            parent = rel.get(t[1])
-            path = None
-            if parent is not None:
-                c = prev.get(t[0])
-                if c is not None and c[0] == t[2] and c[1] is parent:
-                    path = c[2]
-                else:
-                    hit = known.get(t[0])
-                    if hit is not None and hit[0] == t[2]:
-                        name = hit[1]
-                    else:  # new or renamed: list the parent directory
-                        name = names.name(mount + parent, t[0], t[2])
-                    if name is not None:
-                        path = parent + "/" + name
-                        c = (t[2], parent, path)
-                if path is not None:
-                    rel[t[0]] = path
-                    cur[t[0]] = c
-            paths.append(path)
-        self._path_cache = cur
-        if len(known) > 2 * len(raw) + 64:
-            names.forget_except(rel.keys())
-        return Snapshot(top, self.layout, raw, paths)
+        return Snapshot(root.relpath, self.layout, raw, self._paths.paths(root, raw))
 
     def close(self) -> None:
         with self._lock:

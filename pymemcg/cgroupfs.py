@@ -179,3 +179,49 @@ class NameCache:
     def forget_except(self, live_ids) -> None:
         for stale in self.names.keys() - live_ids:
             del self.names[stale]
+
+
+class TreePaths:
+    """Paths for the records of a pre-order walk (a parent before its
+    children), kept across snapshots: an unchanged cgroup under an unchanged
+    parent reuses its path string, a new or renamed one costs one listing of
+    its parent directory."""
+
+    def __init__(self) -> None:
+        self.names = NameCache()
+        self._prev: Dict[int, tuple] = {}   # id -> (name hash, parent path, path)
+
+    def paths(self, root: Cgroup, raw: List[tuple]) -> List[Optional[str]]:
+        """raw: record tuples (id, parent_id, name_hash, ...), root first."""
+        names = self.names
+        known = names.names
+        mount = root.mount.mountpoint
+        top = root.relpath
+        rel = {root.id: "" if top == "/" else top}
+        out: List[Optional[str]] = [top]
+        prev = self._prev
+        cur: Dict[int, tuple] = {}
+        for t in raw[1:]:
+            parent = rel.get(t[1])
+            path = None
+            if parent is not None:
+                c = prev.get(t[0])
+                if c is not None and c[0] == t[2] and c[1] is parent:
+                    path = c[2]
+                else:
+                    hit = known.get(t[0])
+                    if hit is not None and hit[0] == t[2]:
+                        name = hit[1]
+                    else:  # new or renamed: list the parent directory
+                        name = names.name(mount + parent, t[0], t[2])
+                    if name is not None:
+                        path = parent + "/" + name
+                        c = (t[2], parent, path)
+                if path is not None:
+                    rel[t[0]] = path
+                    cur[t[0]] = c
+            out.append(path)
+        self._prev = cur
+        if len(known) > 2 * len(raw) + 64:
+            names.forget_except(rel.keys())
+        return out

@@ -949,6 +949,38 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
 
 # --- entry point ---
 
+def cmd_pin(args: argparse.Namespace, out: TextIO) -> int:
+    from . import pins
+    import grp
+    import pwd
+    owner = pwd.getpwnam(args.owner).pw_uid if not args.owner.isdigit() else int(args.owner)
+    group = grp.getgrnam(args.group).gr_gid if not args.group.isdigit() else int(args.group)
+    root = _default_root(args.root)
+    info = pins.pin(root, args.name, _selection(args, SNAPSHOT_STATS), tree=not args.self_only,
+                    local=args.local, owner=owner, group=group, mode=int(args.mode, 8),
+                    directory=args.dir, meta_dir=args.meta_dir)
+    out.write(f"pinned {info.path} ({'tree' if info.tree else 'cgroup'} {info.root}, "
+              f"{len(info.stats)} stats, owner {info.owner}:{info.group} mode {info.mode:o})\n")
+    return 0
+
+
+def cmd_unpin(args: argparse.Namespace, out: TextIO) -> int:
+    from . import pins
+    for path in args.paths:
+        pins.unpin(path, args.meta_dir)
+        out.write(f"unpinned {path}\n")
+    return 0
+
+
+def cmd_pins(args: argparse.Namespace, out: TextIO) -> int:
+    from . import pins
+    for info in pins.pins(args.dir, args.meta_dir):
+        out.write(f"{info.path}  {'tree' if info.tree else 'cgroup'} {info.root}  "
+                  f"{','.join(info.stats)}  {info.owner}:{info.group} {info.mode:o}  "
+                  f"{'current' if info.current else 'OTHER BUILD: re-pin'}\n")
+    return 0
+
+
 def _add_common(p: argparse.ArgumentParser, default_stats: Sequence[str], root: bool = True,
                 backend: bool = True) -> None:
     if root:
@@ -1042,6 +1074,31 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--local", action="store_true", help="availability of local values")
     st.add_argument("--format", choices=("table", "json"), default="table")
     st.set_defaults(func=cmd_stats)
+
+    from .pins import META_DIR, SHARED_PIN_DIR
+    pin = sub.add_parser("pin", parents=[colour],
+                         help="pin a link for other processes and users to read",
+                         description="Load the program for ROOT and a selection, and pin the "
+                                     "link in bpffs with the given owner, group and mode; "
+                                     "readers use pymemcg.pins.PinReader (no bpf() needed).")
+    _add_common(pin, SNAPSHOT_STATS, backend=False)
+    pin.add_argument("--name", required=True, help="the pin's file name")
+    pin.add_argument("--self-only", action="store_true", help="ROOT alone, not its subtree")
+    pin.add_argument("--owner", default="0", help="user (name or uid; default root)")
+    pin.add_argument("--group", default="0", help="group (name or gid; default root)")
+    pin.add_argument("--mode", default="600", help="octal mode (default 600)")
+    pin.add_argument("--dir", default=SHARED_PIN_DIR, help=f"bpffs directory ({SHARED_PIN_DIR})")
+    pin.add_argument("--meta-dir", default=META_DIR, help=f"metadata directory ({META_DIR})")
+    pin.set_defaults(func=cmd_pin)
+    unpin = sub.add_parser("unpin", parents=[colour], help="remove pins and their metadata")
+    unpin.add_argument("paths", nargs="+", metavar="PIN")
+    unpin.add_argument("--meta-dir", default=META_DIR)
+    unpin.set_defaults(func=cmd_unpin)
+    lspins = sub.add_parser("pins", parents=[colour],
+                            help="list pins: what each serves, and if this build made it")
+    lspins.add_argument("--dir", default=SHARED_PIN_DIR)
+    lspins.add_argument("--meta-dir", default=META_DIR)
+    lspins.set_defaults(func=cmd_pins)
 
     sub.add_parser("bench", add_help=False,
                    help="the benchmark against memory.stat (python -m pymemcg.bench; "

@@ -1,0 +1,228 @@
+"""Shared pins: a root-made iterator link that other processes read as a file.
+
+`pin()` (root) loads the program for a cgroup, order and selection, pins the
+link under a directory the operator chooses, and gives it the owner, group
+and mode the operator chooses (default 0600 root). Beside it, in a metadata
+directory, a JSON file says what the records hold. Any process with read
+permission on both, root or not, then reads with `PinReader`: open + read
+of the pin runs one iterator session without a bpf() call, decoded by the
+same code as a Reader's.
+
+A pin's reader gets only the session's 32 KiB (the overflow map is reachable
+only through the loader's fds): a tree whose records do not fit raises
+PinTooSmall rather than coming back truncated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import List, Sequence, Union
+
+from . import catalog
+from .cgroupfs import TreePaths, resolve_cgroup
+from .decode import FORMAT_VERSION, Layout, Record, Snapshot, parse_trailer
+from .errors import BpfUnavailable, Error, MalformedData, ReadError
+
+SHARED_PIN_DIR = "/sys/fs/bpf/pymemcg-shared"
+META_DIR = "/run/pymemcg/pins"
+SESSION_BUF = 32768 + 4096
+
+
+class PinTooSmall(ReadError):
+    """The pinned tree's records do not fit one iterator session."""
+
+
+class PinMismatch(Error, ValueError):
+    """The pin's metadata is missing or made by another pymemcg build."""
+
+
+@dataclass(frozen=True)
+class PinInfo:
+    path: str            # the pin in bpffs
+    meta: str            # its metadata file
+    root: str            # the cgroup it serves
+    tree: bool           # the subtree (pre-order) or the cgroup alone
+    stats: List[str]
+    local: bool
+    owner: int
+    group: int
+    mode: int
+    current: bool        # made by this pymemcg build (same BPF object)
+
+
+def _meta_path(pin_path: str, meta_dir: str) -> str:
+    return os.path.join(meta_dir, os.path.basename(pin_path) + ".json")
+
+
+def _check_dir(directory: str, what: str) -> None:
+    st = os.lstat(directory)
+    if stat_mod.S_ISLNK(st.st_mode) or not stat_mod.S_ISDIR(st.st_mode):
+        raise BpfUnavailable(f"{what} {directory} is a symlink or not a directory: remove it")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise BpfUnavailable(f"{what} {directory} must be owned by this user and writable by "
+                             f"no one else (it is uid {st.st_uid}, mode "
+                             f"{stat_mod.S_IMODE(st.st_mode):o})")
+
+
+def _make_dir(directory: str, what: str) -> None:
+    try:
+        os.makedirs(directory, 0o755)
+    except FileExistsError:
+        pass
+    _check_dir(directory, what)
+
+
+def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
+        tree: bool = True, local: bool = False, owner: int = 0, group: int = 0,
+        mode: int = 0o600, directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> PinInfo:
+    """Pin a link serving `root` (its subtree, or alone with tree=False).
+
+    The pin and its metadata get owner, group and mode; nothing existing is
+    replaced or widened: an existing name is an error (unpin it first).
+    """
+    from ._pymemcg import lib
+    from .bpf import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, BpfBackend, object_digest
+
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"pin name {name!r}: use a plain file name")
+    cg = resolve_cgroup(root)
+    _make_dir(directory, "the pin directory")
+    _make_dir(meta_dir, "the pin metadata directory")
+    path = os.path.join(directory, name)
+    meta = _meta_path(path, meta_dir)
+    if os.path.lexists(path) or os.path.lexists(meta):
+        raise BpfUnavailable(f"{path} (or its metadata) exists: unpin it first")
+    backend = BpfBackend(list(stats), local, cg.mount.version, cg.mount.mountpoint,
+                         pin_dir=None)
+    try:
+        link = backend._link(cg, ORDER_DESCENDANTS_PRE if tree else ORDER_SELF_ONLY)
+        rc = lib.pmc_link_pin(link.fd, path.encode())
+        if rc < 0:
+            raise BpfUnavailable(f"pinning at {path} failed ({os.strerror(-rc)}): the "
+                                 f"directory must be on bpffs")
+        try:
+            os.chown(path, owner, group)
+            os.chmod(path, mode)
+            doc = {
+                "format": FORMAT_VERSION, "object": object_digest(), "root": cg.path,
+                "cgroup_id": cg.id, "tree": tree, "stats": list(stats), "local": local,
+                "sources": backend.layout.sources,
+            }
+            fd = os.open(meta, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f)
+            os.chown(meta, owner, group)
+            os.chmod(meta, mode)
+        except BaseException:
+            for p in (path, meta):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+            raise
+    finally:
+        backend.close()  # the pin keeps the link, and so the program, alive
+    return _info(path, meta_dir)
+
+
+def unpin(path: str, meta_dir: str = META_DIR) -> None:
+    """Remove a pin and its metadata (the program goes with the last user)."""
+    for p in (path, _meta_path(path, meta_dir)):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def _info(path: str, meta_dir: str) -> PinInfo:
+    from .bpf import object_digest
+    meta = _meta_path(path, meta_dir)
+    try:
+        with open(meta) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise PinMismatch(f"{path} has no metadata at {meta}: not a pymemcg pin, or made "
+                          f"with another metadata directory") from None
+    except (OSError, ValueError) as e:
+        raise PinMismatch(f"cannot read {meta}: {e}") from None
+    st = os.stat(path)
+    try:
+        current = doc.get("object") == object_digest()
+    except Exception:  # no compiled part (an unprivileged reader's install)
+        current = False
+    return PinInfo(path, meta, doc["root"], doc["tree"], doc["stats"], doc["local"],
+                   st.st_uid, st.st_gid, stat_mod.S_IMODE(st.st_mode), current)
+
+
+def pins(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> List[PinInfo]:
+    """The pins in `directory` that have metadata."""
+    out = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        try:
+            out.append(_info(os.path.join(directory, name), meta_dir))
+        except (PinMismatch, OSError):
+            continue
+    return out
+
+
+class PinReader:
+    """Reads a pin with open + read: no bpf() call, so no privilege beyond
+    read permission on the pin and its metadata."""
+
+    def __init__(self, path: str, meta_dir: str = META_DIR) -> None:
+        meta = _meta_path(path, meta_dir)
+        try:
+            with open(meta) as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            raise PinMismatch(f"{path} has no metadata at {meta}: pin it with pymemcg.pin()")\
+                from None
+        if doc.get("format") != FORMAT_VERSION:
+            raise PinMismatch(f"{path} holds format {doc.get('format')}, this pymemcg reads "
+                              f"{FORMAT_VERSION}: re-pin it with this version")
+        self.path = path
+        self.tree = bool(doc["tree"])
+        self.layout = Layout(doc["stats"], doc.get("sources"))
+        self.root = doc["root"]
+        self._root_id = doc["cgroup_id"]
+        self._buf = bytearray(SESSION_BUF)
+        self._paths = TreePaths()
+
+    def _session(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            raise ReadError(13, f"no read permission on {self.path}: ask the operator to pin "
+                                f"it with a group or mode that includes this user") from None
+        except FileNotFoundError:
+            raise ReadError(2, f"{self.path} is gone: it was unpinned") from None
+        try:
+            return os.readv(fd, [self._buf])
+        finally:
+            os.close(fd)
+
+    def read(self) -> Union[Record, Snapshot]:
+        """The pinned cgroup's Record, or its subtree's Snapshot."""
+        n = self._session()
+        count, _session, visited = parse_trailer(self._buf, n, self.layout.record_size)
+        if visited != count:
+            raise PinTooSmall(27, f"{self.path}: the tree has {visited} cgroups but one "
+                                  f"iterator session holds {count} records of these stats "
+                                  f"(32 KiB): pin fewer stats or a smaller subtree")
+        raw = list(self.layout.record.iter_unpack(memoryview(self._buf)[:count *
+                                                  self.layout.record_size]))
+        if not raw:
+            raise ReadError(2, f"{self.path}: its cgroup {self.root} was removed")
+        if raw[0][0] != self._root_id:
+            raise MalformedData(f"{self.path} served cgroup {raw[0][0]}, not {self._root_id}")
+        cg = resolve_cgroup(self.root)
+        if not self.tree:
+            return Record(self.layout, raw[0], cg.relpath)
+        return Snapshot(cg.relpath, self.layout, raw, self._paths.paths(cg, raw))

@@ -1,0 +1,141 @@
+"""Shared pins: made by root with an owner, group and mode, read by an
+unprivileged user (uid/gid nobody, no capabilities: bpf() is forbidden to it
+here) through open + read of the pin, decoded by the same code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import tempfile
+
+import pytest
+
+import pymemcg
+from pymemcg import pins
+from pymemcg.cgroupfs import own_memory_cgroup
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def pin_dirs():
+    """A private bpffs instance and a metadata directory, both traversable by
+    nobody, removed afterwards (the host's /sys/fs/bpf is left alone)."""
+    base = tempfile.mkdtemp(prefix="pymemcg-pins-", dir="/tmp")
+    os.chmod(base, 0o755)
+    bpffs, meta = os.path.join(base, "bpf"), os.path.join(base, "meta")
+    os.mkdir(bpffs)
+    subprocess.run(["mount", "-t", "bpf", "-o", "mode=0755", "bpf", bpffs], check=True)
+    try:
+        yield bpffs, meta
+    finally:
+        subprocess.run(["umount", bpffs], check=True)
+        for name in os.listdir(meta) if os.path.isdir(meta) else []:
+            os.unlink(os.path.join(meta, name))
+        for d in (meta, bpffs, base):
+            if os.path.isdir(d):
+                os.rmdir(d)
+
+
+def as_nobody(fn):
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                result = ("ok", fn())
+            except Exception as e:
+                result = ("raised", type(e).__name__, str(e))
+            os.write(wfd, pickle.dumps(result))
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(data)
+
+
+def test_unprivileged_reader_reads_a_shared_pin(bpf_ok, cgroups, pin_dirs):
+    bpffs, meta = pin_dirs
+    kids = [cgroups.make(f"shared/k{i}") for i in range(5)]
+    root = os.path.dirname(kids[0])
+    with open(os.path.join(kids[0], "memory.limit_in_bytes"), "w") as f:
+        f.write(str(48 << 20))
+    info = pins.pin(root, "test-tree", ["usage", "limit", "anon"], group=NOBODY, mode=0o640,
+                    directory=bpffs, meta_dir=meta)
+    assert (info.group, info.mode, info.tree, info.current) == (NOBODY, 0o640, True, True)
+    assert [p.path for p in pins.pins(bpffs, meta)] == [info.path]
+    single = pins.pin(kids[0], "test-one", ["usage", "limit"], tree=False, group=NOBODY,
+                      mode=0o640,
+                      directory=bpffs, meta_dir=meta)
+
+    def read():
+        snap = pins.PinReader(info.path, meta).read()
+        one = pins.PinReader(single.path, meta).read()
+        return ([(r.path, r.id, r.get("limit")) for r in snap.records],
+                (one.path, one.id, one["limit"]))
+    result = as_nobody(read)
+    assert result[0] == "ok", result
+    tree, one = result[1]
+    with pymemcg.Reader(stats=["usage", "limit", "anon"], backend="bpf") as r:
+        direct = r.read_tree(root)
+    assert tree == [(x.path, x.id, x.get("limit")) for x in direct.records]
+    assert one == (direct.records[1].path, os.stat(kids[0]).st_ino, 48 << 20)
+    pins.unpin(info.path, meta)
+    pins.unpin(single.path, meta)
+    assert pins.pins(bpffs, meta) == []
+
+
+def test_pin_without_permission_and_oversized_tree(bpf_ok, cgroups, pin_dirs):
+    bpffs, meta = pin_dirs
+    root = cgroups.make("big")
+    for i in range(400):  # 400 records of 40 stats do not fit 32 KiB
+        os.mkdir(os.path.join(root, f"c{i}"))
+    big = pins.pin(root, "big", list(pymemcg.catalog.STATS)[:40], group=NOBODY, mode=0o640,
+                   directory=bpffs, meta_dir=meta)
+    closed = pins.pin(root, "closed", ["usage"], directory=bpffs, meta_dir=meta)  # 0600 root
+
+    def read(path):
+        return lambda: pins.PinReader(path, meta).read()
+    r = as_nobody(read(big.path))
+    assert r[:2] == ("raised", "PinTooSmall") and "32 KiB" in r[2], r
+    r = as_nobody(read(closed.path))
+    assert r[0] == "raised" and r[1] in ("PermissionError", "ReadError", "PinMismatch"), r
+    with pytest.raises(pymemcg.BpfUnavailable, match="exists"):
+        pins.pin(root, "closed", ["usage"], directory=bpffs, meta_dir=meta)
+    pins.unpin(big.path, meta)
+    pins.unpin(closed.path, meta)
+
+
+def test_pin_dir_that_is_a_symlink_is_refused(bpf_ok, pin_dirs, tmp_path):
+    bpffs, meta = pin_dirs
+    link = tmp_path / "bpf-link"
+    link.symlink_to(bpffs)
+    with pytest.raises(pymemcg.BpfUnavailable, match="symlink"):
+        pins.pin(own_memory_cgroup(), "x", ["usage"], directory=str(link), meta_dir=meta)
+
+
+def test_cli_pin_pins_unpin(bpf_ok, cgroups, pin_dirs):
+    import sys
+    bpffs, meta = pin_dirs
+    root = cgroups.make("cli")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pymemcg", *args], capture_output=True,
+                              text=True)
+    r = cli("pin", root, "--name", "t", "--stats", "usage,anon", "--group", "nogroup",
+            "--mode", "640", "--dir", bpffs, "--meta-dir", meta)
+    assert r.returncode == 0, r.stderr
+    assert "owner 0:65534 mode 640" in r.stdout
+    r = cli("pins", "--dir", bpffs, "--meta-dir", meta)
+    assert r.returncode == 0 and "usage,anon" in r.stdout and "current" in r.stdout
+    r = cli("pin", root, "--name", "t", "--dir", bpffs, "--meta-dir", meta)
+    assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr
+    r = cli("unpin", os.path.join(bpffs, "t"), "--meta-dir", meta)
+    assert r.returncode == 0 and "t" not in os.listdir(bpffs) and os.listdir(meta) == []
