@@ -210,8 +210,11 @@ class PinReader:
 
     def read(self) -> Union[Record, Snapshot]:
         """The pinned cgroup's Record, or its subtree's Snapshot."""
-        n = self._session()
-        count, _session, visited = parse_trailer(self._buf, n, self.layout.record_size)
+        for _ in range(8):
+            n = self._session()
+            count, _session, visited = parse_trailer(self._buf, n, self.layout.record_size)
+            if visited != 2**64 - 1:  # else another session ended at the same moment
+                break
         if visited != count:
             raise PinTooSmall(27, f"{self.path}: the tree has {visited} cgroups but one "
                                   f"iterator session holds {count} records of these stats "
