@@ -11,6 +11,7 @@ unprivileged shell); with it (CI sets it) they fail instead.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -163,3 +164,27 @@ os.unlink(shm)
 def workload(anon: int = 24 * MiB, cache: int = 16 * MiB, shmem: int = 8 * MiB,
              cache_dir: str = "/var/tmp") -> str:
     return WORKLOAD.format(anon=anon, cache=cache, shmem=shmem, cache_dir=cache_dir)
+
+
+def as_nobody(fn):
+    """Run fn() in a forked child with uid/gid nobody and no capabilities."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                result = ("ok", fn())
+            except Exception as e:  # report it to the parent
+                result = ("raised", type(e).__name__, str(e))
+            os.write(wfd, pickle.dumps(result))
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(data)

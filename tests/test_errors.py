@@ -4,7 +4,6 @@ remedy, and nothing left behind (fds, links, pins)."""
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 
 import pytest
@@ -13,6 +12,8 @@ import pymemcg
 from pymemcg import bpf as bpf_mod
 from pymemcg import layout
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
+
+from conftest import as_nobody
 
 
 def open_fds() -> set:
@@ -98,37 +99,13 @@ def test_closed_reader(no_leaks):
         r.read(own_memory_cgroup())
 
 
-def _as_nobody(fn):
-    """Run fn() in a forked child with uid/gid nobody and no capabilities."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(rfd)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                result = ("ok", fn())
-            except Exception as e:  # report it to the parent
-                result = ("raised", type(e).__name__, str(e))
-            os.write(wfd, pickle.dumps(result))
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    with os.fdopen(rfd, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return pickle.loads(data)
-
-
 def test_missing_privileges(no_leaks):
     own = own_memory_cgroup()
 
     def bpf_read():
         with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
             return r.read(own)["usage"]
-    result = _as_nobody(bpf_read)
+    result = as_nobody(bpf_read)
     assert result[:2] == ("raised", "PermissionDenied"), result
     assert "root" in result[2] and "backend='text'" in result[2]
 
@@ -138,7 +115,7 @@ def test_missing_privileges(no_leaks):
             os.environ.pop("PYMEMCG_REQUIRE_BPF", None)
             with pymemcg.Reader(stats=["usage", "anon"]) as r:
                 return r.backend, r.read(own)["anon"] >= 0, [str(w.message) for w in caught]
-    result = _as_nobody(auto_read)
+    result = as_nobody(auto_read)
     assert result[0] == "ok", result
     backend, ok, messages = result[1]
     assert backend == "text" and ok
@@ -147,7 +124,7 @@ def test_missing_privileges(no_leaks):
     def required():
         os.environ["PYMEMCG_REQUIRE_BPF"] = "1"
         pymemcg.Reader(stats=["usage"])
-    result = _as_nobody(required)
+    result = as_nobody(required)
     assert result[:2] == ("raised", "PermissionDenied"), result
 
 

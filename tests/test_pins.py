@@ -5,7 +5,6 @@ here) through open + read of the pin, decoded by the same code."""
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import tempfile
 
@@ -14,6 +13,8 @@ import pytest
 import pymemcg
 from pymemcg import pins
 from pymemcg.cgroupfs import own_memory_cgroup
+
+from conftest import as_nobody
 
 NOBODY = 65534
 
@@ -36,29 +37,6 @@ def pin_dirs():
         for d in (meta, bpffs, base):
             if os.path.isdir(d):
                 os.rmdir(d)
-
-
-def as_nobody(fn):
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(rfd)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            try:
-                result = ("ok", fn())
-            except Exception as e:
-                result = ("raised", type(e).__name__, str(e))
-            os.write(wfd, pickle.dumps(result))
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    with os.fdopen(rfd, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return pickle.loads(data)
 
 
 def test_unprivileged_reader_reads_a_shared_pin(bpf_ok, cgroups, pin_dirs):
