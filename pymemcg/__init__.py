@@ -15,6 +15,7 @@ from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, MalformedDat
                      NoMemoryController, NotACgroup, PermissionDenied, ReadError,
                      StatUnavailable, UnknownStat, VerifierRejected)
 from .reader import FallbackWarning, Reader, StatInfo, stats
+from . import pins  # shared pins: pin(), PinReader (imports no BPF code)
 
 from ._version import __version__
 
@@ -22,5 +23,5 @@ __all__ = [
     "Reader", "Record", "Snapshot", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
     "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "MalformedData", "NoBtf",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "StatUnavailable",
-    "UnknownStat", "VerifierRejected", "__version__",
+    "UnknownStat", "VerifierRejected", "__version__", "pins",
 ]
