@@ -188,3 +188,28 @@ def as_nobody(fn):
         data = f.read()
     os.waitpid(pid, 0)
     return pickle.loads(data)
+
+
+def open_fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def my_pins(pid: int = None) -> set:
+    """Pins made by this process (other pymemcg processes may run on the host)."""
+    from pymemcg.bpf import PIN_DIR
+    pid = os.getpid() if pid is None else pid
+    try:
+        return {p for p in os.listdir(PIN_DIR) if p.endswith(f"-{pid}")}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture
+def no_leaks(bpf_ok):
+    """Fails the test if it leaves pins or fds of this process behind."""
+    import gc
+    fds, pins = open_fds(), my_pins()
+    yield
+    gc.collect()
+    assert my_pins() == pins, f"pins left behind: {my_pins() - pins}"
+    assert open_fds() <= fds, f"fds left behind: {open_fds() - fds}"

@@ -19,19 +19,12 @@ import pymemcg
 from pymemcg import bpf as bpf_mod
 from pymemcg.cgroupfs import memory_mount
 
+from conftest import my_pins, open_fds
+
 CHURN_SECONDS = 8.0
 STATS = ["usage", "limit", "anon", "file"]
 
 
-def open_fds() -> set:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def my_pins() -> set:
-    try:
-        return {p for p in os.listdir(bpf_mod.PIN_DIR) if p.endswith(f"-{os.getpid()}")}
-    except FileNotFoundError:
-        return set()
 
 
 def limit_of(path: str):
@@ -265,14 +258,6 @@ def test_tree_reads_under_churn(bpf_ok, cgroups):
 
 # --------------------------------------------------------------------------
 # removal under a reader
-
-@pytest.fixture
-def no_leaks(bpf_ok):
-    fds, pins = open_fds(), my_pins()
-    yield
-    gc.collect()
-    assert my_pins() == pins, f"pins left behind: {my_pins() - pins}"
-    assert open_fds() <= fds, f"fds left behind: {open_fds() - fds}"
 
 
 @pytest.mark.parametrize("backend", ["bpf", "text"])

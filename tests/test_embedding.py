@@ -21,21 +21,12 @@ import pymemcg
 from pymemcg import bpf as bpf_mod
 from pymemcg.cgroupfs import memory_mount
 
+from conftest import my_pins, open_fds
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATS = ["usage", "limit", "anon", "file", "pgfault"]
 
 
-def open_fds() -> set:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def my_pins(pid: int = None) -> set:
-    """Pins made by this process (other pymemcg processes may run on the host)."""
-    pid = os.getpid() if pid is None else pid
-    try:
-        return {p for p in os.listdir(bpf_mod.PIN_DIR) if p.endswith(f"-{pid}")}
-    except FileNotFoundError:
-        return set()
 
 
 def rss_bytes() -> int:
@@ -49,14 +40,6 @@ def v1_limit(path: str) -> int:
         text = f.read().strip()
     return int(text) if text != "max" else None
 
-
-@pytest.fixture
-def no_leaks(bpf_ok):
-    fds, pins = open_fds(), my_pins()
-    yield
-    gc.collect()
-    assert my_pins() == pins, f"pins left behind: {my_pins() - pins}"
-    assert open_fds() <= fds, f"fds left behind: {open_fds() - fds}"
 
 
 @pytest.fixture

@@ -13,27 +13,10 @@ from pymemcg import bpf as bpf_mod
 from pymemcg import layout
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
 
-from conftest import as_nobody
+from conftest import as_nobody, my_pins, open_fds
 
 
-def open_fds() -> set:
-    return set(os.listdir("/proc/self/fd"))
 
-
-def pins() -> set:
-    """This process's pins (other processes may be pinning meanwhile)."""
-    try:
-        return {p for p in os.listdir(bpf_mod.PIN_DIR) if p.endswith(f"-{os.getpid()}")}
-    except FileNotFoundError:
-        return set()
-
-
-@pytest.fixture
-def no_leaks(bpf_ok):
-    fds, before = open_fds(), pins()
-    yield
-    assert pins() == before, "pins left behind"
-    assert open_fds() <= fds, f"fds left behind: {open_fds() - fds}"
 
 
 def _reader(**kw):
@@ -168,7 +151,7 @@ def test_many_single_cgroups_keep_fds_bounded(no_leaks, cgroups, monkeypatch):
             for p in paths:
                 assert r.read(p).id == os.stat(p).st_ino
         assert len(open_fds()) <= fds + 8  # one link per cached cgroup
-        assert len([p for p in pins() if p.endswith(f"-1-{os.getpid()}")]) <= 8
+        assert len([p for p in my_pins() if p.endswith(f"-1-{os.getpid()}")]) <= 8
 
 
 def test_pin_dir_owned_by_someone_else_is_refused(no_leaks):

@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pymemcg
-from pymemcg import bpf as bpf_mod
 from pymemcg.cgroupfs import memory_mount
 from pymemcg.decode import TRAILER, TRAILER_MAGIC, Layout, iter_records, parse_trailer
 from pymemcg.textstat import parse_flat_keyed, parse_memory_stat
+
+from conftest import my_pins, open_fds
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BUFFERS = st.sampled_from([bytes, bytearray, memoryview])
@@ -109,15 +110,6 @@ def test_iter_records_any_nbytes(data, nbytes, kind):
 # --------------------------------------------------------------------------
 # hostile paths
 
-def open_fds() -> set:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def my_pins() -> set:
-    try:
-        return {p for p in os.listdir(bpf_mod.PIN_DIR) if p.endswith(f"-{os.getpid()}")}
-    except FileNotFoundError:
-        return set()
 
 
 @pytest.fixture(params=["bpf", "text"])
