@@ -20,7 +20,7 @@ const volatile __u32 nr_stats = 0;
 const volatile __u32 seq_budget = 0;		/* records that fit the seq buffer */
 const volatile __u32 overflow_capacity = 0;	/* entries of the overflow map */
 const volatile bool local_stats = false;	/* state_local/events_local */
-const volatile bool use_kfuncs = false;		/* Linux 7.0+ memcg kfuncs */
+const volatile __u32 kfuncs = PMC_KFUNCS_NONE;	/* enum pmc_kfuncs */
 /* which kernel arrays the selection reads: each is copied in one read */
 const volatile bool need_state = false;
 const volatile bool need_events = false;
@@ -66,13 +66,27 @@ struct {
 } overflow SEC(".maps");
 
 /* Linux 7.0+ (mm/bpf_memcontrol.c). Weak: unresolved where absent; every
- * call sits behind use_kfuncs, which stays false there, so it is dead code. */
+ * call sits behind `kfuncs`, which the loader leaves at NONE there, so the
+ * verifier removes them as dead code. */
 extern struct mem_cgroup *bpf_get_mem_cgroup(struct cgroup_subsys_state *css) __ksym __weak;
 extern void bpf_put_mem_cgroup(struct mem_cgroup *memcg) __ksym __weak;
+extern void bpf_mem_cgroup_flush_stats(struct mem_cgroup *memcg) __ksym __weak;	/* sleepable */
 extern unsigned long bpf_mem_cgroup_page_state(struct mem_cgroup *memcg, int idx) __ksym __weak;
-extern unsigned long bpf_mem_cgroup_vm_events(struct mem_cgroup *memcg, int event) __ksym __weak;
-extern unsigned long bpf_mem_cgroup_memory_events(struct mem_cgroup *memcg, int event) __ksym __weak;
+extern unsigned long bpf_mem_cgroup_vm_events(struct mem_cgroup *memcg,
+					      enum vm_event_item event) __ksym __weak;
+extern unsigned long bpf_mem_cgroup_memory_events(struct mem_cgroup *memcg,
+						  enum memcg_memory_event event) __ksym __weak;
 extern unsigned long bpf_mem_cgroup_usage(struct mem_cgroup *memcg) __ksym __weak;
+
+/* The seed's RFC patch (mm/memcontrol.c, never merged), for kernels that
+ * carry it. Same gating. */
+extern void memcg_flush_stats(struct cgroup *cgrp) __ksym __weak;
+extern unsigned long memcg_node_stat_fetch(struct cgroup *cgrp,
+					   enum node_stat_item item) __ksym __weak;
+extern unsigned long memcg_stat_fetch(struct cgroup *cgrp,
+				      enum memcg_stat_item item) __ksym __weak;
+extern unsigned long memcg_vm_event_fetch(struct cgroup *cgrp,
+					  enum vm_event_item item) __ksym __weak;
 
 /* The kernel's own item lists (mm/memcontrol.c). Typeless and weak: they
  * resolve through kallsyms where the kernel lists data symbols
@@ -126,9 +140,22 @@ static __always_inline __u32 copy_array(__u64 *dst, __u32 max, const void *src, 
 	return bpf_probe_read_kernel(dst, size, src) ? 0 : size / sizeof(__u64);
 }
 
-/* Fill rec->values for one memcg through CO-RE reads of struct mem_cgroup. */
-static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup *memcg,
-				      bool is_root)
+/* State and events through the RFC kfuncs: memory.stat's own unit. */
+static __always_inline __u64 rfc_fetch(struct cgroup *cgrp, __u32 kind, __u32 item, __u32 flags)
+{
+	if (kind == PMC_KIND_EVENT)
+		return memcg_vm_event_fetch(cgrp, item);
+	if (flags & PMC_SPEC_MEMCG_ITEM)
+		return memcg_stat_fetch(cgrp, item);
+	return memcg_node_stat_fetch(cgrp, item);
+}
+
+/*
+ * Fill rec->values for one memcg through CO-RE reads of struct mem_cgroup
+ * (on kernels with the RFC kfuncs, state and events come from those).
+ */
+static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cgrp,
+				      struct mem_cgroup *memcg, bool is_root)
 {
 	struct memcg_vmstats *vmstats = BPF_CORE_READ(memcg, vmstats);
 	__u32 state_len = bpf_core_field_size(struct memcg_vmstats, state) / sizeof(long);
@@ -182,12 +209,19 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup
 
 		switch (kind) {
 		case PMC_KIND_STATE:
+		case PMC_KIND_EVENT:
+			if (kfuncs == PMC_KFUNCS_RFC && !local_stats) {
+				v = rfc_fetch(cgrp, kind, specs[i].item, flags);
+				ok = true;
+				break;
+			}
+			if (kind == PMC_KIND_EVENT) {
+				ok = slot < events_n;
+				v = rec->events[slot & (PMC_ARRAY_MAX - 1)];
+				break;
+			}
 			ok = slot < state_n;
 			v = rec->state[slot & (PMC_ARRAY_MAX - 1)];
-			break;
-		case PMC_KIND_EVENT:
-			ok = slot < events_n;
-			v = rec->events[slot & (PMC_ARRAY_MAX - 1)];
 			break;
 		case PMC_KIND_MEMEVENT:
 			ok = slot < memev_n;
@@ -214,8 +248,9 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct mem_cgroup
 	}
 }
 
-/* Fill rec->values through the Linux 7.0+ kfuncs. */
-static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *cgrp)
+/* Fill rec->values through the Linux 7.0+ kfuncs; flush first if asked. */
+static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *cgrp,
+				       bool is_root, bool flush)
 {
 	struct mem_cgroup *memcg = bpf_get_mem_cgroup(&cgrp->self);
 	__u32 i;
@@ -224,6 +259,8 @@ static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *c
 		rec->hdr.flags |= PMC_REC_NO_MEMCG;
 		return;
 	}
+	if (flush)
+		bpf_mem_cgroup_flush_stats(memcg);
 	for (i = 0; i < PMC_MAX_STATS; i++) {
 		__u64 v = (unsigned long)-1;
 
@@ -239,10 +276,23 @@ static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *c
 		case PMC_KIND_MEMEVENT:
 			v = bpf_mem_cgroup_memory_events(memcg, specs[i].item);
 			break;
-		case PMC_KIND_COUNTER:
-			if (specs[i].slot == PMC_CTR_MEMORY_USAGE)
+		case PMC_KIND_COUNTER: {
+			__u32 slot = specs[i].slot;
+			bool ok;
+
+			/* the root's usage is a global approximation, as in fill_core */
+			if (is_root && (slot == PMC_CTR_MEMORY_USAGE || slot == PMC_CTR_SWAP_USAGE))
+				break;
+			if (slot == PMC_CTR_MEMORY_USAGE) {
 				v = bpf_mem_cgroup_usage(memcg);
+				break;
+			}
+			/* no kfunc for the other page-counter fields: CO-RE */
+			v = read_counter(memcg, slot, &ok);
+			if (!ok)
+				v = (unsigned long)-1;
 			break;
+		}
 		}
 		/* (unsigned long)-1: the kernel does not track this item */
 		if (v == (unsigned long)-1)
@@ -251,6 +301,23 @@ static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *c
 		rec->hdr.valid[(i >> 6) & 1] |= 1ULL << (i & 63);
 	}
 	bpf_put_mem_cgroup(memcg);
+}
+
+/* Fold the memcg's pending per-CPU updates into its totals, as a read of
+ * memory.stat does first (only in the sleepable programs). */
+static __always_inline void flush_memcg(struct cgroup *cgrp)
+{
+	struct mem_cgroup *memcg;
+
+	if (kfuncs == PMC_KFUNCS_RFC) {
+		memcg_flush_stats(cgrp);
+	} else if (kfuncs == PMC_KFUNCS_MEMCG) {
+		memcg = bpf_get_mem_cgroup(&cgrp->self);
+		if (memcg) {
+			bpf_mem_cgroup_flush_stats(memcg);
+			bpf_put_mem_cgroup(memcg);
+		}
+	}
 }
 
 static __always_inline __u64 name_hash(struct pmc_scratch *rec, struct kernfs_node *kn)
@@ -318,7 +385,7 @@ static __always_inline __u64 path_hash(struct pmc_scratch *rec, struct cgroup *c
 	return 0;
 }
 
-static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path)
+static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path, bool flush)
 {
 	struct bpf_iter_meta *meta = ctx->meta;
 	struct cgroup *cgrp = ctx->cgroup;
@@ -362,12 +429,15 @@ static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path)
 		rec->values[i & (PMC_MAX_STATS - 1)] = 0;
 	}
 
-	if (use_kfuncs) {
-		fill_kfunc(rec, cgrp);
+	/* the kfuncs answer hierarchical values only: local ones are CO-RE */
+	if (kfuncs == PMC_KFUNCS_MEMCG && !local_stats) {
+		fill_kfunc(rec, cgrp, parent == 0, flush);
 	} else {
 		css = cgrp->subsys[bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id)];
+		if (flush && css)
+			flush_memcg(cgrp);
 		if (css)
-			fill_core(rec, (struct mem_cgroup *)css, parent == 0);
+			fill_core(rec, cgrp, (struct mem_cgroup *)css, parent == 0);
 		else
 			rec->hdr.flags |= PMC_REC_NO_MEMCG;
 	}
@@ -393,14 +463,31 @@ static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path)
 SEC("iter/cgroup")
 int pmc_memcg_iter(struct bpf_iter__cgroup *ctx)
 {
-	return emit(ctx, false);
+	return emit(ctx, false, false);
 }
 
 /* Single cgroups: the record carries the hash of its whole path. */
 SEC("iter/cgroup")
 int pmc_memcg_iter_path(struct bpf_iter__cgroup *ctx)
 {
-	return emit(ctx, true);
+	return emit(ctx, true, false);
+}
+
+/*
+ * The same, flushing each memcg's pending per-CPU updates before reading it,
+ * as a read of memory.stat does. The flush may sleep, hence iter.s; the
+ * loader loads these only where the kernel has a flush kfunc.
+ */
+SEC("iter.s/cgroup")
+int pmc_memcg_iter_flush(struct bpf_iter__cgroup *ctx)
+{
+	return emit(ctx, false, true);
+}
+
+SEC("iter.s/cgroup")
+int pmc_memcg_iter_path_flush(struct bpf_iter__cgroup *ctx)
+{
+	return emit(ctx, true, true);
 }
 
 /*

@@ -46,6 +46,15 @@ enum pmc_counter {
 
 /* pmc_stat_spec.flags */
 #define PMC_SPEC_SIGNED		(1U << 0)	/* kernel keeps a long: clamp < 0 to 0 */
+#define PMC_SPEC_MEMCG_ITEM	(1U << 1)	/* item is an enum memcg_stat_item (RFC kfuncs) */
+
+/* how the program reads state and events (the loader's choice, in .rodata) */
+enum pmc_kfuncs {
+	PMC_KFUNCS_NONE = 0,	/* CO-RE reads of struct mem_cgroup */
+	PMC_KFUNCS_MEMCG,	/* Linux 7.0+ bpf_mem_cgroup_*() on a struct mem_cgroup */
+	PMC_KFUNCS_RFC,		/* the RFC's memcg_*_fetch() on a struct cgroup; memory
+				 * events and page counters stay CO-RE */
+};
 
 struct pmc_stat_spec {
 	unsigned int kind;	/* enum pmc_stat_kind */

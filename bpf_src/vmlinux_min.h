@@ -98,4 +98,11 @@ enum cgroup_subsys_id {
 	memory_cgrp_id = 4,
 };
 
+/* Argument types of the memcg kfuncs: libbpf checks an extern kfunc's
+ * prototype against the kernel's by kind, so these must be enums. */
+enum node_stat_item { PMC_NODE_STAT_PLACEHOLDER };
+enum memcg_stat_item { PMC_MEMCG_STAT_PLACEHOLDER };
+enum vm_event_item { PMC_VM_EVENT_PLACEHOLDER };
+enum memcg_memory_event { PMC_MEMORY_EVENT_PLACEHOLDER };
+
 #endif /* PMC_VMLINUX_MIN_H */

@@ -28,7 +28,8 @@ struct pmc_config {
     unsigned int nr_stats;
     struct pmc_stat_spec specs[128];
     int local_stats;
-    int use_kfuncs;
+    int kfuncs;
+    int flush;
     unsigned long long page_size;
     unsigned int overflow_capacity;
 };

@@ -23,6 +23,8 @@ struct pmc_prog {
 	unsigned int record_size;
 	unsigned int seq_budget;
 	unsigned int overflow_capacity;
+	struct bpf_program *tree_prog;	/* the two programs this selection loaded */
+	struct bpf_program *path_prog;
 };
 
 /*
@@ -86,7 +88,9 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 	int err, map_fd;
 
 	*out = NULL;
-	if (cfg->nr_stats > PMC_MAX_STATS || cfg->page_size == 0)
+	if (cfg->nr_stats > PMC_MAX_STATS || cfg->page_size == 0 ||
+	    cfg->kfuncs < PMC_KFUNCS_NONE || cfg->kfuncs > PMC_KFUNCS_RFC ||
+	    (cfg->flush && cfg->kfuncs == PMC_KFUNCS_NONE))
 		return -EINVAL;
 	capacity = cfg->overflow_capacity ? cfg->overflow_capacity : 1;
 
@@ -109,16 +113,16 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 	skel->rodata->seq_budget = prog->seq_budget;
 	skel->rodata->overflow_capacity = capacity;
 	skel->rodata->local_stats = !!cfg->local_stats;
-	skel->rodata->use_kfuncs = !!cfg->use_kfuncs;
+	skel->rodata->kfuncs = cfg->kfuncs;
 	skel->rodata->page_size = cfg->page_size;
 	for (i = 0; i < cfg->nr_stats; i++) {
 		memcpy((void *)&skel->rodata->specs[i], &cfg->specs[i], sizeof(cfg->specs[i]));
 		switch (cfg->specs[i].kind) {
-		case PMC_KIND_STATE:
-			skel->rodata->need_state = true;
+		case PMC_KIND_STATE:	/* the RFC kfuncs read these one by one */
+			skel->rodata->need_state = cfg->kfuncs != PMC_KFUNCS_RFC || cfg->local_stats;
 			break;
 		case PMC_KIND_EVENT:
-			skel->rodata->need_events = true;
+			skel->rodata->need_events = cfg->kfuncs != PMC_KFUNCS_RFC || cfg->local_stats;
 			break;
 		case PMC_KIND_MEMEVENT:
 			skel->rodata->need_memev = true;
@@ -126,15 +130,25 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 		}
 	}
 
+	/* load only the pair this selection runs: the flushing variants are
+	 * sleepable and need a flush kfunc, the others must not flush */
+	prog->tree_prog = cfg->flush ? skel->progs.pmc_memcg_iter_flush : skel->progs.pmc_memcg_iter;
+	prog->path_prog = cfg->flush ? skel->progs.pmc_memcg_iter_path_flush
+				     : skel->progs.pmc_memcg_iter_path;
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter, !cfg->flush);
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path, !cfg->flush);
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_flush, !!cfg->flush);
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path_flush, !!cfg->flush);
+	bpf_program__set_autoload(skel->progs.pmc_kernel_tables, false);
+
 	err = bpf_map__set_value_size(skel->maps.overflow, prog->record_size);
 	if (!err)
 		err = bpf_map__set_max_entries(skel->maps.overflow, capacity);
 	if (!err && log && log_size)
-		err = bpf_program__set_log_buf(skel->progs.pmc_memcg_iter, log + log_size / 2,
-					       log_size / 4);
+		err = bpf_program__set_log_buf(prog->tree_prog, log + log_size / 2, log_size / 4);
 	if (!err && log && log_size)
-		err = bpf_program__set_log_buf(skel->progs.pmc_memcg_iter_path,
-					       log + log_size / 2 + log_size / 4, log_size / 4);
+		err = bpf_program__set_log_buf(prog->path_prog, log + log_size / 2 + log_size / 4,
+					       log_size / 4);
 	if (err)
 		goto fail;
 
@@ -182,8 +196,7 @@ unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog)
 int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order)
 {
 	/* one cgroup: the program that proves its path; walks: name hashes */
-	struct bpf_program *p = order == 1 ? prog->skel->progs.pmc_memcg_iter_path
-					   : prog->skel->progs.pmc_memcg_iter;
+	struct bpf_program *p = order == 1 ? prog->path_prog : prog->tree_prog;
 	union bpf_iter_link_info linfo;
 	LIBBPF_OPTS(bpf_link_create_opts, opts);
 	int fd;
@@ -278,6 +291,10 @@ int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int eve
 	}
 	skel->rodata->tbl_state_n = state_n;
 	skel->rodata->tbl_events_n = events_n;
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter, false);
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path, false);
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_flush, false);
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path_flush, false);
 	err = bpf_map__set_value_size(skel->maps.overflow, PMC_RECORD_SIZE(0));
 	if (!err)
 		err = memcg_iter__load(skel);

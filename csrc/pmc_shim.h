@@ -19,7 +19,8 @@ struct pmc_config {
 	unsigned int nr_stats;
 	struct pmc_stat_spec specs[PMC_MAX_STATS];
 	int local_stats;
-	int use_kfuncs;
+	int kfuncs;			/* enum pmc_kfuncs */
+	int flush;			/* flush before reading (needs kfuncs) */
 	unsigned long long page_size;
 	unsigned int overflow_capacity;	/* records the overflow map can hold */
 };
@@ -36,7 +37,8 @@ unsigned int pmc_prog_seq_budget(const struct pmc_prog *prog);
 unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog);
 
 /* A new iterator link on the cgroup behind cgroup_fd; returns the link fd.
- * SELF_ONLY (1) links run the program whose records carry the path hash. */
+ * SELF_ONLY (1) links run the program whose records carry the path hash;
+ * a program loaded with flush runs the flushing (sleepable) variants. */
 int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order);
 
 int pmc_link_pin(int link_fd, const char *path);

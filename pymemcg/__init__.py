@@ -11,7 +11,8 @@ happens at import time: the BPF program loads when a Reader is made.
 
 from .catalog import DEFAULT_STATS
 from .decode import Record, Snapshot
-from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, MalformedData, NoBtf,
+from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, FlushUnavailable,
+                     MalformedData, NoBtf,
                      NoMemoryController, NotACgroup, PermissionDenied, ReadError,
                      StatUnavailable, UnknownStat, VerifierRejected)
 from .reader import FallbackWarning, Reader, StatInfo, stats
@@ -21,7 +22,8 @@ from ._version import __version__
 
 __all__ = [
     "Reader", "Record", "Snapshot", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
-    "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "MalformedData", "NoBtf",
+    "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "FlushUnavailable",
+    "MalformedData", "NoBtf",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "StatUnavailable",
     "UnknownStat", "VerifierRejected", "__version__", "pins",
 ]

@@ -193,7 +193,8 @@ class _Program:
     """One loaded iterator program (a selection) and its links."""
 
     def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
-                 capacity: int, use_kfuncs: bool = False) -> None:
+                 capacity: int, kfuncs: int = layout_mod.KFUNCS_NONE,
+                 flush: bool = False) -> None:
         ffi, lib = _lib()
         self.ffi, self.lib = ffi, lib
         cfg = ffi.new("struct pmc_config *")
@@ -203,7 +204,8 @@ class _Program:
             spec.kind, spec.slot, spec.item = r.kind, r.slot, r.item
             spec.flags, spec.scale = r.flags, r.scale
         cfg.local_stats = int(local)
-        cfg.use_kfuncs = int(use_kfuncs)
+        cfg.kfuncs = kfuncs
+        cfg.flush = int(flush)
         cfg.page_size = PAGE_SIZE
         cfg.overflow_capacity = capacity
         out = ffi.new("struct pmc_prog **")
@@ -301,24 +303,20 @@ class BpfBackend:
     name = "bpf"
 
     def __init__(self, names: Sequence[str], local: bool, version: int, mountpoint: str,
-                 pin_dir: Optional[str] = PIN_DIR) -> None:
+                 pin_dir: Optional[str] = PIN_DIR, flush: bool = False) -> None:
         facts = kernel_facts()
         self.facts = facts
-        # The seed's RFC kfuncs are recognised but not driven by the program
-        # yet: such kernels are read through CO-RE like any other.
-        backend = layout_mod.select_backend(facts, local)
-        if backend == layout_mod.BACKEND_RFC:
-            backend = layout_mod.BACKEND_CORE
-        self.kernel_backend = backend
+        self.plan = layout_mod.plan(facts, local, flush)
+        self.kernel_backend = self.plan.backend
         self.resolutions = layout_mod.resolve(names, facts, version, PAGE_SIZE, local=local,
-                                              backend=backend)
+                                              backend=self.plan.backend)
         sources = {r.stat.name: (f"bpf/{r.via}: {r.detail}" if r.available
                                  else f"unavailable: {r.detail}") for r in self.resolutions}
         self.layout = Layout(names, sources, {r.stat.name: r.stat.unit for r in self.resolutions})
         self.local = local
         self.version = version
         self.pin_dir = pin_dir
-        self._digest = hashlib.sha256(repr((object_digest(), local, version, [
+        self._digest = hashlib.sha256(repr((object_digest(), local, version, flush, [
             (r.stat.name, r.kind, r.slot, r.item, r.flags, r.scale) for r in self.resolutions
         ])).encode()).hexdigest()[:12]
         self._lock = threading.Lock()
@@ -326,8 +324,7 @@ class BpfBackend:
         self._state: dict = {"links": {}, "prog": None}
         self._finalizer = weakref.finalize(self, _release, self._state)
         # load first: without privileges this is what fails, with a clear error
-        self._state["prog"] = _Program(self.resolutions, local, INITIAL_OVERFLOW_CAPACITY,
-                                       use_kfuncs=backend == layout_mod.BACKEND_KFUNC)
+        self._state["prog"] = self._load(INITIAL_OVERFLOW_CAPACITY)
         if pin_dir:
             try:
                 ensure_bpffs()
@@ -548,8 +545,11 @@ class BpfBackend:
             capacity *= 2
         _release(self._state)
         self._by_path.clear()
-        self._state["prog"] = _Program(self.resolutions, self.local, capacity,
-                                       use_kfuncs=self.kernel_backend == layout_mod.BACKEND_KFUNC)
+        self._state["prog"] = self._load(capacity)
+
+    def _load(self, capacity: int) -> _Program:
+        return _Program(self.resolutions, self.local, capacity, self.plan.kfuncs,
+                        self.plan.flush)
 
     def _snapshot(self, root: Cgroup, raw: List[tuple]) -> Snapshot:
         if raw[0][0] != root.id:

@@ -8,7 +8,7 @@ Sizes are bytes, events are counts, exactly as memory.stat prints them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 # where the kernel keeps a stat
 STATE = "state"        # memcg_vmstats.state[] (enum node_stat_item / memcg_stat_item)
@@ -32,10 +32,12 @@ class Stat:
     v1_key: Optional[str] = None    # key in cgroup v1 memory.stat, if any
     v2_key: Optional[str] = None    # key in cgroup v2 memory.stat, if any
     cgroup_version: Optional[int] = None  # only meaningful on this version
+    # the kernel's other names for the item, by release (tried after `item`)
+    aliases: Tuple[str, ...] = ()
 
 
-def _state(name, item, meaning, v1=None, v2=True, unit=BYTES):
-    return Stat(name, STATE, item, unit, meaning, v1, name if v2 else None)
+def _state(name, item, meaning, v1=None, v2=True, unit=BYTES, aliases=()):
+    return Stat(name, STATE, item, unit, meaning, v1, name if v2 else None, aliases=aliases)
 
 
 def _event(name, item, meaning, v1=None, v2=True):
@@ -60,7 +62,8 @@ _STATS = [
     _state("sec_pagetables", "NR_SECONDARY_PAGETABLE", "secondary page tables (KVM, IOMMU)"),
     _state("percpu", "MEMCG_PERCPU_B", "per-cpu kernel allocations"),
     _state("sock", "MEMCG_SOCK", "network transmission buffers"),
-    _state("vmalloc", "MEMCG_VMALLOC", "vmalloc memory"),
+    # Linux 7.1 made MEMCG_VMALLOC the node stat NR_VMALLOC
+    _state("vmalloc", "MEMCG_VMALLOC", "vmalloc memory", aliases=("NR_VMALLOC",)),
     _state("shmem", "NR_SHMEM", "shared memory and tmpfs", "shmem"),
     _state("zswap", "MEMCG_ZSWAP_B", "memory of the zswap compression backend"),
     _state("zswapped", "MEMCG_ZSWAPPED", "memory swapped out to zswap"),

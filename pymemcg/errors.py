@@ -45,6 +45,10 @@ class NoBtf(BpfUnavailable):
     """The running kernel exposes no BTF (/sys/kernel/btf/vmlinux)."""
 
 
+class FlushUnavailable(BpfUnavailable):
+    """flush=True on a kernel without a memcg flush kfunc."""
+
+
 class VerifierRejected(BpfUnavailable):
     """The kernel's verifier rejected the program; `log` holds its log."""
 

@@ -16,6 +16,7 @@ Where the kernel has the memcg kfuncs (Linux 7.0+), they replace all this.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -31,6 +32,9 @@ KIND_NONE, KIND_STATE, KIND_EVENT, KIND_MEMEVENT, KIND_COUNTER = range(5)
 COUNTERS = {"MEMORY_USAGE": 0, "MEMORY_PEAK": 1, "MEMORY_MAX": 2, "MEMORY_FAILCNT": 3,
             "SWAP_USAGE": 4, "SWAP_PEAK": 5, "SWAP_MAX": 6, "SWAP_FAILCNT": 7}
 SPEC_SIGNED = 1
+SPEC_MEMCG_ITEM = 2          # the item is an enum memcg_stat_item (RFC kfuncs)
+# enum pmc_kfuncs: the kfunc family the program calls
+KFUNCS_NONE, KFUNCS_MEMCG, KFUNCS_RFC = range(3)
 
 STATE_ENUMS = ("node_stat_item", "memcg_stat_item")
 EVENT_ENUMS = ("vm_event_item",)
@@ -100,16 +104,54 @@ def release_of(uname_release: str) -> str:
     return f"{m.group(1)}.{m.group(2)}" if m else uname_release
 
 
+def kfunc_family(facts: KernelFacts) -> int:
+    """KFUNCS_MEMCG, KFUNCS_RFC or KFUNCS_NONE: which complete set BTF has."""
+    if all(f in facts.kfuncs for f in MEMCG_KFUNCS):
+        return KFUNCS_MEMCG
+    if all(f in facts.kfuncs for f in RFC_KFUNCS):
+        return KFUNCS_RFC
+    return KFUNCS_NONE
+
+
 def select_backend(facts: KernelFacts, local: bool = False) -> str:
     """The BPF backend this kernel calls for.
 
     The kfuncs answer hierarchical values only: local values stay on CO-RE.
     """
-    if not local and all(f in facts.kfuncs for f in MEMCG_KFUNCS):
-        return BACKEND_KFUNC
-    if not local and all(f in facts.kfuncs for f in RFC_KFUNCS):
-        return BACKEND_RFC
-    return BACKEND_CORE
+    family = kfunc_family(facts)
+    if local or family == KFUNCS_NONE:
+        return BACKEND_CORE
+    return BACKEND_KFUNC if family == KFUNCS_MEMCG else BACKEND_RFC
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the loader does on a kernel: the backend that resolves the
+    stats, the programs it loads and the .rodata flags it sets."""
+
+    backend: str                # BACKEND_*
+    kfuncs: int                 # .rodata kfuncs (enum pmc_kfuncs)
+    flush: bool                 # the sleepable, flushing programs
+    tree_program: str
+    single_program: str
+
+
+def plan(facts: KernelFacts, local: bool = False, flush: bool = False) -> Plan:
+    """The Plan for these BTF facts. flush=True on a kernel without a flush
+    kfunc raises FlushUnavailable (a BpfUnavailable: auto falls back to text,
+    whose memory.stat reads flush)."""
+    from .errors import FlushUnavailable
+
+    family = kfunc_family(facts)
+    if flush and family == KFUNCS_NONE:
+        raise FlushUnavailable(
+            f"flush=True needs a kernel flush kfunc (Linux 7.0+ bpf_mem_cgroup_flush_stats, "
+            f"or the RFC's memcg_flush_stats); Linux {facts.release} has neither: use "
+            f"flush=False (values are then at most ~2 s old, the kernel's periodic flush) or "
+            f"backend='text' (reading memory.stat flushes)")
+    suffix = "_flush" if flush else ""
+    return Plan(select_backend(facts, local), family, flush,
+                "pmc_memcg_iter" + suffix, "pmc_memcg_iter_path" + suffix)
 
 
 @dataclass(frozen=True)
@@ -288,18 +330,35 @@ def _resolve_one(stat: Stat, facts: KernelFacts, matches: Sequence[TableMatch],
     scale = _scale(stat, page_size)
 
     if stat.kind == COUNTER:
-        if backend != BACKEND_CORE and stat.item != "MEMORY_USAGE":
-            return _unavailable(stat, "the kfuncs serve usage only of the page counters")
-        via = VIA_KFUNC if backend != BACKEND_CORE else VIA_FIELD
-        return Resolution(stat, via, KIND_COUNTER, COUNTERS[stat.item], 0, 0,
-                          1 if backend != BACKEND_CORE or stat.unit != BYTES else page_size,
-                          "struct page_counter" if via == VIA_FIELD else "bpf_mem_cgroup_usage")
-    enum = facts.enum_of(stat.item)
-    if enum is None:
-        return _unavailable(stat, f"{stat.item} is not in this kernel's BTF")
+        # bpf_mem_cgroup_usage() answers memory usage in bytes; no kfunc
+        # serves the other page-counter fields, so CO-RE reads them
+        if backend == BACKEND_KFUNC and stat.item == "MEMORY_USAGE":
+            return Resolution(stat, VIA_KFUNC, KIND_COUNTER, COUNTERS[stat.item], 0, 0, 1,
+                              "bpf_mem_cgroup_usage")
+        return Resolution(stat, VIA_FIELD, KIND_COUNTER, COUNTERS[stat.item], 0, 0,
+                          page_size if stat.unit == BYTES else 1, "struct page_counter")
+    item = next((n for n in (stat.item,) + stat.aliases if facts.has(n)), None)
+    if item is None:
+        return _unavailable(stat, f"{' or '.join((stat.item,) + stat.aliases)} is not in "
+                                  f"this kernel's BTF")
+    if item != stat.item:  # renamed in this release: resolve it by its name here
+        stat = dataclasses.replace(stat, item=item)
+    enum = facts.enum_of(item)
     value = facts.value(stat.item) or 0
 
-    if backend != BACKEND_CORE:
+    if backend == BACKEND_RFC and stat.kind != MEMEVENT:
+        # The RFC's fetchers answer 0, not "untracked", for an item memcg
+        # does not keep: only items the CO-RE tables prove are asked for.
+        core = _resolve_one(stat, facts, matches, cgroup_version, page_size, local,
+                            BACKEND_CORE)
+        if not core.available:
+            return core
+        return Resolution(stat, VIA_KFUNC, core.kind, core.slot, value,
+                          SPEC_MEMCG_ITEM if enum == "memcg_stat_item" else 0, 1,
+                          f"enum {enum} through the RFC's memcg_*_fetch kfuncs "
+                          f"(tracked per {core.via}: {core.detail})")
+
+    if backend == BACKEND_KFUNC:
         # asked by enum value; the kernel answers in memory.stat's unit, and
         # says (unsigned long)-1 for what it does not track. Linux 7.1 moved
         # PGSCAN*/PGSTEAL*/PGREFILL into node_stat_item: the enum decides.

@@ -44,14 +44,20 @@ class Reader:
     stats: names from pymemcg.stats(); sizes come back in bytes, events as
     counts. local: the cgroup's own values instead of hierarchical ones.
     backend: "auto" (BPF, else text with a FallbackWarning), "bpf", "text".
+    flush: fold each cgroup's pending per-CPU updates in before reading it,
+    as a read of memory.stat does. It needs a kernel flush kfunc (Linux
+    7.0+); elsewhere "bpf" raises FlushUnavailable and "auto" falls back to
+    text. Without it, BPF values are the kernel's last flush (at most ~2 s
+    old on an idle system).
     Reads are serialised per Reader; use one Reader per thread for
     parallel reads. Close it (or use `with`) to unpin and unload.
     """
 
     def __init__(self, stats: Sequence[str] = catalog.DEFAULT_STATS, *, local: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", flush: bool = False) -> None:
         self.stats = _check_names(stats)
         self.local = local
+        self.flush = flush
         if backend not in ("auto", "bpf", "text"):
             raise ValueError(f"backend must be 'auto', 'bpf' or 'text', not {backend!r}")
         mount = memory_mount()
@@ -65,7 +71,8 @@ class Reader:
         if backend in ("auto", "bpf"):
             try:
                 from .bpf import BpfBackend
-                self._backend = BpfBackend(self.stats, local, mount.version, mount.mountpoint)
+                self._backend = BpfBackend(self.stats, local, mount.version, mount.mountpoint,
+                                           flush=flush)
             except BpfUnavailable as e:
                 if backend == "bpf" or _bpf_required():
                     raise

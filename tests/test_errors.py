@@ -130,7 +130,7 @@ def test_verifier_rejection_carries_the_log(no_leaks):
         pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
     res = layout.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
     with pytest.raises(pymemcg.VerifierRejected) as info:
-        bpf_mod._Program(res, False, 16, use_kfuncs=True)
+        bpf_mod._Program(res, False, 16, kfuncs=layout.KFUNCS_MEMCG)
     assert "processed" in info.value.log
     assert "verifier log" in str(info.value) and "backend='text'" in str(info.value)
 

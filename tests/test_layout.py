@@ -160,7 +160,9 @@ def test_kfunc_resolution_follows_the_enum(host):
     assert res["anon"].item == host.enums["node_stat_item"]["NR_ANON_MAPPED"]
     assert res["pgscan_kswapd"].kind == layout.KIND_EVENT
     assert res["oom_kill"].kind == layout.KIND_MEMEVENT
-    assert res["usage"].available and not res["peak"].available
+    assert res["usage"].via == layout.VIA_KFUNC and res["usage"].scale == 1
+    # no kfunc reads the other page-counter fields: CO-RE does, in pages
+    assert res["peak"].via == layout.VIA_FIELD and res["peak"].scale == PAGE
     # Linux 7.1: PGSCAN*/PGSTEAL*/PGREFILL moved to node_stat_item
     enums = {k: dict(v) for k, v in host.enums.items()}
     moved = enums["vm_event_item"].pop("PGSCAN_KSWAPD")
@@ -168,8 +170,67 @@ def test_kfunc_resolution_follows_the_enum(host):
     v71 = dataclasses.replace(v70, release="7.1", enums=enums)
     r = by_name(layout.resolve(["pgscan_kswapd"], v71, 2, PAGE))["pgscan_kswapd"]
     assert r.kind == layout.KIND_STATE and r.item == 60 and moved != 60
+    # and MEMCG_VMALLOC became the node stat NR_VMALLOC: the alias resolves it
+    assert by_name(layout.resolve(["vmalloc"], v70, 2, PAGE))["vmalloc"].available
+    enums["memcg_stat_item"].pop("MEMCG_VMALLOC")
+    enums["node_stat_item"]["NR_VMALLOC"] = 61
+    r = by_name(layout.resolve(["vmalloc"], v71, 2, PAGE))["vmalloc"]
+    assert r.via == layout.VIA_KFUNC and r.kind == layout.KIND_STATE and r.item == 61
+    enums["node_stat_item"].pop("NR_VMALLOC")
+    r = by_name(layout.resolve(["vmalloc"], v71, 2, PAGE))["vmalloc"]
+    assert not r.available and "MEMCG_VMALLOC or NR_VMALLOC" in r.detail
 
 
 def test_unknown_names_raise():
     with pytest.raises(pymemcg.UnknownStat):
         layout.resolve(["nope"], layout.KernelFacts("6.18", {}, 1, 1, 1), 1, PAGE)
+
+
+def test_plan_picks_backend_programs_and_flags(host):
+    core = layout.plan(dataclasses.replace(host, kfuncs=frozenset()))
+    assert (core.backend, core.kfuncs, core.flush) == (layout.BACKEND_CORE, layout.KFUNCS_NONE,
+                                                       False)
+    assert (core.tree_program, core.single_program) == ("pmc_memcg_iter", "pmc_memcg_iter_path")
+    with pytest.raises(pymemcg.FlushUnavailable, match="flush=False"):
+        layout.plan(dataclasses.replace(host, kfuncs=frozenset()), flush=True)
+
+    v70 = dataclasses.replace(host, release="7.0", kfuncs=frozenset(layout.MEMCG_KFUNCS))
+    p = layout.plan(v70, flush=True)
+    assert (p.backend, p.kfuncs, p.flush) == (layout.BACKEND_KFUNC, layout.KFUNCS_MEMCG, True)
+    assert (p.tree_program, p.single_program) == ("pmc_memcg_iter_flush",
+                                                  "pmc_memcg_iter_path_flush")
+    # local values come from CO-RE, but the flush kfunc still runs first
+    p = layout.plan(v70, local=True, flush=True)
+    assert (p.backend, p.kfuncs, p.flush) == (layout.BACKEND_CORE, layout.KFUNCS_MEMCG, True)
+
+    # a kernel missing one of the kfuncs (a backport, say) is a CO-RE kernel
+    partial = dataclasses.replace(v70, kfuncs=frozenset(layout.MEMCG_KFUNCS[:-1]))
+    assert layout.plan(partial).kfuncs == layout.KFUNCS_NONE
+
+    rfc = dataclasses.replace(host, kfuncs=frozenset(layout.RFC_KFUNCS))
+    p = layout.plan(rfc, flush=True)
+    assert (p.backend, p.kfuncs, p.flush) == (layout.BACKEND_RFC, layout.KFUNCS_RFC, True)
+    # a kernel with both sets takes the merged one
+    both = dataclasses.replace(host, kfuncs=frozenset(layout.RFC_KFUNCS + layout.MEMCG_KFUNCS))
+    assert layout.plan(both).kfuncs == layout.KFUNCS_MEMCG
+
+
+def test_rfc_resolution_asks_only_for_items_the_tables_prove(host):
+    if host.release not in TABLES:
+        pytest.skip(f"no table for {host.release}")
+    rfc = dataclasses.replace(host, kfuncs=frozenset(layout.RFC_KFUNCS))
+    names = ["anon", "sock", "pgfault", "oom_kill", "usage", "limit"]
+    core = by_name(layout.resolve(names, host, 1, PAGE))
+    res = by_name(layout.resolve(names, rfc, 1, PAGE))
+    for n in ("anon", "sock", "pgfault"):
+        assert core[n].available
+        assert res[n].via == layout.VIA_KFUNC and res[n].scale == 1
+        assert res[n].item == host.value(core[n].stat.item) and res[n].kind == core[n].kind
+    assert res["sock"].flags & layout.SPEC_MEMCG_ITEM          # memcg_stat_fetch()
+    assert not res["anon"].flags & layout.SPEC_MEMCG_ITEM      # memcg_node_stat_fetch()
+    # memory events and page counters have no RFC kfunc: CO-RE
+    assert res["oom_kill"].via == layout.VIA_ENUM
+    assert res["usage"].via == res["limit"].via == layout.VIA_FIELD
+    # an item no table proves stays unavailable: the RFC would answer 0
+    bare = dataclasses.replace(rfc, release="6.99")
+    assert not by_name(layout.resolve(["anon"], bare, 1, PAGE))["anon"].available

@@ -233,3 +233,42 @@ def test_root_cgroup_parity(bpf_ok, cgroup_version):
             assert rec.get(name) is None
         assert_parity(rec, after)
         assert rec.level == 0 and rec.path == "/"
+
+
+def _has_flush_kfunc() -> bool:
+    from pymemcg import bpf, layout
+    return layout.kfunc_family(bpf.kernel_facts()) != layout.KFUNCS_NONE
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["hierarchical", "local"])
+def test_flush_parity(bpf_ok, cgroups, cgroup_version, local, monkeypatch):
+    """flush=True folds pending per-CPU updates in before reading: read first,
+    then memory.stat, and they agree without memory.stat having flushed first."""
+    if not _has_flush_kfunc():
+        # this kernel has no flush kfunc: a clear error, or text where allowed
+        with pytest.raises(pymemcg.FlushUnavailable, match="flush=False"):
+            pymemcg.Reader(stats=["anon"], backend="bpf", flush=True)
+        monkeypatch.delenv("PYMEMCG_REQUIRE_BPF", raising=False)
+        with pytest.warns(pymemcg.FallbackWarning, match="flush kfunc"):
+            with pymemcg.Reader(stats=["anon"], flush=True) as r:
+                assert r.backend == "text"
+        return
+    leaf = cgroups.make("flush")
+    proc = cgroups.spawn(leaf, workload())
+    with pymemcg.Reader(stats=ALL, local=local, backend="bpf", flush=True) as r:
+        assert r.sources["pgfault"].startswith("bpf/")
+        first = r.read(leaf)  # before anything read memory.stat
+        if first.get("anon") is not None:
+            assert first["anon"] >= 20 * MiB
+        for _ in range(50):
+            rec = r.read(leaf)
+            kernel = kernel_values(leaf, cgroup_version, local)
+            again = r.read(leaf)
+            if rec == again:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"{leaf} never went quiet")
+        assert assert_parity(rec, kernel) >= 8
+    proc.stdin.close()
+    proc.wait()
