@@ -45,6 +45,16 @@ try:
                              for s in out["stats"]}
 except Exception as e:
     out["text_available_error"] = repr(e)
+# which backend, programs and .rodata flags the loader picks from this BTF
+try:
+    import dataclasses
+    from pymemcg import bpf, layout
+    facts = bpf.kernel_facts()
+    out["plan"] = {"hierarchical": dataclasses.asdict(layout.plan(facts)),
+                   "local": dataclasses.asdict(layout.plan(facts, local=True)),
+                   "flush": layout.kfunc_family(facts) != layout.KFUNCS_NONE}
+except Exception as e:
+    out["plan_error"] = repr(e)
 # what the text backend really returns for a fresh child cgroup here (which
 # keys this kernel's memory.stat, counter and event files have)
 try:

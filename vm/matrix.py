@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Kernel matrix: pymemcg's parity tests on Debian's 6.1 and 6.12 kernels
-under qemu (software emulation), and natively on this host.
+"""Kernel matrix: pymemcg's parity tests on Debian's 6.1, 6.12 and 7.2
+kernels under qemu (software emulation), and natively on this host.
 
     python3 vm/matrix.py [run]      fetch kernels, boot every guest, run natively,
                                     write build/vm/results/*.json, docs/matrix.md and
@@ -13,8 +13,11 @@ under qemu (software emulation), and natively on this host.
                                     boot one guest, run a command there, print the console
 
 How a guest runs: the kernel is a pinned Debian cloud kernel package,
-downloaded with `apt-get download` and unpacked with `dpkg-deb -x` into
-build/vm/ (never installed). The initramfs is busybox-static, vm/init.sh and
+downloaded with `apt-get download` (6.1, 6.12: this host's bookworm
+sources) or from Debian's pool over HTTPS (7.2: unstable, which this host's
+apt does not know), sha256-checked and unpacked with `dpkg-deb -x` into
+build/vm/ (never installed). 7.2 is the matrix's kernel with the memcg
+kfuncs (Linux 7.0+), so it runs the kfunc backend and the flushing programs. The initramfs is busybox-static, vm/init.sh and
 the kernel's own virtio/virtiofs modules. The guest's userspace is this
 host's root filesystem, shared read-only over virtiofs (the cloud kernels
 have no 9p): virtiofsd runs in a private mount namespace on a read-only bind
@@ -70,7 +73,10 @@ class Kernel:
     series: str     # "6.1"
     package: str    # Debian binary package
     version: str    # its exact Debian version
-    sha256: str     # of the .deb
+    sha256: str     # of the .deb ("" when `pool` lists the files)
+    # (path under POOL_URL, sha256) of each .deb, for kernels from suites this
+    # host's apt does not carry; Debian 14 splits image and modules
+    pool: tuple = ()
 
 
 KERNELS: Dict[str, Kernel] = {k.series: k for k in (
@@ -78,7 +84,15 @@ KERNELS: Dict[str, Kernel] = {k.series: k for k in (
            "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee"),
     Kernel("6.12", "linux-image-6.12.117+deb12-cloud-amd64", "6.12.117-1~deb12u1",
            "5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37"),
+    Kernel("7.2", "linux-image-7.2.13+deb14-cloud-amd64", "7.2.13-1", "", pool=(
+        ("main/l/linux-signed-amd64/linux-binary-7.2.13+deb14-cloud-amd64_7.2.13-1_amd64.deb",
+         "03e41f1c34c16583462f029e81944a85ebcdb78098c258dedfa1cfdd680a27f8"),
+        ("main/l/linux/linux-modules-7.2.13+deb14-cloud-amd64_7.2.13-1_amd64.deb",
+         "97d79546041e3fdfb44dccff180938894d1bf8eb298f091f88539c1b37080bef"),
+        ("main/l/linux/linux-base-7.2.13+deb14-cloud-amd64_7.2.13-1_amd64.deb",
+         "c41b217e1a4e321f5eff028e965ea25f5da8a74cd3683ca7f4bacedc59e0ecc5"))),
 )}
+POOL_URL = "https://deb.debian.org/debian/pool/"
 
 # guest name -> (kernel series, cgroup version). Debian's 6.12 has no
 # CONFIG_MEMCG_V1, so there is no 6.12-v1.
@@ -86,6 +100,7 @@ GUESTS: Dict[str, tuple] = {
     "6.1-v2": ("6.1", 2),
     "6.12-v2": ("6.12", 2),
     "6.1-v1": ("6.1", 1),
+    "7.2-v2": ("7.2", 2),
 }
 
 # Modules the initramfs loads when the kernel has them as modules (their
@@ -116,14 +131,24 @@ def kernel_root(k: Kernel) -> Path:
 
 
 def fetch(k: Kernel) -> Path:
-    """Download (apt-get download) and unpack (dpkg-deb -x) a pinned kernel."""
+    """Download (apt-get download, or Debian's pool) and unpack (dpkg-deb -x)
+    a pinned kernel."""
     root = kernel_root(k)
     stamp = root.parent / "unpacked"
-    pin = f"{k.package}={k.version} sha256:{k.sha256}"
+    pin = f"{k.package}={k.version} sha256:{k.sha256 or [sha for _, sha in k.pool]}"
     if stamp.exists() and stamp.read_text().strip() == pin:
         return root
     debs = BUILD / "debs"
     debs.mkdir(parents=True, exist_ok=True)
+    if k.pool:
+        files = [fetch_pool(path, sha, debs) for path, sha in k.pool]
+        if root.parent.exists():
+            shutil.rmtree(root.parent)
+        root.mkdir(parents=True)
+        for deb in files:
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        stamp.write_text(pin + "\n")
+        return root
     deb = debs / f"{k.package}_{k.version.replace(':', '%3a')}_amd64.deb"
     if not deb.exists() or sha256_file(deb) != k.sha256:
         log(f"downloading {k.package}={k.version}")
@@ -146,6 +171,30 @@ def fetch(k: Kernel) -> Path:
     return root
 
 
+def fetch_pool(path: str, sha: str, debs: Path) -> Path:
+    """One .deb from Debian's pool, checked against its pinned sha256."""
+    deb = debs / os.path.basename(path)
+    if deb.exists() and sha256_file(deb) == sha:
+        return deb
+    url = POOL_URL + path
+    log(f"downloading {url}")
+    tmp = deb.with_suffix(".part")
+    p = subprocess.run(["curl", "-fsSL", "--retry", "3", "-o", str(tmp), url],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise MatrixError(
+            f"downloading {url} failed: {p.stderr.strip()}\nDebian's pool keeps only the "
+            f"versions its suites carry: move the pin in vm/matrix.py (KERNELS) to one that "
+            f"`python3 vm/matrix.py latest` lists.")
+    got = sha256_file(tmp)
+    if got != sha:
+        tmp.unlink()
+        raise MatrixError(f"{url}: sha256 {got}, pinned {sha}")
+    tmp.rename(deb)
+    return deb
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -154,13 +203,25 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def modules_root(root: Path) -> Path:
+    """lib/modules, or usr/lib/modules in Debian 14's merged-/usr packages."""
+    for d in (root / "lib" / "modules", root / "usr" / "lib" / "modules"):
+        if d.is_dir():
+            return d
+    raise MatrixError(f"{root}: no lib/modules in the unpacked kernel")
+
+
 def kernel_release(root: Path) -> str:
-    (rel,) = [p.name for p in (root / "lib" / "modules").iterdir()]
+    (rel,) = [p.name for p in modules_root(root).iterdir()]
     return rel
 
 
 def vmlinuz(root: Path) -> Path:
-    return root / "boot" / f"vmlinuz-{kernel_release(root)}"
+    rel = kernel_release(root)
+    for cand in (root / "boot" / f"vmlinuz-{rel}", modules_root(root) / rel / "vmlinuz"):
+        if cand.exists():
+            return cand
+    raise MatrixError(f"{root}: no vmlinuz for {rel}")
 
 
 def latest() -> None:
@@ -227,7 +288,7 @@ def _modname(filename: str) -> str:
 
 def guest_modules(root: Path) -> List[tuple]:
     """[(name, decompressed .ko bytes)] in load order, for WANTED_MODULES."""
-    moddir = root / "lib" / "modules" / kernel_release(root)
+    moddir = modules_root(root) / kernel_release(root)
     builtin = set()
     if (moddir / "modules.builtin").exists():
         builtin = {_modname(os.path.basename(line.strip()))
@@ -622,6 +683,19 @@ def _text_served(r: dict) -> Optional[List[str]]:
     return None
 
 
+def _bpf_backend(r: dict) -> str:
+    """'bpf (kfunc, flush)': how the loader read this kernel's hierarchical stats."""
+    plan = r.get("plan")
+    if not plan:
+        return "bpf"
+    kinds = [plan["hierarchical"]["backend"]]
+    if plan["local"]["backend"] != kinds[0]:
+        kinds.append(f"local: {plan['local']['backend']}")
+    if plan.get("flush"):
+        kinds.append("flush")
+    return f"bpf ({', '.join(kinds)})"
+
+
 def matrix_rows(results: List[dict]) -> List[dict]:
     """Two rows per result: the BPF backend and the text backend."""
     rows = []
@@ -643,7 +717,8 @@ def matrix_rows(results: List[dict]) -> List[dict]:
         base = {"kernel": r.get("kernel_release") or r["kernel_series"],
                 "cgroup": f"v{r.get('cgroup')}", "where": r.get("where", ""),
                 "total": len(stats), "passed": bool(r.get("passed"))}
-        rows.append(dict(base, backend="bpf", tested=f"{base['where']}: {tested}", served=bpf,
+        rows.append(dict(base, backend=_bpf_backend(r), tested=f"{base['where']}: {tested}",
+                         served=bpf,
                          unavailable=[n for n in names if n not in bpf]))
         text = _text_served(r)
         rows.append(dict(base, backend="text", tested="reference of the parity tests",
@@ -685,6 +760,15 @@ def render_doc(results: List[dict]) -> str:
                 f"{r.get('where')}", ""]
         if r.get("kernel_package"):
             out.append(f"- kernel: {r['kernel_package']}")
+        plan = r.get("plan")
+        if plan:
+            h, loc = plan["hierarchical"], plan["local"]
+            out.append(f"- BPF plan from this kernel's BTF: hierarchical values through "
+                       f"`{h['backend']}`, local values through `{loc['backend']}`, programs "
+                       f"`{h['tree_program']}`/`{h['single_program']}`; flush=True "
+                       + ("loads the sleepable `pmc_memcg_iter_flush`/"
+                          "`pmc_memcg_iter_path_flush` (iter.s/cgroup)" if plan.get("flush")
+                          else "raises FlushUnavailable (no flush kfunc)"))
         out.append(f"- result: {'PASS' if r.get('passed') else 'FAIL'}"
                    + (f" ({r['error']})" if r.get("error") else ""))
         for c in r.get("cases") or []:
