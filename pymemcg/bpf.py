@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 from . import layout as layout_mod
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
+from .owner import Owner, remove_stale
 import struct
 
 from .decode import FORMAT_VERSION, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot, parse_trailer
@@ -139,35 +140,9 @@ def ensure_bpffs() -> None:
                   f"({os.strerror(err)}): run as root or `mount -t bpf bpf {BPFFS}`")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_PIN_RE = re.compile(r"^v\d+-[0-9a-f]{12}-\d+-\d+-(\d+)$")
-
-
 def remove_stale_pins(pin_dir: str = PIN_DIR) -> int:
-    """Unpin links left by pymemcg processes that no longer run."""
-    removed = 0
-    try:
-        names = os.listdir(pin_dir)
-    except FileNotFoundError:
-        return 0
-    for name in names:
-        m = _PIN_RE.match(name)
-        if m and not _pid_alive(int(m.group(1))):
-            try:
-                os.unlink(os.path.join(pin_dir, name))
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
+    """Unpin links whose owner no longer holds its lock (pymemcg/owner.py)."""
+    return remove_stale(pin_dir)
 
 
 def _make_pin_dir(pin_dir: str) -> None:
@@ -265,7 +240,7 @@ class _Link:
         self.path_hash = -1     # learnt at the first read (_read_slow)
 
 
-def _release(state: dict) -> None:
+def _release(state: dict, keep_owner: bool = False) -> None:
     """Close links, unpin, unload. Idempotent; also run by a finalizer."""
     for link in list(state["links"].values()):
         if link.pin and link.pid == os.getpid():
@@ -278,6 +253,10 @@ def _release(state: dict) -> None:
         except OSError:
             pass
     state["links"].clear()
+    owner = state.get("owner")
+    if owner is not None and not keep_owner:
+        owner.close()
+        state["owner"] = None
     prog = state.get("prog")
     if prog is not None:
         prog.destroy()
@@ -292,6 +271,11 @@ def _after_fork_in_child() -> None:
     # does not exist in the child, so the lock would never be released
     for backend in list(_backends):
         backend._lock = threading.Lock()
+        # the parent's lock on its pins is the parent's: the child pins its
+        # own links under an owner of its own (see _link)
+        owner = backend._state.get("owner")
+        if owner is not None:
+            owner.forget()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -330,6 +314,7 @@ class BpfBackend:
                 ensure_bpffs()
                 _make_pin_dir(pin_dir)
                 remove_stale_pins(pin_dir)
+                self._state["owner"] = Owner(pin_dir)
             except BaseException:
                 self._finalizer()
                 raise
@@ -361,25 +346,33 @@ class BpfBackend:
         fd = prog.attach(cg, order)
         pin = None
         if self.pin_dir:
-            pin = os.path.join(self.pin_dir, f"v{FORMAT_VERSION}-{self._digest}-{cg.id}-"
-                                             f"{order}-{os.getpid()}")
+            pin = self._pin_path(cg, order)
             try:
                 os.unlink(pin)  # ours from an earlier program of this process
             except FileNotFoundError:
                 pass
             except OSError as e:
                 os.close(fd)
-                raise BpfUnavailable(f"cannot replace {pin} ({e.strerror}): something else "
+                raise BpfUnavailable(f"cannot replace {self._shown(pin)} ({e.strerror}): something else "
                                      f"sits at the pin's name; remove it") from None
             rc = self._lib.pmc_link_pin(fd, pin.encode())
             if rc < 0:
                 os.close(fd)
-                raise BpfUnavailable(f"pinning the iterator link at {pin} failed "
+                raise BpfUnavailable(f"pinning the iterator link at {self._shown(pin)} failed "
                                      f"({os.strerror(-rc)}): check that {self.pin_dir} is on "
                                      f"bpffs and writable by root")
         link = _Link(fd, pin, cg, order)
         self._state["links"][key] = link
         return link
+
+    def _pin_path(self, cg: Cgroup, order: int) -> str:
+        owner = self._state["owner"]
+        if owner.pid != os.getpid() or owner.fd < 0:  # a forked child: an owner of its own
+            owner = self._state["owner"] = Owner(self.pin_dir)
+        return owner.path(owner.pin_name(f"v{FORMAT_VERSION}-{self._digest}", cg.id, order))
+
+    def _shown(self, pin: str) -> str:
+        return os.path.join(self.pin_dir, os.path.basename(pin))
 
     def _evict_tree_links(self) -> None:
         """Keep at most MAX_TREE_LINKS tree links: drop the oldest."""
@@ -543,7 +536,7 @@ class BpfBackend:
         capacity = INITIAL_OVERFLOW_CAPACITY
         while capacity < needed * 5 // 4:
             capacity *= 2
-        _release(self._state)
+        _release(self._state, keep_owner=True)
         self._by_path.clear()
         self._state["prog"] = self._load(capacity)
 
