@@ -19,10 +19,10 @@ import json
 import os
 import stat as stat_mod
 from dataclasses import dataclass
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 from . import catalog
-from .cgroupfs import TreePaths, resolve_cgroup
+from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
 from .decode import FORMAT_VERSION, Layout, Record, Snapshot, parse_trailer
 from .errors import BpfUnavailable, Error, MalformedData, ReadError
 
@@ -172,26 +172,44 @@ def pins(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> List[PinI
     return out
 
 
+class PinGone(ReadError):
+    """The pin is not there any more: unpinned, or its bpffs unmounted."""
+
+
+def _load_doc(path: str, meta_dir: str) -> dict:
+    meta = _meta_path(path, meta_dir)
+    try:
+        with open(meta) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise PinMismatch(f"{path} has no metadata at {meta}: pin it with pymemcg.pin()")\
+            from None
+
+
 class PinReader:
     """Reads a pin with open + read: no bpf() call, so no privilege beyond
     read permission on the pin and its metadata."""
 
     def __init__(self, path: str, meta_dir: str = META_DIR) -> None:
-        meta = _meta_path(path, meta_dir)
-        try:
-            with open(meta) as f:
-                doc = json.load(f)
-        except FileNotFoundError:
-            raise PinMismatch(f"{path} has no metadata at {meta}: pin it with pymemcg.pin()")\
-                from None
+        self._setup(path, _load_doc(path, meta_dir))
+
+    @classmethod
+    def from_doc(cls, path: str, doc: dict, sources: Optional[dict] = None) -> "PinReader":
+        """A reader of `path` described by its metadata `doc`; `sources`
+        replaces the metadata's account of how each stat is read."""
+        self = cls.__new__(cls)
+        self._setup(path, doc, sources)
+        return self
+
+    def _setup(self, path: str, doc: dict, sources: Optional[dict] = None) -> None:
         if doc.get("format") != FORMAT_VERSION:
             raise PinMismatch(f"{path} holds format {doc.get('format')}, this pymemcg reads "
                               f"{FORMAT_VERSION}: re-pin it with this version")
         self.path = path
         self.tree = bool(doc["tree"])
-        self.layout = Layout(doc["stats"], doc.get("sources"))
+        self.layout = Layout(doc["stats"], sources if sources is not None else doc.get("sources"))
         self.root = doc["root"]
-        self._root_id = doc["cgroup_id"]
+        self.cgroup_id = self._root_id = doc["cgroup_id"]
         self._buf = bytearray(SESSION_BUF)
         self._paths = TreePaths()
 
@@ -202,14 +220,17 @@ class PinReader:
             raise ReadError(13, f"no read permission on {self.path}: ask the operator to pin "
                                 f"it with a group or mode that includes this user") from None
         except FileNotFoundError:
-            raise ReadError(2, f"{self.path} is gone: it was unpinned") from None
+            raise PinGone(2, f"{self.path} is gone: it was unpinned, or the bpffs it was on "
+                             f"was unmounted; ask the operator to pin it again "
+                             f"(pymemcg pin)") from None
         try:
             return os.readv(fd, [self._buf])
         finally:
             os.close(fd)
 
-    def read(self) -> Union[Record, Snapshot]:
-        """The pinned cgroup's Record, or its subtree's Snapshot."""
+    def records(self) -> List[tuple]:
+        """Record tuples of one complete session, the pinned cgroup first;
+        [] when that cgroup was removed."""
         for _ in range(8):
             n = self._session()
             count, _session, visited = parse_trailer(self._buf, n, self.layout.record_size)
@@ -221,11 +242,20 @@ class PinReader:
                                   f"(32 KiB): pin fewer stats or a smaller subtree")
         raw = list(self.layout.record.iter_unpack(memoryview(self._buf)[:count *
                                                   self.layout.record_size]))
+        if raw and raw[0][0] != self._root_id:
+            raise MalformedData(f"{self.path} served cgroup {raw[0][0]}, not {self._root_id}")
+        return raw
+
+    def read(self) -> Union[Record, Snapshot]:
+        """The pinned cgroup's Record, or its subtree's Snapshot."""
+        raw = self.records()
         if not raw:
             raise ReadError(2, f"{self.path}: its cgroup {self.root} was removed")
-        if raw[0][0] != self._root_id:
-            raise MalformedData(f"{self.path} served cgroup {raw[0][0]}, not {self._root_id}")
         cg = resolve_cgroup(self.root)
+        return self.decode(cg, raw)
+
+    def decode(self, cg: Cgroup, raw: List[tuple]) -> Union[Record, Snapshot]:
+        """raw (from records()) as a Record or Snapshot of the cgroup cg."""
         if not self.tree:
             return Record(self.layout, raw[0], cg.relpath)
         return Snapshot(cg.relpath, self.layout, raw, self._paths.paths(cg, raw))

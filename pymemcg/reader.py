@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -38,6 +39,22 @@ def _check_names(names: Sequence[str]) -> List[str]:
     return out
 
 
+def _own_backend(stats: List[str], local: bool, flush: bool, backend: str, mount,
+                 stacklevel: int):
+    """A Reader's own backend: BPF, else (auto) text with a FallbackWarning."""
+    if backend in ("auto", "bpf"):
+        try:
+            from .bpf import BpfBackend
+            return BpfBackend(stats, local, mount.version, mount.mountpoint, flush=flush)
+        except BpfUnavailable as e:
+            if backend == "bpf" or _bpf_required():
+                raise
+            warnings.warn(f"pymemcg: BPF backend unavailable, reading memory.stat text "
+                          f"instead: {e}", FallbackWarning, stacklevel=stacklevel)
+    from .textstat import TextBackend
+    return TextBackend(stats, local, mount.version, mount.mountpoint)
+
+
 class Reader:
     """Reads memory-cgroup stats, through BPF where it can.
 
@@ -48,13 +65,18 @@ class Reader:
     as a read of memory.stat does. It needs a kernel flush kfunc (Linux
     7.0+); elsewhere "bpf" raises FlushUnavailable and "auto" falls back to
     text. Without it, BPF values are the kernel's last flush (at most ~2 s
-    old on an idle system).
+    old on an idle system). Shared pins do not flush: flush=True uses none.
+    shared_pins: True (the default directories of pymemcg.pins), False, or
+    (pin directory, metadata directory): where a matching shared pin made
+    by root (`pymemcg pin`) serves reads instead of a program of this
+    Reader's own, which is then loaded only when a read needs it (see
+    pymemcg/pinned.py); this is how a non-root process reads through BPF.
     Reads are serialised per Reader; use one Reader per thread for
     parallel reads. Close it (or use `with`) to unpin and unload.
     """
 
     def __init__(self, stats: Sequence[str] = catalog.DEFAULT_STATS, *, local: bool = False,
-                 backend: str = "auto", flush: bool = False) -> None:
+                 backend: str = "auto", flush: bool = False, shared_pins=True) -> None:
         self.stats = _check_names(stats)
         self.local = local
         self.flush = flush
@@ -68,27 +90,31 @@ class Reader:
         self.cgroup_version = mount.version
         self._backend = None
         self._lock = threading.Lock()
-        if backend in ("auto", "bpf"):
-            try:
-                from .bpf import BpfBackend
-                self._backend = BpfBackend(self.stats, local, mount.version, mount.mountpoint,
-                                           flush=flush)
-            except BpfUnavailable as e:
-                if backend == "bpf" or _bpf_required():
-                    raise
-                warnings.warn(f"pymemcg: BPF backend unavailable, reading memory.stat text "
-                              f"instead: {e}", FallbackWarning, stacklevel=2)
+        if backend in ("auto", "bpf") and shared_pins and not flush:
+            from .pinned import PinnedBackend
+            self._backend = PinnedBackend.for_reader(
+                self.stats, local, shared_pins,
+                functools.partial(_own_backend, self.stats, local, flush, backend, mount, 4),
+                backend)
         if self._backend is None:
-            from .textstat import TextBackend
-            self._backend = TextBackend(self.stats, local, mount.version, mount.mountpoint)
-        elif self._backend.name == "bpf":
+            self._backend = _own_backend(self.stats, local, flush, backend, mount, 3)
+        if self._backend.name != "text":
             # the hot path: skip a call layer (close() takes it back)
             self.read = self._backend.read  # type: ignore[method-assign]
 
     @property
     def backend(self) -> str:
-        """'bpf' or 'text'."""
+        """'bpf' or 'text'; with shared pins (see `pins`): 'pins' while
+        every read came through them, 'pins+bpf' or 'pins+text' once a read
+        needed this Reader's own backend."""
         return self._be().name
+
+    @property
+    def pins(self) -> dict:
+        """Shared pins this Reader read through: pin path -> what it served
+        ("cgroup /a", "tree /"). Each Record says so too: record.source(name)
+        starts with "shared pin <path>"."""
+        return dict(getattr(self._be(), "pins_used", {}))
 
     @property
     def sources(self):
@@ -103,14 +129,14 @@ class Reader:
     def read(self, path: str) -> Record:
         """The selected stats of the cgroup directory `path`."""
         be = self._be()
-        if be.name == "bpf":
+        if be.name != "text":
             return be.read(path)
         return be.read(resolve_cgroup(path))
 
     def read_tree(self, root: str) -> Snapshot:
         """Every cgroup under `root` (included), from one walk."""
         be = self._be()
-        if be.name == "bpf":
+        if be.name != "text":
             return be.read_tree(root)
         return be.read_tree(resolve_cgroup(root))
 

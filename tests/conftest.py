@@ -15,6 +15,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -213,3 +214,23 @@ def no_leaks(bpf_ok):
     gc.collect()
     assert my_pins() == pins, f"pins left behind: {my_pins() - pins}"
     assert open_fds() <= fds, f"fds left behind: {open_fds() - fds}"
+
+
+@pytest.fixture
+def pin_dirs():
+    """A private bpffs instance and a metadata directory, both traversable by
+    nobody, removed afterwards (the host's /sys/fs/bpf is left alone)."""
+    base = tempfile.mkdtemp(prefix="pymemcg-pins-", dir="/tmp")
+    os.chmod(base, 0o755)
+    bpffs, meta = os.path.join(base, "bpf"), os.path.join(base, "meta")
+    os.mkdir(bpffs)
+    subprocess.run(["mount", "-t", "bpf", "-o", "mode=0755", "bpf", bpffs], check=True)
+    try:
+        yield bpffs, meta
+    finally:
+        subprocess.run(["umount", bpffs], check=True)
+        for name in os.listdir(meta) if os.path.isdir(meta) else []:
+            os.unlink(os.path.join(meta, name))
+        for d in (meta, bpffs, base):
+            if os.path.isdir(d):
+                os.rmdir(d)

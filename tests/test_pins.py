@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 
 import pytest
 
@@ -17,26 +16,6 @@ from pymemcg.cgroupfs import own_memory_cgroup
 from conftest import as_nobody
 
 NOBODY = 65534
-
-
-@pytest.fixture
-def pin_dirs():
-    """A private bpffs instance and a metadata directory, both traversable by
-    nobody, removed afterwards (the host's /sys/fs/bpf is left alone)."""
-    base = tempfile.mkdtemp(prefix="pymemcg-pins-", dir="/tmp")
-    os.chmod(base, 0o755)
-    bpffs, meta = os.path.join(base, "bpf"), os.path.join(base, "meta")
-    os.mkdir(bpffs)
-    subprocess.run(["mount", "-t", "bpf", "-o", "mode=0755", "bpf", bpffs], check=True)
-    try:
-        yield bpffs, meta
-    finally:
-        subprocess.run(["umount", bpffs], check=True)
-        for name in os.listdir(meta) if os.path.isdir(meta) else []:
-            os.unlink(os.path.join(meta, name))
-        for d in (meta, bpffs, base):
-            if os.path.isdir(d):
-                os.rmdir(d)
 
 
 def test_unprivileged_reader_reads_a_shared_pin(bpf_ok, cgroups, pin_dirs):

@@ -1,4 +1,4 @@
-"""Stale pins are found by lock, not by pid.
+"""Stale pins are found by lock, not by pid; bpffs unmounted under readers.
 
 Every test that removes stale pins does it in a private bpffs instance, so
 that pymemcg processes elsewhere on the host keep theirs. Namespaces are made
@@ -7,6 +7,7 @@ with unshare(1) for a child process; the host's mounts are left alone.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pymemcg
 from pymemcg import bpf as bpf_mod
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
 
+from conftest import my_pins, open_fds
 
 
 @pytest.fixture
@@ -103,3 +105,71 @@ def test_reader_in_a_pid_namespace_keeps_its_pins_until_it_exits(pin_dir):
         p.wait()
     assert bpf_mod.remove_stale_pins(pin_dir) == 1
     assert os.listdir(pin_dir) == []
+
+
+UNMOUNTED = """
+import json, os, subprocess, sys
+import pymemcg
+from pymemcg import bpf, pins
+one, two, private = sys.argv[1:4]
+def fds():
+    return sorted(os.listdir("/proc/self/fd"))
+def pins_of_mine():
+    return sorted(p for p in os.listdir(bpf.PIN_DIR) if p.endswith("-%d" % os.getpid()))
+out = {"fds0": fds()}
+r = pymemcg.Reader(stats=["usage", "limit"], backend="bpf", shared_pins=False)
+out["before"] = [r.read(one)["limit"], len(r.read_tree(one))]
+out["pins"] = pins_of_mine()
+# a shared pin on a bpffs instance of this namespace only
+subprocess.run(["mount", "-t", "bpf", "bpf", private], check=True)
+shared = pins.pin(one, "one", ["usage", "limit"], tree=False, directory=private + "/p",
+                  meta_dir=private + ".meta")
+pr = pins.PinReader(shared.path, private + ".meta")
+pinned = pymemcg.Reader(stats=["usage", "limit"], backend="bpf",
+                        shared_pins=(private + "/p", private + ".meta"))
+out["pinned"] = [pr.read()["limit"], pinned.read(one)["limit"], pinned.backend]
+subprocess.run(["umount", "-l", "/sys/fs/bpf"], check=True)
+subprocess.run(["umount", "-l", private], check=True)
+out["gone"] = os.path.exists(bpf.PIN_DIR)
+out["after"] = [r.read(one)["limit"], len(r.read_tree(one)), r.read(two)["limit"]]
+try:
+    pr.read()
+    out["pin_reader"] = "read"
+except pymemcg.Error as e:
+    out["pin_reader"] = [type(e).__name__, str(e)]
+out["pinned_after"] = [pinned.read(one)["limit"], pinned.backend]
+r.close(); pinned.close()
+out["fds1"] = fds()
+print(json.dumps(out))
+"""
+
+
+def test_bpffs_unmounted_under_readers(bpf_ok, cgroups, tmp_path):
+    one, two = cgroups.make("one"), cgroups.make("two")
+    for cg, limit in ((one, 64 << 20), (two, 32 << 20)):
+        with open(os.path.join(cg, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(limit))
+    private = tmp_path / "bpf"
+    private.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYMEMCG_REQUIRE_BPF"}
+    p = _python(UNMOUNTED, one, two, str(private),
+                prefix=["unshare", "--mount", "--propagation", "private"], env=env)
+    out, _ = p.communicate()
+    assert p.returncode == 0
+    r = json.loads(out)
+    assert r["before"] == [64 << 20, 1] and len(r["pins"]) == 2
+    assert r["pinned"] == [64 << 20, 64 << 20, "pins"]
+    assert r["gone"] is False
+    # reads go on through the links, a new cgroup too (pinned in the instance
+    # the Reader started with, through the lock directory it holds open)
+    assert r["after"] == [64 << 20, 1, 32 << 20]
+    name, message = r["pin_reader"]
+    assert name == "PinGone" and "unmounted" in message and "pin it again" in message
+    # a Reader whose pin vanished loads its own program (root can)
+    assert r["pinned_after"] == [64 << 20, "pins+bpf"]
+    assert r["fds1"] == r["fds0"]
+    # close() removed the pins from the bpffs the host still has mounted
+    pid_suffix = "-" + r["pins"][0].rsplit("-", 1)[1]
+    assert not [n for n in os.listdir(bpf_mod.PIN_DIR) if n.endswith(pid_suffix)]
+    assert not [n for n in os.listdir(bpf_mod.PIN_DIR)
+                if n.startswith(f"owner{pid_suffix}-")]

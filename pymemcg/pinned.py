@@ -1,0 +1,251 @@
+"""A Reader's use of shared pins (pymemcg.pins): reads that a matching pin
+serves go through it, the rest through a backend loaded only when needed.
+
+A pin matches a Reader when its metadata names the same record format, the
+same BPF object (this build's), the same set of stats and the same `local`,
+and it serves exactly what is asked: the cgroup of a single read (a pin made
+with tree=False) or the root of a tree read (tree=True). Matching pins are
+found through the metadata directory, looked at again whenever its mtime
+changes (a pin made or removed), and only pins this process may read count.
+
+The Reader is in this mode only when a matching pin exists as it is made; it
+then loads no program of its own until a read that no pin serves, or a pinned
+tree too big for one 32 KiB session, needs one (`Reader.backend` says
+"pins", then "pins+bpf" or "pins+text"). A process that cannot load one (not
+root: bpf() is forbidden to it) falls back to text for those reads, with a
+FallbackWarning (backend="auto"), or raises (backend="bpf"); a pinned tree too
+big for the pin then raises PinTooSmall, never a truncated tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import weakref
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+from .cgroupfs import Cgroup, resolve_cgroup
+from .decode import FORMAT_VERSION, Layout, Record, Snapshot
+from .errors import BpfUnavailable
+from .pins import META_DIR, SHARED_PIN_DIR, PinGone, PinReader, PinTooSmall
+
+_NO_PIN = None  # a route to the backend
+
+
+def _still_names(path: str, cgroup_id: int) -> bool:
+    try:
+        return os.stat(path).st_ino == cgroup_id
+    except OSError:
+        return False
+
+
+class SharedPins:
+    """The shared pins that serve one selection, by (cgroup id, tree)."""
+
+    def __init__(self, stats: List[str], local: bool, directory: str = SHARED_PIN_DIR,
+                 meta_dir: str = META_DIR) -> None:
+        self.stats, self.local = list(stats), local
+        self.directory, self.meta_dir = directory, meta_dir
+        self._digest: Optional[str] = None
+        self._stamp: object = ()
+        self._pins: Dict[Tuple[int, bool], PinReader] = {}
+        self.used: Dict[str, str] = {}   # pin path -> what it served last ("tree /a")
+
+    def _matches(self, doc: dict) -> bool:
+        if self._digest is None:
+            from .bpf import object_digest
+            self._digest = object_digest()
+        return (doc.get("format") == FORMAT_VERSION and doc.get("object") == self._digest and
+                doc.get("local") == self.local and
+                sorted(doc.get("stats", ())) == sorted(self.stats) and
+                len(doc["stats"]) == len(self.stats))
+
+    def _meta_stamp(self) -> object:
+        try:
+            st = os.stat(self.meta_dir)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    def index(self) -> Dict[Tuple[int, bool], PinReader]:
+        """The matching pins, read again if the metadata directory changed."""
+        stamp = self._meta_stamp()
+        if stamp == self._stamp:
+            return self._pins
+        found: Dict[Tuple[int, bool], PinReader] = {}
+        try:
+            names = sorted(os.listdir(self.meta_dir)) if stamp else []
+        except OSError:
+            names = []
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(self.directory, name[:-len(".json")])
+            try:
+                with open(os.path.join(self.meta_dir, name)) as f:
+                    doc = json.load(f)
+                if not self._matches(doc) or not os.access(path, os.R_OK):
+                    continue
+                key = (int(doc["cgroup_id"]), bool(doc["tree"]))
+                old = self._pins.get(key)
+                if old is not None and old.path == path:
+                    found[key] = old  # keeps its buffer and path cache
+                    continue
+                sources = {n: f"shared pin {path}: {s}"
+                           for n, s in (doc.get("sources") or {}).items()}
+                found[key] = PinReader.from_doc(path, doc, sources)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # unreadable, half-written or foreign metadata: not a match
+        self._pins, self._stamp = found, stamp
+        return found
+
+    def forget(self, reader: PinReader) -> None:
+        """Stop using a pin that is gone (until its metadata changes)."""
+        self._pins = {k: v for k, v in self._pins.items() if v is not reader}
+
+    def sources(self) -> Dict[str, str]:
+        for reader in self.index().values():
+            return {n: f"shared pins: {s.split(': ', 1)[1]}"
+                    for n, s in reader.layout.sources.items()}
+        return {n: "shared pins" for n in self.stats}
+
+
+class PinnedBackend:
+    """Shared pins in front of a backend that `load` makes on first need."""
+
+    def __init__(self, pins: SharedPins, load: Callable[[], object], mode: str) -> None:
+        self._pins = pins
+        self._load = load
+        self._mode = mode            # the Reader's backend= ("auto" or "bpf")
+        self.backend = None          # the Reader's own, once loaded
+        self._load_error: Optional[BaseException] = None
+        self._routes: Dict[Tuple[str, bool], Tuple[Cgroup, Optional[PinReader], object]] = {}
+        self._lock = threading.Lock()
+        _pinned.add(self)
+
+    @classmethod
+    def for_reader(cls, stats, local: bool, where, load: Callable[[], object],
+                   mode: str) -> Optional["PinnedBackend"]:
+        """A PinnedBackend if a pin in `where` (True: the default directories,
+        or (pin directory, metadata directory)) matches now, else None."""
+        directory, meta_dir = (SHARED_PIN_DIR, META_DIR) if where is True else where
+        pins = SharedPins(stats, local, directory, meta_dir)
+        try:
+            if not pins.index():
+                return None
+        except BpfUnavailable:  # no compiled part: no digest to match
+            return None
+        return cls(pins, load, mode)
+
+    @property
+    def name(self) -> str:
+        if self.backend is None:
+            return "pins"
+        return "pins+" + self.backend.name
+
+    @property
+    def layout(self) -> Layout:
+        if self.backend is not None:
+            return self.backend.layout
+        return Layout(self._pins.stats, self._pins.sources())
+
+    @property
+    def pins_used(self) -> Dict[str, str]:
+        return dict(self._pins.used)
+
+    def _own(self, why: str):
+        """The backend for what no pin serves, loaded on first need."""
+        if self.backend is None:
+            if self._load_error is not None:
+                raise self._load_error
+            try:
+                self.backend = self._load()
+            except BpfUnavailable as e:
+                self._load_error = type(e)(f"{why}, and this process cannot load its own "
+                                           f"program: {e}")
+                raise self._load_error from None
+        return self.backend
+
+    def _route(self, path: str, tree: bool):
+        """(cgroup, pin or None) for path; cached for canonical paths."""
+        key = (path, tree)
+        try:
+            route = self._routes.get(key)
+        except TypeError:  # unhashable: resolve_cgroup says what is wrong
+            route = None
+        if route is not None:
+            cg, pin, stamp = route
+            if pin is not None or stamp == self._pins._meta_stamp():
+                return cg, pin
+            del self._routes[key]  # pins changed: look again
+        cg = resolve_cgroup(path)
+        stamp = self._pins._meta_stamp()
+        pin = self._pins.index().get((cg.id, tree), _NO_PIN)
+        if isinstance(path, str) and path == cg.path:  # canonical paths only
+            self._routes[key] = (cg, pin, stamp)
+        return cg, pin
+
+    def _via_pin(self, path: str, tree: bool):
+        """The pin's Record/Snapshot, or None: the backend serves this."""
+        for _ in range(3):
+            cg, pin = self._route(path, tree)
+            if pin is None:
+                return None
+            try:
+                raw = pin.records()
+            except PinGone:
+                self._pins.forget(pin)
+                self._routes = {k: v for k, v in self._routes.items() if v[1] is not pin}
+                continue
+            if raw and _still_names(cg.path, cg.id):
+                self._pins.used[pin.path] = ("tree " if tree else "cgroup ") + cg.relpath
+                return pin.decode(cg, raw)
+            self._routes.pop((path, tree), None)  # renamed or removed: resolve again
+        return None
+
+    def read(self, path: str) -> Record:
+        with self._lock:
+            rec = self._via_pin(path, False)
+            if rec is not None:
+                return rec
+            be = self._own(f"no shared pin serves {path}")
+        return be.read(path) if be.name == "bpf" else be.read(resolve_cgroup(path))
+
+    def read_tree(self, path: str) -> Snapshot:
+        with self._lock:
+            try:
+                snap = self._via_pin(path, True)
+            except PinTooSmall as e:
+                snap = None
+                try:
+                    be = self._own(str(e))
+                except BpfUnavailable:
+                    be = None
+                if be is None or be.name != "bpf":
+                    raise PinTooSmall(e.errno, f"{e.strerror}; or read it as root, where the "
+                                               f"Reader loads its own program") from None
+                # this root's tree outgrew its pin: read it with our own program
+                cg, _pin = self._route(path, True)
+                self._routes[(path, True)] = (cg, _NO_PIN, self._pins._meta_stamp())
+            if snap is not None:
+                return snap
+            be = self._own(f"no shared pin serves the tree of {path}")
+        return be.read_tree(path) if be.name == "bpf" else be.read_tree(resolve_cgroup(path))
+
+    def close(self) -> None:
+        with self._lock:
+            if self.backend is not None:
+                self.backend.close()
+            self._routes.clear()
+
+
+_pinned: "weakref.WeakSet[PinnedBackend]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_pinned):
+        backend._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
