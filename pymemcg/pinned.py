@@ -6,7 +6,8 @@ same BPF object (this build's), the same set of stats and the same `local`,
 and it serves exactly what is asked: the cgroup of a single read (a pin made
 with tree=False) or the root of a tree read (tree=True). Matching pins are
 found through the metadata directory, looked at again whenever its mtime
-changes (a pin made or removed), and only pins this process may read count.
+changes (a pin made or removed), and only pins this process may read count,
+in directories that only root (or this user) can write.
 
 The Reader is in this mode only when a matching pin exists as it is made; it
 then loads no program of its own until a read that no pin serves, or a pinned
@@ -38,6 +39,12 @@ def _still_names(path: str, cgroup_id: int) -> bool:
         return os.stat(path).st_ino == cgroup_id
     except OSError:
         return False
+
+
+def _trusted(directory: str) -> bool:
+    """Only root (or this user) can have put pins and metadata there."""
+    st = os.stat(directory)
+    return st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
 
 
 class SharedPins:
@@ -75,7 +82,8 @@ class SharedPins:
             return self._pins
         found: Dict[Tuple[int, bool], PinReader] = {}
         try:
-            names = sorted(os.listdir(self.meta_dir)) if stamp else []
+            trusted = stamp and _trusted(self.meta_dir) and _trusted(self.directory)
+            names = sorted(os.listdir(self.meta_dir)) if trusted else []
         except OSError:
             names = []
         for name in names:

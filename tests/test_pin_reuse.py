@@ -126,6 +126,13 @@ def test_pins_that_do_not_match_are_not_used(shared, no_leaks):
     for kw in (dict(stats=STATS[:3]), dict(stats=STATS, local=True)):
         with pymemcg.Reader(backend="bpf", shared_pins=(bpffs, meta), **kw) as r:
             assert r.backend == "bpf"  # loaded its own at once: nothing matched
+    # metadata others could have written is not trusted
+    os.chmod(meta, 0o777)
+    try:
+        with pymemcg.Reader(stats=STATS, backend="bpf", shared_pins=(bpffs, meta)) as r:
+            assert r.backend == "bpf"
+    finally:
+        os.chmod(meta, 0o755)
     # the same stats in another order match (records follow the pin's order)
     with pymemcg.Reader(stats=STATS[::-1], backend="bpf", shared_pins=(bpffs, meta)) as r:
         assert r.read(shared["leaf"])["limit"] == 256 << 20 and r.backend == "pins"
