@@ -780,7 +780,7 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
         mounted = False
     if mounted:
         try:
-            pins = len(os.listdir(PIN_DIR))
+            pins = len([n for n in os.listdir(PIN_DIR) if not n.startswith("owner-")])
         except OSError:
             pins = 0
         checks.append(Check("bpffs", "ok", f"mounted at {BPFFS}; {pins} pymemcg pins in {PIN_DIR}",
