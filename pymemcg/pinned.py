@@ -64,7 +64,7 @@ class SharedPins:
             from .bpf import object_digest
             self._digest = object_digest()
         return (doc.get("format") == FORMAT_VERSION and doc.get("object") == self._digest and
-                doc.get("local") == self.local and
+                doc.get("local") == self.local and not doc.get("flush") and
                 sorted(doc.get("stats", ())) == sorted(self.stats) and
                 len(doc["stats"]) == len(self.stats))
 
