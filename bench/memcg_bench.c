@@ -20,6 +20,10 @@
  *   stat-pread  pread(0) of an open memory.stat (one syscall fewer)
  *   bpf         one iterator session on a SELF_ONLY link made once:
  *               bpf_iter_create + read + close (pmc_read_session)
+ *   bpf-fetch   one BPF_PROG_RUN of memcg_fetch on a cgroup stashed once
+ *               (pmc_fetch_run), the record copied out of the mmaped map:
+ *               Reader.read's path where the kernel loads it (6.4+); a
+ *               "skip" line says why where it does not
  * tree methods, ROOT and every cgroup below it (COUNT snapshots):
  *   stat-walk   readdir walk, openat + read + close of every memory.stat
  *   bpf-walk    one DESCENDANTS_PRE session plus the copy of the overflow
@@ -54,6 +58,7 @@ struct ctx {
 	int link_fd;			/* the iterator link */
 	int root_fd;			/* tree: the root directory */
 	struct pmc_prog *prog;
+	struct pmc_fetch *fetch;	/* single: NULL where memcg_fetch did not load */
 	unsigned int record_size;
 	char *buf;
 	char *ovf;			/* tree: overflow records land here */
@@ -125,6 +130,19 @@ static void run_bpf(struct ctx *c)
 	if ((size_t)n != c->record_size + sizeof(struct pmc_trailer))
 		die("iterator session did not return one record", EPROTO);
 	c->bytes = n;
+	c->units = 1;
+}
+
+static void run_bpf_fetch(struct ctx *c)
+{
+	int err = pmc_fetch_run(c->fetch, 0);
+
+	if (err)
+		die("BPF_PROG_RUN of memcg_fetch", -err);
+	memcpy(c->buf, pmc_fetch_record(c->fetch), c->record_size);
+	if (((struct pmc_record *)c->buf)->flags & PMC_REC_GONE)
+		die("memcg_fetch: the cgroup was removed", ENOENT);
+	c->bytes = c->record_size;
 	c->units = 1;
 }
 
@@ -317,6 +335,7 @@ int main(int argc, char **argv)
 {
 	static struct method single[] = {
 		{ "stat-seek", run_stat_seek }, { "stat-pread", run_stat_pread }, { "bpf", run_bpf },
+		{ "bpf-fetch", run_bpf_fetch },
 	};
 	static struct method tree[] = {
 		{ "stat-walk", run_stat_walk }, { "bpf-walk", run_bpf_walk },
@@ -350,7 +369,7 @@ int main(int argc, char **argv)
 	    rounds > count || rounds > MAX_ROUNDS)
 		goto usage;
 	all = is_tree ? tree : single;
-	nall = is_tree ? 2 : 3;
+	nall = is_tree ? 2 : 4;
 	for (k = 0; k < nall; k++)
 		if (selected(only, all[k].name))
 			chosen[nm++] = all[k];
@@ -382,6 +401,19 @@ int main(int argc, char **argv)
 	if (is_tree) {
 		c.root_fd = cg_fd;
 	} else {
+		unsigned long long id;
+
+		err = pmc_fetch_load(&cfg, 1, &c.fetch, log, sizeof(log));
+		if (!err)
+			err = pmc_fetch_stash(c.fetch, cg_fd, 0, &id);
+		if (err) {
+			printf("skip method=bpf-fetch reason=%s\n", strerror(-err));
+			pmc_fetch_destroy(c.fetch);
+			c.fetch = NULL;
+			for (k = 0; k < nm; k++)
+				if (chosen[k].run == run_bpf_fetch)
+					chosen[k--] = chosen[--nm];
+		}
 		close(cg_fd);
 		snprintf(stat_path, sizeof(stat_path), "%s/memory.stat", path);
 		c.stat_fd = open(stat_path, O_RDONLY | O_CLOEXEC);
@@ -399,6 +431,7 @@ int main(int argc, char **argv)
 	fflush(stdout);
 
 	close(c.link_fd);
+	pmc_fetch_destroy(c.fetch);
 	pmc_prog_destroy(c.prog);
 	return 0;
 usage:

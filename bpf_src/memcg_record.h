@@ -22,6 +22,7 @@
 /* pmc_record.flags */
 #define PMC_REC_NO_MEMCG	(1U << 0)	/* cgroup has no memory css */
 #define PMC_REC_NO_VMSTATS	(1U << 1)	/* memcg->vmstats was NULL */
+#define PMC_REC_GONE		(1U << 2)	/* fetch: empty slot, or the cgroup was removed */
 
 /* pmc_stat_spec.kind */
 enum pmc_stat_kind {
@@ -79,6 +80,13 @@ struct pmc_trailer {
 	unsigned long long magic;	/* PMC_TRAILER_MAGIC */
 	unsigned long long session_id;	/* bpf_iter_meta.session_id */
 	unsigned long long visited;	/* records this walk produced in all */
+};
+
+/* BPF_PROG_RUN context of pmc_fetch (memcg_fetch.bpf.c): which stashed
+ * cgroup to read. The record comes back in the mmaped `out` map. */
+struct pmc_fetch_args {
+	unsigned int slot;
+	unsigned int pad;
 };
 
 /* Writer bookkeeping in .bss, read by the shim through the mmaped map. */

@@ -57,7 +57,10 @@ struct cgroup;
 struct cgroup_subsys_state {
 	struct cgroup *cgroup;
 	struct cgroup_subsys_state *parent;
+	unsigned int flags;
 } __attribute__((preserve_access_index));
+
+#define CSS_ONLINE	(1U << 1)	/* include/linux/cgroup-defs.h, since 3.x */
 
 struct cgroup {
 	struct cgroup_subsys_state self;

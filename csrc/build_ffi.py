@@ -50,6 +50,16 @@ ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size);
 int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
                       void *dst, unsigned long long n);
 
+struct pmc_fetch;
+int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
+                   struct pmc_fetch **out, char *log, size_t log_size);
+void pmc_fetch_destroy(struct pmc_fetch *fetch);
+const void *pmc_fetch_record(const struct pmc_fetch *fetch);
+int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
+                    unsigned long long *cgroup_id);
+int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned int slot);
+int pmc_fetch_run(struct pmc_fetch *fetch, unsigned int slot);
+
 int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,
                            unsigned int *state_out, unsigned int *events_out,
                            unsigned int *got_state, unsigned int *got_events);

@@ -15,6 +15,7 @@
 
 #include "pmc_shim.h"
 #include "memcg_iter.skel.h"
+#include "memcg_fetch.skel.h"
 
 struct pmc_prog {
 	struct memcg_iter *skel;
@@ -66,6 +67,49 @@ static void log_end(void)
 	pthread_mutex_unlock(&log_lock);
 }
 
+static int check_config(const struct pmc_config *cfg)
+{
+	if (cfg->nr_stats > PMC_MAX_STATS || cfg->page_size == 0 ||
+	    cfg->kfuncs < PMC_KFUNCS_NONE || cfg->kfuncs > PMC_KFUNCS_RFC ||
+	    (cfg->flush && cfg->kfuncs == PMC_KFUNCS_NONE))
+		return -EINVAL;
+	return 0;
+}
+
+/* The selection (memcg_fill.bpf.h) into either skeleton's .rodata. */
+#define SET_SELECTION(rodata, cfg)							\
+	do {										\
+		unsigned int i_;							\
+		(rodata)->nr_stats = (cfg)->nr_stats;					\
+		(rodata)->local_stats = !!(cfg)->local_stats;				\
+		(rodata)->kfuncs = (cfg)->kfuncs;					\
+		(rodata)->page_size = (cfg)->page_size;					\
+		for (i_ = 0; i_ < (cfg)->nr_stats; i_++) {				\
+			memcpy((void *)&(rodata)->specs[i_], &(cfg)->specs[i_],	\
+			       sizeof((cfg)->specs[i_]));				\
+			/* the RFC kfuncs read state and events one by one */		\
+			if ((cfg)->specs[i_].kind == PMC_KIND_STATE)			\
+				(rodata)->need_state = (cfg)->kfuncs != PMC_KFUNCS_RFC ||	\
+						       (cfg)->local_stats;		\
+			else if ((cfg)->specs[i_].kind == PMC_KIND_EVENT)		\
+				(rodata)->need_events = (cfg)->kfuncs != PMC_KFUNCS_RFC ||	\
+							(cfg)->local_stats;		\
+			else if ((cfg)->specs[i_].kind == PMC_KIND_MEMEVENT)		\
+				(rodata)->need_memev = true;				\
+		}									\
+	} while (0)
+
+/* A read-only mapping of an mmapable map; *mem stays NULL on failure. */
+static int map_readonly(const struct bpf_map *map, size_t size, void **mem)
+{
+	void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, bpf_map__fd(map), 0);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	*mem = p;
+	return 0;
+}
+
 void pmc_prog_destroy(struct pmc_prog *prog)
 {
 	if (!prog)
@@ -84,14 +128,13 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 		    .kernel_log_buf = NULL, .kernel_log_size = 0);
 	struct pmc_prog *prog;
 	struct memcg_iter *skel;
-	unsigned int i, capacity;
-	int err, map_fd;
+	unsigned int capacity;
+	int err;
 
 	*out = NULL;
-	if (cfg->nr_stats > PMC_MAX_STATS || cfg->page_size == 0 ||
-	    cfg->kfuncs < PMC_KFUNCS_NONE || cfg->kfuncs > PMC_KFUNCS_RFC ||
-	    (cfg->flush && cfg->kfuncs == PMC_KFUNCS_NONE))
-		return -EINVAL;
+	err = check_config(cfg);
+	if (err)
+		return err;
 	capacity = cfg->overflow_capacity ? cfg->overflow_capacity : 1;
 
 	prog = calloc(1, sizeof(*prog));
@@ -109,26 +152,9 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 	}
 	prog->skel = skel;
 
-	skel->rodata->nr_stats = cfg->nr_stats;
+	SET_SELECTION(skel->rodata, cfg);
 	skel->rodata->seq_budget = prog->seq_budget;
 	skel->rodata->overflow_capacity = capacity;
-	skel->rodata->local_stats = !!cfg->local_stats;
-	skel->rodata->kfuncs = cfg->kfuncs;
-	skel->rodata->page_size = cfg->page_size;
-	for (i = 0; i < cfg->nr_stats; i++) {
-		memcpy((void *)&skel->rodata->specs[i], &cfg->specs[i], sizeof(cfg->specs[i]));
-		switch (cfg->specs[i].kind) {
-		case PMC_KIND_STATE:	/* the RFC kfuncs read these one by one */
-			skel->rodata->need_state = cfg->kfuncs != PMC_KFUNCS_RFC || cfg->local_stats;
-			break;
-		case PMC_KIND_EVENT:
-			skel->rodata->need_events = cfg->kfuncs != PMC_KFUNCS_RFC || cfg->local_stats;
-			break;
-		case PMC_KIND_MEMEVENT:
-			skel->rodata->need_memev = true;
-			break;
-		}
-	}
 
 	/* load only the pair this selection runs: the flushing variants are
 	 * sleepable and need a flush kfunc, the others must not flush */
@@ -156,14 +182,10 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 	if (err)
 		goto fail;
 
-	map_fd = bpf_map__fd(skel->maps.overflow);
 	prog->overflow_mem_size = (size_t)capacity * prog->record_size;
-	prog->overflow_mem = mmap(NULL, prog->overflow_mem_size, PROT_READ, MAP_SHARED, map_fd, 0);
-	if (prog->overflow_mem == MAP_FAILED) {
-		prog->overflow_mem = NULL;
-		err = -errno;
+	err = map_readonly(skel->maps.overflow, prog->overflow_mem_size, &prog->overflow_mem);
+	if (err)
 		goto fail;
-	}
 	log_end();
 	*out = prog;
 	return 0;
@@ -266,6 +288,140 @@ int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
 	if (__atomic_load_n(&st->session_id, __ATOMIC_ACQUIRE) != session_id)
 		return -EAGAIN;
 	return 0;
+}
+
+/* --- single reads in one bpf() call --- */
+
+struct pmc_fetch {
+	struct memcg_fetch *skel;
+	void *record;			/* mmap of the out map */
+	size_t record_map_size;
+	int prog_fd;
+	unsigned int nr_slots;
+};
+
+void pmc_fetch_destroy(struct pmc_fetch *fetch)
+{
+	if (!fetch)
+		return;
+	if (fetch->record)
+		munmap(fetch->record, fetch->record_map_size);
+	memcg_fetch__destroy(fetch->skel);	/* frees the slots: drops their references */
+	free(fetch);
+}
+
+int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
+		   struct pmc_fetch **out, char *log, size_t log_size)
+{
+	struct pmc_fetch *fetch;
+	struct memcg_fetch *skel;
+	long page = sysconf(_SC_PAGESIZE);
+	int err;
+
+	*out = NULL;
+	err = check_config(cfg);
+	if (err || nr_slots == 0)
+		return err ? err : -EINVAL;
+	fetch = calloc(1, sizeof(*fetch));
+	if (!fetch)
+		return -ENOMEM;
+	fetch->nr_slots = nr_slots;
+
+	log_begin(log, log_size);
+	skel = memcg_fetch__open();
+	if (!skel) {
+		err = -errno;
+		goto fail;
+	}
+	fetch->skel = skel;
+	SET_SELECTION(skel->rodata, cfg);
+	skel->rodata->flush_stats = !!cfg->flush;
+	err = bpf_map__set_max_entries(skel->maps.slots, nr_slots);
+	if (!err && log && log_size)
+		err = bpf_program__set_log_buf(skel->progs.pmc_fetch, log + log_size / 2,
+					       log_size / 2);
+	if (!err)
+		err = memcg_fetch__load(skel);
+	if (err)
+		goto fail;
+	fetch->prog_fd = bpf_program__fd(skel->progs.pmc_fetch);
+	fetch->record_map_size = (bpf_map__value_size(skel->maps.out) + page - 1) / page * page;
+	err = map_readonly(skel->maps.out, fetch->record_map_size, &fetch->record);
+	if (err)
+		goto fail;
+	log_end();
+	*out = fetch;
+	return 0;
+fail:
+	log_end();
+	pmc_fetch_destroy(fetch);
+	return err < 0 ? err : -EINVAL;
+}
+
+const void *pmc_fetch_record(const struct pmc_fetch *fetch)
+{
+	return fetch->record;
+}
+
+int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
+		    unsigned long long *cgroup_id)
+{
+	union bpf_iter_link_info linfo;
+	LIBBPF_OPTS(bpf_link_create_opts, opts);
+	int link, iter, err = 0;
+	ssize_t n;
+
+	if (slot >= fetch->nr_slots)
+		return -EINVAL;
+	fetch->skel->bss->stash_slot = slot;
+	memset(&linfo, 0, sizeof(linfo));
+	linfo.cgroup.cgroup_fd = cgroup_fd;
+	linfo.cgroup.order = 1;	/* SELF_ONLY */
+	opts.iter_info = &linfo;
+	opts.iter_info_len = sizeof(linfo);
+	link = bpf_link_create(bpf_program__fd(fetch->skel->progs.pmc_stash), 0,
+			       BPF_TRACE_ITER, &opts);
+	if (link < 0)
+		return -errno;
+	iter = bpf_iter_create(link);
+	if (iter < 0) {
+		err = -errno;
+		close(link);
+		return err;
+	}
+	do {
+		n = read(iter, cgroup_id, sizeof(*cgroup_id));
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		err = -errno;
+	else if (n == 0)
+		err = -ENOENT;	/* the walk found no live cgroup */
+	else if (n != sizeof(*cgroup_id))
+		err = -EIO;
+	close(iter);
+	close(link);
+	return err;
+}
+
+int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned int slot)
+{
+	struct { void *cgrp; } empty = { 0 };
+
+	if (slot >= fetch->nr_slots)
+		return -EINVAL;
+	/* an update releases the kptr the element held */
+	return bpf_map_update_elem(bpf_map__fd(fetch->skel->maps.slots), &slot, &empty, BPF_ANY)
+		? -errno : 0;
+}
+
+int pmc_fetch_run(struct pmc_fetch *fetch, unsigned int slot)
+{
+	struct pmc_fetch_args args = { .slot = slot };
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &args, .ctx_size_in = sizeof(args));
+
+	if (bpf_prog_test_run_opts(fetch->prog_fd, &opts))
+		return -errno;
+	return opts.retval ? -EINVAL : 0;
 }
 
 int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,

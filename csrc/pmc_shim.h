@@ -54,6 +54,26 @@ ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size);
 int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
 		      void *dst, unsigned long long n);
 
+/*
+ * Single reads in one bpf() call (memcg_fetch.bpf.c, Linux 6.4+): a slot
+ * holds a reference to a cgroup, and each run writes its record (the same
+ * record as a SELF_ONLY session of pmc_prog, path hash included) to memory
+ * that pmc_fetch_record() points at. Not thread-safe: one run at a time.
+ */
+struct pmc_fetch;
+int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
+		   struct pmc_fetch **out, char *log, size_t log_size);
+void pmc_fetch_destroy(struct pmc_fetch *fetch);
+const void *pmc_fetch_record(const struct pmc_fetch *fetch);
+/* Reference the cgroup behind cgroup_fd from slot (replacing what it held);
+ * *cgroup_id says which cgroup that was. -ENOENT: the cgroup was removed. */
+int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
+		    unsigned long long *cgroup_id);
+/* Drop the slot's reference. */
+int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned int slot);
+/* One BPF_PROG_RUN: the slot's record into pmc_fetch_record(). */
+int pmc_fetch_run(struct pmc_fetch *fetch, unsigned int slot);
+
 /* The kernel's own memcg item lists through kallsyms: copies up to state_n
  * entries of memcg_node_stat_items[] and events_n of memcg_vm_event_stat[];
  * *got_* say how many were read (0: not in kallsyms or unreadable). */

@@ -3,7 +3,9 @@
 One program is loaded per selection. It is attached once per (cgroup,
 order) and the link is pinned under PIN_DIR; each read then runs one
 iterator session (create, read, close) in C, and Python unpacks the fixed-
-layout records. A walk whose records exceed the session's 32 KiB buffer
+layout records. Single cgroups go faster where the kernel allows (6.4+):
+a second program keeps a reference to each cgroup read and fills its record
+in one BPF_PROG_RUN call (bpf_src/memcg_fetch.bpf.c), no file, no session. A walk whose records exceed the session's 32 KiB buffer
 spills the rest into an mmaped array map in the same walk (see
 bpf_src/memcg_iter.bpf.c); the trailer says how many there were, so a tree
 is complete or the read fails, never truncated.
@@ -26,7 +28,8 @@ from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
 from .owner import Owner, remove_stale
 import struct
 
-from .decode import FORMAT_VERSION, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot, parse_trailer
+from .decode import (FORMAT_VERSION, REC_GONE, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot,
+                     parse_trailer)
 from .errors import (BpfUnavailable, CgroupNotFound, Closed, MalformedData, PermissionDenied,
                      ReadError, VerifierRejected)
 
@@ -164,6 +167,35 @@ def _make_pin_dir(pin_dir: str) -> None:
                              f"by this user and writable by no one else; remove it")
 
 
+def _config(resolutions: Sequence[layout_mod.Resolution], local: bool, kfuncs: int,
+            flush: bool, capacity: int = 0):
+    """The selection as the shim's struct pmc_config."""
+    ffi, _ = _lib()
+    cfg = ffi.new("struct pmc_config *")
+    cfg.nr_stats = len(resolutions)
+    for i, r in enumerate(resolutions):
+        spec = cfg.specs[i]
+        spec.kind, spec.slot, spec.item = r.kind, r.slot, r.item
+        spec.flags, spec.scale = r.flags, r.scale
+    cfg.local_stats = int(local)
+    cfg.kfuncs = kfuncs
+    cfg.flush = int(flush)
+    cfg.page_size = PAGE_SIZE
+    cfg.overflow_capacity = capacity
+    return cfg
+
+
+def _load(loader, out, *args) -> None:
+    """Run a shim loader with a log buffer; a failure raises with the log."""
+    ffi, _ = _lib()
+    log = ffi.new("char[]", 1 << 20)
+    rc = loader(*args, out, log, len(log))
+    if rc < 0:
+        text = ffi.string(log).decode(errors="replace")
+        text += "\n" + ffi.string(log + len(log) // 2).decode(errors="replace")
+        raise _load_error(-rc, text.strip())
+
+
 class _Program:
     """One loaded iterator program (a selection) and its links."""
 
@@ -172,24 +204,8 @@ class _Program:
                  flush: bool = False) -> None:
         ffi, lib = _lib()
         self.ffi, self.lib = ffi, lib
-        cfg = ffi.new("struct pmc_config *")
-        cfg.nr_stats = len(resolutions)
-        for i, r in enumerate(resolutions):
-            spec = cfg.specs[i]
-            spec.kind, spec.slot, spec.item = r.kind, r.slot, r.item
-            spec.flags, spec.scale = r.flags, r.scale
-        cfg.local_stats = int(local)
-        cfg.kfuncs = kfuncs
-        cfg.flush = int(flush)
-        cfg.page_size = PAGE_SIZE
-        cfg.overflow_capacity = capacity
         out = ffi.new("struct pmc_prog **")
-        log = ffi.new("char[]", 1 << 20)
-        rc = lib.pmc_prog_load(cfg, out, log, len(log))
-        if rc < 0:
-            text = ffi.string(log).decode(errors="replace")
-            text += "\n" + ffi.string(log + len(log) // 2).decode(errors="replace")
-            raise _load_error(-rc, text.strip())
+        _load(lib.pmc_prog_load, out, _config(resolutions, local, kfuncs, flush, capacity))
         self.prog = out[0]
         self.record_size = lib.pmc_prog_record_size(self.prog)
         self.seq_budget = lib.pmc_prog_seq_budget(self.prog)
@@ -218,6 +234,80 @@ class _Program:
             self.prog = None
 
 
+class _Slot:
+    """A cgroup that the fetch program holds a reference to, for single reads."""
+
+    __slots__ = ("index", "cgroup", "path_hash")
+
+    def __init__(self, index: int, cgroup: Cgroup) -> None:
+        self.index, self.cgroup = index, cgroup
+        self.path_hash = -1     # learnt at the first read (_read_slow)
+
+
+class _Fetch:
+    """The one-call single-read program (memcg_fetch.bpf.c) and its slots.
+
+    A slot holds a kernel reference to its cgroup until it is cleared, so the
+    number of slots is bounded (MAX_SINGLE_LINKS) and the oldest is reused.
+    """
+
+    def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
+                 kfuncs: int, flush: bool, record_size: int) -> None:
+        ffi, lib = _lib()
+        self.lib = lib
+        out = ffi.new("struct pmc_fetch **")
+        _load(lib.pmc_fetch_load, out, _config(resolutions, local, kfuncs, flush),
+              MAX_SINGLE_LINKS)
+        self.ptr = out[0]
+        self.record = ffi.buffer(ffi.cast("char *", lib.pmc_fetch_record(self.ptr)),
+                                 record_size)
+        self.pid = os.getpid()
+        self.by_id: Dict[int, _Slot] = {}    # oldest first
+        self._id_out = ffi.new("unsigned long long *")
+
+    def stash(self, cg: Cgroup) -> _Slot:
+        slot = self.by_id.get(cg.id)
+        if slot is not None:
+            slot.cgroup = cg  # the same cgroup, maybe by another path or renamed
+            return slot
+        used = {s.index for s in self.by_id.values()}
+        if len(used) >= MAX_SINGLE_LINKS:
+            oldest = next(iter(self.by_id.values()))
+            self.clear(oldest)
+            index = oldest.index
+        else:
+            index = next(i for i in range(MAX_SINGLE_LINKS) if i not in used)
+        try:
+            fd = os.open(cg.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise CgroupNotFound(f"{cg.path}: the cgroup was removed") from None
+        try:
+            rc = self.lib.pmc_fetch_stash(self.ptr, fd, index, self._id_out)
+        finally:
+            os.close(fd)
+        if rc == -errno.ENOENT:
+            raise CgroupNotFound(f"{cg.path}: the cgroup was removed")
+        if rc < 0:
+            raise ReadError(-rc, f"taking a reference to {cg.path} failed: {os.strerror(-rc)}")
+        if self._id_out[0] != cg.id:  # the directory was replaced meanwhile
+            self.lib.pmc_fetch_clear(self.ptr, index)
+            raise CgroupNotFound(f"{cg.path}: the cgroup was removed while being read")
+        slot = self.by_id[cg.id] = _Slot(index, cg)
+        return slot
+
+    def clear(self, slot: _Slot) -> None:
+        """Drop the slot's reference to its cgroup."""
+        if self.by_id.get(slot.cgroup.id) is slot:
+            del self.by_id[slot.cgroup.id]
+            self.lib.pmc_fetch_clear(self.ptr, slot.index)
+
+    def destroy(self) -> None:
+        if self.ptr is not None:
+            self.lib.pmc_fetch_destroy(self.ptr)  # drops every slot's reference
+            self.ptr = None
+            self.by_id.clear()
+
+
 def _load_error(err: int, log: str) -> Exception:
     if err in (errno.EPERM,) and "verifier" not in log.lower() and "processed" not in log:
         return PermissionDenied(f"loading the BPF program was refused ({os.strerror(err)}): it "
@@ -240,8 +330,14 @@ class _Link:
         self.path_hash = -1     # learnt at the first read (_read_slow)
 
 
-def _release(state: dict, keep_owner: bool = False) -> None:
-    """Close links, unpin, unload. Idempotent; also run by a finalizer."""
+def _release(state: dict, reload: bool = False) -> None:
+    """Close links, unpin, unload. Idempotent; also run by a finalizer.
+    reload: keep what outlives a reload of the iterator program (the owner
+    lock of our pins, the fetch program and its slots)."""
+    fetch = state.get("fetch")
+    if fetch is not None and not reload:
+        fetch.destroy()
+        state["fetch"] = None
     for link in list(state["links"].values()):
         if link.pin and link.pid == os.getpid():
             try:
@@ -254,7 +350,7 @@ def _release(state: dict, keep_owner: bool = False) -> None:
             pass
     state["links"].clear()
     owner = state.get("owner")
-    if owner is not None and not keep_owner:
+    if owner is not None and not reload:
         owner.close()
         state["owner"] = None
     prog = state.get("prog")
@@ -276,6 +372,7 @@ def _after_fork_in_child() -> None:
         owner = backend._state.get("owner")
         if owner is not None:
             owner.forget()
+        backend._after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -287,7 +384,8 @@ class BpfBackend:
     name = "bpf"
 
     def __init__(self, names: Sequence[str], local: bool, version: int, mountpoint: str,
-                 pin_dir: Optional[str] = PIN_DIR, flush: bool = False) -> None:
+                 pin_dir: Optional[str] = PIN_DIR, flush: bool = False,
+                 singles: bool = True) -> None:
         facts = kernel_facts()
         self.facts = facts
         self.plan = layout_mod.plan(facts, local, flush)
@@ -305,7 +403,7 @@ class BpfBackend:
         ])).encode()).hexdigest()[:12]
         self._lock = threading.Lock()
         _backends.add(self)
-        self._state: dict = {"links": {}, "prog": None}
+        self._state: dict = {"links": {}, "prog": None, "fetch": None}
         self._finalizer = weakref.finalize(self, _release, self._state)
         # load first: without privileges this is what fails, with a clear error
         self._state["prog"] = self._load(INITIAL_OVERFLOW_CAPACITY)
@@ -331,6 +429,35 @@ class BpfBackend:
         self._unpack_single = self._single.unpack_from
         self._read_session = self._lib.pmc_read_session
         self._ovf = bytearray(0)
+        self._fetch: Optional[_Fetch] = None
+        self.read_method = "iterator session"
+        if singles:
+            self._load_fetch()
+
+    def _load_fetch(self) -> None:
+        """Single reads through BPF_PROG_RUN where the kernel takes the fetch
+        program (6.4+); iterator sessions where it does not."""
+        try:
+            fetch = _Fetch(self.resolutions, self.local, self.plan.kfuncs, self.plan.flush,
+                           self.layout.record_size)
+        except BpfUnavailable as e:
+            why = str(e).split(":")[0]
+            self.read_method = f"iterator session (the one-call read did not load: {why})"
+            return
+        self._state["fetch"] = self._fetch = fetch
+        self._fetch_ptr = fetch.ptr
+        self._fetch_run = self._lib.pmc_fetch_run
+        self._fetch_record = fetch.record
+        self._unpack_record = self.layout.record.unpack_from
+        self.read_method = "BPF_PROG_RUN (memcg_fetch)"
+
+    def _after_fork(self) -> None:
+        # parent and child would share the fetch program's output map: the
+        # child reads through iterator sessions, whose buffers are its own
+        if self._fetch is not None:
+            self._fetch = None
+            self._by_path.clear()
+            self.read_method = "iterator session (forked child)"
 
     # --- links ---
     def _link(self, cg: Cgroup, order: int) -> _Link:
@@ -413,7 +540,18 @@ class BpfBackend:
                 link = self._by_path.get(path)
             except TypeError:  # not a path at all (unhashable)
                 link = None
-            if link is not None:
+            if link is not None and self._fetch is not None:
+                # fast path: one bpf() call fills the record, one unpack, and
+                # its path hash proves the path still names this cgroup
+                if self._fetch_run(self._fetch_ptr, link.index) == 0:
+                    t = self._unpack_record(self._fetch_record)
+                    if t[2] == link.path_hash and t[0] == link.cgroup.id and not t[4] & REC_GONE:
+                        return Record(self.layout, t, link.cgroup.relpath)
+                    if t[4] & REC_GONE:  # removed: let the kernel free it
+                        self._fetch.clear(link)
+                del self._by_path[path]  # renamed, removed or replaced: resolve again
+                link = None
+            elif link is not None:
                 # fast path: one record and the trailer, one unpack, and the
                 # record's path hash proves the path still names this cgroup
                 n = self._read_session(link.fd, self._cbuf, self._buflen)
@@ -428,21 +566,44 @@ class BpfBackend:
         finally:
             lock.release()
 
-    def _read_slow(self, path: str, link: Optional[_Link]) -> Record:
+    def _attach_single(self, cg: Cgroup):
+        """What reads one cgroup: a fetch slot, else a SELF_ONLY link."""
+        if self._fetch is not None:
+            return self._fetch.stash(cg)
+        self._evict_single_links()
+        return self._link(cg, ORDER_SELF_ONLY)
+
+    def _read_single(self, link) -> Optional[tuple]:
+        """The record tuple of one cgroup, or None when it was removed."""
+        if self._fetch is not None:
+            rc = self._fetch_run(self._fetch_ptr, link.index)
+            if rc < 0:
+                raise ReadError(-rc, f"reading {link.cgroup.path} (BPF_PROG_RUN) failed: "
+                                     f"{os.strerror(-rc)}")
+            t = self._unpack_record(self._fetch_record)
+            return None if t[4] & REC_GONE else t
+        n = self._session(link)
+        count, _session, _visited = parse_trailer(self._buf, n, self.layout.record_size)
+        return self.layout.record.unpack_from(self._buf, 0) if count == 1 else None
+
+    def _drop_single(self, link) -> None:
+        if self._fetch is not None:
+            self._fetch.clear(link)
+        else:
+            self._drop_link(link)
+
+    def _read_slow(self, path: str, link) -> Record:
         for _ in range(3):
             if link is None:
                 cg = resolve_cgroup(path)
-                self._evict_single_links()
-                link = self._link(cg, ORDER_SELF_ONLY)
+                link = self._attach_single(cg)
                 # only a canonical absolute path may skip resolution next time:
                 # a relative one depends on the cwd, a symlink on its target,
                 # and the path hash proves only the cgroup's own path
                 if isinstance(path, str) and path == cg.path:
                     self._by_path[path] = link
-            n = self._session(link)
-            count, _session, _visited = parse_trailer(self._buf, n, self.layout.record_size)
-            if count == 1:
-                t = self.layout.record.unpack_from(self._buf, 0)
+            t = self._read_single(link)
+            if t is not None:
                 # Learn the path hash the kernel reports for this path: the
                 # path named this cgroup before the walk (resolve) and still
                 # does after it, so the hash seen in between is the path's.
@@ -460,8 +621,9 @@ class BpfBackend:
                 self._by_path.pop(path, None)  # renamed meanwhile: resolve again
                 link = None
                 continue
-            # 0 records: the cgroup behind the link died; the path may be new
-            self._drop_link(link)
+            # no record: the cgroup behind the link died; the path may be new
+            self._by_path.pop(path, None)
+            self._drop_single(link)
             link = None
         raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
 
@@ -536,8 +698,9 @@ class BpfBackend:
         capacity = INITIAL_OVERFLOW_CAPACITY
         while capacity < needed * 5 // 4:
             capacity *= 2
-        _release(self._state, keep_owner=True)
-        self._by_path.clear()
+        _release(self._state, reload=True)
+        if self._fetch is None:
+            self._by_path.clear()  # iterator links went with the program
         self._state["prog"] = self._load(capacity)
 
     def _load(self, capacity: int) -> _Program:
@@ -551,6 +714,7 @@ class BpfBackend:
 
     def close(self) -> None:
         with self._lock:
+            self._fetch = None  # before the finalizer frees what its pointers point at
             self._finalizer()
             self._by_path.clear()
             self._roots.clear()

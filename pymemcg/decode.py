@@ -18,6 +18,7 @@ TRAILER = struct.Struct("<QQQ")           # struct pmc_trailer
 TRAILER_MAGIC = 0x31474D434D4D50          # PMC_TRAILER_MAGIC
 REC_NO_MEMCG = 1 << 0
 REC_NO_VMSTATS = 1 << 1
+REC_GONE = 1 << 2              # fetch: empty slot, or the cgroup was removed
 MAX_STATS = 128
 VALUES_AT = 7                             # index of the first value in a record tuple
 FNV_OFFSET = 0xCBF29CE484222325

@@ -159,6 +159,11 @@ class PinnedBackend:
         return Layout(self._pins.stats, self._pins.sources())
 
     @property
+    def read_method(self) -> str:
+        own = f"; elsewhere {self.backend.read_method}" if self.backend is not None else ""
+        return "shared pin (open + read of the pinned link)" + own
+
+    @property
     def pins_used(self) -> Dict[str, str]:
         return dict(self._pins.used)
 

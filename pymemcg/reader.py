@@ -117,6 +117,13 @@ class Reader:
         return dict(getattr(self._be(), "pins_used", {}))
 
     @property
+    def read_method(self) -> str:
+        """How read() reads one cgroup: 'BPF_PROG_RUN (memcg_fetch)' (one bpf()
+        call, Linux 6.4+), 'iterator session (why not the former)', 'memory.stat
+        text', or 'shared pins' first (then the Reader's own method)."""
+        return self._be().read_method
+
+    @property
     def sources(self):
         """stat name -> how it is read on this host, or why it is unavailable."""
         return dict(self._be().layout.sources)

@@ -149,6 +149,7 @@ class TextBackend:
     """Reads the selected stats from cgroupfs files."""
 
     name = "text"
+    read_method = "memory.stat text"
 
     def __init__(self, names: Sequence[str], local: bool, version: int,
                  mountpoint: Optional[str] = None) -> None:

@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -278,17 +279,22 @@ def test_read_of_a_removed_cgroup(no_leaks, cgroups, backend):
         assert r.read(once).id == os.stat(once).st_ino
 
 
-def test_cgroup_removed_between_attach_and_read(no_leaks, cgroups, monkeypatch):
+@pytest.mark.parametrize("single", ["fetch", "iterator"])
+def test_cgroup_removed_between_attach_and_read(no_leaks, cgroups, monkeypatch, single):
+    """Removed after the reader took hold of it (an iterator link, or a fetch
+    slot's reference) and before the first read."""
     victim = cgroups.make("victim")
-    real_attach = bpf_mod._Program.attach
-
-    def attach_then_remove(self, cg, order):
-        fd = real_attach(self, cg, order)
-        if cg.path == victim:
-            os.rmdir(victim)
-        return fd
-    monkeypatch.setattr(bpf_mod._Program, "attach", attach_then_remove)
+    if single == "iterator":
+        monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
+    for cls, name in ((bpf_mod._Program, "attach"), (bpf_mod._Fetch, "stash")):
+        def then_remove(self, cg, *args, real=getattr(cls, name)):
+            out = real(self, cg, *args)
+            if cg.path == victim and os.path.isdir(victim):
+                os.rmdir(victim)
+            return out
+        monkeypatch.setattr(cls, name, then_remove)
     with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        assert r.read_method.startswith("BPF_PROG_RUN" if single == "fetch" else "iterator")
         with pytest.raises(pymemcg.CgroupNotFound):
             r.read(victim)
         assert r.read(cgroups.base).id == os.stat(cgroups.base).st_ino
@@ -359,3 +365,41 @@ def test_removed_tree_roots_release_their_links(bpf_ok, cgroups):
         grown_fds, grown_pins = len(open_fds()) - fds, len(my_pins()) - pins
         assert (grown_fds, grown_pins) == (0, 0), \
             f"{grown_fds} fds and {grown_pins} pins held for 20 removed roots"
+
+
+def _memory_cgroups() -> int:
+    """The memory hierarchy's cgroup count (/proc/cgroups): removed cgroups
+    stay counted while anything holds a reference to them."""
+    with open("/proc/cgroups") as f:
+        for line in f:
+            if line.split()[0] == "memory":
+                return int(line.split()[2])
+    raise AssertionError("no memory controller in /proc/cgroups")
+
+
+def _wait_count(want: int) -> int:
+    for _ in range(100):  # the last reference goes through an RCU grace period
+        if _memory_cgroups() == want:
+            break
+        time.sleep(0.05)
+    return _memory_cgroups()
+
+
+@pytest.mark.parametrize("how", ["read", "close"])
+def test_fetch_references_of_removed_cgroups_are_dropped(no_leaks, cgroups, how):
+    """A one-call read keeps a kernel reference to its cgroup; once the
+    cgroup is removed, the next read of it (or close) drops that reference,
+    so the kernel can free it."""
+    victim = cgroups.make("held")
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        assert r.read_method.startswith("BPF_PROG_RUN"), r.read_method
+        r.read(victim)
+        before = _memory_cgroups()
+        os.rmdir(victim)
+        time.sleep(0.3)
+        assert _memory_cgroups() == before, "the slot's reference should hold the cgroup"
+        if how == "read":
+            with pytest.raises(pymemcg.CgroupNotFound):
+                r.read(victim)
+            assert _wait_count(before - 1) == before - 1
+    assert _wait_count(before - 1) == before - 1

@@ -102,7 +102,9 @@ def test_root_reader_loads_no_program_while_pins_serve(shared, cgroup_version, n
         # no program, no link, no pin of its own: only the pins' sessions
         assert (bpf_progs(), open_fds(), r.backend) == (progs, fds, "pins")
         assert r.read(shared["other"]).id == os.stat(shared["other"]).st_ino
-        assert r.backend == "pins+bpf" and bpf_progs() > progs and my_pins()
+        assert r.backend == "pins+bpf" and bpf_progs() > progs
+        # its own single read: one bpf() call, or an iterator link it pins
+        assert "BPF_PROG_RUN" in r.read_method or my_pins()
         # the pin still serves what it serves
         assert r.read(shared["leaf"]).source("anon").startswith("shared pin ")
     assert bpf_progs() == progs

@@ -1,0 +1,381 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * memcg_fill.bpf.h: one record of the selected memcg stats for one cgroup,
+ * shared by the programs that produce records (memcg_iter.bpf.c: iterator
+ * sessions; memcg_fetch.bpf.c: one cgroup per BPF_PROG_RUN). Each object
+ * gets its own copy of the selection below, set by the loader before load.
+ */
+#ifndef PMC_MEMCG_FILL_BPF_H
+#define PMC_MEMCG_FILL_BPF_H
+
+#include "vmlinux_min.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "memcg_record.h"
+
+/* --- selection, written by the loader into .rodata before load --- */
+const volatile __u32 nr_stats = 0;
+const volatile bool local_stats = false;	/* state_local/events_local */
+const volatile __u32 kfuncs = PMC_KFUNCS_NONE;	/* enum pmc_kfuncs */
+/* which kernel arrays the selection reads: each is copied in one read */
+const volatile bool need_state = false;
+const volatile bool need_events = false;
+const volatile bool need_memev = false;
+const volatile __u64 page_size = 4096;
+const volatile struct pmc_stat_spec specs[PMC_MAX_STATS] = {};
+
+#define PMC_ARRAY_MAX	128	/* longest state[]/events[] copied whole */
+
+struct pmc_scratch {
+	struct pmc_record hdr;
+	__u64 values[PMC_MAX_STATS];
+	/* not part of the record: */
+	__u64 name[PMC_NAME_MAX / 8];
+	__u64 state[PMC_ARRAY_MAX];
+	__u64 events[PMC_ARRAY_MAX];
+	__u64 memev[PMC_ARRAY_MAX / 4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pmc_scratch);
+} scratch SEC(".maps");
+
+/* Linux 7.0+ (mm/bpf_memcontrol.c). Weak: unresolved where absent; every
+ * call sits behind `kfuncs`, which the loader leaves at NONE there, so the
+ * verifier removes them as dead code. */
+extern struct mem_cgroup *bpf_get_mem_cgroup(struct cgroup_subsys_state *css) __ksym __weak;
+extern void bpf_put_mem_cgroup(struct mem_cgroup *memcg) __ksym __weak;
+extern void bpf_mem_cgroup_flush_stats(struct mem_cgroup *memcg) __ksym __weak;	/* sleepable */
+extern unsigned long bpf_mem_cgroup_page_state(struct mem_cgroup *memcg, int idx) __ksym __weak;
+extern unsigned long bpf_mem_cgroup_vm_events(struct mem_cgroup *memcg,
+					      enum vm_event_item event) __ksym __weak;
+extern unsigned long bpf_mem_cgroup_memory_events(struct mem_cgroup *memcg,
+						  enum memcg_memory_event event) __ksym __weak;
+extern unsigned long bpf_mem_cgroup_usage(struct mem_cgroup *memcg) __ksym __weak;
+
+/* The seed's RFC patch (mm/memcontrol.c, never merged), for kernels that
+ * carry it. Same gating. */
+extern void memcg_flush_stats(struct cgroup *cgrp) __ksym __weak;
+extern unsigned long memcg_node_stat_fetch(struct cgroup *cgrp,
+					   enum node_stat_item item) __ksym __weak;
+extern unsigned long memcg_stat_fetch(struct cgroup *cgrp,
+				      enum memcg_stat_item item) __ksym __weak;
+extern unsigned long memcg_vm_event_fetch(struct cgroup *cgrp,
+					  enum vm_event_item item) __ksym __weak;
+
+static __always_inline __u64 read_u64(const void *addr, bool *ok)
+{
+	__u64 v = 0;
+
+	*ok = bpf_probe_read_kernel(&v, sizeof(v), addr) == 0;
+	return v;
+}
+
+static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which, bool *ok)
+{
+	struct page_counter *pc;
+
+	pc = which < PMC_CTR_SWAP_USAGE ? &memcg->memory : &memcg->swap;
+	switch (which) {
+	case PMC_CTR_MEMORY_USAGE:
+	case PMC_CTR_SWAP_USAGE:
+		return read_u64(__builtin_preserve_access_index(&pc->usage.counter), ok);
+	case PMC_CTR_MEMORY_PEAK:
+	case PMC_CTR_SWAP_PEAK:
+		return read_u64(__builtin_preserve_access_index(&pc->watermark), ok);
+	case PMC_CTR_MEMORY_MAX:
+	case PMC_CTR_SWAP_MAX:
+		return read_u64(__builtin_preserve_access_index(&pc->max), ok);
+	case PMC_CTR_MEMORY_FAILCNT:
+	case PMC_CTR_SWAP_FAILCNT:
+		return read_u64(__builtin_preserve_access_index(&pc->failcnt), ok);
+	}
+	*ok = false;
+	return 0;
+}
+
+/*
+ * Copy len longs at src into dst (at most max): one helper call for a whole
+ * kernel array instead of one per stat. Returns how many longs were copied.
+ */
+static __always_inline __u32 copy_array(__u64 *dst, __u32 max, const void *src, __u32 len)
+{
+	__u32 size = (len < max ? len : max) * sizeof(__u64);
+
+	if (!src || !size || size > max * sizeof(__u64))
+		return 0;
+	return bpf_probe_read_kernel(dst, size, src) ? 0 : size / sizeof(__u64);
+}
+
+/* State and events through the RFC kfuncs: memory.stat's own unit. */
+static __always_inline __u64 rfc_fetch(struct cgroup *cgrp, __u32 kind, __u32 item, __u32 flags)
+{
+	if (kind == PMC_KIND_EVENT)
+		return memcg_vm_event_fetch(cgrp, item);
+	if (flags & PMC_SPEC_MEMCG_ITEM)
+		return memcg_stat_fetch(cgrp, item);
+	return memcg_node_stat_fetch(cgrp, item);
+}
+
+/*
+ * Fill rec->values for one memcg through CO-RE reads of struct mem_cgroup
+ * (on kernels with the RFC kfuncs, state and events come from those).
+ */
+static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cgrp,
+				      struct mem_cgroup *memcg, bool is_root)
+{
+	struct memcg_vmstats *vmstats = BPF_CORE_READ(memcg, vmstats);
+	__u32 state_len = bpf_core_field_size(struct memcg_vmstats, state) / sizeof(long);
+	__u32 events_len = bpf_core_field_size(struct memcg_vmstats, events) / sizeof(long);
+	__u32 memev_len = bpf_core_field_size(struct mem_cgroup, memory_events) / sizeof(long);
+	__u32 state_n = 0, events_n = 0, memev_n = 0;
+	__u32 state_off, events_off, memev_off;
+	__u32 i;
+
+	if (!vmstats)
+		rec->hdr.flags |= PMC_REC_NO_VMSTATS;
+	if (local_stats) {
+		/* state_local[]/events_local[] came in 6.2; before, local values
+		 * were per-CPU sums and the loader marks them unavailable. The
+		 * offsets sit behind the existence check so that their failed
+		 * relocations are dead code on such kernels. */
+		if (bpf_core_field_exists(struct memcg_vmstats, state_local)) {
+			state_off = bpf_core_field_offset(struct memcg_vmstats, state_local);
+			events_off = bpf_core_field_offset(struct memcg_vmstats, events_local);
+		} else {
+			vmstats = 0;
+			state_off = events_off = 0;
+		}
+		memev_off = bpf_core_field_offset(struct mem_cgroup, memory_events_local);
+	} else {
+		state_off = bpf_core_field_offset(struct memcg_vmstats, state);
+		events_off = bpf_core_field_offset(struct memcg_vmstats, events);
+		memev_off = bpf_core_field_offset(struct mem_cgroup, memory_events);
+	}
+	if (need_state && vmstats)
+		state_n = copy_array(rec->state, PMC_ARRAY_MAX, (void *)vmstats + state_off,
+				     state_len);
+	if (need_events && vmstats)
+		events_n = copy_array(rec->events, PMC_ARRAY_MAX, (void *)vmstats + events_off,
+				      events_len);
+	if (need_memev)
+		memev_n = copy_array(rec->memev, PMC_ARRAY_MAX / 4, (void *)memcg + memev_off,
+				     memev_len);
+
+	for (i = 0; i < PMC_MAX_STATS; i++) {
+		__u32 kind, slot, flags;
+		__u64 scale, v = 0;
+		bool ok = false;
+
+		if (i >= nr_stats)
+			break;
+		kind = specs[i].kind;
+		slot = specs[i].slot;
+		flags = specs[i].flags;
+		scale = specs[i].scale;
+
+		switch (kind) {
+		case PMC_KIND_STATE:
+		case PMC_KIND_EVENT:
+			if (kfuncs == PMC_KFUNCS_RFC && !local_stats) {
+				v = rfc_fetch(cgrp, kind, specs[i].item, flags);
+				ok = true;
+				break;
+			}
+			if (kind == PMC_KIND_EVENT) {
+				ok = slot < events_n;
+				v = rec->events[slot & (PMC_ARRAY_MAX - 1)];
+				break;
+			}
+			ok = slot < state_n;
+			v = rec->state[slot & (PMC_ARRAY_MAX - 1)];
+			break;
+		case PMC_KIND_MEMEVENT:
+			ok = slot < memev_n;
+			v = rec->memev[slot & (PMC_ARRAY_MAX / 4 - 1)];
+			break;
+		case PMC_KIND_COUNTER:
+			/* The root memcg's usage files show global vmstat
+			 * approximations (mem_cgroup_usage), not its counter:
+			 * leave them unavailable rather than different. */
+			if (is_root && (slot == PMC_CTR_MEMORY_USAGE || slot == PMC_CTR_SWAP_USAGE))
+				break;
+			v = read_counter(memcg, slot, &ok);
+			break;
+		}
+		if (!ok) {
+			rec->values[i & (PMC_MAX_STATS - 1)] = 0;
+			continue;
+		}
+		/* memcg_page_state() reports a transiently negative sum as 0 */
+		if ((flags & PMC_SPEC_SIGNED) && (long)v < 0)
+			v = 0;
+		rec->values[i & (PMC_MAX_STATS - 1)] = v * scale;
+		rec->hdr.valid[(i >> 6) & 1] |= 1ULL << (i & 63);
+	}
+}
+
+/* Fill rec->values through the Linux 7.0+ kfuncs; flush first if asked. */
+static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *cgrp,
+				       bool is_root, bool flush)
+{
+	struct mem_cgroup *memcg = bpf_get_mem_cgroup(&cgrp->self);
+	__u32 i;
+
+	if (!memcg) {
+		rec->hdr.flags |= PMC_REC_NO_MEMCG;
+		return;
+	}
+	if (flush)
+		bpf_mem_cgroup_flush_stats(memcg);
+	for (i = 0; i < PMC_MAX_STATS; i++) {
+		__u64 v = (unsigned long)-1;
+
+		if (i >= nr_stats)
+			break;
+		switch (specs[i].kind) {
+		case PMC_KIND_STATE:
+			v = bpf_mem_cgroup_page_state(memcg, specs[i].item);
+			break;
+		case PMC_KIND_EVENT:
+			v = bpf_mem_cgroup_vm_events(memcg, specs[i].item);
+			break;
+		case PMC_KIND_MEMEVENT:
+			v = bpf_mem_cgroup_memory_events(memcg, specs[i].item);
+			break;
+		case PMC_KIND_COUNTER: {
+			__u32 slot = specs[i].slot;
+			bool ok;
+
+			/* the root's usage is a global approximation, as in fill_core */
+			if (is_root && (slot == PMC_CTR_MEMORY_USAGE || slot == PMC_CTR_SWAP_USAGE))
+				break;
+			if (slot == PMC_CTR_MEMORY_USAGE) {
+				v = bpf_mem_cgroup_usage(memcg);
+				break;
+			}
+			/* no kfunc for the other page-counter fields: CO-RE */
+			v = read_counter(memcg, slot, &ok);
+			if (!ok)
+				v = (unsigned long)-1;
+			break;
+		}
+		}
+		/* (unsigned long)-1: the kernel does not track this item */
+		if (v == (unsigned long)-1)
+			continue;
+		rec->values[i & (PMC_MAX_STATS - 1)] = v * specs[i].scale;
+		rec->hdr.valid[(i >> 6) & 1] |= 1ULL << (i & 63);
+	}
+	bpf_put_mem_cgroup(memcg);
+}
+
+/* Fold the memcg's pending per-CPU updates into its totals, as a read of
+ * memory.stat does first (only in the sleepable programs). */
+static __always_inline void flush_memcg(struct cgroup *cgrp)
+{
+	struct mem_cgroup *memcg;
+
+	if (kfuncs == PMC_KFUNCS_RFC) {
+		memcg_flush_stats(cgrp);
+	} else if (kfuncs == PMC_KFUNCS_MEMCG) {
+		memcg = bpf_get_mem_cgroup(&cgrp->self);
+		if (memcg) {
+			bpf_mem_cgroup_flush_stats(memcg);
+			bpf_put_mem_cgroup(memcg);
+		}
+	}
+}
+
+static __always_inline __u64 name_hash(struct pmc_scratch *rec, struct kernfs_node *kn)
+{
+	const char *name = kn->name;
+	__u64 h = PMC_FNV_OFFSET;
+	long n;
+	__u32 i;
+
+	n = bpf_probe_read_kernel_str(rec->name, sizeof(rec->name), name);
+	if (n <= 0)
+		return 0;
+	for (i = 0; i < PMC_NAME_MAX / 8; i++) {
+		long left = n - i * 8;
+		__u64 w;
+
+		if (left <= 0)
+			break;
+		w = rec->name[i];
+		if (left < 8)
+			w &= (1ULL << (left * 8)) - 1;	/* bytes past the NUL are stale */
+		h = (h ^ w) * PMC_FNV_PRIME;
+	}
+	return h;
+}
+
+/*
+ * Hash of the path from the hierarchy root: the name hashes of the cgroup and
+ * its ancestors below the root, leaf first. Read in the same walk as the
+ * stats (cgroup_mutex held, which rename takes too), it proves that the
+ * record belongs to the path the reader asked for. 0: deeper than we walk.
+ */
+static __always_inline __u64 path_hash(struct pmc_scratch *rec, struct cgroup *cgrp)
+{
+	__u64 h = PMC_FNV_OFFSET;
+	__u32 depth;
+
+	for (depth = 0; depth < PMC_PATH_MAX_DEPTH; depth++) {
+		struct cgroup_subsys_state *parent = cgrp->self.parent;
+
+		if (!parent)
+			return h;
+		h = (h ^ name_hash(rec, cgrp->kn)) * PMC_FNV_PRIME;
+		cgrp = parent->cgroup;
+	}
+	return 0;
+}
+
+/*
+ * The record of one cgroup into rec: header, then every selected value
+ * (each one written, so a reader never sees the previous cgroup's numbers).
+ * with_path: name_hash holds the path's hash (single reads) instead of the
+ * name's (walks). flush: fold pending per-CPU updates in first (sleepable
+ * programs only).
+ */
+static __always_inline void fill_record(struct pmc_scratch *rec, struct cgroup *cgrp,
+					bool with_path, bool flush)
+{
+	struct cgroup_subsys_state *css, *parent;
+
+	/* cgrp is a BTF pointer: plain loads, no helper calls */
+	rec->hdr.cgroup_id = cgrp->kn->id;
+	rec->hdr.name_hash = with_path ? path_hash(rec, cgrp) : name_hash(rec, cgrp->kn);
+	parent = cgrp->self.parent;
+	rec->hdr.parent_id = parent ? parent->cgroup->kn->id : 0;
+	rec->hdr.level = cgrp->level;
+	rec->hdr.flags = 0;
+	rec->hdr.valid[0] = 0;
+	rec->hdr.valid[1] = 0;
+
+	for (__u32 i = 0; i < PMC_MAX_STATS; i++) {
+		if (i >= nr_stats)
+			break;
+		rec->values[i & (PMC_MAX_STATS - 1)] = 0;
+	}
+
+	/* the kfuncs answer hierarchical values only: local ones are CO-RE */
+	if (kfuncs == PMC_KFUNCS_MEMCG && !local_stats) {
+		fill_kfunc(rec, cgrp, parent == 0, flush);
+	} else {
+		css = cgrp->subsys[bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id)];
+		if (flush && css)
+			flush_memcg(cgrp);
+		if (css)
+			fill_core(rec, cgrp, (struct mem_cgroup *)css, parent == 0);
+		else
+			rec->hdr.flags |= PMC_REC_NO_MEMCG;
+	}
+}
+
+#endif /* PMC_MEMCG_FILL_BPF_H */
