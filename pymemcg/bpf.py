@@ -710,7 +710,7 @@ class BpfBackend:
     def _snapshot(self, root: Cgroup, raw: List[tuple]) -> Snapshot:
         if raw[0][0] != root.id:
             raise MalformedData(f"walk of {root.path} did not start at its root")
-        return Snapshot(root.relpath, self.layout, raw, self._paths.paths(root, raw))
+        return Snapshot(root.relpath, self.layout, raw, *self._paths.paths_and_index(root, raw))
 
     def close(self) -> None:
         with self._lock:

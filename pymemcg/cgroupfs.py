@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -181,6 +182,9 @@ class NameCache:
             del self.names[stale]
 
 
+_SHAPE = operator.itemgetter(0, 1, 2)   # a record's id, parent id, name hash
+
+
 class TreePaths:
     """Paths for the records of a pre-order walk (a parent before its
     children), kept across snapshots: an unchanged cgroup under an unchanged
@@ -190,6 +194,24 @@ class TreePaths:
     def __init__(self) -> None:
         self.names = NameCache()
         self._prev: Dict[int, tuple] = {}   # id -> (name hash, parent path, path)
+        # the last walk's shape (root, then (id, parent id, name hash) per
+        # record) and what it gave: an unchanged tree reuses both as they are
+        self._shape: Optional[tuple] = None
+        self._last: Tuple[List[Optional[str]], Dict[str, int]] = ([], {})
+
+    def paths_and_index(self, root: Cgroup, raw: List[tuple]
+                        ) -> Tuple[List[Optional[str]], Dict[str, int]]:
+        """paths() and {path: position}; the same objects as last time when
+        the tree's shape did not change (treat both as read-only)."""
+        shape = (root.mount.mountpoint, root.relpath, list(map(_SHAPE, raw)))
+        if shape == self._shape:
+            return self._last
+        paths = self.paths(root, raw)
+        index = {p: i for i, p in enumerate(paths) if p is not None}
+        # a name not found (removed or renamed meanwhile) is looked for again
+        self._shape = shape if len(index) == len(paths) else None
+        self._last = (paths, index)
+        return self._last
 
     def paths(self, root: Cgroup, raw: List[tuple]) -> List[Optional[str]]:
         """raw: record tuples (id, parent_id, name_hash, ...), root first."""

@@ -145,13 +145,15 @@ class Snapshot(Mapping[str, Record]):
     """
 
     def __init__(self, root: str, layout: Layout, raw: List[tuple],
-                 paths: List[Optional[str]]) -> None:
+                 paths: List[Optional[str]], index: Optional[Dict[str, int]] = None) -> None:
         self.root = root
         self.layout = layout
         self._raw = raw
         self._paths = paths
         self._objs: List[Optional[Record]] = [None] * len(raw)
-        self._index = {p: i for i, p in enumerate(paths) if p is not None}
+        # index: {path: position}, shared with other snapshots of the same tree
+        self._index = index if index is not None else \
+            {p: i for i, p in enumerate(paths) if p is not None}
         self._ids: Optional[Dict[int, int]] = None
 
     @classmethod

@@ -117,3 +117,20 @@ def test_name_hash_matches_the_bpf_program(bpf_ok, cgroups):
             # single reads carry the hash of the whole path instead
             single = r.read(os.path.join(cgroups.base, "h", name))
             assert single.name_hash == path_hash(single.path) != rec.name_hash
+
+
+def test_unchanged_tree_reuses_its_paths(bpf_ok, cgroups):
+    """A walk of the same shape (ids, parents, names) reuses the last paths;
+    any change (a new cgroup, a removal) makes them anew."""
+    base = cgroups.make("same")
+    cgroups.make("same/x")
+    with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
+        s1, s2 = r.read_tree(base), r.read_tree(base)
+        assert sorted(s1) == sorted(s2) and len(s1) == 2
+        assert s1._index is s2._index  # nothing was recomputed
+        y = cgroups.make("same/y")
+        s3 = r.read_tree(base)
+        assert s3._index is not s2._index and s3.root + "/y" in s3 and len(s3) == 3
+        os.rmdir(y)
+        s4 = r.read_tree(base)
+        assert sorted(s4) == sorted(s1) and s4.root + "/y" not in s4

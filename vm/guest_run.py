@@ -53,6 +53,8 @@ try:
     out["plan"] = {"hierarchical": dataclasses.asdict(layout.plan(facts)),
                    "local": dataclasses.asdict(layout.plan(facts, local=True)),
                    "flush": layout.kfunc_family(facts) != layout.KFUNCS_NONE}
+    with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
+        out["plan"]["read_method"] = r.read_method
 except Exception as e:
     out["plan_error"] = repr(e)
 # what the text backend really returns for a fresh child cgroup here (which

@@ -768,7 +768,9 @@ def render_doc(results: List[dict]) -> str:
                        f"`{h['tree_program']}`/`{h['single_program']}`; flush=True "
                        + ("loads the sleepable `pmc_memcg_iter_flush`/"
                           "`pmc_memcg_iter_path_flush` (iter.s/cgroup)" if plan.get("flush")
-                          else "raises FlushUnavailable (no flush kfunc)"))
+                          else "raises FlushUnavailable (no flush kfunc)")
+                       + (f"; single reads: {plan['read_method']}" if plan.get("read_method")
+                          else ""))
         out.append(f"- result: {'PASS' if r.get('passed') else 'FAIL'}"
                    + (f" ({r['error']})" if r.get("error") else ""))
         for c in r.get("cases") or []:
