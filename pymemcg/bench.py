@@ -217,6 +217,28 @@ def walk_tree_text(root: str) -> Dict[str, Dict[str, int]]:
 
 # --- the C side ---
 
+def compare_with_text(snapshot, root: str) -> int:
+    """Both methods give the same numbers: every value the BPF snapshot has
+    equals memory.stat's (through pymemcg's text backend) for each cgroup of
+    an idle tree. Returns how many values were compared; raises if any differ."""
+    with Reader(stats=list(snapshot.layout.names), backend="text") as text:
+        other = text.read_tree(root)
+    if sorted(other) != sorted(snapshot):
+        raise RuntimeError(f"BPF and text walks of {root} saw different cgroups")
+    compared, differ = 0, {}
+    for path in snapshot:
+        bpf, txt = snapshot[path].as_dict(), other[path].as_dict()
+        for name, v in bpf.items():
+            if v is None or txt.get(name) is None:
+                continue
+            compared += 1
+            if v != txt[name]:
+                differ[(path, name)] = (v, txt[name])
+    if differ:
+        raise RuntimeError(f"BPF != memory.stat (bpf, text): {differ}")
+    return compared
+
+
 def spec_lines(stats: Sequence[str] = STATS) -> List[str]:
     """'name kind slot item flags scale' per stat, as this kernel resolves it.
 
@@ -521,6 +543,7 @@ def measure_tree(size: int, cgroups: BenchCgroups, reader: Reader, cbench: Optio
         n = len(read_tree(root))  # also grows the overflow map where needed
         assert n == size, f"BPF walk saw {n} cgroups, not {size}"
         assert len(walk_tree_text(root)) == size
+        compare_with_text(read_tree(root), root)
         peak, retained = snapshot_memory(reader, root)
         methods = {"bpf": lambda: read_tree(root), "text": lambda: walk_tree_text(root)}
         per: Dict[str, List[float]] = {}
