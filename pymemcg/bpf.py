@@ -237,11 +237,21 @@ class _Program:
 class _Slot:
     """A cgroup that the fetch program holds a reference to, for single reads."""
 
-    __slots__ = ("index", "cgroup", "path_hash")
+    __slots__ = ("index", "_cgroup", "id", "relpath", "path_hash")
 
     def __init__(self, index: int, cgroup: Cgroup) -> None:
-        self.index, self.cgroup = index, cgroup
+        self.index = index
+        self.cgroup = cgroup
         self.path_hash = -1     # learnt at the first read (_read_slow)
+
+    # id and relpath are copied out of the cgroup for the fast path
+    @property
+    def cgroup(self) -> Cgroup:
+        return self._cgroup
+
+    @cgroup.setter
+    def cgroup(self, cg: Cgroup) -> None:
+        self._cgroup, self.id, self.relpath = cg, cg.id, cg.relpath
 
 
 class _Fetch:
@@ -540,13 +550,13 @@ class BpfBackend:
                 link = self._by_path.get(path)
             except TypeError:  # not a path at all (unhashable)
                 link = None
-            if link is not None and self._fetch is not None:
+            if link.__class__ is _Slot:
                 # fast path: one bpf() call fills the record, one unpack, and
                 # its path hash proves the path still names this cgroup
                 if self._fetch_run(self._fetch_ptr, link.index) == 0:
                     t = self._unpack_record(self._fetch_record)
-                    if t[2] == link.path_hash and t[0] == link.cgroup.id and not t[4] & REC_GONE:
-                        return Record(self.layout, t, link.cgroup.relpath)
+                    if t[2] == link.path_hash and t[0] == link.id and not t[4] & REC_GONE:
+                        return Record(self.layout, t, link.relpath)
                     if t[4] & REC_GONE:  # removed: let the kernel free it
                         self._fetch.clear(link)
                 del self._by_path[path]  # renamed, removed or replaced: resolve again
