@@ -1177,11 +1177,13 @@ What moved the single-read goals: an iterator session has a fixed cost (an anon-
 file, a seq_file and a 32 KiB buffer made and freed per read) that a read through it cannot
 go under. `Reader.read` therefore reads one cgroup with a `SEC("syscall")` program run by
 `BPF_PROG_RUN` (bpf_src/memcg_fetch.bpf.c) on a `struct cgroup` reference that an iterator
-session stashed once: one `bpf()` call, no file (Linux 6.4+; iterator sessions below). What
-would move the goals still missed (details in section 3 and [profile.md](profile.md)):
+session stashed once: one `bpf()` call, no file (Linux 6.4+; iterator sessions below).
+What moved the tree goal: a walk whose shape (ids, parents, names) did not change reuses
+the last snapshot's paths and index. Where more could come from (details in section 3 and
+[profile.md](profile.md)):
 
-- **Trees** (50× at 1,000 cgroups): build a Snapshot's paths lazily, on the first lookup
-  by path, instead of for every record in every read; in the BPF program read only the
+- **Trees**: build a Snapshot's paths lazily, on the first lookup
+  by path, instead of for every changed tree; in the BPF program read only the
   selected slots with direct loads (`bpf_rdonly_cast` to `struct mem_cgroup`, available
   on 6.18) instead of `bpf_probe_read_kernel` copies of the whole `state[]`/`events[]`
   arrays per cgroup, and build overflow records in place in the map instead of copying
