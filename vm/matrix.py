@@ -14,8 +14,8 @@ kernels under qemu (software emulation), and natively on this host.
 
 How a guest runs: the kernel is a pinned Debian cloud kernel package,
 downloaded with `apt-get download` (6.1, 6.12: this host's bookworm
-sources) or from Debian's pool over HTTPS (7.2: unstable, which this host's
-apt does not know), sha256-checked and unpacked with `dpkg-deb -x` into
+sources) or from Debian's pool over HTTPS (7.2: trixie-backports, which this
+host's apt does not know), sha256-checked and unpacked with `dpkg-deb -x` into
 build/vm/ (never installed). 7.2 is the matrix's kernel with the memcg
 kfuncs (Linux 7.0+), so it runs the kfunc backend and the flushing programs. The initramfs is busybox-static, vm/init.sh and
 the kernel's own virtio/virtiofs modules. The guest's userspace is this
@@ -84,13 +84,14 @@ KERNELS: Dict[str, Kernel] = {k.series: k for k in (
            "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee"),
     Kernel("6.12", "linux-image-6.12.117+deb12-cloud-amd64", "6.12.117-1~deb12u1",
            "5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37"),
-    Kernel("7.2", "linux-image-7.2.13+deb14-cloud-amd64", "7.2.13-1", "", pool=(
-        ("main/l/linux-signed-amd64/linux-binary-7.2.13+deb14-cloud-amd64_7.2.13-1_amd64.deb",
-         "03e41f1c34c16583462f029e81944a85ebcdb78098c258dedfa1cfdd680a27f8"),
-        ("main/l/linux/linux-modules-7.2.13+deb14-cloud-amd64_7.2.13-1_amd64.deb",
-         "97d79546041e3fdfb44dccff180938894d1bf8eb298f091f88539c1b37080bef"),
-        ("main/l/linux/linux-base-7.2.13+deb14-cloud-amd64_7.2.13-1_amd64.deb",
-         "c41b217e1a4e321f5eff028e965ea25f5da8a74cd3683ca7f4bacedc59e0ecc5"))),
+    # trixie-backports: it keeps several 7.2.x at a time, unstable only the newest
+    Kernel("7.2", "linux-image-7.2.12+deb13-cloud-amd64", "7.2.12-1~bpo13+1", "", pool=(
+        ("main/l/linux-signed-amd64/linux-binary-7.2.12+deb13-cloud-amd64_7.2.12-1~bpo13+1_amd64"
+         ".deb", "aa6720823145e351d3c817c95fe58d89995a2bcba4978ad2418c36a1c272f795"),
+        ("main/l/linux/linux-modules-7.2.12+deb13-cloud-amd64_7.2.12-1~bpo13+1_amd64.deb",
+         "2f15b42b88ae56836b5fb3ac74c6cb795047891a5a25e5e69dedf8805b54017d"),
+        ("main/l/linux/linux-base-7.2.12+deb13-cloud-amd64_7.2.12-1~bpo13+1_amd64.deb",
+         "e9f6b719bb96f989fce7a61e78580b24de4e824b3c9f656db7c3169dbb45a25a"))),
 )}
 POOL_URL = "https://deb.debian.org/debian/pool/"
 
@@ -224,6 +225,32 @@ def vmlinuz(root: Path) -> Path:
     raise MatrixError(f"{root}: no vmlinuz for {rel}")
 
 
+POOL_SUITE = "https://deb.debian.org/debian/dists/trixie-backports/main/binary-amd64/Packages.xz"
+
+
+def latest_pool(series: str = "7.2") -> None:
+    """The newest cloud kernel of `series` in trixie-backports, as a pin."""
+    import urllib.request
+    with urllib.request.urlopen(POOL_SUITE, timeout=60) as f:
+        text = lzma.decompress(f.read()).decode()
+    stanzas = {m.group(1): m.group(0) for m in
+               re.finditer(r"^Package: (\S+)\n(?:.+\n)*", text, re.M)}
+    rels = sorted({m.group(1) for name in stanzas for m in
+                   [re.match(rf"linux-binary-({re.escape(series)}\.\d+\+deb\d+)-cloud-amd64$",
+                             name)] if m},
+                  key=lambda r: [int(x) for x in re.findall(r"\d+", r)])
+    for rel in reversed(rels):
+        parts = [stanzas.get(f"linux-{k}-{rel}-cloud-amd64") for k in ("binary", "modules", "base")]
+        if all(parts):
+            ver = re.search(r"^Version: (.+)$", parts[0], re.M).group(1)
+            files = [(re.search(r"^Filename: pool/(.+)$", p, re.M).group(1),
+                      re.search(r"^SHA256: (.+)$", p, re.M).group(1)) for p in parts]
+            print(f'    Kernel("{series}", "linux-image-{rel}-cloud-amd64", "{ver}", "", '
+                  f'pool={tuple(files)!r}),')
+            return
+    print(f"{series}: no complete cloud kernel (binary, modules, base) in trixie-backports")
+
+
 def latest() -> None:
     for series, pattern in (("6.1", r"^linux-image-6\.1\.0-\d+-cloud-amd64$"),
                             ("6.12", r"^linux-image-6\.12\.\d+\+deb12-cloud-amd64$")):
@@ -240,6 +267,7 @@ def latest() -> None:
         sha = re.search(r"^SHA256: (.+)$", show, re.M).group(1)
         print(f'    Kernel("{series}", "{name}", "{ver}",\n           "{sha}"),'
               f'   # pinned: {KERNELS[series].package} {KERNELS[series].version}')
+    latest_pool("7.2")
 
 
 # ---------------------------------------------------------------- modules
