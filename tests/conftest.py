@@ -234,3 +234,11 @@ def pin_dirs():
         for d in (meta, bpffs, base):
             if os.path.isdir(d):
                 os.rmdir(d)
+
+
+def sigint_default() -> None:
+    """preexec_fn for a child that must stop on SIGINT: a shell starts
+    background jobs (CI may run this way) with SIGINT ignored, and Python
+    keeps an inherited SIG_IGN instead of raising KeyboardInterrupt."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -21,6 +21,8 @@ from pymemcg import catalog
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
 from pymemcg.cli import SNAPSHOT_STATS, human_bytes
 
+from conftest import sigint_default
+
 ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
 BYTES_CELL = re.compile(r"^(\d+ B|\d+\.\d (KiB|MiB|GiB|TiB|PiB|EiB))$")
 
@@ -307,7 +309,7 @@ def test_watch_stops_cleanly(bpf_ok, sig):
     import signal
     proc = subprocess.Popen([sys.executable, "-m", "pymemcg", "watch", "--interval", "0.2",
                              "--stats", "anon", "--backend", "bpf"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=sigint_default)
     try:
         json.loads(proc.stdout.readline())
         pins = [n for n in os.listdir("/sys/fs/bpf/pymemcg") if n.endswith(f"-{proc.pid}")]

@@ -30,6 +30,8 @@ from pymemcg.cgroupfs import memory_mount  # noqa: E402
 from pymemcg.prometheus import (UNLIMITED_ABOVE, ListenError, MemcgCollector,  # noqa: E402
                                 cadvisor_metrics, parse_listen)
 
+from conftest import sigint_default  # noqa: E402
+
 MiB = 1 << 20
 LIMIT = 48 * MiB
 CACHE = 6 * MiB
@@ -276,7 +278,8 @@ def test_parse_listen():
 
 def start_exporter(*args: str) -> tuple:
     proc = subprocess.Popen([sys.executable, "-m", "pymemcg", "export", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=sigint_default)
     line = proc.stderr.readline()
     m = re.search(r"(http://\S+/metrics)", line)
     if not m:
