@@ -707,7 +707,8 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
         missing = [k for k in layout.MEMCG_KFUNCS if k not in facts.kfuncs]
         if not missing:
             checks.append(Check("memcg kfuncs", "ok", f"all {len(have)} present (Linux 7.0+); "
-                                f"BPF flavour: {flavour or 'kfunc'}",
+                                f"BPF flavour: {flavour or 'kfunc'}; Reader(flush=True) "
+                                f"works here",
                                 data={"present": have, "flavour": flavour}))
         elif not have:
             checks.append(Check("memcg kfuncs", "info",
@@ -813,14 +814,17 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
             backends[backend] = "no memory cgroup to read"
             continue
         try:
-            with Reader(stats=["usage", "anon", "pgfault"], backend=backend) as r:
+            with Reader(stats=["usage", "anon", "pgfault"], backend=backend,
+                        shared_pins=False) as r:
                 r.read(target)
                 start = time.perf_counter()
                 r.read(target)
                 took = time.perf_counter() - start
+                method = r.read_method
             backends[backend] = None
             checks.append(Check(f"{backend} backend", "ok",
-                                f"read {target} in {took * 1e6:.0f} us"))
+                                f"read {target} in {took * 1e6:.0f} us ({method})",
+                                data={"read_method": method}))
         except Error as e:
             msg = " ".join(str(e).split("\n--- verifier log")[0].split())
             backends[backend] = msg
