@@ -266,8 +266,9 @@ class _Fetch:
         ffi, lib = _lib()
         self.lib = lib
         out = ffi.new("struct pmc_fetch **")
+        self.capacity = MAX_SINGLE_LINKS   # slots in the map
         _load(lib.pmc_fetch_load, out, _config(resolutions, local, kfuncs, flush),
-              MAX_SINGLE_LINKS)
+              self.capacity)
         self.ptr = out[0]
         self.record = ffi.buffer(ffi.cast("char *", lib.pmc_fetch_record(self.ptr)),
                                  record_size)
@@ -281,12 +282,12 @@ class _Fetch:
             slot.cgroup = cg  # the same cgroup, maybe by another path or renamed
             return slot
         used = {s.index for s in self.by_id.values()}
-        if len(used) >= MAX_SINGLE_LINKS:
+        if len(used) >= self.capacity:
             oldest = next(iter(self.by_id.values()))
             self.clear(oldest)
             index = oldest.index
         else:
-            index = next(i for i in range(MAX_SINGLE_LINKS) if i not in used)
+            index = next(i for i in range(self.capacity) if i not in used)
         try:
             fd = os.open(cg.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
