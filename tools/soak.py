@@ -80,7 +80,8 @@ def main(argv=None) -> int:
                 read_tree(base)
             gc.collect()
             fd0, rss0 = fds(), rss_kib()
-            print(f"soak: backend {r.backend}, {len(TREE) + 1} cgroups under {base}")
+            print(f"soak: backend {r.backend} (single reads: {r.read_method}), "
+                  f"{len(TREE) + 1} cgroups under {base}")
             print(f"{'phase':>6} {'reads':>9} {'fds':>4} {'rss KiB':>8} {'+KiB':>6} "
                   f"{'us/read':>8}")
             print(f"{'warm':>6} {0:>9} {len(fd0):>4} {rss0:>8} {0:>6} {'-':>8}")
