@@ -328,8 +328,12 @@ def _load_error(err: int, log: str) -> Exception:
         return VerifierRejected(f"the kernel's verifier rejected the pymemcg program "
                                 f"({os.strerror(err)}): this kernel is not supported by this "
                                 f"build; report it with the log below, or use backend='text'", log)
+    # libbpf says the cause first, then "failed to load ..." for each layer
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    cause = next((line for line in lines if "failed to load" not in line),
+                 lines[-1] if lines else "no log")
     return BpfUnavailable(f"loading the BPF program failed ({os.strerror(err)}): "
-                          f"{log.splitlines()[-1] if log else 'no log'}; use backend='text'")
+                          f"{cause}; use backend='text'")
 
 
 class _Link:
@@ -452,7 +456,7 @@ class BpfBackend:
             fetch = _Fetch(self.resolutions, self.local, self.plan.kfuncs, self.plan.flush,
                            self.layout.record_size)
         except BpfUnavailable as e:
-            why = str(e).split(":")[0]
+            why = str(e).split("): ", 1)[-1].rsplit("; use backend", 1)[0]
             self.read_method = f"iterator session (the one-call read did not load: {why})"
             return
         self._state["fetch"] = self._fetch = fetch

@@ -3,6 +3,7 @@ remedy, and nothing left behind (fds, links, pins)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 
@@ -168,3 +169,21 @@ def test_pin_dir_owned_by_someone_else_is_refused(no_leaks):
             bpf_mod.BpfBackend(["usage"], False, mount.version, mount.mountpoint, pin_dir=d)
     finally:
         os.rmdir(d)
+
+
+def test_single_reads_use_sessions_where_the_one_call_read_does_not_load(no_leaks, cgroups,
+                                                                        monkeypatch):
+    """As on 6.1 (no bpf_cgroup_acquire): reads go through iterator sessions,
+    and read_method says why. The 6.1 guests of the matrix run this for real."""
+    why = ("libbpf: extern (func ksym) 'bpf_cgroup_acquire': not found in kernel or module "
+           "BTFs")
+
+    def refuse(self, *args):
+        raise bpf_mod._load_error(errno.EINVAL, why + "\nlibbpf: failed to load object "
+                                                      "'memcg_fetch'")
+    monkeypatch.setattr(bpf_mod._Fetch, "__init__", refuse)
+    cg = cgroups.make("sessions")
+    with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
+        assert r.read_method == f"iterator session (the one-call read did not load: {why})"
+        assert r.read(cg).id == r.read(cg).id == os.stat(cg).st_ino
+        assert [p for p in my_pins() if p.endswith(f"-1-{os.getpid()}")]  # a pinned link
