@@ -10,7 +10,8 @@
  * search the default hierarchy only). pmc_fetch, run with BPF_PROG_RUN,
  * fills the same record as memcg_iter.bpf.c's single-cgroup program (path
  * hash included) for the slot it is given, into the mmapable `out` map.
- * Needs Linux 6.4+ (RCU-protected cgroup kptrs); the loader falls back to
+ * Needs Linux 6.4+ (bpf_cgroup_acquire came in 6.2, RCU-protected kptrs in
+ * 6.4; run on 6.12, 6.18 and 7.2, refused by 6.1); the loader falls back to
  * iterator sessions where this object does not load.
  */
 #include "memcg_fill.bpf.h"
