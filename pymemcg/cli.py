@@ -160,11 +160,11 @@ def _default_root(root: Optional[str]) -> str:
     return mount.mountpoint
 
 
-def open_reader(names: Sequence[str], local: bool, backend: str) -> Reader:
+def open_reader(names: Sequence[str], local: bool, backend: str, flush: bool = False) -> Reader:
     """A Reader; the BPF -> text fallback warning is said once, in our own words."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        reader = Reader(stats=names, local=local, backend=backend)
+        reader = Reader(stats=names, local=local, backend=backend, flush=flush)
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=sys.stderr)
     return reader
@@ -273,7 +273,7 @@ def write_csv(out: TextIO, snap: Snapshot, names: Sequence[str]) -> None:
 def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
     names = _selection(args, SNAPSHOT_STATS)
     root = _default_root(args.root)
-    with open_reader(names, args.local, args.backend) as reader:
+    with open_reader(names, args.local, args.backend, args.flush) as reader:
         snap = reader.read_tree(root)
         backend, version = reader.backend, reader.cgroup_version
     if args.format == "json":
@@ -322,7 +322,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     with stop_on_sigterm():
         try:
-            with open_reader(names, args.local, args.backend) as reader:
+            with open_reader(names, args.local, args.backend, args.flush) as reader:
                 _watch_loop(reader, root, args, out, dumps)
         except (KeyboardInterrupt, Stop):
             pass
@@ -590,7 +590,7 @@ def cmd_top(args: argparse.Namespace, out: TextIO) -> int:
     interactive = not args.batch and _isatty(out) and _isatty(sys.stdin)
     with stop_on_sigterm():
         try:
-            with open_reader(names, args.local, args.backend) as reader:
+            with open_reader(names, args.local, args.backend, args.flush) as reader:
                 view = TopView(reader, root, names, sort, args.interval, reverse=args.reverse)
                 if not interactive:
                     return _top_batch(view, out, args.iterations,
@@ -934,7 +934,8 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 collector = MemcgCollector(root, names, local=args.local, backend=args.backend,
-                                           cadvisor=not args.no_cadvisor and not args.local)
+                                           cadvisor=not args.no_cadvisor and not args.local,
+                                           flush=args.flush)
             for w in caught:
                 print(f"{PROG}: warning: {w.message}", file=sys.stderr)
             with collector:
@@ -998,6 +999,10 @@ def _add_common(p: argparse.ArgumentParser, default_stats: Sequence[str], root: 
     if backend:
         p.add_argument("--backend", choices=("auto", "bpf", "text"), default="auto",
                        help="auto: BPF, else memory.stat text with a warning (default)")
+        p.add_argument("--flush", action="store_true",
+                       help="fold pending per-CPU updates in before each read, as memory.stat "
+                            "does (needs a flush kfunc, Linux 7.0+; else auto falls back to "
+                            "text)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -195,7 +195,7 @@ class MemcgCollector:
 
     def __init__(self, root: Optional[str] = None, stats: Sequence[str] = catalog.DEFAULT_STATS,
                  *, local: bool = False, backend: str = "auto", cadvisor: Optional[bool] = None,
-                 reader: Optional[Reader] = None) -> None:
+                 reader: Optional[Reader] = None, flush: bool = False) -> None:
         mount = memory_mount()
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "
@@ -212,7 +212,7 @@ class MemcgCollector:
         self.stats_needed = _needed_stats(self.selected, self.cadvisor)
         self._own_reader = reader is None
         if reader is None:
-            reader = Reader(stats=self.stats_needed, local=local, backend=backend)
+            reader = Reader(stats=self.stats_needed, local=local, backend=backend, flush=flush)
         else:
             missing = [s for s in self.stats_needed if s not in reader.stats]
             if missing:

@@ -453,3 +453,20 @@ def test_colour_only_on_a_terminal(bpf_ok):
     assert "\x1b[" not in run_in_pty(["snapshot"], {"NO_COLOR": "1"})
     assert "\x1b[" not in run_in_pty(["snapshot", "--color", "never"])
     assert "\x1b[32;1m" in run_in_pty(["doctor"])  # ok in green
+
+
+def test_flush_flag(bpf_ok, mount):
+    """--flush where the kernel has a flush kfunc reads through BPF; elsewhere
+    --backend bpf fails naming the cause, and auto falls back to text."""
+    from pymemcg import bpf, layout
+    has_flush = layout.kfunc_family(bpf.kernel_facts()) != layout.KFUNCS_NONE
+    strict = run_cli("snapshot", "--flush", "--backend", "bpf", "--stats", "anon")
+    if has_flush:
+        assert strict.returncode == 0 and strict.stdout.startswith("backend bpf"), strict
+        return
+    assert strict.returncode != 0 and "flush kfunc" in strict.stderr, strict
+    env = {k: v for k, v in ENV.items() if k != "PYMEMCG_REQUIRE_BPF"}
+    auto = subprocess.run([sys.executable, "-m", "pymemcg", "snapshot", "--flush", "--stats",
+                           "anon"], capture_output=True, text=True, env=env, timeout=120)
+    assert auto.returncode == 0, auto
+    assert "flush kfunc" in auto.stderr and auto.stdout.startswith("backend text")
