@@ -971,9 +971,16 @@ def cmd_pin(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_unpin(args: argparse.Namespace, out: TextIO) -> int:
     from . import pins
+    if not args.paths and not args.stale:
+        print(f"{PROG}: name the pins to remove, or give --stale to remove those whose cgroup "
+              f"is gone", file=sys.stderr)
+        return EXIT_USAGE
     for path in args.paths:
         pins.unpin(path, args.meta_dir)
         out.write(f"unpinned {path}\n")
+    if args.stale:
+        for path in pins.prune(args.dir, args.meta_dir, args.other_builds):
+            out.write(f"removed stale {path}\n")
     return 0
 
 
@@ -982,7 +989,8 @@ def cmd_pins(args: argparse.Namespace, out: TextIO) -> int:
     for info in pins.pins(args.dir, args.meta_dir):
         out.write(f"{info.path}  {'tree' if info.tree else 'cgroup'} {info.root}  "
                   f"{','.join(info.stats)}  {info.owner}:{info.group} {info.mode:o}  "
-                  f"{'current' if info.current else 'OTHER BUILD: re-pin'}\n")
+                  f"{'current' if info.current else 'OTHER BUILD: re-pin'}"
+                  f"{'' if info.alive else ', CGROUP GONE: pymemcg unpin --stale'}\n")
     return 0
 
 
@@ -1100,7 +1108,13 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--meta-dir", default=META_DIR, help=f"metadata directory ({META_DIR})")
     pin.set_defaults(func=cmd_pin)
     unpin = sub.add_parser("unpin", parents=[colour], help="remove pins and their metadata")
-    unpin.add_argument("paths", nargs="+", metavar="PIN")
+    unpin.add_argument("paths", nargs="*", metavar="PIN")
+    unpin.add_argument("--stale", action="store_true",
+                       help="also remove pins whose cgroup was removed (the link keeps it "
+                            "allocated) and metadata whose pin is gone")
+    unpin.add_argument("--other-builds", action="store_true",
+                       help="with --stale: also pins that another pymemcg build made")
+    unpin.add_argument("--dir", default=SHARED_PIN_DIR)
     unpin.add_argument("--meta-dir", default=META_DIR)
     unpin.set_defaults(func=cmd_unpin)
     lspins = sub.add_parser("pins", parents=[colour],

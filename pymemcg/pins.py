@@ -51,6 +51,7 @@ class PinInfo:
     group: int
     mode: int
     current: bool        # made by this pymemcg build (same BPF object)
+    alive: bool = True   # its cgroup still exists (a removed one stays allocated while pinned)
 
 
 def _meta_path(pin_path: str, meta_dir: str) -> str:
@@ -154,7 +155,25 @@ def _info(path: str, meta_dir: str) -> PinInfo:
     except Exception:  # no compiled part (an unprivileged reader's install)
         current = False
     return PinInfo(path, meta, doc["root"], doc["tree"], doc["stats"], doc["local"],
-                   st.st_uid, st.st_gid, stat_mod.S_IMODE(st.st_mode), current)
+                   st.st_uid, st.st_gid, stat_mod.S_IMODE(st.st_mode), current,
+                   _cgroup_alive(path, doc))
+
+
+def _cgroup_alive(path: str, doc: dict) -> bool:
+    """The pinned cgroup still exists: a session of the pin visits it (a
+    removed cgroup's walk visits nothing; renames do not matter). Where the
+    pin cannot be read (another format, no permission), whether its
+    directory still has the pinned id."""
+    try:
+        return bool(PinReader.from_doc(path, doc).records())
+    except PinTooSmall:
+        return True  # the walk visited more than fits: it is there
+    except (PinMismatch, ReadError, MalformedData, KeyError, TypeError):
+        pass
+    try:
+        return os.stat(str(doc.get("root"))).st_ino == doc.get("cgroup_id")
+    except OSError:
+        return False
 
 
 def pins(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> List[PinInfo]:
@@ -170,6 +189,32 @@ def pins(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> List[PinI
         except (PinMismatch, OSError):
             continue
     return out
+
+
+def prune(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR,
+          other_builds: bool = False) -> List[str]:
+    """Remove stale shared pins, and return what was removed: pins whose
+    cgroup was removed (the link keeps that cgroup allocated until it is
+    unpinned), metadata whose pin is gone, and with other_builds, pins that
+    another pymemcg build made. Files without pymemcg metadata are left alone."""
+    removed = []
+    for info in pins(directory, meta_dir):
+        if not info.alive or (other_builds and not info.current):
+            unpin(info.path, meta_dir)
+            removed.append(info.path)
+    try:
+        names = sorted(os.listdir(meta_dir))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        pin_path = os.path.join(directory, name[:-len(".json")])
+        if name.endswith(".json") and not os.path.lexists(pin_path):
+            try:
+                os.unlink(os.path.join(meta_dir, name))
+                removed.append(os.path.join(meta_dir, name))
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 class PinGone(ReadError):
@@ -234,6 +279,8 @@ class PinReader:
         for _ in range(8):
             n = self._session()
             count, _session, visited = parse_trailer(self._buf, n, self.layout.record_size)
+            if count == 0:  # a removed cgroup's walk visits nothing, and claims nothing
+                return []
             if visited != 2**64 - 1:  # else another session ended at the same moment
                 break
         if visited != count:

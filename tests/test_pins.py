@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -96,3 +97,37 @@ def test_cli_pin_pins_unpin(bpf_ok, cgroups, pin_dirs):
     assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr
     r = cli("unpin", os.path.join(bpffs, "t"), "--meta-dir", meta)
     assert r.returncode == 0 and "t" not in os.listdir(bpffs) and os.listdir(meta) == []
+
+
+def test_stale_shared_pins_are_listed_and_pruned(bpf_ok, cgroups, pin_dirs):
+    """A pin whose cgroup was removed keeps that cgroup allocated: `pins`
+    says so and `unpin --stale` removes it (and metadata without a pin),
+    leaving live pins and files that are not pymemcg's alone."""
+    bpffs, meta = pin_dirs
+    gone, kept = cgroups.make("stale/gone"), cgroups.make("stale/kept")
+    doomed = pins.pin(gone, "doomed", ["usage"], tree=False, directory=bpffs, meta_dir=meta)
+    live = pins.pin(kept, "live", ["usage"], directory=bpffs, meta_dir=meta)
+    with open(os.path.join(meta, "orphan.json"), "w") as f:
+        f.write("{}")
+    os.rmdir(gone)
+    # a renamed cgroup (cgroup v1 allows it) is alive: the pin still walks it
+    renamed = os.path.join(os.path.dirname(kept), "renamed")
+    os.rename(kept, renamed)
+    cgroups.make("stale/kept")  # the old name, now another cgroup
+    with pytest.raises(pymemcg.ReadError, match="was removed"):
+        pins.PinReader(doomed.path, meta).read()  # not mistaken for a too-big tree
+    listed = {p.path: p.alive for p in pins.pins(bpffs, meta)}
+    assert listed == {doomed.path: False, live.path: True}
+    out = subprocess.run([sys.executable, "-m", "pymemcg", "pins", "--dir", bpffs,
+                          "--meta-dir", meta], capture_output=True, text=True, check=True).stdout
+    assert "CGROUP GONE" in out.splitlines()[0] and "CGROUP GONE" not in out.splitlines()[1]
+    assert subprocess.run([sys.executable, "-m", "pymemcg", "unpin"],
+                          capture_output=True, text=True).returncode == 2
+    out = subprocess.run([sys.executable, "-m", "pymemcg", "unpin", "--stale", "--dir", bpffs,
+                          "--meta-dir", meta], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [f"removed stale {doomed.path}",
+                                f"removed stale {os.path.join(meta, 'orphan.json')}"]
+    assert [p.path for p in pins.pins(bpffs, meta)] == [live.path]
+    assert sorted(os.listdir(meta)) == ["live.json"]
+    assert pins.prune(bpffs, meta) == []  # nothing more to do
+    pins.unpin(live.path, meta)
