@@ -234,6 +234,10 @@ class _Program:
             self.prog = None
 
 
+class _Replaced(Exception):
+    """A path named another cgroup by the time it was opened: resolve again."""
+
+
 class _Slot:
     """A cgroup that the fetch program holds a reference to, for single reads."""
 
@@ -272,7 +276,6 @@ class _Fetch:
         self.ptr = out[0]
         self.record = ffi.buffer(ffi.cast("char *", lib.pmc_fetch_record(self.ptr)),
                                  record_size)
-        self.pid = os.getpid()
         self.by_id: Dict[int, _Slot] = {}    # oldest first
         self._id_out = ffi.new("unsigned long long *")
 
@@ -302,7 +305,7 @@ class _Fetch:
             raise ReadError(-rc, f"taking a reference to {cg.path} failed: {os.strerror(-rc)}")
         if self._id_out[0] != cg.id:  # the directory was replaced meanwhile
             self.lib.pmc_fetch_clear(self.ptr, index)
-            raise CgroupNotFound(f"{cg.path}: the cgroup was removed while being read")
+            raise _Replaced(cg.path)
         slot = self.by_id[cg.id] = _Slot(index, cg)
         return slot
 
@@ -611,7 +614,10 @@ class BpfBackend:
         for _ in range(3):
             if link is None:
                 cg = resolve_cgroup(path)
-                link = self._attach_single(cg)
+                try:
+                    link = self._attach_single(cg)
+                except _Replaced:
+                    continue
                 # only a canonical absolute path may skip resolution next time:
                 # a relative one depends on the cwd, a symlink on its target,
                 # and the path hash proves only the cgroup's own path
@@ -625,7 +631,14 @@ class BpfBackend:
                 # (Observed rather than computed: a cgroup namespace or a
                 # mount of a subtree hides the top of the path from us.)
                 if t[0] != link.cgroup.id:
-                    raise MalformedData(f"the iterator of {path} returned cgroup {t[0]}, "
+                    if self._still_names(link.cgroup.path, t[0]):
+                        # replaced between resolve and attach: the link serves
+                        # the new cgroup under the old one's key; start over
+                        self._by_path.pop(path, None)
+                        self._drop_single(link)
+                        link = None
+                        continue
+                    raise MalformedData(f"the read of {path} returned cgroup {t[0]}, "
                                         f"not {link.cgroup.id}")
                 real = link.cgroup.path  # what the given path resolved to
                 if t[2] != 0 and self._still_names(real, link.cgroup.id):
@@ -677,6 +690,12 @@ class BpfBackend:
                 if not raw:
                     self._drop_link(link)
                     raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
+                if raw[0][0] != cg.id and self._still_names(cg.path, raw[0][0]):
+                    # replaced between resolve and attach: start over
+                    self._drop_link(link)
+                    self._roots.pop(path, None)
+                    cg = resolve_cgroup(path)
+                    continue
                 return self._snapshot(cg, raw)
             raise ReadError(errno.EAGAIN, f"reading {path}: other sessions of the same program "
                                           f"kept taking the overflow map; retry")

@@ -316,6 +316,32 @@ def test_removed_between_resolve_and_attach(bpf_ok, cgroups, monkeypatch, method
             getattr(r, method)(victim)
 
 
+@pytest.mark.parametrize("single", ["fetch", "iterator", "tree"])
+def test_replaced_between_resolve_and_attach(no_leaks, cgroups, monkeypatch, single):
+    """The path names a new cgroup by the time the reader opens it: the read
+    answers for the new one, never with the old one's id or numbers."""
+    victim = cgroups.make("replaced")
+    if single == "iterator":
+        monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
+    real_resolve = bpf_mod.resolve_cgroup
+    done = []
+
+    def resolve_then_replace(path):
+        cg = real_resolve(path)
+        if cg.path == victim and not done:
+            done.append(cg.id)
+            os.rmdir(victim)
+            os.mkdir(victim)
+        return cg
+    monkeypatch.setattr(bpf_mod, "resolve_cgroup", resolve_then_replace)
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        if single == "tree":
+            rec = r.read_tree(victim).records[0]
+        else:
+            rec = r.read(victim)
+        assert rec.id == os.stat(victim).st_ino != done[0]
+
+
 def test_tree_root_removed_between_attach_and_walk(bpf_ok, cgroups, monkeypatch):
     victim = cgroups.make("victim")
     real_attach = bpf_mod._Program.attach
