@@ -154,7 +154,6 @@ def test_tree_reads_under_churn(bpf_ok, cgroups):
     counts = {"bpf-tree": 0, "bpf-shared": 0, "text-tree": 0, "single": 0, "churn-single": 0}
     stop = threading.Event()
     vanished: dict = {}       # pymemcg.Error class -> [count, a message] for vanishing cgroups
-    known_bug: list = []
 
     sleeper = subprocess.Popen(["sleep", "600"], preexec_fn=lambda: open(
         os.path.join(movers[0], "cgroup.procs"), "w").write(str(os.getpid())))
@@ -204,14 +203,6 @@ def test_tree_reads_under_churn(bpf_ok, cgroups):
                         except pymemcg.Error as e:
                             errs = vanished.setdefault(type(e).__name__, [0, str(e)])
                             errs[0] += 1
-                        except FileNotFoundError as e:
-                            # BUG (test_removed_between_resolve_and_attach): attach's
-                            # os.open of a cgroup removed after resolve_cgroup raises a
-                            # bare FileNotFoundError. Counted here, asserted there.
-                            import traceback
-                            if "in attach" not in traceback.format_exc():
-                                raise
-                            known_bug.append(repr(e))
 
             threads = [threading.Thread(target=loop, args=("bpf-tree", tree_with(own))),
                        threading.Thread(target=loop, args=("bpf-shared", tree_with(shared))),
@@ -241,7 +232,7 @@ def test_tree_reads_under_churn(bpf_ok, cgroups):
             assert len(final) == len(stable)
             _check_snapshot(text.read_tree(base), stable, limits, empty)
         print(f"churn: {made} cgroups made, {moves} moves, reads {counts}, errors on "
-              f"vanishing cgroups {vanished}, bare FileNotFoundError (bug) {len(known_bug)}")
+              f"vanishing cgroups {vanished}")
     finally:
         stop.set()
         for p in procs:
