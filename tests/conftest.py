@@ -167,28 +167,46 @@ def workload(anon: int = 24 * MiB, cache: int = 16 * MiB, shmem: int = 8 * MiB,
     return WORKLOAD.format(anon=anon, cache=cache, shmem=shmem, cache_dir=cache_dir)
 
 
-def as_nobody(fn):
-    """Run fn() in a forked child with uid/gid nobody and no capabilities."""
+def in_child(fn, timeout: int = 20, prepare=None):
+    """fn() in a forked child (after prepare(), if given): ('ok', value),
+    ('raised', class name, message, is a pymemcg.Error), ('hung',) or
+    ('died', status). The child leaves with os._exit (no atexit, no
+    finalizers) and is reaped here."""
+    import signal
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(rfd)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(timeout)
             try:
+                if prepare is not None:
+                    prepare()
                 result = ("ok", fn())
-            except Exception as e:  # report it to the parent
-                result = ("raised", type(e).__name__, str(e))
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                result = ("raised", type(e).__name__, str(e), isinstance(e, pymemcg.Error))
             os.write(wfd, pickle.dumps(result))
         finally:
             os._exit(0)
     os.close(wfd)
     with os.fdopen(rfd, "rb") as f:
         data = f.read()
-    os.waitpid(pid, 0)
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        return ("hung",) if os.WIFSIGNALED(status) else ("died", status)
     return pickle.loads(data)
+
+
+def _become_nobody() -> None:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+def as_nobody(fn):
+    """Run fn() in a forked child with uid/gid nobody and no capabilities."""
+    return in_child(fn, prepare=_become_nobody)
 
 
 def open_fds() -> set:

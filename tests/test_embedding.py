@@ -9,8 +9,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import pickle
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +19,7 @@ import pymemcg
 from pymemcg import bpf as bpf_mod
 from pymemcg.cgroupfs import memory_mount
 
-from conftest import my_pins, open_fds
+from conftest import in_child, my_pins, open_fds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATS = ["usage", "limit", "anon", "file", "pgfault"]
@@ -204,33 +202,6 @@ def test_threads_share_one_reader(no_leaks, tree):
 # --------------------------------------------------------------------------
 # fork
 
-def _in_child(fn, timeout: int = 20):
-    """fn() in a forked child; ('ok', value) or ('raised', class, message) or ('hung',).
-    The child leaves with os._exit (no atexit, no finalizers), reaped here."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(rfd)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            signal.alarm(timeout)
-            try:
-                result = ("ok", fn())
-            except BaseException as e:  # noqa: BLE001 - reported to the parent
-                result = ("raised", type(e).__name__, str(e),
-                          isinstance(e, pymemcg.Error))
-            os.write(wfd, pickle.dumps(result))
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    with os.fdopen(rfd, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    if not data:
-        return ("hung",) if os.WIFSIGNALED(status) else ("died", status)
-    return pickle.loads(data)
-
-
 def test_forked_child_can_use_the_parents_reader(no_leaks, tree):
     """Observed behaviour: it works. The child reads trees through the
     inherited link fds, single cgroups through iterator links of its own (the
@@ -250,7 +221,7 @@ def test_forked_child_can_use_the_parents_reader(no_leaks, tree):
             snap = r.read_tree(tree[""][0])
             return (a.id, c.id, sorted(snap), snap.by_id(tree["e"][1])["usage"],
                     sorted(my_pins()), method)
-        result = _in_child(child)
+        result = in_child(child)
         assert result[0] == "ok", result
         a_id, c_id, paths, e_usage, child_pins, child_method = result[1]
         assert child_method.startswith("iterator")
@@ -309,7 +280,7 @@ def test_fork_during_a_read_in_another_thread(bpf_ok, tree):
         # stands for another thread being inside read() at the moment of fork
         assert lock.acquire(timeout=5)
         try:
-            result = _in_child(lambda: r.read(tree["a"][0]).id, timeout=3)
+            result = in_child(lambda: r.read(tree["a"][0]).id, timeout=3)
         finally:
             lock.release()
     assert result[0] == "ok" or (result[0] == "raised" and result[3]), result
