@@ -29,7 +29,7 @@ from .owner import Owner, remove_stale
 import struct
 
 from .decode import (FORMAT_VERSION, REC_GONE, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot,
-                     parse_trailer)
+                     parse_trailer, path_hash)
 from .errors import (BpfUnavailable, CgroupNotFound, Closed, MalformedData, PermissionDenied,
                      ReadError, VerifierRejected)
 
@@ -241,21 +241,24 @@ class _Replaced(Exception):
 class _Slot:
     """A cgroup that the fetch program holds a reference to, for single reads."""
 
-    __slots__ = ("index", "_cgroup", "id", "relpath", "path_hash")
+    __slots__ = ("index", "cgroup")
 
     def __init__(self, index: int, cgroup: Cgroup) -> None:
         self.index = index
         self.cgroup = cgroup
-        self.path_hash = -1     # learnt at the first read (_read_slow)
 
-    # id and relpath are copied out of the cgroup for the fast path
-    @property
-    def cgroup(self) -> Cgroup:
-        return self._cgroup
 
-    @cgroup.setter
-    def cgroup(self, cg: Cgroup) -> None:
-        self._cgroup, self.id, self.relpath = cg, cg.id, cg.relpath
+class _Route:
+    """What one canonical path was proven to name: the cgroup's id and
+    relpath, the slot or link that reads it, and the path hash the kernel
+    reported for the cgroup while it had that path. Kept per path, not per
+    cgroup: a renamed cgroup's slot serves its new path, and its old path's
+    hash no longer matches, so the old path is resolved again."""
+
+    __slots__ = ("target", "id", "relpath", "path_hash")
+
+    def __init__(self, target, cg: Cgroup, path_hash: int) -> None:
+        self.target, self.id, self.relpath, self.path_hash = target, cg.id, cg.relpath, path_hash
 
 
 class _Fetch:
@@ -340,12 +343,11 @@ def _load_error(err: int, log: str) -> Exception:
 
 
 class _Link:
-    __slots__ = ("fd", "pin", "cgroup", "order", "path_hash", "pid")
+    __slots__ = ("fd", "pin", "cgroup", "order", "pid")
 
     def __init__(self, fd: int, pin: Optional[str], cgroup: Cgroup, order: int) -> None:
         self.fd, self.pin, self.cgroup, self.order = fd, pin, cgroup, order
         self.pid = os.getpid()  # a forked child must not unpin its parent's links
-        self.path_hash = -1     # learnt at the first read (_read_slow)
 
 
 def _release(state: dict, reload: bool = False) -> None:
@@ -434,7 +436,10 @@ class BpfBackend:
             except BaseException:
                 self._finalizer()
                 raise
-        self._by_path: Dict[str, _Link] = {}
+        self._by_path: Dict[str, _Route] = {}
+        # path -> (id, path hash) seen by the last slow read where the hash
+        # could not be computed from the path (see _prove)
+        self._seen_hash: Dict[str, tuple] = {}
         self._roots: Dict[str, Cgroup] = {}
         self._paths = TreePaths()
         self._ffi, self._lib = _lib()
@@ -484,8 +489,7 @@ class BpfBackend:
         key = (cg.id, order)
         link = self._state["links"].get(key)
         if link is not None:
-            if link.cgroup.path != cg.path:  # the same cgroup, renamed
-                link.cgroup, link.path_hash = cg, -1
+            link.cgroup = cg  # the same cgroup, maybe renamed
             return link
         prog: _Program = self._state["prog"]
         fd = prog.attach(cg, order)
@@ -533,7 +537,7 @@ class BpfBackend:
 
     def _drop_link(self, link: _Link) -> None:
         self._state["links"].pop((link.cgroup.id, link.order), None)
-        self._by_path = {p: l for p, l in self._by_path.items() if l is not link}
+        self._by_path = {p: r for p, r in self._by_path.items() if r.target is not link}
         self._roots = {p: c for p, c in self._roots.items() if c.id != link.cgroup.id}
         if link.pin and link.pid == os.getpid():
             try:
@@ -555,32 +559,29 @@ class BpfBackend:
         lock.acquire()
         try:
             try:
-                link = self._by_path.get(path)
+                route = self._by_path.get(path)
             except TypeError:  # not a path at all (unhashable)
-                link = None
-            if link.__class__ is _Slot:
-                # fast path: one bpf() call fills the record, one unpack, and
-                # its path hash proves the path still names this cgroup
-                if self._fetch_run(self._fetch_ptr, link.index) == 0:
-                    t = self._unpack_record(self._fetch_record)
-                    if t[2] == link.path_hash and t[0] == link.id and not t[4] & REC_GONE:
-                        return Record(self.layout, t, link.relpath)
-                    if t[4] & REC_GONE:  # removed: let the kernel free it
-                        self._fetch.clear(link)
+                route = None
+            if route is not None:
+                target = route.target
+                if target.__class__ is _Slot:
+                    # fast path: one bpf() call fills the record, one unpack,
+                    # and the path hash proves the path still names this cgroup
+                    if self._fetch_run(self._fetch_ptr, target.index) == 0:
+                        t = self._unpack_record(self._fetch_record)
+                        if t[2] == route.path_hash and t[0] == route.id and \
+                                not t[4] & REC_GONE:
+                            return Record(self.layout, t, route.relpath)
+                else:
+                    # fast path: one record and the trailer, one unpack
+                    n = self._read_session(target.fd, self._cbuf, self._buflen)
+                    if n == self._single_size:
+                        t = self._unpack_single(self._buf)
+                        if t[-3] == TRAILER_MAGIC and t[2] == route.path_hash and \
+                                t[0] == route.id:
+                            return Record(self.layout, t, route.relpath)
                 del self._by_path[path]  # renamed, removed or replaced: resolve again
-                link = None
-            elif link is not None:
-                # fast path: one record and the trailer, one unpack, and the
-                # record's path hash proves the path still names this cgroup
-                n = self._read_session(link.fd, self._cbuf, self._buflen)
-                if n == self._single_size:
-                    t = self._unpack_single(self._buf)
-                    if t[-3] == TRAILER_MAGIC and t[2] == link.path_hash and \
-                            t[0] == link.cgroup.id:
-                        return Record(self.layout, t, link.cgroup.relpath)
-                del self._by_path[path]  # renamed, removed or replaced: resolve again
-                link = None
-            return self._read_slow(path, link)
+            return self._read_slow(path)
         finally:
             lock.release()
 
@@ -591,69 +592,72 @@ class BpfBackend:
         self._evict_single_links()
         return self._link(cg, ORDER_SELF_ONLY)
 
-    def _read_single(self, link) -> Optional[tuple]:
+    def _read_single(self, target) -> Optional[tuple]:
         """The record tuple of one cgroup, or None when it was removed."""
         if self._fetch is not None:
-            rc = self._fetch_run(self._fetch_ptr, link.index)
+            rc = self._fetch_run(self._fetch_ptr, target.index)
             if rc < 0:
-                raise ReadError(-rc, f"reading {link.cgroup.path} (BPF_PROG_RUN) failed: "
+                raise ReadError(-rc, f"reading {target.cgroup.path} (BPF_PROG_RUN) failed: "
                                      f"{os.strerror(-rc)}")
             t = self._unpack_record(self._fetch_record)
             return None if t[4] & REC_GONE else t
-        n = self._session(link)
+        n = self._session(target)
         count, _session, _visited = parse_trailer(self._buf, n, self.layout.record_size)
         return self.layout.record.unpack_from(self._buf, 0) if count == 1 else None
 
-    def _drop_single(self, link) -> None:
+    def _drop_single(self, target) -> None:
         if self._fetch is not None:
-            self._fetch.clear(link)
+            self._fetch.clear(target)
         else:
-            self._drop_link(link)
+            self._drop_link(target)
 
-    def _read_slow(self, path: str, link) -> Record:
+    def _read_slow(self, path: str) -> Record:
+        """Resolve path, read the cgroup it names, and prove that it named
+        that cgroup before and after the read."""
         for _ in range(3):
-            if link is None:
-                cg = resolve_cgroup(path)
-                try:
-                    link = self._attach_single(cg)
-                except _Replaced:
-                    continue
-                # only a canonical absolute path may skip resolution next time:
-                # a relative one depends on the cwd, a symlink on its target,
-                # and the path hash proves only the cgroup's own path
-                if isinstance(path, str) and path == cg.path:
-                    self._by_path[path] = link
-            t = self._read_single(link)
-            if t is not None:
-                # Learn the path hash the kernel reports for this path: the
-                # path named this cgroup before the walk (resolve) and still
-                # does after it, so the hash seen in between is the path's.
-                # (Observed rather than computed: a cgroup namespace or a
-                # mount of a subtree hides the top of the path from us.)
-                if t[0] != link.cgroup.id:
-                    if self._still_names(link.cgroup.path, t[0]):
-                        # replaced between resolve and attach: the link serves
-                        # the new cgroup under the old one's key; start over
-                        self._by_path.pop(path, None)
-                        self._drop_single(link)
-                        link = None
-                        continue
-                    raise MalformedData(f"the read of {path} returned cgroup {t[0]}, "
-                                        f"not {link.cgroup.id}")
-                real = link.cgroup.path  # what the given path resolved to
-                if t[2] != 0 and self._still_names(real, link.cgroup.id):
-                    link.path_hash = t[2]
-                    return Record(self.layout, t, link.cgroup.relpath)
-                if t[2] == 0 and self._still_names(real, link.cgroup.id):
-                    return Record(self.layout, t, link.cgroup.relpath)  # too deep to prove
-                self._by_path.pop(path, None)  # renamed meanwhile: resolve again
-                link = None
+            cg = resolve_cgroup(path)
+            try:
+                target = self._attach_single(cg)
+            except _Replaced:
                 continue
-            # no record: the cgroup behind the link died; the path may be new
-            self._by_path.pop(path, None)
-            self._drop_single(link)
-            link = None
+            t = self._read_single(target)
+            if t is None:  # the cgroup died; the path may name a new one
+                self._drop_single(target)
+                continue
+            if t[0] != cg.id:
+                if self._still_names(cg.path, t[0]):
+                    # replaced between resolve and attach: the target serves
+                    # the new cgroup under the old one's key; start over
+                    self._drop_single(target)
+                    continue
+                raise MalformedData(f"the read of {path} returned cgroup {t[0]}, not {cg.id}")
+            if not self._still_names(cg.path, cg.id):
+                continue  # renamed or replaced meanwhile: resolve again
+            # only a canonical absolute path may skip resolution next time:
+            # a relative one depends on the cwd, a symlink on its target
+            if isinstance(path, str) and path == cg.path and self._prove(path, cg, t[2]):
+                self._by_path[path] = _Route(target, cg, t[2])
+            return Record(self.layout, t, cg.relpath)
         raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
+
+    def _prove(self, path: str, cg: Cgroup, reported: int) -> bool:
+        """Whether the path hash the kernel reported may stand for path.
+
+        It is computed from the relpath where the kernel's root is ours; a
+        cgroup namespace or a mount of a subtree hides the top of the path,
+        and then a hash counts only once two slow reads, each checked by
+        stat before and after, saw the same one (a single observation could
+        come from a cgroup renamed away and back during the read). 0: deeper
+        than the program walks, never provable."""
+        if reported == 0:
+            return False
+        if reported == path_hash(cg.relpath):
+            return True
+        seen = self._seen_hash.get(path)
+        self._seen_hash[path] = (cg.id, reported)
+        if len(self._seen_hash) > 4 * MAX_SINGLE_LINKS:
+            self._seen_hash.clear()
+        return seen == (cg.id, reported)
 
     @staticmethod
     def _still_names(path: str, cgroup_id: int) -> bool:

@@ -1,0 +1,240 @@
+"""A read answers for the cgroup that has the path at the time of the read.
+
+cgroup v1 lets a directory be renamed and a new cgroup be made at the old
+name. Readers cache what a path resolved to; every answer must still be the
+cgroup at that path now (record id == st_ino of the directory, values those
+of its own files) or CgroupNotFound, never the cgroup that moved away.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import pymemcg
+from pymemcg.bpf import BpfBackend
+from pymemcg.cgroupfs import memory_mount, resolve_cgroup
+
+from conftest import CgroupFactory
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+STATS = ["limit", "usage", "anon", "file", "shmem"]
+
+
+def limit_file() -> str:
+    return "memory.limit_in_bytes" if memory_mount().version == 1 else "memory.max"
+
+
+def set_limit(path: str, value: int) -> None:
+    with open(os.path.join(path, limit_file()), "w") as f:
+        f.write(str(value))
+
+
+def renames_allowed(base: str) -> bool:
+    probe, moved = os.path.join(base, "rename-probe"), os.path.join(base, "rename-probe2")
+    os.mkdir(probe)
+    try:
+        os.rename(probe, moved)
+    except OSError:
+        os.rmdir(probe)
+        return False
+    os.rmdir(moved)
+    return True
+
+
+def session_backend(stats):
+    """A BPF backend that reads single cgroups through iterator sessions
+    (what kernels without the one-call read use)."""
+    mount = memory_mount()
+    return BpfBackend(stats, False, mount.version, mount.mountpoint, pin_dir=None,
+                      singles=False)
+
+
+def check_answer(rec, path: str) -> None:
+    """rec must be the cgroup at path now: its id, its relpath, its limit."""
+    st_ino = os.stat(path).st_ino
+    assert rec.id == st_ino, f"{path}: answered for cgroup {rec.id}, the directory is {st_ino}"
+    assert rec.path == resolve_cgroup(path).relpath
+    with open(os.path.join(path, limit_file())) as f:
+        assert rec["limit"] == int(f.read()), f"{path}: another cgroup's limit"
+
+
+@pytest.fixture
+def readers(bpf_ok):
+    made = [pymemcg.Reader(STATS, backend="bpf", shared_pins=False), session_backend(STATS),
+            pymemcg.Reader(STATS, backend="text")]
+    try:
+        yield made
+    finally:
+        for r in made:
+            r.close()
+
+
+def test_rename_then_recreate(cgroups, readers):
+    """The exact sequence: read a; rename a to b; read b; mkdir a; read a."""
+    if not renames_allowed(cgroups.base):
+        pytest.skip("this cgroup version does not allow renames (v2)")
+    for i, reader in enumerate(readers):
+        a, b = cgroups.make(f"a{i}"), os.path.join(cgroups.base, f"b{i}")
+        set_limit(a, 1 << 30)
+        first = reader.read(a)
+        check_answer(first, a)
+        os.rename(a, b)
+        moved = reader.read(b)
+        check_answer(moved, b)
+        assert moved.id == first.id
+        os.mkdir(a)
+        set_limit(a, 2 << 30)
+        again = reader.read(a)
+        check_answer(again, a)
+        assert again.id != first.id, f"{type(reader).__name__}: read(a) answered for b's cgroup"
+        # and the moved cgroup is still read under its new path
+        check_answer(reader.read(b), b)
+
+
+def test_rename_then_recreate_tree(cgroups, readers):
+    if not renames_allowed(cgroups.base):
+        pytest.skip("this cgroup version does not allow renames (v2)")
+    a, b = cgroups.make("a/x"), os.path.join(cgroups.base, "b")
+    a = os.path.dirname(a)
+    base_rel = resolve_cgroup(cgroups.base).relpath
+    for reader in readers:
+        reader.read_tree(cgroups.base)
+    os.rename(a, b)
+    os.mkdir(a)
+    for reader in readers:
+        snap = reader.read_tree(cgroups.base)
+        assert set(snap) == {base_rel, base_rel + "/a", base_rel + "/b", base_rel + "/b/x"}
+        for rel in snap:
+            path = memory_mount().mountpoint + rel
+            assert snap[rel].id == os.stat(path).st_ino, f"{rel} answered for another cgroup"
+    os.rename(b, os.path.join(cgroups.base, "c"))
+
+
+TOP = ["a", "b", "c"]
+UNIVERSE = TOP + [f"{t}/{c}" for t in TOP for c in ("x", "y")]
+
+
+class CgroupTreeMachine(RuleBasedStateMachine):
+    """mkdir, rename, rmdir and moving a task over a small tree, with reads
+    through long-lived readers (whose caches are what is under test) checked
+    against st_ino and the directory's own files after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.factory = CgroupFactory()
+        self.base = self.factory.base
+        self.renames = renames_allowed(self.base)
+        self.limits = 0
+        self.readers = [pymemcg.Reader(STATS, backend="bpf", shared_pins=False),
+                        session_backend(STATS), pymemcg.Reader(STATS, backend="text")]
+        self.task = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                     stdin=subprocess.PIPE)
+        self.task_at = ""  # relpath under base ("" = base itself)
+        self.move_task("")
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.base, rel) if rel else self.base
+
+    def exists(self, rel: str) -> bool:
+        return os.path.isdir(self.path(rel))
+
+    def move_task(self, rel: str) -> None:
+        with open(os.path.join(self.path(rel), "cgroup.procs"), "w") as f:
+            f.write(str(self.task.pid))
+        self.task_at = rel
+
+    def can_mkdir(self):
+        return [r for r in UNIVERSE if not self.exists(r) and self.exists(os.path.dirname(r))]
+
+    def can_rename(self):
+        out = []
+        for src in UNIVERSE:
+            parent, _ = os.path.split(src)
+            for name in ("x", "y") if parent else TOP:
+                dst = os.path.join(parent, name) if parent else name
+                if self.exists(src) and not self.exists(dst):
+                    out.append((src, dst))
+        return out
+
+    def can_rmdir(self):
+        return [r for r in UNIVERSE if self.exists(r) and self.task_at != r and
+                not any(e.is_dir() for e in os.scandir(self.path(r)))]
+
+    @precondition(lambda self: self.can_mkdir())
+    @rule(data=st.data())
+    def mkdir(self, data):
+        rel = data.draw(st.sampled_from(self.can_mkdir()))
+        if memory_mount().version == 2:
+            self.factory.make(rel)
+        else:
+            os.mkdir(self.path(rel))
+        self.limits += 1
+        set_limit(self.path(rel), (1 << 30) + self.limits * 64 * PAGE)
+
+    @precondition(lambda self: self.renames and self.can_rename())
+    @rule(data=st.data())
+    def rename(self, data):
+        src, dst = data.draw(st.sampled_from(self.can_rename()))
+        os.rename(self.path(src), self.path(dst))
+        if self.task_at == src or self.task_at.startswith(src + "/"):
+            self.task_at = dst + self.task_at[len(src):]
+
+    @precondition(lambda self: self.can_rmdir())
+    @rule(data=st.data())
+    def rmdir(self, data):
+        os.rmdir(self.path(data.draw(st.sampled_from(self.can_rmdir()))))
+
+    @rule(data=st.data())
+    def move(self, data):
+        self.move_task(data.draw(st.sampled_from([""] + [r for r in UNIVERSE if self.exists(r)])))
+
+    @rule(rel=st.sampled_from(UNIVERSE), which=st.integers(0, 2))
+    def read(self, rel, which):
+        reader = self.readers[which]
+        if not self.exists(rel):
+            with pytest.raises(pymemcg.CgroupNotFound):
+                reader.read(self.path(rel))
+            return
+        check_answer(reader.read(self.path(rel)), self.path(rel))
+
+    @rule(which=st.integers(0, 2))
+    def read_tree(self, which):
+        snap = self.readers[which].read_tree(self.base)
+        mountpoint = memory_mount().mountpoint
+        on_disk = {resolve_cgroup(self.path(r)).relpath for r in [""] + UNIVERSE if self.exists(r)}
+        assert set(snap) == on_disk
+        for rel in snap:
+            check_answer(snap[rel], mountpoint + rel)
+        assert [r.id for r in snap.records][0] == os.stat(self.base).st_ino
+
+    @invariant()
+    def every_reader_agrees_with_the_directories(self):
+        for rel in UNIVERSE:
+            if self.exists(rel):
+                for reader in self.readers:
+                    check_answer(reader.read(self.path(rel)), self.path(rel))
+
+    def teardown(self) -> None:
+        for r in self.readers:
+            r.close()
+        if self.task.poll() is None:
+            self.move_task("")
+            self.task.send_signal(signal.SIGKILL)
+        self.task.wait()
+        self.factory.cleanup()
+
+
+@pytest.mark.usefixtures("bpf_ok")
+def test_cgroup_tree_state_machine():
+    run = CgroupTreeMachine.TestCase
+    run.settings = settings(max_examples=30, stateful_step_count=30, deadline=None,
+                            suppress_health_check=list(HealthCheck))
+    run().runTest()
