@@ -15,7 +15,7 @@ from . import catalog
 from .catalog import COUNTER, MEMEVENT
 from .cgroupfs import Cgroup, resolve_cgroup
 from .decode import Layout, Record, Snapshot
-from .errors import MalformedData, ReadError
+from .errors import CgroupNotFound, MalformedData, ReadError
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PAGE_COUNTER_MAX_BYTES = (2**63 - 1) // PAGE_SIZE * PAGE_SIZE  # "max" / unlimited
@@ -87,18 +87,23 @@ def parse_memory_stat(text, version: int, local: bool = False) -> Dict[str, int]
     return {k: v for k, v in raw.items() if k in catalog.STATS}
 
 
-def _read(path: str) -> Optional[str]:
+def _read(path: str, dir_fd: Optional[int] = None) -> Optional[str]:
     try:
-        with open(path, "rb", buffering=0) as f:
-            return f.read().decode("ascii")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise ReadError(e.errno, f"cannot read {path}: {e.strerror}") from None
+    try:
+        return os.read(fd, 1 << 16).decode("ascii")
+    except OSError as e:
+        raise ReadError(e.errno, f"cannot read {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
-def _read_number(path: str) -> Optional[int]:
-    text = _read(path)
+def _read_number(path: str, dir_fd: Optional[int] = None) -> Optional[int]:
+    text = _read(path, dir_fd)
     if text is None:
         return None
     text = text.strip()
@@ -107,6 +112,10 @@ def _read_number(path: str) -> Optional[int]:
     if not text.isdigit():
         raise MalformedData(f"{path}: expected a number, got {text[:30]!r}")
     return int(text)
+
+
+class _Replaced(Exception):
+    """The path names another cgroup than the one resolved: resolve again."""
 
 
 _printed_keys: Dict[str, frozenset] = {}
@@ -162,15 +171,33 @@ class TextBackend:
             sources[n] = f"text: {where}" if ok else f"unavailable: {where}"
         self.layout = Layout(names, sources)
 
-    def values(self, path: str, is_root: bool = False) -> Dict[str, int]:
+    def values(self, path: str, is_root: bool = False,
+               cgroup_id: Optional[int] = None) -> Dict[str, int]:
         """All stats this backend can read for the cgroup directory `path`.
 
+        Every file is read through one fd of the directory, so all values
+        are of one cgroup even if the path is renamed meanwhile; with
+        cgroup_id, that directory must be this cgroup (else _Replaced).
         The root's usage files on cgroup v1 are global approximations
         (mem_cgroup_usage), not its page counter: left out, as in BPF.
         """
+        try:
+            dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ReadError(2, f"{path} vanished: the cgroup was removed") from None
+        except OSError as e:
+            raise ReadError(e.errno, f"cannot open {path}: {e.strerror}") from None
+        try:
+            if cgroup_id is not None and os.fstat(dfd).st_ino != cgroup_id:
+                raise _Replaced(path)
+            return self._values_at(dfd, path, is_root)
+        finally:
+            os.close(dfd)
+
+    def _values_at(self, dfd: int, path: str, is_root: bool) -> Dict[str, int]:
         names = self.layout.names
         out: Dict[str, int] = {}
-        stat_text = _read(os.path.join(path, "memory.stat"))
+        stat_text = _read("memory.stat", dfd)
         if stat_text is None:
             raise ReadError(2, f"{path}/memory.stat vanished: the cgroup was removed")
         out.update(parse_memory_stat(stat_text, self.version, self.local))
@@ -178,33 +205,33 @@ class TextBackend:
         want = set(names)
         for name, fname in files.items():
             if name in want and not (is_root and name in ("usage", "memsw_usage")):
-                value = _read_number(os.path.join(path, fname))
+                value = _read_number(fname, dfd)
                 if value is not None:
                     out[name] = value
         if want & {s.name for s in catalog.STATS.values() if s.kind == MEMEVENT}:
-            out.update(self._events(path))
+            out.update(self._events(dfd))
         return out
 
-    def _events(self, path: str) -> Dict[str, int]:
+    def _events(self, dfd: int) -> Dict[str, int]:
         if self.version == 1:
             if self.local:
                 return {}
-            text = _read(os.path.join(path, "memory.oom_control")) or ""
+            text = _read("memory.oom_control", dfd) or ""
             raw = parse_flat_keyed(text, "memory.oom_control")
             return {"oom_kill": raw["oom_kill"]} if "oom_kill" in raw else {}
         out = {}
-        text = _read(os.path.join(path, "memory.events.local" if self.local else "memory.events"))
+        text = _read("memory.events.local" if self.local else "memory.events", dfd)
         for k, v in parse_flat_keyed(text or "", "memory.events").items():
             if k in _EVENTS_KEYS:
                 out[_EVENTS_KEYS[k]] = v
-        text = _read(os.path.join(path, "memory.swap.events"))
+        text = _read("memory.swap.events", dfd)
         for k, v in parse_flat_keyed(text or "", "memory.swap.events").items():
             if k in _SWAP_EVENTS_KEYS:
                 out[_SWAP_EVENTS_KEYS[k]] = v
         return out
 
     def record(self, cg: Cgroup, parent_id: int) -> Record:
-        values = self.values(cg.path, cg.relpath == "/")
+        values = self.values(cg.path, cg.relpath == "/", cg.id)
         valid = 0
         row: List[int] = []
         for i, name in enumerate(self.layout.names):
@@ -216,29 +243,33 @@ class TextBackend:
                                     valid >> 64, *row), cg.relpath)
 
     def read(self, cg: Cgroup) -> Record:
-        parent_id = 0 if cg.relpath == "/" else os.stat(os.path.dirname(cg.path)).st_ino
-        return self.record(cg, parent_id)
+        for _ in range(3):
+            try:
+                parent_id = 0 if cg.relpath == "/" else os.stat(os.path.dirname(cg.path)).st_ino
+                return self.record(cg, parent_id)
+            except (_Replaced, FileNotFoundError):
+                cg = resolve_cgroup(cg.path)  # renamed or replaced meanwhile
+        raise CgroupNotFound(f"{cg.path}: the cgroup kept being replaced while being read")
 
     def read_tree(self, root: Cgroup) -> Snapshot:
+        """The subtree in pre-order, as the kernel's walk gives it: a cgroup,
+        then each child's whole subtree (children by name)."""
         records: List[Record] = []
-        stack = [(root.path, root.relpath, self.read(root))]
-        records.append(stack[0][2])
+        stack = [(root, 0)]
         while stack:
-            path, rel, rec = stack.pop()
+            cg, parent_id = stack.pop()
             try:
-                entries = sorted((e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)),
+                rec = self.record(cg, parent_id) if records else self.read(cg)
+                entries = sorted((e for e in os.scandir(cg.path) if e.is_dir(follow_symlinks=False)),
                                  key=lambda e: e.name, reverse=True)
-            except FileNotFoundError:
-                continue
-            for e in entries:
-                child_rel = (rel.rstrip("/") + "/" + e.name)
-                try:
-                    child = Cgroup(e.path, root.mount, child_rel, e.inode())
-                    crec = self.record(child, rec.id)
-                except ReadError:
-                    continue  # removed while we walked
-                records.append(crec)
-                stack.append((e.path, child_rel, crec))
+            except (ReadError, FileNotFoundError, _Replaced):
+                if not records:
+                    raise CgroupNotFound(f"{root.path}: the cgroup was removed") from None
+                continue  # removed while we walked
+            records.append(rec)
+            prefix = cg.relpath.rstrip("/") + "/"
+            stack.extend((Cgroup(e.path, root.mount, prefix + e.name, e.inode()), rec.id)
+                         for e in entries)
         return Snapshot.from_records(root.relpath, records)
 
     def close(self) -> None:

@@ -82,6 +82,21 @@ def test_text_backend_tree_matches_bpf_tree_shape(bpf_ok, cgroups):
             {(r.path, r.id, r.level, r.parent_id) for r in st.records}
 
 
+@pytest.mark.parametrize("backend", ["bpf", "text"])
+def test_walk_order_is_pre_order(bpf_ok, cgroups, backend):
+    """Each cgroup comes before its descendants, and a subtree is one run of
+    records: the next record is a child, or ends every subtree it is not in."""
+    for rel in ["a", "b/x", "b/y/z", "a/x", "c", "b/w"]:
+        cgroups.make(rel)
+    with pymemcg.Reader(stats=["usage"], backend=backend) as r:
+        paths = r.read_tree(cgroups.base).paths
+    assert len(set(paths)) == len(paths) == 9
+    for i, p in enumerate(paths):
+        below = [j for j, q in enumerate(paths) if q.startswith(p + "/")]
+        assert below == list(range(i + 1, i + 1 + len(below))), \
+            f"the subtree of {p} is not one run of records after it: {paths}"
+
+
 def test_rename_is_followed(bpf_ok, cgroups):
     """cgroup v1 allows rename: a path must never serve another cgroup."""
     a = cgroups.make("r/a")
