@@ -37,15 +37,49 @@ static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *log_dst;
 static size_t log_cap, log_len;
 
+/* Append, keeping the newest text where it does not all fit: a verifier
+ * log ends with its reason. */
+static void log_append(const char *msg, size_t n)
+{
+	size_t room = log_cap - 1;
+
+	if (n >= room) {
+		memcpy(log_dst, msg + n - room, room);
+		log_len = room;
+	} else {
+		if (log_len + n > room) {
+			size_t drop = log_len + n - room;
+
+			memmove(log_dst, log_dst + drop, log_len - drop);
+			log_len -= drop;
+		}
+		memcpy(log_dst + log_len, msg, n);
+		log_len += n;
+	}
+	log_dst[log_len] = '\0';
+}
+
+/* libbpf prints a failed program's verifier log through here, named by
+ * the program, whichever program of the object it was. */
 static int capture_print(enum libbpf_print_level level, const char *fmt, va_list args)
 {
+	va_list copy;
+	char *msg;
 	int n;
 
-	if (level == LIBBPF_DEBUG || !log_dst || log_len + 1 >= log_cap)
+	if (level == LIBBPF_DEBUG || !log_dst || log_cap < 2)
 		return 0;
-	n = vsnprintf(log_dst + log_len, log_cap - log_len, fmt, args);
-	if (n > 0)
-		log_len = log_len + n < log_cap ? log_len + n : log_cap - 1;
+	va_copy(copy, args);
+	n = vsnprintf(NULL, 0, fmt, copy);
+	va_end(copy);
+	if (n <= 0)
+		return 0;
+	msg = malloc((size_t)n + 1);
+	if (!msg)
+		return 0;
+	vsnprintf(msg, (size_t)n + 1, fmt, args);
+	log_append(msg, (size_t)n);
+	free(msg);
 	return 0;
 }
 
@@ -123,9 +157,7 @@ void pmc_prog_destroy(struct pmc_prog *prog)
 int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 		  char *log, size_t log_size)
 {
-	/* the kernel's verifier log of a rejected program goes here too */
-	LIBBPF_OPTS(bpf_object_open_opts, opts,
-		    .kernel_log_buf = NULL, .kernel_log_size = 0);
+	LIBBPF_OPTS(bpf_object_open_opts, opts);
 	struct pmc_prog *prog;
 	struct memcg_iter *skel;
 	unsigned int capacity;
@@ -170,11 +202,6 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 	err = bpf_map__set_value_size(skel->maps.overflow, prog->record_size);
 	if (!err)
 		err = bpf_map__set_max_entries(skel->maps.overflow, capacity);
-	if (!err && log && log_size)
-		err = bpf_program__set_log_buf(prog->tree_prog, log + log_size / 2, log_size / 4);
-	if (!err && log && log_size)
-		err = bpf_program__set_log_buf(prog->path_prog, log + log_size / 2 + log_size / 4,
-					       log_size / 4);
 	if (err)
 		goto fail;
 
@@ -337,9 +364,6 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 	SET_SELECTION(skel->rodata, cfg);
 	skel->rodata->flush_stats = !!cfg->flush;
 	err = bpf_map__set_max_entries(skel->maps.slots, nr_slots);
-	if (!err && log && log_size)
-		err = bpf_program__set_log_buf(skel->progs.pmc_fetch, log + log_size / 2,
-					       log_size / 2);
 	if (!err)
 		err = memcg_fetch__load(skel);
 	if (err)

@@ -27,8 +27,9 @@ struct pmc_config {
 
 struct pmc_prog;
 
-/* Load the program with this selection; on a verifier rejection the kernel's
- * log lands in log (NUL-terminated). */
+/* Load the program with this selection. On failure, log holds what libbpf
+ * said (NUL-terminated; the newest text where it does not all fit), the
+ * kernel's verifier log of a rejected program among it. */
 int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 		  char *log, size_t log_size);
 void pmc_prog_destroy(struct pmc_prog *prog);

@@ -191,9 +191,7 @@ def _load(loader, out, *args) -> None:
     log = ffi.new("char[]", 1 << 20)
     rc = loader(*args, out, log, len(log))
     if rc < 0:
-        text = ffi.string(log).decode(errors="replace")
-        text += "\n" + ffi.string(log + len(log) // 2).decode(errors="replace")
-        raise _load_error(-rc, text.strip())
+        raise _load_error(-rc, ffi.string(log).decode(errors="replace").strip())
 
 
 class _Program:

@@ -136,6 +136,33 @@ def test_verifier_rejection_carries_the_log(no_leaks):
     assert "verifier log" in str(info.value) and "backend='text'" in str(info.value)
 
 
+def test_verifier_log_keeps_its_end_in_a_small_buffer(bpf_ok):
+    """A verifier log longer than the buffer keeps its last lines, where
+    the verifier says why it rejected the program (and which program)."""
+    if layout.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
+        pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
+    ffi, lib = bpf_mod._lib()
+    res = layout.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
+    out = ffi.new("struct pmc_prog **")
+    log = ffi.new("char[]", 4096)
+    rc = lib.pmc_prog_load(bpf_mod._config(res, False, layout.KFUNCS_MEMCG, False, 16), out,
+                           log, len(log))
+    assert rc < 0 and out[0] == ffi.NULL
+    text = ffi.string(log).decode()
+    assert 3000 < len(text) < 4096
+    assert "processed" in text and "END PROG LOAD LOG" in text
+    assert "prog 'pmc_memcg_iter" in text
+
+
+def test_fetch_program_rejection_carries_the_log(no_leaks):
+    if layout.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
+        pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
+    res = layout.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
+    with pytest.raises(pymemcg.VerifierRejected) as info:
+        bpf_mod._Fetch(res, False, layout.KFUNCS_MEMCG, False, 4096)
+    assert "processed" in info.value.log and "prog 'pmc_fetch'" in info.value.log
+
+
 def test_errors_are_one_family():
     for cls in (pymemcg.CgroupNotFound, pymemcg.NotACgroup, pymemcg.NoMemoryController,
                 pymemcg.UnknownStat, pymemcg.PermissionDenied, pymemcg.NoBtf,
