@@ -490,18 +490,20 @@ class BpfBackend:
             link.cgroup = cg  # the same cgroup, maybe renamed
             return link
         prog: _Program = self._state["prog"]
-        fd = prog.attach(cg, order)
         pin = None
         if self.pin_dir:
+            # everything that can fail before the link exists, so that no
+            # failure leaves a link fd behind
             pin = self._pin_path(cg, order)
             try:
                 os.unlink(pin)  # ours from an earlier program of this process
             except FileNotFoundError:
                 pass
             except OSError as e:
-                os.close(fd)
                 raise BpfUnavailable(f"cannot replace {self._shown(pin)} ({e.strerror}): something else "
                                      f"sits at the pin's name; remove it") from None
+        fd = prog.attach(cg, order)
+        if pin is not None:
             rc = self._lib.pmc_link_pin(fd, pin.encode())
             if rc < 0:
                 os.close(fd)
@@ -734,10 +736,17 @@ class BpfBackend:
         capacity = INITIAL_OVERFLOW_CAPACITY
         while capacity < needed * 5 // 4:
             capacity *= 2
+        try:
+            bigger = self._load(capacity)
+        except BpfUnavailable as e:
+            # the program loaded before serves on: only this tree is too big
+            raise ReadError(errno.ENOMEM, f"the tree has {needed} cgroups and a program with "
+                                          f"room for their records could not be loaded ({e}); "
+                                          f"read a smaller subtree or fewer stats") from None
         _release(self._state, reload=True)
         if self._fetch is None:
             self._by_path.clear()  # iterator links went with the program
-        self._state["prog"] = self._load(capacity)
+        self._state["prog"] = bigger
 
     def _load(self, capacity: int) -> _Program:
         return _Program(self.resolutions, self.local, capacity, self.plan.kfuncs,

@@ -214,3 +214,45 @@ def test_single_reads_use_sessions_where_the_one_call_read_does_not_load(no_leak
         assert r.read_method == f"iterator session (the one-call read did not load: {why})"
         assert r.read(cg).id == r.read(cg).id == os.stat(cg).st_ino
         assert [p for p in my_pins() if p.endswith(f"-1-{os.getpid()}")]  # a pinned link
+
+
+def test_a_failure_before_pinning_leaves_no_link(bpf_ok, cgroups, monkeypatch):
+    """Whatever fails on the way to a pinned link fails before the link is
+    made: no link fd is left behind."""
+    with pymemcg.Reader(stats=["usage"], backend="bpf", shared_pins=False) as r:
+        backend = r._backend
+        if not backend.pin_dir:
+            pytest.skip("this Reader pins nothing")
+        r.read_tree(cgroups.base)
+        fds = open_fds()
+
+        def no_name(*_):
+            raise pymemcg.BpfUnavailable("no pin name")
+        monkeypatch.setattr(backend, "_pin_path", no_name)
+        with pytest.raises(pymemcg.BpfUnavailable):
+            r.read_tree(cgroups.make("child"))
+        assert open_fds() == fds
+
+
+def test_a_failed_reload_leaves_the_reader_working(bpf_ok, cgroups, monkeypatch):
+    """A tree that needs a bigger overflow map than can be loaded fails
+    with a ReadError; the program loaded before keeps serving."""
+    monkeypatch.setattr(bpf_mod, "INITIAL_OVERFLOW_CAPACITY", 1)
+    stats = [s.name for s in pymemcg.stats() if s.backend == "bpf"][:100]
+    with pymemcg.Reader(stats=stats, backend="bpf", shared_pins=False) as r:
+        budget = r._backend._state["prog"].seq_budget
+        for i in range(budget + 4):
+            cgroups.make(f"c{i}")
+        real_load = bpf_mod.BpfBackend._load
+
+        def refuse_bigger(self, capacity):
+            if capacity > 1:
+                raise pymemcg.BpfUnavailable("loading the BPF program failed (Cannot allocate "
+                                             "memory)")
+            return real_load(self, capacity)
+        monkeypatch.setattr(bpf_mod.BpfBackend, "_load", refuse_bigger)
+        with pytest.raises(pymemcg.ReadError, match="could not be loaded"):
+            r.read_tree(cgroups.base)
+        assert r.read(cgroups.base).id == os.stat(cgroups.base).st_ino
+        monkeypatch.setattr(bpf_mod.BpfBackend, "_load", real_load)
+        assert len(r.read_tree(cgroups.base)) == budget + 5
