@@ -16,15 +16,18 @@ VPY        := $(VENV)/bin/python
 ARCH       := $(shell uname -m | sed 's/x86_64/x86/; s/aarch64/arm64/')
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function
 
-APT_PACKAGES := clang-19 llvm-19 bpftool libelf-dev zlib1g-dev pkg-config make gcc curl \
+APT_PACKAGES := clang-19 llvm-19 bpftool libelf-dev zlib1g-dev pkg-config make gcc \
                 ca-certificates python3-venv python3-dev tmux
 
 # Debian's libbpf.a is not position independent, so it cannot go into a Python
 # extension: build the same release (bookworm's 1.1.2, no Debian patches) from
-# its source tarball with -fPIC. LIBBPF_TARBALL may point at a local copy.
+# its Debian source package, fetched by apt through the mirror this host's apt
+# configuration names (tools/apt-private: a private apt state under build/,
+# Release signatures checked) and checked by sha256. LIBBPF_TARBALL may point
+# at a local copy.
 LIBBPF_VERSION := 1.1.2
+LIBBPF_DEBIAN  := $(LIBBPF_VERSION)-0+deb12u1
 LIBBPF_SHA256  := b50ab60637fb713db78aa98e6ca911ddf13c0799d498a1f6ec03ebffc7dca588
-LIBBPF_URL     := http://deb.debian.org/debian/pool/main/libb/libbpf/libbpf_$(LIBBPF_VERSION).orig.tar.gz
 LIBBPF_TARBALL ?= $(OUTPUT)/libbpf_$(LIBBPF_VERSION).orig.tar.gz
 LIBBPF_SRC     := $(OUTPUT)/libbpf-$(LIBBPF_VERSION)/src
 LIBBPF_A       := $(OUTPUT)/libbpf/libbpf.a
@@ -44,9 +47,12 @@ $(OUTPUT):
 	mkdir -p $@
 
 $(LIBBPF_TARBALL): | $(OUTPUT)
-	curl -fsSL -o $@.tmp $(LIBBPF_URL)
-	echo "$(LIBBPF_SHA256)  $@.tmp" | sha256sum -c --quiet
-	mv $@.tmp $@
+	rm -rf $(OUTPUT)/libbpf-src && mkdir -p $(OUTPUT)/libbpf-src
+	cd $(OUTPUT)/libbpf-src && $(CURDIR)/tools/apt-private $(abspath $(OUTPUT))/apt -- \
+		source --download-only libbpf=$(LIBBPF_DEBIAN) >/dev/null
+	echo "$(LIBBPF_SHA256)  $(OUTPUT)/libbpf-src/libbpf_$(LIBBPF_VERSION).orig.tar.gz" | \
+		sha256sum -c --quiet
+	mv $(OUTPUT)/libbpf-src/libbpf_$(LIBBPF_VERSION).orig.tar.gz $@
 
 $(LIBBPF_A): $(LIBBPF_TARBALL) | $(OUTPUT)
 	echo "$(LIBBPF_SHA256)  $<" | sha256sum -c --quiet
@@ -129,7 +135,7 @@ clean:
 # boot. Writes build/vm/results/*.json, docs/matrix.md and the README's
 # matrix block. The kernels are pinned in vm/matrix.py. A few minutes.
 # make vm-deps: the Debian packages it needs besides `make deps`.
-VM_APT_PACKAGES := qemu-system-x86 busybox-static e2fsprogs xz-utils zstd
+VM_APT_PACKAGES := qemu-system-x86 curl busybox-static e2fsprogs xz-utils zstd
 .PHONY: matrix vm-deps
 vm-deps:
 	apt-get update -q
