@@ -226,12 +226,14 @@ def test_root_cgroup_parity(bpf_ok, cgroup_version):
             if before == after:
                 break
         else:
-            pytest.skip("the root cgroup never held still long enough")  # busy host
+            # a busy host: the root sums everything and never holds still;
+            # compare the stats that did (the same before and after the read)
+            after = {k: v for k, v in after.items() if before.get(k) == v}
         # the root's usage files are global approximations, not its counter
         for name in ("usage", "memsw_usage", "swap_usage"):
             after.pop(name, None)
             assert rec.get(name) is None
-        assert_parity(rec, after)
+        assert assert_parity(rec, after) >= 10, f"too few stats held still to compare: {after}"
         assert rec.level == 0 and rec.path == "/"
 
 
