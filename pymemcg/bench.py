@@ -733,7 +733,7 @@ def split_read(reader: Reader, cgroup: str, reads: int, rounds: int) -> Dict[str
     reader.read(cgroup)
     try:
         be = reader._backend
-        link = be._by_path[cgroup]
+        link = be._by_path[cgroup].target
         if be._fetch is not None:
             run, ptr, index = be._fetch_run, be._fetch_ptr, link.index
             record, unpack = be._fetch_record, be._unpack_record

@@ -1,9 +1,9 @@
-"""The BPF backend: a pinned cgroup iterator read straight into a buffer.
+"""The BPF backend: a cgroup iterator read straight into a buffer.
 
 One program is loaded per selection. It is attached once per (cgroup,
-order) and the link is pinned under PIN_DIR; each read then runs one
-iterator session (create, read, close) in C, and Python unpacks the fixed-
-layout records. Single cgroups go faster where the kernel allows (6.4+):
+order) and the Reader keeps the link's fd (nothing is pinned: a read-only
+or absent bpffs does not matter); each read then runs one iterator session
+(create, read, close) in C, and Python unpacks the fixed-layout records. Single cgroups go faster where the kernel allows (6.4+):
 a second program keeps a reference to each cgroup read and fills its record
 in one BPF_PROG_RUN call (bpf_src/memcg_fetch.bpf.c), no file, no session. A walk whose records exceed the session's 32 KiB buffer
 spills the rest into an mmaped array map in the same walk (see
@@ -18,24 +18,21 @@ import errno
 import hashlib
 import os
 import re
-import stat as stat_mod
 import threading
 import weakref
 from typing import Dict, List, Optional, Sequence
 
 from . import layout as layout_mod
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
-from .owner import Owner, remove_stale
 import struct
 
-from .decode import (FORMAT_VERSION, REC_GONE, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot,
+from .decode import (REC_GONE, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot,
                      parse_trailer, path_hash)
 from .errors import (BpfUnavailable, CgroupNotFound, Closed, MalformedData, PermissionDenied,
                      ReadError, VerifierRejected)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 BPFFS = "/sys/fs/bpf"
-PIN_DIR = os.path.join(BPFFS, "pymemcg")
 SEQ_BUF_SIZE = 32768                 # PMC_SEQ_BUF_SIZE
 ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE = 1, 2
 INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
@@ -141,30 +138,6 @@ def ensure_bpffs() -> None:
         cls = PermissionDenied if err in (errno.EPERM, errno.EACCES) else BpfUnavailable
         raise cls(f"bpffs is not mounted at {BPFFS} and mounting it failed "
                   f"({os.strerror(err)}): run as root or `mount -t bpf bpf {BPFFS}`")
-
-
-def remove_stale_pins(pin_dir: str = PIN_DIR) -> int:
-    """Unpin links whose owner no longer holds its lock (pymemcg/owner.py)."""
-    return remove_stale(pin_dir)
-
-
-def _make_pin_dir(pin_dir: str) -> None:
-    try:
-        st = os.lstat(pin_dir)
-    except FileNotFoundError:
-        try:
-            os.mkdir(pin_dir, 0o700)
-        except OSError as e:
-            raise BpfUnavailable(f"cannot create the pin directory {pin_dir} "
-                                 f"({e.strerror}): run as root") from None
-        return
-    if not stat_mod.S_ISDIR(st.st_mode):
-        raise BpfUnavailable(f"{pin_dir} exists and is not a directory (a symlink?): remove it")
-    # pins must live where only we can add, replace or remove them
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise BpfUnavailable(f"{pin_dir} is owned by uid {st.st_uid} with mode "
-                             f"{stat_mod.S_IMODE(st.st_mode):o}: pins need a directory owned "
-                             f"by this user and writable by no one else; remove it")
 
 
 def _config(resolutions: Sequence[layout_mod.Resolution], local: bool, kfuncs: int,
@@ -341,36 +314,26 @@ def _load_error(err: int, log: str) -> Exception:
 
 
 class _Link:
-    __slots__ = ("fd", "pin", "cgroup", "order", "pid")
+    __slots__ = ("fd", "cgroup", "order")
 
-    def __init__(self, fd: int, pin: Optional[str], cgroup: Cgroup, order: int) -> None:
-        self.fd, self.pin, self.cgroup, self.order = fd, pin, cgroup, order
-        self.pid = os.getpid()  # a forked child must not unpin its parent's links
+    def __init__(self, fd: int, cgroup: Cgroup, order: int) -> None:
+        self.fd, self.cgroup, self.order = fd, cgroup, order
 
 
 def _release(state: dict, reload: bool = False) -> None:
-    """Close links, unpin, unload. Idempotent; also run by a finalizer.
-    reload: keep what outlives a reload of the iterator program (the owner
-    lock of our pins, the fetch program and its slots)."""
+    """Close links, unload. Idempotent; also run by a finalizer.
+    reload: keep what outlives a reload of the iterator program (the fetch
+    program and its slots)."""
     fetch = state.get("fetch")
     if fetch is not None and not reload:
         fetch.destroy()
         state["fetch"] = None
     for link in list(state["links"].values()):
-        if link.pin and link.pid == os.getpid():
-            try:
-                os.unlink(link.pin)
-            except OSError:
-                pass
         try:
             os.close(link.fd)
         except OSError:
             pass
     state["links"].clear()
-    owner = state.get("owner")
-    if owner is not None and not reload:
-        owner.close()
-        state["owner"] = None
     prog = state.get("prog")
     if prog is not None:
         prog.destroy()
@@ -385,11 +348,6 @@ def _after_fork_in_child() -> None:
     # does not exist in the child, so the lock would never be released
     for backend in list(_backends):
         backend._lock = threading.Lock()
-        # the parent's lock on its pins is the parent's: the child pins its
-        # own links under an owner of its own (see _link)
-        owner = backend._state.get("owner")
-        if owner is not None:
-            owner.forget()
         backend._after_fork()
 
 
@@ -402,7 +360,7 @@ class BpfBackend:
     name = "bpf"
 
     def __init__(self, names: Sequence[str], local: bool, version: int, mountpoint: str,
-                 pin_dir: Optional[str] = PIN_DIR, flush: bool = False,
+                 flush: bool = False,
                  singles: bool = True) -> None:
         facts = kernel_facts()
         self.facts = facts
@@ -415,25 +373,12 @@ class BpfBackend:
         self.layout = Layout(names, sources, {r.stat.name: r.stat.unit for r in self.resolutions})
         self.local = local
         self.version = version
-        self.pin_dir = pin_dir
-        self._digest = hashlib.sha256(repr((object_digest(), local, version, flush, [
-            (r.stat.name, r.kind, r.slot, r.item, r.flags, r.scale) for r in self.resolutions
-        ])).encode()).hexdigest()[:12]
         self._lock = threading.Lock()
         _backends.add(self)
         self._state: dict = {"links": {}, "prog": None, "fetch": None}
         self._finalizer = weakref.finalize(self, _release, self._state)
         # load first: without privileges this is what fails, with a clear error
         self._state["prog"] = self._load(INITIAL_OVERFLOW_CAPACITY)
-        if pin_dir:
-            try:
-                ensure_bpffs()
-                _make_pin_dir(pin_dir)
-                remove_stale_pins(pin_dir)
-                self._state["owner"] = Owner(pin_dir)
-            except BaseException:
-                self._finalizer()
-                raise
         self._by_path: Dict[str, _Route] = {}
         # path -> (id, path hash) seen by the last slow read where the hash
         # could not be computed from the path (see _prove)
@@ -489,39 +434,9 @@ class BpfBackend:
         if link is not None:
             link.cgroup = cg  # the same cgroup, maybe renamed
             return link
-        prog: _Program = self._state["prog"]
-        pin = None
-        if self.pin_dir:
-            # everything that can fail before the link exists, so that no
-            # failure leaves a link fd behind
-            pin = self._pin_path(cg, order)
-            try:
-                os.unlink(pin)  # ours from an earlier program of this process
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                raise BpfUnavailable(f"cannot replace {self._shown(pin)} ({e.strerror}): something else "
-                                     f"sits at the pin's name; remove it") from None
-        fd = prog.attach(cg, order)
-        if pin is not None:
-            rc = self._lib.pmc_link_pin(fd, pin.encode())
-            if rc < 0:
-                os.close(fd)
-                raise BpfUnavailable(f"pinning the iterator link at {self._shown(pin)} failed "
-                                     f"({os.strerror(-rc)}): check that {self.pin_dir} is on "
-                                     f"bpffs and writable by root")
-        link = _Link(fd, pin, cg, order)
+        link = _Link(self._state["prog"].attach(cg, order), cg, order)
         self._state["links"][key] = link
         return link
-
-    def _pin_path(self, cg: Cgroup, order: int) -> str:
-        owner = self._state["owner"]
-        if owner.pid != os.getpid() or owner.fd < 0:  # a forked child: an owner of its own
-            owner = self._state["owner"] = Owner(self.pin_dir)
-        return owner.path(owner.pin_name(f"v{FORMAT_VERSION}-{self._digest}", cg.id, order))
-
-    def _shown(self, pin: str) -> str:
-        return os.path.join(self.pin_dir, os.path.basename(pin))
 
     def _evict_tree_links(self) -> None:
         """Keep at most MAX_TREE_LINKS tree links: drop the oldest."""
@@ -539,11 +454,6 @@ class BpfBackend:
         self._state["links"].pop((link.cgroup.id, link.order), None)
         self._by_path = {p: r for p, r in self._by_path.items() if r.target is not link}
         self._roots = {p: c for p, c in self._roots.items() if c.id != link.cgroup.id}
-        if link.pin and link.pid == os.getpid():
-            try:
-                os.unlink(link.pin)
-            except OSError:
-                pass
         os.close(link.fd)
 
     def _session(self, link: _Link) -> int:
@@ -572,6 +482,8 @@ class BpfBackend:
                         if t[2] == route.path_hash and t[0] == route.id and \
                                 not t[4] & REC_GONE:
                             return Record(self.layout, t, route.relpath)
+                        if t[4] & REC_GONE:  # removed: let the kernel free it
+                            self._fetch.clear(target)
                 else:
                     # fast path: one record and the trailer, one unpack
                     n = self._read_session(target.fd, self._cbuf, self._buflen)

@@ -773,24 +773,26 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
                             "AmbientCapabilities=CAP_BPF CAP_PERFMON); CAP_SYS_ADMIN mounts bpffs",
                             data={"euid": euid, **has}))
 
-    # bpffs
-    from .bpf import BPFFS, PIN_DIR, _is_bpffs
+    # bpffs: only shared pins need it; a Reader's own links are fds
+    from .bpf import BPFFS, _is_bpffs
+    from .pins import SHARED_PIN_DIR
     try:
         mounted = _is_bpffs(BPFFS)
     except OSError:
         mounted = False
     if mounted:
         try:
-            pins = len([n for n in os.listdir(PIN_DIR) if not n.startswith("owner-")])
+            pins = len(os.listdir(SHARED_PIN_DIR))
         except OSError:
             pins = 0
-        checks.append(Check("bpffs", "ok", f"mounted at {BPFFS}; {pins} pymemcg pins in {PIN_DIR}",
-                            data={"mounted": True, "pins": pins}))
+        writable = os.access(BPFFS, os.W_OK)
+        checks.append(Check("bpffs", "ok", f"mounted at {BPFFS}"
+                            f"{'' if writable else ' read-only'}; {pins} shared pins in "
+                            f"{SHARED_PIN_DIR}", data={"mounted": True, "pins": pins,
+                                                       "writable": writable}))
     else:
-        checks.append(Check("bpffs", "warn" if privileged else "fail",
-                            f"nothing mounted at {BPFFS}",
-                            "pymemcg mounts it itself when it runs as root; or "
-                            f"`mount -t bpf bpf {BPFFS}` (fstab: bpf {BPFFS} bpf defaults 0 0)",
+        checks.append(Check("bpffs", "ok", f"nothing mounted at {BPFFS}: Readers need none; "
+                            f"`pymemcg pin` (shared pins) mounts it as root",
                             data={"mounted": False}))
 
     # cgroups

@@ -73,6 +73,10 @@ def _make_dir(directory: str, what: str) -> None:
         os.makedirs(directory, 0o755)
     except FileExistsError:
         pass
+    except OSError as e:
+        raise BpfUnavailable(f"cannot create {what} {directory} ({e.strerror}): shared pins need "
+                             f"a writable bpffs (and metadata directory); Readers need neither"
+                             ) from None
     _check_dir(directory, what)
 
 
@@ -85,19 +89,21 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
     replaced or widened: an existing name is an error (unpin it first).
     """
     from ._pymemcg import lib
-    from .bpf import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, BpfBackend, object_digest
+    from .bpf import (BPFFS, ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, BpfBackend, ensure_bpffs,
+                      object_digest)
 
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"pin name {name!r}: use a plain file name")
     cg = resolve_cgroup(root)
+    if directory == BPFFS or directory.startswith(BPFFS + "/"):
+        ensure_bpffs()
     _make_dir(directory, "the pin directory")
     _make_dir(meta_dir, "the pin metadata directory")
     path = os.path.join(directory, name)
     meta = _meta_path(path, meta_dir)
     if os.path.lexists(path) or os.path.lexists(meta):
         raise BpfUnavailable(f"{path} (or its metadata) exists: unpin it first")
-    backend = BpfBackend(list(stats), local, cg.mount.version, cg.mount.mountpoint,
-                         pin_dir=None)
+    backend = BpfBackend(list(stats), local, cg.mount.version, cg.mount.mountpoint)
     try:
         link = backend._link(cg, ORDER_DESCENDANTS_PRE if tree else ORDER_SELF_ONLY)
         rc = lib.pmc_link_pin(link.fd, path.encode())

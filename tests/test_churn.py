@@ -20,7 +20,7 @@ import pymemcg
 from pymemcg import bpf as bpf_mod
 from pymemcg.cgroupfs import memory_mount
 
-from conftest import my_pins, open_fds
+from conftest import my_links, open_fds
 
 CHURN_SECONDS = 8.0
 STATS = ["usage", "limit", "anon", "file"]
@@ -149,7 +149,7 @@ def test_tree_reads_under_churn(bpf_ok, cgroups):
     movers = [os.path.join(base, f"movers/m{i}") for i in range(3)]
     single_paths = [os.path.join(base, r) for r in ("stable/empty", "stable/x/y/z", "movers/m1")]
 
-    fds0, pins0 = open_fds(), my_pins()
+    fds0, links0 = open_fds(), my_links()
     errors: list = []
     counts = {"bpf-tree": 0, "bpf-shared": 0, "text-tree": 0, "single": 0, "churn-single": 0}
     stop = threading.Event()
@@ -242,9 +242,9 @@ def test_tree_reads_under_churn(bpf_ok, cgroups):
         sleeper.kill()
         sleeper.wait()
     gc.collect()
-    # nothing left: fds, pins, cgroups
+    # nothing left: fds, links, cgroups
     assert open_fds() <= fds0, f"fds left behind: {open_fds() - fds0}"
-    assert my_pins() == pins0, f"pins left behind: {my_pins() - pins0}"
+    assert my_links() <= links0, f"links left behind: {my_links() - links0}"
     assert subdirs(churn_dir) == [], "the churners left cgroups behind"
 
 
@@ -372,16 +372,16 @@ def test_tree_root_removed_under_a_reader(no_leaks, cgroups, backend):
 def test_removed_tree_roots_release_their_links(bpf_ok, cgroups):
     with pymemcg.Reader(stats=STATS, backend="bpf") as r:
         r.read_tree(cgroups.base)
-        fds, pins = len(open_fds()), len(my_pins())
+        fds, links = len(open_fds()), len(my_links())
         for i in range(20):
             p = cgroups.make(f"pod{i}")
             r.read_tree(p)
             os.rmdir(p)
             with pytest.raises(pymemcg.CgroupNotFound):
                 r.read_tree(p)
-        grown_fds, grown_pins = len(open_fds()) - fds, len(my_pins()) - pins
-        assert (grown_fds, grown_pins) == (0, 0), \
-            f"{grown_fds} fds and {grown_pins} pins held for 20 removed roots"
+        grown_fds, grown_links = len(open_fds()) - fds, len(my_links()) - links
+        assert (grown_fds, grown_links) == (0, 0), \
+            f"{grown_fds} fds and {grown_links} links held for 20 removed roots"
 
 
 def _memory_cgroups() -> int:

@@ -21,7 +21,7 @@ from pymemcg import catalog
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
 from pymemcg.cli import SNAPSHOT_STATS, human_bytes
 
-from conftest import sigint_default
+from conftest import links_of, sigint_default
 
 ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
 BYTES_CELL = re.compile(r"^(\d+ B|\d+\.\d (KiB|MiB|GiB|TiB|PiB|EiB))$")
@@ -312,8 +312,7 @@ def test_watch_stops_cleanly(bpf_ok, sig):
                             stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=sigint_default)
     try:
         json.loads(proc.stdout.readline())
-        pins = [n for n in os.listdir("/sys/fs/bpf/pymemcg") if n.endswith(f"-{proc.pid}")]
-        assert pins, "watch reads through a pinned link"
+        assert links_of(proc.pid), "watch reads through a link of its own"
     finally:
         proc.send_signal(getattr(signal, sig))
         out, err = proc.communicate(timeout=30)
@@ -321,7 +320,6 @@ def test_watch_stops_cleanly(bpf_ok, sig):
     assert err == ""
     for line in out.splitlines():  # whole lines only
         json.loads(line)
-    assert [n for n in os.listdir("/sys/fs/bpf/pymemcg") if n.endswith(f"-{proc.pid}")] == []
 
 
 def test_watch_into_a_closed_pipe_is_quiet(bpf_ok):

@@ -16,10 +16,9 @@ import threading
 import pytest
 
 import pymemcg
-from pymemcg import bpf as bpf_mod
 from pymemcg.cgroupfs import memory_mount
 
-from conftest import in_child, my_pins, open_fds
+from conftest import in_child, my_links, open_fds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATS = ["usage", "limit", "anon", "file", "pgfault"]
@@ -72,15 +71,10 @@ def fds():
         except OSError:
             pass
     return out
-def pins():
-    try:
-        return sorted(os.listdir("/sys/fs/bpf/pymemcg"))
-    except FileNotFoundError:
-        return None
-fd0, pins0 = fds(), pins()
+fd0 = fds()
 import pymemcg
-fd1, pins1 = fds(), pins()
-print(json.dumps({"fd0": fd0, "fd1": fd1, "pins0": pins0, "pins1": pins1,
+fd1 = fds()
+print(json.dumps({"fd0": fd0, "fd1": fd1,
                   "bpf_module": "pymemcg.bpf" in sys.modules,
                   "extension": "pymemcg._pymemcg" in sys.modules}))
 """
@@ -92,9 +86,6 @@ def test_import_opens_no_fds_and_loads_no_bpf(bpf_ok):
     r = json.loads(out.stdout)
     assert r["fd1"] == r["fd0"], "import pymemcg opened or closed fds"
     assert not [t for t in r["fd1"].values() if "bpf" in t], "a BPF object is open after import"
-    # pins of other processes may come and go meanwhile: only new ones of the probe count
-    new = set(r["pins1"] or []) - set(r["pins0"] or [])
-    assert not new, f"import pymemcg pinned something: {new}"
     # the BPF backend and its extension are loaded by Reader(), not by import
     assert not r["bpf_module"] and not r["extension"]
 
@@ -110,7 +101,7 @@ def test_close_is_idempotent_and_with_closes(no_leaks, tree, backend):
         assert r.read(tree["a"][0]).id == tree["a"][1]
         assert len(r.read_tree(tree[""][0])) == 6
         if backend == "bpf":
-            assert my_pins(), "a BPF reader pins its links"
+            assert my_links(), "a BPF reader holds its links as fds"
     assert repr(r).endswith("backend=closed)")
     for _ in range(3):
         r.close()
@@ -132,10 +123,11 @@ def test_dropped_reader_is_released_by_the_finalizer(no_leaks, tree):
     r = pymemcg.Reader(stats=STATS, backend="bpf")
     r.read(tree["a"][0])
     r.read_tree(tree[""][0])
-    assert my_pins()
+    links = my_links()
+    assert links
     del r
     gc.collect()
-    assert not my_pins()
+    assert not my_links() & links
 
 
 def test_read_bound_before_close_raises_closed(bpf_ok, tree):
@@ -212,49 +204,52 @@ def test_forked_child_can_use_the_parents_reader(no_leaks, tree):
         fetch = r.read_method.startswith("BPF_PROG_RUN")
         assert r.read(tree["a"][0]).id == tree["a"][1]
         base_snap = r.read_tree(tree[""][0])
-        parent_pins = my_pins()
+        parent_links = my_links()
 
         def child():
             method = r.read_method
             a = r.read(tree["a"][0])                 # inherited link, or one of its own
-            c = r.read(tree["a/b/c"][0])             # a new link, pinned with the child's pid
+            c = r.read(tree["a/b/c"][0])             # a new link of the child's
             snap = r.read_tree(tree[""][0])
             return (a.id, c.id, sorted(snap), snap.by_id(tree["e"][1])["usage"],
-                    sorted(my_pins()), method)
+                    len(my_links() - parent_links), method)
         result = in_child(child)
         assert result[0] == "ok", result
-        a_id, c_id, paths, e_usage, child_pins, child_method = result[1]
+        a_id, c_id, paths, e_usage, child_links, child_method = result[1]
         assert child_method.startswith("iterator")
         assert (a_id, c_id, e_usage) == (tree["a"][1], tree["a/b/c"][1], 0)
         assert paths == sorted(base_snap)
-        assert my_pins() == parent_pins
-        # the child's own pins (its pid) are left behind: os._exit ran no finalizer
-        assert len(child_pins) == (2 if fetch else 1)
-        # ... and is removed by the next Reader that starts, the child being dead
-        with pymemcg.Reader(stats=["usage"], backend="bpf"):
-            pass
-        assert not [p for p in os.listdir(bpf_mod.PIN_DIR) if p in child_pins]
+        # the child made links of its own for its single reads, and they died with it
+        assert child_links == (2 if fetch else 1)
+        assert my_links() == parent_links
         # the parent is unaffected
         assert r.read(tree["a"][0]).id == tree["a"][1]
         assert sorted(r.read_tree(tree[""][0])) == sorted(base_snap)
-        assert my_pins() == parent_pins
+        assert my_links() == parent_links
 
 
 FORK_EXIT_PROBE = r"""
 import json, os, sys, pymemcg
 from pymemcg import bpf
 path = sys.argv[1]
-def pins():
-    return sorted(p for p in os.listdir(bpf.PIN_DIR) if p.endswith("-%d" % os.getpid()))
+def links():
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + fd) == "anon_inode:bpf_link":
+                out.append(fd)
+        except OSError:  # the listing's own fd
+            pass
+    return sorted(out)
 r = pymemcg.Reader(stats=["usage"], backend="bpf")
 r.read(path); r.read_tree(path)
-before = pins()
+before = links()
 pid = os.fork()
 if pid == 0:
     r.read(path)
     sys.exit(0)          # a normal exit: atexit and weakref finalizers run in the child
 os.waitpid(pid, 0)
-after = pins()
+after = links()
 ok = r.read(path).id == os.stat(path).st_ino
 method = r.read_method
 r.close()
@@ -262,15 +257,15 @@ print(json.dumps([before, after, ok, method]))
 """
 
 
-def test_child_exit_leaves_the_parents_pins(bpf_ok, tree):
+def test_child_exit_leaves_the_parents_links(bpf_ok, tree):
     out = subprocess.run([sys.executable, "-c", FORK_EXIT_PROBE, tree["a"][0]],
                          capture_output=True, text=True, timeout=60, cwd="/")
     assert out.returncode == 0, out.stderr
     before, after, ok, method = json.loads(out.stdout)
     assert ok, "the parent could no longer read after the child exited"
-    # the tree link's pin, and the single one's unless one bpf() call reads it
+    # the tree link, and the single one's unless one bpf() call reads it
     assert len(before) == (1 if method.startswith("BPF_PROG_RUN") else 2)
-    assert after == before, "the child's exit removed the parent's pins"
+    assert after == before, "the child's exit closed the parent's links"
 
 
 def test_fork_during_a_read_in_another_thread(bpf_ok, tree):

@@ -53,8 +53,7 @@ def session_backend(stats):
     """A BPF backend that reads single cgroups through iterator sessions
     (what kernels without the one-call read use)."""
     mount = memory_mount()
-    return BpfBackend(stats, False, mount.version, mount.mountpoint, pin_dir=None,
-                      singles=False)
+    return BpfBackend(stats, False, mount.version, mount.mountpoint, singles=False)
 
 
 def check_answer(rec, path: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 import pymemcg
 from pymemcg import pins
 
-from conftest import as_nobody, my_pins, open_fds, workload
+from conftest import as_nobody, my_links, open_fds, workload
 from test_parity import assert_parity, kernel_values, quiet_read
 
 NOBODY = 65534
@@ -104,7 +104,7 @@ def test_root_reader_loads_no_program_while_pins_serve(shared, cgroup_version, n
         assert r.read(shared["other"]).id == os.stat(shared["other"]).st_ino
         assert r.backend == "pins+bpf" and bpf_progs() > progs
         # its own single read: one bpf() call, or an iterator link it pins
-        assert "BPF_PROG_RUN" in r.read_method or my_pins()
+        assert "BPF_PROG_RUN" in r.read_method or my_links()
         # the pin still serves what it serves
         assert r.read(shared["leaf"]).source("anon").startswith("shared pin ")
     assert bpf_progs() == progs

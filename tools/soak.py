@@ -21,7 +21,6 @@ import time
 import uuid
 
 import pymemcg
-from pymemcg import bpf as bpf_mod
 from pymemcg.cgroupfs import own_memory_cgroup
 
 TREE = ["a", "a/b", "a/b/c", "a/d", "e", "e/f", "g"]
@@ -34,13 +33,6 @@ def fds() -> set:
 def rss_kib() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def pins() -> set:
-    try:
-        return {p for p in os.listdir(bpf_mod.PIN_DIR) if p.endswith(f"-{os.getpid()}")}
-    except FileNotFoundError:
-        return set()
 
 
 def main(argv=None) -> int:
@@ -71,7 +63,7 @@ def main(argv=None) -> int:
             made.append(p)
         singles = made[1:]
         n_paths = len(singles)
-        fds_start, pins_start = fds(), pins()
+        fds_start = fds()
         with pymemcg.Reader(stats=["usage", "limit", "anon", "file", "shmem", "pgfault",
                                    "pgmajfault", "oom_kill"], backend=args.backend) as r:
             read, read_tree = r.read, r.read_tree
@@ -122,9 +114,6 @@ def main(argv=None) -> int:
                 ok = False
         if fds() - fds_start:
             print(f"soak: fds left after close: {sorted(fds() - fds_start)}")
-            ok = False
-        if pins() - pins_start:
-            print(f"soak: pins left after close: {sorted(pins() - pins_start)}")
             ok = False
     finally:
         for p in reversed(made):
