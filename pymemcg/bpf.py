@@ -17,13 +17,14 @@ import ctypes
 import errno
 import hashlib
 import os
-import re
 import threading
 import weakref
 from typing import Dict, List, Optional, Sequence
 
 from . import layout as layout_mod
+from .binding import load
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
+from .kernel_facts import kernel_facts
 import struct
 
 from .decode import (REC_GONE, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot,
@@ -40,81 +41,12 @@ MAX_SINGLE_LINKS = 256               # cgroups read one by one keep a link (an f
 MAX_TREE_LINKS = 64                  # and so do tree roots
 _RETRIES = 8
 
-_facts_lock = threading.Lock()
-_facts: Optional[layout_mod.KernelFacts] = None
-
-
-def kernel_facts() -> layout_mod.KernelFacts:
-    """The running kernel's facts, read from BTF (and kallsyms) once per process."""
-    global _facts
-    with _facts_lock:
-        if _facts is None:
-            _facts = with_kernel_lists(layout_mod.KernelFacts.from_running_kernel())
-        return _facts
-
-
-def _kallsyms_has(names: Sequence[str]) -> Dict[str, bool]:
-    try:
-        with open("/proc/kallsyms", "rb") as f:
-            data = f.read()
-    except OSError:
-        return {n: False for n in names}
-    return {n: re.search(rb" " + n.encode() + rb"$", data, re.M) is not None for n in names}
-
-
-def with_kernel_lists(facts: layout_mod.KernelFacts) -> layout_mod.KernelFacts:
-    """Add the kernel's own item lists where kallsyms has them (Debian's
-    kernels: CONFIG_KALLSYMS_ALL), copied out by a one-shot BPF program.
-    Without privileges, or without the symbols, the facts stay as they are."""
-    has = _kallsyms_has(["memcg_node_stat_items", "memcg_vm_event_stat"])
-    if not any(has.values()) or os.geteuid() != 0:
-        return facts
-    memcg_items = sorted(v for k, v in facts.enums.get("memcg_stat_item", {}).items()
-                         if k != "MEMCG_NR_STAT")
-    state_n = (facts.state_len or 0) - len(memcg_items) if has["memcg_node_stat_items"] else 0
-    events_n = (facts.events_len or 0) if has["memcg_vm_event_stat"] else 0
-    if state_n <= 0 and events_n <= 0:
-        return facts
-    from .cgroupfs import memory_mount
-    mount = memory_mount()
-    if mount is None:
-        return facts
-    ffi, lib = _lib()
-    state = ffi.new("unsigned int[256]")
-    events = ffi.new("unsigned int[256]")
-    got_s, got_e = ffi.new("unsigned int *"), ffi.new("unsigned int *")
-    fd = os.open(mount.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        rc = lib.pmc_read_kernel_tables(fd, max(state_n, 0), events_n, state, events, got_s,
-                                        got_e)
-    finally:
-        os.close(fd)
-    if rc < 0:
-        return facts
-    import dataclasses
-    # memcg_stat_items[] follows the node items in state[]: MEMCG_SWAP..
-    # in enum order in every release that compacts state[] (6.10+)
-    kstate = tuple(state[i] for i in range(got_s[0])) + tuple(memcg_items) \
-        if got_s[0] else None
-    kevents = tuple(events[i] for i in range(got_e[0])) if got_e[0] else None
-    return dataclasses.replace(facts, kallsyms_state=kstate, kallsyms_events=kevents)
-
-
 def object_digest() -> str:
     """sha256 of the embedded BPF object: a pin made by another build never matches."""
-    ffi, lib = _lib()
+    ffi, lib = load()
     size = ffi.new("size_t *")
     data = lib.pmc_object_bytes(size)
     return hashlib.sha256(ffi.buffer(data, size[0])).hexdigest()
-
-
-def _lib():
-    try:
-        from ._pymemcg import ffi, lib
-    except ImportError as e:  # pragma: no cover - a broken install
-        raise BpfUnavailable(f"the compiled part of pymemcg is missing ({e}): reinstall with "
-                             f"`pip install .` from a checkout, or use backend='text'") from None
-    return ffi, lib
 
 
 def _is_bpffs(path: str) -> bool:
@@ -143,7 +75,7 @@ def ensure_bpffs() -> None:
 def _config(resolutions: Sequence[layout_mod.Resolution], local: bool, kfuncs: int,
             flush: bool, capacity: int = 0):
     """The selection as the shim's struct pmc_config."""
-    ffi, _ = _lib()
+    ffi, _ = load()
     cfg = ffi.new("struct pmc_config *")
     cfg.nr_stats = len(resolutions)
     for i, r in enumerate(resolutions):
@@ -160,7 +92,7 @@ def _config(resolutions: Sequence[layout_mod.Resolution], local: bool, kfuncs: i
 
 def _load(loader, out, *args) -> None:
     """Run a shim loader with a log buffer; a failure raises with the log."""
-    ffi, _ = _lib()
+    ffi, _ = load()
     log = ffi.new("char[]", 1 << 20)
     rc = loader(*args, out, log, len(log))
     if rc < 0:
@@ -173,7 +105,7 @@ class _Program:
     def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
                  capacity: int, kfuncs: int = layout_mod.KFUNCS_NONE,
                  flush: bool = False) -> None:
-        ffi, lib = _lib()
+        ffi, lib = load()
         self.ffi, self.lib = ffi, lib
         out = ffi.new("struct pmc_prog **")
         _load(lib.pmc_prog_load, out, _config(resolutions, local, kfuncs, flush, capacity))
@@ -241,7 +173,7 @@ class _Fetch:
 
     def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
                  kfuncs: int, flush: bool, record_size: int) -> None:
-        ffi, lib = _lib()
+        ffi, lib = load()
         self.lib = lib
         out = ffi.new("struct pmc_fetch **")
         self.capacity = MAX_SINGLE_LINKS   # slots in the map
@@ -385,7 +317,7 @@ class BpfBackend:
         self._seen_hash: Dict[str, tuple] = {}
         self._roots: Dict[str, Cgroup] = {}
         self._paths = TreePaths()
-        self._ffi, self._lib = _lib()
+        self._ffi, self._lib = load()
         self._buf = bytearray(SEQ_BUF_SIZE + 4096)
         self._buflen = len(self._buf)
         self._cbuf = self._ffi.from_buffer(self._buf)

@@ -613,7 +613,6 @@ def _isatty(stream: Optional[TextIO]) -> bool:
 # --- doctor ---
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
-KALLSYMS_TABLES = ("memcg_node_stat_items", "memcg_stat_items", "memcg_vm_event_stat")
 MIN_ITER_KERNEL = (6, 1)
 
 
@@ -651,20 +650,6 @@ def _read_int(path: str) -> Optional[int]:
         return None
 
 
-def _kallsyms_tables() -> Optional[List[str]]:
-    """Which of the kernel's memcg item tables /proc/kallsyms names (None: unreadable)."""
-    wanted = {name: False for name in KALLSYMS_TABLES}
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                name = line.rstrip("\n").rsplit(" ", 1)[-1].split("\t", 1)[0]
-                if name in wanted:
-                    wanted[name] = True
-    except OSError:
-        return None
-    return [n for n, found in wanted.items() if found]
-
-
 def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
     """Everything `pymemcg doctor` looks at, and a summary."""
     from . import layout
@@ -693,7 +678,7 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
     # kernel facts from BTF: kfuncs, item tables
     facts, facts_error = None, ""
     try:
-        from .bpf import kernel_facts
+        from .kernel_facts import kernel_facts
         facts = kernel_facts()
     except Exception as e:  # no BTF, extension missing, ...
         facts_error = " ".join(str(e).split())
@@ -726,7 +711,8 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
                                       "flavour": flavour}))
 
     # item tables: where the memory.stat items (state[]/events[] slots) come from
-    kallsyms = _kallsyms_tables()
+    from .kernel_facts import KALLSYMS_TABLES, kallsyms_lists
+    kallsyms = kallsyms_lists()
     if kallsyms is None:
         ks = "/proc/kallsyms is unreadable"
     elif kallsyms:

@@ -1,7 +1,7 @@
 """Layout resolution: which slot of which kernel array holds each stat.
 
-Input is a set of facts about the running kernel, read from its BTF and
-kallsyms (`KernelFacts.from_running_kernel`) or written by hand in tests;
+Input is a set of facts about a kernel (kernel_facts.py: read from the
+running kernel's BTF and kallsyms, from a vmlinux, or from a fixture);
 output is one `Resolution` per stat: the spec the BPF program reads it by,
 and how it was resolved, or why it is unavailable. Nothing here guesses: a
 stat whose slot cannot be proven from the facts is unavailable.
@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
-import re
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import catalog
 from .catalog import BYTES, COUNT, COUNTER, MEMEVENT, STATE, Stat
+from .kernel_facts import EVENT_ENUMS, MEMCG_KFUNCS, RFC_KFUNCS, STATE_ENUMS, KernelFacts
 from .kernel_tables import TABLES, Entry, KernelTable
 
 # enum pmc_stat_kind / enum pmc_counter / PMC_SPEC_* in bpf_src/memcg_record.h
@@ -35,18 +34,6 @@ SPEC_SIGNED = 1
 SPEC_MEMCG_ITEM = 2          # the item is an enum memcg_stat_item (RFC kfuncs)
 # enum pmc_kfuncs: the kfunc family the program calls
 KFUNCS_NONE, KFUNCS_MEMCG, KFUNCS_RFC = range(3)
-
-STATE_ENUMS = ("node_stat_item", "memcg_stat_item")
-EVENT_ENUMS = ("vm_event_item",)
-ENUMS = STATE_ENUMS + EVENT_ENUMS + ("memcg_memory_event",)
-
-#: Linux 7.0+ mm/bpf_memcontrol.c
-MEMCG_KFUNCS = ("bpf_get_mem_cgroup", "bpf_put_mem_cgroup", "bpf_mem_cgroup_page_state",
-                "bpf_mem_cgroup_vm_events", "bpf_mem_cgroup_memory_events",
-                "bpf_mem_cgroup_usage", "bpf_mem_cgroup_flush_stats")
-#: the seed's RFC patch (never merged; kernels that carry it take struct cgroup *)
-RFC_KFUNCS = ("memcg_stat_fetch", "memcg_node_stat_fetch", "memcg_vm_event_fetch",
-              "memcg_flush_stats")
 
 BACKEND_KFUNC = "kfunc"
 BACKEND_RFC = "rfc-kfunc"
@@ -59,49 +46,6 @@ VIA_ENUM = "btf-enum"        # the slot is the enum value itself (memory_events[
 VIA_FIELD = "core-field"     # a struct field, relocated by CO-RE
 VIA_KFUNC = "kfunc"          # asked by name through the memcg kfuncs
 UNAVAILABLE = "unavailable"
-
-
-@dataclass(frozen=True)
-class KernelFacts:
-    """What resolution needs to know about a kernel: BTF, and kallsyms lists."""
-
-    release: str                                     # "6.18"
-    enums: Mapping[str, Mapping[str, int]]           # enum type -> enumerator -> value
-    state_len: Optional[int]                         # len(memcg_vmstats.state)
-    events_len: Optional[int]                        # len(memcg_vmstats.events)
-    memory_events_len: Optional[int]                 # len(mem_cgroup.memory_events)
-    state_local_len: Optional[int] = None            # None: no state_local[] (< 6.2)
-    events_local_len: Optional[int] = None
-    kfuncs: FrozenSet[str] = frozenset()
-    # the kernel's own lists (kallsyms), as enum values in slot order
-    kallsyms_state: Optional[Tuple[int, ...]] = None
-    kallsyms_events: Optional[Tuple[int, ...]] = None
-
-    @classmethod
-    def from_running_kernel(cls) -> "KernelFacts":
-        from . import btf  # the shim: only needed on a real kernel
-        return btf.read_kernel_facts(release_of(os.uname().release))
-
-    def value(self, name: str) -> Optional[int]:
-        for values in self.enums.values():
-            if name in values:
-                return values[name]
-        return None
-
-    def enum_of(self, name: str) -> Optional[str]:
-        for enum, values in self.enums.items():
-            if name in values:
-                return enum
-        return None
-
-    def has(self, name: str) -> bool:
-        return self.enum_of(name) is not None
-
-
-def release_of(uname_release: str) -> str:
-    """'6.18.44-fc-v657' -> '6.18'."""
-    m = re.match(r"(\d+)\.(\d+)", uname_release)
-    return f"{m.group(1)}.{m.group(2)}" if m else uname_release
 
 
 def kfunc_family(facts: KernelFacts) -> int:

@@ -187,7 +187,8 @@ def stats(local: bool = False) -> List[StatInfo]:
     bpf_res = {}
     bpf_error = ""
     try:
-        from .bpf import PAGE_SIZE, kernel_facts
+        from .bpf import PAGE_SIZE
+        from .kernel_facts import kernel_facts
         from .layout import resolve
         facts = kernel_facts()
         bpf_res = {r.stat.name: r for r in resolve(list(catalog.STATS), facts, version,

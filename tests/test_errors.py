@@ -113,9 +113,9 @@ def test_missing_privileges(no_leaks):
 
 
 def test_kernel_without_btf(no_leaks, monkeypatch):
-    from pymemcg import btf
-    monkeypatch.setattr(btf, "VMLINUX_BTF", "/nonexistent/vmlinux")
-    monkeypatch.setattr(bpf_mod, "_facts", None)
+    from pymemcg import kernel_facts
+    monkeypatch.setattr(kernel_facts, "VMLINUX_BTF", "/nonexistent/vmlinux")
+    monkeypatch.setattr(kernel_facts, "_cache", {})
     with pytest.raises(pymemcg.NoBtf, match="CONFIG_DEBUG_INFO_BTF"):
         pymemcg.Reader(stats=["usage"], backend="bpf")
     monkeypatch.delenv("PYMEMCG_REQUIRE_BPF", raising=False)
@@ -141,7 +141,7 @@ def test_verifier_log_keeps_its_end_in_a_small_buffer(bpf_ok):
     the verifier says why it rejected the program (and which program)."""
     if layout.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
         pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
-    ffi, lib = bpf_mod._lib()
+    ffi, lib = bpf_mod.load()
     res = layout.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
     out = ffi.new("struct pmc_prog **")
     log = ffi.new("char[]", 4096)

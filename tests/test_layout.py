@@ -1,26 +1,55 @@
 """Slot resolution over kernel facts: which backend, which program, which
-slot, or why a stat is unavailable. Facts are this host's BTF, and variants
-of it standing for other kernels (6.1 by-enum layout, a kernel with the
-7.0 kfuncs, one where 7.1 moved PGSCAN* into node_stat_item, a release
-without a table, lists read from kallsyms)."""
+slot, or why a stat is unavailable. Facts are fixtures captured from the BTF
+of every kernel the matrix boots (tests/fixtures/kernel_facts, written by
+tools/capture_facts.py), so these tests run the same on any host; variants
+of them stand for kernels nobody here can boot (a 7.0 with the kfuncs but
+7.1's enum moves, a release without a table, lists read from kallsyms)."""
 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import json
+import os
 
 import pytest
 
 import pymemcg
 from pymemcg import catalog, layout
-from pymemcg.kernel_tables import LINUX_6_18, TABLES
+from pymemcg.kernel_facts import facts_from_json, read_btf_facts, release_of
+from pymemcg.kernel_tables import TABLES
 
 PAGE = 4096
 ALL = list(catalog.STATS)
 
 
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "kernel_facts")
+CAPTURED = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(FIXTURES, "*.json")))
+
+
+def captured(name: str) -> layout.KernelFacts:
+    with open(os.path.join(FIXTURES, name + ".json")) as f:
+        return facts_from_json(json.load(f))
+
+
 @pytest.fixture(scope="module")
 def host():
-    return layout.KernelFacts.from_running_kernel()
+    """6.18 as captured from this machine's kernel (CO-RE, a table, no kallsyms)."""
+    return captured("6.18-host")
+
+
+def test_fixtures_cover_the_matrix():
+    assert {"6.1", "6.12", "6.18-host", "7.2"} <= set(CAPTURED)
+
+
+def test_live_kernel_matches_its_fixture():
+    """The capture is what the running kernel's BTF says (where one was taken
+    of this release), so the fixture tests stand for it."""
+    live = read_btf_facts(release_of(os.uname().release))
+    same = [n for n in CAPTURED if captured(n).release == live.release]
+    assert live.state_len and live.events_len and live.memory_events_len
+    for name in same:
+        assert captured(name) == live, name
 
 
 def by_name(res):
@@ -28,8 +57,8 @@ def by_name(res):
 
 
 def test_release_of():
-    assert layout.release_of("6.18.44-fc-v657") == "6.18"
-    assert layout.release_of("6.1.0-56-cloud-amd64") == "6.1"
+    assert release_of("6.18.44-fc-v657") == "6.18"
+    assert release_of("6.1.0-56-cloud-amd64") == "6.1"
 
 
 def test_host_resolves_through_its_table(host):
@@ -47,11 +76,6 @@ def test_host_resolves_through_its_table(host):
     assert res["anon"].scale == PAGE and res["workingset_refault_file"].scale == 1
     slots = [r.slot for r in res.values() if r.kind == layout.KIND_STATE]
     assert len(slots) == len(set(slots)) and max(slots) < host.state_len
-
-
-def test_6_18_table_slots():
-    assert LINUX_6_18.state_items[14].item == "NR_ANON_MAPPED"
-    assert len(LINUX_6_18.state_items) == 40 and len(LINUX_6_18.event_items) == 31
 
 
 def test_wrong_array_length_makes_stats_unavailable(host):
@@ -86,19 +110,16 @@ def test_missing_enumerator(host):
     assert not res["shmem_thp"].available and "not in this kernel's BTF" in res["shmem_thp"].detail
 
 
-def linux_6_1_like(host):
-    """This host's enums with 6.1's layout: state[] by enum value, no local arrays."""
-    nr = host.enums["memcg_stat_item"]["MEMCG_NR_STAT"]
-    return dataclasses.replace(host, release="6.1", state_len=nr, events_len=17,
-                               state_local_len=None, events_local_len=None)
-
-
-def test_6_1_by_enum_layout(host):
-    facts = linux_6_1_like(host)
+def test_6_1_by_enum_layout():
+    facts = captured("6.1")
+    assert facts.state_len == facts.enums["memcg_stat_item"]["MEMCG_NR_STAT"]
+    assert facts.state_local_len is None
     res = by_name(layout.resolve(ALL, facts, 1, PAGE))
-    assert res["anon"].slot == host.enums["node_stat_item"]["NR_ANON_MAPPED"]
-    assert res["swap"].slot == host.enums["memcg_stat_item"]["MEMCG_SWAP"]
-    assert res["pgfault"].slot == 6 and res["thp_collapse_alloc"].slot == 16
+    assert res["anon"].slot == facts.enums["node_stat_item"]["NR_ANON_MAPPED"]
+    assert res["swap"].slot == facts.enums["memcg_stat_item"]["MEMCG_SWAP"]
+    # memcg_vm_event_stat[] as a booted 6.1 lists it in kallsyms: PGFAULT
+    # seventh, THP_COLLAPSE_ALLOC last of 15
+    assert res["pgfault"].slot == 6 and res["thp_collapse_alloc"].slot == 14
     # the rest of state[] is never updated per memcg on 6.1
     assert not res["pgdemote_kswapd"].available and not res["hugetlb"].available
     local = by_name(layout.resolve(["anon", "pgfault", "oom_kill"], facts, 1, PAGE, local=True))
@@ -106,15 +127,19 @@ def test_6_1_by_enum_layout(host):
     assert not local["pgfault"].available and local["oom_kill"].available
 
 
-def test_6_1_zswap_items_follow_config(host):
-    facts = linux_6_1_like(host)
-    assert by_name(layout.resolve(["zswap"], facts, 1, PAGE))["zswap"].available
-    enums = {k: dict(v) for k, v in facts.enums.items()}
-    for name in ("ZSWPIN", "ZSWPOUT", "ZSWPWB"):
-        enums["vm_event_item"].pop(name)
-    nozswap = dataclasses.replace(facts, enums=enums, events_len=15)
-    res = by_name(layout.resolve(["zswap", "pgfault"], nozswap, 1, PAGE))
+def test_6_1_zswap_items_follow_config():
+    """Debian's 6.1 is built without CONFIG_ZSWAP (no ZSWPIN enumerator):
+    MEMCG_ZSWAP_B exists but is never updated, so zswap is unavailable; with
+    the option the same table serves it, and events[] grows by two."""
+    facts = captured("6.1")
+    assert "ZSWPIN" not in facts.enums["vm_event_item"]
+    res = by_name(layout.resolve(["zswap", "pgfault"], facts, 1, PAGE))
     assert not res["zswap"].available and res["pgfault"].available
+    enums = {k: dict(v) for k, v in facts.enums.items()}
+    enums["vm_event_item"].update(ZSWPIN=900, ZSWPOUT=901)
+    zswap = dataclasses.replace(facts, enums=enums, events_len=facts.events_len + 2)
+    res = by_name(layout.resolve(["zswap", "thp_collapse_alloc"], zswap, 1, PAGE))
+    assert res["zswap"].available and res["thp_collapse_alloc"].slot == 16
 
 
 def test_kallsyms_lists_win_and_are_cross_checked(host):
@@ -234,3 +259,43 @@ def test_rfc_resolution_asks_only_for_items_the_tables_prove(host):
     # an item no table proves stays unavailable: the RFC would answer 0
     bare = dataclasses.replace(rfc, release="6.99")
     assert not by_name(layout.resolve(["anon"], bare, 1, PAGE))["anon"].available
+
+
+@pytest.mark.parametrize("name", CAPTURED)
+def test_captured_kernel_resolves_consistently(name):
+    """On every captured kernel: the backend its kfuncs call for; every stat
+    of its release's table resolved (or said why not); no two stats in one
+    slot; every slot inside its array."""
+    facts = captured(name)
+    plan = layout.plan(facts)
+    has_kfuncs = all(k in facts.kfuncs for k in layout.MEMCG_KFUNCS)
+    assert plan.backend == (layout.BACKEND_KFUNC if has_kfuncs else layout.BACKEND_CORE)
+    for local in (False, True):
+        res = layout.resolve(ALL, facts, 2, PAGE, local=local,
+                             backend=layout.plan(facts, local=local).backend)
+        seen = {}
+        for r in res:
+            if not r.available:
+                assert r.detail, r.stat.name
+                continue
+            if r.via in (layout.VIA_TABLE, layout.VIA_KALLSYMS, layout.VIA_ENUM):
+                key = (r.kind, r.slot)
+                assert key not in seen, f"{r.stat.name} and {seen.get(key)} share a slot"
+                seen[key] = r.stat.name
+                length = {layout.KIND_STATE: facts.state_local_len if local else facts.state_len,
+                          layout.KIND_EVENT: facts.events_local_len if local else facts.events_len,
+                          layout.KIND_MEMEVENT: facts.memory_events_len}[r.kind]
+                assert r.slot < length, r.stat.name
+            if r.via == layout.VIA_KFUNC and r.kind in (layout.KIND_STATE, layout.KIND_EVENT):
+                assert r.item in {v for e in facts.enums.values() for v in e.values()}
+        table = TABLES.get(facts.release)
+        by = by_name(res)
+        if table is not None and not (local and not table.has_local_arrays):
+            match = layout.match_table(facts)   # the variant this kernel's config gives
+            assert match is not None, f"{name}: its release's table does not match its BTF"
+            missing = [s.name for s in catalog.STATS.values()
+                       if s.item in {**match.state_slots, **match.event_slots}
+                       and not by[s.name].available]
+            assert not missing, f"{name}: table items unresolved: {missing}"
+        if has_kfuncs and not local:
+            assert by["anon"].via == layout.VIA_KFUNC and by["pgfault"].via == layout.VIA_KFUNC
