@@ -24,7 +24,7 @@ import json
 import os
 import threading
 import weakref
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .cgroupfs import Cgroup, resolve_cgroup
 from .decode import FORMAT_VERSION, Layout, Record, Snapshot
@@ -223,7 +223,7 @@ class PinnedBackend:
             if rec is not None:
                 return rec
             be = self._own(f"no shared pin serves {path}")
-        return be.read(path) if be.name == "bpf" else be.read(resolve_cgroup(path))
+        return be.read(path)
 
     def read_tree(self, path: str) -> Snapshot:
         with self._lock:
@@ -244,7 +244,7 @@ class PinnedBackend:
             if snap is not None:
                 return snap
             be = self._own(f"no shared pin serves the tree of {path}")
-        return be.read_tree(path) if be.name == "bpf" else be.read_tree(resolve_cgroup(path))
+        return be.read_tree(path)
 
     def close(self) -> None:
         with self._lock:

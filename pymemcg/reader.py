@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import List, Sequence
 
 from . import catalog
-from .cgroupfs import memory_mount, resolve_cgroup
+from .cgroupfs import memory_mount
 from .decode import Record, Snapshot
 from .errors import BpfUnavailable, Closed, NoMemoryController, UnknownStat
 
@@ -98,9 +98,8 @@ class Reader:
                 backend)
         if self._backend is None:
             self._backend = _own_backend(self.stats, local, flush, backend, mount, 3)
-        if self._backend.name != "text":
-            # the hot path: skip a call layer (close() takes it back)
-            self.read = self._backend.read  # type: ignore[method-assign]
+        # the hot path: skip a call layer (close() takes it back)
+        self.read = self._backend.read  # type: ignore[method-assign]
 
     @property
     def backend(self) -> str:
@@ -135,17 +134,11 @@ class Reader:
 
     def read(self, path: str) -> Record:
         """The selected stats of the cgroup directory `path`."""
-        be = self._be()
-        if be.name != "text":
-            return be.read(path)
-        return be.read(resolve_cgroup(path))
+        return self._be().read(path)
 
     def read_tree(self, root: str) -> Snapshot:
         """Every cgroup under `root` (included), from one walk."""
-        be = self._be()
-        if be.name != "text":
-            return be.read_tree(root)
-        return be.read_tree(resolve_cgroup(root))
+        return self._be().read_tree(root)
 
     def close(self) -> None:
         """Unpin links and unload the program. Safe to call twice."""

@@ -242,7 +242,11 @@ class TextBackend:
         return Record(self.layout, (cg.id, parent_id, 0, cg.level, 0, valid & (2**64 - 1),
                                     valid >> 64, *row), cg.relpath)
 
-    def read(self, cg: Cgroup) -> Record:
+    def read(self, path: str) -> Record:
+        """The selected stats of the cgroup directory `path`."""
+        return self._read(resolve_cgroup(path))
+
+    def _read(self, cg: Cgroup) -> Record:
         for _ in range(3):
             try:
                 parent_id = 0 if cg.relpath == "/" else os.stat(os.path.dirname(cg.path)).st_ino
@@ -251,15 +255,17 @@ class TextBackend:
                 cg = resolve_cgroup(cg.path)  # renamed or replaced meanwhile
         raise CgroupNotFound(f"{cg.path}: the cgroup kept being replaced while being read")
 
-    def read_tree(self, root: Cgroup) -> Snapshot:
-        """The subtree in pre-order, as the kernel's walk gives it: a cgroup,
-        then each child's whole subtree (children by name)."""
+    def read_tree(self, path: str) -> Snapshot:
+        """Every cgroup under `path` (included) in pre-order, as the kernel's
+        walk gives them: a cgroup, then each child's whole subtree (children
+        by name)."""
+        root = resolve_cgroup(path)
         records: List[Record] = []
         stack = [(root, 0)]
         while stack:
             cg, parent_id = stack.pop()
             try:
-                rec = self.record(cg, parent_id) if records else self.read(cg)
+                rec = self.record(cg, parent_id) if records else self._read(cg)
                 entries = sorted((e for e in os.scandir(cg.path) if e.is_dir(follow_symlinks=False)),
                                  key=lambda e: e.name, reverse=True)
             except (ReadError, FileNotFoundError, _Replaced):
@@ -279,4 +285,4 @@ class TextBackend:
 def read_cgroup(path: str, names: Sequence[str], local: bool = False) -> Record:
     """One-shot text read (no Reader)."""
     cg = resolve_cgroup(path)
-    return TextBackend(names, local, cg.mount.version, cg.mount.mountpoint).read(cg)
+    return TextBackend(names, local, cg.mount.version, cg.mount.mountpoint)._read(cg)

@@ -78,8 +78,8 @@ def test_nobody_reads_bpf_values_through_pins(shared, cgroup_version):
     r = result[1]
     assert r["compared"] >= 6
     assert r["backend"] == "pins" and r["warned"] == []
-    assert r["pins"] == {shared["one"].path: "cgroup " + pymemcg.reader.resolve_cgroup(leaf).relpath,
-                         shared["tree"].path: "tree " + pymemcg.reader.resolve_cgroup(root).relpath}
+    assert r["pins"] == {shared["one"].path: "cgroup " + pymemcg.cgroupfs.resolve_cgroup(leaf).relpath,
+                         shared["tree"].path: "tree " + pymemcg.cgroupfs.resolve_cgroup(root).relpath}
     assert r["source"].startswith(f"shared pin {shared['one'].path}: bpf/")
     assert all(s.startswith("shared pins: ") for s in r["sources"].values())
     with pymemcg.Reader(stats=STATS, backend="bpf", shared_pins=False) as direct:
