@@ -738,7 +738,7 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
         why = next((s.via for s in items), "")
         checks.append(Check("item tables", "warn",
                             f"no memory.stat item is readable through BPF ({why}); {ks}",
-                            "through BPF only page counters and memory.events are exact here: "
+                            "through BPF only page counters and memory.events are served here: "
                             "use backend='text' for memory.stat sizes and events, or add this "
                             "release's lists to pymemcg/kernel_tables.py", data=data))
 
@@ -825,8 +825,9 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
           "unavailable": [s.name for s in infos if not s.available]}
     why = {s.name: s.via for s in infos if not s.available}
     if backends.get("bpf") is None:
-        detail = (f"{len(by['bpf'])} exact through BPF, {len(by['text'])} through memory.stat "
-                  f"text only, {len(by['unavailable'])} unavailable here")
+        detail = (f"{len(by['bpf'])} served through BPF (`pymemcg verify` compares them with "
+                  f"the kernel's files), {len(by['text'])} through memory.stat text only, "
+                  f"{len(by['unavailable'])} unavailable here")
         status = "ok" if by["bpf"] else "warn"
     else:
         # BPF does not load: what the text backend serves is what this host gets
