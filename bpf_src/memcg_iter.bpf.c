@@ -17,6 +17,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile __u32 seq_budget = 0;		/* records that fit the seq buffer */
 const volatile __u32 overflow_capacity = 0;	/* entries of the overflow map */
 
+/* pmc_trailer.selection of each program (memcg_record.h) */
+const volatile __u64 selection_tree[PMC_SELECTION_WORDS] = {};
+const volatile __u64 selection_path[PMC_SELECTION_WORDS] = {};
+
 /* kernel item lists to copy out (pmc_kernel_tables), in u32 entries */
 const volatile __u32 tbl_state_n = 0;
 const volatile __u32 tbl_events_n = 0;
@@ -48,13 +52,17 @@ extern const void memcg_vm_event_stat __ksym __weak;
  * already be writing the bookkeeping. Read `visited` before the owner:
  * a new session sets the owner first, so an unchanged owner proves the count.
  */
-static __always_inline int pmc_write_trailer(struct bpf_iter_meta *meta)
+static __always_inline int pmc_write_trailer(struct bpf_iter_meta *meta, bool with_path)
 {
 	struct pmc_trailer t = {
 		.magic = PMC_TRAILER_MAGIC,
 		.session_id = meta->session_id,
 	};
 	__u64 count = visited;
+	__u32 i;
+
+	for (i = 0; i < PMC_SELECTION_WORDS; i++)
+		t.selection[i] = with_path ? selection_path[i] : selection_tree[i];
 
 	barrier();
 	t.visited = overflow_state.session_id == meta->session_id ? count : ~0ULL;
@@ -72,7 +80,7 @@ static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path, bo
 	__u64 n;
 
 	if (!cgrp)
-		return pmc_write_trailer(meta);
+		return pmc_write_trailer(meta, with_path);
 
 	if (overflow_state.session_id != meta->session_id) {
 		/* first cgroup of a new session: claim the bookkeeping */

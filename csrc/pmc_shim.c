@@ -155,6 +155,10 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 	SET_SELECTION(skel->rodata, cfg);
 	skel->rodata->seq_budget = prog->seq_budget;
 	skel->rodata->overflow_capacity = capacity;
+	memcpy((void *)skel->rodata->selection_tree, cfg->selection_tree,
+	       sizeof(cfg->selection_tree));
+	memcpy((void *)skel->rodata->selection_path, cfg->selection_path,
+	       sizeof(cfg->selection_path));
 
 	/* load only the pair this selection runs: the flushing variants are
 	 * sleepable and need a flush kfunc, the others must not flush */

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Union
 
 from . import catalog
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
-from .decode import FORMAT_VERSION, Layout, Record, Snapshot, parse_trailer
+from .decode import FORMAT_VERSION, Layout, Record, Snapshot, parse_trailer, selection_digest
 from .errors import BpfUnavailable, Error, MalformedData, ReadError
 
 SHARED_PIN_DIR = "/sys/fs/bpf/pymemcg-shared"
@@ -250,9 +250,16 @@ class PinReader:
         if doc.get("format") != FORMAT_VERSION:
             raise PinMismatch(f"{path} holds format {doc.get('format')}, this pymemcg reads "
                               f"{FORMAT_VERSION}: re-pin it with this version")
+        stats = doc.get("stats")
+        if not isinstance(stats, list) or not all(isinstance(n, str) for n in stats):
+            raise PinMismatch(f"{path}'s metadata has no list of stat names: re-pin it")
         self.path = path
         self.tree = bool(doc["tree"])
-        self.layout = Layout(doc["stats"], sources if sources is not None else doc.get("sources"))
+        self.local = bool(doc.get("local"))
+        self.layout = Layout(stats, sources if sources is not None else doc.get("sources"))
+        # what the pinned program must say its records hold, checked on every
+        # read: the metadata alone does not decide how values are labelled
+        self._selection = selection_digest(stats, self.local, not self.tree)
         self.root = doc["root"]
         self.cgroup_id = self._root_id = doc["cgroup_id"]
         self._buf = bytearray(SESSION_BUF)
@@ -278,7 +285,10 @@ class PinReader:
         [] when that cgroup was removed."""
         for _ in range(8):
             n = self._session()
-            count, _session, visited = parse_trailer(self._buf, n, self.layout.record_size)
+            count, _session, visited = parse_trailer(
+                self._buf, n, self.layout.record_size, self._selection,
+                f"{self.path}'s metadata does not describe what its program reads (it was "
+                f"changed, or is another pin's); unpin it and pin it again")
             if count == 0:  # a removed cgroup's walk visits nothing, and claims nothing
                 return []
             if visited != 2**64 - 1:  # else another session ended at the same moment

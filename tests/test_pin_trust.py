@@ -1,0 +1,135 @@
+"""Decoding never trusts what someone other than root could have written.
+
+The attack: root pins a cgroup for user U (`pymemcg pin CG --owner U --mode
+0640 --stats anon,file,usage`); U rewrites the pin's metadata with the stats
+in another order; a root Reader with the same stats reads through the pin.
+It must raise or ignore the pin, never report usage as anon. The program
+itself says what its records hold (the trailer's selection digest), and
+metadata that anyone but root can write is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import pymemcg
+from pymemcg import decode, pins
+from pymemcg.bpf import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, BpfBackend
+from pymemcg.cgroupfs import memory_mount
+from pymemcg.decode import TRAILER
+
+from conftest import MiB, as_nobody, workload
+
+NOBODY = 65534
+STATS = ["anon", "file", "usage"]
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pymemcg", *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def reverse_stats(meta_file: str) -> None:
+    """The attack: the same stats in another order (the pin's owner could
+    write the file until it was made root's)."""
+    with open(meta_file) as f:
+        doc = json.load(f)
+    doc["stats"].reverse()
+    with open(meta_file, "w") as f:
+        json.dump(doc, f)
+
+
+@pytest.fixture
+def victim(bpf_ok, cgroups, pin_dirs):
+    """A cgroup whose usage, anon and file differ by many MiB, pinned by the
+    CLI for user nobody as in the attack."""
+    bpffs, meta = pin_dirs
+    cg = cgroups.make("victim")
+    cgroups.spawn(cg, workload(anon=32 * MiB, cache=24 * MiB, shmem=8 * MiB))
+    r = cli("pin", cg, "--name", "x", "--owner", "nobody", "--mode", "0640",
+            "--stats", ",".join(STATS), "--dir", bpffs, "--meta-dir", meta)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(cg, "memory.stat")) as f:
+        f.read()  # a child's stats read 0 until something flushes them
+    with pymemcg.Reader(stats=STATS, backend="bpf", shared_pins=False) as r:
+        truth = r.read(cg).as_dict()
+    assert truth["usage"] > truth["anon"] + 16 * MiB  # a swap would show
+    return dict(cg=cg, pin=os.path.join(bpffs, "x"), meta=os.path.join(meta, "x.json"),
+                dirs=(bpffs, meta), truth=truth)
+
+
+def read_through_pins(victim):
+    """What a root Reader (shared pins on) answers: ("raised", class) or
+    ("read", values, backend)."""
+    try:
+        with pymemcg.Reader(stats=STATS, backend="bpf", shared_pins=victim["dirs"]) as r:
+            snap = r.read_tree(victim["cg"])
+            return ("read", snap.records[0].as_dict(), r.backend)
+    except pymemcg.Error as e:
+        return ("raised", type(e).__name__, str(e))
+
+
+def assert_not_mislabelled(outcome, truth):
+    if outcome[0] == "raised":
+        return
+    values = outcome[1]
+    for name in STATS:  # the workload sleeps: only a few pages move
+        assert abs(values[name] - truth[name]) < 4 * MiB, (name, values, truth)
+
+
+def test_programs_say_what_their_records_hold(bpf_ok, cgroups):
+    """Every session's trailer carries the digest of the selection the
+    program was loaded with, one for each program (tree, single cgroup)."""
+    cg = cgroups.make("sel")
+    os.mkdir(os.path.join(cg, "kid"))
+    mount = memory_mount()
+    for local in (False, True):
+        be = BpfBackend(STATS, local, mount.version, mount.mountpoint, pin_dir=None,
+                        singles=False)
+        try:
+            root = pymemcg.reader.resolve_cgroup(cg)
+            for order, path in ((ORDER_DESCENDANTS_PRE, False), (ORDER_SELF_ONLY, True)):
+                n = be._session(be._link(root, order))
+                held = TRAILER.unpack_from(be._buf, n - TRAILER.size)[0]
+                assert held == decode.selection_digest(STATS, local, path)
+                assert held != decode.selection_digest(STATS[::-1], local, path)
+                assert held != decode.selection_digest(STATS, not local, path)
+                assert held != decode.selection_digest(STATS, local, not path)
+        finally:
+            be.close()
+
+
+def test_a_program_of_another_selection_is_refused(bpf_ok, cgroups):
+    """The Reader checks its own sessions too (fast path included): records
+    of another selection raise SelectionMismatch instead of being decoded."""
+    cg = cgroups.make("own")
+    mount = memory_mount()
+    be = BpfBackend(STATS, False, mount.version, mount.mountpoint, pin_dir=None, singles=False)
+    try:
+        assert be.read(cg)["usage"] >= 0 and be.read(cg)["usage"] >= 0  # fast path learnt
+        assert len(be.read_tree(cg)) == 1
+        # as if the loaded program held the stats in the opposite order
+        be._sel_path = be._sel_tree = decode.selection_digest(STATS[::-1], False, True)
+        with pytest.raises(pymemcg.SelectionMismatch, match="another selection"):
+            be.read(cg)
+        with pytest.raises(pymemcg.SelectionMismatch, match="another selection"):
+            be.read_tree(cg)
+    finally:
+        be.close()
+
+
+def test_root_owned_metadata_with_stats_reordered(victim):
+    """Even metadata root wrote cannot relabel values: the program's digest
+    disagrees, and both readers say so."""
+    reverse_stats(victim["meta"])
+    outcome = read_through_pins(victim)
+    assert_not_mislabelled(outcome, victim["truth"])
+    assert outcome[:2] == ("raised", "SelectionMismatch"), outcome
+    assert "unpin it and pin it again" in outcome[2]
+    with pytest.raises(pymemcg.SelectionMismatch):
+        pins.PinReader(victim["pin"], victim["dirs"][1]).read()
