@@ -960,9 +960,13 @@ def cmd_pin(args: argparse.Namespace, out: TextIO) -> int:
     import pwd
     owner = pwd.getpwnam(args.owner).pw_uid if not args.owner.isdigit() else int(args.owner)
     group = grp.getgrnam(args.group).gr_gid if not args.group.isdigit() else int(args.group)
+    try:
+        mode = int(args.mode, 8)
+    except ValueError:
+        raise pins.InvalidPin(f"--mode {args.mode}: give an octal mode such as 640") from None
     root = _default_root(args.root)
     info = pins.pin(root, args.name, _selection(args, SNAPSHOT_STATS), tree=not args.self_only,
-                    local=args.local, owner=owner, group=group, mode=int(args.mode, 8),
+                    local=args.local, owner=owner, group=group, mode=mode,
                     directory=args.dir, meta_dir=args.meta_dir)
     out.write(f"pinned {info.path} ({'tree' if info.tree else 'cgroup'} {info.root}, "
               f"{len(info.stats)} stats, owner {info.owner}:{info.group} mode {info.mode:o})\n")
@@ -1103,7 +1107,9 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--self-only", action="store_true", help="ROOT alone, not its subtree")
     pin.add_argument("--owner", default="0", help="user (name or uid; default root)")
     pin.add_argument("--group", default="0", help="group (name or gid; default root)")
-    pin.add_argument("--mode", default="600", help="octal mode (default 600)")
+    pin.add_argument("--mode", default="600",
+                     help="octal mode, never writable by group or others (default 600); the "
+                          "metadata is root's, 644")
     pin.add_argument("--dir", default=SHARED_PIN_DIR, help=f"bpffs directory ({SHARED_PIN_DIR})")
     pin.add_argument("--meta-dir", default=META_DIR, help=f"metadata directory ({META_DIR})")
     pin.set_defaults(func=cmd_pin)

@@ -2,11 +2,18 @@
 
 `pin()` (root) loads the program for a cgroup, order and selection, pins the
 link under a directory the operator chooses, and gives it the owner, group
-and mode the operator chooses (default 0600 root). Beside it, in a metadata
-directory, a JSON file says what the records hold. Any process with read
-permission on both, root or not, then reads with `PinReader`: open + read
-of the pin runs one iterator session without a bpf() call, decoded by the
-same code as a Reader's.
+and mode the operator chooses (default 0600 root; never writable by group or
+others). Beside it, in a metadata directory, a JSON file says what the
+records hold. Any process with read permission on the pin, root or not, then
+reads with `PinReader`: open + read of the pin runs one iterator session
+without a bpf() call, decoded by the same code as a Reader's.
+
+Decoding trusts only what root (or the reading user itself) could have
+written: the metadata is root's, mode 0644 (cgroup paths and stat names are
+no secret: /sys/fs/cgroup shows them to everyone), and a reader refuses
+metadata, or directories, that anyone else can write. Every read also checks
+that the program's own selection digest (the session trailer) is the one the
+metadata implies, so even root-owned metadata cannot relabel values.
 
 A pin's reader gets only the session's 32 KiB (the overflow map is reachable
 only through the loader's fds): a tree whose records do not fit raises
@@ -39,6 +46,15 @@ class PinMismatch(Error, ValueError):
     """The pin's metadata is missing or made by another pymemcg build."""
 
 
+class UntrustedMetadata(PinMismatch):
+    """The pin's metadata, or a directory it is in, could have been written
+    by someone other than root or this user."""
+
+
+class InvalidPin(Error, ValueError):
+    """pin() was asked for an unsafe or malformed pin."""
+
+
 @dataclass(frozen=True)
 class PinInfo:
     path: str            # the pin in bpffs
@@ -56,6 +72,55 @@ class PinInfo:
 
 def _meta_path(pin_path: str, meta_dir: str) -> str:
     return os.path.join(meta_dir, os.path.basename(pin_path) + ".json")
+
+
+def trusted(st: os.stat_result) -> bool:
+    """Only root or this process's user can have written a file or directory
+    with this owner and mode. The reading user counts because files it owns
+    can only fool itself (and a root reader trusts root alone)."""
+    return st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
+
+
+def _untrusted(what: str, st: os.stat_result,
+               remedy: str = "unpin the pin and pin it again") -> UntrustedMetadata:
+    return UntrustedMetadata(
+        f"{what} is owned by uid {st.st_uid} with mode {stat_mod.S_IMODE(st.st_mode):o}: what "
+        f"says how to decode a pin must be owned by root and writable by no one else, or "
+        f"whoever can write it could make readers report one stat under another's name; "
+        f"{remedy}")
+
+
+def _read_meta(path: str, meta_dir: str) -> dict:
+    """The metadata of the pin at path, if only root (or this user) could
+    have written it. Checked on the open file, not its name."""
+    meta = _meta_path(path, meta_dir)
+    try:
+        fd = os.open(meta, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PinMismatch(f"{path} has no metadata at {meta}: not a pymemcg pin, or made "
+                          f"with another metadata directory") from None
+    except OSError as e:
+        raise PinMismatch(f"cannot read {meta} ({e.strerror}; a symlink is refused)") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode) or not trusted(st):
+            raise _untrusted(meta, st)
+        try:
+            doc = json.load(f)
+        except ValueError as e:
+            raise PinMismatch(f"{meta} is not pin metadata ({e}): unpin the pin and pin it "
+                              f"again") from None
+    if not isinstance(doc, dict):
+        raise PinMismatch(f"{meta} is not pin metadata: unpin the pin and pin it again")
+    return doc
+
+
+def _check_trusted_dirs(*directories: str) -> None:
+    for directory in directories:
+        st = os.stat(directory)
+        if not trusted(st):
+            raise _untrusted(directory, st, "keep pins and their metadata in directories "
+                                            "only root can write")
 
 
 def _check_dir(directory: str, what: str) -> None:
@@ -81,14 +146,22 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
         mode: int = 0o600, directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> PinInfo:
     """Pin a link serving `root` (its subtree, or alone with tree=False).
 
-    The pin and its metadata get owner, group and mode; nothing existing is
+    The pin gets owner, group and mode, which must not let its group or
+    others write it; its metadata is root's, mode 0644. Nothing existing is
     replaced or widened: an existing name is an error (unpin it first).
     """
     from ._pymemcg import lib
     from .bpf import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, BpfBackend, object_digest
 
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"pin name {name!r}: use a plain file name")
+        raise InvalidPin(f"pin name {name!r}: use a plain file name")
+    if mode & ~0o777 or mode & 0o022:
+        # reading needs only read permission; write permission is what
+        # bpf(BPF_OBJ_GET) asks of whoever takes hold of the link itself. The
+        # owner's write bit is left alone: an owner can chmod its file anyway
+        raise InvalidPin(f"mode {mode:o} for pin {name!r}: a pin must not be writable by its "
+                         f"group or others, and takes no setuid, setgid or sticky bit; use "
+                         f"e.g. 0600, 0640 or 0440")
     cg = resolve_cgroup(root)
     _make_dir(directory, "the pin directory")
     _make_dir(meta_dir, "the pin metadata directory")
@@ -105,18 +178,12 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
             raise BpfUnavailable(f"pinning at {path} failed ({os.strerror(-rc)}): the "
                                  f"directory must be on bpffs")
         try:
-            os.chown(path, owner, group)
-            os.chmod(path, mode)
-            doc = {
+            _share_pin(path, owner, group, mode)
+            _write_meta(meta, {
                 "format": FORMAT_VERSION, "object": object_digest(), "root": cg.path,
                 "cgroup_id": cg.id, "tree": tree, "stats": list(stats), "local": local,
                 "sources": backend.layout.sources,
-            }
-            fd = os.open(meta, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f)
-            os.chown(meta, owner, group)
-            os.chmod(meta, mode)
+            })
         except BaseException:
             for p in (path, meta):
                 try:
@@ -127,6 +194,31 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
     finally:
         backend.close()  # the pin keeps the link, and so the program, alive
     return _info(path, meta_dir)
+
+
+def _share_pin(path: str, owner: int, group: int, mode: int) -> None:
+    """Owner, group and mode of the pin just made, set on the file opened
+    rather than on whatever the name means by the time of each call (O_PATH:
+    opening a pinned iterator for real would prepare a session)."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            raise BpfUnavailable(f"{path} is not the pin just made: remove it and pin again")
+        os.chown(f"/proc/self/fd/{fd}", owner, group)
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
+
+
+def _write_meta(meta: str, doc: dict) -> None:
+    fd = os.open(meta, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "w") as f:
+        # root's and writable by root alone before anything is in it; the
+        # pin's owner and group read it as everyone does
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o644)
+        json.dump(doc, f)
 
 
 def unpin(path: str, meta_dir: str = META_DIR) -> None:
@@ -141,14 +233,7 @@ def unpin(path: str, meta_dir: str = META_DIR) -> None:
 def _info(path: str, meta_dir: str) -> PinInfo:
     from .bpf import object_digest
     meta = _meta_path(path, meta_dir)
-    try:
-        with open(meta) as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise PinMismatch(f"{path} has no metadata at {meta}: not a pymemcg pin, or made "
-                          f"with another metadata directory") from None
-    except (OSError, ValueError) as e:
-        raise PinMismatch(f"cannot read {meta}: {e}") from None
+    doc = _read_meta(path, meta_dir)
     st = os.stat(path)
     try:
         current = doc.get("object") == object_digest()
@@ -221,22 +306,13 @@ class PinGone(ReadError):
     """The pin is not there any more: unpinned, or its bpffs unmounted."""
 
 
-def _load_doc(path: str, meta_dir: str) -> dict:
-    meta = _meta_path(path, meta_dir)
-    try:
-        with open(meta) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise PinMismatch(f"{path} has no metadata at {meta}: pin it with pymemcg.pin()")\
-            from None
-
-
 class PinReader:
     """Reads a pin with open + read: no bpf() call, so no privilege beyond
     read permission on the pin and its metadata."""
 
     def __init__(self, path: str, meta_dir: str = META_DIR) -> None:
-        self._setup(path, _load_doc(path, meta_dir))
+        _check_trusted_dirs(os.path.dirname(os.path.abspath(path)), meta_dir)
+        self._setup(path, _read_meta(path, meta_dir))
 
     @classmethod
     def from_doc(cls, path: str, doc: dict, sources: Optional[dict] = None) -> "PinReader":

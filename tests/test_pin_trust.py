@@ -133,3 +133,70 @@ def test_root_owned_metadata_with_stats_reordered(victim):
     assert "unpin it and pin it again" in outcome[2]
     with pytest.raises(pymemcg.SelectionMismatch):
         pins.PinReader(victim["pin"], victim["dirs"][1]).read()
+
+
+def test_the_pins_owner_cannot_relabel_its_values(victim):
+    """The attack end to end: the pin's owner rewrites the metadata."""
+    tampered = as_nobody(lambda: reverse_stats(victim["meta"]))
+    outcome = read_through_pins(victim)
+    assert_not_mislabelled(outcome, victim["truth"])
+    assert tampered[:2] == ("raised", "PermissionError"), tampered
+    # and the pin still serves, root and its owner
+    assert outcome[0] == "read" and outcome[2] == "pins", outcome
+    mine = as_nobody(lambda: pins.PinReader(victim["pin"], victim["dirs"][1]).read()
+                     .records[0].as_dict())
+    assert mine[0] == "ok", mine
+    assert_not_mislabelled(("read", mine[1]), victim["truth"])
+
+
+def test_the_pin_is_the_owners_the_metadata_roots(victim):
+    """pin --owner gives the pin (read-only) to its owner; the metadata it
+    is decoded by stays root's, readable by everyone."""
+    st = os.stat(victim["pin"])
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (NOBODY, 0, 0o640)
+    st = os.stat(victim["meta"])
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o644)
+
+
+@pytest.mark.parametrize("change", ["owned by nobody", "group-writable", "world-writable",
+                                    "a symlink"])
+def test_metadata_others_could_write_is_refused(victim, tmp_path, change):
+    """Metadata as the pin's owner could have left it (before the fix, its
+    owner's file): the Reader ignores the pin and reads with its own
+    program, PinReader refuses it, and nothing is mislabelled, whatever it
+    says."""
+    meta = victim["meta"]
+    if change == "owned by nobody":
+        os.chown(meta, NOBODY, NOBODY)
+    elif change == "group-writable":
+        os.chmod(meta, 0o664)
+    elif change == "world-writable":
+        os.chmod(meta, 0o646)
+    else:
+        elsewhere = tmp_path / "x.json"
+        os.rename(meta, elsewhere)
+        os.symlink(elsewhere, meta)
+    outcome = read_through_pins(victim)
+    assert_not_mislabelled(outcome, victim["truth"])
+    assert outcome[0] == "read" and outcome[2] == "bpf", outcome  # the pin was not used
+    with pytest.raises(pins.UntrustedMetadata if change != "a symlink" else pins.PinMismatch,
+                       match="owned by root" if change != "a symlink" else "symlink"):
+        pins.PinReader(victim["pin"], victim["dirs"][1])
+    # what it says does not matter any more
+    reverse_stats(meta)
+    assert_not_mislabelled(read_through_pins(victim), victim["truth"])
+
+
+def test_pin_mode_with_write_bits_is_refused(bpf_ok, cgroups, pin_dirs):
+    bpffs, meta = pin_dirs
+    cg = cgroups.make("modes")
+    for mode in ("660", "0602", "4640", "1640", "rw"):
+        r = cli("pin", cg, "--name", "w", "--mode", mode, "--stats", "usage",
+                "--dir", bpffs, "--meta-dir", meta)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (mode, r.stderr)
+        assert "mode" in r.stderr, r.stderr
+        assert not os.path.exists(os.path.join(bpffs, "w"))
+        assert not os.path.exists(os.path.join(meta, "w.json"))
+    with pytest.raises(pins.InvalidPin, match="must not be writable by its group or others"):
+        pins.pin(cg, "w", ["usage"], mode=0o620, directory=bpffs, meta_dir=meta)
+    assert pins.pin(cg, "r", ["usage"], mode=0o440, directory=bpffs, meta_dir=meta).mode == 0o440
