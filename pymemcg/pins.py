@@ -22,6 +22,7 @@ PinTooSmall rather than coming back truncated.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat as stat_mod
@@ -306,6 +307,11 @@ class PinGone(ReadError):
     """The pin is not there any more: unpinned, or its bpffs unmounted."""
 
 
+class PinMoved(ReadError):
+    """The pinned cgroup is no longer at the path the pin was made for
+    (cgroup v1 allows renames): another cgroup, or nothing, is there now."""
+
+
 class PinReader:
     """Reads a pin with open + read: no bpf() call, so no privilege beyond
     read permission on the pin and its metadata."""
@@ -380,11 +386,21 @@ class PinReader:
         return raw
 
     def read(self) -> Union[Record, Snapshot]:
-        """The pinned cgroup's Record, or its subtree's Snapshot."""
+        """The pinned cgroup's Record, or its subtree's Snapshot, labelled
+        with the path it has now (after the session)."""
         raw = self.records()
         if not raw:
             raise ReadError(2, f"{self.path}: its cgroup {self.root} was removed")
-        cg = resolve_cgroup(self.root)
+        try:
+            cg: Optional[Cgroup] = resolve_cgroup(self.root)
+        except Error:
+            cg = None
+        if cg is None or cg.id != raw[0][0]:
+            now = "nothing" if cg is None else f"cgroup {cg.id}"
+            raise PinMoved(errno.ESTALE, f"{self.path} serves cgroup {raw[0][0]}, which is no "
+                                         f"longer at {self.root} ({now} is there now): the "
+                                         f"pinned cgroup was renamed or moved; unpin the pin "
+                                         f"and pin {self.root} again")
         return self.decode(cg, raw)
 
     def decode(self, cg: Cgroup, raw: List[tuple]) -> Union[Record, Snapshot]:

@@ -5,7 +5,8 @@ The attack: root pins a cgroup for user U (`pymemcg pin CG --owner U --mode
 in another order; a root Reader with the same stats reads through the pin.
 It must raise or ignore the pin, never report usage as anon. The program
 itself says what its records hold (the trailer's selection digest), and
-metadata that anyone but root can write is refused.
+metadata that anyone but root can write is refused. Nor does a pin's path
+outlive its cgroup: a record is labelled only with the path its cgroup has.
 """
 
 from __future__ import annotations
@@ -200,3 +201,34 @@ def test_pin_mode_with_write_bits_is_refused(bpf_ok, cgroups, pin_dirs):
     with pytest.raises(pins.InvalidPin, match="must not be writable by its group or others"):
         pins.pin(cg, "w", ["usage"], mode=0o620, directory=bpffs, meta_dir=meta)
     assert pins.pin(cg, "r", ["usage"], mode=0o440, directory=bpffs, meta_dir=meta).mode == 0o440
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_pin_reader_answers_for_the_cgroup_at_the_path(bpf_ok, cgroups, pin_dirs, tree):
+    """cgroup v1 allows rename: after the pinned cgroup moves and another
+    is made at its old path, a read is not labelled with the old path."""
+    if memory_mount().version != 1:
+        pytest.skip("cgroup v2 does not rename cgroups")
+    bpffs, meta = pin_dirs
+    cg = cgroups.make("moving/here")
+    info = pins.pin(cg, "moving", ["usage", "limit"], tree=tree, directory=bpffs,
+                    meta_dir=meta)
+    reader = pins.PinReader(info.path, meta)
+    first = reader.read()
+    first = first.records[0] if tree else first
+    assert first.id == os.stat(cg).st_ino
+    os.rename(cg, os.path.join(os.path.dirname(cg), "there"))
+    os.mkdir(cg)  # another cgroup where the pinned one was
+    for r in (reader, pins.PinReader(info.path, meta)):
+        try:
+            got = r.read()
+        except pymemcg.Error as e:
+            assert type(e).__name__ == "PinMoved", e
+            assert f"serves cgroup {first.id}" in str(e) and str(os.stat(cg).st_ino) in str(e)
+            assert "renamed or moved" in str(e) and f"pin {cg} again" in str(e)
+            continue
+        got = got.records[0] if tree else got
+        assert got.id == os.stat(cg).st_ino, (got.path, got.id, os.stat(cg).st_ino)
+    os.rmdir(cg)  # and nothing there
+    with pytest.raises(pymemcg.ReadError, match="renamed or moved"):
+        reader.read()
