@@ -32,7 +32,7 @@ from typing import List, Optional, Sequence, Union
 from . import catalog
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
 from .decode import FORMAT_VERSION, Layout, Record, Snapshot, parse_trailer, selection_digest
-from .errors import BpfUnavailable, Error, MalformedData, ReadError
+from .errors import BpfUnavailable, Error, MalformedData, ReadError, SelectionMismatch
 
 SHARED_PIN_DIR = "/sys/fs/bpf/pymemcg-shared"
 META_DIR = "/run/pymemcg/pins"
@@ -53,7 +53,8 @@ class UntrustedMetadata(PinMismatch):
 
 
 class InvalidPin(Error, ValueError):
-    """pin() was asked for an unsafe or malformed pin."""
+    """pin() was asked for an unsafe or malformed pin, or unpin() to remove
+    something it cannot."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,16 @@ class PinInfo:
     mode: int
     current: bool        # made by this pymemcg build (same BPF object)
     alive: bool = True   # its cgroup still exists (a removed one stays allocated while pinned)
+    # why no pymemcg reader will use it ("" if one will): no metadata, metadata
+    # others could write, or metadata that does not describe its program. An
+    # orphan still serves whoever may open it.
+    orphan: str = ""
+
+
+def pin_path(pin: str, directory: str = SHARED_PIN_DIR) -> str:
+    """The pin that a name (as given to pin()) or a path stands for: a name
+    is looked up in `directory`, never in the current directory."""
+    return os.path.abspath(pin if "/" in pin else os.path.join(directory, pin))
 
 
 def _meta_path(pin_path: str, meta_dir: str) -> str:
@@ -222,13 +233,21 @@ def _write_meta(meta: str, doc: dict) -> None:
         json.dump(doc, f)
 
 
-def unpin(path: str, meta_dir: str = META_DIR) -> None:
-    """Remove a pin and its metadata (the program goes with the last user)."""
+def unpin(pin: str, meta_dir: str = META_DIR, directory: str = SHARED_PIN_DIR) -> List[str]:
+    """Remove a pin, named as it was pinned (in `directory`) or by path, and
+    its metadata; returns what was removed, [] if neither was there. The
+    program goes with the last user of the link."""
+    path = pin_path(pin, directory)
+    removed = []
     for p in (path, _meta_path(path, meta_dir)):
         try:
             os.unlink(p)
+            removed.append(p)
         except FileNotFoundError:
             pass
+        except OSError as e:
+            raise InvalidPin(f"cannot remove {p} ({e.strerror}): not a pin?") from None
+    return removed
 
 
 def _info(path: str, meta_dir: str) -> PinInfo:
@@ -240,9 +259,12 @@ def _info(path: str, meta_dir: str) -> PinInfo:
         current = doc.get("object") == object_digest()
     except Exception:  # no compiled part (an unprivileged reader's install)
         current = False
-    return PinInfo(path, meta, doc["root"], doc["tree"], doc["stats"], doc["local"],
-                   st.st_uid, st.st_gid, stat_mod.S_IMODE(st.st_mode), current,
-                   _cgroup_alive(path, doc))
+    try:
+        return PinInfo(path, meta, doc["root"], doc["tree"], doc["stats"], doc["local"],
+                       st.st_uid, st.st_gid, stat_mod.S_IMODE(st.st_mode), current,
+                       _cgroup_alive(path, doc))
+    except KeyError as e:
+        raise PinMismatch(f"{meta} lacks {e}: not pin metadata") from None
 
 
 def _cgroup_alive(path: str, doc: dict) -> bool:
@@ -254,6 +276,9 @@ def _cgroup_alive(path: str, doc: dict) -> bool:
         return bool(PinReader.from_doc(path, doc).records())
     except PinTooSmall:
         return True  # the walk visited more than fits: it is there
+    except SelectionMismatch:
+        raise PinMismatch(f"{path}: its metadata does not describe what its program reads "
+                          f"(it was changed, or is another pin's)") from None
     except (PinMismatch, ReadError, MalformedData, KeyError, TypeError):
         pass
     try:
@@ -263,17 +288,30 @@ def _cgroup_alive(path: str, doc: dict) -> bool:
 
 
 def pins(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> List[PinInfo]:
-    """The pins in `directory` that have metadata."""
+    """Every pin in `directory`; those without metadata a reader would use
+    are orphans (PinInfo.orphan says why)."""
     out = []
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return out
+    if os.stat(directory).st_dev != os.stat(os.path.join(directory, "..")).st_dev:
+        # the kernel (bpf_preload) pins these two in the root of every bpffs
+        names = [n for n in names if n not in ("maps.debug", "progs.debug")]
     for name in names:
+        path = os.path.join(directory, name)
         try:
-            out.append(_info(os.path.join(directory, name), meta_dir))
-        except (PinMismatch, OSError):
-            continue
+            st = os.lstat(path)
+            if stat_mod.S_ISDIR(st.st_mode):
+                continue
+            try:
+                out.append(_info(path, meta_dir))
+            except PinMismatch as e:
+                out.append(PinInfo(path, _meta_path(path, meta_dir), "", False, [], False,
+                                   st.st_uid, st.st_gid, stat_mod.S_IMODE(st.st_mode), False,
+                                   orphan=str(e).removeprefix(path + " ")))
+        except FileNotFoundError:
+            continue  # unpinned meanwhile
     return out
 
 
@@ -281,11 +319,17 @@ def prune(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR,
           other_builds: bool = False) -> List[str]:
     """Remove stale shared pins, and return what was removed: pins whose
     cgroup was removed (the link keeps that cgroup allocated until it is
-    unpinned), metadata whose pin is gone, and with other_builds, pins that
-    another pymemcg build made. Files without pymemcg metadata are left alone."""
+    unpinned), orphans (pins without metadata a reader would use: they still
+    serve whoever may open them), metadata whose pin is gone, and with
+    other_builds, pins that another pymemcg build made."""
+    from .bpf import PIN_DIR
+    if os.path.realpath(directory) == os.path.realpath(PIN_DIR):
+        # Readers' own pins have no metadata: all of them would look orphaned
+        raise InvalidPin(f"{directory} holds the pins of running Readers, which remove their "
+                         f"own (and dead Readers'); prune shared pin directories only")
     removed = []
     for info in pins(directory, meta_dir):
-        if not info.alive or (other_builds and not info.current):
+        if info.orphan or not info.alive or (other_builds and not info.current):
             unpin(info.path, meta_dir)
             removed.append(info.path)
     try:

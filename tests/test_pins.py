@@ -131,3 +131,53 @@ def test_stale_shared_pins_are_listed_and_pruned(bpf_ok, cgroups, pin_dirs):
     assert sorted(os.listdir(meta)) == ["live.json"]
     assert pins.prune(bpffs, meta) == []  # nothing more to do
     pins.unpin(live.path, meta)
+
+
+def test_cli_unpin_by_name_from_anywhere_and_orphans(bpf_ok, cgroups, pin_dirs, tmp_path):
+    """unpin takes the name given to pin --name (or a path) wherever it runs,
+    and says when there is nothing to remove; pins lists pins without
+    metadata as orphans, with the command that removes them; --stale
+    removes them too."""
+    import re
+    bpffs, meta = pin_dirs
+    root = cgroups.make("names")
+    elsewhere = str(tmp_path)  # the commands run here, not in the pin directory
+    dirs = ("--dir", bpffs, "--meta-dir", meta)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pymemcg", *args], capture_output=True,
+                              text=True, cwd=elsewhere)
+
+    def ours():  # the kernel pins maps.debug and progs.debug in every bpffs root
+        return sorted(set(os.listdir(bpffs)) - {"maps.debug", "progs.debug"})
+    for name in "abcd":
+        assert cli("pin", root, "--name", name, "--stats", "usage", *dirs).returncode == 0
+    r = cli("unpin", "a", *dirs)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"unpinned {bpffs}/a", f"removed {meta}/a.json"]
+    assert ours() == ["b", "c", "d"]
+    r = cli("unpin", "a", *dirs)  # nothing left: an error, not "unpinned"
+    assert (r.returncode, r.stdout) == (2, ""), r
+    assert "nothing to remove" in r.stderr and f"{bpffs}/a" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = cli("unpin", os.path.relpath(os.path.join(bpffs, "b"), elsewhere), *dirs)  # a path
+    assert r.returncode == 0 and ours() == ["c", "d"], r.stderr
+
+    for name in "cd":  # orphans: their metadata is gone, the pins still serve
+        os.unlink(os.path.join(meta, f"{name}.json"))
+    r = cli("pins", *dirs)
+    assert r.returncode == 0
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()}
+    assert sorted(lines) == [f"{bpffs}/c", f"{bpffs}/d"]
+    assert all("ORPHAN" in line and "no metadata" in line for line in lines.values())
+    command = re.search(r"`pymemcg (unpin [^`]*)`", lines[f"{bpffs}/c"]).group(1).split()
+    assert command == ["unpin", f"{bpffs}/c", "--meta-dir", meta]
+    r = cli(*command)
+    assert r.returncode == 0 and ours() == ["d"], r.stderr
+    r = cli("unpin", "--stale", *dirs)
+    assert r.returncode == 0 and r.stdout.splitlines() == [f"removed stale {bpffs}/d"]
+    assert ours() == [] and os.listdir(meta) == []
+    assert cli("pins", *dirs).stdout == ""
+    # Readers' own pins have no metadata: their directory is never pruned
+    with pytest.raises(pins.InvalidPin, match="running Readers"):
+        pins.prune(pymemcg.bpf.PIN_DIR, meta)
