@@ -419,6 +419,9 @@ class PinReader:
                 return []
             if visited != 2**64 - 1:  # else another session ended at the same moment
                 break
+        else:
+            raise ReadError(errno.EAGAIN, f"{self.path}: other sessions of this pin kept "
+                                          f"ending at the same moment as ours; read again")
         if visited != count:
             raise PinTooSmall(27, f"{self.path}: the tree has {visited} cgroups but one "
                                   f"iterator session holds {count} records of these stats "

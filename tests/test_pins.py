@@ -181,3 +181,23 @@ def test_cli_unpin_by_name_from_anywhere_and_orphans(bpf_ok, cgroups, pin_dirs, 
     # Readers' own pins have no metadata: their directory is never pruned
     with pytest.raises(pins.InvalidPin, match="running Readers"):
         pins.prune(pymemcg.bpf.PIN_DIR, meta)
+
+
+def test_pin_reader_that_never_gets_a_whole_trailer_says_retry(monkeypatch):
+    """A session whose trailer says another session took the bookkeeping
+    (visited = 2**64-1) every time is EAGAIN, not a tree too big for the pin."""
+    import errno
+    from pymemcg import decode
+    doc = {"format": decode.FORMAT_VERSION, "tree": True, "stats": ["usage"], "local": False,
+           "root": "/x", "cgroup_id": 5}
+    reader = pins.PinReader.from_doc("/nowhere/pin", doc)
+    buf = decode.encode_record(reader.layout, 5, 1, 1, 0, 1, [7]) + decode.encode_trailer(
+        9, 2**64 - 1, decode.selection_digest(["usage"], False, False))
+
+    def session():
+        reader._buf[:len(buf)] = buf
+        return len(buf)
+    monkeypatch.setattr(reader, "_session", session)
+    with pytest.raises(pymemcg.ReadError, match="read again") as e:
+        reader.records()
+    assert e.value.errno == errno.EAGAIN and not isinstance(e.value, pins.PinTooSmall)
