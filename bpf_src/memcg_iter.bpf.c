@@ -17,12 +17,33 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile __u32 seq_budget = 0;		/* records that fit the seq buffer */
 const volatile __u32 overflow_capacity = 0;	/* entries of the overflow map */
 
+/* pmc_trailer.selection of each program (memcg_record.h) */
+const volatile __u64 selection_tree[PMC_SELECTION_WORDS] = {};
+const volatile __u64 selection_path[PMC_SELECTION_WORDS] = {};
+
 /* kernel item lists to copy out (pmc_kernel_tables), in u32 entries */
 const volatile __u32 tbl_state_n = 0;
 const volatile __u32 tbl_events_n = 0;
 
-/* --- writer bookkeeping; only touched under cgroup_mutex, except in the
- * end-of-walk call, which reads it carefully (see pmc_write_trailer) --- */
+/*
+ * --- writer bookkeeping, shared by every session of this program ---
+ *
+ * Walks run one at a time (cgroup_mutex), but the end-of-walk call runs
+ * after the mutex is dropped, and the loader copies the overflow map
+ * (pmc_copy_overflow) from user space, both while the next session may be
+ * writing on another CPU. overflow_state.session_id is therefore the
+ * sequence word of a seqlock: a session claims the bookkeeping by storing
+ * its id before it touches anything else, and a reader trusts what it read
+ * only if the id was its own before and after. A compiler barrier is not
+ * enough for that on a weakly ordered CPU (arm64 may make plain stores
+ * visible, and satisfy plain loads, out of program order). The kernel JITs
+ * the BPF atomics that return a value (xchg, cmpxchg, fetch-and-op) as fully
+ * ordered, like its own atomic_xchg(); plain stores and atomics without a
+ * fetch are unordered. So the claim is an xchg, which nothing after it (the
+ * resets, the records) can pass, and the end of walk reads the owner with a
+ * fetch-or of 0, which cannot be satisfied before the read of `visited` it
+ * vouches for.
+ */
 struct pmc_overflow_state overflow_state = {};
 __u64 visited = 0;
 
@@ -41,23 +62,25 @@ struct {
 extern const void memcg_node_stat_items __ksym __weak;
 extern const void memcg_vm_event_stat __ksym __weak;
 
-#define barrier() asm volatile("" ::: "memory")
-
 /*
- * End of walk: runs after cgroup_mutex was dropped, so another session may
- * already be writing the bookkeeping. Read `visited` before the owner:
- * a new session sets the owner first, so an unchanged owner proves the count.
+ * End of walk: another session may already be writing the bookkeeping.
+ * Read `visited` before the owner: a new session sets the owner first, so
+ * an unchanged owner proves the count.
  */
-static __always_inline int pmc_write_trailer(struct bpf_iter_meta *meta)
+static __always_inline int pmc_write_trailer(struct bpf_iter_meta *meta, bool with_path)
 {
 	struct pmc_trailer t = {
 		.magic = PMC_TRAILER_MAGIC,
 		.session_id = meta->session_id,
 	};
-	__u64 count = visited;
+	__u64 count = visited, owner;
+	__u32 i;
 
-	barrier();
-	t.visited = overflow_state.session_id == meta->session_id ? count : ~0ULL;
+	for (i = 0; i < PMC_SELECTION_WORDS; i++)
+		t.selection[i] = with_path ? selection_path[i] : selection_tree[i];
+
+	owner = __sync_fetch_and_or(&overflow_state.session_id, 0);	/* a full barrier */
+	t.visited = owner == meta->session_id ? count : ~0ULL;
 	bpf_seq_write(meta->seq, &t, sizeof(t));
 	return 0;
 }
@@ -72,12 +95,12 @@ static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path, bo
 	__u64 n;
 
 	if (!cgrp)
-		return pmc_write_trailer(meta);
+		return pmc_write_trailer(meta, with_path);
 
 	if (overflow_state.session_id != meta->session_id) {
-		/* first cgroup of a new session: claim the bookkeeping */
-		overflow_state.session_id = meta->session_id;
-		barrier();
+		/* first cgroup of a new session: claim the bookkeeping, visibly
+		 * before any of it changes (a full barrier) */
+		__atomic_exchange_n(&overflow_state.session_id, meta->session_id, __ATOMIC_SEQ_CST);
 		overflow_state.written = 0;
 		overflow_state.dropped = 0;
 		visited = 0;

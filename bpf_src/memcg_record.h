@@ -14,10 +14,11 @@
 #ifndef PMC_MEMCG_RECORD_H
 #define PMC_MEMCG_RECORD_H
 
-#define PMC_FORMAT_VERSION	2
+#define PMC_FORMAT_VERSION	3
 #define PMC_MAX_STATS		128	/* one bit each in pmc_record.valid */
 #define PMC_SEQ_BUF_SIZE	32768	/* PAGE_SIZE << 3 in kernel/bpf/bpf_iter.c */
 #define PMC_TRAILER_MAGIC	0x31474d434d4d50ULL	/* "PMMCMG1" */
+#define PMC_SELECTION_WORDS	4	/* pmc_trailer.selection: a SHA-256 */
 
 /* pmc_record.flags */
 #define PMC_REC_NO_MEMCG	(1U << 0)	/* cgroup has no memory css */
@@ -76,7 +77,18 @@ struct pmc_record {
 	/* followed by nr_stats unsigned long long values, bytes or counts */
 };
 
+/*
+ * selection: what the records hold, as the program itself says it. The
+ * loader sets it in .rodata before load (frozen after), so a reader that
+ * learnt the stat order anywhere else (a pin's metadata file) can check it:
+ * SHA-256 over the format version, the program (tree: name hashes, single
+ * cgroup: path hashes), the local flag and the stat names in record order
+ * (pymemcg/decode.py: selection_digest). It comes first so that magic stays
+ * the third word from the end, where a reader that unpacks a record and the
+ * trailer in one call looks for it.
+ */
 struct pmc_trailer {
+	unsigned long long selection[PMC_SELECTION_WORDS];
 	unsigned long long magic;	/* PMC_TRAILER_MAGIC */
 	unsigned long long session_id;	/* bpf_iter_meta.session_id */
 	unsigned long long visited;	/* records this walk produced in all */

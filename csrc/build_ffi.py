@@ -32,6 +32,8 @@ struct pmc_config {
     int flush;
     unsigned long long page_size;
     unsigned int overflow_capacity;
+    unsigned char selection_tree[32];
+    unsigned char selection_path[32];
 };
 
 struct pmc_prog;

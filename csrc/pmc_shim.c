@@ -187,6 +187,10 @@ int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
 	SET_SELECTION(skel->rodata, cfg);
 	skel->rodata->seq_budget = prog->seq_budget;
 	skel->rodata->overflow_capacity = capacity;
+	memcpy((void *)skel->rodata->selection_tree, cfg->selection_tree,
+	       sizeof(cfg->selection_tree));
+	memcpy((void *)skel->rodata->selection_path, cfg->selection_path,
+	       sizeof(cfg->selection_path));
 
 	/* load only the pair this selection runs: the flushing variants are
 	 * sleepable and need a flush kfunc, the others must not flush */
@@ -301,19 +305,31 @@ ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size)
 int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
 		      void *dst, unsigned long long n)
 {
-	volatile struct pmc_overflow_state *st = &prog->skel->bss->overflow_state;
+	struct pmc_overflow_state *st = &prog->skel->bss->overflow_state;
+	unsigned long long written, dropped;
 
 	if (n > prog->overflow_capacity)
 		return -E2BIG;
+	/*
+	 * The read side of the seqlock that the program's sessions keep
+	 * (memcg_iter.bpf.c): the counts and records read between two loads of
+	 * the owner that both find our session are our session's, because a
+	 * session that started meanwhile claimed the owner before writing. The
+	 * acquire load keeps those reads from moving before the first check, the
+	 * acquire fence keeps them from moving after the second; only then do
+	 * the counts mean anything.
+	 */
 	if (__atomic_load_n(&st->session_id, __ATOMIC_ACQUIRE) != session_id)
 		return -EAGAIN;
-	if (st->written < n)
-		return st->dropped ? -E2BIG : -EAGAIN;
-	memcpy(dst, prog->overflow_mem, n * prog->record_size);
+	written = __atomic_load_n(&st->written, __ATOMIC_RELAXED);
+	dropped = __atomic_load_n(&st->dropped, __ATOMIC_RELAXED);
+	if (written >= n)
+		memcpy(dst, prog->overflow_mem, n * prog->record_size);
 	__atomic_thread_fence(__ATOMIC_ACQUIRE);
-	/* a session that started meanwhile claimed the map before writing */
-	if (__atomic_load_n(&st->session_id, __ATOMIC_ACQUIRE) != session_id)
+	if (__atomic_load_n(&st->session_id, __ATOMIC_RELAXED) != session_id)
 		return -EAGAIN;
+	if (written < n)
+		return dropped ? -E2BIG : -EAGAIN;
 	return 0;
 }
 

@@ -23,6 +23,9 @@ struct pmc_config {
 	int flush;			/* flush before reading (needs kfuncs) */
 	unsigned long long page_size;
 	unsigned int overflow_capacity;	/* records the overflow map can hold */
+	/* pmc_trailer.selection of the tree and the single-cgroup program */
+	unsigned char selection_tree[PMC_SELECTION_WORDS * 8];
+	unsigned char selection_path[PMC_SELECTION_WORDS * 8];
 };
 
 struct pmc_prog;

@@ -14,7 +14,7 @@ from .decode import Record, Snapshot
 from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, FlushUnavailable,
                      MalformedData, NoBtf,
                      NoMemoryController, NotACgroup, PermissionDenied, ReadError,
-                     StatUnavailable, UnknownStat, VerifierRejected)
+                     SelectionMismatch, StatUnavailable, UnknownStat, VerifierRejected)
 from .reader import FallbackWarning, Reader, StatInfo, stats
 from . import pins  # shared pins: pin(), PinReader (imports no BPF code)
 
@@ -24,6 +24,7 @@ __all__ = [
     "Reader", "Record", "Snapshot", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
     "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "FlushUnavailable",
     "MalformedData", "NoBtf",
-    "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "StatUnavailable",
+    "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",
+    "StatUnavailable",
     "UnknownStat", "VerifierRejected", "__version__", "pins",
 ]

@@ -28,7 +28,7 @@ from .kernel_facts import kernel_facts
 import struct
 
 from .decode import (REC_GONE, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot,
-                     parse_trailer, path_hash)
+                     parse_trailer, path_hash, selection_digest)
 from .errors import (BpfUnavailable, CgroupNotFound, Closed, MalformedData, PermissionDenied,
                      ReadError, VerifierRejected)
 
@@ -87,6 +87,9 @@ def _config(resolutions: Sequence[layout_mod.Resolution], local: bool, kfuncs: i
     cfg.flush = int(flush)
     cfg.page_size = PAGE_SIZE
     cfg.overflow_capacity = capacity
+    names = [r.stat.name for r in resolutions]
+    ffi.memmove(cfg.selection_tree, selection_digest(names, local, False), 32)
+    ffi.memmove(cfg.selection_path, selection_digest(names, local, True), 32)
     return cfg
 
 
@@ -326,6 +329,9 @@ class BpfBackend:
         self._single_size = self._single.size
         self._unpack_single = self._single.unpack_from
         self._read_session = self._lib.pmc_read_session
+        # what this Reader's programs say their records hold (the trailer)
+        self._sel_tree = selection_digest(self.layout.names, local, False)
+        self._sel_path = selection_digest(self.layout.names, local, True)
         self._ovf = bytearray(0)
         self._fetch: Optional[_Fetch] = None
         self.read_method = "iterator session"
@@ -421,8 +427,8 @@ class BpfBackend:
                     n = self._read_session(target.fd, self._cbuf, self._buflen)
                     if n == self._single_size:
                         t = self._unpack_single(self._buf)
-                        if t[-3] == TRAILER_MAGIC and t[2] == route.path_hash and \
-                                t[0] == route.id:
+                        if t[-3] == TRAILER_MAGIC and t[-4] == self._sel_path and \
+                                t[2] == route.path_hash and t[0] == route.id:
                             return Record(self.layout, t, route.relpath)
                 del self._by_path[path]  # renamed, removed or replaced: resolve again
             return self._read_slow(path)
@@ -446,7 +452,8 @@ class BpfBackend:
             t = self._unpack_record(self._fetch_record)
             return None if t[4] & REC_GONE else t
         n = self._session(target)
-        count, _session, _visited = parse_trailer(self._buf, n, self.layout.record_size)
+        count, _session, _visited = parse_trailer(self._buf, n, self.layout.record_size,
+                                                  self._sel_path)
         return self.layout.record.unpack_from(self._buf, 0) if count == 1 else None
 
     def _drop_single(self, target) -> None:
@@ -552,7 +559,7 @@ class BpfBackend:
         """Record tuples of one complete walk, or None to retry."""
         rs = self.layout.record_size
         n = self._session(link)
-        count, session, visited = parse_trailer(self._buf, n, rs)
+        count, session, visited = parse_trailer(self._buf, n, rs, self._sel_tree)
         if visited == 2**64 - 1:
             return None  # another session claimed the bookkeeping at our end
         rec = self.layout.record

@@ -949,9 +949,13 @@ def cmd_pin(args: argparse.Namespace, out: TextIO) -> int:
     import pwd
     owner = pwd.getpwnam(args.owner).pw_uid if not args.owner.isdigit() else int(args.owner)
     group = grp.getgrnam(args.group).gr_gid if not args.group.isdigit() else int(args.group)
+    try:
+        mode = int(args.mode, 8)
+    except ValueError:
+        raise pins.InvalidPin(f"--mode {args.mode}: give an octal mode such as 640") from None
     root = _default_root(args.root)
     info = pins.pin(root, args.name, _selection(args, SNAPSHOT_STATS), tree=not args.self_only,
-                    local=args.local, owner=owner, group=group, mode=int(args.mode, 8),
+                    local=args.local, owner=owner, group=group, mode=mode,
                     directory=args.dir, meta_dir=args.meta_dir)
     out.write(f"pinned {info.path} ({'tree' if info.tree else 'cgroup'} {info.root}, "
               f"{len(info.stats)} stats, owner {info.owner}:{info.group} mode {info.mode:o})\n")
@@ -964,18 +968,34 @@ def cmd_unpin(args: argparse.Namespace, out: TextIO) -> int:
         print(f"{PROG}: name the pins to remove, or give --stale to remove those whose cgroup "
               f"is gone", file=sys.stderr)
         return EXIT_USAGE
-    for path in args.paths:
-        pins.unpin(path, args.meta_dir)
-        out.write(f"unpinned {path}\n")
+    status = EXIT_OK
+    for name in args.paths:
+        path = pins.pin_path(name, args.dir)
+        removed = pins.unpin(path, args.meta_dir)
+        for p in removed:
+            out.write(f"{'unpinned' if p == path else 'removed'} {p}\n")
+        if not removed:
+            print(f"{PROG}: no pin {path} and no metadata for it in {args.meta_dir}: nothing "
+                  f"to remove (a name is looked up in --dir; `{PROG} pins` lists them)",
+                  file=sys.stderr)
+            status = EXIT_USAGE
     if args.stale:
         for path in pins.prune(args.dir, args.meta_dir, args.other_builds):
             out.write(f"removed stale {path}\n")
-    return 0
+    return status
 
 
 def cmd_pins(args: argparse.Namespace, out: TextIO) -> int:
     from . import pins
+    import shlex
     for info in pins.pins(args.dir, args.meta_dir):
+        if info.orphan:
+            meta = "" if args.meta_dir == pins.META_DIR else \
+                f" --meta-dir {shlex.quote(args.meta_dir)}"
+            out.write(f"{info.path}  ORPHAN: {info.orphan}; it still serves whoever may read it "
+                      f"({info.owner}:{info.group} {info.mode:o}); remove it with "
+                      f"`{PROG} unpin {shlex.quote(info.path)}{meta}`\n")
+            continue
         out.write(f"{info.path}  {'tree' if info.tree else 'cgroup'} {info.root}  "
                   f"{','.join(info.stats)}  {info.owner}:{info.group} {info.mode:o}  "
                   f"{'current' if info.current else 'OTHER BUILD: re-pin'}"
@@ -1092,22 +1112,27 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--self-only", action="store_true", help="ROOT alone, not its subtree")
     pin.add_argument("--owner", default="0", help="user (name or uid; default root)")
     pin.add_argument("--group", default="0", help="group (name or gid; default root)")
-    pin.add_argument("--mode", default="600", help="octal mode (default 600)")
+    pin.add_argument("--mode", default="600",
+                     help="octal mode, never writable by group or others (default 600); the "
+                          "metadata is root's, 644")
     pin.add_argument("--dir", default=SHARED_PIN_DIR, help=f"bpffs directory ({SHARED_PIN_DIR})")
     pin.add_argument("--meta-dir", default=META_DIR, help=f"metadata directory ({META_DIR})")
     pin.set_defaults(func=cmd_pin)
     unpin = sub.add_parser("unpin", parents=[colour], help="remove pins and their metadata")
-    unpin.add_argument("paths", nargs="*", metavar="PIN")
+    unpin.add_argument("paths", nargs="*", metavar="PIN",
+                       help="a pin's name (as given to pin --name, looked up in --dir) or path")
     unpin.add_argument("--stale", action="store_true",
                        help="also remove pins whose cgroup was removed (the link keeps it "
-                            "allocated) and metadata whose pin is gone")
+                            "allocated), orphans (pins without usable metadata) and metadata "
+                            "whose pin is gone")
     unpin.add_argument("--other-builds", action="store_true",
                        help="with --stale: also pins that another pymemcg build made")
     unpin.add_argument("--dir", default=SHARED_PIN_DIR)
     unpin.add_argument("--meta-dir", default=META_DIR)
     unpin.set_defaults(func=cmd_unpin)
     lspins = sub.add_parser("pins", parents=[colour],
-                            help="list pins: what each serves, and if this build made it")
+                            help="list every pin: what each serves, if this build made it, "
+                                 "and orphans without metadata")
     lspins.add_argument("--dir", default=SHARED_PIN_DIR)
     lspins.add_argument("--meta-dir", default=META_DIR)
     lspins.set_defaults(func=cmd_pins)

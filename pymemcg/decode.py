@@ -6,15 +6,16 @@ values stay in the tuple the C code of `struct` built.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import MalformedData, StatUnavailable, UnknownStat
+from .errors import MalformedData, SelectionMismatch, StatUnavailable, UnknownStat
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 HEADER = struct.Struct("<QQQIIQQ")        # struct pmc_record
-TRAILER = struct.Struct("<QQQ")           # struct pmc_trailer
+TRAILER = struct.Struct("<32sQQQ")        # struct pmc_trailer: selection, magic, session, visited
 TRAILER_MAGIC = 0x31474D434D4D50          # PMC_TRAILER_MAGIC
 REC_NO_MEMCG = 1 << 0
 REC_NO_VMSTATS = 1 << 1
@@ -205,16 +206,37 @@ class Snapshot(Mapping[str, Record]):
         return f"Snapshot(root={self.root!r}, {len(self._raw)} cgroups)"
 
 
-def parse_trailer(buf, nbytes: int, record_size: int) -> Tuple[int, int, int]:
-    """(records in the buffer, session id, records the walk produced in all)."""
+def selection_digest(names: Sequence[str], local: bool, path: bool) -> bytes:
+    """pmc_trailer.selection of a program loaded with this selection: what
+    its records hold. path: the single-cgroup program (records carry path
+    hashes) rather than the tree program (name hashes)."""
+    parts = [f"pymemcg-selection-v{FORMAT_VERSION}", "path" if path else "tree",
+             "local" if local else "hierarchical", *names]
+    return hashlib.sha256("\0".join(parts).encode()).digest()
+
+
+OWN_PROGRAM = ("this Reader loaded the program itself, so a pymemcg whose Python and "
+               "compiled parts come from different builds; reinstall pymemcg")
+
+
+def parse_trailer(buf, nbytes: int, record_size: int, selection: bytes,
+                  remedy: str = OWN_PROGRAM) -> Tuple[int, int, int]:
+    """(records in the buffer, session id, records the walk produced in all).
+    selection: what the caller decodes the records as (selection_digest);
+    records of anything else raise SelectionMismatch, naming `remedy`."""
     if nbytes < TRAILER.size or (nbytes - TRAILER.size) % record_size:
         raise MalformedData(f"iterator returned {nbytes} bytes, not whole {record_size}-byte "
                             f"records and a trailer: the program and the reader disagree on the "
                             f"format; reinstall pymemcg")
-    magic, session, visited = TRAILER.unpack_from(buf, nbytes - TRAILER.size)
+    held, magic, session, visited = TRAILER.unpack_from(buf, nbytes - TRAILER.size)
     if magic != TRAILER_MAGIC:
         raise MalformedData(f"iterator output ends without the trailer (magic {magic:#x}): "
                             f"the walk did not complete or the format differs")
+    if held != selection:
+        raise SelectionMismatch(f"the program's records hold another selection than they "
+                                f"would be decoded as (its selection digest "
+                                f"{held[:8].hex()}, expected {selection[:8].hex()}), so stats "
+                                f"would be reported under each other's names: {remedy}")
     return (nbytes - TRAILER.size) // record_size, session, visited
 
 
@@ -252,5 +274,5 @@ def name_hash(name: str) -> int:
     return h
 
 
-def encode_trailer(session_id: int, visited: int) -> bytes:
-    return TRAILER.pack(TRAILER_MAGIC, session_id, visited)
+def encode_trailer(session_id: int, visited: int, selection: bytes = bytes(32)) -> bytes:
+    return TRAILER.pack(selection, TRAILER_MAGIC, session_id, visited)

@@ -72,5 +72,10 @@ class MalformedData(Error, ValueError):
     """memory.stat text or iterator records that do not parse."""
 
 
+class SelectionMismatch(MalformedData):
+    """The program that wrote the records says they hold another selection
+    (stats, order, local) than the reader would decode them as."""
+
+
 class Closed(Error, RuntimeError):
     """The Reader was used after close()."""

@@ -7,7 +7,9 @@ and it serves exactly what is asked: the cgroup of a single read (a pin made
 with tree=False) or the root of a tree read (tree=True). Matching pins are
 found through the metadata directory, looked at again whenever its mtime
 changes (a pin made or removed), and only pins this process may read count,
-in directories that only root (or this user) can write.
+with metadata files and directories that only root (or this user) can write.
+Each read through a pin checks the program's selection digest against the
+metadata (SelectionMismatch) and that the cgroup read is the one asked for.
 
 The Reader is in this mode only when a matching pin exists as it is made; it
 then loads no program of its own until a read that no pin serves, or a pinned
@@ -20,7 +22,6 @@ big for the pin then raises PinTooSmall, never a truncated tree.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import weakref
@@ -29,7 +30,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .cgroupfs import Cgroup, resolve_cgroup
 from .decode import FORMAT_VERSION, Layout, Record, Snapshot
 from .errors import BpfUnavailable
-from .pins import META_DIR, SHARED_PIN_DIR, PinGone, PinReader, PinTooSmall
+from .pins import (META_DIR, SHARED_PIN_DIR, PinGone, PinReader, PinTooSmall, _read_meta,
+                   trusted)
 
 _NO_PIN = None  # a route to the backend
 
@@ -43,8 +45,7 @@ def _still_names(path: str, cgroup_id: int) -> bool:
 
 def _trusted(directory: str) -> bool:
     """Only root (or this user) can have put pins and metadata there."""
-    st = os.stat(directory)
-    return st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
+    return trusted(os.stat(directory))
 
 
 class SharedPins:
@@ -91,8 +92,7 @@ class SharedPins:
                 continue
             path = os.path.join(self.directory, name[:-len(".json")])
             try:
-                with open(os.path.join(self.meta_dir, name)) as f:
-                    doc = json.load(f)
+                doc = _read_meta(path, self.meta_dir)  # only root's (or our own)
                 if not self._matches(doc) or not os.access(path, os.R_OK):
                     continue
                 key = (int(doc["cgroup_id"]), bool(doc["tree"]))
@@ -104,7 +104,7 @@ class SharedPins:
                            for n, s in (doc.get("sources") or {}).items()}
                 found[key] = PinReader.from_doc(path, doc, sources)
             except (OSError, ValueError, KeyError, TypeError):
-                continue  # unreadable, half-written or foreign metadata: not a match
+                continue  # unreadable, untrusted or foreign metadata: not a match
         self._pins, self._stamp = found, stamp
         return found
 

@@ -2,11 +2,18 @@
 
 `pin()` (root) loads the program for a cgroup, order and selection, pins the
 link under a directory the operator chooses, and gives it the owner, group
-and mode the operator chooses (default 0600 root). Beside it, in a metadata
-directory, a JSON file says what the records hold. Any process with read
-permission on both, root or not, then reads with `PinReader`: open + read
-of the pin runs one iterator session without a bpf() call, decoded by the
-same code as a Reader's.
+and mode the operator chooses (default 0600 root; never writable by group or
+others). Beside it, in a metadata directory, a JSON file says what the
+records hold. Any process with read permission on the pin, root or not, then
+reads with `PinReader`: open + read of the pin runs one iterator session
+without a bpf() call, decoded by the same code as a Reader's.
+
+Decoding trusts only what root (or the reading user itself) could have
+written: the metadata is root's, mode 0644 (cgroup paths and stat names are
+no secret: /sys/fs/cgroup shows them to everyone), and a reader refuses
+metadata, or directories, that anyone else can write. Every read also checks
+that the program's own selection digest (the session trailer) is the one the
+metadata implies, so even root-owned metadata cannot relabel values.
 
 A pin's reader gets only the session's 32 KiB (the overflow map is reachable
 only through the loader's fds): a tree whose records do not fit raises
@@ -15,6 +22,7 @@ PinTooSmall rather than coming back truncated.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat as stat_mod
@@ -23,8 +31,8 @@ from typing import List, Optional, Sequence, Union
 
 from . import catalog
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
-from .decode import FORMAT_VERSION, Layout, Record, Snapshot, parse_trailer
-from .errors import BpfUnavailable, Error, MalformedData, ReadError
+from .decode import FORMAT_VERSION, Layout, Record, Snapshot, parse_trailer, selection_digest
+from .errors import BpfUnavailable, Error, MalformedData, ReadError, SelectionMismatch
 
 SHARED_PIN_DIR = "/sys/fs/bpf/pymemcg-shared"
 META_DIR = "/run/pymemcg/pins"
@@ -37,6 +45,16 @@ class PinTooSmall(ReadError):
 
 class PinMismatch(Error, ValueError):
     """The pin's metadata is missing or made by another pymemcg build."""
+
+
+class UntrustedMetadata(PinMismatch):
+    """The pin's metadata, or a directory it is in, could have been written
+    by someone other than root or this user."""
+
+
+class InvalidPin(Error, ValueError):
+    """pin() was asked for an unsafe or malformed pin, or unpin() to remove
+    something it cannot."""
 
 
 @dataclass(frozen=True)
@@ -52,10 +70,69 @@ class PinInfo:
     mode: int
     current: bool        # made by this pymemcg build (same BPF object)
     alive: bool = True   # its cgroup still exists (a removed one stays allocated while pinned)
+    # why no pymemcg reader will use it ("" if one will): no metadata, metadata
+    # others could write, or metadata that does not describe its program. An
+    # orphan still serves whoever may open it.
+    orphan: str = ""
+
+
+def pin_path(pin: str, directory: str = SHARED_PIN_DIR) -> str:
+    """The pin that a name (as given to pin()) or a path stands for: a name
+    is looked up in `directory`, never in the current directory."""
+    return os.path.abspath(pin if "/" in pin else os.path.join(directory, pin))
 
 
 def _meta_path(pin_path: str, meta_dir: str) -> str:
     return os.path.join(meta_dir, os.path.basename(pin_path) + ".json")
+
+
+def trusted(st: os.stat_result) -> bool:
+    """Only root or this process's user can have written a file or directory
+    with this owner and mode. The reading user counts because files it owns
+    can only fool itself (and a root reader trusts root alone)."""
+    return st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
+
+
+def _untrusted(what: str, st: os.stat_result,
+               remedy: str = "unpin the pin and pin it again") -> UntrustedMetadata:
+    return UntrustedMetadata(
+        f"{what} is owned by uid {st.st_uid} with mode {stat_mod.S_IMODE(st.st_mode):o}: what "
+        f"says how to decode a pin must be owned by root and writable by no one else, or "
+        f"whoever can write it could make readers report one stat under another's name; "
+        f"{remedy}")
+
+
+def _read_meta(path: str, meta_dir: str) -> dict:
+    """The metadata of the pin at path, if only root (or this user) could
+    have written it. Checked on the open file, not its name."""
+    meta = _meta_path(path, meta_dir)
+    try:
+        fd = os.open(meta, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PinMismatch(f"{path} has no metadata at {meta}: not a pymemcg pin, or made "
+                          f"with another metadata directory") from None
+    except OSError as e:
+        raise PinMismatch(f"cannot read {meta} ({e.strerror}; a symlink is refused)") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode) or not trusted(st):
+            raise _untrusted(meta, st)
+        try:
+            doc = json.load(f)
+        except ValueError as e:
+            raise PinMismatch(f"{meta} is not pin metadata ({e}): unpin the pin and pin it "
+                              f"again") from None
+    if not isinstance(doc, dict):
+        raise PinMismatch(f"{meta} is not pin metadata: unpin the pin and pin it again")
+    return doc
+
+
+def _check_trusted_dirs(*directories: str) -> None:
+    for directory in directories:
+        st = os.stat(directory)
+        if not trusted(st):
+            raise _untrusted(directory, st, "keep pins and their metadata in directories "
+                                            "only root can write")
 
 
 def _check_dir(directory: str, what: str) -> None:
@@ -85,7 +162,8 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
         mode: int = 0o600, directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> PinInfo:
     """Pin a link serving `root` (its subtree, or alone with tree=False).
 
-    The pin and its metadata get owner, group and mode; nothing existing is
+    The pin gets owner, group and mode, which must not let its group or
+    others write it; its metadata is root's, mode 0644. Nothing existing is
     replaced or widened: an existing name is an error (unpin it first).
     """
     from ._pymemcg import lib
@@ -93,7 +171,14 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
                       object_digest)
 
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"pin name {name!r}: use a plain file name")
+        raise InvalidPin(f"pin name {name!r}: use a plain file name")
+    if mode & ~0o777 or mode & 0o022:
+        # reading needs only read permission; write permission is what
+        # bpf(BPF_OBJ_GET) asks of whoever takes hold of the link itself. The
+        # owner's write bit is left alone: an owner can chmod its file anyway
+        raise InvalidPin(f"mode {mode:o} for pin {name!r}: a pin must not be writable by its "
+                         f"group or others, and takes no setuid, setgid or sticky bit; use "
+                         f"e.g. 0600, 0640 or 0440")
     cg = resolve_cgroup(root)
     if directory == BPFFS or directory.startswith(BPFFS + "/"):
         ensure_bpffs()
@@ -111,18 +196,12 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
             raise BpfUnavailable(f"pinning at {path} failed ({os.strerror(-rc)}): the "
                                  f"directory must be on bpffs")
         try:
-            os.chown(path, owner, group)
-            os.chmod(path, mode)
-            doc = {
+            _share_pin(path, owner, group, mode)
+            _write_meta(meta, {
                 "format": FORMAT_VERSION, "object": object_digest(), "root": cg.path,
                 "cgroup_id": cg.id, "tree": tree, "stats": list(stats), "local": local,
                 "sources": backend.layout.sources,
-            }
-            fd = os.open(meta, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f)
-            os.chown(meta, owner, group)
-            os.chmod(meta, mode)
+            })
         except BaseException:
             for p in (path, meta):
                 try:
@@ -135,34 +214,63 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
     return _info(path, meta_dir)
 
 
-def unpin(path: str, meta_dir: str = META_DIR) -> None:
-    """Remove a pin and its metadata (the program goes with the last user)."""
+def _share_pin(path: str, owner: int, group: int, mode: int) -> None:
+    """Owner, group and mode of the pin just made, set on the file opened
+    rather than on whatever the name means by the time of each call (O_PATH:
+    opening a pinned iterator for real would prepare a session)."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            raise BpfUnavailable(f"{path} is not the pin just made: remove it and pin again")
+        os.chown(f"/proc/self/fd/{fd}", owner, group)
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
+
+
+def _write_meta(meta: str, doc: dict) -> None:
+    fd = os.open(meta, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "w") as f:
+        # root's and writable by root alone before anything is in it; the
+        # pin's owner and group read it as everyone does
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o644)
+        json.dump(doc, f)
+
+
+def unpin(pin: str, meta_dir: str = META_DIR, directory: str = SHARED_PIN_DIR) -> List[str]:
+    """Remove a pin, named as it was pinned (in `directory`) or by path, and
+    its metadata; returns what was removed, [] if neither was there. The
+    program goes with the last user of the link."""
+    path = pin_path(pin, directory)
+    removed = []
     for p in (path, _meta_path(path, meta_dir)):
         try:
             os.unlink(p)
+            removed.append(p)
         except FileNotFoundError:
             pass
+        except OSError as e:
+            raise InvalidPin(f"cannot remove {p} ({e.strerror}): not a pin?") from None
+    return removed
 
 
 def _info(path: str, meta_dir: str) -> PinInfo:
     from .bpf import object_digest
     meta = _meta_path(path, meta_dir)
-    try:
-        with open(meta) as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise PinMismatch(f"{path} has no metadata at {meta}: not a pymemcg pin, or made "
-                          f"with another metadata directory") from None
-    except (OSError, ValueError) as e:
-        raise PinMismatch(f"cannot read {meta}: {e}") from None
+    doc = _read_meta(path, meta_dir)
     st = os.stat(path)
     try:
         current = doc.get("object") == object_digest()
     except Exception:  # no compiled part (an unprivileged reader's install)
         current = False
-    return PinInfo(path, meta, doc["root"], doc["tree"], doc["stats"], doc["local"],
-                   st.st_uid, st.st_gid, stat_mod.S_IMODE(st.st_mode), current,
-                   _cgroup_alive(path, doc))
+    try:
+        return PinInfo(path, meta, doc["root"], doc["tree"], doc["stats"], doc["local"],
+                       st.st_uid, st.st_gid, stat_mod.S_IMODE(st.st_mode), current,
+                       _cgroup_alive(path, doc))
+    except KeyError as e:
+        raise PinMismatch(f"{meta} lacks {e}: not pin metadata") from None
 
 
 def _cgroup_alive(path: str, doc: dict) -> bool:
@@ -174,6 +282,9 @@ def _cgroup_alive(path: str, doc: dict) -> bool:
         return bool(PinReader.from_doc(path, doc).records())
     except PinTooSmall:
         return True  # the walk visited more than fits: it is there
+    except SelectionMismatch:
+        raise PinMismatch(f"{path}: its metadata does not describe what its program reads "
+                          f"(it was changed, or is another pin's)") from None
     except (PinMismatch, ReadError, MalformedData, KeyError, TypeError):
         pass
     try:
@@ -183,17 +294,30 @@ def _cgroup_alive(path: str, doc: dict) -> bool:
 
 
 def pins(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> List[PinInfo]:
-    """The pins in `directory` that have metadata."""
+    """Every pin in `directory`; those without metadata a reader would use
+    are orphans (PinInfo.orphan says why)."""
     out = []
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return out
+    if os.stat(directory).st_dev != os.stat(os.path.join(directory, "..")).st_dev:
+        # the kernel (bpf_preload) pins these two in the root of every bpffs
+        names = [n for n in names if n not in ("maps.debug", "progs.debug")]
     for name in names:
+        path = os.path.join(directory, name)
         try:
-            out.append(_info(os.path.join(directory, name), meta_dir))
-        except (PinMismatch, OSError):
-            continue
+            st = os.lstat(path)
+            if stat_mod.S_ISDIR(st.st_mode):
+                continue
+            try:
+                out.append(_info(path, meta_dir))
+            except PinMismatch as e:
+                out.append(PinInfo(path, _meta_path(path, meta_dir), "", False, [], False,
+                                   st.st_uid, st.st_gid, stat_mod.S_IMODE(st.st_mode), False,
+                                   orphan=str(e).removeprefix(path + " ")))
+        except FileNotFoundError:
+            continue  # unpinned meanwhile
     return out
 
 
@@ -201,11 +325,12 @@ def prune(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR,
           other_builds: bool = False) -> List[str]:
     """Remove stale shared pins, and return what was removed: pins whose
     cgroup was removed (the link keeps that cgroup allocated until it is
-    unpinned), metadata whose pin is gone, and with other_builds, pins that
-    another pymemcg build made. Files without pymemcg metadata are left alone."""
+    unpinned), orphans (pins without metadata a reader would use: they still
+    serve whoever may open them), metadata whose pin is gone, and with
+    other_builds, pins that another pymemcg build made."""
     removed = []
     for info in pins(directory, meta_dir):
-        if not info.alive or (other_builds and not info.current):
+        if info.orphan or not info.alive or (other_builds and not info.current):
             unpin(info.path, meta_dir)
             removed.append(info.path)
     try:
@@ -227,14 +352,9 @@ class PinGone(ReadError):
     """The pin is not there any more: unpinned, or its bpffs unmounted."""
 
 
-def _load_doc(path: str, meta_dir: str) -> dict:
-    meta = _meta_path(path, meta_dir)
-    try:
-        with open(meta) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise PinMismatch(f"{path} has no metadata at {meta}: pin it with pymemcg.pin()")\
-            from None
+class PinMoved(ReadError):
+    """The pinned cgroup is no longer at the path the pin was made for
+    (cgroup v1 allows renames): another cgroup, or nothing, is there now."""
 
 
 class PinReader:
@@ -242,7 +362,8 @@ class PinReader:
     read permission on the pin and its metadata."""
 
     def __init__(self, path: str, meta_dir: str = META_DIR) -> None:
-        self._setup(path, _load_doc(path, meta_dir))
+        _check_trusted_dirs(os.path.dirname(os.path.abspath(path)), meta_dir)
+        self._setup(path, _read_meta(path, meta_dir))
 
     @classmethod
     def from_doc(cls, path: str, doc: dict, sources: Optional[dict] = None) -> "PinReader":
@@ -256,9 +377,16 @@ class PinReader:
         if doc.get("format") != FORMAT_VERSION:
             raise PinMismatch(f"{path} holds format {doc.get('format')}, this pymemcg reads "
                               f"{FORMAT_VERSION}: re-pin it with this version")
+        stats = doc.get("stats")
+        if not isinstance(stats, list) or not all(isinstance(n, str) for n in stats):
+            raise PinMismatch(f"{path}'s metadata has no list of stat names: re-pin it")
         self.path = path
         self.tree = bool(doc["tree"])
-        self.layout = Layout(doc["stats"], sources if sources is not None else doc.get("sources"))
+        self.local = bool(doc.get("local"))
+        self.layout = Layout(stats, sources if sources is not None else doc.get("sources"))
+        # what the pinned program must say its records hold, checked on every
+        # read: the metadata alone does not decide how values are labelled
+        self._selection = selection_digest(stats, self.local, not self.tree)
         self.root = doc["root"]
         self.cgroup_id = self._root_id = doc["cgroup_id"]
         self._buf = bytearray(SESSION_BUF)
@@ -284,11 +412,17 @@ class PinReader:
         [] when that cgroup was removed."""
         for _ in range(8):
             n = self._session()
-            count, _session, visited = parse_trailer(self._buf, n, self.layout.record_size)
+            count, _session, visited = parse_trailer(
+                self._buf, n, self.layout.record_size, self._selection,
+                f"{self.path}'s metadata does not describe what its program reads (it was "
+                f"changed, or is another pin's); unpin it and pin it again")
             if count == 0:  # a removed cgroup's walk visits nothing, and claims nothing
                 return []
             if visited != 2**64 - 1:  # else another session ended at the same moment
                 break
+        else:
+            raise ReadError(errno.EAGAIN, f"{self.path}: other sessions of this pin kept "
+                                          f"ending at the same moment as ours; read again")
         if visited != count:
             raise PinTooSmall(27, f"{self.path}: the tree has {visited} cgroups but one "
                                   f"iterator session holds {count} records of these stats "
@@ -300,11 +434,21 @@ class PinReader:
         return raw
 
     def read(self) -> Union[Record, Snapshot]:
-        """The pinned cgroup's Record, or its subtree's Snapshot."""
+        """The pinned cgroup's Record, or its subtree's Snapshot, labelled
+        with the path it has now (after the session)."""
         raw = self.records()
         if not raw:
             raise ReadError(2, f"{self.path}: its cgroup {self.root} was removed")
-        cg = resolve_cgroup(self.root)
+        try:
+            cg: Optional[Cgroup] = resolve_cgroup(self.root)
+        except Error:
+            cg = None
+        if cg is None or cg.id != raw[0][0]:
+            now = "nothing" if cg is None else f"cgroup {cg.id}"
+            raise PinMoved(errno.ESTALE, f"{self.path} serves cgroup {raw[0][0]}, which is no "
+                                         f"longer at {self.root} ({now} is there now): the "
+                                         f"pinned cgroup was renamed or moved; unpin the pin "
+                                         f"and pin {self.root} again")
         return self.decode(cg, raw)
 
     def decode(self, cg: Cgroup, raw: List[tuple]) -> Union[Record, Snapshot]:

@@ -17,13 +17,15 @@ import pymemcg
 from pymemcg import catalog
 from pymemcg.decode import (FORMAT_VERSION, HEADER, MAX_STATS, REC_NO_MEMCG, REC_NO_VMSTATS, TRAILER,
                             TRAILER_MAGIC, Layout, Record, Snapshot, encode_record,
-                            encode_trailer, iter_records, parse_trailer)
+                            encode_trailer, iter_records, parse_trailer, selection_digest)
 
 # The record carries MAX_STATS valid bits in MAX_STATS / 64 u64 words (128 and two words at
 # the time of writing); these tests follow decode.MAX_STATS rather than hard-coding it.
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 U32 = st.integers(min_value=0, max_value=2**32 - 1)
+SEL = bytes(32)  # the selection encode_trailer writes unless told
+
 FAST = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -77,7 +79,7 @@ def encoded(draw, min_records=0, unique_ids=False):
 
 
 def decode_all(layout, buf, nbytes, paths=None):
-    count, session, visited = parse_trailer(buf, nbytes, layout.record_size)
+    count, session, visited = parse_trailer(buf, nbytes, layout.record_size, SEL)
     raws = list(iter_records(layout, buf, count * layout.record_size))
     assert len(raws) == count
     if paths is None:
@@ -135,8 +137,8 @@ def test_sizes_match_the_c_header():
     # u32 flags, u64 valid[PMC_MAX_STATS / 64]
     assert MAX_STATS % 64 == 0
     assert HEADER.size == 8 + 8 + 8 + 4 + 4 + 8 * (MAX_STATS // 64)
-    # struct pmc_trailer: u64 magic, u64 session, u64 visited
-    assert TRAILER.size == 24
+    # struct pmc_trailer: u64 selection[4], u64 magic, u64 session, u64 visited
+    assert TRAILER.size == 32 + 24
     names = ALL_NAMES + FAKE_NAMES
     for n in (0, 1, 14, 64, 65, MAX_STATS):
         assert Layout(names[:n]).record_size == HEADER.size + 8 * n
@@ -162,7 +164,9 @@ def test_encode_is_little_endian():
     raw = encode_record(layout, 1, 2, 3, REC_NO_VMSTATS, 0b10, [5, 6], name_hash=4)
     assert raw == struct.pack("<QQQII" + "Q" * (MAX_STATS // 64) + "QQ", 1, 2, 4, 3,
                               REC_NO_VMSTATS, 0b10, *[0] * (MAX_STATS // 64 - 1), 5, 6)
-    assert encode_trailer(9, 10) == struct.pack("<QQQ", TRAILER_MAGIC, 9, 10)
+    assert encode_trailer(9, 10) == struct.pack("<32sQQQ", SEL, TRAILER_MAGIC, 9, 10)
+    digest = bytes(range(32))
+    assert encode_trailer(9, 10, digest) == digest + struct.pack("<QQQ", TRAILER_MAGIC, 9, 10)
 
 
 def test_layout_index_and_sources():
@@ -199,7 +203,7 @@ def test_full_width_record_round_trips():
     valid = (1 << (MAX_STATS - 1)) | (1 << 64) | (1 << 63) | 1
     values = list(range(100, 100 + MAX_STATS))
     buf = encode_record(layout, 7, 3, 2, 0, valid, values) + encode_trailer(1, 1)
-    count, _, _ = parse_trailer(buf, len(buf), layout.record_size)
+    count, _, _ = parse_trailer(buf, len(buf), layout.record_size, SEL)
     (t,) = iter_records(layout, buf, count * layout.record_size)
     rec = Record(layout, t, "/x")
     assert rec.valid == valid
@@ -305,7 +309,7 @@ def test_record_equality(case):
 def decode_or_malformed(layout, buf, nbytes):
     """Decode and touch every field; None if MalformedData, else the records."""
     try:
-        count, session, visited = parse_trailer(buf, nbytes, layout.record_size)
+        count, session, visited = parse_trailer(buf, nbytes, layout.record_size, SEL)
     except pymemcg.MalformedData:
         return None
     assert count * layout.record_size + TRAILER.size == nbytes
@@ -353,19 +357,22 @@ def test_truncated_nbytes_of_a_whole_buffer(case, data):
 def test_wrong_magic(case, magic):
     assume(magic != TRAILER_MAGIC)
     layout, recs, session, visited, buf = case
-    bad = buf[:-TRAILER.size] + TRAILER.pack(magic, session, visited)
+    bad = buf[:-TRAILER.size] + TRAILER.pack(SEL, magic, session, visited)
     with pytest.raises(pymemcg.MalformedData, match="without the trailer"):
-        parse_trailer(bad, len(bad), layout.record_size)
+        parse_trailer(bad, len(bad), layout.record_size, SEL)
 
 
 @FAST
-@given(encoded(), st.integers(0, 7), st.integers(1, 255))
-def test_corrupt_magic_byte(case, byte, xor):
+@given(encoded(), st.integers(0, 39), st.integers(1, 255))
+def test_corrupt_selection_or_magic_byte(case, byte, xor):
+    # bytes 0-31 of the trailer are the selection, 32-39 the magic: records of
+    # another selection are never decoded as this one
     layout, recs, session, visited, buf = case
     bad = bytearray(buf)
     bad[len(buf) - TRAILER.size + byte] ^= xor
-    with pytest.raises(pymemcg.MalformedData):
-        parse_trailer(bad, len(bad), layout.record_size)
+    error = pymemcg.SelectionMismatch if byte < 32 else pymemcg.MalformedData
+    with pytest.raises(error, match="do it this way" if byte < 32 else None):
+        parse_trailer(bad, len(bad), layout.record_size, SEL, "do it this way")
 
 
 @FAST
@@ -412,11 +419,23 @@ def test_iter_records_partial(names, whole, extra):
 def test_shorter_than_a_trailer(nbytes):
     layout = Layout(["anon"])
     with pytest.raises(pymemcg.MalformedData, match="not whole"):
-        parse_trailer(bytes(64), nbytes, layout.record_size)
+        parse_trailer(bytes(64), nbytes, layout.record_size, SEL)
 
 
 def test_trailer_only_is_zero_records():
     layout = Layout(["anon", "file"])
     buf = encode_trailer(42, 0)
-    assert parse_trailer(buf, len(buf), layout.record_size) == (0, 42, 0)
+    assert parse_trailer(buf, len(buf), layout.record_size, SEL) == (0, 42, 0)
     assert list(iter_records(layout, buf, 0)) == []
+
+
+def test_selection_digest_covers_order_local_and_program():
+    base = selection_digest(["anon", "file", "usage"], False, False)
+    assert len(base) == 32
+    assert base == selection_digest(("anon", "file", "usage"), False, False)
+    others = [selection_digest(["usage", "file", "anon"], False, False),
+              selection_digest(["anon", "file", "usage"], True, False),
+              selection_digest(["anon", "file", "usage"], False, True),
+              selection_digest(["anon", "file"], False, False),
+              selection_digest(["anon", "fileusage"], False, False)]
+    assert len({base, *others}) == 1 + len(others)

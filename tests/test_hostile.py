@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import os
-import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +22,7 @@ from conftest import my_links, open_fds
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BUFFERS = st.sampled_from([bytes, bytearray, memoryview])
 STATS = ["usage", "limit", "anon"]
+SEL = bytes(32)  # the selection the fuzzed trailers are checked against
 
 
 # --------------------------------------------------------------------------
@@ -80,14 +80,14 @@ def test_trailer_and_records_any_nbytes(names, data, draw, kind):
     nbytes = draw.draw(st.integers(0, len(data)), label="nbytes")
     buf = kind(data)
     try:
-        count, session, visited = parse_trailer(buf, nbytes, rs)
+        count, session, visited = parse_trailer(buf, nbytes, rs, SEL)
     except pymemcg.MalformedData:
         ok = nbytes >= TRAILER.size and (nbytes - TRAILER.size) % rs == 0 and \
-            struct.unpack_from("<Q", data, nbytes - TRAILER.size)[0] != TRAILER_MAGIC
+            TRAILER.unpack_from(data, nbytes - TRAILER.size)[:2] != (SEL, TRAILER_MAGIC)
         assert ok or nbytes < TRAILER.size or (nbytes - TRAILER.size) % rs
         return
-    magic, s, v = struct.unpack_from("<QQQ", data, nbytes - TRAILER.size)
-    assert (magic, s, v) == (TRAILER_MAGIC, session, visited)
+    sel, magic, s, v = TRAILER.unpack_from(data, nbytes - TRAILER.size)
+    assert (sel, magic, s, v) == (SEL, TRAILER_MAGIC, session, visited)
     assert count == (nbytes - TRAILER.size) // rs
     recs = list(iter_records(layout, buf, count * rs))
     assert [tuple(r) for r in recs] == [layout.record.unpack_from(data, i * rs)

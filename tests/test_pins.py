@@ -131,3 +131,70 @@ def test_stale_shared_pins_are_listed_and_pruned(bpf_ok, cgroups, pin_dirs):
     assert sorted(os.listdir(meta)) == ["live.json"]
     assert pins.prune(bpffs, meta) == []  # nothing more to do
     pins.unpin(live.path, meta)
+
+
+def test_cli_unpin_by_name_from_anywhere_and_orphans(bpf_ok, cgroups, pin_dirs, tmp_path):
+    """unpin takes the name given to pin --name (or a path) wherever it runs,
+    and says when there is nothing to remove; pins lists pins without
+    metadata as orphans, with the command that removes them; --stale
+    removes them too."""
+    import re
+    bpffs, meta = pin_dirs
+    root = cgroups.make("names")
+    elsewhere = str(tmp_path)  # the commands run here, not in the pin directory
+    dirs = ("--dir", bpffs, "--meta-dir", meta)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pymemcg", *args], capture_output=True,
+                              text=True, cwd=elsewhere)
+
+    def ours():  # the kernel pins maps.debug and progs.debug in every bpffs root
+        return sorted(set(os.listdir(bpffs)) - {"maps.debug", "progs.debug"})
+    for name in "abcd":
+        assert cli("pin", root, "--name", name, "--stats", "usage", *dirs).returncode == 0
+    r = cli("unpin", "a", *dirs)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"unpinned {bpffs}/a", f"removed {meta}/a.json"]
+    assert ours() == ["b", "c", "d"]
+    r = cli("unpin", "a", *dirs)  # nothing left: an error, not "unpinned"
+    assert (r.returncode, r.stdout) == (2, ""), r
+    assert "nothing to remove" in r.stderr and f"{bpffs}/a" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = cli("unpin", os.path.relpath(os.path.join(bpffs, "b"), elsewhere), *dirs)  # a path
+    assert r.returncode == 0 and ours() == ["c", "d"], r.stderr
+
+    for name in "cd":  # orphans: their metadata is gone, the pins still serve
+        os.unlink(os.path.join(meta, f"{name}.json"))
+    r = cli("pins", *dirs)
+    assert r.returncode == 0
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()}
+    assert sorted(lines) == [f"{bpffs}/c", f"{bpffs}/d"]
+    assert all("ORPHAN" in line and "no metadata" in line for line in lines.values())
+    command = re.search(r"`pymemcg (unpin [^`]*)`", lines[f"{bpffs}/c"]).group(1).split()
+    assert command == ["unpin", f"{bpffs}/c", "--meta-dir", meta]
+    r = cli(*command)
+    assert r.returncode == 0 and ours() == ["d"], r.stderr
+    r = cli("unpin", "--stale", *dirs)
+    assert r.returncode == 0 and r.stdout.splitlines() == [f"removed stale {bpffs}/d"]
+    assert ours() == [] and os.listdir(meta) == []
+    assert cli("pins", *dirs).stdout == ""
+
+
+def test_pin_reader_that_never_gets_a_whole_trailer_says_retry(monkeypatch):
+    """A session whose trailer says another session took the bookkeeping
+    (visited = 2**64-1) every time is EAGAIN, not a tree too big for the pin."""
+    import errno
+    from pymemcg import decode
+    doc = {"format": decode.FORMAT_VERSION, "tree": True, "stats": ["usage"], "local": False,
+           "root": "/x", "cgroup_id": 5}
+    reader = pins.PinReader.from_doc("/nowhere/pin", doc)
+    buf = decode.encode_record(reader.layout, 5, 1, 1, 0, 1, [7]) + decode.encode_trailer(
+        9, 2**64 - 1, decode.selection_digest(["usage"], False, False))
+
+    def session():
+        reader._buf[:len(buf)] = buf
+        return len(buf)
+    monkeypatch.setattr(reader, "_session", session)
+    with pytest.raises(pymemcg.ReadError, match="read again") as e:
+        reader.records()
+    assert e.value.errno == errno.EAGAIN and not isinstance(e.value, pins.PinTooSmall)

@@ -153,3 +153,59 @@ def test_unchanged_tree_reuses_its_paths(bpf_ok, cgroups):
         os.rmdir(y)
         s4 = r.read_tree(base)
         assert sorted(s4) == sorted(s1) and s4.root + "/y" not in s4
+
+
+def test_overflow_tree_read_by_two_processes_of_one_program(bpf_ok, cgroups):
+    """A forked child reads through its parent's program: both walk trees
+    that need the overflow map at the same time, on the same map and
+    bookkeeping. Each read is the whole tree or, when the other process's
+    sessions kept taking the map, ReadError(EAGAIN); never a partial or
+    mixed tree."""
+    import errno
+    import pickle
+    import time
+    expected = set(_make_tree(cgroups, 500).values()) | {os.stat(cgroups.base).st_ino}
+    seconds = 3.0
+    with pymemcg.Reader(stats=["usage", "anon", "file", "pgfault", "oom_kill"],
+                        backend="bpf", shared_pins=False) as r:
+        be = r._backend
+        first = r.read_tree(cgroups.base)
+        assert {x.id for x in first.records} == expected
+        assert len(expected) > be._state["prog"].seq_budget  # the map is needed
+        prog = be._state["prog"].prog
+
+        def loop():
+            out = {"whole": 0, "eagain": 0, "bad": []}
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                try:
+                    snap = r.read_tree(cgroups.base)
+                except pymemcg.ReadError as e:
+                    if e.errno != errno.EAGAIN:
+                        out["bad"].append(str(e))
+                    out["eagain"] += e.errno == errno.EAGAIN
+                    continue
+                ids = [x.id for x in snap.records]
+                if len(ids) == len(expected) and set(ids) == expected:
+                    out["whole"] += 1
+                else:
+                    out["bad"].append((len(ids), len(set(ids) ^ expected)))
+            # the same program throughout (a reload would not share the map)
+            out["same"] = be._state["prog"].prog == prog
+            return out
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(rfd)
+                os.write(wfd, pickle.dumps(loop()))
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        mine = loop()
+        with os.fdopen(rfd, "rb") as f:
+            child = pickle.loads(f.read())
+        os.waitpid(pid, 0)
+    for who, out in (("parent", mine), ("child", child)):
+        assert out["bad"] == [] and out["same"], (who, out)
+        assert out["whole"] > 0, (who, out)
