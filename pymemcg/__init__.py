@@ -14,9 +14,10 @@ from .decode import Record, Snapshot
 from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, FlushUnavailable,
                      MalformedData, NoBtf,
                      NoMemoryController, NotACgroup, PermissionDenied, ReadError,
-                     StatUnavailable, UnknownStat, VerifierRejected)
+                     StatUnavailable, UnknownStat, VerifierRejected, VerifyUnavailable)
 from .reader import FallbackWarning, Reader, StatInfo, stats
 from . import pins  # shared pins: pin(), PinReader (imports no BPF code)
+from .verify import verify  # the proof of exact on this host (`pymemcg verify`)
 
 from ._version import __version__
 
@@ -25,5 +26,5 @@ __all__ = [
     "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "FlushUnavailable",
     "MalformedData", "NoBtf",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "StatUnavailable",
-    "UnknownStat", "VerifierRejected", "__version__", "pins",
+    "UnknownStat", "VerifierRejected", "VerifyUnavailable", "verify", "__version__", "pins",
 ]

@@ -97,16 +97,20 @@ def _read(path: str) -> Optional[str]:
         raise ReadError(e.errno, f"cannot read {path}: {e.strerror}") from None
 
 
-def _read_number(path: str) -> Optional[int]:
-    text = _read(path)
-    if text is None:
-        return None
+def parse_number(text: str, what: str) -> int:
+    """A one-number file's text (memory.current, limit_in_bytes, ...) -> int;
+    "max" is unlimited: PAGE_COUNTER_MAX_BYTES."""
     text = text.strip()
     if text == "max":
         return PAGE_COUNTER_MAX_BYTES
     if not text.isdigit():
-        raise MalformedData(f"{path}: expected a number, got {text[:30]!r}")
+        raise MalformedData(f"{what}: expected a number, got {text[:30]!r}")
     return int(text)
+
+
+def _read_number(path: str) -> Optional[int]:
+    text = _read(path)
+    return None if text is None else parse_number(text, path)
 
 
 _printed_keys: Dict[str, frozenset] = {}
