@@ -10,9 +10,10 @@ What it does, in a few seconds:
    and local (`Reader(stats=..., backend="bpf")`), before it touches anything:
    a host where BPF cannot run fails here, with nothing made.
 2. Makes a probe cgroup under the caller's own memory cgroup (or `parent`):
-   `probe/work` (anonymous memory, fsynced and mapped page cache, shmem, a
-   dirty file), `probe/mid/leaf` (a smaller charge one level deeper) and
-   `probe/oom` (a small limit and a process the OOM killer kills). One child
+   `probe/work` (anonymous memory in small and huge pages, fsynced and mapped
+   page cache, shmem, a dirty file, a thread), `probe/mid/leaf` (a smaller
+   charge one level deeper) and `probe/oom` (a small limit, clean page cache
+   for reclaim to take, and a process the OOM killer kills). One child
    Python process charges them all: it forks one worker per cgroup, and each
    worker moves itself into its cgroup before it allocates.
 3. Waits for the probe to go quiet and for the kernel's periodic stats flush
@@ -82,6 +83,7 @@ class Workload:
     is `oom_limit`: the OOM killer ends it."""
 
     anon: int = 16 * MiB
+    thp: int = 4 * MiB           # anonymous, MADV_HUGEPAGE
     cache: int = 8 * MiB         # written, fsynced, read back
     mapped: int = 2 * MiB        # of that cache, mapped and touched
     shmem: int = 4 * MiB         # a memfd
@@ -89,6 +91,7 @@ class Workload:
     leaf_anon: int = 4 * MiB     # probe/mid/leaf
     leaf_shmem: int = 1 * MiB
     oom_limit: int = 16 * MiB
+    oom_cache: int = 8 * MiB     # clean page cache in oom, for reclaim to take
     hog: int = 96 * MiB
 
 
@@ -344,7 +347,7 @@ def _write(path: str, text: str) -> None:
 # died, and on end of stdin (the caller closed it, or died) kills its workers
 # and exits. Only the standard library, one interpreter start.
 _DRIVER = r'''
-import ctypes, json, mmap, os, select, signal, sys, tempfile, time
+import ctypes, json, mmap, os, select, signal, sys, tempfile, threading, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 cfg = json.loads(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
@@ -352,12 +355,22 @@ PAGE = mmap.PAGESIZE
 CHUNK = b"\xa5" * 65536
 me = os.getpid()
 
-def anon(size):
+def anon(size, huge=False):
     m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-    m.madvise(mmap.MADV_NOHUGEPAGE)  # one fault a page, whatever THP is set to
+    # small pages: one fault a page, whatever THP is set to; huge: THP where
+    # the kernel has it (a region of 2 MiB aligned pages at least)
+    m.madvise(mmap.MADV_HUGEPAGE if huge else mmap.MADV_NOHUGEPAGE)
     for i in range(0, size, PAGE):
         m[i] = 1
     return m
+
+def cached(size):
+    """A clean page-cache file of `size` bytes (unlinked from the start)."""
+    f = tempfile.TemporaryFile(dir=cfg["cache_dir"])
+    fill(f.fileno(), size)
+    os.fsync(f.fileno())
+    os.pread(f.fileno(), size, 0)
+    return f
 
 def fill(fd, size):
     for _ in range(size // len(CHUNK)):
@@ -365,14 +378,16 @@ def fill(fd, size):
     os.write(fd, CHUNK[:size % len(CHUNK)])
 
 def charge(job):
-    keep = []
+    # a thread's kernel stack is charged where it is made: here (the
+    # process's own was charged to the driver's cgroup, at fork)
+    keep = [threading.Thread(target=threading.Event().wait, daemon=True)]
+    keep[0].start()
     if job.get("anon"):
         keep.append(anon(job["anon"]))
+    if job.get("thp"):
+        keep.append(anon(job["thp"], huge=True))
     if job.get("cache"):
-        f = tempfile.TemporaryFile(dir=cfg["cache_dir"])
-        fill(f.fileno(), job["cache"])
-        os.fsync(f.fileno())
-        os.pread(f.fileno(), job["cache"], 0)
+        f = cached(job["cache"])
         m = mmap.mmap(f.fileno(), job["mapped"], mmap.MAP_SHARED, mmap.PROT_READ)
         for i in range(0, job["mapped"], PAGE):
             m[i]
@@ -386,6 +401,9 @@ def charge(job):
         fill(f.fileno(), job["dirty"])
         keep.append(f)
     if job.get("hog"):
+        # clean page cache first, for reclaim to scan and evict before the
+        # anonymous memory (which has no swap to go to) brings the OOM kill
+        keep.append(cached(job["hog_cache"]))
         anon(job["hog"])  # the cgroup's limit is far lower: the OOM killer ends this
     return keep
 
@@ -514,11 +532,11 @@ class _Probe:
                 _write(os.path.join(oom, "memory.swap.max"), "0")
         w = self.workload
         jobs = [
-            {"name": "work", "cgroup": self.cgroup("work"), "anon": w.anon, "cache": w.cache,
-             "mapped": w.mapped, "shmem": w.shmem, "dirty": w.dirty},
+            {"name": "work", "cgroup": self.cgroup("work"), "anon": w.anon, "thp": w.thp,
+             "cache": w.cache, "mapped": w.mapped, "shmem": w.shmem, "dirty": w.dirty},
             {"name": "mid/leaf", "cgroup": self.cgroup("mid/leaf"), "anon": w.leaf_anon,
              "shmem": w.leaf_shmem},
-            {"name": "oom", "cgroup": oom, "hog": w.hog},
+            {"name": "oom", "cgroup": oom, "hog": w.hog, "hog_cache": w.oom_cache},
         ]
         cfg = {"jobs": jobs, "cache_dir": self.cache_dir, "timeout": self.timeout}
         self.driver = subprocess.Popen(
