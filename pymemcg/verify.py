@@ -649,7 +649,7 @@ def _served(reader) -> List[str]:
     return [n for n, src in reader.sources.items() if src.startswith("bpf/")]
 
 
-def _open_readers(version: int):
+def _open_readers():
     """(hierarchical Reader, local Reader): every catalog stat, BPF only."""
     from .reader import Reader
     names = list(catalog.STATS)
@@ -711,7 +711,7 @@ def verify(parent: Optional[str] = None, *, workload: Workload = Workload(),
         raise VerifyUnavailable(f"this process is in no memory cgroup: pass parent= a "
                                 f"directory under {mount.mountpoint}")
     parent = resolve_cgroup(parent).path
-    hier, local = _open_readers(version)
+    hier, local = _open_readers()
     probe = _Probe(parent, version, workload, cache_dir, timeout)
     try:
         probe.open()
@@ -722,8 +722,10 @@ def verify(parent: Optional[str] = None, *, workload: Workload = Workload(),
         read_method = hier.read_method
     finally:
         try:
-            hier.close()
-            local.close()
+            try:
+                hier.close()
+            finally:
+                local.close()
         finally:
             probe.close()
     stats = [_summarise(name, checks.get(name, []), why_not.get(name, ""))
