@@ -142,7 +142,9 @@ def test_compared_values_are_real(run):
     assert value("shmem", "work") >= w.shmem
     assert value("file", "work") >= w.cache + w.shmem + w.dirty
     assert value("file_mapped", "work") >= w.mapped
-    assert value("file_dirty", "work") > 0          # written back by now only on a busy host
+    # the dirty file is written back after 30 s, or sooner when the host
+    # writes a lot: its value is compared, but may be 0
+    assert by["file_dirty"].outcome == vmod.EXACT
     assert value("usage", ".") >= w.anon + w.cache + w.shmem + w.leaf_anon
     assert value("anon", ".") >= w.anon + w.leaf_anon   # hierarchical: the children's sum
     assert value("oom_kill", "oom") == 1
