@@ -127,12 +127,13 @@ sdist: $(VPY)
 clean:
 	rm -rf $(OUTPUT) $(VENV) *.egg-info pymemcg/_pymemcg*.so
 
-# make matrix: the parity tests (tests/test_parity.py, PYMEMCG_REQUIRE_BPF=1)
-# on Debian's 6.1 and 6.12 cloud kernels under qemu (software emulation;
-# guests 6.1 cgroup v2, 6.12 v2, 6.1 v1), each with this checkout's .venv
-# (the host's root shared read-only over virtiofs), and natively on this
-# host. Prints PASS/FAIL per guest and fails if any guest failed or did not
-# boot. Writes build/vm/results/*.json, docs/matrix.md and the README's
+# make matrix: `pymemcg verify --format json` (every stat BPF serves against
+# the kernel's own files) and the parity tests (tests/test_parity.py,
+# PYMEMCG_REQUIRE_BPF=1) on Debian's 6.1, 6.12 and 7.2 cloud kernels under
+# qemu (software emulation; guests 6.1 cgroup v2, 6.12 v2, 6.1 v1, 7.2 v2),
+# each with this checkout's .venv (the host's root shared read-only over
+# virtiofs), and natively on this host. Prints PASS/FAIL per guest and fails
+# if any guest failed, did not boot, or verify found a mismatch. Writes build/vm/results/*.json, docs/matrix.md and the README's
 # matrix block. The kernels are pinned in vm/matrix.py. A few minutes.
 # make vm-deps: the Debian packages it needs besides `make deps`.
 VM_APT_PACKAGES := qemu-system-x86 curl busybox-static e2fsprogs xz-utils zstd

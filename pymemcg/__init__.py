@@ -14,9 +14,11 @@ from .decode import Record, Snapshot
 from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, FlushUnavailable,
                      MalformedData, NoBtf,
                      NoMemoryController, NotACgroup, PermissionDenied, ReadError,
-                     SelectionMismatch, StatUnavailable, UnknownStat, VerifierRejected)
+                     SelectionMismatch, StatUnavailable, UnknownStat, VerifierRejected,
+                     VerifyUnavailable)
 from .reader import FallbackWarning, Reader, StatInfo, stats
 from . import pins  # shared pins: pin(), PinReader (imports no BPF code)
+from .verify import verify  # the proof of exact on this host (`pymemcg verify`)
 
 from ._version import __version__
 
@@ -25,6 +27,6 @@ __all__ = [
     "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "FlushUnavailable",
     "MalformedData", "NoBtf",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",
-    "StatUnavailable",
-    "UnknownStat", "VerifierRejected", "__version__", "pins",
+    "StatUnavailable", "UnknownStat", "VerifierRejected", "VerifyUnavailable", "verify",
+    "__version__", "pins",
 ]

@@ -7,13 +7,15 @@
     pymemcg export [ROOT] [--listen ADDR:PORT] [--stats ...]     (the `prometheus` extra)
     pymemcg doctor [--format text|json]
     pymemcg stats [--format table|json]
+    pymemcg verify [--format table|json] [--parent DIR]
     pymemcg bench [...]                                           (python -m pymemcg.bench)
     pymemcg --version
 
 Exit status: 0 on success, and when top, watch or export is stopped (q,
 Ctrl-C, SIGTERM); 2 for user errors (pymemcg.Error, printed as
 `pymemcg: <message>`, and bad arguments); doctor exits 1 when only the text
-backend works here. Colour only on a terminal (--color, NO_COLOR).
+backend works here; verify exits 1 when a stat
+differs from the kernel's files. Colour only on a terminal (--color, NO_COLOR).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ WATCH_STATS = catalog.DEFAULT_STATS
 
 EXIT_OK = 0
 EXIT_DEGRADED = 1       # doctor: BPF does not work here, text does
+EXIT_MISMATCH = 1       # verify: a stat differs from the kernel's files
 EXIT_USAGE = 2          # argparse uses 2 as well
 EXIT_INTERRUPTED = 130
 
@@ -941,6 +944,19 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+# --- verify: the BPF values against the kernel's files, on this host ---
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    from .verify import format_table, to_json, verify
+    with stop_on_sigterm():
+        try:
+            result = verify(args.parent)
+        except Stop:
+            return EXIT_INTERRUPTED
+    out.write(to_json(result) if args.format == "json" else format_table(result))
+    return EXIT_OK if result.ok else EXIT_MISMATCH
+
+
 # --- entry point ---
 
 def cmd_pin(args: argparse.Namespace, out: TextIO) -> int:
@@ -1100,6 +1116,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--local", action="store_true", help="availability of local values")
     st.add_argument("--format", choices=("table", "json"), default="table")
     st.set_defaults(func=cmd_stats)
+
+    ver = sub.add_parser("verify", parents=[colour],
+                         help="prove here that every BPF stat equals the kernel's own files",
+                         description="Make a probe cgroup under this process's memory cgroup, "
+                                     "charge known memory in it (and an OOM kill), compare "
+                                     "every stat the BPF backend serves with memory.stat and "
+                                     "the other cgroup files, and remove the probe. Stats no "
+                                     "kernel file prints here are listed as not compared. "
+                                     "Exit status 1 on any mismatch. Needs root.")
+    ver.add_argument("--format", choices=("table", "json"), default="table")
+    ver.add_argument("--parent", metavar="DIR",
+                     help="make the probe under this cgroup (default: this process's own)")
+    ver.set_defaults(func=cmd_verify)
 
     from .pins import META_DIR, SHARED_PIN_DIR
     pin = sub.add_parser("pin", parents=[colour],

@@ -79,3 +79,8 @@ class SelectionMismatch(MalformedData):
 
 class Closed(Error, RuntimeError):
     """The Reader was used after close()."""
+
+
+class VerifyUnavailable(Error, RuntimeError):
+    """pymemcg.verify() cannot run here (not root, no memory controller,
+    BPF unavailable, no cgroup to make its probe in)."""

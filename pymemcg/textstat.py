@@ -102,16 +102,20 @@ def _read(path: str, dir_fd: Optional[int] = None) -> Optional[str]:
         os.close(fd)
 
 
-def _read_number(path: str, dir_fd: Optional[int] = None) -> Optional[int]:
-    text = _read(path, dir_fd)
-    if text is None:
-        return None
+def parse_number(text: str, what: str) -> int:
+    """A one-number file's text (memory.current, limit_in_bytes, ...) -> int;
+    "max" is unlimited: PAGE_COUNTER_MAX_BYTES."""
     text = text.strip()
     if text == "max":
         return PAGE_COUNTER_MAX_BYTES
     if not text.isdigit():
-        raise MalformedData(f"{path}: expected a number, got {text[:30]!r}")
+        raise MalformedData(f"{what}: expected a number, got {text[:30]!r}")
     return int(text)
+
+
+def _read_number(path: str, dir_fd: Optional[int] = None) -> Optional[int]:
+    text = _read(path, dir_fd)
+    return None if text is None else parse_number(text, path)
 
 
 class _Replaced(Exception):

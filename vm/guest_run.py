@@ -1,4 +1,4 @@
-"""Run the parity tests here and write one result file (JSON).
+"""Run `pymemcg verify` and the parity tests here and write one result file (JSON).
 
 vm/matrix.py runs this inside each qemu guest (chrooted into the host's root
 filesystem, shared read-only, so the Python and the pymemcg install are the
@@ -6,11 +6,14 @@ host's own) and natively on the host. Only the standard library is used
 here; pymemcg and pytest run in subprocesses, exactly as a user runs them:
 
     python -c 'import pymemcg, json; print(json.dumps([s.__dict__ for s in pymemcg.stats()]))'
+    python -m pymemcg verify --format json       (every served stat against the kernel's files)
     python -m pytest tests/test_parity.py        (with PYMEMCG_REQUIRE_BPF=1)
 
 The result file holds the kernel release, the cgroup version, the stats list
-(what is available and how each stat is served), the test outcome counts,
-each failing test's message, and pass/fail.
+(what is available and how each stat is served), verify's outcome per stat
+(exact, mismatch, not compared, and why), the test outcome counts, each
+failing test's message, and pass/fail: a mismatch, or a verify that did not
+run, fails the guest as a failing test does.
 """
 
 from __future__ import annotations
@@ -91,6 +94,28 @@ def run_json(py: str, code: str, env: dict, cwd: str) -> tuple:
         return json.loads(p.stdout.strip().splitlines()[-1]), ""
     except (ValueError, IndexError) as e:
         return None, f"unparsable output ({e}): {p.stdout[-500:]!r} {p.stderr[-500:]!r}"
+
+
+def run_verify(py: str, env: dict, cwd: str, timeout: float = 300) -> dict:
+    """`pymemcg verify --format json`: its exit status, time and result
+    (without the per-check details); "error" when it did not run."""
+    cmd = [py, "-m", "pymemcg", "verify", "--format", "json"]
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"cmd": cmd, "rc": None, "error": f"timed out after {timeout:.0f} s"}
+    out = {"cmd": cmd, "rc": p.returncode, "wall_s": round(time.monotonic() - t0, 1)}
+    try:
+        doc = json.loads(p.stdout)
+    except ValueError:
+        out["error"] = (p.stderr or p.stdout).strip()[-2000:] or f"exit status {p.returncode}"
+        return out
+    for s in doc.get("stats", []):
+        s.pop("checks", None)
+    out.update(doc)
+    return out
 
 
 def run_pytest(py: str, repo: str, env: dict, timeout: float, junit: str) -> dict:
@@ -191,6 +216,17 @@ def main() -> int:
         n_bpf = sum(1 for s in stats if s.get("backend") == "bpf")
         print(f"MATRIX: pymemcg.stats(): {len(stats)} stats, {n_bpf} through BPF", flush=True)
 
+    result["verify"] = v = run_verify(py, env, args.repo)
+    if v.get("error"):
+        print(f"MATRIX: pymemcg verify did not run: {v['error']}", flush=True)
+    else:
+        print(f"MATRIX: pymemcg verify: rc {v['rc']}, {json.dumps(v.get('counts'))}, "
+              f"{v.get('duration_s')} s", flush=True)
+        for s in v.get("stats", []):
+            if s["outcome"] == "mismatch":
+                print(f"MATRIX: verify mismatch {s['name']}: {s['why']}", flush=True)
+    verify_ok = v.get("rc") == 0 and not v.get("error") and v.get("ok") is True
+
     junit = os.path.join(tmp, "junit.xml")
     result["pytest"] = run_pytest(py, args.repo, env, args.timeout, junit)
     counts, cases = parse_junit(junit)
@@ -199,7 +235,7 @@ def main() -> int:
     result["cases"] = cases
     ok = (result["pytest"]["rc"] == 0 and not result["pytest"]["timed_out"] and counts is not None
           and counts["total"] > 0 and counts["failed"] == 0 and counts["errors"] == 0
-          and stats is not None)
+          and stats is not None and verify_ok)
     result["passed"] = ok
     result["duration_s"] = round(time.monotonic() - t0, 1)
 
@@ -209,7 +245,8 @@ def main() -> int:
         f.flush()
         os.fsync(f.fileno())
     os.replace(args.out + ".tmp", args.out)
-    print(f"MATRIX: RESULT {'PASS' if ok else 'FAIL'} {json.dumps(counts)}", flush=True)
+    print(f"MATRIX: RESULT {'PASS' if ok else 'FAIL'} {json.dumps(counts)} verify "
+          f"{json.dumps(v.get('counts') or v.get('error'))}", flush=True)
     return 0 if ok else 1
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Kernel matrix: pymemcg's parity tests on Debian's 6.1, 6.12 and 7.2
-kernels under qemu (software emulation), and natively on this host.
+"""Kernel matrix: `pymemcg verify` and pymemcg's parity tests on Debian's
+6.1, 6.12 and 7.2 kernels under qemu (software emulation), and natively on
+this host.
 
     python3 vm/matrix.py [run]      fetch kernels, boot every guest, run natively,
                                     write build/vm/results/*.json, docs/matrix.md and
@@ -24,7 +25,9 @@ have no 9p): virtiofsd runs in a private mount namespace on a read-only bind
 of /, with only build/vm/out/<guest>/ writable, so the guest runs the very
 Python, pymemcg install and tests that users of this host have. A scratch
 ext4 disk holds /var/tmp (the workloads' page cache). vm/guest_run.py runs
-tests/test_parity.py with PYMEMCG_REQUIRE_BPF=1 and writes result.json.
+`pymemcg verify --format json` (every stat BPF serves there against the
+kernel's own files; a mismatch fails the guest) and tests/test_parity.py with
+PYMEMCG_REQUIRE_BPF=1, and writes result.json.
 The guests run concurrently (each one host thread, -smp 1, 2 GiB); the
 kernels keep Debian's defaults (THP "always") except mitigations=off, which
 only makes emulation faster. MATRIX_KERNEL_ARGS adds kernel arguments.
@@ -724,6 +727,17 @@ def _bpf_backend(r: dict) -> str:
     return f"bpf ({', '.join(kinds)})"
 
 
+def _verify_text(r: dict) -> str:
+    """'verify 30 exact, 0 mismatched' or why verify gave no verdict."""
+    v = r.get("verify")
+    if not v:
+        return "verify did not run"
+    if v.get("error"):
+        return f"verify did not run: {_first_line(v['error'])[:120]}"
+    c = v.get("counts") or {}
+    return f"verify {c.get('exact', 0)} exact, {c.get('mismatch', 0)} mismatched"
+
+
 def matrix_rows(results: List[dict]) -> List[dict]:
     """Two rows per result: the BPF backend and the text backend."""
     rows = []
@@ -735,8 +749,8 @@ def matrix_rows(results: List[dict]) -> List[dict]:
         if r.get("error"):
             tested = f"FAIL: {r['error']}"
         elif counts:
-            tested = (f"{'PASS' if r.get('passed') else 'FAIL'}, {counts.get('passed', 0)}/"
-                      f"{counts.get('total', 0)} parity tests"
+            tested = (f"{'PASS' if r.get('passed') else 'FAIL'}, {_verify_text(r)}, "
+                      f"{counts.get('passed', 0)}/{counts.get('total', 0)} parity tests"
                       + (f", {counts['failed']} failed" if counts.get("failed") else "")
                       + (f", {counts['errors']} errors" if counts.get("errors") else "")
                       + (f", {counts['skipped']} skipped" if counts.get("skipped") else ""))
@@ -745,25 +759,53 @@ def matrix_rows(results: List[dict]) -> List[dict]:
         base = {"kernel": r.get("kernel_release") or r["kernel_series"],
                 "cgroup": f"v{r.get('cgroup')}", "where": r.get("where", ""),
                 "total": len(stats), "passed": bool(r.get("passed"))}
+        v = r.get("verify") or {}
         rows.append(dict(base, backend=_bpf_backend(r), tested=f"{base['where']}: {tested}",
-                         served=bpf,
+                         served=bpf, verify=None if v.get("error") else v.get("counts"),
                          unavailable=[n for n in names if n not in bpf]))
         text = _text_served(r)
-        rows.append(dict(base, backend="text", tested="reference of the parity tests",
-                         passed=text is not None, served=text or [],
+        rows.append(dict(base, backend="text", tested="the kernel's own files (the reference)",
+                         passed=text is not None, served=text or [], verify=None,
                          unavailable=[n for n in names if n not in (text or [])]))
     return rows
 
 
 def summary_table(results: List[dict]) -> str:
-    lines = ["| kernel | cgroup | backend | tested here | exact stats | unavailable stats |",
-             "|---|---|---|---|---:|---:|"]
+    lines = ["| kernel | cgroup | backend | tested here | served | compared: exact | "
+             "mismatched | served, not compared | unavailable |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for row in matrix_rows(results):
         n = len(row["served"])
-        exact = f"{n} of {row['total']}" if row["passed"] else f"unverified ({n} served)"
+        c = row["verify"]
+        if row["backend"] == "text":
+            exact, bad, unc = ("reference" if row["passed"] else "?"), "-", "-"
+        elif c is None:
+            exact, bad, unc = "unverified", "-", "-"
+        else:
+            exact = f"{c['exact']}" + (f" ({c['exact_nonzero']} nonzero)"
+                                       if "exact_nonzero" in c else "")
+            bad, unc = str(c["mismatch"]), str(c["not compared"])
         lines.append(f"| {row['kernel']} | {row['cgroup']} | {row['backend']} | "
-                     f"{row['tested']} | {exact} | {len(row['unavailable'])} |")
+                     f"{row['tested']} | {n} of {row['total']} | {exact} | {bad} | {unc} | "
+                     f"{len(row['unavailable'])} |")
     return "\n".join(lines)
+
+
+def _verify_groups(r: dict) -> Dict[str, List[str]]:
+    """verify's outcome per stat, grouped: exact, mismatched (with the
+    values), and not compared by reason (the reason without its example)."""
+    groups: Dict[str, List[str]] = {}
+    v = r.get("verify") or {}
+    for s in v.get("stats") or []:
+        if s["outcome"] == "exact":
+            groups.setdefault("verify: compared, exact", []).append(s["name"])
+        elif s["outcome"] == "mismatch":
+            groups.setdefault("verify: MISMATCH", []).append(
+                f"{s['name']} (bpf {s['bpf']}, file {s['file']}: {s['why']})")
+        else:
+            why = re.sub(r" \([^()]*\)$", "", s.get("why") or "no reason given")
+            groups.setdefault(f"verify: served, not compared ({why})", []).append(s["name"])
+    return groups
 
 
 def render_doc(results: List[dict]) -> str:
@@ -771,13 +813,21 @@ def render_doc(results: List[dict]) -> str:
            "Generated by `make matrix` (`vm/matrix.py`) from `build/vm/results/*.json`; do not "
            "edit by hand. Each guest boots a pinned Debian cloud kernel under qemu (TCG) with "
            "this checkout's Python and pymemcg install (the host's root filesystem, shared "
-           "read-only) and runs `tests/test_parity.py` with `PYMEMCG_REQUIRE_BPF=1`; the "
-           "host's own kernel runs the same natively.", "",
-           "- bpf, exact: the stats the BPF backend serves there (`pymemcg.stats()`), each "
-           "checked equal to the kernel's own files by the parity tests; when a test failed "
-           "they count as unverified.",
-           "- text, exact: the stats the text backend returned for a fresh cgroup there "
-           "(the kernel's own files, so exact by definition).",
+           "read-only) and runs `pymemcg verify --format json` and `tests/test_parity.py` "
+           "with `PYMEMCG_REQUIRE_BPF=1`; the host's own kernel runs the same natively. A "
+           "mismatch found by verify fails the guest.", "",
+           "- served: the stats the backend serves there (`pymemcg.stats()`).",
+           "- compared: exact: served stats that `pymemcg verify` compared with the kernel's "
+           "own files there (memory.stat, memory.current or usage_in_bytes, memory.events "
+           "or oom_control, peak, limit, failcnt, swap and memsw files; every cgroup of its "
+           "probe, hierarchical and local, single reads and tree walks) and found equal in "
+           "every comparison (in brackets: how many of them with a value other than 0 "
+           "somewhere in the probe); mismatched: those that differed.",
+           "- served, not compared: served by BPF, but no kernel file prints them there "
+           "(cgroup v1's memory.stat prints about 20 keys), so nothing could check them: "
+           "not counted as exact. The reason for each is below.",
+           "- text: the stats the text backend returned for a fresh cgroup there (the "
+           "kernel's own files, the reference).",
            "- unavailable: reported as unavailable by that backend (`None`, never a made-up 0).",
            "",
            "Pinned kernels: " + "; ".join(f"`{k.package}` {k.version}"
@@ -801,6 +851,15 @@ def render_doc(results: List[dict]) -> str:
                           else ""))
         out.append(f"- result: {'PASS' if r.get('passed') else 'FAIL'}"
                    + (f" ({r['error']})" if r.get("error") else ""))
+        v = r.get("verify") or {}
+        if v.get("counts"):
+            c = v["counts"]
+            out.append(f"- `pymemcg verify`: {c['served']} served, {c['exact']} compared and "
+                       f"exact ({c.get('exact_nonzero', '?')} of them with a nonzero value), "
+                       f"{c['mismatch']} mismatched, {c['not compared']} not compared; "
+                       f"{c.get('comparisons', '?')} comparisons in {v.get('duration_s')} s")
+        elif v:
+            out.append(f"- `pymemcg verify` did not run: {_first_line(v.get('error', ''))}")
         for c in r.get("cases") or []:
             if c["outcome"] != "passed":
                 out.append(f"  - {c['outcome']} `{c['test']}`: "
@@ -811,6 +870,7 @@ def render_doc(results: List[dict]) -> str:
             if s.get("backend") == "bpf":
                 how = s["via"].split(":")[0]
                 groups.setdefault(f"bpf ({how})", []).append(s["name"])
+        groups.update(_verify_groups(r))
         text = _text_served(r)
         if text is not None:
             groups["text (fresh cgroup)"] = text
@@ -871,11 +931,18 @@ def summarize(results: List[dict]) -> bool:
         counts = r.get("counts") or {}
         t = (f"boot {r['boot_s']:.1f}s, " if "boot_s" in r else "") + f"wall {r.get('wall_s')}s"
         cstr = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "no tests ran"
+        vc = (r.get("verify") or {}).get("counts")
+        cstr += (f"; verify: {vc['exact']} exact, {vc['mismatch']} mismatched, "
+                 f"{vc['not compared']} not compared" if vc else "; verify: did not run")
         print(f"{'PASS' if ok else 'FAIL'}  {r['guest']:<8} "
               f"{r.get('kernel_release') or r.get('kernel_package', '?'):<28} "
               f"{r.get('where', ''):<19} {cstr}  ({t})")
         if r.get("error"):
             print(f"      error: {r['error']}")
+        for name in _verify_groups(r).get("verify: MISMATCH", []):
+            print(f"      verify mismatch: {name}")
+        if (r.get("verify") or {}).get("error"):
+            print(f"      verify did not run: {_first_line(r['verify']['error'])[:400]}")
         for c in r.get("cases") or []:
             if c["outcome"] in ("failed", "errors"):
                 print(f"      {c['outcome']} {c['test']}: {_first_line(c.get('message'))[:400]}")
@@ -939,7 +1006,8 @@ def cmd_run(args) -> int:
 
     results = []
     if not args.no_native:
-        log(f"native: tests/test_parity.py on this host ({platform.release()})")
+        log(f"native: pymemcg verify and tests/test_parity.py on this host "
+            f"({platform.release()})")
         r = run_native(python, args.timeout)
         save(r)
         log(f"native: {'PASS' if r.get('passed') else 'FAIL'} in {r['wall_s']} s")
