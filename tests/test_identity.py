@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import pymemcg
+from pymemcg import pins
 from pymemcg.bpf import BpfBackend
 from pymemcg.cgroupfs import memory_mount, resolve_cgroup
 
@@ -124,7 +126,9 @@ UNIVERSE = TOP + [f"{t}/{c}" for t in TOP for c in ("x", "y")]
 class CgroupTreeMachine(RuleBasedStateMachine):
     """mkdir, rename, rmdir and moving a task over a small tree, with reads
     through long-lived readers (whose caches are what is under test) checked
-    against st_ino and the directory's own files after every step."""
+    against st_ino and the directory's own files after every step: a BPF
+    Reader, a BPF backend on iterator sessions, a text Reader, a Reader
+    through shared pins (the base's tree and "a" alone), and PinReaders."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -132,10 +136,30 @@ class CgroupTreeMachine(RuleBasedStateMachine):
         self.base = self.factory.base
         self.renames = renames_allowed(self.base)
         self.limits = 0
-        self.readers = [pymemcg.Reader(STATS, backend="bpf", shared_pins=False),
-                        session_backend(STATS), pymemcg.Reader(STATS, backend="text")]
+        self.pin_root = tempfile.mkdtemp(prefix="pymemcg-sm-", dir="/tmp")
+        self.bpffs, self.meta = self.pin_root + "/bpf", self.pin_root + "/meta"
+        os.mkdir(self.bpffs)
+        subprocess.run(["mount", "-t", "bpf", "-o", "mode=0700", "bpf", self.bpffs], check=True)
+        self.factory.make("a")
+        self.readers, self.pins = [], []
         self.task = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                                      stdin=subprocess.PIPE)
+        try:
+            self.tree_pin = pins.pin(self.base, "tree", STATS, directory=self.bpffs,
+                                     meta_dir=self.meta)
+            self.pins.append(self.tree_pin)
+            self.a_pin = pins.pin(self.path("a"), "a", STATS, tree=False, directory=self.bpffs,
+                                  meta_dir=self.meta)
+            self.pins.append(self.a_pin)
+            self.a_id = os.stat(self.path("a")).st_ino
+            self.readers = [pymemcg.Reader(STATS, backend="bpf", shared_pins=False),
+                            session_backend(STATS), pymemcg.Reader(STATS, backend="text"),
+                            pymemcg.Reader(STATS, backend="bpf",
+                                           shared_pins=(self.bpffs, self.meta))]
+            assert self.readers[3].backend == "pins"
+        except BaseException:
+            self.teardown()
+            raise
         self.task_at = ""  # relpath under base ("" = base itself)
         self.move_task("")
 
@@ -195,7 +219,7 @@ class CgroupTreeMachine(RuleBasedStateMachine):
     def move(self, data):
         self.move_task(data.draw(st.sampled_from([""] + [r for r in UNIVERSE if self.exists(r)])))
 
-    @rule(rel=st.sampled_from(UNIVERSE), which=st.integers(0, 2))
+    @rule(rel=st.sampled_from(UNIVERSE), which=st.integers(0, 3))
     def read(self, rel, which):
         reader = self.readers[which]
         if not self.exists(rel):
@@ -204,9 +228,27 @@ class CgroupTreeMachine(RuleBasedStateMachine):
             return
         check_answer(reader.read(self.path(rel)), self.path(rel))
 
-    @rule(which=st.integers(0, 2))
+    @rule(which=st.integers(0, 3))
     def read_tree(self, which):
-        snap = self.readers[which].read_tree(self.base)
+        self.check_tree(self.readers[which].read_tree(self.base))
+
+    @rule()
+    def read_tree_pin(self):
+        self.check_tree(pins.PinReader(self.tree_pin.path, self.meta).read())
+
+    @rule()
+    def read_single_pin(self):
+        """The pin serves the cgroup that was "a" when pinned: it answers
+        while that cgroup is still there, and says so when it is not."""
+        reader = pins.PinReader(self.a_pin.path, self.meta)
+        here = os.stat(self.path("a")).st_ino if self.exists("a") else None
+        if here == self.a_id:
+            check_answer(reader.read(), self.path("a"))
+        else:
+            with pytest.raises((pins.PinMoved, pymemcg.ReadError)):
+                reader.read()
+
+    def check_tree(self, snap):
         mountpoint = memory_mount().mountpoint
         on_disk = {resolve_cgroup(self.path(r)).relpath for r in [""] + UNIVERSE if self.exists(r)}
         assert set(snap) == on_disk
@@ -224,6 +266,12 @@ class CgroupTreeMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         for r in self.readers:
             r.close()
+        for pin in self.pins:
+            pins.unpin(pin.path, self.meta)
+        subprocess.run(["umount", self.bpffs], check=True)
+        for d in (self.meta, self.bpffs, self.pin_root):
+            if os.path.isdir(d):
+                os.rmdir(d)
         if self.task.poll() is None:
             self.move_task("")
             self.task.send_signal(signal.SIGKILL)
