@@ -244,12 +244,14 @@ def spec_lines(stats: Sequence[str] = STATS) -> List[str]:
 
     The selection bench/memcg_bench loads, the same that Reader(stats) loads.
     """
-    from . import bpf, layout
+    from . import layout
+    from .kernel_facts import kernel_facts
+    from .programs import PAGE_SIZE
     mount = memory_mount()
     version = mount.version if mount else 2
     lines = [f"# pymemcg {__version__}, kernel {os.uname().release}, cgroup v{version}: "
              f"name kind slot item flags scale"]
-    for r in layout.resolve(list(stats), bpf.kernel_facts(), version, bpf.PAGE_SIZE):
+    for r in layout.resolve(list(stats), kernel_facts(), version, PAGE_SIZE):
         lines.append(f"{r.stat.name} {r.kind} {r.slot} {r.item} {r.flags} {r.scale}")
     return lines
 
@@ -578,7 +580,7 @@ def split_tree(reader: Reader, root: str, iterations: int, rounds: int) -> Dict[
     (the whole read_tree). Uses the backend's internals; {} if they moved."""
     try:
         be = reader._backend
-        from .bpf import ORDER_DESCENDANTS_PRE
+        from .programs import ORDER_DESCENDANTS_PRE
         link = be._link(be._roots[root], ORDER_DESCENDANTS_PRE)
         methods = {"session": lambda: be._session(link), "records": lambda: be._walk(link),
                    "read_tree": lambda: reader.read_tree(root)}

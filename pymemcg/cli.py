@@ -763,10 +763,10 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
                             data={"euid": euid, **has}))
 
     # bpffs: only shared pins need it; a Reader's own links are fds
-    from .bpf import BPFFS, _is_bpffs
+    from .bpffs import BPFFS, is_bpffs
     from .pins import SHARED_PIN_DIR
     try:
-        mounted = _is_bpffs(BPFFS)
+        mounted = is_bpffs(BPFFS)
     except OSError:
         mounted = False
     if mounted:
@@ -834,7 +834,7 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
         status = "ok" if by["bpf"] else "warn"
     else:
         # BPF does not load: what the text backend serves is what this host gets
-        from .textstat import printed_keys, text_availability
+        from .memory_stat import printed_keys, text_availability
         version_here = mount.version if mount is not None else 2
         keys = printed_keys(mount.mountpoint) if mount is not None else None
         text_ok = [s.name for s in infos

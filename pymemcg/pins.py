@@ -167,8 +167,9 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
     replaced or widened: an existing name is an error (unpin it first).
     """
     from ._pymemcg import lib
-    from .bpf import (BPFFS, ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, BpfBackend, ensure_bpffs,
-                      object_digest)
+    from .backends.bpf import BpfBackend
+    from .bpffs import BPFFS, ensure_bpffs
+    from .programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, object_digest
 
     if not name or "/" in name or name.startswith("."):
         raise InvalidPin(f"pin name {name!r}: use a plain file name")
@@ -257,7 +258,7 @@ def unpin(pin: str, meta_dir: str = META_DIR, directory: str = SHARED_PIN_DIR) -
 
 
 def _info(path: str, meta_dir: str) -> PinInfo:
-    from .bpf import object_digest
+    from .programs import object_digest
     meta = _meta_path(path, meta_dir)
     doc = _read_meta(path, meta_dir)
     st = os.stat(path)

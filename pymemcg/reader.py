@@ -44,14 +44,14 @@ def _own_backend(stats: List[str], local: bool, flush: bool, backend: str, mount
     """A Reader's own backend: BPF, else (auto) text with a FallbackWarning."""
     if backend in ("auto", "bpf"):
         try:
-            from .bpf import BpfBackend
+            from .backends.bpf import BpfBackend
             return BpfBackend(stats, local, mount.version, mount.mountpoint, flush=flush)
         except BpfUnavailable as e:
             if backend == "bpf" or _bpf_required():
                 raise
             warnings.warn(f"pymemcg: BPF backend unavailable, reading memory.stat text "
                           f"instead: {e}", FallbackWarning, stacklevel=stacklevel)
-    from .textstat import TextBackend
+    from .backends.text import TextBackend
     return TextBackend(stats, local, mount.version, mount.mountpoint)
 
 
@@ -91,7 +91,7 @@ class Reader:
         self._backend = None
         self._lock = threading.Lock()
         if backend in ("auto", "bpf") and shared_pins and not flush:
-            from .pinned import PinnedBackend
+            from .backends.pinned import PinnedBackend
             self._backend = PinnedBackend.for_reader(
                 self.stats, local, shared_pins,
                 functools.partial(_own_backend, self.stats, local, flush, backend, mount, 4),
@@ -173,14 +173,14 @@ class StatInfo:
 
 def stats(local: bool = False) -> List[StatInfo]:
     """Every stat name with its unit, meaning and how this host serves it."""
-    from .textstat import printed_keys, text_availability
+    from .memory_stat import printed_keys, text_availability
     mount = memory_mount()
     version = mount.version if mount else 2
     keys = printed_keys(mount.mountpoint) if mount else None
     bpf_res = {}
     bpf_error = ""
     try:
-        from .bpf import PAGE_SIZE
+        from .programs import PAGE_SIZE
         from .kernel_facts import kernel_facts
         from .layout import resolve
         facts = kernel_facts()

@@ -55,8 +55,8 @@ from . import catalog
 from .catalog import COUNTER, MEMEVENT
 from .cgroupfs import memory_mount, own_memory_cgroup, resolve_cgroup
 from .errors import BpfUnavailable, Error, VerifyUnavailable
-from .textstat import (_EVENTS_KEYS, _SWAP_EVENTS_KEYS, _V1_COUNTER_FILES, _V2_COUNTER_FILES,
-                       parse_flat_keyed, parse_number)
+from .memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
+                          parse_flat_keyed, parse_number)
 
 EXACT = "exact"
 MISMATCH = "mismatch"
@@ -187,7 +187,7 @@ FileValues = Dict[str, Tuple[int, str]]    # stat name -> (value, "file key")
 
 
 def _files_for(version: int) -> Tuple[str, ...]:
-    counters = _V1_COUNTER_FILES if version == 1 else _V2_COUNTER_FILES
+    counters = V1_COUNTER_FILES if version == 1 else V2_COUNTER_FILES
     extra = (V1_KMEM_FILE, V1_OOM_FILE) if version == 1 else \
         ("memory.events", "memory.events.local", "memory.swap.events")
     return ("memory.stat",) + tuple(counters.values()) + extra
@@ -221,7 +221,7 @@ def file_values(files: Mapping[str, Optional[str]], version: int, local: bool,
 
     for s in catalog.STATS.values():
         if s.kind == COUNTER:
-            fname = (_V1_COUNTER_FILES if version == 1 else _V2_COUNTER_FILES).get(s.name)
+            fname = (V1_COUNTER_FILES if version == 1 else V2_COUNTER_FILES).get(s.name)
             if fname is None:
                 why[s.name] = f"no cgroup v{version} file has it"
             elif files.get(fname) is None:
@@ -287,8 +287,8 @@ def _memevent(name: str, files: Mapping[str, Optional[str]], version: int, local
             else:
                 why[name] = f"this kernel's {V1_OOM_FILE} does not print oom_kill"
         return
-    for fname, keys in (("memory.events.local" if local else "memory.events", _EVENTS_KEYS),
-                        ("memory.swap.events", _SWAP_EVENTS_KEYS)):
+    for fname, keys in (("memory.events.local" if local else "memory.events", EVENTS_KEYS),
+                        ("memory.swap.events", SWAP_EVENTS_KEYS)):
         key = next((k for k, n in keys.items() if n == name), None)
         if key is None:
             continue

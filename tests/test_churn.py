@@ -17,7 +17,7 @@ import time
 import pytest
 
 import pymemcg
-from pymemcg import bpf as bpf_mod
+from pymemcg.backends import bpf as bpf_mod
 from pymemcg.cgroupfs import memory_mount
 
 from conftest import my_links, open_fds
@@ -277,7 +277,7 @@ def test_cgroup_removed_between_attach_and_read(no_leaks, cgroups, monkeypatch, 
     victim = cgroups.make("victim")
     if single == "iterator":
         monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
-    for cls, name in ((bpf_mod._Program, "attach"), (bpf_mod._Fetch, "stash")):
+    for cls, name in ((bpf_mod.Program, "attach"), (bpf_mod.Fetch, "stash")):
         def then_remove(self, cg, *args, real=getattr(cls, name)):
             out = real(self, cg, *args)
             if cg.path == victim and os.path.isdir(victim):
@@ -335,14 +335,14 @@ def test_replaced_between_resolve_and_attach(no_leaks, cgroups, monkeypatch, sin
 
 def test_tree_root_removed_between_attach_and_walk(bpf_ok, cgroups, monkeypatch):
     victim = cgroups.make("victim")
-    real_attach = bpf_mod._Program.attach
+    real_attach = bpf_mod.Program.attach
 
     def attach_then_remove(self, cg, order):
         fd = real_attach(self, cg, order)
         if cg.path == victim:
             os.rmdir(victim)
         return fd
-    monkeypatch.setattr(bpf_mod._Program, "attach", attach_then_remove)
+    monkeypatch.setattr(bpf_mod.Program, "attach", attach_then_remove)
     with pymemcg.Reader(stats=STATS, backend="bpf") as r:
         with pytest.raises(pymemcg.CgroupNotFound):
             r.read_tree(victim)

@@ -349,7 +349,7 @@ def kallsyms_has(name: str) -> bool:
 
 def test_doctor_json_tells_what_this_host_has(bpf_ok, mount):
     from pymemcg import layout
-    from pymemcg.bpf import kernel_facts
+    from pymemcg.kernel_facts import kernel_facts
     r = run_cli("doctor", "--format", "json")
     assert r.returncode == 0, r.stdout + r.stderr
     data = json.loads(r.stdout)
@@ -456,8 +456,9 @@ def test_colour_only_on_a_terminal(bpf_ok):
 def test_flush_flag(bpf_ok, mount):
     """--flush where the kernel has a flush kfunc reads through BPF; elsewhere
     --backend bpf fails naming the cause, and auto falls back to text."""
-    from pymemcg import bpf, layout
-    has_flush = layout.kfunc_family(bpf.kernel_facts()) != layout.KFUNCS_NONE
+    from pymemcg import layout
+    from pymemcg.kernel_facts import kernel_facts
+    has_flush = layout.kfunc_family(kernel_facts()) != layout.KFUNCS_NONE
     strict = run_cli("snapshot", "--flush", "--backend", "bpf", "--stats", "anon")
     if has_flush:
         assert strict.returncode == 0 and strict.stdout.startswith("backend bpf"), strict

@@ -75,7 +75,8 @@ fd0 = fds()
 import pymemcg
 fd1 = fds()
 print(json.dumps({"fd0": fd0, "fd1": fd1,
-                  "bpf_module": "pymemcg.bpf" in sys.modules,
+                  "bpf_module": "pymemcg.backends.bpf" in sys.modules or
+                                "pymemcg.programs" in sys.modules,
                   "extension": "pymemcg._pymemcg" in sys.modules}))
 """
 
@@ -230,7 +231,6 @@ def test_forked_child_can_use_the_parents_reader(no_leaks, tree):
 
 FORK_EXIT_PROBE = r"""
 import json, os, sys, pymemcg
-from pymemcg import bpf
 path = sys.argv[1]
 def links():
     out = []

@@ -10,7 +10,8 @@ import warnings
 import pytest
 
 import pymemcg
-from pymemcg import bpf as bpf_mod
+from pymemcg import programs
+from pymemcg.backends import bpf as bpf_mod
 from pymemcg import layout
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
 
@@ -131,7 +132,7 @@ def test_verifier_rejection_carries_the_log(no_leaks):
         pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
     res = layout.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
     with pytest.raises(pymemcg.VerifierRejected) as info:
-        bpf_mod._Program(res, False, 16, kfuncs=layout.KFUNCS_MEMCG)
+        bpf_mod.Program(res, False, 16, kfuncs=layout.KFUNCS_MEMCG)
     assert "processed" in info.value.log
     assert "verifier log" in str(info.value) and "backend='text'" in str(info.value)
 
@@ -147,7 +148,7 @@ def test_verifier_log_keeps_its_end_in_a_small_buffer(bpf_ok):
     def load_log(size: int) -> str:
         out = ffi.new("struct pmc_prog **")
         log = ffi.new("char[]", size)
-        rc = lib.pmc_prog_load(bpf_mod._config(res, False, layout.KFUNCS_MEMCG, False, 16), out,
+        rc = lib.pmc_prog_load(programs.config(res, False, layout.KFUNCS_MEMCG, False, 16), out,
                                log, len(log))
         assert rc < 0 and out[0] == ffi.NULL
         return ffi.string(log).decode()
@@ -162,7 +163,7 @@ def test_fetch_program_rejection_carries_the_log(no_leaks):
         pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
     res = layout.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
     with pytest.raises(pymemcg.VerifierRejected) as info:
-        bpf_mod._Fetch(res, False, layout.KFUNCS_MEMCG, False, 4096)
+        bpf_mod.Fetch(res, False, layout.KFUNCS_MEMCG, False, 4096)
     assert "processed" in info.value.log and "prog 'pmc_fetch'" in info.value.log
 
 
@@ -193,9 +194,9 @@ def test_single_reads_use_sessions_where_the_one_call_read_does_not_load(no_leak
            "BTFs")
 
     def refuse(self, *args):
-        raise bpf_mod._load_error(errno.EINVAL, why + "\nlibbpf: failed to load object "
+        raise programs.load_error(errno.EINVAL, why + "\nlibbpf: failed to load object "
                                                       "'memcg_fetch'")
-    monkeypatch.setattr(bpf_mod._Fetch, "__init__", refuse)
+    monkeypatch.setattr(bpf_mod.Fetch, "__init__", refuse)
     cg = cgroups.make("sessions")
     with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
         assert r.read_method == f"iterator session (the one-call read did not load: {why})"

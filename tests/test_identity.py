@@ -21,7 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import pymemcg
 from pymemcg import pins
-from pymemcg.bpf import BpfBackend
+from pymemcg.backends.bpf import BpfBackend
 from pymemcg.cgroupfs import memory_mount, resolve_cgroup
 
 from conftest import CgroupFactory

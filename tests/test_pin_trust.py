@@ -20,7 +20,8 @@ import pytest
 
 import pymemcg
 from pymemcg import decode, pins
-from pymemcg.bpf import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, BpfBackend
+from pymemcg.backends.bpf import BpfBackend
+from pymemcg.programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY
 from pymemcg.cgroupfs import memory_mount
 from pymemcg.decode import TRAILER
 

@@ -1,4 +1,4 @@
-"""The memory.stat text parser (pymemcg/textstat.py): grammar, v1/v2 mapping, round trips.
+"""The memory.stat text parser (pymemcg/memory_stat.py): grammar, v1/v2 mapping, round trips.
 
 No kernel needed except for test_real_v1_root_memory_stat, which reads this
 host's cgroup v1 root memory.stat.
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import pymemcg
 from pymemcg import catalog
-from pymemcg.textstat import parse_flat_keyed, parse_memory_stat, v1_to_names
+from pymemcg.memory_stat import parse_flat_keyed, parse_memory_stat, v1_to_names
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 FAST = settings(max_examples=200, deadline=None,

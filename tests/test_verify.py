@@ -21,7 +21,7 @@ import pytest
 import pymemcg
 from pymemcg import cli
 from pymemcg.cgroupfs import own_memory_cgroup
-from pymemcg.textstat import PAGE_COUNTER_MAX_BYTES
+from pymemcg.memory_stat import PAGE_COUNTER_MAX_BYTES
 
 from conftest import as_nobody, my_links, open_fds
 

@@ -40,7 +40,7 @@ out = {"stats": [s.__dict__ for s in pymemcg.stats()],
        "pymemcg_file": pymemcg.__file__, "pymemcg_version": pymemcg.__version__}
 try:
     from pymemcg.cgroupfs import memory_mount
-    from pymemcg.textstat import text_availability
+    from pymemcg.memory_stat import text_availability
     m = memory_mount()
     out["cgroup_version"] = m.version
     out["memory_mount"] = m.mountpoint
@@ -51,8 +51,9 @@ except Exception as e:
 # which backend, programs and .rodata flags the loader picks from this BTF
 try:
     import dataclasses
-    from pymemcg import bpf, layout
-    facts = bpf.kernel_facts()
+    from pymemcg import layout
+    from pymemcg.kernel_facts import kernel_facts
+    facts = kernel_facts()
     out["plan"] = {"hierarchical": dataclasses.asdict(layout.plan(facts)),
                    "local": dataclasses.asdict(layout.plan(facts, local=True)),
                    "flush": layout.kfunc_family(facts) != layout.KFUNCS_NONE}
@@ -65,7 +66,7 @@ except Exception as e:
 try:
     import os
     from pymemcg.cgroupfs import own_memory_cgroup
-    from pymemcg.textstat import TextBackend
+    from pymemcg.backends.text import TextBackend
     child = os.path.join(own_memory_cgroup(), "pymemcg-matrix-%d" % os.getpid())
     os.mkdir(child)
     try:

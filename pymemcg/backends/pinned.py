@@ -27,10 +27,10 @@ import threading
 import weakref
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .cgroupfs import Cgroup, resolve_cgroup
-from .decode import FORMAT_VERSION, Layout, Record, Snapshot
-from .errors import BpfUnavailable
-from .pins import (META_DIR, SHARED_PIN_DIR, PinGone, PinReader, PinTooSmall, _read_meta,
+from ..cgroupfs import Cgroup, resolve_cgroup
+from ..decode import FORMAT_VERSION, Layout, Record, Snapshot
+from ..errors import BpfUnavailable
+from ..pins import (META_DIR, SHARED_PIN_DIR, PinGone, PinReader, PinTooSmall, _read_meta,
                    trusted)
 
 _NO_PIN = None  # a route to the backend
@@ -62,7 +62,7 @@ class SharedPins:
 
     def _matches(self, doc: dict) -> bool:
         if self._digest is None:
-            from .bpf import object_digest
+            from ..programs import object_digest
             self._digest = object_digest()
         return (doc.get("format") == FORMAT_VERSION and doc.get("object") == self._digest and
                 doc.get("local") == self.local and not doc.get("flush") and

@@ -1,157 +1,37 @@
-"""The BPF backend: a cgroup iterator read straight into a buffer.
+"""The BPF backend: records read straight out of the programs (programs.py).
 
-One program is loaded per selection. It is attached once per (cgroup,
-order) and the Reader keeps the link's fd (nothing is pinned: a read-only
-or absent bpffs does not matter); each read then runs one iterator session
-(create, read, close) in C, and Python unpacks the fixed-layout records. Single cgroups go faster where the kernel allows (6.4+):
-a second program keeps a reference to each cgroup read and fills its record
-in one BPF_PROG_RUN call (bpf_src/memcg_fetch.bpf.c), no file, no session. A walk whose records exceed the session's 32 KiB buffer
-spills the rest into an mmaped array map in the same walk (see
-bpf_src/memcg_iter.bpf.c); the trailer says how many there were, so a tree
-is complete or the read fails, never truncated.
+A link per (cgroup, order), kept as an fd (nothing is pinned: a read-only
+or absent bpffs does not matter); each read runs one iterator session, or
+for a single cgroup one BPF_PROG_RUN where the kernel takes the one-call
+program. A walk whose records exceed the session buffer spills into the
+overflow map in the same walk, and the trailer says how many records there
+were, so a tree is complete or the read fails, never truncated. A path's
+answer is proven to be the cgroup that has the path now (see _Route).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import hashlib
 import os
+import struct
 import threading
 import weakref
 from typing import Dict, List, Optional, Sequence
 
-from . import layout as layout_mod
-from .binding import load
-from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
-from .kernel_facts import kernel_facts
-import struct
+from .. import layout as layout_mod
+from ..binding import load
+from ..cgroupfs import Cgroup, TreePaths, resolve_cgroup
+from ..decode import (REC_GONE, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot,
+                      parse_trailer, path_hash, selection_digest)
+from ..errors import BpfUnavailable, CgroupNotFound, Closed, MalformedData, ReadError
+from ..kernel_facts import kernel_facts
+from ..programs import (ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, PAGE_SIZE, SEQ_BUF_SIZE, Fetch,
+                        Program, Replaced, Slot)
 
-from .decode import (REC_GONE, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot,
-                     parse_trailer, path_hash, selection_digest)
-from .errors import (BpfUnavailable, CgroupNotFound, Closed, MalformedData, PermissionDenied,
-                     ReadError, VerifierRejected)
-
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-BPFFS = "/sys/fs/bpf"
-SEQ_BUF_SIZE = 32768                 # PMC_SEQ_BUF_SIZE
-ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE = 1, 2
 INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
-MAX_SINGLE_LINKS = 256               # cgroups read one by one keep a link (an fd) each
+MAX_SINGLE_LINKS = 256               # cgroups read one by one keep a link (an fd) or slot each
 MAX_TREE_LINKS = 64                  # and so do tree roots
 _RETRIES = 8
-
-def object_digest() -> str:
-    """sha256 of the embedded BPF object: a pin made by another build never matches."""
-    ffi, lib = load()
-    size = ffi.new("size_t *")
-    data = lib.pmc_object_bytes(size)
-    return hashlib.sha256(ffi.buffer(data, size[0])).hexdigest()
-
-
-def _is_bpffs(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if left.split()[4] == path and right.split()[0] == "bpf":
-                return True
-    return False
-
-
-def ensure_bpffs() -> None:
-    """Mount bpffs at /sys/fs/bpf if nothing is mounted there."""
-    if _is_bpffs(BPFFS):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    # mode=0700: bpffs defaults to a world-writable sticky root, where any
-    # user could make the pin directory before root does
-    if libc.mount(b"bpf", BPFFS.encode(), b"bpf", 0, b"mode=0700") != 0:
-        err = ctypes.get_errno()
-        cls = PermissionDenied if err in (errno.EPERM, errno.EACCES) else BpfUnavailable
-        raise cls(f"bpffs is not mounted at {BPFFS} and mounting it failed "
-                  f"({os.strerror(err)}): run as root or `mount -t bpf bpf {BPFFS}`")
-
-
-def _config(resolutions: Sequence[layout_mod.Resolution], local: bool, kfuncs: int,
-            flush: bool, capacity: int = 0):
-    """The selection as the shim's struct pmc_config."""
-    ffi, _ = load()
-    cfg = ffi.new("struct pmc_config *")
-    cfg.nr_stats = len(resolutions)
-    for i, r in enumerate(resolutions):
-        spec = cfg.specs[i]
-        spec.kind, spec.slot, spec.item = r.kind, r.slot, r.item
-        spec.flags, spec.scale = r.flags, r.scale
-    cfg.local_stats = int(local)
-    cfg.kfuncs = kfuncs
-    cfg.flush = int(flush)
-    cfg.page_size = PAGE_SIZE
-    cfg.overflow_capacity = capacity
-    names = [r.stat.name for r in resolutions]
-    ffi.memmove(cfg.selection_tree, selection_digest(names, local, False), 32)
-    ffi.memmove(cfg.selection_path, selection_digest(names, local, True), 32)
-    return cfg
-
-
-def _load(loader, out, *args) -> None:
-    """Run a shim loader with a log buffer; a failure raises with the log."""
-    ffi, _ = load()
-    log = ffi.new("char[]", 1 << 20)
-    rc = loader(*args, out, log, len(log))
-    if rc < 0:
-        raise _load_error(-rc, ffi.string(log).decode(errors="replace").strip())
-
-
-class _Program:
-    """One loaded iterator program (a selection) and its links."""
-
-    def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
-                 capacity: int, kfuncs: int = layout_mod.KFUNCS_NONE,
-                 flush: bool = False) -> None:
-        ffi, lib = load()
-        self.ffi, self.lib = ffi, lib
-        out = ffi.new("struct pmc_prog **")
-        _load(lib.pmc_prog_load, out, _config(resolutions, local, kfuncs, flush, capacity))
-        self.prog = out[0]
-        self.record_size = lib.pmc_prog_record_size(self.prog)
-        self.seq_budget = lib.pmc_prog_seq_budget(self.prog)
-        self.capacity = lib.pmc_prog_overflow_capacity(self.prog)
-
-    def attach(self, cg: Cgroup, order: int) -> int:
-        try:
-            fd = os.open(cg.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise CgroupNotFound(f"{cg.path}: the cgroup was removed") from None
-        try:
-            link = self.lib.pmc_prog_attach(self.prog, fd, order)
-        finally:
-            os.close(fd)
-        if link == -errno.ENOENT or (link < 0 and not os.path.isdir(cg.path)):
-            raise CgroupNotFound(f"{cg.path}: the cgroup was removed")
-        if link < 0:
-            raise BpfUnavailable(f"attaching the cgroup iterator to {cg.path} failed "
-                                 f"({os.strerror(-link)}): this kernel needs cgroup iterators "
-                                 f"(Linux 6.1+); use backend='text'")
-        return link
-
-    def destroy(self) -> None:
-        if self.prog is not None:
-            self.lib.pmc_prog_destroy(self.prog)
-            self.prog = None
-
-
-class _Replaced(Exception):
-    """A path named another cgroup by the time it was opened: resolve again."""
-
-
-class _Slot:
-    """A cgroup that the fetch program holds a reference to, for single reads."""
-
-    __slots__ = ("index", "cgroup")
-
-    def __init__(self, index: int, cgroup: Cgroup) -> None:
-        self.index = index
-        self.cgroup = cgroup
 
 
 class _Route:
@@ -165,87 +45,6 @@ class _Route:
 
     def __init__(self, target, cg: Cgroup, path_hash: int) -> None:
         self.target, self.id, self.relpath, self.path_hash = target, cg.id, cg.relpath, path_hash
-
-
-class _Fetch:
-    """The one-call single-read program (memcg_fetch.bpf.c) and its slots.
-
-    A slot holds a kernel reference to its cgroup until it is cleared, so the
-    number of slots is bounded (MAX_SINGLE_LINKS) and the oldest is reused.
-    """
-
-    def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
-                 kfuncs: int, flush: bool, record_size: int) -> None:
-        ffi, lib = load()
-        self.lib = lib
-        out = ffi.new("struct pmc_fetch **")
-        self.capacity = MAX_SINGLE_LINKS   # slots in the map
-        _load(lib.pmc_fetch_load, out, _config(resolutions, local, kfuncs, flush),
-              self.capacity)
-        self.ptr = out[0]
-        self.record = ffi.buffer(ffi.cast("char *", lib.pmc_fetch_record(self.ptr)),
-                                 record_size)
-        self.by_id: Dict[int, _Slot] = {}    # oldest first
-        self._id_out = ffi.new("unsigned long long *")
-
-    def stash(self, cg: Cgroup) -> _Slot:
-        slot = self.by_id.get(cg.id)
-        if slot is not None:
-            slot.cgroup = cg  # the same cgroup, maybe by another path or renamed
-            return slot
-        used = {s.index for s in self.by_id.values()}
-        if len(used) >= self.capacity:
-            oldest = next(iter(self.by_id.values()))
-            self.clear(oldest)
-            index = oldest.index
-        else:
-            index = next(i for i in range(self.capacity) if i not in used)
-        try:
-            fd = os.open(cg.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise CgroupNotFound(f"{cg.path}: the cgroup was removed") from None
-        try:
-            rc = self.lib.pmc_fetch_stash(self.ptr, fd, index, self._id_out)
-        finally:
-            os.close(fd)
-        if rc == -errno.ENOENT:
-            raise CgroupNotFound(f"{cg.path}: the cgroup was removed")
-        if rc < 0:
-            raise ReadError(-rc, f"taking a reference to {cg.path} failed: {os.strerror(-rc)}")
-        if self._id_out[0] != cg.id:  # the directory was replaced meanwhile
-            self.lib.pmc_fetch_clear(self.ptr, index)
-            raise _Replaced(cg.path)
-        slot = self.by_id[cg.id] = _Slot(index, cg)
-        return slot
-
-    def clear(self, slot: _Slot) -> None:
-        """Drop the slot's reference to its cgroup."""
-        if self.by_id.get(slot.cgroup.id) is slot:
-            del self.by_id[slot.cgroup.id]
-            self.lib.pmc_fetch_clear(self.ptr, slot.index)
-
-    def destroy(self) -> None:
-        if self.ptr is not None:
-            self.lib.pmc_fetch_destroy(self.ptr)  # drops every slot's reference
-            self.ptr = None
-            self.by_id.clear()
-
-
-def _load_error(err: int, log: str) -> Exception:
-    if err in (errno.EPERM,) and "verifier" not in log.lower() and "processed" not in log:
-        return PermissionDenied(f"loading the BPF program was refused ({os.strerror(err)}): it "
-                                f"needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN); run "
-                                f"as root or use backend='text'")
-    if "processed" in log or "R0" in log or "invalid" in log.lower() or "BEGIN PROG LOAD LOG" in log:
-        return VerifierRejected(f"the kernel's verifier rejected the pymemcg program "
-                                f"({os.strerror(err)}): this kernel is not supported by this "
-                                f"build; report it with the log below, or use backend='text'", log)
-    # libbpf says the cause first, then "failed to load ..." for each layer
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    cause = next((line for line in lines if "failed to load" not in line),
-                 lines[-1] if lines else "no log")
-    return BpfUnavailable(f"loading the BPF program failed ({os.strerror(err)}): "
-                          f"{cause}; use backend='text'")
 
 
 class _Link:
@@ -333,7 +132,7 @@ class BpfBackend:
         self._sel_tree = selection_digest(self.layout.names, local, False)
         self._sel_path = selection_digest(self.layout.names, local, True)
         self._ovf = bytearray(0)
-        self._fetch: Optional[_Fetch] = None
+        self._fetch: Optional[Fetch] = None
         self.read_method = "iterator session"
         if singles:
             self._load_fetch()
@@ -342,8 +141,8 @@ class BpfBackend:
         """Single reads through BPF_PROG_RUN where the kernel takes the fetch
         program (6.4+); iterator sessions where it does not."""
         try:
-            fetch = _Fetch(self.resolutions, self.local, self.plan.kfuncs, self.plan.flush,
-                           self.layout.record_size)
+            fetch = Fetch(self.resolutions, self.local, self.plan.kfuncs, self.plan.flush,
+                          self.layout.record_size, MAX_SINGLE_LINKS)
         except BpfUnavailable as e:
             why = str(e).split("): ", 1)[-1].rsplit("; use backend", 1)[0]
             self.read_method = f"iterator session (the one-call read did not load: {why})"
@@ -412,7 +211,7 @@ class BpfBackend:
                 route = None
             if route is not None:
                 target = route.target
-                if target.__class__ is _Slot:
+                if target.__class__ is Slot:
                     # fast path: one bpf() call fills the record, one unpack,
                     # and the path hash proves the path still names this cgroup
                     if self._fetch_run(self._fetch_ptr, target.index) == 0:
@@ -469,7 +268,7 @@ class BpfBackend:
             cg = resolve_cgroup(path)
             try:
                 target = self._attach_single(cg)
-            except _Replaced:
+            except Replaced:
                 continue
             t = self._read_single(target)
             if t is None:  # the cgroup died; the path may name a new one
@@ -567,7 +366,7 @@ class BpfBackend:
         extra = visited - count
         if extra <= 0:
             return out
-        prog: _Program = self._state["prog"]
+        prog: Program = self._state["prog"]
         if extra > prog.capacity:
             self._grow(visited)
             return None
@@ -599,8 +398,8 @@ class BpfBackend:
             self._by_path.clear()  # iterator links went with the program
         self._state["prog"] = bigger
 
-    def _load(self, capacity: int) -> _Program:
-        return _Program(self.resolutions, self.local, capacity, self.plan.kfuncs,
+    def _load(self, capacity: int) -> Program:
+        return Program(self.resolutions, self.local, capacity, self.plan.kfuncs,
                         self.plan.flush)
 
     def _snapshot(self, root: Cgroup, raw: List[tuple]) -> Snapshot:

@@ -1,0 +1,154 @@
+"""The text backend: what BPF would read, from the kernel's own files
+(memory_stat.py). It serves hosts where BPF cannot run."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+from .. import catalog
+from ..catalog import MEMEVENT
+from ..cgroupfs import Cgroup, resolve_cgroup
+from ..decode import Layout, Record, Snapshot
+from ..errors import CgroupNotFound, ReadError
+from ..memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
+                           parse_flat_keyed, parse_memory_stat, printed_keys, read_file,
+                           read_number, text_availability)
+
+
+class _Replaced(Exception):
+    """The path names another cgroup than the one resolved: resolve again."""
+
+
+class TextBackend:
+    """Reads the selected stats from cgroupfs files."""
+
+    name = "text"
+    read_method = "memory.stat text"
+
+    def __init__(self, names: Sequence[str], local: bool, version: int,
+                 mountpoint: Optional[str] = None) -> None:
+        self.version = version
+        self.local = local
+        keys = printed_keys(mountpoint) if mountpoint else None
+        sources = {}
+        for n in names:
+            ok, where = text_availability(n, version, local, keys)
+            sources[n] = f"text: {where}" if ok else f"unavailable: {where}"
+        self.layout = Layout(names, sources)
+
+    def values(self, path: str, is_root: bool = False,
+               cgroup_id: Optional[int] = None) -> Dict[str, int]:
+        """All stats this backend can read for the cgroup directory `path`.
+
+        Every file is read through one fd of the directory, so all values
+        are of one cgroup even if the path is renamed meanwhile; with
+        cgroup_id, that directory must be this cgroup (else _Replaced).
+        The root's usage files on cgroup v1 are global approximations
+        (mem_cgroup_usage), not its page counter: left out, as in BPF.
+        """
+        try:
+            dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ReadError(2, f"{path} vanished: the cgroup was removed") from None
+        except OSError as e:
+            raise ReadError(e.errno, f"cannot open {path}: {e.strerror}") from None
+        try:
+            if cgroup_id is not None and os.fstat(dfd).st_ino != cgroup_id:
+                raise _Replaced(path)
+            return self._values_at(dfd, path, is_root)
+        finally:
+            os.close(dfd)
+
+    def _values_at(self, dfd: int, path: str, is_root: bool) -> Dict[str, int]:
+        names = self.layout.names
+        out: Dict[str, int] = {}
+        stat_text = read_file("memory.stat", dfd)
+        if stat_text is None:
+            raise ReadError(2, f"{path}/memory.stat vanished: the cgroup was removed")
+        out.update(parse_memory_stat(stat_text, self.version, self.local))
+        files = V1_COUNTER_FILES if self.version == 1 else V2_COUNTER_FILES
+        want = set(names)
+        for name, fname in files.items():
+            if name in want and not (is_root and name in ("usage", "memsw_usage")):
+                value = read_number(fname, dfd)
+                if value is not None:
+                    out[name] = value
+        if want & {s.name for s in catalog.STATS.values() if s.kind == MEMEVENT}:
+            out.update(self._events(dfd))
+        return out
+
+    def _events(self, dfd: int) -> Dict[str, int]:
+        if self.version == 1:
+            if self.local:
+                return {}
+            text = read_file("memory.oom_control", dfd) or ""
+            raw = parse_flat_keyed(text, "memory.oom_control")
+            return {"oom_kill": raw["oom_kill"]} if "oom_kill" in raw else {}
+        out = {}
+        text = read_file("memory.events.local" if self.local else "memory.events", dfd)
+        for k, v in parse_flat_keyed(text or "", "memory.events").items():
+            if k in EVENTS_KEYS:
+                out[EVENTS_KEYS[k]] = v
+        text = read_file("memory.swap.events", dfd)
+        for k, v in parse_flat_keyed(text or "", "memory.swap.events").items():
+            if k in SWAP_EVENTS_KEYS:
+                out[SWAP_EVENTS_KEYS[k]] = v
+        return out
+
+    def record(self, cg: Cgroup, parent_id: int) -> Record:
+        values = self.values(cg.path, cg.relpath == "/", cg.id)
+        valid = 0
+        row: List[int] = []
+        for i, name in enumerate(self.layout.names):
+            v = values.get(name)
+            if v is not None:
+                valid |= 1 << i
+            row.append(v or 0)
+        return Record(self.layout, (cg.id, parent_id, 0, cg.level, 0, valid & (2**64 - 1),
+                                    valid >> 64, *row), cg.relpath)
+
+    def read(self, path: str) -> Record:
+        """The selected stats of the cgroup directory `path`."""
+        return self.read_file(resolve_cgroup(path))
+
+    def read_file(self, cg: Cgroup) -> Record:
+        for _ in range(3):
+            try:
+                parent_id = 0 if cg.relpath == "/" else os.stat(os.path.dirname(cg.path)).st_ino
+                return self.record(cg, parent_id)
+            except (_Replaced, FileNotFoundError):
+                cg = resolve_cgroup(cg.path)  # renamed or replaced meanwhile
+        raise CgroupNotFound(f"{cg.path}: the cgroup kept being replaced while being read")
+
+    def read_tree(self, path: str) -> Snapshot:
+        """Every cgroup under `path` (included) in pre-order, as the kernel's
+        walk gives them: a cgroup, then each child's whole subtree (children
+        by name)."""
+        root = resolve_cgroup(path)
+        records: List[Record] = []
+        stack = [(root, 0)]
+        while stack:
+            cg, parent_id = stack.pop()
+            try:
+                rec = self.record(cg, parent_id) if records else self.read_file(cg)
+                entries = sorted((e for e in os.scandir(cg.path) if e.is_dir(follow_symlinks=False)),
+                                 key=lambda e: e.name, reverse=True)
+            except (ReadError, FileNotFoundError, _Replaced):
+                if not records:
+                    raise CgroupNotFound(f"{root.path}: the cgroup was removed") from None
+                continue  # removed while we walked
+            records.append(rec)
+            prefix = cg.relpath.rstrip("/") + "/"
+            stack.extend((Cgroup(e.path, root.mount, prefix + e.name, e.inode()), rec.id)
+                         for e in entries)
+        return Snapshot.from_records(root.relpath, records)
+
+    def close(self) -> None:
+        pass
+
+
+def read_cgroup(path: str, names: Sequence[str], local: bool = False) -> Record:
+    """One-shot text read (no Reader)."""
+    cg = resolve_cgroup(path)
+    return TextBackend(names, local, cg.mount.version, cg.mount.mountpoint).read_file(cg)

@@ -1,0 +1,153 @@
+"""The kernel's own files of a memory cgroup, parsed: memory.stat in both
+formats (v2 keys are the stat names; v1 keys map to them, cache -> file,
+rss -> anon, ..., with the total_* keys as the hierarchical values and the
+plain keys as local ones), the page-counter files and memory.events.
+
+The text backend (backends/text.py) reads through these, and they are the
+control of `pymemcg verify`, every parity test and the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Tuple
+
+from . import catalog
+from .catalog import COUNTER, MEMEVENT
+from .errors import MalformedData, ReadError
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PAGE_COUNTER_MAX_BYTES = (2**63 - 1) // PAGE_SIZE * PAGE_SIZE  # "max" / unlimited
+
+# counter -> file, per cgroup version
+V1_COUNTER_FILES = {
+    "usage": "memory.usage_in_bytes", "peak": "memory.max_usage_in_bytes",
+    "limit": "memory.limit_in_bytes", "failcnt": "memory.failcnt",
+    "memsw_usage": "memory.memsw.usage_in_bytes", "memsw_peak": "memory.memsw.max_usage_in_bytes",
+    "memsw_limit": "memory.memsw.limit_in_bytes", "memsw_failcnt": "memory.memsw.failcnt",
+}
+V2_COUNTER_FILES = {
+    "usage": "memory.current", "peak": "memory.peak", "limit": "memory.max",
+    "swap_usage": "memory.swap.current", "swap_peak": "memory.swap.peak",
+    "swap_limit": "memory.swap.max",
+}
+# memory.events keys -> stat names
+EVENTS_KEYS = {"low": "low", "high": "high", "max": "max", "oom": "oom", "oom_kill": "oom_kill",
+                "oom_group_kill": "oom_group_kill"}
+SWAP_EVENTS_KEYS = {"high": "swap_high_events", "max": "swap_max_events",
+                     "fail": "swap_fail_events"}
+
+
+def parse_flat_keyed(text, what: str = "memory.stat") -> Dict[str, int]:
+    """'key value' lines -> {key: value}. Raises MalformedData on anything else."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("ascii")
+        except UnicodeDecodeError as e:
+            raise MalformedData(f"{what}: not ASCII text at byte {e.start}") from None
+    out: Dict[str, int] = {}
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not parts[0]:
+            raise MalformedData(f"{what} line {lineno}: expected 'key value', got {line[:60]!r}")
+        key, value = parts
+        if not key.isascii() or not key.isprintable():
+            raise MalformedData(f"{what} line {lineno}: key {key[:30]!r} is not printable ASCII")
+        # the kernel prints u64s: 20 digits at most
+        if not value.isascii() or not value.isdigit() or len(value) > 20 or int(value) >= 2**64:
+            raise MalformedData(f"{what} line {lineno}: {key} has a value that is not a u64 "
+                                f"{value[:30]!r}")
+        out[key] = int(value)
+    return out
+
+
+def v1_to_names(raw: Dict[str, int], local: bool) -> Dict[str, int]:
+    """v1 memory.stat keys -> stat names: plain keys if local, total_* otherwise."""
+    out: Dict[str, int] = {}
+    for v1_key, name in catalog.V1_KEYS.items():
+        key = v1_key if local else "total_" + v1_key
+        if key in raw:
+            out[name] = raw[key]
+    return out
+
+
+def parse_memory_stat(text, version: int, local: bool = False) -> Dict[str, int]:
+    """memory.stat text of cgroup `version` -> {stat name: value}.
+
+    v2 memory.stat has hierarchical values only: with local=True it gives {}.
+    """
+    raw = parse_flat_keyed(text)
+    if version == 1:
+        return v1_to_names(raw, local)
+    if local:
+        return {}
+    return {k: v for k, v in raw.items() if k in catalog.STATS}
+
+
+def read_file(path: str, dir_fd: Optional[int] = None) -> Optional[str]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ReadError(e.errno, f"cannot read {path}: {e.strerror}") from None
+    try:
+        return os.read(fd, 1 << 16).decode("ascii")
+    except OSError as e:
+        raise ReadError(e.errno, f"cannot read {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def parse_number(text: str, what: str) -> int:
+    """A one-number file's text (memory.current, limit_in_bytes, ...) -> int;
+    "max" is unlimited: PAGE_COUNTER_MAX_BYTES."""
+    text = text.strip()
+    if text == "max":
+        return PAGE_COUNTER_MAX_BYTES
+    if not text.isdigit():
+        raise MalformedData(f"{what}: expected a number, got {text[:30]!r}")
+    return int(text)
+
+
+def read_number(path: str, dir_fd: Optional[int] = None) -> Optional[int]:
+    text = read_file(path, dir_fd)
+    return None if text is None else parse_number(text, path)
+
+
+_printed_keys: Dict[str, frozenset] = {}
+
+
+def printed_keys(mountpoint: str) -> frozenset:
+    """The keys this kernel prints in memory.stat (read at the hierarchy root
+    once): a catalog name is served by text only where the kernel prints it."""
+    keys = _printed_keys.get(mountpoint)
+    if keys is None:
+        text = read_file(os.path.join(mountpoint, "memory.stat")) or ""
+        keys = _printed_keys[mountpoint] = frozenset(parse_flat_keyed(text))
+    return keys
+
+
+def text_availability(name: str, version: int, local: bool,
+                      keys: Optional[frozenset] = None) -> Tuple[bool, str]:
+    """Whether the text backend can serve a stat, and from which file.
+    keys: what memory.stat prints on this kernel (printed_keys())."""
+    stat = catalog.STATS[name]
+    if stat.kind == COUNTER:
+        files = V1_COUNTER_FILES if version == 1 else V2_COUNTER_FILES
+        return (name in files, files.get(name, f"no cgroup v{version} file"))
+    if stat.kind == MEMEVENT:
+        if version == 1:
+            ok = name == "oom_kill" and not local
+            return ok, "memory.oom_control" if ok else "no cgroup v1 file"
+        return True, "memory.events.local" if local else "memory.events"
+    key = stat.v1_key if version == 1 else stat.v2_key
+    if version == 2 and local:
+        return False, "v2 memory.stat has no local values"
+    if key is None:
+        return False, f"not in v{version} memory.stat"
+    if keys is not None and key not in keys:
+        return False, "this kernel's memory.stat does not print it"
+    return True, "memory.stat"

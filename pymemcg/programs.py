@@ -1,0 +1,199 @@
+"""The BPF programs, loaded and driven through the C shim.
+
+An iterator program (bpf_src/memcg_iter.bpf.c) per selection: attached to a
+cgroup and walk order it makes a link, and each session of the link writes
+one fixed-layout record per cgroup and a trailer; records past the 32 KiB
+session buffer go to an mmaped overflow map. Where the kernel takes it
+(6.4+), a second program (bpf_src/memcg_fetch.bpf.c) keeps a reference to
+each cgroup read one by one and fills its record in one BPF_PROG_RUN call.
+The selection, as struct pmc_config, goes into each program's .rodata.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from typing import Dict, Sequence
+
+from . import layout as layout_mod
+from .binding import load
+from .cgroupfs import Cgroup
+from .decode import selection_digest
+from .errors import BpfUnavailable, CgroupNotFound, PermissionDenied, ReadError, VerifierRejected
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+SEQ_BUF_SIZE = 32768                 # PMC_SEQ_BUF_SIZE
+ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE = 1, 2
+FETCH_SLOTS = 256                    # cgroups the one-call program holds references to
+
+
+def object_digest() -> str:
+    """sha256 of the embedded BPF object: a pin made by another build never matches."""
+    ffi, lib = load()
+    size = ffi.new("size_t *")
+    data = lib.pmc_object_bytes(size)
+    return hashlib.sha256(ffi.buffer(data, size[0])).hexdigest()
+
+
+def config(resolutions: Sequence[layout_mod.Resolution], local: bool, kfuncs: int,
+            flush: bool, capacity: int = 0):
+    """The selection as the shim's struct pmc_config."""
+    ffi, _ = load()
+    cfg = ffi.new("struct pmc_config *")
+    cfg.nr_stats = len(resolutions)
+    for i, r in enumerate(resolutions):
+        spec = cfg.specs[i]
+        spec.kind, spec.slot, spec.item = r.kind, r.slot, r.item
+        spec.flags, spec.scale = r.flags, r.scale
+    cfg.local_stats = int(local)
+    cfg.kfuncs = kfuncs
+    cfg.flush = int(flush)
+    cfg.page_size = PAGE_SIZE
+    cfg.overflow_capacity = capacity
+    names = [r.stat.name for r in resolutions]
+    ffi.memmove(cfg.selection_tree, selection_digest(names, local, False), 32)
+    ffi.memmove(cfg.selection_path, selection_digest(names, local, True), 32)
+    return cfg
+
+
+def load_program(loader, out, *args) -> None:
+    """Run a shim loader with a log buffer; a failure raises with the log."""
+    ffi, _ = load()
+    log = ffi.new("char[]", 1 << 20)
+    rc = loader(*args, out, log, len(log))
+    if rc < 0:
+        raise load_error(-rc, ffi.string(log).decode(errors="replace").strip())
+
+
+class Program:
+    """One loaded iterator program (a selection) and its links."""
+
+    def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
+                 capacity: int, kfuncs: int = layout_mod.KFUNCS_NONE,
+                 flush: bool = False) -> None:
+        ffi, lib = load()
+        self.ffi, self.lib = ffi, lib
+        out = ffi.new("struct pmc_prog **")
+        load_program(lib.pmc_prog_load, out, config(resolutions, local, kfuncs, flush, capacity))
+        self.prog = out[0]
+        self.record_size = lib.pmc_prog_record_size(self.prog)
+        self.seq_budget = lib.pmc_prog_seq_budget(self.prog)
+        self.capacity = lib.pmc_prog_overflow_capacity(self.prog)
+
+    def attach(self, cg: Cgroup, order: int) -> int:
+        try:
+            fd = os.open(cg.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise CgroupNotFound(f"{cg.path}: the cgroup was removed") from None
+        try:
+            link = self.lib.pmc_prog_attach(self.prog, fd, order)
+        finally:
+            os.close(fd)
+        if link == -errno.ENOENT or (link < 0 and not os.path.isdir(cg.path)):
+            raise CgroupNotFound(f"{cg.path}: the cgroup was removed")
+        if link < 0:
+            raise BpfUnavailable(f"attaching the cgroup iterator to {cg.path} failed "
+                                 f"({os.strerror(-link)}): this kernel needs cgroup iterators "
+                                 f"(Linux 6.1+); use backend='text'")
+        return link
+
+    def destroy(self) -> None:
+        if self.prog is not None:
+            self.lib.pmc_prog_destroy(self.prog)
+            self.prog = None
+
+
+class Replaced(Exception):
+    """A path named another cgroup by the time it was opened: resolve again."""
+
+
+class Slot:
+    """A cgroup that the fetch program holds a reference to, for single reads."""
+
+    __slots__ = ("index", "cgroup")
+
+    def __init__(self, index: int, cgroup: Cgroup) -> None:
+        self.index = index
+        self.cgroup = cgroup
+
+
+class Fetch:
+    """The one-call single-read program (memcg_fetch.bpf.c) and its slots.
+
+    A slot holds a kernel reference to its cgroup until it is cleared, so the
+    number of slots is bounded and the oldest is reused.
+    """
+
+    def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
+                 kfuncs: int, flush: bool, record_size: int, slots: int = FETCH_SLOTS) -> None:
+        ffi, lib = load()
+        self.lib = lib
+        out = ffi.new("struct pmc_fetch **")
+        self.capacity = slots   # slots in the map
+        load_program(lib.pmc_fetch_load, out, config(resolutions, local, kfuncs, flush),
+              self.capacity)
+        self.ptr = out[0]
+        self.record = ffi.buffer(ffi.cast("char *", lib.pmc_fetch_record(self.ptr)),
+                                 record_size)
+        self.by_id: Dict[int, Slot] = {}    # oldest first
+        self._id_out = ffi.new("unsigned long long *")
+
+    def stash(self, cg: Cgroup) -> Slot:
+        slot = self.by_id.get(cg.id)
+        if slot is not None:
+            slot.cgroup = cg  # the same cgroup, maybe by another path or renamed
+            return slot
+        used = {s.index for s in self.by_id.values()}
+        if len(used) >= self.capacity:
+            oldest = next(iter(self.by_id.values()))
+            self.clear(oldest)
+            index = oldest.index
+        else:
+            index = next(i for i in range(self.capacity) if i not in used)
+        try:
+            fd = os.open(cg.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise CgroupNotFound(f"{cg.path}: the cgroup was removed") from None
+        try:
+            rc = self.lib.pmc_fetch_stash(self.ptr, fd, index, self._id_out)
+        finally:
+            os.close(fd)
+        if rc == -errno.ENOENT:
+            raise CgroupNotFound(f"{cg.path}: the cgroup was removed")
+        if rc < 0:
+            raise ReadError(-rc, f"taking a reference to {cg.path} failed: {os.strerror(-rc)}")
+        if self._id_out[0] != cg.id:  # the directory was replaced meanwhile
+            self.lib.pmc_fetch_clear(self.ptr, index)
+            raise Replaced(cg.path)
+        slot = self.by_id[cg.id] = Slot(index, cg)
+        return slot
+
+    def clear(self, slot: Slot) -> None:
+        """Drop the slot's reference to its cgroup."""
+        if self.by_id.get(slot.cgroup.id) is slot:
+            del self.by_id[slot.cgroup.id]
+            self.lib.pmc_fetch_clear(self.ptr, slot.index)
+
+    def destroy(self) -> None:
+        if self.ptr is not None:
+            self.lib.pmc_fetch_destroy(self.ptr)  # drops every slot's reference
+            self.ptr = None
+            self.by_id.clear()
+
+
+def load_error(err: int, log: str) -> Exception:
+    if err in (errno.EPERM,) and "verifier" not in log.lower() and "processed" not in log:
+        return PermissionDenied(f"loading the BPF program was refused ({os.strerror(err)}): it "
+                                f"needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN); run "
+                                f"as root or use backend='text'")
+    if "processed" in log or "R0" in log or "invalid" in log.lower() or "BEGIN PROG LOAD LOG" in log:
+        return VerifierRejected(f"the kernel's verifier rejected the pymemcg program "
+                                f"({os.strerror(err)}): this kernel is not supported by this "
+                                f"build; report it with the log below, or use backend='text'", log)
+    # libbpf says the cause first, then "failed to load ..." for each layer
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    cause = next((line for line in lines if "failed to load" not in line),
+                 lines[-1] if lines else "no log")
+    return BpfUnavailable(f"loading the BPF program failed ({os.strerror(err)}): "
+                          f"{cause}; use backend='text'")
