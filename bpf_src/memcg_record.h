@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * The wire format between the memcg iterator program and its readers.
- * Included by the BPF program (bpf_src/), the C shim (csrc/) and mirrored by
- * pymemcg/decode.py; change all three together and bump PMC_FORMAT_VERSION.
+ * Included by the BPF programs (bpf_src/) and the C shim (csrc/); Python
+ * takes the constants and struct layouts from here through the binding
+ * (csrc/build_ffi.py declares them, the compiler checks the declaration,
+ * pymemcg/wire.py builds its formats from it). Bump PMC_FORMAT_VERSION on
+ * any change.
  *
  * One iterator session writes, in this order:
  *   N records    struct pmc_record + nr_stats u64 values, fixed size

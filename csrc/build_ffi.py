@@ -1,6 +1,7 @@
 """cffi build module (API mode) for pymemcg._pymemcg.
 
-The cdef below mirrors csrc/pmc_shim.h; keep them together. libbpf is linked
+The cdef below mirrors csrc/pmc_shim.h and the record format of
+bpf_src/memcg_record.h; keep them together (the compiler checks them). libbpf is linked
 statically (libbpf.a) so that the built extension needs only libelf and zlib.
 The BPF object is embedded through the skeleton that `make bpf` writes into
 build/.
@@ -14,7 +15,46 @@ ROOT = os.path.dirname(HERE)
 BUILD = os.path.join(ROOT, "build")
 
 CDEF = """
-#define PMC_MAX_STATS 128
+/* bpf_src/memcg_record.h: the values come from the header when the
+ * extension is compiled (API mode), and the compiler checks these field
+ * lists against it; pymemcg/wire.py builds the record format from them. */
+#define PMC_FORMAT_VERSION ...
+#define PMC_MAX_STATS ...
+#define PMC_SEQ_BUF_SIZE ...
+#define PMC_TRAILER_MAGIC ...
+#define PMC_SELECTION_WORDS ...
+#define PMC_REC_NO_MEMCG ...
+#define PMC_REC_NO_VMSTATS ...
+#define PMC_REC_GONE ...
+#define PMC_SPEC_SIGNED ...
+#define PMC_SPEC_MEMCG_ITEM ...
+#define PMC_FNV_OFFSET ...
+#define PMC_FNV_PRIME ...
+#define PMC_NAME_MAX ...
+#define PMC_PATH_MAX_DEPTH ...
+
+enum pmc_stat_kind { PMC_KIND_NONE, PMC_KIND_STATE, PMC_KIND_EVENT, PMC_KIND_MEMEVENT,
+                     PMC_KIND_COUNTER, ... };
+enum pmc_counter { PMC_CTR_MEMORY_USAGE, PMC_CTR_MEMORY_PEAK, PMC_CTR_MEMORY_MAX,
+                   PMC_CTR_MEMORY_FAILCNT, PMC_CTR_SWAP_USAGE, PMC_CTR_SWAP_PEAK,
+                   PMC_CTR_SWAP_MAX, PMC_CTR_SWAP_FAILCNT, ... };
+enum pmc_kfuncs { PMC_KFUNCS_NONE, PMC_KFUNCS_MEMCG, PMC_KFUNCS_RFC, ... };
+
+struct pmc_record {
+    unsigned long long cgroup_id;
+    unsigned long long parent_id;
+    unsigned long long name_hash;
+    unsigned int level;
+    unsigned int flags;
+    unsigned long long valid[2];
+};
+
+struct pmc_trailer {
+    unsigned long long selection[4];
+    unsigned long long magic;
+    unsigned long long session_id;
+    unsigned long long visited;
+};
 
 struct pmc_stat_spec {
     unsigned int kind;

@@ -163,7 +163,7 @@ class NameCache:
         known = self.names.get(cgroup_id)
         if known is not None and known[0] == hashed:
             return known[1]
-        from .decode import name_hash
+        from .wire import name_hash
         try:
             with os.scandir(parent_path) as it:
                 for entry in it:

@@ -1,35 +1,28 @@
-"""Decoding iterator output (bpf_src/memcg_record.h) into records.
+"""Records and snapshots: what every backend returns.
 
-The hot path is one struct.unpack_from per record and nothing per value:
-values stay in the tuple the C code of `struct` built.
+A Record keeps the tuple of one cgroup as the BPF record unpacks it (see
+wire.py): (id, parent_id, name_hash, level, flags, valid_lo, valid_hi,
+*values); the text backend builds the same tuple. The hot path is one
+struct.unpack_from per record and nothing per value.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import struct
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import MalformedData, SelectionMismatch, StatUnavailable, UnknownStat
+from .errors import MalformedData, StatUnavailable, UnknownStat
 
-FORMAT_VERSION = 3
-HEADER = struct.Struct("<QQQIIQQ")        # struct pmc_record
-TRAILER = struct.Struct("<32sQQQ")        # struct pmc_trailer: selection, magic, session, visited
-TRAILER_MAGIC = 0x31474D434D4D50          # PMC_TRAILER_MAGIC
-REC_NO_MEMCG = 1 << 0
-REC_NO_VMSTATS = 1 << 1
-REC_GONE = 1 << 2              # fetch: empty slot, or the cgroup was removed
-MAX_STATS = 128
-VALUES_AT = 7                             # index of the first value in a record tuple
-FNV_OFFSET = 0xCBF29CE484222325
-FNV_PRIME = 0x100000001B3
+#: the record tuple: (id, parent_id, name_hash, level, flags, valid words, *values);
+#: wire.py checks that struct pmc_record unpacks to exactly this
+VALID_WORDS = 2
+VALUES_AT = 5 + VALID_WORDS
+MAX_STATS = 64 * VALID_WORDS              # one valid bit each
 
 
 class Layout:
     """The selected stat names, in record order, and how each was resolved."""
 
-    __slots__ = ("names", "index", "record", "record_size", "sources", "units")
+    __slots__ = ("names", "index", "_record", "sources", "units")
 
     def __init__(self, names: Sequence[str], sources: Optional[Mapping[str, str]] = None,
                  units: Optional[Mapping[str, str]] = None) -> None:
@@ -38,10 +31,23 @@ class Layout:
                                 f"select fewer")
         self.names: Tuple[str, ...] = tuple(names)
         self.index: Dict[str, int] = {n: i for i, n in enumerate(self.names)}
-        self.record = struct.Struct(f"<QQQIIQQ{len(self.names)}Q")
-        self.record_size = self.record.size
+        self._record = None
         self.sources: Dict[str, str] = dict(sources or {})
         self.units: Dict[str, str] = dict(units or {})
+
+    @property
+    def record(self):
+        """The struct.Struct of one BPF record of this selection (wire.py;
+        needs the compiled part, which only BPF readers have)."""
+        if self._record is None:
+            from .wire import record_struct
+            self._record = record_struct(len(self.names))
+        return self._record
+
+    @property
+    def record_size(self) -> int:
+        """Bytes of one BPF record of this selection."""
+        return self.record.size
 
 
 class Record:
@@ -123,6 +129,9 @@ class Record:
 
     @property
     def has_memcg(self) -> bool:
+        if not self._t[4]:
+            return True
+        from .wire import REC_NO_MEMCG
         return not self._t[4] & REC_NO_MEMCG
 
     def __repr__(self) -> str:
@@ -204,75 +213,3 @@ class Snapshot(Mapping[str, Record]):
 
     def __repr__(self) -> str:
         return f"Snapshot(root={self.root!r}, {len(self._raw)} cgroups)"
-
-
-def selection_digest(names: Sequence[str], local: bool, path: bool) -> bytes:
-    """pmc_trailer.selection of a program loaded with this selection: what
-    its records hold. path: the single-cgroup program (records carry path
-    hashes) rather than the tree program (name hashes)."""
-    parts = [f"pymemcg-selection-v{FORMAT_VERSION}", "path" if path else "tree",
-             "local" if local else "hierarchical", *names]
-    return hashlib.sha256("\0".join(parts).encode()).digest()
-
-
-OWN_PROGRAM = ("this Reader loaded the program itself, so a pymemcg whose Python and "
-               "compiled parts come from different builds; reinstall pymemcg")
-
-
-def parse_trailer(buf, nbytes: int, record_size: int, selection: bytes,
-                  remedy: str = OWN_PROGRAM) -> Tuple[int, int, int]:
-    """(records in the buffer, session id, records the walk produced in all).
-    selection: what the caller decodes the records as (selection_digest);
-    records of anything else raise SelectionMismatch, naming `remedy`."""
-    if nbytes < TRAILER.size or (nbytes - TRAILER.size) % record_size:
-        raise MalformedData(f"iterator returned {nbytes} bytes, not whole {record_size}-byte "
-                            f"records and a trailer: the program and the reader disagree on the "
-                            f"format; reinstall pymemcg")
-    held, magic, session, visited = TRAILER.unpack_from(buf, nbytes - TRAILER.size)
-    if magic != TRAILER_MAGIC:
-        raise MalformedData(f"iterator output ends without the trailer (magic {magic:#x}): "
-                            f"the walk did not complete or the format differs")
-    if held != selection:
-        raise SelectionMismatch(f"the program's records hold another selection than they "
-                                f"would be decoded as (its selection digest "
-                                f"{held[:8].hex()}, expected {selection[:8].hex()}), so stats "
-                                f"would be reported under each other's names: {remedy}")
-    return (nbytes - TRAILER.size) // record_size, session, visited
-
-
-def iter_records(layout: Layout, buf, nbytes: int) -> Iterator[tuple]:
-    """Raw record tuples (id, parent_id, name_hash, level, flags, valid_lo, valid_hi,
-    *values)."""
-    if nbytes % layout.record_size:
-        raise MalformedData(f"{nbytes} bytes are not whole {layout.record_size}-byte records")
-    return layout.record.iter_unpack(memoryview(buf)[:nbytes])
-
-
-def encode_record(layout: Layout, cgroup_id: int, parent_id: int, level: int, flags: int,
-                  valid: int, values: Sequence[int], name_hash: int = 0) -> bytes:
-    """The bytes the BPF program writes for these values (tests, fixtures)."""
-    return layout.record.pack(cgroup_id, parent_id, name_hash, level, flags,
-                              valid & (2**64 - 1), valid >> 64, *values)
-
-
-def path_hash(relpath: str) -> int:
-    """What the path program reports for a cgroup at relpath ("/a/b")."""
-    h = FNV_OFFSET
-    for part in reversed([p for p in relpath.split("/") if p]):
-        h = ((h ^ name_hash(part)) * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
-def name_hash(name: str) -> int:
-    """pmc_name_hash of memcg_record.h: FNV-1a over the NUL-terminated name in
-    little-endian u64 words, the last zero-padded."""
-    data = os.fsencode(name) + b"\0"
-    data += b"\0" * (-len(data) % 8)
-    h = FNV_OFFSET
-    for (w,) in struct.iter_unpack("<Q", data):
-        h = ((h ^ w) * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
-def encode_trailer(session_id: int, visited: int, selection: bytes = bytes(32)) -> bytes:
-    return TRAILER.pack(selection, TRAILER_MAGIC, session_id, visited)

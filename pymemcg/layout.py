@@ -26,14 +26,10 @@ from .catalog import BYTES, COUNT, COUNTER, MEMEVENT, STATE, Stat
 from .kernel_facts import EVENT_ENUMS, MEMCG_KFUNCS, RFC_KFUNCS, STATE_ENUMS, KernelFacts
 from .kernel_tables import TABLES, Entry, KernelTable
 
-# enum pmc_stat_kind / enum pmc_counter / PMC_SPEC_* in bpf_src/memcg_record.h
-KIND_NONE, KIND_STATE, KIND_EVENT, KIND_MEMEVENT, KIND_COUNTER = range(5)
-COUNTERS = {"MEMORY_USAGE": 0, "MEMORY_PEAK": 1, "MEMORY_MAX": 2, "MEMORY_FAILCNT": 3,
-            "SWAP_USAGE": 4, "SWAP_PEAK": 5, "SWAP_MAX": 6, "SWAP_FAILCNT": 7}
-SPEC_SIGNED = 1
-SPEC_MEMCG_ITEM = 2          # the item is an enum memcg_stat_item (RFC kfuncs)
-# enum pmc_kfuncs: the kfunc family the program calls
-KFUNCS_NONE, KFUNCS_MEMCG, KFUNCS_RFC = range(3)
+# enum pmc_stat_kind / enum pmc_counter / PMC_SPEC_* / enum pmc_kfuncs of
+# bpf_src/memcg_record.h, through the binding
+from .wire import (COUNTERS, KFUNCS_MEMCG, KFUNCS_NONE, KFUNCS_RFC, KIND_COUNTER, KIND_EVENT,
+                   KIND_MEMEVENT, KIND_NONE, KIND_STATE, SPEC_MEMCG_ITEM, SPEC_SIGNED)
 
 BACKEND_KFUNC = "kfunc"
 BACKEND_RFC = "rfc-kfunc"

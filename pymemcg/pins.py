@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence, Union
 
 from . import catalog
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
-from .decode import FORMAT_VERSION, Layout, Record, Snapshot, parse_trailer, selection_digest
+from .decode import Layout, Record, Snapshot
 from .errors import BpfUnavailable, Error, MalformedData, ReadError, SelectionMismatch
 
 SHARED_PIN_DIR = "/sys/fs/bpf/pymemcg-shared"
@@ -169,6 +169,7 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
     from ._pymemcg import lib
     from .backends.bpf import BpfBackend
     from .bpffs import BPFFS, ensure_bpffs
+    from . import wire
     from .programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, object_digest
 
     if not name or "/" in name or name.startswith("."):
@@ -199,7 +200,7 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
         try:
             _share_pin(path, owner, group, mode)
             _write_meta(meta, {
-                "format": FORMAT_VERSION, "object": object_digest(), "root": cg.path,
+                "format": wire.FORMAT_VERSION, "object": object_digest(), "root": cg.path,
                 "cgroup_id": cg.id, "tree": tree, "stats": list(stats), "local": local,
                 "sources": backend.layout.sources,
             })
@@ -375,9 +376,11 @@ class PinReader:
         return self
 
     def _setup(self, path: str, doc: dict, sources: Optional[dict] = None) -> None:
-        if doc.get("format") != FORMAT_VERSION:
+        from . import wire  # the record format: the compiled part has it
+        self._wire = wire
+        if doc.get("format") != wire.FORMAT_VERSION:
             raise PinMismatch(f"{path} holds format {doc.get('format')}, this pymemcg reads "
-                              f"{FORMAT_VERSION}: re-pin it with this version")
+                              f"{wire.FORMAT_VERSION}: re-pin it with this version")
         stats = doc.get("stats")
         if not isinstance(stats, list) or not all(isinstance(n, str) for n in stats):
             raise PinMismatch(f"{path}'s metadata has no list of stat names: re-pin it")
@@ -387,7 +390,7 @@ class PinReader:
         self.layout = Layout(stats, sources if sources is not None else doc.get("sources"))
         # what the pinned program must say its records hold, checked on every
         # read: the metadata alone does not decide how values are labelled
-        self._selection = selection_digest(stats, self.local, not self.tree)
+        self._selection = wire.selection_digest(stats, self.local, not self.tree)
         self.root = doc["root"]
         self.cgroup_id = self._root_id = doc["cgroup_id"]
         self._buf = bytearray(SESSION_BUF)
@@ -413,7 +416,7 @@ class PinReader:
         [] when that cgroup was removed."""
         for _ in range(8):
             n = self._session()
-            count, _session, visited = parse_trailer(
+            count, _session, visited = self._wire.parse_trailer(
                 self._buf, n, self.layout.record_size, self._selection,
                 f"{self.path}'s metadata does not describe what its program reads (it was "
                 f"changed, or is another pin's); unpin it and pin it again")

@@ -19,11 +19,10 @@ from typing import Dict, Sequence
 from . import layout as layout_mod
 from .binding import load
 from .cgroupfs import Cgroup
-from .decode import selection_digest
+from .wire import selection_digest
 from .errors import BpfUnavailable, CgroupNotFound, PermissionDenied, ReadError, VerifierRejected
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-SEQ_BUF_SIZE = 32768                 # PMC_SEQ_BUF_SIZE
 ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE = 1, 2
 FETCH_SLOTS = 256                    # cgroups the one-call program holds references to
 

@@ -1,7 +1,6 @@
-"""The iterator wire format (pymemcg/decode.py): encode -> decode round trips and bad buffers.
-
-Pure Python: no kernel, no BPF. The encoder is the one the fixtures use; the
-layout is checked against bpf_src/memcg_record.h by hand-computed sizes below.
+"""The iterator wire format (pymemcg/wire.py, from bpf_src/memcg_record.h)
+and its decoding (pymemcg/decode.py): encode -> decode round trips and bad
+buffers. No kernel, no BPF: only the compiled part's view of the header.
 """
 
 from __future__ import annotations
@@ -15,9 +14,10 @@ from hypothesis import strategies as st
 
 import pymemcg
 from pymemcg import catalog
-from pymemcg.decode import (FORMAT_VERSION, HEADER, MAX_STATS, REC_NO_MEMCG, REC_NO_VMSTATS, TRAILER,
-                            TRAILER_MAGIC, Layout, Record, Snapshot, encode_record,
-                            encode_trailer, iter_records, parse_trailer, selection_digest)
+from pymemcg.decode import MAX_STATS, Layout, Record, Snapshot
+from pymemcg.wire import (HEADER, REC_NO_MEMCG, REC_NO_VMSTATS, TRAILER,
+                          TRAILER_MAGIC, encode_record, encode_trailer, iter_records,
+                          parse_trailer, selection_digest)
 
 # The record carries MAX_STATS valid bits in MAX_STATS / 64 u64 words (128 and two words at
 # the time of writing); these tests follow decode.MAX_STATS rather than hard-coding it.
@@ -132,31 +132,28 @@ def raw_tuple(cid, parent, level, flags, valid, values):
     return (cid, parent, 0, level, flags, valid & (2**64 - 1), valid >> 64, *values)
 
 
-def test_sizes_match_the_c_header():
-    # struct pmc_record: u64 cgroup_id, u64 parent_id, u64 name_hash, u32 level,
-    # u32 flags, u64 valid[PMC_MAX_STATS / 64]
-    assert MAX_STATS % 64 == 0
-    assert HEADER.size == 8 + 8 + 8 + 4 + 4 + 8 * (MAX_STATS // 64)
-    # struct pmc_trailer: u64 selection[4], u64 magic, u64 session, u64 visited
-    assert TRAILER.size == 32 + 24
+def test_formats_follow_the_c_header():
+    """What wire.py's struct formats pack, C reads field by field as the same
+    values (struct pmc_record and pmc_trailer of bpf_src/memcg_record.h,
+    through cffi): every field at the compiler's offset and size."""
+    from pymemcg.binding import load
+    ffi, lib = load()
+    buf = bytearray(HEADER.pack(1, 2, 3, 4, 5, 6, 7))
+    rec = ffi.cast("struct pmc_record *", ffi.from_buffer(buf))
+    assert (rec.cgroup_id, rec.parent_id, rec.name_hash, rec.level, rec.flags,
+            rec.valid[0], rec.valid[1]) == (1, 2, 3, 4, 5, 6, 7)
+    assert HEADER.size == ffi.sizeof("struct pmc_record")
+    selection = bytes(range(1, 33))
+    buf = bytearray(TRAILER.pack(selection, TRAILER_MAGIC, 8, 9))
+    t = ffi.cast("struct pmc_trailer *", ffi.from_buffer(buf))
+    assert ffi.buffer(t.selection)[:] == selection
+    assert (t.magic, t.session_id, t.visited) == (TRAILER_MAGIC, 8, 9)
+    assert TRAILER.size == ffi.sizeof("struct pmc_trailer")
+    assert MAX_STATS == lib.PMC_MAX_STATS
     names = ALL_NAMES + FAKE_NAMES
     for n in (0, 1, 14, 64, 65, MAX_STATS):
-        assert Layout(names[:n]).record_size == HEADER.size + 8 * n
+        assert Layout(names[:n]).record_size == ffi.sizeof("struct pmc_record") + 8 * n
     assert TRAILER_MAGIC == int.from_bytes(b"PMMCMG1", "little")  # bytes in memory order
-
-
-def test_c_header_constants_agree():
-    import pathlib
-    import re
-    header = pathlib.Path(__file__).resolve().parent.parent / "bpf_src" / "memcg_record.h"
-    if not header.exists():
-        pytest.skip("no bpf_src in this checkout")
-    text = header.read_text()
-    assert int(re.search(r"#define PMC_MAX_STATS\s+(\d+)", text).group(1)) == MAX_STATS
-    assert int(re.search(r"#define PMC_TRAILER_MAGIC\s+(0x[0-9a-fA-F]+)", text).group(1),
-               16) == TRAILER_MAGIC
-    assert int(re.search(r"#define PMC_FORMAT_VERSION\s+(\d+)", text).group(1)) == \
-        FORMAT_VERSION
 
 
 def test_encode_is_little_endian():

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import pymemcg
 from pymemcg.cgroupfs import memory_mount
-from pymemcg.decode import TRAILER, TRAILER_MAGIC, Layout, iter_records, parse_trailer
+from pymemcg.decode import Layout
+from pymemcg.wire import TRAILER, TRAILER_MAGIC, iter_records, parse_trailer
 from pymemcg.memory_stat import parse_flat_keyed, parse_memory_stat
 
 from conftest import my_links, open_fds

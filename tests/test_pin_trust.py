@@ -19,11 +19,11 @@ import sys
 import pytest
 
 import pymemcg
-from pymemcg import decode, pins
+from pymemcg import pins, wire
 from pymemcg.backends.bpf import BpfBackend
 from pymemcg.programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY
 from pymemcg.cgroupfs import memory_mount
-from pymemcg.decode import TRAILER
+from pymemcg.wire import TRAILER
 
 from conftest import MiB, as_nobody, workload
 
@@ -98,10 +98,10 @@ def test_programs_say_what_their_records_hold(bpf_ok, cgroups):
             for order, path in ((ORDER_DESCENDANTS_PRE, False), (ORDER_SELF_ONLY, True)):
                 n = be._session(be._link(root, order))
                 held = TRAILER.unpack_from(be._buf, n - TRAILER.size)[0]
-                assert held == decode.selection_digest(STATS, local, path)
-                assert held != decode.selection_digest(STATS[::-1], local, path)
-                assert held != decode.selection_digest(STATS, not local, path)
-                assert held != decode.selection_digest(STATS, local, not path)
+                assert held == wire.selection_digest(STATS, local, path)
+                assert held != wire.selection_digest(STATS[::-1], local, path)
+                assert held != wire.selection_digest(STATS, not local, path)
+                assert held != wire.selection_digest(STATS, local, not path)
         finally:
             be.close()
 
@@ -116,7 +116,7 @@ def test_a_program_of_another_selection_is_refused(bpf_ok, cgroups):
         assert be.read(cg)["usage"] >= 0 and be.read(cg)["usage"] >= 0  # fast path learnt
         assert len(be.read_tree(cg)) == 1
         # as if the loaded program held the stats in the opposite order
-        be._sel_path = be._sel_tree = decode.selection_digest(STATS[::-1], False, True)
+        be._sel_path = be._sel_tree = wire.selection_digest(STATS[::-1], False, True)
         with pytest.raises(pymemcg.SelectionMismatch, match="another selection"):
             be.read(cg)
         with pytest.raises(pymemcg.SelectionMismatch, match="another selection"):

@@ -184,12 +184,12 @@ def test_pin_reader_that_never_gets_a_whole_trailer_says_retry(monkeypatch):
     """A session whose trailer says another session took the bookkeeping
     (visited = 2**64-1) every time is EAGAIN, not a tree too big for the pin."""
     import errno
-    from pymemcg import decode
-    doc = {"format": decode.FORMAT_VERSION, "tree": True, "stats": ["usage"], "local": False,
+    from pymemcg import wire
+    doc = {"format": wire.FORMAT_VERSION, "tree": True, "stats": ["usage"], "local": False,
            "root": "/x", "cgroup_id": 5}
     reader = pins.PinReader.from_doc("/nowhere/pin", doc)
-    buf = decode.encode_record(reader.layout, 5, 1, 1, 0, 1, [7]) + decode.encode_trailer(
-        9, 2**64 - 1, decode.selection_digest(["usage"], False, False))
+    buf = wire.encode_record(reader.layout, 5, 1, 1, 0, 1, [7]) + wire.encode_trailer(
+        9, 2**64 - 1, wire.selection_digest(["usage"], False, False))
 
     def session():
         reader._buf[:len(buf)] = buf

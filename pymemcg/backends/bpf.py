@@ -21,12 +21,13 @@ from typing import Dict, List, Optional, Sequence
 from .. import layout as layout_mod
 from ..binding import load
 from ..cgroupfs import Cgroup, TreePaths, resolve_cgroup
-from ..decode import (REC_GONE, TRAILER, TRAILER_MAGIC, Layout, Record, Snapshot,
-                      parse_trailer, path_hash, selection_digest)
+from ..decode import Layout, Record, Snapshot
 from ..errors import BpfUnavailable, CgroupNotFound, Closed, MalformedData, ReadError
 from ..kernel_facts import kernel_facts
-from ..programs import (ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, PAGE_SIZE, SEQ_BUF_SIZE, Fetch,
-                        Program, Replaced, Slot)
+from ..programs import (ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, PAGE_SIZE, Fetch, Program,
+                        Replaced, Slot)
+from ..wire import (REC_GONE, SEQ_BUF_SIZE, TRAILER, TRAILER_MAGIC, parse_trailer, path_hash,
+                    selection_digest)
 
 INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
 MAX_SINGLE_LINKS = 256               # cgroups read one by one keep a link (an fd) or slot each

@@ -28,7 +28,7 @@ import weakref
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ..cgroupfs import Cgroup, resolve_cgroup
-from ..decode import FORMAT_VERSION, Layout, Record, Snapshot
+from ..decode import Layout, Record, Snapshot
 from ..errors import BpfUnavailable
 from ..pins import (META_DIR, SHARED_PIN_DIR, PinGone, PinReader, PinTooSmall, _read_meta,
                    trusted)
@@ -64,6 +64,7 @@ class SharedPins:
         if self._digest is None:
             from ..programs import object_digest
             self._digest = object_digest()
+        from ..wire import FORMAT_VERSION
         return (doc.get("format") == FORMAT_VERSION and doc.get("object") == self._digest and
                 doc.get("local") == self.local and not doc.get("flush") and
                 sorted(doc.get("stats", ())) == sorted(self.stats) and
