@@ -146,6 +146,14 @@ def resolve_cgroup(path: str) -> Cgroup:
     return Cgroup(real, mount, rel, st.st_ino)
 
 
+def still_names(path: str, cgroup_id: int) -> bool:
+    """Whether the directory at path is (still) the cgroup with this id."""
+    try:
+        return os.stat(path).st_ino == cgroup_id
+    except OSError:
+        return False
+
+
 class NameCache:
     """kernfs id -> directory name, checked against each record's name hash.
 

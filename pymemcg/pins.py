@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
 
 from . import catalog
-from .cgroupfs import Cgroup, TreePaths, resolve_cgroup
+from .cgroupfs import Cgroup, TreePaths, resolve_cgroup, still_names
 from .decode import Layout, Record, Snapshot
 from .errors import BpfUnavailable, Error, MalformedData, ReadError, SelectionMismatch
 
@@ -289,10 +289,7 @@ def _cgroup_alive(path: str, doc: dict) -> bool:
                           f"(it was changed, or is another pin's)") from None
     except (PinMismatch, ReadError, MalformedData, KeyError, TypeError):
         pass
-    try:
-        return os.stat(str(doc.get("root"))).st_ino == doc.get("cgroup_id")
-    except OSError:
-        return False
+    return still_names(str(doc.get("root")), doc.get("cgroup_id"))
 
 
 def pins(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> List[PinInfo]:

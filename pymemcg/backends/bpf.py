@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .. import layout as layout_mod
 from ..binding import load
-from ..cgroupfs import Cgroup, TreePaths, resolve_cgroup
+from ..cgroupfs import Cgroup, TreePaths, resolve_cgroup, still_names
 from ..decode import Layout, Record, Snapshot
 from ..errors import BpfUnavailable, CgroupNotFound, Closed, MalformedData, ReadError
 from ..kernel_facts import kernel_facts
@@ -276,13 +276,13 @@ class BpfBackend:
                 self._drop_single(target)
                 continue
             if t[0] != cg.id:
-                if self._still_names(cg.path, t[0]):
+                if still_names(cg.path, t[0]):
                     # replaced between resolve and attach: the target serves
                     # the new cgroup under the old one's key; start over
                     self._drop_single(target)
                     continue
                 raise MalformedData(f"the read of {path} returned cgroup {t[0]}, not {cg.id}")
-            if not self._still_names(cg.path, cg.id):
+            if not still_names(cg.path, cg.id):
                 continue  # renamed or replaced meanwhile: resolve again
             # only a canonical absolute path may skip resolution next time:
             # a relative one depends on the cwd, a symlink on its target
@@ -310,20 +310,13 @@ class BpfBackend:
             self._seen_hash.clear()
         return seen == (cg.id, reported)
 
-    @staticmethod
-    def _still_names(path: str, cgroup_id: int) -> bool:
-        try:
-            return os.stat(path).st_ino == cgroup_id
-        except OSError:
-            return False
-
     def read_tree(self, path: str) -> Snapshot:
         with self._lock:
             try:
                 cg = self._roots.get(path)
             except TypeError:  # not a path at all (unhashable): resolve says so
                 cg = None
-            if cg is None or not self._still_names(cg.path, cg.id):
+            if cg is None or not still_names(cg.path, cg.id):
                 if cg is not None:  # that root is gone: release its link
                     old = self._state["links"].get((cg.id, ORDER_DESCENDANTS_PRE))
                     if old is not None:
@@ -336,7 +329,7 @@ class BpfBackend:
                 self._evict_tree_links()
                 link = self._link(cg, ORDER_DESCENDANTS_PRE)
                 raw = self._walk(link)
-                if not raw and not self._still_names(cg.path, cg.id):
+                if not raw and not still_names(cg.path, cg.id):
                     # a walk of a dead root visits nothing (and claims nothing)
                     self._drop_link(link)
                     raise CgroupNotFound(f"{path}: the cgroup was removed")
@@ -345,7 +338,7 @@ class BpfBackend:
                 if not raw:
                     self._drop_link(link)
                     raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
-                if raw[0][0] != cg.id and self._still_names(cg.path, raw[0][0]):
+                if raw[0][0] != cg.id and still_names(cg.path, raw[0][0]):
                     # replaced between resolve and attach: start over
                     self._drop_link(link)
                     self._roots.pop(path, None)

@@ -27,20 +27,13 @@ import threading
 import weakref
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ..cgroupfs import Cgroup, resolve_cgroup
+from ..cgroupfs import Cgroup, resolve_cgroup, still_names
 from ..decode import Layout, Record, Snapshot
 from ..errors import BpfUnavailable
 from ..pins import (META_DIR, SHARED_PIN_DIR, PinGone, PinReader, PinTooSmall, _read_meta,
                    trusted)
 
 _NO_PIN = None  # a route to the backend
-
-
-def _still_names(path: str, cgroup_id: int) -> bool:
-    try:
-        return os.stat(path).st_ino == cgroup_id
-    except OSError:
-        return False
 
 
 def _trusted(directory: str) -> bool:
@@ -212,7 +205,7 @@ class PinnedBackend:
                 self._pins.forget(pin)
                 self._routes = {k: v for k, v in self._routes.items() if v[1] is not pin}
                 continue
-            if raw and _still_names(cg.path, cg.id):
+            if raw and still_names(cg.path, cg.id):
                 self._pins.used[pin.path] = ("tree " if tree else "cgroup ") + cg.relpath
                 return pin.decode(cg, raw)
             self._routes.pop((path, tree), None)  # renamed or removed: resolve again
