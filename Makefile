@@ -134,9 +134,10 @@ clean:
 # each with this checkout's .venv (the host's root shared read-only over
 # virtiofs), and natively on this host. Prints PASS/FAIL per guest and fails
 # if any guest failed, did not boot, or verify found a mismatch. Writes build/vm/results/*.json, docs/matrix.md and the README's
-# matrix block. The kernels are pinned in vm/kernels.py. A few minutes.
+# matrix block. The kernels are pinned in vm/kernels.py and fetched with apt
+# (tools/apt-private, its state in build/vm/apt). A few minutes.
 # make vm-deps: the Debian packages it needs besides `make deps`.
-VM_APT_PACKAGES := qemu-system-x86 curl busybox-static e2fsprogs xz-utils zstd
+VM_APT_PACKAGES := qemu-system-x86 busybox-static e2fsprogs xz-utils zstd
 .PHONY: matrix vm-deps
 vm-deps:
 	apt-get update -q

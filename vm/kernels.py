@@ -1,23 +1,34 @@
 """Which kernels the matrix boots, pinned by Debian version and sha256, and
-fetching them: downloaded with `apt-get download` (6.1, 6.12: this host's
-bookworm sources) or from Debian's pool over HTTPS (7.2: trixie-backports,
-which this host's apt does not know), sha256-checked and unpacked with
-`dpkg-deb -x` into build/vm/kernels/<series>/root (never installed).
+fetching them.
+
+A kernel is one or more Debian binary packages of one version, downloaded by
+apt through tools/apt-private: a private apt state in build/vm/apt with the
+archives this host's apt configuration names (bookworm and its security
+suite carry the 6.1 and 6.12 kernels) plus EXTRA_SUITES (7.2 is in
+trixie-backports only). apt checks the Release signatures; every .deb is
+then checked against its pinned sha256 and unpacked with `dpkg-deb -x` into
+build/vm/kernels/<series>/root (never installed).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import lzma
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
-from workspace import BUILD, MatrixError, log
+from workspace import BUILD, REPO, MatrixError, log
+
+APT_PRIVATE = REPO / "tools" / "apt-private"
+APT_STATE = BUILD / "apt"
+# suites on top of the host's own: trixie-backports is where Debian keeps
+# its 7.x cloud kernels for Debian 13, which a bookworm host's apt does not know
+EXTRA_SUITES = ("trixie-backports",)
+DEBS = BUILD / "debs"
 
 
 # --- The pins: change these (and only these) to move the matrix to other
@@ -25,98 +36,44 @@ from workspace import BUILD, MatrixError, log
 @dataclasses.dataclass(frozen=True)
 class Kernel:
     series: str     # "6.1"
-    package: str    # Debian binary package
-    version: str    # its exact Debian version
-    sha256: str     # of the .deb ("" when `pool` lists the files)
-    # (path under POOL_URL, sha256) of each .deb, for kernels from suites this
-    # host's apt does not carry; Debian 14 splits image and modules
-    pool: tuple = ()
+    package: str    # the Debian package that names the kernel
+    version: str    # its exact Debian version, that of every .deb below
+    # (binary package, sha256 of its .deb) of each package unpacked: the
+    # image alone, or from Debian 14's packaging on, where linux-image-* is
+    # an empty meta package, the kernel, its modules and its base files
+    debs: Tuple[Tuple[str, str], ...]
 
 
 KERNELS: Dict[str, Kernel] = {k.series: k for k in (
-    Kernel("6.1", "linux-image-6.1.0-56-cloud-amd64", "6.1.192-2",
-           "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee"),
-    Kernel("6.12", "linux-image-6.12.117+deb12-cloud-amd64", "6.12.117-1~deb12u1",
-           "5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37"),
+    Kernel("6.1", "linux-image-6.1.0-56-cloud-amd64", "6.1.192-2", (
+        ("linux-image-6.1.0-56-cloud-amd64",
+         "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee"),)),
+    Kernel("6.12", "linux-image-6.12.117+deb12-cloud-amd64", "6.12.117-1~deb12u1", (
+        ("linux-image-6.12.117+deb12-cloud-amd64",
+         "5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37"),)),
     # trixie-backports: it keeps several 7.2.x at a time, unstable only the newest
-    Kernel("7.2", "linux-image-7.2.12+deb13-cloud-amd64", "7.2.12-1~bpo13+1", "", pool=(
-        ("main/l/linux-signed-amd64/linux-binary-7.2.12+deb13-cloud-amd64_7.2.12-1~bpo13+1_amd64"
-         ".deb", "aa6720823145e351d3c817c95fe58d89995a2bcba4978ad2418c36a1c272f795"),
-        ("main/l/linux/linux-modules-7.2.12+deb13-cloud-amd64_7.2.12-1~bpo13+1_amd64.deb",
+    Kernel("7.2", "linux-image-7.2.12+deb13-cloud-amd64", "7.2.12-1~bpo13+1", (
+        ("linux-binary-7.2.12+deb13-cloud-amd64",
+         "aa6720823145e351d3c817c95fe58d89995a2bcba4978ad2418c36a1c272f795"),
+        ("linux-modules-7.2.12+deb13-cloud-amd64",
          "2f15b42b88ae56836b5fb3ac74c6cb795047891a5a25e5e69dedf8805b54017d"),
-        ("main/l/linux/linux-base-7.2.12+deb13-cloud-amd64_7.2.12-1~bpo13+1_amd64.deb",
+        ("linux-base-7.2.12+deb13-cloud-amd64",
          "e9f6b719bb96f989fce7a61e78580b24de4e824b3c9f656db7c3169dbb45a25a"))),
 )}
-POOL_URL = "https://deb.debian.org/debian/pool/"
+
+# How `latest` finds a series in apt's index: the name of its first package
+# (capturing the release part of the name) and the packages one kernel is made of
+SERIES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    "6.1": (r"linux-image-(6\.1\.0-\d+)-cloud-amd64", ("image",)),
+    "6.12": (r"linux-image-(6\.12\.\d+\+deb12)-cloud-amd64", ("image",)),
+    "7.2": (r"linux-binary-(7\.2\.\d+\+deb13)-cloud-amd64", ("binary", "modules", "base")),
+}
 
 
-def kernel_root(k: Kernel) -> Path:
-    return BUILD / "kernels" / k.series / "root"
-
-
-def fetch(k: Kernel) -> Path:
-    """Download (apt-get download, or Debian's pool) and unpack (dpkg-deb -x)
-    a pinned kernel."""
-    root = kernel_root(k)
-    stamp = root.parent / "unpacked"
-    pin = f"{k.package}={k.version} sha256:{k.sha256 or [sha for _, sha in k.pool]}"
-    if stamp.exists() and stamp.read_text().strip() == pin:
-        return root
-    debs = BUILD / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    if k.pool:
-        files = [fetch_pool(path, sha, debs) for path, sha in k.pool]
-        if root.parent.exists():
-            shutil.rmtree(root.parent)
-        root.mkdir(parents=True)
-        for deb in files:
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-        stamp.write_text(pin + "\n")
-        return root
-    deb = debs / f"{k.package}_{k.version.replace(':', '%3a')}_amd64.deb"
-    if not deb.exists() or sha256_file(deb) != k.sha256:
-        log(f"downloading {k.package}={k.version}")
-        p = subprocess.run(["apt-get", "download", "-q", f"{k.package}={k.version}"], cwd=debs,
-                           capture_output=True, text=True)
-        if p.returncode != 0 or not deb.exists():
-            raise MatrixError(
-                f"apt-get download {k.package}={k.version} failed:\n{p.stderr.strip()}\n"
-                f"Run `apt-get update` first; if Debian no longer carries this version, move "
-                f"the pin in vm/kernels.py (KERNELS) to one that `python3 vm/matrix.py latest` "
-                f"lists.")
-    got = sha256_file(deb)
-    if got != k.sha256:
-        raise MatrixError(f"{deb.name}: sha256 {got}, pinned {k.sha256}")
-    if root.parent.exists():
-        shutil.rmtree(root.parent)
-    root.mkdir(parents=True)
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    stamp.write_text(pin + "\n")
-    return root
-
-
-def fetch_pool(path: str, sha: str, debs: Path) -> Path:
-    """One .deb from Debian's pool, checked against its pinned sha256."""
-    deb = debs / os.path.basename(path)
-    if deb.exists() and sha256_file(deb) == sha:
-        return deb
-    url = POOL_URL + path
-    log(f"downloading {url}")
-    tmp = deb.with_suffix(".part")
-    p = subprocess.run(["curl", "-fsSL", "--retry", "3", "-o", str(tmp), url],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise MatrixError(
-            f"downloading {url} failed: {p.stderr.strip()}\nDebian's pool keeps only the "
-            f"versions its suites carry: move the pin in vm/kernels.py (KERNELS) to one that "
-            f"`python3 vm/matrix.py latest` lists.")
-    got = sha256_file(tmp)
-    if got != sha:
-        tmp.unlink()
-        raise MatrixError(f"{url}: sha256 {got}, pinned {sha}")
-    tmp.rename(deb)
-    return deb
+def apt(*args: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """apt-get (or, with "apt-cache" first, apt-cache) on the private state."""
+    return subprocess.run([str(APT_PRIVATE), str(APT_STATE), *EXTRA_SUITES, "--", *args],
+                          cwd=cwd, capture_output=True, text=True)
 
 
 def sha256_file(path: Path) -> str:
@@ -125,6 +82,60 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def kernel_root(k: Kernel) -> Path:
+    return BUILD / "kernels" / k.series / "root"
+
+
+def download(package: str, version: str, sha: str) -> Path:
+    """One .deb through apt, checked against its pinned sha256 (kept in
+    build/vm/debs, so a second run downloads nothing)."""
+    DEBS.mkdir(parents=True, exist_ok=True)
+    for deb in DEBS.glob(f"{package}_*.deb"):
+        if sha256_file(deb) == sha:
+            return deb
+    part = DEBS / "partial"
+    log(f"downloading {package}={version}")
+    for attempt in ("", "update"):
+        if attempt:   # the private lists may predate the pin: fetch them again, once
+            apt("update")
+        if part.exists():
+            shutil.rmtree(part)
+        part.mkdir()
+        p = apt("download", f"{package}={version}", cwd=part)
+        got = list(part.glob("*.deb"))
+        if p.returncode == 0 and len(got) == 1:
+            break
+    else:
+        raise MatrixError(
+            f"apt-get download {package}={version} failed:\n{p.stderr.strip()}\n"
+            f"If Debian no longer carries this version, move the pin in vm/kernels.py "
+            f"(KERNELS) to one that `python3 vm/matrix.py latest` lists.")
+    sha_got = sha256_file(got[0])
+    if sha_got != sha:
+        raise MatrixError(f"{got[0].name}: sha256 {sha_got}, pinned {sha}")
+    deb = DEBS / got[0].name
+    got[0].rename(deb)
+    shutil.rmtree(part)
+    return deb
+
+
+def fetch(k: Kernel) -> Path:
+    """Download (apt) and unpack (dpkg-deb -x) a pinned kernel."""
+    root = kernel_root(k)
+    stamp = root.parent / "unpacked"
+    pin = f"{k.package}={k.version} " + " ".join(f"{p}:{sha}" for p, sha in k.debs)
+    if stamp.exists() and stamp.read_text().strip() == pin:
+        return root
+    files = [download(package, k.version, sha) for package, sha in k.debs]
+    if root.parent.exists():
+        shutil.rmtree(root.parent)
+    root.mkdir(parents=True)
+    for deb in files:
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    stamp.write_text(pin + "\n")
+    return root
 
 
 def modules_root(root: Path) -> Path:
@@ -148,46 +159,54 @@ def vmlinuz(root: Path) -> Path:
     raise MatrixError(f"{root}: no vmlinuz for {rel}")
 
 
-POOL_SUITE = "https://deb.debian.org/debian/dists/trixie-backports/main/binary-amd64/Packages.xz"
+# ---------------------------------------------------------------- latest
+
+def _version_cmp(a: str, b: str) -> int:
+    if a == b:
+        return 0
+    gt = subprocess.run(["dpkg", "--compare-versions", a, "gt", b]).returncode == 0
+    return 1 if gt else -1
 
 
-def latest_pool(series: str = "7.2") -> None:
-    """The newest cloud kernel of `series` in trixie-backports, as a pin."""
-    import urllib.request
-    with urllib.request.urlopen(POOL_SUITE, timeout=60) as f:
-        text = lzma.decompress(f.read()).decode()
-    stanzas = {m.group(1): m.group(0) for m in
-               re.finditer(r"^Package: (\S+)\n(?:.+\n)*", text, re.M)}
-    rels = sorted({m.group(1) for name in stanzas for m in
-                   [re.match(rf"linux-binary-({re.escape(series)}\.\d+\+deb\d+)-cloud-amd64$",
-                             name)] if m},
+def _versions(package: str) -> Dict[str, str]:
+    """{version: sha256 of its .deb} of a package in the private index."""
+    out = apt("apt-cache", "show", package).stdout
+    found: Dict[str, str] = {}
+    for stanza in out.split("\n\n"):
+        ver = re.search(r"^Version: (.+)$", stanza, re.M)
+        sha = re.search(r"^SHA256: (.+)$", stanza, re.M)
+        if ver and sha:
+            found.setdefault(ver.group(1), sha.group(1))
+    return found
+
+
+def newest(series: str) -> Optional[Kernel]:
+    """The newest kernel of `series` whose every package apt carries in one version."""
+    pattern, parts = SERIES[series]
+    listing = apt("apt-cache", "search", "--names-only", "cloud-amd64")
+    if listing.returncode != 0:
+        raise MatrixError(f"apt-cache search failed:\n{listing.stderr.strip()}")
+    rels = sorted({m.group(1) for line in listing.stdout.splitlines()
+                   for m in [re.fullmatch(pattern, line.split(" ", 1)[0])] if m},
                   key=lambda r: [int(x) for x in re.findall(r"\d+", r)])
     for rel in reversed(rels):
-        parts = [stanzas.get(f"linux-{k}-{rel}-cloud-amd64") for k in ("binary", "modules", "base")]
-        if all(parts):
-            ver = re.search(r"^Version: (.+)$", parts[0], re.M).group(1)
-            files = [(re.search(r"^Filename: pool/(.+)$", p, re.M).group(1),
-                      re.search(r"^SHA256: (.+)$", p, re.M).group(1)) for p in parts]
-            print(f'    Kernel("{series}", "linux-image-{rel}-cloud-amd64", "{ver}", "", '
-                  f'pool={tuple(files)!r}),')
-            return
-    print(f"{series}: no complete cloud kernel (binary, modules, base) in trixie-backports")
+        names = [f"linux-{part}-{rel}-cloud-amd64" for part in parts]
+        found = [_versions(n) for n in names]
+        common = set(found[0]).intersection(*found[1:])
+        if common:
+            ver = max(common, key=functools.cmp_to_key(_version_cmp))
+            return Kernel(series, f"linux-image-{rel}-cloud-amd64", ver,
+                          tuple((n, f[ver]) for n, f in zip(names, found)))
+    return None
 
 
 def latest() -> None:
-    for series, pattern in (("6.1", r"^linux-image-6\.1\.0-\d+-cloud-amd64$"),
-                            ("6.12", r"^linux-image-6\.12\.\d+\+deb12-cloud-amd64$")):
-        out = subprocess.run(["apt-cache", "search", "--names-only", "cloud-amd64"],
-                             capture_output=True, text=True).stdout
-        names = [line.split()[0] for line in out.splitlines() if re.match(pattern, line.split()[0])]
-        names.sort(key=lambda n: [int(x) for x in re.findall(r"\d+", n)])
-        if not names:
-            print(f"{series}: none (apt-get update?)")
+    """Print the newest kernel of every series as a pin for KERNELS."""
+    for series in SERIES:
+        k = newest(series)
+        if k is None:
+            print(f"{series}: none complete in apt's index ({', '.join(SERIES[series][1])})")
             continue
-        name = names[-1]
-        show = subprocess.run(["apt-cache", "show", name], capture_output=True, text=True).stdout
-        ver = re.search(r"^Version: (.+)$", show, re.M).group(1)
-        sha = re.search(r"^SHA256: (.+)$", show, re.M).group(1)
-        print(f'    Kernel("{series}", "{name}", "{ver}",\n           "{sha}"),'
-              f'   # pinned: {KERNELS[series].package} {KERNELS[series].version}')
-    latest_pool("7.2")
+        debs = "".join(f'\n        ("{n}",\n         "{sha}"),' for n, sha in k.debs)
+        print(f'    # newest {series}; pinned: {KERNELS[series].package} {KERNELS[series].version}\n'
+              f'    Kernel("{k.series}", "{k.package}", "{k.version}", ({debs})),')

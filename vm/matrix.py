@@ -14,7 +14,7 @@ this host.
                                     boot one guest, run a command there, print the console
 
 This file is the command line and the list of guests; the work is in
-    kernels.py    the pinned kernels (version, sha256) and fetching them
+    kernels.py    the pinned kernels (version, sha256) and fetching them with apt
     initramfs.py  busybox, vm/init.sh and the kernel's modules as the guest's initramfs
     boot.py       virtiofsd and qemu: one guest booted until it powers off
     native.py     the same run on this host's kernel
