@@ -134,16 +134,19 @@ clean:
 # each with this checkout's .venv (the host's root shared read-only over
 # virtiofs), and natively on this host. Prints PASS/FAIL per guest and fails
 # if any guest failed, did not boot, or verify found a mismatch. Writes build/vm/results/*.json, docs/matrix.md and the README's
-# matrix block. The kernels are pinned in vm/matrix.py. A few minutes.
+# matrix block. The kernels are pinned in vm/kernels.py and fetched with apt
+# (tools/apt-private, its state in build/vm/apt). A few minutes. MATRIX_ARGS
+# passes options to `vm/matrix.py run`, e.g. MATRIX_ARGS="--jobs 2" (guests at
+# a time) on a host shared with other work.
 # make vm-deps: the Debian packages it needs besides `make deps`.
-VM_APT_PACKAGES := qemu-system-x86 curl busybox-static e2fsprogs xz-utils zstd
+VM_APT_PACKAGES := qemu-system-x86 busybox-static e2fsprogs xz-utils zstd
 .PHONY: matrix vm-deps
 vm-deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(VM_APT_PACKAGES)
 
 matrix: develop
-	$(VPY) vm/matrix.py run --python $(VPY)
+	$(VPY) vm/matrix.py run --python $(VPY) $(MATRIX_ARGS)
 
 # make soak: 10^6 single reads and 10^6 tree reads through one Reader, printing
 # fds and RSS as it goes; fails if the fd set changes or RSS grows after

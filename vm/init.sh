@@ -1,5 +1,5 @@
 #!/bin/busybox sh
-# /init of the matrix guests' initramfs (busybox-static). vm/matrix.py puts
+# /init of the matrix guests' initramfs (busybox-static). vm/initramfs.py puts
 # this file, busybox, the kernel modules the guest needs (lib/modules/*.ko,
 # decompressed, loaded in the order of lib/modules/order) and etc/matrix.conf
 # into the cpio.
@@ -10,7 +10,7 @@
 # tests ($MATRIX_CGROUP: 1 or 2) and a scratch ext4 disk on /var/tmp, then
 # chroots into it and runs vm/guest_run.py with the host's Python and the
 # host's pymemcg install. Lines starting "MATRIX:" on the console are for
-# vm/matrix.py. The guest always ends with reboot -f (qemu runs -no-reboot,
+# vm/results.py. The guest always ends with reboot -f (qemu runs -no-reboot,
 # so that exits qemu).
 
 /bin/busybox mkdir -p /proc /sys /dev /usr/bin /usr/sbin /sbin
@@ -99,7 +99,7 @@ esac
 echo "MATRIX: RUNNING uptime $(cut -d' ' -f1 /proc/uptime)"
 # A clean environment: nothing may write into the read-only root, so HOME,
 # TMPDIR, caches and hypothesis' storage all go to /tmp.
-if [ -n "$MATRIX_CMD" ]; then   # vm/matrix.py shell --cmd: a debugging command instead
+if [ -n "$MATRIX_CMD" ]; then   # vm/matrix.py shell COMMAND: a debugging command instead
 	set -- /bin/sh -c "cd $MATRIX_REPO && $MATRIX_CMD"
 else
 	set -- "$MATRIX_PYTHON" "$MATRIX_REPO/vm/guest_run.py" \
