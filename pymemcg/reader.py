@@ -70,7 +70,7 @@ class Reader:
     (pin directory, metadata directory): where a matching shared pin made
     by root (`pymemcg pin`) serves reads instead of a program of this
     Reader's own, which is then loaded only when a read needs it (see
-    pymemcg/pinned.py); this is how a non-root process reads through BPF.
+    pymemcg/backends/pinned.py); this is how a non-root process reads through BPF.
     Reads are serialised per Reader; use one Reader per thread for
     parallel reads. Close it (or use `with`) to unpin and unload.
     """
