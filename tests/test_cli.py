@@ -19,7 +19,8 @@ import pytest
 import pymemcg
 from pymemcg import catalog
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
-from pymemcg.cli import SNAPSHOT_STATS, human_bytes
+from pymemcg.cli.format import human_bytes
+from pymemcg.cli.snapshot import SNAPSHOT_STATS
 
 from conftest import links_of, sigint_default
 
