@@ -53,11 +53,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .cgroupfs import memory_mount, own_memory_cgroup
+from .cli.bench import (READ_SIZE, STATS, Cost, fmt_time, read_stat_pread, time_loop,
+                        timed_rounds, walk_tree_text)
+from .cli.format import human_bytes
 from .reader import Reader
 
-#: the stats read in every workload
-STATS = ("anon", "file", "shmem", "usage", "pgfault", "pgmajfault", "file_mapped",
-         "inactive_file")
 READS = 1_000_000                # part 1: reads of one cgroup per method
 QUICK_READS = 50_000
 ROUNDS = 10                      # part 1: chunks the reads are split into
@@ -66,7 +66,6 @@ TREE_WORK = 20_000               # part 2: cgroups visited per method per round
 QUICK_TREE_WORK = 2_000
 TREE_ROUNDS = 5
 BENCH_PREFIX = "pymemcg-bench-"
-READ_SIZE = 65536                # bytes asked of one read of memory.stat
 
 REPO = Path(__file__).resolve().parent.parent
 C_SOURCE = REPO / "bench" / "memcg_bench.c"
@@ -97,122 +96,6 @@ class Settings:
 def log(msg: str) -> None:
     """Progress on stderr, so that stdout carries only the Markdown."""
     print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-# --- timing ---
-
-@dataclass
-class Cost:
-    """What `count` operations of one method cost, in seconds.
-
-    real, user and sys are totals over every round (as time(1) reports
-    them); per_op is the median round's real time per operation.
-    """
-
-    count: int
-    real: float
-    user: float
-    sys: float
-    rounds: List[float] = field(default_factory=list)   # real seconds per op, each round
-
-    @property
-    def per_op(self) -> float:
-        return statistics.median(self.rounds)
-
-    @property
-    def best(self) -> float:
-        """The fastest round's real seconds per operation."""
-        return min(self.rounds)
-
-    @property
-    def cpu_per_op(self) -> float:
-        """user + sys seconds per operation, over all rounds."""
-        return (self.user + self.sys) / self.count
-
-    def add(self, n: int, real: float, user: float, sys_: float) -> None:
-        self.count += n
-        self.real += real
-        self.user += user
-        self.sys += sys_
-        self.rounds.append(real / n)
-
-
-def _cpu() -> Tuple[float, float]:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime, ru.ru_stime
-
-
-def time_loop(fn: Callable[[], object], n: int) -> Tuple[float, float, float]:
-    """(real, user, sys) seconds of n calls of fn, garbage collector off."""
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        u0, s0 = _cpu()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        t1 = time.perf_counter()
-        u1, s1 = _cpu()
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return t1 - t0, u1 - u0, s1 - s0
-
-
-def timed_rounds(methods: Dict[str, Callable[[], object]], count: int,
-                 rounds: int) -> Dict[str, Cost]:
-    """count calls of each method, in `rounds` chunks that the methods take in turn."""
-    for fn in methods.values():
-        fn()  # warm up: links attached, names learned, dentries cached
-    costs = {name: Cost(0, 0.0, 0.0, 0.0) for name in methods}
-    chunk = count // rounds
-    for _ in range(rounds):
-        for name, fn in methods.items():
-            costs[name].add(chunk, *time_loop(fn, chunk))
-    return costs
-
-
-# --- the Python controls ---
-
-def parse_memory_stat(data: bytes) -> Dict[str, int]:
-    """memory.stat bytes -> {key: int value}, every 'key value' line.
-
-    The fastest plain-Python parse we found (split once, pair the words).
-    """
-    words = data.decode("ascii").split()
-    return dict(zip(words[::2], map(int, words[1::2])))
-
-
-def read_stat_pread(fd: int) -> Dict[str, int]:
-    """pread of an fd kept open, then parse. Returns the parsed dict."""
-    return parse_memory_stat(os.pread(fd, READ_SIZE, 0))
-
-
-def read_stat_open(path: str) -> Dict[str, int]:
-    """open + read + close + parse of `path` (a memory.stat file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.read(fd, READ_SIZE)
-    finally:
-        os.close(fd)
-    return parse_memory_stat(data)
-
-
-def walk_tree_text(root: str) -> Dict[str, Dict[str, int]]:
-    """cgroup dir -> parsed memory.stat, for `root` and every cgroup below it.
-
-    An os.scandir walk; each memory.stat is opened, read, closed and parsed.
-    """
-    out: Dict[str, Dict[str, int]] = {}
-    stack = [root]
-    while stack:
-        path = stack.pop()
-        out[path] = read_stat_open(path + "/memory.stat")
-        with os.scandir(path) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-    return out
 
 
 # --- the C side ---
@@ -818,24 +701,9 @@ def mem_total() -> str:
     return "?"
 
 
-def fmt_time(seconds: float) -> str:
-    """0.0000123 -> '12.3 µs' (ns, µs, ms or s)."""
-    if seconds < 1e-6:
-        return f"{seconds * 1e9:.0f} ns"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.2f} µs"
-    if seconds < 1.0:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
-
-
-def fmt_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+def _bytes(n: float) -> str:
+    """1536 -> '1.5 KiB', for averages too (280.4 -> '280 B')."""
+    return human_bytes(round(n))
 
 
 def ratio(a: float, b: float) -> str:
@@ -970,9 +838,9 @@ def report_trees(trees: List[TreeResult], rounds: int, work: int) -> List[str]:
               "| overflow map | mkdir all | rmdir all |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for t in trees:
-        ovf = fmt_bytes(t.overflow_map) if t.overflow_map is not None else "?"
-        lines.append(f"| {t.size:,} | {fmt_bytes(t.py_peak)} | {fmt_bytes(t.py_peak / t.size)} | "
-                     f"{fmt_bytes(t.py_retained)} | {fmt_bytes(t.py_retained / t.size)} | {ovf} | "
+        ovf = _bytes(t.overflow_map) if t.overflow_map is not None else "?"
+        lines.append(f"| {t.size:,} | {_bytes(t.py_peak)} | {_bytes(t.py_peak / t.size)} | "
+                     f"{_bytes(t.py_retained)} | {_bytes(t.py_retained / t.size)} | {ovf} | "
                      f"{t.mkdir_s:.2f} s | {t.rmdir_s:.2f} s |")
     lines.append("")
     return lines
@@ -1166,8 +1034,8 @@ def goals(single: List[SingleResult], trees: List[TreeResult]) -> List[Goal]:
         flat = max(per) / min(per) <= 1.5
         out.append(Goal("10,000 cgroups in one snapshot, memory proportional to the records",
                         f"read in {fmt_time(big.per_snapshot['bpf'])}; Python peak "
-                        f"{fmt_bytes(big.py_peak)} = {fmt_bytes(big.py_peak / big.size)} per "
-                        f"cgroup ({', '.join(fmt_bytes(x) for x in per)} per cgroup from 100 "
+                        f"{_bytes(big.py_peak)} = {_bytes(big.py_peak / big.size)} per "
+                        f"cgroup ({', '.join(_bytes(x) for x in per)} per cgroup from 100 "
                         f"up)", flat))
     return out
 

@@ -1,13 +1,82 @@
-"""A short run of the benchmark code (issue 4): it runs, end to end, and both
-methods return the same values. Timings are not checked: a benchmark is not a
-timed test (`make bench` runs the real thing)."""
+"""Short runs of both benchmarks: `pymemcg bench` (the installed package
+alone, on cgroups as they are) and the full one (`make bench`: C and Python,
+trees made for it). Each runs end to end and its methods return the same
+values; timings are not checked: a benchmark is not a timed test."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+
+import pytest
 
 import pymemcg
 from pymemcg import bench
+from pymemcg.cli.bench import STATS
+
+ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pymemcg", *args], capture_output=True,
+                          text=True, env=ENV, timeout=120)
+
+
+def test_user_bench_compares_reader_with_memory_stat(bpf_ok, cgroups):
+    """Both comparisons ran, every method in each of the rounds asked, and each
+    ratio divides the memory.stat figure by pymemcg's of the same run."""
+    root = cgroups.make("user-bench")
+    for i in range(3):
+        cgroups.make(f"user-bench/c{i}")
+    r = run_cli("bench", root, "--seconds", "0.05", "--rounds", "2", "--backend", "bpf",
+                "--format", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["backend"], doc["root"], doc["rounds"], doc["stats"]) == \
+        ("bpf", root, 2, list(STATS))
+    assert doc["version"] == pymemcg.__version__ and doc["read_method"]
+    assert (doc["read"]["cgroups"], doc["read_tree"]["cgroups"]) == (1, 4)
+    for part in ("read", "read_tree"):
+        p = doc[part]
+        for method in ("pymemcg", "memory.stat"):
+            assert p[method]["calls"] >= 2 and p[method]["per_call"] > 0, (part, p)
+        assert p["speedup"] == pytest.approx(p["memory.stat"]["per_call"] /
+                                             p["pymemcg"]["per_call"])
+
+
+def test_user_bench_table(bpf_ok, cgroups):
+    root = cgroups.make("user-bench-table")
+    r = run_cli("bench", root, "--seconds", "0.02", "--rounds", "1", "--stats", "anon,usage")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"pymemcg {pymemcg.__version__} bench: Linux ")
+    assert ", 2 stats, 1 rounds" in lines[0]
+    assert f"one cgroup: {root}" in lines and f"tree of 1 cgroups: {root}" in lines
+    assert any(line.startswith("  -> Reader.read ") and "x faster" in line for line in lines)
+    assert any(line.startswith("  -> Reader.read_tree ") for line in lines)
+    assert "\x1b[" not in r.stdout
+
+
+def test_user_bench_of_a_missing_cgroup_is_a_user_error():
+    r = run_cli("bench", "/nonexistent", "--seconds", "0.01")
+    assert r.returncode == 2 and r.stderr.startswith("pymemcg: ") and "Traceback" not in r.stderr
+
+
+def test_runtime_never_imports_benchmark_or_cli_code(bpf_ok):
+    """Reader, its backends and the exporters work without the command line
+    and without benchmark code: nothing they import reaches either."""
+    code = ("import sys, pymemcg, pymemcg.pins, pymemcg.prometheus, pymemcg.verify\n"
+            "from pymemcg.cgroupfs import own_memory_cgroup\n"
+            "with pymemcg.Reader(stats=['usage', 'anon']) as r:\n"
+            "    r.read(own_memory_cgroup()); r.read_tree(own_memory_cgroup())\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('pymemcg.cli', "
+            "'pymemcg.bench', 'pymemcg_bench'))))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
 
 
 def test_bench_smoke_run(bpf_ok, cgroups, tmp_path):

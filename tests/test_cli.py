@@ -407,16 +407,6 @@ def test_doctor_without_privileges_names_the_remedy(bpf_ok):
     assert out.splitlines()[-1].startswith("verdict: BPF does not work here")
 
 
-# --- bench ---
-
-def test_bench_delegates_to_pymemcg_bench():
-    a = run_cli("bench", "--help")
-    b = subprocess.run([sys.executable, "-m", "pymemcg.bench", "--help"], capture_output=True,
-                       text=True, env=ENV, timeout=60)
-    assert a.returncode == b.returncode == 0
-    assert a.stdout == b.stdout and a.stdout.startswith("usage: ")
-
-
 # --- colour ---
 
 def run_in_pty(args, env_extra=None) -> str:

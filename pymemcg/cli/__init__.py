@@ -9,7 +9,7 @@
     pymemcg stats [--format table|json]
     pymemcg verify [--format table|json] [--parent DIR]
     pymemcg pin ROOT --name NAME [...] / pymemcg pins / pymemcg unpin NAME...
-    pymemcg bench [...]                                           (python -m pymemcg.bench)
+    pymemcg bench [ROOT] [--seconds S] [--rounds N] [--format table|json]
     pymemcg --version
 
 Exit status: 0 on success, and when top, watch or export is stopped (q,
@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 from .. import __version__, catalog
 from ..errors import Error
 from ..pins import META_DIR, SHARED_PIN_DIR
+from .bench import ROUNDS, SECONDS, STATS as BENCH_STATS, cmd_bench
 from .doctor import cmd_doctor
 from .export import DEFAULT_LISTEN, cmd_export
 from .options import add_common, positive_float, positive_int
@@ -176,9 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     lspins.add_argument("--meta-dir", default=META_DIR)
     lspins.set_defaults(func=cmd_pins)
 
-    sub.add_parser("bench", add_help=False,
-                   help="the benchmark against memory.stat (python -m pymemcg.bench; "
-                        "`pymemcg bench --help`)")
+    bench = sub.add_parser("bench", parents=[colour],
+                           help="how much faster pymemcg reads this host's cgroups than "
+                                "parsing memory.stat",
+                           description="Time Reader.read of ROOT against os.pread + parse of "
+                                       "its memory.stat, and Reader.read_tree of ROOT's tree "
+                                       "against a walk that parses every memory.stat in it, "
+                                       "taking turns in rounds; ratios of the same run. Reads "
+                                       "the host's cgroups as they are and changes nothing. "
+                                       "The full benchmark (C, made trees, profiles) is "
+                                       "`make bench` in a source checkout.")
+    add_common(bench, BENCH_STATS)
+    bench.add_argument("--seconds", "-s", type=positive_float, default=SECONDS, metavar="S",
+                       help=f"about S seconds of calls per method and comparison (default "
+                            f"{SECONDS:g})")
+    bench.add_argument("--rounds", "-r", type=positive_int, default=ROUNDS, metavar="N",
+                       help=f"rounds the methods take turns in (default {ROUNDS})")
+    bench.add_argument("--format", choices=("table", "json"), default="table")
+    bench.set_defaults(func=cmd_bench)
     return p
 
 
@@ -191,13 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args = parser.parse_args(argv)
     try:
-        if args.command == "bench":
-            from ..bench import main as bench_main
-            return bench_main(extra)
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if not hasattr(args, "color"):
             args.color = "auto"
         return args.func(args, sys.stdout)
