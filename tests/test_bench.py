@@ -13,8 +13,16 @@ import sys
 import pytest
 
 import pymemcg
-from pymemcg import bench
+from pymemcg.cgroupfs import own_memory_cgroup
 from pymemcg.cli.bench import STATS
+
+# the full benchmark is not part of the package: it lives in the checkout
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(CHECKOUT, "bench"))
+
+from pymemcg_bench import Settings  # noqa: E402
+from pymemcg_bench import c_side, measure, report  # noqa: E402
+from pymemcg_bench import cgroups as made_cgroups  # noqa: E402
 
 ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
 
@@ -80,13 +88,13 @@ def test_runtime_never_imports_benchmark_or_cli_code(bpf_ok):
 
 
 def test_bench_smoke_run(bpf_ok, cgroups, tmp_path):
-    binary, why = bench.build_c()
+    binary, why = c_side.build_c()
     assert binary is not None, why
-    cbench = bench.CBench(binary)
+    cbench = c_side.CBench(binary)
     leaf = cgroups.make("bench-leaf")
-    with bench.BenchCgroups(cgroups.base) as made, \
-            pymemcg.Reader(stats=bench.STATS, backend="bpf") as reader:
-        single = bench.measure_single([("leaf", leaf)], reader, cbench, 400, 2)
+    with made_cgroups.BenchCgroups(cgroups.base) as made, \
+            pymemcg.Reader(stats=STATS, backend="bpf") as reader:
+        single = measure.measure_single([("leaf", leaf)], reader, cbench, 400, 2)
         (r,) = single
         # every method ran, C and Python; the C loader read the same cgroup
         # with the same valid stats as Reader.read (measure_single checks)
@@ -96,19 +104,32 @@ def test_bench_smoke_run(bpf_ok, cgroups, tmp_path):
             assert "bpf-fetch" in r.c  # the C side measures Reader.read's path too
         assert all(c.count == 400 for c in list(r.py.values()) + list(r.c.values()))
         # both methods, same numbers, on an idle tree (the tree part does it too)
-        trees = [bench.measure_tree(n, made, reader, cbench, 40, 1) for n in (1, 25)]
+        trees = [measure.measure_tree(n, made, reader, cbench, 40, 1) for n in (1, 25)]
         assert [t.size for t in trees] == [1, 25]
         assert {"bpf", "text", "c-stat-walk", "c-bpf-walk"} <= set(trees[1].per_snapshot)
         tree_root = made.path("check")
-        bench.make_tree(tree_root, 25)
+        made_cgroups.make_tree(tree_root, 25)
         try:
-            assert bench.compare_with_text(reader.read_tree(tree_root), tree_root) > 25
+            assert measure.compare_with_text(reader.read_tree(tree_root), tree_root) > 25
         finally:
-            assert not bench.remove_tree(tree_root)
-        split = bench.split_read(reader, leaf, 200, 2)
+            assert not made_cgroups.remove_tree(tree_root)
+        split = measure.split_read(reader, leaf, 200, 2)
         assert set(split) == {"call", "call+unpack", "Reader.read"}
         method = reader.read_method
-        text, env = bench.report(single, trees, [], split, "smoke run", "",
-                                 bench.Settings.quick(), 0.0, method)
+        text, env = report.report(single, trees, [], split, "smoke run", "",
+                                 Settings.quick(), 0.0, method)
     assert "## 4. The issue's speed goals" in text and method in "\n".join(env)
     assert not os.path.exists(made.top)
+
+
+def test_full_bench_runs_as_a_module_of_the_checkout(bpf_ok):
+    """`make bench` runs it as `python -m pymemcg_bench` with bench/ on
+    PYTHONPATH; its helpers for the C side and for profilers run so too."""
+    env = {**ENV, "PYTHONPATH": os.path.join(CHECKOUT, "bench")}
+    for args in (["--help"], ["specs", "--stats", "anon,usage"],
+                 ["loop", "read", own_memory_cgroup(), "10"]):
+        r = subprocess.run([sys.executable, "-m", "pymemcg_bench", *args], capture_output=True,
+                           text=True, env=env, timeout=60, cwd="/")
+        assert r.returncode == 0, (args, r.stderr)
+        if args[0] == "specs":
+            assert [line.split()[0] for line in r.stdout.splitlines()[1:]] == ["anon", "usage"]
