@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, TextIO, Tuple
 
 from .. import __version__, catalog
-from ..cgroupfs import memory_mount, own_memory_cgroup
+from ..cgroupfs import Mount, memory_mount, own_memory_cgroup
 from ..errors import Error
-from ..reader import Reader, stats as list_stats
+from ..reader import Reader, StatInfo, stats as list_stats
 from .format import Style, colour_wanted, human_bytes, isatty, kernel_release
 from .running import EXIT_DEGRADED, EXIT_OK, EXIT_USAGE
 
@@ -58,66 +58,53 @@ def _read_int(path: str) -> Optional[int]:
         return None
 
 
-def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
-    """Everything `pymemcg doctor` looks at, and a summary."""
-    from .. import layout
-    checks: List[Check] = []
-    release = kernel_release()
-    version = _kernel_version(release)
+def _check_kernel(release: str) -> Check:
+    if _kernel_version(release) >= MIN_ITER_KERNEL:
+        return Check("kernel", "ok", f"Linux {release}: has cgroup iterators (6.1+)")
+    return Check("kernel", "fail", f"Linux {release}: cgroup iterators came in 6.1",
+                 "run a 6.1+ kernel for the BPF backend; the text backend works on any kernel")
 
-    # kernel
-    if version >= MIN_ITER_KERNEL:
-        checks.append(Check("kernel", "ok", f"Linux {release}: has cgroup iterators (6.1+)"))
-    else:
-        checks.append(Check("kernel", "fail", f"Linux {release}: cgroup iterators came in 6.1",
-                            "run a 6.1+ kernel for the BPF backend; the text backend works on "
-                            "any kernel"))
 
-    # BTF
+def _check_btf() -> Check:
     btf = "/sys/kernel/btf/vmlinux"
     if os.path.exists(btf):
-        size = os.path.getsize(btf)
-        checks.append(Check("btf", "ok", f"{btf} ({human_bytes(size)})"))
-    else:
-        checks.append(Check("btf", "fail", f"{btf} is missing: the kernel exposes no BTF",
-                            "run a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution "
-                            "kernels since 2021 are)"))
+        return Check("btf", "ok", f"{btf} ({human_bytes(os.path.getsize(btf))})")
+    return Check("btf", "fail", f"{btf} is missing: the kernel exposes no BTF",
+                 "run a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels "
+                 "since 2021 are)")
 
-    # kernel facts from BTF: kfuncs, item tables
-    facts, facts_error = None, ""
+
+def _check_kfuncs() -> Check:
+    """The memcg kfuncs (Linux 7.0+) in the kernel's BTF, and the BPF flavour they make."""
+    from .. import layout
     try:
         from ..kernel_facts import kernel_facts
         facts = kernel_facts()
     except Exception as e:  # no BTF, extension missing, ...
-        facts_error = " ".join(str(e).split())
-    if facts is None:
-        checks.append(Check("memcg kfuncs", "warn", f"cannot read the kernel's BTF: {facts_error}",
-                            "see the btf line"))
-    else:
-        flavour = layout.select_backend(facts)
-        have = [k for k in layout.MEMCG_KFUNCS if k in facts.kfuncs]
-        missing = [k for k in layout.MEMCG_KFUNCS if k not in facts.kfuncs]
-        if not missing:
-            checks.append(Check("memcg kfuncs", "ok", f"all {len(have)} present (Linux 7.0+); "
-                                f"BPF flavour: {flavour or 'kfunc'}; Reader(flush=True) "
-                                f"works here",
-                                data={"present": have, "flavour": flavour}))
-        elif not have:
-            checks.append(Check("memcg kfuncs", "info",
-                                f"none of the {len(missing)} (bpf_get_mem_cgroup, "
-                                f"bpf_mem_cgroup_page_state, ...): they came in Linux 7.0",
-                                "nothing to do: the CO-RE backend reads struct mem_cgroup "
-                                "directly instead",
-                                data={"present": [], "missing": missing, "flavour": flavour}))
-        else:
-            checks.append(Check("memcg kfuncs", "warn",
-                                f"{len(have)} of {len(layout.MEMCG_KFUNCS)}; missing "
-                                f"{', '.join(missing)}",
-                                "nothing to do: the CO-RE backend does not need them",
-                                data={"present": have, "missing": missing,
-                                      "flavour": flavour}))
+        return Check("memcg kfuncs", "warn",
+                     f"cannot read the kernel's BTF: {' '.join(str(e).split())}",
+                     "see the btf line")
+    flavour = layout.select_backend(facts)
+    have = [k for k in layout.MEMCG_KFUNCS if k in facts.kfuncs]
+    missing = [k for k in layout.MEMCG_KFUNCS if k not in facts.kfuncs]
+    if not missing:
+        return Check("memcg kfuncs", "ok", f"all {len(have)} present (Linux 7.0+); BPF flavour: "
+                     f"{flavour or 'kfunc'}; Reader(flush=True) works here",
+                     data={"present": have, "flavour": flavour})
+    if not have:
+        return Check("memcg kfuncs", "info",
+                     f"none of the {len(missing)} (bpf_get_mem_cgroup, "
+                     f"bpf_mem_cgroup_page_state, ...): they came in Linux 7.0",
+                     "nothing to do: the CO-RE backend reads struct mem_cgroup directly instead",
+                     data={"present": [], "missing": missing, "flavour": flavour})
+    return Check("memcg kfuncs", "warn",
+                 f"{len(have)} of {len(layout.MEMCG_KFUNCS)}; missing {', '.join(missing)}",
+                 "nothing to do: the CO-RE backend does not need them",
+                 data={"present": have, "missing": missing, "flavour": flavour})
 
-    # item tables: where the memory.stat items (state[]/events[] slots) come from
+
+def _check_item_tables(infos: List[StatInfo]) -> Check:
+    """Where the memory.stat items (state[]/events[] slots) come from."""
     from ..kernel_facts import KALLSYMS_TABLES, kallsyms_lists
     kallsyms = kallsyms_lists()
     if kallsyms is None:
@@ -127,7 +114,6 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
     else:
         ks = (f"/proc/kallsyms has no {', '.join(KALLSYMS_TABLES)} (static data, listed only "
               f"with CONFIG_KALLSYMS_ALL=y)")
-    infos = list_stats()
     items = [s for s in infos if catalog.STATS[s.name].kind in (catalog.STATE, catalog.EVENT)]
     through_bpf = [s for s in items if s.available and s.backend == "bpf"]
     vias: Dict[str, int] = {}
@@ -138,18 +124,17 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
     data = {"kallsyms": kallsyms, "through_bpf": len(through_bpf), "items": len(items),
             "via": vias}
     if through_bpf:
-        checks.append(Check("item tables", "ok",
-                            f"{len(through_bpf)} of {len(items)} memory.stat items through BPF "
-                            f"({how}); {ks}", data=data))
-    else:
-        why = next((s.via for s in items), "")
-        checks.append(Check("item tables", "warn",
-                            f"no memory.stat item is readable through BPF ({why}); {ks}",
-                            "through BPF only page counters and memory.events are served here: "
-                            "use backend='text' for memory.stat sizes and events, or add this "
-                            "release's lists to pymemcg/kernel_tables.py", data=data))
+        return Check("item tables", "ok", f"{len(through_bpf)} of {len(items)} memory.stat "
+                     f"items through BPF ({how}); {ks}", data=data)
+    why = next((s.via for s in items), "")
+    return Check("item tables", "warn",
+                 f"no memory.stat item is readable through BPF ({why}); {ks}",
+                 "through BPF only page counters and memory.events are served here: use "
+                 "backend='text' for memory.stat sizes and events, or add this release's lists "
+                 "to pymemcg/kernel_tables.py", data=data)
 
-    # privileges
+
+def _check_privileges() -> Check:
     euid = os.geteuid()
     caps = _effective_caps()
     has = {name: bool(caps >> bit & 1) for name, bit in
@@ -159,49 +144,48 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
     privileged = has["CAP_SYS_ADMIN"] or (has["CAP_BPF"] and has["CAP_PERFMON"])
     detail = f"euid {euid}, capabilities: {capstr}; kernel.unprivileged_bpf_disabled={unpriv}"
     if privileged:
-        checks.append(Check("privileges", "ok", detail, data={"euid": euid, **has}))
-    else:
-        checks.append(Check("privileges", "fail", detail,
-                            "run as root, or give the process CAP_BPF and CAP_PERFMON (systemd: "
-                            "AmbientCapabilities=CAP_BPF CAP_PERFMON); CAP_SYS_ADMIN mounts bpffs",
-                            data={"euid": euid, **has}))
+        return Check("privileges", "ok", detail, data={"euid": euid, **has})
+    return Check("privileges", "fail", detail,
+                 "run as root, or give the process CAP_BPF and CAP_PERFMON (systemd: "
+                 "AmbientCapabilities=CAP_BPF CAP_PERFMON); CAP_SYS_ADMIN mounts bpffs",
+                 data={"euid": euid, **has})
 
-    # bpffs: only shared pins need it; a Reader's own links are fds
+
+def _check_bpffs() -> Check:
+    """Only shared pins need bpffs; a Reader's own links are fds."""
     from ..bpf import BPFFS, _is_bpffs
     from ..pins import SHARED_PIN_DIR
     try:
         mounted = _is_bpffs(BPFFS)
     except OSError:
         mounted = False
-    if mounted:
-        try:
-            pins = len(os.listdir(SHARED_PIN_DIR))
-        except OSError:
-            pins = 0
-        writable = os.access(BPFFS, os.W_OK)
-        checks.append(Check("bpffs", "ok", f"mounted at {BPFFS}"
-                            f"{'' if writable else ' read-only'}; {pins} shared pins in "
-                            f"{SHARED_PIN_DIR}", data={"mounted": True, "pins": pins,
-                                                       "writable": writable}))
-    else:
-        checks.append(Check("bpffs", "ok", f"nothing mounted at {BPFFS}: Readers need none; "
-                            f"`pymemcg pin` (shared pins) mounts it as root",
-                            data={"mounted": False}))
+    if not mounted:
+        return Check("bpffs", "ok", f"nothing mounted at {BPFFS}: Readers need none; "
+                     f"`pymemcg pin` (shared pins) mounts it as root", data={"mounted": False})
+    try:
+        pins = len(os.listdir(SHARED_PIN_DIR))
+    except OSError:
+        pins = 0
+    writable = os.access(BPFFS, os.W_OK)
+    return Check("bpffs", "ok", f"mounted at {BPFFS}{'' if writable else ' read-only'}; {pins} "
+                 f"shared pins in {SHARED_PIN_DIR}",
+                 data={"mounted": True, "pins": pins, "writable": writable})
 
-    # cgroups
-    mount = memory_mount()
+
+def _check_cgroup(mount: Optional[Mount]) -> Check:
     if mount is None:
-        checks.append(Check("cgroup", "fail", "no cgroup hierarchy has the memory controller",
-                            "mount cgroup v2 with the memory controller enabled, or v1 with "
-                            "-o memory"))
-    else:
-        own = own_memory_cgroup()
-        checks.append(Check("cgroup", "ok", f"v{mount.version}, memory controller at "
-                            f"{mount.mountpoint}; this process is in {own}",
-                            data={"version": mount.version, "mountpoint": mount.mountpoint,
-                                  "own": own}))
+        return Check("cgroup", "fail", "no cgroup hierarchy has the memory controller",
+                     "mount cgroup v2 with the memory controller enabled, or v1 with -o memory")
+    own = own_memory_cgroup()
+    return Check("cgroup", "ok", f"v{mount.version}, memory controller at {mount.mountpoint}; "
+                 f"this process is in {own}",
+                 data={"version": mount.version, "mountpoint": mount.mountpoint, "own": own})
 
-    # the backends, tried for real
+
+def _check_backends(mount: Optional[Mount]) -> Tuple[List[Check], Dict[str, Optional[str]]]:
+    """Each backend tried for real on this process's cgroup; backend -> why it
+    failed (None: it works)."""
+    checks: List[Check] = []
     backends: Dict[str, Optional[str]] = {}
     target = own_memory_cgroup() if mount is not None else None
     for backend in ("bpf", "text"):
@@ -225,13 +209,16 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
             backends[backend] = msg
             checks.append(Check(f"{backend} backend", "fail", msg,
                                 "see the lines above" if backend == "bpf" else ""))
+    return checks, backends
 
-    # stats
+
+def _check_stats(infos: List[StatInfo], bpf_works: bool, mount: Optional[Mount]) -> Check:
+    """How many stats this host gets, and through which backend."""
     by = {"bpf": [s.name for s in infos if s.available and s.backend == "bpf"],
           "text": [s.name for s in infos if s.available and s.backend == "text"],
           "unavailable": [s.name for s in infos if not s.available]}
     why = {s.name: s.via for s in infos if not s.available}
-    if backends.get("bpf") is None:
+    if bpf_works:
         detail = (f"{len(by['bpf'])} served through BPF (`pymemcg verify` compares them with "
                   f"the kernel's files), {len(by['text'])} through memory.stat text only, "
                   f"{len(by['unavailable'])} unavailable here")
@@ -251,10 +238,21 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
     if by["unavailable"]:
         names = by["unavailable"]
         detail += f" ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
-    checks.append(Check("stats", status, detail,
-                        "`pymemcg stats` lists each stat and why" if by["unavailable"] else "",
-                        data={**by, "why": why}))
+    return Check("stats", status, detail,
+                 "`pymemcg stats` lists each stat and why" if by["unavailable"] else "",
+                 data={**by, "why": why})
 
+
+def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
+    """Everything `pymemcg doctor` looks at, and a summary."""
+    release = kernel_release()
+    infos = list_stats()
+    mount = memory_mount()
+    checks = [_check_kernel(release), _check_btf(), _check_kfuncs(), _check_item_tables(infos),
+              _check_privileges(), _check_bpffs(), _check_cgroup(mount)]
+    tried, backends = _check_backends(mount)
+    checks += tried
+    checks.append(_check_stats(infos, backends.get("bpf") is None, mount))
     works = "bpf" if backends.get("bpf") is None else "text" if backends.get("text") is None \
         else None
     summary = {"version": __version__, "kernel": release, "backend": works,
