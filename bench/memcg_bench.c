@@ -9,7 +9,7 @@
  *   memcg_bench [-m METHODS] [-c CAPACITY] tree   SPECS ROOT   COUNT ROUNDS
  *
  * SPECS is a file of the selected stats, one per line, "name kind slot item
- * flags scale" (python -m pymemcg.bench specs writes it; '#' lines are
+ * flags scale" (python -m pymemcg_bench specs writes it; '#' lines are
  * comments). COUNT operations per method in all, split into ROUNDS chunks
  * that the methods take in turn (a noisy spell of the machine then falls on
  * every method alike). -m picks methods by name, comma-separated (for

@@ -1,23 +1,100 @@
-"""A short run of the benchmark code (issue 4): it runs, end to end, and both
-methods return the same values. Timings are not checked: a benchmark is not a
-timed test (`make bench` runs the real thing)."""
+"""Short runs of both benchmarks: `pymemcg bench` (the installed package
+alone, on cgroups as they are) and the full one (`make bench`: C and Python,
+trees made for it). Each runs end to end and its methods return the same
+values; timings are not checked: a benchmark is not a timed test."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+
+import pytest
 
 import pymemcg
-from pymemcg import bench
+from pymemcg.cgroupfs import own_memory_cgroup
+from pymemcg.cli.bench import STATS
+
+# the full benchmark is not part of the package: it lives in the checkout
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(CHECKOUT, "bench"))
+
+from pymemcg_bench import Settings  # noqa: E402
+from pymemcg_bench import c_side, measure, report  # noqa: E402
+from pymemcg_bench import cgroups as made_cgroups  # noqa: E402
+
+ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pymemcg", *args], capture_output=True,
+                          text=True, env=ENV, timeout=120)
+
+
+def test_user_bench_compares_reader_with_memory_stat(bpf_ok, cgroups):
+    """Both comparisons ran, every method in each of the rounds asked, and each
+    ratio divides the memory.stat figure by pymemcg's of the same run."""
+    root = cgroups.make("user-bench")
+    for i in range(3):
+        cgroups.make(f"user-bench/c{i}")
+    r = run_cli("bench", root, "--seconds", "0.05", "--rounds", "2", "--backend", "bpf",
+                "--format", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["backend"], doc["root"], doc["rounds"], doc["stats"]) == \
+        ("bpf", root, 2, list(STATS))
+    assert doc["version"] == pymemcg.__version__ and doc["read_method"]
+    assert (doc["read"]["cgroups"], doc["read_tree"]["cgroups"]) == (1, 4)
+    for part in ("read", "read_tree"):
+        p = doc[part]
+        for method in ("pymemcg", "memory.stat"):
+            assert p[method]["calls"] >= 2 and p[method]["per_call"] > 0, (part, p)
+        assert p["speedup"] == pytest.approx(p["memory.stat"]["per_call"] /
+                                             p["pymemcg"]["per_call"])
+
+
+def test_user_bench_table(bpf_ok, cgroups):
+    root = cgroups.make("user-bench-table")
+    r = run_cli("bench", root, "--seconds", "0.02", "--rounds", "1", "--stats", "anon,usage")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"pymemcg {pymemcg.__version__} bench: Linux ")
+    assert ", 2 stats, 1 rounds" in lines[0]
+    assert f"one cgroup: {root}" in lines and f"tree of 1 cgroups: {root}" in lines
+    assert any(line.startswith("  -> Reader.read ") and "x faster" in line for line in lines)
+    assert any(line.startswith("  -> Reader.read_tree ") for line in lines)
+    assert "\x1b[" not in r.stdout
+
+
+def test_user_bench_of_a_missing_cgroup_is_a_user_error():
+    r = run_cli("bench", "/nonexistent", "--seconds", "0.01")
+    assert r.returncode == 2 and r.stderr.startswith("pymemcg: ") and "Traceback" not in r.stderr
+
+
+def test_runtime_never_imports_benchmark_or_cli_code(bpf_ok):
+    """Reader, its backends and the exporters work without the command line
+    and without benchmark code: nothing they import reaches either."""
+    code = ("import sys, pymemcg, pymemcg.pins, pymemcg.prometheus, pymemcg.verify\n"
+            "from pymemcg.cgroupfs import own_memory_cgroup\n"
+            "with pymemcg.Reader(stats=['usage', 'anon']) as r:\n"
+            "    r.read(own_memory_cgroup()); r.read_tree(own_memory_cgroup())\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('pymemcg.cli', "
+            "'pymemcg.bench', 'pymemcg_bench'))))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
 
 
 def test_bench_smoke_run(bpf_ok, cgroups, tmp_path):
-    binary, why = bench.build_c()
+    binary, why = c_side.build_c()
     assert binary is not None, why
-    cbench = bench.CBench(binary)
+    cbench = c_side.CBench(binary)
     leaf = cgroups.make("bench-leaf")
-    with bench.BenchCgroups(cgroups.base) as made, \
-            pymemcg.Reader(stats=bench.STATS, backend="bpf") as reader:
-        single = bench.measure_single([("leaf", leaf)], reader, cbench, 400, 2)
+    with made_cgroups.BenchCgroups(cgroups.base) as made, \
+            pymemcg.Reader(stats=STATS, backend="bpf") as reader:
+        single = measure.measure_single([("leaf", leaf)], reader, cbench, 400, 2)
         (r,) = single
         # every method ran, C and Python; the C loader read the same cgroup
         # with the same valid stats as Reader.read (measure_single checks)
@@ -27,19 +104,32 @@ def test_bench_smoke_run(bpf_ok, cgroups, tmp_path):
             assert "bpf-fetch" in r.c  # the C side measures Reader.read's path too
         assert all(c.count == 400 for c in list(r.py.values()) + list(r.c.values()))
         # both methods, same numbers, on an idle tree (the tree part does it too)
-        trees = [bench.measure_tree(n, made, reader, cbench, 40, 1) for n in (1, 25)]
+        trees = [measure.measure_tree(n, made, reader, cbench, 40, 1) for n in (1, 25)]
         assert [t.size for t in trees] == [1, 25]
         assert {"bpf", "text", "c-stat-walk", "c-bpf-walk"} <= set(trees[1].per_snapshot)
         tree_root = made.path("check")
-        bench.make_tree(tree_root, 25)
+        made_cgroups.make_tree(tree_root, 25)
         try:
-            assert bench.compare_with_text(reader.read_tree(tree_root), tree_root) > 25
+            assert measure.compare_with_text(reader.read_tree(tree_root), tree_root) > 25
         finally:
-            assert not bench.remove_tree(tree_root)
-        split = bench.split_read(reader, leaf, 200, 2)
+            assert not made_cgroups.remove_tree(tree_root)
+        split = measure.split_read(reader, leaf, 200, 2)
         assert set(split) == {"call", "call+unpack", "Reader.read"}
         method = reader.read_method
-        text, env = bench.report(single, trees, [], split, "smoke run", "",
-                                 bench.Settings.quick(), 0.0, method)
+        text, env = report.report(single, trees, [], split, "smoke run", "",
+                                 Settings.quick(), 0.0, method)
     assert "## 4. The issue's speed goals" in text and method in "\n".join(env)
     assert not os.path.exists(made.top)
+
+
+def test_full_bench_runs_as_a_module_of_the_checkout(bpf_ok):
+    """`make bench` runs it as `python -m pymemcg_bench` with bench/ on
+    PYTHONPATH; its helpers for the C side and for profilers run so too."""
+    env = {**ENV, "PYTHONPATH": os.path.join(CHECKOUT, "bench")}
+    for args in (["--help"], ["specs", "--stats", "anon,usage"],
+                 ["loop", "read", own_memory_cgroup(), "10"]):
+        r = subprocess.run([sys.executable, "-m", "pymemcg_bench", *args], capture_output=True,
+                           text=True, env=env, timeout=60, cwd="/")
+        assert r.returncode == 0, (args, r.stderr)
+        if args[0] == "specs":
+            assert [line.split()[0] for line in r.stdout.splitlines()[1:]] == ["anon", "usage"]

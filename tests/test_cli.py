@@ -19,7 +19,8 @@ import pytest
 import pymemcg
 from pymemcg import catalog
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
-from pymemcg.cli import SNAPSHOT_STATS, human_bytes
+from pymemcg.cli.format import human_bytes
+from pymemcg.cli.snapshot import SNAPSHOT_STATS
 
 from conftest import links_of, sigint_default
 
@@ -404,16 +405,6 @@ def test_doctor_without_privileges_names_the_remedy(bpf_ok):
     assert re.search(r"^  fail  bpf backend ", out, re.M)
     assert re.search(r"^  ok    text backend ", out, re.M)
     assert out.splitlines()[-1].startswith("verdict: BPF does not work here")
-
-
-# --- bench ---
-
-def test_bench_delegates_to_pymemcg_bench():
-    a = run_cli("bench", "--help")
-    b = subprocess.run([sys.executable, "-m", "pymemcg.bench", "--help"], capture_output=True,
-                       text=True, env=ENV, timeout=60)
-    assert a.returncode == b.returncode == 0
-    assert a.stdout == b.stdout and a.stdout.startswith("usage: ")
 
 
 # --- colour ---

@@ -17,7 +17,8 @@ import time
 import pytest
 
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
-from pymemcg.cli import TOP_STATS, TopView, format_rate
+from pymemcg.cli.format import format_rate
+from pymemcg.cli.top import TOP_STATS, TopView
 from pymemcg.decode import Layout, Snapshot
 
 ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}

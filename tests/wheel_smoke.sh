@@ -10,8 +10,8 @@
 #      and (as root, with unshare) in a mount namespace where clang*, llvm*,
 #      bpftool, gcc, cc, make, libbpf, /usr/include, kernel headers and the
 #      host's libelf are hidden: `python -m pymemcg snapshot --backend bpf`,
-#      one Reader.read through BPF, `pymemcg doctor`, `pymemcg --version`, and
-#      a scrape of `pymemcg export`.
+#      one Reader.read through BPF, `pymemcg doctor`, `pymemcg bench`,
+#      `pymemcg --version`, and a scrape of `pymemcg export`.
 #
 # Needs root and a kernel that runs the BPF program (like the BPF tests).
 # Env: SMOKE_PYTHON (the venv's interpreter; default Debian's /usr/bin/python3),
@@ -67,12 +67,17 @@ check "the wheel holds libelf (vendored by auditwheel)" grep -q '^pymemcg.libs/l
 check "the wheel holds pymemcg.prometheus and _version" \
     grep -qx 'pymemcg/prometheus.py' "$WORK/wheel.txt"
 check "the wheel holds no C or BPF source" bash -c "! grep -qE '\\.(c|h)\$|bpf_src/|csrc/' '$WORK/wheel.txt'"
+check "the wheel holds the command line (pymemcg.cli)" \
+    grep -qx 'pymemcg/cli/__init__.py' "$WORK/wheel.txt"
+check "the wheel holds no benchmark of the checkout (bench/)" \
+    bash -c "! grep -qE '^bench/|pymemcg_bench|^pymemcg/bench\.py\$' '$WORK/wheel.txt'"
 
 echo "== the sdist"
 tar -tzf "$SDIST" | sed 's|^[^/]*/||' >"$WORK/sdist.txt"
 for f in Makefile setup.py pyproject.toml MANIFEST.in README.md pymemcg/_version.py \
          bpf_src/memcg_iter.bpf.c bpf_src/memcg_record.h bpf_src/vmlinux_min.h \
-         csrc/build_ffi.py csrc/pmc_shim.c csrc/pmc_shim.h; do
+         csrc/build_ffi.py csrc/pmc_shim.c csrc/pmc_shim.h pymemcg/cli/__init__.py \
+         bench/memcg_bench.c bench/pymemcg_bench/__main__.py; do
     check "sdist has $f" grep -qx "$f" "$WORK/sdist.txt"
 done
 check "sdist has no compiled file" bash -c "! grep -qE '\\.(so|o)\$' '$WORK/sdist.txt'"
@@ -163,6 +168,15 @@ print("libelf:", libelf[0])
 
 if pymemcg doctor >"$out/doctor.txt" 2>&1; then ok "pymemcg doctor: BPF works"
 else fail "pymemcg doctor exited $?"; cat "$out/doctor.txt" >&2; fi
+
+# the user's benchmark needs nothing but the installed package
+if pymemcg bench "$(python -c 'from pymemcg.cgroupfs import own_memory_cgroup as o; print(o())')" \
+        --backend bpf --seconds 0.05 --rounds 2 >"$out/bench.txt" 2>&1 \
+        && grep -q '^  -> Reader.read_tree .*x faster' "$out/bench.txt"; then
+    ok "pymemcg bench"; grep -- '->' "$out/bench.txt"
+else
+    fail "pymemcg bench"; cat "$out/bench.txt" >&2
+fi
 
 pymemcg export --listen 127.0.0.1:0 --stats anon,usage,pgfault 2>"$out/export.err" &
 pid=$!

@@ -1,0 +1,265 @@
+"""Parts 1 and 2: one cgroup read a million times, and trees of 1 to 10,000
+cgroups, by every method; and Reader.read and read_tree taken apart."""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from pymemcg.cli.bench import (READ_SIZE, Cost, read_stat_pread, time_loop, timed_rounds,
+                               walk_tree_text)
+from pymemcg.reader import Reader
+
+from . import STATS, log
+from .c_side import CBench
+from .cgroups import BenchCgroups, make_tree, remove_tree
+
+
+def compare_with_text(snapshot, root: str) -> int:
+    """Both methods give the same numbers: every value the BPF snapshot has
+    equals memory.stat's (through pymemcg's text backend) for each cgroup of
+    an idle tree. Returns how many values were compared; raises if any differ."""
+    with Reader(stats=list(snapshot.layout.names), backend="text") as text:
+        other = text.read_tree(root)
+    if sorted(other) != sorted(snapshot):
+        raise RuntimeError(f"BPF and text walks of {root} saw different cgroups")
+    compared, differ = 0, {}
+    for path in snapshot:
+        bpf, txt = snapshot[path].as_dict(), other[path].as_dict()
+        for name, v in bpf.items():
+            if v is None or txt.get(name) is None:
+                continue
+            compared += 1
+            if v != txt[name]:
+                differ[(path, name)] = (v, txt[name])
+    if differ:
+        raise RuntimeError(f"BPF != memory.stat (bpf, text): {differ}")
+    return compared
+
+
+# --- part 1: one cgroup, the seed's experiment ---
+
+@dataclass
+class SingleResult:
+    """Part 1 for one cgroup: C and Python costs by method name."""
+
+    label: str
+    path: str
+    stat_bytes: int               # bytes of one memory.stat read
+    session_bytes: Optional[int]  # bytes of one iterator session (record + trailer)
+    c: Dict[str, Cost]
+    py: Dict[str, Cost]
+
+
+def measure_single(cgroups: List[Tuple[str, str]], reader: Reader, cbench: Optional[CBench],
+                   reads: int, rounds: int) -> List[SingleResult]:
+    """Part 1 for each (label, path): C stat-seek, stat-pread and bpf; Python bpf, pread
+    and pread+parse; `reads` of each.
+
+    Rounds are outermost: each round runs every method on every cgroup, the
+    C program (one process per round and cgroup) and Python alike, so that a
+    spell of load on this shared machine falls on all of them.
+    """
+    chunk = reads // rounds
+    results, fds = [], []
+    try:
+        for label, path in cgroups:
+            stat_path = os.path.join(path, "memory.stat")
+            with open(stat_path, "rb") as f:
+                whole = f.read()
+            fd = os.open(stat_path, os.O_RDONLY | os.O_CLOEXEC)
+            fds.append(fd)
+            # one read must return the whole file, or the controls would do less work
+            assert os.pread(fd, READ_SIZE, 0).count(b"\n") == whole.count(b"\n"), "short pread"
+            results.append(SingleResult(label, path, len(whole), None, {}, {}))
+        methods = [{"bpf": lambda p=r.path: reader.read(p),
+                    "pread": lambda fd=fd: os.pread(fd, READ_SIZE, 0),
+                    "pread+parse": lambda fd=fd: read_stat_pread(fd)}
+                   for r, fd in zip(results, fds)]
+        for r, ms in zip(results, methods):
+            for name, fn in ms.items():
+                fn()  # warm up: the link attached, the path hash learned
+                r.py[name] = Cost(0, 0.0, 0.0, 0.0)
+        for i in range(rounds):
+            log(f"one cgroup: round {i + 1} of {rounds}, {chunk:,} reads per method and cgroup")
+            for r, ms in zip(results, methods):
+                if cbench is not None:
+                    costs, info = cbench.run("single", r.path, chunk, 1)
+                    if r.session_bytes is None:
+                        _check_same(info, reader.read(r.path))
+                        r.session_bytes = int(info["bpf"]["bytes"])
+                    for name, cost in costs.items():
+                        r.c.setdefault(name, Cost(0, 0.0, 0.0, 0.0)).add(
+                            cost.count, cost.real, cost.user, cost.sys)
+                for name, fn in ms.items():
+                    r.py[name].add(chunk, *time_loop(fn, chunk))
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return results
+
+
+def _check_same(info: Dict[str, Dict[str, str]], rec) -> None:
+    """The C program loaded the same selection: same cgroup, same valid stats."""
+    if int(info["record"]["id"]) != rec.id or int(info["record"]["valid"]) != rec.valid:
+        raise RuntimeError(f"C and Python disagree: {info['record']} vs {rec}")
+
+
+# --- part 2: trees ---
+
+@dataclass
+class TreeResult:
+    """Part 2 for one tree size: seconds per snapshot by method, and memory."""
+
+    size: int
+    iterations: int
+    per_snapshot: Dict[str, float]
+    mkdir_s: float
+    rmdir_s: float
+    py_peak: int              # bytes traced by tracemalloc while read_tree runs
+    py_retained: int          # bytes the Snapshot keeps
+    overflow_map: Optional[int]   # bytes of the BPF overflow map after the read
+    split: Dict[str, float] = field(default_factory=dict)   # split_tree(), seconds
+    cpu: Dict[str, float] = field(default_factory=dict)     # user + sys per snapshot, median
+
+
+def overflow_map_bytes(reader: Reader) -> Optional[int]:
+    """Bytes of the loaded program's overflow map (internals: None if they moved)."""
+    try:
+        prog = reader._backend._state["prog"]  # type: ignore[union-attr]
+        return prog.capacity * prog.record_size
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def snapshot_memory(reader: Reader, root: str) -> Tuple[int, int]:
+    """(peak, retained) bytes Python allocates for one read_tree of root."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        snap = reader.read_tree(root)
+        retained, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del snap
+    return peak, retained
+
+
+def measure_tree(size: int, cgroups: BenchCgroups, reader: Reader, cbench: Optional[CBench],
+                 work: int, rounds: int) -> TreeResult:
+    """Snapshots of a tree of `size` cgroups, made for it and removed afterwards."""
+    root = cgroups.path(f"t{size}")
+    iterations = max(1, work // size)
+    try:
+        mkdir_s = make_tree(root, size)
+        log(f"tree of {size:,}: made in {mkdir_s:.2f} s; {iterations} snapshots x {rounds} "
+            f"rounds per method")
+        read_tree = reader.read_tree
+        n = len(read_tree(root))  # also grows the overflow map where needed
+        assert n == size, f"BPF walk saw {n} cgroups, not {size}"
+        assert len(walk_tree_text(root)) == size
+        compare_with_text(read_tree(root), root)
+        peak, retained = snapshot_memory(reader, root)
+        methods = {"bpf": lambda: read_tree(root), "text": lambda: walk_tree_text(root)}
+        per: Dict[str, List[float]] = {}
+        cpu: Dict[str, List[float]] = {}
+        for _ in range(rounds):
+            for name, fn in methods.items():
+                real, user, sys_ = time_loop(fn, iterations)
+                per.setdefault(name, []).append(real / iterations)
+                cpu.setdefault(name, []).append((user + sys_) / iterations)
+            if cbench is not None:
+                costs, info = cbench.run("tree", root, iterations, 1,
+                                         capacity=max(1024, 2 * size))
+                for name, cost in costs.items():
+                    assert int(info[name]["units"]) == size, info[name]
+                    per.setdefault("c-" + name, []).append(cost.per_op)
+                    cpu.setdefault("c-" + name, []).append(cost.cpu_per_op)
+        split = split_tree(reader, root, iterations, rounds) if size == 1000 else {}
+    finally:
+        t0 = time.perf_counter()
+        failed = remove_tree(root)
+        rmdir_s = time.perf_counter() - t0
+        if failed:
+            log("could NOT remove: " + "; ".join(failed))
+    return TreeResult(size, iterations, {k: statistics.median(v) for k, v in per.items()},
+                      mkdir_s, rmdir_s, peak, retained, overflow_map_bytes(reader), split,
+                      {k: statistics.median(v) for k, v in cpu.items()})
+
+
+def split_tree(reader: Reader, root: str, iterations: int, rounds: int) -> Dict[str, float]:
+    """read_tree's time taken apart, seconds per snapshot (best round): the session
+    alone, + the overflow copy and struct unpack of every record, + the paths
+    (the whole read_tree). Uses the backend's internals; {} if they moved."""
+    try:
+        be = reader._backend
+        from pymemcg.programs import ORDER_DESCENDANTS_PRE
+        link = be._link(be._roots[root], ORDER_DESCENDANTS_PRE)
+        methods = {"session": lambda: be._session(link), "records": lambda: be._walk(link),
+                   "read_tree": lambda: reader.read_tree(root)}
+    except (AttributeError, KeyError, ImportError):
+        return {}
+    costs = timed_rounds(methods, iterations * rounds, rounds)
+    return {name: c.best for name, c in costs.items()}
+
+
+def split_read(reader: Reader, cgroup: str, reads: int, rounds: int) -> Dict[str, float]:
+    """Reader.read's time taken apart: seconds per call of each step added in turn
+    (best round: the differences of small numbers need the least noisy figure).
+
+    Uses the backend's internals (its fetch slot, or link fd and buffer) to
+    call the shim the way Reader.read does; {} if those have moved. Keys:
+    "call" (the shim call through cffi), "call+unpack", "Reader.read".
+    """
+    reader.read(cgroup)
+    try:
+        be = reader._backend
+        link = be._by_path[cgroup].target
+        if be._fetch is not None:
+            run, ptr, index = be._fetch_run, be._fetch_ptr, link.index
+            record, unpack = be._fetch_record, be._unpack_record
+
+            def call():
+                return run(ptr, index)
+
+            def call_unpack():
+                run(ptr, index)
+                return unpack(record)
+        else:
+            session, fd, cbuf, buf, size = (be._read_session, link.fd, be._cbuf, be._buf,
+                                            be._buflen)
+            unpack = be._unpack_single
+
+            def call():
+                return session(fd, cbuf, size)
+
+            def call_unpack():
+                session(fd, cbuf, size)
+                return unpack(buf)
+    except (AttributeError, KeyError):
+        return {}
+    methods = {"call": call, "call+unpack": call_unpack,
+               "Reader.read": lambda: reader.read(cgroup)}
+    costs = timed_rounds(methods, reads, rounds)
+    return {name: c.best for name, c in costs.items()}
+
+
+def loop(method: str, path: str, count: int) -> None:
+    """Run one method `count` times (for profilers): read, pread-parse, tree, text-tree."""
+    if method in ("read", "tree"):
+        with Reader(stats=STATS, backend="bpf") as reader:
+            fn: Callable[[], object] = reader.read if method == "read" else reader.read_tree
+            fn(path)
+            time_loop(lambda: fn(path), count)
+    elif method == "text-tree":
+        time_loop(lambda: walk_tree_text(path), count)
+    elif method == "pread-parse":
+        fd = os.open(os.path.join(path, "memory.stat"), os.O_RDONLY)
+        time_loop(lambda: read_stat_pread(fd), count)
+    else:
+        raise SystemExit(f"unknown method {method!r}")
