@@ -8,7 +8,7 @@ close must not; and no path makes identify() raise.
 from __future__ import annotations
 
 import re
-from typing import List
+from typing import List, Optional
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from pymemcg.containers import (BESTEFFORT, BURSTABLE, CONTAINERD, CRIO, DOCKER, GUARANTEED,
                                 QOS_CLASSES, RUNTIMES, UNKNOWN, CgroupIdentity, identify)
+from pymemcg.decode import Layout, Record
 
 HEX = "0123456789abcdef"
 
@@ -323,3 +324,19 @@ def test_arbitrary_text_never_raises(text):
 def test_not_a_path(value):
     assert identify(value) == UNKNOWN
 
+
+# --- Record.container ---
+
+def _record(path: Optional[str]) -> Record:
+    return Record(Layout(["anon"]), (1, 0, 0, 2, 0, 1, 0, 4096), path)
+
+
+def test_record_container():
+    uid, cid = "0f3e9c1a-1b2c-4d5e-8f90-123456789abc", "ab" * 32
+    rec = _record(f"/kubepods/besteffort/pod{uid}/{cid}")
+    assert rec.container == CgroupIdentity(pod_uid=uid, container_id=cid, qos=BESTEFFORT)
+    assert rec.container.pod_uid == uid and rec["anon"] == 4096
+    assert _record(None).container == UNKNOWN
+    assert _record("/system.slice/foo.service").container.unit == "foo.service"
+    with pytest.raises(AttributeError):                # frozen
+        rec.container.pod_uid = "x"
