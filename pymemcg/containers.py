@@ -42,7 +42,8 @@ A static pod whose manifest sets its own uid of another form is not
 recognised.
 
 Containers inside a pod are named by the runtime (cAdvisor reads them with
-the regexp ([a-z0-9]{64}) in container/{docker,containerd,crio}; the ids are
+the regexp ([a-z0-9]{64}) in its container/{docker,containerd,crio} handlers,
+lib/container/ in newer trees; the ids are
 64 lowercase hex digits from each runtime's id generator, and a match here is
 anchored at both ends):
 
@@ -72,9 +73,9 @@ digits, ":-_.\\", one "@" before an instance, at most 255 characters).
 
 What cAdvisor does not export (cadvisor_skips): every cgroup whose name ends
 in ".mount" (its systemd factory handles and ignores them,
-container/systemd/factory.go) and CRI-O's sandbox cgroup under the systemd
+lib/container/systemd/factory.go) and CRI-O's sandbox cgroup under the systemd
 driver ("crio-<id>" without ".scope": its CRI-O factory ignores those,
-container/crio/factory.go). A conmon cgroup is not skipped by cAdvisor: its
+lib/container/crio/factory.go). A conmon cgroup is not skipped by cAdvisor: its
 CRI-O factory declines it and the raw factory exports it under its path
 with no container labels; `conmon` marks it so that a caller can tell.
 """
