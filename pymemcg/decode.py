@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from .containers import CgroupIdentity, identify
 from .errors import MalformedData, StatUnavailable, UnknownStat
 
 #: the record tuple: (id, parent_id, name_hash, level, flags, valid words, *values);
@@ -126,6 +127,14 @@ class Record:
     def source(self, name: str) -> str:
         """How this stat was resolved on this kernel (table, btf-enum, ...)."""
         return self._layout.sources.get(name, "")
+
+    @property
+    def container(self) -> CgroupIdentity:
+        """Who this cgroup is, from its path (pymemcg.containers.identify): pod
+        UID, container id, QoS class, runtime, systemd unit; all None where
+        the path says nothing known, or is None (a cgroup removed before its
+        name was read). Computed on access (pure, cached by path)."""
+        return identify(self.path)
 
     @property
     def has_memcg(self) -> bool:

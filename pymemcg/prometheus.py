@@ -18,7 +18,15 @@ iterator session) and exposes, for each cgroup:
   CADVISOR_METRICS below for the exact definition of each;
 - every selected raw stat as `memcg_<stat>` with a `cgroup` label (the same
   path): sizes as gauges in bytes, cumulative counts as counters (exposed
-  with the `_total` suffix Prometheus client libraries give counters).
+  with the `_total` suffix Prometheus client libraries give counters);
+- on both, who the cgroup is, read from its path (pymemcg.containers):
+  `pod_uid`, `container_id`, `qos`, `unit`. As cAdvisor does with its own
+  labels, a scrape carries a label when any of its cgroups has it, and a
+  cgroup without it has the value "".
+
+The cAdvisor metrics leave out what cAdvisor does not export (names ending
+in ".mount"; CRI-O's sandbox cgroup under the systemd driver); `memcg_*`
+cover every cgroup read.
 
 A value this host cannot read exactly (pymemcg says "unavailable", e.g. the
 cgroup v1 root's usage) is left out of the scrape, never exported as 0.
@@ -55,6 +63,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from . import __version__, catalog
 from .cgroupfs import memory_mount
+from .containers import CgroupIdentity, identify
 from .decode import Snapshot
 from .errors import NoMemoryController, UnknownStat
 from .reader import Reader
@@ -65,6 +74,9 @@ _log = logging.getLogger(__name__)
 
 #: cAdvisor treats limits above 2^62 bytes as "unlimited" and exports 0
 UNLIMITED_ABOVE = 1 << 62
+
+#: who a cgroup is (pymemcg.containers), as labels after id / cgroup, where known
+IDENTITY_LABELS = ("pod_uid", "container_id", "qos", "unit")
 
 Getter = Callable[[str], Optional[int]]
 
@@ -247,26 +259,30 @@ class MemcgCollector:
     def _families(self, snap: Optional[Snapshot], took: float, failed: bool) -> List[Metric]:
         families: List[Metric] = []
         records = [r for r in snap.records if r.path is not None] if snap is not None else []
-        getters = [(r.path, r.get) for r in records]
+        rows = [(r.path, r.get, identify(r.path)) for r in records]
+        # cAdvisor exports nothing for what it skips; memcg_* are every cgroup read
+        cadvisor_rows = [row for row in rows if not row[2].cadvisor_skips]
 
+        names, cadvisor = _identity_labels(cadvisor_rows)
         for cm in self.cadvisor:
-            labels = ["id", *cm.extra_labels]
-            fam = _family(cm.name, cm.type, cm.help, labels)
-            for path, get in getters:
+            fam = _family(cm.name, cm.type, cm.help, ["id", *names, *cm.extra_labels])
+            for (path, get, _), ident in zip(cadvisor_rows, cadvisor):
                 for extra, value in cm.values(get):
-                    fam.add_metric([path, *extra], value)
+                    fam.add_metric([path, *ident, *extra], value)
             families.append(fam)
 
+        names, raw = _identity_labels(rows)
         for name in self.selected:
             stat = catalog.STATS[name]
             counter = stat.unit == catalog.COUNT
             help_text = f"{stat.meaning} ({'a count' if counter else 'bytes'}; pymemcg stat " \
                         f"{name}{', local' if self.local else ''})"
-            fam = _family(f"memcg_{name}", COUNTER if counter else GAUGE, help_text, ["cgroup"])
-            for path, get in getters:
+            fam = _family(f"memcg_{name}", COUNTER if counter else GAUGE, help_text,
+                          ["cgroup", *names])
+            for (path, get, _), ident in zip(rows, raw):
                 v = get(name)
                 if v is not None:
-                    fam.add_metric([path], v)
+                    fam.add_metric([path, *ident], v)
             families.append(fam)
 
         info = GaugeMetricFamily("pymemcg_info", "pymemcg version, backend and host; value 1",
@@ -307,6 +323,19 @@ class UntypedMetricFamily(Metric):
 
     def add_metric(self, labels: Sequence[str], value: float) -> None:
         self.add_sample(self.name, dict(zip(self._labelnames, labels)), value)
+
+
+def _identity_labels(rows: Sequence[Tuple[str, Getter, CgroupIdentity]]
+                     ) -> Tuple[List[str], List[Tuple[str, ...]]]:
+    """The identity labels of one scrape and each row's values for them.
+
+    As cAdvisor (metrics/prometheus.go collectContainersInfo): the label
+    names are the union over every exported cgroup, and a cgroup without one
+    carries it with the value "" (which PromQL reads as no label); a scrape
+    where no cgroup has a pod, container, QoS class or unit has none of
+    these labels."""
+    names = [n for n in IDENTITY_LABELS if any(getattr(row[2], n) for row in rows)]
+    return names, [tuple(getattr(row[2], n) or "" for n in names) for row in rows]
 
 
 def _family(name: str, mtype: str, help_text: str, labels: List[str]) -> Metric:

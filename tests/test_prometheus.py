@@ -16,6 +16,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
+from contextlib import contextmanager
+from typing import Optional
 
 import pytest
 
@@ -63,13 +66,9 @@ def set_limit(path: str, version: int, value: int) -> None:
         f.write(str(value))
 
 
-@pytest.fixture
-def quiet(cgroups, cgroup_version):
-    """(parent, child): a limited child holding page cache, nothing running in either."""
-    child = cgroups.make("quiet")
-    set_limit(child, cgroup_version, LIMIT)
-    cache_file = f"/var/tmp/pymemcg-test-prom-{os.getpid()}"
-    proc = cgroups.spawn(child, CHARGE_CACHE.format(path=cache_file, size=CACHE))
+def charge_cache(cgroups, cgroup: str, cache_file: str) -> None:
+    """Page cache charged to `cgroup` by a process that has exited, once BPF sees it."""
+    proc = cgroups.spawn(cgroup, CHARGE_CACHE.format(path=cache_file, size=CACHE))
     proc.stdin.close()
     proc.wait()
     # BPF reads rstat totals: wait for the kernel to flush the charge (reading
@@ -77,13 +76,22 @@ def quiet(cgroups, cgroup_version):
     deadline = time.monotonic() + 15
     with pymemcg.Reader(stats=["file"], backend="bpf") as reader:
         while True:
-            with open(os.path.join(child, "memory.stat")) as f:
+            with open(os.path.join(cgroup, "memory.stat")) as f:
                 f.read()
-            if reader.read(child)["file"] >= CACHE // 2:
+            if reader.read(cgroup)["file"] >= CACHE // 2:
                 break
-            assert time.monotonic() < deadline, "the page cache never showed in the child"
+            assert time.monotonic() < deadline, f"the page cache never showed in {cgroup}"
             time.sleep(0.2)
+
+
+@pytest.fixture
+def quiet(cgroups, cgroup_version):
+    """(parent, child): a limited child holding page cache, nothing running in either."""
+    child = cgroups.make("quiet")
+    set_limit(child, cgroup_version, LIMIT)
+    cache_file = f"/var/tmp/pymemcg-test-prom-{os.getpid()}"
     try:
+        charge_cache(cgroups, child, cache_file)
         yield cgroups.base, child
     finally:
         if os.path.exists(cache_file):
@@ -136,32 +144,39 @@ def expected(values: dict, version: int) -> dict:
     return exp
 
 
-def check_cgroup(got: dict, path: str, values: dict, version: int, selected) -> None:
+def check_cgroup(got: dict, path: str, values: dict, version: int, selected,
+                 identity: Optional[dict] = None) -> None:
+    """Every sample of `path`; identity: its pod_uid/container_id/qos/unit labels."""
+    ident = frozenset((identity or {}).items())
     for name, value in expected(values, version).items():
-        assert got.get((name, frozenset({("id", path)}))) == float(value), (name, path, value)
+        key = (name, frozenset({("id", path)}) | ident)
+        assert got.get(key) == float(value), (key, value)
     for ftype in ("pgfault", "pgmajfault"):
         for scope in ("container", "hierarchy"):
             key = ("container_memory_failures_total",
-                   frozenset({("id", path), ("failure_type", ftype), ("scope", scope)}))
+                   frozenset({("id", path), ("failure_type", ftype), ("scope", scope)}) | ident)
             assert got.get(key) == float(values[ftype]), key
     for stat in selected:
         counter = catalog.STATS[stat].unit == catalog.COUNT
-        key = (f"memcg_{stat}" + ("_total" if counter else ""), frozenset({("cgroup", path)}))
+        key = (f"memcg_{stat}" + ("_total" if counter else ""),
+               frozenset({("cgroup", path)}) | ident)
         assert got.get(key) == float(values[stat]), (key, values[stat])
 
 
 SELECTED = ["usage", "limit", "anon", "file", "shmem", "inactive_file", "pgfault", "oom_kill"]
 
 
-def scrape_until_equal(scrape, reader, paths, version, selected, tries: int = 4):
+def scrape_until_equal(scrape, reader, paths, version, selected, tries: int = 4,
+                       identity: Optional[dict] = None):
     """Compare a scrape with direct reads; retry while the host's rstat flush
-    lands between the two."""
+    lands between the two. identity: {path: its identity labels}."""
     for attempt in range(tries):
         values = {p: stable_read(reader, p) for p in paths}
         got, types = samples(scrape())
         try:
             for p in paths:
-                check_cgroup(got, rel(p), values[p], version, selected)
+                check_cgroup(got, rel(p), values[p], version, selected,
+                             (identity or {}).get(p))
             return got, types, values
         except AssertionError:
             if attempt == tries - 1:
@@ -288,29 +303,20 @@ def start_exporter(*args: str) -> tuple:
     return proc, m.group(1)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_export_serves_what_a_direct_read_says(bpf_ok, quiet, cgroup_version, stop):
-    parent, child = quiet
-    proc, url = start_exporter("--listen", "127.0.0.1:0", "--backend", "bpf",
-                               "--stats", ",".join(SELECTED), parent)
+@contextmanager
+def exporter(*args: str, stop: int = signal.SIGTERM):
+    """A running `pymemcg export ARGS`: (process, url, scrape()); stopped with
+    `stop` on the way out, which it must survive cleanly (exit 0, no traceback)."""
+    proc, url = start_exporter(*args)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            return resp.read().decode()
+
     try:
-        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/metrics")
-
-        def scrape():
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                assert resp.status == 200
-                assert resp.headers["Content-Type"].startswith("text/plain")
-                return resp.read().decode()
-
-        names = list(dict.fromkeys(SELECTED + [s for m in cadvisor_metrics(cgroup_version)
-                                               for s in m.needs]))
-        with pymemcg.Reader(stats=names, backend="bpf") as reader:
-            got, _, values = scrape_until_equal(scrape, reader, [parent, child], cgroup_version,
-                                                SELECTED)
-        assert values[child]["limit"] == LIMIT
-        assert got[("container_spec_memory_limit_bytes",
-                    frozenset({("id", rel(child))}))] == LIMIT
-        assert links_of(proc.pid), "a running exporter holds its links as fds"
+        yield proc, url, scrape
     finally:
         proc.send_signal(stop)
         try:
@@ -320,6 +326,125 @@ def test_export_serves_what_a_direct_read_says(bpf_ok, quiet, cgroup_version, st
             raise
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def stats_for(version: int) -> list:
+    """SELECTED and every stat the cAdvisor metrics need, for a Reader to compare with."""
+    return list(dict.fromkeys(SELECTED + [s for m in cadvisor_metrics(version) for s in m.needs]))
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_export_serves_what_a_direct_read_says(bpf_ok, quiet, cgroup_version, stop):
+    parent, child = quiet
+    with exporter("--listen", "127.0.0.1:0", "--backend", "bpf", "--stats", ",".join(SELECTED),
+                  parent, stop=stop) as (proc, url, scrape):
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/metrics")
+        with pymemcg.Reader(stats=stats_for(cgroup_version), backend="bpf") as reader:
+            got, _, values = scrape_until_equal(scrape, reader, [parent, child], cgroup_version,
+                                                SELECTED)
+        assert values[child]["limit"] == LIMIT
+        assert got[("container_spec_memory_limit_bytes",
+                    frozenset({("id", rel(child))}))] == LIMIT
+        assert links_of(proc.pid), "a running exporter holds its links as fds"
+
+
+# --- who a cgroup is: labels from kubelet-like, runtime-like and systemd-like names ---
+
+def identity(pod_uid: str = "", container_id: str = "", qos: str = "", unit: str = "") -> dict:
+    """The identity labels of one cgroup in a scrape that has all four."""
+    return {"pod_uid": pod_uid, "container_id": container_id, "qos": qos, "unit": unit}
+
+
+@pytest.fixture
+def kubelet_tree(cgroups):
+    """Cgroups under this process's own, named as kubelet (both drivers), the
+    runtimes and systemd name theirs: ({what: path}, {path: identity labels}).
+    The two containers hold page cache charged by a process that has exited."""
+    uid, suid = str(uuid.uuid4()), str(uuid.uuid4())
+    cid, scid, conmon = (uuid.uuid4().hex + uuid.uuid4().hex for _ in range(3))
+    spod = f"kubepods-besteffort-pod{suid.replace('-', '_')}.slice"
+    made = {
+        "kubepods": (cgroups.make("kubepods"), identity()),
+        "qos": (cgroups.make("kubepods/burstable"), identity(qos="burstable")),
+        "pod": (cgroups.make(f"kubepods/burstable/pod{uid}"),
+                identity(pod_uid=uid, qos="burstable")),
+        "container": (cgroups.make(f"kubepods/burstable/pod{uid}/{cid}"),
+                      identity(pod_uid=uid, container_id=cid, qos="burstable")),
+        # CRI-O's conmon: no container labels (cAdvisor's raw handler exports it)
+        "conmon": (cgroups.make(f"kubepods/burstable/pod{uid}/crio-conmon-{conmon}"),
+                   identity(pod_uid=uid, qos="burstable")),
+        "slice": (cgroups.make("kubepods.slice"), identity()),
+        "systemd_qos": (cgroups.make("kubepods.slice/kubepods-besteffort.slice"),
+                        identity(qos="besteffort")),
+        "systemd_pod": (cgroups.make(f"kubepods.slice/kubepods-besteffort.slice/{spod}"),
+                        identity(pod_uid=suid, qos="besteffort")),
+        "systemd_container": (
+            cgroups.make(f"kubepods.slice/kubepods-besteffort.slice/{spod}/"
+                         f"cri-containerd-{scid}.scope"),
+            identity(pod_uid=suid, container_id=scid, qos="besteffort")),
+        "test_slice": (cgroups.make("test.slice"), identity()),
+        "service": (cgroups.make("test.slice/foo.service"), identity(unit="foo.service")),
+        "mount": (cgroups.make("test.slice/dev-foo.mount"), identity(unit="dev-foo.mount")),
+    }
+    files = [f"/var/tmp/pymemcg-test-prom-{os.getpid()}-{i}" for i in range(2)]
+    try:
+        for what, cache_file in zip(("container", "systemd_container"), files):
+            charge_cache(cgroups, made[what][0], cache_file)
+        yield {what: path for what, (path, _) in made.items()}, \
+            {cgroups.base: identity(), **{path: labels for path, labels in made.values()}}
+    finally:
+        for f in files:
+            if os.path.exists(f):
+                os.unlink(f)
+
+
+def test_export_labels_pods_containers_and_units(bpf_ok, cgroups, kubelet_tree, cgroup_version):
+    paths, labels = kubelet_tree
+    compared = [cgroups.base] + [paths[w] for w in ("pod", "container", "conmon", "systemd_pod",
+                                                     "systemd_container", "service")]
+    with exporter("--listen", "127.0.0.1:0", "--backend", "bpf", "--stats", ",".join(SELECTED),
+                  cgroups.base) as (_, _, scrape):
+        with pymemcg.Reader(stats=stats_for(cgroup_version), backend="bpf") as reader:
+            got, _, values = scrape_until_equal(scrape, reader, compared, cgroup_version,
+                                                SELECTED, identity=labels)
+    # the values mean something: the containers hold the page cache charged to them
+    for what in ("container", "systemd_container"):
+        assert values[paths[what]]["file"] >= CACHE // 2, values[paths[what]]
+        assert got[("container_memory_cache", frozenset({("id", rel(paths[what])),
+                                                          *labels[paths[what]].items()}))] \
+            == values[paths[what]]["file"]
+    # every cgroup with its labels, once; the .mount unit nowhere among cAdvisor's names
+    cadvisor = {(dict(k)["id"], k) for name, k in got if name == "container_memory_rss"}
+    want = {p: l for p, l in labels.items() if p != paths["mount"]}
+    assert {i for i, _ in cadvisor} == {rel(p) for p in want}
+    for path, expect in want.items():
+        assert frozenset({("id", rel(path)), *expect.items()}) in {k for _, k in cadvisor}, path
+    # memcg_* cover every cgroup read, the .mount unit too, with the same labels
+    mount = frozenset({("cgroup", rel(paths["mount"])), *labels[paths["mount"]].items()})
+    assert ("memcg_anon", mount) in got
+    assert not [k for name, k in got if name.startswith("container_")
+                and dict(k).get("id") == rel(paths["mount"])]
+
+
+def test_identity_labels_are_those_some_cgroup_has(bpf_ok, kubelet_tree):
+    # as cAdvisor: a label is in the scrape when one of its cgroups has it
+    paths, _ = kubelet_tree
+    with MemcgCollector(paths["test_slice"], ["anon"], backend="bpf") as collector:
+        registry = CollectorRegistry()
+        registry.register(collector)
+        got, _ = samples(generate_latest(registry).decode())
+    rss = {dict(k)["id"]: dict(k) for name, k in got if name == "container_memory_rss"}
+    assert rss == {rel(paths["test_slice"]): {"id": rel(paths["test_slice"]), "unit": ""},
+                   rel(paths["service"]): {"id": rel(paths["service"]), "unit": "foo.service"}}
+    anon = {dict(k)["cgroup"]: dict(k).get("unit") for name, k in got if name == "memcg_anon"}
+    assert anon == {rel(paths["test_slice"]): "", rel(paths["service"]): "foo.service",
+                    rel(paths["mount"]): "dev-foo.mount"}
+    with MemcgCollector(paths["kubepods"], ["anon"], backend="bpf") as collector:
+        registry = CollectorRegistry()
+        registry.register(collector)
+        got, _ = samples(generate_latest(registry).decode())
+    names = {frozenset(dict(k)) for name, k in got if name == "container_memory_rss"}
+    assert names == {frozenset({"id", "pod_uid", "container_id", "qos"})}   # no unit here
 
 
 def test_export_without_prometheus_client_is_a_clean_error():
