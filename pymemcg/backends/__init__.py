@@ -3,6 +3,7 @@
     backend.read(path) -> Record         one cgroup directory
     backend.read_tree(path) -> Snapshot  it and every cgroup below, one walk
     backend.name, .layout, .read_method  what serves, which stats, how
+    backend.loads_programs               whether it reads through BPF programs of its own
     backend.close()
 
 bpf.py reads records out of the BPF programs (programs.py), text.py the

@@ -93,6 +93,7 @@ class BpfBackend:
     """Reads the selection through the memcg iterator program."""
 
     name = "bpf"
+    loads_programs = True   # reads any tree through BPF programs of its own
 
     def __init__(self, names: Sequence[str], local: bool, version: int, mountpoint: str,
                  flush: bool = False,

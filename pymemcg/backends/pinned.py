@@ -229,7 +229,7 @@ class PinnedBackend:
                     be = self._own(str(e))
                 except BpfUnavailable:
                     be = None
-                if be is None or be.name != "bpf":
+                if be is None or not be.loads_programs:
                     raise PinTooSmall(e.errno, f"{e.strerror}; or read it as root, where the "
                                                f"Reader loads its own program") from None
                 # this root's tree outgrew its pin: read it with our own program

@@ -24,6 +24,7 @@ class TextBackend:
     """Reads the selected stats from cgroupfs files."""
 
     name = "text"
+    loads_programs = False
     read_method = "memory.stat text"
 
     def __init__(self, names: Sequence[str], local: bool, version: int,
