@@ -264,19 +264,20 @@ class CgroupTreeMachine(RuleBasedStateMachine):
                     check_answer(reader.read(self.path(rel)), self.path(rel))
 
     def teardown(self) -> None:
-        for r in self.readers:
-            r.close()
-        for pin in self.pins:
-            pins.unpin(pin.path, self.meta)
-        subprocess.run(["umount", self.bpffs], check=True)
-        for d in (self.meta, self.bpffs, self.pin_root):
-            if os.path.isdir(d):
-                os.rmdir(d)
-        if self.task.poll() is None:
-            self.move_task("")
-            self.task.send_signal(signal.SIGKILL)
-        self.task.wait()
-        self.factory.cleanup()
+        try:
+            for r in self.readers:
+                r.close()
+            for pin in self.pins:
+                pins.unpin(pin.path, self.meta)
+            subprocess.run(["umount", self.bpffs], check=True)
+            for d in (self.meta, self.bpffs, self.pin_root):
+                if os.path.isdir(d):
+                    os.rmdir(d)
+        finally:
+            if self.task.poll() is None:
+                self.task.send_signal(signal.SIGKILL)
+            self.task.wait()
+            self.factory.cleanup()
 
 
 @pytest.mark.usefixtures("bpf_ok")
