@@ -79,13 +79,13 @@ SEC("syscall")
 int pmc_fetch(struct pmc_fetch_args *args)
 {
 	struct pmc_cgroup_slot *slot;
-	struct pmc_scratch *rec;
+	struct pmc_scratch *s;
 	struct cgroup *cgrp = 0;
 	__u32 key = args->slot, zero = 0;
 
 	slot = bpf_map_lookup_elem(&slots, &key);
-	rec = bpf_map_lookup_elem(&out, &zero);
-	if (!slot || !rec)
+	s = bpf_map_lookup_elem(&out, &zero);
+	if (!slot || !s)
 		return 1;
 	/* a reference of our own, so that the read (which may sleep when it
 	 * flushes) runs outside the RCU section */
@@ -94,12 +94,12 @@ int pmc_fetch(struct pmc_fetch_args *args)
 		cgrp = bpf_cgroup_acquire(slot->cgrp);
 	bpf_rcu_read_unlock();
 	if (!cgrp || !(cgrp->self.flags & CSS_ONLINE)) {
-		rec->hdr.cgroup_id = cgrp ? cgrp->kn->id : 0;
-		rec->hdr.flags = PMC_REC_GONE;
-		rec->hdr.valid[0] = 0;
-		rec->hdr.valid[1] = 0;
+		s->rec.hdr.cgroup_id = cgrp ? cgrp->kn->id : 0;
+		s->rec.hdr.flags = PMC_REC_GONE;
+		s->rec.hdr.valid[0] = 0;
+		s->rec.hdr.valid[1] = 0;
 	} else {
-		fill_record(rec, cgrp, true, flush_stats);
+		fill_record(&s->rec, &s->tmp, cgrp, true, flush_stats);
 	}
 	if (cgrp)
 		bpf_cgroup_release(cgrp);

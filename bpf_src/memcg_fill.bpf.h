@@ -26,14 +26,25 @@ const volatile struct pmc_stat_spec specs[PMC_MAX_STATS] = {};
 
 #define PMC_ARRAY_MAX	128	/* longest state[]/events[] copied whole */
 
-struct pmc_scratch {
+/* A record with room for every value: the first PMC_RECORD_SIZE(nr_stats)
+ * bytes are what readers get. */
+struct pmc_out {
 	struct pmc_record hdr;
 	__u64 values[PMC_MAX_STATS];
-	/* not part of the record: */
+};
+
+/* What a fill reads the kernel's arrays and names into: not part of the
+ * record, so that a record can be filled where the reader finds it. */
+struct pmc_tmp {
 	__u64 name[PMC_NAME_MAX / 8];
 	__u64 state[PMC_ARRAY_MAX];
 	__u64 events[PMC_ARRAY_MAX];
 	__u64 memev[PMC_ARRAY_MAX / 4];
+};
+
+struct pmc_scratch {
+	struct pmc_out rec;
+	struct pmc_tmp tmp;
 };
 
 struct {
@@ -124,8 +135,8 @@ static __always_inline __u64 rfc_fetch(struct cgroup *cgrp, __u32 kind, __u32 it
  * Fill rec->values for one memcg through CO-RE reads of struct mem_cgroup
  * (on kernels with the RFC kfuncs, state and events come from those).
  */
-static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cgrp,
-				      struct mem_cgroup *memcg, bool is_root)
+static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
+				      struct cgroup *cgrp, struct mem_cgroup *memcg, bool is_root)
 {
 	struct memcg_vmstats *vmstats = BPF_CORE_READ(memcg, vmstats);
 	__u32 state_len = bpf_core_field_size(struct memcg_vmstats, state) / sizeof(long);
@@ -156,13 +167,13 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cg
 		memev_off = bpf_core_field_offset(struct mem_cgroup, memory_events);
 	}
 	if (need_state && vmstats)
-		state_n = copy_array(rec->state, PMC_ARRAY_MAX, (void *)vmstats + state_off,
+		state_n = copy_array(tmp->state, PMC_ARRAY_MAX, (void *)vmstats + state_off,
 				     state_len);
 	if (need_events && vmstats)
-		events_n = copy_array(rec->events, PMC_ARRAY_MAX, (void *)vmstats + events_off,
+		events_n = copy_array(tmp->events, PMC_ARRAY_MAX, (void *)vmstats + events_off,
 				      events_len);
 	if (need_memev)
-		memev_n = copy_array(rec->memev, PMC_ARRAY_MAX / 4, (void *)memcg + memev_off,
+		memev_n = copy_array(tmp->memev, PMC_ARRAY_MAX / 4, (void *)memcg + memev_off,
 				     memev_len);
 
 	for (i = 0; i < PMC_MAX_STATS; i++) {
@@ -187,15 +198,15 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cg
 			}
 			if (kind == PMC_KIND_EVENT) {
 				ok = slot < events_n;
-				v = rec->events[slot & (PMC_ARRAY_MAX - 1)];
+				v = tmp->events[slot & (PMC_ARRAY_MAX - 1)];
 				break;
 			}
 			ok = slot < state_n;
-			v = rec->state[slot & (PMC_ARRAY_MAX - 1)];
+			v = tmp->state[slot & (PMC_ARRAY_MAX - 1)];
 			break;
 		case PMC_KIND_MEMEVENT:
 			ok = slot < memev_n;
-			v = rec->memev[slot & (PMC_ARRAY_MAX / 4 - 1)];
+			v = tmp->memev[slot & (PMC_ARRAY_MAX / 4 - 1)];
 			break;
 		case PMC_KIND_COUNTER:
 			/* The root memcg's usage files show global vmstat
@@ -219,7 +230,7 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cg
 }
 
 /* Fill rec->values through the Linux 7.0+ kfuncs; flush first if asked. */
-static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *cgrp,
+static __always_inline void fill_kfunc(struct pmc_out *rec, struct cgroup *cgrp,
 				       bool is_root, bool flush)
 {
 	struct mem_cgroup *memcg = bpf_get_mem_cgroup(&cgrp->self);
@@ -290,14 +301,14 @@ static __always_inline void flush_memcg(struct cgroup *cgrp)
 	}
 }
 
-static __always_inline __u64 name_hash(struct pmc_scratch *rec, struct kernfs_node *kn)
+static __always_inline __u64 name_hash(struct pmc_tmp *tmp, struct kernfs_node *kn)
 {
 	const char *name = kn->name;
 	__u64 h = PMC_FNV_OFFSET;
 	long n;
 	__u32 i;
 
-	n = bpf_probe_read_kernel_str(rec->name, sizeof(rec->name), name);
+	n = bpf_probe_read_kernel_str(tmp->name, sizeof(tmp->name), name);
 	if (n <= 0)
 		return 0;
 	for (i = 0; i < PMC_NAME_MAX / 8; i++) {
@@ -306,7 +317,7 @@ static __always_inline __u64 name_hash(struct pmc_scratch *rec, struct kernfs_no
 
 		if (left <= 0)
 			break;
-		w = rec->name[i];
+		w = tmp->name[i];
 		if (left < 8)
 			w &= (1ULL << (left * 8)) - 1;	/* bytes past the NUL are stale */
 		h = (h ^ w) * PMC_FNV_PRIME;
@@ -320,7 +331,7 @@ static __always_inline __u64 name_hash(struct pmc_scratch *rec, struct kernfs_no
  * stats (cgroup_mutex held, which rename takes too), it proves that the
  * record belongs to the path the reader asked for. 0: deeper than we walk.
  */
-static __always_inline __u64 path_hash(struct pmc_scratch *rec, struct cgroup *cgrp)
+static __always_inline __u64 path_hash(struct pmc_tmp *tmp, struct cgroup *cgrp)
 {
 	__u64 h = PMC_FNV_OFFSET;
 	__u32 depth;
@@ -330,7 +341,7 @@ static __always_inline __u64 path_hash(struct pmc_scratch *rec, struct cgroup *c
 
 		if (!parent)
 			return h;
-		h = (h ^ name_hash(rec, cgrp->kn)) * PMC_FNV_PRIME;
+		h = (h ^ name_hash(tmp, cgrp->kn)) * PMC_FNV_PRIME;
 		cgrp = parent->cgroup;
 	}
 	return 0;
@@ -338,19 +349,20 @@ static __always_inline __u64 path_hash(struct pmc_scratch *rec, struct cgroup *c
 
 /*
  * The record of one cgroup into rec: header, then every selected value
- * (each one written, so a reader never sees the previous cgroup's numbers).
+ * (each one written, so a reader never sees the previous cgroup's numbers);
+ * tmp is where the kernel's arrays and names are read to on the way.
  * with_path: name_hash holds the path's hash (single reads) instead of the
  * name's (walks). flush: fold pending per-CPU updates in first (sleepable
  * programs only).
  */
-static __always_inline void fill_record(struct pmc_scratch *rec, struct cgroup *cgrp,
-					bool with_path, bool flush)
+static __always_inline void fill_record(struct pmc_out *rec, struct pmc_tmp *tmp,
+					struct cgroup *cgrp, bool with_path, bool flush)
 {
 	struct cgroup_subsys_state *css, *parent;
 
 	/* cgrp is a BTF pointer: plain loads, no helper calls */
 	rec->hdr.cgroup_id = cgrp->kn->id;
-	rec->hdr.name_hash = with_path ? path_hash(rec, cgrp) : name_hash(rec, cgrp->kn);
+	rec->hdr.name_hash = with_path ? path_hash(tmp, cgrp) : name_hash(tmp, cgrp->kn);
 	parent = cgrp->self.parent;
 	rec->hdr.parent_id = parent ? parent->cgroup->kn->id : 0;
 	rec->hdr.level = cgrp->level;
@@ -372,7 +384,7 @@ static __always_inline void fill_record(struct pmc_scratch *rec, struct cgroup *
 		if (flush && css)
 			flush_memcg(cgrp);
 		if (css)
-			fill_core(rec, cgrp, (struct mem_cgroup *)css, parent == 0);
+			fill_core(rec, tmp, cgrp, (struct mem_cgroup *)css, parent == 0);
 		else
 			rec->hdr.flags |= PMC_REC_NO_MEMCG;
 	}
