@@ -22,6 +22,10 @@ const volatile bool need_state = false;
 const volatile bool need_events = false;
 const volatile bool need_memev = false;
 const volatile __u64 page_size = 4096;
+/* read struct mem_cgroup with plain loads (bpf_rdonly_cast, Linux 6.2+)
+ * rather than a helper call per value or array; the fetch program's loader
+ * sets it, where the kernel is new enough for that program anyway */
+const volatile bool direct_loads = false;
 const volatile struct pmc_stat_spec specs[PMC_MAX_STATS] = {};
 
 #define PMC_ARRAY_MAX	128	/* longest state[]/events[] copied whole */
@@ -67,6 +71,10 @@ extern unsigned long bpf_mem_cgroup_memory_events(struct mem_cgroup *memcg,
 						  enum memcg_memory_event event) __ksym __weak;
 extern unsigned long bpf_mem_cgroup_usage(struct mem_cgroup *memcg) __ksym __weak;
 
+/* Linux 6.2+: a pointer of any BTF type, to read (faults read as 0). Weak,
+ * and called only behind direct_loads. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
 /* The seed's RFC patch (mm/memcontrol.c, never merged), for kernels that
  * carry it. Same gating. */
 extern void memcg_flush_stats(struct cgroup *cgrp) __ksym __weak;
@@ -77,15 +85,21 @@ extern unsigned long memcg_stat_fetch(struct cgroup *cgrp,
 extern unsigned long memcg_vm_event_fetch(struct cgroup *cgrp,
 					  enum vm_event_item item) __ksym __weak;
 
-static __always_inline __u64 read_u64(const void *addr, bool *ok)
+/* direct: addr is a field of a bpf_rdonly_cast pointer, a plain load */
+static __always_inline __u64 read_u64(const void *addr, bool *ok, bool direct)
 {
 	__u64 v = 0;
 
+	if (direct) {
+		*ok = true;
+		return *(const __u64 *)addr;
+	}
 	*ok = bpf_probe_read_kernel(&v, sizeof(v), addr) == 0;
 	return v;
 }
 
-static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which, bool *ok)
+static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which, bool *ok,
+					  bool direct)
 {
 	struct page_counter *pc;
 
@@ -93,16 +107,16 @@ static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which,
 	switch (which) {
 	case PMC_CTR_MEMORY_USAGE:
 	case PMC_CTR_SWAP_USAGE:
-		return read_u64(__builtin_preserve_access_index(&pc->usage.counter), ok);
+		return read_u64(__builtin_preserve_access_index(&pc->usage.counter), ok, direct);
 	case PMC_CTR_MEMORY_PEAK:
 	case PMC_CTR_SWAP_PEAK:
-		return read_u64(__builtin_preserve_access_index(&pc->watermark), ok);
+		return read_u64(__builtin_preserve_access_index(&pc->watermark), ok, direct);
 	case PMC_CTR_MEMORY_MAX:
 	case PMC_CTR_SWAP_MAX:
-		return read_u64(__builtin_preserve_access_index(&pc->max), ok);
+		return read_u64(__builtin_preserve_access_index(&pc->max), ok, direct);
 	case PMC_CTR_MEMORY_FAILCNT:
 	case PMC_CTR_SWAP_FAILCNT:
-		return read_u64(__builtin_preserve_access_index(&pc->failcnt), ok);
+		return read_u64(__builtin_preserve_access_index(&pc->failcnt), ok, direct);
 	}
 	*ok = false;
 	return 0;
@@ -133,12 +147,15 @@ static __always_inline __u64 rfc_fetch(struct cgroup *cgrp, __u32 kind, __u32 it
 
 /*
  * Fill rec->values for one memcg through CO-RE reads of struct mem_cgroup
- * (on kernels with the RFC kfuncs, state and events come from those).
+ * (on kernels with the RFC kfuncs, state and events come from those):
+ * each kernel array copied whole into tmp, or with direct_loads each value
+ * loaded where it is.
  */
 static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 				      struct cgroup *cgrp, struct mem_cgroup *memcg, bool is_root)
 {
-	struct memcg_vmstats *vmstats = BPF_CORE_READ(memcg, vmstats);
+	bool direct = direct_loads;
+	struct memcg_vmstats *vmstats;
 	__u32 state_len = bpf_core_field_size(struct memcg_vmstats, state) / sizeof(long);
 	__u32 events_len = bpf_core_field_size(struct memcg_vmstats, events) / sizeof(long);
 	__u32 memev_len = bpf_core_field_size(struct mem_cgroup, memory_events) / sizeof(long);
@@ -146,6 +163,12 @@ static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 	__u32 state_off, events_off, memev_off;
 	__u32 i;
 
+	if (direct) {
+		memcg = bpf_rdonly_cast(memcg, bpf_core_type_id_kernel(struct mem_cgroup));
+		vmstats = memcg->vmstats;
+	} else {
+		vmstats = BPF_CORE_READ(memcg, vmstats);
+	}
 	if (!vmstats)
 		rec->hdr.flags |= PMC_REC_NO_VMSTATS;
 	if (local_stats) {
@@ -166,15 +189,21 @@ static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 		events_off = bpf_core_field_offset(struct memcg_vmstats, events);
 		memev_off = bpf_core_field_offset(struct mem_cgroup, memory_events);
 	}
-	if (need_state && vmstats)
-		state_n = copy_array(tmp->state, PMC_ARRAY_MAX, (void *)vmstats + state_off,
-				     state_len);
-	if (need_events && vmstats)
-		events_n = copy_array(tmp->events, PMC_ARRAY_MAX, (void *)vmstats + events_off,
-				      events_len);
-	if (need_memev)
-		memev_n = copy_array(tmp->memev, PMC_ARRAY_MAX / 4, (void *)memcg + memev_off,
-				     memev_len);
+	if (direct) {
+		state_n = vmstats ? state_len : 0;
+		events_n = vmstats ? events_len : 0;
+		memev_n = memev_len;
+	} else {
+		if (need_state && vmstats)
+			state_n = copy_array(tmp->state, PMC_ARRAY_MAX, (void *)vmstats + state_off,
+					     state_len);
+		if (need_events && vmstats)
+			events_n = copy_array(tmp->events, PMC_ARRAY_MAX,
+					      (void *)vmstats + events_off, events_len);
+		if (need_memev)
+			memev_n = copy_array(tmp->memev, PMC_ARRAY_MAX / 4, (void *)memcg + memev_off,
+					     memev_len);
+	}
 
 	for (i = 0; i < PMC_MAX_STATS; i++) {
 		__u32 kind, slot, flags;
@@ -196,17 +225,28 @@ static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 				ok = true;
 				break;
 			}
+			/* direct: slot is a constant of .rodata to the verifier, so
+			 * each load is at a fixed offset it can check */
 			if (kind == PMC_KIND_EVENT) {
 				ok = slot < events_n;
-				v = tmp->events[slot & (PMC_ARRAY_MAX - 1)];
+				if (ok && direct)
+					v = *(const __u64 *)((void *)vmstats + events_off + slot * 8);
+				else
+					v = tmp->events[slot & (PMC_ARRAY_MAX - 1)];
 				break;
 			}
 			ok = slot < state_n;
-			v = tmp->state[slot & (PMC_ARRAY_MAX - 1)];
+			if (ok && direct)
+				v = *(const __u64 *)((void *)vmstats + state_off + slot * 8);
+			else
+				v = tmp->state[slot & (PMC_ARRAY_MAX - 1)];
 			break;
 		case PMC_KIND_MEMEVENT:
 			ok = slot < memev_n;
-			v = tmp->memev[slot & (PMC_ARRAY_MAX / 4 - 1)];
+			if (ok && direct)
+				v = *(const __u64 *)((void *)memcg + memev_off + slot * 8);
+			else
+				v = tmp->memev[slot & (PMC_ARRAY_MAX / 4 - 1)];
 			break;
 		case PMC_KIND_COUNTER:
 			/* The root memcg's usage files show global vmstat
@@ -214,7 +254,7 @@ static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 			 * leave them unavailable rather than different. */
 			if (is_root && (slot == PMC_CTR_MEMORY_USAGE || slot == PMC_CTR_SWAP_USAGE))
 				break;
-			v = read_counter(memcg, slot, &ok);
+			v = read_counter(memcg, slot, &ok, direct);
 			break;
 		}
 		if (!ok) {
@@ -269,7 +309,7 @@ static __always_inline void fill_kfunc(struct pmc_out *rec, struct cgroup *cgrp,
 				break;
 			}
 			/* no kfunc for the other page-counter fields: CO-RE */
-			v = read_counter(memcg, slot, &ok);
+			v = read_counter(memcg, slot, &ok, false);
 			if (!ok)
 				v = (unsigned long)-1;
 			break;

@@ -379,6 +379,7 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 	fetch->skel = skel;
 	SET_SELECTION(skel->rodata, cfg);
 	skel->rodata->flush_stats = !!cfg->flush;
+	skel->rodata->direct_loads = true;	/* bpf_rdonly_cast: 6.2+, this program 6.4+ */
 	err = bpf_map__set_max_entries(skel->maps.slots, nr_slots);
 	if (!err)
 		err = memcg_fetch__load(skel);
