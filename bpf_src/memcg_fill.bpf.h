@@ -366,22 +366,50 @@ static __always_inline __u64 name_hash(struct pmc_tmp *tmp, struct kernfs_node *
 }
 
 /*
+ * Name hashes of the cgroups that one run has met, by level: a run that
+ * reads many cgroups reads their common ancestors' names once. Keyed by
+ * kernfs id, which is never reused; a run clears it first, so a hash is
+ * never older than the run. (A rename during the run: the path is read
+ * name by name without a lock anyway, and a record proves the path it had
+ * while the run read it.)
+ */
+struct pmc_name_cache {
+	__u64 id[PMC_PATH_MAX_DEPTH];
+	__u64 hash[PMC_PATH_MAX_DEPTH];
+};
+
+/*
  * Hash of the path from the hierarchy root: the name hashes of the cgroup and
  * its ancestors below the root, leaf first. Read in the same walk as the
  * stats (cgroup_mutex held, which rename takes too), it proves that the
  * record belongs to the path the reader asked for. 0: deeper than we walk.
+ * names: a run's cache of name hashes, or NULL.
  */
-static __always_inline __u64 path_hash(struct pmc_tmp *tmp, struct cgroup *cgrp)
+static __always_inline __u64 path_hash(struct pmc_tmp *tmp, struct pmc_name_cache *names,
+				       struct cgroup *cgrp)
 {
-	__u64 h = PMC_FNV_OFFSET;
-	__u32 depth;
+	__u64 h = PMC_FNV_OFFSET, nh, id;
+	__u32 depth, at;
 
 	for (depth = 0; depth < PMC_PATH_MAX_DEPTH; depth++) {
 		struct cgroup_subsys_state *parent = cgrp->self.parent;
 
 		if (!parent)
 			return h;
-		h = (h ^ name_hash(tmp, cgrp->kn)) * PMC_FNV_PRIME;
+		if (names) {
+			id = cgrp->kn->id;
+			at = cgrp->level & (PMC_PATH_MAX_DEPTH - 1);
+			if (names->id[at] == id) {
+				nh = names->hash[at];
+			} else {
+				nh = name_hash(tmp, cgrp->kn);
+				names->id[at] = id;
+				names->hash[at] = nh;
+			}
+		} else {
+			nh = name_hash(tmp, cgrp->kn);
+		}
+		h = (h ^ nh) * PMC_FNV_PRIME;
 		cgrp = parent->cgroup;
 	}
 	return 0;
@@ -392,17 +420,18 @@ static __always_inline __u64 path_hash(struct pmc_tmp *tmp, struct cgroup *cgrp)
  * (each one written, so a reader never sees the previous cgroup's numbers);
  * tmp is where the kernel's arrays and names are read to on the way.
  * with_path: name_hash holds the path's hash (single reads) instead of the
- * name's (walks). flush: fold pending per-CPU updates in first (sleepable
- * programs only).
+ * name's (walks); names: a run's cache of name hashes for it, or NULL.
+ * flush: fold pending per-CPU updates in first (sleepable programs only).
  */
 static __always_inline void fill_record(struct pmc_out *rec, struct pmc_tmp *tmp,
-					struct cgroup *cgrp, bool with_path, bool flush)
+					struct pmc_name_cache *names, struct cgroup *cgrp,
+					bool with_path, bool flush)
 {
 	struct cgroup_subsys_state *css, *parent;
 
 	/* cgrp is a BTF pointer: plain loads, no helper calls */
 	rec->hdr.cgroup_id = cgrp->kn->id;
-	rec->hdr.name_hash = with_path ? path_hash(tmp, cgrp) : name_hash(tmp, cgrp->kn);
+	rec->hdr.name_hash = with_path ? path_hash(tmp, names, cgrp) : name_hash(tmp, cgrp->kn);
 	parent = cgrp->self.parent;
 	rec->hdr.parent_id = parent ? parent->cgroup->kn->id : 0;
 	rec->hdr.level = cgrp->level;
