@@ -123,6 +123,20 @@ static __always_inline int fetch_one(__u32 key, struct pmc_out *rec, struct pmc_
 
 	if (!slot)
 		return -1;
+	if (!flush_stats) {
+		/* a read that does not flush does not sleep: the slot's own
+		 * reference keeps the cgroup, and the RCU section the pointer
+		 * to it, valid throughout, with no reference of our own to
+		 * take and drop (an atomic pair per record) */
+		bpf_rcu_read_lock();
+		cgrp = slot->cgrp;
+		if (!cgrp || !(cgrp->self.flags & CSS_ONLINE))
+			mark_gone(rec, cgrp ? cgrp->kn->id : 0);
+		else
+			fill_record(rec, tmp, names, cgrp, true, false);
+		bpf_rcu_read_unlock();
+		return 0;
+	}
 	/* a reference of our own, so that the read (which may sleep when it
 	 * flushes) runs outside the RCU section */
 	bpf_rcu_read_lock();
