@@ -8,6 +8,8 @@ Real kernel, real cgroups under this process's own memory cgroup.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +22,8 @@ from conftest import MiB, in_child, workload
 from test_identity import check_answer, renames_allowed, session_backend, set_limit
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
+                     "read_many.py")
 STATS = ["limit", "usage", "anon", "file", "shmem"]
 
 
@@ -277,3 +281,12 @@ def test_routes_count_every_change():
     changed()
     assert routes.get("/d") is None
 
+
+def test_bench_script_runs(cgroups, bpf_ok):
+    """bench/read_many.py end to end on a few cgroups (no timing is checked:
+    a benchmark is not a timed test)."""
+    out = subprocess.run([sys.executable, BENCH, "--n", "5", "--rounds", "2", "--calls", "20",
+                          "--base", cgroups.base], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "read_many" in out.stdout and "ratio" in out.stdout
+    assert not [e for e in os.scandir(cgroups.base) if e.is_dir()]
