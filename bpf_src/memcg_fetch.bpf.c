@@ -9,7 +9,10 @@
  * only way to a struct cgroup that works on cgroup v1 too (cgroup-id lookups
  * search the default hierarchy only). pmc_fetch, run with BPF_PROG_RUN,
  * fills the same record as memcg_iter.bpf.c's single-cgroup program (path
- * hash included) for the slot it is given, into the mmapable `out` map.
+ * hash included) for the slot it is given, into the mmapable `out` map;
+ * pmc_fetch_many does the same for a list of slots in one run, a record per
+ * element of the mmapable `batch` map, and counts the records that are not
+ * of the cgroup and path the caller proved each slot to hold.
  * Needs Linux 6.4+ (bpf_cgroup_acquire came in 6.2, RCU-protected kptrs in
  * 6.4; run on 6.12, 6.18 and 7.2, refused by 6.1); the loader falls back to
  * iterator sessions where this object does not load.
@@ -75,33 +78,137 @@ int pmc_stash(struct bpf_iter__cgroup *ctx)
 	return 0;
 }
 
-SEC("syscall")
-int pmc_fetch(struct pmc_fetch_args *args)
-{
-	struct pmc_cgroup_slot *slot;
-	struct pmc_scratch *rec;
-	struct cgroup *cgrp = 0;
-	__u32 key = args->slot, zero = 0;
+/* Records of a pmc_fetch_many run, one per element, filled in place.
+ * Capacity is set at load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pmc_out);
+} batch SEC(".maps");
 
-	slot = bpf_map_lookup_elem(&slots, &key);
-	rec = bpf_map_lookup_elem(&out, &zero);
-	if (!slot || !rec)
-		return 1;
+/* The run's list, copied out of the context (the verifier lets a program
+ * index its context with constant offsets only), and its counts. */
+struct pmc_batch_list {
+	__u32 done;		/* records written */
+	__u32 mismatched;	/* records that are not what want[] says */
+	struct pmc_fetch_want want[PMC_FETCH_BATCH_MAX];
+	struct pmc_name_cache names;	/* of this run */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pmc_batch_list);
+} batch_list SEC(".maps");
+
+static __always_inline void mark_gone(struct pmc_out *rec, __u64 cgroup_id)
+{
+	rec->hdr.cgroup_id = cgroup_id;
+	rec->hdr.flags = PMC_REC_GONE;
+	rec->hdr.valid[0] = 0;
+	rec->hdr.valid[1] = 0;
+}
+
+/* The record of the cgroup in slot `key` into rec: an empty slot, or a
+ * cgroup removed since it was stashed, gives a PMC_REC_GONE record.
+ * -1: no such slot. */
+static __always_inline int fetch_one(__u32 key, struct pmc_out *rec, struct pmc_tmp *tmp,
+				     struct pmc_name_cache *names)
+{
+	struct pmc_cgroup_slot *slot = bpf_map_lookup_elem(&slots, &key);
+	struct cgroup *cgrp = 0;
+
+	if (!slot)
+		return -1;
+	if (!flush_stats) {
+		/* a read that does not flush does not sleep: the slot's own
+		 * reference keeps the cgroup, and the RCU section the pointer
+		 * to it, valid throughout, with no reference of our own to
+		 * take and drop (an atomic pair per record) */
+		bpf_rcu_read_lock();
+		cgrp = slot->cgrp;
+		if (!cgrp || !(cgrp->self.flags & CSS_ONLINE))
+			mark_gone(rec, cgrp ? cgrp->kn->id : 0);
+		else
+			fill_record(rec, tmp, names, cgrp, true, false);
+		bpf_rcu_read_unlock();
+		return 0;
+	}
 	/* a reference of our own, so that the read (which may sleep when it
 	 * flushes) runs outside the RCU section */
 	bpf_rcu_read_lock();
 	if (slot->cgrp)
 		cgrp = bpf_cgroup_acquire(slot->cgrp);
 	bpf_rcu_read_unlock();
-	if (!cgrp || !(cgrp->self.flags & CSS_ONLINE)) {
-		rec->hdr.cgroup_id = cgrp ? cgrp->kn->id : 0;
-		rec->hdr.flags = PMC_REC_GONE;
-		rec->hdr.valid[0] = 0;
-		rec->hdr.valid[1] = 0;
-	} else {
-		fill_record(rec, cgrp, true, flush_stats);
-	}
+	if (!cgrp || !(cgrp->self.flags & CSS_ONLINE))
+		mark_gone(rec, cgrp ? cgrp->kn->id : 0);
+	else
+		fill_record(rec, tmp, names, cgrp, true, flush_stats);
 	if (cgrp)
 		bpf_cgroup_release(cgrp);
 	return 0;
+}
+
+SEC("syscall")
+int pmc_fetch(struct pmc_fetch_args *args)
+{
+	struct pmc_scratch *s;
+	__u32 zero = 0;
+
+	s = bpf_map_lookup_elem(&out, &zero);
+	if (!s)
+		return 1;
+	return fetch_one(args->slot, &s->rec, &s->tmp, 0) ? 1 : 0;
+}
+
+/* One record of a pmc_fetch_many run: a bpf_loop callback, so that the
+ * verifier checks the (large) record fill once rather than once per
+ * iteration of a loop over up to PMC_FETCH_BATCH_MAX cgroups. */
+static long fetch_nth(__u32 i, void *unused)
+{
+	struct pmc_fetch_want *want;
+	struct pmc_batch_list *list;
+	struct pmc_scratch *s;
+	struct pmc_out *rec;
+	__u32 zero = 0;
+
+	list = bpf_map_lookup_elem(&batch_list, &zero);
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	rec = bpf_map_lookup_elem(&batch, &i);
+	if (!list || !s || !rec)
+		return 1;
+	want = &list->want[i & (PMC_FETCH_BATCH_MAX - 1)];
+	if (fetch_one(want->slot, rec, &s->tmp, &list->names))
+		mark_gone(rec, 0);	/* no such slot: a record of no cgroup */
+	/* the check a reader makes of each record (pymemcg/backends/bpf.py) */
+	if (rec->hdr.cgroup_id != want->cgroup_id || rec->hdr.name_hash != want->path_hash ||
+	    (rec->hdr.flags & PMC_REC_GONE))
+		list->mismatched++;
+	list->done++;
+	return 0;
+}
+
+/* A record per listed slot, in order, in one BPF_PROG_RUN. Returns how
+ * many records are not what the list says; more than count: the run
+ * failed. */
+SEC("syscall")
+int pmc_fetch_many(struct pmc_fetch_many_args *args)
+{
+	struct pmc_batch_list *list;
+	__u32 zero = 0, n = args->count;
+
+	list = bpf_map_lookup_elem(&batch_list, &zero);
+	if (!list || n > PMC_FETCH_BATCH_MAX)
+		return PMC_FETCH_BATCH_MAX + 1;
+	if (bpf_probe_read_kernel(list->want, n * sizeof(list->want[0]), args->want))
+		return PMC_FETCH_BATCH_MAX + 1;
+	list->done = 0;
+	list->mismatched = 0;
+	for (__u32 i = 0; i < PMC_PATH_MAX_DEPTH; i++)
+		list->names.id[i] = 0;	/* no kernfs node has id 0 */
+	bpf_loop(n, fetch_nth, 0, 0);
+	return list->done == n ? list->mismatched : PMC_FETCH_BATCH_MAX + 1;
 }

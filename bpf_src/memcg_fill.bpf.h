@@ -22,18 +22,33 @@ const volatile bool need_state = false;
 const volatile bool need_events = false;
 const volatile bool need_memev = false;
 const volatile __u64 page_size = 4096;
+/* read struct mem_cgroup with plain loads (bpf_rdonly_cast, Linux 6.2+)
+ * rather than a helper call per value or array; the fetch program's loader
+ * sets it, where the kernel is new enough for that program anyway */
+const volatile bool direct_loads = false;
 const volatile struct pmc_stat_spec specs[PMC_MAX_STATS] = {};
 
 #define PMC_ARRAY_MAX	128	/* longest state[]/events[] copied whole */
 
-struct pmc_scratch {
+/* A record with room for every value: the first PMC_RECORD_SIZE(nr_stats)
+ * bytes are what readers get. */
+struct pmc_out {
 	struct pmc_record hdr;
 	__u64 values[PMC_MAX_STATS];
-	/* not part of the record: */
+};
+
+/* What a fill reads the kernel's arrays and names into: not part of the
+ * record, so that a record can be filled where the reader finds it. */
+struct pmc_tmp {
 	__u64 name[PMC_NAME_MAX / 8];
 	__u64 state[PMC_ARRAY_MAX];
 	__u64 events[PMC_ARRAY_MAX];
 	__u64 memev[PMC_ARRAY_MAX / 4];
+};
+
+struct pmc_scratch {
+	struct pmc_out rec;
+	struct pmc_tmp tmp;
 };
 
 struct {
@@ -56,6 +71,10 @@ extern unsigned long bpf_mem_cgroup_memory_events(struct mem_cgroup *memcg,
 						  enum memcg_memory_event event) __ksym __weak;
 extern unsigned long bpf_mem_cgroup_usage(struct mem_cgroup *memcg) __ksym __weak;
 
+/* Linux 6.2+: a pointer of any BTF type, to read (faults read as 0). Weak,
+ * and called only behind direct_loads. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
 /* The seed's RFC patch (mm/memcontrol.c, never merged), for kernels that
  * carry it. Same gating. */
 extern void memcg_flush_stats(struct cgroup *cgrp) __ksym __weak;
@@ -66,15 +85,21 @@ extern unsigned long memcg_stat_fetch(struct cgroup *cgrp,
 extern unsigned long memcg_vm_event_fetch(struct cgroup *cgrp,
 					  enum vm_event_item item) __ksym __weak;
 
-static __always_inline __u64 read_u64(const void *addr, bool *ok)
+/* direct: addr is a field of a bpf_rdonly_cast pointer, a plain load */
+static __always_inline __u64 read_u64(const void *addr, bool *ok, bool direct)
 {
 	__u64 v = 0;
 
+	if (direct) {
+		*ok = true;
+		return *(const __u64 *)addr;
+	}
 	*ok = bpf_probe_read_kernel(&v, sizeof(v), addr) == 0;
 	return v;
 }
 
-static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which, bool *ok)
+static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which, bool *ok,
+					  bool direct)
 {
 	struct page_counter *pc;
 
@@ -82,16 +107,16 @@ static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which,
 	switch (which) {
 	case PMC_CTR_MEMORY_USAGE:
 	case PMC_CTR_SWAP_USAGE:
-		return read_u64(__builtin_preserve_access_index(&pc->usage.counter), ok);
+		return read_u64(__builtin_preserve_access_index(&pc->usage.counter), ok, direct);
 	case PMC_CTR_MEMORY_PEAK:
 	case PMC_CTR_SWAP_PEAK:
-		return read_u64(__builtin_preserve_access_index(&pc->watermark), ok);
+		return read_u64(__builtin_preserve_access_index(&pc->watermark), ok, direct);
 	case PMC_CTR_MEMORY_MAX:
 	case PMC_CTR_SWAP_MAX:
-		return read_u64(__builtin_preserve_access_index(&pc->max), ok);
+		return read_u64(__builtin_preserve_access_index(&pc->max), ok, direct);
 	case PMC_CTR_MEMORY_FAILCNT:
 	case PMC_CTR_SWAP_FAILCNT:
-		return read_u64(__builtin_preserve_access_index(&pc->failcnt), ok);
+		return read_u64(__builtin_preserve_access_index(&pc->failcnt), ok, direct);
 	}
 	*ok = false;
 	return 0;
@@ -122,12 +147,15 @@ static __always_inline __u64 rfc_fetch(struct cgroup *cgrp, __u32 kind, __u32 it
 
 /*
  * Fill rec->values for one memcg through CO-RE reads of struct mem_cgroup
- * (on kernels with the RFC kfuncs, state and events come from those).
+ * (on kernels with the RFC kfuncs, state and events come from those):
+ * each kernel array copied whole into tmp, or with direct_loads each value
+ * loaded where it is.
  */
-static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cgrp,
-				      struct mem_cgroup *memcg, bool is_root)
+static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
+				      struct cgroup *cgrp, struct mem_cgroup *memcg, bool is_root)
 {
-	struct memcg_vmstats *vmstats = BPF_CORE_READ(memcg, vmstats);
+	bool direct = direct_loads;
+	struct memcg_vmstats *vmstats;
 	__u32 state_len = bpf_core_field_size(struct memcg_vmstats, state) / sizeof(long);
 	__u32 events_len = bpf_core_field_size(struct memcg_vmstats, events) / sizeof(long);
 	__u32 memev_len = bpf_core_field_size(struct mem_cgroup, memory_events) / sizeof(long);
@@ -135,6 +163,12 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cg
 	__u32 state_off, events_off, memev_off;
 	__u32 i;
 
+	if (direct) {
+		memcg = bpf_rdonly_cast(memcg, bpf_core_type_id_kernel(struct mem_cgroup));
+		vmstats = memcg->vmstats;
+	} else {
+		vmstats = BPF_CORE_READ(memcg, vmstats);
+	}
 	if (!vmstats)
 		rec->hdr.flags |= PMC_REC_NO_VMSTATS;
 	if (local_stats) {
@@ -155,15 +189,21 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cg
 		events_off = bpf_core_field_offset(struct memcg_vmstats, events);
 		memev_off = bpf_core_field_offset(struct mem_cgroup, memory_events);
 	}
-	if (need_state && vmstats)
-		state_n = copy_array(rec->state, PMC_ARRAY_MAX, (void *)vmstats + state_off,
-				     state_len);
-	if (need_events && vmstats)
-		events_n = copy_array(rec->events, PMC_ARRAY_MAX, (void *)vmstats + events_off,
-				      events_len);
-	if (need_memev)
-		memev_n = copy_array(rec->memev, PMC_ARRAY_MAX / 4, (void *)memcg + memev_off,
-				     memev_len);
+	if (direct) {
+		state_n = vmstats ? state_len : 0;
+		events_n = vmstats ? events_len : 0;
+		memev_n = memev_len;
+	} else {
+		if (need_state && vmstats)
+			state_n = copy_array(tmp->state, PMC_ARRAY_MAX, (void *)vmstats + state_off,
+					     state_len);
+		if (need_events && vmstats)
+			events_n = copy_array(tmp->events, PMC_ARRAY_MAX,
+					      (void *)vmstats + events_off, events_len);
+		if (need_memev)
+			memev_n = copy_array(tmp->memev, PMC_ARRAY_MAX / 4, (void *)memcg + memev_off,
+					     memev_len);
+	}
 
 	for (i = 0; i < PMC_MAX_STATS; i++) {
 		__u32 kind, slot, flags;
@@ -185,17 +225,28 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cg
 				ok = true;
 				break;
 			}
+			/* direct: slot is a constant of .rodata to the verifier, so
+			 * each load is at a fixed offset it can check */
 			if (kind == PMC_KIND_EVENT) {
 				ok = slot < events_n;
-				v = rec->events[slot & (PMC_ARRAY_MAX - 1)];
+				if (ok && direct)
+					v = *(const __u64 *)((void *)vmstats + events_off + slot * 8);
+				else
+					v = tmp->events[slot & (PMC_ARRAY_MAX - 1)];
 				break;
 			}
 			ok = slot < state_n;
-			v = rec->state[slot & (PMC_ARRAY_MAX - 1)];
+			if (ok && direct)
+				v = *(const __u64 *)((void *)vmstats + state_off + slot * 8);
+			else
+				v = tmp->state[slot & (PMC_ARRAY_MAX - 1)];
 			break;
 		case PMC_KIND_MEMEVENT:
 			ok = slot < memev_n;
-			v = rec->memev[slot & (PMC_ARRAY_MAX / 4 - 1)];
+			if (ok && direct)
+				v = *(const __u64 *)((void *)memcg + memev_off + slot * 8);
+			else
+				v = tmp->memev[slot & (PMC_ARRAY_MAX / 4 - 1)];
 			break;
 		case PMC_KIND_COUNTER:
 			/* The root memcg's usage files show global vmstat
@@ -203,7 +254,7 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cg
 			 * leave them unavailable rather than different. */
 			if (is_root && (slot == PMC_CTR_MEMORY_USAGE || slot == PMC_CTR_SWAP_USAGE))
 				break;
-			v = read_counter(memcg, slot, &ok);
+			v = read_counter(memcg, slot, &ok, direct);
 			break;
 		}
 		if (!ok) {
@@ -219,7 +270,7 @@ static __always_inline void fill_core(struct pmc_scratch *rec, struct cgroup *cg
 }
 
 /* Fill rec->values through the Linux 7.0+ kfuncs; flush first if asked. */
-static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *cgrp,
+static __always_inline void fill_kfunc(struct pmc_out *rec, struct cgroup *cgrp,
 				       bool is_root, bool flush)
 {
 	struct mem_cgroup *memcg = bpf_get_mem_cgroup(&cgrp->self);
@@ -258,7 +309,7 @@ static __always_inline void fill_kfunc(struct pmc_scratch *rec, struct cgroup *c
 				break;
 			}
 			/* no kfunc for the other page-counter fields: CO-RE */
-			v = read_counter(memcg, slot, &ok);
+			v = read_counter(memcg, slot, &ok, false);
 			if (!ok)
 				v = (unsigned long)-1;
 			break;
@@ -290,14 +341,14 @@ static __always_inline void flush_memcg(struct cgroup *cgrp)
 	}
 }
 
-static __always_inline __u64 name_hash(struct pmc_scratch *rec, struct kernfs_node *kn)
+static __always_inline __u64 name_hash(struct pmc_tmp *tmp, struct kernfs_node *kn)
 {
 	const char *name = kn->name;
 	__u64 h = PMC_FNV_OFFSET;
 	long n;
 	__u32 i;
 
-	n = bpf_probe_read_kernel_str(rec->name, sizeof(rec->name), name);
+	n = bpf_probe_read_kernel_str(tmp->name, sizeof(tmp->name), name);
 	if (n <= 0)
 		return 0;
 	for (i = 0; i < PMC_NAME_MAX / 8; i++) {
@@ -306,7 +357,7 @@ static __always_inline __u64 name_hash(struct pmc_scratch *rec, struct kernfs_no
 
 		if (left <= 0)
 			break;
-		w = rec->name[i];
+		w = tmp->name[i];
 		if (left < 8)
 			w &= (1ULL << (left * 8)) - 1;	/* bytes past the NUL are stale */
 		h = (h ^ w) * PMC_FNV_PRIME;
@@ -315,22 +366,50 @@ static __always_inline __u64 name_hash(struct pmc_scratch *rec, struct kernfs_no
 }
 
 /*
+ * Name hashes of the cgroups that one run has met, by level: a run that
+ * reads many cgroups reads their common ancestors' names once. Keyed by
+ * kernfs id, which is never reused; a run clears it first, so a hash is
+ * never older than the run. (A rename during the run: the path is read
+ * name by name without a lock anyway, and a record proves the path it had
+ * while the run read it.)
+ */
+struct pmc_name_cache {
+	__u64 id[PMC_PATH_MAX_DEPTH];
+	__u64 hash[PMC_PATH_MAX_DEPTH];
+};
+
+/*
  * Hash of the path from the hierarchy root: the name hashes of the cgroup and
  * its ancestors below the root, leaf first. Read in the same walk as the
  * stats (cgroup_mutex held, which rename takes too), it proves that the
  * record belongs to the path the reader asked for. 0: deeper than we walk.
+ * names: a run's cache of name hashes, or NULL.
  */
-static __always_inline __u64 path_hash(struct pmc_scratch *rec, struct cgroup *cgrp)
+static __always_inline __u64 path_hash(struct pmc_tmp *tmp, struct pmc_name_cache *names,
+				       struct cgroup *cgrp)
 {
-	__u64 h = PMC_FNV_OFFSET;
-	__u32 depth;
+	__u64 h = PMC_FNV_OFFSET, nh, id;
+	__u32 depth, at;
 
 	for (depth = 0; depth < PMC_PATH_MAX_DEPTH; depth++) {
 		struct cgroup_subsys_state *parent = cgrp->self.parent;
 
 		if (!parent)
 			return h;
-		h = (h ^ name_hash(rec, cgrp->kn)) * PMC_FNV_PRIME;
+		if (names) {
+			id = cgrp->kn->id;
+			at = cgrp->level & (PMC_PATH_MAX_DEPTH - 1);
+			if (names->id[at] == id) {
+				nh = names->hash[at];
+			} else {
+				nh = name_hash(tmp, cgrp->kn);
+				names->id[at] = id;
+				names->hash[at] = nh;
+			}
+		} else {
+			nh = name_hash(tmp, cgrp->kn);
+		}
+		h = (h ^ nh) * PMC_FNV_PRIME;
 		cgrp = parent->cgroup;
 	}
 	return 0;
@@ -338,19 +417,21 @@ static __always_inline __u64 path_hash(struct pmc_scratch *rec, struct cgroup *c
 
 /*
  * The record of one cgroup into rec: header, then every selected value
- * (each one written, so a reader never sees the previous cgroup's numbers).
+ * (each one written, so a reader never sees the previous cgroup's numbers);
+ * tmp is where the kernel's arrays and names are read to on the way.
  * with_path: name_hash holds the path's hash (single reads) instead of the
- * name's (walks). flush: fold pending per-CPU updates in first (sleepable
- * programs only).
+ * name's (walks); names: a run's cache of name hashes for it, or NULL.
+ * flush: fold pending per-CPU updates in first (sleepable programs only).
  */
-static __always_inline void fill_record(struct pmc_scratch *rec, struct cgroup *cgrp,
+static __always_inline void fill_record(struct pmc_out *rec, struct pmc_tmp *tmp,
+					struct pmc_name_cache *names, struct cgroup *cgrp,
 					bool with_path, bool flush)
 {
 	struct cgroup_subsys_state *css, *parent;
 
 	/* cgrp is a BTF pointer: plain loads, no helper calls */
 	rec->hdr.cgroup_id = cgrp->kn->id;
-	rec->hdr.name_hash = with_path ? path_hash(rec, cgrp) : name_hash(rec, cgrp->kn);
+	rec->hdr.name_hash = with_path ? path_hash(tmp, names, cgrp) : name_hash(tmp, cgrp->kn);
 	parent = cgrp->self.parent;
 	rec->hdr.parent_id = parent ? parent->cgroup->kn->id : 0;
 	rec->hdr.level = cgrp->level;
@@ -372,7 +453,7 @@ static __always_inline void fill_record(struct pmc_scratch *rec, struct cgroup *
 		if (flush && css)
 			flush_memcg(cgrp);
 		if (css)
-			fill_core(rec, cgrp, (struct mem_cgroup *)css, parent == 0);
+			fill_core(rec, tmp, cgrp, (struct mem_cgroup *)css, parent == 0);
 		else
 			rec->hdr.flags |= PMC_REC_NO_MEMCG;
 	}

@@ -89,7 +89,7 @@ static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path, bo
 {
 	struct bpf_iter_meta *meta = ctx->meta;
 	struct cgroup *cgrp = ctx->cgroup;
-	struct pmc_scratch *rec;
+	struct pmc_scratch *s;
 	__u32 size = PMC_RECORD_SIZE(nr_stats);
 	__u32 zero = 0;
 	__u64 n;
@@ -106,20 +106,20 @@ static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path, bo
 		visited = 0;
 	}
 
-	rec = bpf_map_lookup_elem(&scratch, &zero);
-	if (!rec || size > sizeof(*rec))
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s || size > sizeof(s->rec))
 		return 1;
-	fill_record(rec, cgrp, with_path, flush);
+	fill_record(&s->rec, &s->tmp, 0, cgrp, with_path, flush);
 
 	n = visited++;
 	if (n < seq_budget) {
-		bpf_seq_write(meta->seq, rec, size);
+		bpf_seq_write(meta->seq, &s->rec, size);
 	} else {
 		__u32 idx = n - seq_budget;
 		void *dst = idx < overflow_capacity ? bpf_map_lookup_elem(&overflow, &idx) : 0;
 
 		if (dst) {
-			bpf_probe_read_kernel(dst, size, rec);
+			bpf_probe_read_kernel(dst, size, &s->rec);
 			overflow_state.written++;
 		} else {
 			overflow_state.dropped++;
@@ -168,30 +168,30 @@ int pmc_memcg_iter_path_flush(struct bpf_iter__cgroup *ctx)
 SEC("iter/cgroup")
 int pmc_kernel_tables(struct bpf_iter__cgroup *ctx)
 {
-	struct pmc_scratch *rec;
+	struct pmc_scratch *s;
 	__u32 counts[2] = {};
 	__u32 zero = 0;
 	__u32 sn = tbl_state_n, en = tbl_events_n;
 
 	if (!ctx->cgroup)
 		return 0;
-	rec = bpf_map_lookup_elem(&scratch, &zero);
-	if (!rec)
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
 		return 1;
 	if (sn > 2 * PMC_ARRAY_MAX)
 		sn = 0;
 	if (en > 2 * PMC_ARRAY_MAX)
 		en = 0;
 	if (sn && &memcg_node_stat_items &&
-	    !bpf_probe_read_kernel(rec->state, sn * sizeof(__u32), &memcg_node_stat_items))
+	    !bpf_probe_read_kernel(s->tmp.state, sn * sizeof(__u32), &memcg_node_stat_items))
 		counts[0] = sn;
 	if (en && &memcg_vm_event_stat &&
-	    !bpf_probe_read_kernel(rec->events, en * sizeof(__u32), &memcg_vm_event_stat))
+	    !bpf_probe_read_kernel(s->tmp.events, en * sizeof(__u32), &memcg_vm_event_stat))
 		counts[1] = en;
 	bpf_seq_write(ctx->meta->seq, counts, sizeof(counts));
 	if (counts[0])
-		bpf_seq_write(ctx->meta->seq, rec->state, sn * sizeof(__u32));
+		bpf_seq_write(ctx->meta->seq, s->tmp.state, sn * sizeof(__u32));
 	if (counts[1])
-		bpf_seq_write(ctx->meta->seq, rec->events, en * sizeof(__u32));
+		bpf_seq_write(ctx->meta->seq, s->tmp.events, en * sizeof(__u32));
 	return 1;
 }

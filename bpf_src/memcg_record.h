@@ -104,6 +104,28 @@ struct pmc_fetch_args {
 	unsigned int pad;
 };
 
+/* BPF_PROG_RUN context of pmc_fetch_many: the stashed cgroups to read, in
+ * order, each with what the reader proved its path to name. Record i (for
+ * want[i]) comes back at index i of the mmaped `batch` map, each in an
+ * element of PMC_RECORD_SIZE(PMC_MAX_STATS) bytes; the run returns how many
+ * records are not of want[i].cgroup_id with want[i].path_hash (or are of a
+ * removed cgroup), so that a reader checks records one by one only then.
+ * The caller passes count and the first count entries only: the kernel
+ * copies no more than that in. */
+#define PMC_FETCH_BATCH_MAX	256
+struct pmc_fetch_want {
+	unsigned int slot;
+	unsigned int pad;
+	unsigned long long cgroup_id;
+	unsigned long long path_hash;
+};
+
+struct pmc_fetch_many_args {
+	unsigned int count;
+	unsigned int pad;
+	struct pmc_fetch_want want[PMC_FETCH_BATCH_MAX];
+};
+
 /* Writer bookkeeping in .bss, read by the shim through the mmaped map. */
 struct pmc_overflow_state {
 	unsigned long long session_id;	/* session whose records the map holds */

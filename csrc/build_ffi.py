@@ -32,6 +32,7 @@ CDEF = """
 #define PMC_FNV_PRIME ...
 #define PMC_NAME_MAX ...
 #define PMC_PATH_MAX_DEPTH ...
+#define PMC_FETCH_BATCH_MAX ...
 
 enum pmc_stat_kind { PMC_KIND_NONE, PMC_KIND_STATE, PMC_KIND_EVENT, PMC_KIND_MEMEVENT,
                      PMC_KIND_COUNTER, ... };
@@ -54,6 +55,13 @@ struct pmc_trailer {
     unsigned long long magic;
     unsigned long long session_id;
     unsigned long long visited;
+};
+
+struct pmc_fetch_want {
+    unsigned int slot;
+    unsigned int pad;
+    unsigned long long cgroup_id;
+    unsigned long long path_hash;
 };
 
 struct pmc_stat_spec {
@@ -101,6 +109,10 @@ int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
                     unsigned long long *cgroup_id);
 int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned int slot);
 int pmc_fetch_run(struct pmc_fetch *fetch, unsigned int slot);
+int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n);
+const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
+unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
+unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);
 
 int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,
                            unsigned int *state_out, unsigned int *events_out,

@@ -339,8 +339,13 @@ struct pmc_fetch {
 	struct memcg_fetch *skel;
 	void *record;			/* mmap of the out map */
 	size_t record_map_size;
+	void *batch;			/* mmap of the batch map: pmc_fetch_many's records */
+	size_t batch_map_size;
 	int prog_fd;
+	int many_fd;
 	unsigned int nr_slots;
+	unsigned int batch_capacity;	/* records one pmc_fetch_run_many fills at most */
+	unsigned int batch_stride;	/* bytes from one of its records to the next */
 };
 
 void pmc_fetch_destroy(struct pmc_fetch *fetch)
@@ -349,6 +354,8 @@ void pmc_fetch_destroy(struct pmc_fetch *fetch)
 		return;
 	if (fetch->record)
 		munmap(fetch->record, fetch->record_map_size);
+	if (fetch->batch)
+		munmap(fetch->batch, fetch->batch_map_size);
 	memcg_fetch__destroy(fetch->skel);	/* frees the slots: drops their references */
 	free(fetch);
 }
@@ -369,6 +376,8 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 	if (!fetch)
 		return -ENOMEM;
 	fetch->nr_slots = nr_slots;
+	/* a run reads slots that are all stashed at once: no more than there are */
+	fetch->batch_capacity = nr_slots < PMC_FETCH_BATCH_MAX ? nr_slots : PMC_FETCH_BATCH_MAX;
 
 	log_begin(log, log_size);
 	skel = memcg_fetch__open();
@@ -379,14 +388,26 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 	fetch->skel = skel;
 	SET_SELECTION(skel->rodata, cfg);
 	skel->rodata->flush_stats = !!cfg->flush;
+	skel->rodata->direct_loads = true;	/* bpf_rdonly_cast: 6.2+, this program 6.4+ */
 	err = bpf_map__set_max_entries(skel->maps.slots, nr_slots);
+	if (!err)
+		err = bpf_map__set_max_entries(skel->maps.batch, fetch->batch_capacity);
 	if (!err)
 		err = memcg_fetch__load(skel);
 	if (err)
 		goto fail;
 	fetch->prog_fd = bpf_program__fd(skel->progs.pmc_fetch);
+	fetch->many_fd = bpf_program__fd(skel->progs.pmc_fetch_many);
 	fetch->record_map_size = (bpf_map__value_size(skel->maps.out) + page - 1) / page * page;
 	err = map_readonly(skel->maps.out, fetch->record_map_size, &fetch->record);
+	if (err)
+		goto fail;
+	/* an element holds a record of every stat, a multiple of 8 bytes: array
+	 * elements follow each other with no padding */
+	fetch->batch_stride = bpf_map__value_size(skel->maps.batch);
+	fetch->batch_map_size = ((size_t)fetch->batch_capacity * fetch->batch_stride + page - 1) /
+				page * page;
+	err = map_readonly(skel->maps.batch, fetch->batch_map_size, &fetch->batch);
 	if (err)
 		goto fail;
 	log_end();
@@ -462,6 +483,46 @@ int pmc_fetch_run(struct pmc_fetch *fetch, unsigned int slot)
 	if (bpf_prog_test_run_opts(fetch->prog_fd, &opts))
 		return -errno;
 	return opts.retval ? -EINVAL : 0;
+}
+
+const void *pmc_fetch_batch(const struct pmc_fetch *fetch)
+{
+	return fetch->batch;
+}
+
+unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch)
+{
+	return fetch->batch_capacity;
+}
+
+unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch)
+{
+	return fetch->batch_stride;
+}
+
+int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n)
+{
+	const struct pmc_fetch_want *want = wants;	/* n of them: bytes from Python */
+	struct pmc_fetch_many_args args;
+	/* only the entries in use go in: the kernel copies ctx_size_in bytes in
+	 * (and back out) on every run */
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &args,
+		    .ctx_size_in = offsetof(struct pmc_fetch_many_args, want) + n * sizeof(*want));
+	unsigned int i;
+
+	if (n == 0)
+		return 0;
+	if (n > fetch->batch_capacity)
+		return -E2BIG;
+	for (i = 0; i < n; i++)
+		if (want[i].slot >= fetch->nr_slots)
+			return -EINVAL;
+	args.count = n;
+	args.pad = 0;
+	memcpy(args.want, want, n * sizeof(*want));
+	if (bpf_prog_test_run_opts(fetch->many_fd, &opts))
+		return -errno;
+	return opts.retval > n ? -EIO : (int)opts.retval;
 }
 
 int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,

@@ -62,7 +62,9 @@ int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
  * Single reads in one bpf() call (memcg_fetch.bpf.c, Linux 6.4+): a slot
  * holds a reference to a cgroup, and each run writes its record (the same
  * record as a SELF_ONLY session of pmc_prog, path hash included) to memory
- * that pmc_fetch_record() points at. Not thread-safe: one run at a time.
+ * that pmc_fetch_record() points at, or, for a list of slots, their records
+ * one after the other to pmc_fetch_batch(). Not thread-safe: one run at a
+ * time.
  */
 struct pmc_fetch;
 int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
@@ -77,6 +79,16 @@ int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
 int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned int slot);
 /* One BPF_PROG_RUN: the slot's record into pmc_fetch_record(). */
 int pmc_fetch_run(struct pmc_fetch *fetch, unsigned int slot);
+/* One BPF_PROG_RUN for the n struct pmc_fetch_want at wants (at most
+ * pmc_fetch_batch_capacity()): the record of the i-th one's slot at
+ * pmc_fetch_batch() + i * pmc_fetch_batch_stride(). Returns how many
+ * records are not of that entry's cgroup and path hash (or are of a removed
+ * cgroup), or -E2BIG (too many), -EINVAL (a slot out of range), -EIO (the
+ * run failed). */
+int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n);
+const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
+unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
+unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);
 
 /* The kernel's own memcg item lists through kallsyms: copies up to state_n
  * entries of memcg_node_stat_items[] and events_n of memcg_vm_event_stat[];

@@ -146,6 +146,15 @@ def resolve_cgroup(path: str) -> Cgroup:
     return Cgroup(real, mount, rel, st.st_ino)
 
 
+def path_list(paths) -> list:
+    """The paths of a read_many call as a list; one path on its own (a str,
+    which would otherwise be taken for a list of one-letter paths) is refused."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"read_many takes a list of paths, not one path ({paths!r}): "
+                        f"use read(), or read_many([path])")
+    return list(paths)
+
+
 def still_names(path: str, cgroup_id: int) -> bool:
     """Whether the directory at path is (still) the cgroup with this id."""
     try:

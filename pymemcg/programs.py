@@ -135,6 +135,12 @@ class Fetch:
         self.ptr = out[0]
         self.record = ffi.buffer(ffi.cast("char *", lib.pmc_fetch_record(self.ptr)),
                                  record_size)
+        # pmc_fetch_run_many: up to batch_capacity packed struct pmc_fetch_want
+        # (wire.FETCH_WANT) per run, a record per element of the batch map
+        self.batch_capacity = lib.pmc_fetch_batch_capacity(self.ptr)
+        self.batch_stride = lib.pmc_fetch_batch_stride(self.ptr)
+        self.batch = memoryview(ffi.buffer(ffi.cast("char *", lib.pmc_fetch_batch(self.ptr)),
+                                           self.batch_capacity * self.batch_stride))
         self.by_id: Dict[int, Slot] = {}    # oldest first
         self._id_out = ffi.new("unsigned long long *")
 

@@ -7,7 +7,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from . import catalog
 from .cgroupfs import memory_mount
@@ -98,8 +98,9 @@ class Reader:
                 backend)
         if self._backend is None:
             self._backend = _own_backend(self.stats, local, flush, backend, mount, 3)
-        # the hot path: skip a call layer (close() takes it back)
+        # the hot paths: skip a call layer (close() takes them back)
         self.read = self._backend.read  # type: ignore[method-assign]
+        self.read_many = self._backend.read_many  # type: ignore[method-assign]
 
     @property
     def backend(self) -> str:
@@ -136,6 +137,29 @@ class Reader:
         """The selected stats of the cgroup directory `path`."""
         return self._be().read(path)
 
+    def read_many(self, paths: Sequence[str]) -> List[Optional[Record]]:
+        """read() of each path, in order, as one call: a Record per path, or
+        None where no cgroup has that path at the time of the read (where
+        read() raises CgroupNotFound). Every Record is the cgroup that has
+        its path then, proven as read() proves it.
+
+        None rather than an exception: across many cgroups one that goes
+        away meanwhile (a container that exits) is routine, and raising for
+        it would lose every other answer and make the caller read the rest
+        again; the answers stay aligned with `paths`. Other errors (not a
+        cgroup, no memory controller, a failed read) still raise. A path
+        given twice is answered twice, each answer proven on its own.
+
+        With the BPF backend on Linux 6.4+, the paths this Reader has read
+        before (by read() or read_many) are read together, up to 256 in one
+        bpf() call; a path's first read proves its cgroup on its own. More
+        than 256 distinct cgroups through one Reader take turns in its
+        slots, and those that lost theirs are read one by one again.
+        Elsewhere (text, kernels before 6.4, shared pins) it is a loop of
+        read().
+        """
+        return self._be().read_many(paths)
+
     def read_tree(self, root: str) -> Snapshot:
         """Every cgroup under `root` (included), from one walk."""
         return self._be().read_tree(root)
@@ -144,6 +168,7 @@ class Reader:
         """Unpin links and unload the program. Safe to call twice."""
         with self._lock:
             self.__dict__.pop("read", None)
+            self.__dict__.pop("read_many", None)
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None

@@ -83,6 +83,8 @@ def _format(ctype: str, bytes_fields: Tuple[str, ...] = ()) -> str:
 HEADER = struct.Struct(_format("struct pmc_record"))
 #: struct pmc_trailer: (selection digest, magic, session_id, visited)
 TRAILER = struct.Struct(_format("struct pmc_trailer", ("selection",)))
+#: struct pmc_fetch_want: (slot, pad, cgroup_id, path_hash), an entry of a batched fetch
+FETCH_WANT = struct.Struct(_format("struct pmc_fetch_want"))
 #: index of the first value in a record tuple
 VALUES_AT = len(HEADER.unpack(bytes(HEADER.size)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import warnings
 
 import pytest
@@ -152,10 +153,14 @@ def test_verifier_log_keeps_its_end_in_a_small_buffer(bpf_ok):
                                log, len(log))
         assert rc < 0 and out[0] == ffi.NULL
         return ffi.string(log).decode()
+    # the verifier prints the kernel addresses of maps, which one load may
+    # get elsewhere than the other: the same width, so lengths still agree
+    def same_maps(log: str) -> str:
+        return re.sub(r"0xffff[0-9a-f]{12}", "0xADDRESS", log)
     whole = load_log(1 << 20)
     assert "processed" in whole and "prog 'pmc_memcg_iter" in whole
     small = load_log(len(whole) // 2)
-    assert small == whole[-(len(whole) // 2 - 1):]
+    assert same_maps(small) == same_maps(whole[-(len(whole) // 2 - 1):])
 
 
 def test_fetch_program_rejection_carries_the_log(no_leaks):

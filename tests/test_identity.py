@@ -125,10 +125,11 @@ UNIVERSE = TOP + [f"{t}/{c}" for t in TOP for c in ("x", "y")]
 
 class CgroupTreeMachine(RuleBasedStateMachine):
     """mkdir, rename, rmdir and moving a task over a small tree, with reads
-    through long-lived readers (whose caches are what is under test) checked
-    against st_ino and the directory's own files after every step: a BPF
-    Reader, a BPF backend on iterator sessions, a text Reader, a Reader
-    through shared pins (the base's tree and "a" alone), and PinReaders."""
+    (read, read_many, read_tree) through long-lived readers (whose caches
+    are what is under test) checked against st_ino and the directory's own
+    files after every step: a BPF Reader, a BPF backend on iterator
+    sessions, a text Reader, a Reader through shared pins (the base's tree
+    and "a" alone), and PinReaders."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -227,6 +228,20 @@ class CgroupTreeMachine(RuleBasedStateMachine):
                 reader.read(self.path(rel))
             return
         check_answer(reader.read(self.path(rel)), self.path(rel))
+
+    @rule(rels=st.lists(st.sampled_from(UNIVERSE), max_size=6), which=st.integers(0, 3),
+          again=st.booleans())
+    def read_many(self, rels, which, again):
+        """Several paths in one call (twice: a second call reuses the first
+        one's run): each answer is the cgroup there now, or None."""
+        paths = [self.path(r) for r in rels]
+        for got in [self.readers[which].read_many(paths) for _ in range(1 + again)]:
+            assert len(got) == len(paths)
+            for rel, path, rec in zip(rels, paths, got):
+                if self.exists(rel):
+                    check_answer(rec, path)
+                else:
+                    assert rec is None, f"{rel} is gone, read_many answered {rec.id}"
 
     @rule(which=st.integers(0, 3))
     def read_tree(self, which):

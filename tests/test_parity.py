@@ -160,6 +160,35 @@ def test_subtree_parity(bpf_ok, cgroups, cgroup_version, local):
         assert rec["anon"] >= 20 * MiB  # 24 MiB, less what is not yet flushed
 
 
+@pytest.mark.parametrize("local", [False, True], ids=["hierarchical", "local"])
+def test_read_many_parity(bpf_ok, cgroups, cgroup_version, local):
+    """read_many of a subtree's cgroups against the kernel's files: the
+    second call on is one BPF_PROG_RUN where the kernel takes the one-call
+    program, iterator sessions where it does not."""
+    parent = cgroups.make("m")
+    a, c = cgroups.make("m/a"), cgroups.make("m/b/c")
+    cgroups.spawn(a, workload(anon=16 * MiB, cache=8 * MiB, shmem=4 * MiB))
+    cgroups.spawn(c, workload(anon=8 * MiB, cache=4 * MiB, shmem=2 * MiB))
+    os.sync()
+    paths = [parent, a, os.path.dirname(c), c, a]
+    with pymemcg.Reader(stats=ALL, local=local, backend="bpf") as r:
+        r.read_many(paths)
+        for _ in range(50):
+            before = [kernel_values(p, cgroup_version, local) for p in paths]
+            recs = r.read_many(paths)
+            after = [kernel_values(p, cgroup_version, local) for p in paths]
+            if before == after:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"{parent} never went quiet")
+    for path, rec, expected in zip(paths, recs, after):
+        assert rec.id == os.stat(path).st_ino
+        assert assert_parity(rec, expected) >= 8
+    if not local:
+        assert recs[0]["anon"] >= 20 * MiB  # 24 MiB, less what is not yet flushed
+
+
 def test_tree_read_matches_single_reads(bpf_ok, cgroups, cgroup_version):
     parent = cgroups.make("t")
     cgroups.make("t/x/y")
@@ -273,5 +302,10 @@ def test_flush_parity(bpf_ok, cgroups, cgroup_version, local, monkeypatch):
         else:
             pytest.fail(f"{leaf} never went quiet")
         assert assert_parity(rec, kernel) >= 8
+        # flushing needs Linux 7.0+, where single reads are one bpf() call
+        assert r.read_method.startswith("BPF_PROG_RUN"), r.read_method
+        many = r.read_many([leaf, leaf])
+        assert [m.id for m in many] == [rec.id, rec.id]
+        assert assert_parity(many[0], kernel_values(leaf, cgroup_version, local)) >= 8
     proc.stdin.close()
     proc.wait()

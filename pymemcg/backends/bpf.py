@@ -6,7 +6,9 @@ for a single cgroup one BPF_PROG_RUN where the kernel takes the one-call
 program. A walk whose records exceed the session buffer spills into the
 overflow map in the same walk, and the trailer says how many records there
 were, so a tree is complete or the read fails, never truncated. A path's
-answer is proven to be the cgroup that has the path now (see _Route).
+answer is proven to be the cgroup that has the path now (see _Route);
+read_many reads the proven paths of a list in one BPF_PROG_RUN, which
+checks each record against its path's proof.
 """
 
 from __future__ import annotations
@@ -16,18 +18,20 @@ import os
 import struct
 import threading
 import weakref
+from itertools import repeat
 from typing import Dict, List, Optional, Sequence
 
 from .. import layout as layout_mod
 from ..binding import load
-from ..cgroupfs import Cgroup, TreePaths, resolve_cgroup, still_names
+from ..cgroupfs import Cgroup, TreePaths, path_list, resolve_cgroup, still_names
 from ..decode import Layout, Record, Snapshot
 from ..errors import BpfUnavailable, CgroupNotFound, Closed, MalformedData, ReadError
 from ..kernel_facts import kernel_facts
 from ..programs import (ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, PAGE_SIZE, Fetch, Program,
                         Replaced, Slot)
-from ..wire import (REC_GONE, SEQ_BUF_SIZE, TRAILER, TRAILER_MAGIC, parse_trailer, path_hash,
-                    selection_digest)
+from ..wire import (FETCH_WANT, REC_GONE, SEQ_BUF_SIZE, TRAILER, TRAILER_MAGIC, parse_trailer,
+                    path_hash, selection_digest)
+from . import read_each
 
 INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
 MAX_SINGLE_LINKS = 256               # cgroups read one by one keep a link (an fd) or slot each
@@ -42,10 +46,53 @@ class _Route:
     cgroup: a renamed cgroup's slot serves its new path, and its old path's
     hash no longer matches, so the old path is resolved again."""
 
-    __slots__ = ("target", "id", "relpath", "path_hash")
+    __slots__ = ("target", "id", "relpath", "path_hash", "want")
 
     def __init__(self, target, cg: Cgroup, path_hash: int) -> None:
         self.target, self.id, self.relpath, self.path_hash = target, cg.id, cg.relpath, path_hash
+        # the entry of a batched fetch that reads and checks this path
+        self.want = FETCH_WANT.pack(target.index, 0, cg.id, path_hash) \
+            if target.__class__ is Slot else None
+
+
+class _Routes(dict):
+    """canonical path -> _Route, counting its changes: read_many reuses the
+    last call's fetch entries for the same paths while `gen` says that no
+    route was added, replaced or dropped since."""
+
+    __slots__ = ("gen",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gen = 0
+
+    def __setitem__(self, path, route) -> None:
+        self.gen += 1
+        super().__setitem__(path, route)
+
+    def __delitem__(self, path) -> None:
+        self.gen += 1
+        super().__delitem__(path)
+
+    def clear(self) -> None:
+        self.gen += 1
+        super().clear()
+
+    def pop(self, *args):
+        self.gen += 1
+        return super().pop(*args)
+
+    def popitem(self):
+        self.gen += 1
+        return super().popitem()
+
+    def setdefault(self, path, route=None):
+        self.gen += 1
+        return super().setdefault(path, route)
+
+    def update(self, *args, **kwargs) -> None:
+        self.gen += 1
+        super().update(*args, **kwargs)
 
 
 class _Link:
@@ -115,7 +162,10 @@ class BpfBackend:
         self._finalizer = weakref.finalize(self, _release, self._state)
         # load first: without privileges this is what fails, with a clear error
         self._state["prog"] = self._load(INITIAL_OVERFLOW_CAPACITY)
-        self._by_path: Dict[str, _Route] = {}
+        self._by_path = _Routes()
+        # the last read_many: its paths, _by_path.gen then, their fetch
+        # entries and relpaths
+        self._plan: tuple = (None, -1, b"", [])
         # path -> (id, path hash) seen by the last slow read where the hash
         # could not be computed from the path (see _prove)
         self._seen_hash: Dict[str, tuple] = {}
@@ -154,6 +204,12 @@ class BpfBackend:
         self._fetch_run = self._lib.pmc_fetch_run
         self._fetch_record = fetch.record
         self._unpack_record = self.layout.record.unpack_from
+        # read_many's runs: records in elements of batch_stride bytes
+        self._run_many = self._lib.pmc_fetch_run_many
+        self._batch_view = fetch.batch
+        self._stride = fetch.batch_stride
+        pad = fetch.batch_stride - self.layout.record_size
+        self._unpack_batch = struct.Struct(self.layout.record.format + f"{pad}x").iter_unpack
         self.read_method = "BPF_PROG_RUN (memcg_fetch)"
 
     def _after_fork(self) -> None:
@@ -191,7 +247,8 @@ class BpfBackend:
 
     def _drop_link(self, link: _Link) -> None:
         self._state["links"].pop((link.cgroup.id, link.order), None)
-        self._by_path = {p: r for p, r in self._by_path.items() if r.target is not link}
+        for path in [p for p, r in self._by_path.items() if r.target is link]:
+            del self._by_path[path]
         self._roots = {p: c for p, c in self._roots.items() if c.id != link.cgroup.id}
         os.close(link.fd)
 
@@ -235,6 +292,107 @@ class BpfBackend:
             return self._read_slow(path)
         finally:
             lock.release()
+
+    def read_many(self, paths: Sequence[str]) -> List[Optional[Record]]:
+        """read() of each path; None where no cgroup has the path (see
+        Reader.read_many). Paths with a proven route are read together, up
+        to the fetch program's batch capacity per BPF_PROG_RUN, and checked
+        against their routes as read() checks one (by the program, which
+        counts the records that fail; one by one here only when some did);
+        a path that fails, or has no route yet, is read by read()'s slow path."""
+        if paths.__class__ is not list:
+            paths = path_list(paths)
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._fetch is not None:
+                plan = self._plan
+                if plan[1] == self._by_path.gen and paths == plan[0]:
+                    # fast path: the paths of the last call (a poller's list)
+                    # and their routes unchanged; one run, and the program
+                    # found every record to be what its route proved
+                    return self._settle(paths, None, plan[3],
+                                        self._run_many(self._fetch_ptr, plan[2], len(paths)))
+                return self._read_many_fetch(paths)
+        finally:
+            lock.release()
+        # no one-call program (kernels before 6.4, a forked child): a session each
+        return read_each(self.read, paths)
+
+    def _read_many_fetch(self, paths: List[str]) -> List[Optional[Record]]:
+        try:
+            routes = list(map(self._by_path.get, paths))
+        except TypeError:  # not a path at all (unhashable): the slow path says so
+            routes = [self._by_path.get(p) if isinstance(p, str) else None for p in paths]
+        if len(routes) <= self._fetch.batch_capacity:
+            try:
+                wants = b"".join([r.want for r in routes])
+            except (AttributeError, TypeError):  # a path without a slot route
+                pass
+            else:
+                relpaths = [r.relpath for r in routes]
+                # a copy: the caller may change its list before the next call
+                self._plan = (list(paths), self._by_path.gen, wants, relpaths)
+                return self._settle(paths, routes, relpaths,
+                                    self._run_many(self._fetch_ptr, wants, len(routes)))
+        # some paths have no route yet, or more than a run takes: runs of the
+        # routed ones, then the rest one by one
+        out: List[Optional[Record]] = [None] * len(paths)
+        routed = [i for i, r in enumerate(routes) if r is not None and r.want is not None]
+        cap = self._fetch.batch_capacity
+        for start in range(0, len(routed), cap):
+            part = routed[start:start + cap]
+            some = [routes[i] for i in part]
+            rc = self._run_many(self._fetch_ptr, b"".join([r.want for r in some]), len(some))
+            got = self._settle([paths[i] for i in part], some, [r.relpath for r in some], rc)
+            for i, rec in zip(part, got):
+                out[i] = rec
+        routed_set = set(routed)
+        self._fix(paths, routes, out, [i for i in range(len(paths)) if i not in routed_set])
+        return out
+
+    def _settle(self, paths: List[str], routes: Optional[List[_Route]], relpaths: List[str],
+                rc: int) -> List[Optional[Record]]:
+        """The answers of one run for these paths' routes (None: look them
+        up, needed only if some record failed): rc is what
+        pmc_fetch_run_many returned (how many records are not what their
+        route says, or -errno). A Record per path, None where no cgroup has
+        it; what the run did not prove is read by read()'s slow path."""
+        n = len(paths)
+        view = self._batch_view[:n * self._stride]
+        if rc == 0:
+            return list(map(Record, repeat(self.layout, n), self._unpack_batch(view), relpaths))
+        if routes is None:
+            routes = list(map(self._by_path.get, paths))
+        out: List[Optional[Record]] = [None] * n
+        if rc < 0:  # as read() does when a run fails: the slow path
+            self._fix(paths, routes, out, list(range(n)))
+            return out
+        failed = []
+        layout = self.layout
+        for k, (route, t) in enumerate(zip(routes, self._unpack_batch(view))):
+            if t[2] == route.path_hash and t[0] == route.id and not t[4] & REC_GONE:
+                out[k] = Record(layout, t, route.relpath)
+                continue
+            if t[4] & REC_GONE:  # removed: let the kernel free it
+                self._fetch.clear(route.target)
+            failed.append(k)
+        self._fix(paths, routes, out, failed)
+        return out
+
+    def _fix(self, paths: List[str], routes: List[Optional[_Route]],
+             out: List[Optional[Record]], failed: List[int]) -> None:
+        """Read the failed positions by read()'s slow path; None where no
+        cgroup has the path."""
+        by_path = self._by_path
+        for i in failed:
+            path, route = paths[i], routes[i]
+            if route is not None and by_path.get(path) is route:
+                del by_path[path]  # renamed, removed or replaced: resolve again
+            try:
+                out[i] = self._read_slow(path)
+            except CgroupNotFound:
+                out[i] = None
 
     def _attach_single(self, cg: Cgroup):
         """What reads one cgroup: a fetch slot, else a SELF_ONLY link."""
@@ -405,6 +563,8 @@ class BpfBackend:
     def close(self) -> None:
         with self._lock:
             self._fetch = None  # before the finalizer frees what its pointers point at
+            self._batch_view = self._fetch_record = None
             self._finalizer()
             self._by_path.clear()
+            self._plan = (None, -1, b"", [])
             self._roots.clear()

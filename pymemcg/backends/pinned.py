@@ -25,11 +25,11 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..cgroupfs import Cgroup, resolve_cgroup, still_names
+from ..cgroupfs import Cgroup, path_list, resolve_cgroup, still_names
 from ..decode import Layout, Record, Snapshot
-from ..errors import BpfUnavailable
+from ..errors import BpfUnavailable, CgroupNotFound
 from ..pins import (META_DIR, SHARED_PIN_DIR, PinGone, PinReader, PinTooSmall, _read_meta,
                    trusted)
 
@@ -218,6 +218,29 @@ class PinnedBackend:
                 return rec
             be = self._own(f"no shared pin serves {path}")
         return be.read(path)
+
+    def read_many(self, paths: Sequence[str]) -> List[Optional[Record]]:
+        """Each path through its pin where one serves it, the rest through the
+        Reader's own backend in one read_many (batched there where it can)."""
+        paths = path_list(paths)
+        out: List[Optional[Record]] = [None] * len(paths)
+        rest: List[int] = []
+        with self._lock:
+            for i, path in enumerate(paths):
+                try:
+                    rec = self._via_pin(path, False)
+                except CgroupNotFound:
+                    continue
+                if rec is None:
+                    rest.append(i)
+                else:
+                    out[i] = rec
+            if rest:
+                be = self._own(f"no shared pin serves {paths[rest[0]]}")
+        if rest:
+            for i, rec in zip(rest, be.read_many([paths[i] for i in rest])):
+                out[i] = rec
+        return out
 
     def read_tree(self, path: str) -> Snapshot:
         with self._lock:

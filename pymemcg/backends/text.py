@@ -8,12 +8,13 @@ from typing import Dict, List, Optional, Sequence
 
 from .. import catalog
 from ..catalog import MEMEVENT
-from ..cgroupfs import Cgroup, resolve_cgroup
+from ..cgroupfs import Cgroup, path_list, resolve_cgroup
 from ..decode import Layout, Record, Snapshot
 from ..errors import CgroupNotFound, ReadError
 from ..memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
                            parse_flat_keyed, parse_memory_stat, printed_keys, read_file,
                            read_number, text_availability)
+from . import read_each
 
 
 class _Replaced(Exception):
@@ -112,6 +113,11 @@ class TextBackend:
     def read(self, path: str) -> Record:
         """The selected stats of the cgroup directory `path`."""
         return self.read_file(resolve_cgroup(path))
+
+    def read_many(self, paths: Sequence[str]) -> List[Optional[Record]]:
+        """read() of each path, None where no cgroup has it: the files are
+        read per cgroup whichever way, so there is nothing to batch."""
+        return read_each(self.read, path_list(paths))
 
     def read_file(self, cg: Cgroup) -> Record:
         for _ in range(3):
