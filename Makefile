@@ -81,7 +81,7 @@ develop: bpf $(VPY)
 # PYMEMCG_REQUIRE_BPF=1 (set by .ci/run) makes "BPF unavailable" fail the BPF
 # tests instead of skipping them
 test: develop
-	$(VPY) -m pytest -q tests
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VPY) -m pytest -q tests
 
 snapshot: develop
 	$(VPY) -m pymemcg snapshot

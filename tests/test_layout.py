@@ -64,8 +64,6 @@ def test_release_of():
 
 
 def test_host_resolves_through_its_table(host):
-    if host.release not in TABLES:
-        pytest.skip(f"no table for {host.release}")
     res = by_name(layout.resolve(ALL, host, 1, PAGE))
     unavailable = {n for n, r in res.items() if not r.available}
     # only the cgroup v2 counters; everything else has a proven slot
@@ -145,8 +143,6 @@ def test_6_1_zswap_items_follow_config():
 
 
 def test_kallsyms_lists_win_and_are_cross_checked(host):
-    if host.release not in TABLES:
-        pytest.skip(f"no table for {host.release}")
     table = layout.match_table(host)
     state = tuple(host.value(n) for n in sorted(table.state_slots, key=table.state_slots.get))
     events = tuple(host.value(n)
@@ -243,8 +239,6 @@ def test_plan_picks_backend_programs_and_flags(host):
 
 
 def test_rfc_resolution_asks_only_for_items_the_tables_prove(host):
-    if host.release not in TABLES:
-        pytest.skip(f"no table for {host.release}")
     rfc = dataclasses.replace(host, kfuncs=frozenset(layout.RFC_KFUNCS))
     names = ["anon", "sock", "pgfault", "oom_kill", "usage", "limit"]
     core = by_name(layout.resolve(names, host, 1, PAGE))
