@@ -15,7 +15,7 @@ iterator session) and exposes, for each cgroup:
 - the metrics cAdvisor exports, under cAdvisor's names and definitions,
   with an `id` label holding the cgroup path relative to the hierarchy root
   as cAdvisor does (`id="/"`, `id="/system.slice/foo.service"`); see
-  CADVISOR_METRICS below for the exact definition of each;
+  pymemcg.cadvisor for the exact definition of each;
 - every selected raw stat as `memcg_<stat>` with a `cgroup` label (the same
   path): sizes as gauges in bytes, cumulative counts as counters (exposed
   with the `_total` suffix Prometheus client libraries give counters);
@@ -40,8 +40,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import Error
 
@@ -62,135 +61,18 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         f"`pip install 'pymemcg[prometheus]'`") from None
 
 from . import __version__, catalog
+from .cadvisor import COUNTER, GAUGE, Getter, cadvisor_metrics, needed_stats
 from .cgroupfs import memory_mount
 from .containers import CgroupIdentity, identify
 from .decode import Snapshot
 from .errors import NoMemoryController, UnknownStat
 from .reader import Reader
 
-GAUGE, COUNTER, UNTYPED = "gauge", "counter", "untyped"
 
 _log = logging.getLogger(__name__)
 
-#: cAdvisor treats limits above 2^62 bytes as "unlimited" and exports 0
-UNLIMITED_ABOVE = 1 << 62
-
 #: who a cgroup is (pymemcg.containers), as labels after id / cgroup, where known
 IDENTITY_LABELS = ("pod_uid", "container_id", "qos", "unit")
-
-Getter = Callable[[str], Optional[int]]
-
-
-@dataclass(frozen=True)
-class CadvisorMetric:
-    """One cAdvisor metric: its name, type, help, and how pymemcg computes it."""
-
-    name: str
-    type: str
-    help: str
-    needs: Tuple[str, ...]                      # stats read for it
-    # cgroup's stats -> [(extra label values, value)]; a missing input gives []
-    values: Callable[[Getter], List[Tuple[Tuple[str, ...], int]]]
-    extra_labels: Tuple[str, ...] = ()
-    versions: Tuple[int, ...] = (1, 2)          # cgroup versions it exists on
-
-
-def _one(stat: str) -> Callable[[Getter], List[Tuple[Tuple[str, ...], int]]]:
-    def values(get: Getter):
-        v = get(stat)
-        return [] if v is None else [((), v)]
-    return values
-
-
-def _working_set(get: Getter):
-    # cAdvisor: usage - (v1 total_inactive_file | v2 inactive_file), clamped at 0
-    usage, inactive = get("usage"), get("inactive_file")
-    if usage is None or inactive is None:
-        return []
-    return [((), max(usage - inactive, 0))]
-
-
-def _spec_limit(get: Getter):
-    limit = get("limit")
-    if limit is None:
-        return []
-    return [((), 0 if limit > UNLIMITED_ABOVE else limit)]
-
-
-def _failures(get: Getter):
-    # cAdvisor exports the same memory.stat pgfault/pgmajfault for both scopes
-    out = []
-    for stat in ("pgfault", "pgmajfault"):
-        v = get(stat)
-        if v is not None:
-            out += [((stat, "container"), v), ((stat, "hierarchy"), v)]
-    return out
-
-
-def cadvisor_metrics(cgroup_version: int) -> List[CadvisorMetric]:
-    """cAdvisor's memory metrics that pymemcg can serve with the same meaning
-    (cAdvisor: container/libcontainer/handler.go setMemoryStats and
-    metrics/prometheus.go)."""
-    swap = "swap" if cgroup_version == 1 else "swap_usage"
-    metrics = [
-        CadvisorMetric("container_memory_usage_bytes", GAUGE,
-                       "Current memory usage in bytes, including all memory regardless of when "
-                       "it was accessed (memory.usage_in_bytes / memory.current)",
-                       ("usage",), _one("usage")),
-        CadvisorMetric("container_memory_max_usage_bytes", GAUGE,
-                       "Maximum memory usage recorded in bytes (memory.max_usage_in_bytes / "
-                       "memory.peak)", ("peak",), _one("peak")),
-        CadvisorMetric("container_memory_working_set_bytes", GAUGE,
-                       "Current working set in bytes: usage - inactive_file, clamped at 0",
-                       ("usage", "inactive_file"), _working_set),
-        CadvisorMetric("container_memory_rss", GAUGE,
-                       "Size of RSS in bytes (memory.stat anon; v1 total_rss)",
-                       ("anon",), _one("anon")),
-        CadvisorMetric("container_memory_cache", GAUGE,
-                       "Number of bytes of page cache memory (memory.stat file; v1 total_cache)",
-                       ("file",), _one("file")),
-        CadvisorMetric("container_memory_swap", GAUGE,
-                       "Container swap usage in bytes (v1 memory.stat total_swap; v2 "
-                       "memory.swap.current)", (swap,), _one(swap)),
-        CadvisorMetric("container_memory_mapped_file", GAUGE,
-                       "Size of memory mapped files in bytes (memory.stat file_mapped; v1 "
-                       "total_mapped_file)", ("file_mapped",), _one("file_mapped")),
-        CadvisorMetric("container_memory_kernel_usage", GAUGE,
-                       "Size of kernel memory allocated in bytes (memory.stat kernel)",
-                       ("kernel",), _one("kernel")),
-        CadvisorMetric("container_memory_total_active_file_bytes", GAUGE,
-                       "Current total active file in bytes (memory.stat active_file; v1 "
-                       "total_active_file)", ("active_file",), _one("active_file")),
-        CadvisorMetric("container_memory_total_inactive_file_bytes", GAUGE,
-                       "Current total inactive file in bytes (memory.stat inactive_file; v1 "
-                       "total_inactive_file)", ("inactive_file",), _one("inactive_file")),
-        # a counter in cAdvisor; exposed untyped so that the sample keeps cAdvisor's
-        # name (prometheus_client would name a counter's sample ..._failcnt_total)
-        CadvisorMetric("container_memory_failcnt", UNTYPED,
-                       "Number of memory usage hits limits (memory.failcnt, a counter)",
-                       ("failcnt",), _one("failcnt"), versions=(1,)),
-        CadvisorMetric("container_memory_failures_total", COUNTER,
-                       "Cumulative count of memory allocation failures (memory.stat pgfault and "
-                       "pgmajfault; both scopes carry the same count, as in cAdvisor)",
-                       ("pgfault", "pgmajfault"), _failures, ("failure_type", "scope")),
-        CadvisorMetric("container_oom_events_total", COUNTER,
-                       "Count of out of memory events observed for the container (OOM kills: "
-                       "memory.events oom_kill)", ("oom_kill",), _one("oom_kill")),
-        CadvisorMetric("container_spec_memory_limit_bytes", GAUGE,
-                       "Memory limit for the container (0 when unlimited)",
-                       ("limit",), _spec_limit),
-    ]
-    return [m for m in metrics if cgroup_version in m.versions]
-
-
-def _needed_stats(selected: Sequence[str], cadvisor: Sequence[CadvisorMetric]) -> List[str]:
-    out = list(selected)
-    for m in cadvisor:
-        for s in m.needs:
-            if s not in out:
-                out.append(s)
-    return out
-
 
 class MemcgCollector:
     """A prometheus_client collector: one snapshot of `root` per scrape.
@@ -221,7 +103,7 @@ class MemcgCollector:
         if cadvisor is None:
             cadvisor = not local
         self.cadvisor = cadvisor_metrics(mount.version) if cadvisor else []
-        self.stats_needed = _needed_stats(self.selected, self.cadvisor)
+        self.stats_needed = needed_stats(self.selected, self.cadvisor)
         self._own_reader = reader is None
         if reader is None:
             reader = Reader(stats=self.stats_needed, local=local, backend=backend, flush=flush)

@@ -30,8 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 import pymemcg  # noqa: E402
 from pymemcg import catalog  # noqa: E402
 from pymemcg.cgroupfs import memory_mount  # noqa: E402
-from pymemcg.prometheus import (UNLIMITED_ABOVE, ListenError, MemcgCollector,  # noqa: E402
-                                cadvisor_metrics, parse_listen)
+from pymemcg.cadvisor import UNLIMITED_ABOVE, cadvisor_metrics  # noqa: E402
+from pymemcg.prometheus import ListenError, MemcgCollector, parse_listen  # noqa: E402
 
 from conftest import links_of, sigint_default  # noqa: E402
 
