@@ -145,7 +145,7 @@ def cgroups():
 # fsynced, then read back), and shmem (a file on /dev/shm).
 WORKLOAD = """
 import mmap, os, sys, tempfile
-anon = mmap.mmap(-1, {anon})
+anon = mmap.mmap(-1, {anon}, flags=mmap.MAP_PRIVATE)  # shared would be shmem
 anon.madvise(mmap.MADV_NOHUGEPAGE)
 for i in range(0, len(anon), 4096):
     anon[i] = 1
