@@ -32,8 +32,10 @@ LIBBPF_TARBALL ?= $(OUTPUT)/libbpf_$(LIBBPF_VERSION).orig.tar.gz
 LIBBPF_SRC     := $(OUTPUT)/libbpf-$(LIBBPF_VERSION)/src
 LIBBPF_A       := $(OUTPUT)/libbpf/libbpf.a
 LIBBPF_INC     := $(OUTPUT)/libbpf/include
-# where a cross build's libelf and zlib headers are (packaging/wheels.mk)
-LIBBPF_CFLAGS  ?=
+# a cross build's own libelf and zlib headers, and its flags for libbpf's
+# make (packaging/wheels.mk)
+LIBBPF_CFLAGS    ?=
+LIBBPF_MAKEFLAGS ?=
 
 BPF_SRCS := $(wildcard bpf_src/*.bpf.c)
 BPF_OBJS := $(patsubst bpf_src/%.bpf.c,$(OUTPUT)/%.bpf.o,$(BPF_SRCS))
@@ -66,7 +68,7 @@ $(LIBBPF_A): $(LIBBPF_TARBALL) | $(OUTPUT)
 	echo "$(LIBBPF_SHA256)  $<" | sha256sum -c --quiet
 	rm -rf $(OUTPUT)/libbpf-$(LIBBPF_VERSION) && tar -xzf $< -C $(OUTPUT)
 	$(MAKE) -C $(LIBBPF_SRC) BUILD_STATIC_ONLY=1 EXTRA_CFLAGS="-fPIC $(LIBBPF_CFLAGS)" \
-		CC="$(CC)" AR="$(AR)" \
+		CC="$(CC)" AR="$(AR)" $(LIBBPF_MAKEFLAGS) \
 		OBJDIR=$(abspath $(OUTPUT)/libbpf-obj) DESTDIR=$(abspath $(OUTPUT)/libbpf) \
 		INCLUDEDIR=/include LIBDIR= UAPIDIR= install >/dev/null
 

@@ -74,8 +74,11 @@ $(CROSS)/%/deps/lib/libz.a: $(ZLIB_TARBALL) $(CROSS)/%/bin/cc
 
 # libelf alone out of elfutils: its configure, then libelf_pic.a (the -fPIC
 # objects elfutils links into libelf.so) and the libeu helpers it calls
+# (its probe for libstdc++'s demangler, which libelf does not use, would
+# have zig build a libc++ for the target: minutes)
 ELFUTILS_CONFIGURE := --disable-debuginfod --disable-libdebuginfod --without-bzlib \
-	--without-lzma --without-zstd --disable-nls --disable-symbol-versioning
+	--without-lzma --without-zstd --disable-nls --disable-symbol-versioning \
+	ac_cv_lib_stdcpp___cxa_demangle=no
 $(CROSS)/%/deps/lib/libelf.a: $(ELFUTILS_TARBALL) $(CROSS)/%/deps/lib/libz.a
 	rm -rf $(CROSS)/$*/elfutils && mkdir -p $(CROSS)/$*/elfutils/obj
 	tar -xjf $< -C $(CROSS)/$*/elfutils --strip-components=1
@@ -106,7 +109,8 @@ $(CROSS)/%/python/usr/include/python3.11/Python.h:
 	test -e $@
 
 # zig's clang is newer than libbpf 1.1.2, and warns where gcc 12 does not
-# (const qualifiers dropped by strchr): warnings stay warnings
+# (const qualifiers dropped by strchr): warnings stay warnings. NO_PKG_CONFIG:
+# the host's pkg-config knows the host's libelf, not the target's
 LIBBPF_ZIG_CFLAGS := -Wno-error
 # libbpf, the BPF objects and skeletons of one architecture, by this Makefile
 # with its outputs under build/cross/<arch>/
@@ -115,7 +119,8 @@ $(addprefix bpf-,$(WHEEL_ARCHES)): bpf-%: $(CROSS)/%/deps/lib/libelf.a $(LIBBPF_
 	$(MAKE) -s bpf OUTPUT=$(CROSS)/$* ARCH=$(call bpf_arch,$*) \
 		CC=$(call xdir,$*)/bin/cc AR=$(call xdir,$*)/bin/ar \
 		LIBBPF_TARBALL=$(abspath $(LIBBPF_TARBALL)) \
-		LIBBPF_CFLAGS="-I$(call xdir,$*)/deps/include $(LIBBPF_ZIG_CFLAGS)"
+		LIBBPF_CFLAGS="-I$(call xdir,$*)/deps/include $(LIBBPF_ZIG_CFLAGS)" \
+		LIBBPF_MAKEFLAGS=NO_PKG_CONFIG=1
 
 # pip builds the wheel for this host's platform tag; `wheel tags` names it for
 # its target (manylinux_2_28_<arch>): there is nothing for auditwheel repair to
@@ -141,3 +146,21 @@ $(addprefix wheel-,$(WHEEL_ARCHES)): wheel-%: bpf-% $(CROSS)/%/python/usr/includ
 	rm -f $(DIST)/pymemcg-*_$*.whl && mv $(CROSS)/$*/raw/pymemcg-*_$*.whl $(DIST)/ && \
 	$(VPY) packaging/check_wheel.py $(DIST)/pymemcg-*_$*.whl && \
 	echo "wheel-$*: $$(( $$(date +%s) - start )) s after its dependencies"
+
+# An arm64 Python userland from Debian's packages (unpacked with dpkg-deb,
+# not installed), to run the aarch64 wheel's extension under qemu-user on
+# this host (tests/wheel_smoke.sh): import and a text-backend read. The BPF
+# test of that wheel runs in the kernel matrix's arm64 guests.
+ARM64_USERLAND := $(CROSS)/aarch64/userland
+ARM64_USERLAND_PACKAGES := libc6 python3.11-minimal libpython3.11-stdlib python3-cffi-backend
+$(ARM64_USERLAND)/usr/bin/python3.11: $(CROSS)/aarch64/python/usr/include/python3.11/Python.h
+	rm -rf $(ARM64_USERLAND) $(ARM64_USERLAND)-debs && mkdir -p $(ARM64_USERLAND)-debs
+	: >$(ARM64_USERLAND)-debs/status
+	APT_CONFIG=$(call xdir,aarch64)/apt.conf $(CURDIR)/tools/apt-private $(call xdir,aarch64)/apt -- \
+		-o Dir::State::status=$(abspath $(ARM64_USERLAND))-debs/status \
+		-o Dir::Cache::archives=$(abspath $(ARM64_USERLAND))-debs -t bookworm \
+		install --download-only --no-install-recommends $(ARM64_USERLAND_PACKAGES) >/dev/null
+	for d in $(ARM64_USERLAND)-debs/*.deb; do dpkg-deb -x $$d $(ARM64_USERLAND) || exit 1; done
+	test -x $@
+.PHONY: arm64-userland
+arm64-userland: $(ARM64_USERLAND)/usr/bin/python3.11
