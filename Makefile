@@ -17,7 +17,7 @@ ARCH       := $(shell uname -m | sed 's/x86_64/x86/; s/aarch64/arm64/')
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function
 
 APT_PACKAGES := clang-19 llvm-19 bpftool libelf-dev zlib1g-dev pkg-config make gcc \
-                ca-certificates python3-venv python3-dev tmux
+                ca-certificates python3-venv python3-dev tmux qemu-user-static
 
 # Debian's libbpf.a is not position independent, so it cannot go into a Python
 # extension: build the same release (bookworm's 1.1.2, no Debian patches) from
