@@ -35,7 +35,6 @@ ZLIB_SHA256      := 71feb7947e3c00ef125f83b79a4e529bde31171e5babe48b391f06758d1a
 ZLIB_TARBALL     := $(OUTPUT)/zlib_1.2.13.dfsg.orig.tar.bz2
 ZLIB_OBJS        := adler32 crc32 deflate infback inffast inflate inftrees trees zutil \
                     compress uncompr gzclose gzlib gzread gzwrite
-PYDEV_DEBIAN     := 3.11.2-6+deb12u8
 
 deb_arch  = $(if $(filter aarch64,$(1)),arm64,amd64)
 bpf_arch  = $(if $(filter aarch64,$(1)),arm64,x86)
@@ -97,14 +96,17 @@ $(CROSS)/%/deps/lib/libelf.a: $(ELFUTILS_TARBALL) $(CROSS)/%/deps/lib/libz.a
 	mv $@.tmp $@
 
 # Debian's Python headers of the target architecture (an apt state of that
-# architecture under build/cross/<arch>/apt; only this package is unpacked)
+# architecture under build/cross/<arch>/apt; only this package is unpacked;
+# apt checks it against the signed Release). Not pinned: bookworm's main
+# suite keeps only its newest Python, and the wheel uses the limited API of
+# 3.9 only, which no 3.11 point release changes.
 $(CROSS)/%/python/usr/include/python3.11/Python.h:
 	rm -rf $(CROSS)/$*/python $(CROSS)/$*/debs && mkdir -p $(CROSS)/$*/debs
 	printf 'APT::Architecture "%s";\nAPT::Architectures { "%s"; };\n' \
 		$(call deb_arch,$*) $(call deb_arch,$*) >$(CROSS)/$*/apt.conf
 	cd $(CROSS)/$*/debs && APT_CONFIG=$(call xdir,$*)/apt.conf \
 		$(CURDIR)/tools/apt-private $(call xdir,$*)/apt -- \
-		download libpython3.11-dev:$(call deb_arch,$*)=$(PYDEV_DEBIAN) >/dev/null
+		-t bookworm download libpython3.11-dev:$(call deb_arch,$*) >/dev/null
 	dpkg-deb -x $(CROSS)/$*/debs/libpython3.11-dev_*.deb $(CROSS)/$*/python
 	test -e $@
 
