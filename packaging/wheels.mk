@@ -112,7 +112,8 @@ $(CROSS)/%/python/usr/include/python3.11/Python.h:
 
 # zig's clang is newer than libbpf 1.1.2, and warns where gcc 12 does not
 # (const qualifiers dropped by strchr): warnings stay warnings. NO_PKG_CONFIG:
-# the host's pkg-config knows the host's libelf, not the target's
+# the host's pkg-config knows the host's libelf, not the target's; HOSTARCH:
+# libbpf asks `cc -dumpmachine`, which zig's versioned triple breaks
 LIBBPF_ZIG_CFLAGS := -Wno-error
 # libbpf, the BPF objects and skeletons of one architecture, by this Makefile
 # with its outputs under build/cross/<arch>/
@@ -122,7 +123,7 @@ $(addprefix bpf-,$(WHEEL_ARCHES)): bpf-%: $(CROSS)/%/deps/lib/libelf.a $(LIBBPF_
 		CC=$(call xdir,$*)/bin/cc AR=$(call xdir,$*)/bin/ar \
 		LIBBPF_TARBALL=$(abspath $(LIBBPF_TARBALL)) \
 		LIBBPF_CFLAGS="-I$(call xdir,$*)/deps/include $(LIBBPF_ZIG_CFLAGS)" \
-		LIBBPF_MAKEFLAGS=NO_PKG_CONFIG=1
+		LIBBPF_MAKEFLAGS="NO_PKG_CONFIG=1 HOSTARCH=$*"
 
 # pip builds the wheel for this host's platform tag; `wheel tags` names it for
 # its target (manylinux_2_28_<arch>): there is nothing for auditwheel repair to
