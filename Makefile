@@ -6,6 +6,8 @@
 #   make snapshot   a snapshot of this host's memory cgroups through BPF
 #   make bench      the benchmark against memory.stat (writes docs/bench.md)
 #   make deps       Debian packages needed to build (apt-get)
+#   make wheels     manylinux_2_28 wheels for x86_64 and aarch64 in dist/
+#   make sdist      the sdist, which installs offline with a C compiler alone
 
 OUTPUT     ?= build
 CLANG      ?= $(shell command -v clang-19 || command -v clang)
