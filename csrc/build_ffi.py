@@ -2,17 +2,64 @@
 
 The cdef below mirrors csrc/pmc_shim.h and the record format of
 bpf_src/memcg_record.h; keep them together (the compiler checks them). libbpf is linked
-statically (libbpf.a) so that the built extension needs only libelf and zlib.
-The BPF object is embedded through the skeleton that `make bpf` writes into
-build/.
+statically, and the BPF objects go in through their skeletons. Where the
+inputs are depends on what is being built (see setup.py):
+
+- "checkout": `make bpf` writes the skeletons and libbpf.a into build/; the
+  host's libelf and zlib are linked dynamically;
+- "cross" (make wheels): PYMEMCG_BUILD_DIR is one architecture's build tree
+  (build/cross/<arch>: skeletons, libbpf.a) and PYMEMCG_STATIC_DEPS holds
+  libelf.a and libz.a, linked in with their symbols hidden;
+- "sdist": vendor/ holds the skeletons of each architecture and libbpf's
+  source, compiled here with the extension.
 """
 
 import os
+import platform
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-BUILD = os.path.join(ROOT, "build")
+VENDOR = os.path.join(ROOT, "vendor")
+# the skeletons' directory name per machine (their -D__TARGET_ARCH_*)
+BPF_ARCH = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def build_mode() -> str:
+    """"cross", "sdist" or "checkout" (see the module docstring)."""
+    if os.environ.get("PYMEMCG_BUILD_DIR"):
+        return "cross"
+    if os.path.exists(os.path.join(ROOT, "PKG-INFO")):
+        return "sdist"
+    return "checkout"
+
+
+def build_dir() -> str:
+    """The tree make filled: build/, or one architecture's under build/cross."""
+    return os.environ.get("PYMEMCG_BUILD_DIR") or os.path.join(ROOT, "build")
+
+
+def setuptools_build_base() -> str:
+    """Where setuptools keeps its objects (per architecture when crossing)."""
+    return os.path.join(build_dir(), "setuptools") if build_mode() != "sdist" else "build"
+
+
+def sdist_bpf_dir():
+    """This machine's prebuilt skeletons in an sdist, or None."""
+    arch = BPF_ARCH.get(platform.machine())
+    return os.path.join(VENDOR, "bpf", arch) if arch else None
+
+
+def cannot_build_reason():
+    """Why the extension cannot be built here at all, or None."""
+    if build_mode() != "sdist":
+        return None
+    bpf = sdist_bpf_dir()
+    if bpf is None or not os.path.isdir(bpf):
+        return (f"this sdist has no prebuilt BPF object for {platform.machine()} "
+                f"(it has {sorted(os.listdir(os.path.join(VENDOR, 'bpf')))})")
+    return None
+
 
 CDEF = """
 /* bpf_src/memcg_record.h: the values come from the header when the
@@ -126,10 +173,40 @@ int pmc_btf_has_func(struct pmc_btf *btf, const char *name);
 """
 
 
-def _libbpf_archive() -> str:
-    """The position-independent libbpf.a that `make bpf` builds (setup.py's
-    build_ext runs it before compiling; only the link step needs the file)."""
-    return os.path.join(BUILD, "libbpf", "libbpf.a")
+def _extension_inputs() -> dict:
+    """set_source's keyword arguments for this build mode."""
+    common_include = [HERE, os.path.join(ROOT, "bpf_src")]
+    if build_mode() == "sdist":
+        libbpf = os.path.join(VENDOR, "libbpf")
+        src = os.path.join(libbpf, "src")
+        bpf = sdist_bpf_dir() or os.path.join(VENDOR, "bpf", "none")
+        # libbpf's own build flags (its src/Makefile): its bundled uapi and
+        # compat headers come after the shim's, which see the installed layout
+        return dict(
+            sources=[os.path.relpath(os.path.join(HERE, "pmc_shim.c"), ROOT)]
+            + sorted(os.path.relpath(os.path.join(src, f), ROOT)
+                     for f in os.listdir(src) if f.endswith(".c")),
+            include_dirs=common_include + [bpf, os.path.join(libbpf, "headers"), src,
+                                           os.path.join(libbpf, "include"),
+                                           os.path.join(libbpf, "include", "uapi")],
+            define_macros=[("_LARGEFILE64_SOURCE", None), ("_FILE_OFFSET_BITS", "64")],
+            libraries=["elf", "z"],
+        )
+    build = build_dir()
+    inputs = dict(
+        sources=[os.path.relpath(os.path.join(HERE, "pmc_shim.c"), ROOT)],
+        include_dirs=common_include + [build, os.path.join(build, "libbpf", "include")],
+        # `make bpf` built it before the extension is compiled
+        extra_objects=[os.path.join(build, "libbpf", "libbpf.a")],
+        libraries=["elf", "z"],
+    )
+    static = os.environ.get("PYMEMCG_STATIC_DEPS")
+    if static:
+        inputs["include_dirs"].append(os.path.join(static, "include"))
+        inputs["extra_objects"] += [os.path.join(static, "lib", "libelf.a"),
+                                    os.path.join(static, "lib", "libz.a")]
+        inputs["libraries"] = []
+    return inputs
 
 
 ffibuilder = FFI()
@@ -137,11 +214,9 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "pymemcg._pymemcg",
     '#include "pmc_shim.h"\n',
-    sources=[os.path.relpath(os.path.join(HERE, "pmc_shim.c"), ROOT)],
-    include_dirs=[HERE, os.path.join(ROOT, "bpf_src"), BUILD, os.path.join(BUILD, "libbpf", "include")],
-    extra_objects=[_libbpf_archive()],
-    libraries=["elf", "z"],
     extra_compile_args=["-O2", "-Wall"],
+    extra_link_args=[f"-Wl,--version-script={os.path.join(HERE, 'extension.map')}"],
+    **_extension_inputs(),
 )
 
 if __name__ == "__main__":

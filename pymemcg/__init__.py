@@ -11,7 +11,8 @@ happens at import time: the BPF program loads when a Reader is made.
 
 from .catalog import DEFAULT_STATS
 from .decode import Record, Snapshot
-from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, FlushUnavailable,
+from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
+                     FlushUnavailable,
                      MalformedData, NoBtf,
                      NoMemoryController, NotACgroup, PermissionDenied, ReadError,
                      SelectionMismatch, StatUnavailable, UnknownStat, VerifierRejected,
@@ -24,7 +25,7 @@ from ._version import __version__
 
 __all__ = [
     "Reader", "Record", "Snapshot", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
-    "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "FlushUnavailable",
+    "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "ExtensionMissing", "FlushUnavailable",
     "MalformedData", "NoBtf",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",
     "StatUnavailable", "UnknownStat", "VerifierRejected", "VerifyUnavailable", "verify",

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from .errors import BpfUnavailable
+from .errors import ExtensionMissing
+
+REMEDY = ("install a pymemcg wheel for this platform (manylinux_2_28 x86_64 or aarch64), or "
+          "install a C compiler and the libelf and zlib headers (Debian: gcc libelf-dev "
+          "zlib1g-dev; RHEL: gcc elfutils-libelf-devel zlib-devel) and reinstall from the "
+          "sdist; backend='text' reads memory.stat without it")
+
+
+def build_note() -> str | None:
+    """Why setup.py installed pymemcg without its compiled part, or None (it
+    was built, or this is a checkout or an older install without the note)."""
+    try:
+        from ._build_note import EXTENSION_MISSING_REASON
+    except ImportError:
+        return None
+    return EXTENSION_MISSING_REASON
 
 
 def load():
-    """(ffi, lib) of the extension, or BpfUnavailable naming the remedy."""
+    """(ffi, lib) of the extension, or ExtensionMissing naming cause and remedy."""
     try:
         from ._pymemcg import ffi, lib
     except ImportError as e:
-        raise BpfUnavailable(f"the compiled part of pymemcg is missing ({e}): reinstall with "
-                             f"`pip install .` from a checkout, or use backend='text'") from None
+        cause = build_note() or f"pymemcg._pymemcg does not import ({e})"
+        raise ExtensionMissing(f"pymemcg has no compiled part: {cause}; {REMEDY}") from None
     return ffi, lib

@@ -37,6 +37,10 @@ class BpfUnavailable(Error, RuntimeError):
     """The BPF backend cannot run on this host (privileges, BTF, bpffs, kernel)."""
 
 
+class ExtensionMissing(BpfUnavailable):
+    """This install has no compiled part (pymemcg._pymemcg), so no BPF."""
+
+
 class PermissionDenied(BpfUnavailable, PermissionError):
     """The process lacks the privileges to load BPF programs."""
 
