@@ -180,7 +180,7 @@ def measure_tree(size: int, cgroups: BenchCgroups, reader: Reader, cbench: Optio
                     assert int(info[name]["units"]) == size, info[name]
                     per.setdefault("c-" + name, []).append(cost.per_op)
                     cpu.setdefault("c-" + name, []).append(cost.cpu_per_op)
-        split = split_tree(reader, root, iterations, rounds) if size == 1000 else {}
+        split = split_tree(reader, root, iterations, rounds) if size in (1000, 10_000) else {}
     finally:
         t0 = time.perf_counter()
         failed = remove_tree(root)
