@@ -125,16 +125,17 @@ def _same_as_client(collector, registry) -> bool:
 
 # --- read_many ---
 
-def measure_read_many(cgroups: BenchCgroups, rounds: int, calls: int) -> Dict[str, object]:
-    """bench/read_many.py's measurement at N = 50 (its module, imported from bench/)."""
+def measure_read_many(cgroups: BenchCgroups, rounds: int, calls: int, n: int = 50
+                      ) -> Dict[str, object]:
+    """bench/read_many.py's measurement at N cgroups (its module, imported from bench/)."""
     sys.path.insert(0, str(REPO / "bench"))
     try:
         import read_many
     finally:
         sys.path.pop(0)
-    log(f"read_many against read() at 50 cgroups: {rounds} rounds")
+    log(f"read_many against read() at {n} cgroups: {rounds} rounds")
     top = os.path.dirname(cgroups.path("many"))   # made on first use
-    return read_many.measure(50, rounds, calls, base=top)
+    return read_many.measure(n, rounds, calls, base=top)
 
 
 # --- the anchor ---
@@ -163,10 +164,10 @@ def make_anchor_tree(top: str, shape=ANCHOR_SHAPE) -> int:
     return made
 
 
-def measure_anchor(cgroups: BenchCgroups, rounds: int) -> AnchorResult:
+def measure_anchor(cgroups: BenchCgroups, rounds: int, shape=ANCHOR_SHAPE) -> AnchorResult:
     root = cgroups.path("anchor")
     try:
-        size = make_anchor_tree(root)
+        size = make_anchor_tree(root, shape)
         with Reader(stats=STATS, backend="bpf") as reader:
             assert len(reader.read_tree(root)) == size
             assert len(walk_tree_text(root)) == size
@@ -224,7 +225,7 @@ def report_part5(scrapes: List[ScrapeResult], many: Optional[Dict[str, object]],
         lines += [
             "### Reader.read_many",
             "",
-            f"50 cgroups, {many['rounds']} rounds of {many['calls']} calls "
+            f"{many['n']} cgroups, {many['rounds']} rounds of {many['calls']} calls "
             "(bench/read_many.py): ns per cgroup.",
             "",
             "| method | median | best |", "|---|---:|---:|",
@@ -240,7 +241,7 @@ def report_part5(scrapes: List[ScrapeResult], many: Optional[Dict[str, object]],
         lines += [
             "### The anchor: the upstream proposal's tree",
             "",
-            f"{anchor.size:,} cgroups (1 + 10 + 100 + 1,000), a snapshot of every cgroup's "
+            f"{anchor.size:,} cgroups (1 + 10 + 100 + 1,000 in the full run), a snapshot of every cgroup's "
             "stats: Python walking the tree and parsing each memory.stat against "
             "`Reader.read_tree`; median of the rounds (the proposal measured C/BPF on a "
             "60-CPU VM).",
