@@ -237,5 +237,12 @@ class Snapshot(Mapping[str, Record]):
         """Paths in walk order, aligned with column()."""
         return list(self._paths)
 
+    @property
+    def shared_paths(self) -> List[Optional[str]]:
+        """paths without the copy: the same list object as the last snapshot's
+        where the BPF backend found the tree's shape unchanged, so that
+        exporters can keep what they derived from it. Do not change it."""
+        return self._paths
+
     def __repr__(self) -> str:
         return f"Snapshot(root={self.root!r}, {len(self._raw)} cgroups)"

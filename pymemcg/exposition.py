@@ -178,7 +178,7 @@ def lines(heads: Sequence[str], values: Sequence[Optional[int]]) -> str:
 class TextWriter:
     """Snapshots -> Prometheus text format, for one collector's metrics.
 
-    selected: raw stats exported as memcg_<stat> (stat -> (type, help)),
+    selected: (stat, type, help) of each raw stat exported as memcg_<stat>;
     cadvisor: cAdvisor's metrics (consumed generically: name, type, help,
     needs, extra_labels, values(get)). info: the values of pymemcg_info's
     labels (version, backend, cgroup_version, kernel, root)."""
@@ -238,18 +238,19 @@ class TextWriter:
         out: List[str] = []
         snap = taken.snapshot
         if snap is not None:
-            labels = self._shape(snap._paths)
+            labels = self._shape(snap.shared_paths)
             columns = snap.columns(self._stats)
+            # the families in the collector's order: cAdvisor's, memcg_*, pymemcg_*
+            if self.cadvisor:
+                self._write_cadvisor(out, columns, labels)
             for stat, _, _, _ in self.selected:
                 out.append(self._headers[stat])
                 out.append(lines(self._heads[stat], picked(columns[stat], labels.rows)))
-            if self.cadvisor:
-                self._write_cadvisor(out, columns, labels)
         else:
-            for stat, _, _, _ in self.selected:
-                out.append(self._headers[stat])
             for m in self.cadvisor:
                 out.append(self._headers[m.name])
+            for stat, _, _, _ in self.selected:
+                out.append(self._headers[stat])
         self._write_own(out, taken)
         return out
 

@@ -135,8 +135,7 @@ class MemcgCollector:
         self._raw = [(name, *self._raw_family(name)) for name in self.selected]
         self.writer = TextWriter(self._raw, self.cadvisor, self._info_labels())
         self._lock = threading.Lock()
-        self._labels: Optional[TreeLabels] = None
-        self._label_dicts: Tuple[list, list] = ([], [])
+        self._shape_cache: Optional[Tuple[TreeLabels, list, list]] = None
         self.scrapes = 0
 
     @property
@@ -197,15 +196,18 @@ class MemcgCollector:
     def _shape(self, snap: Snapshot) -> Tuple[TreeLabels, list, list]:
         """The tree's labels, and each exported row's label dict for memcg_* and
         for cAdvisor's metrics: made once per shape, shared by every sample
-        of the row (prometheus_client only reads them)."""
-        labels = self._labels
-        if labels is None or not labels.same_shape(snap._paths):
-            labels = self._labels = TreeLabels(snap._paths)
+        of the row (prometheus_client only reads them). One tuple, replaced
+        whole: concurrent scrapes never see one shape's labels with
+        another's dicts."""
+        cached = self._shape_cache
+        if cached is None or not cached[0].same_shape(snap.shared_paths):
+            labels = TreeLabels(snap.shared_paths)
             raw_names = ["cgroup", *labels.raw_names]
             cad_names = ["id", *labels.cadvisor_names]
-            self._label_dicts = ([dict(zip(raw_names, v)) for v in labels.raw_values],
-                                 [dict(zip(cad_names, v)) for v in labels.cadvisor_values])
-        return (labels, *self._label_dicts)
+            cached = self._shape_cache = (
+                labels, [dict(zip(raw_names, v)) for v in labels.raw_values],
+                [dict(zip(cad_names, v)) for v in labels.cadvisor_values])
+        return cached
 
     def _families(self, taken: Optional[Taken]) -> List[Metric]:
         families: List[Metric] = []

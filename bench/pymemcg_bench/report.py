@@ -441,15 +441,21 @@ go under. `Reader.read` therefore reads one cgroup with a `SEC("syscall")` progr
 `BPF_PROG_RUN` (bpf_src/memcg_fetch.bpf.c) on a `struct cgroup` reference that an iterator
 session stashed once: one `bpf()` call, no file (Linux 6.4+; iterator sessions below).
 What moved the tree goal: a walk whose shape (ids, parents, names) did not change reuses
-the last snapshot's paths and index. Where more could come from (details in section 3 and
-[profile.md](profile.md)):
+the last snapshot's paths and index; the walk reads only the selected slots of
+`struct mem_cgroup` with plain loads (`bpf_rdonly_cast`, Linux 6.2+) instead of
+`bpf_probe_read_kernel` copies of the whole `state[]`/`events[]` arrays per cgroup.
 
-- **Trees**: build a Snapshot's paths lazily, on the first lookup
-  by path, instead of for every changed tree; in the BPF program read only the
-  selected slots with direct loads (`bpf_rdonly_cast` to `struct mem_cgroup`, available
-  on 6.18) instead of `bpf_probe_read_kernel` copies of the whole `state[]`/`events[]`
-  arrays per cgroup, and build overflow records in place in the map instead of copying
-  them from the per-CPU scratch."""
+Where a large tree's per-cgroup cost grows (section 5, "Where a tree snapshot's time
+goes"): mostly in the kernel's walk itself, the iterator session, whose cost per cgroup
+roughly doubles or triples from 1,000 to 10,000 cgroups with the same program and the same
+records. Each cgroup visited touches its `struct cgroup`, kernfs node and name,
+`struct mem_cgroup`, page counters and `memcg_vmstats`: a dozen or more cache lines in
+separate allocations, a few MB at 10,000 cgroups, more than this VM's caches keep
+while other guests run; the overflow copy is a few tens of microseconds and the Python
+side (unpack, paths) grows far less. What could still come off: fewer lines per cgroup
+(records built in place in the overflow map instead of copied from the per-CPU scratch;
+the name hash only for cgroups whose id is new), and on the Python side paths built
+lazily, on the first lookup by path."""
 
 
 def report(single: List[SingleResult], trees: List[TreeResult], profiles: List[Profile],
