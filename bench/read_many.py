@@ -20,7 +20,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import pymemcg
 from pymemcg.cgroupfs import own_memory_cgroup
@@ -48,21 +48,15 @@ def rounds(methods: Dict[str, Callable[[], object]], calls: Dict[str, int], per_
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=50, help="cgroups (default 50)")
-    ap.add_argument("--rounds", type=int, default=15, help="rounds of each method (default 15)")
-    ap.add_argument("--calls", type=int, default=200,
-                    help="read_many calls per round; the read loop reads as many cgroups")
-    ap.add_argument("--base", help="make the cgroups under this cgroup (default: our own)")
-    ap.add_argument("--json", action="store_true", help="one JSON object instead of a table")
-    args = ap.parse_args(argv)
-
-    base = os.path.join(args.base or own_memory_cgroup(), f"pymemcg-bench-many-{os.getpid()}")
+def measure(n: int = 50, rounds_: int = 15, calls_: int = 200, base: Optional[str] = None
+            ) -> Dict[str, object]:
+    """Both methods at n cgroups made under `base` (default: our own memory
+    cgroup) and removed: the result main() prints, as a dict."""
+    base = os.path.join(base or own_memory_cgroup(), f"pymemcg-bench-many-{os.getpid()}")
     os.mkdir(base)
     paths = []
     try:
-        for i in range(args.n):
+        for i in range(n):
             path = os.path.join(base, f"c{i}")
             os.mkdir(path)
             paths.append(path)
@@ -86,10 +80,10 @@ def main(argv=None) -> int:
                 for rec, path in zip(read_many(paths), paths):
                     assert rec is not None and rec.id == os.stat(path).st_ino, path
                 loop()
-                calls = {"read_many": args.calls, "read loop": args.calls,
-                         "memory.stat": max(1, args.calls // 4)}
+                calls = {"read_many": calls_, "read loop": calls_,
+                         "memory.stat": max(1, calls_ // 4)}
                 got = rounds({"read loop": loop, "read_many": many, "memory.stat": text},
-                             calls, args.n, args.rounds)
+                             calls, n, rounds_)
                 method = reader.read_method
             finally:
                 for fd in stat_fds:
@@ -101,14 +95,29 @@ def main(argv=None) -> int:
 
     best = {k: min(v) for k, v in got.items()}
     median = {k: statistics.median(v) for k, v in got.items()}
-    result = {
-        "n": args.n, "rounds": args.rounds, "calls": args.calls, "read_method": method,
+    return {
+        "n": n, "rounds": rounds_, "calls": calls_, "read_method": method,
         "kernel": os.uname().release, "python": sys.version.split()[0],
         "best_ns_per_cgroup": {k: round(v) for k, v in best.items()},
         "median_ns_per_cgroup": {k: round(v) for k, v in median.items()},
         "ratio_best": round(best["read loop"] / best["read_many"], 2),
         "ratio_median": round(median["read loop"] / median["read_many"], 2),
     }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=50, help="cgroups (default 50)")
+    ap.add_argument("--rounds", type=int, default=15, help="rounds of each method (default 15)")
+    ap.add_argument("--calls", type=int, default=200,
+                    help="read_many calls per round; the read loop reads as many cgroups")
+    ap.add_argument("--base", help="make the cgroups under this cgroup (default: our own)")
+    ap.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    args = ap.parse_args(argv)
+    result = measure(args.n, args.rounds, args.calls, args.base)
+    best = {k: float(v) for k, v in result["best_ns_per_cgroup"].items()}
+    median = {k: float(v) for k, v in result["median_ns_per_cgroup"].items()}
+    method = result["read_method"]
     if args.json:
         print(json.dumps(result))
         return 0

@@ -215,10 +215,34 @@ class Snapshot(Mapping[str, Record]):
         word, bit, at = 5 + (i >> 6), i & 63, i + VALUES_AT
         return [t[at] if (t[word] >> bit) & 1 else None for t in self._raw]
 
+    def columns(self, names: Sequence[str]) -> Dict[str, Sequence[Optional[int]]]:
+        """column() of each name, made at once: where every record has the same
+        stats available (the usual case) the columns are one transposition
+        of the records, with no test per value."""
+        raw = self._raw
+        index = self.layout.index
+        if not raw:
+            return {n: [] for n in names}
+        first = raw[0]
+        cols = list(zip(*raw))
+        if cols[5].count(first[5]) != len(raw) or cols[6].count(first[6]) != len(raw):
+            return {n: self.column(n) for n in names}
+        valid = first[5] | first[6] << 64
+        none = [None] * len(raw)
+        return {n: cols[index[n] + VALUES_AT] if (valid >> index[n]) & 1 else none
+                for n in names}
+
     @property
     def paths(self) -> List[Optional[str]]:
         """Paths in walk order, aligned with column()."""
         return list(self._paths)
+
+    @property
+    def shared_paths(self) -> List[Optional[str]]:
+        """paths without the copy: the same list object as the last snapshot's
+        where the BPF backend found the tree's shape unchanged, so that
+        exporters can keep what they derived from it. Do not change it."""
+        return self._paths
 
     def __repr__(self) -> str:
         return f"Snapshot(root={self.root!r}, {len(self._raw)} cgroups)"

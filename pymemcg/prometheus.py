@@ -39,8 +39,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+import zlib
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import Error
 
@@ -53,29 +53,35 @@ class ListenError(Error, OSError):
     """--listen names an address that cannot be parsed or bound."""
 
 
+class BadInterval(Error, ValueError):
+    """A minimum interval between tree reads that is not seconds >= 0."""
+
+
 try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.samples import Sample
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise PrometheusClientMissing(
         f"prometheus_client is not installed ({e}): install the extra with "
         f"`pip install 'pymemcg[prometheus]'`") from None
 
 from . import __version__, catalog
-from .cadvisor import COUNTER, GAUGE, Getter, cadvisor_metrics, needed_stats
+from .cadvisor import COUNTER, GAUGE, cadvisor_metrics, needed_stats
 from .cgroupfs import memory_mount
-from .containers import CgroupIdentity, identify
 from .decode import Snapshot
+from .exposition import (CGROUPS_HELP, CONTENT_TYPE, DEFAULT_MIN_INTERVAL, DURATION_HELP,
+                         ERROR_HELP, INFO_HELP, SharedSnapshot, Taken,
+                         TextWriter, TreeLabels, exposed_name, picked)
 from .errors import NoMemoryController, UnknownStat
 from .reader import Reader
 
 
 _log = logging.getLogger(__name__)
 
-#: who a cgroup is (pymemcg.containers), as labels after id / cgroup, where known
-IDENTITY_LABELS = ("pod_uid", "container_id", "qos", "unit")
 
 class MemcgCollector:
-    """A prometheus_client collector: one snapshot of `root` per scrape.
+    """A prometheus_client collector: one snapshot of `root` per scrape
+    interval.
 
     root: the cgroup directory whose subtree is exported (default: the
     memory hierarchy's mountpoint). stats: the raw stats exported as
@@ -84,16 +90,27 @@ class MemcgCollector:
     reader: an open pymemcg.Reader to use instead of making one; it must
     select every stat needed (see `stats_needed`) and is not closed here.
     Otherwise the collector makes its own Reader (the BPF program loads
-    then) and `close()` unloads it.
+    then) and `close()` unloads it. min_interval: seconds during which
+    scrapes share one tree read (0: a read per scrape); see
+    pymemcg.exposition.SharedSnapshot.
+
+    Two ways to serve it: register it in a prometheus_client registry
+    (`collect()`), or take `exposition()`, the same metrics as text-format
+    bytes written without prometheus_client's objects (what `pymemcg
+    export` serves; much cheaper per scrape).
     """
 
     def __init__(self, root: Optional[str] = None, stats: Sequence[str] = catalog.DEFAULT_STATS,
                  *, local: bool = False, backend: str = "auto", cadvisor: Optional[bool] = None,
-                 reader: Optional[Reader] = None, flush: bool = False) -> None:
+                 reader: Optional[Reader] = None, flush: bool = False,
+                 min_interval: float = DEFAULT_MIN_INTERVAL) -> None:
         mount = memory_mount()
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "
                                      "controller: mount one, or run where one is mounted")
+        if not min_interval >= 0:
+            raise BadInterval(f"min_interval {min_interval!r}: give seconds >= 0 (0 reads "
+                              f"the tree on every scrape)")
         self.root = root if root is not None else mount.mountpoint
         self.cgroup_version = mount.version
         self.selected = list(stats)
@@ -113,74 +130,123 @@ class MemcgCollector:
                 raise UnknownStat(f"the reader does not select {missing}, which these metrics "
                                   f"need: make it with stats={self.stats_needed}")
         self.reader = reader
+        self.shared = SharedSnapshot(lambda root: self.reader.read_tree(root), self.root,
+                                     min_interval, on_error=self._said_error)
+        self._raw = [(name, *self._raw_family(name)) for name in self.selected]
+        self.writer = TextWriter(self._raw, self.cadvisor, self._info_labels())
         self._lock = threading.Lock()
+        self._shape_cache: Optional[Tuple[TreeLabels, list, list]] = None
         self.scrapes = 0
-        self.last_error: Optional[str] = None   # the last scrape's error, if it failed
+
+    @property
+    def min_interval(self) -> float:
+        return self.shared.min_interval
+
+    @property
+    def walks(self) -> int:
+        """Tree reads made so far (scrapes within min_interval share one)."""
+        return self.shared.walks
+
+    @property
+    def last_error(self) -> Optional[str]:
+        """The last tree read's error, if it failed."""
+        last = self.shared._last
+        return last.error if last is not None else None
+
+    def _said_error(self, e: Error) -> None:
+        _log.warning("pymemcg: scrape of %s failed: %s", self.root, e)
+
+    def _raw_family(self, name: str) -> Tuple[str, str]:
+        stat = catalog.STATS[name]
+        counter = stat.unit == catalog.COUNT
+        help_text = f"{stat.meaning} ({'a count' if counter else 'bytes'}; pymemcg stat " \
+                    f"{name}{', local' if self.local else ''})"
+        return (COUNTER if counter else GAUGE), help_text
+
+    def _info_labels(self) -> Dict[str, str]:
+        return {"version": __version__, "backend": self.reader.backend,
+                "cgroup_version": str(self.cgroup_version), "kernel": os.uname().release,
+                "root": self.root}
+
+    def take(self) -> Taken:
+        """The tree read this scrape uses (shared within min_interval)."""
+        with self._lock:
+            self.scrapes += 1
+        return self.shared.read()
+
+    def exposition(self) -> bytes:
+        """One scrape in the Prometheus text format (version 0.0.4), UTF-8."""
+        return self.writer.render(self.take())
+
+    def exposition_chunks(self) -> List[bytes]:
+        """exposition() in pieces, to be written in order (no copy of the whole)."""
+        return self.writer.render_chunks(self.take())
 
     # --- prometheus_client protocol ---
 
     def describe(self) -> Iterable[Metric]:
         """The metric families, without samples: registering costs no read."""
-        return list(self._families(None, 0.0, failed=False))
+        return list(self._families(None))
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            start = time.perf_counter()
-            self.scrapes += 1
-            try:
-                snap = self.reader.read_tree(self.root)
-                self.last_error = None
-            except Error as e:  # the root went away, ...: say so, keep serving
-                snap, self.last_error = None, str(e)
-                _log.warning("pymemcg: scrape of %s failed: %s", self.root, e)
-            took = time.perf_counter() - start
-        return iter(self._families(snap, took, failed=snap is None))
+        return iter(self._families(self.take()))
 
     # --- building the families ---
 
-    def _families(self, snap: Optional[Snapshot], took: float, failed: bool) -> List[Metric]:
+    def _shape(self, snap: Snapshot) -> Tuple[TreeLabels, list, list]:
+        """The tree's labels, and each exported row's label dict for memcg_* and
+        for cAdvisor's metrics: made once per shape, shared by every sample
+        of the row (prometheus_client only reads them). One tuple, replaced
+        whole: concurrent scrapes never see one shape's labels with
+        another's dicts."""
+        cached = self._shape_cache
+        if cached is None or not cached[0].same_shape(snap.shared_paths):
+            labels = TreeLabels(snap.shared_paths)
+            raw_names = ["cgroup", *labels.raw_names]
+            cad_names = ["id", *labels.cadvisor_names]
+            cached = self._shape_cache = (
+                labels, [dict(zip(raw_names, v)) for v in labels.raw_values],
+                [dict(zip(cad_names, v)) for v in labels.cadvisor_values])
+        return cached
+
+    def _families(self, taken: Optional[Taken]) -> List[Metric]:
         families: List[Metric] = []
-        records = [r for r in snap.records if r.path is not None] if snap is not None else []
-        rows = [(r.path, r.get, identify(r.path)) for r in records]
-        # cAdvisor exports nothing for what it skips; memcg_* are every cgroup read
-        cadvisor_rows = [row for row in rows if not row[2].cadvisor_skips]
-
-        names, cadvisor = _identity_labels(cadvisor_rows)
+        snap = taken.snapshot if taken is not None else None
+        if snap is not None:
+            labels, raw_dicts, cad_dicts = self._shape(snap)
         for cm in self.cadvisor:
-            fam = _family(cm.name, cm.type, cm.help, ["id", *names, *cm.extra_labels])
-            for (path, get, _), ident in zip(cadvisor_rows, cadvisor):
-                for extra, value in cm.values(get):
-                    fam.add_metric([path, *ident, *extra], value)
+            fam = _family(cm.name, cm.type, cm.help)
+            if snap is not None:
+                name = exposed_name(cm.name, cm.type)
+                needs = list(cm.needs)
+                cols = [picked(snap.column(s), labels.cadvisor_rows) for s in needs]
+                samples = fam.samples
+                extra_names = cm.extra_labels
+                for d, vals in zip(cad_dicts, zip(*cols)):
+                    for extra, value in cm.values(dict(zip(needs, vals)).get):
+                        samples.append(Sample(name, {**d, **dict(zip(extra_names, extra))}
+                                              if extra_names else d, value))
+            families.append(fam)
+        for stat, mtype, help_text in self._raw:
+            fam = _family(f"memcg_{stat}", mtype, help_text)
+            if snap is not None:
+                name = exposed_name(f"memcg_{stat}", mtype)
+                fam.samples = [Sample(name, d, v) for d, v in
+                               zip(raw_dicts, picked(snap.column(stat), labels.rows))
+                               if v is not None]
             families.append(fam)
 
-        names, raw = _identity_labels(rows)
-        for name in self.selected:
-            stat = catalog.STATS[name]
-            counter = stat.unit == catalog.COUNT
-            help_text = f"{stat.meaning} ({'a count' if counter else 'bytes'}; pymemcg stat " \
-                        f"{name}{', local' if self.local else ''})"
-            fam = _family(f"memcg_{name}", COUNTER if counter else GAUGE, help_text,
-                          ["cgroup", *names])
-            for (path, get, _), ident in zip(rows, raw):
-                v = get(name)
-                if v is not None:
-                    fam.add_metric([path, *ident], v)
-            families.append(fam)
-
-        info = GaugeMetricFamily("pymemcg_info", "pymemcg version, backend and host; value 1",
+        info = GaugeMetricFamily("pymemcg_info", INFO_HELP,
                                  labels=["version", "backend", "cgroup_version", "kernel", "root"])
-        cgroups = GaugeMetricFamily("pymemcg_cgroups", "cgroups in the last snapshot")
-        duration = GaugeMetricFamily("pymemcg_snapshot_duration_seconds",
-                                     "time the last snapshot (one tree read) took")
-        error = GaugeMetricFamily("pymemcg_scrape_error",
-                                  "1 if the last scrape could not read the cgroups, else 0")
-        if snap is not None or failed:
-            info.add_metric([__version__, self.reader.backend, str(self.cgroup_version),
-                             os.uname().release, self.root], 1)
-            error.add_metric([], 1 if failed else 0)
+        cgroups = GaugeMetricFamily("pymemcg_cgroups", CGROUPS_HELP)
+        duration = GaugeMetricFamily("pymemcg_snapshot_duration_seconds", DURATION_HELP)
+        error = GaugeMetricFamily("pymemcg_scrape_error", ERROR_HELP)
+        if taken is not None:
+            info.add_metric(list(self._info_labels().values()), 1)
+            error.add_metric([], 1 if snap is None else 0)
         if snap is not None:
             cgroups.add_metric([], len(snap))
-            duration.add_metric([], took)
+            duration.add_metric([], taken.seconds)
         families += [info, cgroups, duration, error]
         return families
 
@@ -196,36 +262,14 @@ class MemcgCollector:
         self.close()
 
 
-class UntypedMetricFamily(Metric):
-    """An untyped family whose samples keep the family's name exactly."""
-
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        super().__init__(name, documentation, "unknown")
-        self._labelnames = tuple(labels)
-
-    def add_metric(self, labels: Sequence[str], value: float) -> None:
-        self.add_sample(self.name, dict(zip(self._labelnames, labels)), value)
-
-
-def _identity_labels(rows: Sequence[Tuple[str, Getter, CgroupIdentity]]
-                     ) -> Tuple[List[str], List[Tuple[str, ...]]]:
-    """The identity labels of one scrape and each row's values for them.
-
-    As cAdvisor (metrics/prometheus.go collectContainersInfo): the label
-    names are the union over every exported cgroup, and a cgroup without one
-    carries it with the value "" (which PromQL reads as no label); a scrape
-    where no cgroup has a pod, container, QoS class or unit has none of
-    these labels."""
-    names = [n for n in IDENTITY_LABELS if any(getattr(row[2], n) for row in rows)]
-    return names, [tuple(getattr(row[2], n) or "" for n in names) for row in rows]
-
-
-def _family(name: str, mtype: str, help_text: str, labels: List[str]) -> Metric:
+def _family(name: str, mtype: str, help_text: str) -> Metric:
+    """An empty family of prometheus_client's, samples appended directly."""
     if mtype == GAUGE:
-        return GaugeMetricFamily(name, help_text, labels=labels)
+        return GaugeMetricFamily(name, help_text)
     if mtype == COUNTER:
-        return CounterMetricFamily(name, help_text, labels=labels)
-    return UntypedMetricFamily(name, help_text, labels)
+        return CounterMetricFamily(name, help_text)
+    # untyped: the samples keep the family's name exactly
+    return Metric(name, help_text, "unknown")
 
 
 # --- the HTTP exporter (`pymemcg export`) ---
@@ -242,18 +286,14 @@ def parse_listen(text: str) -> Tuple[str, int]:
 
 
 def make_server(collector: MemcgCollector, host: str, port: int):
-    """An HTTP server (a thread per request) that serves the collector on every
-    path, /metrics included. Bound, not serving yet: call serve_forever()."""
+    """An HTTP server (a thread per request) that serves the collector's
+    exposition() on every path, /metrics included (gzip when the client
+    accepts it). Bound, not serving yet: call serve_forever()."""
     import socket
     import socketserver
     from http.server import ThreadingHTTPServer
 
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.exposition import MetricsHandler
-
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(collector)
-    handler = MetricsHandler.factory(registry)
+    handler = _handler(collector)
 
     # "" (every address): IPv6 with IPv4 mapped in where the host has IPv6
     family = socket.AF_INET6 if (":" in host or (host == "" and socket.has_ipv6)) \
@@ -282,6 +322,49 @@ def make_server(collector: MemcgCollector, host: str, port: int):
     except OSError as e:
         raise ListenError(f"cannot listen on {host or '*'}:{port} ({e.strerror or e}): choose "
                           f"another --listen address or port") from None
+
+
+def _handler(collector: MemcgCollector):
+    """The request handler class: GET and HEAD of any path answer one scrape."""
+    from http.server import BaseHTTPRequestHandler
+
+    # the gzip of the last body, kept while scrapes share that body
+    zipped: List[Tuple[Optional[list], bytes]] = [(None, b"")]
+
+    class MetricsHandler(BaseHTTPRequestHandler):
+
+        def do_GET(self) -> None:
+            self._answer(send_body=True)
+
+        def do_HEAD(self) -> None:
+            self._answer(send_body=False)
+
+        def _answer(self, send_body: bool) -> None:
+            chunks = collector.exposition_chunks()
+            encoding = None
+            if "gzip" in self.headers.get("Accept-Encoding", ""):
+                plain, packed = zipped[0]
+                if plain is not chunks:
+                    # level 1: a scrape's text compresses about 20x at a fraction of
+                    # level 9's CPU
+                    z = zlib.compressobj(1, zlib.DEFLATED, 31)   # 31: a gzip stream
+                    packed = b"".join([*map(z.compress, chunks), z.flush()])
+                    zipped[0] = (chunks, packed)
+                chunks, encoding = [packed], "gzip"
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            if encoding:
+                self.send_header("Content-Encoding", encoding)
+            self.send_header("Content-Length", str(sum(map(len, chunks))))
+            self.end_headers()
+            if send_body:
+                for chunk in chunks:
+                    self.wfile.write(chunk)
+
+        def log_message(self, format: str, *args) -> None:
+            pass  # a scrape is not news
+
+    return MetricsHandler
 
 
 def listen_url(server) -> str:

@@ -21,7 +21,7 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(CHECKOUT, "bench"))
 
 from pymemcg_bench import Settings  # noqa: E402
-from pymemcg_bench import c_side, measure, report  # noqa: E402
+from pymemcg_bench import c_side, exporter, measure, report  # noqa: E402
 from pymemcg_bench import cgroups as made_cgroups  # noqa: E402
 
 ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
@@ -133,3 +133,27 @@ def test_full_bench_runs_as_a_module_of_the_checkout(bpf_ok):
         assert r.returncode == 0, (args, r.stderr)
         if args[0] == "specs":
             assert [line.split()[0] for line in r.stdout.splitlines()[1:]] == ["anon", "usage"]
+
+
+def test_bench_part5_smoke_run(bpf_ok, cgroups):
+    pytest.importorskip("prometheus_client")
+    with made_cgroups.BenchCgroups(cgroups.base) as made:
+        scrapes = exporter.measure_scrapes(made, 1, sizes=(25,))
+        many = exporter.measure_read_many(made, 1, 2, n=5)
+        anchor = exporter.measure_anchor(made, 1, shape=(2, 2))
+    (s,) = scrapes
+    # the writer read the same as prometheus_client's own exposition, of one snapshot
+    assert s.same_as_client is True and s.body_bytes > 25 * 100
+    assert set(s.costs) == {"bpf", "text", "client"}
+    assert all(c["cpu"] > 0 for c in s.costs.values())
+    assert many["n"] == 5 and set(many["median_ns_per_cgroup"]) == \
+        {"read loop", "read_many", "memory.stat"}
+    assert anchor.size == 1 + 2 + 4 and set(anchor.costs) == {"bpf", "memory.stat"}
+    text = "\n".join(exporter.report_part5(scrapes, many, anchor,
+                                           {1000: {"session": 1e-3, "records": 2e-3,
+                                                   "read_tree": 3e-3}}, 1))
+    for heading in ("### Prometheus scrapes", "### Reader.read_many", "### The anchor",
+                    "### Where a tree snapshot's time goes"):
+        assert heading in text
+    assert "36.9×" in text
+    assert not os.path.exists(made.top)

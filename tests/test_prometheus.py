@@ -118,8 +118,33 @@ def samples(text: str) -> dict:
     for fam in text_string_to_metric_families(text):
         types[fam.name] = fam.type
         for s in fam.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in out, f"{key} twice"
+            out[key] = s.value
     return out, types
+
+
+def families(text: str) -> dict:
+    """{family name: (type, help, sorted samples)}: all a parser reads."""
+    return {fam.name: (fam.type, fam.documentation,
+                       sorted((s.name, sorted(s.labels.items()), s.value) for s in fam.samples))
+            for fam in text_string_to_metric_families(text)}
+
+
+def scrape_both(collector: MemcgCollector) -> tuple:
+    """samples() of one scrape through prometheus_client (a registry and
+    generate_latest), after checking that the text writer's exposition of
+    the same snapshot reads the same to the parser: every family, its type,
+    help and samples."""
+    assert collector.min_interval >= 10, "both must see one snapshot"
+    registry = CollectorRegistry()
+    registry.register(collector)
+    walks = collector.walks
+    client = generate_latest(registry).decode()
+    writer = collector.exposition().decode()
+    assert collector.walks <= walks + 1
+    assert families(writer) == families(client)
+    return samples(client)
 
 
 def expected(values: dict, version: int) -> dict:
@@ -188,13 +213,16 @@ def scrape_until_equal(scrape, reader, paths, version, selected, tries: int = 4,
 
 def test_collector_matches_a_direct_read(bpf_ok, quiet, cgroup_version):
     parent, child = quiet
-    with MemcgCollector(parent, SELECTED, backend="bpf") as collector, \
+    with MemcgCollector(parent, SELECTED, backend="bpf", min_interval=0) as collector, \
             pymemcg.Reader(stats=collector.stats_needed, backend="bpf") as reader:
         registry = CollectorRegistry()
         registry.register(collector)
         got, types, values = scrape_until_equal(
             lambda: generate_latest(registry).decode(), reader, [parent, child], cgroup_version,
             SELECTED)
+        # the text writer says the same, from its own read
+        scrape_until_equal(lambda: collector.exposition().decode(), reader, [parent, child],
+                           cgroup_version, SELECTED)
         assert collector.reader.backend == "bpf"
     v = values[child]
     # the comparison means something: a limit, page cache, a working set below usage
@@ -223,7 +251,7 @@ def test_collector_matches_a_direct_read(bpf_ok, quiet, cgroup_version):
 
 def test_a_scrape_is_one_snapshot(bpf_ok, quiet):
     parent, _ = quiet
-    with MemcgCollector(parent, ["anon", "pgfault"], backend="bpf") as collector:
+    with MemcgCollector(parent, ["anon", "pgfault"], backend="bpf", min_interval=0) as collector:
         calls = []
         real = collector.reader.read_tree
         collector.reader.read_tree = lambda root: calls.append(root) or real(root)
@@ -241,10 +269,8 @@ def test_unavailable_values_are_left_out(bpf_ok, cgroup_version):
     if cgroup_version != 1:
         pytest.skip("the v1 root's usage is the case of an unavailable value")
     root = memory_mount().mountpoint
-    with MemcgCollector(root, ["usage", "anon"], backend="bpf") as collector:
-        registry = CollectorRegistry()
-        registry.register(collector)
-        got, _ = samples(generate_latest(registry).decode())
+    with MemcgCollector(root, ["usage", "anon"], backend="bpf", min_interval=60) as collector:
+        got, _ = scrape_both(collector)
     root_id = frozenset({("id", "/")})
     assert ("container_memory_usage_bytes", root_id) not in got
     assert ("container_memory_working_set_bytes", root_id) not in got
@@ -255,10 +281,9 @@ def test_unavailable_values_are_left_out(bpf_ok, cgroup_version):
 
 def test_local_values_have_no_cadvisor_names(bpf_ok, quiet):
     parent, _ = quiet
-    with MemcgCollector(parent, ["anon"], local=True, backend="bpf") as collector:
-        registry = CollectorRegistry()
-        registry.register(collector)
-        got, types = samples(generate_latest(registry).decode())
+    with MemcgCollector(parent, ["anon"], local=True, backend="bpf",
+                        min_interval=60) as collector:
+        got, types = scrape_both(collector)
     assert not [n for n in types if n.startswith("container_")]
     assert ("memcg_anon", frozenset({("cgroup", rel(parent))})) in got
 
@@ -337,7 +362,7 @@ def stats_for(version: int) -> list:
 def test_export_serves_what_a_direct_read_says(bpf_ok, quiet, cgroup_version, stop):
     parent, child = quiet
     with exporter("--listen", "127.0.0.1:0", "--backend", "bpf", "--stats", ",".join(SELECTED),
-                  parent, stop=stop) as (proc, url, scrape):
+                  "--min-interval", "0", parent, stop=stop) as (proc, url, scrape):
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/metrics")
         with pymemcg.Reader(stats=stats_for(cgroup_version), backend="bpf") as reader:
             got, _, values = scrape_until_equal(scrape, reader, [parent, child], cgroup_version,
@@ -403,7 +428,7 @@ def test_export_labels_pods_containers_and_units(bpf_ok, cgroups, kubelet_tree, 
     compared = [cgroups.base] + [paths[w] for w in ("pod", "container", "conmon", "systemd_pod",
                                                      "systemd_container", "service")]
     with exporter("--listen", "127.0.0.1:0", "--backend", "bpf", "--stats", ",".join(SELECTED),
-                  cgroups.base) as (_, _, scrape):
+                  "--min-interval", "0", cgroups.base) as (_, _, scrape):
         with pymemcg.Reader(stats=stats_for(cgroup_version), backend="bpf") as reader:
             got, _, values = scrape_until_equal(scrape, reader, compared, cgroup_version,
                                                 SELECTED, identity=labels)
@@ -429,20 +454,18 @@ def test_export_labels_pods_containers_and_units(bpf_ok, cgroups, kubelet_tree, 
 def test_identity_labels_are_those_some_cgroup_has(bpf_ok, kubelet_tree):
     # as cAdvisor: a label is in the scrape when one of its cgroups has it
     paths, _ = kubelet_tree
-    with MemcgCollector(paths["test_slice"], ["anon"], backend="bpf") as collector:
-        registry = CollectorRegistry()
-        registry.register(collector)
-        got, _ = samples(generate_latest(registry).decode())
+    with MemcgCollector(paths["test_slice"], ["anon"], backend="bpf",
+                        min_interval=60) as collector:
+        got, _ = scrape_both(collector)
     rss = {dict(k)["id"]: dict(k) for name, k in got if name == "container_memory_rss"}
     assert rss == {rel(paths["test_slice"]): {"id": rel(paths["test_slice"]), "unit": ""},
                    rel(paths["service"]): {"id": rel(paths["service"]), "unit": "foo.service"}}
     anon = {dict(k)["cgroup"]: dict(k).get("unit") for name, k in got if name == "memcg_anon"}
     assert anon == {rel(paths["test_slice"]): "", rel(paths["service"]): "foo.service",
                     rel(paths["mount"]): "dev-foo.mount"}
-    with MemcgCollector(paths["kubepods"], ["anon"], backend="bpf") as collector:
-        registry = CollectorRegistry()
-        registry.register(collector)
-        got, _ = samples(generate_latest(registry).decode())
+    with MemcgCollector(paths["kubepods"], ["anon"], backend="bpf",
+                        min_interval=60) as collector:
+        got, _ = scrape_both(collector)
     names = {frozenset(dict(k)) for name, k in got if name == "container_memory_rss"}
     assert names == {frozenset({"id", "pod_uid", "container_id", "qos"})}   # no unit here
 
@@ -484,15 +507,117 @@ def test_export_port_in_use_is_a_clean_error(bpf_ok):
 
 def test_a_failed_scrape_is_reported_not_raised(bpf_ok, cgroups, caplog):
     gone = cgroups.make("gone")
-    with MemcgCollector(gone, ["anon"], backend="bpf") as collector:
-        registry = CollectorRegistry()
-        registry.register(collector)
-        got, _ = samples(generate_latest(registry).decode())
+    with MemcgCollector(gone, ["anon"], backend="bpf", min_interval=60) as collector:
+        got, _ = scrape_both(collector)
         assert got[("pymemcg_scrape_error", frozenset())] == 0
         assert ("memcg_anon", frozenset({("cgroup", rel(gone))})) in got
         os.rmdir(gone)
-        got, _ = samples(generate_latest(registry).decode())
+        collector.shared.min_interval = 0
+        collector.exposition()  # the read that fails; the next scrape shares it
+        collector.shared.min_interval = 60
+        got, _ = scrape_both(collector)
         assert got[("pymemcg_scrape_error", frozenset())] == 1
         assert not [name for name, _ in got if name.startswith(("memcg_", "container_"))]
         assert "no such cgroup" in collector.last_error
         assert any("scrape of" in r.getMessage() for r in caplog.records)
+
+
+# --- the text writer and shared snapshots ---
+
+# cgroupfs refuses a newline in a name (EINVAL); the writer escapes one all the same
+ODD_NAMES = ['with "quotes"', "back\\slash", "tab\tand space", "ünicode", "{braces}=,"]
+
+
+def test_writer_reads_as_the_client_on_odd_names(bpf_ok, cgroups, kubelet_tree):
+    # every family, type, help text and sample of prometheus_client's exposition,
+    # identity labels and label escaping included
+    paths, _ = kubelet_tree
+    odd = [cgroups.make(f"odd/{name}") for name in ODD_NAMES]
+    with MemcgCollector(cgroups.base, backend="bpf", min_interval=60) as collector:
+        got, _ = scrape_both(collector)
+    ids = {dict(k)["cgroup"] for name, k in got if name == "memcg_anon"}
+    assert {rel(p) for p in odd} <= ids
+    assert {rel(p) for p in paths.values()} <= ids
+    assert rel(paths["container"]) in {dict(k)["id"] for name, k in got
+                                        if name == "container_memory_cache"}
+
+
+def test_scrapes_within_the_interval_share_one_walk(bpf_ok, quiet):
+    import threading
+    parent, _ = quiet
+    with MemcgCollector(parent, ["anon", "pgfault"], backend="bpf",
+                        min_interval=30) as collector:
+        calls = []
+        real = collector.reader.read_tree
+        collector.reader.read_tree = lambda root: calls.append(root) or real(root)
+        registry = CollectorRegistry()
+        registry.register(collector)
+        barrier = threading.Barrier(8)
+        bodies = []
+
+        def scrape(i: int) -> None:
+            barrier.wait()
+            bodies.append(collector.exposition() if i % 2 else generate_latest(registry))
+
+        threads = [threading.Thread(target=scrape, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(bodies) == 8
+        assert calls == [parent] and collector.walks == 1 and collector.scrapes == 8
+        assert len({b for b in bodies}) == 2   # the writer's bytes and the client's
+        # past the interval, the next scrape walks again
+        collector.shared.min_interval = 0.2
+        time.sleep(0.3)
+        collector.exposition()
+        assert calls == [parent, parent] and collector.walks == 2
+
+
+def test_export_scrapes_share_one_walk(bpf_ok, quiet):
+    import gzip
+    import threading
+    parent, _ = quiet
+    with exporter("--listen", "127.0.0.1:0", "--backend", "bpf", "--stats", "anon",
+                  "--min-interval", "30", parent) as (_, url, scrape):
+        texts = []
+
+        def get(zipped: bool) -> None:
+            req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"} if zipped
+                                         else {})
+            with urllib.request.urlopen(req, timeout=20) as resp:
+                body = resp.read()
+                if zipped:
+                    assert resp.headers["Content-Encoding"] == "gzip"
+                    body = gzip.decompress(body)
+                texts.append(body.decode())
+
+        threads = [threading.Thread(target=get, args=(i % 2 == 0,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        texts.append(scrape())
+    # one snapshot: the same duration sample (a float to the nanosecond) everywhere
+    assert len(texts) == 7 and len(set(texts)) == 1
+    got, _ = samples(texts[0])
+    assert ("memcg_anon", frozenset({("cgroup", rel(parent))})) in got
+
+
+def test_export_bad_min_interval_is_a_clean_error():
+    r = subprocess.run([sys.executable, "-m", "pymemcg", "export", "--min-interval", "-1"],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 2
+    assert "--min-interval" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(pymemcg.Error, match="min_interval"):
+        MemcgCollector(min_interval=-1)
+
+
+def test_label_values_and_help_round_trip_through_the_parser():
+    from pymemcg.exposition import header, label_pairs
+    odd = 'a"b\\c\nd\\n'
+    text = header("x", "gauge", "help\\with\nnewline") + \
+        f'x{{{label_pairs(["l", "m"], [odd, ""])}}} 1\n'
+    fam, = text_string_to_metric_families(text)
+    assert fam.documentation == "help\\with\nnewline"
+    assert fam.samples[0].labels == {"l": odd, "m": ""}

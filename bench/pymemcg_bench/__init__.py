@@ -9,7 +9,7 @@ By hand, with bench/ on PYTHONPATH:
     python -m pymemcg_bench specs [--stats a,b,...]     # stat specs for bench/memcg_bench
     python -m pymemcg_bench loop METHOD PATH COUNT      # one method alone, for profilers
 
-Four parts, all on this machine's real cgroups:
+Five parts, all on this machine's real cgroups:
 
 1. The seed patch's experiment: 1M reads of one cgroup's memory.stat (an fd
    kept open, seek to 0 before each read, no parsing) against 1M iterator
@@ -27,6 +27,12 @@ Four parts, all on this machine's real cgroups:
    on the C and Python fast paths, and a split of Reader.read's time
    (perf.py).
 4. The speed goals, each marked met or not with its numbers (report.py).
+5. What a fleet runs (exporter.py): Prometheus scrapes of 100 to 10,000
+   cgroups, CPU per scrape of the text writer on BPF against the same
+   collector on the text backend (and prometheus_client's own exposition);
+   Reader.read_many against a loop of read() at 50 cgroups
+   (bench/read_many.py); the upstream proposal's 1,111-cgroup tree read
+   both ways.
 
 Methods take turns in rounds (a noisy spell of the machine falls on all of
 them alike); per-operation figures are the median round. Totals are sums of

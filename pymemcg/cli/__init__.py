@@ -4,7 +4,7 @@
                      [--backend auto|bpf|text]
     pymemcg top [ROOT] [--sort STAT] [--interval S] [--stats ...] [--batch] [-n N]
     pymemcg watch [ROOT] [--interval S] [--count N] [--per cgroup|snapshot] [--stats ...]
-    pymemcg export [ROOT] [--listen ADDR:PORT] [--stats ...]     (the `prometheus` extra)
+    pymemcg export [ROOT] [--listen ADDR:PORT] [--min-interval S] [--stats ...]  (`prometheus` extra)
     pymemcg doctor [--format text|json]
     pymemcg stats [--format table|json]
     pymemcg verify [--format table|json] [--parent DIR]
@@ -35,7 +35,7 @@ from ..errors import Error
 from ..pins import META_DIR, SHARED_PIN_DIR
 from .bench import ROUNDS, SECONDS, STATS as BENCH_STATS, cmd_bench
 from .doctor import cmd_doctor
-from .export import DEFAULT_LISTEN, cmd_export
+from .export import add_export_options, cmd_export
 from .options import add_common, positive_float, positive_int
 from .pins import cmd_pin, cmd_pins, cmd_unpin
 from .running import (EXIT_DEGRADED, EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE,
@@ -108,14 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Serve Prometheus metrics over HTTP: cAdvisor's "
                                         "container_memory_* names with an id label, and every "
                                         "selected stat as memcg_<stat> with a cgroup label. One "
-                                        "tree read per scrape. Needs `pip install "
+                                        "tree read per scrape interval (--min-interval). Needs `pip install "
                                         "'pymemcg[prometheus]'`.")
-    add_common(export, catalog.DEFAULT_STATS)
-    export.add_argument("--listen", "-l", metavar="ADDR:PORT", default=DEFAULT_LISTEN,
-                        help=f"address to serve on (default {DEFAULT_LISTEN}; :9756 for every "
-                             f"address; port 0 picks a free one)")
-    export.add_argument("--no-cadvisor", action="store_true",
-                        help="only the memcg_<stat> metrics")
+    add_export_options(export)
     export.set_defaults(func=cmd_export)
 
     doctor = sub.add_parser("doctor", parents=[colour],

@@ -1,5 +1,5 @@
 """`pymemcg export`: Prometheus metrics over HTTP, one tree read per scrape
-(needs the `prometheus` extra)."""
+interval (needs the `prometheus` extra)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,37 @@ import sys
 from typing import TextIO
 
 from .. import catalog
-from .options import default_root, selection
+from ..exposition import DEFAULT_MIN_INTERVAL
+from .options import add_common, default_root, selection
 from .running import EXIT_OK, PROG, Stop, stop_on_sigterm, warnings_said
 
 DEFAULT_LISTEN = "127.0.0.1:9756"
+
+
+def seconds_or_zero(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds >= 0")
+    return value
+
+
+def add_export_options(export: argparse.ArgumentParser) -> None:
+    """The options of `pymemcg export`."""
+    add_common(export, catalog.DEFAULT_STATS)
+    export.add_argument("--listen", "-l", metavar="ADDR:PORT", default=DEFAULT_LISTEN,
+                        help=f"address to serve on (default {DEFAULT_LISTEN}; :9756 for every "
+                             f"address; port 0 picks a free one)")
+    export.add_argument("--min-interval", metavar="S", type=seconds_or_zero,
+                        default=DEFAULT_MIN_INTERVAL,
+                        help=f"scrapes within S seconds of the last tree read share it (default "
+                             f"{DEFAULT_MIN_INTERVAL:g}; 0: a read per scrape): clients that "
+                             f"scrape faster cannot make the exporter walk the cgroups faster")
+    export.add_argument("--no-cadvisor", action="store_true",
+                        help="only the memcg_<stat> metrics")
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
@@ -24,7 +51,7 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
             with warnings_said():
                 collector = MemcgCollector(root, names, local=args.local, backend=args.backend,
                                            cadvisor=not args.no_cadvisor and not args.local,
-                                           flush=args.flush)
+                                           flush=args.flush, min_interval=args.min_interval)
             with collector:
                 server = make_server(collector, host, port)
                 try:

@@ -1,0 +1,319 @@
+"""The Prometheus text format (version 0.0.4) written straight from a Snapshot.
+
+What `pymemcg export` serves, and what MemcgCollector.exposition() returns:
+the same metrics the prometheus_client collector gives (pymemcg.prometheus
+says which), read identically by prometheus_client's text parser, without a
+Metric or Sample object per value. The cost of a scrape is the join of one
+string per sample: each cgroup's label prefixes (`memcg_anon{cgroup="/a"} `)
+are built once and kept while the tree's shape (its paths) is unchanged.
+
+Two pieces:
+
+- SharedSnapshot: one tree read shared by every scrape within a minimum
+  interval (default 1 s), so that scrapes arriving faster than that, from
+  one client or many at once, cost one walk: a network client cannot make
+  the exporter hold the kernel's cgroup_mutex in a loop.
+- TextWriter: a snapshot -> the exposition bytes, kept for that snapshot
+  (concurrent scrapes of one snapshot share the bytes too).
+
+Values are written as decimal integers (prometheus_client writes the same
+numbers as floats, "4096.0"): a parser reads both to the same float.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .cadvisor import COUNTER, GAUGE, CadvisorMetric
+from .containers import CgroupIdentity, identify
+from .decode import Snapshot
+from .errors import Error
+
+#: who a cgroup is (pymemcg.containers), as labels after id / cgroup, where known
+IDENTITY_LABELS = ("pod_uid", "container_id", "qos", "unit")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DEFAULT_MIN_INTERVAL = 1.0
+
+
+def escape_label_value(value: str) -> str:
+    """A label value as the text format quotes it (backslash, newline, double quote)."""
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return value
+
+
+def escape_help(text: str) -> str:
+    """A HELP text as the text format writes it (backslash, newline)."""
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def exposed_name(name: str, mtype: str) -> str:
+    """The name a family's samples carry, as prometheus_client exposes it: a
+    counter's with one `_total` suffix."""
+    if mtype == COUNTER:
+        return (name[:-6] if name.endswith("_total") else name) + "_total"
+    return name
+
+
+def header(name: str, mtype: str, help_text: str) -> str:
+    """The # HELP and # TYPE lines of a family whose samples are called `name`."""
+    ptype = mtype if mtype in (GAUGE, COUNTER) else "untyped"
+    return f"# HELP {name} {escape_help(help_text)}\n# TYPE {name} {ptype}\n"
+
+
+def label_pairs(names: Sequence[str], values: Sequence[str]) -> str:
+    """'a="x",b="y"' (values escaped); "" for no labels."""
+    return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values))
+
+
+# --- one snapshot shared by the scrapes of an interval ---
+
+@dataclass(frozen=True)
+class Taken:
+    """One tree read: the snapshot (None if the read failed, then `error`
+    says why), the seconds it took, and its sequence number."""
+
+    snapshot: Optional[Snapshot]
+    seconds: float
+    error: Optional[str]
+    generation: int
+
+
+class SharedSnapshot:
+    """`read()` returns one tree read shared by every call within
+    `min_interval` seconds of the end of the last walk (0: a walk per call).
+
+    Callers that arrive while a walk runs wait for it and share it, so N
+    scrapes at once cost one walk too. A failed read is shared the same way
+    (a client cannot retry it in a loop either). `walks` counts the walks."""
+
+    def __init__(self, read_tree: Callable[[str], Snapshot], root: str,
+                 min_interval: float = DEFAULT_MIN_INTERVAL,
+                 on_error: Optional[Callable[[Error], None]] = None) -> None:
+        if not min_interval >= 0:
+            raise ValueError(f"min_interval {min_interval!r}: give seconds >= 0")
+        self._read_tree = read_tree
+        self.root = root
+        self.min_interval = float(min_interval)
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self._last: Optional[Taken] = None
+        self._done_at = 0.0          # time.monotonic() at the end of the last walk
+        self.walks = 0
+
+    def read(self) -> Taken:
+        with self._lock:
+            last = self._last
+            if last is not None and time.monotonic() - self._done_at < self.min_interval:
+                return last
+            start = time.perf_counter()
+            try:
+                snap, error = self._read_tree(self.root), None
+            except Error as e:  # the root went away, ...: say so, keep serving
+                snap, error = None, str(e)
+                if self._on_error is not None:
+                    self._on_error(e)
+            took = time.perf_counter() - start
+            self.walks += 1
+            self._last = Taken(snap, took, error, self.walks)
+            self._done_at = time.monotonic()
+            return self._last
+
+
+# --- the labels a tree's shape decides ---
+
+class TreeLabels:
+    """Which records of a snapshot are exported, and their label values,
+    for one list of paths (a tree's shape): computed once per shape.
+
+    rows: positions of records with a path (a cgroup removed before its
+    name was read has none); cadvisor_rows: those cAdvisor exports. The
+    identity label names are, as cAdvisor does (metrics/prometheus.go
+    collectContainersInfo), the union over the exported cgroups, "" where a
+    cgroup has no value; a scrape where no cgroup has a pod, container, QoS
+    class or unit has none of these labels."""
+
+    def __init__(self, paths: List[Optional[str]]) -> None:
+        self.paths = paths
+        self.rows = [i for i, p in enumerate(paths) if p is not None]
+        idents = [identify(paths[i]) for i in self.rows]
+        keep = [not ident.cadvisor_skips for ident in idents]
+        self.cadvisor_rows = [i for i, k in zip(self.rows, keep) if k]
+        self.raw_names, self.raw_values = _identity(
+            [paths[i] for i in self.rows], idents)
+        self.cadvisor_names, self.cadvisor_values = _identity(
+            [paths[i] for i in self.cadvisor_rows], [x for x, k in zip(idents, keep) if k])
+
+    def same_shape(self, paths: List[Optional[str]]) -> bool:
+        return paths is self.paths or paths == self.paths
+
+
+def _identity(paths: List[str], idents: List[CgroupIdentity]
+              ) -> Tuple[List[str], List[Tuple[str, ...]]]:
+    """(identity label names, (path, *their values) per cgroup)."""
+    names = [n for n in IDENTITY_LABELS if any(getattr(x, n) for x in idents)]
+    return names, [(p, *(getattr(x, n) or "" for n in names)) for p, x in zip(paths, idents)]
+
+
+def picked(column: Sequence[Optional[int]], rows: List[int]) -> Sequence[Optional[int]]:
+    """column's values at `rows` (the whole column when rows are all of it)."""
+    if len(rows) == len(column):
+        return column
+    return [column[i] for i in rows]
+
+
+def lines(heads: Sequence[str], values: Sequence[Optional[int]]) -> str:
+    """head + value + newline for each available value (None: left out)."""
+    # measured: an f-string per line beats map(operator.add) and chain joins
+    return "".join([f"{h}{v}\n" for h, v in zip(heads, values) if v is not None])
+
+
+# --- the writer ---
+
+class TextWriter:
+    """Snapshots -> Prometheus text format, for one collector's metrics.
+
+    selected: (stat, type, help) of each raw stat exported as memcg_<stat>;
+    cadvisor: cAdvisor's metrics (consumed generically: name, type, help,
+    needs, extra_labels, values(get)). info: the values of pymemcg_info's
+    labels (version, backend, cgroup_version, kernel, root)."""
+
+    def __init__(self, selected: Sequence[Tuple[str, str, str]],
+                 cadvisor: Sequence[CadvisorMetric], info: Dict[str, str]) -> None:
+        self.selected = [(stat, exposed_name(f"memcg_{stat}", mtype), mtype, help_text)
+                         for stat, mtype, help_text in selected]
+        self.cadvisor = list(cadvisor)
+        self._cadvisor_needs = []
+        for m in self.cadvisor:
+            self._cadvisor_needs += [s for s in m.needs if s not in self._cadvisor_needs]
+        raw_stats = [stat for stat, _, _, _ in self.selected]
+        self._stats = raw_stats + [s for s in self._cadvisor_needs if s not in raw_stats]
+        self._headers = {}
+        for stat, name, mtype, help_text in self.selected:
+            self._headers[stat] = header(name, mtype, help_text)
+        for m in self.cadvisor:
+            self._headers[m.name] = header(exposed_name(m.name, m.type), m.type, m.help)
+        self._info = label_pairs(list(info), list(info.values()))
+        self._labels: Optional[TreeLabels] = None
+        self._heads: Dict[str, List[str]] = {}      # family -> its line head per row
+        self._extra: Dict[Tuple[str, tuple], str] = {}
+        self._last: Tuple[Optional[Taken], List[bytes]] = (None, [])
+        self._lock = threading.Lock()
+
+    def render(self, taken: Taken) -> bytes:
+        """The exposition of one tree read, as one bytes object."""
+        return b"".join(self.render_chunks(taken))
+
+    def render_chunks(self, taken: Taken) -> List[bytes]:
+        """The exposition of one tree read in pieces (a family's lines each),
+        made once per read: a server writes them one after the other. At
+        10,000 cgroups a scrape is about 40 MB; in one piece, every scrape
+        would map and fault in a fresh 40 MB (glibc returns blocks above
+        32 MB to the kernel on free), which costs as much as writing it."""
+        with self._lock:
+            if self._last[0] is not taken:
+                self._last = (taken, [piece.encode() for piece in self._render(taken)])
+            return self._last[1]
+
+    def _shape(self, paths: List[Optional[str]]) -> TreeLabels:
+        if self._labels is None or not self._labels.same_shape(paths):
+            labels = self._labels = TreeLabels(paths)
+            self._heads = {}
+            raw = [label_pairs(["cgroup", *labels.raw_names], v) for v in labels.raw_values]
+            for stat, name, _, _ in self.selected:
+                self._heads[stat] = [f"{name}{{{pairs}}} " for pairs in raw]
+            cad = [label_pairs(["id", *labels.cadvisor_names], v)
+                   for v in labels.cadvisor_values]
+            for m in self.cadvisor:
+                name = exposed_name(m.name, m.type)
+                self._heads[m.name] = [f"{name}{{{pairs}" for pairs in cad]
+        return self._labels
+
+    def _render(self, taken: Taken) -> List[str]:
+        out: List[str] = []
+        snap = taken.snapshot
+        if snap is not None:
+            labels = self._shape(snap.shared_paths)
+            columns = snap.columns(self._stats)
+            # the families in the collector's order: cAdvisor's, memcg_*, pymemcg_*
+            if self.cadvisor:
+                self._write_cadvisor(out, columns, labels)
+            for stat, _, _, _ in self.selected:
+                out.append(self._headers[stat])
+                out.append(lines(self._heads[stat], picked(columns[stat], labels.rows)))
+        else:
+            for m in self.cadvisor:
+                out.append(self._headers[m.name])
+            for stat, _, _, _ in self.selected:
+                out.append(self._headers[stat])
+        self._write_own(out, taken)
+        return out
+
+    def _write_cadvisor(self, out: List[str], columns: Dict[str, Sequence[Optional[int]]],
+                        labels: TreeLabels) -> None:
+        """cAdvisor's families. m.values(get) is a function of the stats in
+        m.needs: where many cgroups give it the same inputs (idle cgroups,
+        unset limits, zero counts) it is called once per distinct input and
+        its lines' tails are shared; otherwise once per cgroup."""
+        rows = labels.cadvisor_rows
+        getters: Optional[list] = None
+        for m in self.cadvisor:
+            out.append(self._headers[m.name])
+            needs = m.needs
+            if len(needs) == 1:
+                keys = picked(columns[needs[0]], rows)
+            else:
+                keys = list(zip(*[picked(columns[s], rows) for s in needs]))
+            distinct = dict.fromkeys(keys)
+            if 2 * len(distinct) <= len(keys):
+                for k in distinct:
+                    get = {needs[0]: k}.get if len(needs) == 1 else dict(zip(needs, k)).get
+                    distinct[k] = self._tails(m, m.values(get))
+                tails = list(map(distinct.__getitem__, keys))
+            else:
+                if getters is None:
+                    # a cgroup's stats as one dict: get(stat) is a C call, not a method
+                    needed = self._cadvisor_needs
+                    getters = [d.get for d in map(dict, map(zip, repeat(needed), zip(
+                        *[picked(columns[s], rows) for s in needed])))]
+                tails = [self._tails(m, r) for r in map(m.values, getters)]
+            out.append("".join([h + t for h, ts in zip(self._heads[m.name], tails) for t in ts]))
+
+    def _tails(self, m: CadvisorMetric, values: List[Tuple[Tuple[str, ...], int]]
+               ) -> Tuple[str, ...]:
+        """What follows a cgroup's line head (`name{id="..."`) for each value."""
+        out = []
+        for extra, v in values:
+            if extra:
+                key = (m.name, extra)
+                pairs = self._extra.get(key)
+                if pairs is None:
+                    pairs = self._extra[key] = label_pairs(m.extra_labels, extra)
+                out.append(f",{pairs}}} {v}\n")
+            else:
+                out.append(f"}} {v}\n")
+        return tuple(out)
+
+    def _write_own(self, out: List[str], taken: Taken) -> None:
+        snap = taken.snapshot
+        out.append(header("pymemcg_info", GAUGE, INFO_HELP))
+        out.append(f"pymemcg_info{{{self._info}}} 1\n")
+        out.append(header("pymemcg_cgroups", GAUGE, CGROUPS_HELP))
+        if snap is not None:
+            out.append(f"pymemcg_cgroups {len(snap)}\n")
+        out.append(header("pymemcg_snapshot_duration_seconds", GAUGE, DURATION_HELP))
+        if snap is not None:
+            out.append(f"pymemcg_snapshot_duration_seconds {taken.seconds!r}\n")
+        out.append(header("pymemcg_scrape_error", GAUGE, ERROR_HELP))
+        out.append(f"pymemcg_scrape_error {0 if snap is not None else 1}\n")
+
+
+INFO_HELP = "pymemcg version, backend and host; value 1"
+CGROUPS_HELP = "cgroups in the last snapshot"
+DURATION_HELP = "time the last snapshot (one tree read) took"
+ERROR_HELP = "1 if the last scrape could not read the cgroups, else 0"
