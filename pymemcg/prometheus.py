@@ -61,7 +61,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         f"`pip install 'pymemcg[prometheus]'`") from None
 
 from . import __version__, catalog
-from .cadvisor import COUNTER, GAUGE, Getter, cadvisor_metrics, needed_stats
+from .cadvisor import COUNTER, GAUGE, Getter, cadvisor_metrics, getters, needed_local_stats, \
+    needed_stats
 from .cgroupfs import memory_mount
 from .containers import CgroupIdentity, identify
 from .decode import Snapshot
@@ -113,6 +114,16 @@ class MemcgCollector:
                 raise UnknownStat(f"the reader does not select {missing}, which these metrics "
                                   f"need: make it with stats={self.stats_needed}")
         self.reader = reader
+        # cAdvisor reads some values from the cgroup's own counts (pymemcg.cadvisor
+        # local_needs): a local Reader of its own reads those in the same scrape
+        local_stats = needed_local_stats(self.cadvisor)
+        try:
+            self.local_reader = Reader(stats=local_stats, local=True, backend=backend,
+                                       flush=flush) if local_stats else None
+        except BaseException:
+            if self._own_reader:
+                reader.close()
+            raise
         self._lock = threading.Lock()
         self.scrapes = 0
         self.last_error: Optional[str] = None   # the last scrape's error, if it failed
@@ -129,19 +140,23 @@ class MemcgCollector:
             self.scrapes += 1
             try:
                 snap = self.reader.read_tree(self.root)
+                local_snap = self.local_reader.read_tree(self.root) if self.local_reader else None
                 self.last_error = None
             except Error as e:  # the root went away, ...: say so, keep serving
-                snap, self.last_error = None, str(e)
+                snap, local_snap, self.last_error = None, None, str(e)
                 _log.warning("pymemcg: scrape of %s failed: %s", self.root, e)
             took = time.perf_counter() - start
-        return iter(self._families(snap, took, failed=snap is None))
+        return iter(self._families(snap, took, failed=snap is None, local_snap=local_snap))
 
     # --- building the families ---
 
-    def _families(self, snap: Optional[Snapshot], took: float, failed: bool) -> List[Metric]:
+    def _families(self, snap: Optional[Snapshot], took: float, failed: bool,
+                  local_snap: Optional[Snapshot] = None) -> List[Metric]:
         families: List[Metric] = []
         records = [r for r in snap.records if r.path is not None] if snap is not None else []
         rows = [(r.path, r.get, identify(r.path)) for r in records]
+        with_local = getters(records, local_snap.records if local_snap is not None else None)
+        combined = {r.path: get for r, get in zip(records, with_local)}
         # cAdvisor exports nothing for what it skips; memcg_* are every cgroup read
         cadvisor_rows = [row for row in rows if not row[2].cadvisor_skips]
 
@@ -149,7 +164,7 @@ class MemcgCollector:
         for cm in self.cadvisor:
             fam = _family(cm.name, cm.type, cm.help, ["id", *names, *cm.extra_labels])
             for (path, get, _), ident in zip(cadvisor_rows, cadvisor):
-                for extra, value in cm.values(get):
+                for extra, value in cm.values(combined[path]):
                     fam.add_metric([path, *ident, *extra], value)
             families.append(fam)
 
@@ -188,6 +203,8 @@ class MemcgCollector:
         """Close the Reader if this collector made it."""
         if self._own_reader:
             self.reader.close()
+        if self.local_reader is not None:
+            self.local_reader.close()
 
     def __enter__(self) -> "MemcgCollector":
         return self
