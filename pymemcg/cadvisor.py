@@ -134,10 +134,12 @@ def cadvisor_metrics(cgroup_version: int) -> List[CadvisorMetric]:
         if v1 else ("workingset_refault_file", "workingset_refault_anon")
     oom = "oom_kill" if v1 else local("oom_kill")
 
-    def M(name, mtype, help_text, needs, values, extra=(), versions=(1, 2), local_needs=(),
-          source=""):
-        return CadvisorMetric(name, mtype, help_text, tuple(needs), values, tuple(extra),
-                              versions, tuple(local_needs), source)
+    def M(name, mtype, help_text, reads, values, extra=(), versions=(1, 2), source=""):
+        # reads: the getter keys values() asks for, local(stat) ones included
+        needs = tuple(k for k in reads if not k.startswith(LOCAL_PREFIX))
+        local_needs = tuple(k[len(LOCAL_PREFIX):] for k in reads if k.startswith(LOCAL_PREFIX))
+        return CadvisorMetric(name, mtype, help_text, needs, values, tuple(extra), versions,
+                              local_needs, source)
 
     metrics = [
         M("container_memory_usage_bytes", GAUGE,
@@ -187,9 +189,7 @@ def cadvisor_metrics(cgroup_version: int) -> List[CadvisorMetric]:
           source="handler.go setMemoryStats: Usage.Failcnt = memory.failcnt (v1)"),
         M("container_memory_failures_total", COUNTER,
           "Cumulative count of memory allocation failures.",
-          [f for f in faults if not f.startswith(LOCAL_PREFIX)], _failures(*faults),
-          extra=("failure_type", "scope"),
-          local_needs=[f[len(LOCAL_PREFIX):] for f in faults if f.startswith(LOCAL_PREFIX)],
+          faults, _failures(*faults), extra=("failure_type", "scope"),
           source="handler.go setMemoryStats: memory.stat pgfault / pgmajfault for both "
                  "scopes (v1: the cgroup's own counts, v1 memory.stat keys without total_; "
                  "v2: hierarchical)"),
@@ -222,14 +222,12 @@ def cadvisor_metrics(cgroup_version: int) -> List[CadvisorMetric]:
           source="handler.go setMemoryStats: memory.stat pgsteal (a v2 key)"),
         M("container_memory_workingset_refault_file_total", COUNTER,
           "Cumulative number of refaults of previously evicted file pages.",
-          [] if v1 else [refault_file], _one(refault_file),
-          local_needs=["workingset_refault_file"] if v1 else [],
+          [refault_file], _one(refault_file),
           source="handler.go setMemoryStats: memory.stat workingset_refault_file (v1: the "
                  "cgroup's own count; v2: hierarchical)"),
         M("container_memory_workingset_refault_anon_total", COUNTER,
           "Cumulative number of refaults of previously evicted anonymous pages.",
-          [] if v1 else [refault_anon], _one(refault_anon),
-          local_needs=["workingset_refault_anon"] if v1 else [],
+          [refault_anon], _one(refault_anon),
           source="handler.go setMemoryStats: memory.stat workingset_refault_anon (v1: the "
                  "cgroup's own count; v2: hierarchical)"),
         # cAdvisor counts the kernel log's OOM-kill lines per task_memcg (the
@@ -239,7 +237,7 @@ def cadvisor_metrics(cgroup_version: int) -> List[CadvisorMetric]:
         # memory.events.local. Same events; the counter starts at the cgroup's birth.
         M("container_oom_events_total", COUNTER,
           "Count of out of memory events observed for the container",
-          [oom] if v1 else [], _one(oom), local_needs=[] if v1 else ["oom_kill"],
+          [oom], _one(oom),
           source="utils/oomparser + cmd/internal/api/oom.go: OOM kills whose victim was in "
                  "the cgroup"),
         M("container_spec_memory_limit_bytes", GAUGE, "Memory limit for the container.",
