@@ -302,10 +302,11 @@ def make_server(collector: MemcgCollector, host: str, port: int):
 
 
 def listen_url(server) -> str:
-    """http://ADDR:PORT/metrics of a bound server (the real port when 0 was asked)."""
+    """http(s)://ADDR:PORT/metrics of a bound server (the real port when 0 was
+    asked; https once pymemcg.web_config.secure gave it TLS)."""
     addr, port = server.server_address[:2]
     if addr in ("::", "0.0.0.0"):
         addr = "localhost"
     elif ":" in addr:
         addr = f"[{addr}]"
-    return f"http://{addr}:{port}/metrics"
+    return f"{getattr(server, 'scheme', 'http')}://{addr}:{port}/metrics"

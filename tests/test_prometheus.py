@@ -297,7 +297,7 @@ def start_exporter(*args: str) -> tuple:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                             preexec_fn=sigint_default)
     line = proc.stderr.readline()
-    m = re.search(r"(http://\S+/metrics)", line)
+    m = re.search(r"(https?://\S+/metrics)", line)
     if not m:
         proc.kill()
         out, err = proc.communicate()

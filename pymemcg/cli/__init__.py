@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"address; port 0 picks a free one)")
     export.add_argument("--no-cadvisor", action="store_true",
                         help="only the memcg_<stat> metrics")
+    export.add_argument("--web-config", metavar="FILE",
+                        help="TLS and basic auth, in Prometheus exporters' web-config.yml "
+                             "format (needs `pip install 'pymemcg[web]'`)")
     export.set_defaults(func=cmd_export)
 
     doctor = sub.add_parser("doctor", parents=[colour],

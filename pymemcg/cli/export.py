@@ -17,6 +17,10 @@ DEFAULT_LISTEN = "127.0.0.1:9756"
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     from ..prometheus import MemcgCollector, listen_url, make_server, parse_listen
     host, port = parse_listen(args.listen)
+    web = None
+    if args.web_config is not None:    # a bad file fails before the BPF program loads
+        from .. import web_config
+        web = web_config.load(args.web_config)
     names = selection(args, catalog.DEFAULT_STATS)
     root = default_root(args.root)
     with stop_on_sigterm():
@@ -27,6 +31,8 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
                                            flush=args.flush)
             with collector:
                 server = make_server(collector, host, port)
+                if web is not None:
+                    web_config.secure(server, web)
                 try:
                     print(f"{PROG}: serving memory metrics of {root} on {listen_url(server)} "
                           f"(backend {collector.reader.backend}); Ctrl-C stops",
