@@ -16,12 +16,12 @@ VPY        := $(VENV)/bin/python
 ARCH       := $(shell uname -m | sed 's/x86_64/x86/; s/aarch64/arm64/')
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function
 
-APT_PACKAGES := clang-19 llvm-19 bpftool libelf-dev zlib1g-dev pkg-config make gcc \
-                ca-certificates python3-venv python3-dev tmux $(TEST_APT_PACKAGES)
 # for the tests only: a real Prometheus server scraping `pymemcg export`, openssl
 # for a throwaway TLS certificate, systemd-analyze for the unit, capsh for the
 # capability checks
 TEST_APT_PACKAGES := prometheus openssl systemd libcap2-bin
+APT_PACKAGES := clang-19 llvm-19 bpftool libelf-dev zlib1g-dev pkg-config make gcc \
+                ca-certificates python3-venv python3-dev tmux $(TEST_APT_PACKAGES)
 
 # Debian's libbpf.a is not position independent, so it cannot go into a Python
 # extension: build the same release (bookworm's 1.1.2, no Debian patches) from
