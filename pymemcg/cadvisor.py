@@ -32,7 +32,7 @@ the hierarchical count.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 GAUGE, COUNTER, UNTYPED = "gauge", "counter", "untyped"
 
@@ -281,7 +281,3 @@ def getters(records: Sequence, local_records: Optional[Sequence] = None) -> List
     own = {r.id: r.get for r in local_records} if local_records is not None else {}
     return [getter(r.get, own.get(r.id)) for r in records]
 
-
-def values_of(metrics: Sequence[CadvisorMetric], get: Getter) -> Dict[Tuple[str, Tuple[str, ...]], int]:
-    """{(metric name, extra label values): value} of one cgroup."""
-    return {(m.name, extra): v for m in metrics for extra, v in m.values(get)}

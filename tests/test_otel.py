@@ -11,8 +11,10 @@ import uuid
 
 import pytest
 
-pytest.importorskip("opentelemetry.sdk.metrics")
-pytest.importorskip("prometheus_client")   # the quiet fixture lives with the exporter's tests
+from conftest import links_of, open_fds, require_module  # noqa: E402
+
+require_module("opentelemetry.sdk.metrics")
+require_module("prometheus_client")   # the quiet fixture lives with the exporter's tests
 
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
@@ -20,8 +22,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 import pymemcg  # noqa: E402
 from pymemcg.otel import MemcgInstrumentor  # noqa: E402
 
-from conftest import links_of, open_fds  # noqa: E402
-from test_prometheus import LIMIT, charge_cache, quiet, rel  # noqa: E402,F401 - quiet: a fixture
+from test_prometheus import LIMIT, quiet, rel  # noqa: E402,F401 - quiet: a fixture
 
 SELECTED = ["usage", "anon", "file", "inactive_file", "pgfault", "oom_kill"]
 

@@ -29,7 +29,7 @@ pytest.importorskip("prometheus_client")
 
 import pymemcg  # noqa: E402
 
-from conftest import bpf_required, sigint_default  # noqa: E402
+from conftest import bpf_required, require_module, sigint_default  # noqa: E402
 from test_prometheus import LIMIT, exporter, quiet, rel, stable_read  # noqa: E402,F401
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -174,8 +174,8 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(bpf_ok, quiet, prometheus_b
                                                      tmp_path):
     """web-config.yml as Prometheus itself configures the scrape of an
     exporter behind TLS and basic auth."""
-    bcrypt = pytest.importorskip("bcrypt")
-    pytest.importorskip("yaml")
+    bcrypt = require_module("bcrypt")
+    require_module("yaml")
     from test_web_config import make_cert
     parent, child = quiet
     cert, key = make_cert(str(tmp_path))

@@ -15,9 +15,11 @@ import urllib.parse
 
 import pytest
 
-bcrypt = pytest.importorskip("bcrypt")
-pytest.importorskip("yaml")
-pytest.importorskip("prometheus_client")
+from conftest import require_module  # noqa: E402
+
+bcrypt = require_module("bcrypt")
+require_module("yaml")
+require_module("prometheus_client")
 
 import pymemcg  # noqa: E402
 from pymemcg import web_config  # noqa: E402
