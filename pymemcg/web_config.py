@@ -136,8 +136,8 @@ class WebConfig:
             return False
         if not sep:
             return False
-        # bcrypt costs ~0.1 s a check at cost 10-12: remember what passed, by a
-        # digest of the password, as exporter-toolkit caches its successes
+        # bcrypt is slow on purpose (a check at cost 12 takes over half a second):
+        # remember what passed, by a digest of the password, as exporter-toolkit does
         key = (user, hashlib.sha256(password.encode()).digest())
         with self._lock:
             if self._ok.get(key):
