@@ -22,7 +22,9 @@ pytest.importorskip("prometheus_client")
 
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
+import pymemcg  # noqa: E402
 from pymemcg import cadvisor  # noqa: E402
+from pymemcg.cgroupfs import own_memory_cgroup  # noqa: E402
 from pymemcg.cadvisor import UNLIMITED_ABOVE, cadvisor_metrics  # noqa: E402
 from pymemcg.prometheus import MemcgCollector  # noqa: E402
 
@@ -127,13 +129,28 @@ def scraped(got: dict, cgroup_id: str) -> Dict[Key, int]:
     return out
 
 
+def unsummable(version: int) -> set:
+    """The reclaim totals pymemcg leaves out on this kernel: memory.stat's
+    pgscan/pgsteal sum four counts, and a kernel before PGSCAN_PROACTIVE
+    has fewer (pymemcg.cadvisor serves the sum only with all four)."""
+    if version == 1:
+        return set()
+    with pymemcg.Reader(stats=[*cadvisor.PGSCAN, *cadvisor.PGSTEAL], backend="bpf") as r:
+        v = r.read(own_memory_cgroup()).as_dict()
+    return {f"container_memory_{name}_total" for name, parts in
+            (("pgscan", cadvisor.PGSCAN), ("pgsteal", cadvisor.PGSTEAL))
+            if any(v[p] is None for p in parts)}
+
+
 def compare_until_equal(collector: MemcgCollector, paths, version: int, tries: int = 20):
     """Scrape and read the files until they agree for every path (the
     kernel's periodic stats flush may land between the two reads)."""
     registry = CollectorRegistry()
     registry.register(collector)
+    left_out = unsummable(version)
     for attempt in range(tries):
-        want = {p: cadvisor_from_files(p, version) for p in paths}
+        want = {p: {k: v for k, v in cadvisor_from_files(p, version).items()
+                    if k[0] not in left_out} for p in paths}
         got, _ = samples(generate_latest(registry).decode())
         have = {p: scraped(got, rel(p)) for p in paths}
         if have == want:
@@ -153,7 +170,8 @@ def test_every_cadvisor_metric_equals_the_kernel_files(bpf_ok, quiet, cgroup_ver
         have = compare_until_equal(collector, [parent, child], cgroup_version)
     served = {name for name, _ in have[child]}
     # nothing is left untested: every metric defined for this version was served
-    assert served == {m.name for m in cadvisor_metrics(cgroup_version)}
+    assert served == {m.name for m in cadvisor_metrics(cgroup_version)} - \
+        unsummable(cgroup_version)
     # the comparison means something: a limit, page cache, faults
     assert have[child][("container_spec_memory_limit_bytes", ())] == LIMIT
     assert have[child][("container_memory_cache", ())] > 0
