@@ -150,6 +150,12 @@ def run_exporter(prefix: List[str], root: str, scrapes: int = 2) -> tuple:
             os.kill(exporter_pid(proc), signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     except BaseException:
+        # a tracer killed alone would leave the exporter running: the exporter first
+        if proc.poll() is None:
+            try:
+                os.kill(exporter_pid(proc), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
         proc.kill()
         proc.wait()
         raise
