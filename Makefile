@@ -18,8 +18,13 @@ VPY        := $(VENV)/bin/python
 ARCH       := $(shell uname -m | sed 's/x86_64/x86/; s/aarch64/arm64/')
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function
 
+# for the tests only: a real Prometheus server scraping `pymemcg export`, openssl
+# for a throwaway TLS certificate, systemd-analyze for the unit, strace for the
+# system calls it must allow (setpriv, for its capabilities, is in util-linux)
+TEST_APT_PACKAGES := prometheus openssl systemd strace
 APT_PACKAGES := clang-19 llvm-19 bpftool libelf-dev zlib1g-dev pkg-config make gcc \
-                ca-certificates python3-venv python3-dev tmux qemu-user-static
+                ca-certificates python3-venv python3-dev tmux qemu-user-static \
+                $(TEST_APT_PACKAGES)
 
 # Debian's libbpf.a is not position independent, so it cannot go into a Python
 # extension: build the same release (bookworm's 1.1.2, no Debian patches) from

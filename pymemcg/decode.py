@@ -209,6 +209,10 @@ class Snapshot(Mapping[str, Record]):
             self._ids = {t[0]: i for i, t in enumerate(self._raw)}
         return self._record(self._ids[cgroup_id])
 
+    def ids(self) -> List[int]:
+        """Cgroup ids (st_ino of their directories) in walk order, aligned with column()."""
+        return [t[0] for t in self._raw]
+
     def column(self, name: str) -> List[Optional[int]]:
         """One stat for every cgroup, in walk order (None where unavailable)."""
         i = self.layout.index[name]

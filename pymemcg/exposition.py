@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .cadvisor import COUNTER, GAUGE, CadvisorMetric
+from .cadvisor import COUNTER, GAUGE, CadvisorMetric, local, needed_local_stats
 from .containers import CgroupIdentity, identify
 from .decode import Snapshot
 from .errors import Error
@@ -82,6 +82,9 @@ class Taken:
     seconds: float
     error: Optional[str]
     generation: int
+    # a local Reader's read of the same tree, right after, where metrics need
+    # a cgroup's own counts (pymemcg.cadvisor local_needs)
+    local: Optional[Snapshot] = None
 
 
 class SharedSnapshot:
@@ -94,10 +97,12 @@ class SharedSnapshot:
 
     def __init__(self, read_tree: Callable[[str], Snapshot], root: str,
                  min_interval: float = DEFAULT_MIN_INTERVAL,
-                 on_error: Optional[Callable[[Error], None]] = None) -> None:
+                 on_error: Optional[Callable[[Error], None]] = None,
+                 read_local: Optional[Callable[[str], Snapshot]] = None) -> None:
         if not min_interval >= 0:
             raise ValueError(f"min_interval {min_interval!r}: give seconds >= 0")
         self._read_tree = read_tree
+        self._read_local = read_local
         self.root = root
         self.min_interval = float(min_interval)
         self._on_error = on_error
@@ -112,15 +117,18 @@ class SharedSnapshot:
             if last is not None and time.monotonic() - self._done_at < self.min_interval:
                 return last
             start = time.perf_counter()
+            local_snap = None
             try:
                 snap, error = self._read_tree(self.root), None
+                if self._read_local is not None:
+                    local_snap = self._read_local(self.root)
             except Error as e:  # the root went away, ...: say so, keep serving
                 snap, error = None, str(e)
                 if self._on_error is not None:
                     self._on_error(e)
             took = time.perf_counter() - start
             self.walks += 1
-            self._last = Taken(snap, took, error, self.walks)
+            self._last = Taken(snap, took, error, self.walks, local_snap)
             self._done_at = time.monotonic()
             return self._last
 
@@ -167,6 +175,33 @@ def picked(column: Sequence[Optional[int]], rows: List[int]) -> Sequence[Optiona
     return [column[i] for i in rows]
 
 
+def metric_inputs(m: CadvisorMetric) -> Tuple[str, ...]:
+    """The getter keys m.values() reads: its stats, then local(stat) of its
+    local_needs."""
+    return (*m.needs, *(local(s) for s in m.local_needs))
+
+
+def local_columns(snap: Snapshot, local_snap: Optional[Snapshot], stats: Sequence[str]
+                  ) -> Dict[str, Sequence[Optional[int]]]:
+    """{local(stat): the cgroup's own value of stat, aligned with snap}: from
+    local_snap, the same tree read by a local Reader, matched by cgroup id (a
+    path may name another cgroup by then); None where that read has no such
+    cgroup, or there was none."""
+    if not stats:
+        return {}
+    ids = snap.ids()
+    if local_snap is None:
+        none = [None] * len(ids)
+        return {local(s): none for s in stats}
+    cols = local_snap.columns(stats)
+    own_ids = local_snap.ids()
+    if own_ids == ids:
+        return {local(s): cols[s] for s in stats}
+    at = {cgroup_id: i for i, cgroup_id in enumerate(own_ids)}
+    where = [at.get(cgroup_id) for cgroup_id in ids]
+    return {local(s): [None if i is None else cols[s][i] for i in where] for s in stats}
+
+
 def lines(heads: Sequence[str], values: Sequence[Optional[int]]) -> str:
     """head + value + newline for each available value (None: left out)."""
     # measured: an f-string per line beats map(operator.add) and chain joins
@@ -188,11 +223,14 @@ class TextWriter:
         self.selected = [(stat, exposed_name(f"memcg_{stat}", mtype), mtype, help_text)
                          for stat, mtype, help_text in selected]
         self.cadvisor = list(cadvisor)
+        self.local_stats = needed_local_stats(self.cadvisor)
         self._cadvisor_needs = []
         for m in self.cadvisor:
-            self._cadvisor_needs += [s for s in m.needs if s not in self._cadvisor_needs]
+            self._cadvisor_needs += [s for s in metric_inputs(m) if s not in self._cadvisor_needs]
         raw_stats = [stat for stat, _, _, _ in self.selected]
-        self._stats = raw_stats + [s for s in self._cadvisor_needs if s not in raw_stats]
+        local_keys = [local(s) for s in self.local_stats]
+        self._stats = raw_stats + [s for s in self._cadvisor_needs
+                                   if s not in raw_stats and s not in local_keys]
         self._headers = {}
         for stat, name, mtype, help_text in self.selected:
             self._headers[stat] = header(name, mtype, help_text)
@@ -240,6 +278,8 @@ class TextWriter:
         if snap is not None:
             labels = self._shape(snap.shared_paths)
             columns = snap.columns(self._stats)
+            if self.local_stats:
+                columns.update(local_columns(snap, taken.local, self.local_stats))
             # the families in the collector's order: cAdvisor's, memcg_*, pymemcg_*
             if self.cadvisor:
                 self._write_cadvisor(out, columns, labels)
@@ -264,7 +304,7 @@ class TextWriter:
         getters: Optional[list] = None
         for m in self.cadvisor:
             out.append(self._headers[m.name])
-            needs = m.needs
+            needs = metric_inputs(m)
             if len(needs) == 1:
                 keys = picked(columns[needs[0]], rows)
             else:

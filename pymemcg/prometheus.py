@@ -66,12 +66,12 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         f"`pip install 'pymemcg[prometheus]'`") from None
 
 from . import __version__, catalog
-from .cadvisor import COUNTER, GAUGE, cadvisor_metrics, needed_stats
+from .cadvisor import COUNTER, GAUGE, cadvisor_metrics, needed_local_stats, needed_stats
 from .cgroupfs import memory_mount
 from .decode import Snapshot
 from .exposition import (CGROUPS_HELP, CONTENT_TYPE, DEFAULT_MIN_INTERVAL, DURATION_HELP,
-                         ERROR_HELP, INFO_HELP, SharedSnapshot, Taken,
-                         TextWriter, TreeLabels, exposed_name, picked)
+                         ERROR_HELP, INFO_HELP, SharedSnapshot, Taken, TextWriter, TreeLabels,
+                         exposed_name, local_columns, metric_inputs, picked)
 from .errors import NoMemoryController, UnknownStat
 from .reader import Reader
 
@@ -130,8 +130,21 @@ class MemcgCollector:
                 raise UnknownStat(f"the reader does not select {missing}, which these metrics "
                                   f"need: make it with stats={self.stats_needed}")
         self.reader = reader
-        self.shared = SharedSnapshot(lambda root: self.reader.read_tree(root), self.root,
-                                     min_interval, on_error=self._said_error)
+        # cAdvisor reads some values from the cgroup's own counts (pymemcg.cadvisor
+        # local_needs): a local Reader of its own reads those in the same scrape
+        local_stats = needed_local_stats(self.cadvisor)
+        try:
+            self.local_reader = Reader(stats=local_stats, local=True, backend=backend,
+                                       flush=flush) if local_stats else None
+        except BaseException:
+            if self._own_reader:
+                reader.close()
+            raise
+        local_reader = self.local_reader
+        self.shared = SharedSnapshot(
+            lambda root: self.reader.read_tree(root), self.root, min_interval,
+            on_error=self._said_error,
+            read_local=(lambda root: local_reader.read_tree(root)) if local_reader else None)
         self._raw = [(name, *self._raw_family(name)) for name in self.selected]
         self.writer = TextWriter(self._raw, self.cadvisor, self._info_labels())
         self._lock = threading.Lock()
@@ -214,12 +227,15 @@ class MemcgCollector:
         snap = taken.snapshot if taken is not None else None
         if snap is not None:
             labels, raw_dicts, cad_dicts = self._shape(snap)
+        if snap is not None and self.cadvisor:
+            columns = local_columns(snap, taken.local, self.writer.local_stats)
         for cm in self.cadvisor:
             fam = _family(cm.name, cm.type, cm.help)
             if snap is not None:
                 name = exposed_name(cm.name, cm.type)
-                needs = list(cm.needs)
-                cols = [picked(snap.column(s), labels.cadvisor_rows) for s in needs]
+                needs = metric_inputs(cm)
+                cols = [picked(columns[s] if s in columns else snap.column(s),
+                               labels.cadvisor_rows) for s in needs]
                 samples = fam.samples
                 extra_names = cm.extra_labels
                 for d, vals in zip(cad_dicts, zip(*cols)):
@@ -254,6 +270,8 @@ class MemcgCollector:
         """Close the Reader if this collector made it."""
         if self._own_reader:
             self.reader.close()
+        if self.local_reader is not None:
+            self.local_reader.close()
 
     def __enter__(self) -> "MemcgCollector":
         return self
@@ -368,10 +386,11 @@ def _handler(collector: MemcgCollector):
 
 
 def listen_url(server) -> str:
-    """http://ADDR:PORT/metrics of a bound server (the real port when 0 was asked)."""
+    """http(s)://ADDR:PORT/metrics of a bound server (the real port when 0 was
+    asked; https once pymemcg.web_config.secure gave it TLS)."""
     addr, port = server.server_address[:2]
     if addr in ("::", "0.0.0.0"):
         addr = "localhost"
     elif ":" in addr:
         addr = f"[{addr}]"
-    return f"http://{addr}:{port}/metrics"
+    return f"{getattr(server, 'scheme', 'http')}://{addr}:{port}/metrics"

@@ -267,3 +267,12 @@ def sigint_default() -> None:
     keeps an inherited SIG_IGN instead of raising KeyboardInterrupt."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def require_module(name: str):
+    """pytest.importorskip, except where PYMEMCG_REQUIRE_BPF is set (CI, which
+    installs the test extra): there a missing module fails the test file."""
+    if bpf_required():
+        import importlib
+        return importlib.import_module(name)
+    return pytest.importorskip(name)

@@ -156,7 +156,6 @@ def expected(values: dict, version: int) -> dict:
         "container_memory_rss": values["anon"],
         "container_memory_cache": values["file"],
         "container_memory_mapped_file": values["file_mapped"],
-        "container_memory_kernel_usage": values["kernel"],
         "container_memory_total_active_file_bytes": values["active_file"],
         "container_memory_total_inactive_file_bytes": values["inactive_file"],
         "container_oom_events_total": values["oom_kill"],
@@ -166,6 +165,7 @@ def expected(values: dict, version: int) -> dict:
     }
     if version == 1:
         exp["container_memory_failcnt"] = values["failcnt"]
+        exp["container_memory_kernel_usage"] = values["kernel"]
     return exp
 
 
@@ -176,7 +176,9 @@ def check_cgroup(got: dict, path: str, values: dict, version: int, selected,
     for name, value in expected(values, version).items():
         key = (name, frozenset({("id", path)}) | ident)
         assert got.get(key) == float(value), (key, value)
-    for ftype in ("pgfault", "pgmajfault"):
+    # v1: cAdvisor's fault counts are the cgroup's own, which a hierarchical
+    # read does not have (tests/test_cadvisor.py checks them on the kernel's files)
+    for ftype in ("pgfault", "pgmajfault") if version == 2 else ():
         for scope in ("container", "hierarchy"):
             key = ("container_memory_failures_total",
                    frozenset({("id", path), ("failure_type", ftype), ("scope", scope)}) | ident)
@@ -320,7 +322,7 @@ def start_exporter(*args: str) -> tuple:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                             preexec_fn=sigint_default)
     line = proc.stderr.readline()
-    m = re.search(r"(http://\S+/metrics)", line)
+    m = re.search(r"(https?://\S+/metrics)", line)
     if not m:
         proc.kill()
         out, err = proc.communicate()

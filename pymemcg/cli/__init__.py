@@ -30,7 +30,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .. import __version__, catalog
+from .. import __version__
 from ..errors import Error
 from ..pins import META_DIR, SHARED_PIN_DIR
 from .bench import ROUNDS, SECONDS, STATS as BENCH_STATS, cmd_bench

@@ -39,11 +39,18 @@ def add_export_options(export: argparse.ArgumentParser) -> None:
                              f"scrape faster cannot make the exporter walk the cgroups faster")
     export.add_argument("--no-cadvisor", action="store_true",
                         help="only the memcg_<stat> metrics")
+    export.add_argument("--web-config", metavar="FILE",
+                        help="TLS and basic auth, in Prometheus exporters' web-config.yml "
+                             "format (needs `pip install 'pymemcg[web]'`)")
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     from ..prometheus import MemcgCollector, listen_url, make_server, parse_listen
     host, port = parse_listen(args.listen)
+    web = None
+    if args.web_config is not None:    # a bad file fails before the BPF program loads
+        from .. import web_config
+        web = web_config.load(args.web_config)
     names = selection(args, catalog.DEFAULT_STATS)
     root = default_root(args.root)
     with stop_on_sigterm():
@@ -54,6 +61,8 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
                                            flush=args.flush, min_interval=args.min_interval)
             with collector:
                 server = make_server(collector, host, port)
+                if web is not None:
+                    web_config.secure(server, web)
                 try:
                     print(f"{PROG}: serving memory metrics of {root} on {listen_url(server)} "
                           f"(backend {collector.reader.backend}); Ctrl-C stops",

@@ -1,0 +1,315 @@
+"""OpenTelemetry metrics for memory cgroups: observable instruments over
+one snapshot of the hierarchy per collection.
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from pymemcg.otel import MemcgInstrumentor
+
+    provider = MeterProvider(metric_readers=[...])
+    MemcgInstrumentor().instrument(meter_provider=provider)
+
+Needs the `otel` extra (`pip install 'pymemcg[otel]'`: opentelemetry-api
+only; any SDK or exporter is the application's choice). It follows the
+convention of opentelemetry-instrumentation's BaseInstrumentor
+(`instrument(meter_provider=...)`, `uninstrument()`,
+`is_instrumented_by_opentelemetry`) without depending on that package.
+
+Instruments, after the semantic conventions' container metrics, each
+computed with cAdvisor's definition (pymemcg.cadvisor), for every cgroup
+cAdvisor would export:
+
+- container.memory.usage, container.memory.working_set,
+  container.memory.rss: observable UpDownCounters, unit By;
+- container.memory.available: limit - working set, unit By, omitted where
+  the cgroup has no limit (as the conventions say);
+- container.paging.faults: an observable Counter, unit {fault}, with
+  system.paging.fault.type = major (pgmajfault) | minor (pgfault -
+  pgmajfault), from cAdvisor's container_memory_failures_total of scope
+  "container", as the conventions derive it;
+
+and, for every cgroup read, memcg.<stat> for each selected raw stat: sizes
+as observable UpDownCounters in By, cumulative counts as observable
+Counters in {count}.
+
+Attributes: cgroup.path, the path relative to the hierarchy's root ("/",
+"/system.slice/foo.service"); container.id and k8s.pod.uid where the path
+says them (pymemcg.containers).
+
+One snapshot per collection: the first callback of a collection reads the
+tree (one Reader.read_tree, plus one of a local Reader where cAdvisor's
+definitions need the cgroup's own counts), and every other instrument of
+that collection observes the same snapshot. A collection starts when an
+instrument that has already observed the current snapshot is called again;
+`interval` (seconds) is the least time between two reads, so collections
+closer together than that share a snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Collection, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .errors import Error
+
+
+class OpenTelemetryMissing(Error, ImportError):
+    """opentelemetry-api is not installed (the `otel` extra)."""
+
+
+try:
+    from opentelemetry.metrics import CallbackOptions, Observation, get_meter
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise OpenTelemetryMissing(
+        f"opentelemetry-api is not installed ({e}): install the extra with "
+        f"`pip install 'pymemcg[otel]'`") from None
+
+from . import __version__, catalog
+from .cadvisor import (UNLIMITED_ABOVE, CadvisorMetric, Getter, cadvisor_metrics, getters,
+                       needed_local_stats, needed_stats)
+from .cgroupfs import memory_mount
+from .containers import identify
+from .decode import Snapshot
+from .errors import NoMemoryController, UnknownStat
+from .reader import Reader
+
+_log = logging.getLogger(__name__)
+
+#: the `otel` extra's requirement, as BaseInstrumentor.instrumentation_dependencies says it
+INSTRUMENTS = ("opentelemetry-api >= 1.12",)
+
+PAGING_FAULT_TYPE = "system.paging.fault.type"
+Attributes = Dict[str, str]
+
+
+class _Cgroup:
+    """One cgroup of a snapshot: its attributes and how to get its values."""
+
+    __slots__ = ("attributes", "get", "cadvisor")
+
+    def __init__(self, attributes: Attributes, get: Getter, cadvisor: bool) -> None:
+        self.attributes = attributes
+        self.get = get
+        self.cadvisor = cadvisor      # cAdvisor would export it (container.* cover it)
+
+
+class MemcgInstrumentor:
+    """Memory-cgroup metrics as OpenTelemetry observable instruments.
+
+    root: the cgroup directory whose subtree is observed (default: the
+    memory hierarchy's mountpoint). stats: the raw stats observed as
+    memcg.<stat> (default pymemcg.DEFAULT_STATS). interval: the least time
+    in seconds between two reads of the tree (0: every collection reads).
+    backend, flush: as for pymemcg.Reader. The Reader is made (the BPF
+    program loaded) by instrument() and closed by uninstrument().
+    """
+
+    def __init__(self, root: Optional[str] = None, stats: Sequence[str] = catalog.DEFAULT_STATS,
+                 interval: float = 0.0, *, backend: str = "auto", flush: bool = False) -> None:
+        mount = memory_mount()
+        if mount is None:
+            raise NoMemoryController("no cgroup hierarchy on this host has the memory "
+                                     "controller: mount one, or run where one is mounted")
+        if interval < 0:
+            raise ValueError(f"interval={interval!r}: give a number of seconds >= 0")
+        self.root = root if root is not None else mount.mountpoint
+        self.mountpoint = mount.mountpoint
+        self.cgroup_version = mount.version
+        self.selected = list(stats)
+        unknown = [s for s in self.selected if s not in catalog.STATS]
+        if unknown:
+            raise UnknownStat(f"unknown stats {unknown}: see `pymemcg stats` for the names")
+        self.interval = float(interval)
+        self.backend, self.flush = backend, flush
+        self._cadvisor: Dict[str, CadvisorMetric] = {
+            m.name: m for m in cadvisor_metrics(mount.version)}
+        used = [self._cadvisor[n] for n in _CADVISOR_USED if n in self._cadvisor]
+        self.stats_needed = needed_stats(self.selected, used)
+        self.local_stats_needed = needed_local_stats(used)
+        self.reader: Optional[Reader] = None
+        self.local_reader: Optional[Reader] = None
+        self._lock = threading.Lock()
+        self._snapshot: List[_Cgroup] = []
+        self._read_at = float("-inf")
+        self._served: set = set()         # instruments that observed the current snapshot
+        self._meters: Dict[int, object] = {}   # id(provider) -> meter whose instruments exist
+        self.reads = 0                    # tree reads so far (one per collection)
+        self.last_error: Optional[str] = None
+
+    # --- the BaseInstrumentor convention ---
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return INSTRUMENTS
+
+    @property
+    def is_instrumented_by_opentelemetry(self) -> bool:
+        return self.reader is not None
+
+    def instrument(self, **kwargs) -> None:
+        """Open the Reader and register the instruments with
+        kwargs["meter_provider"] (default: the global MeterProvider).
+        A second call while instrumented does nothing, as BaseInstrumentor."""
+        if self.reader is not None:
+            _log.warning("pymemcg: MemcgInstrumentor is already instrumented")
+            return
+        provider = kwargs.get("meter_provider")
+        self.reader = Reader(stats=self.stats_needed, backend=self.backend, flush=self.flush)
+        try:
+            if self.local_stats_needed:
+                self.local_reader = Reader(stats=self.local_stats_needed, local=True,
+                                           backend=self.backend, flush=self.flush)
+            key = id(provider)
+            if key not in self._meters:
+                # an SDK keeps the first instrument of a name: on a provider seen
+                # before, the callbacks registered then serve again
+                meter = get_meter(__name__, __version__, meter_provider=provider)
+                self._create_instruments(meter)
+                self._meters[key] = meter
+        except BaseException:
+            self._close_readers()
+            raise
+        self._read_at, self._served = float("-inf"), set()
+
+    def uninstrument(self, **kwargs) -> None:
+        """Close the Reader (the BPF program unloads); the instruments then
+        observe nothing. The OpenTelemetry API cannot remove an instrument."""
+        with self._lock:
+            self._close_readers()
+            self._snapshot = []
+
+    def _close_readers(self) -> None:
+        for r in (self.reader, self.local_reader):
+            if r is not None:
+                r.close()
+        self.reader = self.local_reader = None
+
+    # --- instruments ---
+
+    def _create_instruments(self, meter) -> None:
+        cad = self._cadvisor
+
+        def one(name: str, metric: str) -> Callable:
+            return self._callback(name, lambda cg: _values(cad.get(metric), cg),
+                                  containers_only=True)
+
+        meter.create_observable_up_down_counter(
+            "container.memory.usage", [one("container.memory.usage",
+                                           "container_memory_usage_bytes")],
+            unit="By", description="Memory usage of the container.")
+        meter.create_observable_up_down_counter(
+            "container.memory.working_set", [one("container.memory.working_set",
+                                                 "container_memory_working_set_bytes")],
+            unit="By", description="Container memory working set.")
+        meter.create_observable_up_down_counter(
+            "container.memory.rss", [one("container.memory.rss", "container_memory_rss")],
+            unit="By", description="Container memory RSS.")
+        meter.create_observable_up_down_counter(
+            "container.memory.available",
+            [self._callback("container.memory.available", self._available,
+                            containers_only=True)],
+            unit="By", description="Container memory available.")
+        meter.create_observable_counter(
+            "container.paging.faults",
+            [self._callback("container.paging.faults", self._faults, containers_only=True)],
+            unit="{fault}", description="Container memory paging faults.")
+        for name in self.selected:
+            stat = catalog.STATS[name]
+            callback = self._callback(f"memcg.{name}", lambda cg, n=name: _raw(cg, n),
+                                      containers_only=False)
+            description = f"{stat.meaning} (memory cgroup stat {name})"
+            if stat.unit == catalog.COUNT:
+                meter.create_observable_counter(f"memcg.{name}", [callback], unit="{count}",
+                                                description=description)
+            else:
+                meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="By",
+                                                        description=description)
+
+    def _available(self, cg: _Cgroup) -> List[Tuple[Attributes, int]]:
+        ws = _values(self._cadvisor.get("container_memory_working_set_bytes"), cg)
+        limit = cg.get("limit")
+        if not ws or limit is None or limit > UNLIMITED_ABOVE:
+            return []
+        return [({}, max(limit - ws[0][1], 0))]
+
+    def _faults(self, cg: _Cgroup) -> List[Tuple[Attributes, int]]:
+        failures = self._cadvisor.get("container_memory_failures_total")
+        if failures is None:
+            return []
+        counts = {ftype: v for (ftype, scope), v in failures.values(cg.get)
+                  if scope == "container"}
+        if "pgfault" not in counts or "pgmajfault" not in counts:
+            return []
+        return [({PAGING_FAULT_TYPE: "major"}, counts["pgmajfault"]),
+                ({PAGING_FAULT_TYPE: "minor"}, counts["pgfault"] - counts["pgmajfault"])]
+
+    def _callback(self, instrument: str,
+                  values: Callable[[_Cgroup], List[Tuple[Attributes, int]]],
+                  containers_only: bool) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            out = []
+            for cg in self._snapshot_for(instrument):
+                if containers_only and not cg.cadvisor:
+                    continue
+                for extra, v in values(cg):
+                    out.append(Observation(v, {**cg.attributes, **extra}))
+            return out
+        return callback
+
+    # --- the snapshot ---
+
+    def _snapshot_for(self, instrument: str) -> List[_Cgroup]:
+        """The current snapshot; a new one when `instrument` has already
+        observed the current one (a new collection) and `interval` has passed."""
+        with self._lock:
+            if self.reader is None:
+                return []
+            if instrument in self._served:      # a new collection
+                self._served = set()
+            now = time.monotonic()
+            if not self._served and now - self._read_at >= self.interval:
+                self._snapshot = self._read()
+                self._read_at = now
+            self._served.add(instrument)
+            return self._snapshot
+
+    def _read(self) -> List[_Cgroup]:
+        self.reads += 1
+        try:
+            snap: Snapshot = self.reader.read_tree(self.root)
+            local_snap = self.local_reader.read_tree(self.root) \
+                if self.local_reader is not None else None
+            self.last_error = None
+        except Error as e:  # the root went away, ...: say so, observe nothing
+            self.last_error = str(e)
+            _log.warning("pymemcg: reading %s failed: %s", self.root, e)
+            return []
+        records = [r for r in snap.records if r.path is not None]
+        out = []
+        for r, get in zip(records, getters(records, local_snap.records
+                                           if local_snap is not None else None)):
+            ident = identify(r.path)
+            attributes = {"cgroup.path": r.path}
+            if ident.container_id:
+                attributes["container.id"] = ident.container_id
+            if ident.pod_uid:
+                attributes["k8s.pod.uid"] = ident.pod_uid
+            out.append(_Cgroup(attributes, get, not ident.cadvisor_skips))
+        return out
+
+
+#: the cAdvisor definitions the container.* instruments are computed with
+_CADVISOR_USED = ("container_memory_usage_bytes", "container_memory_working_set_bytes",
+                  "container_memory_rss", "container_memory_failures_total",
+                  "container_spec_memory_limit_bytes")
+
+
+def _values(metric: Optional[CadvisorMetric], cg: _Cgroup) -> List[Tuple[Attributes, int]]:
+    """A one-value cAdvisor metric of the cgroup, as [({}, value)] or []."""
+    if metric is None:
+        return []
+    return [({}, v) for _, v in metric.values(cg.get)]
+
+
+def _raw(cg: _Cgroup, name: str) -> List[Tuple[Attributes, int]]:
+    v = cg.get(name)
+    return [] if v is None else [({}, v)]

@@ -1,0 +1,204 @@
+"""pymemcg.otel with the real OpenTelemetry SDK (an InMemoryMetricReader) on
+real cgroups: quiet ones (page cache charged by a process that has exited,
+a limit), so the instruments' values equal a direct read."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import links_of, open_fds, require_module  # noqa: E402
+
+require_module("opentelemetry.sdk.metrics")
+require_module("prometheus_client")   # the quiet fixture lives with the exporter's tests
+
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+
+import pymemcg  # noqa: E402
+from pymemcg.otel import MemcgInstrumentor  # noqa: E402
+
+from test_prometheus import LIMIT, quiet, rel  # noqa: E402,F401 - quiet: a fixture
+
+SELECTED = ["usage", "anon", "file", "inactive_file", "pgfault", "oom_kill"]
+
+
+def collect(reader: InMemoryMetricReader) -> dict:
+    """{instrument: {frozenset(attributes): (value, unit, monotonic)}} of one collection."""
+    out: dict = {}
+    data = reader.get_metrics_data()
+    for rm in (data.resource_metrics if data is not None else []):
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                for dp in m.data.data_points:
+                    out.setdefault(m.name, {})[frozenset(dp.attributes.items())] = (
+                        dp.value, m.unit, m.data.is_monotonic)
+    return out
+
+
+def direct(path: str, version: int) -> dict:
+    """What each instrument must say for `path`, from direct reads (a
+    hierarchical Reader; the cgroup's own fault counts on v1, as cAdvisor)."""
+    with pymemcg.Reader(stats=SELECTED + ["limit", "pgmajfault"], backend="bpf") as r, \
+            pymemcg.Reader(stats=["pgfault", "pgmajfault"], local=True, backend="bpf") as lr:
+        v, own = r.read(path).as_dict(), lr.read(path).as_dict()
+    faults = own if version == 1 else v
+    ws = max(v["usage"] - v["inactive_file"], 0)
+    attrs = frozenset({("cgroup.path", rel(path))})
+    want = {
+        "container.memory.usage": {attrs: (v["usage"], "By", False)},
+        "container.memory.working_set": {attrs: (ws, "By", False)},
+        "container.memory.rss": {attrs: (v["anon"], "By", False)},
+        "container.paging.faults": {
+            attrs | {("system.paging.fault.type", "major")}: (faults["pgmajfault"], "{fault}", True),
+            attrs | {("system.paging.fault.type", "minor")}:
+                (faults["pgfault"] - faults["pgmajfault"], "{fault}", True)},
+    }
+    if v["limit"] <= 1 << 62:
+        want["container.memory.available"] = {attrs: (max(v["limit"] - ws, 0), "By", False)}
+    for name in SELECTED:
+        counter = pymemcg.catalog.STATS[name].unit == pymemcg.catalog.COUNT
+        want[f"memcg.{name}"] = {attrs: (v[name], "{count}" if counter else "By", counter)}
+    return want
+
+
+def of(got: dict, path: str) -> dict:
+    """The data points of one cgroup."""
+    out: dict = {}
+    for name, points in got.items():
+        for attrs, value in points.items():
+            if ("cgroup.path", rel(path)) in attrs:
+                out.setdefault(name, {})[attrs] = value
+    return out
+
+
+@pytest.fixture
+def provider():
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    yield provider, reader
+    provider.shutdown()
+
+
+def test_instruments_equal_a_direct_read(bpf_ok, quiet, cgroup_version, provider):
+    parent, child = quiet
+    meter_provider, reader = provider
+    inst = MemcgInstrumentor(parent, SELECTED)
+    inst.instrument(meter_provider=meter_provider)
+    try:
+        assert inst.reader.backend == "bpf"
+        for attempt in range(20):   # until the kernel's stats flush has landed in both
+            want = {p: direct(p, cgroup_version) for p in (parent, child)}
+            got = collect(reader)
+            have = {p: of(got, p) for p in (parent, child)}
+            if have == want:
+                break
+            time.sleep(0.5)
+        assert have == want
+    finally:
+        inst.uninstrument()
+    # the comparison means something: page cache, faults, a limit
+    attrs = frozenset({("cgroup.path", rel(child))})
+    assert have[child]["memcg.file"][attrs][0] > 0
+    assert have[child]["container.memory.available"][attrs][0] <= LIMIT
+    assert "container.memory.available" not in have[parent]     # no limit: omitted
+    minor = attrs | {("system.paging.fault.type", "minor")}
+    assert have[child]["container.paging.faults"][minor][0] > 0
+
+
+def test_one_snapshot_per_collection(bpf_ok, quiet, provider):
+    parent, _ = quiet
+    meter_provider, reader = provider
+    inst = MemcgInstrumentor(parent, ["usage", "pgfault"])
+    inst.instrument(meter_provider=meter_provider)
+    try:
+        calls = []
+        real = inst.reader.read_tree
+        inst.reader.read_tree = lambda root: calls.append(root) or real(root)
+        assert calls == [], "instrumenting must not read"
+        got = collect(reader)
+        assert len(got) == 7 and calls == [parent]   # 5 container.* + 2 memcg.*, one read
+        collect(reader)
+        assert calls == [parent, parent] and inst.reads == 2
+    finally:
+        inst.uninstrument()
+
+
+def test_interval_is_the_least_time_between_reads(bpf_ok, quiet, provider):
+    parent, _ = quiet
+    meter_provider, reader = provider
+    inst = MemcgInstrumentor(parent, ["usage"], interval=3600)
+    inst.instrument(meter_provider=meter_provider)
+    try:
+        first = collect(reader)
+        second = collect(reader)
+        assert inst.reads == 1 and first == second
+    finally:
+        inst.uninstrument()
+
+
+def test_container_and_pod_attributes(bpf_ok, cgroups, provider):
+    uid, cid = str(uuid.uuid4()), uuid.uuid4().hex + uuid.uuid4().hex
+    pod = cgroups.make(f"kubepods/burstable/pod{uid}")
+    container = cgroups.make(f"kubepods/burstable/pod{uid}/{cid}")
+    conmon = cgroups.make(f"kubepods/burstable/pod{uid}/crio-conmon-{uuid.uuid4().hex}")
+    meter_provider, reader = provider
+    inst = MemcgInstrumentor(cgroups.base, ["usage"])
+    inst.instrument(meter_provider=meter_provider)
+    try:
+        got = collect(reader)
+    finally:
+        inst.uninstrument()
+    usage = {dict(a)["cgroup.path"]: dict(a) for a in got["memcg.usage"]}
+    assert usage[rel(container)] == {"cgroup.path": rel(container), "container.id": cid,
+                                     "k8s.pod.uid": uid}
+    assert usage[rel(pod)] == {"cgroup.path": rel(pod), "k8s.pod.uid": uid}
+    assert usage[rel(cgroups.base)] == {"cgroup.path": rel(cgroups.base)}
+    assert rel(conmon) in usage
+
+
+def test_uninstrument_unloads_and_instrument_serves_again(bpf_ok, quiet, provider):
+    parent, _ = quiet
+    meter_provider, reader = provider
+    before, fds = links_of(), open_fds()
+    inst = MemcgInstrumentor(parent, ["usage"])
+    inst.instrument(meter_provider=meter_provider)
+    assert inst.is_instrumented_by_opentelemetry
+    inst.instrument(meter_provider=meter_provider)     # a second call does nothing
+    assert collect(reader)
+    assert links_of() != before, "a Reader that has read holds its links"
+    inst.uninstrument()
+    assert not inst.is_instrumented_by_opentelemetry
+    assert links_of() == before, "uninstrument must close the Reader's links"
+    assert open_fds() == fds
+    assert not any(collect(reader).values())
+    inst.instrument(meter_provider=meter_provider)
+    try:
+        assert collect(reader)["memcg.usage"]
+    finally:
+        inst.uninstrument()
+    assert links_of() == before
+
+
+def test_bad_arguments_are_clean_errors():
+    with pytest.raises(pymemcg.UnknownStat, match="pymemcg stats"):
+        MemcgInstrumentor(stats=["usage", "no_such_stat"])
+    with pytest.raises(ValueError, match="seconds"):
+        MemcgInstrumentor(interval=-1)
+
+
+def test_without_opentelemetry_is_a_clean_error():
+    code = ("import sys; sys.modules['opentelemetry'] = None\n"
+            "import pymemcg\n"
+            "try:\n"
+            "    import pymemcg.otel\n"
+            "except pymemcg.Error as e:\n"
+            "    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.startswith("OpenTelemetryMissing"), out
+    assert "pymemcg[otel]" in out.stdout
