@@ -36,6 +36,9 @@ if [ -f /lib/modules/order ]; then
 	for m in $(cat /lib/modules/order); do
 		insmod "/lib/modules/$m.ko" || fail "insmod $m failed"
 	done
+	echo "MATRIX: MODULES $(cat /lib/modules/order | tr '\n' ' ')"
+else
+	echo "MATRIX: MODULES none (everything the guest needs is built in)"
 fi
 
 R=/newroot
@@ -45,7 +48,8 @@ for i in $(seq 1 100); do
 	mount -t virtiofs hostroot $R 2>/dev/null && break
 	sleep 0.1
 done
-grep -q " $R virtiofs " /proc/mounts || fail "cannot mount the virtiofs share hostroot"
+grep -q " $R virtiofs " /proc/mounts ||
+	fail "cannot mount the virtiofs share hostroot (no virtio-pci or virtiofs in this kernel?)"
 chroot $R /bin/sh -c "test -x '$MATRIX_PYTHON'" || fail "$MATRIX_PYTHON not found in the shared root"
 
 # Host paths the run needs (the checkout, its venv) that the mounts below
@@ -68,8 +72,10 @@ mount -t devpts devpts $R/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "mount /tmp"
 mount -t tmpfs -o mode=755 tmpfs $R/run || fail "mount /run"
 # the workloads' page cache goes to a real block device, as on a host
-for i in $(seq 1 50); do [ -b /dev/vda ] && break; sleep 0.1; done
-mount -t ext4 /dev/vda $R/var/tmp || fail "cannot mount the scratch disk /dev/vda on /var/tmp"
+# (NVMe: built into every Debian cloud kernel, so no module is needed)
+for i in $(seq 1 50); do [ -b "$MATRIX_SCRATCH" ] && break; sleep 0.1; done
+mount -t ext4 "$MATRIX_SCRATCH" $R/var/tmp ||
+	fail "cannot mount the scratch disk $MATRIX_SCRATCH on /var/tmp (no NVMe or ext4 in this kernel?)"
 chmod 1777 $R/var/tmp
 mount -t bpf bpf $R/sys/fs/bpf || fail "mount bpffs"
 i=0

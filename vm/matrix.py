@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Kernel matrix: `pymemcg verify` and pymemcg's parity tests on Debian's
-6.1, 6.12 and 7.2 kernels under qemu (software emulation), and natively on
+"""Kernel matrix: `pymemcg verify` and pymemcg's parity tests on
+Debian's 6.1 to 7.3 kernels under qemu (software emulation), and natively on
 this host.
 
     python3 vm/matrix.py [run]      fetch kernels, boot every guest, run natively,
@@ -53,14 +53,24 @@ from report import write_report
 from results import judge_guest, save, summarize
 from workspace import REPO, RESULTS, MatrixError, acquire_lock, log
 
-# guest name -> (kernel series, cgroup version). Debian's 6.12 has no
-# CONFIG_MEMCG_V1, so there is no 6.12-v1.
+# guest name -> (kernel series, cgroup version): the newest point release of
+# every Debian series, on cgroup v2, and 6.1 on v1 too. Debian's kernels from
+# 6.12 on have no CONFIG_MEMCG_V1, so there is no other v1 guest.
 GUESTS: Dict[str, tuple] = {
     "6.1-v2": ("6.1", 2),
-    "6.12-v2": ("6.12", 2),
     "6.1-v1": ("6.1", 1),
+    "6.12-v2": ("6.12", 2),
+    "6.16-v2": ("6.16", 2),
+    "6.17-v2": ("6.17", 2),
+    "6.18-v2": ("6.18", 2),
+    "6.19-v2": ("6.19", 2),
+    "7.0-v2": ("7.0", 2),
+    "7.1-v2": ("7.1", 2),
     "7.2-v2": ("7.2", 2),
+    "7.3-v2": ("7.3", 2),
 }
+# `make matrix-quick`: the oldest on v1, the first compacted one, the newest
+QUICK = ("6.1-v1", "6.12-v2", "7.3-v2")
 
 TEST_TIMEOUT = 600        # pytest inside a guest, seconds (it takes 1-2.5 min)
 
@@ -73,6 +83,7 @@ def run_guest(name: str, python: str, timeout: float, cmd: str = "") -> dict:
     console = boot.run_dir(name) / "console.log"
     res: dict = {"guest": name, "kernel_series": series, "cgroup": cgv,
                  "kernel_package": f"{k.package}={k.version}", "where": boot.WHERE,
+                 "arch": boot.ARCH.name,
                  "console_log": str(console.relative_to(REPO))}
     b = boot.boot(name, root, cgv, python, timeout, cmd)
     res["status"] = b.status
@@ -88,11 +99,12 @@ def cmd_run(args) -> int:
     python = os.path.abspath(args.python)
     if not os.access(python, os.X_OK):
         raise MatrixError(f"{python}: no such interpreter")
-    names = args.guests.split(",") if args.guests else list(GUESTS)
+    names = (list(QUICK) if args.guests == "quick" else args.guests.split(",")) \
+        if args.guests else list(GUESTS)
     for n in names:
         if n not in GUESTS:
             raise MatrixError(f"unknown guest {n!r}; guests: {', '.join(GUESTS)}")
-    for tool in ("qemu-system-x86_64", "mkfs.ext4", "unshare", "dpkg-deb", "apt-get"):
+    for tool in (boot.ARCH.qemu, "mkfs.ext4", "unshare", "dpkg-deb", "apt-get"):
         if not shutil.which(tool):
             raise MatrixError(f"{tool} not found: make vm-deps")
     boot.find_virtiofsd()
@@ -134,7 +146,7 @@ def cmd_run(args) -> int:
         except MatrixError as e:
             series, cgv = GUESTS[n]
             r = {"guest": n, "kernel_series": series, "cgroup": cgv, "passed": False,
-                 "error": str(e), "where": boot.WHERE}
+                 "error": str(e), "where": boot.WHERE, "arch": boot.ARCH.name}
         save(r)
         log(f"{n}: {'PASS' if r.get('passed') else 'FAIL'} in {r.get('wall_s', '?')} s")
         return r
@@ -161,7 +173,9 @@ def main() -> int:
     r = sub.add_parser("run", help="run the matrix (the default)")
     r.add_argument("--python", default=sys.executable,
                    help="the interpreter whose pymemcg install is tested (default: this one)")
-    r.add_argument("--guests", default="", help=f"comma list (default all: {','.join(GUESTS)})")
+    r.add_argument("--guests", default="",
+                   help=f"comma list, or quick ({','.join(QUICK)}); default all: "
+                        f"{','.join(GUESTS)}")
     r.add_argument("--no-native", action="store_true", help="skip the run on this host")
     r.add_argument("--jobs", type=int, default=0,
                    help="guests at a time (default: all; each is one host thread, and "
