@@ -4,7 +4,7 @@ fetching them.
 A kernel is one or more Debian binary packages of one version, downloaded by
 apt through tools/apt-private: a private apt state in build/vm/apt with the
 archives this host's apt configuration names (bookworm and its security
-suite carry the 6.1 and 6.12 kernels) plus EXTRA_SUITES (7.2 is in
+suite carry the 6.1 and 6.12 kernels) plus EXTRA_SUITES (6.16 to 7.3 are in
 trixie-backports only). apt checks the Release signatures; every .deb is
 then checked against its pinned sha256 and unpacked with `dpkg-deb -x` into
 build/vm/kernels/<series>/root (never installed).

@@ -25,9 +25,11 @@ This file is the command line and the list of guests; the work is in
 In each guest vm/guest_run.py runs `pymemcg verify --format json` (every
 stat BPF serves there against the kernel's own files; a mismatch fails the
 guest) and tests/test_parity.py with PYMEMCG_REQUIRE_BPF=1, and writes
-result.json. 7.2 is the matrix's kernel with the memcg kfuncs (Linux 7.0+),
-so it runs the kfunc backend and the flushing programs. The guests run
-concurrently (each one host thread).
+result.json; where the kernel lists its items in kallsyms, verify runs again
+with PYMEMCG_KALLSYMS=0 (built-in tables and enum alone) and the two slot
+sources must agree. 7.0-7.3 have the memcg kfuncs, so they run the kfunc
+backend and the flushing programs. The guests run concurrently (each one
+host thread, --jobs at a time).
 
 Only the standard library; run as root (unshare, bind mounts, bpf).
 """
