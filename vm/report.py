@@ -62,7 +62,7 @@ def _labels(pairs) -> str:
         label = _slot_label(via, detail)
         if label and label not in found:
             found.append(label)
-    return " + ".join(found) or "none"
+    return " + ".join(found) or "none (page counters and memory.events only)"
 
 
 def slot_source(r: dict, without_kallsyms: bool = False) -> str:
@@ -77,6 +77,20 @@ def slot_source(r: dict, without_kallsyms: bool = False) -> str:
         return hier
     local = _labels((v[0], v[3]) for v in sources["local"].values())
     return hier if local == hier else f"{hier}; local: {local}"
+
+
+def _agreement_text(r: dict) -> str:
+    """'agrees with the kernel lists' or what differs, in brief."""
+    a = r.get("slot_agreement") or {}
+    h = a.get("hierarchical") or {}
+    if not a.get("ok"):
+        return "DISAGREES with the kernel lists (see below)"
+    if h.get("kernel_lists_only"):
+        return (f"its CO-RE slots agree with the kernel lists on the {h['served_by_both']} "
+                f"stats both serve; "
+                f"{len(h['kernel_lists_only'])} only with the kernel lists (no table for "
+                f"{r['kernel_series']})")
+    return "agrees with the kernel lists"
 
 
 def _verify_text(r: dict) -> str:
@@ -115,19 +129,18 @@ def matrix_rows(results: List[dict]) -> List[dict]:
         v = r.get("verify") or {}
         lists = (r.get("slot_sources") or {}).get("kernel_lists")
         rows.append(dict(base, backend=_bpf_backend(r), tested=f"{base['where']}: {tested}",
-                         slots=slot_source(r) + (", with kallsyms" if lists else ""),
+                         slots=("kallsyms on: " if lists else "") + slot_source(r),
                          served=bpf, verify=None if v.get("error") else v.get("counts"),
                          unavailable=[n for n in names if n not in bpf]))
         if r.get("verify_without_kallsyms") is not None:
             vt = r["verify_without_kallsyms"]
             st = r.get("stats_without_kallsyms") or []
             bpf_t = [s["name"] for s in st if s.get("backend") == "bpf"]
-            agree = (r.get("slot_agreement") or {}).get("ok")
             rows.append(dict(
                 base, backend=_bpf_backend(r),
-                tested=f"{base['where']}: PYMEMCG_KALLSYMS=0, {_verify_text(dict(verify=vt))}, "
-                       f"{'agrees with' if agree else 'DISAGREES with'} the kernel lists",
-                slots=slot_source(r, True) + ", PYMEMCG_KALLSYMS=0",
+                tested=f"{base['where']}: {_verify_text(dict(verify=vt))}, "
+                       f"{_agreement_text(r)}",
+                slots="PYMEMCG_KALLSYMS=0: " + slot_source(r, True),
                 served=bpf_t, verify=None if vt.get("error") else vt.get("counts"),
                 unavailable=[n for n in names if n not in bpf_t]))
         text = _text_served(r)
@@ -177,7 +190,9 @@ def coverage(results: List[dict]) -> List[dict]:
                     c["exact"].add(st["name"])
                 else:
                     why = general_reason(st.get("why") or st["outcome"])
-                    c["why"].setdefault(st["name"], {}).setdefault(why, []).append(r["guest"])
+                    guests = c["why"].setdefault(st["name"], {}).setdefault(why, [])
+                    if r["guest"] not in guests:
+                        guests.append(r["guest"])
     out = []
     for c in by_series.values():
         c["never"] = {n: c["why"][n] for n in c["served"] if n not in c["exact"]}

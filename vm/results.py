@@ -78,8 +78,8 @@ def save(res: dict) -> Path:
 
 
 def sort_key(r: dict):
-    return ([int(x) for x in r["kernel_series"].split(".")], -int(r.get("cgroup") or 0),
-            r.get("where", ""))
+    return ([int(x) for x in r["kernel_series"].split(".")], r.get("arch") or "",
+            -int(r.get("cgroup") or 0), r.get("where", ""))
 
 
 def load_results() -> List[dict]:
