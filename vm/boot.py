@@ -214,10 +214,13 @@ def run_dir(name: str) -> Path:
 
 
 def boot(name: str, root: Path, cgroup: int, python: str, timeout: float,
-         cmd: str = "", arch: Arch = ARCH) -> Boot:
+         cmd: str = "", arch: Arch = ARCH, userland: Optional[Path] = None) -> Boot:
     """Boot guest `name` on the kernel unpacked in `root`, with cgroup
     version `cgroup`, running vm/guest_run.py under `python` (or `cmd`
-    instead, for debugging), and wait until it ends."""
+    instead, for debugging), and wait until it ends. `userland`: the root
+    directory of another architecture's userland (vm/userland.py), which
+    the guest chroots into instead of this host's root; `python` is then
+    its venv's, running the installed wheel."""
     run = run_dir(name)
     outdir = BUILD / "out" / name
     for d in (run, outdir):
@@ -226,13 +229,21 @@ def boot(name: str, root: Path, cgroup: int, python: str, timeout: float,
         d.mkdir(parents=True)
     b = Boot(console=run / "console.log", outdir=outdir)
 
-    conf = {"MATRIX_KEEP": ":".join(hidden_paths([str(REPO), python])),
+    if userland is not None:
+        # mount points of the repository and the results in the userland
+        # (the guest sees the share read-only)
+        for d in (REPO, outdir):
+            (userland / str(d).lstrip("/")).mkdir(parents=True, exist_ok=True)
+    conf = {"MATRIX_KEEP": ":".join(hidden_paths([str(REPO)] + ([] if userland else [python]))),
+            "MATRIX_ROOT": str(userland or ""),
+            "MATRIX_RUN_ARGS": "--installed" if userland else "",
             "MATRIX_CGROUP": str(cgroup), "MATRIX_PYTHON": python, "MATRIX_REPO": str(REPO),
             "MATRIX_OUT": str(outdir), "MATRIX_WHERE": WHERE,
             "MATRIX_TEST_TIMEOUT": str(int(timeout)), "MATRIX_CMD": cmd,
             "MATRIX_SCRATCH": SCRATCH_DEVICE}
     initrd = run / "initrd.gz"
-    build_initramfs(guest_modules(root), conf, initrd)
+    build_initramfs(guest_modules(root), conf, initrd,
+                    str(userland / "bin" / "busybox") if userland else None)
     scratch = run / "scratch.img"
     with open(scratch, "wb") as f:
         f.truncate(SCRATCH_SIZE)
@@ -245,8 +256,9 @@ def boot(name: str, root: Path, cgroup: int, python: str, timeout: float,
     vfsd = qemu = None
     t0 = time.monotonic()
     try:
-        vfsd = _track(start_virtiofsd(run / "view", outdir, sock,
-                                      [str(REPO), python, sys.prefix], run / "virtiofsd.log"))
+        shared = [str(REPO), str(userland)] if userland else [str(REPO), python, sys.prefix]
+        vfsd = _track(start_virtiofsd(run / "view", outdir, sock, shared,
+                                      run / "virtiofsd.log"))
         append = (f"console={arch.console} panic=-1 loglevel=4 rdinit=/init mitigations=off "
                   f"{KERNEL_ARGS}")
         accel = "tcg" + (",thread=multi" if GUEST_CPUS > 1 else "")

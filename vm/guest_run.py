@@ -76,6 +76,16 @@ try:
         os.rmdir(child)
 except Exception as e:
     out["text_served_error"] = repr(e)
+# what stats() says with the kernel's lists switched off (the facts are cached
+# per setting of the switch, so they are read anew)
+try:
+    import os
+    os.environ["PYMEMCG_KALLSYMS"] = "0"
+    out["stats_without_kallsyms"] = [s.__dict__ for s in pymemcg.stats()]
+except Exception as e:
+    out["stats_without_kallsyms_error"] = repr(e)
+finally:
+    os.environ.pop("PYMEMCG_KALLSYMS", None)
 # both slot sources, resolved here for the CO-RE arrays (hierarchical and
 # local): the kernel's own lists (kallsyms) and the built-in tables or the
 # enum alone (what PYMEMCG_KALLSYMS=0 gives)
@@ -166,12 +176,14 @@ def slot_agreement(sources: dict) -> dict:
     return out
 
 
-def run_pytest(py: str, repo: str, env: dict, timeout: float, junit: str) -> dict:
-    """Runs pytest, echoing its output; returns rc, output tail, duration."""
+def run_pytest(py: str, repo: str, cwd: str, env: dict, timeout: float, junit: str) -> dict:
+    """Runs pytest on the checkout's TESTS from `cwd`, echoing its output;
+    returns rc, output tail, duration."""
     cmd = [py, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "--tb=short",
-           "-o", "junit_family=xunit2", f"--junitxml={junit}", *TESTS]
+           "-o", "junit_family=xunit2", f"--junitxml={junit}", f"--rootdir={repo}",
+           *(os.path.join(repo, t) for t in TESTS)]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace")
     lines: list = []
 
@@ -247,6 +259,9 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="result file to write")
     ap.add_argument("--where", default="native", help="free text: where this runs")
     ap.add_argument("--timeout", type=float, default=900, help="pytest time limit, seconds")
+    ap.add_argument("--installed", action="store_true",
+                    help="test the installed pymemcg (a wheel), not the checkout's: "
+                         "everything runs from a scratch directory")
     args = ap.parse_args()
 
     py = sys.executable
@@ -258,6 +273,8 @@ def main() -> int:
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     tmp = tempfile.mkdtemp(prefix="pymemcg-matrix-")
     env.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tmp, "hypothesis"))
+    # the checkout's directory would put its pymemcg/ first on sys.path
+    cwd = tmp if args.installed else args.repo
 
     t0 = time.monotonic()
     result = {
@@ -267,12 +284,13 @@ def main() -> int:
         "machine": platform.machine(),
         "python": sys.version.split()[0],
         "python_executable": py,
+        "installed": args.installed,
         "require_bpf": env["PYMEMCG_REQUIRE_BPF"],
         "tests": TESTS,
     }
     print(f"MATRIX: kernel {result['kernel_release']}, python {py}", flush=True)
 
-    info, err = run_json(py, INFO_CMD, env, args.repo)
+    info, err = run_json(py, INFO_CMD, env, cwd)
     result.update(info or {})
     stats = result.setdefault("stats", None)
     if err:
@@ -282,17 +300,14 @@ def main() -> int:
         n_bpf = sum(1 for s in stats if s.get("backend") == "bpf")
         print(f"MATRIX: pymemcg.stats(): {len(stats)} stats, {n_bpf} through BPF", flush=True)
 
-    result["verify"] = v = verify_and_say(py, env, args.repo, "")
+    result["verify"] = v = verify_and_say(py, env, cwd, "")
     verify_ok = verify_passed(v)
     # the second slot source: the built-in tables or the enum alone
     sources = result.get("slot_sources")
     if sources and sources["kernel_lists"]:
         env_tables = dict(env, PYMEMCG_KALLSYMS="0")
-        info_t, err_t = run_json(py, INFO_CMD, env_tables, args.repo)
-        result["stats_without_kallsyms"] = (info_t or {}).get("stats")
-        if err_t:
-            result["stats_without_kallsyms_error"] = err_t
-        result["verify_without_kallsyms"] = vt = verify_and_say(py, env_tables, args.repo,
+        err_t = result.get("stats_without_kallsyms_error")
+        result["verify_without_kallsyms"] = vt = verify_and_say(py, env_tables, cwd,
                                                                " (PYMEMCG_KALLSYMS=0)")
         result["slot_agreement"] = agree = slot_agreement(sources)
         print(f"MATRIX: slot sources agree: {agree['ok']} "
@@ -304,7 +319,7 @@ def main() -> int:
         verify_ok = False
 
     junit = os.path.join(tmp, "junit.xml")
-    result["pytest"] = run_pytest(py, args.repo, env, args.timeout, junit)
+    result["pytest"] = run_pytest(py, args.repo, cwd, env, args.timeout, junit)
     counts, cases = parse_junit(junit)
     shutil.rmtree(tmp, ignore_errors=True)
     result["counts"] = counts

@@ -6,7 +6,8 @@
 #
 # It mounts the host's root filesystem, shared read-only over virtiofs (tag
 # hostroot; one directory of it, $MATRIX_OUT, is writable: the results go
-# there), gives it fresh kernel filesystems, the cgroup hierarchy this guest
+# there; a guest of another architecture chroots into its own userland,
+# $MATRIX_ROOT, a directory of that share), gives it fresh kernel filesystems, the cgroup hierarchy this guest
 # tests ($MATRIX_CGROUP: 1 or 2) and a scratch ext4 disk on /var/tmp, then
 # chroots into it and runs vm/guest_run.py with the host's Python and the
 # host's pymemcg install. Lines starting "MATRIX:" on the console are for
@@ -50,6 +51,16 @@ for i in $(seq 1 100); do
 done
 grep -q " $R virtiofs " /proc/mounts ||
 	fail "cannot mount the virtiofs share hostroot (no virtio-pci or virtiofs in this kernel?)"
+# a guest of another architecture runs its own userland, a directory of the
+# share (vm/userland.py), with the repository and the result directory bound in
+if [ -n "$MATRIX_ROOT" ]; then
+	mkdir -p /userland
+	mount -o bind "$R$MATRIX_ROOT" /userland || fail "cannot bind $MATRIX_ROOT"
+	for p in "$MATRIX_REPO" "$MATRIX_OUT"; do
+		mount -o bind "$R$p" "/userland$p" || fail "cannot bind $p into $MATRIX_ROOT"
+	done
+	R=/userland
+fi
 chroot $R /bin/sh -c "test -x '$MATRIX_PYTHON'" || fail "$MATRIX_PYTHON not found in the shared root"
 
 # Host paths the run needs (the checkout, its venv) that the mounts below
@@ -110,7 +121,7 @@ if [ -n "$MATRIX_CMD" ]; then   # vm/matrix.py shell COMMAND: a debugging comman
 else
 	set -- "$MATRIX_PYTHON" "$MATRIX_REPO/vm/guest_run.py" \
 		--repo "$MATRIX_REPO" --out "$MATRIX_OUT/result.json" --where "$MATRIX_WHERE" \
-		--timeout "$MATRIX_TEST_TIMEOUT"
+		--timeout "$MATRIX_TEST_TIMEOUT" $MATRIX_RUN_ARGS
 fi
 chroot $R /usr/bin/env -i \
 	PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

@@ -15,7 +15,7 @@ import stat
 import struct
 import subprocess
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from kernels import kernel_release, modules_root
 from workspace import REPO, MatrixError
@@ -139,8 +139,10 @@ class Cpio:
         return self.buf.getvalue()
 
 
-def static_busybox() -> bytes:
-    path = shutil.which("busybox") or "/bin/busybox"
+def static_busybox(path: Optional[str] = None) -> bytes:
+    """A statically linked busybox: this host's, or `path` (another
+    architecture's, from its userland)."""
+    path = path or shutil.which("busybox") or "/bin/busybox"
     try:
         data = Path(path).read_bytes()
     except OSError:
@@ -154,13 +156,14 @@ def static_busybox() -> bytes:
     return data
 
 
-def build_initramfs(modules: List[tuple], conf: Dict[str, str], out: Path) -> None:
+def build_initramfs(modules: List[tuple], conf: Dict[str, str], out: Path,
+                    busybox: Optional[str] = None) -> None:
     c = Cpio()
     for d in ("bin", "dev", "etc", "lib", "lib/modules", "newroot", "proc", "sys", "tmp"):
         c.dir(d)
     c.chardev("dev/console", 5, 1)
     c.chardev("dev/null", 1, 3)
-    c.file("bin/busybox", static_busybox(), 0o755)
+    c.file("bin/busybox", static_busybox(busybox), 0o755)
     c.file("init", (REPO / "vm" / "init.sh").read_bytes(), 0o755)
     for name, data in modules:
         c.file(f"lib/modules/{name}.ko", data)

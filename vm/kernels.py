@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -42,6 +43,12 @@ class Kernel:
     # image alone, or from Debian 14's packaging on, where linux-image-* is
     # an empty meta package, the kernel, its modules and its base files
     debs: Tuple[Tuple[str, str], ...]
+    arch: str = "x86_64"    # as platform.machine() names it (boot.ARCHES)
+
+    @property
+    def key(self) -> str:
+        """Its name in KERNELS: the series, with the architecture when not x86_64."""
+        return self.series if self.arch == "x86_64" else f"{self.series}-{self.arch}"
 
 
 def _deb13(series: str, release: str, version: str, *debs: Tuple[str, str]) -> Kernel:
@@ -50,7 +57,7 @@ def _deb13(series: str, release: str, version: str, *debs: Tuple[str, str]) -> K
                   tuple((f"linux-{part}-{release}+deb13-cloud-amd64", sha) for part, sha in debs))
 
 
-KERNELS: Dict[str, Kernel] = {k.series: k for k in (
+KERNELS: Dict[str, Kernel] = {k.key: k for k in (
     Kernel("6.1", "linux-image-6.1.0-56-cloud-amd64", "6.1.192-2", (
         ("linux-image-6.1.0-56-cloud-amd64",
          "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee"),)),
@@ -84,6 +91,14 @@ KERNELS: Dict[str, Kernel] = {k.series: k for k in (
            ("binary", "c4fbc8e404958693b28825474c20742d70594d65ca58aea7be6a279c81eb6fa0"),
            ("modules", "359f04c363b7d3c5f9ce999ccb7351e00cc8eec0a30d6bc1cda37734987fc43d"),
            ("base", "e08baa43706ba6e8daff58029b039f46beecfb3b3750c6fa0d6d5ca508a46a43")),
+    # arm64 (through an arm64 apt state, APT_STATES)
+    Kernel("7.3", "linux-image-7.3.4+deb13-cloud-arm64", "7.3.4-1~bpo13+1", (
+        ("linux-binary-7.3.4+deb13-cloud-arm64",
+         "34dc0e1a6320440cc3f6e34d12ae099041a2e10555061d50ff4e5af602121788"),
+        ("linux-modules-7.3.4+deb13-cloud-arm64",
+         "90a6ce3e126d739938996a7493335403de7678abcdbae916c7f4c61ff8de3f32"),
+        ("linux-base-7.3.4+deb13-cloud-arm64",
+         "6fa3dd2209af21a9a73da38a82102e223c98804cb4b5128062df1819d5c5239a")), "aarch64"),
 )}
 
 # How `latest` finds a series in apt's index: the name of its first package
@@ -103,10 +118,20 @@ SERIES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
 }
 
 
-def apt(*args: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
-    """apt-get (or, with "apt-cache" first, apt-cache) on the private state."""
-    return subprocess.run([str(APT_PRIVATE), str(APT_STATE), *EXTRA_SUITES, "--", *args],
-                          cwd=cwd, capture_output=True, text=True)
+# Debian's name of each architecture, for its private apt state
+DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def apt(*args: str, cwd: Optional[Path] = None, arch: str = "x86_64"
+        ) -> subprocess.CompletedProcess:
+    """apt-get (or, with "apt-cache" first, apt-cache) on the private state of
+    an architecture (this host's, or another one's in a state of its own)."""
+    state, env = APT_STATE, dict(os.environ)
+    if arch != "x86_64":
+        state = BUILD / f"apt-{DEB_ARCH[arch]}"
+        env["APT_PRIVATE_ARCH"] = DEB_ARCH[arch]
+    return subprocess.run([str(APT_PRIVATE), str(state), *EXTRA_SUITES, "--", *args],
+                          cwd=cwd, capture_output=True, text=True, env=env)
 
 
 def sha256_file(path: Path) -> str:
@@ -118,10 +143,10 @@ def sha256_file(path: Path) -> str:
 
 
 def kernel_root(k: Kernel) -> Path:
-    return BUILD / "kernels" / k.series / "root"
+    return BUILD / "kernels" / k.key / "root"
 
 
-def download(package: str, version: str, sha: str) -> Path:
+def download(package: str, version: str, sha: str, arch: str = "x86_64") -> Path:
     """One .deb through apt, checked against its pinned sha256 (kept in
     build/vm/debs, so a second run downloads nothing)."""
     DEBS.mkdir(parents=True, exist_ok=True)
@@ -132,11 +157,11 @@ def download(package: str, version: str, sha: str) -> Path:
     log(f"downloading {package}={version}")
     for attempt in ("", "update"):
         if attempt:   # the private lists may predate the pin: fetch them again, once
-            apt("update")
+            apt("update", arch=arch)
         if part.exists():
             shutil.rmtree(part)
         part.mkdir()
-        p = apt("download", f"{package}={version}", cwd=part)
+        p = apt("download", f"{package}={version}", cwd=part, arch=arch)
         got = list(part.glob("*.deb"))
         if p.returncode == 0 and len(got) == 1:
             break
@@ -161,7 +186,7 @@ def fetch(k: Kernel) -> Path:
     pin = f"{k.package}={k.version} " + " ".join(f"{p}:{sha}" for p, sha in k.debs)
     if stamp.exists() and stamp.read_text().strip() == pin:
         return root
-    files = [download(package, k.version, sha) for package, sha in k.debs]
+    files = [download(package, k.version, sha, k.arch) for package, sha in k.debs]
     if root.parent.exists():
         shutil.rmtree(root.parent)
     root.mkdir(parents=True)

@@ -52,6 +52,7 @@ from initramfs import static_busybox
 from kernels import KERNELS, fetch, latest
 from native import run_native
 from report import write_report
+from userland import userland
 from results import judge_guest, save, summarize
 from workspace import REPO, RESULTS, MatrixError, acquire_lock, log
 
@@ -70,6 +71,9 @@ GUESTS: Dict[str, tuple] = {
     "7.1-v2": ("7.1", 2),
     "7.2-v2": ("7.2", 2),
     "7.3-v2": ("7.3", 2),
+    # arm64 under qemu-system-aarch64, with Debian's arm64 Python and the
+    # aarch64 wheel (vm/userland.py)
+    "7.3-aarch64-v2": ("7.3-aarch64", 2),
 }
 # `make matrix-quick`: the oldest on v1, the first compacted one, the newest
 QUICK = ("6.1-v1", "6.12-v2", "7.3-v2")
@@ -79,15 +83,17 @@ TEST_TIMEOUT = 600        # pytest inside a guest, seconds (it takes 1-2.5 min)
 
 def run_guest(name: str, python: str, timeout: float, cmd: str = "") -> dict:
     """Fetch the guest's kernel, boot it, and judge what it left."""
-    series, cgv = GUESTS[name]
-    k = KERNELS[series]
+    key, cgv = GUESTS[name]
+    k = KERNELS[key]
     root = fetch(k)
     console = boot.run_dir(name) / "console.log"
-    res: dict = {"guest": name, "kernel_series": series, "cgroup": cgv,
+    res: dict = {"guest": name, "kernel_series": k.series, "cgroup": cgv,
                  "kernel_package": f"{k.package}={k.version}", "where": boot.WHERE,
-                 "arch": boot.ARCH.name,
-                 "console_log": str(console.relative_to(REPO))}
-    b = boot.boot(name, root, cgv, python, timeout, cmd)
+                 "arch": k.arch, "console_log": str(console.relative_to(REPO))}
+    users = None
+    if k.arch != platform.machine():
+        users, python, res["userland"] = userland(k.arch)
+    b = boot.boot(name, root, cgv, python, timeout, cmd, boot.ARCHES[k.arch], users)
     res["status"] = b.status
     if b.qemu_rc is not None:
         res["qemu_rc"] = b.qemu_rc
@@ -106,7 +112,8 @@ def cmd_run(args) -> int:
     for n in names:
         if n not in GUESTS:
             raise MatrixError(f"unknown guest {n!r}; guests: {', '.join(GUESTS)}")
-    for tool in (boot.ARCH.qemu, "mkfs.ext4", "unshare", "dpkg-deb", "apt-get"):
+    qemus = {boot.ARCHES[KERNELS[GUESTS[n][0]].arch].qemu for n in names}
+    for tool in (*sorted(qemus), "mkfs.ext4", "unshare", "dpkg-deb", "apt-get"):
         if not shutil.which(tool):
             raise MatrixError(f"{tool} not found: make vm-deps")
     boot.find_virtiofsd()
@@ -147,8 +154,9 @@ def cmd_run(args) -> int:
             r = run_guest(n, python, args.timeout)
         except MatrixError as e:
             series, cgv = GUESTS[n]
-            r = {"guest": n, "kernel_series": series, "cgroup": cgv, "passed": False,
-                 "error": str(e), "where": boot.WHERE, "arch": boot.ARCH.name}
+            k = KERNELS[series]
+            r = {"guest": n, "kernel_series": k.series, "cgroup": cgv, "passed": False,
+                 "error": str(e), "where": boot.WHERE, "arch": k.arch}
         save(r)
         log(f"{n}: {'PASS' if r.get('passed') else 'FAIL'} in {r.get('wall_s', '?')} s")
         return r

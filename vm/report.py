@@ -180,8 +180,10 @@ def coverage(results: List[dict]) -> List[dict]:
     other one why no kernel file showed it (verify's reason, per guest)."""
     by_series: Dict[str, dict] = {}
     for r in results:
-        c = by_series.setdefault(r["kernel_series"], {"series": r["kernel_series"],
-                                                      "served": [], "exact": set(), "why": {}})
+        arch = r.get("arch") or r.get("machine") or "x86_64"
+        series = r["kernel_series"] + ("" if arch == "x86_64" else f" {arch}")
+        c = by_series.setdefault(series, {"series": series, "served": [], "exact": set(),
+                                          "why": {}})
         for key in ("verify", "verify_without_kallsyms"):
             for st in (r.get(key) or {}).get("stats") or []:
                 if st["name"] not in c["served"]:
@@ -220,8 +222,10 @@ def render_doc(results: List[dict]) -> str:
            "edit by hand. Each guest boots a pinned Debian cloud kernel under qemu (TCG) with "
            "this checkout's Python and pymemcg install (the host's root filesystem, shared "
            "read-only) and runs `pymemcg verify --format json` and `tests/test_parity.py` "
-           "with `PYMEMCG_REQUIRE_BPF=1`; the host's own kernel runs the same natively. A "
-           "mismatch found by verify fails the guest.", "",
+           "with `PYMEMCG_REQUIRE_BPF=1`; the host's own kernel runs the same natively. "
+           "The aarch64 guests (qemu-system-aarch64, TCG) run Debian's arm64 Python with "
+           "pymemcg's aarch64 wheel in a venv instead (`vm/userland.py`): what users "
+           "install, no build tools. A mismatch found by verify fails the guest.", "",
            "- served: the stats the backend serves there (`pymemcg.stats()`).",
            "- compared: exact: served stats that `pymemcg verify` compared with the kernel's "
            "own files there (memory.stat, memory.current or usage_in_bytes, memory.events "
@@ -259,10 +263,13 @@ def render_doc(results: List[dict]) -> str:
            "guest of that release; for the others, verify's reason on each guest.", "",
            coverage_table(results), ""]
     for r in results:
-        out += [f"## {r.get('kernel_release') or r['kernel_series']}, cgroup v{r.get('cgroup')}, "
-                f"{r.get('where')}", ""]
+        out += [f"## {r.get('kernel_release') or r['kernel_series']}, {r.get('arch', '?')}, "
+                f"cgroup v{r.get('cgroup')}, {r.get('where')}", ""]
         if r.get("kernel_package"):
-            out.append(f"- kernel: {r['kernel_package']}")
+            out.append(f"- kernel: {r['kernel_package']} ({r.get('arch', '?')})")
+        if r.get("userland"):
+            out.append(f"- userland: Debian's arm64 packages and the wheel: {r['userland']}; "
+                       f"pymemcg imported from `{r.get('pymemcg_file')}`")
         plan = r.get("plan")
         if plan:
             h, loc = plan["hierarchical"], plan["local"]
