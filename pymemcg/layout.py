@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import catalog
-from .catalog import BYTES, COUNT, COUNTER, MEMEVENT, STATE, Stat
+from .catalog import BYTES, COUNT, COUNTER, MEMEVENT, Stat
 from .kernel_facts import EVENT_ENUMS, MEMCG_KFUNCS, RFC_KFUNCS, STATE_ENUMS, KernelFacts
 from .kernel_tables import ENUM_INDEXED_STATE, TABLES, Entry, KernelTable
 

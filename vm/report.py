@@ -89,7 +89,7 @@ def _agreement_text(r: dict) -> str:
         return (f"its CO-RE slots agree with the kernel lists on the {h['served_by_both']} "
                 f"stats both serve; "
                 f"{len(h['kernel_lists_only'])} only with the kernel lists (no table for "
-                f"{r['kernel_series']})")
+                f"{r['kernel_series']} in the pymemcg tested)")
     return "agrees with the kernel lists"
 
 

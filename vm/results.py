@@ -78,7 +78,7 @@ def save(res: dict) -> Path:
 
 
 def sort_key(r: dict):
-    return ([int(x) for x in r["kernel_series"].split(".")], r.get("arch") or "",
+    return ([int(x) for x in r["kernel_series"].split(".")], r.get("arch") not in (None, "x86_64"),
             -int(r.get("cgroup") or 0), r.get("where", ""))
 
 
