@@ -156,24 +156,38 @@ clean:
 
 # make matrix: `pymemcg verify --format json` (every stat BPF serves against
 # the kernel's own files) and the parity tests (tests/test_parity.py,
-# PYMEMCG_REQUIRE_BPF=1) on Debian's 6.1, 6.12 and 7.2 cloud kernels under
-# qemu (software emulation; guests 6.1 cgroup v2, 6.12 v2, 6.1 v1, 7.2 v2),
+# PYMEMCG_REQUIRE_BPF=1) on the newest Debian cloud kernel of every series from
+# 6.1 to 7.3 under qemu (software emulation; cgroup v2, and 6.1 on v1 too),
 # each with this checkout's .venv (the host's root shared read-only over
-# virtiofs), and natively on this host. Prints PASS/FAIL per guest and fails
-# if any guest failed, did not boot, or verify found a mismatch. Writes build/vm/results/*.json, docs/matrix.md and the README's
-# matrix block. The kernels are pinned in vm/kernels.py and fetched with apt
-# (tools/apt-private, its state in build/vm/apt). A few minutes. MATRIX_ARGS
-# passes options to `vm/matrix.py run`, e.g. MATRIX_ARGS="--jobs 2" (guests at
-# a time) on a host shared with other work.
+# virtiofs), plus 7.3 on aarch64 (qemu-system-aarch64, Debian's arm64 Python
+# and pymemcg's aarch64 wheel in a venv: vm/userland.py), and natively on
+# this host. Where a kernel lists its items in
+# kallsyms, verify runs a second time with PYMEMCG_KALLSYMS=0 (built-in tables
+# and enum alone) and the two slot sources must agree. Prints PASS/FAIL per
+# guest and fails if any guest failed, did not boot (its console log is
+# printed), or verify found a mismatch. Writes build/vm/results/*.json,
+# docs/matrix.md and the README's matrix block. The kernels are pinned in
+# vm/kernels.py and fetched with apt (tools/apt-private, its state in
+# build/vm/apt). MATRIX_ARGS passes options to `vm/matrix.py run`; the default
+# runs two guests at a time (the machines here have 2 CPUs).
+# make matrix-quick: 6.1 on cgroup v1, 6.12 and 7.3 only, no native run, docs
+# untouched (for development).
 # make vm-deps: the Debian packages it needs besides `make deps`.
-VM_APT_PACKAGES := qemu-system-x86 busybox-static e2fsprogs xz-utils zstd
-.PHONY: matrix vm-deps
+VM_APT_PACKAGES := qemu-system-x86 qemu-system-arm busybox-static e2fsprogs xz-utils zstd
+.PHONY: matrix matrix-quick vm-deps
 vm-deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(VM_APT_PACKAGES)
 
+MATRIX_ARGS ?= --jobs 2
+# the aarch64 guest runs pymemcg's aarch64 wheel from dist/ (make wheel-aarch64)
+AARCH64_WHEEL = $(wildcard dist/pymemcg-*_aarch64.whl)
 matrix: develop
+	$(if $(AARCH64_WHEEL),,$(MAKE) wheel-aarch64)
 	$(VPY) vm/matrix.py run --python $(VPY) $(MATRIX_ARGS)
+
+matrix-quick: develop
+	$(VPY) vm/matrix.py run --python $(VPY) --guests quick --no-native $(MATRIX_ARGS)
 
 # make soak: 10^6 single reads and 10^6 tree reads through one Reader, printing
 # fds and RSS as it goes; fails if the fd set changes or RSS grows after

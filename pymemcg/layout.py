@@ -10,7 +10,10 @@ Order, for the state[]/events[] arrays of struct memcg_vmstats:
   a. the kernel's own item lists, read from kernel memory through kallsyms;
   b. the release's lists in kernel_tables.py, accepted only when they match
      the kernel's BTF (enumerators present, array lengths);
-  c. otherwise unavailable.
+  c. the layout alone, for a release without a table: where state[]'s BTF
+     length is MEMCG_NR_STAT, state[] is indexed by enum value and each item
+     memcg keeps has its enumerator as its slot (events[] stays unavailable);
+  d. otherwise unavailable.
 Where the kernel has the memcg kfuncs (Linux 7.0+), they replace all this.
 """
 
@@ -22,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import catalog
-from .catalog import BYTES, COUNT, COUNTER, MEMEVENT, STATE, Stat
+from .catalog import BYTES, COUNT, COUNTER, MEMEVENT, Stat
 from .kernel_facts import EVENT_ENUMS, MEMCG_KFUNCS, RFC_KFUNCS, STATE_ENUMS, KernelFacts
-from .kernel_tables import TABLES, Entry, KernelTable
+from .kernel_tables import ENUM_INDEXED_STATE, TABLES, Entry, KernelTable
 
 # enum pmc_stat_kind / enum pmc_counter / PMC_SPEC_* / enum pmc_kfuncs of
 # bpf_src/memcg_record.h, through the binding
@@ -173,13 +176,7 @@ def match_table(facts: KernelFacts, tables: Mapping[str, KernelTable] = TABLES
     if table.state_layout == "compacted":
         state, why = _resolve_list(table.state_items, states, facts, facts.state_len, "state[]")
     else:  # by_enum: the slot is the enum value, for the items memcg keeps
-        nr = states.get("MEMCG_NR_STAT")
-        if facts.state_len is None or nr != facts.state_len:
-            state, why = {}, f"state[] has {facts.state_len} slots, MEMCG_NR_STAT is {nr}"
-        else:
-            state = {e.item: states[e.item] for e in table.state_items
-                     if _present(e, states, facts) and states[e.item] < nr}
-            why = None
+        state, why = _by_enum_state(table.state_items, states, facts)
     if why:
         problems.append(why)
     if table.event_layout == "compacted":
@@ -192,8 +189,42 @@ def match_table(facts: KernelFacts, tables: Mapping[str, KernelTable] = TABLES
         why = None if facts.events_len is not None else "events[] array not in BTF"
     if why:
         problems.append(why)
-    return TableMatch(VIA_TABLE, f"table {table.release} (mm/memcontrol.c, checked against BTF)",
-                      state, events, tuple(problems))
+    detail = (f"table {table.release} (mm/memcontrol.c, checked against BTF)" if table.booted
+              else f"table {table.release}, from source, not booted here (checked against BTF)")
+    return TableMatch(VIA_TABLE, detail, state, events, tuple(problems))
+
+
+def _by_enum_state(entries: Sequence[Entry], states: Mapping[str, int], facts: KernelFacts
+                   ) -> Tuple[Dict[str, int], Optional[str]]:
+    """Slots of an enum-indexed state[]: each listed item's enumerator."""
+    nr = states.get("MEMCG_NR_STAT")
+    if not enum_indexed(facts):
+        return {}, f"state[] has {facts.state_len} slots, MEMCG_NR_STAT is {nr}"
+    return {e.item: states[e.item] for e in entries
+            if _present(e, states, facts) and states[e.item] < nr}, None
+
+
+def enum_indexed(facts: KernelFacts) -> bool:
+    """Whether state[] is indexed by enum value: its BTF length is
+    MEMCG_NR_STAT (kernels up to 6.10 by history; BTF decides)."""
+    nr = _flat(facts, STATE_ENUMS).get("MEMCG_NR_STAT")
+    return facts.state_len is not None and nr == facts.state_len
+
+
+def match_layout(facts: KernelFacts, tables: Mapping[str, KernelTable] = TABLES
+                 ) -> Optional[TableMatch]:
+    """state[] slots from BTF alone, for a release without a table: where
+    state[] is indexed by enum value, an item's slot is its enumerator, for
+    the items memcg keeps in every such release (ENUM_INDEXED_STATE). Only
+    events[] is compacted there, and needs the release's list."""
+    if facts.release in tables or not enum_indexed(facts):
+        return None
+    state, _ = _by_enum_state(ENUM_INDEXED_STATE, _flat(facts, STATE_ENUMS), facts)
+    nr = facts.state_len
+    return TableMatch(VIA_ENUM, f"state[] indexed by enum value (BTF: state[{nr}], "
+                                f"MEMCG_NR_STAT {nr}), no table needed", state, {},
+                      (f"events[]: no item table for Linux {facts.release} and no kernel "
+                       f"item lists in kallsyms",))
 
 
 def match_kallsyms(facts: KernelFacts, tables: Mapping[str, KernelTable] = TABLES
@@ -247,7 +278,8 @@ def resolve(names: Sequence[str], facts: KernelFacts, cgroup_version: int, page_
     from .errors import UnknownStat
 
     backend = backend or select_backend(facts, local)
-    matches = [m for m in (match_kallsyms(facts, tables), match_table(facts, tables)) if m]
+    matches = [m for m in (match_kallsyms(facts, tables), match_table(facts, tables),
+                           match_layout(facts, tables)) if m]
     out: List[Resolution] = []
     for name in names:
         stat = catalog.STATS.get(name)
@@ -316,8 +348,11 @@ def _resolve_one(stat: Stat, facts: KernelFacts, matches: Sequence[TableMatch],
             return _unavailable(stat, "memory_events[] does not hold it")
         return Resolution(stat, VIA_ENUM, KIND_MEMEVENT, value, value, 0, 1,
                           "enum memcg_memory_event")
+    # the enum decides the array: Linux 7.1 moved PGSCAN*/PGSTEAL*/PGREFILL
+    # from vm_event_item (events[]) into node_stat_item (state[])
+    in_state = enum in STATE_ENUMS
     if local:
-        length = facts.state_local_len if stat.kind == STATE else facts.events_local_len
+        length = facts.state_local_len if in_state else facts.events_local_len
         if length is None:
             return _unavailable(stat, "this kernel keeps local values per CPU only "
                                       "(no state_local[]/events_local[]); use local=False")
@@ -326,10 +361,10 @@ def _resolve_one(stat: Stat, facts: KernelFacts, matches: Sequence[TableMatch],
                                   f"item lists in kallsyms")
     problems: List[str] = []
     for match in matches:
-        slots = match.state_slots if stat.kind == STATE else match.event_slots
+        slots = match.state_slots if in_state else match.event_slots
         if stat.item in slots:
-            kind = KIND_STATE if stat.kind == STATE else KIND_EVENT
-            flags = SPEC_SIGNED if stat.kind == STATE else 0
+            kind = KIND_STATE if in_state else KIND_EVENT
+            flags = SPEC_SIGNED if in_state else 0
             return Resolution(stat, match.source, kind, slots[stat.item], value, flags, scale,
                               match.detail)
         problems.extend(match.problems)

@@ -288,10 +288,115 @@ def test_captured_kernel_resolves_consistently(name):
         by = by_name(res)
         if table is not None and not (local and not table.has_local_arrays):
             match = layout.match_table(facts)   # the variant this kernel's config gives
-            assert match is not None, f"{name}: its release's table does not match its BTF"
+            assert match is not None and not match.problems, \
+                f"{name}: its release's table does not match its BTF: {match.problems}"
             missing = [s.name for s in catalog.STATS.values()
                        if s.item in {**match.state_slots, **match.event_slots}
                        and not by[s.name].available]
             assert not missing, f"{name}: table items unresolved: {missing}"
         if has_kfuncs and not local:
             assert by["anon"].via == layout.VIA_KFUNC and by["pgfault"].via == layout.VIA_KFUNC
+
+
+#: release -> the fixtures its table was checked against (every booted table has one)
+TABLE_FIXTURES = {"6.1": "6.1", "6.12": "6.12", "6.17": "6.17", "6.18": "6.18",
+                  "6.19": "6.19", "7.1": "7.1", "7.2": "7.2", "7.3": "7.3"}
+
+
+def test_every_booted_table_has_a_fixture():
+    booted = {r for r, t in TABLES.items() if t.booted}
+    assert booted == set(TABLE_FIXTURES)
+    assert {r for r, t in TABLES.items() if not t.booted} == {"6.8"}
+
+
+@pytest.mark.parametrize("release", sorted(TABLE_FIXTURES))
+def test_table_matches_its_kernel_exactly(release):
+    """Each table fits its Debian kernel's BTF in exactly one reading, and
+    every slot of the array is accounted for (no item left over, none short)."""
+    facts = captured(TABLE_FIXTURES[release])
+    match = layout.match_table(facts)
+    assert match is not None and not match.problems, match and match.problems
+    if TABLES[release].state_layout == "compacted":
+        assert sorted(match.state_slots.values()) == list(range(facts.state_len))
+    assert sorted(match.event_slots.values()) == list(range(facts.events_len))
+    # refused one slot off either way
+    for delta in (-1, 1):
+        off = dataclasses.replace(facts, events_len=facts.events_len + delta)
+        assert layout.match_table(off).problems
+
+
+def test_7_1_reclaim_counters_are_read_from_state():
+    """From 7.1 PGSCAN*/PGSTEAL*/PGREFILL are node_stat_item: on CO-RE (local
+    values) they come from state[], at the table's slot, unscaled counts."""
+    for name in ("7.1", "7.2", "7.3"):
+        facts = captured(name)
+        match = layout.match_table(facts)
+        res = by_name(layout.resolve(["pgscan_kswapd", "pgrefill", "pgfault"], facts, 2, PAGE,
+                                     local=True, backend=layout.BACKEND_CORE))
+        assert res["pgscan_kswapd"].kind == layout.KIND_STATE
+        assert res["pgscan_kswapd"].slot == match.state_slots["PGSCAN_KSWAPD"]
+        assert res["pgrefill"].kind == layout.KIND_STATE and res["pgrefill"].scale == 1
+        assert res["pgfault"].kind == layout.KIND_EVENT
+    # 7.3 has two more node items before PGREFILL than 7.2
+    s72 = layout.match_table(captured("7.2")).state_slots
+    s73 = layout.match_table(captured("7.3")).state_slots
+    assert s73["PGREFILL"] == s72["PGREFILL"] + 3 and s73["NR_VMSCAN_WRITE"] == 23
+
+
+def test_enum_indexed_state_needs_no_table():
+    """A release without a table whose state[] is sized MEMCG_NR_STAT (here 6.1's
+    BTF under another release string) still gets every state stat, at its
+    enumerator, exactly as the 6.1 table gives it; events[] stays unavailable."""
+    real = captured("6.1")
+    facts = dataclasses.replace(real, release="6.5")
+    assert "6.5" not in TABLES and layout.enum_indexed(facts)
+    res = by_name(layout.resolve(ALL, facts, 2, PAGE))
+    ref = by_name(layout.resolve(ALL, real, 2, PAGE))
+    states = [n for n, s in catalog.STATS.items() if s.kind == catalog.STATE]
+    served = {n for n in states if res[n].available}
+    assert served == {n for n in states if ref[n].available} and "anon" in served
+    for n in served:
+        assert res[n].via == layout.VIA_ENUM and "no table needed" in res[n].detail
+        assert (res[n].kind, res[n].slot) == (ref[n].kind, ref[n].slot)
+    assert not res["pgfault"].available and "events[]" in res["pgfault"].detail
+    # a compacted state[] has no such shortcut
+    compacted = dataclasses.replace(captured("6.18"), release="6.15")
+    assert not layout.enum_indexed(compacted)
+    assert not by_name(layout.resolve(["anon"], compacted, 2, PAGE))["anon"].available
+
+
+def _ubuntu_6_8_like(events_len_delta: int = 0) -> layout.KernelFacts:
+    """A kernel shaped as the 6.8 source says: 6.12's enums (Debian 6.12 has
+    every enumerator the 6.8 lists name; no CONFIG_ZSWAP), state[] by enum
+    value, events[] as long as 6.8's memcg_vm_event_stat[] is there."""
+    base = captured("6.12")
+    assert "ZSWPIN" not in base.enums["vm_event_item"]
+    nr = base.enums["memcg_stat_item"]["MEMCG_NR_STAT"]
+    events = 15 + 4          # the always-listed items and THP's four
+    return dataclasses.replace(base, release="6.8", state_len=nr, state_local_len=nr,
+                               events_len=events + events_len_delta,
+                               events_local_len=events + events_len_delta,
+                               kallsyms_state=None, kallsyms_events=None)
+
+
+def test_6_8_table_from_source_only_where_btf_matches():
+    facts = _ubuntu_6_8_like()
+    match = layout.match_table(facts)
+    assert not match.problems
+    assert match.detail.startswith("table 6.8, from source, not booted here")
+    assert match.event_slots["PGFAULT"] == 8 and match.event_slots["THP_SWPOUT_FALLBACK"] == 18
+    res = by_name(layout.resolve(["anon", "pgfault", "pgscan_khugepaged"], facts, 2, PAGE))
+    assert res["pgfault"].via == layout.VIA_TABLE and res["pgfault"].slot == 8
+    assert "from source, not booted here" in res["pgfault"].detail
+    assert res["anon"].slot == facts.enums["node_stat_item"]["NR_ANON_MAPPED"]
+    # with CONFIG_ZSWAP (the enumerators) and CONFIG_MEMCG_KMEM (the length): 3 more
+    enums = {k: dict(v) for k, v in facts.enums.items()}
+    enums["vm_event_item"].update(ZSWPIN=900, ZSWPOUT=901, ZSWPWB=902)
+    zs = dataclasses.replace(facts, enums=enums, events_len=22)
+    assert layout.match_table(zs).event_slots["ZSWPWB"] == 17
+    # any other length is refused: its events are unavailable, never guessed
+    for delta in (-1, 1, 3):
+        bad = _ubuntu_6_8_like(delta)
+        assert layout.match_table(bad).problems
+        r = by_name(layout.resolve(["pgfault", "anon"], bad, 2, PAGE))
+        assert not r["pgfault"].available and r["anon"].available

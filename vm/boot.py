@@ -25,17 +25,49 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from initramfs import build_initramfs, guest_modules
 from kernels import vmlinuz
 from workspace import BUILD, REPO, MatrixError
 
 WHERE = "qemu (TCG)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """How qemu boots a guest of one architecture under TCG."""
+    name: str                   # as platform.machine() says it: "x86_64"
+    qemu: str                   # the qemu binary
+    machine: Tuple[str, ...]    # -machine and -cpu arguments ({mem}: the memory backend id)
+    console: str                # the kernel's console device
+    image: str                  # what -kernel takes: "bzImage" (x86) or a raw arm64 "Image"
+
+    def check_image(self, path: Path) -> None:
+        """Refuse a kernel file that is not this architecture's image format
+        (a wrong package pinned would otherwise fail as a silent boot hang)."""
+        with open(path, "rb") as f:
+            head = f.read(0x210)
+        ok = {"bzImage": head[0x202:0x206] == b"HdrS",
+              "Image": head[0x38:0x3c] == b"ARM\x64"}[self.image]
+        if not ok:
+            raise MatrixError(f"{path}: not a {self.name} {self.image}")
+
+
+ARCHES: Dict[str, Arch] = {a.name: a for a in (
+    Arch("x86_64", "qemu-system-x86_64", ("-machine", "pc,memory-backend={mem}", "-cpu", "max"),
+         "ttyS0", "bzImage"),
+    # measured (FIELD_NOTES): pointer authentication emulated the cheap way
+    Arch("aarch64", "qemu-system-aarch64",
+         ("-machine", "virt,memory-backend={mem}", "-cpu", "max,pauth-impdef=on"),
+         "ttyAMA0", "Image"),
+)}
+ARCH = ARCHES["x86_64"]   # the architecture of every guest today
 GUEST_MEM = "2G"
 GUEST_CPUS = 1
 BOOT_MARGIN = 180         # on top of the test limit, for boot and the stats collection
 SCRATCH_SIZE = 512 << 20  # the guest's /var/tmp disk
+SCRATCH_DEVICE = "/dev/nvme0n1"
 KERNEL_ARGS = os.environ.get("MATRIX_KERNEL_ARGS", "")
 
 
@@ -182,10 +214,13 @@ def run_dir(name: str) -> Path:
 
 
 def boot(name: str, root: Path, cgroup: int, python: str, timeout: float,
-         cmd: str = "") -> Boot:
+         cmd: str = "", arch: Arch = ARCH, userland: Optional[Path] = None) -> Boot:
     """Boot guest `name` on the kernel unpacked in `root`, with cgroup
     version `cgroup`, running vm/guest_run.py under `python` (or `cmd`
-    instead, for debugging), and wait until it ends."""
+    instead, for debugging), and wait until it ends. `userland`: the root
+    directory of another architecture's userland (vm/userland.py), which
+    the guest chroots into instead of this host's root; `python` is then
+    its venv's, running the installed wheel."""
     run = run_dir(name)
     outdir = BUILD / "out" / name
     for d in (run, outdir):
@@ -194,38 +229,52 @@ def boot(name: str, root: Path, cgroup: int, python: str, timeout: float,
         d.mkdir(parents=True)
     b = Boot(console=run / "console.log", outdir=outdir)
 
-    conf = {"MATRIX_KEEP": ":".join(hidden_paths([str(REPO), python])),
+    if userland is not None:
+        # mount points of the repository and the results in the userland
+        # (the guest sees the share read-only)
+        for d in (REPO, outdir):
+            (userland / str(d).lstrip("/")).mkdir(parents=True, exist_ok=True)
+    conf = {"MATRIX_KEEP": ":".join(hidden_paths([str(REPO)] + ([] if userland else [python]))),
+            "MATRIX_ROOT": str(userland or ""),
+            "MATRIX_RUN_ARGS": "--installed" if userland else "",
             "MATRIX_CGROUP": str(cgroup), "MATRIX_PYTHON": python, "MATRIX_REPO": str(REPO),
             "MATRIX_OUT": str(outdir), "MATRIX_WHERE": WHERE,
-            "MATRIX_TEST_TIMEOUT": str(int(timeout)), "MATRIX_CMD": cmd}
+            "MATRIX_TEST_TIMEOUT": str(int(timeout)), "MATRIX_CMD": cmd,
+            "MATRIX_SCRATCH": SCRATCH_DEVICE}
     initrd = run / "initrd.gz"
-    build_initramfs(guest_modules(root), conf, initrd)
+    build_initramfs(guest_modules(root), conf, initrd,
+                    str(userland / "bin" / "busybox") if userland else None)
     scratch = run / "scratch.img"
     with open(scratch, "wb") as f:
         f.truncate(SCRATCH_SIZE)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "scratch", str(scratch)], check=True,
                    capture_output=True)
 
+    kernel = vmlinuz(root)
+    arch.check_image(kernel)
     sock = run / "virtiofs.sock"
     vfsd = qemu = None
     t0 = time.monotonic()
     try:
-        vfsd = _track(start_virtiofsd(run / "view", outdir, sock,
-                                      [str(REPO), python, sys.prefix], run / "virtiofsd.log"))
-        append = f"console=ttyS0 panic=-1 loglevel=4 rdinit=/init mitigations=off {KERNEL_ARGS}"
+        shared = [str(REPO), str(userland)] if userland else [str(REPO), python, sys.prefix]
+        vfsd = _track(start_virtiofsd(run / "view", outdir, sock, shared,
+                                      run / "virtiofsd.log"))
+        append = (f"console={arch.console} panic=-1 loglevel=4 rdinit=/init mitigations=off "
+                  f"{KERNEL_ARGS}")
         accel = "tcg" + (",thread=multi" if GUEST_CPUS > 1 else "")
         qemu_cmd = [
-            "qemu-system-x86_64", "-accel", accel, "-cpu", "max",
+            arch.qemu, "-accel", accel, *(a.format(mem="mem") for a in arch.machine),
             "-smp", str(GUEST_CPUS), "-m", GUEST_MEM,
             # vhost-user (virtiofsd) needs the guest's memory shared
             "-object", f"memory-backend-memfd,id=mem,size={GUEST_MEM},share=on",
-            "-machine", "pc,memory-backend=mem",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-chardev", f"file,id=con,path={b.console}", "-serial", "chardev:con",
             "-chardev", f"socket,id=vfs,path={sock}",
             "-device", "vhost-user-fs-pci,chardev=vfs,tag=hostroot",
-            "-drive", f"file={scratch},if=virtio,format=raw,cache=unsafe",
-            "-kernel", str(vmlinuz(root)), "-initrd", str(initrd),
+            # the scratch disk on NVMe, which every Debian cloud kernel has built in
+            "-drive", f"file={scratch},if=none,id=scratch,format=raw,cache=unsafe",
+            "-device", "nvme,drive=scratch,serial=pmcscratch",
+            "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", append.strip()]
         (run / "qemu.cmd").write_text(shlex.join(qemu_cmd) + "\n")
         qemu = _track(subprocess.Popen(qemu_cmd, stdout=open(run / "qemu.log", "wb"),

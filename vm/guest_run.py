@@ -76,6 +76,38 @@ try:
         os.rmdir(child)
 except Exception as e:
     out["text_served_error"] = repr(e)
+# what stats() says with the kernel's lists switched off (the facts are cached
+# per setting of the switch, so they are read anew)
+try:
+    import os
+    os.environ["PYMEMCG_KALLSYMS"] = "0"
+    out["stats_without_kallsyms"] = [s.__dict__ for s in pymemcg.stats()]
+except Exception as e:
+    out["stats_without_kallsyms_error"] = repr(e)
+finally:
+    os.environ.pop("PYMEMCG_KALLSYMS", None)
+# both slot sources, resolved here for the CO-RE arrays (hierarchical and
+# local): the kernel's own lists (kallsyms) and the built-in tables or the
+# enum alone (what PYMEMCG_KALLSYMS=0 gives)
+try:
+    import os, resource
+    from pymemcg.kernel_facts import read_btf_facts, release_of, with_kernel_lists
+    from pymemcg.kernel_tables import TABLES
+    btf = read_btf_facts(release_of(os.uname().release))
+    lists = with_kernel_lists(btf)
+    names = [s["name"] for s in out["stats"]]
+    def slots(facts):
+        return {level: {r.stat.name: [r.via, r.kind, r.slot, r.detail]
+                        for r in layout.resolve(names, facts, m.version, resource.getpagesize(),
+                                                local=level == "local",
+                                                backend=layout.BACKEND_CORE)}
+                for level in ("hierarchical", "local")}
+    out["slot_sources"] = {
+        "kernel_lists": lists.kallsyms_state is not None or lists.kallsyms_events is not None,
+        "table": btf.release in TABLES,
+        "with_kallsyms": slots(lists), "without_kallsyms": slots(btf)}
+except Exception as e:
+    out["slot_sources_error"] = repr(e)
 print(json.dumps(out))
 """
 
@@ -119,12 +151,39 @@ def run_verify(py: str, env: dict, cwd: str, timeout: float = 300) -> dict:
     return out
 
 
-def run_pytest(py: str, repo: str, env: dict, timeout: float, junit: str) -> dict:
-    """Runs pytest, echoing its output; returns rc, output tail, duration."""
+def slot_agreement(sources: dict) -> dict:
+    """Whether the two slot sources agree, per level (hierarchical, local):
+    every stat served by both is read from the same array and slot (so from
+    the same kernel words: equal values by construction), and both serve the
+    same stats; where the release has no built-in table, the stats served
+    only from the kernel's lists are listed, not a disagreement."""
+    out: dict = {"ok": True}
+    for level in ("hierarchical", "local"):
+        k = sources["with_kallsyms"][level]
+        t = sources["without_kallsyms"][level]
+        served_k = {n for n, v in k.items() if v[0] != "unavailable"}
+        served_t = {n for n, v in t.items() if v[0] != "unavailable"}
+        both = sorted(served_k & served_t)
+        differ = [f"{n}: kernel lists {k[n][1]}/{k[n][2]}, {t[n][0]} {t[n][1]}/{t[n][2]}"
+                  for n in both if k[n][1:3] != t[n][1:3]]
+        lists_only = sorted(served_k - served_t)
+        tables_only = sorted(served_t - served_k)
+        ok = not differ and not tables_only and (not lists_only or not sources["table"])
+        out[level] = {"served_by_both": len(both), "slot_differs": differ,
+                      "kernel_lists_only": lists_only, "without_kallsyms_only": tables_only,
+                      "ok": ok}
+        out["ok"] &= ok
+    return out
+
+
+def run_pytest(py: str, repo: str, cwd: str, env: dict, timeout: float, junit: str) -> dict:
+    """Runs pytest on the checkout's TESTS from `cwd`, echoing its output;
+    returns rc, output tail, duration."""
     cmd = [py, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "--tb=short",
-           "-o", "junit_family=xunit2", f"--junitxml={junit}", *TESTS]
+           "-o", "junit_family=xunit2", f"--junitxml={junit}", f"--rootdir={repo}",
+           *(os.path.join(repo, t) for t in TESTS)]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace")
     lines: list = []
 
@@ -146,6 +205,24 @@ def run_pytest(py: str, repo: str, env: dict, timeout: float, junit: str) -> dic
     t.join(10)
     return {"cmd": cmd, "rc": rc, "timed_out": timed_out,
             "duration_s": round(time.monotonic() - t0, 1), "output_tail": "".join(lines[-200:])}
+
+
+def verify_and_say(py: str, env: dict, cwd: str, label: str) -> dict:
+    """run_verify, with its outcome on the console."""
+    v = run_verify(py, env, cwd)
+    if v.get("error"):
+        print(f"MATRIX: pymemcg verify{label} did not run: {v['error']}", flush=True)
+    else:
+        print(f"MATRIX: pymemcg verify{label}: rc {v['rc']}, {json.dumps(v.get('counts'))}, "
+              f"{v.get('duration_s')} s", flush=True)
+        for s in v.get("stats", []):
+            if s["outcome"] == "mismatch":
+                print(f"MATRIX: verify{label} mismatch {s['name']}: {s['why']}", flush=True)
+    return v
+
+
+def verify_passed(v: dict) -> bool:
+    return v.get("rc") == 0 and not v.get("error") and v.get("ok") is True
 
 
 def parse_junit(path: str) -> tuple:
@@ -182,6 +259,9 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="result file to write")
     ap.add_argument("--where", default="native", help="free text: where this runs")
     ap.add_argument("--timeout", type=float, default=900, help="pytest time limit, seconds")
+    ap.add_argument("--installed", action="store_true",
+                    help="test the installed pymemcg (a wheel), not the checkout's: "
+                         "everything runs from a scratch directory")
     args = ap.parse_args()
 
     py = sys.executable
@@ -193,21 +273,24 @@ def main() -> int:
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     tmp = tempfile.mkdtemp(prefix="pymemcg-matrix-")
     env.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tmp, "hypothesis"))
+    # the checkout's directory would put its pymemcg/ first on sys.path
+    cwd = tmp if args.installed else args.repo
 
     t0 = time.monotonic()
     result = {
-        "schema": 1,
+        "schema": 2,
         "where": args.where,
         "kernel_release": platform.release(),
         "machine": platform.machine(),
         "python": sys.version.split()[0],
         "python_executable": py,
+        "installed": args.installed,
         "require_bpf": env["PYMEMCG_REQUIRE_BPF"],
         "tests": TESTS,
     }
     print(f"MATRIX: kernel {result['kernel_release']}, python {py}", flush=True)
 
-    info, err = run_json(py, INFO_CMD, env, args.repo)
+    info, err = run_json(py, INFO_CMD, env, cwd)
     result.update(info or {})
     stats = result.setdefault("stats", None)
     if err:
@@ -217,19 +300,26 @@ def main() -> int:
         n_bpf = sum(1 for s in stats if s.get("backend") == "bpf")
         print(f"MATRIX: pymemcg.stats(): {len(stats)} stats, {n_bpf} through BPF", flush=True)
 
-    result["verify"] = v = run_verify(py, env, args.repo)
-    if v.get("error"):
-        print(f"MATRIX: pymemcg verify did not run: {v['error']}", flush=True)
-    else:
-        print(f"MATRIX: pymemcg verify: rc {v['rc']}, {json.dumps(v.get('counts'))}, "
-              f"{v.get('duration_s')} s", flush=True)
-        for s in v.get("stats", []):
-            if s["outcome"] == "mismatch":
-                print(f"MATRIX: verify mismatch {s['name']}: {s['why']}", flush=True)
-    verify_ok = v.get("rc") == 0 and not v.get("error") and v.get("ok") is True
+    result["verify"] = v = verify_and_say(py, env, cwd, "")
+    verify_ok = verify_passed(v)
+    # the second slot source: the built-in tables or the enum alone
+    sources = result.get("slot_sources")
+    if sources and sources["kernel_lists"]:
+        env_tables = dict(env, PYMEMCG_KALLSYMS="0")
+        err_t = result.get("stats_without_kallsyms_error")
+        result["verify_without_kallsyms"] = vt = verify_and_say(py, env_tables, cwd,
+                                                               " (PYMEMCG_KALLSYMS=0)")
+        result["slot_agreement"] = agree = slot_agreement(sources)
+        print(f"MATRIX: slot sources agree: {agree['ok']} "
+              f"{json.dumps({k: v for k, v in agree.items() if k != 'ok'})}", flush=True)
+        verify_ok = verify_ok and verify_passed(vt) and agree["ok"] and not err_t
+    elif not sources:
+        print(f"MATRIX: slot sources not resolved: {result.get('slot_sources_error')}",
+              flush=True)
+        verify_ok = False
 
     junit = os.path.join(tmp, "junit.xml")
-    result["pytest"] = run_pytest(py, args.repo, env, args.timeout, junit)
+    result["pytest"] = run_pytest(py, args.repo, cwd, env, args.timeout, junit)
     counts, cases = parse_junit(junit)
     shutil.rmtree(tmp, ignore_errors=True)
     result["counts"] = counts

@@ -6,7 +6,8 @@
 #
 # It mounts the host's root filesystem, shared read-only over virtiofs (tag
 # hostroot; one directory of it, $MATRIX_OUT, is writable: the results go
-# there), gives it fresh kernel filesystems, the cgroup hierarchy this guest
+# there; a guest of another architecture chroots into its own userland,
+# $MATRIX_ROOT, a directory of that share), gives it fresh kernel filesystems, the cgroup hierarchy this guest
 # tests ($MATRIX_CGROUP: 1 or 2) and a scratch ext4 disk on /var/tmp, then
 # chroots into it and runs vm/guest_run.py with the host's Python and the
 # host's pymemcg install. Lines starting "MATRIX:" on the console are for
@@ -36,6 +37,9 @@ if [ -f /lib/modules/order ]; then
 	for m in $(cat /lib/modules/order); do
 		insmod "/lib/modules/$m.ko" || fail "insmod $m failed"
 	done
+	echo "MATRIX: MODULES $(cat /lib/modules/order | tr '\n' ' ')"
+else
+	echo "MATRIX: MODULES none (everything the guest needs is built in)"
 fi
 
 R=/newroot
@@ -45,7 +49,18 @@ for i in $(seq 1 100); do
 	mount -t virtiofs hostroot $R 2>/dev/null && break
 	sleep 0.1
 done
-grep -q " $R virtiofs " /proc/mounts || fail "cannot mount the virtiofs share hostroot"
+grep -q " $R virtiofs " /proc/mounts ||
+	fail "cannot mount the virtiofs share hostroot (no virtio-pci or virtiofs in this kernel?)"
+# a guest of another architecture runs its own userland, a directory of the
+# share (vm/userland.py), with the repository and the result directory bound in
+if [ -n "$MATRIX_ROOT" ]; then
+	mkdir -p /userland
+	mount -o bind "$R$MATRIX_ROOT" /userland || fail "cannot bind $MATRIX_ROOT"
+	for p in "$MATRIX_REPO" "$MATRIX_OUT"; do
+		mount -o bind "$R$p" "/userland$p" || fail "cannot bind $p into $MATRIX_ROOT"
+	done
+	R=/userland
+fi
 chroot $R /bin/sh -c "test -x '$MATRIX_PYTHON'" || fail "$MATRIX_PYTHON not found in the shared root"
 
 # Host paths the run needs (the checkout, its venv) that the mounts below
@@ -68,8 +83,10 @@ mount -t devpts devpts $R/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "mount /tmp"
 mount -t tmpfs -o mode=755 tmpfs $R/run || fail "mount /run"
 # the workloads' page cache goes to a real block device, as on a host
-for i in $(seq 1 50); do [ -b /dev/vda ] && break; sleep 0.1; done
-mount -t ext4 /dev/vda $R/var/tmp || fail "cannot mount the scratch disk /dev/vda on /var/tmp"
+# (NVMe: built into every Debian cloud kernel, so no module is needed)
+for i in $(seq 1 50); do [ -b "$MATRIX_SCRATCH" ] && break; sleep 0.1; done
+mount -t ext4 "$MATRIX_SCRATCH" $R/var/tmp ||
+	fail "cannot mount the scratch disk $MATRIX_SCRATCH on /var/tmp (no NVMe or ext4 in this kernel?)"
 chmod 1777 $R/var/tmp
 mount -t bpf bpf $R/sys/fs/bpf || fail "mount bpffs"
 i=0
@@ -104,7 +121,7 @@ if [ -n "$MATRIX_CMD" ]; then   # vm/matrix.py shell COMMAND: a debugging comman
 else
 	set -- "$MATRIX_PYTHON" "$MATRIX_REPO/vm/guest_run.py" \
 		--repo "$MATRIX_REPO" --out "$MATRIX_OUT/result.json" --where "$MATRIX_WHERE" \
-		--timeout "$MATRIX_TEST_TIMEOUT"
+		--timeout "$MATRIX_TEST_TIMEOUT" $MATRIX_RUN_ARGS
 fi
 chroot $R /usr/bin/env -i \
 	PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

@@ -15,14 +15,17 @@ import stat
 import struct
 import subprocess
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from kernels import kernel_release, modules_root
 from workspace import REPO, MatrixError
 
 # Modules the initramfs loads when the kernel has them as modules (their
-# dependencies come from each module's .modinfo).
-WANTED_MODULES = ["virtio_pci", "virtiofs", "virtio_blk", "ext4"]
+# dependencies come from each module's .modinfo): the shared root (virtiofs
+# over virtio-pci) and the scratch disk (ext4 on NVMe, which Debian's cloud
+# kernels build in, unlike virtio-blk, so that a kernel without its modules
+# package still boots)
+WANTED_MODULES = ["virtio_pci", "virtiofs", "nvme", "ext4"]
 
 
 def _modinfo(data: bytes) -> Dict[str, str]:
@@ -68,8 +71,13 @@ def _modname(filename: str) -> str:
 
 
 def guest_modules(root: Path) -> List[tuple]:
-    """[(name, decompressed .ko bytes)] in load order, for WANTED_MODULES."""
-    moddir = modules_root(root) / kernel_release(root)
+    """[(name, decompressed .ko bytes)] in load order, for WANTED_MODULES;
+    none for a kernel unpacked without modules (the guest then proves at
+    boot that it needs none)."""
+    mods = modules_root(root)
+    if mods is None:
+        return []
+    moddir = mods / kernel_release(root)
     builtin = set()
     if (moddir / "modules.builtin").exists():
         builtin = {_modname(os.path.basename(line.strip()))
@@ -131,8 +139,10 @@ class Cpio:
         return self.buf.getvalue()
 
 
-def static_busybox() -> bytes:
-    path = shutil.which("busybox") or "/bin/busybox"
+def static_busybox(path: Optional[str] = None) -> bytes:
+    """A statically linked busybox: this host's, or `path` (another
+    architecture's, from its userland)."""
+    path = path or shutil.which("busybox") or "/bin/busybox"
     try:
         data = Path(path).read_bytes()
     except OSError:
@@ -146,13 +156,14 @@ def static_busybox() -> bytes:
     return data
 
 
-def build_initramfs(modules: List[tuple], conf: Dict[str, str], out: Path) -> None:
+def build_initramfs(modules: List[tuple], conf: Dict[str, str], out: Path,
+                    busybox: Optional[str] = None) -> None:
     c = Cpio()
     for d in ("bin", "dev", "etc", "lib", "lib/modules", "newroot", "proc", "sys", "tmp"):
         c.dir(d)
     c.chardev("dev/console", 5, 1)
     c.chardev("dev/null", 1, 3)
-    c.file("bin/busybox", static_busybox(), 0o755)
+    c.file("bin/busybox", static_busybox(busybox), 0o755)
     c.file("init", (REPO / "vm" / "init.sh").read_bytes(), 0o755)
     for name, data in modules:
         c.file(f"lib/modules/{name}.ko", data)

@@ -4,7 +4,7 @@ fetching them.
 A kernel is one or more Debian binary packages of one version, downloaded by
 apt through tools/apt-private: a private apt state in build/vm/apt with the
 archives this host's apt configuration names (bookworm and its security
-suite carry the 6.1 and 6.12 kernels) plus EXTRA_SUITES (7.2 is in
+suite carry the 6.1 and 6.12 kernels) plus EXTRA_SUITES (6.16 to 7.3 are in
 trixie-backports only). apt checks the Release signatures; every .deb is
 then checked against its pinned sha256 and unpacked with `dpkg-deb -x` into
 build/vm/kernels/<series>/root (never installed).
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -42,23 +43,62 @@ class Kernel:
     # image alone, or from Debian 14's packaging on, where linux-image-* is
     # an empty meta package, the kernel, its modules and its base files
     debs: Tuple[Tuple[str, str], ...]
+    arch: str = "x86_64"    # as platform.machine() names it (boot.ARCHES)
+
+    @property
+    def key(self) -> str:
+        """Its name in KERNELS: the series, with the architecture when not x86_64."""
+        return self.series if self.arch == "x86_64" else f"{self.series}-{self.arch}"
 
 
-KERNELS: Dict[str, Kernel] = {k.series: k for k in (
+def _deb13(series: str, release: str, version: str, *debs: Tuple[str, str]) -> Kernel:
+    """A trixie-backports kernel: its packages are named after `release`."""
+    return Kernel(series, f"linux-image-{release}+deb13-cloud-amd64", version,
+                  tuple((f"linux-{part}-{release}+deb13-cloud-amd64", sha) for part, sha in debs))
+
+
+KERNELS: Dict[str, Kernel] = {k.key: k for k in (
     Kernel("6.1", "linux-image-6.1.0-56-cloud-amd64", "6.1.192-2", (
         ("linux-image-6.1.0-56-cloud-amd64",
          "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee"),)),
     Kernel("6.12", "linux-image-6.12.117+deb12-cloud-amd64", "6.12.117-1~deb12u1", (
         ("linux-image-6.12.117+deb12-cloud-amd64",
          "5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37"),)),
-    # trixie-backports: it keeps several 7.2.x at a time, unstable only the newest
-    Kernel("7.2", "linux-image-7.2.12+deb13-cloud-amd64", "7.2.12-1~bpo13+1", (
-        ("linux-binary-7.2.12+deb13-cloud-amd64",
-         "aa6720823145e351d3c817c95fe58d89995a2bcba4978ad2418c36a1c272f795"),
-        ("linux-modules-7.2.12+deb13-cloud-amd64",
-         "2f15b42b88ae56836b5fb3ac74c6cb795047891a5a25e5e69dedf8805b54017d"),
-        ("linux-base-7.2.12+deb13-cloud-amd64",
-         "e9f6b719bb96f989fce7a61e78580b24de4e824b3c9f656db7c3169dbb45a25a"))),
+    # trixie-backports: it keeps several point releases of a series at a time
+    _deb13("6.16", "6.16.12", "6.16.12-1~bpo13+1",
+           ("image", "b56d926c1dc9bbdf151794753df57bd427af2398a033999016dcbbd211e8e461")),
+    _deb13("6.17", "6.17.13", "6.17.13-1~bpo13+1",
+           ("image", "2ac533a36b0c5107527166716414a4d04b00f7108e419df2084ca5aec268d1ff")),
+    _deb13("6.18", "6.18.15", "6.18.15-1~bpo13+1",
+           ("image", "5a507681ea8c978d02265a7fec2f02c9588fb48b54b7f71edc1059e86007f3ec")),
+    # 6.19, 7.0 and 7.1: the index carries the signed kernel (linux-binary) of
+    # every point release but the modules and base packages of none, so the
+    # newest is booted from its kernel alone. The guest needs no module of
+    # these kernels: virtio-pci, virtiofs, NVMe (the scratch disk) and ext4
+    # are built into Debian's cloud kernels, and a guest that lacked one would
+    # fail at boot, naming it (vm/init.sh).
+    _deb13("6.19", "6.19.14", "6.19.14-1~bpo13+1",
+           ("binary", "2c7b515d7846cc4ff80943dde6c22e323214b54bfc3e73e02c470034d953193a")),
+    _deb13("7.0", "7.0.13", "7.0.13-1~bpo13+1",
+           ("binary", "7e2f91866f9d857e5b08fcd915491b4cff79fbe51cdcb081b42658612074a552")),
+    _deb13("7.1", "7.1.13", "7.1.13-1~bpo13+1",
+           ("binary", "2feb3588cd790e0fd7f4c425b8ede990b34f80f70703aeb3a6b3c21207e59785")),
+    _deb13("7.2", "7.2.12", "7.2.12-1~bpo13+1",
+           ("binary", "aa6720823145e351d3c817c95fe58d89995a2bcba4978ad2418c36a1c272f795"),
+           ("modules", "2f15b42b88ae56836b5fb3ac74c6cb795047891a5a25e5e69dedf8805b54017d"),
+           ("base", "e9f6b719bb96f989fce7a61e78580b24de4e824b3c9f656db7c3169dbb45a25a")),
+    _deb13("7.3", "7.3.4", "7.3.4-1~bpo13+1",
+           ("binary", "c4fbc8e404958693b28825474c20742d70594d65ca58aea7be6a279c81eb6fa0"),
+           ("modules", "359f04c363b7d3c5f9ce999ccb7351e00cc8eec0a30d6bc1cda37734987fc43d"),
+           ("base", "e08baa43706ba6e8daff58029b039f46beecfb3b3750c6fa0d6d5ca508a46a43")),
+    # arm64 (through an arm64 apt state, APT_STATES)
+    Kernel("7.3", "linux-image-7.3.4+deb13-cloud-arm64", "7.3.4-1~bpo13+1", (
+        ("linux-binary-7.3.4+deb13-cloud-arm64",
+         "34dc0e1a6320440cc3f6e34d12ae099041a2e10555061d50ff4e5af602121788"),
+        ("linux-modules-7.3.4+deb13-cloud-arm64",
+         "90a6ce3e126d739938996a7493335403de7678abcdbae916c7f4c61ff8de3f32"),
+        ("linux-base-7.3.4+deb13-cloud-arm64",
+         "6fa3dd2209af21a9a73da38a82102e223c98804cb4b5128062df1819d5c5239a")), "aarch64"),
 )}
 
 # How `latest` finds a series in apt's index: the name of its first package
@@ -66,14 +106,32 @@ KERNELS: Dict[str, Kernel] = {k.series: k for k in (
 SERIES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     "6.1": (r"linux-image-(6\.1\.0-\d+)-cloud-amd64", ("image",)),
     "6.12": (r"linux-image-(6\.12\.\d+\+deb12)-cloud-amd64", ("image",)),
+    "6.16": (r"linux-image-(6\.16\.\d+\+deb13)-cloud-amd64", ("image",)),
+    "6.17": (r"linux-image-(6\.17\.\d+\+deb13)-cloud-amd64", ("image",)),
+    "6.18": (r"linux-image-(6\.18\.\d+\+deb13)-cloud-amd64", ("image",)),
+    # the kernel alone: see KERNELS
+    "6.19": (r"linux-binary-(6\.19\.\d+\+deb13)-cloud-amd64", ("binary",)),
+    "7.0": (r"linux-binary-(7\.0\.\d+\+deb13)-cloud-amd64", ("binary",)),
+    "7.1": (r"linux-binary-(7\.1\.\d+\+deb13)-cloud-amd64", ("binary",)),
     "7.2": (r"linux-binary-(7\.2\.\d+\+deb13)-cloud-amd64", ("binary", "modules", "base")),
+    "7.3": (r"linux-binary-(7\.3\.\d+\+deb13)-cloud-amd64", ("binary", "modules", "base")),
 }
 
 
-def apt(*args: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
-    """apt-get (or, with "apt-cache" first, apt-cache) on the private state."""
-    return subprocess.run([str(APT_PRIVATE), str(APT_STATE), *EXTRA_SUITES, "--", *args],
-                          cwd=cwd, capture_output=True, text=True)
+# Debian's name of each architecture, for its private apt state
+DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def apt(*args: str, cwd: Optional[Path] = None, arch: str = "x86_64"
+        ) -> subprocess.CompletedProcess:
+    """apt-get (or, with "apt-cache" first, apt-cache) on the private state of
+    an architecture (this host's, or another one's in a state of its own)."""
+    state, env = APT_STATE, dict(os.environ)
+    if arch != "x86_64":
+        state = BUILD / f"apt-{DEB_ARCH[arch]}"
+        env["APT_PRIVATE_ARCH"] = DEB_ARCH[arch]
+    return subprocess.run([str(APT_PRIVATE), str(state), *EXTRA_SUITES, "--", *args],
+                          cwd=cwd, capture_output=True, text=True, env=env)
 
 
 def sha256_file(path: Path) -> str:
@@ -85,10 +143,10 @@ def sha256_file(path: Path) -> str:
 
 
 def kernel_root(k: Kernel) -> Path:
-    return BUILD / "kernels" / k.series / "root"
+    return BUILD / "kernels" / k.key / "root"
 
 
-def download(package: str, version: str, sha: str) -> Path:
+def download(package: str, version: str, sha: str, arch: str = "x86_64") -> Path:
     """One .deb through apt, checked against its pinned sha256 (kept in
     build/vm/debs, so a second run downloads nothing)."""
     DEBS.mkdir(parents=True, exist_ok=True)
@@ -99,11 +157,11 @@ def download(package: str, version: str, sha: str) -> Path:
     log(f"downloading {package}={version}")
     for attempt in ("", "update"):
         if attempt:   # the private lists may predate the pin: fetch them again, once
-            apt("update")
+            apt("update", arch=arch)
         if part.exists():
             shutil.rmtree(part)
         part.mkdir()
-        p = apt("download", f"{package}={version}", cwd=part)
+        p = apt("download", f"{package}={version}", cwd=part, arch=arch)
         got = list(part.glob("*.deb"))
         if p.returncode == 0 and len(got) == 1:
             break
@@ -128,7 +186,7 @@ def fetch(k: Kernel) -> Path:
     pin = f"{k.package}={k.version} " + " ".join(f"{p}:{sha}" for p, sha in k.debs)
     if stamp.exists() and stamp.read_text().strip() == pin:
         return root
-    files = [download(package, k.version, sha) for package, sha in k.debs]
+    files = [download(package, k.version, sha, k.arch) for package, sha in k.debs]
     if root.parent.exists():
         shutil.rmtree(root.parent)
     root.mkdir(parents=True)
@@ -138,22 +196,30 @@ def fetch(k: Kernel) -> Path:
     return root
 
 
-def modules_root(root: Path) -> Path:
-    """lib/modules, or usr/lib/modules in Debian 14's merged-/usr packages."""
+def modules_root(root: Path) -> Optional[Path]:
+    """lib/modules, or usr/lib/modules in Debian 14's merged-/usr packages;
+    None for a kernel unpacked without its modules."""
     for d in (root / "lib" / "modules", root / "usr" / "lib" / "modules"):
         if d.is_dir():
             return d
-    raise MatrixError(f"{root}: no lib/modules in the unpacked kernel")
+    return None
 
 
 def kernel_release(root: Path) -> str:
-    (rel,) = [p.name for p in modules_root(root).iterdir()]
-    return rel
+    """The kernel's release (uname -r), from its modules directory or, for a
+    kernel alone, from the name of its boot/vmlinuz-RELEASE."""
+    mods = modules_root(root)
+    rels = [p.name for p in mods.iterdir()] if mods else \
+        [p.name[len("vmlinuz-"):] for p in (root / "boot").glob("vmlinuz-*")]
+    if len(rels) != 1:
+        raise MatrixError(f"{root}: expected one kernel release, found {rels or 'none'}")
+    return rels[0]
 
 
 def vmlinuz(root: Path) -> Path:
     rel = kernel_release(root)
-    for cand in (root / "boot" / f"vmlinuz-{rel}", modules_root(root) / rel / "vmlinuz"):
+    mods = modules_root(root)
+    for cand in (root / "boot" / f"vmlinuz-{rel}", *([mods / rel / "vmlinuz"] if mods else [])):
         if cand.exists():
             return cand
     raise MatrixError(f"{root}: no vmlinuz for {rel}")

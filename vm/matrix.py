@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Kernel matrix: `pymemcg verify` and pymemcg's parity tests on Debian's
-6.1, 6.12 and 7.2 kernels under qemu (software emulation), and natively on
+"""Kernel matrix: `pymemcg verify` and pymemcg's parity tests on
+Debian's 6.1 to 7.3 kernels under qemu (software emulation), and natively on
 this host.
 
     python3 vm/matrix.py [run]      fetch kernels, boot every guest, run natively,
@@ -25,9 +25,11 @@ This file is the command line and the list of guests; the work is in
 In each guest vm/guest_run.py runs `pymemcg verify --format json` (every
 stat BPF serves there against the kernel's own files; a mismatch fails the
 guest) and tests/test_parity.py with PYMEMCG_REQUIRE_BPF=1, and writes
-result.json. 7.2 is the matrix's kernel with the memcg kfuncs (Linux 7.0+),
-so it runs the kfunc backend and the flushing programs. The guests run
-concurrently (each one host thread).
+result.json; where the kernel lists its items in kallsyms, verify runs again
+with PYMEMCG_KALLSYMS=0 (built-in tables and enum alone) and the two slot
+sources must agree. 7.0-7.3 have the memcg kfuncs, so they run the kfunc
+backend and the flushing programs. The guests run concurrently (each one
+host thread, --jobs at a time).
 
 Only the standard library; run as root (unshare, bind mounts, bpf).
 """
@@ -50,31 +52,48 @@ from initramfs import static_busybox
 from kernels import KERNELS, fetch, latest
 from native import run_native
 from report import write_report
+from userland import userland
 from results import judge_guest, save, summarize
 from workspace import REPO, RESULTS, MatrixError, acquire_lock, log
 
-# guest name -> (kernel series, cgroup version). Debian's 6.12 has no
-# CONFIG_MEMCG_V1, so there is no 6.12-v1.
+# guest name -> (kernel series, cgroup version): the newest point release of
+# every Debian series, on cgroup v2, and 6.1 on v1 too. Debian's kernels from
+# 6.12 on have no CONFIG_MEMCG_V1, so there is no other v1 guest.
 GUESTS: Dict[str, tuple] = {
     "6.1-v2": ("6.1", 2),
-    "6.12-v2": ("6.12", 2),
     "6.1-v1": ("6.1", 1),
+    "6.12-v2": ("6.12", 2),
+    "6.16-v2": ("6.16", 2),
+    "6.17-v2": ("6.17", 2),
+    "6.18-v2": ("6.18", 2),
+    "6.19-v2": ("6.19", 2),
+    "7.0-v2": ("7.0", 2),
+    "7.1-v2": ("7.1", 2),
     "7.2-v2": ("7.2", 2),
+    "7.3-v2": ("7.3", 2),
+    # arm64 under qemu-system-aarch64, with Debian's arm64 Python and the
+    # aarch64 wheel (vm/userland.py)
+    "7.3-aarch64-v2": ("7.3-aarch64", 2),
 }
+# `make matrix-quick`: the oldest on v1, the first compacted one, the newest
+QUICK = ("6.1-v1", "6.12-v2", "7.3-v2")
 
 TEST_TIMEOUT = 600        # pytest inside a guest, seconds (it takes 1-2.5 min)
 
 
 def run_guest(name: str, python: str, timeout: float, cmd: str = "") -> dict:
     """Fetch the guest's kernel, boot it, and judge what it left."""
-    series, cgv = GUESTS[name]
-    k = KERNELS[series]
+    key, cgv = GUESTS[name]
+    k = KERNELS[key]
     root = fetch(k)
     console = boot.run_dir(name) / "console.log"
-    res: dict = {"guest": name, "kernel_series": series, "cgroup": cgv,
+    res: dict = {"guest": name, "kernel_series": k.series, "cgroup": cgv,
                  "kernel_package": f"{k.package}={k.version}", "where": boot.WHERE,
-                 "console_log": str(console.relative_to(REPO))}
-    b = boot.boot(name, root, cgv, python, timeout, cmd)
+                 "arch": k.arch, "console_log": str(console.relative_to(REPO))}
+    users = None
+    if k.arch != platform.machine():
+        users, python, res["userland"] = userland(k.arch)
+    b = boot.boot(name, root, cgv, python, timeout, cmd, boot.ARCHES[k.arch], users)
     res["status"] = b.status
     if b.qemu_rc is not None:
         res["qemu_rc"] = b.qemu_rc
@@ -88,11 +107,13 @@ def cmd_run(args) -> int:
     python = os.path.abspath(args.python)
     if not os.access(python, os.X_OK):
         raise MatrixError(f"{python}: no such interpreter")
-    names = args.guests.split(",") if args.guests else list(GUESTS)
+    names = (list(QUICK) if args.guests == "quick" else args.guests.split(",")) \
+        if args.guests else list(GUESTS)
     for n in names:
         if n not in GUESTS:
             raise MatrixError(f"unknown guest {n!r}; guests: {', '.join(GUESTS)}")
-    for tool in ("qemu-system-x86_64", "mkfs.ext4", "unshare", "dpkg-deb", "apt-get"):
+    qemus = {boot.ARCHES[KERNELS[GUESTS[n][0]].arch].qemu for n in names}
+    for tool in (*sorted(qemus), "mkfs.ext4", "unshare", "dpkg-deb", "apt-get"):
         if not shutil.which(tool):
             raise MatrixError(f"{tool} not found: make vm-deps")
     boot.find_virtiofsd()
@@ -133,8 +154,9 @@ def cmd_run(args) -> int:
             r = run_guest(n, python, args.timeout)
         except MatrixError as e:
             series, cgv = GUESTS[n]
-            r = {"guest": n, "kernel_series": series, "cgroup": cgv, "passed": False,
-                 "error": str(e), "where": boot.WHERE}
+            k = KERNELS[series]
+            r = {"guest": n, "kernel_series": k.series, "cgroup": cgv, "passed": False,
+                 "error": str(e), "where": boot.WHERE, "arch": k.arch}
         save(r)
         log(f"{n}: {'PASS' if r.get('passed') else 'FAIL'} in {r.get('wall_s', '?')} s")
         return r
@@ -161,7 +183,9 @@ def main() -> int:
     r = sub.add_parser("run", help="run the matrix (the default)")
     r.add_argument("--python", default=sys.executable,
                    help="the interpreter whose pymemcg install is tested (default: this one)")
-    r.add_argument("--guests", default="", help=f"comma list (default all: {','.join(GUESTS)})")
+    r.add_argument("--guests", default="",
+                   help=f"comma list, or quick ({','.join(QUICK)}); default all: "
+                        f"{','.join(GUESTS)}")
     r.add_argument("--no-native", action="store_true", help="skip the run on this host")
     r.add_argument("--jobs", type=int, default=0,
                    help="guests at a time (default: all; each is one host thread, and "

@@ -20,7 +20,7 @@ def run_native(python: str, timeout: float) -> dict:
     outdir.mkdir(parents=True)
     rel = platform.release()
     series = ".".join(rel.split(".")[:2])
-    res: dict = {"kernel_series": series, "kernel_package": "this host's kernel",
+    res: dict = {"kernel_series": series, "arch": platform.machine(), "kernel_package": "this host's kernel",
                  "where": "native (this host)"}
     env = dict(os.environ, PYMEMCG_REQUIRE_BPF="1", PYTHONDONTWRITEBYTECODE="1")
     t0 = time.monotonic()

@@ -78,8 +78,8 @@ def save(res: dict) -> Path:
 
 
 def sort_key(r: dict):
-    return ([int(x) for x in r["kernel_series"].split(".")], -int(r.get("cgroup") or 0),
-            r.get("where", ""))
+    return ([int(x) for x in r["kernel_series"].split(".")], r.get("arch") not in (None, "x86_64"),
+            -int(r.get("cgroup") or 0), r.get("where", ""))
 
 
 def load_results() -> List[dict]:
@@ -96,6 +96,11 @@ def first_line(msg: str) -> str:
     return ""
 
 
+def general_reason(why: str) -> str:
+    """verify's reason for not comparing a stat, without its stat-specific example."""
+    return re.sub(r" \([^()]*\)$", "", why or "no reason given")
+
+
 def verify_groups(r: dict) -> Dict[str, List[str]]:
     """verify's outcome per stat, grouped: exact, mismatched (with the
     values), and not compared by reason (the reason without its example)."""
@@ -108,7 +113,7 @@ def verify_groups(r: dict) -> Dict[str, List[str]]:
             groups.setdefault("verify: MISMATCH", []).append(
                 f"{s['name']} (bpf {s['bpf']}, file {s['file']}: {s['why']})")
         else:
-            why = re.sub(r" \([^()]*\)$", "", s.get("why") or "no reason given")
+            why = general_reason(s.get("why"))
             groups.setdefault(f"verify: served, not compared ({why})", []).append(s["name"])
     return groups
 
