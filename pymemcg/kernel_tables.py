@@ -191,10 +191,24 @@ LINUX_6_17 = dataclasses.replace(
     LINUX_6_18, release="6.17",
     source="Linux 6.17.8 mm/memcontrol.c memcg_node_stat_items[], memcg_stat_items[], "
            "memcg_vm_event_stat[] (Debian linux_6.17.8.orig.tar.xz; as in 6.18)")
+# No source of 6.16 or 7.0 is in Debian's registry (their tarballs are
+# missing from the pool). Their lists are taken to be those of the next and
+# previous release because the booted kernels' own lists (read through
+# kallsyms) put every stat pymemcg serves at the slot these tables give,
+# hierarchical and local (66 stats on 6.16.12, 69 local ones on 7.0.13);
+# layout.py still checks them against each kernel's BTF.
+LINUX_6_16 = dataclasses.replace(
+    LINUX_6_18, release="6.16",
+    source="6.17's lists: Debian has no 6.16 source; the booted 6.16.12's own lists "
+           "(kallsyms) matched them slot for slot for all 66 stats served")
 LINUX_6_19 = dataclasses.replace(
     LINUX_6_18, release="6.19",
     source="Linux 6.19.11 mm/memcontrol.c memcg_node_stat_items[], memcg_stat_items[], "
            "memcg_vm_event_stat[] (Debian linux_6.19.11.orig.tar.xz; as in 6.18)")
+LINUX_7_0 = dataclasses.replace(
+    LINUX_6_19, release="7.0",
+    source="6.19's lists: Debian has no 7.0 source; the booted 7.0.13's own lists "
+           "(kallsyms) matched them slot for slot for all 69 local stats served")
 
 # Linux 7.1 moved PGSCAN*/PGSTEAL*/PGREFILL from the events into
 # node_stat_item (and memcg_node_stat_items[]), NR_VMALLOC replaced
@@ -244,5 +258,5 @@ LINUX_7_3 = KernelTable(
 )
 
 TABLES: Dict[str, KernelTable] = {t.release: t for t in (
-    LINUX_6_1, LINUX_6_8, LINUX_6_12, LINUX_6_17, LINUX_6_18, LINUX_6_19, LINUX_7_1,
-    LINUX_7_2, LINUX_7_3)}
+    LINUX_6_1, LINUX_6_8, LINUX_6_12, LINUX_6_16, LINUX_6_17, LINUX_6_18, LINUX_6_19,
+    LINUX_7_0, LINUX_7_1, LINUX_7_2, LINUX_7_3)}
