@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence
 from .. import layout as layout_mod
 from ..binding import load
 from ..cgroupfs import Cgroup, TreePaths, path_list, resolve_cgroup, still_names
-from ..decode import Layout, PackedRecords, Record, Snapshot
+from ..decode import Layout, PackedRecord, PackedRecords, Record, Snapshot
 from ..errors import BpfUnavailable, CgroupNotFound, Closed, MalformedData, ReadError
 from ..kernel_facts import kernel_facts
 from ..programs import (ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, PAGE_SIZE, Fetch, Program,
@@ -360,9 +360,14 @@ class BpfBackend:
         route says, or -errno). A Record per path, None where no cgroup has
         it; what the run did not prove is read by read()'s slow path."""
         n = len(paths)
-        view = self._batch_view[:n * self._stride]
+        stride = self._stride
+        view = self._batch_view[:n * stride]
         if rc == 0:
-            return list(map(Record, repeat(self.layout, n), self._unpack_batch(view), relpaths))
+            # every record proven by the program: each Record unpacks its
+            # values from one copy of the batch when first used
+            data = bytes(view)
+            return list(map(PackedRecord, repeat(self.layout, n), repeat(data, n),
+                            range(0, n * stride, stride), relpaths))
         if routes is None:
             routes = list(map(self._by_path.get, paths))
         out: List[Optional[Record]] = [None] * n
