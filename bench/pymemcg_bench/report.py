@@ -331,7 +331,7 @@ def profile_markdown(profiles: List[Profile], header: List[str],
     lines = ["# pymemcg benchmark: profiles", ""] + header
     if tree_splits:
         lines += ["## A tree walk against the kernel's floor", ""] + \
-            tree_split_table(tree_splits)
+            tree_split_table(tree_splits) + [FLOOR_NOTE, ""]
     lines += [
         "Each profile: `perf record -e cpu-clock -F 2000 -g -D 500` (software clock, call "
         "graphs, the first 0.5 s skipped) of one method alone, then `perf report` by DSO, by "
@@ -462,6 +462,10 @@ def goals(single: List[SingleResult], trees: List[TreeResult], scrapes=(), many=
     return out
 
 
+FLOOR_NOTE = ("Why even the floor grows in these rounds (few snapshots of the large tree "
+              "per round, after memory.stat walks that evict it from the caches), and what "
+              "hot loops of the C walks alone show: [bench.md](bench.md), after the goals.")
+
 WHAT_WOULD_CHANGE = """\
 What moved the single-read goals: an iterator session has a fixed cost (an anon-inode
 file, a seq_file and a 32 KiB buffer made and freed per read) that a read through it cannot
@@ -478,14 +482,20 @@ whose shape did not change reuses the last snapshot's paths and index. read_many
 Records unpack their values from one copy of the batch on first use (decode.PackedRecord).
 
 Where a large tree's per-cgroup cost grows (section 5, "Where a tree snapshot's time
-goes"): the kernel's floor (the iterator's walk with a program that only counts cgroups)
-is the same per cgroup at 1,000 and 10,000 cgroups, so the growth is in our program's
-per-cgroup work: each cgroup's `struct mem_cgroup`, page counters, `memcg_vmstats` slots
-and kernfs name are a dozen or more cache lines in separate allocations, a few MB at
-10,000 cgroups, more than this VM's caches keep while other guests run; Python's share
-(the bytes copy, the shape compare) is now small beside it. What could still come off:
-fewer lines per cgroup (records built in place in the overflow map instead of copied
-from the per-CPU scratch; the name hash only for cgroups whose id is new)."""
+goes"): in the kernel, and most of it is cache misses. The kernel's floor (the iterator's
+walk with a program that only counts cgroups) grows too in this run's rounds, where a
+10,000-cgroup tree gets two snapshots per round right after the memory.stat walks have
+evicted it from the caches, against twenty of a 1,000-cgroup tree that stays cached. In
+hot loops of the C walks alone (`build/memcg_bench -m bpf-walk,null-walk -c 20000 tree
+build/bench-specs.txt ROOT COUNT 9`, 2026-12-02, busy machine) the floor's best round
+stayed flat (156-287 ns per cgroup at 1,000, 199-217 ns at 10,000) while our walk's went
+from 313-654 ns to 947-1,079 ns: what grows is our program's per-cgroup loads, each
+cgroup's `struct mem_cgroup`, page counters, `memcg_vmstats` slots and kernfs name, a
+dozen or more cache lines in separate allocations, a few MB at 10,000 cgroups, more than
+this VM's caches keep while other guests run. Python's share (the bytes copy, the shape
+compare) is now a small part beside it. What could still come off: fewer lines per
+cgroup (records built in place in the overflow map instead of copied from the per-CPU
+scratch; the name hash only for cgroups whose id is new)."""
 
 
 def report(single: List[SingleResult], trees: List[TreeResult], profiles: List[Profile],
