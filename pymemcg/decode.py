@@ -296,11 +296,15 @@ class Snapshot(Mapping[str, Record]):
 
     def by_id(self, cgroup_id: int) -> Record:
         if self._ids is None:
-            raw = self._raw
-            ids = raw.word_column(ID_WORD) if raw.__class__ is PackedRecords else \
-                [t[0] for t in raw]
-            self._ids = {cid: i for i, cid in enumerate(ids)}
+            self._ids = {cid: i for i, cid in enumerate(self.ids())}
         return self._record(self._ids[cgroup_id])
+
+    def ids(self) -> List[int]:
+        """Cgroup ids (st_ino of their directories) in walk order, aligned with column()."""
+        raw = self._raw
+        if raw.__class__ is PackedRecords:
+            return raw.word_column(ID_WORD)
+        return [t[0] for t in raw]
 
     def column(self, name: str) -> List[Optional[int]]:
         """One stat for every cgroup, in walk order (None where unavailable)."""

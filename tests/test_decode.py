@@ -308,6 +308,7 @@ def test_packed_snapshot_reads_as_the_tuples_do(case, uniform):
     want = Snapshot("/", layout, tuples, paths)
     got = Snapshot("/", layout, packed, paths)
     assert got.records == want.records and list(got) == list(want)
+    assert got.ids() == [t[0] for t in tuples]
     assert got.columns(layout.names) == {n: list(c) for n, c in
                                          want.columns(layout.names).items()}
     for name in layout.names:
