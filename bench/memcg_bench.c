@@ -28,6 +28,12 @@
  *   stat-walk   readdir walk, openat + read + close of every memory.stat
  *   bpf-walk    one DESCENDANTS_PRE session plus the copy of the overflow
  *               records (pmc_read_session + pmc_copy_overflow)
+ *   null-walk   the kernel's floor: one DESCENDANTS_PRE session of a
+ *               six-instruction iterator program that only counts the
+ *               cgroups it is called for (an atomic add to a map value) and
+ *               writes nothing: what the cgroup iterator's own walk costs
+ *               (locking, css_next_descendant_pre, one program call per
+ *               cgroup, the session's file), which no program can remove
  * Nothing is parsed on either side, as in the seed.
  *
  * Output, one line per method, times in seconds summed over the rounds:
@@ -47,6 +53,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/bpf.h>
+
 #include "pmc_shim.h"
 
 #define BUF_SIZE	65536	/* one read of memory.stat or one session */
@@ -63,6 +73,9 @@ struct ctx {
 	char *buf;
 	char *ovf;			/* tree: overflow records land here */
 	size_t ovf_size;
+	int null_link_fd;		/* tree: the null program's link, or -1 */
+	int null_map_fd;		/* its counter: cgroups visited, all sessions */
+	unsigned long long null_sessions;	/* sessions run on null_link_fd */
 	long long units;		/* cgroups seen by the last operation */
 	long long bytes;		/* bytes read by the last operation */
 };
@@ -219,6 +232,90 @@ static void run_bpf_walk(struct ctx *c)
 	die("iterator session", EAGAIN);
 }
 
+/*
+ * The null iterator program, as raw instructions (no object file to find):
+ *	r2 = ctx->cgroup; if (r2) __sync_fetch_and_add(&counter, 1); return 0;
+ * ctx is struct bpf_iter__cgroup { meta; cgroup; }: cgroup at offset 8.
+ */
+static int null_prog_load(int map_fd)
+{
+	struct bpf_insn insns[] = {
+		{ .code = BPF_LDX | BPF_MEM | BPF_DW, .dst_reg = BPF_REG_2,
+		  .src_reg = BPF_REG_1, .off = 8 },
+		{ .code = BPF_JMP | BPF_JEQ | BPF_K, .dst_reg = BPF_REG_2, .off = 4 },
+		{ .code = BPF_LD | BPF_IMM | BPF_DW, .dst_reg = BPF_REG_1,
+		  .src_reg = BPF_PSEUDO_MAP_VALUE, .imm = map_fd },
+		{ .imm = 0 },	/* offset into the value */
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_3, .imm = 1 },
+		{ .code = BPF_STX | BPF_ATOMIC | BPF_DW, .dst_reg = BPF_REG_1,
+		  .src_reg = BPF_REG_3, .imm = BPF_ADD },
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0 },
+		{ .code = BPF_JMP | BPF_EXIT },
+	};
+	static char log[8192];
+	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = BPF_TRACE_ITER,
+		    .log_buf = log, .log_size = sizeof(log), .log_level = 1);
+	int btf_id = libbpf_find_vmlinux_btf_id("cgroup", BPF_TRACE_ITER);
+	int fd;
+
+	if (btf_id < 0)
+		return btf_id;
+	opts.attach_btf_id = btf_id;
+	fd = bpf_prog_load(BPF_PROG_TYPE_TRACING, "pmc_null_iter", "Dual BSD/GPL", insns,
+			   sizeof(insns) / sizeof(insns[0]), &opts);
+	if (fd < 0) {
+		fprintf(stderr, "%s\n", log);
+		return -errno;
+	}
+	return fd;
+}
+
+/* the null program attached to the root fd (DESCENDANTS_PRE), or -errno */
+static int null_attach(struct ctx *c, int root_fd)
+{
+	union bpf_iter_link_info linfo;
+	LIBBPF_OPTS(bpf_link_create_opts, opts);
+	int prog_fd, link_fd;
+
+	c->null_map_fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "pmc_null_count", 4, 8, 1, NULL);
+	if (c->null_map_fd < 0)
+		return -errno;
+	prog_fd = null_prog_load(c->null_map_fd);
+	if (prog_fd < 0)
+		return prog_fd;
+	memset(&linfo, 0, sizeof(linfo));
+	linfo.cgroup.cgroup_fd = root_fd;
+	linfo.cgroup.order = 2;
+	opts.iter_info = &linfo;
+	opts.iter_info_len = sizeof(linfo);
+	link_fd = bpf_link_create(prog_fd, 0, BPF_TRACE_ITER, &opts);
+	close(prog_fd);	/* the link holds the program */
+	return link_fd < 0 ? -errno : link_fd;
+}
+
+static unsigned long long null_count(struct ctx *c)
+{
+	unsigned long long v = 0;
+	int key = 0;
+
+	if (bpf_map_lookup_elem(c->null_map_fd, &key, &v))
+		die("reading the null program's counter", errno);
+	return v;
+}
+
+static void run_null_walk(struct ctx *c)
+{
+	ssize_t n = pmc_read_session(c->null_link_fd, c->buf, BUF_SIZE);
+
+	if (n < 0)
+		die("null iterator session", (int)-n);
+	if (n != 0)
+		die("the null iterator wrote output", EPROTO);
+	c->null_sessions++;
+	c->bytes = 0;
+	c->units = -1;	/* counted at the end: the walk leaves no output to count */
+}
+
 /* --- timing --- */
 
 static double now(void)
@@ -267,6 +364,14 @@ static void measure(struct ctx *c, struct method *m, int nm, long long count, in
 	}
 	for (k = 0; k < nm; k++) {
 		m[k].run(c);	/* what one operation sees, for the report */
+		if (m[k].run == run_null_walk) {
+			/* every session saw the same tree: the counter says how big */
+			unsigned long long total = null_count(c);
+
+			if (!c->null_sessions || total % c->null_sessions)
+				die("the null program's count is not whole walks", EPROTO);
+			c->units = total / c->null_sessions;
+		}
 		printf("method=%s count=%lld real=%.6f user=%.6f sys=%.6f units=%lld bytes=%lld "
 		       "rounds=", m[k].name, chunk * rounds, m[k].real, m[k].user, m[k].sys,
 		       c->units, c->bytes);
@@ -339,13 +444,14 @@ int main(int argc, char **argv)
 	};
 	static struct method tree[] = {
 		{ "stat-walk", run_stat_walk }, { "bpf-walk", run_bpf_walk },
+		{ "null-walk", run_null_walk },
 	};
 	static struct pmc_config cfg;
 	static char log[1 << 16];
 	struct method chosen[MAX_METHODS], *all;
 	const char *only = NULL, *mode, *path;
 	unsigned int capacity = 16384;
-	struct ctx c = { .stat_fd = -1, .root_fd = -1 };
+	struct ctx c = { .stat_fd = -1, .root_fd = -1, .null_link_fd = -1, .null_map_fd = -1 };
 	long long count;
 	int opt, cg_fd, is_tree, nall, nm = 0, rounds, k, err;
 	char stat_path[4096];
@@ -369,7 +475,7 @@ int main(int argc, char **argv)
 	    rounds > count || rounds > MAX_ROUNDS)
 		goto usage;
 	all = is_tree ? tree : single;
-	nall = is_tree ? 2 : 4;
+	nall = is_tree ? 3 : 4;
 	for (k = 0; k < nall; k++)
 		if (selected(only, all[k].name))
 			chosen[nm++] = all[k];
@@ -400,6 +506,15 @@ int main(int argc, char **argv)
 		die("attaching the iterator", -c.link_fd);
 	if (is_tree) {
 		c.root_fd = cg_fd;
+		for (k = 0; k < nm; k++) {
+			if (chosen[k].run != run_null_walk)
+				continue;
+			c.null_link_fd = null_attach(&c, cg_fd);
+			if (c.null_link_fd < 0) {
+				printf("skip method=null-walk reason=%s\n", strerror(-c.null_link_fd));
+				chosen[k--] = chosen[--nm];
+			}
+		}
 	} else {
 		unsigned long long id;
 
@@ -431,6 +546,10 @@ int main(int argc, char **argv)
 	fflush(stdout);
 
 	close(c.link_fd);
+	if (c.null_link_fd >= 0)
+		close(c.null_link_fd);
+	if (c.null_map_fd >= 0)
+		close(c.null_map_fd);
 	pmc_fetch_destroy(c.fetch);
 	pmc_prog_destroy(c.prog);
 	return 0;

@@ -5,8 +5,9 @@ from __future__ import annotations
 import operator
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from .decode import HASH_WORD, ID_WORD, PARENT_WORD, PackedRecords
 from .errors import CgroupNotFound, NoMemoryController, NotACgroup
 
 CGROUP_MOUNT = "/sys/fs/cgroup"
@@ -220,7 +221,11 @@ class TreePaths:
                         ) -> Tuple[List[Optional[str]], Dict[str, int]]:
         """paths() and {path: position}; the same objects as last time when
         the tree's shape did not change (treat both as read-only)."""
-        shape = (root.mount.mountpoint, root.relpath, list(map(_SHAPE, raw)))
+        if raw.__class__ is PackedRecords:  # the columns' bytes, no object per record
+            shape = (root.mount.mountpoint, root.relpath, raw.word_bytes(ID_WORD),
+                     raw.word_bytes(PARENT_WORD), raw.word_bytes(HASH_WORD))
+        else:
+            shape = (root.mount.mountpoint, root.relpath, list(map(_SHAPE, raw)))
         if shape == self._shape:
             return self._last
         paths = self.paths(root, raw)
@@ -230,8 +235,9 @@ class TreePaths:
         self._last = (paths, index)
         return self._last
 
-    def paths(self, root: Cgroup, raw: List[tuple]) -> List[Optional[str]]:
-        """raw: record tuples (id, parent_id, name_hash, ...), root first."""
+    def paths(self, root: Cgroup, raw: Sequence[tuple]) -> List[Optional[str]]:
+        """raw: record tuples (id, parent_id, name_hash, ...), root first, or
+        PackedRecords."""
         names = self.names
         known = names.names
         mount = root.mount.mountpoint
@@ -240,7 +246,10 @@ class TreePaths:
         out: List[Optional[str]] = [top]
         prev = self._prev
         cur: Dict[int, tuple] = {}
-        for t in raw[1:]:
+        rows = zip(raw.word_column(ID_WORD), raw.word_column(PARENT_WORD),
+                   raw.word_column(HASH_WORD)) if raw.__class__ is PackedRecords else iter(raw)
+        next(rows, None)  # the root's path is known
+        for t in rows:
             parent = rel.get(t[1])
             path = None
             if parent is not None:

@@ -8,7 +8,8 @@ struct.unpack_from per record and nothing per value.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+import sys
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .containers import CgroupIdentity, identify
 from .errors import MalformedData, StatUnavailable, UnknownStat
@@ -18,6 +19,10 @@ from .errors import MalformedData, StatUnavailable, UnknownStat
 VALID_WORDS = 2
 VALUES_AT = 5 + VALID_WORDS
 MAX_STATS = 64 * VALID_WORDS              # one valid bit each
+#: the same record as u64 words: id, parent id, name hash, level | flags << 32,
+#: the valid words, then one word per value
+ID_WORD, PARENT_WORD, HASH_WORD, VALID_WORD = 0, 1, 2, 4
+VALUE_WORD = VALID_WORD + VALID_WORDS
 
 
 class Layout:
@@ -49,6 +54,66 @@ class Layout:
     def record_size(self) -> int:
         """Bytes of one BPF record of this selection."""
         return self.record.size
+
+
+class PackedRecords(Sequence[tuple]):
+    """The records of one walk as the kernel wrote them, in one bytes object.
+
+    A snapshot's columns (ids, parent ids, name hashes, one stat) are read
+    straight out of the bytes as u64 words, with no tuple or int object per
+    record in between; a record's tuple is unpacked only when it is asked
+    for. Only where the record is whole little-endian u64 words on a
+    little-endian host (supported()); elsewhere readers keep tuples.
+    """
+
+    __slots__ = ("data", "words", "stride", "_unpack_from", "_iter_unpack", "_size", "_n")
+
+    def __init__(self, layout: Layout, data: bytes) -> None:
+        record = layout.record
+        self.data = data
+        self._size = record.size
+        self._n = len(data) // record.size
+        if self._n * record.size != len(data):
+            raise MalformedData(f"{len(data)} bytes of records are not whole "
+                                f"{record.size}-byte records")
+        self.stride = record.size // 8
+        self.words = memoryview(data).cast("Q")
+        self._unpack_from = record.unpack_from
+        self._iter_unpack = record.iter_unpack
+
+    @staticmethod
+    def supported(layout: Layout) -> bool:
+        """Whether this selection's records can be read as u64 words here."""
+        return sys.byteorder == "little" and \
+            layout.record.format == f"<QQQII{VALID_WORDS}Q{len(layout.names)}Q"
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError("record index out of range")
+        return self._unpack_from(self.data, i * self._size)
+
+    def __iter__(self) -> Iterator[tuple]:
+        return self._iter_unpack(self.data)
+
+    def word_column(self, word: int) -> List[int]:
+        """Word `word` of every record, in walk order."""
+        return self.words[word::self.stride].tolist()
+
+    def word_bytes(self, word: int) -> bytes:
+        """word_column() as the bytes it is made of (for comparing shapes)."""
+        return self.words[word::self.stride].tobytes()
+
+    def uniform(self, word: int) -> bool:
+        """Whether every record has the same value in word `word`."""
+        col = self.word_bytes(word)
+        return col == col[:8] * self._n
 
 
 class Record:
@@ -155,21 +220,44 @@ class Record:
     __hash__ = None  # type: ignore[assignment]
 
 
+class PackedRecord(Record):
+    """A Record whose tuple is unpacked on first use, from the bytes of a
+    batch read (read_many): making one costs no int object per value. The
+    bytes are a copy taken at read time, so its values are those of the
+    read, as a Record's are."""
+
+    __slots__ = ("_data", "_at")
+
+    def __init__(self, layout: Layout, data: bytes, at: int, path: Optional[str]) -> None:
+        self._layout = layout
+        self._data = data
+        self._at = at
+        self.path = path
+
+    def __getattr__(self, name: str):
+        # called only for slots not set: _t until the first use
+        if name != "_t":
+            raise AttributeError(name)
+        t = self._t = self._layout.record.unpack_from(self._data, self._at)
+        return t
+
+
 class Snapshot(Mapping[str, Record]):
     """A tree read in one walk: records keyed by path, findable by id.
 
-    Records are made on first access: a snapshot keeps the tuples that
-    struct unpacked and the paths, so reading a column or a few cgroups out
+    Records are made on first access: a snapshot keeps the records as read
+    (the BPF backend: the kernel's bytes, see PackedRecords; the text
+    backend: tuples) and the paths, so reading a column or a few cgroups out
     of a large tree costs no object per cgroup.
     """
 
-    def __init__(self, root: str, layout: Layout, raw: List[tuple],
+    def __init__(self, root: str, layout: Layout, raw: Union[List[tuple], PackedRecords],
                  paths: List[Optional[str]], index: Optional[Dict[str, int]] = None) -> None:
         self.root = root
         self.layout = layout
         self._raw = raw
         self._paths = paths
-        self._objs: List[Optional[Record]] = [None] * len(raw)
+        self._objs: Optional[List[Optional[Record]]] = None
         # index: {path: position}, shared with other snapshots of the same tree
         self._index = index if index is not None else \
             {p: i for i, p in enumerate(paths) if p is not None}
@@ -183,6 +271,8 @@ class Snapshot(Mapping[str, Record]):
         return snap
 
     def _record(self, i: int) -> Record:
+        if self._objs is None:
+            self._objs = [None] * len(self._raw)
         rec = self._objs[i]
         if rec is None:
             rec = self._objs[i] = Record(self.layout, self._raw[i], self._paths[i])
@@ -206,18 +296,31 @@ class Snapshot(Mapping[str, Record]):
 
     def by_id(self, cgroup_id: int) -> Record:
         if self._ids is None:
-            self._ids = {t[0]: i for i, t in enumerate(self._raw)}
+            self._ids = {cid: i for i, cid in enumerate(self.ids())}
         return self._record(self._ids[cgroup_id])
 
     def ids(self) -> List[int]:
         """Cgroup ids (st_ino of their directories) in walk order, aligned with column()."""
-        return [t[0] for t in self._raw]
+        raw = self._raw
+        if raw.__class__ is PackedRecords:
+            return raw.word_column(ID_WORD)
+        return [t[0] for t in raw]
 
     def column(self, name: str) -> List[Optional[int]]:
         """One stat for every cgroup, in walk order (None where unavailable)."""
         i = self.layout.index[name]
+        raw = self._raw
+        if raw.__class__ is PackedRecords:
+            valid_word, value_word = VALID_WORD + (i >> 6), VALUE_WORD + i
+            if raw.uniform(valid_word):  # the usual case: one test for all
+                if not raw or (raw.words[valid_word] >> (i & 63)) & 1:
+                    return raw.word_column(value_word)
+                return [None] * len(raw)
+            bit = i & 63
+            return [v if (w >> bit) & 1 else None
+                    for v, w in zip(raw.word_column(value_word), raw.word_column(valid_word))]
         word, bit, at = 5 + (i >> 6), i & 63, i + VALUES_AT
-        return [t[at] if (t[word] >> bit) & 1 else None for t in self._raw]
+        return [t[at] if (t[word] >> bit) & 1 else None for t in raw]
 
     def columns(self, names: Sequence[str]) -> Dict[str, Sequence[Optional[int]]]:
         """column() of each name, made at once: where every record has the same
@@ -227,6 +330,8 @@ class Snapshot(Mapping[str, Record]):
         index = self.layout.index
         if not raw:
             return {n: [] for n in names}
+        if raw.__class__ is PackedRecords:
+            return {n: self.column(n) for n in names}
         first = raw[0]
         cols = list(zip(*raw))
         if cols[5].count(first[5]) != len(raw) or cols[6].count(first[6]) != len(raw):

@@ -106,7 +106,11 @@ def test_bench_smoke_run(bpf_ok, cgroups, tmp_path):
         # both methods, same numbers, on an idle tree (the tree part does it too)
         trees = [measure.measure_tree(n, made, reader, cbench, 40, 1) for n in (1, 25)]
         assert [t.size for t in trees] == [1, 25]
-        assert {"bpf", "text", "c-stat-walk", "c-bpf-walk"} <= set(trees[1].per_snapshot)
+        # c-null-walk: the kernel's floor, whose program counted every cgroup
+        # of the tree in every session (memcg_bench checks; units == size)
+        assert {"bpf", "text", "c-stat-walk", "c-bpf-walk", "c-null-walk"} <= \
+            set(trees[1].per_snapshot)
+        assert trees[1].best["c-null-walk"] <= trees[1].per_snapshot["c-null-walk"]
         tree_root = made.path("check")
         made_cgroups.make_tree(tree_root, 25)
         try:
@@ -151,9 +155,11 @@ def test_bench_part5_smoke_run(bpf_ok, cgroups):
     assert anchor.size == 1 + 2 + 4 and set(anchor.costs) == {"bpf", "memory.stat"}
     text = "\n".join(exporter.report_part5(scrapes, many, anchor,
                                            {1000: {"session": 1e-3, "records": 2e-3,
-                                                   "read_tree": 3e-3}}, 1))
+                                                   "read_tree": 3e-3, "floor": 4e-4,
+                                                   "floor-median": 5e-4}}, 1))
     for heading in ("### Prometheus scrapes", "### Reader.read_many", "### The anchor",
                     "### Where a tree snapshot's time goes"):
         assert heading in text
     assert "36.9×" in text
+    assert "| kernel floor: the iterator's walk, null program (C) | 400 ns (500) |" in text
     assert not os.path.exists(made.top)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import pymemcg
 from pymemcg import catalog
-from pymemcg.decode import MAX_STATS, Layout, Record, Snapshot
+from pymemcg.decode import MAX_STATS, Layout, PackedRecord, PackedRecords, Record, Snapshot
 from pymemcg.wire import (HEADER, REC_NO_MEMCG, REC_NO_VMSTATS, TRAILER,
                           TRAILER_MAGIC, encode_record, encode_trailer, iter_records,
                           parse_trailer, selection_digest)
@@ -283,6 +283,42 @@ def test_snapshot(case):
     with pytest.raises(KeyError):
         snap.by_id(missing)
     assert dict(snap.items()) == dict(zip(paths, out))
+
+
+@FAST
+@given(encoded(unique_ids=True), st.booleans())
+def test_packed_snapshot_reads_as_the_tuples_do(case, uniform):
+    # the BPF backend's snapshots read columns straight out of the kernel's
+    # bytes: every view of them must match the unpacked tuples, whether or
+    # not all records have the same valid bits (uniform forces that they do)
+    layout, recs, session, visited, buf = case
+    assert PackedRecords.supported(layout)
+    rs = layout.record_size
+    tuples = [layout.record.unpack_from(buf, i * rs) for i in range(len(recs))]
+    if uniform and tuples:
+        tuples = [t[:5] + tuples[0][5:7] + t[7:] for t in tuples]
+    data = b"".join(layout.record.pack(*t) for t in tuples)
+    packed = PackedRecords(layout, data)
+    assert len(packed) == len(tuples) and list(packed) == tuples
+    assert [packed[i] for i in range(-len(tuples), len(tuples))] == tuples + tuples
+    assert packed[1:] == tuples[1:]
+    with pytest.raises(IndexError):
+        packed[len(tuples)]
+    paths = ["/"] + [f"/g{i}" for i in range(1, len(tuples))]
+    want = Snapshot("/", layout, tuples, paths)
+    got = Snapshot("/", layout, packed, paths)
+    assert got.records == want.records and list(got) == list(want)
+    assert got.ids() == [t[0] for t in tuples]
+    assert got.columns(layout.names) == {n: list(c) for n, c in
+                                         want.columns(layout.names).items()}
+    for name in layout.names:
+        assert got.column(name) == want.column(name)
+    for i, t in enumerate(tuples):
+        assert got.by_id(t[0]) == want.by_id(t[0])
+        rec = PackedRecord(layout, data, i * rs, f"/x{i}")
+        assert rec == Record(layout, t, f"/x{i}") and rec._t == t
+    with pytest.raises(pymemcg.MalformedData):
+        PackedRecords(layout, data + b"x")
 
 
 @FAST

@@ -113,7 +113,8 @@ def run(args) -> int:
                                     if args.out else None)
     if profile_path and profiles:
         with open(profile_path, "w") as f:
-            f.write(profile_markdown(profiles, env))
+            f.write(profile_markdown(profiles, env,
+                                     {t.size: t.split for t in trees if t.split}))
         log(f"profiles written to {profile_path}")
     return 0
 

@@ -142,6 +142,7 @@ class TreeResult:
     overflow_map: Optional[int]   # bytes of the BPF overflow map after the read
     split: Dict[str, float] = field(default_factory=dict)   # split_tree(), seconds
     cpu: Dict[str, float] = field(default_factory=dict)     # user + sys per snapshot, median
+    best: Dict[str, float] = field(default_factory=dict)    # seconds per snapshot, best round
 
 
 def overflow_map_bytes(reader: Reader) -> Optional[int]:
@@ -197,6 +198,13 @@ def measure_tree(size: int, cgroups: BenchCgroups, reader: Reader, cbench: Optio
                     per.setdefault("c-" + name, []).append(cost.per_op)
                     cpu.setdefault("c-" + name, []).append(cost.cpu_per_op)
         split = split_tree(reader, root, iterations, rounds) if size in (1000, 10_000) else {}
+        if split:
+            # the C walks of the same rounds, best round as split_tree's: ours,
+            # and the kernel's floor (the iterator's walk with a null program)
+            for step, method in (("c-walk", "c-bpf-walk"), ("floor", "c-null-walk")):
+                if per.get(method):
+                    split[step] = min(per[method])
+                    split[step + "-median"] = statistics.median(per[method])
     finally:
         t0 = time.perf_counter()
         failed = remove_tree(root)
@@ -205,7 +213,8 @@ def measure_tree(size: int, cgroups: BenchCgroups, reader: Reader, cbench: Optio
             log("could NOT remove: " + "; ".join(failed))
     return TreeResult(size, iterations, {k: statistics.median(v) for k, v in per.items()},
                       mkdir_s, rmdir_s, peak, retained, overflow_map_bytes(reader), split,
-                      {k: statistics.median(v) for k, v in cpu.items()})
+                      {k: statistics.median(v) for k, v in cpu.items()},
+                      {k: min(v) for k, v in per.items()})
 
 
 def split_tree(reader: Reader, root: str, iterations: int, rounds: int) -> Dict[str, float]:

@@ -143,7 +143,9 @@ def measure_profiles(cbench: Optional[CBench], mount: str, cgroups: BenchCgroups
         jobs += [("C: walk + read of 1,000 memory.stat files",
                   cbench.argv("tree", root, n("c-stat-walk"), 1, ["stat-walk"])),
                  ("C: BPF walk of 1,000 cgroups (one session + overflow copy)",
-                  cbench.argv("tree", root, n("c-bpf-walk"), 1, ["bpf-walk"]))]
+                  cbench.argv("tree", root, n("c-bpf-walk"), 1, ["bpf-walk"])),
+                 ("C: the iterator's walk of 1,000 cgroups with a null program (the floor)",
+                  cbench.argv("tree", root, n("c-null-walk"), 1, ["null-walk"]))]
     jobs += [("Python: Reader.read_tree of 1,000 cgroups", me + ["tree", root, str(n("bpf"))]),
              ("Python: walk + parse of 1,000 memory.stat files",
               me + ["text-tree", root, str(n("text"))])]

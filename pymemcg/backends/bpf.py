@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence
 from .. import layout as layout_mod
 from ..binding import load
 from ..cgroupfs import Cgroup, TreePaths, path_list, resolve_cgroup, still_names
-from ..decode import Layout, Record, Snapshot
+from ..decode import Layout, PackedRecord, PackedRecords, Record, Snapshot
 from ..errors import BpfUnavailable, CgroupNotFound, Closed, MalformedData, ReadError
 from ..kernel_facts import kernel_facts
 from ..programs import (ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, PAGE_SIZE, Fetch, Program,
@@ -184,6 +184,7 @@ class BpfBackend:
         self._sel_tree = selection_digest(self.layout.names, local, False)
         self._sel_path = selection_digest(self.layout.names, local, True)
         self._ovf = bytearray(0)
+        self._packed = PackedRecords.supported(self.layout)
         self._fetch: Optional[Fetch] = None
         self.read_method = "iterator session"
         if singles:
@@ -359,9 +360,14 @@ class BpfBackend:
         route says, or -errno). A Record per path, None where no cgroup has
         it; what the run did not prove is read by read()'s slow path."""
         n = len(paths)
-        view = self._batch_view[:n * self._stride]
+        stride = self._stride
+        view = self._batch_view[:n * stride]
         if rc == 0:
-            return list(map(Record, repeat(self.layout, n), self._unpack_batch(view), relpaths))
+            # every record proven by the program: each Record unpacks its
+            # values from one copy of the batch when first used
+            data = bytes(view)
+            return list(map(PackedRecord, repeat(self.layout, n), repeat(data, n),
+                            range(0, n * stride, stride), relpaths))
         if routes is None:
             routes = list(map(self._by_path.get, paths))
         out: List[Optional[Record]] = [None] * n
@@ -507,18 +513,18 @@ class BpfBackend:
             raise ReadError(errno.EAGAIN, f"reading {path}: other sessions of the same program "
                                           f"kept taking the overflow map; retry")
 
-    def _walk(self, link: _Link) -> Optional[List[tuple]]:
-        """Record tuples of one complete walk, or None to retry."""
+    def _walk(self, link: _Link) -> Optional[Sequence[tuple]]:
+        """The records of one complete walk (PackedRecords where the host
+        reads them as words, else tuples), or None to retry."""
         rs = self.layout.record_size
         n = self._session(link)
         count, session, visited = parse_trailer(self._buf, n, rs, self._sel_tree)
         if visited == 2**64 - 1:
             return None  # another session claimed the bookkeeping at our end
-        rec = self.layout.record
-        out = list(rec.iter_unpack(memoryview(self._buf)[:count * rs]))
+        seq = memoryview(self._buf)[:count * rs]
         extra = visited - count
         if extra <= 0:
-            return out
+            return self._records(bytes(seq))
         prog: Program = self._state["prog"]
         if extra > prog.capacity:
             self._grow(visited)
@@ -531,8 +537,14 @@ class BpfBackend:
             return None
         if rc < 0:
             raise ReadError(-rc, f"copying overflow records failed: {os.strerror(-rc)}")
-        out.extend(rec.iter_unpack(memoryview(self._ovf)[:extra * rs]))
-        return out
+        return self._records(b"".join((seq, memoryview(self._ovf)[:extra * rs])))
+
+    def _records(self, data: bytes) -> Sequence[tuple]:
+        """A walk's records kept as the kernel wrote them (a snapshot reads
+        its columns from the bytes), or unpacked where the host cannot."""
+        if self._packed:
+            return PackedRecords(self.layout, data)
+        return list(self.layout.record.iter_unpack(data))
 
     def _grow(self, needed: int) -> None:
         """Reload with an overflow map that holds `needed` records and more."""
