@@ -91,7 +91,14 @@ KERNELS: Dict[str, Kernel] = {k.key: k for k in (
            ("binary", "c4fbc8e404958693b28825474c20742d70594d65ca58aea7be6a279c81eb6fa0"),
            ("modules", "359f04c363b7d3c5f9ce999ccb7351e00cc8eec0a30d6bc1cda37734987fc43d"),
            ("base", "e08baa43706ba6e8daff58029b039f46beecfb3b3750c6fa0d6d5ca508a46a43")),
-    # arm64 (through an arm64 apt state, APT_STATES)
+    # arm64 (through an arm64 apt state: apt(arch=...)); 6.1 and 6.12 are
+    # the same upstream releases as their x86_64 guests where Debian has them
+    Kernel("6.1", "linux-image-6.1.0-57-cloud-arm64", "6.1.192-3", (
+        ("linux-image-6.1.0-57-cloud-arm64",
+         "51952bf54e96b0bc6263fb51a47b79e206dca0213cd5421162bc55cddbd6e51e"),), "aarch64"),
+    Kernel("6.12", "linux-image-6.12.117+deb12-cloud-arm64", "6.12.117-1~deb12u1", (
+        ("linux-image-6.12.117+deb12-cloud-arm64",
+         "dacb299a09c53cea91e49d7e9e9dc851b9ae1f858c27bea3ebf57831d0447cab"),), "aarch64"),
     Kernel("7.3", "linux-image-7.3.4+deb13-cloud-arm64", "7.3.4-1~bpo13+1", (
         ("linux-binary-7.3.4+deb13-cloud-arm64",
          "34dc0e1a6320440cc3f6e34d12ae099041a2e10555061d50ff4e5af602121788"),
