@@ -159,8 +159,8 @@ clean:
 # PYMEMCG_REQUIRE_BPF=1) on the newest Debian cloud kernel of every series from
 # 6.1 to 7.3 under qemu (software emulation; cgroup v2, and 6.1 on v1 too),
 # each with this checkout's .venv (the host's root shared read-only over
-# virtiofs), plus 7.3 on aarch64 (qemu-system-aarch64, Debian's arm64 Python
-# and pymemcg's aarch64 wheel in a venv: vm/userland.py), and natively on
+# virtiofs), plus 6.1, 6.12 and 7.3 on aarch64 (qemu-system-aarch64, Debian's
+# arm64 Python and pymemcg's aarch64 wheel in a venv: vm/userland.py), and natively on
 # this host. Where a kernel lists its items in
 # kallsyms, verify runs a second time with PYMEMCG_KALLSYMS=0 (built-in tables
 # and enum alone) and the two slot sources must agree. Prints PASS/FAIL per
@@ -180,7 +180,7 @@ vm-deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(VM_APT_PACKAGES)
 
 MATRIX_ARGS ?= --jobs 2
-# the aarch64 guest runs pymemcg's aarch64 wheel from dist/ (make wheel-aarch64)
+# the aarch64 guests run pymemcg's aarch64 wheel from dist/ (make wheel-aarch64)
 AARCH64_WHEEL = $(wildcard dist/pymemcg-*_aarch64.whl)
 matrix: develop
 	$(if $(AARCH64_WHEEL),,$(MAKE) wheel-aarch64)

@@ -152,18 +152,10 @@ $(addprefix wheel-,$(WHEEL_ARCHES)): wheel-%: bpf-% $(CROSS)/%/python/usr/includ
 
 # An arm64 Python userland from Debian's packages (unpacked with dpkg-deb,
 # not installed), to run the aarch64 wheel's extension under qemu-user on
-# this host (tests/wheel_smoke.sh): import and a text-backend read. The BPF
-# test of that wheel runs in the kernel matrix's arm64 guests.
-ARM64_USERLAND := $(CROSS)/aarch64/userland
-ARM64_USERLAND_PACKAGES := libc6 python3.11-minimal libpython3.11-stdlib python3-cffi-backend
-$(ARM64_USERLAND)/usr/bin/python3.11: $(CROSS)/aarch64/python/usr/include/python3.11/Python.h
-	rm -rf $(ARM64_USERLAND) $(ARM64_USERLAND)-debs && mkdir -p $(ARM64_USERLAND)-debs
-	: >$(ARM64_USERLAND)-debs/status
-	APT_CONFIG=$(call xdir,aarch64)/apt.conf $(CURDIR)/tools/apt-private $(call xdir,aarch64)/apt -- \
-		-o Dir::State::status=$(abspath $(ARM64_USERLAND))-debs/status \
-		-o Dir::Cache::archives=$(abspath $(ARM64_USERLAND))-debs -t bookworm \
-		install --download-only --no-install-recommends $(ARM64_USERLAND_PACKAGES) >/dev/null
-	for d in $(ARM64_USERLAND)-debs/*.deb; do dpkg-deb -x $$d $(ARM64_USERLAND) || exit 1; done
-	test -x $@
+# this host (tests/wheel_smoke.sh): import and a text-backend read. It is the
+# kernel matrix's arm64 guest root (vm/userland.py, one package list for
+# both), without the venv; the BPF test of that wheel runs in those guests.
+# The last line of the output is the root's path.
 .PHONY: arm64-userland
-arm64-userland: $(ARM64_USERLAND)/usr/bin/python3.11
+arm64-userland:
+	$(PYTHON) vm/userland.py aarch64

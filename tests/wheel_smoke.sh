@@ -215,7 +215,7 @@ else fail "smoke in a bare environment"; fi
 if [ "$HOST_ARCH" = x86_64 ] && command -v qemu-aarch64-static >/dev/null; then
     echo "== the aarch64 wheel under qemu-aarch64-static"
     if make -s -C "$CHECKOUT" arm64-userland >"$WORK/userland.log" 2>&1; then
-        root="$CHECKOUT/build/cross/aarch64/userland"
+        root=$(tail -n 1 "$WORK/userland.log")
         mkdir -p "$WORK/aarch64-site"
         "$PY" -m zipfile -e "$DIST/pymemcg-$VERSION-cp39-abi3-manylinux_2_28_aarch64.whl" \
             "$WORK/aarch64-site"

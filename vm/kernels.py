@@ -91,7 +91,14 @@ KERNELS: Dict[str, Kernel] = {k.key: k for k in (
            ("binary", "c4fbc8e404958693b28825474c20742d70594d65ca58aea7be6a279c81eb6fa0"),
            ("modules", "359f04c363b7d3c5f9ce999ccb7351e00cc8eec0a30d6bc1cda37734987fc43d"),
            ("base", "e08baa43706ba6e8daff58029b039f46beecfb3b3750c6fa0d6d5ca508a46a43")),
-    # arm64 (through an arm64 apt state, APT_STATES)
+    # arm64 (through an arm64 apt state: apt(arch=...)); 6.1 and 6.12 are
+    # the same upstream releases as their x86_64 guests where Debian has them
+    Kernel("6.1", "linux-image-6.1.0-57-cloud-arm64", "6.1.192-3", (
+        ("linux-image-6.1.0-57-cloud-arm64",
+         "51952bf54e96b0bc6263fb51a47b79e206dca0213cd5421162bc55cddbd6e51e"),), "aarch64"),
+    Kernel("6.12", "linux-image-6.12.117+deb12-cloud-arm64", "6.12.117-1~deb12u1", (
+        ("linux-image-6.12.117+deb12-cloud-arm64",
+         "dacb299a09c53cea91e49d7e9e9dc851b9ae1f858c27bea3ebf57831d0447cab"),), "aarch64"),
     Kernel("7.3", "linux-image-7.3.4+deb13-cloud-arm64", "7.3.4-1~bpo13+1", (
         ("linux-binary-7.3.4+deb13-cloud-arm64",
          "34dc0e1a6320440cc3f6e34d12ae099041a2e10555061d50ff4e5af602121788"),
@@ -102,19 +109,20 @@ KERNELS: Dict[str, Kernel] = {k.key: k for k in (
 )}
 
 # How `latest` finds a series in apt's index: the name of its first package
-# (capturing the release part of the name) and the packages one kernel is made of
+# (capturing the release part of the name; {arch}: Debian's architecture) and
+# the packages one kernel is made of
 SERIES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
-    "6.1": (r"linux-image-(6\.1\.0-\d+)-cloud-amd64", ("image",)),
-    "6.12": (r"linux-image-(6\.12\.\d+\+deb12)-cloud-amd64", ("image",)),
-    "6.16": (r"linux-image-(6\.16\.\d+\+deb13)-cloud-amd64", ("image",)),
-    "6.17": (r"linux-image-(6\.17\.\d+\+deb13)-cloud-amd64", ("image",)),
-    "6.18": (r"linux-image-(6\.18\.\d+\+deb13)-cloud-amd64", ("image",)),
+    "6.1": (r"linux-image-(6\.1\.0-\d+)-cloud-{arch}", ("image",)),
+    "6.12": (r"linux-image-(6\.12\.\d+\+deb12)-cloud-{arch}", ("image",)),
+    "6.16": (r"linux-image-(6\.16\.\d+\+deb13)-cloud-{arch}", ("image",)),
+    "6.17": (r"linux-image-(6\.17\.\d+\+deb13)-cloud-{arch}", ("image",)),
+    "6.18": (r"linux-image-(6\.18\.\d+\+deb13)-cloud-{arch}", ("image",)),
     # the kernel alone: see KERNELS
-    "6.19": (r"linux-binary-(6\.19\.\d+\+deb13)-cloud-amd64", ("binary",)),
-    "7.0": (r"linux-binary-(7\.0\.\d+\+deb13)-cloud-amd64", ("binary",)),
-    "7.1": (r"linux-binary-(7\.1\.\d+\+deb13)-cloud-amd64", ("binary",)),
-    "7.2": (r"linux-binary-(7\.2\.\d+\+deb13)-cloud-amd64", ("binary", "modules", "base")),
-    "7.3": (r"linux-binary-(7\.3\.\d+\+deb13)-cloud-amd64", ("binary", "modules", "base")),
+    "6.19": (r"linux-binary-(6\.19\.\d+\+deb13)-cloud-{arch}", ("binary",)),
+    "7.0": (r"linux-binary-(7\.0\.\d+\+deb13)-cloud-{arch}", ("binary",)),
+    "7.1": (r"linux-binary-(7\.1\.\d+\+deb13)-cloud-{arch}", ("binary",)),
+    "7.2": (r"linux-binary-(7\.2\.\d+\+deb13)-cloud-{arch}", ("binary", "modules", "base")),
+    "7.3": (r"linux-binary-(7\.3\.\d+\+deb13)-cloud-{arch}", ("binary", "modules", "base")),
 }
 
 
@@ -234,9 +242,9 @@ def _version_cmp(a: str, b: str) -> int:
     return 1 if gt else -1
 
 
-def _versions(package: str) -> Dict[str, str]:
+def _versions(package: str, arch: str) -> Dict[str, str]:
     """{version: sha256 of its .deb} of a package in the private index."""
-    out = apt("apt-cache", "show", package).stdout
+    out = apt("apt-cache", "show", package, arch=arch).stdout
     found: Dict[str, str] = {}
     for stanza in out.split("\n\n"):
         ver = re.search(r"^Version: (.+)$", stanza, re.M)
@@ -246,33 +254,39 @@ def _versions(package: str) -> Dict[str, str]:
     return found
 
 
-def newest(series: str) -> Optional[Kernel]:
-    """The newest kernel of `series` whose every package apt carries in one version."""
+def newest(series: str, arch: str = "x86_64") -> Optional[Kernel]:
+    """The newest kernel of `series` for `arch` whose every package apt
+    carries in one version."""
     pattern, parts = SERIES[series]
-    listing = apt("apt-cache", "search", "--names-only", "cloud-amd64")
+    cloud = f"cloud-{DEB_ARCH[arch]}"
+    pattern = pattern.replace("cloud-{arch}", cloud)
+    listing = apt("apt-cache", "search", "--names-only", cloud, arch=arch)
     if listing.returncode != 0:
         raise MatrixError(f"apt-cache search failed:\n{listing.stderr.strip()}")
     rels = sorted({m.group(1) for line in listing.stdout.splitlines()
                    for m in [re.fullmatch(pattern, line.split(" ", 1)[0])] if m},
                   key=lambda r: [int(x) for x in re.findall(r"\d+", r)])
     for rel in reversed(rels):
-        names = [f"linux-{part}-{rel}-cloud-amd64" for part in parts]
-        found = [_versions(n) for n in names]
+        names = [f"linux-{part}-{rel}-{cloud}" for part in parts]
+        found = [_versions(n, arch) for n in names]
         common = set(found[0]).intersection(*found[1:])
         if common:
             ver = max(common, key=functools.cmp_to_key(_version_cmp))
-            return Kernel(series, f"linux-image-{rel}-cloud-amd64", ver,
-                          tuple((n, f[ver]) for n, f in zip(names, found)))
+            return Kernel(series, f"linux-image-{rel}-{cloud}", ver,
+                          tuple((n, f[ver]) for n, f in zip(names, found)), arch)
     return None
 
 
 def latest() -> None:
-    """Print the newest kernel of every series as a pin for KERNELS."""
-    for series in SERIES:
-        k = newest(series)
+    """Print the newest kernel of every pinned series and architecture as a
+    pin for KERNELS."""
+    for pinned in KERNELS.values():
+        k = newest(pinned.series, pinned.arch)
         if k is None:
-            print(f"{series}: none complete in apt's index ({', '.join(SERIES[series][1])})")
+            print(f"{pinned.key}: none complete in apt's index "
+                  f"({', '.join(SERIES[pinned.series][1])})")
             continue
         debs = "".join(f'\n        ("{n}",\n         "{sha}"),' for n, sha in k.debs)
-        print(f'    # newest {series}; pinned: {KERNELS[series].package} {KERNELS[series].version}\n'
-              f'    Kernel("{k.series}", "{k.package}", "{k.version}", ({debs})),')
+        arch = "" if k.arch == "x86_64" else f', "{k.arch}"'
+        print(f'    # newest {k.key}; pinned: {pinned.package} {pinned.version}\n'
+              f'    Kernel("{k.series}", "{k.package}", "{k.version}", ({debs}){arch}),')

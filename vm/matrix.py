@@ -73,6 +73,8 @@ GUESTS: Dict[str, tuple] = {
     "7.3-v2": ("7.3", 2),
     # arm64 under qemu-system-aarch64, with Debian's arm64 Python and the
     # aarch64 wheel (vm/userland.py)
+    "6.1-aarch64-v2": ("6.1-aarch64", 2),
+    "6.12-aarch64-v2": ("6.12-aarch64", 2),
     "7.3-aarch64-v2": ("7.3-aarch64", 2),
 }
 # `make matrix-quick`: the oldest on v1, the first compacted one, the newest

@@ -7,6 +7,11 @@ for it. No compiler and no build step: the wheel is what users install.
 The guest shares this tree (build/vm/userland-<arch>/root) over virtiofs,
 with the repository (for the tests) and its result directory bound in, and
 chroots into it (vm/init.sh, MATRIX_ROOT).
+
+It is the project's one userland of another architecture: the wheel smoke
+test runs the aarch64 wheel's extension in the same root under qemu-user
+(`make arm64-userland`, which runs `python3 vm/userland.py aarch64`: the
+Debian packages alone, without the venv).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Tuple
@@ -74,17 +80,19 @@ def _install_wheel(wheel: Path, root: Path) -> None:
         z.extractall(site)
 
 
-def userland(arch: str) -> Tuple[Path, str, str]:
-    """(root directory, Python in it, what it was built from): built once
-    per set of packages and wheel, then reused."""
-    wheel = find_wheel(arch)
+def base_root(arch: str) -> Path:
+    """The root directory of Debian's PACKAGES for `arch`, unpacked (no
+    venv): built once per package list, then reused."""
     base = BUILD / f"userland-{DEB_ARCH[arch]}"
     root, debs = base / "root", base / "debs"
-    stamp = base / "built"
-    wanted = f"{' '.join(PACKAGES)} {wheel.name} {sha256_file(wheel)}"
+    stamp = base / "unpacked"
+    wanted = " ".join(PACKAGES)
     if stamp.exists() and stamp.read_text().strip() == wanted and root.is_dir():
-        return root, f"{VENV}/bin/python", wanted
-    log(f"{arch} userland: Debian's {', '.join(PACKAGES)} and {wheel.name}")
+        return root
+    log(f"{arch} userland: Debian's {', '.join(PACKAGES)}")
+    for old in (stamp, base / "built"):   # "built": the stamp of a venv in this root
+        if old.exists():
+            old.unlink()
     debs.mkdir(parents=True, exist_ok=True)
     _download(arch, debs)
     if root.exists():
@@ -102,6 +110,32 @@ def userland(arch: str) -> Tuple[Path, str, str]:
             path.symlink_to("/bin/busybox")
     if not (root / "bin" / "busybox").exists() or not (root / PYTHON.lstrip("/")).exists():
         raise MatrixError(f"{root}: the {arch} userland lacks busybox or {PYTHON}")
-    _install_wheel(wheel, root)
     stamp.write_text(wanted + "\n")
+    return root
+
+
+def userland(arch: str) -> Tuple[Path, str, str]:
+    """(root directory, Python in it, what it was built from): base_root()
+    with pymemcg's wheel in a venv, rebuilt when the wheel changes."""
+    wheel = find_wheel(arch)
+    root = base_root(arch)
+    stamp = root.parent / "built"
+    wanted = f"{' '.join(PACKAGES)} {wheel.name} {sha256_file(wheel)}"
+    if not (stamp.exists() and stamp.read_text().strip() == wanted):
+        log(f"{arch} userland: {wheel.name} into {VENV}")
+        venv = root / VENV.lstrip("/")
+        if venv.exists():
+            shutil.rmtree(venv)
+        _install_wheel(wheel, root)
+        stamp.write_text(wanted + "\n")
     return root, f"{VENV}/bin/python", wanted
+
+
+if __name__ == "__main__":
+    # python3 vm/userland.py ARCH: build the packages' root, print its path
+    if len(sys.argv) != 2 or sys.argv[1] not in DEB_ARCH:
+        sys.exit(f"usage: {sys.argv[0]} {{{','.join(DEB_ARCH)}}}")
+    try:
+        print(base_root(sys.argv[1]))
+    except MatrixError as e:
+        sys.exit(f"userland: error: {e}")
