@@ -65,8 +65,8 @@ def test_a_swapped_slot_is_a_disagreement():
 
 def test_without_a_table_the_extra_stats_are_listed():
     """A release without a table (6.15, never booted here): the lists serve
-    stats the tables alone cannot; that
-    is listed, and agreement holds (nothing served twice differently)."""
+    stats the tables alone cannot; that is listed, and agreement holds
+    (nothing served twice differently)."""
     facts = captured("6.17")
     lists = with_lists(facts)
     no_table = dataclasses.replace(facts, release="6.15")
