@@ -4,6 +4,7 @@ a limit), so the instruments' values equal a direct read."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import time
@@ -164,24 +165,27 @@ def test_container_and_pod_attributes(bpf_ok, cgroups, provider):
 def test_uninstrument_unloads_and_instrument_serves_again(bpf_ok, quiet, provider):
     parent, _ = quiet
     meter_provider, reader = provider
+    # Earlier tests' garbage may close its fds mid-test; only what this test
+    # opens must be gone at the end.
+    gc.collect()
     before, fds = links_of(), open_fds()
     inst = MemcgInstrumentor(parent, ["usage"])
     inst.instrument(meter_provider=meter_provider)
     assert inst.is_instrumented_by_opentelemetry
     inst.instrument(meter_provider=meter_provider)     # a second call does nothing
     assert collect(reader)
-    assert links_of() != before, "a Reader that has read holds its links"
+    assert links_of() - before, "a Reader that has read holds its links"
     inst.uninstrument()
     assert not inst.is_instrumented_by_opentelemetry
-    assert links_of() == before, "uninstrument must close the Reader's links"
-    assert open_fds() == fds
+    assert not links_of() - before, "uninstrument must close the Reader's links"
+    assert open_fds() <= fds, f"fds left behind: {open_fds() - fds}"
     assert not any(collect(reader).values())
     inst.instrument(meter_provider=meter_provider)
     try:
         assert collect(reader)["memcg.usage"]
     finally:
         inst.uninstrument()
-    assert links_of() == before
+    assert not links_of() - before
 
 
 def test_bad_arguments_are_clean_errors():
