@@ -191,7 +191,7 @@ matrix-quick: develop
 
 # make soak: 10^6 single reads and 10^6 tree reads through one Reader, printing
 # fds and RSS as it goes; fails if the fd set changes or RSS grows after
-# warm-up (issue 5). SOAK_ARGS passes options to tools/soak.py.
+# warm-up. SOAK_ARGS passes options to tools/soak.py.
 .PHONY: soak
 soak: develop
 	$(VPY) tools/soak.py $(SOAK_ARGS)

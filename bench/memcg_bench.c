@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * memcg_bench: the C side of pymemcg's benchmark (issue 4), built on the
+ * memcg_bench: the C side of pymemcg's benchmark, built on the
  * project's own loader (csrc/pmc_shim.c). It repeats the seed patch's
  * experiment, memory.stat reads against BPF iterator sessions, and times
  * tree snapshots both ways.

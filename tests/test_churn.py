@@ -1,4 +1,4 @@
-"""Issue 5 part 3, churn: tree reads while other processes create and remove
+"""Churn: tree reads while other processes create and remove
 thousands of cgroups and move tasks between them; cgroups removed under a
 reader. Snapshots stay exact (README "Snapshots: what a tree read
 guarantees"), errors are pymemcg.Error subclasses, nothing leaks.

@@ -1,4 +1,4 @@
-"""Issue 5 part 2, embedding in a daemon: threads sharing one Reader, fork,
+"""Embedding in a daemon: threads sharing one Reader, fork,
 close() and `with`, nothing done at import, and flat fds/RSS over many reads.
 
 Real kernel, real cgroups (the `cgroups` fixture); BPF tests need `bpf_ok`.
@@ -205,6 +205,7 @@ def test_forked_child_can_use_the_parents_reader(no_leaks, tree):
         fetch = r.read_method.startswith("BPF_PROG_RUN")
         assert r.read(tree["a"][0]).id == tree["a"][1]
         base_snap = r.read_tree(tree[""][0])
+        gc.collect()    # earlier tests' Readers must not close their links mid-test
         parent_links = my_links()
 
         def child():

@@ -1,4 +1,4 @@
-"""Issue 5 part 4, bad input: fuzzing what tests/test_textparse.py and
+"""Bad input: fuzzing what tests/test_textparse.py and
 tests/test_decode.py do not cover, and hostile paths for Reader.read and
 Reader.read_tree on both backends. Each gives a pymemcg.Error subclass or a
 correct result, and leaves nothing behind."""

@@ -377,7 +377,7 @@ def _best_ratio(t: TreeResult, slow: str, fast: str) -> str:
 
 def goals(single: List[SingleResult], trees: List[TreeResult], scrapes=(), many=None
           ) -> List[Goal]:
-    """The issue's speed goals against the measurements: each says what it
+    """The speed goals against the measurements: each says what it
     compares (median rounds, with the best rounds beside where the run has
     them); met is judged on the medians."""
     out = []
@@ -521,7 +521,7 @@ def report(single: List[SingleResult], trees: List[TreeResult], profiles: List[P
         "",
     ]
     lines = ["# pymemcg benchmark", "", "Written by `make bench` (bench/pymemcg_bench). "
-             "BPF reads against memory.stat, in C and in Python; the issue's goals are in "
+             "BPF reads against memory.stat, in C and in Python; the speed goals are in "
              "section 4.", ""] + env
     if why_no_c:
         lines += [f"No C results: {why_no_c}.", ""]
@@ -534,7 +534,7 @@ def report(single: List[SingleResult], trees: List[TreeResult], profiles: List[P
     tree_split = next((t.split for t in trees if t.split), {})
     how = "BPF_PROG_RUN" if read_method.startswith("BPF_PROG_RUN") else "iterator session"
     lines += report_profiles(profiles, split, c_session, tree_split, why_no_profile, how)
-    lines += ["## 4. The issue's speed goals", "", "| goal | measured | met |", "|---|---|---|"]
+    lines += ["## 4. The speed goals", "", "| goal | measured | met |", "|---|---|---|"]
     for g in goals(single, trees, scrapes, many):
         lines.append(f"| {g.text} | {g.measured} | {g.verdict} |")
     lines += ["", WHAT_WOULD_CHANGE, ""]
