@@ -122,7 +122,7 @@ def test_bench_smoke_run(bpf_ok, cgroups, tmp_path):
         method = reader.read_method
         text, env = report.report(single, trees, [], split, "smoke run", "",
                                  Settings.quick(), 0.0, method)
-    assert "## 4. The issue's speed goals" in text and method in "\n".join(env)
+    assert "## 4. The speed goals" in text and method in "\n".join(env)
     assert not os.path.exists(made.top)
 
 
