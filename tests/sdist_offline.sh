@@ -22,16 +22,10 @@
 # /usr/bin/python3), SDIST (an sdist to test instead of building one).
 set -euo pipefail
 
-CHECKOUT=$(cd "$(dirname "$0")/.." && pwd)
-if [ -x /usr/bin/python3 ]; then DEFAULT_PY=/usr/bin/python3; else DEFAULT_PY=$(command -v python3); fi
+. "$(dirname "$0")/checks.sh"
 PY=${SDIST_PYTHON:-$DEFAULT_PY}
 WORK=$(mktemp -d /tmp/pymemcg-sdist-offline.XXXXXX)
-PASSED=0
-FAILED=0
 trap 'rm -rf "$WORK"' EXIT
-
-ok() { PASSED=$((PASSED + 1)); echo "ok: $*"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL: $*" >&2; }
 
 if [ -n "${SDIST:-}" ]; then
     cp "$SDIST" "$WORK/"

@@ -25,12 +25,9 @@
 # skips the namespace.
 set -euo pipefail
 
-CHECKOUT=$(cd "$(dirname "$0")/.." && pwd)
-if [ -x /usr/bin/python3 ]; then DEFAULT_PY=/usr/bin/python3; else DEFAULT_PY=$(command -v python3); fi
+. "$(dirname "$0")/checks.sh"
 PY=${SMOKE_PYTHON:-$DEFAULT_PY}
 WORK=$(mktemp -d /tmp/pymemcg-wheel-smoke.XXXXXX)
-PASSED=0
-FAILED=0
 EXPORTER_PID=
 
 cleanup() {
@@ -42,8 +39,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ok() { PASSED=$((PASSED + 1)); echo "ok: $*"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL: $*" >&2; }
 check() {  # check DESCRIPTION COMMAND...
     local what=$1; shift
     if "$@"; then ok "$what"; else fail "$what"; fi
