@@ -167,6 +167,19 @@ def snapshot_memory(reader: Reader, root: str) -> Tuple[int, int]:
     return peak, retained
 
 
+#: more than every cache level of the machines this runs on
+EVICT_BYTES = 64 << 20
+_evict_buffers: List[bytearray] = []
+
+
+def evict_caches() -> None:
+    """Push the kernel's and our own data out of the CPU caches (and the
+    TLBs): copy EVICT_BYTES from one buffer into another."""
+    if not _evict_buffers:
+        _evict_buffers.extend((bytearray(b"\x01" * EVICT_BYTES), bytearray(EVICT_BYTES)))
+    _evict_buffers[1][:] = _evict_buffers[0]
+
+
 def measure_tree(size: int, cgroups: BenchCgroups, reader: Reader, cbench: Optional[CBench],
                  work: int, rounds: int) -> TreeResult:
     """Snapshots of a tree of `size` cgroups, made for it and removed afterwards."""
@@ -187,6 +200,12 @@ def measure_tree(size: int, cgroups: BenchCgroups, reader: Reader, cbench: Optio
         cpu: Dict[str, List[float]] = {}
         for _ in range(rounds):
             for name, fn in methods.items():
+                # one snapshot with the caches evicted first, then the rest back
+                # to back: each regime alike at every size
+                evict_caches()
+                real, user, sys_ = time_loop(fn, 1)
+                per.setdefault(name + "-cold", []).append(real)
+                cpu.setdefault(name + "-cold", []).append(user + sys_)
                 real, user, sys_ = time_loop(fn, iterations)
                 per.setdefault(name, []).append(real / iterations)
                 cpu.setdefault(name, []).append((user + sys_) / iterations)
