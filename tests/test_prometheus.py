@@ -73,14 +73,17 @@ def charge_cache(cgroups, cgroup: str, cache_file: str) -> None:
     proc.wait()
     # BPF reads rstat totals: wait for the kernel to flush the charge (reading
     # memory.stat flushes when many updates are pending; a worker does every 2 s)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     with pymemcg.Reader(stats=["file"], backend="bpf") as reader:
         while True:
             with open(os.path.join(cgroup, "memory.stat")) as f:
-                f.read()
-            if reader.read(cgroup)["file"] >= CACHE // 2:
+                text = f.read()
+            seen = reader.read(cgroup)["file"]
+            if seen >= CACHE // 2:
                 break
-            assert time.monotonic() < deadline, f"the page cache never showed in {cgroup}"
+            assert time.monotonic() < deadline, (
+                f"the page cache never showed in {cgroup}: BPF file={seen}, charging process "
+                f"exited {proc.returncode}, memory.stat:\n{text}")
             time.sleep(0.2)
 
 
