@@ -142,6 +142,25 @@ unsigned int pmc_prog_seq_budget(const struct pmc_prog *prog);
 unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog);
 int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order);
 int pmc_link_pin(int link_fd, const char *path);
+
+enum pmc_pin_object {
+    PMC_PIN_NOT_BPF = 0,
+    PMC_PIN_LINK = 1,
+    PMC_PIN_PROG = 2,
+    PMC_PIN_MAP = 3,
+    PMC_PIN_OTHER = 4,
+};
+struct pmc_pin_ident {
+    unsigned int on_bpffs;
+    unsigned int object;
+    unsigned int link_type;
+    unsigned int prog_type;
+    unsigned int order;
+    unsigned long long cgroup_id;
+    char target[32];
+    char prog_name[16];
+};
+int pmc_pin_identify(int dir_fd, const char *name, struct pmc_pin_ident *out);
 const void *pmc_object_bytes(size_t *size);
 ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size);
 int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,

@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <limits.h>
+#include <linux/magic.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -286,6 +290,90 @@ int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order)
 int pmc_link_pin(int link_fd, const char *path)
 {
 	return bpf_obj_pin(link_fd, path) ? -errno : 0;
+}
+
+/* bpffs gives every pinned object an anonymous inode's file: its name in
+ * /proc/self/fd says the kind. */
+static unsigned int bpf_object_kind(int fd)
+{
+	char proc[32], target[64];
+	ssize_t n;
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	n = readlink(proc, target, sizeof(target) - 1);
+	if (n < 0)
+		return PMC_PIN_OTHER;
+	target[n] = '\0';
+	if (!strcmp(target, "anon_inode:bpf_link") || !strcmp(target, "anon_inode:bpf-link"))
+		return PMC_PIN_LINK;
+	if (!strcmp(target, "anon_inode:bpf-prog"))
+		return PMC_PIN_PROG;
+	if (!strcmp(target, "anon_inode:bpf-map"))
+		return PMC_PIN_MAP;
+	return PMC_PIN_OTHER;
+}
+
+static int identify_link(int link_fd, struct pmc_pin_ident *out)
+{
+	struct bpf_link_info link = {};
+	struct bpf_prog_info prog = {};
+	__u32 len = sizeof(link);
+	int prog_fd, err = 0;
+
+	link.iter.target_name = (unsigned long)out->target;
+	link.iter.target_name_len = sizeof(out->target);
+	if (bpf_obj_get_info_by_fd(link_fd, &link, &len))
+		return -errno;
+	out->link_type = link.type;
+	if (link.type != BPF_LINK_TYPE_ITER)
+		out->target[0] = '\0';	/* the kernel wrote nothing there */
+	else if (!strcmp(out->target, "cgroup")) {
+		out->order = link.iter.cgroup.order;
+		out->cgroup_id = link.iter.cgroup.cgroup_id;
+	}
+	out->target[sizeof(out->target) - 1] = '\0';
+	prog_fd = bpf_prog_get_fd_by_id(link.prog_id);
+	if (prog_fd < 0)
+		return -errno;
+	len = sizeof(prog);
+	if (bpf_obj_get_info_by_fd(prog_fd, &prog, &len))
+		err = -errno;
+	close(prog_fd);
+	if (err)
+		return err;
+	out->prog_type = prog.type;
+	memcpy(out->prog_name, prog.name, sizeof(out->prog_name));
+	out->prog_name[sizeof(out->prog_name) - 1] = '\0';
+	return 0;
+}
+
+int pmc_pin_identify(int dir_fd, const char *name, struct pmc_pin_ident *out)
+{
+	char path[64 + NAME_MAX];
+	struct statfs sfs;
+	struct stat st;
+	int fd, err;
+
+	memset(out, 0, sizeof(*out));
+	if (fstatfs(dir_fd, &sfs))
+		return -errno;
+	out->on_bpffs = sfs.f_type == BPF_FS_MAGIC;
+	if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW))
+		return -errno;
+	if (!out->on_bpffs || !S_ISREG(st.st_mode))
+		return 0;	/* not a pinned BPF object: nothing to ask the kernel */
+	/* BPF_OBJ_GET takes a path (a directory fd only since 6.5): the name
+	 * through the directory's fd, so that nothing above it is resolved
+	 * again; the name itself was just seen not to be a symlink. */
+	if (snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", dir_fd, name) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	fd = bpf_obj_get(path);
+	if (fd < 0)
+		return -errno;
+	out->object = bpf_object_kind(fd);
+	err = out->object == PMC_PIN_LINK ? identify_link(fd, out) : 0;
+	close(fd);
+	return err;
 }
 
 ssize_t pmc_read_session(int link_fd, void *buf, size_t buf_size)

@@ -47,6 +47,31 @@ int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order);
 
 int pmc_link_pin(int link_fd, const char *path);
 
+/* What the file `name` in the directory dir_fd is, as far as removing it
+ * safely needs to know: whether that directory is on bpffs, and for a BPF
+ * object pinned there, its kind and, for a link, what it iterates and which
+ * program runs. Looks at the name itself, never through a symlink; takes no
+ * reference beyond the call. Returns 0 or -errno. */
+enum pmc_pin_object {
+	PMC_PIN_NOT_BPF = 0,	/* not a BPF object (or not on bpffs) */
+	PMC_PIN_LINK = 1,
+	PMC_PIN_PROG = 2,
+	PMC_PIN_MAP = 3,
+	PMC_PIN_OTHER = 4,	/* a BPF object of another kind (BTF, ...) */
+};
+
+struct pmc_pin_ident {
+	unsigned int on_bpffs;
+	unsigned int object;		/* enum pmc_pin_object */
+	unsigned int link_type;		/* enum bpf_link_type, for a link */
+	unsigned int prog_type;		/* enum bpf_prog_type of the link's program */
+	unsigned int order;		/* cgroup iterator links: the walk's order */
+	unsigned long long cgroup_id;	/* cgroup iterator links: the cgroup */
+	char target[32];		/* iterator links: "cgroup", "task", ... */
+	char prog_name[16];		/* the program's name, as the kernel keeps it */
+};
+int pmc_pin_identify(int dir_fd, const char *name, struct pmc_pin_ident *out);
+
 /* The embedded BPF object (ELF), to fingerprint pins with. */
 const void *pmc_object_bytes(size_t *size);
 

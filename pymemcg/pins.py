@@ -124,6 +124,9 @@ def _read_meta(path: str, meta_dir: str) -> dict:
                               f"again") from None
     if not isinstance(doc, dict):
         raise PinMismatch(f"{meta} is not pin metadata: unpin the pin and pin it again")
+    if "pin" in doc and doc["pin"] != os.path.abspath(path):
+        raise PinMismatch(f"{meta} is the metadata of {doc['pin']!r}, not of {path}: unpin "
+                          f"the pin and pin it again")
     return doc
 
 
@@ -200,7 +203,9 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
         try:
             _share_pin(path, owner, group, mode)
             _write_meta(meta, {
-                "format": wire.FORMAT_VERSION, "object": object_digest(), "root": cg.path,
+                "format": wire.FORMAT_VERSION, "object": object_digest(),
+                "pin": os.path.abspath(path),
+                "root": cg.path,
                 "cgroup_id": cg.id, "tree": tree, "stats": list(stats), "local": local,
                 "sources": backend.layout.sources,
             })
@@ -241,21 +246,168 @@ def _write_meta(meta: str, doc: dict) -> None:
         json.dump(doc, f)
 
 
-def unpin(pin: str, meta_dir: str = META_DIR, directory: str = SHARED_PIN_DIR) -> List[str]:
+# The kernel keeps 15 characters of a program's name: every iterator program
+# of bpf_src/memcg_iter.bpf.c starts with this.
+PIN_PROGRAM_PREFIX = "pmc_memcg_iter"
+_KIND = {2: "a pinned BPF program", 3: "a pinned BPF map", 4: "a pinned BPF object"}
+
+
+class NotAPin(InvalidPin):
+    """unpin() was pointed at something it cannot prove is a pymemcg pin (or
+    metadata of that pin): nothing was removed."""
+
+
+def _refuse(path: str, why: str) -> NotAPin:
+    return NotAPin(f"{path}: {why}; nothing was removed. pymemcg removes only iterator links "
+                   f"of its own programs pinned on bpffs, and the metadata that names them "
+                   f"(`pymemcg pins` lists them)")
+
+
+def _pin_location(pin: str, directory: str) -> tuple:
+    """The pin's directory and file name. No '..': what a name stands for
+    must not depend on where symlinks above it lead."""
+    raw = pin if "/" in pin else os.path.join(directory, pin)
+    if ".." in raw.split("/"):
+        raise _refuse(raw, "a pin path may not contain '..'")
+    parent, name = os.path.split(os.path.abspath(raw))
+    if not name:
+        raise _refuse(raw, "names a directory")
+    return parent, name
+
+
+def _open_dir(directory: str, what: str) -> int:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _refuse(directory, f"cannot open {what} ({e.strerror})") from None
+    st = os.fstat(fd)
+    if not trusted(st):
+        os.close(fd)
+        raise _refuse(directory, f"{what} is owned by uid {st.st_uid} with mode "
+                                 f"{stat_mod.S_IMODE(st.st_mode):o}: someone else could "
+                                 f"swap what is in it")
+    return fd
+
+
+def _check_pin(dir_fd: int, path: str, name: str) -> Optional[object]:
+    """The pin's identity (pmc_pin_ident) if `name` is one of pymemcg's
+    iterator links on bpffs, None if nothing is there; NotAPin otherwise."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    if stat_mod.S_ISLNK(st.st_mode):
+        raise _refuse(path, "is a symlink, not a pin")
+    try:
+        from ._pymemcg import ffi, lib
+    except ImportError:
+        raise BpfUnavailable(f"{path}: this install has no compiled part, so it cannot ask "
+                             f"the kernel what the file is; unpin with a full install") from None
+    ident = ffi.new("struct pmc_pin_ident *")
+    rc = lib.pmc_pin_identify(dir_fd, name.encode(), ident)
+    if rc < 0:
+        try:
+            os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None  # removed meanwhile
+        raise _refuse(path, f"the kernel does not give it as a BPF object "
+                            f"({os.strerror(-rc)})")
+    if not ident.on_bpffs:
+        raise _refuse(path, "is not on a bpffs mount, so it is no pin")
+    if not stat_mod.S_ISREG(st.st_mode) or ident.object == lib.PMC_PIN_NOT_BPF:
+        raise _refuse(path, "is not a pinned BPF object")
+    if ident.object != lib.PMC_PIN_LINK:
+        raise _refuse(path, f"is {_KIND.get(ident.object, 'a pinned BPF object')}, not a link")
+    target = ffi.string(ident.target).decode(errors="replace")
+    prog = ffi.string(ident.prog_name).decode(errors="replace")
+    if target != "cgroup":
+        raise _refuse(path, f"is a BPF link of another kind (link type {ident.link_type}, "
+                            f"iterator target {target!r})")
+    if not prog.startswith(PIN_PROGRAM_PREFIX):
+        raise _refuse(path, f"is a cgroup iterator link of the program {prog!r}, not of "
+                            f"pymemcg's")
+    return ident
+
+
+def _check_meta(meta_fd: int, meta: str, path: str, ident) -> bool:
+    """Whether metadata for the pin at `path` is there (True) or not (False);
+    NotAPin if what is there is not provably that pin's: a symlink, not a
+    regular file, writable by others, not pin metadata, or describing
+    another pin."""
+    name = os.path.basename(meta)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=meta_fd)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise _refuse(meta, f"cannot open it ({e.strerror}; a symlink is refused)") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise _refuse(meta, "is not a regular file")
+        if not trusted(st):
+            raise _refuse(meta, f"is owned by uid {st.st_uid} with mode "
+                                f"{stat_mod.S_IMODE(st.st_mode):o}, so it is not root's")
+        try:
+            doc = json.loads(f.read(1 << 20))
+        except ValueError:
+            doc = None
+    if not isinstance(doc, dict) or "format" not in doc or "root" not in doc:
+        raise _refuse(meta, "is not pin metadata")
+    if "pin" in doc:
+        if doc["pin"] != path:
+            raise _refuse(meta, f"is the metadata of {doc['pin']!r}, not of {path}")
+        return True
+    # metadata written before it named its pin: it must describe this link
+    if ident is None:
+        raise _refuse(meta, f"does not name its pin, and there is no pin at {path} to "
+                            f"match it with; remove it by hand if it is pymemcg's")
+    if doc.get("cgroup_id") != ident.cgroup_id or \
+            bool(doc.get("tree")) != (ident.order == 2):
+        raise _refuse(meta, f"describes cgroup id {doc.get('cgroup_id')}, not the link at "
+                            f"{path} (cgroup id {ident.cgroup_id})")
+    return True
+
+
+def unpin(pin: str, meta_dir: str = META_DIR, directory: str = SHARED_PIN_DIR, *,
+          keep_foreign_meta: bool = False) -> List[str]:
     """Remove a pin, named as it was pinned (in `directory`) or by path, and
     its metadata; returns what was removed, [] if neither was there. The
-    program goes with the last user of the link."""
-    path = pin_path(pin, directory)
-    removed = []
-    for p in (path, _meta_path(path, meta_dir)):
+    program goes with the last user of the link.
+
+    Removes only what is provably pymemcg's: a cgroup iterator link of one
+    of its programs, pinned on bpffs in a directory only root (or this user)
+    can write, and the file in `meta_dir` that names that pin. Anything else
+    raises NotAPin and nothing is removed; with keep_foreign_meta, metadata
+    that is not provably the pin's is left in place and the pin still goes.
+    """
+    parent, name = _pin_location(pin, directory)
+    path = os.path.join(parent, name)
+    meta = _meta_path(path, meta_dir)
+    dir_fd = _open_dir(parent, "the pin's directory")
+    meta_fd = -1
+    try:
+        ident = _check_pin(dir_fd, path, name)
         try:
-            os.unlink(p)
-            removed.append(p)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise InvalidPin(f"cannot remove {p} ({e.strerror}): not a pin?") from None
-    return removed
+            meta_fd = _open_dir(meta_dir, "the metadata directory")
+            has_meta = _check_meta(meta_fd, meta, path, ident)
+        except NotAPin:
+            if not keep_foreign_meta or ident is None:
+                raise
+            has_meta = False
+        removed = []
+        if ident is not None:
+            os.unlink(name, dir_fd=dir_fd)
+            removed.append(path)
+        if has_meta:
+            os.unlink(os.path.basename(meta), dir_fd=meta_fd)
+            removed.append(meta)
+        return removed
+    finally:
+        os.close(dir_fd)
+        if meta_fd >= 0:
+            os.close(meta_fd)
 
 
 def _info(path: str, meta_dir: str) -> PinInfo:
@@ -321,29 +473,36 @@ def pins(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> List[PinI
 
 
 def prune(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR,
-          other_builds: bool = False) -> List[str]:
+          other_builds: bool = False, refused: Optional[List[str]] = None) -> List[str]:
     """Remove stale shared pins, and return what was removed: pins whose
     cgroup was removed (the link keeps that cgroup allocated until it is
     unpinned), orphans (pins without metadata a reader would use: they still
     serve whoever may open them), metadata whose pin is gone, and with
-    other_builds, pins that another pymemcg build made."""
+    other_builds, pins that another pymemcg build made. What unpin() would
+    refuse is left in place, and why is appended to `refused`."""
     removed = []
     for info in pins(directory, meta_dir):
         if info.orphan or not info.alive or (other_builds and not info.current):
-            unpin(info.path, meta_dir)
-            removed.append(info.path)
+            try:
+                removed += unpin(info.path, meta_dir, keep_foreign_meta=True)
+            except NotAPin as e:
+                if refused is not None:
+                    refused.append(str(e))
     try:
         names = sorted(os.listdir(meta_dir))
     except FileNotFoundError:
         names = []
     for name in names:
+        if not name.endswith(".json") or name in (".json",):
+            continue
         pin_path = os.path.join(directory, name[:-len(".json")])
-        if name.endswith(".json") and not os.path.lexists(pin_path):
-            try:
-                os.unlink(os.path.join(meta_dir, name))
-                removed.append(os.path.join(meta_dir, name))
-            except FileNotFoundError:
-                pass
+        if os.path.lexists(pin_path):
+            continue
+        try:
+            removed += unpin(pin_path, meta_dir)
+        except NotAPin as e:
+            if refused is not None:
+                refused.append(str(e))
     return removed
 
 

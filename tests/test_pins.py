@@ -107,8 +107,10 @@ def test_stale_shared_pins_are_listed_and_pruned(bpf_ok, cgroups, pin_dirs):
     gone, kept = cgroups.make("stale/gone"), cgroups.make("stale/kept")
     doomed = pins.pin(gone, "doomed", ["usage"], tree=False, directory=bpffs, meta_dir=meta)
     live = pins.pin(kept, "live", ["usage"], directory=bpffs, meta_dir=meta)
+    lost = pins.pin(kept, "lost", ["usage"], directory=bpffs, meta_dir=meta)
+    os.unlink(lost.path)  # its metadata stays, naming it
     with open(os.path.join(meta, "orphan.json"), "w") as f:
-        f.write("{}")
+        f.write("{}")  # names no pin: not provably pymemcg's, so left alone
     os.rmdir(gone)
     # a renamed cgroup (cgroup v1 allows it) is alive: the pin still walks it
     renamed = os.path.join(os.path.dirname(kept), "renamed")
@@ -123,13 +125,17 @@ def test_stale_shared_pins_are_listed_and_pruned(bpf_ok, cgroups, pin_dirs):
     assert "CGROUP GONE" in out.splitlines()[0] and "CGROUP GONE" not in out.splitlines()[1]
     assert subprocess.run([sys.executable, "-m", "pymemcg", "unpin"],
                           capture_output=True, text=True).returncode == 2
-    out = subprocess.run([sys.executable, "-m", "pymemcg", "unpin", "--stale", "--dir", bpffs,
-                          "--meta-dir", meta], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == [f"removed stale {doomed.path}",
-                                f"removed stale {os.path.join(meta, 'orphan.json')}"]
+    r = subprocess.run([sys.executable, "-m", "pymemcg", "unpin", "--stale", "--dir", bpffs,
+                        "--meta-dir", meta], capture_output=True, text=True)
+    assert r.stdout.splitlines() == [f"removed stale {doomed.path}",
+                                     f"removed stale {os.path.join(meta, 'doomed.json')}",
+                                     f"removed stale {os.path.join(meta, 'lost.json')}"], r
+    assert r.returncode == 2 and "left in place" in r.stderr and "orphan.json" in r.stderr
     assert [p.path for p in pins.pins(bpffs, meta)] == [live.path]
-    assert sorted(os.listdir(meta)) == ["live.json"]
-    assert pins.prune(bpffs, meta) == []  # nothing more to do
+    assert sorted(os.listdir(meta)) == ["live.json", "orphan.json"]
+    refused: list = []
+    assert pins.prune(bpffs, meta, refused=refused) == []  # nothing more it may do
+    assert len(refused) == 1 and "not pin metadata" in refused[0]
     pins.unpin(live.path, meta)
 
 
@@ -160,7 +166,8 @@ def test_cli_unpin_by_name_from_anywhere_and_orphans(bpf_ok, cgroups, pin_dirs, 
     assert (r.returncode, r.stdout) == (2, ""), r
     assert "nothing to remove" in r.stderr and f"{bpffs}/a" in r.stderr
     assert "Traceback" not in r.stderr
-    r = cli("unpin", os.path.relpath(os.path.join(bpffs, "b"), elsewhere), *dirs)  # a path
+    r = subprocess.run([sys.executable, "-m", "pymemcg", "unpin", "bpf/b", *dirs],
+                       capture_output=True, text=True, cwd=os.path.dirname(bpffs))  # a path
     assert r.returncode == 0 and ours() == ["c", "d"], r.stderr
 
     for name in "cd":  # orphans: their metadata is gone, the pins still serve

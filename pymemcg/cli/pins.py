@@ -39,18 +39,22 @@ def cmd_unpin(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_USAGE
     status = EXIT_OK
     for name in args.paths:
-        path = pins.pin_path(name, args.dir)
-        removed = pins.unpin(path, args.meta_dir)
+        # the name as given: unpin() refuses '..' before anything resolves it
+        removed = pins.unpin(name, args.meta_dir, args.dir)
         for p in removed:
-            out.write(f"{'unpinned' if p == path else 'removed'} {p}\n")
+            out.write(f"{'removed' if p.endswith('.json') else 'unpinned'} {p}\n")
         if not removed:
-            print(f"{PROG}: no pin {path} and no metadata for it in {args.meta_dir}: nothing "
-                  f"to remove (a name is looked up in --dir; `{PROG} pins` lists them)",
-                  file=sys.stderr)
+            print(f"{PROG}: no pin {pins.pin_path(name, args.dir)} and no metadata for it in "
+                  f"{args.meta_dir}: nothing to remove (a name is looked up in --dir; "
+                  f"`{PROG} pins` lists them)", file=sys.stderr)
             status = EXIT_USAGE
     if args.stale:
-        for path in pins.prune(args.dir, args.meta_dir, args.other_builds):
+        refused: list = []
+        for path in pins.prune(args.dir, args.meta_dir, args.other_builds, refused):
             out.write(f"removed stale {path}\n")
+        for why in refused:
+            print(f"{PROG}: left in place: {why}", file=sys.stderr)
+            status = EXIT_USAGE
     return status
 
 
