@@ -88,3 +88,7 @@ class Closed(Error, RuntimeError):
 class VerifyUnavailable(Error, RuntimeError):
     """pymemcg.verify() cannot run here (not root, no memory controller,
     BPF unavailable, no cgroup to make its probe in)."""
+
+
+class MalformedName(Error, ValueError):
+    """Text that is not a cgroup name or path as pymemcg.names.escape writes it."""

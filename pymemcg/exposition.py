@@ -32,6 +32,7 @@ from .cadvisor import COUNTER, GAUGE, CadvisorMetric, local, needed_local_stats
 from .containers import CgroupIdentity, identify
 from .decode import Snapshot
 from .errors import Error
+from .names import escape
 
 #: who a cgroup is (pymemcg.containers), as labels after id / cgroup, where known
 IDENTITY_LABELS = ("pod_uid", "container_id", "qos", "unit")
@@ -163,9 +164,12 @@ class TreeLabels:
 
 def _identity(paths: List[str], idents: List[CgroupIdentity]
               ) -> Tuple[List[str], List[Tuple[str, ...]]]:
-    """(identity label names, (path, *their values) per cgroup)."""
+    """(identity label names, (path as text, *their values) per cgroup): the
+    path through pymemcg.names.escape (valid UTF-8, one label value per name);
+    identity values are ASCII by construction (pymemcg.containers)."""
     names = [n for n in IDENTITY_LABELS if any(getattr(x, n) for x in idents)]
-    return names, [(p, *(getattr(x, n) or "" for n in names)) for p, x in zip(paths, idents)]
+    return names, [(escape(p), *(getattr(x, n) or "" for n in names))
+                   for p, x in zip(paths, idents)]
 
 
 def picked(column: Sequence[Optional[int]], rows: List[int]) -> Sequence[Optional[int]]:

@@ -31,8 +31,9 @@ as observable UpDownCounters in By, cumulative counts as observable
 Counters in {count}.
 
 Attributes: cgroup.path, the path relative to the hierarchy's root ("/",
-"/system.slice/foo.service"); container.id and k8s.pod.uid where the path
-says them (pymemcg.containers).
+"/system.slice/foo.service") as text (pymemcg.names.escape: valid UTF-8,
+as an exporter's protocol needs, and one value per path); container.id and
+k8s.pod.uid where the path says them (pymemcg.containers).
 
 One snapshot per collection: the first callback of a collection reads the
 tree (one Reader.read_tree, plus one of a local Reader where cAdvisor's
@@ -71,6 +72,7 @@ from .cgroupfs import memory_mount
 from .containers import identify
 from .decode import Snapshot
 from .errors import NoMemoryController, UnknownStat
+from .names import escape
 from .reader import Reader
 
 _log = logging.getLogger(__name__)
@@ -288,7 +290,7 @@ class MemcgInstrumentor:
         for r, get in zip(records, getters(records, local_snap.records
                                            if local_snap is not None else None)):
             ident = identify(r.path)
-            attributes = {"cgroup.path": r.path}
+            attributes = {"cgroup.path": escape(r.path)}
             if ident.container_id:
                 attributes["container.id"] = ident.container_id
             if ident.pod_uid:

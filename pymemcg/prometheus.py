@@ -28,6 +28,11 @@ The cAdvisor metrics leave out what cAdvisor does not export (names ending
 in ".mount"; CRI-O's sandbox cgroup under the systemd driver); `memcg_*`
 cover every cgroup read.
 
+A path label (`id`, `cgroup`, pymemcg_info's `root`) holds the path's text
+form (pymemcg.names.escape): the path itself for every name that is valid
+UTF-8 without "%" or control characters, "%HH" for each other byte, so
+that any name can be exported and no two share a label value.
+
 A value this host cannot read exactly (pymemcg says "unavailable", e.g. the
 cgroup v1 root's usage) is left out of the scrape, never exported as 0.
 cAdvisor's names describe hierarchical values (its v1 reads `total_*`), so
@@ -73,6 +78,7 @@ from .exposition import (CGROUPS_HELP, CONTENT_TYPE, DEFAULT_MIN_INTERVAL, DURAT
                          ERROR_HELP, INFO_HELP, SharedSnapshot, Taken, TextWriter, TreeLabels,
                          exposed_name, local_columns, metric_inputs, picked)
 from .errors import NoMemoryController, UnknownStat
+from .names import escape
 from .reader import Reader
 
 
@@ -179,7 +185,7 @@ class MemcgCollector:
     def _info_labels(self) -> Dict[str, str]:
         return {"version": __version__, "backend": self.reader.backend,
                 "cgroup_version": str(self.cgroup_version), "kernel": os.uname().release,
-                "root": self.root}
+                "root": escape(self.root)}
 
     def take(self) -> Taken:
         """The tree read this scrape uses (shared within min_interval)."""

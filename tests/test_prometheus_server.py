@@ -31,6 +31,7 @@ import pymemcg  # noqa: E402
 
 from conftest import bpf_required, require_module, sigint_default  # noqa: E402
 from test_prometheus import LIMIT, exporter, quiet, rel, stable_read  # noqa: E402,F401
+from test_names import odd_names  # noqa: E402,F401 - a fixture
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
@@ -200,3 +201,34 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(bpf_ok, quiet, prometheus_b
                                scrape.replace(password, "wrong")) as api:
             wait_for(api, 'up{job="pymemcg"}', 0.0)
             assert not query(api, "memcg_limit")
+
+
+def test_prometheus_reads_every_cgroup_name(bpf_ok, cgroups, odd_names, prometheus_binary,
+                                            tmp_path):
+    """Names that are not UTF-8, with quotes, backslashes, control characters,
+    and pairs a naive escaping would merge: one series each, whose label
+    reads back to the name (pymemcg.names)."""
+    from pymemcg.names import escape, unescape
+    made, parent = odd_names
+    want = {os.fsencode(rel(p)) for p in [cgroups.base, parent, *made.values()]}
+    with exporter("--listen", "127.0.0.1:0", "--backend", "bpf", "--stats", "anon",
+                  cgroups.base) as (_, url, _scrape):
+        target = urllib.parse.urlsplit(url).netloc
+        with prometheus_server(prometheus_binary, tmp_path, target) as api:
+            wait_for(api, 'up{job="pymemcg"}', 1.0)
+            base = rel(cgroups.base)
+            for attempt in range(60):
+                series = query(api, f'memcg_anon{{cgroup=~"{base}(/.*)?"}}')
+                ids = query(api, f'container_memory_rss{{id=~"{base}(/.*)?"}}')
+                if len(series) >= len(want) and len(ids) >= len(want):
+                    break
+                time.sleep(0.5)
+            for result, label in ((series, "cgroup"), (ids, "id")):
+                values = [m[label] for m, _ in result]
+                assert len(values) == len(set(values)) == len(want), values
+                assert {unescape(v) for v in values} == want
+            # an exact match on a label with a quote, a backslash, "%" escapes
+            for name in (b'q"uote', b"back\\slash", b"bad\xffname", b"a%FF", b"a\\xff"):
+                text = escape(rel(made[name]))
+                got = query(api, f"memcg_anon{{cgroup={json.dumps(text)}}}")
+                assert [m["cgroup"] for m, _ in got] == [text], name

@@ -1,5 +1,7 @@
 """How the commands write what they read: colour, human units and rates, and a
-snapshot as a table, as JSON or as CSV."""
+snapshot as a table, as JSON or as CSV. Every path is written as its text
+form (pymemcg.names.escape): valid UTF-8 without control characters, one
+text per path, whatever bytes the cgroup's name holds."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Dict, Optional, Sequence, TextIO
 
 from .. import catalog
 from ..decode import Record, Snapshot
+from ..names import escape
 
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
@@ -87,8 +90,14 @@ def kernel_release() -> str:
 
 
 def display_path(rec: Record) -> str:
-    # a cgroup created during the walk whose name could not be learned has no path
-    return rec.path if rec.path is not None else f"?id={rec.id}"
+    """The record's path as text; "?id=N" for a cgroup created during the walk
+    whose name could not be learned (no escaped path starts with "?")."""
+    return escape(rec.path) if rec.path is not None else f"?id={rec.id}"
+
+
+def path_text(path: Optional[str]) -> Optional[str]:
+    """A path (or None) as its text form, for JSON and CSV."""
+    return None if path is None else escape(path)
 
 
 def write_table(out: TextIO, snap: Snapshot, names: Sequence[str], backend: str,
@@ -114,7 +123,8 @@ def write_table(out: TextIO, snap: Snapshot, names: Sequence[str], backend: str,
 
 
 def record_json(rec: Record) -> Dict[str, object]:
-    return {"id": rec.id, "parent_id": rec.parent_id, "path": rec.path, "level": rec.level,
+    return {"id": rec.id, "parent_id": rec.parent_id, "path": path_text(rec.path),
+            "level": rec.level,
             "stats": rec.as_dict()}
 
 
@@ -125,7 +135,7 @@ def snapshot_json(snap: Snapshot, names: Sequence[str], backend: str, version: i
         "backend": backend,
         "kernel": kernel_release(),
         "cgroup_version": version,
-        "root": root,
+        "root": path_text(root),
         "local": local,
         "stats": list(names),
         "units": {n: catalog.STATS[n].unit for n in names},
@@ -139,5 +149,5 @@ def write_csv(out: TextIO, snap: Snapshot, names: Sequence[str]) -> None:
     w.writerow(["id", "parent_id", "path", "level"] + list(names))
     for rec in snap.records:
         values = rec.as_dict()
-        w.writerow([rec.id, rec.parent_id, rec.path if rec.path is not None else "", rec.level]
+        w.writerow([rec.id, rec.parent_id, path_text(rec.path) or "", rec.level]
                    + ["" if values[n] is None else values[n] for n in names])

@@ -14,7 +14,8 @@ from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from .. import catalog
 from ..errors import UnknownStat
 from ..reader import Reader
-from .format import Style, colour_wanted, display_path, format_rate, format_value, isatty
+from .format import (Style, colour_wanted, display_path, format_rate, format_value, isatty,
+                     path_text)
 from .options import default_root, selection
 from .running import EXIT_OK, Stop, next_tick, open_reader, stop_on_sigterm
 
@@ -113,7 +114,7 @@ class TopView:
         """Lines as (text, kind); kind is title, help, header or row.
         width/height None: no truncation (batch mode)."""
         order = "ascending" if (self.sort == "cgroup") != self.reverse else "descending"
-        title = (f"pymemcg top - {self.root} - {self.reader.backend}, cgroup "
+        title = (f"pymemcg top - {path_text(self.root)} - {self.reader.backend}, cgroup "
                  f"v{self.reader.cgroup_version} - {len(self.rows)} cgroups - every "
                  f"{self.interval:g}s - {time.strftime('%H:%M:%S', time.localtime(self.taken_at))}")
         help_line = f"sort: {self.sort} ({order})"

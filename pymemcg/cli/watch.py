@@ -9,7 +9,7 @@ from typing import Callable, TextIO
 
 from .. import catalog
 from ..reader import Reader
-from .format import record_json
+from .format import path_text, record_json
 from .options import default_root, selection
 from .running import EXIT_OK, Stop, next_tick, open_reader, stop_on_sigterm
 
@@ -25,7 +25,8 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     per snapshot: {"seq": 0, "time": ..., "backend": "bpf", "root": "...", "cgroups": [...]}
 
     seq numbers the snapshots from 0; time is the Unix time the walk started;
-    sizes are bytes and events cumulative counts, null where unavailable.
+    sizes are bytes and events cumulative counts, null where unavailable;
+    paths are text (pymemcg.names.escape), never a lone surrogate.
     """
     names = selection(args, WATCH_STATS)
     root = default_root(args.root)
@@ -47,7 +48,8 @@ def _watch_loop(reader: Reader, root: str, args: argparse.Namespace, out: TextIO
         now = time.time()
         snap = reader.read_tree(root)
         if args.per == "snapshot":
-            out.write(dumps({"seq": seq, "time": now, "backend": reader.backend, "root": root,
+            out.write(dumps({"seq": seq, "time": now, "backend": reader.backend,
+                             "root": path_text(root),
                              "local": args.local,
                              "cgroups": [record_json(r) for r in snap.records]}) + "\n")
         else:
