@@ -41,6 +41,30 @@ static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *log_dst;
 static size_t log_cap, log_len;
 
+/*
+ * fork() copies the calling thread only: had another thread been inside a
+ * load (holding log_lock) at that moment, the child's first load would wait
+ * for it forever. So a fork takes log_lock first, waiting for a load under
+ * way to end (loads serialise on it: libbpf's print callback is process-wide
+ * and libelf is not known to be thread-safe), and both processes release it
+ * after; the child's thread is the one that took it. No load is then under
+ * way in the child, and log_dst is NULL there.
+ */
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&log_lock);
+}
+
+static void fork_release(void)
+{
+	pthread_mutex_unlock(&log_lock);
+}
+
+__attribute__((constructor)) static void register_fork_handlers(void)
+{
+	pthread_atfork(fork_prepare, fork_release, fork_release);
+}
+
 /* Append, keeping the newest text where it does not all fit: a verifier
  * log ends with its reason. */
 static void log_append(const char *msg, size_t n)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import forksafe
 from .cadvisor import COUNTER, GAUGE, CadvisorMetric, local, needed_local_stats
 from .containers import CgroupIdentity, identify
 from .decode import Snapshot
@@ -108,6 +109,7 @@ class SharedSnapshot:
         self.min_interval = float(min_interval)
         self._on_error = on_error
         self._lock = threading.Lock()
+        forksafe.renew_in_child(self, "_lock")
         self._last: Optional[Taken] = None
         self._done_at = 0.0          # time.monotonic() at the end of the last walk
         self.walks = 0
@@ -246,6 +248,7 @@ class TextWriter:
         self._extra: Dict[Tuple[str, tuple], str] = {}
         self._last: Tuple[Optional[Taken], List[bytes]] = (None, [])
         self._lock = threading.Lock()
+        forksafe.renew_in_child(self, "_lock")
 
     def render(self, taken: Taken) -> bytes:
         """The exposition of one tree read, as one bytes object."""

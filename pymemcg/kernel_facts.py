@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
 
+from . import forksafe
 from .errors import NoBtf
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
@@ -177,6 +179,7 @@ def kallsyms_enabled() -> bool:
 
 
 _lock = threading.Lock()
+forksafe.renew_in_child(sys.modules[__name__], "_lock")
 _cache: Dict[bool, KernelFacts] = {}
 
 

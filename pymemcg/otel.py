@@ -65,7 +65,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         f"opentelemetry-api is not installed ({e}): install the extra with "
         f"`pip install 'pymemcg[otel]'`") from None
 
-from . import __version__, catalog
+from . import __version__, catalog, forksafe
 from .cadvisor import (UNLIMITED_ABOVE, CadvisorMetric, Getter, cadvisor_metrics, getters,
                        needed_local_stats, needed_stats)
 from .cgroupfs import memory_mount
@@ -131,6 +131,7 @@ class MemcgInstrumentor:
         self.reader: Optional[Reader] = None
         self.local_reader: Optional[Reader] = None
         self._lock = threading.Lock()
+        forksafe.renew_in_child(self, "_lock")
         self._snapshot: List[_Cgroup] = []
         self._read_at = float("-inf")
         self._served: set = set()         # instruments that observed the current snapshot

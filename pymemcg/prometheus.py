@@ -70,7 +70,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         f"prometheus_client is not installed ({e}): install the extra with "
         f"`pip install 'pymemcg[prometheus]'`") from None
 
-from . import __version__, catalog
+from . import __version__, catalog, forksafe
 from .cadvisor import COUNTER, GAUGE, cadvisor_metrics, needed_local_stats, needed_stats
 from .cgroupfs import memory_mount
 from .decode import Snapshot
@@ -154,6 +154,7 @@ class MemcgCollector:
         self._raw = [(name, *self._raw_family(name)) for name in self.selected]
         self.writer = TextWriter(self._raw, self.cadvisor, self._info_labels())
         self._lock = threading.Lock()
+        forksafe.renew_in_child(self, "_lock")
         self._shape_cache: Optional[Tuple[TreeLabels, list, list]] = None
         self.scrapes = 0
 

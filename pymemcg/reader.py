@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from . import catalog
+from . import catalog, forksafe
 from .cgroupfs import memory_mount
 from .decode import Record, Snapshot
 from .errors import BpfUnavailable, Closed, NoMemoryController, UnknownStat
@@ -90,6 +90,7 @@ class Reader:
         self.cgroup_version = mount.version
         self._backend = None
         self._lock = threading.Lock()
+        forksafe.renew_in_child(self, "_lock")
         if backend in ("auto", "bpf") and shared_pins and not flush:
             from .backends.pinned import PinnedBackend
             self._backend = PinnedBackend.for_reader(

@@ -33,6 +33,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from . import forksafe
 from .errors import Error
 
 
@@ -97,6 +98,9 @@ class WebConfig:
     users: Dict[str, bytes] = field(default_factory=dict)
     _ok: Dict[Tuple[str, bytes], bool] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        forksafe.renew_in_child(self, "_lock")
 
     def ssl_context(self) -> Optional[ssl.SSLContext]:
         """The server's TLS context (None without tls_server_config)."""

@@ -21,7 +21,7 @@ import weakref
 from itertools import repeat
 from typing import Dict, List, Optional, Sequence
 
-from .. import layout as layout_mod
+from .. import forksafe, layout as layout_mod
 from ..binding import load
 from ..cgroupfs import Cgroup, TreePaths, path_list, resolve_cgroup, still_names
 from ..decode import Layout, PackedRecord, PackedRecords, Record, Snapshot
@@ -122,20 +122,6 @@ def _release(state: dict, reload: bool = False) -> None:
         state["prog"] = None
 
 
-_backends: "weakref.WeakSet[BpfBackend]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # a thread of the parent may have held a Reader's lock at fork time; it
-    # does not exist in the child, so the lock would never be released
-    for backend in list(_backends):
-        backend._lock = threading.Lock()
-        backend._after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 class BpfBackend:
     """Reads the selection through the memcg iterator program."""
 
@@ -157,7 +143,7 @@ class BpfBackend:
         self.local = local
         self.version = version
         self._lock = threading.Lock()
-        _backends.add(self)
+        forksafe.renew_in_child(self, "_lock", reset=BpfBackend._after_fork)
         self._state: dict = {"links": {}, "prog": None, "fetch": None}
         self._finalizer = weakref.finalize(self, _release, self._state)
         # load first: without privileges this is what fails, with a clear error
@@ -214,11 +200,13 @@ class BpfBackend:
         self.read_method = "BPF_PROG_RUN (memcg_fetch)"
 
     def _after_fork(self) -> None:
-        # parent and child would share the fetch program's output map: the
-        # child reads through iterator sessions, whose buffers are its own
-        if self._fetch is not None:
+        """In a forked child (pymemcg.forksafe), maybe of a backend that
+        another thread of the parent was still making: parent and child
+        would share the fetch program's output map, so the child reads
+        through iterator sessions, whose buffers are its own."""
+        if getattr(self, "_fetch", None) is not None:
             self._fetch = None
-            self._by_path.clear()
+            self._by_path.clear()   # routes to the fetch program's slots
             self.read_method = "iterator session (forked child)"
 
     # --- links ---

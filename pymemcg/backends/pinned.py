@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from .. import forksafe
 from ..cgroupfs import Cgroup, path_list, resolve_cgroup, still_names
 from ..decode import Layout, Record, Snapshot
 from ..errors import BpfUnavailable, CgroupNotFound
@@ -124,7 +124,7 @@ class PinnedBackend:
         self._load_error: Optional[BaseException] = None
         self._routes: Dict[Tuple[str, bool], Tuple[Cgroup, Optional[PinReader], object]] = {}
         self._lock = threading.Lock()
-        _pinned.add(self)
+        forksafe.renew_in_child(self, "_lock")
 
     @classmethod
     def for_reader(cls, stats, local: bool, where, load: Callable[[], object],
@@ -268,14 +268,3 @@ class PinnedBackend:
             if self.backend is not None:
                 self.backend.close()
             self._routes.clear()
-
-
-_pinned: "weakref.WeakSet[PinnedBackend]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for backend in list(_pinned):
-        backend._lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
