@@ -221,6 +221,21 @@ def test_unavailable_message_names_the_source():
         rec["pgfault"]
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["tuples", "packed"])
+def test_a_column_outside_the_selection_is_unknown_stat(packed):
+    # as Record["nope"] raises: UnknownStat (a KeyError too) naming the remedy
+    layout = Layout(["anon", "file"])
+    data = encode_record(layout, 1, 0, 0, 0, 0b11, [1, 2])
+    raw = PackedRecords(layout, data) if packed else [layout.record.unpack(data)]
+    snap = Snapshot("/", layout, raw, ["/"])
+    for call in (lambda: snap.column("nope"), lambda: snap.columns(["anon", "nope"]),
+                 lambda: snap.records[0]["nope"]):
+        with pytest.raises(pymemcg.UnknownStat, match="'nope' is not in this reader's "
+                                                      "selection.*add it to stats="):
+            call()
+    assert snap.column("file") == [2] and list(snap.columns(["anon"])["anon"]) == [1]
+
+
 def test_valid_bits_past_the_selection_are_ignored():
     layout = Layout(["anon"])
     rec = Record(layout, raw_tuple(1, 0, 0, 0, 2**MAX_STATS - 1, [3]), None)
