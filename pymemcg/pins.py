@@ -32,7 +32,7 @@ from typing import List, Optional, Sequence, Union
 from . import catalog
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup, still_names
 from .decode import Layout, Record, Snapshot
-from .errors import BpfUnavailable, Error, MalformedData, ReadError, SelectionMismatch
+from .errors import BpfUnavailable, Error, MalformedData, ReadError, SelectionMismatch, quoted
 
 SHARED_PIN_DIR = "/sys/fs/bpf/pymemcg-shared"
 META_DIR = "/run/pymemcg/pins"
@@ -119,11 +119,48 @@ def _read_meta(path: str, meta_dir: str) -> dict:
             raise _untrusted(meta, st)
         try:
             doc = json.load(f)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
             raise PinMismatch(f"{meta} is not pin metadata ({e}): unpin the pin and pin it "
                               f"again") from None
+    return _check_meta(doc, meta)
+
+
+#: what pin() writes in a metadata file: key -> (what it must be, test)
+_META_FIELDS = {
+    "format": ("a whole number", lambda v: type(v) is int),
+    "object": ("a string", lambda v: isinstance(v, str)),
+    "root": ("an absolute path",
+             lambda v: isinstance(v, str) and v.startswith("/") and "\0" not in v),
+    "cgroup_id": ("a cgroup id (a whole number >= 0)", lambda v: type(v) is int and v >= 0),
+    "tree": ("true or false", lambda v: isinstance(v, bool)),
+    "stats": ("a list of stat names",
+              lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)),
+    "local": ("true or false", lambda v: isinstance(v, bool)),
+}
+#: keys that may be absent
+_META_OPTIONAL = {
+    "sources": ("a mapping of stat names to text",
+                lambda v: isinstance(v, dict) and all(isinstance(t, str) for t in v.values())),
+    "flush": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def _check_meta(doc: object, meta: str) -> dict:
+    """doc, if it has every key pin() writes, each of the type pin() gives
+    it; else PinMismatch naming the first key that is missing or wrong."""
     if not isinstance(doc, dict):
-        raise PinMismatch(f"{meta} is not pin metadata: unpin the pin and pin it again")
+        raise PinMismatch(f"{meta} is not pin metadata (a JSON object): unpin the pin and pin "
+                          f"it again")
+    for fields, required in ((_META_FIELDS, True), (_META_OPTIONAL, False)):
+        for key, (what, ok) in fields.items():
+            if key not in doc:
+                if required:
+                    raise PinMismatch(f"{meta} lacks {key!r}: not pin metadata, or another "
+                                      f"pymemcg's; unpin the pin and pin it again")
+                continue
+            if not ok(doc[key]):
+                raise PinMismatch(f"{meta}: {key} is {quoted(doc[key])}, not {what}: not "
+                                  f"metadata pin() wrote; unpin the pin and pin it again")
     return doc
 
 
@@ -419,7 +456,7 @@ class PinReader:
                 f"changed, or is another pin's); unpin it and pin it again")
             if count == 0:  # a removed cgroup's walk visits nothing, and claims nothing
                 return []
-            if visited != 2**64 - 1:  # else another session ended at the same moment
+            if visited != self._wire.VISITED_UNKNOWN:  # else another session ended meanwhile
                 break
         else:
             raise ReadError(errno.EAGAIN, f"{self.path}: other sessions of this pin kept "
