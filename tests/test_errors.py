@@ -224,7 +224,8 @@ def test_fetch_program_rejection_carries_the_log(no_leaks):
 def test_errors_are_one_family():
     for cls in (pymemcg.CgroupNotFound, pymemcg.NotACgroup, pymemcg.NoMemoryController,
                 pymemcg.UnknownStat, pymemcg.PermissionDenied, pymemcg.NoBtf,
-                pymemcg.VerifierRejected, pymemcg.MalformedData, pymemcg.StatUnavailable):
+                pymemcg.VerifierRejected, pymemcg.MalformedData, pymemcg.StatUnavailable,
+                pymemcg.InvalidArgument):
         assert issubclass(cls, pymemcg.Error)
 
 
