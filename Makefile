@@ -3,6 +3,8 @@
 #   make            build the BPF object and its skeleton into build/
 #   make develop    editable install into .venv (builds everything)
 #   make test       the test suite (root, real kernel, real cgroups)
+#   make test-sanitize  the tests that drive the C shim, on a build of it (and
+#                   libbpf) with AddressSanitizer and UndefinedBehaviorSanitizer
 #   make snapshot   a snapshot of this host's memory cgroups through BPF
 #   make bench      the benchmark against memory.stat (writes docs/bench.md)
 #   make deps       Debian packages needed to build (apt-get)
@@ -100,6 +102,48 @@ develop: bpf $(VPY)
 # tests instead of skipping them
 test: develop
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VPY) -m pytest -q tests
+
+# make test-sanitize: the C shim and libbpf compiled with AddressSanitizer and
+# UndefinedBehaviorSanitizer into build/sanitize (the checkout's own build is
+# left alone), loaded instead of it in every Python process of the run
+# (tools/sanitize/sitecustomize.py), under the tests that drive the shim:
+# loads, iterator sessions, overflow copies, batched fetches, pins, errors.
+# Any report fails the run: each process writes it to build/sanitize/reports
+# and stops (a run that leaves a report fails even where the test passed).
+# Leaks are not checked: CPython itself leaves memory to the exit.
+SAN_DIR    := $(OUTPUT)/sanitize
+SAN_CFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
+SAN_TESTS  ?= tests/test_parity.py tests/test_tree.py tests/test_read_many.py tests/test_pins.py \
+              tests/test_churn.py tests/test_errors.py
+SAN_EXT    := $(SAN_DIR)/pymemcg/_pymemcg.so
+SAN_REPORTS := $(abspath $(SAN_DIR))/reports
+.PHONY: test-sanitize
+$(SAN_DIR)/libbpf/libbpf.a: $(LIBBPF_A)
+	rm -rf $(SAN_DIR)/libbpf-obj $(SAN_DIR)/libbpf
+	$(MAKE) -C $(LIBBPF_SRC) BUILD_STATIC_ONLY=1 EXTRA_CFLAGS="-fPIC $(SAN_CFLAGS)" \
+		CC="$(CC)" OBJDIR=$(abspath $(SAN_DIR)/libbpf-obj) DESTDIR=$(abspath $(SAN_DIR)/libbpf) \
+		INCLUDEDIR=/include LIBDIR= UAPIDIR= install >/dev/null
+
+$(SAN_EXT): csrc/pmc_shim.c csrc/pmc_shim.h csrc/build_ffi.py csrc/extension.map \
+		bpf_src/memcg_record.h $(SKELS) $(SAN_DIR)/libbpf/libbpf.a | $(VPY)
+	rm -f $(SAN_DIR)/pymemcg/_pymemcg*.so
+	PYMEMCG_SANITIZE=$(abspath $(SAN_DIR)) CC="$(CC)" CFLAGS="$(SAN_CFLAGS)" \
+		LDFLAGS="$(SAN_CFLAGS)" $(VPY) csrc/build_ffi.py >/dev/null
+	mv $(SAN_DIR)/pymemcg/_pymemcg*.so $@
+
+SAN_ENV = LD_PRELOAD="$$($(CC) -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYMEMCG_SANITIZER_REPORTS=$(SAN_REPORTS) \
+	PYTHONPATH=$(abspath tools/sanitize) PYMEMCG_SANITIZED_EXTENSION=$(abspath $(SAN_EXT)) \
+	PATH="$(abspath $(VENV))/bin:$$PATH"
+test-sanitize: develop $(SAN_EXT)
+	rm -rf $(SAN_REPORTS) && mkdir -p $(SAN_REPORTS)
+	env $(SAN_ENV) $(VPY) -c 'import sys, pymemcg._pymemcg as m; \
+		sys.exit(None if m.__file__ == "$(abspath $(SAN_EXT))" else "not the sanitized build")'
+	env $(SAN_ENV) $(VPY) -m pytest -q -p no:cacheprovider $(SAN_TESTS); status=$$?; \
+	if [ -n "$$(ls -A $(SAN_REPORTS))" ]; then \
+		cat $(SAN_REPORTS)/*; echo "test-sanitize: the sanitizers reported errors (above)"; \
+		exit 1; \
+	fi; exit $$status
 
 snapshot: develop
 	$(VPY) -m pymemcg snapshot

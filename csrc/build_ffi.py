@@ -11,7 +11,12 @@ inputs are depends on what is being built (see setup.py):
   (build/cross/<arch>: skeletons, libbpf.a) and PYMEMCG_STATIC_DEPS holds
   libelf.a and libz.a, linked in with their symbols hidden;
 - "sdist": vendor/ holds the skeletons of each architecture and libbpf's
-  source, compiled here with the extension.
+  source, compiled here with the extension;
+- "sanitize" (make test-sanitize): PYMEMCG_SANITIZE names a directory with
+  a libbpf.a built with the sanitizers (its libbpf/); the checkout's
+  skeletons go in, and running this file writes the extension into that
+  directory (CFLAGS and LDFLAGS carry the sanitizer flags), leaving the
+  checkout's own build alone.
 """
 
 import os
@@ -25,8 +30,15 @@ VENDOR = os.path.join(ROOT, "vendor")
 BPF_ARCH = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm64", "arm64": "arm64"}
 
 
+def sanitize_dir():
+    """The sanitizer build's directory (PYMEMCG_SANITIZE), or None."""
+    return os.environ.get("PYMEMCG_SANITIZE") or None
+
+
 def build_mode() -> str:
-    """"cross", "sdist" or "checkout" (see the module docstring)."""
+    """"sanitize", "cross", "sdist" or "checkout" (see the module docstring)."""
+    if sanitize_dir():
+        return "sanitize"
     if os.environ.get("PYMEMCG_BUILD_DIR"):
         return "cross"
     if os.path.exists(os.path.join(ROOT, "PKG-INFO")):
@@ -212,11 +224,15 @@ def _extension_inputs() -> dict:
             libraries=["elf", "z"],
         )
     build = build_dir()
+    shim = os.path.join(HERE, "pmc_shim.c")
+    # `make bpf` built libbpf.a before the extension is compiled (and
+    # `make test-sanitize` its sanitized twin)
+    libbpf = os.path.join(sanitize_dir() or build, "libbpf")
     inputs = dict(
-        sources=[os.path.relpath(os.path.join(HERE, "pmc_shim.c"), ROOT)],
-        include_dirs=common_include + [build, os.path.join(build, "libbpf", "include")],
-        # `make bpf` built it before the extension is compiled
-        extra_objects=[os.path.join(build, "libbpf", "libbpf.a")],
+        # relative for setuptools; absolute where cffi compiles in another directory
+        sources=[shim if sanitize_dir() else os.path.relpath(shim, ROOT)],
+        include_dirs=common_include + [build, os.path.join(libbpf, "include")],
+        extra_objects=[os.path.join(libbpf, "libbpf.a")],
         libraries=["elf", "z"],
     )
     static = os.environ.get("PYMEMCG_STATIC_DEPS")
@@ -239,4 +255,4 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    ffibuilder.compile(tmpdir=sanitize_dir() or ".", verbose=True)

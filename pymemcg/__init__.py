@@ -12,7 +12,7 @@ happens at import time: the BPF program loads when a Reader is made.
 from .catalog import DEFAULT_STATS
 from .decode import Record, Snapshot
 from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
-                     FlushUnavailable,
+                     FlushUnavailable, InvalidArgument,
                      MalformedData, MalformedName, NoBtf,
                      NoMemoryController, NotACgroup, PermissionDenied, ReadError,
                      SelectionMismatch, StatUnavailable, UnknownStat, VerifierRejected,
@@ -26,7 +26,7 @@ from ._version import __version__
 __all__ = [
     "Reader", "Record", "Snapshot", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
     "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "ExtensionMissing", "FlushUnavailable",
-    "MalformedData", "MalformedName", "NoBtf",
+    "InvalidArgument", "MalformedData", "MalformedName", "NoBtf",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",
     "StatUnavailable", "UnknownStat", "VerifierRejected", "VerifyUnavailable", "verify",
     "__version__", "pins",

@@ -12,7 +12,7 @@ import sys
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .containers import CgroupIdentity, identify
-from .errors import MalformedData, StatUnavailable, UnknownStat
+from .errors import MalformedData, StatUnavailable, UnknownStat, quoted
 
 #: the record tuple: (id, parent_id, name_hash, level, flags, valid words, *values);
 #: wire.py checks that struct pmc_record unpacks to exactly this
@@ -40,6 +40,19 @@ class Layout:
         self._record = None
         self.sources: Dict[str, str] = dict(sources or {})
         self.units: Dict[str, str] = dict(units or {})
+
+    def unknown(self, name: object) -> UnknownStat:
+        """The error for a stat name outside this selection."""
+        return UnknownStat(f"{quoted(name)} is not in this reader's selection "
+                           f"{list(self.names)}; add it to stats=")
+
+    def position(self, name: str) -> int:
+        """The index of a selected stat in the record; UnknownStat for any
+        other name."""
+        try:
+            return self.index[name]
+        except KeyError:
+            raise self.unknown(name) from None
 
     @property
     def record(self):
@@ -163,8 +176,7 @@ class Record:
         try:
             i = self._layout.index[name]
         except KeyError:
-            raise UnknownStat(f"{name!r} is not in this reader's selection "
-                              f"{list(self._layout.names)}; add it to stats=") from None
+            raise self._layout.unknown(name) from None
         if not (self._t[5 + (i >> 6)] >> (i & 63)) & 1:
             raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: "
                                   f"{self._layout.sources.get(name, 'not read')}")
@@ -307,8 +319,9 @@ class Snapshot(Mapping[str, Record]):
         return [t[0] for t in raw]
 
     def column(self, name: str) -> List[Optional[int]]:
-        """One stat for every cgroup, in walk order (None where unavailable)."""
-        i = self.layout.index[name]
+        """One stat for every cgroup, in walk order (None where unavailable);
+        UnknownStat for a name outside the selection, as Record[name] raises."""
+        i = self.layout.position(name)
         raw = self._raw
         if raw.__class__ is PackedRecords:
             valid_word, value_word = VALID_WORD + (i >> 6), VALUE_WORD + i
@@ -328,6 +341,8 @@ class Snapshot(Mapping[str, Record]):
         of the records, with no test per value."""
         raw = self._raw
         index = self.layout.index
+        for n in names:
+            self.layout.position(n)  # UnknownStat before any work, as column() raises
         if not raw:
             return {n: [] for n in names}
         if raw.__class__ is PackedRecords:

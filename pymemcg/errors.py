@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+#: how many characters of a caller's value a message quotes
+QUOTE_WIDTH = 80
+
+
+def quoted(value: object, width: int = QUOTE_WIDTH) -> str:
+    """repr(value), cut to about `width` characters: a message names what it
+    was given without repeating a value of any size in full."""
+    text = repr(value)
+    if len(text) <= width:
+        return text
+    return f"{text[:width - 20]}...({len(text)} characters)"
+
 
 class Error(Exception):
     """Base class of every error pymemcg raises on purpose."""
+
+
+class InvalidArgument(Error, TypeError, ValueError):
+    """An argument of the wrong type or value (Reader(local="yes")); the
+    message names the argument and what it accepts. Also a TypeError and a
+    ValueError, which is what callers catch for a bad argument elsewhere."""
 
 
 class CgroupNotFound(Error, FileNotFoundError):

@@ -32,7 +32,7 @@ from typing import List, Optional, Sequence, Union
 from . import catalog
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup, still_names
 from .decode import Layout, Record, Snapshot
-from .errors import BpfUnavailable, Error, MalformedData, ReadError, SelectionMismatch
+from .errors import BpfUnavailable, Error, MalformedData, ReadError, SelectionMismatch, quoted
 
 SHARED_PIN_DIR = "/sys/fs/bpf/pymemcg-shared"
 META_DIR = "/run/pymemcg/pins"
@@ -119,14 +119,54 @@ def _read_meta(path: str, meta_dir: str) -> dict:
             raise _untrusted(meta, st)
         try:
             doc = json.load(f)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
             raise PinMismatch(f"{meta} is not pin metadata ({e}): unpin the pin and pin it "
                               f"again") from None
-    if not isinstance(doc, dict):
-        raise PinMismatch(f"{meta} is not pin metadata: unpin the pin and pin it again")
+    doc = _validate_meta(doc, meta)
     if "pin" in doc and doc["pin"] != os.path.abspath(path):
         raise PinMismatch(f"{meta} is the metadata of {doc['pin']!r}, not of {path}: unpin "
                           f"the pin and pin it again")
+    return doc
+
+
+#: what pin() writes in a metadata file: key -> (what it must be, test)
+_META_FIELDS = {
+    "format": ("a whole number", lambda v: type(v) is int),
+    "object": ("a string", lambda v: isinstance(v, str)),
+    "root": ("an absolute path",
+             lambda v: isinstance(v, str) and v.startswith("/") and "\0" not in v),
+    "cgroup_id": ("a cgroup id (a whole number >= 0)", lambda v: type(v) is int and v >= 0),
+    "tree": ("true or false", lambda v: isinstance(v, bool)),
+    "stats": ("a list of stat names",
+              lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)),
+    "local": ("true or false", lambda v: isinstance(v, bool)),
+}
+#: keys that may be absent
+_META_OPTIONAL = {
+    "sources": ("a mapping of stat names to text",
+                lambda v: isinstance(v, dict) and all(isinstance(t, str) for t in v.values())),
+    "flush": ("true or false", lambda v: isinstance(v, bool)),
+    # the pin's absolute path (metadata written before it named its pin lacks it)
+    "pin": ("an absolute path", lambda v: isinstance(v, str) and v.startswith("/")),
+}
+
+
+def _validate_meta(doc: object, meta: str) -> dict:
+    """doc, if it has every key pin() writes, each of the type pin() gives
+    it; else PinMismatch naming the first key that is missing or wrong."""
+    if not isinstance(doc, dict):
+        raise PinMismatch(f"{meta} is not pin metadata (a JSON object): unpin the pin and pin "
+                          f"it again")
+    for fields, required in ((_META_FIELDS, True), (_META_OPTIONAL, False)):
+        for key, (what, ok) in fields.items():
+            if key not in doc:
+                if required:
+                    raise PinMismatch(f"{meta} lacks {key!r}: not pin metadata, or another "
+                                      f"pymemcg's; unpin the pin and pin it again")
+                continue
+            if not ok(doc[key]):
+                raise PinMismatch(f"{meta}: {key} is {quoted(doc[key])}, not {what}: not "
+                                  f"metadata pin() wrote; unpin the pin and pin it again")
     return doc
 
 
@@ -329,7 +369,7 @@ def _check_pin(dir_fd: int, path: str, name: str) -> Optional[object]:
     return ident
 
 
-def _check_meta(meta_fd: int, meta: str, path: str, ident) -> bool:
+def _meta_of_pin(meta_fd: int, meta: str, path: str, ident) -> bool:
     """Whether metadata for the pin at `path` is there (True) or not (False);
     NotAPin if what is there is not provably that pin's: a symlink, not a
     regular file, writable by others, not pin metadata, or describing
@@ -350,11 +390,9 @@ def _check_meta(meta_fd: int, meta: str, path: str, ident) -> bool:
             raise _refuse(meta, f"is owned by uid {st.st_uid} with mode "
                                 f"{stat_mod.S_IMODE(st.st_mode):o}, so it is not root's")
         try:
-            doc = json.loads(f.read(1 << 20))
-        except ValueError:
-            doc = None
-    if not isinstance(doc, dict) or "format" not in doc or "root" not in doc:
-        raise _refuse(meta, "is not pin metadata")
+            doc = _validate_meta(json.loads(f.read(1 << 20)), meta)
+        except (ValueError, RecursionError):  # PinMismatch is a ValueError
+            raise _refuse(meta, "is not pin metadata") from None
     if "pin" in doc:
         if doc["pin"] != path:
             raise _refuse(meta, f"is the metadata of {doc['pin']!r}, not of {path}")
@@ -391,7 +429,7 @@ def unpin(pin: str, meta_dir: str = META_DIR, directory: str = SHARED_PIN_DIR, *
         ident = _check_pin(dir_fd, path, name)
         try:
             meta_fd = _open_dir(meta_dir, "the metadata directory")
-            has_meta = _check_meta(meta_fd, meta, path, ident)
+            has_meta = _meta_of_pin(meta_fd, meta, path, ident)
         except NotAPin:
             if not keep_foreign_meta or ident is None:
                 raise
@@ -578,7 +616,7 @@ class PinReader:
                 f"changed, or is another pin's); unpin it and pin it again")
             if count == 0:  # a removed cgroup's walk visits nothing, and claims nothing
                 return []
-            if visited != 2**64 - 1:  # else another session ended at the same moment
+            if visited != self._wire.VISITED_UNKNOWN:  # else another session ended meanwhile
                 break
         else:
             raise ReadError(errno.EAGAIN, f"{self.path}: other sessions of this pin kept "

@@ -47,7 +47,7 @@ import threading
 import zlib
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import Error
+from .errors import Error, quoted
 
 
 class PrometheusClientMissing(Error, ImportError):
@@ -302,11 +302,19 @@ def _family(name: str, mtype: str, help_text: str) -> Metric:
 def parse_listen(text: str) -> Tuple[str, int]:
     """'127.0.0.1:9756' / ':9756' (every address) / '[::1]:9756' / 'host:0' (a free port)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ListenError(f"--listen {text!r}: give ADDR:PORT, e.g. 127.0.0.1:9756, :9756 "
+    # ASCII digits only: str.isdigit() also takes "²", which int() does not
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ListenError(f"--listen {quoted(text)}: give ADDR:PORT, e.g. 127.0.0.1:9756, :9756 "
                           f"(every address) or [::1]:9756")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    try:
+        if "\0" in host:
+            raise UnicodeError("a NUL")
+        host.encode("idna")  # what the socket module makes of a host name
+    except UnicodeError:
+        raise ListenError(f"--listen {quoted(text)}: {quoted(host)} is not a host name or "
+                          f"address: give one such as 127.0.0.1, ::1 or localhost") from None
     return host, int(port)
 
 

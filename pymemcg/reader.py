@@ -7,12 +7,14 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from collections import Counter
+from typing import List, Optional, Sequence, Tuple, Union
 
 from . import catalog, forksafe
 from .cgroupfs import memory_mount
 from .decode import Record, Snapshot
-from .errors import BpfUnavailable, Closed, NoMemoryController, UnknownStat
+from .errors import (BpfUnavailable, Closed, InvalidArgument, NoMemoryController, UnknownStat,
+                     quoted)
 
 #: set to 1 (CI does) to make "BPF unavailable" an error instead of a fallback
 REQUIRE_BPF_ENV = "PYMEMCG_REQUIRE_BPF"
@@ -26,17 +28,63 @@ def _bpf_required() -> bool:
     return os.environ.get(REQUIRE_BPF_ENV, "") not in ("", "0")
 
 
+BACKENDS = ("auto", "bpf", "text")
+
+
 def _check_names(names: Sequence[str]) -> List[str]:
+    """stats= as a list of known, distinct names (a single str is one name)."""
     if isinstance(names, str):
         names = [names]
-    out = list(names)
+    try:
+        if isinstance(names, (bytes, bytearray, memoryview)):
+            raise TypeError
+        out = list(names)
+    except TypeError:
+        raise InvalidArgument(f"Reader(stats={quoted(names)}): stats takes a list of stat "
+                              f"names (str), e.g. ['anon', 'file']; see pymemcg.stats()"
+                              ) from None
     for n in out:
+        if not isinstance(n, str):
+            raise InvalidArgument(f"Reader(stats=...): {quoted(n)} ({type(n).__name__}) is "
+                                  f"not a stat name: stats takes str names, see "
+                                  f"pymemcg.stats()")
         if n not in catalog.STATS:
-            raise UnknownStat(f"unknown stat {n!r}: see pymemcg.stats() for the names "
+            raise UnknownStat(f"unknown stat {quoted(n)}: see pymemcg.stats() for the names "
                               f"this version knows")
-    if len(set(out)) != len(out):
-        raise UnknownStat(f"stats lists a name twice: {out}")
+    repeated = [n for n, count in Counter(out).items() if count > 1]
+    if repeated:
+        raise UnknownStat(f"stats lists {', '.join(map(repr, repeated))} twice or more: "
+                          f"give each name once")
     return out
+
+
+def _check_flag(name: str, value: object) -> bool:
+    """A True/False argument: anything else (a truthy "no") would be taken
+    for what it was not meant to be."""
+    if value is not True and value is not False:
+        raise InvalidArgument(f"Reader({name}={quoted(value)}): {name} takes True or False")
+    return value
+
+
+def _check_shared_pins(value: object) -> Union[bool, Tuple[str, str]]:
+    """shared_pins=: True, False, or (pin directory, metadata directory)."""
+    if value is True or value is False:
+        return value
+    what = ("shared_pins takes True (the default directories), False, or a (pin directory, "
+            "metadata directory) pair of paths")
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise InvalidArgument(f"Reader(shared_pins={quoted(value)}): {what}")
+    dirs = []
+    for d in value:
+        try:
+            path = os.fspath(d)
+        except TypeError:
+            path = None
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise InvalidArgument(f"Reader(shared_pins={quoted(value)}): {quoted(d)} is not a "
+                                  f"directory path: {what}")
+        dirs.append(path)
+    return dirs[0], dirs[1]
 
 
 def _own_backend(stats: List[str], local: bool, flush: bool, backend: str, mount,
@@ -73,15 +121,21 @@ class Reader:
     pymemcg/backends/pinned.py); this is how a non-root process reads through BPF.
     Reads are serialised per Reader; use one Reader per thread for
     parallel reads. Close it (or use `with`) to unpin and unload.
+    An argument of another type or value raises InvalidArgument (a
+    TypeError and ValueError too) naming it; an unknown or repeated stat
+    name raises UnknownStat.
     """
 
     def __init__(self, stats: Sequence[str] = catalog.DEFAULT_STATS, *, local: bool = False,
-                 backend: str = "auto", flush: bool = False, shared_pins=True) -> None:
+                 backend: str = "auto", flush: bool = False,
+                 shared_pins: Union[bool, Tuple[str, str]] = True) -> None:
         self.stats = _check_names(stats)
-        self.local = local
-        self.flush = flush
-        if backend not in ("auto", "bpf", "text"):
-            raise ValueError(f"backend must be 'auto', 'bpf' or 'text', not {backend!r}")
+        self.local = local = _check_flag("local", local)
+        self.flush = flush = _check_flag("flush", flush)
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            raise InvalidArgument(f"Reader(backend={quoted(backend)}): backend takes "
+                                  f"{', '.join(map(repr, BACKENDS))}")
+        shared_pins = _check_shared_pins(shared_pins)
         mount = memory_mount()
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "

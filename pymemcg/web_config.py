@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from . import forksafe
-from .errors import Error
+from .errors import Error, quoted
 
 
 class WebConfigError(Error, ValueError):
@@ -165,13 +165,18 @@ def load(path: str) -> WebConfig:
     without PyYAML/bcrypt. Certificates are loaded (and so checked) here."""
     yaml, bcrypt = _imports()
     try:
-        with open(path) as f:
+        # bytes: the YAML reader decodes them (UTF-8 or a BOM's) and reports
+        # what does not decode as a YAML error
+        with open(path, "rb") as f:
             doc = yaml.safe_load(f)
     except OSError as e:
         raise WebConfigError(f"--web-config {path}: cannot read it ({e.strerror or e}): give "
                              f"the path of a readable web-config.yml") from None
     except yaml.YAMLError as e:
         raise WebConfigError(f"--web-config {path}: not valid YAML ({e}): fix the file") from None
+    except RecursionError:
+        raise WebConfigError(f"--web-config {path}: nested deeper than a web config is: fix "
+                             f"the file") from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -190,13 +195,21 @@ def load(path: str) -> WebConfig:
     return config
 
 
+def _key(key: Any) -> str:
+    """A key as a message names it: a plain name as it is, else its repr, cut."""
+    if isinstance(key, str) and key.isprintable() and len(key) <= 40:
+        return key
+    return quoted(key, 40)
+
+
 def _no_unknown(path: str, where: str, doc: dict, allowed: set) -> None:
-    unknown = sorted(set(doc) - allowed)
+    unknown = sorted(set(doc) - allowed, key=repr)   # keys of any YAML type
     if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise WebConfigError(
-            f"{path}: {where}{', '.join(map(str, unknown))}: not a key pymemcg implements "
-            f"(it knows {sorted(allowed)}); remove it: an ignored setting would leave the "
-            f"exporter less protected than the file says")
+            f"{path}: {where}{', '.join(map(_key, unknown[:5]))}{more}: not a key pymemcg "
+            f"implements (it knows {sorted(allowed)}); remove it: an ignored setting would "
+            f"leave the exporter less protected than the file says")
 
 
 def _tls(path: str, base: str, tls: Any) -> TlsConfig:
@@ -211,22 +224,22 @@ def _tls(path: str, base: str, tls: Any) -> TlsConfig:
             if required:
                 raise WebConfigError(f"{path}: {where}{key} is required: give the PEM file's path")
             return None
-        if not isinstance(v, str):
-            raise WebConfigError(f"{path}: {where}{key} must be a path, not {v!r}")
+        if not isinstance(v, str) or "\0" in v:
+            raise WebConfigError(f"{path}: {where}{key} must be a path, not {quoted(v)}")
         return os.path.normpath(os.path.join(base, v))
 
     def version(key: str) -> Optional[ssl.TLSVersion]:
         v = tls.get(key)
         if v is None:
             return None
-        if v not in TLS_VERSIONS:
-            raise WebConfigError(f"{path}: {where}{key}: {v!r} is not one of "
+        if not isinstance(v, str) or v not in TLS_VERSIONS:
+            raise WebConfigError(f"{path}: {where}{key}: {quoted(v)} is not one of "
                                  f"{sorted(TLS_VERSIONS)}")
         return TLS_VERSIONS[v]
 
     auth_type = tls.get("client_auth_type", "NoClientCert")
-    if auth_type not in CLIENT_AUTH:
-        raise WebConfigError(f"{path}: {where}client_auth_type: {auth_type!r} is not one of "
+    if not isinstance(auth_type, str) or auth_type not in CLIENT_AUTH:
+        raise WebConfigError(f"{path}: {where}client_auth_type: {quoted(auth_type)} is not one of "
                              f"{sorted(CLIENT_AUTH)} (Go's RequestClientCert and "
                              f"RequireAnyClientCert accept unverified certificates, which "
                              f"pymemcg does not)")
@@ -248,13 +261,13 @@ def _users(path: str, users: Any, bcrypt) -> Dict[str, bytes]:
     out = {}
     for user, hashed in users.items():
         if not isinstance(user, str) or ":" in user or not user:
-            raise WebConfigError(f"{path}: basic_auth_users: {user!r} is not a user name "
+            raise WebConfigError(f"{path}: basic_auth_users: {quoted(user)} is not a user name "
                                  f"(a non-empty string without ':')")
-        raw = str(hashed).encode() if hashed is not None else b""
         try:
+            raw = hashed.encode() if isinstance(hashed, str) else b""
             bcrypt.checkpw(b"", raw)    # raises ValueError unless a bcrypt hash
-        except ValueError:
-            raise WebConfigError(f"{path}: basic_auth_users: {user}'s value is not a bcrypt "
+        except ValueError:  # UnicodeEncodeError (a lone surrogate) is one too
+            raise WebConfigError(f"{path}: basic_auth_users: {_key(user)}'s value is not a bcrypt "
                                  f"hash: make one with `htpasswd -nBC 12 '' | tr -d ':\\n'` "
                                  f"or python -c 'import bcrypt; print(bcrypt.hashpw(b\"PASS\", "
                                  f"bcrypt.gensalt()).decode())'") from None

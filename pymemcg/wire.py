@@ -112,11 +112,29 @@ OWN_PROGRAM = ("this Reader loaded the program itself, so a pymemcg whose Python
                "compiled parts come from different builds; reinstall pymemcg")
 
 
+#: pmc_trailer.visited when another session took the bookkeeping before this
+#: one ended: its count is unknown, read again
+VISITED_UNKNOWN = 2**64 - 1
+
+
+def seq_budget(record_size: int) -> int:
+    """Records a session writes before the rest go to the overflow map (the
+    loader's pmc_prog.seq_budget: they and the trailer fill one seq buffer)."""
+    return (SEQ_BUF_SIZE - TRAILER.size) // record_size
+
+
 def parse_trailer(buf, nbytes: int, record_size: int, selection: bytes,
                   remedy: str = OWN_PROGRAM) -> Tuple[int, int, int]:
-    """(records in the buffer, session id, records the walk produced in all).
-    selection: what the caller decodes the records as (selection_digest);
-    records of anything else raise SelectionMismatch, naming `remedy`."""
+    """(records in the buffer, session id, records the walk produced in all;
+    VISITED_UNKNOWN: read again). The first nbytes of buf must be whole
+    records and the trailer, with counts that agree: records past the
+    session's budget are the only ones that may be missing from it. Anything
+    else raises MalformedData. selection: what the caller decodes the
+    records as (selection_digest); records of anything else raise
+    SelectionMismatch, naming `remedy`."""
+    if nbytes > len(buf):
+        raise MalformedData(f"iterator returned {nbytes} bytes into a {len(buf)}-byte buffer: "
+                            f"the count is corrupt; reinstall pymemcg")
     if nbytes < TRAILER.size or (nbytes - TRAILER.size) % record_size:
         raise MalformedData(f"iterator returned {nbytes} bytes, not whole {record_size}-byte "
                             f"records and a trailer: the program and the reader disagree on the "
@@ -130,14 +148,22 @@ def parse_trailer(buf, nbytes: int, record_size: int, selection: bytes,
                                 f"would be decoded as (its selection digest "
                                 f"{held[:8].hex()}, expected {selection[:8].hex()}), so stats "
                                 f"would be reported under each other's names: {remedy}")
-    return (nbytes - TRAILER.size) // record_size, session, visited
+    count = (nbytes - TRAILER.size) // record_size
+    if visited != VISITED_UNKNOWN and visited != count and \
+            not (visited > count == seq_budget(record_size)):
+        raise MalformedData(f"iterator output holds {count} records but its trailer counts "
+                            f"{visited} (a session holds up to {seq_budget(record_size)}): "
+                            f"records are missing or the counts are corrupt; read again, and "
+                            f"reinstall pymemcg if it persists")
+    return count, session, visited
 
 
 def iter_records(layout: "decode.Layout", buf, nbytes: int) -> Iterator[tuple]:
     """Raw record tuples (id, parent_id, name_hash, level, flags, valid_lo, valid_hi,
-    *values)."""
-    if nbytes % layout.record_size:
-        raise MalformedData(f"{nbytes} bytes are not whole {layout.record_size}-byte records")
+    *values) of the first nbytes of buf."""
+    if nbytes % layout.record_size or not 0 <= nbytes <= len(buf):
+        raise MalformedData(f"{nbytes} bytes are not whole {layout.record_size}-byte records "
+                            f"of a {len(buf)}-byte buffer")
     return layout.record.iter_unpack(memoryview(buf)[:nbytes])
 
 

@@ -16,8 +16,8 @@ import pymemcg
 from pymemcg import catalog
 from pymemcg.decode import MAX_STATS, Layout, PackedRecord, PackedRecords, Record, Snapshot
 from pymemcg.wire import (HEADER, REC_NO_MEMCG, REC_NO_VMSTATS, TRAILER,
-                          TRAILER_MAGIC, encode_record, encode_trailer, iter_records,
-                          parse_trailer, selection_digest)
+                          TRAILER_MAGIC, VISITED_UNKNOWN, encode_record, encode_trailer,
+                          iter_records, parse_trailer, selection_digest)
 
 # The record carries MAX_STATS valid bits in MAX_STATS / 64 u64 words (128 and two words at
 # the time of writing); these tests follow decode.MAX_STATS rather than hard-coding it.
@@ -73,7 +73,9 @@ def encoded(draw, min_records=0, unique_ids=False):
     names = draw(selections)
     layout = Layout(names, {n: "test" for n in names})
     recs = draw(records_for(len(names), min_size=min_records, unique_ids=unique_ids))
-    session, visited = draw(U64), draw(U64)
+    # a walk's count as the program writes it: the records held, or "unknown" (another
+    # session took the bookkeeping: read again); cases are far below the session's budget
+    session, visited = draw(U64), draw(st.sampled_from([len(recs), VISITED_UNKNOWN]))
     body = b"".join(encode_record(layout, *r[:5], r[5]) for r in recs)
     return layout, recs, session, visited, body + encode_trailer(session, visited)
 
@@ -219,6 +221,21 @@ def test_unavailable_message_names_the_source():
         rec["file"]
     with pytest.raises(pymemcg.UnknownStat, match="'pgfault' is not in this reader's selection"):
         rec["pgfault"]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["tuples", "packed"])
+def test_a_column_outside_the_selection_is_unknown_stat(packed):
+    # as Record["nope"] raises: UnknownStat (a KeyError too) naming the remedy
+    layout = Layout(["anon", "file"])
+    data = encode_record(layout, 1, 0, 0, 0, 0b11, [1, 2])
+    raw = PackedRecords(layout, data) if packed else [layout.record.unpack(data)]
+    snap = Snapshot("/", layout, raw, ["/"])
+    for call in (lambda: snap.column("nope"), lambda: snap.columns(["anon", "nope"]),
+                 lambda: snap.records[0]["nope"]):
+        with pytest.raises(pymemcg.UnknownStat, match="'nope' is not in this reader's "
+                                                      "selection.*add it to stats="):
+            call()
+    assert snap.column("file") == [2] and list(snap.columns(["anon"])["anon"]) == [1]
 
 
 def test_valid_bits_past_the_selection_are_ignored():

@@ -66,6 +66,55 @@ def test_unknown_stat(no_leaks):
             rec["file"]
 
 
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(local="yes"), "local"), (dict(local=None), "local"), (dict(local=1), "local"),
+    (dict(flush="no"), "flush"), (dict(flush=0), "flush"),
+    (dict(shared_pins=5), "shared_pins"), (dict(shared_pins="/sys/fs/bpf"), "shared_pins"),
+    (dict(shared_pins=("/a",)), "shared_pins"), (dict(shared_pins=("/a", 7)), "shared_pins"),
+    (dict(shared_pins=("/a", b"/b")), "shared_pins"), (dict(shared_pins=("", "/b")), "shared_pins"),
+    (dict(backend=1), "backend"), (dict(backend=["bpf"]), "backend"),
+    (dict(backend="BPF"), "backend"),
+    (dict(stats=5), "stats"), (dict(stats=None), "stats"), (dict(stats=b"anon"), "stats"),
+    (dict(stats=["anon", 7]), "stats"), (dict(stats=[["anon"]]), "stats"),
+], ids=repr)
+def test_reader_arguments_are_checked(kwargs, named):
+    # each bad argument is refused before anything loads, naming the
+    # argument and what it takes; TypeError and ValueError still catch it
+    with pytest.raises(pymemcg.InvalidArgument) as info:
+        pymemcg.Reader(**{"stats": ["usage"], **kwargs})
+    err = info.value
+    assert isinstance(err, pymemcg.Error) and isinstance(err, TypeError) and \
+        isinstance(err, ValueError)
+    assert f"Reader({named}=" in str(err) and " takes " in str(err), str(err)
+
+
+def test_reader_takes_a_pair_of_path_likes_for_shared_pins(no_leaks, tmp_path):
+    import pathlib
+    dirs = (pathlib.Path(tmp_path, "pins"), pathlib.Path(tmp_path, "meta"))
+    with pymemcg.Reader(stats=["usage"], backend="bpf", shared_pins=dirs) as r:
+        assert r.backend == "bpf"  # no pin there: the Reader's own program
+        assert r.read(own_memory_cgroup())["usage"] >= 0
+
+
+def test_repeated_and_unknown_stats_are_named_briefly():
+    every = list(pymemcg.catalog.STATS)
+    with pytest.raises(pymemcg.UnknownStat) as info:
+        pymemcg.Reader(stats=every * 40)
+    assert len(str(info.value)) < 2000
+    assert repr(every[0]) in str(info.value) and "twice" in str(info.value)
+    with pytest.raises(pymemcg.UnknownStat) as info:
+        pymemcg.Reader(stats=["anon", "x" * 40000])
+    assert len(str(info.value)) < 300 and "'xxxx" in str(info.value)
+
+
+def test_a_repeated_stats_name_is_a_short_cli_error(capsys):
+    from pymemcg.cli import main
+    every = ",".join(pymemcg.catalog.STATS)
+    assert main(["snapshot", "--stats", ",".join([every] * 40)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pymemcg: stats lists ") and len(err) < 2000, err[:200]
+
+
 def test_unavailable_stat_is_not_zero(no_leaks):
     # swap_usage is cgroup v2's counter; on v1 the union member is memsw
     name = "swap_usage" if memory_mount().version == 1 else "memsw_usage"
@@ -175,7 +224,8 @@ def test_fetch_program_rejection_carries_the_log(no_leaks):
 def test_errors_are_one_family():
     for cls in (pymemcg.CgroupNotFound, pymemcg.NotACgroup, pymemcg.NoMemoryController,
                 pymemcg.UnknownStat, pymemcg.PermissionDenied, pymemcg.NoBtf,
-                pymemcg.VerifierRejected, pymemcg.MalformedData, pymemcg.StatUnavailable):
+                pymemcg.VerifierRejected, pymemcg.MalformedData, pymemcg.StatUnavailable,
+                pymemcg.InvalidArgument):
         assert issubclass(cls, pymemcg.Error)
 
 

@@ -29,8 +29,8 @@ from ..errors import BpfUnavailable, CgroupNotFound, Closed, MalformedData, Read
 from ..kernel_facts import kernel_facts
 from ..programs import (ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, PAGE_SIZE, Fetch, Program,
                         Replaced, Slot)
-from ..wire import (FETCH_WANT, REC_GONE, SEQ_BUF_SIZE, TRAILER, TRAILER_MAGIC, parse_trailer,
-                    path_hash, selection_digest)
+from ..wire import (FETCH_WANT, REC_GONE, SEQ_BUF_SIZE, TRAILER, TRAILER_MAGIC, VISITED_UNKNOWN,
+                    parse_trailer, path_hash, selection_digest)
 from . import read_each
 
 INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
@@ -407,6 +407,9 @@ class BpfBackend:
         n = self._session(target)
         count, _session, _visited = parse_trailer(self._buf, n, self.layout.record_size,
                                                   self._sel_path)
+        if count > 1:
+            raise MalformedData(f"the read of {target.cgroup.path} returned {count} records, "
+                                f"not one")
         return self.layout.record.unpack_from(self._buf, 0) if count == 1 else None
 
     def _drop_single(self, target) -> None:
@@ -507,7 +510,7 @@ class BpfBackend:
         rs = self.layout.record_size
         n = self._session(link)
         count, session, visited = parse_trailer(self._buf, n, rs, self._sel_tree)
-        if visited == 2**64 - 1:
+        if visited == VISITED_UNKNOWN:
             return None  # another session claimed the bookkeeping at our end
         seq = memoryview(self._buf)[:count * rs]
         extra = visited - count
