@@ -427,6 +427,7 @@ def real_pin(bpf_ok, cgroups, pin_dirs):
     try:
         yield info, good
     finally:
+        write_meta(info.meta, good)  # unpin removes only metadata that names its pin
         pins.unpin(info.path, meta)
 
 
