@@ -14,15 +14,21 @@
 #      `python -m pymemcg snapshot --backend bpf`, one Reader.read through BPF
 #      with no libelf mapped, `pymemcg doctor`, `pymemcg bench`,
 #      `pymemcg --version`, and a scrape of `pymemcg export`;
-#   4. the aarch64 wheel on an x86_64 host with qemu-aarch64-static: under
+#   4. the same wheel under every CPython it claims (3.9 to 3.13), each in a
+#      fresh venv holding only the wheel and its pinned runtime dependencies,
+#      offline, build tools hidden: `pymemcg verify` must find every stat
+#      exact, and a read goes through BPF (tests/wheel_pythons.py; its
+#      downloads are kept in build/wheelhouse/);
+#   5. the aarch64 wheel on an x86_64 host with qemu-aarch64-static: under
 #      qemu-user, in Debian's arm64 Python (`make arm64-userland`), its
 #      extension imports and a text-backend read works. Its BPF test runs in
 #      the kernel matrix's arm64 guests.
 #
 # Needs root and a kernel that runs the BPF program (like the BPF tests).
+# Step 4 needs pyenv's CPython 3.9 to 3.13 (PYENV_ROOT, default /root/.pyenv).
 # Env: SMOKE_PYTHON (the venv's interpreter; default Debian's /usr/bin/python3),
 # SMOKE_DIST (a directory holding both wheels: no build), SMOKE_ISOLATE=0
-# skips the namespace.
+# skips the namespaces.
 set -euo pipefail
 
 . "$(dirname "$0")/checks.sh"
@@ -203,6 +209,16 @@ if [ "${SMOKE_ISOLATE:-1}" != 0 ] && [ "$(id -u)" = 0 ] && command -v unshare >/
 fi
 if (cd "$WORK/outside" && "${RUN[@]}"); then ok "smoke in a bare environment"
 else fail "smoke in a bare environment"; fi
+
+echo "== the wheel under every CPython it claims"
+start=$(date +%s)
+if WHEEL_PYTHONS_ISOLATE=${SMOKE_ISOLATE:-1} \
+        "$CHECKOUT/.venv/bin/python" "$CHECKOUT/tests/wheel_pythons.py" "$WHEEL"; then
+    ok "every CPython the wheel claims: installed alone, pymemcg verify exact, a BPF read"
+else
+    fail "the wheel under the CPython versions it claims"
+fi
+echo "wheel under every CPython: $(( $(date +%s) - start )) s"
 
 # the aarch64 wheel on this x86_64 host: its extension under qemu-user, in
 # Debian's arm64 Python (unpacked, not installed); the wheel is unpacked as
