@@ -485,6 +485,44 @@ def test_doctor_blames_a_seccomp_filter_that_refuses_bpf(bpf_ok):
     assert out.splitlines()[-1].startswith("verdict: BPF does not work here")
 
 
+def test_doctor_blames_an_unreadable_kallsyms(bpf_ok, tmp_path):
+    """/proc/kallsyms out of reach, as systemd's ProtectKernelTunables=yes
+    leaves it (an inaccessible device node mounted over it, in a mount
+    namespace of the test's own): the kallsyms check fails with the remedy,
+    and the load error names the file."""
+    import shutil
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare")
+    node = tmp_path / "inaccessible"
+    os.mknod(node, 0o000 | 0o020000, os.makedev(0, 0))     # a character device 0:0
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        f'mount --bind "{node}" /proc/kallsyms && exec "$0" -m pymemcg doctor',
+                        sys.executable], capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "PYMEMCG_REQUIRE_BPF"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout
+    assert re.search(r"^  fail  kallsyms\s+/proc/kallsyms cannot be read", out, re.M), out
+    assert "-> systemd's ProtectKernelTunables=yes makes it unreadable" in out
+    assert re.search(r"^  fail  bpf backend .*/proc/kallsyms", out, re.M), out
+    assert re.search(r"^  ok    privileges ", out, re.M) and re.search(r"^  ok    seccomp ", out, re.M)
+
+
+@pytest.mark.parametrize("text, status", [("[none] integrity confidentiality", "ok"),
+                                          ("none [integrity] confidentiality", "ok"),
+                                          ("none integrity [confidentiality]", "fail")])
+def test_doctor_reads_the_kernels_lockdown(tmp_path, monkeypatch, text, status):
+    from pymemcg.cli import doctor
+    path = tmp_path / "lockdown"
+    path.write_text(text + "\n")
+    monkeypatch.setattr(doctor, "LOCKDOWN", str(path))
+    check = doctor._check_lockdown()
+    assert check.status == status and check.data["mode"] == text.split("[")[1].split("]")[0]
+    if status == "fail":
+        assert "bpf_probe_read_kernel" in check.detail and "lockdown=integrity" in check.remedy
+    monkeypatch.setattr(doctor, "LOCKDOWN", str(tmp_path / "absent"))
+    assert doctor._check_lockdown().status == "info"
+
+
 def test_doctor_in_a_cgroup_namespace_of_its_own_finds_its_cgroup(bpf_ok, cgroups):
     """In a cgroup namespace rooted at its own cgroup, /proc/self/cgroup says
     "/" and the host's hierarchy, mounted before, shows "/../..": the cgroup
