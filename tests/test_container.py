@@ -322,10 +322,16 @@ def test_the_daemonset_serves_the_hosts_tree_through_bpf(bpf_ok, podman_env, ima
         # the verifier's memory is charged here while the programs load
         with open(os.path.join(running.cgroup, "memory.max_usage_in_bytes")) as f:
             peak = int(f.read())
+        with open(os.path.join(running.cgroup, "memory.kmem.max_usage_in_bytes")) as f:
+            kernel_peak = int(f.read())
+        with open(os.path.join(running.cgroup, "memory.failcnt")) as f:
+            failcnt = int(f.read())
         with open(os.path.join(running.cgroup, "memory.limit_in_bytes")) as f:
             assert int(f.read()) == limit
-        print(f"cgroupns {cgroupns}: peak {peak / 2**20:.1f} MiB of the manifest's "
-              f"{limit / 2**20:.0f} MiB limit")
+        print(f"cgroupns {cgroupns}: peak {peak / 2**20:.1f} MiB (kernel memory "
+              f"{kernel_peak / 2**20:.1f} MiB) of the manifest's {limit / 2**20:.0f} MiB limit, "
+              f"now {kernel_files(running.cgroup)['usage'] / 2**20:.1f} MiB, "
+              f"limit reached {failcnt} times")
         assert peak * MEMORY_MARGIN <= limit, (
             f"peak {peak} bytes: the manifest's limit {limit} leaves less than "
             f"{MEMORY_MARGIN}x; raise it (and say so in docs/kubernetes.md)")

@@ -214,10 +214,10 @@ def _bpf_refused_in_front(p: Dict[str, object], release: str) -> Optional[bool]:
 
 
 def _check_privileges(p: Dict[str, object]) -> Check:
-    has = [n for n in ("CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON") if p[n]]
+    has = ", ".join(n for n in ("CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON") if p[n]) or \
+        "none of CAP_SYS_ADMIN/CAP_BPF/CAP_PERFMON"
     unpriv = _read_int("/proc/sys/kernel/unprivileged_bpf_disabled")
-    detail = (f"euid {p['euid']}, capabilities: {', '.join(has) or 'none of CAP_SYS_ADMIN/CAP_BPF/CAP_PERFMON'}; "
-              f"kernel.unprivileged_bpf_disabled={unpriv}")
+    detail = f"euid {p['euid']}, capabilities: {has}; kernel.unprivileged_bpf_disabled={unpriv}"
     data = {k: p[k] for k in ("euid", "CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON")}
     if p["CAP_SYS_ADMIN"]:
         return Check("privileges", "ok", detail, data=data)
