@@ -23,7 +23,6 @@ tests skip, or fail under PYMEMCG_REQUIRE_BPF=1 (CI installs them).
 
 from __future__ import annotations
 
-import errno
 import glob
 import hashlib
 import json
@@ -40,12 +39,11 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
-import pymemcg  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from pymemcg.cgroupfs import memory_mount  # noqa: E402
 
 from scratch_cgroups import ScratchCgroup  # noqa: E402
-from test_kubernetes import MANIFESTS, container  # noqa: E402
+from test_kubernetes import container  # noqa: E402
 from test_kubernetes import load as load_manifest  # noqa: E402
 from test_prometheus import LIMIT, quiet, rel  # noqa: E402,F401
 from test_systemd import tool  # noqa: E402
