@@ -22,8 +22,11 @@ BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unus
 
 # for the tests only: a real Prometheus server scraping `pymemcg export`, openssl
 # for a throwaway TLS certificate, systemd-analyze for the unit, strace for the
-# system calls it must allow (setpriv, for its capabilities, is in util-linux)
-TEST_APT_PACKAGES := prometheus openssl systemd strace
+# system calls it must allow (setpriv, for its capabilities, is in util-linux);
+# podman and runc to run the container image with the DaemonSet's settings,
+# mmdebstrap for the Debian roots of that image and of the systemd boot test,
+# systemd-container (systemd-nspawn) to boot the unit under systemd as PID 1
+TEST_APT_PACKAGES := prometheus openssl systemd strace podman runc mmdebstrap systemd-container
 APT_PACKAGES := clang-19 llvm-19 bpftool libelf-dev zlib1g-dev pkg-config make gcc \
                 ca-certificates python3-venv python3-dev tmux qemu-user-static \
                 $(TEST_APT_PACKAGES)
@@ -51,7 +54,7 @@ BPF_OBJS := $(patsubst bpf_src/%.bpf.c,$(OUTPUT)/%.bpf.o,$(BPF_SRCS))
 SKELS    := $(patsubst bpf_src/%.bpf.c,$(OUTPUT)/%.skel.h,$(BPF_SRCS))
 
 .SECONDARY:
-.PHONY: all bpf deps develop test snapshot bench clean
+.PHONY: all bpf deps develop test snapshot bench clean image
 
 all: bpf
 bpf: $(LIBBPF_A) $(SKELS)
@@ -147,6 +150,15 @@ test-sanitize: develop $(SAN_EXT)
 
 snapshot: develop
 	$(VPY) -m pymemcg snapshot
+
+# make image: the exporter's container image (localhost/pymemcg:<version>),
+# from a Debian root and this host's release wheel, with podman and no image
+# registry (packaging/container/build-image; the root is cached under
+# /var/cache/pymemcg-ci). Push it to a cluster's registry for the DaemonSets
+# in packaging/kubernetes/ (docs/kubernetes.md).
+image: $(VPY)
+	$(MAKE) wheel DIST=$(OUTPUT)/image-dist
+	PYTHON=$(abspath $(VPY)) packaging/container/build-image $(OUTPUT)/image-dist/pymemcg-*_$(HOST_ARCH).whl
 
 # the full benchmark (bench/pymemcg_bench, not part of the installed package:
 # it needs this checkout's C side): C and Python, one cgroup and trees of up

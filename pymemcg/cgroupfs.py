@@ -18,6 +18,10 @@ class Mount:
     mountpoint: str
     fstype: str             # "cgroup" (v1) or "cgroup2"
     options: Tuple[str, ...]
+    #: the cgroup the mount shows at its mountpoint, relative to this process's
+    #: cgroup namespace root ("/": that root; "/../.." when above it, as for
+    #: a host's hierarchy seen from a container in a cgroup namespace of its own)
+    root: str = "/"
 
     @property
     def version(self) -> int:
@@ -51,16 +55,33 @@ def cgroup_mounts(cached: bool = False) -> List[Mount]:
     global _mounts_cache
     if cached and _mounts_cache is not None:
         return _mounts_cache
-    mounts = []
+    listed: List[Tuple[str, Optional[Mount]]] = []    # (mountpoint, cgroup Mount or None)
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
             fields, rfields = left.split(), right.split()
-            if len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
+            if len(fields) < 5:
                 continue
-            mounts.append(Mount(_unescape(fields[4]), rfields[0], tuple(rfields[2].split(","))))
+            mountpoint = _unescape(fields[4])
+            if len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
+                listed.append((mountpoint, None))
+                continue
+            listed.append((mountpoint, Mount(mountpoint, rfields[0],
+                                             tuple(rfields[2].split(",")), _unescape(fields[3]))))
+    mounts = [m for i, (_, m) in enumerate(listed)
+              if m is not None and not _covered(m.mountpoint, listed[i + 1:])]
     _mounts_cache = mounts
     return mounts
+
+
+def _covered(mountpoint: str, later: List[Tuple[str, Optional[Mount]]]) -> bool:
+    """Whether a mount made later sits on `mountpoint` or on a directory above
+    it (a container runtime's own cgroup mount, with the host's mounted over
+    it): what is at that path is no longer the earlier mount."""
+    for other, _ in later:
+        if other != "/" and (mountpoint == other or mountpoint.startswith(other.rstrip("/") + "/")):
+            return True
+    return False
 
 
 def memory_mount() -> Optional[Mount]:
@@ -72,16 +93,66 @@ def memory_mount() -> Optional[Mount]:
 
 
 def own_memory_cgroup() -> Optional[str]:
-    """Absolute path of this process's memory cgroup."""
-    mount = memory_mount()
-    if mount is None:
-        return None
+    """Absolute path of this process's memory cgroup in the hierarchy mounted
+    here, or None when it cannot be told (see locate_own_memory_cgroup)."""
+    return locate_own_memory_cgroup()[0]
+
+
+def _ns_memory_cgroup(mount: Mount) -> Optional[str]:
+    """This process's memory cgroup as /proc/self/cgroup gives it: relative to
+    its cgroup namespace root."""
     with open("/proc/self/cgroup") as f:
         for line in f:
             hid, controllers, path = line.rstrip("\n").split(":", 2)
             if (mount.version == 1 and "memory" in controllers.split(",")) or \
                     (mount.version == 2 and hid == "0"):
-                return os.path.join(mount.mountpoint, path.lstrip("/"))
+                return path
+    return None
+
+
+def locate_own_memory_cgroup() -> Tuple[Optional[str], str]:
+    """(absolute path of this process's memory cgroup, how it was found), or
+    (None, why it cannot be told).
+
+    /proc/self/cgroup names the cgroup relative to this process's cgroup
+    namespace root, and mountinfo says which cgroup the mount shows relative
+    to the same root: where the mount's cgroup contains ours, the path
+    follows. A container in a cgroup namespace of its own that mounts the
+    host's hierarchy sees that hierarchy's root above its namespace root
+    ("/../.."), whose names the kernel does not give; there the cgroup that
+    lists this process (its thread id in `tasks` on v1, its pid in
+    cgroup.procs on v2, as numbered in this pid namespace, which numbers
+    only its own processes) is ours."""
+    mount = memory_mount()
+    if mount is None:
+        return None, "no cgroup hierarchy has the memory controller"
+    in_ns = _ns_memory_cgroup(mount)
+    if in_ns is None:
+        return None, "/proc/self/cgroup has no line for the memory hierarchy"
+    root = mount.root.rstrip("/") or "/"
+    if root == "/" or in_ns == root or in_ns.startswith(root + "/"):
+        rel = in_ns[len(root):] if root != "/" else in_ns
+        return os.path.join(mount.mountpoint, rel.lstrip("/")), "/proc/self/cgroup"
+    found = _cgroup_listing_me(mount)
+    if found is not None:
+        return found, (f"found by this process's id in {mount.mountpoint}: its cgroup namespace "
+                       f"names it {in_ns}, the mount shows {mount.root} relative to that")
+    return None, (f"this process's cgroup namespace names its cgroup {in_ns}, and the hierarchy "
+                  f"mounted at {mount.mountpoint} shows {mount.root} relative to that namespace; "
+                  f"no cgroup in it lists this process")
+
+
+def _cgroup_listing_me(mount: Mount) -> Optional[str]:
+    """The cgroup under mount whose member list holds this process, by walking it."""
+    me = str(os.getpid())
+    members = "tasks" if mount.version == 1 else "cgroup.procs"
+    for dirpath, _, _ in os.walk(mount.mountpoint):
+        try:
+            with open(os.path.join(dirpath, members)) as f:
+                if me in f.read().split():
+                    return dirpath
+        except OSError:
+            continue
     return None
 
 

@@ -190,8 +190,11 @@ class Fetch:
 def load_error(err: int, log: str) -> Exception:
     if err in (errno.EPERM,) and "verifier" not in log.lower() and "processed" not in log:
         return PermissionDenied(f"loading the BPF program was refused ({os.strerror(err)}): it "
-                                f"needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN); run "
-                                f"as root or use backend='text'")
+                                f"needs root or CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON are not "
+                                f"enough for libbpf's BTF walk), and a seccomp filter that "
+                                f"allows bpf(2) (container runtimes' default profiles allow it "
+                                f"with CAP_SYS_ADMIN only); `pymemcg doctor` tells which is "
+                                f"missing; or use backend='text'")
     if "processed" in log or "R0" in log or "invalid" in log.lower() or "BEGIN PROG LOAD LOG" in log:
         return VerifierRejected(f"the kernel's verifier rejected the pymemcg program "
                                 f"({os.strerror(err)}): this kernel is not supported by this "
@@ -200,5 +203,8 @@ def load_error(err: int, log: str) -> Exception:
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     cause = next((line for line in lines if "failed to load" not in line),
                  lines[-1] if lines else "no log")
+    if "/proc/kallsyms" in cause:
+        cause += (" (libbpf reads it to resolve the program's kernel symbols; systemd's "
+                  "ProtectKernelTunables=yes makes it unreadable)")
     return BpfUnavailable(f"loading the BPF program failed ({os.strerror(err)}): "
                           f"{cause}; use backend='text'")

@@ -359,9 +359,12 @@ def test_doctor_json_tells_what_this_host_has(bpf_ok, mount):
     assert data["cgroup_version"] == mount.version
     checks = {c["name"]: c for c in data["checks"]}
     assert list(checks) == ["kernel", "btf", "memcg kfuncs", "item tables", "privileges",
-                            "bpffs", "cgroup", "bpf backend", "text backend", "stats"]
-    for name in ("kernel", "btf", "privileges", "bpffs", "cgroup", "bpf backend", "text backend"):
+                            "seccomp", "lockdown", "kallsyms", "bpffs", "cgroup", "bpf backend",
+                            "text backend", "stats"]
+    for name in ("kernel", "btf", "privileges", "seccomp", "kallsyms", "bpffs", "cgroup",
+                 "bpf backend", "text backend"):
         assert checks[name]["status"] == "ok", checks[name]
+    assert checks["cgroup"]["data"]["own"] == own_memory_cgroup()
     have = [k for k in layout.MEMCG_KFUNCS if k in kernel_facts().kfuncs]
     assert checks["memcg kfuncs"]["data"]["present"] == have
     assert checks["memcg kfuncs"]["status"] == ("ok" if len(have) == len(layout.MEMCG_KFUNCS)
@@ -384,27 +387,166 @@ def test_doctor_text(bpf_ok):
     lines = r.stdout.splitlines()
     assert lines[0] == f"pymemcg {pymemcg.__version__} doctor: Linux {os.uname().release}, " \
                        f"cgroup v{memory_mount().version}"
-    for name in ("kernel", "btf", "memcg kfuncs", "item tables", "privileges", "bpffs",
-                 "cgroup", "bpf backend", "text backend", "stats"):
+    for name in ("kernel", "btf", "memcg kfuncs", "item tables", "privileges", "seccomp",
+                 "lockdown", "kallsyms", "bpffs", "cgroup", "bpf backend", "text backend",
+                 "stats"):
         assert any(re.match(rf"  (ok|info|warn|fail)\s+{name}  ", line) for line in lines), name
     assert lines[-1].startswith("verdict: the BPF backend works here")
 
 
-def test_doctor_without_privileges_names_the_remedy(bpf_ok):
+def doctor_with(prefix, preexec_fn=None) -> subprocess.CompletedProcess:
+    """`pymemcg doctor` (text) under `prefix` (setpriv, unshare, ...), BPF not required."""
+    return subprocess.run([*prefix, sys.executable, "-m", "pymemcg", "doctor"],
+                          capture_output=True, text=True, timeout=120, preexec_fn=preexec_fn,
+                          env={k: v for k, v in os.environ.items() if k != "PYMEMCG_REQUIRE_BPF"})
+
+
+def setpriv_keeping(*caps: str) -> list:
     import shutil
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to drop capabilities")
-    r = subprocess.run(["setpriv", "--bounding-set", "-all", "--inh-caps", "-all",
-                        sys.executable, "-m", "pymemcg", "doctor"],
-                       capture_output=True, text=True, timeout=120,
-                       env={k: v for k, v in os.environ.items() if k != "PYMEMCG_REQUIRE_BPF"})
+    keep = ",".join(["-all"] + [f"+{c}" for c in caps])
+    return ["setpriv", "--bounding-set", keep, "--inh-caps", "-all"]
+
+
+def test_doctor_without_privileges_names_the_remedy(bpf_ok):
+    r = doctor_with(setpriv_keeping())
     assert r.returncode == 1, r.stdout + r.stderr
     out = r.stdout
     assert re.search(r"^  fail  privileges\s+euid 0, capabilities: none", out, re.M), out
-    assert "-> run as root, or give the process CAP_BPF and CAP_PERFMON" in out
+    # the capability the unit and the DaemonSet grant, not one that fails here
+    assert "-> give the process CAP_SYS_ADMIN (systemd: AmbientCapabilities=CAP_SYS_ADMIN" in out
+    assert "AmbientCapabilities=CAP_BPF" not in out
     assert re.search(r"^  fail  bpf backend ", out, re.M)
     assert re.search(r"^  ok    text backend ", out, re.M)
     assert out.splitlines()[-1].startswith("verdict: BPF does not work here")
+
+
+def test_doctor_with_cap_bpf_and_cap_perfmon_asks_for_cap_sys_admin(bpf_ok):
+    """CAP_BPF + CAP_PERFMON is what BPF usually takes; libbpf's BTF walk here
+    needs CAP_SYS_ADMIN, and doctor must not call the pair enough."""
+    r = doctor_with(setpriv_keeping("bpf", "perfmon"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout
+    assert re.search(r"^  fail  privileges\s+euid 0, capabilities: CAP_BPF, CAP_PERFMON", out,
+                     re.M), out
+    assert "CAP_BPF and CAP_PERFMON are not enough" in out
+    assert re.search(r"^  ok    seccomp\s+no seccomp filter", out, re.M), out
+    assert re.search(r"^  fail  bpf backend .*BTF", out, re.M), out
+
+
+# a classic-BPF seccomp program: bpf(2) fails EPERM, everything else is allowed
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7fff0000, 0x00050000
+AUDIT_ARCH = {"x86_64": 0xc000003e, "aarch64": 0xc00000b7}
+
+
+def refuse_bpf_by_seccomp() -> None:
+    """In the child before exec: a seccomp filter that refuses bpf(2) with
+    EPERM, as container runtimes' default profiles do without CAP_SYS_ADMIN."""
+    import ctypes
+    import errno as errnos
+    import platform
+    from pymemcg.cli.doctor import BPF_SYSCALL
+    machine = platform.machine()
+
+    class Insn(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                    ("k", ctypes.c_uint)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
+    ld, jeq, ret = 0x20, 0x15, 0x06          # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET
+    insns = [Insn(ld, 0, 0, 4), Insn(jeq, 1, 0, AUDIT_ARCH[machine]),   # seccomp_data.arch
+             Insn(ret, 0, 0, SECCOMP_RET_ALLOW),
+             Insn(ld, 0, 0, 0), Insn(jeq, 0, 1, BPF_SYSCALL[machine]),   # seccomp_data.nr
+             Insn(ret, 0, 0, SECCOMP_RET_ERRNO | errnos.EPERM),
+             Insn(ret, 0, 0, SECCOMP_RET_ALLOW)]
+    array = (Insn * len(insns))(*insns)
+    prog = Prog(len(insns), array)
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+
+def test_doctor_blames_a_seccomp_filter_that_refuses_bpf(bpf_ok):
+    """Root with every capability, under a filter refusing bpf(2): the cause is
+    the filter, not capabilities, and the remedy says so."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    r = doctor_with([], preexec_fn=refuse_bpf_by_seccomp)
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout
+    assert re.search(r"^  ok    privileges ", out, re.M), out
+    assert re.search(r"^  fail  seccomp\s+seccomp filter \(1 filters\) refuses bpf\(2\) "
+                     r"\(EPERM\)", out, re.M), out
+    assert "allow bpf(2) only to a container holding CAP_SYS_ADMIN" in out
+    assert "add bpf to SystemCallFilter=" in out
+    assert out.splitlines()[-1].startswith("verdict: BPF does not work here")
+
+
+def test_doctor_blames_an_unreadable_kallsyms(bpf_ok, tmp_path):
+    """/proc/kallsyms out of reach, as systemd's ProtectKernelTunables=yes
+    leaves it (an inaccessible device node mounted over it, in a mount
+    namespace of the test's own): the kallsyms check fails with the remedy,
+    and the load error names the file."""
+    import shutil
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare")
+    node = tmp_path / "inaccessible"
+    os.mknod(node, 0o000 | 0o020000, os.makedev(0, 0))     # a character device 0:0
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        f'mount --bind "{node}" /proc/kallsyms && exec "$0" -m pymemcg doctor',
+                        sys.executable], capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "PYMEMCG_REQUIRE_BPF"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout
+    assert re.search(r"^  fail  kallsyms\s+/proc/kallsyms cannot be read", out, re.M), out
+    assert "-> systemd's ProtectKernelTunables=yes makes it unreadable" in out
+    assert re.search(r"^  fail  bpf backend .*/proc/kallsyms", out, re.M), out
+    assert re.search(r"^  ok    privileges ", out, re.M) and re.search(r"^  ok    seccomp ", out, re.M)
+
+
+@pytest.mark.parametrize("text, status", [("[none] integrity confidentiality", "ok"),
+                                          ("none [integrity] confidentiality", "ok"),
+                                          ("none integrity [confidentiality]", "fail")])
+def test_doctor_reads_the_kernels_lockdown(tmp_path, monkeypatch, text, status):
+    from pymemcg.cli import doctor
+    path = tmp_path / "lockdown"
+    path.write_text(text + "\n")
+    monkeypatch.setattr(doctor, "LOCKDOWN", str(path))
+    check = doctor._check_lockdown()
+    assert check.status == status and check.data["mode"] == text.split("[")[1].split("]")[0]
+    if status == "fail":
+        assert "bpf_probe_read_kernel" in check.detail and "lockdown=integrity" in check.remedy
+    monkeypatch.setattr(doctor, "LOCKDOWN", str(tmp_path / "absent"))
+    assert doctor._check_lockdown().status == "info"
+
+
+def test_doctor_in_a_cgroup_namespace_of_its_own_finds_its_cgroup(bpf_ok, cgroups):
+    """In a cgroup namespace rooted at its own cgroup, /proc/self/cgroup says
+    "/" and the host's hierarchy, mounted before, shows "/../..": the cgroup
+    is found by the process's id, never taken to be the hierarchy's root."""
+    import shutil
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare")
+    where = cgroups.make("ns/inner")
+    code = ("import json; from pymemcg.cgroupfs import locate_own_memory_cgroup as l, memory_mount;"
+            "print(json.dumps([l(), memory_mount().root]))")
+
+    def enter():
+        with open(os.path.join(where, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    r = subprocess.run(["unshare", "--cgroup", sys.executable, "-c", code], preexec_fn=enter,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    (own, how), root = json.loads(r.stdout)
+    depth = os.path.relpath(where, memory_mount().mountpoint).count("/") + 1
+    assert root == "/" + "/".join([".."] * depth), root
+    assert own == where and how.startswith("found by this process's id"), (own, how)
+    r = doctor_with(["unshare", "--cgroup"], preexec_fn=enter)
+    assert re.search(rf"^  ok    cgroup\s+v\d, memory controller at \S+; this process is in "
+                     rf"{re.escape(where)} \(found by", r.stdout, re.M), r.stdout
 
 
 # --- colour ---

@@ -1,5 +1,6 @@
 """The systemd unit (packaging/systemd/pymemcg-export.service), checked
-without systemd as PID 1 (it is not, on developers' and CI's machines):
+without systemd as PID 1 (tests/test_systemd_boot.py starts it under a real
+systemd):
 
 - `systemd-analyze verify` accepts it;
 - its capability set is enough and no smaller one is: `pymemcg export`
@@ -94,7 +95,9 @@ def test_the_unit_runs_as_its_own_user_with_one_capability():
     d = directives()
     assert d["DynamicUser"] == ["yes"] and d["NoNewPrivileges"] == ["yes"]
     assert d["AmbientCapabilities"] == d["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN"]
-    assert d["ExecStart"][0].endswith("--listen 127.0.0.1:9756")
+    assert d["ExecStart"][0].endswith("--listen 127.0.0.1:9756 --backend bpf")
+    # no silent fallback to memory.stat text, and no restart loop when BPF is refused
+    assert d["RestartPreventExitStatus"] == ["2"]
 
 
 # --- the capabilities, W^X, system calls: the exporter itself ---

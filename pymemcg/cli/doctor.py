@@ -7,15 +7,18 @@ info, warn or fail, with a remedy where there is one."""
 from __future__ import annotations
 
 import argparse
+import ctypes
+import errno
 import json
 import os
+import platform
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, TextIO, Tuple
 
 from .. import __version__, catalog
-from ..cgroupfs import Mount, memory_mount, own_memory_cgroup
+from ..cgroupfs import Mount, locate_own_memory_cgroup, memory_mount
 from ..errors import Error
 from ..reader import Reader, StatInfo, stats as list_stats
 from .format import Style, colour_wanted, human_bytes, isatty, kernel_release
@@ -23,6 +26,21 @@ from .running import EXIT_DEGRADED, EXIT_OK, EXIT_USAGE
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 MIN_ITER_KERNEL = (6, 1)
+#: bpf(2)'s number per machine, and the commands the probes use
+BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
+BPF_BTF_GET_NEXT_ID = 23
+BPF_NO_SUCH_COMMAND = 0x7fff
+#: since 6.5 the kernel checks privileges per command, so a command it does
+#: not know fails EINVAL for anyone: an EPERM for one came from outside it
+PER_COMMAND_CHECKS = (6, 5)
+LOCKDOWN = "/sys/kernel/security/lockdown"
+UNIT = "packaging/systemd/pymemcg-export.service"
+CAPABILITY_REMEDY = (
+    "give the process CAP_SYS_ADMIN (systemd: AmbientCapabilities=CAP_SYS_ADMIN and "
+    "CapabilityBoundingSet=CAP_SYS_ADMIN, as " + UNIT + " does; Kubernetes: capabilities "
+    "add [\"SYS_ADMIN\"]), or run as root: CAP_BPF and CAP_PERFMON are not enough, since "
+    "libbpf resolves the program's kernel symbols by walking the kernel's BTF objects "
+    "(BPF_BTF_GET_NEXT_ID), which only CAP_SYS_ADMIN may do")
 
 
 @dataclass
@@ -69,9 +87,13 @@ def _check_btf() -> Check:
     btf = "/sys/kernel/btf/vmlinux"
     if os.path.exists(btf):
         return Check("btf", "ok", f"{btf} ({human_bytes(os.path.getsize(btf))})")
-    return Check("btf", "fail", f"{btf} is missing: the kernel exposes no BTF",
-                 "run a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels "
-                 "since 2021 are)")
+    if os.path.isdir("/sys/kernel"):
+        return Check("btf", "fail", f"{btf} is missing: the kernel exposes no BTF",
+                     "run a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution "
+                     "kernels since 2021 are)")
+    return Check("btf", "fail", f"{btf} is missing, and so is /sys/kernel: sysfs is not "
+                 f"mounted here", "mount sysfs at /sys (a container runtime's own /sys has "
+                 "the kernel's BTF; do not hide it)")
 
 
 def _check_kfuncs() -> Check:
@@ -134,21 +156,137 @@ def _check_item_tables(infos: List[StatInfo]) -> Check:
                  "to pymemcg/kernel_tables.py", data=data)
 
 
-def _check_privileges() -> Check:
-    euid = os.geteuid()
+def _status_field(name: str) -> Optional[str]:
+    """A field of /proc/self/status ("Seccomp", "NoNewPrivs", ...)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def bpf_probe(cmd: int, attr: bytes = b"") -> int:
+    """bpf(cmd, attr): 0 on success, else the errno. A command the kernel does
+    not know (BPF_NO_SUCH_COMMAND) fails EINVAL once the call reaches the
+    kernel's BPF code: any other answer came from in front of it (a seccomp
+    filter, a security module, or before 6.5 a missing privilege)."""
+    nr = BPF_SYSCALL.get(platform.machine())
+    if nr is None:
+        return errno.ENOSYS
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    buf = ctypes.create_string_buffer(attr, max(len(attr), 1))
+    ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
+    # neither command makes a file descriptor: nothing to close
+    return 0 if ret >= 0 else ctypes.get_errno()
+
+
+def _errname(code: int) -> str:
+    return errno.errorcode.get(code, str(code)) if code else "no error"
+
+
+def _privileges() -> Dict[str, object]:
     caps = _effective_caps()
     has = {name: bool(caps >> bit & 1) for name, bit in
            (("CAP_SYS_ADMIN", CAP_SYS_ADMIN), ("CAP_BPF", CAP_BPF), ("CAP_PERFMON", CAP_PERFMON))}
+    seccomp = _status_field("Seccomp")
+    return {"euid": os.geteuid(), **has,
+            "seccomp": int(seccomp) if seccomp and seccomp.isdigit() else None,
+            "seccomp_filters": _status_field("Seccomp_filters"),
+            "no_new_privs": _status_field("NoNewPrivs"),
+            "bpf_call": bpf_probe(BPF_NO_SUCH_COMMAND),
+            # what libbpf needs CAP_SYS_ADMIN for: start_id, next_id, open_flags
+            "btf_walk": bpf_probe(BPF_BTF_GET_NEXT_ID, bytes(12))}
+
+
+def _bpf_refused_in_front(p: Dict[str, object], release: str) -> Optional[bool]:
+    """Whether something in front of the kernel's BPF code refuses bpf(2):
+    True, False, or None when a missing privilege would give the same answer."""
+    if p["bpf_call"] == errno.EINVAL:
+        return False
+    if _kernel_version(release) >= PER_COMMAND_CHECKS or p["CAP_SYS_ADMIN"] or p["CAP_BPF"]:
+        return True
+    return None
+
+
+def _check_privileges(p: Dict[str, object]) -> Check:
+    has = ", ".join(n for n in ("CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON") if p[n]) or \
+        "none of CAP_SYS_ADMIN/CAP_BPF/CAP_PERFMON"
     unpriv = _read_int("/proc/sys/kernel/unprivileged_bpf_disabled")
-    capstr = ", ".join(n for n, ok in has.items() if ok) or "none of CAP_SYS_ADMIN/CAP_BPF/CAP_PERFMON"
-    privileged = has["CAP_SYS_ADMIN"] or (has["CAP_BPF"] and has["CAP_PERFMON"])
-    detail = f"euid {euid}, capabilities: {capstr}; kernel.unprivileged_bpf_disabled={unpriv}"
-    if privileged:
-        return Check("privileges", "ok", detail, data={"euid": euid, **has})
-    return Check("privileges", "fail", detail,
-                 "run as root, or give the process CAP_BPF and CAP_PERFMON (systemd: "
-                 "AmbientCapabilities=CAP_BPF CAP_PERFMON); CAP_SYS_ADMIN mounts bpffs",
-                 data={"euid": euid, **has})
+    detail = f"euid {p['euid']}, capabilities: {has}; kernel.unprivileged_bpf_disabled={unpriv}"
+    data = {k: p[k] for k in ("euid", "CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON")}
+    if p["CAP_SYS_ADMIN"]:
+        return Check("privileges", "ok", detail, data=data)
+    return Check("privileges", "fail", detail + "; without CAP_SYS_ADMIN libbpf cannot walk the "
+                 "kernel's BTF objects", CAPABILITY_REMEDY, data=data)
+
+
+def _check_seccomp(p: Dict[str, object], release: str) -> Check:
+    mode = p["seccomp"]
+    data = {"mode": mode, "filters": p["seccomp_filters"], "bpf_call": _errname(p["bpf_call"])}
+    refused = _bpf_refused_in_front(p, release)
+    if not mode:
+        if refused:
+            return Check("seccomp", "fail", f"no seccomp filter, yet bpf(2) is refused "
+                         f"({_errname(p['bpf_call'])}) before the kernel's BPF code",
+                         "a security module refuses it (SELinux, AppArmor: see the audit log); "
+                         "allow bpf for this program there", data=data)
+        return Check("seccomp", "ok", "no seccomp filter", data=data)
+    filtered = f"seccomp filter ({p['seccomp_filters'] or 'some'} filters)"
+    if refused is False:
+        return Check("seccomp", "ok", f"{filtered}: bpf(2) is allowed", data=data)
+    if refused is None:
+        return Check("seccomp", "warn", f"{filtered}; bpf(2) fails {_errname(p['bpf_call'])}, "
+                     f"which the missing privilege explains too: whether the filter allows it "
+                     f"shows once the process has CAP_SYS_ADMIN",
+                     "see privileges: container runtimes' default seccomp profiles allow bpf(2) "
+                     "only to a container holding CAP_SYS_ADMIN", data=data)
+    return Check("seccomp", "fail", f"{filtered} refuses bpf(2) ({_errname(p['bpf_call'])})",
+                 "the container runtimes' default seccomp profiles (Docker, podman, containerd: "
+                 "RuntimeDefault) allow bpf(2) only to a container holding CAP_SYS_ADMIN: add "
+                 "SYS_ADMIN to its capabilities (CAP_BPF does not open it), or give it a profile "
+                 "that allows bpf; under systemd add bpf to SystemCallFilter= (@system-service "
+                 "lacks it), as " + UNIT + " does", data=data)
+
+
+def _check_lockdown() -> Check:
+    """The kernel's lockdown: confidentiality forbids BPF to read kernel memory."""
+    try:
+        with open(LOCKDOWN) as f:
+            text = f.read().strip()
+    except OSError as e:
+        return Check("lockdown", "info", f"{LOCKDOWN}: {e.strerror} (no lockdown security "
+                     f"module, or securityfs is not mounted here): cannot tell",
+                     data={"mode": None})
+    m = re.search(r"\[(\w+)\]", text)
+    mode = m.group(1) if m else text
+    if mode == "confidentiality":
+        return Check("lockdown", "fail", f"the kernel is locked down ({mode}): BPF programs may "
+                     f"not read kernel memory (bpf_probe_read_kernel), which this one does",
+                     "boot with lockdown=integrity or none (Secure Boot may set confidentiality "
+                     "through the distribution's kernel); the text backend works meanwhile",
+                     data={"mode": mode})
+    return Check("lockdown", "ok", f"lockdown {mode}: BPF may read kernel memory",
+                 data={"mode": mode})
+
+
+def _check_kallsyms() -> Check:
+    """libbpf reads /proc/kallsyms to resolve the program's __ksym externs."""
+    try:
+        with open("/proc/kallsyms", "rb") as f:
+            f.read(64)
+    except OSError as e:
+        return Check("kallsyms", "fail", f"/proc/kallsyms cannot be read ({e.strerror}): libbpf "
+                     f"needs it to resolve the program's kernel symbols",
+                     "systemd's ProtectKernelTunables=yes makes it unreadable: set "
+                     "ProtectKernelTunables=no (" + UNIT + " does, and keeps /proc/sys "
+                     "read-only with ReadOnlyPaths=); in a container, do not mask /proc/kallsyms",
+                     data={"readable": False})
+    return Check("kallsyms", "ok", "/proc/kallsyms is readable", data={"readable": True})
 
 
 def _check_bpffs() -> Check:
@@ -176,10 +314,15 @@ def _check_cgroup(mount: Optional[Mount]) -> Check:
     if mount is None:
         return Check("cgroup", "fail", "no cgroup hierarchy has the memory controller",
                      "mount cgroup v2 with the memory controller enabled, or v1 with -o memory")
-    own = own_memory_cgroup()
-    return Check("cgroup", "ok", f"v{mount.version}, memory controller at {mount.mountpoint}; "
-                 f"this process is in {own}",
-                 data={"version": mount.version, "mountpoint": mount.mountpoint, "own": own})
+    own, how = locate_own_memory_cgroup()
+    data = {"version": mount.version, "mountpoint": mount.mountpoint, "mount_root": mount.root,
+            "own": own, "how": how}
+    where = f"v{mount.version}, memory controller at {mount.mountpoint}"
+    if own is None:
+        return Check("cgroup", "warn", f"{where}; which cgroup this process is in cannot be "
+                     f"told: {how}", data=data)
+    said = "" if how == "/proc/self/cgroup" else f" ({how})"
+    return Check("cgroup", "ok", f"{where}; this process is in {own}{said}", data=data)
 
 
 def _check_backends(mount: Optional[Mount]) -> Tuple[List[Check], Dict[str, Optional[str]]]:
@@ -187,7 +330,8 @@ def _check_backends(mount: Optional[Mount]) -> Tuple[List[Check], Dict[str, Opti
     failed (None: it works)."""
     checks: List[Check] = []
     backends: Dict[str, Optional[str]] = {}
-    target = own_memory_cgroup() if mount is not None else None
+    # this process's cgroup, or where that cannot be told the hierarchy's root
+    target = (locate_own_memory_cgroup()[0] or mount.mountpoint) if mount is not None else None
     for backend in ("bpf", "text"):
         if target is None:
             backends[backend] = "no memory cgroup to read"
@@ -248,8 +392,10 @@ def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
     release = kernel_release()
     infos = list_stats()
     mount = memory_mount()
+    privileges = _privileges()
     checks = [_check_kernel(release), _check_btf(), _check_kfuncs(), _check_item_tables(infos),
-              _check_privileges(), _check_bpffs(), _check_cgroup(mount)]
+              _check_privileges(privileges), _check_seccomp(privileges, release),
+              _check_lockdown(), _check_kallsyms(), _check_bpffs(), _check_cgroup(mount)]
     tried, backends = _check_backends(mount)
     checks += tried
     checks.append(_check_stats(infos, backends.get("bpf") is None, mount))
