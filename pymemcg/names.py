@@ -12,7 +12,9 @@ attribute need valid UTF-8, so every output writes a path through
 - each byte that is not part of valid UTF-8 becomes "%HH" (two uppercase
   hex digits);
 - so does each byte of a control character (U+0001-U+001F, U+007F,
-  U+0080-U+009F): the text is safe to print and holds no line break;
+  U+0080-U+009F) and of the line and paragraph separators (U+2028,
+  U+2029): the text is safe to print and holds no line break, whatever a
+  reader takes for one (Python's str.splitlines, JavaScript);
 - every other character is kept as it is.
 
 So a name that is valid UTF-8 without "%" or control characters (every
@@ -41,7 +43,7 @@ from .errors import MalformedName
 # what escape() changes: "%", controls, and (in a str from os.fsdecode) the
 # surrogates that stand for bytes that are not UTF-8; any other surrogate
 # sends a str to the slow path, where os.fsencode refuses it
-_CHANGED = re.compile("[\x00-\x1f\x7f-\x9f%\ud800-\udfff]")
+_CHANGED = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029%\ud800-\udfff]")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UTF8_FS = sys.getfilesystemencoding().lower() in ("utf-8", "utf8")
 

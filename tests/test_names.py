@@ -41,7 +41,7 @@ ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
 
 # what a directory name can hold: any byte but "/" and NUL
 NAME_BYTES = st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\0" not in b)
-CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 # --- the rule ---
@@ -53,6 +53,7 @@ CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 @example(b"a\\xff")
 @example(b"\xed\xa0\x80")        # an encoded surrogate is not UTF-8
 @example(b"\xc2\x9b[31m")        # a C1 control (CSI) in valid UTF-8
+@example("a\u2028b\u2029c".encode())  # line and paragraph separators
 def test_escape_round_trips_every_name(name):
     text = escape(name)
     assert unescape(text) == name
@@ -60,6 +61,7 @@ def test_escape_round_trips_every_name(name):
     assert unescape_path(text) == os.fsdecode(name)
     text.encode("utf-8")                              # valid UTF-8: no surrogate
     assert not CONTROL.search(text), text
+    assert text.splitlines() == [text]                # no line break of any kind
     # any percent-decoder reads it back
     assert urllib.parse.unquote_to_bytes(text) == name
 
