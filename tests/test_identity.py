@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -295,12 +294,17 @@ class CgroupTreeMachine(RuleBasedStateMachine):
         pin = pins.PinReader(self.a_pin.path, self.meta) if (rel, first) == ("a", self.a_id) \
             else None
 
+        failed = []
+
         def remove_and_remake():
-            os.rmdir(path)
-            for _ in range(remakes):
-                os.mkdir(path)
-                had.add(os.stat(path).st_ino)
+            try:
                 os.rmdir(path)
+                for _ in range(remakes):
+                    os.mkdir(path)
+                    had.add(os.stat(path).st_ino)
+                    os.rmdir(path)
+            except OSError as e:
+                failed.append(e)
         remover = threading.Thread(target=remove_and_remake)
         remover.start()
         answers, removed = [], False
@@ -315,6 +319,7 @@ class CgroupTreeMachine(RuleBasedStateMachine):
                 except pymemcg.CgroupNotFound:
                     pass
         remover.join()
+        assert not failed, f"the removing thread failed: {failed[0]!r}"
         for rec in filter(None, answers):
             assert rec.id in had and rec.path == victim[0], f"{rel}: another cgroup's answer"
             if rec.id == first:
