@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import os
+import stat
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -201,13 +202,14 @@ def resolve_cgroup(path: str) -> Cgroup:
     except OSError as e:
         raise NotACgroup(f"{path}: cannot stat ({e.strerror})") from None
     mount = _mount_of(real)
-    if mount is not None and not os.path.lexists(real):
-        raise CgroupNotFound(f"{path}: the cgroup was removed")
-    if mount is None or not os.path.isdir(real):
+    # what the path named at the stat decides: a look at it again may meet
+    # nothing, or another cgroup made since at the same path
+    if mount is None or not stat.S_ISDIR(st.st_mode):
         raise NotACgroup(f"{path} is not a cgroup directory: pass a directory under a cgroup "
                          f"mount ({CGROUP_MOUNT}/...)")
     if not os.path.exists(os.path.join(real, "memory.stat")):
-        if not os.path.isdir(real):
+        if not still_names(real, st.st_ino):
+            # no memory.stat because the directory was removed (or replaced) since
             raise CgroupNotFound(f"{path}: the cgroup was removed")
         where = memory_mount()
         hint = f"use a cgroup under {where.mountpoint}" if where else \

@@ -90,6 +90,12 @@ class ReadError(Error, OSError):
     """A read of the iterator or of a cgroup file failed."""
 
 
+class PinnedCgroupRemoved(CgroupNotFound, ReadError):
+    """The cgroup a shared pin serves was removed: the pin can never serve
+    again (a CgroupNotFound, and the ReadError a pin's reader raised for it
+    before)."""
+
+
 class MalformedData(Error, ValueError):
     """memory.stat text or iterator records that do not parse."""
 

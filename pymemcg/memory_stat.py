@@ -112,11 +112,6 @@ def parse_number(text: str, what: str) -> int:
     return int(text)
 
 
-def read_number(path: str, dir_fd: Optional[int] = None) -> Optional[int]:
-    text = read_file(path, dir_fd)
-    return None if text is None else parse_number(text, path)
-
-
 _printed_keys: Dict[str, frozenset] = {}
 
 

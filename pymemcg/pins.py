@@ -32,7 +32,8 @@ from typing import List, Optional, Sequence, Union
 from . import catalog
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup, still_names
 from .decode import Layout, Record, Snapshot
-from .errors import BpfUnavailable, Error, MalformedData, ReadError, SelectionMismatch, quoted
+from .errors import (BpfUnavailable, Error, MalformedData, PinnedCgroupRemoved, ReadError,
+                     SelectionMismatch, quoted)
 
 SHARED_PIN_DIR = "/sys/fs/bpf/pymemcg-shared"
 META_DIR = "/run/pymemcg/pins"
@@ -636,18 +637,25 @@ class PinReader:
         with the path it has now (after the session)."""
         raw = self.records()
         if not raw:
-            raise ReadError(2, f"{self.path}: its cgroup {self.root} was removed")
+            raise self._removed()
         try:
             cg: Optional[Cgroup] = resolve_cgroup(self.root)
         except Error:
             cg = None
         if cg is None or cg.id != raw[0][0]:
+            if not self.records():  # removed after the session, not moved
+                raise self._removed()
             now = "nothing" if cg is None else f"cgroup {cg.id}"
             raise PinMoved(errno.ESTALE, f"{self.path} serves cgroup {raw[0][0]}, which is no "
                                          f"longer at {self.root} ({now} is there now): the "
                                          f"pinned cgroup was renamed or moved; unpin the pin "
                                          f"and pin {self.root} again")
         return self.decode(cg, raw)
+
+    def _removed(self) -> PinnedCgroupRemoved:
+        return PinnedCgroupRemoved(errno.ENOENT, f"{self.path}: its cgroup {self.root} was "
+                                                 f"removed, so the pin can serve nothing "
+                                                 f"again; remove it (pymemcg unpin --stale)")
 
     def decode(self, cg: Cgroup, raw: List[tuple]) -> Union[Record, Snapshot]:
         """raw (from records()) as a Record or Snapshot of the cgroup cg."""

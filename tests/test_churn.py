@@ -307,15 +307,12 @@ def test_removed_between_resolve_and_attach(bpf_ok, cgroups, monkeypatch, method
             getattr(r, method)(victim)
 
 
-@pytest.mark.parametrize("single", ["fetch", "iterator", "tree"])
-def test_replaced_between_resolve_and_attach(no_leaks, cgroups, monkeypatch, single):
-    """The path names a new cgroup by the time the reader opens it: the read
-    answers for the new one, never with the old one's id or numbers."""
-    victim = cgroups.make("replaced")
-    if single == "iterator":
-        monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
+def _replace_after_first_resolve(monkeypatch, victim: str) -> list:
+    """The BPF backend's first resolution of victim is followed by its
+    removal and a new cgroup at its path; the list returned gets the old
+    cgroup's id."""
     real_resolve = bpf_mod.resolve_cgroup
-    done = []
+    done: list = []
 
     def resolve_then_replace(path):
         cg = real_resolve(path)
@@ -325,12 +322,46 @@ def test_replaced_between_resolve_and_attach(no_leaks, cgroups, monkeypatch, sin
             os.mkdir(victim)
         return cg
     monkeypatch.setattr(bpf_mod, "resolve_cgroup", resolve_then_replace)
+    return done
+
+
+@pytest.mark.parametrize("single", ["fetch", "iterator", "tree"])
+def test_replaced_between_resolve_and_attach(no_leaks, cgroups, monkeypatch, single):
+    """The path names a new cgroup by the time the reader opens it: the read
+    answers for the new one, never with the old one's id or numbers."""
+    victim = cgroups.make("replaced")
+    if single == "iterator":
+        monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
+    done = _replace_after_first_resolve(monkeypatch, victim)
     with pymemcg.Reader(stats=STATS, backend="bpf") as r:
         if single == "tree":
             rec = r.read_tree(victim).records[0]
         else:
             rec = r.read(victim)
         assert rec.id == os.stat(victim).st_ino != done[0]
+
+
+@pytest.mark.parametrize("call", ["read", "read_tree"])
+def test_replaced_then_removed_during_an_iterator_read(no_leaks, cgroups, monkeypatch, call):
+    """The path names a new cgroup by the time the reader attaches its
+    iterator, and that one is removed too before the answer is checked:
+    nothing is at the path, so CgroupNotFound (not MalformedData)."""
+    victim = cgroups.make("victim")
+    monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
+    replaced = _replace_after_first_resolve(monkeypatch, victim)
+    method = "_walk" if call == "read_tree" else "_read_single"
+
+    def read_then_remove(self, target, real=getattr(bpf_mod.BpfBackend, method)):
+        out = real(self, target)
+        if os.path.isdir(victim):
+            os.rmdir(victim)
+        return out
+    monkeypatch.setattr(bpf_mod.BpfBackend, method, read_then_remove)
+    with pymemcg.Reader(stats=STATS, backend="bpf", shared_pins=False) as r:
+        assert r.read_method.startswith("iterator")
+        with pytest.raises(pymemcg.CgroupNotFound):
+            getattr(r, call)(victim)
+    assert replaced
 
 
 def test_tree_root_removed_between_attach_and_walk(bpf_ok, cgroups, monkeypatch):

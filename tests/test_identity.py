@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -58,13 +59,17 @@ def session_backend(stats):
     return BpfBackend(stats, False, mount.version, mount.mountpoint, singles=False)
 
 
+def read_limit(path: str) -> int:
+    with open(os.path.join(path, limit_file())) as f:
+        return int(f.read())
+
+
 def check_answer(rec, path: str) -> None:
     """rec must be the cgroup at path now: its id, its relpath, its limit."""
     st_ino = os.stat(path).st_ino
     assert rec.id == st_ino, f"{path}: answered for cgroup {rec.id}, the directory is {st_ino}"
     assert rec.path == resolve_cgroup(path).relpath
-    with open(os.path.join(path, limit_file())) as f:
-        assert rec["limit"] == int(f.read()), f"{path}: another cgroup's limit"
+    assert rec["limit"] == read_limit(path), f"{path}: another cgroup's limit"
 
 
 @pytest.fixture
@@ -124,12 +129,13 @@ UNIVERSE = TOP + [f"{t}/{c}" for t in TOP for c in ("x", "y")]
 
 
 class CgroupTreeMachine(RuleBasedStateMachine):
-    """mkdir, rename, rmdir and moving a task over a small tree, with reads
-    (read, read_many, read_tree) through long-lived readers (whose caches
-    are what is under test) checked against st_ino and the directory's own
-    files after every step: a BPF Reader, a BPF backend on iterator
-    sessions, a text Reader, a Reader through shared pins (the base's tree
-    and "a" alone), and PinReaders."""
+    """mkdir, rename, rmdir (also while a reader reads the cgroup) and moving
+    a task over a small tree, with reads (read, read_many, read_tree)
+    through long-lived readers (whose caches are what is under test)
+    checked against st_ino and the directory's own files after every step:
+    a BPF Reader, a BPF backend on iterator sessions, a text Reader, a
+    Reader through shared pins (the base's tree and "a" alone), and
+    PinReaders."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -254,14 +260,93 @@ class CgroupTreeMachine(RuleBasedStateMachine):
     @rule()
     def read_single_pin(self):
         """The pin serves the cgroup that was "a" when pinned: it answers
-        while that cgroup is still there, and says so when it is not."""
+        while that cgroup is still there, says it moved when it was renamed,
+        and that it is gone when it was removed."""
         reader = pins.PinReader(self.a_pin.path, self.meta)
         here = os.stat(self.path("a")).st_ino if self.exists("a") else None
         if here == self.a_id:
             check_answer(reader.read(), self.path("a"))
-        else:
-            with pytest.raises((pins.PinMoved, pymemcg.ReadError)):
+        elif any(self.exists(r) and os.stat(self.path(r)).st_ino == self.a_id for r in TOP):
+            with pytest.raises(pins.PinMoved):
                 reader.read()
+        else:
+            with pytest.raises(pymemcg.CgroupNotFound):
+                reader.read()
+
+    @precondition(lambda self: self.can_rmdir())
+    @rule(data=st.data(), which=st.integers(0, 3),
+          call=st.sampled_from(["read", "read_many", "read_tree"]), remakes=st.integers(0, 20))
+    def rmdir_during_reads(self, data, which, call, remakes):
+        """Another thread removes a cgroup, then makes and removes one at
+        its path `remakes` times, while a reader reads that path again and
+        again, and once more after: each answer for the path is a cgroup
+        it had (that cgroup's id and values), or gone (CgroupNotFound, None,
+        absent from the tree; only gone at the end), and every other answer
+        of the same call is exact. A pin that serves the first cgroup
+        answers for it or says it is gone."""
+        rel = data.draw(st.sampled_from(self.can_rmdir()))
+        path = self.path(rel)
+        first = os.stat(path).st_ino
+        victim = (resolve_cgroup(path).relpath, read_limit(path))
+        had = {first}  # every cgroup the path had
+        stays = [r for r in [""] + UNIVERSE if r != rel and self.exists(r)]
+        reader = self.readers[which]
+        pin = pins.PinReader(self.a_pin.path, self.meta) if (rel, first) == ("a", self.a_id) \
+            else None
+
+        failed = []
+
+        def remove_and_remake():
+            try:
+                os.rmdir(path)
+                for _ in range(remakes):
+                    os.mkdir(path)
+                    had.add(os.stat(path).st_ino)
+                    os.rmdir(path)
+            except OSError as e:
+                failed.append(e)
+        remover = threading.Thread(target=remove_and_remake)
+        remover.start()
+        answers, removed = [], False
+        while not removed:
+            removed = not remover.is_alive()
+            answer = self.read_racing(reader, call, path, stays)
+            assert answer is None or not removed, f"{call} answered for removed {rel}"
+            answers.append(answer)
+            if pin is not None:
+                try:
+                    answers.append(pin.read())
+                except pymemcg.CgroupNotFound:
+                    pass
+        remover.join()
+        assert not failed, f"the removing thread failed: {failed[0]!r}"
+        for rec in filter(None, answers):
+            assert rec.id in had and rec.path == victim[0], f"{rel}: another cgroup's answer"
+            if rec.id == first:
+                assert rec["limit"] == victim[1], f"{rel}: another cgroup's limit"
+
+    def read_racing(self, reader, call, path, stays):
+        """One read of a path that another thread may be removing (see
+        rmdir_during_reads): its answer, None if gone; the other answers
+        of the call are checked here."""
+        if call == "read":
+            try:
+                return reader.read(path)
+            except pymemcg.CgroupNotFound:
+                return None
+        if call == "read_many":
+            got = reader.read_many([path] + [self.path(r) for r in stays])
+            for r, rec in zip(stays, got[1:]):
+                check_answer(rec, self.path(r))
+            return got[0]
+        snap = reader.read_tree(self.base)
+        mountpoint = memory_mount().mountpoint
+        rel = resolve_cgroup(self.base).relpath + path[len(self.base):]
+        assert set(snap) - {rel} == {resolve_cgroup(self.path(r)).relpath for r in stays}
+        for p in snap:
+            if p != rel:
+                check_answer(snap[p], mountpoint + p)
+        return snap[rel] if rel in snap else None
 
     def check_tree(self, snap):
         mountpoint = memory_mount().mountpoint

@@ -432,9 +432,10 @@ class BpfBackend:
                 self._drop_single(target)
                 continue
             if t[0] != cg.id:
-                if still_names(cg.path, t[0]):
-                    # replaced between resolve and attach: the target serves
-                    # the new cgroup under the old one's key; start over
+                if still_names(cg.path, t[0]) or not still_names(cg.path, cg.id):
+                    # replaced between resolve and attach (and maybe removed
+                    # since): the target serves the new cgroup under the old
+                    # one's key; start over
                     self._drop_single(target)
                     continue
                 raise MalformedData(f"the read of {path} returned cgroup {t[0]}, not {cg.id}")
@@ -494,8 +495,10 @@ class BpfBackend:
                 if not raw:
                     self._drop_link(link)
                     raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
-                if raw[0][0] != cg.id and still_names(cg.path, raw[0][0]):
-                    # replaced between resolve and attach: start over
+                if raw[0][0] != cg.id and (still_names(cg.path, raw[0][0]) or
+                                           not still_names(cg.path, cg.id)):
+                    # replaced between resolve and attach (and maybe removed
+                    # since): start over
                     self._drop_link(link)
                     self._roots.pop(path, None)
                     cg = resolve_cgroup(path)

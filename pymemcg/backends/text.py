@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from .. import catalog
 from ..catalog import MEMEVENT
@@ -12,13 +13,23 @@ from ..cgroupfs import Cgroup, path_list, resolve_cgroup
 from ..decode import Layout, Record, Snapshot
 from ..errors import CgroupNotFound, ReadError
 from ..memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
-                           parse_flat_keyed, parse_memory_stat, printed_keys, read_file,
-                           read_number, text_availability)
+                           parse_flat_keyed, parse_memory_stat, parse_number, printed_keys,
+                           read_file, text_availability)
 from . import read_each
 
 
 class _Replaced(Exception):
     """The path names another cgroup than the one resolved: resolve again."""
+
+
+def _removed(dfd: int) -> bool:
+    """Whether the cgroup directory open as dfd was removed: its files go
+    with it (the fd stays valid), and every memory cgroup has memory.stat."""
+    try:
+        os.stat("memory.stat", dir_fd=dfd)
+    except FileNotFoundError:
+        return True
+    return False
 
 
 class TextBackend:
@@ -46,53 +57,74 @@ class TextBackend:
         Every file is read through one fd of the directory, so all values
         are of one cgroup even if the path is renamed meanwhile; with
         cgroup_id, that directory must be this cgroup (else _Replaced).
+        A cgroup removed before or while its files are read raises
+        CgroupNotFound, never a record with the files it lost left out.
         The root's usage files on cgroup v1 are global approximations
         (mem_cgroup_usage), not its page counter: left out, as in BPF.
         """
         try:
             dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ReadError(2, f"{path} vanished: the cgroup was removed") from None
+            raise CgroupNotFound(f"{path}: the cgroup was removed") from None
         except OSError as e:
             raise ReadError(e.errno, f"cannot open {path}: {e.strerror}") from None
         try:
             if cgroup_id is not None and os.fstat(dfd).st_ino != cgroup_id:
                 raise _Replaced(path)
-            return self._values_at(dfd, path, is_root)
+            try:
+                return self._values_at(dfd, path, is_root)
+            except ReadError as e:
+                if e.errno != errno.ENODEV:
+                    raise
+                # kernfs refuses the files of a removed cgroup with ENODEV
+                raise CgroupNotFound(f"{path}: the cgroup was removed while being read"
+                                     ) from None
         finally:
             os.close(dfd)
 
     def _values_at(self, dfd: int, path: str, is_root: bool) -> Dict[str, int]:
         names = self.layout.names
         out: Dict[str, int] = {}
-        stat_text = read_file("memory.stat", dfd)
-        if stat_text is None:
-            raise ReadError(2, f"{path}/memory.stat vanished: the cgroup was removed")
+        missing: List[str] = []
+
+        def read(fname: str) -> Optional[str]:
+            text = read_file(fname, dfd)
+            if text is None:
+                missing.append(fname)
+            return text
+
+        stat_text = read("memory.stat")
+        if stat_text is None:  # every memory cgroup has it: a removed one has no files
+            raise CgroupNotFound(f"{path}: the cgroup was removed")
         out.update(parse_memory_stat(stat_text, self.version, self.local))
         files = V1_COUNTER_FILES if self.version == 1 else V2_COUNTER_FILES
         want = set(names)
         for name, fname in files.items():
             if name in want and not (is_root and name in ("usage", "memsw_usage")):
-                value = read_number(fname, dfd)
-                if value is not None:
-                    out[name] = value
+                text = read(fname)
+                if text is not None:
+                    out[name] = parse_number(text, fname)
         if want & {s.name for s in catalog.STATS.values() if s.kind == MEMEVENT}:
-            out.update(self._events(dfd))
+            out.update(self._events(read))
+        if missing and _removed(dfd):
+            # a file this kernel does not have is unavailable; one that went
+            # with its cgroup is not
+            raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
         return out
 
-    def _events(self, dfd: int) -> Dict[str, int]:
+    def _events(self, read: Callable[[str], Optional[str]]) -> Dict[str, int]:
         if self.version == 1:
             if self.local:
                 return {}
-            text = read_file("memory.oom_control", dfd) or ""
+            text = read("memory.oom_control") or ""
             raw = parse_flat_keyed(text, "memory.oom_control")
             return {"oom_kill": raw["oom_kill"]} if "oom_kill" in raw else {}
         out = {}
-        text = read_file("memory.events.local" if self.local else "memory.events", dfd)
+        text = read("memory.events.local" if self.local else "memory.events")
         for k, v in parse_flat_keyed(text or "", "memory.events").items():
             if k in EVENTS_KEYS:
                 out[EVENTS_KEYS[k]] = v
-        text = read_file("memory.swap.events", dfd)
+        text = read("memory.swap.events")
         for k, v in parse_flat_keyed(text or "", "memory.swap.events").items():
             if k in SWAP_EVENTS_KEYS:
                 out[SWAP_EVENTS_KEYS[k]] = v
@@ -141,7 +173,7 @@ class TextBackend:
                 rec = self.record(cg, parent_id) if records else self.read_file(cg)
                 entries = sorted((e for e in os.scandir(cg.path) if e.is_dir(follow_symlinks=False)),
                                  key=lambda e: e.name, reverse=True)
-            except (ReadError, FileNotFoundError, _Replaced):
+            except (FileNotFoundError, _Replaced):  # CgroupNotFound among them
                 if not records:
                     raise CgroupNotFound(f"{root.path}: the cgroup was removed") from None
                 continue  # removed while we walked
