@@ -48,6 +48,7 @@ import resource
 import selectors
 import socket
 import ssl
+import struct
 import threading
 import time
 import warnings
@@ -68,8 +69,9 @@ MAX_HELD_BODIES = 2
 #: file descriptors kept free beyond the clients' (the reader's BPF links and
 #: iterator sessions, memory.stat files of the text backend, the selector)
 FD_RESERVE = 64
-#: the listening socket's accept queue
-BACKLOG = 1024
+#: the listening socket's accept queue (the kernel caps it at net.core.somaxconn):
+#: room for a burst of clients reconnecting at once
+BACKLOG = 4096
 #: connections accepted per wake-up of the loop (others wait for the next turn)
 ACCEPT_BATCH = 64
 #: bytes given to one send(): one TLS record at a time over TLS (a retried
@@ -81,6 +83,8 @@ PLAIN_PIECE = 262144
 HANDSHAKE, READ, AUTH, WORK, WRITE = "handshake", "read", "auth", "work", "write"
 #: what _io returns when the socket cannot go on now
 _BLOCKED = object()
+#: SO_LINGER on, 0 seconds: close() resets the connection
+_RESET = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -143,27 +147,32 @@ class _Conn:
 
 class _Worker:
     """A thread that runs jobs one at a time and hands each result back to
-    the loop (started on the first job)."""
+    the loop (started on the first job, and again in a forked child, which
+    inherits no thread)."""
 
     def __init__(self, name: str, done: Deque, wake: Callable[[], None]) -> None:
         self.name = name
         self._done = done
         self._wake = wake
-        self._jobs: "collections.deque" = collections.deque()
-        self._queued = threading.Semaphore(0)
         self._thread: Optional[threading.Thread] = None
+        self._pid = 0
 
     def submit(self, conn: _Conn, fn: Callable[[], Any]) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        if self._thread is None or self._pid != os.getpid():
+            # fresh queue and semaphore: a fork may have copied them mid-use
+            self._jobs: Deque = collections.deque()
+            self._queued = threading.Semaphore(0)
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, args=(self._jobs, self._queued),
+                                            name=self.name, daemon=True)
             self._thread.start()
         self._jobs.append((conn, conn.phase, fn))
         self._queued.release()
 
-    def _run(self) -> None:
+    def _run(self, jobs: Deque, queued: threading.Semaphore) -> None:
         while True:
-            self._queued.acquire()
-            job = self._jobs.popleft()
+            queued.acquire()
+            job = jobs.popleft()
             if job is None:
                 return
             conn, phase, fn = job
@@ -177,11 +186,11 @@ class _Worker:
             self._wake()
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self._thread is not None:
+        if self._thread is not None and self._pid == os.getpid():
             self._jobs.append(None)
             self._queued.release()
             self._thread.join(timeout)
-            self._thread = None
+        self._thread = None
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -392,8 +401,6 @@ class BoundedHTTPServer:
 
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
-            if self.open_connections() >= self.max_connections:
-                self._evict_oldest()
             try:
                 raw, _ = self.socket.accept()
             except (BlockingIOError, InterruptedError):
@@ -408,18 +415,21 @@ class BoundedHTTPServer:
                     return
                 continue    # ECONNABORTED and the like: that client is gone
             raw.setblocking(False)
-            sock: socket.socket = raw
-            if self.ssl_context is not None:
-                try:
-                    sock = self.ssl_context.wrap_socket(raw, server_side=True,
-                                                        do_handshake_on_connect=False)
-                except (ssl.SSLError, OSError):
-                    raw.close()
-                    continue
+            # an answer is written in pieces (headers, then the body): each goes out
+            # at once instead of waiting for the client's delayed ACK
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.counts["accepted"] += 1
-            conn = _Conn(sock, self.ssl_context is not None)
-            self._begin(conn, HANDSHAKE if conn.tls else READ)
-            self._step(conn)
+            if self.open_connections() >= self.max_connections:
+                self._evict_oldest()      # FD_RESERVE covers the one file over the cap
+            conn = _Conn(raw, self.ssl_context is not None)
+            if conn.tls:
+                # TLS state (about 40 KiB while a handshake is under way) is made
+                # once the client sends something: a silent client costs a socket
+                self._begin(conn, HANDSHAKE)
+                self._want(conn, selectors.EVENT_READ)
+            else:
+                self._begin(conn, READ)
+                self._read(conn)
 
     def _want(self, conn: _Conn, events: int) -> None:
         if events == conn.events:
@@ -440,6 +450,11 @@ class BoundedHTTPServer:
         self._answering.pop(conn, None)
         self._want(conn, 0)
         try:
+            if conn.out:
+                # an answer not all written (a slow reader timed out or made room):
+                # reset, so that the kernel drops the unsent bytes now instead of
+                # keeping them for a client that does not read
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
             conn.sock.close()
         except OSError:
             pass
@@ -450,6 +465,8 @@ class BoundedHTTPServer:
 
     def _step(self, conn: _Conn) -> None:
         """Go on with a connection whose socket is ready."""
+        if conn.sock is None:
+            return      # closed by an earlier event of the same turn
         if conn.state == HANDSHAKE:
             self._handshake(conn)
         elif conn.state == READ:
@@ -477,6 +494,14 @@ class BoundedHTTPServer:
         return _BLOCKED
 
     def _handshake(self, conn: _Conn) -> None:
+        if not isinstance(conn.sock, ssl.SSLSocket):
+            try:
+                # the same file descriptor, so the selector's registration holds
+                conn.sock = self.ssl_context.wrap_socket(conn.sock, server_side=True,
+                                                         do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError):
+                self._close(conn)
+                return
         if self._io(conn, selectors.EVENT_READ, conn.sock.do_handshake) is _BLOCKED:
             return
         conn.state = READ         # the same step: read_timeout covers the handshake too

@@ -49,6 +49,11 @@ from pymemcg.http_server import (MAX_HELD_BODIES, BoundedHTTPServer, Limits,  # 
                                   Response)
 
 from conftest import bpf_required, require_module, sigint_default  # noqa: E402
+
+# the exporter's threads, sockets and memory, as the load benchmark samples them
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "bench"))
+from exporter_load import status_of  # noqa: E402
 from test_prometheus import ENV, LIMIT, exporter, quiet, rel, stable_read  # noqa: E402,F401
 from test_names import odd_names  # noqa: E402,F401 - a fixture
 
@@ -294,20 +299,6 @@ def closed_by_server(sock: socket.socket, within: float = PATIENCE,
     return False
 
 
-def process_counts(pid: int) -> dict:
-    """threads, sockets open, resident memory (KiB) of a process."""
-    sockets = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            sockets += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except FileNotFoundError:
-            pass
-    with open(f"/proc/{pid}/status") as f:
-        status = dict(line.split(":", 1) for line in f)
-    return {"threads": int(status["Threads"]), "sockets": sockets,
-            "rss_kib": int(status["VmRSS"].split()[0])}
-
-
 def wait_until(condition: Callable[[], bool], within: float = PATIENCE) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -363,7 +354,7 @@ def test_a_scrape_is_answered_while_idle_clients_fill_the_connection_cap(bpf_ok,
             # each new client took the place of the one waiting longest
             assert wait_until(lambda: closed_by_server(clients[0], within=0.1))
             assert "memcg_usage{" in scrape()
-            held = process_counts(proc.pid)
+            held = status_of(proc.pid)
             assert held["sockets"] <= cap + 1, held      # the clients and the listener
             assert held["threads"] <= 3, held            # the loop, scrapes, password checks
         finally:
@@ -375,12 +366,12 @@ def test_hundreds_of_idle_clients_cost_no_thread_and_little_memory(bpf_ok, cgrou
     with exporter("--listen", "127.0.0.1:0", "--backend", "bpf", "--stats", "usage",
                   cgroups.base) as (proc, url, scrape):
         scrape()
-        before = process_counts(proc.pid)
+        before = status_of(proc.pid)
         clients = connect(url, 150) + connect(url, 150, b"GET /metr")
         try:
-            assert wait_until(lambda: process_counts(proc.pid)["sockets"] >= 301)
+            assert wait_until(lambda: status_of(proc.pid)["sockets"] >= 301)
             assert "memcg_usage{" in scrape()
-            after = process_counts(proc.pid)
+            after = status_of(proc.pid)
             assert after["threads"] <= 3, after
             assert after["rss_kib"] - before["rss_kib"] < 16 * 1024, (before, after)
         finally:
@@ -428,7 +419,7 @@ def test_tls_clients_that_never_finish_a_handshake_are_closed(bpf_ok, cgroups, t
             crowd = connect(url, 2 * cap)
             try:
                 assert get() == 200 and get() == 200 and get("prometheus:no") == 401
-                assert process_counts(proc.pid)["threads"] <= 3
+                assert status_of(proc.pid)["threads"] <= 3
             finally:
                 close_all(crowd)
         finally:
