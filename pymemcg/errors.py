@@ -116,3 +116,9 @@ class VerifyUnavailable(Error, RuntimeError):
 
 class MalformedName(Error, ValueError):
     """Text that is not a cgroup name or path as pymemcg.names.escape writes it."""
+
+
+class BadServerLimit(Error, ValueError):
+    """A bound of the exporter's HTTP server that cannot hold: a timeout that
+    is not seconds > 0, a connection cap below 1, or a cap the process's
+    open-file limit (RLIMIT_NOFILE) leaves no room for."""

@@ -79,6 +79,7 @@ from .exposition import (CGROUPS_HELP, CONTENT_TYPE, DEFAULT_MIN_INTERVAL, DURAT
                          exposed_name, local_columns, metric_inputs, picked)
 from .errors import NoMemoryController, UnknownStat
 from .names import escape
+from .server_limits import Limits
 from .reader import Reader
 
 
@@ -318,86 +319,50 @@ def parse_listen(text: str) -> Tuple[str, int]:
     return host, int(port)
 
 
-def make_server(collector: MemcgCollector, host: str, port: int):
-    """An HTTP server (a thread per request) that serves the collector's
-    exposition() on every path, /metrics included (gzip when the client
-    accepts it). Bound, not serving yet: call serve_forever()."""
-    import socket
-    import socketserver
-    from http.server import ThreadingHTTPServer
-
-    handler = _handler(collector)
-
-    # "" (every address): IPv6 with IPv4 mapped in where the host has IPv6
-    family = socket.AF_INET6 if (":" in host or (host == "" and socket.has_ipv6)) \
-        else socket.AF_INET
-
-    class Server(ThreadingHTTPServer):
-        address_family = family
-        daemon_threads = True
-        allow_reuse_address = True
-
-        def server_bind(self):
-            if self.address_family == socket.AF_INET6 and host == "":
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            # HTTPServer.server_bind would resolve the host name (getfqdn): skip it
-            socketserver.TCPServer.server_bind(self)
-            self.server_name, self.server_port = host or "*", self.server_address[1]
+def make_server(collector: MemcgCollector, host: str, port: int,
+                limits: Optional[Limits] = None):
+    """An HTTP server that serves the collector's exposition() on every path,
+    /metrics included (gzip when the client accepts it), within `limits`
+    (pymemcg.http_server.Limits: timeouts, a connection cap; default
+    Limits()). Bound, not serving yet: call serve_forever(). Raises
+    ListenError when the address cannot be bound."""
+    from .http_server import BoundedHTTPServer
 
     try:
-        try:
-            return Server((host, port), handler)
-        except OSError:
-            if host != "" or family != socket.AF_INET6:
-                raise
-            Server.address_family = socket.AF_INET   # a host without IPv6
-            return Server(("", port), handler)
+        return BoundedHTTPServer(host, port, _handler(collector),
+                                 limits if limits is not None else Limits())
     except OSError as e:
         raise ListenError(f"cannot listen on {host or '*'}:{port} ({e.strerror or e}): choose "
                           f"another --listen address or port") from None
 
 
 def _handler(collector: MemcgCollector):
-    """The request handler class: GET and HEAD of any path answer one scrape."""
-    from http.server import BaseHTTPRequestHandler
+    """The function that answers a request (GET or HEAD of any path): one
+    scrape. Runs in the server's one scrape thread, so the gzip cache below
+    is used by one thread at a time."""
+    from .http_server import Request, Response
 
     # the gzip of the last body, kept while scrapes share that body
     zipped: List[Tuple[Optional[list], bytes]] = [(None, b"")]
 
-    class MetricsHandler(BaseHTTPRequestHandler):
+    def answer(request: Request) -> Response:
+        chunks = collector.exposition_chunks()
+        headers = [("Content-Type", CONTENT_TYPE)]
+        body = chunks
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            plain, packed = zipped[0]
+            if plain is not chunks:
+                # level 1: a scrape's text compresses about 20x at a fraction of
+                # level 9's CPU
+                z = zlib.compressobj(1, zlib.DEFLATED, 31)   # 31: a gzip stream
+                packed = b"".join([*map(z.compress, chunks), z.flush()])
+                zipped[0] = (chunks, packed)
+            body = [packed]
+            headers.append(("Content-Encoding", "gzip"))
+        # one tree read's text (and its gzip) is one held body, however many send it
+        return Response(200, headers, body, held=chunks)
 
-        def do_GET(self) -> None:
-            self._answer(send_body=True)
-
-        def do_HEAD(self) -> None:
-            self._answer(send_body=False)
-
-        def _answer(self, send_body: bool) -> None:
-            chunks = collector.exposition_chunks()
-            encoding = None
-            if "gzip" in self.headers.get("Accept-Encoding", ""):
-                plain, packed = zipped[0]
-                if plain is not chunks:
-                    # level 1: a scrape's text compresses about 20x at a fraction of
-                    # level 9's CPU
-                    z = zlib.compressobj(1, zlib.DEFLATED, 31)   # 31: a gzip stream
-                    packed = b"".join([*map(z.compress, chunks), z.flush()])
-                    zipped[0] = (chunks, packed)
-                chunks, encoding = [packed], "gzip"
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE)
-            if encoding:
-                self.send_header("Content-Encoding", encoding)
-            self.send_header("Content-Length", str(sum(map(len, chunks))))
-            self.end_headers()
-            if send_body:
-                for chunk in chunks:
-                    self.wfile.write(chunk)
-
-        def log_message(self, format: str, *args) -> None:
-            pass  # a scrape is not news
-
-    return MetricsHandler
+    return answer
 
 
 def listen_url(server) -> str:

@@ -18,8 +18,8 @@ setting that silently did nothing would weaken what the file asks for.
 
 `load(path)` reads and checks the file; `WebConfig.ssl_context()` is the
 server's ssl.SSLContext (None without TLS); `WebConfig.authorized(header)`
-checks an Authorization header; `secure(server, config)` applies both to a
-bound socketserver-based HTTP server (pymemcg.prometheus.make_server).
+checks an Authorization header; `secure(server, config)` applies both to
+the exporter's bound HTTP server (pymemcg.prometheus.make_server).
 """
 
 from __future__ import annotations
@@ -129,23 +129,10 @@ class WebConfig:
         """Whether an Authorization header value lets the request in: always
         when no user is configured, else HTTP Basic with a configured user and
         the password its bcrypt hash was made from."""
-        if not self.users:
-            return True
-        if not header or not header.startswith("Basic "):
-            return False
-        try:
-            user, sep, password = base64.b64decode(header[6:].strip(), validate=True) \
-                .decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        if not sep:
-            return False
-        # bcrypt is slow on purpose (a check at cost 12 takes over half a second):
-        # remember what passed, by a digest of the password, as exporter-toolkit does
-        key = (user, hashlib.sha256(password.encode()).digest())
-        with self._lock:
-            if self._ok.get(key):
-                return True
+        known = self.authorized_cached(header)
+        if known is not None:
+            return known
+        user, password = _credentials(header)
         _, bcrypt = _imports()
         hashed = self.users.get(user)
         try:
@@ -155,8 +142,40 @@ class WebConfig:
         ok = ok and hashed is not None
         if ok:
             with self._lock:
-                self._ok[key] = True
+                self._ok[_remembered(user, password)] = True
         return ok
+
+    def authorized_cached(self, header: Optional[str]) -> Optional[bool]:
+        """authorized(header) when it is known without a bcrypt check (no
+        users, a malformed header, credentials that passed before); None when
+        the password must be checked against its hash."""
+        if not self.users:
+            return True
+        credentials = _credentials(header)
+        if credentials is None:
+            return False
+        # bcrypt is slow on purpose (a check at cost 12 takes over half a second):
+        # remember what passed, by a digest of the password, as exporter-toolkit does
+        with self._lock:
+            if self._ok.get(_remembered(*credentials)):
+                return True
+        return None
+
+
+def _credentials(header: Optional[str]) -> Optional[Tuple[str, str]]:
+    """(user, password) of an HTTP Basic Authorization header, None if it is not one."""
+    if not header or not header.startswith("Basic "):
+        return None
+    try:
+        user, sep, password = base64.b64decode(header[6:].strip(), validate=True) \
+            .decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
+def _remembered(user: str, password: str) -> Tuple[str, bytes]:
+    return user, hashlib.sha256(password.encode()).digest()
 
 
 def load(path: str) -> WebConfig:
@@ -277,48 +296,16 @@ def _users(path: str, users: Any, bcrypt) -> Dict[str, bytes]:
 
 # --- applying it to an HTTP server ---
 
-#: how long a client may take to finish the TLS handshake (seconds)
-HANDSHAKE_TIMEOUT = 10.0
-
-
 def secure(server, config: WebConfig):
-    """Apply `config` to a bound socketserver HTTP server (a thread per
-    request, as pymemcg.prometheus.make_server makes): TLS on each accepted
-    connection, its handshake in the request's own thread (a slow client
-    delays nobody else), and a 401 for a request without valid credentials.
-    Returns the server; `server.scheme` says "https" or "http"."""
+    """Apply `config` to a pymemcg.http_server.BoundedHTTPServer (what
+    pymemcg.prometheus.make_server makes), before it serves: TLS on each
+    accepted connection, its handshake done by the server's event loop within
+    the server's read timeout (a client that never finishes it is closed
+    then), and a 401 for a request without valid credentials (a password not
+    seen before is checked in the server's own worker thread, never in the
+    loop). Returns the server; `server.scheme` says "https" or "http"."""
     ctx = config.ssl_context()
-    if ctx is not None:
-        plain_finish = server.finish_request
-
-        def finish_request(request, client_address):
-            request.settimeout(HANDSHAKE_TIMEOUT)
-            try:
-                tls = ctx.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError):
-                return          # a failed handshake (plain HTTP, a bad certificate): drop it
-            tls.settimeout(None)
-            try:
-                plain_finish(tls, client_address)
-            finally:
-                tls.close()
-
-        server.finish_request = finish_request
-    if config.users:
-        base = server.RequestHandlerClass
-
-        class Authenticated(base):  # type: ignore[misc, valid-type]
-            def parse_request(self) -> bool:
-                if not super().parse_request():
-                    return False
-                if config.authorized(self.headers.get("Authorization")):
-                    return True
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Basic realm="pymemcg"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return False
-
-        server.RequestHandlerClass = Authenticated
+    server.ssl_context = ctx
+    server.auth = config if config.users else None
     server.scheme = "https" if ctx is not None else "http"
     return server

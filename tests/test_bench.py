@@ -163,3 +163,21 @@ def test_bench_part5_smoke_run(bpf_ok, cgroups):
     assert "36.9×" in text
     assert "| kernel floor: the iterator's walk, null program (C) | 400 ns (500) |" in text
     assert not os.path.exists(made.top)
+
+
+def test_exporter_load_smoke_run(bpf_ok):
+    """bench/exporter_load.py end to end, small: every scrape made while the
+    crowd is connected is answered with every cgroup, and the cgroups it
+    made are gone."""
+    pytest.importorskip("prometheus_client")
+    own = own_memory_cgroup()
+    before = set(os.listdir(own))
+    r = subprocess.run([sys.executable, os.path.join(CHECKOUT, "bench", "exporter_load.py"),
+                        "--clients", "40", "--cgroups", "20", "--big", "0", "--scrapes", "2",
+                        "--json"], capture_output=True, text=True, env=ENV, timeout=180)
+    assert r.returncode == 0, r.stderr
+    (run,) = json.loads(r.stdout)["under_load"]
+    assert run["failures"] == [] and run["scrape_under_load_s"]["count"] == 2
+    assert run["exporter_peak"]["threads"] <= 3
+    assert run["exporter_peak"]["sockets"] <= 40 + 2    # the crowd, a scrape, the listener
+    assert not {d for d in set(os.listdir(own)) - before if d.startswith("pymemcg-bench-")}

@@ -9,7 +9,8 @@ from typing import TextIO
 
 from .. import catalog
 from ..exposition import DEFAULT_MIN_INTERVAL
-from .options import add_common, default_root, selection
+from ..server_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT
+from .options import add_common, default_root, positive_float, positive_int, selection
 from .running import EXIT_OK, PROG, Stop, stop_on_sigterm, warnings_said
 
 DEFAULT_LISTEN = "127.0.0.1:9756"
@@ -42,17 +43,39 @@ def add_export_options(export: argparse.ArgumentParser) -> None:
     export.add_argument("--web-config", metavar="FILE",
                         help="TLS and basic auth, in Prometheus exporters' web-config.yml "
                              "format (needs `pip install 'pymemcg[web]'`)")
+    export.add_argument("--read-timeout", metavar="S", type=positive_float,
+                        default=DEFAULT_READ_TIMEOUT,
+                        help=f"seconds a client has to send a whole request, the TLS "
+                             f"handshake included, from its connect or its previous answer "
+                             f"(default {DEFAULT_READ_TIMEOUT:g}); then it is closed")
+    export.add_argument("--write-timeout", metavar="S", type=positive_float,
+                        default=DEFAULT_WRITE_TIMEOUT,
+                        help=f"seconds an answer may take to make, and again to write "
+                             f"(default {DEFAULT_WRITE_TIMEOUT:g}): a client that reads slower "
+                             f"is closed")
+    export.add_argument("--max-connections", metavar="N", type=positive_int,
+                        default=DEFAULT_MAX_CONNECTIONS,
+                        help=f"clients connected at once (default {DEFAULT_MAX_CONNECTIONS}); "
+                             f"at the cap a new one replaces the one that has waited longest, "
+                             f"so prompt scrapers are served while idle ones fill the rest. "
+                             f"Lowered, with a warning, to what the open-file limit allows")
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    from ..cgroupfs import resolve_cgroup
+    from ..server_limits import Limits
     from ..prometheus import MemcgCollector, listen_url, make_server, parse_listen
     host, port = parse_listen(args.listen)
+    limits = Limits(args.read_timeout, args.write_timeout, args.max_connections)
     web = None
     if args.web_config is not None:    # a bad file fails before the BPF program loads
         from .. import web_config
         web = web_config.load(args.web_config)
     names = selection(args, catalog.DEFAULT_STATS)
     root = default_root(args.root)
+    # a ROOT that is no cgroup fails here, as `snapshot` does, rather than serving
+    # pymemcg_scrape_error 1 from the start (one that goes away later is served so)
+    resolve_cgroup(root)
     with stop_on_sigterm():
         try:
             with warnings_said():
@@ -60,7 +83,8 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
                                            cadvisor=not args.no_cadvisor and not args.local,
                                            flush=args.flush, min_interval=args.min_interval)
             with collector:
-                server = make_server(collector, host, port)
+                with warnings_said():     # a connection cap lowered to the file limit
+                    server = make_server(collector, host, port, limits)
                 if web is not None:
                     web_config.secure(server, web)
                 try:
