@@ -8,10 +8,10 @@ import threading
 import warnings
 from dataclasses import dataclass
 from collections import Counter
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import catalog, forksafe
-from .cgroupfs import memory_mount
+from .cgroupfs import Mount, memory_mount
 from .decode import Record, Snapshot
 from .errors import (BpfUnavailable, Closed, InvalidArgument, NoMemoryController, UnknownStat,
                      quoted)
@@ -90,8 +90,8 @@ def _check_shared_pins(value: object) -> Union[bool, Tuple[str, str]]:
     return dirs[0], dirs[1]
 
 
-def _own_backend(stats: List[str], local: bool, flush: bool, backend: str, mount,
-                 stacklevel: int):
+def _own_backend(stats: List[str], local: bool, flush: bool, backend: str, mount: Mount,
+                 stacklevel: int) -> Backend:
     """A Reader's own backend: BPF, else (auto) text with a FallbackWarning."""
     if backend in ("auto", "bpf"):
         try:
@@ -165,7 +165,7 @@ class Reader:
         return self._be().name
 
     @property
-    def pins(self) -> dict:
+    def pins(self) -> Dict[str, str]:
         """Shared pins this Reader read through: pin path -> what it served
         ("cgroup /a", "tree /"). Each Record says so too: record.source(name)
         starts with "shared pin <path>"."""
@@ -179,7 +179,7 @@ class Reader:
         return self._be().read_method
 
     @property
-    def sources(self):
+    def sources(self) -> Dict[str, str]:
         """stat name -> how it is read on this host, or why it is unavailable."""
         return dict(self._be().layout.sources)
 
@@ -236,7 +236,7 @@ class Reader:
     def __enter__(self) -> "Reader":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -100,15 +100,15 @@ def _check_kfuncs() -> Check:
     """The memcg kfuncs (Linux 7.0+) in the kernel's BTF, and the BPF flavour they make."""
     from .. import layout
     try:
-        from ..kernel_facts import kernel_facts
+        from ..kernel_facts import MEMCG_KFUNCS, kernel_facts
         facts = kernel_facts()
     except Exception as e:  # no BTF, extension missing, ...
         return Check("memcg kfuncs", "warn",
                      f"cannot read the kernel's BTF: {' '.join(str(e).split())}",
                      "see the btf line")
     flavour = layout.select_backend(facts)
-    have = [k for k in layout.MEMCG_KFUNCS if k in facts.kfuncs]
-    missing = [k for k in layout.MEMCG_KFUNCS if k not in facts.kfuncs]
+    have = [k for k in MEMCG_KFUNCS if k in facts.kfuncs]
+    missing = [k for k in MEMCG_KFUNCS if k not in facts.kfuncs]
     if not missing:
         return Check("memcg kfuncs", "ok", f"all {len(have)} present (Linux 7.0+); BPF flavour: "
                      f"{flavour or 'kfunc'}; Reader(flush=True) works here",
@@ -120,7 +120,7 @@ def _check_kfuncs() -> Check:
                      "nothing to do: the CO-RE backend reads struct mem_cgroup directly instead",
                      data={"present": [], "missing": missing, "flavour": flavour})
     return Check("memcg kfuncs", "warn",
-                 f"{len(have)} of {len(layout.MEMCG_KFUNCS)}; missing {', '.join(missing)}",
+                 f"{len(have)} of {len(MEMCG_KFUNCS)}; missing {', '.join(missing)}",
                  "nothing to do: the CO-RE backend does not need them",
                  data={"present": have, "missing": missing, "flavour": flavour})
 
