@@ -32,6 +32,7 @@ def _bpf_required() -> bool:
 
 
 BACKENDS = ("auto", "bpf", "text")
+_CLOSED = "this Reader is closed: make a new one"
 
 
 def _check_names(names: Sequence[str]) -> List[str]:
@@ -185,7 +186,7 @@ class Reader:
 
     def _be(self) -> Backend:
         if self._backend is None:
-            raise Closed("this Reader is closed: make a new one")
+            raise Closed(_CLOSED)
         return self._backend
 
     def read(self, path: str) -> Record:
@@ -193,7 +194,7 @@ class Reader:
         # a hot path: _be() inlined, one call layer over the backend's read
         backend = self._backend
         if backend is None:
-            raise Closed("this Reader is closed: make a new one")
+            raise Closed(_CLOSED)
         return backend.read(path)
 
     def read_many(self, paths: Sequence[str]) -> List[Optional[Record]]:
@@ -219,7 +220,7 @@ class Reader:
         """
         backend = self._backend
         if backend is None:
-            raise Closed("this Reader is closed: make a new one")
+            raise Closed(_CLOSED)
         return backend.read_many(paths)
 
     def read_tree(self, root: str) -> Snapshot:
