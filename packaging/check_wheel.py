@@ -5,7 +5,7 @@
 For each wheel: its extension's machine matches the wheel's tag, it needs no
 shared library but glibc's, every glibc symbol it takes is versioned no newer
 than the manylinux tag allows, no other symbol is left undefined but the
-Python C API's, and `auditwheel show` names the same manylinux policy. Prints
+Python C API's, it carries pymemcg/py.typed, and `auditwheel show` names the same manylinux policy. Prints
 the wheel's size, the extension's size, its NEEDED entries and its newest
 GLIBC_ version. Exits non-zero naming what is wrong. Uses objdump (binutils),
 which reads the dynamic section and symbols of either architecture's ELF.
@@ -41,6 +41,9 @@ def check(wheel: Path) -> list[str]:
     problems = []
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
+        if "pymemcg/py.typed" not in names:
+            # without the PEP 561 marker, users' type checkers ignore the annotations
+            problems.append("pymemcg/py.typed is not in the wheel")
         sos = [n for n in names if n.endswith(".so") or ".so." in n]
         if sos != ["pymemcg/_pymemcg.abi3.so"]:
             problems.append(f"shared objects in the wheel: {sos}, expected only the extension")

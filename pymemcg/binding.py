@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Tuple
+
 from .errors import ExtensionMissing
 
 REMEDY = ("install a pymemcg wheel for this platform (manylinux_2_28 x86_64 or aarch64), or "
@@ -17,10 +19,11 @@ def build_note() -> str | None:
         from ._build_note import EXTENSION_MISSING_REASON
     except ImportError:
         return None
-    return EXTENSION_MISSING_REASON
+    reason: str = EXTENSION_MISSING_REASON
+    return reason
 
 
-def load():
+def load() -> Tuple[Any, Any]:
     """(ffi, lib) of the extension, or ExtensionMissing naming cause and remedy."""
     try:
         from ._pymemcg import ffi, lib

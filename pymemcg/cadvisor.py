@@ -32,7 +32,10 @@ the hierarchical count.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from .decode import Record
 
 GAUGE, COUNTER, UNTYPED = "gauge", "counter", "untyped"
 
@@ -84,7 +87,12 @@ def _one(key: str) -> Callable[[Getter], Values]:
 def _sum(*keys: str) -> Callable[[Getter], Values]:
     def values(get: Getter) -> Values:
         parts = [get(k) for k in keys]
-        return [] if None in parts else [((), sum(parts))]
+        total = 0
+        for part in parts:
+            if part is None:
+                return []
+            total += part
+        return [((), total)]
     return values
 
 
@@ -134,7 +142,9 @@ def cadvisor_metrics(cgroup_version: int) -> List[CadvisorMetric]:
         if v1 else ("workingset_refault_file", "workingset_refault_anon")
     oom = "oom_kill" if v1 else local("oom_kill")
 
-    def M(name, mtype, help_text, reads, values, extra=(), versions=(1, 2), source=""):
+    def M(name: str, mtype: str, help_text: str, reads: Sequence[str],
+          values: Callable[[Getter], Values], extra: Sequence[str] = (),
+          versions: Tuple[int, ...] = (1, 2), source: str = "") -> CadvisorMetric:
         # reads: the getter keys values() asks for, local(stat) ones included
         needs = tuple(k for k in reads if not k.startswith(LOCAL_PREFIX))
         local_needs = tuple(k[len(LOCAL_PREFIX):] for k in reads if k.startswith(LOCAL_PREFIX))
@@ -274,7 +284,8 @@ def getter(get: Getter, local_get: Optional[Getter] = None) -> Getter:
     return combined
 
 
-def getters(records: Sequence, local_records: Optional[Sequence] = None) -> List[Getter]:
+def getters(records: Sequence[Record], local_records: Optional[Sequence[Record]] = None
+            ) -> List[Getter]:
     """A getter per record (pymemcg Records of one read), answering local(stat)
     from the record of the same cgroup (matched by id: a path may be reused)
     in `local_records`, a local Reader's read of the same tree."""

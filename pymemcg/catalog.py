@@ -36,19 +36,22 @@ class Stat:
     aliases: Tuple[str, ...] = ()
 
 
-def _state(name, item, meaning, v1=None, v2=True, unit=BYTES, aliases=()):
+def _state(name: str, item: str, meaning: str, v1: Optional[str] = None, v2: bool = True,
+           unit: str = BYTES, aliases: Tuple[str, ...] = ()) -> Stat:
     return Stat(name, STATE, item, unit, meaning, v1, name if v2 else None, aliases=aliases)
 
 
-def _event(name, item, meaning, v1=None, v2=True):
+def _event(name: str, item: str, meaning: str, v1: Optional[str] = None, v2: bool = True
+           ) -> Stat:
     return Stat(name, EVENT, item, COUNT, meaning, v1, name if v2 else None)
 
 
-def _counter(name, item, unit, meaning, version=None):
+def _counter(name: str, item: str, unit: str, meaning: str, version: Optional[int] = None
+             ) -> Stat:
     return Stat(name, COUNTER, item, unit, meaning, cgroup_version=version)
 
 
-def _memevent(name, item, meaning):
+def _memevent(name: str, item: str, meaning: str) -> Stat:
     return Stat(name, MEMEVENT, item, COUNT, meaning)
 
 

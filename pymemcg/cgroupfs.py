@@ -6,9 +6,9 @@ import operator
 import os
 import stat
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .decode import HASH_WORD, ID_WORD, PARENT_WORD, PackedRecords
+from .decode import HASH_WORD, ID_WORD, PARENT_WORD, PackedRecords, RawRecords
 from .errors import CgroupNotFound, NoMemoryController, NotACgroup
 
 CGROUP_MOUNT = "/sys/fs/cgroup"
@@ -220,7 +220,7 @@ def resolve_cgroup(path: str) -> Cgroup:
     return Cgroup(real, mount, rel, st.st_ino)
 
 
-def path_list(paths) -> list:
+def path_list(paths: Iterable[str]) -> List[str]:
     """The paths of a read_many call as a list; one path on its own (a str,
     which would otherwise be taken for a list of one-letter paths) is refused."""
     if isinstance(paths, (str, bytes, os.PathLike)):
@@ -268,7 +268,7 @@ class NameCache:
         # a mismatch left here means a rename after the walk: the current name
         return known[1] if known is not None else None
 
-    def forget_except(self, live_ids) -> None:
+    def forget_except(self, live_ids: AbstractSet[int]) -> None:
         for stale in self.names.keys() - live_ids:
             del self.names[stale]
 
@@ -284,16 +284,17 @@ class TreePaths:
 
     def __init__(self) -> None:
         self.names = NameCache()
-        self._prev: Dict[int, tuple] = {}   # id -> (name hash, parent path, path)
+        self._prev: Dict[int, Tuple[int, str, str]] = {}   # id -> (name hash, parent path, path)
         # the last walk's shape (root, then (id, parent id, name hash) per
         # record) and what it gave: an unchanged tree reuses both as they are
-        self._shape: Optional[tuple] = None
+        self._shape: Optional[Tuple[object, ...]] = None
         self._last: Tuple[List[Optional[str]], Dict[str, int]] = ([], {})
 
-    def paths_and_index(self, root: Cgroup, raw: List[tuple]
+    def paths_and_index(self, root: Cgroup, raw: RawRecords
                         ) -> Tuple[List[Optional[str]], Dict[str, int]]:
         """paths() and {path: position}; the same objects as last time when
         the tree's shape did not change (treat both as read-only)."""
+        shape: Tuple[object, ...]
         if raw.__class__ is PackedRecords:  # the columns' bytes, no object per record
             shape = (root.mount.mountpoint, root.relpath, raw.word_bytes(ID_WORD),
                      raw.word_bytes(PARENT_WORD), raw.word_bytes(HASH_WORD))
@@ -308,7 +309,7 @@ class TreePaths:
         self._last = (paths, index)
         return self._last
 
-    def paths(self, root: Cgroup, raw: Sequence[tuple]) -> List[Optional[str]]:
+    def paths(self, root: Cgroup, raw: RawRecords) -> List[Optional[str]]:
         """raw: record tuples (id, parent_id, name_hash, ...), root first, or
         PackedRecords."""
         names = self.names
@@ -318,17 +319,20 @@ class TreePaths:
         rel = {root.id: "" if top == "/" else top}
         out: List[Optional[str]] = [top]
         prev = self._prev
-        cur: Dict[int, tuple] = {}
-        rows = zip(raw.word_column(ID_WORD), raw.word_column(PARENT_WORD),
-                   raw.word_column(HASH_WORD)) if raw.__class__ is PackedRecords else iter(raw)
+        cur: Dict[int, Tuple[int, str, str]] = {}
+        rows: Iterator[Tuple[int, ...]] = zip(
+            raw.word_column(ID_WORD), raw.word_column(PARENT_WORD),
+            raw.word_column(HASH_WORD)) if raw.__class__ is PackedRecords else iter(raw)
         next(rows, None)  # the root's path is known
         for t in rows:
             parent = rel.get(t[1])
-            path = None
+            path: Optional[str] = None
+            name: Optional[str]
             if parent is not None:
                 c = prev.get(t[0])
                 if c is not None and c[0] == t[2] and c[1] is parent:
-                    path = c[2]
+                    path = rel[t[0]] = c[2]
+                    cur[t[0]] = c
                 else:
                     hit = known.get(t[0])
                     if hit is not None and hit[0] == t[2]:
@@ -336,11 +340,8 @@ class TreePaths:
                     else:  # new or renamed: list the parent directory
                         name = names.name(mount + parent, t[0], t[2])
                     if name is not None:
-                        path = parent + "/" + name
-                        c = (t[2], parent, path)
-                if path is not None:
-                    rel[t[0]] = path
-                    cur[t[0]] = c
+                        path = rel[t[0]] = parent + "/" + name
+                        cur[t[0]] = (t[2], parent, path)
             out.append(path)
         self._prev = cur
         if len(known) > 2 * len(raw) + 64:

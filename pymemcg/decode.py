@@ -9,7 +9,11 @@ struct.unpack_from per record and nothing per value.
 from __future__ import annotations
 
 import sys
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+import struct
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast, overload
+
+# one record as unpacked: id, parent id, name hash, level, flags, valid words, values
+RawRecord = Tuple[int, ...]
 
 from .containers import CgroupIdentity, identify
 from .errors import MalformedData, StatUnavailable, UnknownStat, quoted
@@ -37,7 +41,7 @@ class Layout:
                                 f"select fewer")
         self.names: Tuple[str, ...] = tuple(names)
         self.index: Dict[str, int] = {n: i for i, n in enumerate(self.names)}
-        self._record = None
+        self._record: Optional[struct.Struct] = None
         self.sources: Dict[str, str] = dict(sources or {})
         self.units: Dict[str, str] = dict(units or {})
 
@@ -55,21 +59,23 @@ class Layout:
             raise self.unknown(name) from None
 
     @property
-    def record(self):
+    def record(self) -> struct.Struct:
         """The struct.Struct of one BPF record of this selection (wire.py;
         needs the compiled part, which only BPF readers have)."""
-        if self._record is None:
+        record = self._record
+        if record is None:
             from .wire import record_struct
-            self._record = record_struct(len(self.names))
-        return self._record
+            record = self._record = record_struct(len(self.names))
+        return record
 
     @property
     def record_size(self) -> int:
         """Bytes of one BPF record of this selection."""
-        return self.record.size
+        size: int = self.record.size
+        return size
 
 
-class PackedRecords(Sequence[tuple]):
+class PackedRecords(Sequence[RawRecord]):
     """The records of one walk as the kernel wrote them, in one bytes object.
 
     A snapshot's columns (ids, parent ids, name hashes, one stat) are read
@@ -103,21 +109,30 @@ class PackedRecords(Sequence[tuple]):
     def __len__(self) -> int:
         return self._n
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> RawRecord: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> List[RawRecord]: ...
+
+    def __getitem__(self, i: Union[int, slice]) -> Union[RawRecord, List[RawRecord]]:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(self._n))]
         if i < 0:
             i += self._n
         if not 0 <= i < self._n:
             raise IndexError("record index out of range")
-        return self._unpack_from(self.data, i * self._size)
+        t: RawRecord = self._unpack_from(self.data, i * self._size)
+        return t
 
-    def __iter__(self) -> Iterator[tuple]:
-        return self._iter_unpack(self.data)
+    def __iter__(self) -> Iterator[RawRecord]:
+        it: Iterator[RawRecord] = self._iter_unpack(self.data)
+        return it
 
     def word_column(self, word: int) -> List[int]:
         """Word `word` of every record, in walk order."""
-        return self.words[word::self.stride].tolist()
+        column: List[int] = self.words[word::self.stride].tolist()
+        return column
 
     def word_bytes(self, word: int) -> bytes:
         """word_column() as the bytes it is made of (for comparing shapes)."""
@@ -127,6 +142,10 @@ class PackedRecords(Sequence[tuple]):
         """Whether every record has the same value in word `word`."""
         col = self.word_bytes(word)
         return col == col[:8] * self._n
+
+
+# a walk's records: tuples, or the kernel's bytes
+RawRecords = Union[List[RawRecord], PackedRecords]
 
 
 class Record:
@@ -140,9 +159,9 @@ class Record:
 
     __slots__ = ("_t", "_layout", "path")
 
-    def __init__(self, layout: Layout, raw: tuple, path: Optional[str]) -> None:
+    def __init__(self, layout: Layout, raw: RawRecord, path: Optional[str]) -> None:
         self._layout = layout
-        self._t = raw
+        self._t: RawRecord = raw
         self.path = path
 
     @property
@@ -246,11 +265,12 @@ class PackedRecord(Record):
         self._at = at
         self.path = path
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> RawRecord:
         # called only for slots not set: _t until the first use
         if name != "_t":
             raise AttributeError(name)
-        t = self._t = self._layout.record.unpack_from(self._data, self._at)
+        t: RawRecord = self._layout.record.unpack_from(self._data, self._at)
+        self._t = t
         return t
 
 
@@ -263,7 +283,7 @@ class Snapshot(Mapping[str, Record]):
     of a large tree costs no object per cgroup.
     """
 
-    def __init__(self, root: str, layout: Layout, raw: Union[List[tuple], PackedRecords],
+    def __init__(self, root: str, layout: Layout, raw: RawRecords,
                  paths: List[Optional[str]], index: Optional[Dict[str, int]] = None) -> None:
         self.root = root
         self.layout = layout
@@ -327,7 +347,8 @@ class Snapshot(Mapping[str, Record]):
             valid_word, value_word = VALID_WORD + (i >> 6), VALUE_WORD + i
             if raw.uniform(valid_word):  # the usual case: one test for all
                 if not raw or (raw.words[valid_word] >> (i & 63)) & 1:
-                    return raw.word_column(value_word)
+                    # every value present: the ints as they are (list is invariant)
+                    return cast(List[Optional[int]], raw.word_column(value_word))
                 return [None] * len(raw)
             bit = i & 63
             return [v if (w >> bit) & 1 else None

@@ -26,10 +26,10 @@ import threading
 import time
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 from . import forksafe
-from .cadvisor import COUNTER, GAUGE, CadvisorMetric, local, needed_local_stats
+from .cadvisor import COUNTER, GAUGE, CadvisorMetric, Getter, local, needed_local_stats
 from .containers import CgroupIdentity, identify
 from .decode import Snapshot
 from .errors import Error
@@ -152,13 +152,14 @@ class TreeLabels:
     def __init__(self, paths: List[Optional[str]]) -> None:
         self.paths = paths
         self.rows = [i for i, p in enumerate(paths) if p is not None]
-        idents = [identify(paths[i]) for i in self.rows]
+        # the rows' paths, none of them None
+        kept = cast(List[str], [paths[i] for i in self.rows])
+        idents = [identify(p) for p in kept]
         keep = [not ident.cadvisor_skips for ident in idents]
         self.cadvisor_rows = [i for i, k in zip(self.rows, keep) if k]
-        self.raw_names, self.raw_values = _identity(
-            [paths[i] for i in self.rows], idents)
+        self.raw_names, self.raw_values = _identity(kept, idents)
         self.cadvisor_names, self.cadvisor_values = _identity(
-            [paths[i] for i in self.cadvisor_rows], [x for x, k in zip(idents, keep) if k])
+            [p for p, k in zip(kept, keep) if k], [x for x, k in zip(idents, keep) if k])
 
     def same_shape(self, paths: List[Optional[str]]) -> bool:
         return paths is self.paths or paths == self.paths
@@ -230,7 +231,7 @@ class TextWriter:
                          for stat, mtype, help_text in selected]
         self.cadvisor = list(cadvisor)
         self.local_stats = needed_local_stats(self.cadvisor)
-        self._cadvisor_needs = []
+        self._cadvisor_needs: List[str] = []
         for m in self.cadvisor:
             self._cadvisor_needs += [s for s in metric_inputs(m) if s not in self._cadvisor_needs]
         raw_stats = [stat for stat, _, _, _ in self.selected]
@@ -245,7 +246,7 @@ class TextWriter:
         self._info = label_pairs(list(info), list(info.values()))
         self._labels: Optional[TreeLabels] = None
         self._heads: Dict[str, List[str]] = {}      # family -> its line head per row
-        self._extra: Dict[Tuple[str, tuple], str] = {}
+        self._extra: Dict[Tuple[str, Tuple[str, ...]], str] = {}
         self._last: Tuple[Optional[Taken], List[bytes]] = (None, [])
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
@@ -308,15 +309,17 @@ class TextWriter:
         unset limits, zero counts) it is called once per distinct input and
         its lines' tails are shared; otherwise once per cgroup."""
         rows = labels.cadvisor_rows
-        getters: Optional[list] = None
+        getters: Optional[List[Getter]] = None
         for m in self.cadvisor:
             out.append(self._headers[m.name])
             needs = metric_inputs(m)
+            # one stat's values, or a tuple of them per cgroup
+            keys: Sequence[Any]
             if len(needs) == 1:
                 keys = picked(columns[needs[0]], rows)
             else:
                 keys = list(zip(*[picked(columns[s], rows) for s in needs]))
-            distinct = dict.fromkeys(keys)
+            distinct: Dict[Any, Any] = dict.fromkeys(keys)
             if 2 * len(distinct) <= len(keys):
                 for k in distinct:
                     get = {needs[0]: k}.get if len(needs) == 1 else dict(zip(needs, k)).get

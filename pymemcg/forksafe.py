@@ -25,9 +25,11 @@ import os
 import threading
 import warnings
 import weakref
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
-Reset = Callable[[object], None]
+# stored for owners of any type; each registration's reset takes its own owner
+Reset = Callable[[Any], None]
+_Owner = TypeVar("_Owner")
 
 # id(owner) -> (a weak reference to it, the names of its lock attributes,
 # its reset): keyed by id, not by the object, since an owner need not be
@@ -35,7 +37,8 @@ Reset = Callable[[object], None]
 _owners: Dict[int, Tuple["weakref.ref[object]", Tuple[str, ...], Optional[Reset]]] = {}
 
 
-def renew_in_child(owner: object, *locks: str, reset: Optional[Reset] = None) -> None:
+def renew_in_child(owner: _Owner, *locks: str,
+                   reset: Optional[Callable[[_Owner], None]] = None) -> None:
     """In the child of every fork while `owner` lives: a new threading.Lock
     at each attribute of owner named in `locks`, then reset(owner).
 

@@ -53,8 +53,8 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Deque, List, Optional, Protocol, Sequence, Tuple,
-                    Union)
+from typing import (Any, Callable, Counter, Deque, List, Optional, Protocol, Sequence, Set,
+                    Tuple, Union)
 
 from .errors import BadServerLimit
 from .server_limits import (DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,  # noqa: F401
@@ -145,12 +145,17 @@ class _Conn:
         self.held: Any = None
 
 
+# a worker's job: the connection, its phase when submitted, the work; None: stop
+_Job = Optional[Tuple[_Conn, int, Callable[[], Any]]]
+
+
 class _Worker:
     """A thread that runs jobs one at a time and hands each result back to
     the loop (started on the first job, and again in a forked child, which
     inherits no thread)."""
 
-    def __init__(self, name: str, done: Deque, wake: Callable[[], None]) -> None:
+    def __init__(self, name: str, done: Deque[Tuple[_Conn, int, Any]],
+                 wake: Callable[[], None]) -> None:
         self.name = name
         self._done = done
         self._wake = wake
@@ -160,7 +165,7 @@ class _Worker:
     def submit(self, conn: _Conn, fn: Callable[[], Any]) -> None:
         if self._thread is None or self._pid != os.getpid():
             # fresh queue and semaphore: a fork may have copied them mid-use
-            self._jobs: Deque = collections.deque()
+            self._jobs: Deque[_Job] = collections.deque()
             self._queued = threading.Semaphore(0)
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, args=(self._jobs, self._queued),
@@ -169,7 +174,7 @@ class _Worker:
         self._jobs.append((conn, conn.phase, fn))
         self._queued.release()
 
-    def _run(self, jobs: Deque, queued: threading.Semaphore) -> None:
+    def _run(self, jobs: Deque[_Job], queued: threading.Semaphore) -> None:
         while True:
             queued.acquire()
             job = jobs.popleft()
@@ -276,14 +281,15 @@ class BoundedHTTPServer:
         # kept-alive connections to go on with at the loop's next turn (never
         # from within a write: pipelined requests would recurse)
         self._ready: Deque[Tuple[_Conn, int]] = collections.deque()
-        self._held: "collections.OrderedDict[int, Tuple[Any, set]]" = collections.OrderedDict()
+        self._held: "collections.OrderedDict[int, Tuple[Any, Set[_Conn]]]" = \
+            collections.OrderedDict()
         self._scrapes = _Worker("pymemcg-scrape", self._done, self._wake)
         self._checks = _Worker("pymemcg-auth", self._done, self._wake)
         self._accept_paused_until = 0.0
         self._stop = False
         self._running = threading.Event()
         self._stopped = threading.Event()
-        self.counts = collections.Counter()   # accepted, evicted, timed_out, answered
+        self.counts: Counter[str] = collections.Counter()  # accepted, evicted, timed_out, answered
 
     # --- running ---
 
@@ -476,7 +482,7 @@ class BoundedHTTPServer:
         else:
             self._want(conn, 0)   # a worker has it: wait for its answer
 
-    def _io(self, conn: _Conn, wait_for: int, call: Callable, *args: Any) -> Any:
+    def _io(self, conn: _Conn, wait_for: int, call: Callable[..., Any], *args: Any) -> Any:
         """call(*args) on the connection's non-blocking socket: its result, or
         _BLOCKED when it cannot go on now (the connection then waits for what
         it needs: `wait_for`, or what TLS asks for) or failed (closed)."""
@@ -494,22 +500,26 @@ class BoundedHTTPServer:
         return _BLOCKED
 
     def _handshake(self, conn: _Conn) -> None:
-        if not isinstance(conn.sock, ssl.SSLSocket):
+        ctx, sock = self.ssl_context, conn.sock
+        assert ctx is not None and sock is not None  # an open connection of a TLS server
+        if not isinstance(sock, ssl.SSLSocket):
             try:
                 # the same file descriptor, so the selector's registration holds
-                conn.sock = self.ssl_context.wrap_socket(conn.sock, server_side=True,
-                                                         do_handshake_on_connect=False)
+                conn.sock = sock = ctx.wrap_socket(sock, server_side=True,
+                                                   do_handshake_on_connect=False)
             except (ssl.SSLError, OSError):
                 self._close(conn)
                 return
-        if self._io(conn, selectors.EVENT_READ, conn.sock.do_handshake) is _BLOCKED:
+        if self._io(conn, selectors.EVENT_READ, sock.do_handshake) is _BLOCKED:
             return
         conn.state = READ         # the same step: read_timeout covers the handshake too
         self._read(conn)
 
     def _read(self, conn: _Conn) -> None:
+        sock = conn.sock
+        assert sock is not None  # an open connection: the loop reads no other
         while True:
-            data = self._io(conn, selectors.EVENT_READ, conn.sock.recv, 4096)
+            data = self._io(conn, selectors.EVENT_READ, sock.recv, 4096)
             if data is _BLOCKED:
                 return
             if not data:
@@ -557,6 +567,7 @@ class BoundedHTTPServer:
         if auth is None:
             self._dispatch(conn)
             return
+        assert conn.request is not None  # _take_request took one
         header = conn.request.headers.get("Authorization")
         ok = auth.authorized_cached(header)
         if ok is None:
@@ -574,14 +585,16 @@ class BoundedHTTPServer:
         self._answer(conn, response)
 
     def _dispatch(self, conn: _Conn) -> None:
-        if conn.request.method not in ("GET", "HEAD"):
+        request = conn.request
+        assert request is not None  # _take_request took one
+        if request.method not in ("GET", "HEAD"):
             response = _plain(405, "only GET and HEAD")
             response.headers.append(("Allow", "GET, HEAD"))
             self._answer(conn, response)
             return
         self._begin(conn, WORK)
         self._want(conn, 0)
-        request, handler = conn.request, self.handler
+        handler = self.handler
         self._scrapes.submit(conn, lambda: handler(request))
 
     def _finish_jobs(self) -> None:
@@ -590,8 +603,10 @@ class BoundedHTTPServer:
             if conn.sock is None or conn.phase != phase:
                 continue
             if isinstance(result, BaseException):
-                _log.error("pymemcg: answering %s %s failed", conn.request.method,
-                           conn.request.target, exc_info=result)
+                request = conn.request
+                _log.error("pymemcg: answering %s %s failed",
+                           request.method if request is not None else "-",
+                           request.target if request is not None else "-", exc_info=result)
                 self._answer(conn, _plain(500, "internal error"), close=True)
             elif conn.state == AUTH:
                 if result:
@@ -648,6 +663,7 @@ class BoundedHTTPServer:
 
     def _write(self, conn: _Conn) -> None:
         sock, out = conn.sock, conn.out
+        assert sock is not None  # an open connection: the loop writes no other
         piece = TLS_PIECE if conn.tls else PLAIN_PIECE
         while out:
             first = out[0]

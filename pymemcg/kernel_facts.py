@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from . import forksafe
 from .errors import NoBtf
@@ -197,13 +197,13 @@ def kernel_facts() -> KernelFacts:
         return facts
 
 
-def facts_to_json(facts: KernelFacts) -> dict:
+def facts_to_json(facts: KernelFacts) -> Dict[str, Any]:
     doc = dataclasses.asdict(facts)
     doc["kfuncs"] = sorted(facts.kfuncs)
     return doc
 
 
-def facts_from_json(doc: Mapping) -> KernelFacts:
+def facts_from_json(doc: Mapping[str, Any]) -> KernelFacts:
     fields = {f.name for f in dataclasses.fields(KernelFacts)}
     kw = {k: v for k, v in doc.items() if k in fields}
     kw["kfuncs"] = frozenset(kw.get("kfuncs", ()))

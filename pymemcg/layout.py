@@ -198,7 +198,7 @@ def _by_enum_state(entries: Sequence[Entry], states: Mapping[str, int], facts: K
                    ) -> Tuple[Dict[str, int], Optional[str]]:
     """Slots of an enum-indexed state[]: each listed item's enumerator."""
     nr = states.get("MEMCG_NR_STAT")
-    if not enum_indexed(facts):
+    if nr is None or not enum_indexed(facts):
         return {}, f"state[] has {facts.state_len} slots, MEMCG_NR_STAT is {nr}"
     return {e.item: states[e.item] for e in entries
             if _present(e, states, facts) and states[e.item] < nr}, None

@@ -10,7 +10,7 @@ control of `pymemcg verify`, every parity test and the benchmark.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, FrozenSet, Optional, Tuple, Union
 
 from . import catalog
 from .catalog import COUNTER, MEMEVENT
@@ -38,7 +38,7 @@ SWAP_EVENTS_KEYS = {"high": "swap_high_events", "max": "swap_max_events",
                      "fail": "swap_fail_events"}
 
 
-def parse_flat_keyed(text, what: str = "memory.stat") -> Dict[str, int]:
+def parse_flat_keyed(text: Union[str, bytes, bytearray, memoryview], what: str = "memory.stat") -> Dict[str, int]:
     """'key value' lines -> {key: value}. Raises MalformedData on anything else."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         try:
@@ -73,7 +73,7 @@ def v1_to_names(raw: Dict[str, int], local: bool) -> Dict[str, int]:
     return out
 
 
-def parse_memory_stat(text, version: int, local: bool = False) -> Dict[str, int]:
+def parse_memory_stat(text: Union[str, bytes, bytearray, memoryview], version: int, local: bool = False) -> Dict[str, int]:
     """memory.stat text of cgroup `version` -> {stat name: value}.
 
     v2 memory.stat has hierarchical values only: with local=True it gives {}.
@@ -112,10 +112,10 @@ def parse_number(text: str, what: str) -> int:
     return int(text)
 
 
-_printed_keys: Dict[str, frozenset] = {}
+_printed_keys: Dict[str, FrozenSet[str]] = {}
 
 
-def printed_keys(mountpoint: str) -> frozenset:
+def printed_keys(mountpoint: str) -> FrozenSet[str]:
     """The keys this kernel prints in memory.stat (read at the hierarchy root
     once): a catalog name is served by text only where the kernel prints it."""
     keys = _printed_keys.get(mountpoint)
@@ -126,7 +126,7 @@ def printed_keys(mountpoint: str) -> frozenset:
 
 
 def text_availability(name: str, version: int, local: bool,
-                      keys: Optional[frozenset] = None) -> Tuple[bool, str]:
+                      keys: Optional[FrozenSet[str]] = None) -> Tuple[bool, str]:
     """Whether the text backend can serve a stat, and from which file.
     keys: what memory.stat prints on this kernel (printed_keys())."""
     stat = catalog.STATS[name]

@@ -46,10 +46,12 @@ closer together than that share a snapshot.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from typing import Callable, Collection, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Collection, Dict, Iterable, List, Optional, Sequence, Set,
+                    Tuple, cast)
 
 from .errors import Error
 
@@ -59,7 +61,7 @@ class OpenTelemetryMissing(Error, ImportError):
 
 
 try:
-    from opentelemetry.metrics import CallbackOptions, Observation, get_meter
+    from opentelemetry.metrics import CallbackOptions, Meter, Observation, get_meter
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise OpenTelemetryMissing(
         f"opentelemetry-api is not installed ({e}): install the extra with "
@@ -134,7 +136,7 @@ class MemcgInstrumentor:
         forksafe.renew_in_child(self, "_lock")
         self._snapshot: List[_Cgroup] = []
         self._read_at = float("-inf")
-        self._served: set = set()         # instruments that observed the current snapshot
+        self._served: Set[str] = set()         # instruments that observed the current snapshot
         self._meters: Dict[int, object] = {}   # id(provider) -> meter whose instruments exist
         self.reads = 0                    # tree reads so far (one per collection)
         self.last_error: Optional[str] = None
@@ -148,7 +150,7 @@ class MemcgInstrumentor:
     def is_instrumented_by_opentelemetry(self) -> bool:
         return self.reader is not None
 
-    def instrument(self, **kwargs) -> None:
+    def instrument(self, **kwargs: Any) -> None:
         """Open the Reader and register the instruments with
         kwargs["meter_provider"] (default: the global MeterProvider).
         A second call while instrumented does nothing, as BaseInstrumentor."""
@@ -173,7 +175,7 @@ class MemcgInstrumentor:
             raise
         self._read_at, self._served = float("-inf"), set()
 
-    def uninstrument(self, **kwargs) -> None:
+    def uninstrument(self, **kwargs: Any) -> None:
         """Close the Reader (the BPF program unloads); the instruments then
         observe nothing. The OpenTelemetry API cannot remove an instrument."""
         with self._lock:
@@ -188,10 +190,10 @@ class MemcgInstrumentor:
 
     # --- instruments ---
 
-    def _create_instruments(self, meter) -> None:
+    def _create_instruments(self, meter: Meter) -> None:
         cad = self._cadvisor
 
-        def one(name: str, metric: str) -> Callable:
+        def one(name: str, metric: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
             return self._callback(name, lambda cg: _values(cad.get(metric), cg),
                                   containers_only=True)
 
@@ -217,7 +219,7 @@ class MemcgInstrumentor:
             unit="{fault}", description="Container memory paging faults.")
         for name in self.selected:
             stat = catalog.STATS[name]
-            callback = self._callback(f"memcg.{name}", lambda cg, n=name: _raw(cg, n),
+            callback = self._callback(f"memcg.{name}", functools.partial(_raw, name=name),
                                       containers_only=False)
             description = f"{stat.meaning} (memory cgroup stat {name})"
             if stat.unit == catalog.COUNT:
@@ -264,21 +266,22 @@ class MemcgInstrumentor:
         """The current snapshot; a new one when `instrument` has already
         observed the current one (a new collection) and `interval` has passed."""
         with self._lock:
-            if self.reader is None:
+            reader = self.reader
+            if reader is None:
                 return []
             if instrument in self._served:      # a new collection
                 self._served = set()
             now = time.monotonic()
             if not self._served and now - self._read_at >= self.interval:
-                self._snapshot = self._read()
+                self._snapshot = self._read(reader)
                 self._read_at = now
             self._served.add(instrument)
             return self._snapshot
 
-    def _read(self) -> List[_Cgroup]:
+    def _read(self, reader: Reader) -> List[_Cgroup]:
         self.reads += 1
         try:
-            snap: Snapshot = self.reader.read_tree(self.root)
+            snap: Snapshot = reader.read_tree(self.root)
             local_snap = self.local_reader.read_tree(self.root) \
                 if self.local_reader is not None else None
             self.last_error = None
@@ -291,7 +294,8 @@ class MemcgInstrumentor:
         for r, get in zip(records, getters(records, local_snap.records
                                            if local_snap is not None else None)):
             ident = identify(r.path)
-            attributes = {"cgroup.path": escape(r.path)}
+            # records without a path were left out above
+            attributes = {"cgroup.path": escape(cast(str, r.path))}
             if ident.container_id:
                 attributes["container.id"] = ident.container_id
             if ident.pod_uid:

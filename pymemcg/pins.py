@@ -27,11 +27,11 @@ import json
 import os
 import stat as stat_mod
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import catalog
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup, still_names
-from .decode import Layout, Record, Snapshot
+from .decode import Layout, RawRecord, Record, Snapshot
 from .errors import (BpfUnavailable, Error, MalformedData, PinnedCgroupRemoved, ReadError,
                      SelectionMismatch, quoted)
 
@@ -103,7 +103,7 @@ def _untrusted(what: str, st: os.stat_result,
         f"{remedy}")
 
 
-def _read_meta(path: str, meta_dir: str) -> dict:
+def _read_meta(path: str, meta_dir: str) -> Dict[str, Any]:
     """The metadata of the pin at path, if only root (or this user) could
     have written it. Checked on the open file, not its name."""
     meta = _meta_path(path, meta_dir)
@@ -131,7 +131,7 @@ def _read_meta(path: str, meta_dir: str) -> dict:
 
 
 #: what pin() writes in a metadata file: key -> (what it must be, test)
-_META_FIELDS = {
+_META_FIELDS: Dict[str, Tuple[str, Callable[[Any], bool]]] = {
     "format": ("a whole number", lambda v: type(v) is int),
     "object": ("a string", lambda v: isinstance(v, str)),
     "root": ("an absolute path",
@@ -143,7 +143,7 @@ _META_FIELDS = {
     "local": ("true or false", lambda v: isinstance(v, bool)),
 }
 #: keys that may be absent
-_META_OPTIONAL = {
+_META_OPTIONAL: Dict[str, Tuple[str, Callable[[Any], bool]]] = {
     "sources": ("a mapping of stat names to text",
                 lambda v: isinstance(v, dict) and all(isinstance(t, str) for t in v.values())),
     "flush": ("true or false", lambda v: isinstance(v, bool)),
@@ -152,7 +152,7 @@ _META_OPTIONAL = {
 }
 
 
-def _validate_meta(doc: object, meta: str) -> dict:
+def _validate_meta(doc: object, meta: str) -> Dict[str, Any]:
     """doc, if it has every key pin() writes, each of the type pin() gives
     it; else PinMismatch naming the first key that is missing or wrong."""
     if not isinstance(doc, dict):
@@ -276,7 +276,7 @@ def _share_pin(path: str, owner: int, group: int, mode: int) -> None:
         os.close(fd)
 
 
-def _write_meta(meta: str, doc: dict) -> None:
+def _write_meta(meta: str, doc: Dict[str, Any]) -> None:
     fd = os.open(meta, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     with os.fdopen(fd, "w") as f:
@@ -304,7 +304,7 @@ def _refuse(path: str, why: str) -> NotAPin:
                    f"(`pymemcg pins` lists them)")
 
 
-def _pin_location(pin: str, directory: str) -> tuple:
+def _pin_location(pin: str, directory: str) -> Tuple[str, str]:
     """The pin's directory and file name. No '..': what a name stands for
     must not depend on where symlinks above it lead."""
     raw = pin if "/" in pin else os.path.join(directory, pin)
@@ -330,7 +330,7 @@ def _open_dir(directory: str, what: str) -> int:
     return fd
 
 
-def _check_pin(dir_fd: int, path: str, name: str) -> Optional[object]:
+def _check_pin(dir_fd: int, path: str, name: str) -> Optional[Any]:
     """The pin's identity (pmc_pin_ident) if `name` is one of pymemcg's
     iterator links on bpffs, None if nothing is there; NotAPin otherwise."""
     try:
@@ -370,7 +370,7 @@ def _check_pin(dir_fd: int, path: str, name: str) -> Optional[object]:
     return ident
 
 
-def _meta_of_pin(meta_fd: int, meta: str, path: str, ident) -> bool:
+def _meta_of_pin(meta_fd: int, meta: str, path: str, ident: Any) -> bool:
     """Whether metadata for the pin at `path` is there (True) or not (False);
     NotAPin if what is there is not provably that pin's: a symlink, not a
     regular file, writable by others, not pin metadata, or describing
@@ -466,7 +466,7 @@ def _info(path: str, meta_dir: str) -> PinInfo:
         raise PinMismatch(f"{meta} lacks {e}: not pin metadata") from None
 
 
-def _cgroup_alive(path: str, doc: dict) -> bool:
+def _cgroup_alive(path: str, doc: Dict[str, Any]) -> bool:
     """The pinned cgroup still exists: a session of the pin visits it (a
     removed cgroup's walk visits nothing; renames do not matter). Where the
     pin cannot be read (another format, no permission), whether its
@@ -480,13 +480,14 @@ def _cgroup_alive(path: str, doc: dict) -> bool:
                           f"(it was changed, or is another pin's)") from None
     except (PinMismatch, ReadError, MalformedData, KeyError, TypeError):
         pass
-    return still_names(str(doc.get("root")), doc.get("cgroup_id"))
+    cgroup_id = doc.get("cgroup_id")
+    return isinstance(cgroup_id, int) and still_names(str(doc.get("root")), cgroup_id)
 
 
 def pins(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR) -> List[PinInfo]:
     """Every pin in `directory`; those without metadata a reader would use
     are orphans (PinInfo.orphan says why)."""
-    out = []
+    out: List[PinInfo] = []
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
@@ -563,14 +564,14 @@ class PinReader:
         self._setup(path, _read_meta(path, meta_dir))
 
     @classmethod
-    def from_doc(cls, path: str, doc: dict, sources: Optional[dict] = None) -> "PinReader":
+    def from_doc(cls, path: str, doc: Dict[str, Any], sources: Optional[Dict[str, str]] = None) -> "PinReader":
         """A reader of `path` described by its metadata `doc`; `sources`
         replaces the metadata's account of how each stat is read."""
         self = cls.__new__(cls)
         self._setup(path, doc, sources)
         return self
 
-    def _setup(self, path: str, doc: dict, sources: Optional[dict] = None) -> None:
+    def _setup(self, path: str, doc: Dict[str, Any], sources: Optional[Dict[str, str]] = None) -> None:
         from . import wire  # the record format: the compiled part has it
         self._wire = wire
         if doc.get("format") != wire.FORMAT_VERSION:
@@ -606,7 +607,7 @@ class PinReader:
         finally:
             os.close(fd)
 
-    def records(self) -> List[tuple]:
+    def records(self) -> List[RawRecord]:
         """Record tuples of one complete session, the pinned cgroup first;
         [] when that cgroup was removed."""
         for _ in range(8):
@@ -657,7 +658,7 @@ class PinReader:
                                                  f"removed, so the pin can serve nothing "
                                                  f"again; remove it (pymemcg unpin --stale)")
 
-    def decode(self, cg: Cgroup, raw: List[tuple]) -> Union[Record, Snapshot]:
+    def decode(self, cg: Cgroup, raw: List[RawRecord]) -> Union[Record, Snapshot]:
         """raw (from records()) as a Record or Snapshot of the cgroup cg."""
         if not self.tree:
             return Record(self.layout, raw[0], cg.relpath)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from typing import Dict, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 from . import layout as layout_mod
 from .binding import load
 from .cgroupfs import Cgroup
-from .wire import selection_digest
+from .wire import KFUNCS_NONE, selection_digest
 from .errors import BpfUnavailable, CgroupNotFound, PermissionDenied, ReadError, VerifierRejected
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -36,7 +36,7 @@ def object_digest() -> str:
 
 
 def config(resolutions: Sequence[layout_mod.Resolution], local: bool, kfuncs: int,
-            flush: bool, capacity: int = 0):
+            flush: bool, capacity: int = 0) -> Any:
     """The selection as the shim's struct pmc_config."""
     ffi, _ = load()
     cfg = ffi.new("struct pmc_config *")
@@ -56,7 +56,7 @@ def config(resolutions: Sequence[layout_mod.Resolution], local: bool, kfuncs: in
     return cfg
 
 
-def load_program(loader, out, *args) -> None:
+def load_program(loader: Callable[..., int], out: Any, *args: Any) -> None:
     """Run a shim loader with a log buffer; a failure raises with the log."""
     ffi, _ = load()
     log = ffi.new("char[]", 1 << 20)
@@ -69,7 +69,7 @@ class Program:
     """One loaded iterator program (a selection) and its links."""
 
     def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
-                 capacity: int, kfuncs: int = layout_mod.KFUNCS_NONE,
+                 capacity: int, kfuncs: int = KFUNCS_NONE,
                  flush: bool = False) -> None:
         ffi, lib = load()
         self.ffi, self.lib = ffi, lib
@@ -95,7 +95,8 @@ class Program:
             raise BpfUnavailable(f"attaching the cgroup iterator to {cg.path} failed "
                                  f"({os.strerror(-link)}): this kernel needs cgroup iterators "
                                  f"(Linux 6.1+); use backend='text'")
-        return link
+        fd_of_link: int = link
+        return fd_of_link
 
     def destroy(self) -> None:
         if self.prog is not None:

@@ -45,7 +45,8 @@ import logging
 import os
 import threading
 import zlib
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 from .errors import Error, quoted
 
@@ -80,6 +81,12 @@ from .exposition import (CGROUPS_HELP, CONTENT_TYPE, DEFAULT_MIN_INTERVAL, DURAT
 from .errors import NoMemoryController, UnknownStat
 from .names import escape
 from .server_limits import Limits
+
+if TYPE_CHECKING:
+    from .http_server import BoundedHTTPServer, Request, Response
+
+# a row's labels, shared by its samples
+LabelDicts = List[Dict[str, str]]
 from .reader import Reader
 
 
@@ -156,7 +163,7 @@ class MemcgCollector:
         self.writer = TextWriter(self._raw, self.cadvisor, self._info_labels())
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
-        self._shape_cache: Optional[Tuple[TreeLabels, list, list]] = None
+        self._shape_cache: Optional[Tuple[TreeLabels, LabelDicts, LabelDicts]] = None
         self.scrapes = 0
 
     @property
@@ -214,7 +221,7 @@ class MemcgCollector:
 
     # --- building the families ---
 
-    def _shape(self, snap: Snapshot) -> Tuple[TreeLabels, list, list]:
+    def _shape(self, snap: Snapshot) -> Tuple[TreeLabels, LabelDicts, LabelDicts]:
         """The tree's labels, and each exported row's label dict for memcg_* and
         for cAdvisor's metrics: made once per shape, shared by every sample
         of the row (prometheus_client only reads them). One tuple, replaced
@@ -235,7 +242,7 @@ class MemcgCollector:
         snap = taken.snapshot if taken is not None else None
         if snap is not None:
             labels, raw_dicts, cad_dicts = self._shape(snap)
-        if snap is not None and self.cadvisor:
+        if snap is not None and taken is not None and self.cadvisor:
             columns = local_columns(snap, taken.local, self.writer.local_stats)
         for cm in self.cadvisor:
             fam = _family(cm.name, cm.type, cm.help)
@@ -268,7 +275,7 @@ class MemcgCollector:
         if taken is not None:
             info.add_metric(list(self._info_labels().values()), 1)
             error.add_metric([], 1 if snap is None else 0)
-        if snap is not None:
+        if snap is not None and taken is not None:
             cgroups.add_metric([], len(snap))
             duration.add_metric([], taken.seconds)
         families += [info, cgroups, duration, error]
@@ -284,7 +291,7 @@ class MemcgCollector:
     def __enter__(self) -> "MemcgCollector":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -320,7 +327,7 @@ def parse_listen(text: str) -> Tuple[str, int]:
 
 
 def make_server(collector: MemcgCollector, host: str, port: int,
-                limits: Optional[Limits] = None):
+                limits: Optional[Limits] = None) -> BoundedHTTPServer:
     """An HTTP server that serves the collector's exposition() on every path,
     /metrics included (gzip when the client accepts it), within `limits`
     (pymemcg.http_server.Limits: timeouts, a connection cap; default
@@ -336,14 +343,14 @@ def make_server(collector: MemcgCollector, host: str, port: int,
                           f"another --listen address or port") from None
 
 
-def _handler(collector: MemcgCollector):
+def _handler(collector: MemcgCollector) -> Callable[[Request], Response]:
     """The function that answers a request (GET or HEAD of any path): one
     scrape. Runs in the server's one scrape thread, so the gzip cache below
     is used by one thread at a time."""
-    from .http_server import Request, Response
+    from .http_server import Response
 
     # the gzip of the last body, kept while scrapes share that body
-    zipped: List[Tuple[Optional[list], bytes]] = [(None, b"")]
+    zipped: List[Tuple[Optional[List[bytes]], bytes]] = [(None, b"")]
 
     def answer(request: Request) -> Response:
         chunks = collector.exposition_chunks()
@@ -365,7 +372,7 @@ def _handler(collector: MemcgCollector):
     return answer
 
 
-def listen_url(server) -> str:
+def listen_url(server: BoundedHTTPServer) -> str:
     """http(s)://ADDR:PORT/metrics of a bound server (the real port when 0 was
     asked; https once pymemcg.web_config.secure gave it TLS)."""
     addr, port = server.server_address[:2]

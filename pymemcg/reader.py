@@ -8,13 +8,16 @@ import threading
 import warnings
 from dataclasses import dataclass
 from collections import Counter
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import catalog, forksafe
-from .cgroupfs import memory_mount
+from .cgroupfs import Mount, memory_mount
 from .decode import Record, Snapshot
 from .errors import (BpfUnavailable, Closed, InvalidArgument, NoMemoryController, UnknownStat,
                      quoted)
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 #: set to 1 (CI does) to make "BPF unavailable" an error instead of a fallback
 REQUIRE_BPF_ENV = "PYMEMCG_REQUIRE_BPF"
@@ -29,6 +32,7 @@ def _bpf_required() -> bool:
 
 
 BACKENDS = ("auto", "bpf", "text")
+_CLOSED = "this Reader is closed: make a new one"
 
 
 def _check_names(names: Sequence[str]) -> List[str]:
@@ -87,8 +91,8 @@ def _check_shared_pins(value: object) -> Union[bool, Tuple[str, str]]:
     return dirs[0], dirs[1]
 
 
-def _own_backend(stats: List[str], local: bool, flush: bool, backend: str, mount,
-                 stacklevel: int):
+def _own_backend(stats: List[str], local: bool, flush: bool, backend: str, mount: Mount,
+                 stacklevel: int) -> Backend:
     """A Reader's own backend: BPF, else (auto) text with a FallbackWarning."""
     if backend in ("auto", "bpf"):
         try:
@@ -142,7 +146,7 @@ class Reader:
                                      "controller: mount one (cgroup v2 with +memory, or v1 "
                                      "-o memory)")
         self.cgroup_version = mount.version
-        self._backend = None
+        self._backend: Optional[Backend] = None
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
         if backend in ("auto", "bpf") and shared_pins and not flush:
@@ -153,9 +157,6 @@ class Reader:
                 backend)
         if self._backend is None:
             self._backend = _own_backend(self.stats, local, flush, backend, mount, 3)
-        # the hot paths: skip a call layer (close() takes them back)
-        self.read = self._backend.read  # type: ignore[method-assign]
-        self.read_many = self._backend.read_many  # type: ignore[method-assign]
 
     @property
     def backend(self) -> str:
@@ -165,7 +166,7 @@ class Reader:
         return self._be().name
 
     @property
-    def pins(self) -> dict:
+    def pins(self) -> Dict[str, str]:
         """Shared pins this Reader read through: pin path -> what it served
         ("cgroup /a", "tree /"). Each Record says so too: record.source(name)
         starts with "shared pin <path>"."""
@@ -179,18 +180,22 @@ class Reader:
         return self._be().read_method
 
     @property
-    def sources(self):
+    def sources(self) -> Dict[str, str]:
         """stat name -> how it is read on this host, or why it is unavailable."""
         return dict(self._be().layout.sources)
 
-    def _be(self):
+    def _be(self) -> Backend:
         if self._backend is None:
-            raise Closed("this Reader is closed: make a new one")
+            raise Closed(_CLOSED)
         return self._backend
 
     def read(self, path: str) -> Record:
         """The selected stats of the cgroup directory `path`."""
-        return self._be().read(path)
+        # a hot path: _be() inlined, one call layer over the backend's read
+        backend = self._backend
+        if backend is None:
+            raise Closed(_CLOSED)
+        return backend.read(path)
 
     def read_many(self, paths: Sequence[str]) -> List[Optional[Record]]:
         """read() of each path, in order, as one call: a Record per path, or
@@ -213,7 +218,10 @@ class Reader:
         Elsewhere (text, kernels before 6.4, shared pins) it is a loop of
         read().
         """
-        return self._be().read_many(paths)
+        backend = self._backend
+        if backend is None:
+            raise Closed(_CLOSED)
+        return backend.read_many(paths)
 
     def read_tree(self, root: str) -> Snapshot:
         """Every cgroup under `root` (included), from one walk."""
@@ -222,8 +230,6 @@ class Reader:
     def close(self) -> None:
         """Unpin links and unload the program. Safe to call twice."""
         with self._lock:
-            self.__dict__.pop("read", None)
-            self.__dict__.pop("read_many", None)
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None
@@ -231,7 +237,7 @@ class Reader:
     def __enter__(self) -> "Reader":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -49,7 +49,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import catalog
 from .catalog import COUNTER, MEMEVENT
@@ -57,6 +57,9 @@ from .cgroupfs import memory_mount, own_memory_cgroup, resolve_cgroup
 from .errors import BpfUnavailable, Error, VerifyUnavailable
 from .memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
                           parse_flat_keyed, parse_number)
+
+if TYPE_CHECKING:
+    from .reader import Reader
 
 EXACT = "exact"
 MISMATCH = "mismatch"
@@ -108,7 +111,7 @@ class Check:
     outcome: str           # EXACT or MISMATCH
     why: str = ""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return {"cgroup": self.cgroup, "local": self.local, "method": self.method,
                 "against": self.against, "bpf": self.bpf, "file": self.file,
                 "outcome": self.outcome, **({"why": self.why} if self.why else {})}
@@ -137,8 +140,8 @@ class StatResult:
         """Whether some exact check compared a value other than 0."""
         return any(c.outcome == EXACT and c.file for c in self.checks)
 
-    def as_dict(self, checks: bool = True) -> dict:
-        out = {"name": self.name, "outcome": self.outcome, "bpf": self.bpf, "file": self.file,
+    def as_dict(self, checks: bool = True) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"name": self.name, "outcome": self.outcome, "bpf": self.bpf, "file": self.file,
                "why": self.why, "against": self.against, "nonzero": self.nonzero,
                "comparisons": len(self.checks)}
         if checks:
@@ -156,7 +159,7 @@ class Result:
     read_method: str
     probe: str               # the probe's path (removed by now)
     stats: List[StatResult]
-    workload: Dict[str, object]
+    workload: Dict[str, Any]
     duration_s: float
 
     @property
@@ -173,7 +176,7 @@ class Result:
         out["comparisons"] = sum(len(s.checks) for s in self.stats)
         return out
 
-    def as_dict(self, checks: bool = True) -> dict:
+    def as_dict(self, checks: bool = True) -> Dict[str, Any]:
         return {"kernel": self.kernel, "cgroup_version": self.cgroup_version,
                 "backend": self.backend, "read_method": self.read_method,
                 "ok": self.ok, "counts": self.counts, "duration_s": self.duration_s,
@@ -228,7 +231,8 @@ def file_values(files: Mapping[str, Optional[str]], version: int, local: bool,
                 why[s.name] = f"this kernel has no {fname}"
             else:
                 # a page counter has one value: local=True reads the same counter
-                values[s.name] = (parse_number(files[fname], fname), fname)
+                # `or ""`: not None, the branch above says
+                values[s.name] = (parse_number(files[fname] or "", fname), fname)
             continue
         if s.kind == MEMEVENT:
             _memevent(s.name, files, version, local, leaf, note, values, why)
@@ -241,7 +245,7 @@ def file_values(files: Mapping[str, Optional[str]], version: int, local: bool,
                 elif files.get(V1_KMEM_FILE) is None:
                     why[s.name] = f"this kernel has no {V1_KMEM_FILE}"
                 else:
-                    values[s.name] = (parse_number(files[V1_KMEM_FILE], V1_KMEM_FILE),
+                    values[s.name] = (parse_number(files[V1_KMEM_FILE] or "", V1_KMEM_FILE),
                                       V1_KMEM_FILE + note)
                 continue
             if s.v1_key is None:
@@ -316,7 +320,7 @@ def compare(bpf: Mapping[str, Optional[int]], before: FileValues, after: FileVal
     EXACT when BPF read that value, MISMATCH otherwise. Names whose file value
     moved are left out: the caller reads them again.
     """
-    out = {}
+    out: Dict[str, Tuple[str, Optional[int], Optional[int], str]] = {}
     for name in names:
         if name not in before or name not in after:
             continue
@@ -483,8 +487,8 @@ class _Probe:
         self.version = version
         self.path = os.path.join(parent, f"{PROBE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
         self.made: List[str] = []
-        self.driver: Optional[subprocess.Popen] = None
-        self.report: Dict[str, object] = {}
+        self.driver: Optional[subprocess.Popen[bytes]] = None
+        self.report: Dict[str, Any] = {}
         self.worker_pids: List[int] = []
         self.workload = workload
         self.cache_dir = cache_dir
@@ -539,18 +543,19 @@ class _Probe:
             {"name": "oom", "cgroup": oom, "hog": w.hog, "hog_cache": w.oom_cache},
         ]
         cfg = {"jobs": jobs, "cache_dir": self.cache_dir, "timeout": self.timeout}
-        self.driver = subprocess.Popen(
+        driver = self.driver = subprocess.Popen(
             [sys.executable, "-c", _DRIVER, json.dumps(cfg)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             close_fds=True)
-        ready, _, _ = select.select([self.driver.stdout], [], [], self.timeout + 30)
-        line = self.driver.stdout.readline() if ready else b""
+        assert driver.stdout is not None and driver.stderr is not None  # PIPE
+        ready, _, _ = select.select([driver.stdout], [], [], self.timeout + 30)
+        line = driver.stdout.readline() if ready else b""
         try:
             report = json.loads(line)
         except ValueError:
             err = b""
-            if self.driver.poll() is not None:
-                err = self.driver.stderr.read()
+            if driver.poll() is not None:
+                err = driver.stderr.read()
             raise VerifyUnavailable(
                 f"the probe's workload did not start ({sys.executable}): "
                 f"{(err.decode(errors='replace').strip() or 'no report').splitlines()[-1]}; "
@@ -634,7 +639,7 @@ class _Probe:
 
 # --- the comparison ---
 
-def _bpf_backend(reader, local_reader) -> str:
+def _bpf_backend(reader: Reader, local_reader: Optional[Reader]) -> str:
     kinds = []
     for r in (reader, local_reader):
         be = getattr(r._be(), "kernel_backend", None) if r is not None else None
@@ -645,11 +650,11 @@ def _bpf_backend(reader, local_reader) -> str:
     return f"bpf ({', '.join(kinds)})" if kinds else "bpf"
 
 
-def _served(reader) -> List[str]:
+def _served(reader: Reader) -> List[str]:
     return [n for n, src in reader.sources.items() if src.startswith("bpf/")]
 
 
-def _open_readers():
+def _open_readers() -> Tuple[Reader, Reader]:
     """(hierarchical Reader, local Reader): every catalog stat, BPF only."""
     from .reader import Reader
     names = list(catalog.STATS)
@@ -737,7 +742,7 @@ def verify(parent: Optional[str] = None, *, workload: Workload = Workload(),
                   round(time.monotonic() - t0, 2))
 
 
-def _compare_probe(probe: _Probe, version: int, hier, local, attempts: int
+def _compare_probe(probe: _Probe, version: int, hier: Reader, local: Reader, attempts: int
                    ) -> Tuple[Dict[str, List[Check]], List[str], int]:
     """Every check of every served stat, by name, the served names in catalog
     order, and the rounds of reads it took: single reads and tree walks,
@@ -749,10 +754,11 @@ def _compare_probe(probe: _Probe, version: int, hier, local, attempts: int
     lag_since: Dict[Tuple[Key, str], float] = {}
     rels = PROBE_CGROUPS
 
-    def expect(files, is_local, rel):
+    def expect(files: Mapping[str, Optional[str]], is_local: bool, rel: str) -> FileValues:
         return file_values(files, version, is_local, rel in LEAVES)[0]
 
-    def settle_one(key: Key, bpf: Dict[str, Optional[int]], before, after) -> None:
+    def settle_one(key: Key, bpf: Dict[str, Optional[int]], before: FileValues,
+                   after: FileValues) -> None:
         rel, is_local, method = key
         names = [n for n in readers[is_local][1] if (key, n) not in decided]
         outcomes = compare(bpf, before, after, names)
@@ -796,15 +802,15 @@ def _compare_probe(probe: _Probe, version: int, hier, local, attempts: int
                            expect(files0, is_local, rel), expect(files1, is_local, rel))
         # one tree walk of the probe per reader, bracketed the same way
         for is_local, (r, _) in readers.items():
-            files0 = {rel: read_files(probe.cgroup(rel), version) for rel in rels}
+            tree0 = {rel: read_files(probe.cgroup(rel), version) for rel in rels}
             snap = r.read_tree(probe.path)
-            files1 = {rel: read_files(probe.cgroup(rel), version) for rel in rels}
+            tree1 = {rel: read_files(probe.cgroup(rel), version) for rel in rels}
             root = snap.root
             for rel in rels:
                 key = root if rel == "." else root.rstrip("/") + "/" + rel
                 bpf = snap[key].as_dict() if key in snap else {}
-                settle_one((rel, is_local, "read_tree"), bpf, expect(files0[rel], is_local, rel),
-                           expect(files1[rel], is_local, rel))
+                settle_one((rel, is_local, "read_tree"), bpf, expect(tree0[rel], is_local, rel),
+                           expect(tree1[rel], is_local, rel))
         if not moving:
             break
         time.sleep(0.2 * (attempt + 1))
@@ -817,7 +823,7 @@ def _compare_probe(probe: _Probe, version: int, hier, local, attempts: int
     return checks, served, rounds
 
 
-def _why_not(probe: _Probe, version: int, hier, local) -> Dict[str, str]:
+def _why_not(probe: _Probe, version: int, hier: Reader, local: Reader) -> Dict[str, str]:
     """Why a served stat has no file to compare with: the probe's reason,
     hierarchical first, then local (read from the now quiet files)."""
     files = read_files(probe.path, version)

@@ -31,10 +31,13 @@ import os
 import ssl
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple
 
 from . import forksafe
 from .errors import Error, quoted
+
+if TYPE_CHECKING:
+    from .http_server import BoundedHTTPServer
 
 
 class WebConfigError(Error, ValueError):
@@ -83,7 +86,7 @@ class TlsConfig:
     cert_file: str
     key_file: str
     client_ca_file: Optional[str] = None
-    client_auth: int = ssl.CERT_NONE
+    client_auth: ssl.VerifyMode = ssl.CERT_NONE
     min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
     max_version: Optional[ssl.TLSVersion] = None
 
@@ -132,7 +135,10 @@ class WebConfig:
         known = self.authorized_cached(header)
         if known is not None:
             return known
-        user, password = _credentials(header)
+        credentials = _credentials(header)
+        if credentials is None:  # authorized_cached refused it already
+            return False
+        user, password = credentials
         _, bcrypt = _imports()
         hashed = self.users.get(user)
         try:
@@ -221,7 +227,7 @@ def _key(key: Any) -> str:
     return quoted(key, 40)
 
 
-def _no_unknown(path: str, where: str, doc: dict, allowed: set) -> None:
+def _no_unknown(path: str, where: str, doc: Dict[Any, Any], allowed: Set[str]) -> None:
     unknown = sorted(set(doc) - allowed, key=repr)   # keys of any YAML type
     if unknown:
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
@@ -266,7 +272,9 @@ def _tls(path: str, base: str, tls: Any) -> TlsConfig:
     if CLIENT_AUTH[auth_type] != ssl.CERT_NONE and ca is None:
         raise WebConfigError(f"{path}: {where}client_auth_type {auth_type} needs "
                              f"client_ca_file: give the CA that signs client certificates")
-    out = TlsConfig(file("cert_file", True), file("key_file", True), ca, CLIENT_AUTH[auth_type])
+    cert, key = file("cert_file", True), file("key_file", True)
+    assert cert is not None and key is not None  # required: file() raised otherwise
+    out = TlsConfig(cert, key, ca, CLIENT_AUTH[auth_type])
     out.min_version = version("min_version") or ssl.TLSVersion.TLSv1_2
     out.max_version = version("max_version")
     if out.max_version is not None and out.max_version < out.min_version:
@@ -274,10 +282,10 @@ def _tls(path: str, base: str, tls: Any) -> TlsConfig:
     return out
 
 
-def _users(path: str, users: Any, bcrypt) -> Dict[str, bytes]:
+def _users(path: str, users: Any, bcrypt: Any) -> Dict[str, bytes]:
     if not isinstance(users, dict):
         raise WebConfigError(f"{path}: basic_auth_users must map user names to bcrypt hashes")
-    out = {}
+    out: Dict[str, bytes] = {}
     for user, hashed in users.items():
         if not isinstance(user, str) or ":" in user or not user:
             raise WebConfigError(f"{path}: basic_auth_users: {quoted(user)} is not a user name "
@@ -296,7 +304,7 @@ def _users(path: str, users: Any, bcrypt) -> Dict[str, bytes]:
 
 # --- applying it to an HTTP server ---
 
-def secure(server, config: WebConfig):
+def secure(server: BoundedHTTPServer, config: WebConfig) -> BoundedHTTPServer:
     """Apply `config` to a pymemcg.http_server.BoundedHTTPServer (what
     pymemcg.prometheus.make_server makes), before it serves: TLS on each
     accepted connection, its handshake done by the server's event loop within

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from typing import Dict, Iterator, Sequence, Tuple
+from typing import Dict, Iterator, Sequence, Tuple, Union
 
 from . import decode
 from .binding import load
@@ -123,7 +123,7 @@ def seq_budget(record_size: int) -> int:
     return (SEQ_BUF_SIZE - TRAILER.size) // record_size
 
 
-def parse_trailer(buf, nbytes: int, record_size: int, selection: bytes,
+def parse_trailer(buf: Union[bytes, bytearray, memoryview], nbytes: int, record_size: int, selection: bytes,
                   remedy: str = OWN_PROGRAM) -> Tuple[int, int, int]:
     """(records in the buffer, session id, records the walk produced in all;
     VISITED_UNKNOWN: read again). The first nbytes of buf must be whole
@@ -158,20 +158,23 @@ def parse_trailer(buf, nbytes: int, record_size: int, selection: bytes,
     return count, session, visited
 
 
-def iter_records(layout: "decode.Layout", buf, nbytes: int) -> Iterator[tuple]:
+def iter_records(layout: "decode.Layout", buf: Union[bytes, bytearray, memoryview],
+                 nbytes: int) -> Iterator["decode.RawRecord"]:
     """Raw record tuples (id, parent_id, name_hash, level, flags, valid_lo, valid_hi,
     *values) of the first nbytes of buf."""
     if nbytes % layout.record_size or not 0 <= nbytes <= len(buf):
         raise MalformedData(f"{nbytes} bytes are not whole {layout.record_size}-byte records "
                             f"of a {len(buf)}-byte buffer")
-    return layout.record.iter_unpack(memoryview(buf)[:nbytes])
+    records: Iterator[decode.RawRecord] = layout.record.iter_unpack(memoryview(buf)[:nbytes])
+    return records
 
 
 def encode_record(layout: "decode.Layout", cgroup_id: int, parent_id: int, level: int, flags: int,
                   valid: int, values: Sequence[int], name_hash: int = 0) -> bytes:
     """The bytes the BPF program writes for these values (tests, fixtures)."""
-    return layout.record.pack(cgroup_id, parent_id, name_hash, level, flags,
-                              valid & (2**64 - 1), valid >> 64, *values)
+    packed: bytes = layout.record.pack(cgroup_id, parent_id, name_hash, level, flags,
+                                       valid & (2**64 - 1), valid >> 64, *values)
+    return packed
 
 
 def path_hash(relpath: str) -> int:

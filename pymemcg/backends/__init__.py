@@ -13,10 +13,34 @@ kernel's own files (memory_stat.py), and pinned.py puts shared pins (pins.py)
 in front of either.
 """
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Protocol, Sequence
 
-from ..decode import Record
+from ..decode import Layout, Record, Snapshot
 from ..errors import CgroupNotFound
+
+
+class Backend(Protocol):
+    """The calling convention above, for type checkers."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def layout(self) -> Layout: ...
+
+    @property
+    def read_method(self) -> str: ...
+
+    @property
+    def loads_programs(self) -> bool: ...
+
+    def read(self, path: str) -> Record: ...
+
+    def read_many(self, paths: Sequence[str]) -> List[Optional[Record]]: ...
+
+    def read_tree(self, path: str) -> Snapshot: ...
+
+    def close(self) -> None: ...
 
 
 def read_each(read: Callable[[str], Record], paths: Sequence[str]) -> List[Optional[Record]]:

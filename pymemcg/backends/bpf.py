@@ -19,12 +19,12 @@ import struct
 import threading
 import weakref
 from itertools import repeat
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 from .. import forksafe, layout as layout_mod
 from ..binding import load
 from ..cgroupfs import Cgroup, TreePaths, path_list, resolve_cgroup, still_names
-from ..decode import Layout, PackedRecord, PackedRecords, Record, Snapshot
+from ..decode import Layout, PackedRecord, PackedRecords, RawRecords, Record, Snapshot
 from ..errors import BpfUnavailable, CgroupNotFound, Closed, MalformedData, ReadError
 from ..kernel_facts import kernel_facts
 from ..programs import (ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, PAGE_SIZE, Fetch, Program,
@@ -48,14 +48,14 @@ class _Route:
 
     __slots__ = ("target", "id", "relpath", "path_hash", "want")
 
-    def __init__(self, target, cg: Cgroup, path_hash: int) -> None:
+    def __init__(self, target: Union[Slot, _Link], cg: Cgroup, path_hash: int) -> None:
         self.target, self.id, self.relpath, self.path_hash = target, cg.id, cg.relpath, path_hash
         # the entry of a batched fetch that reads and checks this path
-        self.want = FETCH_WANT.pack(target.index, 0, cg.id, path_hash) \
-            if target.__class__ is Slot else None
+        self.want: Optional[bytes] = FETCH_WANT.pack(target.index, 0, cg.id, path_hash) \
+            if isinstance(target, Slot) else None
 
 
-class _Routes(dict):
+class _Routes(Dict[str, "_Route"]):
     """canonical path -> _Route, counting its changes: read_many reuses the
     last call's fetch entries for the same paths while `gen` says that no
     route was added, replaced or dropped since."""
@@ -66,11 +66,11 @@ class _Routes(dict):
         super().__init__()
         self.gen = 0
 
-    def __setitem__(self, path, route) -> None:
+    def __setitem__(self, path: str, route: _Route) -> None:
         self.gen += 1
         super().__setitem__(path, route)
 
-    def __delitem__(self, path) -> None:
+    def __delitem__(self, path: str) -> None:
         self.gen += 1
         super().__delitem__(path)
 
@@ -78,19 +78,19 @@ class _Routes(dict):
         self.gen += 1
         super().clear()
 
-    def pop(self, *args):
+    def pop(self, *args: Any) -> Any:
         self.gen += 1
         return super().pop(*args)
 
-    def popitem(self):
+    def popitem(self) -> Tuple[str, _Route]:
         self.gen += 1
         return super().popitem()
 
-    def setdefault(self, path, route=None):
+    def setdefault(self, path: str, route: Any = None) -> Any:
         self.gen += 1
         return super().setdefault(path, route)
 
-    def update(self, *args, **kwargs) -> None:
+    def update(self, *args: Any, **kwargs: Any) -> None:
         self.gen += 1
         super().update(*args, **kwargs)
 
@@ -102,7 +102,7 @@ class _Link:
         self.fd, self.cgroup, self.order = fd, cgroup, order
 
 
-def _release(state: dict, reload: bool = False) -> None:
+def _release(state: Dict[str, Any], reload: bool = False) -> None:
     """Close links, unload. Idempotent; also run by a finalizer.
     reload: keep what outlives a reload of the iterator program (the fetch
     program and its slots)."""
@@ -144,17 +144,17 @@ class BpfBackend:
         self.version = version
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock", reset=BpfBackend._after_fork)
-        self._state: dict = {"links": {}, "prog": None, "fetch": None}
+        self._state: Dict[str, Any] = {"links": {}, "prog": None, "fetch": None}
         self._finalizer = weakref.finalize(self, _release, self._state)
         # load first: without privileges this is what fails, with a clear error
         self._state["prog"] = self._load(INITIAL_OVERFLOW_CAPACITY)
         self._by_path = _Routes()
         # the last read_many: its paths, _by_path.gen then, their fetch
         # entries and relpaths
-        self._plan: tuple = (None, -1, b"", [])
+        self._plan: Tuple[Optional[List[str]], int, bytes, List[str]] = (None, -1, b"", [])
         # path -> (id, path hash) seen by the last slow read where the hash
         # could not be computed from the path (see _prove)
-        self._seen_hash: Dict[str, tuple] = {}
+        self._seen_hash: Dict[str, Tuple[int, int]] = {}
         self._roots: Dict[str, Cgroup] = {}
         self._paths = TreePaths()
         self._ffi, self._lib = load()
@@ -214,11 +214,11 @@ class BpfBackend:
         if self._state["prog"] is None:
             raise Closed("this Reader is closed: make a new one")
         key = (cg.id, order)
-        link = self._state["links"].get(key)
-        if link is not None:
-            link.cgroup = cg  # the same cgroup, maybe renamed
-            return link
-        link = _Link(self._state["prog"].attach(cg, order), cg, order)
+        known: Optional[_Link] = self._state["links"].get(key)
+        if known is not None:
+            known.cgroup = cg  # the same cgroup, maybe renamed
+            return known
+        link: _Link = _Link(self._state["prog"].attach(cg, order), cg, order)
         self._state["links"][key] = link
         return link
 
@@ -242,7 +242,7 @@ class BpfBackend:
         os.close(link.fd)
 
     def _session(self, link: _Link) -> int:
-        n = self._lib.pmc_read_session(link.fd, self._cbuf, len(self._buf))
+        n: int = self._lib.pmc_read_session(link.fd, self._cbuf, len(self._buf))
         if n < 0:
             raise ReadError(-n, f"reading the iterator of {link.cgroup.path} failed: "
                                 f"{os.strerror(-n)}")
@@ -259,7 +259,7 @@ class BpfBackend:
                 route = None
             if route is not None:
                 target = route.target
-                if target.__class__ is Slot:
+                if isinstance(target, Slot):
                     # fast path: one bpf() call fills the record, one unpack,
                     # and the path hash proves the path still names this cgroup
                     if self._fetch_run(self._fetch_ptr, target.index) == 0:
@@ -267,8 +267,8 @@ class BpfBackend:
                         if t[2] == route.path_hash and t[0] == route.id and \
                                 not t[4] & REC_GONE:
                             return Record(self.layout, t, route.relpath)
-                        if t[4] & REC_GONE:  # removed: let the kernel free it
-                            self._fetch.clear(target)
+                        if t[4] & REC_GONE and self._fetch is not None:
+                            self._fetch.clear(target)  # removed: let the kernel free it
                 else:
                     # fast path: one record and the trailer, one unpack
                     n = self._read_session(target.fd, self._cbuf, self._buflen)
@@ -309,30 +309,38 @@ class BpfBackend:
         return read_each(self.read, paths)
 
     def _read_many_fetch(self, paths: List[str]) -> List[Optional[Record]]:
+        fetch = self._fetch
+        assert fetch is not None  # read_many calls it only then
+        routes: List[Optional[_Route]]
         try:
             routes = list(map(self._by_path.get, paths))
         except TypeError:  # not a path at all (unhashable): the slow path says so
             routes = [self._by_path.get(p) if isinstance(p, str) else None for p in paths]
-        if len(routes) <= self._fetch.batch_capacity:
+        if len(routes) <= fetch.batch_capacity:
+            # where every path has a slot route; one without (None, or a
+            # link's want None) raises, cheaper than checking each first
+            slotted = cast(List[_Route], routes)
             try:
-                wants = b"".join([r.want for r in routes])
+                wants = b"".join([cast(bytes, r.want) for r in slotted])
             except (AttributeError, TypeError):  # a path without a slot route
                 pass
             else:
-                relpaths = [r.relpath for r in routes]
+                relpaths = [r.relpath for r in slotted]
                 # a copy: the caller may change its list before the next call
                 self._plan = (list(paths), self._by_path.gen, wants, relpaths)
-                return self._settle(paths, routes, relpaths,
+                return self._settle(paths, slotted, relpaths,
                                     self._run_many(self._fetch_ptr, wants, len(routes)))
         # some paths have no route yet, or more than a run takes: runs of the
         # routed ones, then the rest one by one
         out: List[Optional[Record]] = [None] * len(paths)
-        routed = [i for i, r in enumerate(routes) if r is not None and r.want is not None]
-        cap = self._fetch.batch_capacity
+        slot_routes = {i: r for i, r in enumerate(routes) if r is not None and r.want is not None}
+        routed = list(slot_routes)
+        cap = fetch.batch_capacity
         for start in range(0, len(routed), cap):
             part = routed[start:start + cap]
-            some = [routes[i] for i in part]
-            rc = self._run_many(self._fetch_ptr, b"".join([r.want for r in some]), len(some))
+            some = [slot_routes[i] for i in part]
+            rc = self._run_many(self._fetch_ptr, b"".join([cast(bytes, r.want) for r in some]),
+                                len(some))
             got = self._settle([paths[i] for i in part], some, [r.relpath for r in some], rc)
             for i, rec in zip(part, got):
                 out[i] = rec
@@ -340,7 +348,7 @@ class BpfBackend:
         self._fix(paths, routes, out, [i for i in range(len(paths)) if i not in routed_set])
         return out
 
-    def _settle(self, paths: List[str], routes: Optional[List[_Route]], relpaths: List[str],
+    def _settle(self, paths: List[str], routes: Optional[Sequence[_Route]], relpaths: List[str],
                 rc: int) -> List[Optional[Record]]:
         """The answers of one run for these paths' routes (None: look them
         up, needed only if some record failed): rc is what
@@ -357,24 +365,27 @@ class BpfBackend:
             return list(map(PackedRecord, repeat(self.layout, n), repeat(data, n),
                             range(0, n * stride, stride), relpaths))
         if routes is None:
-            routes = list(map(self._by_path.get, paths))
+            # the last call's paths, routes unchanged since (_by_path.gen)
+            routes = [self._by_path[p] for p in paths]
         out: List[Optional[Record]] = [None] * n
         if rc < 0:  # as read() does when a run fails: the slow path
             self._fix(paths, routes, out, list(range(n)))
             return out
         failed = []
         layout = self.layout
+        fetch = self._fetch
         for k, (route, t) in enumerate(zip(routes, self._unpack_batch(view))):
             if t[2] == route.path_hash and t[0] == route.id and not t[4] & REC_GONE:
                 out[k] = Record(layout, t, route.relpath)
                 continue
-            if t[4] & REC_GONE:  # removed: let the kernel free it
-                self._fetch.clear(route.target)
+            # removed: let the kernel free it
+            if t[4] & REC_GONE and fetch is not None and isinstance(route.target, Slot):
+                fetch.clear(route.target)
             failed.append(k)
         self._fix(paths, routes, out, failed)
         return out
 
-    def _fix(self, paths: List[str], routes: List[Optional[_Route]],
+    def _fix(self, paths: List[str], routes: Sequence[Optional[_Route]],
              out: List[Optional[Record]], failed: List[int]) -> None:
         """Read the failed positions by read()'s slow path; None where no
         cgroup has the path."""
@@ -388,16 +399,16 @@ class BpfBackend:
             except CgroupNotFound:
                 out[i] = None
 
-    def _attach_single(self, cg: Cgroup):
+    def _attach_single(self, cg: Cgroup) -> Union[Slot, _Link]:
         """What reads one cgroup: a fetch slot, else a SELF_ONLY link."""
         if self._fetch is not None:
             return self._fetch.stash(cg)
         self._evict_single_links()
         return self._link(cg, ORDER_SELF_ONLY)
 
-    def _read_single(self, target) -> Optional[tuple]:
+    def _read_single(self, target: Union[Slot, _Link]) -> Optional[Tuple[Any, ...]]:
         """The record tuple of one cgroup, or None when it was removed."""
-        if self._fetch is not None:
+        if isinstance(target, Slot):
             rc = self._fetch_run(self._fetch_ptr, target.index)
             if rc < 0:
                 raise ReadError(-rc, f"reading {target.cgroup.path} (BPF_PROG_RUN) failed: "
@@ -412,9 +423,10 @@ class BpfBackend:
                                 f"not one")
         return self.layout.record.unpack_from(self._buf, 0) if count == 1 else None
 
-    def _drop_single(self, target) -> None:
-        if self._fetch is not None:
-            self._fetch.clear(target)
+    def _drop_single(self, target: Union[Slot, _Link]) -> None:
+        if isinstance(target, Slot):
+            if self._fetch is not None:
+                self._fetch.clear(target)
         else:
             self._drop_link(target)
 
@@ -507,7 +519,7 @@ class BpfBackend:
             raise ReadError(errno.EAGAIN, f"reading {path}: other sessions of the same program "
                                           f"kept taking the overflow map; retry")
 
-    def _walk(self, link: _Link) -> Optional[Sequence[tuple]]:
+    def _walk(self, link: _Link) -> Optional[RawRecords]:
         """The records of one complete walk (PackedRecords where the host
         reads them as words, else tuples), or None to retry."""
         rs = self.layout.record_size
@@ -533,7 +545,7 @@ class BpfBackend:
             raise ReadError(-rc, f"copying overflow records failed: {os.strerror(-rc)}")
         return self._records(b"".join((seq, memoryview(self._ovf)[:extra * rs])))
 
-    def _records(self, data: bytes) -> Sequence[tuple]:
+    def _records(self, data: bytes) -> RawRecords:
         """A walk's records kept as the kernel wrote them (a snapshot reads
         its columns from the bytes), or unpacked where the host cannot."""
         if self._packed:
@@ -561,7 +573,7 @@ class BpfBackend:
         return Program(self.resolutions, self.local, capacity, self.plan.kfuncs,
                         self.plan.flush)
 
-    def _snapshot(self, root: Cgroup, raw: List[tuple]) -> Snapshot:
+    def _snapshot(self, root: Cgroup, raw: RawRecords) -> Snapshot:
         if raw[0][0] != root.id:
             raise MalformedData(f"walk of {root.path} did not start at its root")
         return Snapshot(root.relpath, self.layout, raw, *self._paths.paths_and_index(root, raw))
@@ -569,7 +581,7 @@ class BpfBackend:
     def close(self) -> None:
         with self._lock:
             self._fetch = None  # before the finalizer frees what its pointers point at
-            self._batch_view = self._fetch_record = None
+            self._batch_view, self._fetch_record = memoryview(b""), None
             self._finalizer()
             self._by_path.clear()
             self._plan = (None, -1, b"", [])

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 from .. import forksafe
 from ..cgroupfs import Cgroup, path_list, resolve_cgroup, still_names
 from ..decode import Layout, Record, Snapshot
 from ..errors import BpfUnavailable, CgroupNotFound
+from . import Backend
 from ..pins import (META_DIR, SHARED_PIN_DIR, PinGone, PinReader, PinTooSmall, _read_meta,
                    trusted)
 
@@ -53,7 +54,7 @@ class SharedPins:
         self._pins: Dict[Tuple[int, bool], PinReader] = {}
         self.used: Dict[str, str] = {}   # pin path -> what it served last ("tree /a")
 
-    def _matches(self, doc: dict) -> bool:
+    def _matches(self, doc: Dict[str, Any]) -> bool:
         if self._digest is None:
             from ..programs import object_digest
             self._digest = object_digest()
@@ -116,22 +117,23 @@ class SharedPins:
 class PinnedBackend:
     """Shared pins in front of a backend that `load` makes on first need."""
 
-    def __init__(self, pins: SharedPins, load: Callable[[], object], mode: str) -> None:
+    def __init__(self, pins: SharedPins, load: Callable[[], Backend], mode: str) -> None:
         self._pins = pins
         self._load = load
         self._mode = mode            # the Reader's backend= ("auto" or "bpf")
-        self.backend = None          # the Reader's own, once loaded
+        self.backend: Optional[Backend] = None  # the Reader's own, once loaded
         self._load_error: Optional[BaseException] = None
         self._routes: Dict[Tuple[str, bool], Tuple[Cgroup, Optional[PinReader], object]] = {}
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
 
     @classmethod
-    def for_reader(cls, stats, local: bool, where, load: Callable[[], object],
+    def for_reader(cls, stats: List[str], local: bool, where: Union[bool, Tuple[str, str]],
+                   load: Callable[[], Backend],
                    mode: str) -> Optional["PinnedBackend"]:
         """A PinnedBackend if a pin in `where` (True: the default directories,
         or (pin directory, metadata directory)) matches now, else None."""
-        directory, meta_dir = (SHARED_PIN_DIR, META_DIR) if where is True else where
+        directory, meta_dir = (SHARED_PIN_DIR, META_DIR) if isinstance(where, bool) else where
         pins = SharedPins(stats, local, directory, meta_dir)
         try:
             if not pins.index():
@@ -158,23 +160,30 @@ class PinnedBackend:
         return "shared pin (open + read of the pinned link)" + own
 
     @property
+    def loads_programs(self) -> bool:
+        """Pins are read without a program: only the Reader's own backend,
+        once loaded, may load one."""
+        return self.backend is not None and self.backend.loads_programs
+
+    @property
     def pins_used(self) -> Dict[str, str]:
         return dict(self._pins.used)
 
-    def _own(self, why: str):
+    def _own(self, why: str) -> Backend:
         """The backend for what no pin serves, loaded on first need."""
         if self.backend is None:
             if self._load_error is not None:
                 raise self._load_error
             try:
-                self.backend = self._load()
+                backend = self.backend = self._load()
             except BpfUnavailable as e:
                 self._load_error = type(e)(f"{why}, and this process cannot load its own "
                                            f"program: {e}")
                 raise self._load_error from None
+            return backend
         return self.backend
 
-    def _route(self, path: str, tree: bool):
+    def _route(self, path: str, tree: bool) -> Tuple[Cgroup, Optional[PinReader]]:
         """(cgroup, pin or None) for path; cached for canonical paths."""
         key = (path, tree)
         try:
@@ -193,7 +202,7 @@ class PinnedBackend:
             self._routes[key] = (cg, pin, stamp)
         return cg, pin
 
-    def _via_pin(self, path: str, tree: bool):
+    def _via_pin(self, path: str, tree: bool) -> Union[Record, Snapshot, None]:
         """The pin's Record/Snapshot, or None: the backend serves this."""
         for _ in range(3):
             cg, pin = self._route(path, tree)
@@ -215,7 +224,7 @@ class PinnedBackend:
         with self._lock:
             rec = self._via_pin(path, False)
             if rec is not None:
-                return rec
+                return cast(Record, rec)  # a cgroup's pin: a Record
             be = self._own(f"no shared pin serves {path}")
         return be.read(path)
 
@@ -234,7 +243,7 @@ class PinnedBackend:
                 if rec is None:
                     rest.append(i)
                 else:
-                    out[i] = rec
+                    out[i] = cast(Record, rec)  # a cgroup's pin: a Record
             if rest:
                 be = self._own(f"no shared pin serves {paths[rest[0]]}")
         if rest:
@@ -244,6 +253,7 @@ class PinnedBackend:
 
     def read_tree(self, path: str) -> Snapshot:
         with self._lock:
+            snap: Union[Record, Snapshot, None]
             try:
                 snap = self._via_pin(path, True)
             except PinTooSmall as e:
@@ -259,7 +269,7 @@ class PinnedBackend:
                 cg, _pin = self._route(path, True)
                 self._routes[(path, True)] = (cg, _NO_PIN, self._pins._meta_stamp())
             if snap is not None:
-                return snap
+                return cast(Snapshot, snap)  # a tree's pin: a Snapshot
             be = self._own(f"no shared pin serves the tree of {path}")
         return be.read_tree(path)
 

@@ -113,6 +113,7 @@ class TextBackend:
         return out
 
     def _events(self, read: Callable[[str], Optional[str]]) -> Dict[str, int]:
+        text: Optional[str]
         if self.version == 1:
             if self.local:
                 return {}

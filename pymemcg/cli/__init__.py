@@ -206,7 +206,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if not hasattr(args, "color"):
             args.color = "auto"
-        return args.func(args, sys.stdout)
+        status: int = args.func(args, sys.stdout)
+        return status
     except Error as e:
         print(f"{PROG}: {_error_text(e)}", file=sys.stderr)
         return EXIT_USAGE

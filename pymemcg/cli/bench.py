@@ -25,7 +25,7 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, TextIO, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, TextIO, Tuple, Union
 
 from .. import __version__
 from ..errors import ReadError
@@ -197,7 +197,7 @@ def compare(reader_fn: Callable[[], object], text_fn: Callable[[], object], seco
     return timed_rounds(methods, counts, rounds)
 
 
-def _part(costs: Dict[str, Cost], cgroups: int) -> Dict[str, object]:
+def _part(costs: Dict[str, Cost], cgroups: int) -> Dict[str, Any]:
     ours, theirs = costs["pymemcg"], costs["memory.stat"]
     return {"cgroups": cgroups,
             **{name: {"per_call": c.per_op, "cpu_per_call": c.cpu_per_op, "calls": c.count}
@@ -206,7 +206,7 @@ def _part(costs: Dict[str, Cost], cgroups: int) -> Dict[str, object]:
             "cpu_speedup": theirs.cpu_per_op / ours.cpu_per_op if ours.cpu_per_op > 0 else None}
 
 
-def run(reader: Reader, root: str, seconds: float, rounds: int) -> Dict[str, object]:
+def run(reader: Reader, root: str, seconds: float, rounds: int) -> Dict[str, Any]:
     """Both comparisons on ROOT, as JSON-ready data (seconds per call)."""
     reader.read(root)
     stat_path = os.path.join(root, "memory.stat")
@@ -234,7 +234,7 @@ LABELS = {"read": ("Reader.read", "os.pread + parse of memory.stat"),
           "read_tree": ("Reader.read_tree", "walk + parse of every memory.stat")}
 
 
-def write_report(out: TextIO, result: Dict[str, object], style: Style) -> None:
+def write_report(out: TextIO, result: Dict[str, Any], style: Style) -> None:
     """The result as a table: per call, CPU per call and calls of each method,
     then how many times faster pymemcg is, by real time and by CPU time."""
     out.write(style(f"pymemcg {result['version']} bench", "bold") +

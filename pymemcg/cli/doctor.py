@@ -15,7 +15,7 @@ import platform
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
 from .. import __version__, catalog
 from ..cgroupfs import Mount, locate_own_memory_cgroup, memory_mount
@@ -49,7 +49,7 @@ class Check:
     status: str          # ok, info, warn, fail
     detail: str
     remedy: str = ""
-    data: Dict[str, object] = field(default_factory=dict)
+    data: Dict[str, Any] = field(default_factory=dict)
 
 
 def _kernel_version(release: str) -> Tuple[int, int]:
@@ -100,15 +100,15 @@ def _check_kfuncs() -> Check:
     """The memcg kfuncs (Linux 7.0+) in the kernel's BTF, and the BPF flavour they make."""
     from .. import layout
     try:
-        from ..kernel_facts import kernel_facts
+        from ..kernel_facts import MEMCG_KFUNCS, kernel_facts
         facts = kernel_facts()
     except Exception as e:  # no BTF, extension missing, ...
         return Check("memcg kfuncs", "warn",
                      f"cannot read the kernel's BTF: {' '.join(str(e).split())}",
                      "see the btf line")
     flavour = layout.select_backend(facts)
-    have = [k for k in layout.MEMCG_KFUNCS if k in facts.kfuncs]
-    missing = [k for k in layout.MEMCG_KFUNCS if k not in facts.kfuncs]
+    have = [k for k in MEMCG_KFUNCS if k in facts.kfuncs]
+    missing = [k for k in MEMCG_KFUNCS if k not in facts.kfuncs]
     if not missing:
         return Check("memcg kfuncs", "ok", f"all {len(have)} present (Linux 7.0+); BPF flavour: "
                      f"{flavour or 'kfunc'}; Reader(flush=True) works here",
@@ -120,7 +120,7 @@ def _check_kfuncs() -> Check:
                      "nothing to do: the CO-RE backend reads struct mem_cgroup directly instead",
                      data={"present": [], "missing": missing, "flavour": flavour})
     return Check("memcg kfuncs", "warn",
-                 f"{len(have)} of {len(layout.MEMCG_KFUNCS)}; missing {', '.join(missing)}",
+                 f"{len(have)} of {len(MEMCG_KFUNCS)}; missing {', '.join(missing)}",
                  "nothing to do: the CO-RE backend does not need them",
                  data={"present": have, "missing": missing, "flavour": flavour})
 
@@ -189,7 +189,7 @@ def _errname(code: int) -> str:
     return errno.errorcode.get(code, str(code)) if code else "no error"
 
 
-def _privileges() -> Dict[str, object]:
+def _privileges() -> Dict[str, Any]:
     caps = _effective_caps()
     has = {name: bool(caps >> bit & 1) for name, bit in
            (("CAP_SYS_ADMIN", CAP_SYS_ADMIN), ("CAP_BPF", CAP_BPF), ("CAP_PERFMON", CAP_PERFMON))}
@@ -203,7 +203,7 @@ def _privileges() -> Dict[str, object]:
             "btf_walk": bpf_probe(BPF_BTF_GET_NEXT_ID, bytes(12))}
 
 
-def _bpf_refused_in_front(p: Dict[str, object], release: str) -> Optional[bool]:
+def _bpf_refused_in_front(p: Dict[str, Any], release: str) -> Optional[bool]:
     """Whether something in front of the kernel's BPF code refuses bpf(2):
     True, False, or None when a missing privilege would give the same answer."""
     if p["bpf_call"] == errno.EINVAL:
@@ -213,7 +213,7 @@ def _bpf_refused_in_front(p: Dict[str, object], release: str) -> Optional[bool]:
     return None
 
 
-def _check_privileges(p: Dict[str, object]) -> Check:
+def _check_privileges(p: Dict[str, Any]) -> Check:
     has = ", ".join(n for n in ("CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON") if p[n]) or \
         "none of CAP_SYS_ADMIN/CAP_BPF/CAP_PERFMON"
     unpriv = _read_int("/proc/sys/kernel/unprivileged_bpf_disabled")
@@ -225,7 +225,7 @@ def _check_privileges(p: Dict[str, object]) -> Check:
                  "kernel's BTF objects", CAPABILITY_REMEDY, data=data)
 
 
-def _check_seccomp(p: Dict[str, object], release: str) -> Check:
+def _check_seccomp(p: Dict[str, Any], release: str) -> Check:
     mode = p["seccomp"]
     data = {"mode": mode, "filters": p["seccomp_filters"], "bpf_call": _errname(p["bpf_call"])}
     refused = _bpf_refused_in_front(p, release)
@@ -387,7 +387,7 @@ def _check_stats(infos: List[StatInfo], bpf_works: bool, mount: Optional[Mount])
                  data={**by, "why": why})
 
 
-def doctor_checks() -> Tuple[List[Check], Dict[str, object]]:
+def doctor_checks() -> Tuple[List[Check], Dict[str, Any]]:
     """Everything `pymemcg doctor` looks at, and a summary."""
     release = kernel_release()
     infos = list_stats()

@@ -8,7 +8,7 @@ import grp
 import pwd
 import shlex
 import sys
-from typing import TextIO
+from typing import List, TextIO
 
 from .. import pins
 from .options import default_root, selection
@@ -49,7 +49,7 @@ def cmd_unpin(args: argparse.Namespace, out: TextIO) -> int:
                   f"`{PROG} pins` lists them)", file=sys.stderr)
             status = EXIT_USAGE
     if args.stale:
-        refused: list = []
+        refused: List[str] = []
         for path in pins.prune(args.dir, args.meta_dir, args.other_builds, refused):
             out.write(f"removed stale {path}\n")
         for why in refused:

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 import warnings
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..reader import Reader
 
@@ -48,7 +48,7 @@ def stop_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM (and SIGHUP, unless ignored as under nohup) into Stop inside
     long-running commands, so that the Reader closes and unpins its links
     instead of the process dying mid-way."""
-    def handler(signum, frame):
+    def handler(signum: int, frame: Any) -> None:
         raise Stop()
     installed = []
     try:

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from .. import catalog
 from ..errors import UnknownStat
@@ -90,7 +90,8 @@ class TopView:
         unknown = [r for r in self.rows if r.values.get(self.sort) is None]
         # largest first; ties and unknowns in path order; unknowns always last
         known.sort(key=lambda r: r.path)
-        known.sort(key=lambda r: r.values[self.sort], reverse=not self.reverse)
+        # `or 0.0`: for the type checker, every value here is known (not None)
+        known.sort(key=lambda r: r.values[self.sort] or 0.0, reverse=not self.reverse)
         unknown.sort(key=lambda r: r.path)
         self.rows = known + unknown
 
@@ -180,7 +181,7 @@ def _top_batch(view: TopView, out: TextIO, iterations: Optional[int], style: Sty
         due = next_tick(due, view.interval)
 
 
-def _top_curses(stdscr, view: TopView, iterations: Optional[int], colour: bool) -> None:
+def _top_curses(stdscr: Any, view: TopView, iterations: Optional[int], colour: bool) -> None:
     import curses
 
     try:
