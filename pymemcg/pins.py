@@ -290,7 +290,6 @@ def _write_meta(meta: str, doc: Dict[str, Any]) -> None:
 # The kernel keeps 15 characters of a program's name: every iterator program
 # of bpf_src/memcg_iter.bpf.c starts with this.
 PIN_PROGRAM_PREFIX = "pmc_memcg_iter"
-_KIND = {2: "a pinned BPF program", 3: "a pinned BPF map", 4: "a pinned BPF object"}
 
 
 class NotAPin(InvalidPin):
@@ -358,7 +357,8 @@ def _check_pin(dir_fd: int, path: str, name: str) -> Optional[Any]:
     if not stat_mod.S_ISREG(st.st_mode) or ident.object == lib.PMC_PIN_NOT_BPF:
         raise _refuse(path, "is not a pinned BPF object")
     if ident.object != lib.PMC_PIN_LINK:
-        raise _refuse(path, f"is {_KIND.get(ident.object, 'a pinned BPF object')}, not a link")
+        kind = {lib.PMC_PIN_PROG: "a pinned BPF program", lib.PMC_PIN_MAP: "a pinned BPF map"}
+        raise _refuse(path, f"is {kind.get(ident.object, 'a pinned BPF object')}, not a link")
     target = ffi.string(ident.target).decode(errors="replace")
     prog = ffi.string(ident.prog_name).decode(errors="replace")
     if target != "cgroup":
@@ -399,11 +399,12 @@ def _meta_of_pin(meta_fd: int, meta: str, path: str, ident: Any) -> bool:
             raise _refuse(meta, f"is the metadata of {doc['pin']!r}, not of {path}")
         return True
     # metadata written before it named its pin: it must describe this link
+    from .programs import ORDER_DESCENDANTS_PRE
     if ident is None:
         raise _refuse(meta, f"does not name its pin, and there is no pin at {path} to "
                             f"match it with; remove it by hand if it is pymemcg's")
     if doc.get("cgroup_id") != ident.cgroup_id or \
-            bool(doc.get("tree")) != (ident.order == 2):
+            bool(doc.get("tree")) != (ident.order == ORDER_DESCENDANTS_PRE):
         raise _refuse(meta, f"describes cgroup id {doc.get('cgroup_id')}, not the link at "
                             f"{path} (cgroup id {ident.cgroup_id})")
     return True
