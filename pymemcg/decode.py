@@ -29,7 +29,7 @@ ID_WORD, PARENT_WORD, HASH_WORD, VALID_WORD = 0, 1, 2, 4
 VALUE_WORD = VALID_WORD + VALID_WORDS
 
 
-class Layout:
+class Selection:
     """The selected stat names, in record order, and how each was resolved."""
 
     __slots__ = ("names", "index", "_record", "sources", "units")
@@ -87,8 +87,8 @@ class PackedRecords(Sequence[RawRecord]):
 
     __slots__ = ("data", "words", "stride", "_unpack_from", "_iter_unpack", "_size", "_n")
 
-    def __init__(self, layout: Layout, data: bytes) -> None:
-        record = layout.record
+    def __init__(self, selection: Selection, data: bytes) -> None:
+        record = selection.record
         self.data = data
         self._size = record.size
         self._n = len(data) // record.size
@@ -101,10 +101,10 @@ class PackedRecords(Sequence[RawRecord]):
         self._iter_unpack = record.iter_unpack
 
     @staticmethod
-    def supported(layout: Layout) -> bool:
+    def supported(selection: Selection) -> bool:
         """Whether this selection's records can be read as u64 words here."""
         return sys.byteorder == "little" and \
-            layout.record.format == f"<QQQII{VALID_WORDS}Q{len(layout.names)}Q"
+            selection.record.format == f"<QQQII{VALID_WORDS}Q{len(selection.names)}Q"
 
     def __len__(self) -> int:
         return self._n
@@ -157,10 +157,10 @@ class Record:
     valid_lo, valid_hi, *values), so that making one costs a single object.
     """
 
-    __slots__ = ("_t", "_layout", "path")
+    __slots__ = ("_t", "_selection", "path")
 
-    def __init__(self, layout: Layout, raw: RawRecord, path: Optional[str]) -> None:
-        self._layout = layout
+    def __init__(self, selection: Selection, raw: RawRecord, path: Optional[str]) -> None:
+        self._selection = selection
         self._t: RawRecord = raw
         self.path = path
 
@@ -193,36 +193,36 @@ class Record:
 
     def __getitem__(self, name: str) -> int:
         try:
-            i = self._layout.index[name]
+            i = self._selection.index[name]
         except KeyError:
-            raise self._layout.unknown(name) from None
+            raise self._selection.unknown(name) from None
         if not (self._t[5 + (i >> 6)] >> (i & 63)) & 1:
             raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: "
-                                  f"{self._layout.sources.get(name, 'not read')}")
+                                  f"{self._selection.sources.get(name, 'not read')}")
         return self._t[i + VALUES_AT]
 
     def get(self, name: str, default: Optional[int] = None) -> Optional[int]:
-        i = self._layout.index.get(name)
+        i = self._selection.index.get(name)
         if i is None or not (self._t[5 + (i >> 6)] >> (i & 63)) & 1:
             return default
         return self._t[i + VALUES_AT]
 
     def __contains__(self, name: str) -> bool:
-        i = self._layout.index.get(name)
+        i = self._selection.index.get(name)
         return i is not None and bool((self._t[5 + (i >> 6)] >> (i & 63)) & 1)
 
     def keys(self) -> Tuple[str, ...]:
-        return self._layout.names
+        return self._selection.names
 
     def as_dict(self) -> Dict[str, Optional[int]]:
         """Every selected stat; None where unavailable."""
         valid = self.valid
         return {n: (v if (valid >> i) & 1 else None)
-                for i, (n, v) in enumerate(zip(self._layout.names, self._t[VALUES_AT:]))}
+                for i, (n, v) in enumerate(zip(self._selection.names, self._t[VALUES_AT:]))}
 
     def source(self, name: str) -> str:
         """How this stat was resolved on this kernel (table, btf-enum, ...)."""
-        return self._layout.sources.get(name, "")
+        return self._selection.sources.get(name, "")
 
     @property
     def container(self) -> CgroupIdentity:
@@ -259,8 +259,8 @@ class PackedRecord(Record):
 
     __slots__ = ("_data", "_at")
 
-    def __init__(self, layout: Layout, data: bytes, at: int, path: Optional[str]) -> None:
-        self._layout = layout
+    def __init__(self, selection: Selection, data: bytes, at: int, path: Optional[str]) -> None:
+        self._selection = selection
         self._data = data
         self._at = at
         self.path = path
@@ -269,7 +269,7 @@ class PackedRecord(Record):
         # called only for slots not set: _t until the first use
         if name != "_t":
             raise AttributeError(name)
-        t: RawRecord = self._layout.record.unpack_from(self._data, self._at)
+        t: RawRecord = self._selection.record.unpack_from(self._data, self._at)
         self._t = t
         return t
 
@@ -283,10 +283,10 @@ class Snapshot(Mapping[str, Record]):
     of a large tree costs no object per cgroup.
     """
 
-    def __init__(self, root: str, layout: Layout, raw: RawRecords,
+    def __init__(self, root: str, selection: Selection, raw: RawRecords,
                  paths: List[Optional[str]], index: Optional[Dict[str, int]] = None) -> None:
         self.root = root
-        self.layout = layout
+        self.selection = selection
         self._raw = raw
         self._paths = paths
         self._objs: Optional[List[Optional[Record]]] = None
@@ -297,8 +297,8 @@ class Snapshot(Mapping[str, Record]):
 
     @classmethod
     def from_records(cls, root: str, records: List[Record]) -> "Snapshot":
-        layout = records[0]._layout if records else Layout(())
-        snap = cls(root, layout, [r._t for r in records], [r.path for r in records])
+        selection = records[0]._selection if records else Selection(())
+        snap = cls(root, selection, [r._t for r in records], [r.path for r in records])
         snap._objs = list(records)
         return snap
 
@@ -307,7 +307,7 @@ class Snapshot(Mapping[str, Record]):
             self._objs = [None] * len(self._raw)
         rec = self._objs[i]
         if rec is None:
-            rec = self._objs[i] = Record(self.layout, self._raw[i], self._paths[i])
+            rec = self._objs[i] = Record(self.selection, self._raw[i], self._paths[i])
         return rec
 
     @property
@@ -341,7 +341,7 @@ class Snapshot(Mapping[str, Record]):
     def column(self, name: str) -> List[Optional[int]]:
         """One stat for every cgroup, in walk order (None where unavailable);
         UnknownStat for a name outside the selection, as Record[name] raises."""
-        i = self.layout.position(name)
+        i = self.selection.position(name)
         raw = self._raw
         if raw.__class__ is PackedRecords:
             valid_word, value_word = VALID_WORD + (i >> 6), VALUE_WORD + i
@@ -361,9 +361,9 @@ class Snapshot(Mapping[str, Record]):
         stats available (the usual case) the columns are one transposition
         of the records, with no test per value."""
         raw = self._raw
-        index = self.layout.index
+        index = self.selection.index
         for n in names:
-            self.layout.position(n)  # UnknownStat before any work, as column() raises
+            self.selection.position(n)  # UnknownStat before any work, as column() raises
         if not raw:
             return {n: [] for n in names}
         if raw.__class__ is PackedRecords:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import catalog
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup, still_names
-from .decode import Layout, RawRecord, Record, Snapshot
+from .decode import Selection, RawRecord, Record, Snapshot
 from .errors import (BpfUnavailable, Error, MalformedData, PinnedCgroupRemoved, ReadError,
                      SelectionMismatch, quoted)
 
@@ -248,7 +248,7 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
                 "pin": os.path.abspath(path),
                 "root": cg.path,
                 "cgroup_id": cg.id, "tree": tree, "stats": list(stats), "local": local,
-                "sources": backend.layout.sources,
+                "sources": backend.selection.sources,
             })
         except BaseException:
             for p in (path, meta):
@@ -584,7 +584,7 @@ class PinReader:
         self.path = path
         self.tree = bool(doc["tree"])
         self.local = bool(doc.get("local"))
-        self.layout = Layout(stats, sources if sources is not None else doc.get("sources"))
+        self.selection = Selection(stats, sources if sources is not None else doc.get("sources"))
         # what the pinned program must say its records hold, checked on every
         # read: the metadata alone does not decide how values are labelled
         self._selection = wire.selection_digest(stats, self.local, not self.tree)
@@ -614,7 +614,7 @@ class PinReader:
         for _ in range(8):
             n = self._session()
             count, _session, visited = self._wire.parse_trailer(
-                self._buf, n, self.layout.record_size, self._selection,
+                self._buf, n, self.selection.record_size, self._selection,
                 f"{self.path}'s metadata does not describe what its program reads (it was "
                 f"changed, or is another pin's); unpin it and pin it again")
             if count == 0:  # a removed cgroup's walk visits nothing, and claims nothing
@@ -628,8 +628,8 @@ class PinReader:
             raise PinTooSmall(27, f"{self.path}: the tree has {visited} cgroups but one "
                                   f"iterator session holds {count} records of these stats "
                                   f"(32 KiB): pin fewer stats or a smaller subtree")
-        raw = list(self.layout.record.iter_unpack(memoryview(self._buf)[:count *
-                                                  self.layout.record_size]))
+        raw = list(self.selection.record.iter_unpack(memoryview(self._buf)[:count *
+                                                  self.selection.record_size]))
         if raw and raw[0][0] != self._root_id:
             raise MalformedData(f"{self.path} served cgroup {raw[0][0]}, not {self._root_id}")
         return raw
@@ -662,5 +662,5 @@ class PinReader:
     def decode(self, cg: Cgroup, raw: List[RawRecord]) -> Union[Record, Snapshot]:
         """raw (from records()) as a Record or Snapshot of the cgroup cg."""
         if not self.tree:
-            return Record(self.layout, raw[0], cg.relpath)
-        return Snapshot(cg.relpath, self.layout, raw, self._paths.paths(cg, raw))
+            return Record(self.selection, raw[0], cg.relpath)
+        return Snapshot(cg.relpath, self.selection, raw, self._paths.paths(cg, raw))

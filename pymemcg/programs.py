@@ -16,7 +16,7 @@ import hashlib
 import os
 from typing import Any, Callable, Dict, Sequence
 
-from . import layout as layout_mod
+from . import slots
 from .binding import load
 from .cgroupfs import Cgroup
 from .wire import KFUNCS_NONE, selection_digest
@@ -35,7 +35,7 @@ def object_digest() -> str:
     return hashlib.sha256(ffi.buffer(data, size[0])).hexdigest()
 
 
-def config(resolutions: Sequence[layout_mod.Resolution], local: bool, kfuncs: int,
+def config(resolutions: Sequence[slots.Resolution], local: bool, kfuncs: int,
             flush: bool, capacity: int = 0) -> Any:
     """The selection as the shim's struct pmc_config."""
     ffi, _ = load()
@@ -68,7 +68,7 @@ def load_program(loader: Callable[..., int], out: Any, *args: Any) -> None:
 class Program:
     """One loaded iterator program (a selection) and its links."""
 
-    def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
+    def __init__(self, resolutions: Sequence[slots.Resolution], local: bool,
                  capacity: int, kfuncs: int = KFUNCS_NONE,
                  flush: bool = False) -> None:
         ffi, lib = load()
@@ -125,7 +125,7 @@ class Fetch:
     number of slots is bounded and the oldest is reused.
     """
 
-    def __init__(self, resolutions: Sequence[layout_mod.Resolution], local: bool,
+    def __init__(self, resolutions: Sequence[slots.Resolution], local: bool,
                  kfuncs: int, flush: bool, record_size: int, slots: int = FETCH_SLOTS) -> None:
         ffi, lib = load()
         self.lib = lib

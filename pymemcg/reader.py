@@ -182,7 +182,7 @@ class Reader:
     @property
     def sources(self) -> Dict[str, str]:
         """stat name -> how it is read on this host, or why it is unavailable."""
-        return dict(self._be().layout.sources)
+        return dict(self._be().selection.sources)
 
     def _be(self) -> Backend:
         if self._backend is None:
@@ -267,8 +267,8 @@ def stats(local: bool = False) -> List[StatInfo]:
     bpf_error = ""
     try:
         from .programs import PAGE_SIZE
-        from .kernel_facts import kernel_facts
-        from .layout import resolve
+        from .kernel_probe import kernel_facts
+        from .slots import resolve
         facts = kernel_facts()
         bpf_res = {r.stat.name: r for r in resolve(list(catalog.STATS), facts, version,
                                                     PAGE_SIZE, local=local)}

@@ -158,21 +158,21 @@ def parse_trailer(buf: Union[bytes, bytearray, memoryview], nbytes: int, record_
     return count, session, visited
 
 
-def iter_records(layout: "decode.Layout", buf: Union[bytes, bytearray, memoryview],
+def iter_records(selection: "decode.Selection", buf: Union[bytes, bytearray, memoryview],
                  nbytes: int) -> Iterator["decode.RawRecord"]:
     """Raw record tuples (id, parent_id, name_hash, level, flags, valid_lo, valid_hi,
     *values) of the first nbytes of buf."""
-    if nbytes % layout.record_size or not 0 <= nbytes <= len(buf):
-        raise MalformedData(f"{nbytes} bytes are not whole {layout.record_size}-byte records "
+    if nbytes % selection.record_size or not 0 <= nbytes <= len(buf):
+        raise MalformedData(f"{nbytes} bytes are not whole {selection.record_size}-byte records "
                             f"of a {len(buf)}-byte buffer")
-    records: Iterator[decode.RawRecord] = layout.record.iter_unpack(memoryview(buf)[:nbytes])
+    records: Iterator[decode.RawRecord] = selection.record.iter_unpack(memoryview(buf)[:nbytes])
     return records
 
 
-def encode_record(layout: "decode.Layout", cgroup_id: int, parent_id: int, level: int, flags: int,
+def encode_record(selection: "decode.Selection", cgroup_id: int, parent_id: int, level: int, flags: int,
                   valid: int, values: Sequence[int], name_hash: int = 0) -> bytes:
     """The bytes the BPF program writes for these values (tests, fixtures)."""
-    packed: bytes = layout.record.pack(cgroup_id, parent_id, name_hash, level, flags,
+    packed: bytes = selection.record.pack(cgroup_id, parent_id, name_hash, level, flags,
                                        valid & (2**64 - 1), valid >> 64, *values)
     return packed
 

@@ -349,8 +349,8 @@ def kallsyms_has(name: str) -> bool:
 
 
 def test_doctor_json_tells_what_this_host_has(bpf_ok, mount):
-    from pymemcg import layout
-    from pymemcg.kernel_facts import kernel_facts
+    from pymemcg import slots
+    from pymemcg.kernel_probe import kernel_facts
     r = run_cli("doctor", "--format", "json")
     assert r.returncode == 0, r.stdout + r.stderr
     data = json.loads(r.stdout)
@@ -365,9 +365,9 @@ def test_doctor_json_tells_what_this_host_has(bpf_ok, mount):
                  "bpf backend", "text backend"):
         assert checks[name]["status"] == "ok", checks[name]
     assert checks["cgroup"]["data"]["own"] == own_memory_cgroup()
-    have = [k for k in layout.MEMCG_KFUNCS if k in kernel_facts().kfuncs]
+    have = [k for k in slots.MEMCG_KFUNCS if k in kernel_facts().kfuncs]
     assert checks["memcg kfuncs"]["data"]["present"] == have
-    assert checks["memcg kfuncs"]["status"] == ("ok" if len(have) == len(layout.MEMCG_KFUNCS)
+    assert checks["memcg kfuncs"]["status"] == ("ok" if len(have) == len(slots.MEMCG_KFUNCS)
                                                 else "info" if not have else "warn")
     found = checks["item tables"]["data"]["kallsyms"]
     assert found == [n for n in ("memcg_node_stat_items", "memcg_stat_items",
@@ -589,9 +589,9 @@ def test_colour_only_on_a_terminal(bpf_ok):
 def test_flush_flag(bpf_ok, mount):
     """--flush where the kernel has a flush kfunc reads through BPF; elsewhere
     --backend bpf fails naming the cause, and auto falls back to text."""
-    from pymemcg import layout
-    from pymemcg.kernel_facts import kernel_facts
-    has_flush = layout.kfunc_family(kernel_facts()) != layout.KFUNCS_NONE
+    from pymemcg import slots
+    from pymemcg.kernel_probe import kernel_facts
+    has_flush = slots.kfunc_family(kernel_facts()) != slots.KFUNCS_NONE
     strict = run_cli("snapshot", "--flush", "--backend", "bpf", "--stats", "anon")
     if has_flush:
         assert strict.returncode == 0 and strict.stdout.startswith("backend bpf"), strict

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pymemcg.containers import (BESTEFFORT, BURSTABLE, CONTAINERD, CRIO, DOCKER, GUARANTEED,
                                 QOS_CLASSES, RUNTIMES, UNKNOWN, CgroupIdentity, identify)
-from pymemcg.decode import Layout, Record
+from pymemcg.decode import Selection, Record
 
 HEX = "0123456789abcdef"
 
@@ -328,7 +328,7 @@ def test_not_a_path(value):
 # --- Record.container ---
 
 def _record(path: Optional[str]) -> Record:
-    return Record(Layout(["anon"]), (1, 0, 0, 2, 0, 1, 0, 4096), path)
+    return Record(Selection(["anon"]), (1, 0, 0, 2, 0, 1, 0, 4096), path)
 
 
 def test_record_container():

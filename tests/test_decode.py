@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import pymemcg
 from pymemcg import catalog
-from pymemcg.decode import MAX_STATS, Layout, PackedRecord, PackedRecords, Record, Snapshot
+from pymemcg.decode import MAX_STATS, Selection, PackedRecord, PackedRecords, Record, Snapshot
 from pymemcg.wire import (HEADER, REC_NO_MEMCG, REC_NO_VMSTATS, TRAILER,
                           TRAILER_MAGIC, VISITED_UNKNOWN, encode_record, encode_trailer,
                           iter_records, parse_trailer, selection_digest)
@@ -31,7 +31,7 @@ FAST = settings(max_examples=150, deadline=None,
 
 ALL_NAMES = sorted(catalog.STATS)
 MAX_SELECTABLE = min(MAX_STATS, len(ALL_NAMES))
-# names that are not stats: Layout takes any names, so these fill selections past the catalog
+# names that are not stats: Selection takes any names, so these fill selections past the catalog
 FAKE_NAMES = [f"fake_{i}" for i in range(MAX_STATS + 64)]
 
 
@@ -71,34 +71,34 @@ def records_for(draw, n, min_size=0, max_size=8, unique_ids=False):
 @st.composite
 def encoded(draw, min_records=0, unique_ids=False):
     names = draw(selections)
-    layout = Layout(names, {n: "test" for n in names})
+    selection = Selection(names, {n: "test" for n in names})
     recs = draw(records_for(len(names), min_size=min_records, unique_ids=unique_ids))
     # a walk's count as the program writes it: the records held, or "unknown" (another
     # session took the bookkeeping: read again); cases are far below the session's budget
     session, visited = draw(U64), draw(st.sampled_from([len(recs), VISITED_UNKNOWN]))
-    body = b"".join(encode_record(layout, *r[:5], r[5]) for r in recs)
-    return layout, recs, session, visited, body + encode_trailer(session, visited)
+    body = b"".join(encode_record(selection, *r[:5], r[5]) for r in recs)
+    return selection, recs, session, visited, body + encode_trailer(session, visited)
 
 
-def decode_all(layout, buf, nbytes, paths=None):
-    count, session, visited = parse_trailer(buf, nbytes, layout.record_size, SEL)
-    raws = list(iter_records(layout, buf, count * layout.record_size))
+def decode_all(selection, buf, nbytes, paths=None):
+    count, session, visited = parse_trailer(buf, nbytes, selection.record_size, SEL)
+    raws = list(iter_records(selection, buf, count * selection.record_size))
     assert len(raws) == count
     if paths is None:
         paths = [f"/cg{i}" for i in range(count)]
-    return [Record(layout, t, p) for t, p in zip(raws, paths)], session, visited
+    return [Record(selection, t, p) for t, p in zip(raws, paths)], session, visited
 
 
-def check_record(rec: Record, layout: Layout, want, path):
+def check_record(rec: Record, selection: Selection, want, path):
     cid, parent, level, flags, valid, values = want
     assert (rec.id, rec.parent_id, rec.level, rec.flags, rec.valid) == \
         (cid, parent, level, flags, valid)
     assert rec.path == path
     assert rec.has_memcg == (not flags & REC_NO_MEMCG)
-    assert rec.keys() == tuple(layout.names)
+    assert rec.keys() == tuple(selection.names)
     as_dict = rec.as_dict()
-    assert list(as_dict) == list(layout.names)
-    for i, name in enumerate(layout.names):
+    assert list(as_dict) == list(selection.names)
+    for i, name in enumerate(selection.names):
         assert rec.source(name) == "test"
         if (valid >> i) & 1:
             assert rec[name] == values[i]
@@ -116,7 +116,7 @@ def check_record(rec: Record, layout: Layout, want, path):
             assert name not in rec
             assert as_dict[name] is None
     # a known stat outside the selection (if any), and names nobody knows
-    outside = [n for n in ALL_NAMES if n not in layout.index][:1]
+    outside = [n for n in ALL_NAMES if n not in selection.index][:1]
     for unknown in outside + ["no_such_stat", ""]:
         with pytest.raises(pymemcg.UnknownStat) as ei:
             rec[unknown]
@@ -154,13 +154,13 @@ def test_formats_follow_the_c_header():
     assert MAX_STATS == lib.PMC_MAX_STATS
     names = ALL_NAMES + FAKE_NAMES
     for n in (0, 1, 14, 64, 65, MAX_STATS):
-        assert Layout(names[:n]).record_size == ffi.sizeof("struct pmc_record") + 8 * n
+        assert Selection(names[:n]).record_size == ffi.sizeof("struct pmc_record") + 8 * n
     assert TRAILER_MAGIC == int.from_bytes(b"PMMCMG1", "little")  # bytes in memory order
 
 
 def test_encode_is_little_endian():
-    layout = Layout(["anon", "file"])
-    raw = encode_record(layout, 1, 2, 3, REC_NO_VMSTATS, 0b10, [5, 6], name_hash=4)
+    selection = Selection(["anon", "file"])
+    raw = encode_record(selection, 1, 2, 3, REC_NO_VMSTATS, 0b10, [5, 6], name_hash=4)
     assert raw == struct.pack("<QQQII" + "Q" * (MAX_STATS // 64) + "QQ", 1, 2, 4, 3,
                               REC_NO_VMSTATS, 0b10, *[0] * (MAX_STATS // 64 - 1), 5, 6)
     assert encode_trailer(9, 10) == struct.pack("<32sQQQ", SEL, TRAILER_MAGIC, 9, 10)
@@ -168,11 +168,11 @@ def test_encode_is_little_endian():
     assert encode_trailer(9, 10, digest) == digest + struct.pack("<QQQ", TRAILER_MAGIC, 9, 10)
 
 
-def test_layout_index_and_sources():
-    layout = Layout(["file", "anon"], {"anon": "table"})
-    assert layout.names == ("file", "anon")
-    assert layout.index == {"file": 0, "anon": 1}
-    rec = Record(layout, raw_tuple(1, 0, 0, 0, 0b11, [10, 20]), "/")
+def test_selection_index_and_sources():
+    selection = Selection(["file", "anon"], {"anon": "table"})
+    assert selection.names == ("file", "anon")
+    assert selection.index == {"file": 0, "anon": 1}
+    rec = Record(selection, raw_tuple(1, 0, 0, 0, 0b11, [10, 20]), "/")
     assert rec["file"] == 10 and rec["anon"] == 20
     assert rec.source("anon") == "table" and rec.source("file") == ""
 
@@ -180,10 +180,10 @@ def test_layout_index_and_sources():
 def test_too_many_names():
     names = ALL_NAMES + FAKE_NAMES
     with pytest.raises(pymemcg.MalformedData, match=f"{MAX_STATS + 1} stats selected"):
-        Layout(names[:MAX_STATS + 1])
+        Selection(names[:MAX_STATS + 1])
     with pytest.raises(pymemcg.MalformedData):
-        Layout(names)
-    Layout(names[:MAX_STATS])  # exactly MAX_STATS fit
+        Selection(names)
+    Selection(names[:MAX_STATS])  # exactly MAX_STATS fit
 
 
 @settings(max_examples=25, deadline=None)
@@ -192,19 +192,19 @@ def test_too_many_names_hypothesis(n, rnd):
     names = (ALL_NAMES + FAKE_NAMES)[:n]
     rnd.shuffle(names)
     with pytest.raises(pymemcg.MalformedData):
-        Layout(names)
+        Selection(names)
 
 
 def test_full_width_record_round_trips():
     # MAX_STATS names: every valid bit, including the top one of the last word
     names = (ALL_NAMES + FAKE_NAMES)[:MAX_STATS]
-    layout = Layout(names)
+    selection = Selection(names)
     valid = (1 << (MAX_STATS - 1)) | (1 << 64) | (1 << 63) | 1
     values = list(range(100, 100 + MAX_STATS))
-    buf = encode_record(layout, 7, 3, 2, 0, valid, values) + encode_trailer(1, 1)
-    count, _, _ = parse_trailer(buf, len(buf), layout.record_size, SEL)
-    (t,) = iter_records(layout, buf, count * layout.record_size)
-    rec = Record(layout, t, "/x")
+    buf = encode_record(selection, 7, 3, 2, 0, valid, values) + encode_trailer(1, 1)
+    count, _, _ = parse_trailer(buf, len(buf), selection.record_size, SEL)
+    (t,) = iter_records(selection, buf, count * selection.record_size)
+    rec = Record(selection, t, "/x")
     assert rec.valid == valid
     for i, n in enumerate(names):
         assert rec.get(n) == (values[i] if (valid >> i) & 1 else None)
@@ -214,8 +214,8 @@ def test_full_width_record_round_trips():
 
 
 def test_unavailable_message_names_the_source():
-    layout = Layout(["anon", "file"], {"file": "unavailable: not in v2 memory.stat"})
-    rec = Record(layout, raw_tuple(5, 1, 1, 0, 0b01, [1, 2]), "/a")
+    selection = Selection(["anon", "file"], {"file": "unavailable: not in v2 memory.stat"})
+    rec = Record(selection, raw_tuple(5, 1, 1, 0, 0b01, [1, 2]), "/a")
     with pytest.raises(pymemcg.StatUnavailable, match="file is unavailable for /a: "
                                                       "unavailable: not in v2 memory.stat"):
         rec["file"]
@@ -226,10 +226,10 @@ def test_unavailable_message_names_the_source():
 @pytest.mark.parametrize("packed", [False, True], ids=["tuples", "packed"])
 def test_a_column_outside_the_selection_is_unknown_stat(packed):
     # as Record["nope"] raises: UnknownStat (a KeyError too) naming the remedy
-    layout = Layout(["anon", "file"])
-    data = encode_record(layout, 1, 0, 0, 0, 0b11, [1, 2])
-    raw = PackedRecords(layout, data) if packed else [layout.record.unpack(data)]
-    snap = Snapshot("/", layout, raw, ["/"])
+    selection = Selection(["anon", "file"])
+    data = encode_record(selection, 1, 0, 0, 0, 0b11, [1, 2])
+    raw = PackedRecords(selection, data) if packed else [selection.record.unpack(data)]
+    snap = Snapshot("/", selection, raw, ["/"])
     for call in (lambda: snap.column("nope"), lambda: snap.columns(["anon", "nope"]),
                  lambda: snap.records[0]["nope"]):
         with pytest.raises(pymemcg.UnknownStat, match="'nope' is not in this reader's "
@@ -239,8 +239,8 @@ def test_a_column_outside_the_selection_is_unknown_stat(packed):
 
 
 def test_valid_bits_past_the_selection_are_ignored():
-    layout = Layout(["anon"])
-    rec = Record(layout, raw_tuple(1, 0, 0, 0, 2**MAX_STATS - 1, [3]), None)
+    selection = Selection(["anon"])
+    rec = Record(selection, raw_tuple(1, 0, 0, 0, 2**MAX_STATS - 1, [3]), None)
     assert rec.as_dict() == {"anon": 3}
     assert rec["anon"] == 3
     assert "file" not in rec
@@ -252,38 +252,38 @@ def test_valid_bits_past_the_selection_are_ignored():
 @FAST
 @given(encoded())
 def test_round_trip(case):
-    layout, recs, session, visited, buf = case
-    assert len(buf) == len(recs) * layout.record_size + TRAILER.size
-    out, s, v = decode_all(layout, buf, len(buf))
+    selection, recs, session, visited, buf = case
+    assert len(buf) == len(recs) * selection.record_size + TRAILER.size
+    out, s, v = decode_all(selection, buf, len(buf))
     assert (s, v) == (session, visited)
     assert len(out) == len(recs)
     for i, (rec, want) in enumerate(zip(out, recs)):
-        check_record(rec, layout, want, f"/cg{i}")
+        check_record(rec, selection, want, f"/cg{i}")
 
 
 @FAST
 @given(encoded(), st.binary(max_size=200), st.sampled_from([bytes, bytearray, memoryview]))
 def test_round_trip_in_a_larger_buffer(case, junk, kind):
     # the reader decodes the first n bytes of a reused buffer: what follows must not matter
-    layout, recs, session, visited, buf = case
+    selection, recs, session, visited, buf = case
     big = kind(buf + junk)
-    out, s, v = decode_all(layout, big, len(buf))
+    out, s, v = decode_all(selection, big, len(buf))
     assert (s, v) == (session, visited)
     assert len(out) == len(recs)
     for i, (rec, want) in enumerate(zip(out, recs)):
-        check_record(rec, layout, want, f"/cg{i}")
+        check_record(rec, selection, want, f"/cg{i}")
 
 
 @FAST
 @given(encoded(unique_ids=True))
 def test_snapshot(case):
-    layout, recs, session, visited, buf = case
+    selection, recs, session, visited, buf = case
     paths = ["/"] + [f"/g{i}" for i in range(1, len(recs))]
-    out, _, _ = decode_all(layout, buf, len(buf), paths)
+    out, _, _ = decode_all(selection, buf, len(buf), paths)
     snap = Snapshot.from_records("/", out)
-    lazy = Snapshot("/", layout, [r._t for r in out], [r.path for r in out])
+    lazy = Snapshot("/", selection, [r._t for r in out], [r.path for r in out])
     assert lazy.records == out and list(lazy) == list(snap)
-    for i, name in enumerate(layout.names):
+    for i, name in enumerate(selection.names):
         assert lazy.column(name) == [r.get(name) for r in out]
     assert snap.root == "/"
     assert len(snap) == len(recs)
@@ -293,7 +293,7 @@ def test_snapshot(case):
         assert snap[path] is rec
         assert path in snap
         assert snap.by_id(want[0]) is rec
-        check_record(snap[path], layout, want, path)
+        check_record(snap[path], selection, want, path)
     with pytest.raises(KeyError):
         snap["/no/such/group"]
     missing = next(i for i in range(len(recs) + 1) if i not in {w[0] for w in recs})
@@ -308,43 +308,43 @@ def test_packed_snapshot_reads_as_the_tuples_do(case, uniform):
     # the BPF backend's snapshots read columns straight out of the kernel's
     # bytes: every view of them must match the unpacked tuples, whether or
     # not all records have the same valid bits (uniform forces that they do)
-    layout, recs, session, visited, buf = case
-    assert PackedRecords.supported(layout)
-    rs = layout.record_size
-    tuples = [layout.record.unpack_from(buf, i * rs) for i in range(len(recs))]
+    selection, recs, session, visited, buf = case
+    assert PackedRecords.supported(selection)
+    rs = selection.record_size
+    tuples = [selection.record.unpack_from(buf, i * rs) for i in range(len(recs))]
     if uniform and tuples:
         tuples = [t[:5] + tuples[0][5:7] + t[7:] for t in tuples]
-    data = b"".join(layout.record.pack(*t) for t in tuples)
-    packed = PackedRecords(layout, data)
+    data = b"".join(selection.record.pack(*t) for t in tuples)
+    packed = PackedRecords(selection, data)
     assert len(packed) == len(tuples) and list(packed) == tuples
     assert [packed[i] for i in range(-len(tuples), len(tuples))] == tuples + tuples
     assert packed[1:] == tuples[1:]
     with pytest.raises(IndexError):
         packed[len(tuples)]
     paths = ["/"] + [f"/g{i}" for i in range(1, len(tuples))]
-    want = Snapshot("/", layout, tuples, paths)
-    got = Snapshot("/", layout, packed, paths)
+    want = Snapshot("/", selection, tuples, paths)
+    got = Snapshot("/", selection, packed, paths)
     assert got.records == want.records and list(got) == list(want)
     assert got.ids() == [t[0] for t in tuples]
-    assert got.columns(layout.names) == {n: list(c) for n, c in
-                                         want.columns(layout.names).items()}
-    for name in layout.names:
+    assert got.columns(selection.names) == {n: list(c) for n, c in
+                                         want.columns(selection.names).items()}
+    for name in selection.names:
         assert got.column(name) == want.column(name)
     for i, t in enumerate(tuples):
         assert got.by_id(t[0]) == want.by_id(t[0])
-        rec = PackedRecord(layout, data, i * rs, f"/x{i}")
-        assert rec == Record(layout, t, f"/x{i}") and rec._t == t
+        rec = PackedRecord(selection, data, i * rs, f"/x{i}")
+        assert rec == Record(selection, t, f"/x{i}") and rec._t == t
     with pytest.raises(pymemcg.MalformedData):
-        PackedRecords(layout, data + b"x")
+        PackedRecords(selection, data + b"x")
 
 
 @FAST
 @given(encoded(min_records=1))
 def test_record_equality(case):
-    layout, recs, _, _, buf = case
-    a, _, _ = decode_all(layout, buf, len(buf))
-    b, _, _ = decode_all(layout, bytearray(buf), len(buf))
-    elsewhere, _, _ = decode_all(layout, buf, len(buf), ["/elsewhere"] * len(a))
+    selection, recs, _, _, buf = case
+    a, _, _ = decode_all(selection, buf, len(buf))
+    b, _, _ = decode_all(selection, bytearray(buf), len(buf))
+    elsewhere, _, _ = decode_all(selection, buf, len(buf), ["/elsewhere"] * len(a))
     for x, y, z in zip(a, b, elsewhere):
         assert x == y           # same bytes, same path: equal, whatever the buffer type
         assert x != z           # same bytes, another path
@@ -356,22 +356,22 @@ def test_record_equality(case):
 # --------------------------------------------------------------------------
 # bad buffers: MalformedData or a consistent answer, never anything else
 
-def decode_or_malformed(layout, buf, nbytes):
+def decode_or_malformed(selection, buf, nbytes):
     """Decode and touch every field; None if MalformedData, else the records."""
     try:
-        count, session, visited = parse_trailer(buf, nbytes, layout.record_size, SEL)
+        count, session, visited = parse_trailer(buf, nbytes, selection.record_size, SEL)
     except pymemcg.MalformedData:
         return None
-    assert count * layout.record_size + TRAILER.size == nbytes
+    assert count * selection.record_size + TRAILER.size == nbytes
     assert 0 <= session < 2**64 and 0 <= visited < 2**64
-    raws = list(iter_records(layout, buf, count * layout.record_size))
+    raws = list(iter_records(selection, buf, count * selection.record_size))
     assert len(raws) == count
     out = []
     for t in raws:
-        rec = Record(layout, t, None)
+        rec = Record(selection, t, None)
         rec.as_dict()
         repr(rec)
-        for name in layout.names:
+        for name in selection.names:
             try:
                 rec[name]
             except pymemcg.StatUnavailable:
@@ -383,11 +383,11 @@ def decode_or_malformed(layout, buf, nbytes):
 @FAST
 @given(encoded(), st.data())
 def test_truncated(case, data):
-    layout, recs, session, visited, buf = case
+    selection, recs, session, visited, buf = case
     cut = data.draw(st.integers(1, len(buf)), label="cut")
     short = buf[:-cut]
-    out = decode_or_malformed(layout, short, len(short))
-    if cut % layout.record_size:
+    out = decode_or_malformed(selection, short, len(short))
+    if cut % selection.record_size:
         assert out is None  # sizes no longer add up
     # a cut of whole records moves the trailer window into record data: only a value that
     # happens to equal the magic could pass, and then the answer is still self-consistent
@@ -397,19 +397,19 @@ def test_truncated(case, data):
 @given(encoded(), st.data())
 def test_truncated_nbytes_of_a_whole_buffer(case, data):
     # the reader's pattern: a full buffer, fewer bytes reported
-    layout, recs, session, visited, buf = case
+    selection, recs, session, visited, buf = case
     n = data.draw(st.integers(0, len(buf) - 1), label="nbytes")
-    decode_or_malformed(layout, buf, n)
+    decode_or_malformed(selection, buf, n)
 
 
 @FAST
 @given(encoded(), U64)
 def test_wrong_magic(case, magic):
     assume(magic != TRAILER_MAGIC)
-    layout, recs, session, visited, buf = case
+    selection, recs, session, visited, buf = case
     bad = buf[:-TRAILER.size] + TRAILER.pack(SEL, magic, session, visited)
     with pytest.raises(pymemcg.MalformedData, match="without the trailer"):
-        parse_trailer(bad, len(bad), layout.record_size, SEL)
+        parse_trailer(bad, len(bad), selection.record_size, SEL)
 
 
 @FAST
@@ -417,66 +417,66 @@ def test_wrong_magic(case, magic):
 def test_corrupt_selection_or_magic_byte(case, byte, xor):
     # bytes 0-31 of the trailer are the selection, 32-39 the magic: records of
     # another selection are never decoded as this one
-    layout, recs, session, visited, buf = case
+    selection, recs, session, visited, buf = case
     bad = bytearray(buf)
     bad[len(buf) - TRAILER.size + byte] ^= xor
     error = pymemcg.SelectionMismatch if byte < 32 else pymemcg.MalformedData
     with pytest.raises(error, match="do it this way" if byte < 32 else None):
-        parse_trailer(bad, len(bad), layout.record_size, SEL, "do it this way")
+        parse_trailer(bad, len(bad), selection.record_size, SEL, "do it this way")
 
 
 @FAST
 @given(encoded(), st.binary(min_size=1, max_size=64))
 def test_extra_bytes_after_the_trailer(case, extra):
-    layout, recs, session, visited, buf = case
+    selection, recs, session, visited, buf = case
     longer = buf + extra
-    out = decode_or_malformed(layout, longer, len(longer))
-    if len(extra) % layout.record_size:
+    out = decode_or_malformed(selection, longer, len(longer))
+    if len(extra) % selection.record_size:
         assert out is None
 
 
 @FAST
 @given(selections, st.binary(max_size=2048))
 def test_random_bytes(names, data):
-    layout = Layout(names)
-    decode_or_malformed(layout, data, len(data))
+    selection = Selection(names)
+    decode_or_malformed(selection, data, len(data))
 
 
 @FAST
 @given(selections, st.data())
 def test_random_bytes_with_a_trailer(names, data):
     # random record bytes, of a valid size, behind a real trailer: always decodes
-    layout = Layout(names)
+    selection = Selection(names)
     count = data.draw(st.integers(0, 6), label="count")
-    body = data.draw(st.binary(min_size=count * layout.record_size,
-                               max_size=count * layout.record_size), label="body")
+    body = data.draw(st.binary(min_size=count * selection.record_size,
+                               max_size=count * selection.record_size), label="body")
     buf = body + encode_trailer(1, count)
-    out = decode_or_malformed(layout, buf, len(buf))
+    out = decode_or_malformed(selection, buf, len(buf))
     assert out is not None and len(out) == count
 
 
 @FAST
 @given(selections, st.integers(0, 4), st.integers(1, 400))
 def test_iter_records_partial(names, whole, extra):
-    layout = Layout(names)
-    assume(extra % layout.record_size)
-    n = whole * layout.record_size + extra
+    selection = Selection(names)
+    assume(extra % selection.record_size)
+    n = whole * selection.record_size + extra
     with pytest.raises(pymemcg.MalformedData, match="not whole"):
-        iter_records(layout, bytes(n), n)
+        iter_records(selection, bytes(n), n)
 
 
 @pytest.mark.parametrize("nbytes", [0, 1, TRAILER.size - 1])
 def test_shorter_than_a_trailer(nbytes):
-    layout = Layout(["anon"])
+    selection = Selection(["anon"])
     with pytest.raises(pymemcg.MalformedData, match="not whole"):
-        parse_trailer(bytes(64), nbytes, layout.record_size, SEL)
+        parse_trailer(bytes(64), nbytes, selection.record_size, SEL)
 
 
 def test_trailer_only_is_zero_records():
-    layout = Layout(["anon", "file"])
+    selection = Selection(["anon", "file"])
     buf = encode_trailer(42, 0)
-    assert parse_trailer(buf, len(buf), layout.record_size, SEL) == (0, 42, 0)
-    assert list(iter_records(layout, buf, 0)) == []
+    assert parse_trailer(buf, len(buf), selection.record_size, SEL) == (0, 42, 0)
+    assert list(iter_records(selection, buf, 0)) == []
 
 
 def test_selection_digest_covers_order_local_and_program():

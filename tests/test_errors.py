@@ -13,7 +13,7 @@ import pytest
 import pymemcg
 from pymemcg import programs
 from pymemcg.backends import bpf as bpf_mod
-from pymemcg import layout
+from pymemcg import slots
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
 
 from conftest import as_nobody, my_links, open_fds
@@ -164,9 +164,9 @@ def test_missing_privileges(no_leaks):
 
 
 def test_kernel_without_btf(no_leaks, monkeypatch):
-    from pymemcg import kernel_facts
-    monkeypatch.setattr(kernel_facts, "VMLINUX_BTF", "/nonexistent/vmlinux")
-    monkeypatch.setattr(kernel_facts, "_cache", {})
+    from pymemcg import kernel_probe
+    monkeypatch.setattr(kernel_probe, "VMLINUX_BTF", "/nonexistent/vmlinux")
+    monkeypatch.setattr(kernel_probe, "_cache", {})
     with pytest.raises(pymemcg.NoBtf, match="CONFIG_DEBUG_INFO_BTF"):
         pymemcg.Reader(stats=["usage"], backend="bpf")
     monkeypatch.delenv("PYMEMCG_REQUIRE_BPF", raising=False)
@@ -178,11 +178,11 @@ def test_kernel_without_btf(no_leaks, monkeypatch):
 def test_verifier_rejection_carries_the_log(no_leaks):
     # Forcing the kfunc path on a kernel without the memcg kfuncs leaves
     # unresolved kfunc calls live: a real verifier rejection.
-    if layout.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
+    if slots.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
         pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
-    res = layout.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
+    res = slots.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
     with pytest.raises(pymemcg.VerifierRejected) as info:
-        bpf_mod.Program(res, False, 16, kfuncs=layout.KFUNCS_MEMCG)
+        bpf_mod.Program(res, False, 16, kfuncs=slots.KFUNCS_MEMCG)
     assert "processed" in info.value.log
     assert "verifier log" in str(info.value) and "backend='text'" in str(info.value)
 
@@ -190,15 +190,15 @@ def test_verifier_rejection_carries_the_log(no_leaks):
 def test_verifier_log_keeps_its_end_in_a_small_buffer(bpf_ok):
     """A load log longer than the buffer keeps its last lines, where the
     verifier says why it rejected the program (and which program)."""
-    if layout.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
+    if slots.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
         pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
     ffi, lib = bpf_mod.load()
-    res = layout.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
+    res = slots.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
 
     def load_log(size: int) -> str:
         out = ffi.new("struct pmc_prog **")
         log = ffi.new("char[]", size)
-        rc = lib.pmc_prog_load(programs.config(res, False, layout.KFUNCS_MEMCG, False, 16), out,
+        rc = lib.pmc_prog_load(programs.config(res, False, slots.KFUNCS_MEMCG, False, 16), out,
                                log, len(log))
         assert rc < 0 and out[0] == ffi.NULL
         return ffi.string(log).decode()
@@ -213,11 +213,11 @@ def test_verifier_log_keeps_its_end_in_a_small_buffer(bpf_ok):
 
 
 def test_fetch_program_rejection_carries_the_log(no_leaks):
-    if layout.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
+    if slots.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
         pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
-    res = layout.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
+    res = slots.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
     with pytest.raises(pymemcg.VerifierRejected) as info:
-        bpf_mod.Fetch(res, False, layout.KFUNCS_MEMCG, False, 4096)
+        bpf_mod.Fetch(res, False, slots.KFUNCS_MEMCG, False, 4096)
     assert "processed" in info.value.log and "prog 'pmc_fetch'" in info.value.log
 
 

@@ -30,7 +30,7 @@ import pytest
 
 import pymemcg
 from pymemcg import forksafe
-from pymemcg import kernel_facts as kernel_facts_mod
+from pymemcg import kernel_probe as kernel_facts_mod
 from pymemcg.backends.bpf import BpfBackend
 from pymemcg.cgroupfs import memory_mount
 

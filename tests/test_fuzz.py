@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import pymemcg
 from pymemcg import catalog, pins
 from pymemcg.cli import main
-from pymemcg.decode import MAX_STATS, Layout, PackedRecords
+from pymemcg.decode import MAX_STATS, Selection, PackedRecords
 from pymemcg.prometheus import ListenError, make_server, parse_listen
 from pymemcg.web_config import TLS_KEYS
 from pymemcg.wire import (TRAILER, TRAILER_MAGIC, VISITED_UNKNOWN, iter_records, parse_trailer,
@@ -48,24 +48,24 @@ NAMES = [f"s{i}" for i in range(MAX_STATS)]
 # --------------------------------------------------------------------------
 # the session decoder: parse_trailer + the records it vouches for
 
-def decode(layout: Layout, buf, nbytes: int, selection: bytes):
+def decode(selection: Selection, buf, nbytes: int, expected: bytes):
     """What a reader takes from the first nbytes of a session's buffer:
     (record tuples, session id, records the walk produced)."""
-    count, session, visited = parse_trailer(buf, nbytes, layout.record_size, selection)
-    size = count * layout.record_size
-    tuples = [tuple(t) for t in iter_records(layout, buf, size)]
+    count, session, visited = parse_trailer(buf, nbytes, selection.record_size, expected)
+    size = count * selection.record_size
+    tuples = [tuple(t) for t in iter_records(selection, buf, size)]
     # the BPF backend keeps a tree's records as the bytes: the same tuples
-    assert list(PackedRecords(layout, bytes(memoryview(buf)[:size]))) == tuples
+    assert list(PackedRecords(selection, bytes(memoryview(buf)[:size]))) == tuples
     return tuples, session, visited
 
 
 @st.composite
 def sessions(draw):
-    """(layout, selection digest, session bytes, what they decode to): a few
+    """(selection, selection digest, session bytes, what they decode to): a few
     records, or a full session whose walk spilled more into the overflow map."""
-    layout = Layout(NAMES[:draw(st.integers(1, MAX_STATS), label="stats")])
-    selection = selection_digest(layout.names, draw(st.booleans()), draw(st.booleans()))
-    rs, budget = layout.record_size, seq_budget(layout.record_size)
+    selection = Selection(NAMES[:draw(st.integers(1, MAX_STATS), label="stats")])
+    expected = selection_digest(selection.names, draw(st.booleans()), draw(st.booleans()))
+    rs, budget = selection.record_size, seq_budget(selection.record_size)
     full = draw(st.booleans(), label="full")
     count = budget if full else draw(st.integers(0, 5), label="count")
     # record bytes from a seed: a full session is up to 32 KiB
@@ -73,9 +73,9 @@ def sessions(draw):
     visited = draw(st.sampled_from([count, VISITED_UNKNOWN]) if not full else
                    st.sampled_from([count, VISITED_UNKNOWN]) | st.integers(count + 1, 2**63))
     session = draw(U64)
-    buf = body + TRAILER.pack(selection, TRAILER_MAGIC, session, visited)
-    want = [layout.record.unpack_from(body, i * rs) for i in range(count)]
-    return layout, selection, buf, (want, session, visited)
+    buf = body + TRAILER.pack(expected, TRAILER_MAGIC, session, visited)
+    want = [selection.record.unpack_from(body, i * rs) for i in range(count)]
+    return selection, expected, buf, (want, session, visited)
 
 
 def consistent(visited: int, count: int, rs: int) -> bool:
@@ -86,17 +86,17 @@ def consistent(visited: int, count: int, rs: int) -> bool:
 @FUZZ
 @given(sessions(), st.binary(max_size=64))
 def test_a_session_decodes_exactly(case, junk):
-    layout, selection, buf, want = case
-    assert decode(layout, buf, len(buf), selection) == want
+    selection, expected, buf, want = case
+    assert decode(selection, buf, len(buf), expected) == want
     # in a larger, reused buffer: what follows the session does not matter
-    assert decode(layout, bytearray(buf + junk), len(buf), selection) == want
+    assert decode(selection, bytearray(buf + junk), len(buf), expected) == want
 
 
 @FUZZ
 @given(sessions(), st.data())
 def test_a_damaged_session_is_malformed_never_other_numbers(case, data):
-    layout, selection, buf, (records, session, visited) = case
-    rs, t = layout.record_size, len(buf) - TRAILER.size   # t: where the trailer starts
+    selection, expected, buf, (records, session, visited) = case
+    rs, t = selection.record_size, len(buf) - TRAILER.size   # t: where the trailer starts
     how = data.draw(st.sampled_from(["cut", "longer", "nbytes", "trailer byte", "visited",
                                      "selection"]), label="how")
     nbytes = len(buf)
@@ -121,15 +121,15 @@ def test_a_damaged_session_is_malformed_never_other_numbers(case, data):
         buf = buf[:-8] + data.draw(U64, label="visited").to_bytes(8, "little")
         expect = None
     else:   # another selection's records: other stats, order or program
-        other = data.draw(st.permutations(layout.names), label="order")
+        other = data.draw(st.permutations(selection.names), label="order")
         local, path = data.draw(st.booleans()), data.draw(st.booleans())
         digest = selection_digest(other, local, path)
-        if digest == selection:
+        if digest == expected:
             return
         buf = buf[:t] + digest + buf[t + 32:]
         expect = pymemcg.SelectionMismatch
     try:
-        got = decode(layout, buf, nbytes, selection)
+        got = decode(selection, buf, nbytes, expected)
     except pymemcg.MalformedData as e:
         event(f"{how}: {type(e).__name__}")
         assert expect is None or isinstance(e, expect), (how, e)
@@ -146,9 +146,9 @@ def test_a_damaged_session_is_malformed_never_other_numbers(case, data):
 @given(st.integers(1, MAX_STATS), st.binary(max_size=4096), st.integers(-64, 4200))
 def test_any_bytes_are_malformed(n, data, nbytes):
     # bytes that are not a session of this selection, at any claimed length
-    layout = Layout(NAMES[:n])
+    selection = Selection(NAMES[:n])
     with pytest.raises(pymemcg.MalformedData):
-        decode(layout, data, nbytes, selection_digest(layout.names, False, False))
+        decode(selection, data, nbytes, selection_digest(selection.names, False, False))
 
 
 # --------------------------------------------------------------------------
@@ -447,6 +447,6 @@ def test_pin_metadata_of_a_real_pin(real_pin, data):
         event("read")
         assert [doc.get(k) for k in ("stats", "local", "tree", "cgroup_id")] == \
             [good[k] for k in ("stats", "local", "tree", "cgroup_id")], doc
-        assert isinstance(got, pymemcg.Snapshot) and got.layout.names == tuple(good["stats"])
+        assert isinstance(got, pymemcg.Snapshot) and got.selection.names == tuple(good["stats"])
         assert len(got) == 2
     check_listings(os.path.dirname(info.path), os.path.dirname(info.meta))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import pymemcg
 from pymemcg.cgroupfs import memory_mount
-from pymemcg.decode import Layout
+from pymemcg.decode import Selection
 from pymemcg.wire import (TRAILER, TRAILER_MAGIC, VISITED_UNKNOWN, iter_records, parse_trailer,
                           seq_budget)
 from pymemcg.memory_stat import parse_flat_keyed, parse_memory_stat
@@ -77,8 +77,8 @@ def test_flat_keyed_non_text_types(bad):
 def test_trailer_and_records_any_nbytes(names, data, draw, kind):
     """Arbitrary bytes and any nbytes up to the buffer's length (the reader's reused
     buffer): MalformedData, or exactly what the bytes say."""
-    layout = Layout(names)
-    rs = layout.record_size
+    selection = Selection(names)
+    rs = selection.record_size
     nbytes = draw.draw(st.integers(0, len(data)), label="nbytes")
     buf = kind(data)
     whole = nbytes >= TRAILER.size and (nbytes - TRAILER.size) % rs == 0
@@ -94,22 +94,22 @@ def test_trailer_and_records_any_nbytes(names, data, draw, kind):
     sel, magic, s, v = TRAILER.unpack_from(data, nbytes - TRAILER.size)
     assert (sel, magic, s, v) == (SEL, TRAILER_MAGIC, session, visited)
     assert count == (nbytes - TRAILER.size) // rs
-    recs = list(iter_records(layout, buf, count * rs))
-    assert [tuple(r) for r in recs] == [layout.record.unpack_from(data, i * rs)
+    recs = list(iter_records(selection, buf, count * rs))
+    assert [tuple(r) for r in recs] == [selection.record.unpack_from(data, i * rs)
                                         for i in range(count)]
 
 
 @FAST
 @given(st.binary(max_size=600), st.integers(0, 600), BUFFERS)
 def test_iter_records_any_nbytes(data, nbytes, kind):
-    layout = Layout(["anon", "file"])
+    selection = Selection(["anon", "file"])
     nbytes = min(nbytes, len(data))
     try:
-        recs = list(iter_records(layout, kind(data), nbytes))
+        recs = list(iter_records(selection, kind(data), nbytes))
     except pymemcg.MalformedData:
-        assert nbytes % layout.record_size
+        assert nbytes % selection.record_size
         return
-    assert len(recs) == nbytes // layout.record_size
+    assert len(recs) == nbytes // selection.record_size
 
 
 # --------------------------------------------------------------------------

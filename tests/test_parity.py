@@ -267,9 +267,9 @@ def test_root_cgroup_parity(bpf_ok, cgroup_version):
 
 
 def _has_flush_kfunc() -> bool:
-    from pymemcg import layout
-    from pymemcg.kernel_facts import kernel_facts
-    return layout.kfunc_family(kernel_facts()) != layout.KFUNCS_NONE
+    from pymemcg import slots
+    from pymemcg.kernel_probe import kernel_facts
+    return slots.kfunc_family(kernel_facts()) != slots.KFUNCS_NONE
 
 
 @pytest.mark.parametrize("local", [False, True], ids=["hierarchical", "local"])

@@ -195,7 +195,7 @@ def test_pin_reader_that_never_gets_a_whole_trailer_says_retry(monkeypatch):
     doc = {"format": wire.FORMAT_VERSION, "tree": True, "stats": ["usage"], "local": False,
            "root": "/x", "cgroup_id": 5}
     reader = pins.PinReader.from_doc("/nowhere/pin", doc)
-    buf = wire.encode_record(reader.layout, 5, 1, 1, 0, 1, [7]) + wire.encode_trailer(
+    buf = wire.encode_record(reader.selection, 5, 1, 1, 0, 1, [7]) + wire.encode_trailer(
         9, 2**64 - 1, wire.selection_digest(["usage"], False, False))
 
     def session():

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from pymemcg import catalog, layout
+from pymemcg import catalog, slots
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "vm"))
 import guest_run  # noqa: E402  (vm/ is scripts, not a package)
@@ -18,24 +18,24 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "kernel_facts")
 NAMES = list(catalog.STATS)
 
 
-def captured(name: str) -> layout.KernelFacts:
+def captured(name: str) -> slots.KernelFacts:
     with open(os.path.join(FIXTURES, name + ".json")) as f:
-        from pymemcg.kernel_facts import facts_from_json
+        from pymemcg.kernel_probe import facts_from_json
         return facts_from_json(json.load(f))
 
 
-def slots(facts: layout.KernelFacts) -> dict:
+def resolved_slots(facts: slots.KernelFacts) -> dict:
     """What the guest's INFO_CMD records for one slot source."""
     return {level: {r.stat.name: [r.via, r.kind, r.slot, r.detail]
-                    for r in layout.resolve(NAMES, facts, 2, 4096, local=level == "local",
-                                            backend=layout.BACKEND_CORE)}
+                    for r in slots.resolve(NAMES, facts, 2, 4096, local=level == "local",
+                                            backend=slots.BACKEND_CORE)}
             for level in ("hierarchical", "local")}
 
 
-def with_lists(facts: layout.KernelFacts, swap: bool = False) -> layout.KernelFacts:
+def with_lists(facts: slots.KernelFacts, swap: bool = False) -> slots.KernelFacts:
     """The facts with kallsyms lists as the kernel would list them (the
     table's order), or with two event slots swapped."""
-    match = layout.match_table(facts)
+    match = slots.match_table(facts)
     values = {**facts.enums["vm_event_item"]}
     events = [values[n] for n, _ in sorted(match.event_slots.items(), key=lambda kv: kv[1])]
     if swap:
@@ -46,7 +46,7 @@ def with_lists(facts: layout.KernelFacts, swap: bool = False) -> layout.KernelFa
 def test_lists_equal_to_the_table_agree():
     facts = captured("6.19")
     sources = {"kernel_lists": True, "table": True,
-               "with_kallsyms": slots(with_lists(facts)), "without_kallsyms": slots(facts)}
+               "with_kallsyms": resolved_slots(with_lists(facts)), "without_kallsyms": resolved_slots(facts)}
     agree = guest_run.slot_agreement(sources)
     assert agree["ok"], agree
     assert agree["hierarchical"]["served_by_both"] > 60
@@ -55,8 +55,8 @@ def test_lists_equal_to_the_table_agree():
 def test_a_swapped_slot_is_a_disagreement():
     facts = captured("6.19")
     sources = {"kernel_lists": True, "table": True,
-               "with_kallsyms": slots(with_lists(facts, swap=True)),
-               "without_kallsyms": slots(facts)}
+               "with_kallsyms": resolved_slots(with_lists(facts, swap=True)),
+               "without_kallsyms": resolved_slots(facts)}
     agree = guest_run.slot_agreement(sources)
     assert not agree["ok"]
     assert len(agree["hierarchical"]["slot_differs"]) == 2
@@ -71,8 +71,8 @@ def test_without_a_table_the_extra_stats_are_listed():
     lists = with_lists(facts)
     no_table = dataclasses.replace(facts, release="6.15")
     sources = {"kernel_lists": True, "table": False,
-               "with_kallsyms": slots(dataclasses.replace(lists, release="6.15")),
-               "without_kallsyms": slots(no_table)}
+               "with_kallsyms": resolved_slots(dataclasses.replace(lists, release="6.15")),
+               "without_kallsyms": resolved_slots(no_table)}
     agree = guest_run.slot_agreement(sources)
     assert agree["ok"]
     assert "pgfault" in agree["hierarchical"]["kernel_lists_only"]

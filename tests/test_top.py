@@ -19,7 +19,7 @@ import pytest
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
 from pymemcg.cli.format import format_rate
 from pymemcg.cli.top import TOP_STATS, TopView
-from pymemcg.decode import Layout, Snapshot
+from pymemcg.decode import Selection, Snapshot
 
 ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
 NAMES = ["usage", "anon", "pgfault", "oom_kill"]
@@ -40,7 +40,7 @@ class FakeReader:
 
 def snap(rows, names=NAMES):
     """rows: (id, path, {stat: value or None})."""
-    layout = Layout(names)
+    selection = Selection(names)
     raw, paths = [], []
     for cid, path, values in rows:
         valid = 0
@@ -53,7 +53,7 @@ def snap(rows, names=NAMES):
         level = 0 if path == "/" else path.count("/")
         raw.append((cid, 0, 0, level, 0, valid & (2**64 - 1), valid >> 64, *vals))
         paths.append(path)
-    return Snapshot("/sys/fs/cgroup", layout, raw, paths)
+    return Snapshot("/sys/fs/cgroup", selection, raw, paths)
 
 
 class Clock:

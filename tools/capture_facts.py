@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-from pymemcg.kernel_facts import facts_to_json, kernel_facts, read_btf_facts, release_of
+from pymemcg.kernel_probe import facts_to_json, kernel_facts, read_btf_facts, release_of
 
 # magic -> decompressor that reads stdin (trailing garbage is tolerated)
 COMPRESSORS = [(b"\x28\xb5\x2f\xfd", ["zstd", "-dcq"]), (b"\xfd7zXZ\x00", ["xz", "-dcq"]),

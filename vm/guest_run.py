@@ -51,12 +51,12 @@ except Exception as e:
 # which backend, programs and .rodata flags the loader picks from this BTF
 try:
     import dataclasses
-    from pymemcg import layout
-    from pymemcg.kernel_facts import kernel_facts
+    from pymemcg import slots
+    from pymemcg.kernel_probe import kernel_facts
     facts = kernel_facts()
-    out["plan"] = {"hierarchical": dataclasses.asdict(layout.plan(facts)),
-                   "local": dataclasses.asdict(layout.plan(facts, local=True)),
-                   "flush": layout.kfunc_family(facts) != layout.KFUNCS_NONE}
+    out["plan"] = {"hierarchical": dataclasses.asdict(slots.plan(facts)),
+                   "local": dataclasses.asdict(slots.plan(facts, local=True)),
+                   "flush": slots.kfunc_family(facts) != slots.KFUNCS_NONE}
     with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
         out["plan"]["read_method"] = r.read_method
 except Exception as e:
@@ -91,16 +91,16 @@ finally:
 # enum alone (what PYMEMCG_KALLSYMS=0 gives)
 try:
     import os, resource
-    from pymemcg.kernel_facts import read_btf_facts, release_of, with_kernel_lists
-    from pymemcg.kernel_tables import TABLES
+    from pymemcg.kernel_probe import read_btf_facts, release_of, with_kernel_lists
+    from pymemcg.release_tables import TABLES
     btf = read_btf_facts(release_of(os.uname().release))
     lists = with_kernel_lists(btf)
     names = [s["name"] for s in out["stats"]]
     def slots(facts):
         return {level: {r.stat.name: [r.via, r.kind, r.slot, r.detail]
-                        for r in layout.resolve(names, facts, m.version, resource.getpagesize(),
+                        for r in slots.resolve(names, facts, m.version, resource.getpagesize(),
                                                 local=level == "local",
-                                                backend=layout.BACKEND_CORE)}
+                                                backend=slots.BACKEND_CORE)}
                 for level in ("hierarchical", "local")}
     out["slot_sources"] = {
         "kernel_lists": lists.kallsyms_state is not None or lists.kallsyms_events is not None,

@@ -23,14 +23,14 @@ def spec_lines(stats: Sequence[str] = STATS) -> List[str]:
 
     The selection bench/memcg_bench loads, the same that Reader(stats) loads.
     """
-    from pymemcg import layout
-    from pymemcg.kernel_facts import kernel_facts
+    from pymemcg import slots
+    from pymemcg.kernel_probe import kernel_facts
     from pymemcg.programs import PAGE_SIZE
     mount = memory_mount()
     version = mount.version if mount else 2
     lines = [f"# pymemcg {__version__}, kernel {os.uname().release}, cgroup v{version}: "
              f"name kind slot item flags scale"]
-    for r in layout.resolve(list(stats), kernel_facts(), version, PAGE_SIZE):
+    for r in slots.resolve(list(stats), kernel_facts(), version, PAGE_SIZE):
         lines.append(f"{r.stat.name} {r.kind} {r.slot} {r.item} {r.flags} {r.scale}")
     return lines
 

@@ -24,7 +24,7 @@ def compare_with_text(snapshot, root: str) -> int:
     """Both methods give the same numbers: every value the BPF snapshot has
     equals memory.stat's (through pymemcg's text backend) for each cgroup of
     an idle tree. Returns how many values were compared; raises if any differ."""
-    with Reader(stats=list(snapshot.layout.names), backend="text") as text:
+    with Reader(stats=list(snapshot.selection.names), backend="text") as text:
         other = text.read_tree(root)
     if sorted(other) != sorted(snapshot):
         raise RuntimeError(f"BPF and text walks of {root} saw different cgroups")

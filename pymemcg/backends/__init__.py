@@ -4,7 +4,7 @@
     backend.read_many(paths) -> list     read() of each: a Record, or None where
                                          no cgroup has that path (CgroupNotFound)
     backend.read_tree(path) -> Snapshot  it and every cgroup below, one walk
-    backend.name, .layout, .read_method  what serves, which stats, how
+    backend.name, .selection, .read_method  what serves, which stats, how
     backend.loads_programs               whether it reads through BPF programs of its own
     backend.close()
 
@@ -15,7 +15,7 @@ in front of either.
 
 from typing import Callable, List, Optional, Protocol, Sequence
 
-from ..decode import Layout, Record, Snapshot
+from ..decode import Selection, Record, Snapshot
 from ..errors import CgroupNotFound
 
 
@@ -26,7 +26,7 @@ class Backend(Protocol):
     def name(self) -> str: ...
 
     @property
-    def layout(self) -> Layout: ...
+    def selection(self) -> Selection: ...
 
     @property
     def read_method(self) -> str: ...

@@ -21,12 +21,12 @@ import weakref
 from itertools import repeat
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
-from .. import forksafe, layout as layout_mod
+from .. import forksafe, slots
 from ..binding import load
 from ..cgroupfs import Cgroup, TreePaths, path_list, resolve_cgroup, still_names
-from ..decode import Layout, PackedRecord, PackedRecords, RawRecords, Record, Snapshot
+from ..decode import Selection, PackedRecord, PackedRecords, RawRecords, Record, Snapshot
 from ..errors import BpfUnavailable, CgroupNotFound, Closed, MalformedData, ReadError
-from ..kernel_facts import kernel_facts
+from ..kernel_probe import kernel_facts
 from ..programs import (ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, PAGE_SIZE, Fetch, Program,
                         Replaced, Slot)
 from ..wire import (FETCH_WANT, REC_GONE, SEQ_BUF_SIZE, TRAILER, TRAILER_MAGIC, VISITED_UNKNOWN,
@@ -133,13 +133,13 @@ class BpfBackend:
                  singles: bool = True) -> None:
         facts = kernel_facts()
         self.facts = facts
-        self.plan = layout_mod.plan(facts, local, flush)
+        self.plan = slots.plan(facts, local, flush)
         self.kernel_backend = self.plan.backend
-        self.resolutions = layout_mod.resolve(names, facts, version, PAGE_SIZE, local=local,
+        self.resolutions = slots.resolve(names, facts, version, PAGE_SIZE, local=local,
                                               backend=self.plan.backend)
         sources = {r.stat.name: (f"bpf/{r.via}: {r.detail}" if r.available
                                  else f"unavailable: {r.detail}") for r in self.resolutions}
-        self.layout = Layout(names, sources, {r.stat.name: r.stat.unit for r in self.resolutions})
+        self.selection = Selection(names, sources, {r.stat.name: r.stat.unit for r in self.resolutions})
         self.local = local
         self.version = version
         self._lock = threading.Lock()
@@ -162,15 +162,15 @@ class BpfBackend:
         self._buflen = len(self._buf)
         self._cbuf = self._ffi.from_buffer(self._buf)
         # one record and the trailer, unpacked by one Struct call
-        self._single = struct.Struct(self.layout.record.format + TRAILER.format[1:])
+        self._single = struct.Struct(self.selection.record.format + TRAILER.format[1:])
         self._single_size = self._single.size
         self._unpack_single = self._single.unpack_from
         self._read_session = self._lib.pmc_read_session
         # what this Reader's programs say their records hold (the trailer)
-        self._sel_tree = selection_digest(self.layout.names, local, False)
-        self._sel_path = selection_digest(self.layout.names, local, True)
+        self._sel_tree = selection_digest(self.selection.names, local, False)
+        self._sel_path = selection_digest(self.selection.names, local, True)
         self._ovf = bytearray(0)
-        self._packed = PackedRecords.supported(self.layout)
+        self._packed = PackedRecords.supported(self.selection)
         self._fetch: Optional[Fetch] = None
         self.read_method = "iterator session"
         if singles:
@@ -181,7 +181,7 @@ class BpfBackend:
         program (6.4+); iterator sessions where it does not."""
         try:
             fetch = Fetch(self.resolutions, self.local, self.plan.kfuncs, self.plan.flush,
-                          self.layout.record_size, MAX_SINGLE_LINKS)
+                          self.selection.record_size, MAX_SINGLE_LINKS)
         except BpfUnavailable as e:
             why = str(e).split("): ", 1)[-1].rsplit("; use backend", 1)[0]
             self.read_method = f"iterator session (the one-call read did not load: {why})"
@@ -190,13 +190,13 @@ class BpfBackend:
         self._fetch_ptr = fetch.ptr
         self._fetch_run = self._lib.pmc_fetch_run
         self._fetch_record = fetch.record
-        self._unpack_record = self.layout.record.unpack_from
+        self._unpack_record = self.selection.record.unpack_from
         # read_many's runs: records in elements of batch_stride bytes
         self._run_many = self._lib.pmc_fetch_run_many
         self._batch_view = fetch.batch
         self._stride = fetch.batch_stride
-        pad = fetch.batch_stride - self.layout.record_size
-        self._unpack_batch = struct.Struct(self.layout.record.format + f"{pad}x").iter_unpack
+        pad = fetch.batch_stride - self.selection.record_size
+        self._unpack_batch = struct.Struct(self.selection.record.format + f"{pad}x").iter_unpack
         self.read_method = "BPF_PROG_RUN (memcg_fetch)"
 
     def _after_fork(self) -> None:
@@ -266,7 +266,7 @@ class BpfBackend:
                         t = self._unpack_record(self._fetch_record)
                         if t[2] == route.path_hash and t[0] == route.id and \
                                 not t[4] & REC_GONE:
-                            return Record(self.layout, t, route.relpath)
+                            return Record(self.selection, t, route.relpath)
                         if t[4] & REC_GONE and self._fetch is not None:
                             self._fetch.clear(target)  # removed: let the kernel free it
                 else:
@@ -276,7 +276,7 @@ class BpfBackend:
                         t = self._unpack_single(self._buf)
                         if t[-3] == TRAILER_MAGIC and t[-4] == self._sel_path and \
                                 t[2] == route.path_hash and t[0] == route.id:
-                            return Record(self.layout, t, route.relpath)
+                            return Record(self.selection, t, route.relpath)
                 del self._by_path[path]  # renamed, removed or replaced: resolve again
             return self._read_slow(path)
         finally:
@@ -362,7 +362,7 @@ class BpfBackend:
             # every record proven by the program: each Record unpacks its
             # values from one copy of the batch when first used
             data = bytes(view)
-            return list(map(PackedRecord, repeat(self.layout, n), repeat(data, n),
+            return list(map(PackedRecord, repeat(self.selection, n), repeat(data, n),
                             range(0, n * stride, stride), relpaths))
         if routes is None:
             # the last call's paths, routes unchanged since (_by_path.gen)
@@ -372,11 +372,11 @@ class BpfBackend:
             self._fix(paths, routes, out, list(range(n)))
             return out
         failed = []
-        layout = self.layout
+        selection = self.selection
         fetch = self._fetch
         for k, (route, t) in enumerate(zip(routes, self._unpack_batch(view))):
             if t[2] == route.path_hash and t[0] == route.id and not t[4] & REC_GONE:
-                out[k] = Record(layout, t, route.relpath)
+                out[k] = Record(selection, t, route.relpath)
                 continue
             # removed: let the kernel free it
             if t[4] & REC_GONE and fetch is not None and isinstance(route.target, Slot):
@@ -416,12 +416,12 @@ class BpfBackend:
             t = self._unpack_record(self._fetch_record)
             return None if t[4] & REC_GONE else t
         n = self._session(target)
-        count, _session, _visited = parse_trailer(self._buf, n, self.layout.record_size,
+        count, _session, _visited = parse_trailer(self._buf, n, self.selection.record_size,
                                                   self._sel_path)
         if count > 1:
             raise MalformedData(f"the read of {target.cgroup.path} returned {count} records, "
                                 f"not one")
-        return self.layout.record.unpack_from(self._buf, 0) if count == 1 else None
+        return self.selection.record.unpack_from(self._buf, 0) if count == 1 else None
 
     def _drop_single(self, target: Union[Slot, _Link]) -> None:
         if isinstance(target, Slot):
@@ -457,7 +457,7 @@ class BpfBackend:
             # a relative one depends on the cwd, a symlink on its target
             if isinstance(path, str) and path == cg.path and self._prove(path, cg, t[2]):
                 self._by_path[path] = _Route(target, cg, t[2])
-            return Record(self.layout, t, cg.relpath)
+            return Record(self.selection, t, cg.relpath)
         raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
 
     def _prove(self, path: str, cg: Cgroup, reported: int) -> bool:
@@ -522,7 +522,7 @@ class BpfBackend:
     def _walk(self, link: _Link) -> Optional[RawRecords]:
         """The records of one complete walk (PackedRecords where the host
         reads them as words, else tuples), or None to retry."""
-        rs = self.layout.record_size
+        rs = self.selection.record_size
         n = self._session(link)
         count, session, visited = parse_trailer(self._buf, n, rs, self._sel_tree)
         if visited == VISITED_UNKNOWN:
@@ -549,8 +549,8 @@ class BpfBackend:
         """A walk's records kept as the kernel wrote them (a snapshot reads
         its columns from the bytes), or unpacked where the host cannot."""
         if self._packed:
-            return PackedRecords(self.layout, data)
-        return list(self.layout.record.iter_unpack(data))
+            return PackedRecords(self.selection, data)
+        return list(self.selection.record.iter_unpack(data))
 
     def _grow(self, needed: int) -> None:
         """Reload with an overflow map that holds `needed` records and more."""
@@ -576,7 +576,7 @@ class BpfBackend:
     def _snapshot(self, root: Cgroup, raw: RawRecords) -> Snapshot:
         if raw[0][0] != root.id:
             raise MalformedData(f"walk of {root.path} did not start at its root")
-        return Snapshot(root.relpath, self.layout, raw, *self._paths.paths_and_index(root, raw))
+        return Snapshot(root.relpath, self.selection, raw, *self._paths.paths_and_index(root, raw))
 
     def close(self) -> None:
         with self._lock:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, 
 
 from .. import forksafe
 from ..cgroupfs import Cgroup, path_list, resolve_cgroup, still_names
-from ..decode import Layout, Record, Snapshot
+from ..decode import Selection, Record, Snapshot
 from ..errors import BpfUnavailable, CgroupNotFound
 from . import Backend
 from ..pins import (META_DIR, SHARED_PIN_DIR, PinGone, PinReader, PinTooSmall, _read_meta,
@@ -110,7 +110,7 @@ class SharedPins:
     def sources(self) -> Dict[str, str]:
         for reader in self.index().values():
             return {n: f"shared pins: {s.split(': ', 1)[1]}"
-                    for n, s in reader.layout.sources.items()}
+                    for n, s in reader.selection.sources.items()}
         return {n: "shared pins" for n in self.stats}
 
 
@@ -149,10 +149,10 @@ class PinnedBackend:
         return "pins+" + self.backend.name
 
     @property
-    def layout(self) -> Layout:
+    def selection(self) -> Selection:
         if self.backend is not None:
-            return self.backend.layout
-        return Layout(self._pins.stats, self._pins.sources())
+            return self.backend.selection
+        return Selection(self._pins.stats, self._pins.sources())
 
     @property
     def read_method(self) -> str:

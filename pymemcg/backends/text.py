@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from .. import catalog
 from ..catalog import MEMEVENT
 from ..cgroupfs import Cgroup, path_list, resolve_cgroup
-from ..decode import Layout, Record, Snapshot
+from ..decode import Selection, Record, Snapshot
 from ..errors import CgroupNotFound, ReadError
 from ..memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
                            parse_flat_keyed, parse_memory_stat, parse_number, printed_keys,
@@ -48,7 +48,7 @@ class TextBackend:
         for n in names:
             ok, where = text_availability(n, version, local, keys)
             sources[n] = f"text: {where}" if ok else f"unavailable: {where}"
-        self.layout = Layout(names, sources)
+        self.selection = Selection(names, sources)
 
     def values(self, path: str, is_root: bool = False,
                cgroup_id: Optional[int] = None) -> Dict[str, int]:
@@ -83,7 +83,7 @@ class TextBackend:
             os.close(dfd)
 
     def _values_at(self, dfd: int, path: str, is_root: bool) -> Dict[str, int]:
-        names = self.layout.names
+        names = self.selection.names
         out: Dict[str, int] = {}
         missing: List[str] = []
 
@@ -135,12 +135,12 @@ class TextBackend:
         values = self.values(cg.path, cg.relpath == "/", cg.id)
         valid = 0
         row: List[int] = []
-        for i, name in enumerate(self.layout.names):
+        for i, name in enumerate(self.selection.names):
             v = values.get(name)
             if v is not None:
                 valid |= 1 << i
             row.append(v or 0)
-        return Record(self.layout, (cg.id, parent_id, 0, cg.level, 0, valid & (2**64 - 1),
+        return Record(self.selection, (cg.id, parent_id, 0, cg.level, 0, valid & (2**64 - 1),
                                     valid >> 64, *row), cg.relpath)
 
     def read(self, path: str) -> Record:

@@ -98,15 +98,15 @@ def _check_btf() -> Check:
 
 def _check_kfuncs() -> Check:
     """The memcg kfuncs (Linux 7.0+) in the kernel's BTF, and the BPF flavour they make."""
-    from .. import layout
+    from .. import slots
     try:
-        from ..kernel_facts import MEMCG_KFUNCS, kernel_facts
+        from ..kernel_probe import MEMCG_KFUNCS, kernel_facts
         facts = kernel_facts()
     except Exception as e:  # no BTF, extension missing, ...
         return Check("memcg kfuncs", "warn",
                      f"cannot read the kernel's BTF: {' '.join(str(e).split())}",
                      "see the btf line")
-    flavour = layout.select_backend(facts)
+    flavour = slots.select_backend(facts)
     have = [k for k in MEMCG_KFUNCS if k in facts.kfuncs]
     missing = [k for k in MEMCG_KFUNCS if k not in facts.kfuncs]
     if not missing:
@@ -127,7 +127,7 @@ def _check_kfuncs() -> Check:
 
 def _check_item_tables(infos: List[StatInfo]) -> Check:
     """Where the memory.stat items (state[]/events[] slots) come from."""
-    from ..kernel_facts import KALLSYMS_TABLES, kallsyms_lists
+    from ..kernel_probe import KALLSYMS_TABLES, kallsyms_lists
     kallsyms = kallsyms_lists()
     if kallsyms is None:
         ks = "/proc/kallsyms is unreadable"
@@ -153,7 +153,7 @@ def _check_item_tables(infos: List[StatInfo]) -> Check:
                  f"no memory.stat item is readable through BPF ({why}); {ks}",
                  "through BPF only page counters and memory.events are served here: use "
                  "backend='text' for memory.stat sizes and events, or add this release's lists "
-                 "to pymemcg/kernel_tables.py", data=data)
+                 "to pymemcg/release_tables.py", data=data)
 
 
 def _status_field(name: str) -> Optional[str]:

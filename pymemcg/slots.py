@@ -1,6 +1,6 @@
 """Layout resolution: which slot of which kernel array holds each stat.
 
-Input is a set of facts about a kernel (kernel_facts.py: read from the
+Input is a set of facts about a kernel (kernel_probe.py: read from the
 running kernel's BTF and kallsyms, from a vmlinux, or from a fixture);
 output is one `Resolution` per stat: the spec the BPF program reads it by,
 and how it was resolved, or why it is unavailable. Nothing here guesses: a
@@ -8,7 +8,7 @@ stat whose slot cannot be proven from the facts is unavailable.
 
 Order, for the state[]/events[] arrays of struct memcg_vmstats:
   a. the kernel's own item lists, read from kernel memory through kallsyms;
-  b. the release's lists in kernel_tables.py, accepted only when they match
+  b. the release's lists in release_tables.py, accepted only when they match
      the kernel's BTF (enumerators present, array lengths);
   c. the layout alone, for a release without a table: where state[]'s BTF
      length is MEMCG_NR_STAT, state[] is indexed by enum value and each item
@@ -26,8 +26,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import catalog
 from .catalog import BYTES, COUNT, COUNTER, MEMEVENT, Stat
-from .kernel_facts import EVENT_ENUMS, MEMCG_KFUNCS, RFC_KFUNCS, STATE_ENUMS, KernelFacts
-from .kernel_tables import ENUM_INDEXED_STATE, TABLES, Entry, KernelTable
+from .kernel_probe import EVENT_ENUMS, MEMCG_KFUNCS, RFC_KFUNCS, STATE_ENUMS, KernelFacts
+from .release_tables import ENUM_INDEXED_STATE, TABLES, Entry, KernelTable
 
 # enum pmc_stat_kind / enum pmc_counter / PMC_SPEC_* / enum pmc_kfuncs of
 # bpf_src/memcg_record.h, through the binding

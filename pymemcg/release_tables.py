@@ -7,7 +7,7 @@ kernels) kallsyms. This module holds those lists, copied from each release's
 mm/memcontrol.c, with their #ifdefs.
 
 A table is only trusted when it matches the running kernel's BTF (see
-layout.py): an entry whose #ifdef also shapes the kernel's enums is present
+slots.py): an entry whose #ifdef also shapes the kernel's enums is present
 exactly when its enumerator exists; an entry whose #ifdef leaves the enums
 alone (`config=`) is resolved by the array length in BTF, and a table that
 does not match that length in exactly one way is refused.
@@ -32,7 +32,7 @@ class KernelTable:
     release: str            # "6.18": the major.minor it describes
     source: str             # where the lists were copied from
     # "compacted": state[i] holds state_items[i]; "by_enum": state[enum value],
-    # which needs no list (layout.py resolves it from BTF alone)
+    # which needs no list (slots.py resolves it from BTF alone)
     state_layout: str
     event_layout: str       # "compacted" or "by_enum"
     # compacted: the list, in slot order; by_enum: the items memcg tracks
@@ -196,7 +196,7 @@ LINUX_6_17 = dataclasses.replace(
 # previous release because the booted kernels' own lists (read through
 # kallsyms) put every stat pymemcg serves at the slot these tables give,
 # hierarchical and local (66 stats on 6.16.12, 69 local ones on 7.0.13);
-# layout.py still checks them against each kernel's BTF.
+# slots.py still checks them against each kernel's BTF.
 LINUX_6_16 = dataclasses.replace(
     LINUX_6_18, release="6.16",
     source="6.17's lists: Debian has no 6.16 source; the booted 6.16.12's own lists "
