@@ -252,6 +252,21 @@ def test_results_figures_are_the_benchmarks():
                 f"README's {value}{unit} ({row[0]}) is not a figure of docs/bench.md"
 
 
+def test_results_say_which_run():
+    """The run the README's table comes from is the one docs/bench.md describes:
+    its date, kernel and Python."""
+    text = readme()
+    intro = text[text.index("\n## Results"):]
+    intro = intro[:intro.index("\n|")]
+    bench = (DOCS / "bench.md").read_text(encoding="utf-8")
+    run = re.search(r"^- run: (\d{4}-\d\d-\d\d) ", bench, flags=re.M)
+    kernel = re.search(r"^- kernel: (\d+\.\d+\.\d+)", bench, flags=re.M)
+    python = re.search(r"^- Python (\S+) ", bench, flags=re.M)
+    assert run and kernel and python, "docs/bench.md lost its environment lines"
+    for fact in (run.group(1), f"kernel {kernel.group(1)}", f"Python {python.group(1)}"):
+        assert fact in intro, f"README's Results do not say {fact!r}, as docs/bench.md does"
+
+
 def test_why_times_are_the_seeds():
     """The README's "Why" quotes the seed's times, which docs/bench.md carries."""
     text = readme()
