@@ -221,8 +221,8 @@ clean:
 # kallsyms, verify runs a second time with PYMEMCG_KALLSYMS=0 (built-in tables
 # and enum alone) and the two slot sources must agree. Prints PASS/FAIL per
 # guest and fails if any guest failed, did not boot (its console log is
-# printed), or verify found a mismatch. Writes build/vm/results/*.json,
-# docs/matrix.md and the README's matrix block. The kernels are pinned in
+# printed), or verify found a mismatch. Writes build/vm/results/*.json
+# and docs/matrix.md. The kernels are pinned in
 # vm/kernels.py and fetched with apt (tools/apt-private, its state in
 # build/vm/apt). MATRIX_ARGS passes options to `vm/matrix.py run`; the default
 # runs two guests at a time (the machines here have 2 CPUs).

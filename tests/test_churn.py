@@ -1,7 +1,6 @@
 """Churn: tree reads while other processes create and remove
 thousands of cgroups and move tasks between them; cgroups removed under a
-reader. Snapshots stay exact (README "Snapshots: what a tree read
-guarantees"), errors are pymemcg.Error subclasses, nothing leaks.
+reader. Snapshots stay exact (docs/snapshots.md, "Snapshots"), errors are pymemcg.Error subclasses, nothing leaks.
 """
 
 from __future__ import annotations
@@ -103,7 +102,7 @@ def _py(script: str, *args) -> subprocess.Popen:
 
 
 def _check_snapshot(snap, stable: dict, limits: dict, empty: set) -> None:
-    """What README promises of one snapshot, for the cgroups that stay put."""
+    """What docs/snapshots.md promises of one snapshot, for the cgroups that stay put."""
     recs = snap.records
     ids = [r.id for r in recs]
     assert len(ids) == len(set(ids)), "a cgroup twice in one snapshot"

@@ -78,3 +78,15 @@ def test_without_a_table_the_extra_stats_are_listed():
     assert "pgfault" in agree["hierarchical"]["kernel_lists_only"]
     # with a table for the release, the same difference is a disagreement
     assert not guest_run.slot_agreement(dict(sources, table=True))["ok"]
+
+
+def test_the_guest_command_resolves_both_slot_sources(tmp_path):
+    """The command each matrix guest runs records both slot sources here, as
+    the agreement check above needs, instead of an error."""
+    out, err = guest_run.run_json(sys.executable, guest_run.INFO_CMD, dict(os.environ),
+                                  str(tmp_path))
+    assert out is not None, err
+    assert "slot_sources_error" not in out, out["slot_sources_error"]
+    sources = out["slot_sources"]
+    assert sources["with_kallsyms"]["hierarchical"], sources
+    assert sources["without_kallsyms"]["hierarchical"], sources

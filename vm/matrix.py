@@ -4,11 +4,11 @@ Debian's 6.1 to 7.3 kernels under qemu (software emulation), and natively on
 this host.
 
     python3 vm/matrix.py [run]      fetch kernels, boot every guest, run natively,
-                                    write build/vm/results/*.json, docs/matrix.md and
-                                    the README block; exit 1 if anything failed
+                                    write build/vm/results/*.json and docs/matrix.md;
+                                    exit 1 if anything failed
     python3 vm/matrix.py run --guests 6.1-v1 --no-native   a subset (docs untouched)
     python3 vm/matrix.py fetch      only download and unpack the pinned kernels
-    python3 vm/matrix.py report     regenerate docs/matrix.md + README from results
+    python3 vm/matrix.py report     regenerate docs/matrix.md from results
     python3 vm/matrix.py latest     newest kernel packages apt knows (to update the pins)
     python3 vm/matrix.py shell --guest 6.1-v2 'python3 -c "import pymemcg"'
                                     boot one guest, run a command there, print the console
@@ -19,7 +19,7 @@ This file is the command line and the list of guests; the work is in
     boot.py       virtiofsd and qemu: one guest booted until it powers off
     native.py     the same run on this host's kernel
     results.py    what a run left, PASS/FAIL, build/vm/results/*.json, the verdict
-    report.py     docs/matrix.md and the README's matrix block
+    report.py     docs/matrix.md
     workspace.py  paths under build/vm, the log line, the error type, the run lock
 
 In each guest vm/guest_run.py runs `pymemcg verify --format json` (every
@@ -195,7 +195,7 @@ def main() -> int:
     r.add_argument("--timeout", type=float, default=TEST_TIMEOUT,
                    help="pytest limit per guest, seconds")
     r.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
-                   help="write docs/matrix.md and README (default: on a full run)")
+                   help="write docs/matrix.md (default: on a full run)")
     sh = sub.add_parser("shell", help="boot one guest, run a shell command in it, print the "
                                       "console (debugging)")
     sh.add_argument("--guest", default="6.12-v2", choices=list(GUESTS))
@@ -203,7 +203,7 @@ def main() -> int:
     sh.add_argument("--timeout", type=float, default=600)
     sh.add_argument("command", help="run with sh -c in the repo, in the guest's chroot")
     sub.add_parser("fetch", help="download and unpack the pinned kernels")
-    sub.add_parser("report", help="docs/matrix.md and README.md from build/vm/results")
+    sub.add_parser("report", help="docs/matrix.md from build/vm/results")
     sub.add_parser("latest", help="newest cloud kernels apt knows, to update the pins")
     args = ap.parse_args(sys.argv[1:] or ["run"])
     try:
