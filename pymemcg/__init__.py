@@ -11,12 +11,14 @@ happens at import time: the BPF program loads when a Reader is made.
 
 from .catalog import DEFAULT_STATS
 from .decode import Record, Snapshot
-from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
-                     FlushUnavailable, InvalidArgument,
+from .errors import (BadInterval, BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
+                     FlushUnavailable, InvalidArgument, InvalidPin, ListenError,
                      MalformedData, MalformedName, NoBtf,
-                     NoMemoryController, NotACgroup, PermissionDenied, ReadError,
-                     SelectionMismatch, StatUnavailable, UnknownStat, VerifierRejected,
-                     VerifyUnavailable)
+                     NoMemoryController, NotACgroup, NotAPin, OpenTelemetryMissing,
+                     PermissionDenied, PinGone, PinMismatch, PinMoved, PinTooSmall,
+                     PrometheusClientMissing, ReadError,
+                     SelectionMismatch, StatUnavailable, UnknownStat, UntrustedMetadata,
+                     VerifierRejected, VerifyUnavailable, WebConfigError, WebConfigExtraMissing)
 from .reader import FallbackWarning, Reader, StatInfo, stats
 from . import pins  # shared pins: pin(), PinReader (imports no BPF code)
 from .verify import verify  # the proof of exact on this host (`pymemcg verify`)
@@ -29,5 +31,8 @@ __all__ = [
     "InvalidArgument", "MalformedData", "MalformedName", "NoBtf",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",
     "StatUnavailable", "UnknownStat", "VerifierRejected", "VerifyUnavailable", "verify",
+    "InvalidPin", "NotAPin", "PinGone", "PinMismatch", "PinMoved", "PinTooSmall",
+    "UntrustedMetadata", "BadInterval", "ListenError", "PrometheusClientMissing",
+    "OpenTelemetryMissing", "WebConfigError", "WebConfigExtraMissing",
     "__version__", "pins",
 ]

@@ -53,11 +53,7 @@ import time
 from typing import (Any, Callable, Collection, Dict, Iterable, List, Optional, Sequence, Set,
                     Tuple, cast)
 
-from .errors import Error
-
-
-class OpenTelemetryMissing(Error, ImportError):
-    """opentelemetry-api is not installed (the `otel` extra)."""
+from .errors import Error, OpenTelemetryMissing
 
 
 try:

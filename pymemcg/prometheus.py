@@ -48,19 +48,8 @@ import zlib
 from typing import (TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
                     Tuple)
 
-from .errors import Error, quoted
-
-
-class PrometheusClientMissing(Error, ImportError):
-    """prometheus_client is not installed (the `prometheus` extra)."""
-
-
-class ListenError(Error, OSError):
-    """--listen names an address that cannot be parsed or bound."""
-
-
-class BadInterval(Error, ValueError):
-    """A minimum interval between tree reads that is not seconds >= 0."""
+from .errors import BadInterval, Error, PrometheusClientMissing, quoted
+from .errors import ListenError as ListenError  # importable from here as it always was
 
 
 try:

@@ -34,19 +34,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple
 
 from . import forksafe
-from .errors import Error, quoted
+from .errors import quoted
+# importable from here as they always were
+from .errors import WebConfigError as WebConfigError
+from .errors import WebConfigExtraMissing as WebConfigExtraMissing
 
 if TYPE_CHECKING:
     from .http_server import BoundedHTTPServer
-
-
-class WebConfigError(Error, ValueError):
-    """The web config file cannot be used: unreadable, not YAML, a key or value
-    it does not allow, a certificate or key that does not load."""
-
-
-class WebConfigExtraMissing(Error, ImportError):
-    """PyYAML or bcrypt is not installed (the `web` extra)."""
 
 
 #: client_auth_type -> what ssl verifies (exporter-toolkit's names)
