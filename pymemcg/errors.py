@@ -164,8 +164,10 @@ class ListenError(Error, OSError):
     """--listen names an address that cannot be parsed or bound."""
 
 
-class BadInterval(Error, ValueError):
-    """A minimum interval between tree reads that is not seconds >= 0."""
+class BadInterval(InvalidArgument):
+    """A least time between two tree reads (the exporter's min_interval,
+    OpenTelemetry's interval) that is not a finite number of seconds >= 0.
+    A ValueError (and a TypeError), as InvalidArgument is."""
 
 
 class OpenTelemetryMissing(Error, ImportError):

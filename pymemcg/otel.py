@@ -70,6 +70,7 @@ from .cgroupfs import memory_mount
 from .containers import identify
 from .decode import Snapshot
 from .errors import NoMemoryController, UnknownStat
+from .exposition import interval_seconds
 from .names import escape
 from .reader import Reader
 
@@ -110,8 +111,7 @@ class MemcgInstrumentor:
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "
                                      "controller: mount one, or run where one is mounted")
-        if interval < 0:
-            raise ValueError(f"interval={interval!r}: give a number of seconds >= 0")
+        interval = interval_seconds("interval", interval)
         self.root = root if root is not None else mount.mountpoint
         self.mountpoint = mount.mountpoint
         self.cgroup_version = mount.version
@@ -119,7 +119,7 @@ class MemcgInstrumentor:
         unknown = [s for s in self.selected if s not in catalog.STATS]
         if unknown:
             raise UnknownStat(f"unknown stats {unknown}: see `pymemcg stats` for the names")
-        self.interval = float(interval)
+        self.interval = interval
         self.backend, self.flush = backend, flush
         self._cadvisor: Dict[str, CadvisorMetric] = {
             m.name: m for m in cadvisor_metrics(mount.version)}

@@ -48,7 +48,7 @@ import zlib
 from typing import (TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
                     Tuple)
 
-from .errors import BadInterval, Error, PrometheusClientMissing, quoted
+from .errors import Error, PrometheusClientMissing, quoted
 from .errors import ListenError as ListenError  # importable from here as it always was
 
 
@@ -66,7 +66,8 @@ from .cgroupfs import memory_mount
 from .decode import Snapshot
 from .exposition import (CGROUPS_HELP, CONTENT_TYPE, DEFAULT_MIN_INTERVAL, DURATION_HELP,
                          ERROR_HELP, INFO_HELP, SharedSnapshot, Taken, TextWriter, TreeLabels,
-                         exposed_name, local_columns, metric_inputs, picked)
+                         exposed_name, interval_seconds, local_columns, metric_inputs,
+                         picked)
 from .errors import NoMemoryController, UnknownStat
 from .names import escape
 from .server_limits import Limits
@@ -111,9 +112,7 @@ class MemcgCollector:
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "
                                      "controller: mount one, or run where one is mounted")
-        if not min_interval >= 0:
-            raise BadInterval(f"min_interval {min_interval!r}: give seconds >= 0 (0 reads "
-                              f"the tree on every scrape)")
+        min_interval = interval_seconds("min_interval", min_interval)  # before any BPF loads
         self.root = root if root is not None else mount.mountpoint
         self.cgroup_version = mount.version
         self.selected = list(stats)
