@@ -1,4 +1,6 @@
-"""pymemcg: memory-cgroup statistics through a pinned BPF cgroup iterator.
+"""pymemcg: memory-cgroup statistics read through BPF (a cgroup iterator program,
+and a BPF_PROG_RUN fetch program where the kernel takes it), with memory.stat as
+the last resort.
 
     import pymemcg
     with pymemcg.Reader(stats=["anon", "file", "usage", "pgfault"]) as r:
