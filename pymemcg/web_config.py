@@ -154,8 +154,8 @@ class WebConfig:
         credentials = _credentials(header)
         if credentials is None:
             return False
-        # bcrypt is slow on purpose (a check at cost 12 takes over half a second):
-        # remember what passed, by a digest of the password, as exporter-toolkit does
+        # bcrypt is slow on purpose (its cost factor sets how slow): remember what
+        # passed, by a digest of the password, as exporter-toolkit does
         with self._lock:
             if self._ok.get(_remembered(*credentials)):
                 return True
