@@ -6,7 +6,7 @@ import operator
 import os
 import stat
 from dataclasses import dataclass
-from typing import AbstractSet, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .decode import HASH_WORD, ID_WORD, PARENT_WORD, PackedRecords, RawRecords
 from .errors import CgroupNotFound, InvalidArgument, NoMemoryController, NotACgroup, quoted

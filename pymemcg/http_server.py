@@ -57,8 +57,7 @@ from typing import (Any, Callable, Counter, Deque, List, Optional, Protocol, Seq
                     Tuple, Union)
 
 from .errors import BadServerLimit
-from .server_limits import (DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,  # noqa: F401
-                            DEFAULT_WRITE_TIMEOUT, Limits)
+from .server_limits import Limits
 
 _log = logging.getLogger(__name__)
 
