@@ -100,7 +100,8 @@ class MemcgInstrumentor:
     root: the cgroup directory whose subtree is observed (default: the
     memory hierarchy's mountpoint). stats: the raw stats observed as
     memcg.<stat> (default pymemcg.DEFAULT_STATS). interval: the least time
-    in seconds between two reads of the tree (0: every collection reads).
+    in seconds between two reads of the tree (0: every collection reads;
+    not finite seconds >= 0: BadInterval).
     backend, flush: as for pymemcg.Reader. The Reader is made (the BPF
     program loaded) by instrument() and closed by uninstrument().
     """

@@ -95,8 +95,8 @@ class MemcgCollector:
     select every stat needed (see `stats_needed`) and is not closed here.
     Otherwise the collector makes its own Reader (the BPF program loads
     then) and `close()` unloads it. min_interval: seconds during which
-    scrapes share one tree read (0: a read per scrape); see
-    pymemcg.exposition.SharedSnapshot.
+    scrapes share one tree read (0: a read per scrape; not finite seconds
+    >= 0: BadInterval); see pymemcg.exposition.SharedSnapshot.
 
     Two ways to serve it: register it in a prometheus_client registry
     (`collect()`), or take `exposition()`, the same metrics as text-format
