@@ -1,4 +1,6 @@
-"""pymemcg: memory-cgroup statistics through a pinned BPF cgroup iterator.
+"""pymemcg: memory-cgroup statistics read through BPF (a cgroup iterator program,
+and a BPF_PROG_RUN fetch program where the kernel takes it), with memory.stat as
+the last resort.
 
     import pymemcg
     with pymemcg.Reader(stats=["anon", "file", "usage", "pgfault"]) as r:
@@ -11,12 +13,14 @@ happens at import time: the BPF program loads when a Reader is made.
 
 from .catalog import DEFAULT_STATS
 from .decode import Record, Snapshot
-from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
-                     FlushUnavailable, InvalidArgument,
+from .errors import (BadInterval, BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
+                     FlushUnavailable, InvalidArgument, InvalidPin, ListenError,
                      MalformedData, MalformedName, NoBtf,
-                     NoMemoryController, NotACgroup, PermissionDenied, ReadError,
-                     SelectionMismatch, StatUnavailable, UnknownStat, VerifierRejected,
-                     VerifyUnavailable)
+                     NoMemoryController, NotACgroup, NotAPin, OpenTelemetryMissing,
+                     PermissionDenied, PinGone, PinMismatch, PinMoved, PinTooSmall,
+                     PrometheusClientMissing, ReadError,
+                     SelectionMismatch, StatUnavailable, UnknownStat, UntrustedMetadata,
+                     VerifierRejected, VerifyUnavailable, WebConfigError, WebConfigExtraMissing)
 from .reader import FallbackWarning, Reader, StatInfo, stats
 from . import pins  # shared pins: pin(), PinReader (imports no BPF code)
 from .verify import verify  # the proof of exact on this host (`pymemcg verify`)
@@ -29,5 +33,8 @@ __all__ = [
     "InvalidArgument", "MalformedData", "MalformedName", "NoBtf",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",
     "StatUnavailable", "UnknownStat", "VerifierRejected", "VerifyUnavailable", "verify",
+    "InvalidPin", "NotAPin", "PinGone", "PinMismatch", "PinMoved", "PinTooSmall",
+    "UntrustedMetadata", "BadInterval", "ListenError", "PrometheusClientMissing",
+    "OpenTelemetryMissing", "WebConfigError", "WebConfigExtraMissing",
     "__version__", "pins",
 ]

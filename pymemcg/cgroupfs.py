@@ -6,10 +6,10 @@ import operator
 import os
 import stat
 from dataclasses import dataclass
-from typing import AbstractSet, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .decode import HASH_WORD, ID_WORD, PARENT_WORD, PackedRecords, RawRecords
-from .errors import CgroupNotFound, NoMemoryController, NotACgroup
+from .errors import CgroupNotFound, InvalidArgument, NoMemoryController, NotACgroup, quoted
 
 CGROUP_MOUNT = "/sys/fs/cgroup"
 
@@ -224,9 +224,14 @@ def path_list(paths: Iterable[str]) -> List[str]:
     """The paths of a read_many call as a list; one path on its own (a str,
     which would otherwise be taken for a list of one-letter paths) is refused."""
     if isinstance(paths, (str, bytes, os.PathLike)):
-        raise TypeError(f"read_many takes a list of paths, not one path ({paths!r}): "
-                        f"use read(), or read_many([path])")
-    return list(paths)
+        raise InvalidArgument(f"read_many takes a list of paths, not one path ({quoted(paths)}): "
+                              f"use read(), or read_many([path])")
+    try:
+        each = iter(paths)
+    except TypeError:
+        raise InvalidArgument(f"read_many takes a list of paths, not {quoted(paths)} "
+                              f"({type(paths).__name__}): use read_many([path, ...])") from None
+    return list(each)
 
 
 def still_names(path: str, cgroup_id: int) -> bool:

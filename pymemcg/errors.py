@@ -122,3 +122,62 @@ class BadServerLimit(Error, ValueError):
     """A bound of the exporter's HTTP server that cannot hold: a timeout that
     is not seconds > 0, a connection cap below 1, or a cap the process's
     open-file limit (RLIMIT_NOFILE) leaves no room for."""
+
+
+class PinTooSmall(ReadError):
+    """The pinned tree's records do not fit one iterator session."""
+
+
+class PinMismatch(Error, ValueError):
+    """The pin's metadata is missing or made by another pymemcg build."""
+
+
+class UntrustedMetadata(PinMismatch):
+    """The pin's metadata, or a directory it is in, could have been written
+    by someone other than root or this user."""
+
+
+class InvalidPin(Error, ValueError):
+    """pin() was asked for an unsafe or malformed pin, or unpin() to remove
+    something it cannot."""
+
+
+class NotAPin(InvalidPin):
+    """unpin() was pointed at something it cannot prove is a pymemcg pin (or
+    metadata of that pin): nothing was removed."""
+
+
+class PinGone(ReadError):
+    """The pin is not there any more: unpinned, or its bpffs unmounted."""
+
+
+class PinMoved(ReadError):
+    """The pinned cgroup is no longer at the path the pin was made for
+    (cgroup v1 allows renames): another cgroup, or nothing, is there now."""
+
+
+class PrometheusClientMissing(Error, ImportError):
+    """prometheus_client is not installed (the `prometheus` extra)."""
+
+
+class ListenError(Error, OSError):
+    """--listen names an address that cannot be parsed or bound."""
+
+
+class BadInterval(InvalidArgument):
+    """A least time between two tree reads (the exporter's min_interval,
+    OpenTelemetry's interval) that is not a finite number of seconds >= 0.
+    A ValueError (and a TypeError), as InvalidArgument is."""
+
+
+class OpenTelemetryMissing(Error, ImportError):
+    """opentelemetry-api is not installed (the `otel` extra)."""
+
+
+class WebConfigError(Error, ValueError):
+    """The web config file cannot be used: unreadable, not YAML, a key or value
+    it does not allow, a certificate or key that does not load."""
+
+
+class WebConfigExtraMissing(Error, ImportError):
+    """PyYAML or bcrypt is not installed (the `web` extra)."""

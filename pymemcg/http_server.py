@@ -26,7 +26,7 @@ The bounds (class Limits):
 - MAX_HELD_BODIES: the bodies of at most two tree reads are held for
   clients at once. A client still reading the text of an older read when
   a third one is answered is closed, so slow readers cannot each keep a
-  tree's text (about 40 MB at 10,000 cgroups) alive.
+  large tree's text alive.
 
 Requests are HTTP/1.1 (or 1.0) GET and HEAD, with keep-alive; bodies are
 not read (a request that carries one is answered, then the connection is
@@ -57,8 +57,7 @@ from typing import (Any, Callable, Counter, Deque, List, Optional, Protocol, Seq
                     Tuple, Union)
 
 from .errors import BadServerLimit
-from .server_limits import (DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT,  # noqa: F401
-                            DEFAULT_WRITE_TIMEOUT, Limits)
+from .server_limits import Limits
 
 _log = logging.getLogger(__name__)
 
@@ -429,8 +428,8 @@ class BoundedHTTPServer:
                 self._evict_oldest()      # FD_RESERVE covers the one file over the cap
             conn = _Conn(raw, self.ssl_context is not None)
             if conn.tls:
-                # TLS state (about 40 KiB while a handshake is under way) is made
-                # once the client sends something: a silent client costs a socket
+                # TLS state (a handshake's buffers) is made once the client sends
+                # something: a silent client costs a socket
                 self._begin(conn, HANDSHAKE)
                 self._want(conn, selectors.EVENT_READ)
             else:

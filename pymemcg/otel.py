@@ -53,11 +53,7 @@ import time
 from typing import (Any, Callable, Collection, Dict, Iterable, List, Optional, Sequence, Set,
                     Tuple, cast)
 
-from .errors import Error
-
-
-class OpenTelemetryMissing(Error, ImportError):
-    """opentelemetry-api is not installed (the `otel` extra)."""
+from .errors import Error, OpenTelemetryMissing
 
 
 try:
@@ -74,6 +70,7 @@ from .cgroupfs import memory_mount
 from .containers import identify
 from .decode import Snapshot
 from .errors import NoMemoryController, UnknownStat
+from .exposition import interval_seconds
 from .names import escape
 from .reader import Reader
 
@@ -103,7 +100,8 @@ class MemcgInstrumentor:
     root: the cgroup directory whose subtree is observed (default: the
     memory hierarchy's mountpoint). stats: the raw stats observed as
     memcg.<stat> (default pymemcg.DEFAULT_STATS). interval: the least time
-    in seconds between two reads of the tree (0: every collection reads).
+    in seconds between two reads of the tree (0: every collection reads;
+    not finite seconds >= 0: BadInterval).
     backend, flush: as for pymemcg.Reader. The Reader is made (the BPF
     program loaded) by instrument() and closed by uninstrument().
     """
@@ -114,8 +112,7 @@ class MemcgInstrumentor:
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "
                                      "controller: mount one, or run where one is mounted")
-        if interval < 0:
-            raise ValueError(f"interval={interval!r}: give a number of seconds >= 0")
+        interval = interval_seconds("interval", interval)
         self.root = root if root is not None else mount.mountpoint
         self.mountpoint = mount.mountpoint
         self.cgroup_version = mount.version
@@ -123,7 +120,7 @@ class MemcgInstrumentor:
         unknown = [s for s in self.selected if s not in catalog.STATS]
         if unknown:
             raise UnknownStat(f"unknown stats {unknown}: see `pymemcg stats` for the names")
-        self.interval = float(interval)
+        self.interval = interval
         self.backend, self.flush = backend, flush
         self._cadvisor: Dict[str, CadvisorMetric] = {
             m.name: m for m in cadvisor_metrics(mount.version)}

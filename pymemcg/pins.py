@@ -34,28 +34,14 @@ from .cgroupfs import Cgroup, TreePaths, resolve_cgroup, still_names
 from .decode import Selection, RawRecord, Record, Snapshot
 from .errors import (BpfUnavailable, Error, MalformedData, PinnedCgroupRemoved, ReadError,
                      SelectionMismatch, quoted)
+# the pin errors, importable from here as they always were (pymemcg.pins.PinMoved)
+from .errors import InvalidPin as InvalidPin, NotAPin as NotAPin, PinGone as PinGone
+from .errors import PinMismatch as PinMismatch, PinMoved as PinMoved
+from .errors import PinTooSmall as PinTooSmall, UntrustedMetadata as UntrustedMetadata
 
 SHARED_PIN_DIR = "/sys/fs/bpf/pymemcg-shared"
 META_DIR = "/run/pymemcg/pins"
 SESSION_BUF = 32768 + 4096
-
-
-class PinTooSmall(ReadError):
-    """The pinned tree's records do not fit one iterator session."""
-
-
-class PinMismatch(Error, ValueError):
-    """The pin's metadata is missing or made by another pymemcg build."""
-
-
-class UntrustedMetadata(PinMismatch):
-    """The pin's metadata, or a directory it is in, could have been written
-    by someone other than root or this user."""
-
-
-class InvalidPin(Error, ValueError):
-    """pin() was asked for an unsafe or malformed pin, or unpin() to remove
-    something it cannot."""
 
 
 @dataclass(frozen=True)
@@ -290,11 +276,6 @@ def _write_meta(meta: str, doc: Dict[str, Any]) -> None:
 # The kernel keeps 15 characters of a program's name: every iterator program
 # of bpf_src/memcg_iter.bpf.c starts with this.
 PIN_PROGRAM_PREFIX = "pmc_memcg_iter"
-
-
-class NotAPin(InvalidPin):
-    """unpin() was pointed at something it cannot prove is a pymemcg pin (or
-    metadata of that pin): nothing was removed."""
 
 
 def _refuse(path: str, why: str) -> NotAPin:
@@ -545,15 +526,6 @@ def prune(directory: str = SHARED_PIN_DIR, meta_dir: str = META_DIR,
             if refused is not None:
                 refused.append(str(e))
     return removed
-
-
-class PinGone(ReadError):
-    """The pin is not there any more: unpinned, or its bpffs unmounted."""
-
-
-class PinMoved(ReadError):
-    """The pinned cgroup is no longer at the path the pin was made for
-    (cgroup v1 allows renames): another cgroup, or nothing, is there now."""
 
 
 class PinReader:

@@ -48,19 +48,8 @@ import zlib
 from typing import (TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
                     Tuple)
 
-from .errors import Error, quoted
-
-
-class PrometheusClientMissing(Error, ImportError):
-    """prometheus_client is not installed (the `prometheus` extra)."""
-
-
-class ListenError(Error, OSError):
-    """--listen names an address that cannot be parsed or bound."""
-
-
-class BadInterval(Error, ValueError):
-    """A minimum interval between tree reads that is not seconds >= 0."""
+from .errors import Error, PrometheusClientMissing, quoted
+from .errors import ListenError as ListenError  # importable from here as it always was
 
 
 try:
@@ -77,7 +66,8 @@ from .cgroupfs import memory_mount
 from .decode import Snapshot
 from .exposition import (CGROUPS_HELP, CONTENT_TYPE, DEFAULT_MIN_INTERVAL, DURATION_HELP,
                          ERROR_HELP, INFO_HELP, SharedSnapshot, Taken, TextWriter, TreeLabels,
-                         exposed_name, local_columns, metric_inputs, picked)
+                         exposed_name, interval_seconds, local_columns, metric_inputs,
+                         picked)
 from .errors import NoMemoryController, UnknownStat
 from .names import escape
 from .server_limits import Limits
@@ -105,8 +95,8 @@ class MemcgCollector:
     select every stat needed (see `stats_needed`) and is not closed here.
     Otherwise the collector makes its own Reader (the BPF program loads
     then) and `close()` unloads it. min_interval: seconds during which
-    scrapes share one tree read (0: a read per scrape); see
-    pymemcg.exposition.SharedSnapshot.
+    scrapes share one tree read (0: a read per scrape; not finite seconds
+    >= 0: BadInterval); see pymemcg.exposition.SharedSnapshot.
 
     Two ways to serve it: register it in a prometheus_client registry
     (`collect()`), or take `exposition()`, the same metrics as text-format
@@ -122,9 +112,7 @@ class MemcgCollector:
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "
                                      "controller: mount one, or run where one is mounted")
-        if not min_interval >= 0:
-            raise BadInterval(f"min_interval {min_interval!r}: give seconds >= 0 (0 reads "
-                              f"the tree on every scrape)")
+        min_interval = interval_seconds("min_interval", min_interval)  # before any BPF loads
         self.root = root if root is not None else mount.mountpoint
         self.cgroup_version = mount.version
         self.selected = list(stats)
@@ -359,8 +347,8 @@ def _handler(collector: MemcgCollector) -> Callable[[Request], Response]:
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             plain, packed = zipped[0]
             if plain is not chunks:
-                # level 1: a scrape's text compresses about 20x at a fraction of
-                # level 9's CPU
+                # level 1: the text's repeated names and labels compress well at
+                # the cheapest level already; a higher level costs CPU on every scrape
                 z = zlib.compressobj(1, zlib.DEFLATED, 31)   # 31: a gzip stream
                 packed = b"".join([*map(z.compress, chunks), z.flush()])
                 zipped[0] = (chunks, packed)

@@ -124,7 +124,7 @@ class Reader:
     Reader's own, which is then loaded only when a read needs it (see
     pymemcg/backends/pinned.py); this is how a non-root process reads through BPF.
     Reads are serialised per Reader; use one Reader per thread for
-    parallel reads. Close it (or use `with`) to unpin and unload.
+    parallel reads. Close it (or use `with`) to close its links and unload its programs.
     An argument of another type or value raises InvalidArgument (a
     TypeError and ValueError too) naming it; an unknown or repeated stat
     name raises UnknownStat.
@@ -228,7 +228,8 @@ class Reader:
         return self._be().read_tree(root)
 
     def close(self) -> None:
-        """Unpin links and unload the program. Safe to call twice."""
+        """Close the links (fds: a Reader pins nothing) and unload the programs. Safe to
+        call twice."""
         with self._lock:
             if self._backend is not None:
                 self._backend.close()

@@ -34,19 +34,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple
 
 from . import forksafe
-from .errors import Error, quoted
+from .errors import quoted
+# importable from here as they always were
+from .errors import WebConfigError as WebConfigError
+from .errors import WebConfigExtraMissing as WebConfigExtraMissing
 
 if TYPE_CHECKING:
     from .http_server import BoundedHTTPServer
-
-
-class WebConfigError(Error, ValueError):
-    """The web config file cannot be used: unreadable, not YAML, a key or value
-    it does not allow, a certificate or key that does not load."""
-
-
-class WebConfigExtraMissing(Error, ImportError):
-    """PyYAML or bcrypt is not installed (the `web` extra)."""
 
 
 #: client_auth_type -> what ssl verifies (exporter-toolkit's names)
@@ -160,8 +154,8 @@ class WebConfig:
         credentials = _credentials(header)
         if credentials is None:
             return False
-        # bcrypt is slow on purpose (a check at cost 12 takes over half a second):
-        # remember what passed, by a digest of the password, as exporter-toolkit does
+        # bcrypt is slow on purpose (its cost factor sets how slow): remember what
+        # passed, by a digest of the password, as exporter-toolkit does
         with self._lock:
             if self._ok.get(_remembered(*credentials)):
                 return True

@@ -3,10 +3,15 @@ remedy, and nothing left behind (fds, links, pins)."""
 
 from __future__ import annotations
 
+import ast
 import errno
+import importlib
+import importlib.util
 import os
+import pkgutil
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -227,6 +232,42 @@ def test_errors_are_one_family():
                 pymemcg.VerifierRejected, pymemcg.MalformedData, pymemcg.StatUnavailable,
                 pymemcg.InvalidArgument):
         assert issubclass(cls, pymemcg.Error)
+
+
+def _package_modules():
+    for info in pkgutil.walk_packages(pymemcg.__path__, "pymemcg."):
+        if info.name != "pymemcg.__main__":  # importing it runs the CLI
+            yield info.name
+
+
+def _descendants(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _descendants(sub)
+
+
+def _base_name(base: ast.expr) -> str:
+    return base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+
+
+def test_every_error_class_is_defined_in_errors_py():
+    # one module holds every error: the place to look up what a caller may catch
+    unimportable = []
+    for name in _package_modules():
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an extra missing here: its source is read instead
+            unimportable.append(name)
+    outside = [f"{c.__module__}.{c.__qualname__}" for c in _descendants(pymemcg.Error)
+               if c.__module__.startswith("pymemcg") and c.__module__ != "pymemcg.errors"]
+    error_names = {n for n, v in vars(pymemcg.errors).items()
+                   if isinstance(v, type) and issubclass(v, pymemcg.Error)}
+    for name in unimportable:
+        tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text())
+        outside += [f"{name}.{node.name}" for node in ast.walk(tree)
+                    if isinstance(node, ast.ClassDef)
+                    and any(_base_name(b) in error_names for b in node.bases)]
+    assert not outside, f"pymemcg.Error subclasses outside pymemcg/errors.py: {sorted(set(outside))}"
 
 
 def test_many_single_cgroups_keep_fds_bounded(no_leaks, cgroups, monkeypatch):

@@ -23,7 +23,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 import pymemcg  # noqa: E402
 from pymemcg.otel import MemcgInstrumentor  # noqa: E402
 
-from test_prometheus import LIMIT, quiet, rel  # noqa: E402,F401 - quiet: a fixture
+from test_prometheus import BAD_INTERVALS, LIMIT, quiet, rel  # noqa: E402,F401 - quiet: a fixture
 
 SELECTED = ["usage", "anon", "file", "inactive_file", "pgfault", "oom_kill"]
 
@@ -193,6 +193,12 @@ def test_bad_arguments_are_clean_errors():
         MemcgInstrumentor(stats=["usage", "no_such_stat"])
     with pytest.raises(ValueError, match="seconds"):
         MemcgInstrumentor(interval=-1)
+
+
+@pytest.mark.parametrize("value", BAD_INTERVALS)
+def test_a_bad_interval_is_the_exporters_bad_interval(value):
+    with pytest.raises(pymemcg.BadInterval, match="interval .*seconds >= 0"):
+        MemcgInstrumentor(interval=value)
 
 
 def test_without_opentelemetry_is_a_clean_error():

@@ -619,6 +619,20 @@ def test_export_bad_min_interval_is_a_clean_error():
         MemcgCollector(min_interval=-1)
 
 
+BAD_INTERVALS = [-1, float("nan"), float("inf"), "1", None]
+
+
+@pytest.mark.parametrize("value", BAD_INTERVALS)
+def test_every_interval_check_raises_bad_interval(value):
+    # the collector and the snapshot it shares check alike, before any BPF loads
+    from pymemcg.exposition import SharedSnapshot
+    for make in (lambda: MemcgCollector(min_interval=value),
+                 lambda: SharedSnapshot(lambda root: None, "/", value)):
+        with pytest.raises(pymemcg.BadInterval, match="seconds >= 0") as e:
+            make()
+        assert isinstance(e.value, ValueError)  # what callers caught before
+
+
 def test_label_values_and_help_round_trip_through_the_parser():
     from pymemcg.exposition import header, label_pairs
     odd = 'a"b\\c\nd\\n'

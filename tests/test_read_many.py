@@ -117,8 +117,9 @@ def test_other_errors_raise(cgroups, reader):
         reader.read_many([a, "/proc"])
     with pytest.raises(pymemcg.NotACgroup):
         reader.read_many([a, 17])
-    with pytest.raises(TypeError):
-        reader.read_many(a)  # one path, not a list of them
+    for not_a_list in (a, a.encode(), 17):  # one path, not a list of them; no list at all
+        with pytest.raises(pymemcg.InvalidArgument, match="read_many takes a list of paths"):
+            reader.read_many(not_a_list)
 
 
 def test_rename_replace_remove_between_calls(cgroups, reader):

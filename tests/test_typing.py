@@ -3,7 +3,6 @@ documented methods are what type checkers and help() see."""
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys

@@ -29,10 +29,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, 
 from .. import forksafe
 from ..cgroupfs import Cgroup, path_list, resolve_cgroup, still_names
 from ..decode import Selection, Record, Snapshot
-from ..errors import BpfUnavailable, CgroupNotFound
+from ..errors import BpfUnavailable, CgroupNotFound, PinGone, PinTooSmall
 from . import Backend
-from ..pins import (META_DIR, SHARED_PIN_DIR, PinGone, PinReader, PinTooSmall, _read_meta,
-                   trusted)
+from ..pins import META_DIR, SHARED_PIN_DIR, PinReader, _read_meta, trusted
 
 _NO_PIN = None  # a route to the backend
 

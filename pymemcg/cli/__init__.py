@@ -57,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="colour: auto (a terminal, NO_COLOR unset), always, never")
 
     p = argparse.ArgumentParser(prog=PROG, parents=[colour],
-                                description="Memory-cgroup statistics through a pinned BPF "
-                                            "cgroup iterator (memory.stat as fallback).")
+                                description="Memory-cgroup statistics read through BPF (a "
+                                            "cgroup iterator program, and a BPF_PROG_RUN fetch "
+                                            "program where the kernel takes it), with "
+                                            "memory.stat as the last resort.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

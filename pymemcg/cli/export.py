@@ -8,7 +8,8 @@ import sys
 from typing import TextIO
 
 from .. import catalog
-from ..exposition import DEFAULT_MIN_INTERVAL
+from ..errors import BadInterval
+from ..exposition import DEFAULT_MIN_INTERVAL, interval_seconds
 from ..server_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT
 from .options import add_common, default_root, positive_float, positive_int, selection
 from .running import EXIT_OK, PROG, Stop, stop_on_sigterm, warnings_said
@@ -22,9 +23,10 @@ def seconds_or_zero(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds >= 0")
-    return value
+    try:
+        return interval_seconds("--min-interval", value)
+    except BadInterval:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds >= 0") from None
 
 
 def add_export_options(export: argparse.ArgumentParser) -> None:

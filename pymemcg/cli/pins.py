@@ -11,6 +11,7 @@ import sys
 from typing import List, TextIO
 
 from .. import pins
+from ..errors import InvalidPin
 from .options import default_root, selection
 from .running import EXIT_OK, EXIT_USAGE, PROG
 from .snapshot import SNAPSHOT_STATS
@@ -22,7 +23,7 @@ def cmd_pin(args: argparse.Namespace, out: TextIO) -> int:
     try:
         mode = int(args.mode, 8)
     except ValueError:
-        raise pins.InvalidPin(f"--mode {args.mode}: give an octal mode such as 640") from None
+        raise InvalidPin(f"--mode {args.mode}: give an octal mode such as 640") from None
     root = default_root(args.root)
     info = pins.pin(root, args.name, selection(args, SNAPSHOT_STATS), tree=not args.self_only,
                     local=args.local, owner=owner, group=group, mode=mode,

@@ -40,14 +40,14 @@ def open_reader(names: Sequence[str], local: bool, backend: str, flush: bool = F
 
 
 class Stop(Exception):
-    """SIGTERM or SIGHUP arrived: leave the loop and clean up (unpin) as on Ctrl-C."""
+    """SIGTERM or SIGHUP arrived: leave the loop and close the Reader as on Ctrl-C."""
 
 
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM (and SIGHUP, unless ignored as under nohup) into Stop inside
-    long-running commands, so that the Reader closes and unpins its links
-    instead of the process dying mid-way."""
+    long-running commands, so that the Reader closes its links and unloads its
+    programs instead of the process dying mid-way."""
     def handler(signum: int, frame: Any) -> None:
         raise Stop()
     installed = []
