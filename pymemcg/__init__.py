@@ -19,7 +19,7 @@ from .errors import (BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMis
                      VerifyUnavailable)
 from .reader import FallbackWarning, Reader, StatInfo, stats
 from . import pins  # shared pins: pin(), PinReader (imports no BPF code)
-from .verify import verify  # the proof of exact on this host (`pymemcg verify`)
+from .parity import verify  # the proof of exact on this host (`pymemcg verify`)
 
 from ._version import __version__
 
