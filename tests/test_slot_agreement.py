@@ -78,3 +78,16 @@ def test_without_a_table_the_extra_stats_are_listed():
     assert "pgfault" in agree["hierarchical"]["kernel_lists_only"]
     # with a table for the release, the same difference is a disagreement
     assert not guest_run.slot_agreement(dict(sources, table=True))["ok"]
+
+
+def test_the_guest_records_both_slot_sources_here(bpf_ok):
+    """The guest's one interpreter start (INFO_CMD) on this host's kernel
+    records the slot sources it compares, with no error on the way."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYMEMCG_REQUIRE_BPF="1")
+    info, err = guest_run.run_json(sys.executable, guest_run.INFO_CMD, env, root)
+    assert info is not None, err
+    assert "slot_sources_error" not in info, info["slot_sources_error"]
+    sources = info["slot_sources"]
+    served = {s["name"] for s in info["stats"] if s["backend"] == "bpf"}
+    assert served and served <= set(sources["with_kallsyms"]["hierarchical"])
