@@ -319,11 +319,16 @@ def test_verify_is_the_function_and_its_package_is_not_shadowed():
 def test_no_parity_module_shadows_an_importable_one():
     """The workload runs by its path, so its directory (pymemcg/parity) comes
     first on the child's sys.path: a module there named like one the child
-    imports (the standard library's) would replace it."""
-    import importlib.util
+    imports (the standard library's) would replace it. Asked of a fresh
+    interpreter, whose sys.path is the child's but for that directory."""
     import pkgutil
-    for m in pkgutil.iter_modules(parity.__path__):
-        assert importlib.util.find_spec(m.name) is None, f"pymemcg/parity/{m.name}.py"
+    names = [m.name for m in pkgutil.iter_modules(parity.__path__)]
+    code = ("import importlib.util, json, sys\n"
+            "print(json.dumps([n for n in sys.argv[1:] if importlib.util.find_spec(n)]))\n")
+    p = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
+                       cwd="/", timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == [], f"pymemcg/parity modules shadow these: {p.stdout}"
 
 
 def test_workload_is_the_program_the_probe_runs():
