@@ -5,7 +5,9 @@
 For each wheel: its extension's machine matches the wheel's tag, it needs no
 shared library but glibc's, every glibc symbol it takes is versioned no newer
 than the manylinux tag allows, no other symbol is left undefined but the
-Python C API's, it carries pymemcg/py.typed, and `auditwheel show` names the same manylinux policy. Prints
+Python C API's, it carries pymemcg/py.typed and every Python module of this
+checkout's pymemcg/ (each subpackage listed in pyproject.toml), and
+`auditwheel show` names the same manylinux policy. Prints
 the wheel's size, the extension's size, its NEEDED entries and its newest
 GLIBC_ version. Exits non-zero naming what is wrong. Uses objdump (binutils),
 which reads the dynamic section and symbols of either architecture's ELF.
@@ -25,6 +27,15 @@ GLIBC_LIBS = {"libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.
               "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"}
 # ELF e_machine of each wheel architecture
 MACHINES = {"x86_64": 62, "aarch64": 183}
+# the package of the checkout this script is in, whose modules a wheel must carry
+PACKAGE = Path(__file__).resolve().parent.parent / "pymemcg"
+
+
+def missing_modules(names: list[str]) -> list[str]:
+    """The checkout's pymemcg/**/*.py that a wheel holding `names` lacks
+    (a subpackage left out of pyproject.toml's packages is not built in)."""
+    modules = (p.relative_to(PACKAGE.parent).as_posix() for p in PACKAGE.rglob("*.py"))
+    return sorted(set(modules) - set(names))
 
 
 def glibc_version(text: str) -> tuple[int, ...]:
@@ -44,6 +55,9 @@ def check(wheel: Path) -> list[str]:
         if "pymemcg/py.typed" not in names:
             # without the PEP 561 marker, users' type checkers ignore the annotations
             problems.append("pymemcg/py.typed is not in the wheel")
+        missing = missing_modules(names)
+        if missing:
+            problems.append(f"modules of the checkout not in the wheel: {missing}")
         sos = [n for n in names if n.endswith(".so") or ".so." in n]
         if sos != ["pymemcg/_pymemcg.abi3.so"]:
             problems.append(f"shared objects in the wheel: {sos}, expected only the extension")

@@ -23,7 +23,7 @@ from .errors import (BadInterval, BpfUnavailable, CgroupNotFound, Closed, Error,
                      VerifierRejected, VerifyUnavailable, WebConfigError, WebConfigExtraMissing)
 from .reader import FallbackWarning, Reader, StatInfo, stats
 from . import pins  # shared pins: pin(), PinReader (imports no BPF code)
-from .verify import verify  # the proof of exact on this host (`pymemcg verify`)
+from .parity import verify  # the proof of exact on this host (`pymemcg verify`)
 
 from ._version import __version__
 

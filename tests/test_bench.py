@@ -75,7 +75,7 @@ def test_user_bench_of_a_missing_cgroup_is_a_user_error():
 def test_runtime_never_imports_benchmark_or_cli_code(bpf_ok):
     """Reader, its backends and the exporters work without the command line
     and without benchmark code: nothing they import reaches either."""
-    code = ("import sys, pymemcg, pymemcg.pins, pymemcg.prometheus, pymemcg.verify\n"
+    code = ("import sys, pymemcg, pymemcg.pins, pymemcg.prometheus, pymemcg.parity\n"
             "from pymemcg.cgroupfs import own_memory_cgroup\n"
             "with pymemcg.Reader(stats=['usage', 'anon']) as r:\n"
             "    r.read(own_memory_cgroup()); r.read_tree(own_memory_cgroup())\n"

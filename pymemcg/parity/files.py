@@ -1,0 +1,145 @@
+"""The kernel's own files that verify compares with, read and turned into
+values by stat name: memory.stat and the page-counter files of either cgroup
+version, memory.events(.local) and memory.swap.events on v2, and
+memory.kmem.usage_in_bytes and memory.oom_control on v1. Sizes are bytes and
+events counts, as the files print them (memory_stat.py parses each file)."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Mapping, Optional, Tuple
+
+from .. import catalog
+from ..catalog import COUNTER, MEMEVENT
+from ..memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
+                           parse_flat_keyed, parse_number)
+
+# v1: the kmem page counter is charged in the same call as MEMCG_KMEM
+# (memcg_account_kmem), so it is the kernel's own print of "kernel" there
+V1_KMEM_FILE = "memory.kmem.usage_in_bytes"
+V1_OOM_FILE = "memory.oom_control"
+
+
+FileValues = Dict[str, Tuple[int, str]]    # stat name -> (value, "file key")
+
+
+def _files_for(version: int) -> Tuple[str, ...]:
+    counters = V1_COUNTER_FILES if version == 1 else V2_COUNTER_FILES
+    extra = (V1_KMEM_FILE, V1_OOM_FILE) if version == 1 else \
+        ("memory.events", "memory.events.local", "memory.swap.events")
+    return ("memory.stat",) + tuple(counters.values()) + extra
+
+
+def read_files(path: str, version: int) -> Dict[str, Optional[str]]:
+    """The text of every file verify compares, by file name (None if absent)."""
+    out: Dict[str, Optional[str]] = {}
+    for name in _files_for(version):
+        try:
+            with open(os.path.join(path, name), "rb", buffering=0) as f:
+                out[name] = f.read().decode("ascii")
+        except FileNotFoundError:
+            out[name] = None
+    return out
+
+
+def file_values(files: Mapping[str, Optional[str]], version: int, local: bool,
+                leaf: bool) -> Tuple[FileValues, Dict[str, str]]:
+    """What the kernel's files say, by stat name, and why a stat has no value.
+
+    local values come from files that print them (v1 memory.stat's plain
+    keys, v2 memory.events.local) and, at a leaf, from the hierarchical files:
+    a cgroup without children is its whole subtree.
+    """
+    values: FileValues = {}
+    why: Dict[str, str] = {}
+    hier = not local or leaf
+    note = " (a leaf: its own values are its subtree's)" if local and leaf else ""
+    stat_keys = parse_flat_keyed(files.get("memory.stat") or "")
+
+    for s in catalog.STATS.values():
+        if s.kind == COUNTER:
+            fname = (V1_COUNTER_FILES if version == 1 else V2_COUNTER_FILES).get(s.name)
+            if fname is None:
+                why[s.name] = f"no cgroup v{version} file has it"
+            elif files.get(fname) is None:
+                why[s.name] = f"this kernel has no {fname}"
+            else:
+                # a page counter has one value: local=True reads the same counter
+                # `or ""`: not None, the branch above says
+                values[s.name] = (parse_number(files[fname] or "", fname), fname)
+            continue
+        if s.kind == MEMEVENT:
+            _memevent(s.name, files, version, local, leaf, note, values, why)
+            continue
+        if version == 1:
+            if s.name == "kernel":
+                if not hier:
+                    why[s.name] = (f"cgroup v1 prints no local value of it ({V1_KMEM_FILE} "
+                                   f"is hierarchical; compared at the leaves)")
+                elif files.get(V1_KMEM_FILE) is None:
+                    why[s.name] = f"this kernel has no {V1_KMEM_FILE}"
+                else:
+                    values[s.name] = (parse_number(files[V1_KMEM_FILE] or "", V1_KMEM_FILE),
+                                      V1_KMEM_FILE + note)
+                continue
+            if s.v1_key is None:
+                other = f" (v2's memory.stat prints it as {s.v2_key})" if s.v2_key else ""
+                why[s.name] = f"cgroup v1's memory.stat has no key for it{other}"
+                continue
+            key = s.v1_key if local else "total_" + s.v1_key
+        else:
+            if s.v2_key is None:
+                other = f" (only v1's memory.stat prints it, as {s.v1_key})" if s.v1_key else ""
+                why[s.name] = f"cgroup v2's memory.stat has no key for it{other}"
+                continue
+            if not hier:
+                why[s.name] = ("cgroup v2's memory.stat prints hierarchical values only "
+                               "(local ones compared at the leaves)")
+                continue
+            key = s.v2_key
+        if key not in stat_keys:
+            why[s.name] = f"this kernel's memory.stat does not print {key}"
+        else:
+            values[s.name] = (stat_keys[key], f"memory.stat {key}" + (note if version == 2
+                                                                        else ""))
+    return values, why
+
+
+def _memevent(name: str, files: Mapping[str, Optional[str]], version: int, local: bool,
+              leaf: bool, note: str, values: FileValues, why: Dict[str, str]) -> None:
+    """A memory.events counter: v2 memory.events(.local) and memory.swap.events;
+    v1 prints only oom_kill, in memory.oom_control."""
+    if version == 1:
+        if name != "oom_kill":
+            why[name] = "cgroup v1 has no memory.events (it prints only oom_kill, in " \
+                        "memory.oom_control)"
+        elif local and not leaf:
+            why[name] = f"cgroup v1 prints no local value of it beside {V1_OOM_FILE}'s " \
+                        f"(compared at the leaves)"
+        elif files.get(V1_OOM_FILE) is None:
+            why[name] = f"this kernel has no {V1_OOM_FILE}"
+        else:
+            raw = parse_flat_keyed(files[V1_OOM_FILE] or "", V1_OOM_FILE)
+            if "oom_kill" in raw:
+                values[name] = (raw["oom_kill"], f"{V1_OOM_FILE} oom_kill{note}")
+            else:
+                why[name] = f"this kernel's {V1_OOM_FILE} does not print oom_kill"
+        return
+    for fname, keys in (("memory.events.local" if local else "memory.events", EVENTS_KEYS),
+                        ("memory.swap.events", SWAP_EVENTS_KEYS)):
+        key = next((k for k, n in keys.items() if n == name), None)
+        if key is None:
+            continue
+        if fname == "memory.swap.events" and local and not leaf:
+            why[name] = "cgroup v2 has no memory.swap.events.local (compared at the leaves)"
+        elif files.get(fname) is None:
+            why[name] = f"this kernel has no {fname}"
+        else:
+            raw = parse_flat_keyed(files[fname] or "", fname)
+            if key in raw:
+                values[name] = (raw[key], f"{fname} {key}"
+                                + (note if fname == "memory.swap.events" else ""))
+            else:
+                why[name] = f"this kernel's {fname} does not print {key}"
+        return
+    why[name] = "no cgroup v2 file prints it"
