@@ -103,7 +103,7 @@ class BpfBackend:
         would share the fetch program's output map, so the child reads
         through iterator sessions, whose buffers are its own."""
         if getattr(self, "_fetch", None) is not None:
-            self._fetch = None
+            self._fetch = self._batches = None
             self._links.retire_fetch()   # and the routes to its slots
             self.read_method = "iterator session (forked child)"
 
@@ -152,8 +152,8 @@ class BpfBackend:
         lock = self._lock
         lock.acquire()
         try:
-            batches = self._batches
-            if self._fetch is not None and batches is not None:
+            batches = self._batches   # None without the fetch program
+            if batches is not None:
                 plan = batches.plan
                 if plan[1] == self._routes.gen and paths == plan[0]:
                     # fast path: the paths of the last call (a poller's list)
@@ -173,10 +173,8 @@ class BpfBackend:
 
     def close(self) -> None:
         with self._lock:
-            self._fetch = None  # before the finalizer frees what its pointers point at
-            self._fetch_record = None
-            if self._batches is not None:
-                self._batches.forget()
+            # before the finalizer frees what their pointers point at
+            self._fetch = self._fetch_record = self._batches = None
             self._finalizer()
             self._routes.clear()
             self._links.roots.clear()

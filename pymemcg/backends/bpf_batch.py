@@ -38,11 +38,6 @@ class Batches:
         # the last call: its paths, routes.gen then, their fetch entries and relpaths
         self.plan: Tuple[Optional[List[str]], int, bytes, List[str]] = (None, -1, b"", [])
 
-    def forget(self) -> None:
-        """Drop the last call's plan (and with it the fetch program's view)."""
-        self.plan = (None, -1, b"", [])
-        self.view = memoryview(b"")
-
     def read(self, paths: List[str]) -> List[Optional[Record]]:
         """read_many() of paths other than the last call's, or with routes
         changed since."""
