@@ -1,6 +1,8 @@
 """What a BPF reader holds in the kernel: the iterator program of its
-selection, a link (an fd) per (cgroup, walk order) made from it, and the
-fetch program whose slots hold the cgroups read one by one.
+selection (BpfSelection resolves it for this kernel), a link (an fd) per
+(cgroup, walk order) made from it, and the fetch program whose slots hold
+the cgroups read one by one; with them (Links) the paths proven to name
+what those read (routes, tree roots), and the session buffer (Sessions).
 
 Each kind is bounded, the oldest let go first: at most
 programs.MAX_SINGLE_CGROUPS cgroups read one by one (fetch slots, or
@@ -11,7 +13,7 @@ tree roots. pins.pin() makes its one link here too (BpfSelection, Links).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from .. import programs, slots
 from ..binding import load
