@@ -234,12 +234,49 @@ def path_list(paths: Iterable[str]) -> List[str]:
     return list(each)
 
 
+class Replaced(Exception):
+    """A path named another cgroup by the time it was opened than the one
+    resolved: resolve it again. Raised and caught inside the backends."""
+
+
 def still_names(path: str, cgroup_id: int) -> bool:
     """Whether the directory at path is (still) the cgroup with this id."""
     try:
         return os.stat(path).st_ino == cgroup_id
     except OSError:
         return False
+
+
+class PathHashProofs:
+    """Whether the path hash the kernel reported for a cgroup may stand for
+    the path it was read by, so that a later read of that path skips
+    resolving it.
+
+    The hash is computed from the relpath where the kernel's root is ours;
+    a cgroup namespace or a mount of a subtree hides the top of the path,
+    and then a hash counts only once two slow reads, each checked by stat
+    before and after, saw the same one (a single observation could come
+    from a cgroup renamed away and back during the read)."""
+
+    def __init__(self, bound: int) -> None:
+        # path -> (id, path hash) seen by the last read where the hash could
+        # not be computed from the path; forgotten past `bound` entries
+        self._seen: Dict[str, Tuple[int, int]] = {}
+        self._bound = bound
+
+    def proves(self, path: str, cg: Cgroup, reported: int) -> bool:
+        """Whether `reported` stands for path, which was just proven (by
+        stat) to name cg. 0: deeper than the program walks, never provable."""
+        if reported == 0:
+            return False
+        from .wire import path_hash
+        if reported == path_hash(cg.relpath):
+            return True
+        seen = self._seen.get(path)
+        self._seen[path] = (cg.id, reported)
+        if len(self._seen) > self._bound:
+            self._seen.clear()
+        return seen == (cg.id, reported)
 
 
 class NameCache:

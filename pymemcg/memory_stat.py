@@ -16,7 +16,7 @@ from . import catalog
 from .catalog import COUNTER, MEMEVENT
 from .errors import MalformedData, ReadError
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")   # bytes; the unit of page counters and of page stats
 PAGE_COUNTER_MAX_BYTES = (2**63 - 1) // PAGE_SIZE * PAGE_SIZE  # "max" / unlimited
 
 # counter -> file, per cgroup version

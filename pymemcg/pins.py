@@ -197,7 +197,7 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
     replaced or widened: an existing name is an error (unpin it first).
     """
     from ._pymemcg import lib
-    from .backends.bpf import BpfBackend
+    from .backends.bpf_links import INITIAL_OVERFLOW_CAPACITY, BpfSelection, Links
     from .bpffs import BPFFS, ensure_bpffs
     from . import wire
     from .programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, object_digest
@@ -220,9 +220,10 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
     meta = _meta_path(path, meta_dir)
     if os.path.lexists(path) or os.path.lexists(meta):
         raise BpfUnavailable(f"{path} (or its metadata) exists: unpin it first")
-    backend = BpfBackend(list(stats), local, cg.mount.version, cg.mount.mountpoint)
+    bpf = BpfSelection(list(stats), local, cg.mount.version)
+    links = Links(bpf.iterator(INITIAL_OVERFLOW_CAPACITY))
     try:
-        link = backend._link(cg, ORDER_DESCENDANTS_PRE if tree else ORDER_SELF_ONLY)
+        link = links.link(cg, ORDER_DESCENDANTS_PRE if tree else ORDER_SELF_ONLY)
         rc = lib.pmc_link_pin(link.fd, path.encode())
         if rc < 0:
             raise BpfUnavailable(f"pinning at {path} failed ({os.strerror(-rc)}): the "
@@ -234,7 +235,7 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
                 "pin": os.path.abspath(path),
                 "root": cg.path,
                 "cgroup_id": cg.id, "tree": tree, "stats": list(stats), "local": local,
-                "sources": backend.selection.sources,
+                "sources": bpf.selection.sources,
             })
         except BaseException:
             for p in (path, meta):
@@ -244,7 +245,7 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
                     pass
             raise
     finally:
-        backend.close()  # the pin keeps the link, and so the program, alive
+        links.release()  # the pin keeps the link, and so the program, alive
     return _info(path, meta_dir)
 
 

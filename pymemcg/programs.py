@@ -18,13 +18,16 @@ from typing import Any, Callable, Dict, Sequence
 
 from . import slots
 from .binding import load
-from .cgroupfs import Cgroup
+from .cgroupfs import Cgroup, Replaced
+from .memory_stat import PAGE_SIZE
 from .wire import KFUNCS_NONE, selection_digest
 from .errors import BpfUnavailable, CgroupNotFound, PermissionDenied, ReadError, VerifierRejected
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE = 1, 2
-FETCH_SLOTS = 256                    # cgroups the one-call program holds references to
+# cgroups read one by one that a reader keeps a kernel reference to: each a
+# fetch slot, or a SELF_ONLY link (an fd) where the fetch program does not
+# load; past it the oldest is let go
+MAX_SINGLE_CGROUPS = 256
 
 
 def object_digest() -> str:
@@ -104,10 +107,6 @@ class Program:
             self.prog = None
 
 
-class Replaced(Exception):
-    """A path named another cgroup by the time it was opened: resolve again."""
-
-
 class Slot:
     """A cgroup that the fetch program holds a reference to, for single reads."""
 
@@ -126,7 +125,8 @@ class Fetch:
     """
 
     def __init__(self, resolutions: Sequence[slots.Resolution], local: bool,
-                 kfuncs: int, flush: bool, record_size: int, slots: int = FETCH_SLOTS) -> None:
+                 kfuncs: int, flush: bool, record_size: int,
+                 slots: int = MAX_SINGLE_CGROUPS) -> None:
         ffi, lib = load()
         self.lib = lib
         out = ffi.new("struct pmc_fetch **")

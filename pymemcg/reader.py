@@ -260,14 +260,13 @@ class StatInfo:
 
 def stats(local: bool = False) -> List[StatInfo]:
     """Every stat name with its unit, meaning and how this host serves it."""
-    from .memory_stat import printed_keys, text_availability
+    from .memory_stat import PAGE_SIZE, printed_keys, text_availability
     mount = memory_mount()
     version = mount.version if mount else 2
     keys = printed_keys(mount.mountpoint) if mount else None
     bpf_res = {}
     bpf_error = ""
     try:
-        from .programs import PAGE_SIZE
         from .kernel_probe import kernel_facts
         from .slots import resolve
         facts = kernel_facts()

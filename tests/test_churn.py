@@ -16,7 +16,8 @@ import time
 import pytest
 
 import pymemcg
-from pymemcg.backends import bpf as bpf_mod
+from pymemcg import programs
+from pymemcg.backends import bpf as bpf_mod, bpf_single, bpf_walk
 from pymemcg.cgroupfs import memory_mount
 
 from conftest import my_links, open_fds
@@ -276,7 +277,7 @@ def test_cgroup_removed_between_attach_and_read(no_leaks, cgroups, monkeypatch, 
     victim = cgroups.make("victim")
     if single == "iterator":
         monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
-    for cls, name in ((bpf_mod.Program, "attach"), (bpf_mod.Fetch, "stash")):
+    for cls, name in ((programs.Program, "attach"), (programs.Fetch, "stash")):
         def then_remove(self, cg, *args, real=getattr(cls, name)):
             out = real(self, cg, *args)
             if cg.path == victim and os.path.isdir(victim):
@@ -290,17 +291,24 @@ def test_cgroup_removed_between_attach_and_read(no_leaks, cgroups, monkeypatch, 
         assert r.read(cgroups.base).id == os.stat(cgroups.base).st_ino
 
 
+def _resolve_by(monkeypatch, resolve) -> None:
+    """The BPF backend's reads (bpf_single) and tree reads (bpf_walk)
+    resolve paths through `resolve`."""
+    for module in (bpf_single, bpf_walk):
+        monkeypatch.setattr(module, "resolve_cgroup", resolve)
+
+
 @pytest.mark.parametrize("method", ["read", "read_tree"])
 def test_removed_between_resolve_and_attach(bpf_ok, cgroups, monkeypatch, method):
     victim = cgroups.make("victim")
-    real_resolve = bpf_mod.resolve_cgroup
+    real_resolve = bpf_single.resolve_cgroup
 
     def resolve_then_remove(path):
         cg = real_resolve(path)
         if cg.path == victim:
             os.rmdir(victim)
         return cg
-    monkeypatch.setattr(bpf_mod, "resolve_cgroup", resolve_then_remove)
+    _resolve_by(monkeypatch, resolve_then_remove)
     with pymemcg.Reader(stats=STATS, backend="bpf") as r:
         with pytest.raises(pymemcg.CgroupNotFound):
             getattr(r, method)(victim)
@@ -310,7 +318,7 @@ def _replace_after_first_resolve(monkeypatch, victim: str) -> list:
     """The BPF backend's first resolution of victim is followed by its
     removal and a new cgroup at its path; the list returned gets the old
     cgroup's id."""
-    real_resolve = bpf_mod.resolve_cgroup
+    real_resolve = bpf_single.resolve_cgroup
     done: list = []
 
     def resolve_then_replace(path):
@@ -320,7 +328,7 @@ def _replace_after_first_resolve(monkeypatch, victim: str) -> list:
             os.rmdir(victim)
             os.mkdir(victim)
         return cg
-    monkeypatch.setattr(bpf_mod, "resolve_cgroup", resolve_then_replace)
+    _resolve_by(monkeypatch, resolve_then_replace)
     return done
 
 
@@ -348,14 +356,15 @@ def test_replaced_then_removed_during_an_iterator_read(no_leaks, cgroups, monkey
     victim = cgroups.make("victim")
     monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
     replaced = _replace_after_first_resolve(monkeypatch, victim)
-    method = "_walk" if call == "read_tree" else "_read_single"
+    cls, method = ((bpf_walk.TreeWalks, "_walk") if call == "read_tree" else
+                   (bpf_single.SingleReads, "read_target"))
 
-    def read_then_remove(self, target, real=getattr(bpf_mod.BpfBackend, method)):
+    def read_then_remove(self, target, real=getattr(cls, method)):
         out = real(self, target)
         if os.path.isdir(victim):
             os.rmdir(victim)
         return out
-    monkeypatch.setattr(bpf_mod.BpfBackend, method, read_then_remove)
+    monkeypatch.setattr(cls, method, read_then_remove)
     with pymemcg.Reader(stats=STATS, backend="bpf", shared_pins=False) as r:
         assert r.read_method.startswith("iterator")
         with pytest.raises(pymemcg.CgroupNotFound):
@@ -365,14 +374,14 @@ def test_replaced_then_removed_during_an_iterator_read(no_leaks, cgroups, monkey
 
 def test_tree_root_removed_between_attach_and_walk(bpf_ok, cgroups, monkeypatch):
     victim = cgroups.make("victim")
-    real_attach = bpf_mod.Program.attach
+    real_attach = programs.Program.attach
 
     def attach_then_remove(self, cg, order):
         fd = real_attach(self, cg, order)
         if cg.path == victim:
             os.rmdir(victim)
         return fd
-    monkeypatch.setattr(bpf_mod.Program, "attach", attach_then_remove)
+    monkeypatch.setattr(programs.Program, "attach", attach_then_remove)
     with pymemcg.Reader(stats=STATS, backend="bpf") as r:
         with pytest.raises(pymemcg.CgroupNotFound):
             r.read_tree(victim)

@@ -17,7 +17,9 @@ import pytest
 
 import pymemcg
 from pymemcg import programs
-from pymemcg.backends import bpf as bpf_mod
+from pymemcg.backends import bpf as bpf_mod, bpf_links
+from pymemcg.binding import load
+from pymemcg.kernel_probe import kernel_facts
 from pymemcg import slots
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
 
@@ -183,11 +185,11 @@ def test_kernel_without_btf(no_leaks, monkeypatch):
 def test_verifier_rejection_carries_the_log(no_leaks):
     # Forcing the kfunc path on a kernel without the memcg kfuncs leaves
     # unresolved kfunc calls live: a real verifier rejection.
-    if slots.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
+    if slots.MEMCG_KFUNCS[2] in kernel_facts().kfuncs:
         pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
-    res = slots.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
+    res = slots.resolve(["anon", "usage"], kernel_facts(), memory_mount().version, 4096)
     with pytest.raises(pymemcg.VerifierRejected) as info:
-        bpf_mod.Program(res, False, 16, kfuncs=slots.KFUNCS_MEMCG)
+        programs.Program(res, False, 16, kfuncs=slots.KFUNCS_MEMCG)
     assert "processed" in info.value.log
     assert "verifier log" in str(info.value) and "backend='text'" in str(info.value)
 
@@ -195,10 +197,10 @@ def test_verifier_rejection_carries_the_log(no_leaks):
 def test_verifier_log_keeps_its_end_in_a_small_buffer(bpf_ok):
     """A load log longer than the buffer keeps its last lines, where the
     verifier says why it rejected the program (and which program)."""
-    if slots.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
+    if slots.MEMCG_KFUNCS[2] in kernel_facts().kfuncs:
         pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
-    ffi, lib = bpf_mod.load()
-    res = slots.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
+    ffi, lib = load()
+    res = slots.resolve(["anon", "usage"], kernel_facts(), memory_mount().version, 4096)
 
     def load_log(size: int) -> str:
         out = ffi.new("struct pmc_prog **")
@@ -218,11 +220,11 @@ def test_verifier_log_keeps_its_end_in_a_small_buffer(bpf_ok):
 
 
 def test_fetch_program_rejection_carries_the_log(no_leaks):
-    if slots.MEMCG_KFUNCS[2] in bpf_mod.kernel_facts().kfuncs:
+    if slots.MEMCG_KFUNCS[2] in kernel_facts().kfuncs:
         pytest.skip("this kernel has the memcg kfuncs: nothing to reject")
-    res = slots.resolve(["anon", "usage"], bpf_mod.kernel_facts(), memory_mount().version, 4096)
+    res = slots.resolve(["anon", "usage"], kernel_facts(), memory_mount().version, 4096)
     with pytest.raises(pymemcg.VerifierRejected) as info:
-        bpf_mod.Fetch(res, False, slots.KFUNCS_MEMCG, False, 4096)
+        programs.Fetch(res, False, slots.KFUNCS_MEMCG, False, 4096)
     assert "processed" in info.value.log and "prog 'pmc_fetch'" in info.value.log
 
 
@@ -270,16 +272,28 @@ def test_every_error_class_is_defined_in_errors_py():
     assert not outside, f"pymemcg.Error subclasses outside pymemcg/errors.py: {sorted(set(outside))}"
 
 
-def test_many_single_cgroups_keep_fds_bounded(no_leaks, cgroups, monkeypatch):
-    monkeypatch.setattr(bpf_mod, "MAX_SINGLE_LINKS", 8)
+@pytest.mark.parametrize("single", ["fetch", "iterator"])
+def test_many_single_cgroups_keep_fds_bounded(no_leaks, cgroups, monkeypatch, single):
+    """One limit bounds the cgroups read one by one that a reader holds:
+    fetch slots, or SELF_ONLY links where the fetch program does not load."""
+    monkeypatch.setattr(programs, "MAX_SINGLE_CGROUPS", 8)
+    if single == "iterator":
+        monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
     paths = [cgroups.make(f"many/c{i}") for i in range(30)]
-    with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
+    with pymemcg.Reader(stats=["usage"], backend="bpf", shared_pins=False) as r:
         fds = len(open_fds())  # the program and its maps are open by now
+        links = len(my_links())
         for _ in range(2):
             for p in paths:
                 assert r.read(p).id == os.stat(p).st_ino
-        assert len(open_fds()) <= fds + 8  # one link per cached cgroup
-        assert len(my_links()) <= 8 + 1  # the single links and the kallsyms-less tree one
+        held = r._backend._links
+        if single == "fetch":
+            assert held.fetch is not None and len(held.fetch.by_id) == 8
+            assert len(open_fds()) <= fds and len(my_links()) <= links
+        else:
+            assert held.fetch is None and len(held.by_key) == 8
+            assert len(open_fds()) <= fds + 8  # one link per cached cgroup
+            assert len(my_links()) <= links + 8
 
 
 def test_single_reads_use_sessions_where_the_one_call_read_does_not_load(no_leaks, cgroups,
@@ -292,7 +306,7 @@ def test_single_reads_use_sessions_where_the_one_call_read_does_not_load(no_leak
     def refuse(self, *args):
         raise programs.load_error(errno.EINVAL, why + "\nlibbpf: failed to load object "
                                                       "'memcg_fetch'")
-    monkeypatch.setattr(bpf_mod.Fetch, "__init__", refuse)
+    monkeypatch.setattr(programs.Fetch, "__init__", refuse)
     cg = cgroups.make("sessions")
     with pymemcg.Reader(stats=["usage"], backend="bpf") as r:
         assert r.read_method == f"iterator session (the one-call read did not load: {why})"
@@ -303,22 +317,22 @@ def test_single_reads_use_sessions_where_the_one_call_read_does_not_load(no_leak
 def test_a_failed_reload_leaves_the_reader_working(bpf_ok, cgroups, monkeypatch):
     """A tree that needs a bigger overflow map than can be loaded fails
     with a ReadError; the program loaded before keeps serving."""
-    monkeypatch.setattr(bpf_mod, "INITIAL_OVERFLOW_CAPACITY", 1)
+    monkeypatch.setattr(bpf_links, "INITIAL_OVERFLOW_CAPACITY", 1)
     stats = [s.name for s in pymemcg.stats() if s.backend == "bpf"][:100]
     with pymemcg.Reader(stats=stats, backend="bpf", shared_pins=False) as r:
-        budget = r._backend._state["prog"].seq_budget
+        budget = r._backend._links.prog.seq_budget
         for i in range(budget + 4):
             cgroups.make(f"c{i}")
-        real_load = bpf_mod.BpfBackend._load
+        real_load = bpf_links.BpfSelection.iterator
 
         def refuse_bigger(self, capacity):
             if capacity > 1:
                 raise pymemcg.BpfUnavailable("loading the BPF program failed (Cannot allocate "
                                              "memory)")
             return real_load(self, capacity)
-        monkeypatch.setattr(bpf_mod.BpfBackend, "_load", refuse_bigger)
+        monkeypatch.setattr(bpf_links.BpfSelection, "iterator", refuse_bigger)
         with pytest.raises(pymemcg.ReadError, match="could not be loaded"):
             r.read_tree(cgroups.base)
         assert r.read(cgroups.base).id == os.stat(cgroups.base).st_ino
-        monkeypatch.setattr(bpf_mod.BpfBackend, "_load", real_load)
+        monkeypatch.setattr(bpf_links.BpfSelection, "iterator", real_load)
         assert len(r.read_tree(cgroups.base)) == budget + 5

@@ -31,7 +31,7 @@ import pytest
 import pymemcg
 from pymemcg import forksafe
 from pymemcg import kernel_probe as kernel_facts_mod
-from pymemcg.backends.bpf import BpfBackend
+from pymemcg.backends.bpf_links import BpfSelection
 from pymemcg.cgroupfs import memory_mount
 
 from conftest import MiB, in_child, require_module, workload
@@ -404,13 +404,13 @@ def test_fork_while_a_backend_is_half_built(bpf_ok, loaded, cgroup_version, monk
         for r in built:
             compare_every_read(r, root, paths, cgroup_version)
         entered, go_on = threading.Event(), threading.Event()
-        real_load = BpfBackend._load
+        real_load = BpfSelection.iterator
 
         def held_load(self, capacity: int):
             entered.set()
             go_on.wait(120)
             return real_load(self, capacity)
-        monkeypatch.setattr(BpfBackend, "_load", held_load)
+        monkeypatch.setattr(BpfSelection, "iterator", held_load)
         maker = threading.Thread(target=lambda: half.append(reader()), daemon=True)
         maker.start()
         assert entered.wait(30), "the Reader being made never reached its load"

@@ -96,7 +96,7 @@ def test_programs_say_what_their_records_hold(bpf_ok, cgroups):
         try:
             root = pymemcg.cgroupfs.resolve_cgroup(cg)
             for order, path in ((ORDER_DESCENDANTS_PRE, False), (ORDER_SELF_ONLY, True)):
-                n = be._session(be._link(root, order))
+                n = be._walks.sessions.run(be._links.link(root, order))
                 held = TRAILER.unpack_from(be._buf, n - TRAILER.size)[0]
                 assert held == wire.selection_digest(STATS, local, path)
                 assert held != wire.selection_digest(STATS[::-1], local, path)
@@ -116,7 +116,8 @@ def test_a_program_of_another_selection_is_refused(bpf_ok, cgroups):
         assert be.read(cg)["usage"] >= 0 and be.read(cg)["usage"] >= 0  # fast path learnt
         assert len(be.read_tree(cg)) == 1
         # as if the loaded program held the stats in the opposite order
-        be._sel_path = be._sel_tree = wire.selection_digest(STATS[::-1], False, True)
+        other = wire.selection_digest(STATS[::-1], False, True)
+        be._sel_path = be._singles.sel_path = be._walks.sel_tree = other
         with pytest.raises(pymemcg.SelectionMismatch, match="another selection"):
             be.read(cg)
         with pytest.raises(pymemcg.SelectionMismatch, match="another selection"):

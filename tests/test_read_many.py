@@ -15,7 +15,7 @@ import pytest
 
 import pymemcg
 from pymemcg import pins
-from pymemcg.backends.bpf import _Routes
+from pymemcg.backends.bpf_links import Routes
 from pymemcg.cgroupfs import memory_mount
 
 from conftest import MiB, in_child, workload
@@ -258,7 +258,7 @@ def test_through_shared_pins(cgroups, bpf_ok, pin_dirs):
 def test_routes_count_every_change():
     """read_many reuses the last call's run while no route changed: every
     way of changing the route table must say so."""
-    routes = _Routes()
+    routes = Routes()
     seen = [routes.gen]
 
     def changed():

@@ -178,8 +178,8 @@ def test_overflow_tree_read_by_two_processes_of_one_program(bpf_ok, cgroups):
         be = r._backend
         first = r.read_tree(cgroups.base)
         assert {x.id for x in first.records} == expected
-        assert len(expected) > be._state["prog"].seq_budget  # the map is needed
-        prog = be._state["prog"].prog
+        assert len(expected) > be._links.prog.seq_budget  # the map is needed
+        prog = be._links.prog.prog
 
         def loop():
             out = {"whole": 0, "eagain": 0, "bad": []}
@@ -198,7 +198,7 @@ def test_overflow_tree_read_by_two_processes_of_one_program(bpf_ok, cgroups):
                 else:
                     out["bad"].append((len(ids), len(set(ids) ^ expected)))
             # the same program throughout (a reload would not share the map)
-            out["same"] = be._state["prog"].prog == prog
+            out["same"] = be._links.prog.prog == prog
             return out
         rfd, wfd = os.pipe()
         pid = os.fork()

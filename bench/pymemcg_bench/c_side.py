@@ -25,7 +25,7 @@ def spec_lines(stats: Sequence[str] = STATS) -> List[str]:
     """
     from pymemcg import slots
     from pymemcg.kernel_probe import kernel_facts
-    from pymemcg.programs import PAGE_SIZE
+    from pymemcg.memory_stat import PAGE_SIZE
     mount = memory_mount()
     version = mount.version if mount else 2
     lines = [f"# pymemcg {__version__}, kernel {os.uname().release}, cgroup v{version}: "

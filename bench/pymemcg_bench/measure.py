@@ -148,7 +148,7 @@ class TreeResult:
 def overflow_map_bytes(reader: Reader) -> Optional[int]:
     """Bytes of the loaded program's overflow map (internals: None if they moved)."""
     try:
-        prog = reader._backend._state["prog"]  # type: ignore[union-attr]
+        prog = reader._backend._links.prog  # type: ignore[union-attr]
         return prog.capacity * prog.record_size
     except (AttributeError, KeyError, TypeError):
         return None
@@ -243,8 +243,9 @@ def split_tree(reader: Reader, root: str, iterations: int, rounds: int) -> Dict[
     try:
         be = reader._backend
         from pymemcg.programs import ORDER_DESCENDANTS_PRE
-        link = be._link(be._roots[root], ORDER_DESCENDANTS_PRE)
-        methods = {"session": lambda: be._session(link), "records": lambda: be._walk(link),
+        links, walks = be._links, be._walks
+        link = links.link(links.roots[root], ORDER_DESCENDANTS_PRE)
+        methods = {"session": lambda: walks.sessions.run(link), "records": lambda: walks._walk(link),
                    "read_tree": lambda: reader.read_tree(root)}
     except (AttributeError, KeyError, ImportError):
         return {}
@@ -263,7 +264,7 @@ def split_read(reader: Reader, cgroup: str, reads: int, rounds: int) -> Dict[str
     reader.read(cgroup)
     try:
         be = reader._backend
-        link = be._by_path[cgroup].target
+        link = be._routes[cgroup].target
         if be._fetch is not None:
             run, ptr, index = be._fetch_run, be._fetch_ptr, link.index
             record, unpack = be._fetch_record, be._unpack_record

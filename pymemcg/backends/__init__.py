@@ -8,9 +8,9 @@
     backend.loads_programs               whether it reads through BPF programs of its own
     backend.close()
 
-bpf.py reads records out of the BPF programs (programs.py), text.py the
-kernel's own files (memory_stat.py), and pinned.py puts shared pins (pins.py)
-in front of either.
+bpf.py (with its bpf_*.py parts) reads records out of the BPF programs
+(programs.py), text.py the kernel's own files (memory_stat.py), and
+pinned.py puts shared pins (pins.py) in front of either.
 """
 
 from typing import Callable, List, Optional, Protocol, Sequence

@@ -9,17 +9,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .. import catalog
 from ..catalog import MEMEVENT
-from ..cgroupfs import Cgroup, path_list, resolve_cgroup
+from ..cgroupfs import Cgroup, Replaced, path_list, resolve_cgroup
 from ..decode import Selection, Record, Snapshot
 from ..errors import CgroupNotFound, ReadError
 from ..memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
                            parse_flat_keyed, parse_memory_stat, parse_number, printed_keys,
                            read_file, text_availability)
 from . import read_each
-
-
-class _Replaced(Exception):
-    """The path names another cgroup than the one resolved: resolve again."""
 
 
 def _removed(dfd: int) -> bool:
@@ -56,7 +52,7 @@ class TextBackend:
 
         Every file is read through one fd of the directory, so all values
         are of one cgroup even if the path is renamed meanwhile; with
-        cgroup_id, that directory must be this cgroup (else _Replaced).
+        cgroup_id, that directory must be this cgroup (else Replaced).
         A cgroup removed before or while its files are read raises
         CgroupNotFound, never a record with the files it lost left out.
         The root's usage files on cgroup v1 are global approximations
@@ -70,7 +66,7 @@ class TextBackend:
             raise ReadError(e.errno, f"cannot open {path}: {e.strerror}") from None
         try:
             if cgroup_id is not None and os.fstat(dfd).st_ino != cgroup_id:
-                raise _Replaced(path)
+                raise Replaced(path)
             try:
                 return self._values_at(dfd, path, is_root)
             except ReadError as e:
@@ -157,7 +153,7 @@ class TextBackend:
             try:
                 parent_id = 0 if cg.relpath == "/" else os.stat(os.path.dirname(cg.path)).st_ino
                 return self.record(cg, parent_id)
-            except (_Replaced, FileNotFoundError):
+            except (Replaced, FileNotFoundError):
                 cg = resolve_cgroup(cg.path)  # renamed or replaced meanwhile
         raise CgroupNotFound(f"{cg.path}: the cgroup kept being replaced while being read")
 
@@ -174,7 +170,7 @@ class TextBackend:
                 rec = self.record(cg, parent_id) if records else self.read_file(cg)
                 entries = sorted((e for e in os.scandir(cg.path) if e.is_dir(follow_symlinks=False)),
                                  key=lambda e: e.name, reverse=True)
-            except (FileNotFoundError, _Replaced):  # CgroupNotFound among them
+            except (FileNotFoundError, Replaced):  # CgroupNotFound among them
                 if not records:
                     raise CgroupNotFound(f"{root.path}: the cgroup was removed") from None
                 continue  # removed while we walked
@@ -187,8 +183,3 @@ class TextBackend:
     def close(self) -> None:
         pass
 
-
-def read_cgroup(path: str, names: Sequence[str], local: bool = False) -> Record:
-    """One-shot text read (no Reader)."""
-    cg = resolve_cgroup(path)
-    return TextBackend(names, local, cg.mount.version, cg.mount.mountpoint).read_file(cg)

@@ -1,0 +1,132 @@
+"""A BPF reader's read_many through the fetch program: the paths that have
+a slot route go up to batch_capacity per BPF_PROG_RUN, each entry carrying
+what its route proved (wire.FETCH_WANT), and the program counts the records
+that are not what their route says; only then are records checked here one
+by one, and a path that fails, or has no route yet, is read by the single
+read's slow path (bpf_single)."""
+
+from __future__ import annotations
+
+import struct
+from itertools import repeat
+from typing import List, Optional, Sequence, Tuple, cast
+
+from ..decode import PackedRecord, Record
+from ..errors import CgroupNotFound
+from ..programs import Fetch, Slot
+from ..wire import REC_GONE
+from .bpf_links import Links, Route
+from .bpf_single import SingleReads
+
+
+class Batches:
+    """read_many's runs of one fetch program, and the last call's plan."""
+
+    def __init__(self, links: Links, singles: SingleReads, fetch: Fetch) -> None:
+        self.links = links
+        self.routes = links.routes
+        self.singles = singles
+        self.selection = singles.selection
+        self.capacity = fetch.batch_capacity
+        self.run_many = fetch.lib.pmc_fetch_run_many
+        self.fetch_ptr = fetch.ptr
+        # each run's records, in elements of stride bytes
+        self.view = fetch.batch
+        self.stride = fetch.batch_stride
+        pad = fetch.batch_stride - self.selection.record_size
+        self.unpack = struct.Struct(self.selection.record.format + f"{pad}x").iter_unpack
+        # the last call: its paths, routes.gen then, their fetch entries and relpaths
+        self.plan: Tuple[Optional[List[str]], int, bytes, List[str]] = (None, -1, b"", [])
+
+    def read(self, paths: List[str]) -> List[Optional[Record]]:
+        """read_many() of paths other than the last call's, or with routes
+        changed since."""
+        by_path = self.routes
+        routes: List[Optional[Route]]
+        try:
+            routes = list(map(by_path.get, paths))
+        except TypeError:  # not a path at all (unhashable): the slow path says so
+            routes = [by_path.get(p) if isinstance(p, str) else None for p in paths]
+        if len(routes) <= self.capacity:
+            # where every path has a slot route; one without (None, or a
+            # link's want None) raises, cheaper than checking each first
+            slotted = cast(List[Route], routes)
+            try:
+                wants = b"".join([cast(bytes, r.want) for r in slotted])
+            except (AttributeError, TypeError):  # a path without a slot route
+                pass
+            else:
+                relpaths = [r.relpath for r in slotted]
+                # a copy: the caller may change its list before the next call
+                self.plan = (list(paths), by_path.gen, wants, relpaths)
+                return self.answers(paths, slotted, relpaths,
+                                   self.run_many(self.fetch_ptr, wants, len(routes)))
+        # some paths have no route yet, or more than a run takes: runs of the
+        # routed ones, then the rest one by one
+        out: List[Optional[Record]] = [None] * len(paths)
+        slot_routes = {i: r for i, r in enumerate(routes) if r is not None and r.want is not None}
+        routed = list(slot_routes)
+        cap = self.capacity
+        for start in range(0, len(routed), cap):
+            part = routed[start:start + cap]
+            some = [slot_routes[i] for i in part]
+            rc = self.run_many(self.fetch_ptr, b"".join([cast(bytes, r.want) for r in some]),
+                               len(some))
+            got = self.answers([paths[i] for i in part], some, [r.relpath for r in some], rc)
+            for i, rec in zip(part, got):
+                out[i] = rec
+        routed_set = set(routed)
+        self._fix(paths, routes, out, [i for i in range(len(paths)) if i not in routed_set])
+        return out
+
+    def answers(self, paths: List[str], routes: Optional[Sequence[Route]], relpaths: List[str],
+               rc: int) -> List[Optional[Record]]:
+        """The answers of one run for these paths' routes (None: look them
+        up, needed only if some record failed): rc is what
+        pmc_fetch_run_many returned (how many records are not what their
+        route says, or -errno). A Record per path, None where no cgroup has
+        it; what the run did not prove is read by the slow path."""
+        n = len(paths)
+        stride = self.stride
+        view = self.view[:n * stride]
+        if rc == 0:
+            # every record proven by the program: each Record unpacks its
+            # values from one copy of the batch when first used
+            data = bytes(view)
+            return list(map(PackedRecord, repeat(self.selection, n), repeat(data, n),
+                            range(0, n * stride, stride), relpaths))
+        if routes is None:
+            # the last call's paths, routes unchanged since (routes.gen)
+            routes = [self.routes[p] for p in paths]
+        out: List[Optional[Record]] = [None] * n
+        if rc < 0:  # as read() does when a run fails: the slow path
+            self._fix(paths, routes, out, list(range(n)))
+            return out
+        failed = []
+        selection = self.selection
+        fetch = self.links.fetch
+        for k, (route, t) in enumerate(zip(routes, self.unpack(view))):
+            if t[2] == route.path_hash and t[0] == route.id and not t[4] & REC_GONE:
+                out[k] = Record(selection, t, route.relpath)
+                continue
+            # removed: let the kernel free it
+            if t[4] & REC_GONE and fetch is not None and isinstance(route.target, Slot):
+                fetch.clear(route.target)
+            failed.append(k)
+        self._fix(paths, routes, out, failed)
+        return out
+
+    def _fix(self, paths: List[str], routes: Sequence[Optional[Route]],
+             out: List[Optional[Record]], failed: List[int]) -> None:
+        """Read the failed positions by the slow path; None where no cgroup
+        has the path."""
+        by_path = self.routes
+        read = self.singles.read
+        for i in failed:
+            path, route = paths[i], routes[i]
+            if route is not None and by_path.get(path) is route:
+                del by_path[path]  # renamed, removed or replaced: resolve again
+            try:
+                out[i] = read(path)
+            except CgroupNotFound:
+                out[i] = None
