@@ -8,8 +8,10 @@ import stat
 from dataclasses import dataclass
 from typing import AbstractSet, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .decode import HASH_WORD, ID_WORD, PARENT_WORD, PackedRecords, RawRecords
+from .decode import PackedRecords, RawRecords
+from .record_format import HASH_WORD, ID_WORD, PARENT_WORD
 from .errors import CgroupNotFound, NoMemoryController, NotACgroup
+from .hashes import name_hash
 
 CGROUP_MOUNT = "/sys/fs/cgroup"
 
@@ -254,7 +256,6 @@ class NameCache:
         known = self.names.get(cgroup_id)
         if known is not None and known[0] == hashed:
             return known[1]
-        from .wire import name_hash
         try:
             with os.scandir(parent_path) as it:
                 for entry in it:

@@ -29,8 +29,10 @@ from ..errors import BpfUnavailable, CgroupNotFound, Closed, MalformedData, Read
 from ..kernel_probe import kernel_facts
 from ..programs import (ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, PAGE_SIZE, Fetch, Program,
                         Replaced, Slot)
-from ..wire import (FETCH_WANT, REC_GONE, SEQ_BUF_SIZE, TRAILER, TRAILER_MAGIC, VISITED_UNKNOWN,
-                    parse_trailer, path_hash, selection_digest)
+from .._record_h import REC_GONE, TRAILER_MAGIC
+from ..hashes import path_hash
+from ..record_format import FETCH_WANT, SESSION_BUF_SIZE, TRAILER
+from ..wire import VISITED_UNKNOWN, parse_trailer, selection_digest
 from . import read_each
 
 INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
@@ -158,7 +160,7 @@ class BpfBackend:
         self._roots: Dict[str, Cgroup] = {}
         self._paths = TreePaths()
         self._ffi, self._lib = load()
-        self._buf = bytearray(SEQ_BUF_SIZE + 4096)
+        self._buf = bytearray(SESSION_BUF_SIZE)
         self._buflen = len(self._buf)
         self._cbuf = self._ffi.from_buffer(self._buf)
         # one record and the trailer, unpacked by one Struct call
