@@ -119,6 +119,10 @@ def parse(text: str) -> Header:
     structs: Dict[str, Struct] = {}
     for m in re.finditer(r"\bstruct\s+(\w+)\s*\{(.*?)\}\s*;", body, flags=re.S):
         structs[m.group(1)] = _layout(m.group(1), m.group(2), defines, structs)
+    names = [_short(n) for n in defines] + [_short(n) for items in enums.values() for n in items]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"names the Python module would define twice: {twice}")
     return Header(defines, enums, structs)
 
 

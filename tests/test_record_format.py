@@ -95,6 +95,8 @@ def test_the_header_takes_only_what_the_reader_reads():
         record_header.parse(HEADER_TEXT.replace(FLAGS_LINE, "\tunsigned short flags;\n"))
     with pytest.raises(ValueError, match="integer constant expression"):
         record_header.parse("#define PMC_X sizeof(int)\n")
+    with pytest.raises(ValueError, match="define twice"):
+        record_header.parse("#define PMC_KIND_NONE 7\n" + HEADER_TEXT)
 
 
 def test_the_compiled_part_is_checked_against_the_python_format():
