@@ -96,7 +96,7 @@ try:
     btf = read_btf_facts(release_of(os.uname().release))
     lists = with_kernel_lists(btf)
     names = [s["name"] for s in out["stats"]]
-    def slots(facts):
+    def resolved(facts):
         return {level: {r.stat.name: [r.via, r.kind, r.slot, r.detail]
                         for r in slots.resolve(names, facts, m.version, resource.getpagesize(),
                                                 local=level == "local",
@@ -105,7 +105,7 @@ try:
     out["slot_sources"] = {
         "kernel_lists": lists.kallsyms_state is not None or lists.kallsyms_events is not None,
         "table": btf.release in TABLES,
-        "with_kallsyms": slots(lists), "without_kallsyms": slots(btf)}
+        "with_kallsyms": resolved(lists), "without_kallsyms": resolved(btf)}
 except Exception as e:
     out["slot_sources_error"] = repr(e)
 print(json.dumps(out))
