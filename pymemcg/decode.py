@@ -9,6 +9,7 @@ Pure Python: nothing here needs the compiled part.
 
 from __future__ import annotations
 
+import operator
 import sys
 import struct
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast, overload
@@ -34,6 +35,9 @@ def raw_record(cgroup_id: int, parent_id: int, name_hash: int, level: int, flags
     for w in range(VALID_WORDS):
         head[VALID_AT + w] = (valid >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
     return (*head, *values)
+
+
+_record_id = operator.itemgetter(ID_AT)
 
 
 def _valid_bits(t: RawRecord) -> int:
@@ -345,7 +349,8 @@ class Snapshot(Mapping[str, Record]):
         raw = self._raw
         if raw.__class__ is PackedRecords:
             return raw.word_column(ID_WORD)
-        return [t[ID_AT] for t in raw]
+        ids: List[int] = list(map(_record_id, raw))
+        return ids
 
     def column(self, name: str) -> List[Optional[int]]:
         """One stat for every cgroup, in walk order (None where unavailable);
