@@ -23,16 +23,29 @@ import sys
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 from setuptools.command.sdist import sdist
 from setuptools.errors import CCompilerError, ExecError, PlatformError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "csrc"))
-import build_ffi  # noqa: E402  (csrc/build_ffi.py: where the inputs are)
+import build_config  # noqa: E402  (csrc/build_config.py: the build mode, where the inputs are)
+import record_header  # noqa: E402  (csrc/record_header.py: bpf_src/memcg_record.h as Python)
 
 # the sdist's vendor/ is staged by `make sdist` under build/
 SDIST_VENDOR = os.path.join(HERE, "build", "sdist", "vendor")
 BUILD_NOTE = os.path.join("pymemcg", "_build_note.py")
+
+
+class BuildPy(build_py):
+    """Writes pymemcg/_record_h.py (the record format of bpf_src/memcg_record.h,
+    for the Python that needs no compiled part) into the source tree before
+    the package's modules are collected, in every build: checkout, editable,
+    wheel and sdist; an install without the extension needs it too."""
+
+    def run(self):
+        record_header.write_python_module(HERE)
+        super().run()
 
 
 class BuildExtension(build_ext):
@@ -40,10 +53,10 @@ class BuildExtension(build_ext):
     installs the text backend alone when the extension cannot be built."""
 
     def run(self):
-        mode = build_ffi.build_mode()
+        mode = build_config.build_mode()
         if mode == "checkout":
             subprocess.run(["make", "-C", HERE, "bpf"], check=True)
-        reason = build_ffi.cannot_build_reason()
+        reason = build_config.cannot_build_reason()
         if reason is None:
             try:
                 super().run()
@@ -82,7 +95,7 @@ class SdistWithVendor(sdist):
 
     def make_release_tree(self, base_dir, files):
         super().make_release_tree(base_dir, files)
-        if build_ffi.build_mode() == "sdist":  # an sdist of an sdist keeps its vendor/
+        if build_config.build_mode() == "sdist":  # an sdist of an sdist keeps its vendor/
             return
         if not os.path.isdir(SDIST_VENDOR):
             raise PlatformError(f"{SDIST_VENDOR} is missing: build the sdist with `make sdist`")
@@ -91,13 +104,13 @@ class SdistWithVendor(sdist):
 
 setup(
     cffi_modules=["csrc/build_ffi.py:ffibuilder"],
-    cmdclass={"build_ext": BuildExtension, "sdist": SdistWithVendor},
+    cmdclass={"build_py": BuildPy, "build_ext": BuildExtension, "sdist": SdistWithVendor},
     options={
         # cffi builds the extension against the stable ABI (_pymemcg.abi3.so):
         # tag the wheel so, and one wheel serves CPython 3.9 and later
         "bdist_wheel": {"py_limited_api": "cp39"},
         # one setuptools tree per architecture's build, so that a cross
         # build never reuses the other architecture's objects
-        "build": {"build_base": build_ffi.setuptools_build_base()},
+        "build": {"build_base": build_config.setuptools_build_base()},
     },
 )

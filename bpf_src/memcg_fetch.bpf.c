@@ -21,6 +21,8 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* set by the loader into .rodata before load */
+const volatile struct pmc_selection sel = {};
 const volatile bool flush_stats = false;	/* flush before reading (kfuncs only) */
 
 __u32 stash_slot = 0;	/* .bss: the slot the next pmc_stash session fills */
@@ -37,6 +39,9 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pmc_cgroup_slot);
 } slots SEC(".maps");
+
+/* The record being filled and what it is filled from, per CPU. */
+struct pmc_scratch_map scratch SEC(".maps");
 
 /* The last fetch's record (and its scratch arrays), read through mmap. One
  * caller at a time per loaded object: the loader serialises. */

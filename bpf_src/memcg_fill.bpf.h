@@ -2,8 +2,9 @@
 /*
  * memcg_fill.bpf.h: one record of the selected memcg stats for one cgroup,
  * shared by the programs that produce records (memcg_iter.bpf.c: iterator
- * sessions; memcg_fetch.bpf.c: one cgroup per BPF_PROG_RUN). Each object
- * gets its own copy of the selection below, set by the loader before load.
+ * sessions; memcg_fetch.bpf.c: one cgroup per BPF_PROG_RUN). Types and
+ * inline functions only: each program defines its own selection (`sel`)
+ * and maps.
  */
 #ifndef PMC_MEMCG_FILL_BPF_H
 #define PMC_MEMCG_FILL_BPF_H
@@ -13,20 +14,9 @@
 #include <bpf/bpf_core_read.h>
 #include "memcg_record.h"
 
-/* --- selection, written by the loader into .rodata before load --- */
-const volatile __u32 nr_stats = 0;
-const volatile bool local_stats = false;	/* state_local/events_local */
-const volatile __u32 kfuncs = PMC_KFUNCS_NONE;	/* enum pmc_kfuncs */
-/* which kernel arrays the selection reads: each is copied in one read */
-const volatile bool need_state = false;
-const volatile bool need_events = false;
-const volatile bool need_memev = false;
-const volatile __u64 page_size = 4096;
-/* read struct mem_cgroup with plain loads (bpf_rdonly_cast, Linux 6.2+)
- * rather than a helper call per value or array; the fetch program's loader
- * sets it, where the kernel is new enough for that program anyway */
-const volatile bool direct_loads = false;
-const volatile struct pmc_stat_spec specs[PMC_MAX_STATS] = {};
+/* The selection: which stats, read how. Each program that includes this
+ * defines it in its .rodata, where the loader sets it before load. */
+extern const volatile struct pmc_selection sel;
 
 #define PMC_ARRAY_MAX	128	/* longest state[]/events[] copied whole */
 
@@ -51,15 +41,17 @@ struct pmc_scratch {
 	struct pmc_tmp tmp;
 };
 
-struct {
+/* The map type of a program's scratch space (a record is too large for the
+ * BPF stack): one entry per CPU. */
+struct pmc_scratch_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct pmc_scratch);
-} scratch SEC(".maps");
+};
 
 /* Linux 7.0+ (mm/bpf_memcontrol.c). Weak: unresolved where absent; every
- * call sits behind `kfuncs`, which the loader leaves at NONE there, so the
+ * call sits behind `sel.kfuncs`, which the loader leaves at NONE there, so the
  * verifier removes them as dead code. */
 extern struct mem_cgroup *bpf_get_mem_cgroup(struct cgroup_subsys_state *css) __ksym __weak;
 extern void bpf_put_mem_cgroup(struct mem_cgroup *memcg) __ksym __weak;
@@ -72,7 +64,7 @@ extern unsigned long bpf_mem_cgroup_memory_events(struct mem_cgroup *memcg,
 extern unsigned long bpf_mem_cgroup_usage(struct mem_cgroup *memcg) __ksym __weak;
 
 /* Linux 6.2+: a pointer of any BTF type, to read (faults read as 0). Weak,
- * and called only behind direct_loads. */
+ * and called only behind sel.direct_loads. */
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
 /* The seed's RFC patch (mm/memcontrol.c, never merged), for kernels that
@@ -148,13 +140,13 @@ static __always_inline __u64 rfc_fetch(struct cgroup *cgrp, __u32 kind, __u32 it
 /*
  * Fill rec->values for one memcg through CO-RE reads of struct mem_cgroup
  * (on kernels with the RFC kfuncs, state and events come from those):
- * each kernel array copied whole into tmp, or with direct_loads each value
+ * each kernel array copied whole into tmp, or with sel.direct_loads each value
  * loaded where it is.
  */
 static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 				      struct cgroup *cgrp, struct mem_cgroup *memcg, bool is_root)
 {
-	bool direct = direct_loads;
+	bool direct = sel.direct_loads;
 	struct memcg_vmstats *vmstats;
 	__u32 state_len = bpf_core_field_size(struct memcg_vmstats, state) / sizeof(long);
 	__u32 events_len = bpf_core_field_size(struct memcg_vmstats, events) / sizeof(long);
@@ -171,7 +163,7 @@ static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 	}
 	if (!vmstats)
 		rec->hdr.flags |= PMC_REC_NO_VMSTATS;
-	if (local_stats) {
+	if (sel.local_stats) {
 		/* state_local[]/events_local[] came in 6.2; before, local values
 		 * were per-CPU sums and the loader marks them unavailable. The
 		 * offsets sit behind the existence check so that their failed
@@ -194,13 +186,13 @@ static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 		events_n = vmstats ? events_len : 0;
 		memev_n = memev_len;
 	} else {
-		if (need_state && vmstats)
+		if (sel.need_state && vmstats)
 			state_n = copy_array(tmp->state, PMC_ARRAY_MAX, (void *)vmstats + state_off,
 					     state_len);
-		if (need_events && vmstats)
+		if (sel.need_events && vmstats)
 			events_n = copy_array(tmp->events, PMC_ARRAY_MAX,
 					      (void *)vmstats + events_off, events_len);
-		if (need_memev)
+		if (sel.need_memev)
 			memev_n = copy_array(tmp->memev, PMC_ARRAY_MAX / 4, (void *)memcg + memev_off,
 					     memev_len);
 	}
@@ -210,18 +202,18 @@ static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 		__u64 scale, v = 0;
 		bool ok = false;
 
-		if (i >= nr_stats)
+		if (i >= sel.nr_stats)
 			break;
-		kind = specs[i].kind;
-		slot = specs[i].slot;
-		flags = specs[i].flags;
-		scale = specs[i].scale;
+		kind = sel.specs[i].kind;
+		slot = sel.specs[i].slot;
+		flags = sel.specs[i].flags;
+		scale = sel.specs[i].scale;
 
 		switch (kind) {
 		case PMC_KIND_STATE:
 		case PMC_KIND_EVENT:
-			if (kfuncs == PMC_KFUNCS_RFC && !local_stats) {
-				v = rfc_fetch(cgrp, kind, specs[i].item, flags);
+			if (sel.kfuncs == PMC_KFUNCS_RFC && !sel.local_stats) {
+				v = rfc_fetch(cgrp, kind, sel.specs[i].item, flags);
 				ok = true;
 				break;
 			}
@@ -285,20 +277,20 @@ static __always_inline void fill_kfunc(struct pmc_out *rec, struct cgroup *cgrp,
 	for (i = 0; i < PMC_MAX_STATS; i++) {
 		__u64 v = (unsigned long)-1;
 
-		if (i >= nr_stats)
+		if (i >= sel.nr_stats)
 			break;
-		switch (specs[i].kind) {
+		switch (sel.specs[i].kind) {
 		case PMC_KIND_STATE:
-			v = bpf_mem_cgroup_page_state(memcg, specs[i].item);
+			v = bpf_mem_cgroup_page_state(memcg, sel.specs[i].item);
 			break;
 		case PMC_KIND_EVENT:
-			v = bpf_mem_cgroup_vm_events(memcg, specs[i].item);
+			v = bpf_mem_cgroup_vm_events(memcg, sel.specs[i].item);
 			break;
 		case PMC_KIND_MEMEVENT:
-			v = bpf_mem_cgroup_memory_events(memcg, specs[i].item);
+			v = bpf_mem_cgroup_memory_events(memcg, sel.specs[i].item);
 			break;
 		case PMC_KIND_COUNTER: {
-			__u32 slot = specs[i].slot;
+			__u32 slot = sel.specs[i].slot;
 			bool ok;
 
 			/* the root's usage is a global approximation, as in fill_core */
@@ -318,7 +310,7 @@ static __always_inline void fill_kfunc(struct pmc_out *rec, struct cgroup *cgrp,
 		/* (unsigned long)-1: the kernel does not track this item */
 		if (v == (unsigned long)-1)
 			continue;
-		rec->values[i & (PMC_MAX_STATS - 1)] = v * specs[i].scale;
+		rec->values[i & (PMC_MAX_STATS - 1)] = v * sel.specs[i].scale;
 		rec->hdr.valid[(i >> 6) & 1] |= 1ULL << (i & 63);
 	}
 	bpf_put_mem_cgroup(memcg);
@@ -330,9 +322,9 @@ static __always_inline void flush_memcg(struct cgroup *cgrp)
 {
 	struct mem_cgroup *memcg;
 
-	if (kfuncs == PMC_KFUNCS_RFC) {
+	if (sel.kfuncs == PMC_KFUNCS_RFC) {
 		memcg_flush_stats(cgrp);
-	} else if (kfuncs == PMC_KFUNCS_MEMCG) {
+	} else if (sel.kfuncs == PMC_KFUNCS_MEMCG) {
 		memcg = bpf_get_mem_cgroup(&cgrp->self);
 		if (memcg) {
 			bpf_mem_cgroup_flush_stats(memcg);
@@ -436,13 +428,13 @@ static __always_inline void fill_record(struct pmc_out *rec, struct pmc_tmp *tmp
 	rec->hdr.valid[1] = 0;
 
 	for (__u32 i = 0; i < PMC_MAX_STATS; i++) {
-		if (i >= nr_stats)
+		if (i >= sel.nr_stats)
 			break;
 		rec->values[i & (PMC_MAX_STATS - 1)] = 0;
 	}
 
 	/* the kfuncs answer hierarchical values only: local ones are CO-RE */
-	if (kfuncs == PMC_KFUNCS_MEMCG && !local_stats) {
+	if (sel.kfuncs == PMC_KFUNCS_MEMCG && !sel.local_stats) {
 		fill_kfunc(rec, cgrp, parent == 0, flush);
 	} else {
 		css = cgrp->subsys[bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id)];

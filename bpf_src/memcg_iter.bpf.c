@@ -12,8 +12,8 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* --- set by the loader into .rodata before load (the selection itself is
- * in memcg_fill.bpf.h) --- */
+/* --- set by the loader into .rodata before load --- */
+const volatile struct pmc_selection sel = {};
 const volatile __u32 seq_budget = 0;		/* records that fit the seq buffer */
 const volatile __u32 overflow_capacity = 0;	/* entries of the overflow map */
 
@@ -46,6 +46,9 @@ const volatile __u32 tbl_events_n = 0;
  */
 struct pmc_overflow_state overflow_state = {};
 __u64 visited = 0;
+
+/* The record being filled and what it is filled from, per CPU. */
+struct pmc_scratch_map scratch SEC(".maps");
 
 /* Records past the seq budget. Value size and capacity are set at load. */
 struct {
@@ -90,7 +93,7 @@ static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path, bo
 	struct bpf_iter_meta *meta = ctx->meta;
 	struct cgroup *cgrp = ctx->cgroup;
 	struct pmc_scratch *s;
-	__u32 size = PMC_RECORD_SIZE(nr_stats);
+	__u32 size = PMC_RECORD_SIZE(sel.nr_stats);
 	__u32 zero = 0;
 	__u64 n;
 

@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * The wire format between the memcg iterator program and its readers.
- * Included by the BPF programs (bpf_src/) and the C shim (csrc/); Python
- * takes the constants and struct layouts from here through the binding
- * (csrc/build_ffi.py declares them, the compiler checks the declaration,
- * pymemcg/wire.py builds its formats from it). Bump PMC_FORMAT_VERSION on
- * any change.
+ * Included by the BPF programs (bpf_src/) and the C shim (csrc/). Python
+ * reads it at build time (csrc/record_header.py): the binding's cdef of
+ * these #defines, enums and structs is made from it (and checked against
+ * it by the compiler), and so is pymemcg/_record_h.py, the same as plain
+ * Python for the parts with no compiled code. Keep to what that reader
+ * takes: integer #defines, plain enums, structs of unsigned int, unsigned
+ * long long and structs of this header. Bump PMC_FORMAT_VERSION on any
+ * change.
  *
  * One iterator session writes, in this order:
  *   N records    struct pmc_record + nr_stats u64 values, fixed size
@@ -67,6 +70,27 @@ struct pmc_stat_spec {
 	unsigned int item;	/* kernel enum value (kfunc backend) */
 	unsigned int flags;	/* PMC_SPEC_* */
 	unsigned long long scale;	/* value = raw * scale: page size, 1024, 1 */
+};
+
+/*
+ * What the programs read and how: the loader sets it in each program's
+ * .rodata (`sel`, memcg_iter.bpf.c and memcg_fetch.bpf.c) before load, so
+ * the verifier sees it as constants and removes what the selection does not
+ * use. Flags are 0 or 1.
+ */
+struct pmc_selection {
+	unsigned int nr_stats;		/* specs[] in use: the values of a record */
+	unsigned int local_stats;	/* the cgroup alone (state_local, ...) */
+	unsigned int kfuncs;		/* enum pmc_kfuncs */
+	/* which kernel arrays the specs read: each is copied in one read */
+	unsigned int need_state;
+	unsigned int need_events;
+	unsigned int need_memev;
+	/* read struct mem_cgroup with plain loads (bpf_rdonly_cast, Linux
+	 * 6.2+) rather than a helper call per value or array */
+	unsigned int direct_loads;
+	unsigned int pad;
+	struct pmc_stat_spec specs[PMC_MAX_STATS];
 };
 
 struct pmc_record {

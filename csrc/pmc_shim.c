@@ -138,28 +138,47 @@ static int check_config(const struct pmc_config *cfg)
 	return 0;
 }
 
-/* The selection (memcg_fill.bpf.h) into either skeleton's .rodata. */
-#define SET_SELECTION(rodata, cfg)							\
-	do {										\
-		unsigned int i_;							\
-		(rodata)->nr_stats = (cfg)->nr_stats;					\
-		(rodata)->local_stats = !!(cfg)->local_stats;				\
-		(rodata)->kfuncs = (cfg)->kfuncs;					\
-		(rodata)->page_size = (cfg)->page_size;					\
-		for (i_ = 0; i_ < (cfg)->nr_stats; i_++) {				\
-			memcpy((void *)&(rodata)->specs[i_], &(cfg)->specs[i_],	\
-			       sizeof((cfg)->specs[i_]));				\
-			/* the RFC kfuncs read state and events one by one */		\
-			if ((cfg)->specs[i_].kind == PMC_KIND_STATE)			\
-				(rodata)->need_state = (cfg)->kfuncs != PMC_KFUNCS_RFC ||	\
-						       (cfg)->local_stats;		\
-			else if ((cfg)->specs[i_].kind == PMC_KIND_EVENT)		\
-				(rodata)->need_events = (cfg)->kfuncs != PMC_KFUNCS_RFC ||	\
-							(cfg)->local_stats;		\
-			else if ((cfg)->specs[i_].kind == PMC_KIND_MEMEVENT)		\
-				(rodata)->need_memev = true;				\
-		}									\
-	} while (0)
+/* The selection into a program's .rodata (struct pmc_selection, which
+ * both programs define as `sel`); direct: read struct mem_cgroup with plain
+ * loads (bpf_rdonly_cast) rather than probe-read copies. */
+static void set_selection(struct pmc_selection *sel, const struct pmc_config *cfg, bool direct)
+{
+	/* the RFC kfuncs read hierarchical state and events one by one */
+	bool arrays = cfg->kfuncs != PMC_KFUNCS_RFC || cfg->local_stats;
+	unsigned int i;
+
+	memset(sel, 0, sizeof(*sel));
+	sel->nr_stats = cfg->nr_stats;
+	sel->local_stats = !!cfg->local_stats;
+	sel->kfuncs = cfg->kfuncs;
+	sel->direct_loads = direct;
+	memcpy(sel->specs, cfg->specs, cfg->nr_stats * sizeof(cfg->specs[0]));
+	for (i = 0; i < cfg->nr_stats; i++) {
+		if (cfg->specs[i].kind == PMC_KIND_STATE)
+			sel->need_state = arrays;
+		else if (cfg->specs[i].kind == PMC_KIND_EVENT)
+			sel->need_events = arrays;
+		else if (cfg->specs[i].kind == PMC_KIND_MEMEVENT)
+			sel->need_memev = true;
+	}
+}
+
+/* A new link of the cgroup iterator program prog_fd on the cgroup behind
+ * cgroup_fd, walking in `order`; returns its fd or -errno. */
+static int cgroup_iter_link(int prog_fd, int cgroup_fd, enum bpf_cgroup_iter_order order)
+{
+	union bpf_iter_link_info linfo;
+	LIBBPF_OPTS(bpf_link_create_opts, opts);
+	int fd;
+
+	memset(&linfo, 0, sizeof(linfo));
+	linfo.cgroup.cgroup_fd = cgroup_fd;
+	linfo.cgroup.order = order;
+	opts.iter_info = &linfo;
+	opts.iter_info_len = sizeof(linfo);
+	fd = bpf_link_create(prog_fd, 0, BPF_TRACE_ITER, &opts);
+	return fd < 0 ? -errno : fd;
+}
 
 /* A read-only mapping of an mmapable map; *mem stays NULL on failure. */
 static int map_readonly(const struct bpf_map *map, size_t size, void **mem)
@@ -215,8 +234,7 @@ static int prog_load(const struct pmc_config *cfg, bool direct, struct pmc_prog 
 	}
 	prog->skel = skel;
 
-	SET_SELECTION(skel->rodata, cfg);
-	skel->rodata->direct_loads = direct;
+	set_selection(&skel->rodata->sel, cfg, direct);
 	skel->rodata->seq_budget = prog->seq_budget;
 	skel->rodata->overflow_capacity = capacity;
 	memcpy((void *)skel->rodata->selection_tree, cfg->selection_tree,
@@ -296,19 +314,10 @@ unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog)
 int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order)
 {
 	/* one cgroup: the program that proves its path; walks: name hashes */
-	struct bpf_program *p = order == 1 ? prog->path_prog : prog->tree_prog;
-	union bpf_iter_link_info linfo;
-	LIBBPF_OPTS(bpf_link_create_opts, opts);
-	int fd;
+	struct bpf_program *p = order == BPF_CGROUP_ITER_SELF_ONLY ? prog->path_prog
+								  : prog->tree_prog;
 
-	memset(&linfo, 0, sizeof(linfo));
-	linfo.cgroup.cgroup_fd = cgroup_fd;
-	linfo.cgroup.order = order;
-	opts.iter_info = &linfo;
-	opts.iter_info_len = sizeof(linfo);
-	fd = bpf_link_create(bpf_program__fd(p), 0,
-			     BPF_TRACE_ITER, &opts);
-	return fd < 0 ? -errno : fd;
+	return cgroup_iter_link(bpf_program__fd(p), cgroup_fd, order);
 }
 
 int pmc_link_pin(int link_fd, const char *path)
@@ -517,9 +526,9 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 		goto fail;
 	}
 	fetch->skel = skel;
-	SET_SELECTION(skel->rodata, cfg);
+	/* bpf_rdonly_cast: 6.2+, this program 6.4+ */
+	set_selection(&skel->rodata->sel, cfg, true);
 	skel->rodata->flush_stats = !!cfg->flush;
-	skel->rodata->direct_loads = true;	/* bpf_rdonly_cast: 6.2+, this program 6.4+ */
 	err = bpf_map__set_max_entries(skel->maps.slots, nr_slots);
 	if (!err)
 		err = bpf_map__set_max_entries(skel->maps.batch, fetch->batch_capacity);
@@ -558,23 +567,16 @@ const void *pmc_fetch_record(const struct pmc_fetch *fetch)
 int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
 		    unsigned long long *cgroup_id)
 {
-	union bpf_iter_link_info linfo;
-	LIBBPF_OPTS(bpf_link_create_opts, opts);
 	int link, iter, err = 0;
 	ssize_t n;
 
 	if (slot >= fetch->nr_slots)
 		return -EINVAL;
 	fetch->skel->bss->stash_slot = slot;
-	memset(&linfo, 0, sizeof(linfo));
-	linfo.cgroup.cgroup_fd = cgroup_fd;
-	linfo.cgroup.order = 1;	/* SELF_ONLY */
-	opts.iter_info = &linfo;
-	opts.iter_info_len = sizeof(linfo);
-	link = bpf_link_create(bpf_program__fd(fetch->skel->progs.pmc_stash), 0,
-			       BPF_TRACE_ITER, &opts);
+	link = cgroup_iter_link(bpf_program__fd(fetch->skel->progs.pmc_stash), cgroup_fd,
+				BPF_CGROUP_ITER_SELF_ONLY);
 	if (link < 0)
-		return -errno;
+		return link;
 	iter = bpf_iter_create(link);
 	if (iter < 0) {
 		err = -errno;
@@ -660,8 +662,6 @@ int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int eve
 			   unsigned int *state_out, unsigned int *events_out,
 			   unsigned int *got_state, unsigned int *got_events)
 {
-	union bpf_iter_link_info linfo;
-	LIBBPF_OPTS(bpf_link_create_opts, opts);
 	struct memcg_iter *skel;
 	unsigned int buf[4 * 256 + 2];
 	int link = -1, iter = -1, err;
@@ -690,15 +690,10 @@ int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int eve
 	if (err)
 		goto out;
 
-	memset(&linfo, 0, sizeof(linfo));
-	linfo.cgroup.cgroup_fd = cgroup_fd;
-	linfo.cgroup.order = 1;	/* SELF_ONLY */
-	opts.iter_info = &linfo;
-	opts.iter_info_len = sizeof(linfo);
-	link = bpf_link_create(bpf_program__fd(skel->progs.pmc_kernel_tables), 0,
-			       BPF_TRACE_ITER, &opts);
+	link = cgroup_iter_link(bpf_program__fd(skel->progs.pmc_kernel_tables), cgroup_fd,
+				BPF_CGROUP_ITER_SELF_ONLY);
 	if (link < 0) {
-		err = -errno;
+		err = link;
 		goto out;
 	}
 	iter = bpf_iter_create(link);

@@ -40,9 +40,10 @@ unsigned int pmc_prog_record_size(const struct pmc_prog *prog);
 unsigned int pmc_prog_seq_budget(const struct pmc_prog *prog);
 unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog);
 
-/* A new iterator link on the cgroup behind cgroup_fd; returns the link fd.
- * SELF_ONLY (1) links run the program whose records carry the path hash;
- * a program loaded with flush runs the flushing (sleepable) variants. */
+/* A new iterator link on the cgroup behind cgroup_fd, walking in `order`
+ * (enum bpf_cgroup_iter_order); returns the link fd. BPF_CGROUP_ITER_SELF_ONLY
+ * links run the program whose records carry the path hash; a program
+ * loaded with flush runs the flushing (sleepable) variants. */
 int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order);
 
 int pmc_link_pin(int link_fd, const char *path);

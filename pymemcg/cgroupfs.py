@@ -8,8 +8,10 @@ import stat
 from dataclasses import dataclass
 from typing import AbstractSet, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from .decode import HASH_WORD, ID_WORD, PARENT_WORD, PackedRecords, RawRecords
+from .decode import PackedRecords, RawRecords
+from .record_format import HASH_WORD, ID_WORD, PARENT_WORD
 from .errors import CgroupNotFound, InvalidArgument, NoMemoryController, NotACgroup, quoted
+from .hashes import name_hash, path_hash
 
 CGROUP_MOUNT = "/sys/fs/cgroup"
 
@@ -269,7 +271,6 @@ class PathHashProofs:
         stat) to name cg. 0: deeper than the program walks, never provable."""
         if reported == 0:
             return False
-        from .wire import path_hash
         if reported == path_hash(cg.relpath):
             return True
         seen = self._seen.get(path)
@@ -296,7 +297,6 @@ class NameCache:
         known = self.names.get(cgroup_id)
         if known is not None and known[0] == hashed:
             return known[1]
-        from .wire import name_hash
         try:
             with os.scandir(parent_path) as it:
                 for entry in it:

@@ -1,13 +1,15 @@
 """Records and snapshots: what every backend returns.
 
-A Record keeps the tuple of one cgroup as the BPF record unpacks it (see
-wire.py): (id, parent_id, name_hash, level, flags, valid_lo, valid_hi,
-*values); the text backend builds the same tuple. The hot path is one
-struct.unpack_from per record and nothing per value.
+A Record keeps the tuple of one cgroup as the BPF record unpacks it
+(record_format.py, from bpf_src/memcg_record.h): (id, parent_id, name_hash,
+level, flags, valid words, *values); the text backend builds the same tuple.
+The hot path is one struct.unpack_from per record and nothing per value.
+Pure Python: nothing here needs the compiled part.
 """
 
 from __future__ import annotations
 
+import operator
 import sys
 import struct
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast, overload
@@ -15,18 +17,35 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 # one record as unpacked: id, parent id, name hash, level, flags, valid words, values
 RawRecord = Tuple[int, ...]
 
+from ._record_h import MAX_STATS, REC_NO_MEMCG
 from .containers import CgroupIdentity, identify
 from .errors import MalformedData, StatUnavailable, UnknownStat, quoted
+from .record_format import (FLAGS_AT, HASH_AT, ID_AT, ID_WORD, LEVEL_AT, PARENT_AT, VALID_AT,
+                            VALID_WORD, VALID_WORDS, VALUE_WORD, VALUES_AT, WORDS_ALIGNED,
+                            record_struct)
 
-#: the record tuple: (id, parent_id, name_hash, level, flags, valid words, *values);
-#: wire.py checks that struct pmc_record unpacks to exactly this
-VALID_WORDS = 2
-VALUES_AT = 5 + VALID_WORDS
-MAX_STATS = 64 * VALID_WORDS              # one valid bit each
-#: the same record as u64 words: id, parent id, name hash, level | flags << 32,
-#: the valid words, then one word per value
-ID_WORD, PARENT_WORD, HASH_WORD, VALID_WORD = 0, 1, 2, 4
-VALUE_WORD = VALID_WORD + VALID_WORDS
+
+def raw_record(cgroup_id: int, parent_id: int, name_hash: int, level: int, flags: int,
+               valid: int, values: Sequence[int]) -> RawRecord:
+    """The tuple a BPF record of these fields unpacks to (valid: bit i set,
+    values[i] was read)."""
+    head = [0] * VALUES_AT
+    head[ID_AT], head[PARENT_AT], head[HASH_AT] = cgroup_id, parent_id, name_hash
+    head[LEVEL_AT], head[FLAGS_AT] = level, flags
+    for w in range(VALID_WORDS):
+        head[VALID_AT + w] = (valid >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
+    return (*head, *values)
+
+
+_record_id = operator.itemgetter(ID_AT)
+
+
+def _valid_bits(t: RawRecord) -> int:
+    """A record tuple's valid bitmap as one int: bit i set, value i was read."""
+    bits = 0
+    for w in range(VALID_WORDS):
+        bits |= t[VALID_AT + w] << (64 * w)
+    return bits
 
 
 class Selection:
@@ -60,11 +79,9 @@ class Selection:
 
     @property
     def record(self) -> struct.Struct:
-        """The struct.Struct of one BPF record of this selection (wire.py;
-        needs the compiled part, which only BPF readers have)."""
+        """The struct.Struct of one BPF record of this selection."""
         record = self._record
         if record is None:
-            from .wire import record_struct
             record = self._record = record_struct(len(self.names))
         return record
 
@@ -103,8 +120,7 @@ class PackedRecords(Sequence[RawRecord]):
     @staticmethod
     def supported(selection: Selection) -> bool:
         """Whether this selection's records can be read as u64 words here."""
-        return sys.byteorder == "little" and \
-            selection.record.format == f"<QQQII{VALID_WORDS}Q{len(selection.names)}Q"
+        return sys.byteorder == "little" and WORDS_ALIGNED
 
     def __len__(self) -> int:
         return self._n
@@ -154,7 +170,7 @@ class Record:
     A stat that could not be read for this cgroup raises StatUnavailable on
     [] and gives None from get(); it is never reported as 0. The record keeps
     the tuple struct unpacked, (id, parent_id, name_hash, level, flags,
-    valid_lo, valid_hi, *values), so that making one costs a single object.
+    *valid words, *values), so that making one costs a single object.
     """
 
     __slots__ = ("_t", "_selection", "path")
@@ -167,49 +183,49 @@ class Record:
     @property
     def id(self) -> int:
         """kernfs id of the cgroup: st_ino of its directory."""
-        return self._t[0]
+        return self._t[ID_AT]
 
     @property
     def parent_id(self) -> int:
-        return self._t[1]
+        return self._t[PARENT_AT]
 
     @property
     def name_hash(self) -> int:
-        return self._t[2]
+        return self._t[HASH_AT]
 
     @property
     def level(self) -> int:
         """Depth below the hierarchy root (0 for the root)."""
-        return self._t[3]
+        return self._t[LEVEL_AT]
 
     @property
     def flags(self) -> int:
-        return self._t[4]
+        return self._t[FLAGS_AT]
 
     @property
     def valid(self) -> int:
         """Bit i set: the i-th selected stat was read."""
-        return self._t[5] | self._t[6] << 64
+        return _valid_bits(self._t)
 
     def __getitem__(self, name: str) -> int:
         try:
             i = self._selection.index[name]
         except KeyError:
             raise self._selection.unknown(name) from None
-        if not (self._t[5 + (i >> 6)] >> (i & 63)) & 1:
+        if not (self._t[VALID_AT + (i >> 6)] >> (i & 63)) & 1:
             raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: "
                                   f"{self._selection.sources.get(name, 'not read')}")
         return self._t[i + VALUES_AT]
 
     def get(self, name: str, default: Optional[int] = None) -> Optional[int]:
         i = self._selection.index.get(name)
-        if i is None or not (self._t[5 + (i >> 6)] >> (i & 63)) & 1:
+        if i is None or not (self._t[VALID_AT + (i >> 6)] >> (i & 63)) & 1:
             return default
         return self._t[i + VALUES_AT]
 
     def __contains__(self, name: str) -> bool:
         i = self._selection.index.get(name)
-        return i is not None and bool((self._t[5 + (i >> 6)] >> (i & 63)) & 1)
+        return i is not None and bool((self._t[VALID_AT + (i >> 6)] >> (i & 63)) & 1)
 
     def keys(self) -> Tuple[str, ...]:
         return self._selection.names
@@ -234,10 +250,7 @@ class Record:
 
     @property
     def has_memcg(self) -> bool:
-        if not self._t[4]:
-            return True
-        from .wire import REC_NO_MEMCG
-        return not self._t[4] & REC_NO_MEMCG
+        return not self._t[FLAGS_AT] & REC_NO_MEMCG
 
     def __repr__(self) -> str:
         return f"Record(path={self.path!r}, id={self.id}, level={self.level}, {self.as_dict()})"
@@ -336,7 +349,8 @@ class Snapshot(Mapping[str, Record]):
         raw = self._raw
         if raw.__class__ is PackedRecords:
             return raw.word_column(ID_WORD)
-        return [t[0] for t in raw]
+        ids: List[int] = list(map(_record_id, raw))
+        return ids
 
     def column(self, name: str) -> List[Optional[int]]:
         """One stat for every cgroup, in walk order (None where unavailable);
@@ -353,7 +367,7 @@ class Snapshot(Mapping[str, Record]):
             bit = i & 63
             return [v if (w >> bit) & 1 else None
                     for v, w in zip(raw.word_column(value_word), raw.word_column(valid_word))]
-        word, bit, at = 5 + (i >> 6), i & 63, i + VALUES_AT
+        word, bit, at = VALID_AT + (i >> 6), i & 63, i + VALUES_AT
         return [t[at] if (t[word] >> bit) & 1 else None for t in raw]
 
     def columns(self, names: Sequence[str]) -> Dict[str, Sequence[Optional[int]]]:
@@ -370,9 +384,10 @@ class Snapshot(Mapping[str, Record]):
             return {n: self.column(n) for n in names}
         first = raw[0]
         cols = list(zip(*raw))
-        if cols[5].count(first[5]) != len(raw) or cols[6].count(first[6]) != len(raw):
+        if any(cols[w].count(first[w]) != len(raw)
+               for w in range(VALID_AT, VALID_AT + VALID_WORDS)):
             return {n: self.column(n) for n in names}
-        valid = first[5] | first[6] << 64
+        valid = _valid_bits(first)
         none = [None] * len(raw)
         return {n: cols[index[n] + VALUES_AT] if (valid >> index[n]) & 1 else none
                 for n in names}

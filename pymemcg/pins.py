@@ -29,8 +29,9 @@ import stat as stat_mod
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import catalog
+from . import catalog, wire
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup, still_names
+from ._record_h import FORMAT_VERSION
 from .decode import Selection, RawRecord, Record, Snapshot
 from .errors import (BpfUnavailable, Error, MalformedData, PinnedCgroupRemoved, ReadError,
                      SelectionMismatch, quoted)
@@ -38,10 +39,10 @@ from .errors import (BpfUnavailable, Error, MalformedData, PinnedCgroupRemoved, 
 from .errors import InvalidPin as InvalidPin, NotAPin as NotAPin, PinGone as PinGone
 from .errors import PinMismatch as PinMismatch, PinMoved as PinMoved
 from .errors import PinTooSmall as PinTooSmall, UntrustedMetadata as UntrustedMetadata
+from .record_format import SESSION_BUF_SIZE
 
 SHARED_PIN_DIR = "/sys/fs/bpf/pymemcg-shared"
 META_DIR = "/run/pymemcg/pins"
-SESSION_BUF = 32768 + 4096
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,6 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
     from ._pymemcg import lib
     from .backends.bpf_links import INITIAL_OVERFLOW_CAPACITY, BpfSelection, Links
     from .bpffs import BPFFS, ensure_bpffs
-    from . import wire
     from .programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, object_digest
 
     if not name or "/" in name or name.startswith("."):
@@ -231,7 +231,7 @@ def pin(root: str, name: str, stats: Sequence[str] = catalog.DEFAULT_STATS, *,
         try:
             _share_pin(path, owner, group, mode)
             _write_meta(meta, {
-                "format": wire.FORMAT_VERSION, "object": object_digest(),
+                "format": FORMAT_VERSION, "object": object_digest(),
                 "pin": os.path.abspath(path),
                 "root": cg.path,
                 "cgroup_id": cg.id, "tree": tree, "stats": list(stats), "local": local,
@@ -546,11 +546,9 @@ class PinReader:
         return self
 
     def _setup(self, path: str, doc: Dict[str, Any], sources: Optional[Dict[str, str]] = None) -> None:
-        from . import wire  # the record format: the compiled part has it
-        self._wire = wire
-        if doc.get("format") != wire.FORMAT_VERSION:
+        if doc.get("format") != FORMAT_VERSION:
             raise PinMismatch(f"{path} holds format {doc.get('format')}, this pymemcg reads "
-                              f"{wire.FORMAT_VERSION}: re-pin it with this version")
+                              f"{FORMAT_VERSION}: re-pin it with this version")
         stats = doc.get("stats")
         if not isinstance(stats, list) or not all(isinstance(n, str) for n in stats):
             raise PinMismatch(f"{path}'s metadata has no list of stat names: re-pin it")
@@ -563,7 +561,7 @@ class PinReader:
         self._selection = wire.selection_digest(stats, self.local, not self.tree)
         self.root = doc["root"]
         self.cgroup_id = self._root_id = doc["cgroup_id"]
-        self._buf = bytearray(SESSION_BUF)
+        self._buf = bytearray(SESSION_BUF_SIZE)
         self._paths = TreePaths()
 
     def _session(self) -> int:
@@ -586,13 +584,13 @@ class PinReader:
         [] when that cgroup was removed."""
         for _ in range(8):
             n = self._session()
-            count, _session, visited = self._wire.parse_trailer(
+            count, _session, visited = wire.parse_trailer(
                 self._buf, n, self.selection.record_size, self._selection,
                 f"{self.path}'s metadata does not describe what its program reads (it was "
                 f"changed, or is another pin's); unpin it and pin it again")
             if count == 0:  # a removed cgroup's walk visits nothing, and claims nothing
                 return []
-            if visited != self._wire.VISITED_UNKNOWN:  # else another session ended meanwhile
+            if visited != wire.VISITED_UNKNOWN:  # else another session ended meanwhile
                 break
         else:
             raise ReadError(errno.EAGAIN, f"{self.path}: other sessions of this pin kept "

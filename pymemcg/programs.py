@@ -20,7 +20,8 @@ from . import slots
 from .binding import load
 from .cgroupfs import Cgroup, Replaced
 from .memory_stat import PAGE_SIZE
-from .wire import KFUNCS_NONE, selection_digest
+from ._record_h import KFUNCS_NONE
+from .wire import selection_digest
 from .errors import BpfUnavailable, CgroupNotFound, PermissionDenied, ReadError, VerifierRejected
 
 ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE = 1, 2
@@ -137,7 +138,7 @@ class Fetch:
         self.record = ffi.buffer(ffi.cast("char *", lib.pmc_fetch_record(self.ptr)),
                                  record_size)
         # pmc_fetch_run_many: up to batch_capacity packed struct pmc_fetch_want
-        # (wire.FETCH_WANT) per run, a record per element of the batch map
+        # (record_format.FETCH_WANT) per run, a record per element of the batch map
         self.batch_capacity = lib.pmc_fetch_batch_capacity(self.ptr)
         self.batch_stride = lib.pmc_fetch_batch_stride(self.ptr)
         self.batch = memoryview(ffi.buffer(ffi.cast("char *", lib.pmc_fetch_batch(self.ptr)),

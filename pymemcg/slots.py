@@ -30,9 +30,10 @@ from .kernel_probe import EVENT_ENUMS, MEMCG_KFUNCS, RFC_KFUNCS, STATE_ENUMS, Ke
 from .release_tables import ENUM_INDEXED_STATE, TABLES, Entry, KernelTable
 
 # enum pmc_stat_kind / enum pmc_counter / PMC_SPEC_* / enum pmc_kfuncs of
-# bpf_src/memcg_record.h, through the binding
-from .wire import (COUNTERS, KFUNCS_MEMCG, KFUNCS_NONE, KFUNCS_RFC, KIND_COUNTER, KIND_EVENT,
-                   KIND_MEMEVENT, KIND_NONE, KIND_STATE, SPEC_MEMCG_ITEM, SPEC_SIGNED)
+# bpf_src/memcg_record.h
+from ._record_h import (KFUNCS_MEMCG, KFUNCS_NONE, KFUNCS_RFC, KIND_COUNTER, KIND_EVENT,
+                        KIND_MEMEVENT, KIND_NONE, KIND_STATE, SPEC_MEMCG_ITEM, SPEC_SIGNED)
+from .record_format import COUNTERS
 
 BACKEND_KFUNC = "kfunc"
 BACKEND_RFC = "rfc-kfunc"

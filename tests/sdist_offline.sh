@@ -40,7 +40,8 @@ SDIST=$(ls "$WORK"/pymemcg-*.tar.gz)
 echo "sdist: $(basename "$SDIST"), $(( $(stat -c %s "$SDIST") / 1024 )) KiB"
 tar -tzf "$SDIST" | sed 's|^[^/]*/||' >"$WORK/sdist.txt"
 missing=
-for f in PKG-INFO setup.py csrc/build_ffi.py csrc/pmc_shim.c csrc/extension.map \
+for f in PKG-INFO setup.py csrc/build_ffi.py csrc/build_config.py csrc/record_header.py \
+         bpf_src/memcg_record.h csrc/pmc_shim.c csrc/extension.map \
          vendor/bpf/x86/memcg_iter.bpf.o vendor/bpf/x86/memcg_iter.skel.h \
          vendor/bpf/x86/memcg_fetch.skel.h vendor/bpf/arm64/memcg_iter.bpf.o \
          vendor/bpf/arm64/memcg_iter.skel.h vendor/bpf/arm64/memcg_fetch.skel.h \

@@ -1,6 +1,7 @@
-"""The iterator wire format (pymemcg/wire.py, from bpf_src/memcg_record.h)
-and its decoding (pymemcg/decode.py): encode -> decode round trips and bad
-buffers. No kernel, no BPF: only the compiled part's view of the header.
+"""The iterator wire format (pymemcg/record_format.py and wire.py, from
+bpf_src/memcg_record.h) and its decoding (pymemcg/decode.py): encode ->
+decode round trips and bad buffers. No kernel, no BPF: the compiled part's
+view of the header checks the Python one.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from hypothesis import strategies as st
 import pymemcg
 from pymemcg import catalog
 from pymemcg.decode import MAX_STATS, Selection, PackedRecord, PackedRecords, Record, Snapshot
-from pymemcg.wire import (HEADER, REC_NO_MEMCG, REC_NO_VMSTATS, TRAILER,
-                          TRAILER_MAGIC, VISITED_UNKNOWN, encode_record, encode_trailer,
-                          iter_records, parse_trailer, selection_digest)
+from pymemcg._record_h import REC_NO_MEMCG, REC_NO_VMSTATS, TRAILER_MAGIC
+from pymemcg.record_format import HEADER, TRAILER
+from pymemcg.wire import (VISITED_UNKNOWN, encode_record, encode_trailer, iter_records,
+                          parse_trailer, selection_digest)
 
 # The record carries MAX_STATS valid bits in MAX_STATS / 64 u64 words (128 and two words at
 # the time of writing); these tests follow decode.MAX_STATS rather than hard-coding it.
@@ -135,7 +137,7 @@ def raw_tuple(cid, parent, level, flags, valid, values):
 
 
 def test_formats_follow_the_c_header():
-    """What wire.py's struct formats pack, C reads field by field as the same
+    """What record_format.py's struct formats pack, C reads field by field as the same
     values (struct pmc_record and pmc_trailer of bpf_src/memcg_record.h,
     through cffi): every field at the compiler's offset and size."""
     from pymemcg.binding import load

@@ -29,8 +29,9 @@ from pymemcg.cli import main
 from pymemcg.decode import MAX_STATS, Selection, PackedRecords
 from pymemcg.prometheus import ListenError, make_server, parse_listen
 from pymemcg.web_config import TLS_KEYS
-from pymemcg.wire import (TRAILER, TRAILER_MAGIC, VISITED_UNKNOWN, iter_records, parse_trailer,
-                          selection_digest, seq_budget)
+from pymemcg._record_h import TRAILER_MAGIC
+from pymemcg.record_format import TRAILER
+from pymemcg.wire import VISITED_UNKNOWN, iter_records, parse_trailer, selection_digest, seq_budget
 
 from conftest import require_module
 

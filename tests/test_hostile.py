@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 import pymemcg
 from pymemcg.cgroupfs import memory_mount
 from pymemcg.decode import Selection
-from pymemcg.wire import (TRAILER, TRAILER_MAGIC, VISITED_UNKNOWN, iter_records, parse_trailer,
-                          seq_budget)
+from pymemcg._record_h import TRAILER_MAGIC
+from pymemcg.record_format import TRAILER
+from pymemcg.wire import VISITED_UNKNOWN, iter_records, parse_trailer, seq_budget
 from pymemcg.memory_stat import parse_flat_keyed, parse_memory_stat
 
 from conftest import my_links, open_fds

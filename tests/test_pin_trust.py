@@ -23,7 +23,7 @@ from pymemcg import pins, wire
 from pymemcg.backends.bpf import BpfBackend
 from pymemcg.programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY
 from pymemcg.cgroupfs import memory_mount
-from pymemcg.wire import TRAILER
+from pymemcg.record_format import TRAILER
 
 from conftest import MiB, as_nobody, workload
 

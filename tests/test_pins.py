@@ -192,7 +192,8 @@ def test_pin_reader_that_never_gets_a_whole_trailer_says_retry(monkeypatch):
     (visited = 2**64-1) every time is EAGAIN, not a tree too big for the pin."""
     import errno
     from pymemcg import wire
-    doc = {"format": wire.FORMAT_VERSION, "tree": True, "stats": ["usage"], "local": False,
+    from pymemcg._record_h import FORMAT_VERSION
+    doc = {"format": FORMAT_VERSION, "tree": True, "stats": ["usage"], "local": False,
            "root": "/x", "cgroup_id": 5}
     reader = pins.PinReader.from_doc("/nowhere/pin", doc)
     buf = wire.encode_record(reader.selection, 5, 1, 1, 0, 1, [7]) + wire.encode_trailer(

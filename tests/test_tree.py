@@ -131,7 +131,7 @@ def test_rename_is_followed(bpf_ok, cgroups):
 
 
 def test_name_hash_matches_the_bpf_program(bpf_ok, cgroups):
-    from pymemcg.wire import name_hash, path_hash
+    from pymemcg.hashes import name_hash, path_hash
     names = ["x", "12345678", "1234567", "a" * 200, "with space", "ünïcode-名前"]
     for name in names:
         cgroups.make(f"h/{name}")

@@ -26,7 +26,9 @@ from ..cgroupfs import path_list
 from ..decode import Record, Snapshot
 from ..errors import BpfUnavailable
 from ..programs import Fetch, Slot
-from ..wire import REC_GONE, TRAILER, TRAILER_MAGIC, selection_digest
+from .._record_h import REC_GONE, TRAILER_MAGIC
+from ..record_format import TRAILER
+from ..wire import selection_digest
 from . import bpf_links, read_each
 from .bpf_batch import Batches
 from .bpf_links import BpfSelection, Links, Sessions

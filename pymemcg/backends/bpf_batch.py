@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple, cast
 from ..decode import PackedRecord, Record
 from ..errors import CgroupNotFound
 from ..programs import Fetch, Slot
-from ..wire import REC_GONE
+from .._record_h import REC_GONE
 from .bpf_links import Links, Route
 from .bpf_single import SingleReads
 

@@ -23,7 +23,7 @@ from ..errors import Closed, ReadError
 from ..kernel_probe import KernelFacts, kernel_facts
 from ..memory_stat import PAGE_SIZE
 from ..programs import Fetch, Program, Slot
-from ..wire import FETCH_WANT, SEQ_BUF_SIZE
+from ..record_format import FETCH_WANT, SESSION_BUF_SIZE
 
 INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
 MAX_TREE_LINKS = 64                  # tree roots that keep a link (an fd) each
@@ -126,7 +126,7 @@ class Sessions:
 
     def __init__(self) -> None:
         self.ffi, self.lib = load()
-        self.buf = bytearray(SEQ_BUF_SIZE + 4096)
+        self.buf = bytearray(SESSION_BUF_SIZE)
         self.cbuf = self.ffi.from_buffer(self.buf)
 
     def run(self, link: Link) -> int:

@@ -14,7 +14,8 @@ from ..cgroupfs import PathHashProofs, Replaced, resolve_cgroup, still_names
 from ..decode import Record, Selection
 from ..errors import CgroupNotFound, MalformedData, ReadError
 from ..programs import Slot
-from ..wire import REC_GONE, parse_trailer
+from .._record_h import REC_GONE
+from ..wire import parse_trailer
 from .bpf_links import Link, Links, Route, Sessions
 
 

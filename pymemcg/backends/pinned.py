@@ -57,7 +57,7 @@ class SharedPins:
         if self._digest is None:
             from ..programs import object_digest
             self._digest = object_digest()
-        from ..wire import FORMAT_VERSION
+        from .._record_h import FORMAT_VERSION
         return (doc.get("format") == FORMAT_VERSION and doc.get("object") == self._digest and
                 doc.get("local") == self.local and not doc.get("flush") and
                 sorted(doc.get("stats", ())) == sorted(self.stats) and

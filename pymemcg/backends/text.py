@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from .. import catalog
 from ..catalog import MEMEVENT
 from ..cgroupfs import Cgroup, Replaced, path_list, resolve_cgroup
-from ..decode import Selection, Record, Snapshot
+from ..decode import Selection, Record, Snapshot, raw_record
 from ..errors import CgroupNotFound, ReadError
 from ..memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
                            parse_flat_keyed, parse_memory_stat, parse_number, printed_keys,
@@ -136,8 +136,8 @@ class TextBackend:
             if v is not None:
                 valid |= 1 << i
             row.append(v or 0)
-        return Record(self.selection, (cg.id, parent_id, 0, cg.level, 0, valid & (2**64 - 1),
-                                    valid >> 64, *row), cg.relpath)
+        return Record(self.selection, raw_record(cg.id, parent_id, 0, cg.level, 0, valid, row),
+                      cg.relpath)
 
     def read(self, path: str) -> Record:
         """The selected stats of the cgroup directory `path`."""
