@@ -1,13 +1,21 @@
 """Prometheus metrics for memory cgroups: a prometheus_client collector.
 
-    from prometheus_client import REGISTRY, start_http_server
-    from pymemcg.prometheus import MemcgCollector
+    from prometheus_client import REGISTRY
+    from pymemcg.prometheus import MemcgCollector, start_http_server
 
     REGISTRY.register(MemcgCollector())          # the whole memory hierarchy
     start_http_server(9756)
 
 or, from the shell, `pymemcg export --listen 127.0.0.1:9756`. Needs the
 `prometheus` extra (`pip install 'pymemcg[prometheus]'`).
+
+generate_latest, make_wsgi_app, make_asgi_app, start_http_server and
+write_to_textfile here take prometheus_client's arguments and serve a whole
+registry, the daemon's other metrics included, writing each MemcgCollector
+with pymemcg's writer (pymemcg.exposition) instead of a Python object per
+sample: prometheus_client's functions of those names serve the same
+metrics at many times the CPU per scrape (docs/prometheus.md, "In a
+daemon's own registry").
 
 Every scrape reads the subtree once (one `Reader.read_tree`, one BPF
 iterator session) and exposes, for each cgroup:
@@ -513,15 +521,15 @@ def _accepted_type(accepted: str) -> Tuple[str, str, str]:
     """(media type, version, escaping) of one entry of an Accept header, as
     prometheus_client reads them (an unknown escaping is "underscores")."""
     tokens = accepted.split(";")
-    version, escaping = "", "underscores"
+    version, escaping = None, None      # each: the first one named
     for token in tokens[1:]:
         key, eq, value = token.strip().partition("=")
-        if eq and key == "version" and not version:
+        if eq and key == "version" and version is None:
             version = value
-        elif eq and key == "escaping":
+        elif eq and key == "escaping" and escaping is None:
             escaping = value if value in ("allow-utf-8", "underscores", "dots", "values") \
                 else "underscores"
-    return tokens[0].strip(), version, escaping
+    return tokens[0].strip(), version or "", escaping or "underscores"
 
 
 def _version_tuple(version: str) -> Tuple[int, ...]:

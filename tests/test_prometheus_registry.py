@@ -51,6 +51,8 @@ ACCEPTS = [
     "text/plain; version=1.0.0; escaping=values",
     "text/plain; version=1.0.0; escaping=dots",
     "text/plain; version=1.0.0; escaping=bogus",
+    "text/plain; version=1.0.0; escaping=values; escaping=dots",
+    "application/openmetrics-text; version=2.0.0; version=1.0.0",
 ]
 
 
