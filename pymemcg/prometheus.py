@@ -112,10 +112,13 @@ class MemcgCollector:
     scrapes share one tree read (0: a read per scrape; not finite seconds
     >= 0: BadInterval); see pymemcg.exposition.SharedSnapshot.
 
-    Two ways to serve it: register it in a prometheus_client registry
+    Ways to serve it: register it in a prometheus_client registry
     (`collect()`), or take `exposition()`, the same metrics as text-format
     bytes written without prometheus_client's objects (what `pymemcg
-    export` serves; much cheaper per scrape).
+    export` serves; much cheaper per scrape). A registry served by this
+    module's generate_latest / make_wsgi_app / make_asgi_app /
+    start_http_server gets both: the registry's other metrics as
+    prometheus_client writes them, this collector's through exposition().
     """
 
     def __init__(self, root: Optional[str] = None, stats: Sequence[str] = catalog.DEFAULT_STATS,
@@ -576,7 +579,8 @@ def _bake(registry: Collector, accept: Optional[str], accept_encoding: Optional[
     """(headers, body pieces) of a scrape, as prometheus_client answers one:
     the format the Accept header chooses, `name[]` parameters restricting the
     families (prometheus_client's restricted registry, which pymemcg does not
-    write itself), gzip when accepted and not disabled."""
+    write itself; a registry that cannot be restricted, a bare collector, is
+    served whole), gzip when accepted and not disabled."""
     fmt, escaping, version, content_type = choose_format(accept)
     if "name[]" in params and isinstance(registry, CollectorRegistry):
         registry = registry.restricted_registry(params["name[]"])

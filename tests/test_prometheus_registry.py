@@ -31,9 +31,12 @@ from prometheus_client.openmetrics.parser import \
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from pymemcg import prometheus as drop_in  # noqa: E402
+from pymemcg.cgroupfs import memory_mount  # noqa: E402
 from pymemcg.prometheus import MemcgCollector  # noqa: E402
 
 from conftest import CgroupFactory  # noqa: E402
+from test_prometheus_server import (prometheus_binary, prometheus_server, query,  # noqa: E402,F401
+                                    wait_for)
 
 #: what real scrapers send: Prometheus 2.x and 3.x (OpenMetrics first), a
 #: plain client, text 1.0.0 with each escaping
@@ -244,3 +247,29 @@ def test_a_bare_collector_is_a_registry_too(tree):
     with MemcgCollector(tree, min_interval=3600) as collector:
         ours = drop_in.generate_latest(collector).decode()   # type: ignore[arg-type]
         assert families(ours) == families(client.generate_latest(collector).decode())
+
+
+def test_a_real_prometheus_scrapes_the_daemons_registry(registry, tree, prometheus_binary,
+                                                        tmp_path, monkeypatch):
+    """Prometheus (which asks for OpenMetrics first) stores the daemon's own
+    metrics and the collector's, from pymemcg.prometheus.start_http_server."""
+    chosen = []
+    choose = drop_in.choose_format
+    monkeypatch.setattr(drop_in, "choose_format",
+                        lambda accept: chosen.append(choose(accept)[0]) or choose(accept))
+    server, thread = drop_in.start_http_server(0, "127.0.0.1", registry)
+    try:
+        target = f"127.0.0.1:{server.server_address[1]}"
+        with prometheus_server(prometheus_binary, tmp_path, target) as api:
+            wait_for(api, 'up{job="pymemcg"}', 1.0)
+            wait_for(api, 'daemon_requests_total{path="/x"}', 3.0)
+            wait_for(api, "daemon_latency_seconds_count", 1.0)
+            wait_for(api, 'daemon_queue_depth{queue="out"}', 0.5)
+            ids = {m["cgroup"] for m, _ in query(api, "memcg_usage")}
+            base = "/" + os.path.relpath(tree, memory_mount().mountpoint)
+            assert ids == {base, *(f"{base}/{r}" for r in ("a", "a/b", 'odd "name"\\', "c"))}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert chosen and set(chosen) == {drop_in.OPENMETRICS}

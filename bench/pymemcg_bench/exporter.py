@@ -135,6 +135,9 @@ EMBED_METHODS = (
     ("client", "the collector in a daemon's registry, prometheus_client's `generate_latest`"),
     ("drop-in", "the same registry, `pymemcg.prometheus.generate_latest` (what its "
                 "`make_wsgi_app` / `make_asgi_app` / `start_http_server` serve)"),
+    ("client-om", "the registry in OpenMetrics (what Prometheus asks for), "
+                  "prometheus_client's `openmetrics.exposition.generate_latest`"),
+    ("drop-in-om", "the registry in OpenMetrics, pymemcg's drop-ins"),
     ("otel", "OpenTelemetry: `MemcgInstrumentor()` (default instruments), one "
              "`InMemoryMetricReader` collection"),
     ("otel-container", "OpenTelemetry, the container.* instruments only "
@@ -194,6 +197,7 @@ def measure_embedding(cgroups: BenchCgroups, rounds: int, size: int = EMBED_SIZE
                       ) -> EmbedResult:
     """Each way of embedding pymemcg, BPF and text backends, taking turns."""
     from prometheus_client import generate_latest as client_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as client_om
 
     from pymemcg import prometheus as pm
     try:
@@ -220,7 +224,10 @@ def measure_embedding(cgroups: BenchCgroups, rounds: int, size: int = EMBED_SIZE
             for method, fn, n in (
                     ("exposition", collector.exposition_chunks, cheap),
                     ("client", lambda r=registry: client_latest(r), 1),
-                    ("drop-in", lambda r=registry: pm.generate_latest(r), cheap)):
+                    ("drop-in", lambda r=registry: pm.generate_latest(r), cheap),
+                    ("client-om", lambda r=registry: client_om(r), 1),
+                    ("drop-in-om", lambda r=registry: pm.exposition_chunks(r, pm.OPENMETRICS),
+                     cheap)):
                 fn()                                   # the shape's labels are made here
                 methods[f"{method}/{backend}"] = (fn, n)
                 calls[f"{method}/{backend}"] = n
