@@ -149,7 +149,8 @@ EMBED_METHODS = (
 class EmbedResult:
     """CPU per scrape / collection at one tree size, by "method/backend";
     otel_ours: pymemcg's share of a default collection (its callbacks, the
-    tree read included) by backend; points: data points per default collection."""
+    tree read included; median of the collections) by backend; points: data
+    points per default collection."""
 
     size: int
     costs: Dict[str, Dict[str, float]]
@@ -175,11 +176,18 @@ def _daemon_registry(collector):
 
 def _timed_instrumentor():
     """MemcgInstrumentor counting the CPU seconds of its own callbacks (the tree
-    read included) in `ours`: pymemcg's share of a collection."""
+    read included) in `ours`: pymemcg's share of a collection; `last`: the
+    last collection's MetricsData."""
     from pymemcg.otel import MemcgInstrumentor
 
     class Timed(MemcgInstrumentor):
         ours = 0.0
+        last = None
+        shares: List[float]
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.shares = []
 
         def _callback(self, instrument, observe):
             inner = super()._callback(instrument, observe)
@@ -242,18 +250,18 @@ def measure_embedding(cgroups: BenchCgroups, rounds: int, size: int = EMBED_SIZE
                 opened.append((inst, provider))
                 instrumentors[f"{method}/{backend}"] = inst
                 reader.get_metrics_data()
-                methods[f"{method}/{backend}"] = (reader.get_metrics_data, 1)
+                methods[f"{method}/{backend}"] = (_collection(inst, reader), 1)
                 calls[f"{method}/{backend}"] = 1
         log(f"embedding, {size:,} cgroups: {rounds} rounds of {calls}")
         for inst in instrumentors.values():
-            inst.ours = 0.0
+            inst.shares.clear()
         costs = interleaved(methods, rounds)
         otel_ours, points = {}, {}
         for backend in ("bpf", "text"):
             inst = instrumentors.get(f"otel/{backend}")
             if inst is not None:
-                otel_ours[backend] = inst.ours / (rounds * calls[f"otel/{backend}"])
-                points[backend] = _points(methods[f"otel/{backend}"][0]())
+                otel_ours[backend] = statistics.median(inst.shares)
+                points[backend] = _points(inst.last)
         return EmbedResult(size, costs, calls, otel_ours, points, same)
     finally:
         for thing in opened:
@@ -265,6 +273,17 @@ def measure_embedding(cgroups: BenchCgroups, rounds: int, size: int = EMBED_SIZE
         failed = remove_tree(root)
         if failed:
             log("could NOT remove: " + "; ".join(failed))
+
+
+def _collection(inst, reader) -> Callable[[], None]:
+    """One collection of `reader`, pymemcg's share of it appended to
+    inst.shares (a median of them is robust to a collector's pause falling
+    in one of our callbacks)."""
+    def collect() -> None:
+        before = inst.ours
+        inst.last = reader.get_metrics_data()
+        inst.shares.append(inst.ours - before)
+    return collect
 
 
 def _points(data) -> int:
