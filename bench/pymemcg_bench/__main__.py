@@ -15,7 +15,8 @@ from pymemcg.reader import Reader
 from . import QUICK_READS, READS, STATS, TREE_SIZES, Settings, __doc__ as PACKAGE_DOC, log
 from .c_side import CBench, build_c, spec_lines
 from .cgroups import BenchCgroups, remove_stale_trees
-from .exporter import measure_anchor, measure_read_many, measure_scrapes, report_part5
+from .exporter import (measure_anchor, measure_embedding, measure_read_many, measure_scrapes,
+                       report_part5)
 from .measure import loop, measure_single, measure_tree, split_read
 from .perf import measure_profiles, perf_works
 from .report import plot, profile_markdown, report
@@ -79,7 +80,7 @@ def run(args) -> int:
             profiles = measure_profiles(cbench, mount.mountpoint, cgroups, est,
                                         st.profile_s) if ok else []
             # part 5
-            scrapes, why_no_scrapes = [], ""
+            scrapes, why_no_scrapes, embedding = [], "", None
             try:
                 import prometheus_client  # noqa: F401
             except ImportError:
@@ -87,6 +88,7 @@ def run(args) -> int:
                 log(f"no scrapes: {why_no_scrapes}")
             if not why_no_scrapes:
                 scrapes = measure_scrapes(cgroups, st.tree_rounds)
+                embedding = measure_embedding(cgroups, st.tree_rounds)
             many = measure_read_many(cgroups, st.tree_rounds * 3, 200 if not args.quick else 50)
             anchor = measure_anchor(cgroups, st.tree_rounds)
         except KeyboardInterrupt:
@@ -96,7 +98,8 @@ def run(args) -> int:
     busy1 = busy_cpu_seconds()
     others = ((busy1[0] - busy0[0]) - (busy1[1] - busy0[1])) / (time.perf_counter() - t_start)
     part5 = report_part5(scrapes, many, anchor,
-                         {t.size: t.split for t in trees if t.split}, st.tree_rounds)
+                         {t.size: t.split for t in trees if t.split}, st.tree_rounds,
+                         embedding)
     if why_no_scrapes:
         part5 += [f"No scrapes: {why_no_scrapes}.", ""]
     text, env = report(single, trees, profiles, split, why_no_profile, why_no_c, st,
