@@ -20,6 +20,7 @@
 #include "pmc_shim.h"
 #include "memcg_iter.skel.h"
 #include "memcg_fetch.skel.h"
+#include "memcg_tables.skel.h"
 
 struct pmc_prog {
 	struct memcg_iter *skel;
@@ -251,7 +252,6 @@ static int prog_load(const struct pmc_config *cfg, bool direct, struct pmc_prog 
 	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path, !cfg->flush);
 	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_flush, !!cfg->flush);
 	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path_flush, !!cfg->flush);
-	bpf_program__set_autoload(skel->progs.pmc_kernel_tables, false);
 
 	err = bpf_map__set_value_size(skel->maps.overflow, prog->record_size);
 	if (!err)
@@ -662,7 +662,7 @@ int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int eve
 			   unsigned int *state_out, unsigned int *events_out,
 			   unsigned int *got_state, unsigned int *got_events)
 {
-	struct memcg_iter *skel;
+	struct memcg_tables *skel;
 	unsigned int buf[4 * 256 + 2];
 	int link = -1, iter = -1, err;
 	ssize_t n;
@@ -671,7 +671,7 @@ int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int eve
 	if (state_n > 256 || events_n > 256)
 		return -EINVAL;
 	log_begin(NULL, 0);
-	skel = memcg_iter__open();
+	skel = memcg_tables__open();
 	if (!skel) {
 		err = -errno;
 		log_end();
@@ -679,13 +679,7 @@ int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int eve
 	}
 	skel->rodata->tbl_state_n = state_n;
 	skel->rodata->tbl_events_n = events_n;
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter, false);
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path, false);
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_flush, false);
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path_flush, false);
-	err = bpf_map__set_value_size(skel->maps.overflow, PMC_RECORD_SIZE(0));
-	if (!err)
-		err = memcg_iter__load(skel);
+	err = memcg_tables__load(skel);
 	log_end();
 	if (err)
 		goto out;
@@ -721,7 +715,7 @@ out:
 		close(iter);
 	if (link >= 0)
 		close(link);
-	memcg_iter__destroy(skel);
+	memcg_tables__destroy(skel);
 	return err;
 }
 
