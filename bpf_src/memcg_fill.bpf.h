@@ -346,10 +346,10 @@ static __always_inline void flush_memcg(struct cgroup *cgrp)
  * A global function (neither static nor inlined), on purpose: the verifier
  * checks it once, on its own, instead of once at every call site, and
  * path_hash() calls it at each of up to PMC_PATH_MAX_DEPTH levels: inlined,
- * that nested loop was most of every path program's verification (about
- * 100,000 instructions each, and the kernel memory and load time that go
- * with them). Hence the scalar address (a global function takes no kernel
- * pointer before 6.8's __arg_trusted) and the probe read.
+ * that nested loop would be walked in full at every level, and the
+ * verifier's time and kernel memory go with what it walks. Hence the scalar
+ * address (a global function takes no kernel pointer before 6.8's
+ * __arg_trusted) and the probe read.
  */
 __noinline __u64 pmc_name_hash(struct pmc_name_buf *buf, __u64 name)
 {

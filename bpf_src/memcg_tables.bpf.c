@@ -5,9 +5,9 @@
  *
  * The kernel finds each list by name (bpf_kallsyms_lookup_name, Linux 5.16+):
  * that resolves what /proc/kallsyms lists (data symbols only with
- * CONFIG_KALLSYMS_ALL), without the 5 MB of text that reading /proc/kallsyms
- * makes the kernel write (about 0.1 s, the most of a Reader's start-up), and
- * where that file is unreadable (systemd's ProtectKernelTunables). No CO-RE
+ * CONFIG_KALLSYMS_ALL), without the whole symbol table as text that reading
+ * /proc/kallsyms makes the kernel write, and where that file is unreadable
+ * (systemd's ProtectKernelTunables). No CO-RE
  * and no externs: libbpf loads this object without parsing vmlinux BTF.
  */
 #include "vmlinux_min.h"

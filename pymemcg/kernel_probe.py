@@ -138,9 +138,9 @@ def kallsyms_lists() -> Optional[List[str]]:
 def with_kernel_lists(facts: KernelFacts) -> KernelFacts:
     """Add the kernel's own item lists where it has their symbols (Debian's
     kernels: CONFIG_KALLSYMS_ALL), copied out by a one-shot BPF program that
-    looks them up by name (not by reading /proc/kallsyms: about 0.1 s of
-    kernel time). Without privileges, or without the symbols, the facts stay
-    as they are."""
+    looks them up by name (not by reading /proc/kallsyms, which makes the
+    kernel write its whole symbol table as text). Without privileges, or
+    without the symbols, the facts stay as they are."""
     if os.geteuid() != 0:
         return facts
     memcg_items = sorted(v for k, v in facts.enums.get("memcg_stat_item", {}).items()
