@@ -521,11 +521,12 @@ def test_doctor_blames_a_seccomp_filter_that_refuses_bpf(bpf_ok):
     assert out.splitlines()[-1].startswith("verdict: BPF does not work here")
 
 
-def test_doctor_blames_an_unreadable_kallsyms(bpf_ok, tmp_path):
+def test_bpf_works_with_an_unreadable_kallsyms(bpf_ok, tmp_path):
     """/proc/kallsyms out of reach, as systemd's ProtectKernelTunables=yes
     leaves it (an inaccessible device node mounted over it, in a mount
-    namespace of the test's own): the kallsyms check fails with the remedy,
-    and the load error names the file."""
+    namespace of the test's own): no program needs it (the kernel's item
+    lists are looked up by name in the kernel), so doctor says so and the
+    BPF backend works."""
     import shutil
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare")
@@ -535,11 +536,11 @@ def test_doctor_blames_an_unreadable_kallsyms(bpf_ok, tmp_path):
                         f'mount --bind "{node}" /proc/kallsyms && exec "$0" -m pymemcg doctor',
                         sys.executable], capture_output=True, text=True, timeout=120,
                        env={k: v for k, v in os.environ.items() if k != "PYMEMCG_REQUIRE_BPF"})
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    assert re.search(r"^  fail  kallsyms\s+/proc/kallsyms cannot be read", out, re.M), out
-    assert "-> systemd's ProtectKernelTunables=yes makes it unreadable" in out
-    assert re.search(r"^  fail  bpf backend .*/proc/kallsyms", out, re.M), out
+    assert re.search(r"^  info  kallsyms\s+/proc/kallsyms cannot be read .*pymemcg does not "
+                     r"need it", out, re.M), out
+    assert re.search(r"^  ok    bpf backend ", out, re.M), out
     assert re.search(r"^  ok    privileges ", out, re.M) and re.search(r"^  ok    seccomp ", out, re.M)
 
 

@@ -20,6 +20,7 @@ from .exporter import (measure_anchor, measure_embedding, measure_read_many, mea
 from .measure import loop, measure_single, measure_tree, split_read
 from .perf import measure_profiles, perf_works
 from .report import plot, profile_markdown, report
+from .startup import measure_startup, report_startup
 
 
 def busy_cpu_seconds() -> Tuple[float, float]:
@@ -51,6 +52,9 @@ def run(args) -> int:
         log(f"no C side: {why_no_c}")
     ok, why_no_profile = perf_works() if not args.no_profile else (False, "--no-profile")
     remove_stale_trees(own)
+    startup_rounds = 5 if args.quick else 15
+    # first, in processes of their own: what this one loads is no part of it
+    startup = measure_startup(own, mount.mountpoint, mount.version, startup_rounds)
     t_start, busy0 = time.perf_counter(), busy_cpu_seconds()
     with BenchCgroups(own) as cgroups, Reader(stats=STATS, backend="bpf") as reader:
         read_method = reader.read_method
@@ -104,6 +108,8 @@ def run(args) -> int:
         part5 += [f"No scrapes: {why_no_scrapes}.", ""]
     text, env = report(single, trees, profiles, split, why_no_profile, why_no_c, st,
                        max(0.0, others), read_method, part5, scrapes, many)
+    text = text.rstrip("\n") + "\n\n" + "\n".join(report_startup(startup, startup_rounds,
+                                                                  mount.mountpoint))
     sys.stdout.write(text)
     if args.out:
         with open(args.out, "w") as f:
