@@ -9,9 +9,9 @@ inside reports what the running exporter is:
   that is not root, exactly CAP_SYS_ADMIN (effective, permitted, ambient,
   bounding), NoNewPrivs, a seccomp filter, a read-only root and
   /proc/sys, /proc/kcore out of reach;
-- the same unit with ProtectKernelTunables=yes (which hides /proc/kallsyms
-  from libbpf) refuses to start: exit status 2 with the cause in its
-  journal, not restarted, and nothing served.
+- the same unit without CAP_SYS_ADMIN (BPF cannot load) refuses to start:
+  exit status 2 with the cause in its journal, not restarted, and nothing
+  served (no silent fall back to memory.stat text).
 
 nspawn runs from a scratch cgroup of its own (systemd, unified and memory
 hierarchies), with its own network namespace (the exporters listen on the
@@ -78,20 +78,20 @@ if pid != "0":
     out["status"] = status(pid)
     with open(f"/proc/{pid}/mountinfo") as f:
         out["mountinfo"] = f.read()
-# the unit under ProtectKernelTunables=yes: wait until it gave up
+# the unit without its capability: wait until it gave up
 while time.monotonic() < deadline:
-    tunables = show("pymemcg-export-tunables.service")
-    if tunables["ActiveState"] in ("failed", "inactive") and tunables["Result"] != "success" \
-            or tunables["ActiveState"] == "active":
+    nocap = show("pymemcg-export-nocap.service")
+    if nocap["ActiveState"] in ("failed", "inactive") and nocap["Result"] != "success" \
+            or nocap["ActiveState"] == "active":
         break
     time.sleep(0.5)
-out["tunables"] = show("pymemcg-export-tunables.service")
+out["nocap"] = show("pymemcg-export-nocap.service")
 try:
     with urllib.request.urlopen("http://127.0.0.1:9757/metrics", timeout=5) as r:
-        out["tunables_metrics"] = r.read().decode()
+        out["nocap_metrics"] = r.read().decode()
 except OSError as e:
-    out["tunables_metrics"] = None
-for unit in ("pymemcg-export", "pymemcg-export-tunables"):
+    out["nocap_metrics"] = None
+for unit in ("pymemcg-export", "pymemcg-export-nocap"):
     out[unit + " journal"] = subprocess.run(
         ["journalctl", "--no-pager", "-o", "cat", "-u", unit + ".service"],
         capture_output=True, text=True).stdout[-6000:]
@@ -101,8 +101,8 @@ with open("/srv/pymemcg-test/result.json", "w") as f:
 
 PROBE_UNIT = f"""[Unit]
 Description=pymemcg test probe
-After=pymemcg-export.service pymemcg-export-tunables.service
-Wants=pymemcg-export.service pymemcg-export-tunables.service
+After=pymemcg-export.service pymemcg-export-nocap.service
+Wants=pymemcg-export.service pymemcg-export-nocap.service
 
 [Service]
 Type=oneshot
@@ -157,18 +157,20 @@ def venv_with(wheel: str, where: str) -> str:
 
 def units(venv: str, share: str) -> list:
     """(host file, path in the container): the shipped unit with ExecStart
-    pointing at the venv, the same under ProtectKernelTunables=yes on port
-    9757, and the probe."""
+    pointing at the venv, the same without its capability on port 9757, and
+    the probe."""
     text = open(UNIT).read()
     shipped = re.sub(r"^(#?ExecStart=)/usr/local/bin/pymemcg", rf"\g<1>{venv}/bin/pymemcg",
                      text, flags=re.M)
     assert shipped.count(f"{venv}/bin/pymemcg") >= 1
-    tunables = shipped.replace("ProtectKernelTunables=no", "ProtectKernelTunables=yes") \
+    nocap = shipped.replace("AmbientCapabilities=CAP_SYS_ADMIN", "AmbientCapabilities=") \
+        .replace("CapabilityBoundingSet=CAP_SYS_ADMIN", "CapabilityBoundingSet=") \
         .replace("127.0.0.1:9756", "127.0.0.1:9757")
-    assert "ProtectKernelTunables=yes" in tunables
+    assert not re.search(r"^[A-Za-z]*Capabilit[a-zA-Z]*=.*CAP_SYS_ADMIN", nocap, re.M)
+    assert "ProtectKernelTunables=yes" in shipped
     out = []
     for name, body in (("pymemcg-export.service", shipped),
-                       ("pymemcg-export-tunables.service", tunables),
+                       ("pymemcg-export-nocap.service", nocap),
                        ("pymemcg-probe.service", PROBE_UNIT)):
         path = os.path.join(share, name)
         with open(path, "w") as f:
@@ -257,17 +259,19 @@ def test_the_running_service_is_hardened_as_the_unit_says(booted):
         mounts[fields[4]] = fields[5].split(",")
     for path in ("/", "/proc/sys", "/sys", "/sys/fs/cgroup"):
         assert "ro" in mounts.get(path, []), (path, mounts.get(path))
-    # InaccessiblePaths: an inaccessible node is mounted over it (where the
-    # kernel has one: CONFIG_PROC_KCORE)
-    if os.path.exists("/proc/kcore"):
-        assert "/proc/kcore" in mounts, sorted(mounts)
+    # ProtectKernelTunables=yes: an inaccessible node is mounted over each
+    # (where the kernel has it: CONFIG_PROC_KCORE, CONFIG_KALLSYMS)
+    for path in ("/proc/kcore", "/proc/kallsyms"):
+        if os.path.exists(path):
+            assert path in mounts, (path, sorted(mounts))
 
 
-def test_without_kallsyms_the_unit_serves_through_bpf(booted):
-    """ProtectKernelTunables=yes hides /proc/kallsyms, which no program of
-    pymemcg's needs (the kernel's item lists are looked up by name in the
-    kernel): the exporter serves through BPF all the same."""
-    t, body = booted["tunables"], booted["tunables_metrics"]
-    assert t["ActiveState"] == "active", (t, booted["pymemcg-export-tunables journal"])
-    assert body is not None, booted
-    assert re.search(r'^pymemcg_info\{[^}]*backend="bpf"', body, re.M), body[:2000]
+def test_without_its_capability_the_unit_refuses_to_start(booted):
+    """Where BPF cannot load, the exporter exits with the cause rather than
+    serve memory.stat text, and stays down (RestartPreventExitStatus=2)."""
+    t = booted["nocap"]
+    assert t["ActiveState"] == "failed" and t["ExecMainStatus"] == "2", t
+    assert t["NRestarts"] == "0", t
+    assert booted["nocap_metrics"] is None
+    journal = booted["pymemcg-export-nocap journal"]
+    assert "BPF" in journal, journal
