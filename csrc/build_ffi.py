@@ -70,10 +70,9 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
                    struct pmc_fetch **out, char *log, size_t log_size);
 void pmc_fetch_destroy(struct pmc_fetch *fetch);
 const void *pmc_fetch_record(const struct pmc_fetch *fetch);
-int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
-                    unsigned long long *cgroup_id);
-int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned int slot);
-int pmc_fetch_run(struct pmc_fetch *fetch, unsigned int slot);
+int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned long long *cgroup_id);
+int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned long long cgroup_id);
+int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id);
 int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n);
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);

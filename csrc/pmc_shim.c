@@ -483,7 +483,7 @@ struct pmc_fetch {
 	size_t batch_map_size;
 	int prog_fd;
 	int many_fd;
-	unsigned int nr_slots;
+	unsigned int nr_slots;		/* cgroups the slots map holds at most */
 	unsigned int batch_capacity;	/* records one pmc_fetch_run_many fills at most */
 	unsigned int batch_stride;	/* bytes from one of its records to the next */
 };
@@ -496,7 +496,8 @@ void pmc_fetch_destroy(struct pmc_fetch *fetch)
 		munmap(fetch->record, fetch->record_map_size);
 	if (fetch->batch)
 		munmap(fetch->batch, fetch->batch_map_size);
-	memcg_fetch__destroy(fetch->skel);	/* frees the slots: drops their references */
+	/* detaches pmc_rmdir, frees the slots: drops their references */
+	memcg_fetch__destroy(fetch->skel);
 	free(fetch);
 }
 
@@ -516,7 +517,7 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 	if (!fetch)
 		return -ENOMEM;
 	fetch->nr_slots = nr_slots;
-	/* a run reads slots that are all stashed at once: no more than there are */
+	/* a run reads cgroups that are all stashed at once: no more than the map holds */
 	fetch->batch_capacity = nr_slots < PMC_FETCH_BATCH_MAX ? nr_slots : PMC_FETCH_BATCH_MAX;
 
 	log_begin(log, log_size);
@@ -536,6 +537,14 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 		err = memcg_fetch__load(skel);
 	if (err)
 		goto fail;
+	/* removed cgroups leave the slots map at once (the iterator programs
+	 * of the skeleton attach per cgroup, so only this one is attached here;
+	 * the skeleton's destroy detaches it) */
+	skel->links.pmc_rmdir = bpf_program__attach(skel->progs.pmc_rmdir);
+	if (!skel->links.pmc_rmdir) {
+		err = -errno;
+		goto fail;
+	}
 	fetch->prog_fd = bpf_program__fd(skel->progs.pmc_fetch);
 	fetch->many_fd = bpf_program__fd(skel->progs.pmc_fetch_many);
 	fetch->record_map_size = (bpf_map__value_size(skel->maps.out) + page - 1) / page * page;
@@ -564,15 +573,11 @@ const void *pmc_fetch_record(const struct pmc_fetch *fetch)
 	return fetch->record;
 }
 
-int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
-		    unsigned long long *cgroup_id)
+int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned long long *cgroup_id)
 {
 	int link, iter, err = 0;
 	ssize_t n;
 
-	if (slot >= fetch->nr_slots)
-		return -EINVAL;
-	fetch->skel->bss->stash_slot = slot;
 	link = cgroup_iter_link(bpf_program__fd(fetch->skel->progs.pmc_stash), cgroup_fd,
 				BPF_CGROUP_ITER_SELF_ONLY);
 	if (link < 0)
@@ -592,25 +597,25 @@ int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
 		err = -ENOENT;	/* the walk found no live cgroup */
 	else if (n != sizeof(*cgroup_id))
 		err = -EIO;
+	else if (*cgroup_id == 0)
+		err = -ENOSPC;	/* the slots map is full */
 	close(iter);
 	close(link);
 	return err;
 }
 
-int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned int slot)
+int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned long long cgroup_id)
 {
-	struct { void *cgrp; } empty = { 0 };
-
-	if (slot >= fetch->nr_slots)
-		return -EINVAL;
-	/* an update releases the kptr the element held */
-	return bpf_map_update_elem(bpf_map__fd(fetch->skel->maps.slots), &slot, &empty, BPF_ANY)
-		? -errno : 0;
+	/* deleting the element releases the reference it held; one that
+	 * pmc_rmdir deleted already is not an error */
+	if (bpf_map_delete_elem(bpf_map__fd(fetch->skel->maps.slots), &cgroup_id) && errno != ENOENT)
+		return -errno;
+	return 0;
 }
 
-int pmc_fetch_run(struct pmc_fetch *fetch, unsigned int slot)
+int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id)
 {
-	struct pmc_fetch_args args = { .slot = slot };
+	struct pmc_fetch_args args = { .cgroup_id = cgroup_id };
 	LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &args, .ctx_size_in = sizeof(args));
 
 	if (bpf_prog_test_run_opts(fetch->prog_fd, &opts))
@@ -641,15 +646,11 @@ int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int 
 	 * (and back out) on every run */
 	LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &args,
 		    .ctx_size_in = offsetof(struct pmc_fetch_many_args, want) + n * sizeof(*want));
-	unsigned int i;
 
 	if (n == 0)
 		return 0;
 	if (n > fetch->batch_capacity)
 		return -E2BIG;
-	for (i = 0; i < n; i++)
-		if (want[i].slot >= fetch->nr_slots)
-			return -EINVAL;
 	args.count = n;
 	args.pad = 0;
 	memcpy(args.want, want, n * sizeof(*want));

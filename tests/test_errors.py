@@ -274,9 +274,10 @@ def test_every_error_class_is_defined_in_errors_py():
 
 @pytest.mark.parametrize("single", ["fetch", "iterator"])
 def test_many_single_cgroups_keep_fds_bounded(no_leaks, cgroups, monkeypatch, single):
-    """One limit bounds the cgroups read one by one that a reader holds:
+    """A limit bounds the cgroups read one by one that a reader holds:
     fetch slots, or SELF_ONLY links where the fetch program does not load."""
     monkeypatch.setattr(programs, "MAX_SINGLE_CGROUPS", 8)
+    monkeypatch.setattr(programs, "MAX_FETCH_CGROUPS", 8)
     if single == "iterator":
         monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
     paths = [cgroups.make(f"many/c{i}") for i in range(30)]

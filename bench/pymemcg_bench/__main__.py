@@ -18,6 +18,7 @@ from .cgroups import BenchCgroups, remove_stale_trees
 from .exporter import measure_anchor, measure_read_many, measure_scrapes, report_part5
 from .measure import loop, measure_single, measure_tree, split_read
 from .perf import measure_profiles, perf_works
+from .rotation import measure_rotation, rotation_markdown
 from .report import plot, profile_markdown, report
 
 
@@ -89,6 +90,7 @@ def run(args) -> int:
                 scrapes = measure_scrapes(cgroups, st.tree_rounds)
             many = measure_read_many(cgroups, st.tree_rounds * 3, 200 if not args.quick else 50)
             anchor = measure_anchor(cgroups, st.tree_rounds)
+            rotation = measure_rotation(cgroups, st.tree_rounds)
         except KeyboardInterrupt:
             print("bench: interrupted", file=sys.stderr)
             return 130
@@ -99,6 +101,7 @@ def run(args) -> int:
                          {t.size: t.split for t in trees if t.split}, st.tree_rounds)
     if why_no_scrapes:
         part5 += [f"No scrapes: {why_no_scrapes}.", ""]
+    part5 += rotation_markdown(rotation)
     text, env = report(single, trees, profiles, split, why_no_profile, why_no_c, st,
                        max(0.0, others), read_method, part5, scrapes, many)
     sys.stdout.write(text)

@@ -123,10 +123,11 @@ class BpfBackend:
                 if isinstance(target, Slot):
                     # fast path: one bpf() call fills the record, one unpack,
                     # and the path hash proves the path still names this cgroup
-                    if self._fetch_run(self._fetch_ptr, target.index) == 0:
+                    if self._fetch_run(self._fetch_ptr, route.id) == 0:
                         t = self._unpack_record(self._fetch_record)
                         if t[2] == route.path_hash and t[0] == route.id and \
                                 not t[4] & REC_GONE:
+                            target.used = True   # spared by the next eviction sweep
                             return Record(self.selection, t, route.relpath)
                         if t[4] & REC_GONE and self._fetch is not None:
                             self._fetch.clear(target)  # removed: let the kernel free it

@@ -37,6 +37,15 @@ class Batches:
         self.unpack = struct.Struct(self.selection.record.format + f"{pad}x").iter_unpack
         # the last call: its paths, routes.gen then, their fetch entries and relpaths
         self.plan: Tuple[Optional[List[str]], int, bytes, List[str]] = (None, -1, b"", [])
+        # a poller's calls reuse the plan without touching each slot: an
+        # eviction sweep asks for the plan's slots instead
+        fetch.in_use = self.planned_slots
+
+    def planned_slots(self) -> List[Slot]:
+        """The slots the last call's plan reads (read with every call that reuses it)."""
+        paths = self.plan[0] or []
+        return [r.target for r in map(self.routes.get, paths)
+                if r is not None and isinstance(r.target, Slot)]
 
     def read(self, paths: List[str]) -> List[Optional[Record]]:
         """read_many() of paths other than the last call's, or with routes
@@ -65,6 +74,8 @@ class Batches:
         # routed ones, then the rest one by one
         out: List[Optional[Record]] = [None] * len(paths)
         slot_routes = {i: r for i, r in enumerate(routes) if r is not None and r.want is not None}
+        for r in slot_routes.values():
+            cast(Slot, r.target).used = True   # spared by the next eviction sweep
         routed = list(slot_routes)
         cap = self.capacity
         for start in range(0, len(routed), cap):

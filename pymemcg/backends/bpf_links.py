@@ -4,10 +4,12 @@ selection (BpfSelection resolves it for this kernel), a link (an fd) per
 the cgroups read one by one; with them (Links) the paths proven to name
 what those read (routes, tree roots), and the session buffer (Sessions).
 
-Each kind is bounded, the oldest let go first: at most
-programs.MAX_SINGLE_CGROUPS cgroups read one by one (fetch slots, or
-SELF_ONLY links where the fetch program does not load) and MAX_TREE_LINKS
-tree roots. pins.pin() makes its one link here too (BpfSelection, Links).
+Each kind is bounded: at most programs.MAX_FETCH_CGROUPS cgroups read one
+by one through fetch slots (the least recently read let go first; the
+kernel deletes a removed cgroup's slot itself), programs.MAX_SINGLE_CGROUPS
+SELF_ONLY links where the fetch program does not load, and MAX_TREE_LINKS
+tree roots (links: the oldest let go first). pins.pin() makes its one link
+here too (BpfSelection, Links).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class BpfSelection:
     def fetch(self) -> Fetch:
         """The one-call program, a slot for each cgroup read one by one."""
         return Fetch(self.resolutions, self.local, self.plan.kfuncs, self.plan.flush,
-                     self.selection.record_size, programs.MAX_SINGLE_CGROUPS)
+                     self.selection.record_size, programs.MAX_FETCH_CGROUPS)
 
 
 class Link:
@@ -77,7 +79,7 @@ class Route:
     def __init__(self, target: Union[Slot, Link], cg: Cgroup, path_hash: int) -> None:
         self.target, self.id, self.relpath, self.path_hash = target, cg.id, cg.relpath, path_hash
         # the entry of a batched fetch that reads and checks this path
-        self.want: Optional[bytes] = FETCH_WANT.pack(target.index, 0, cg.id, path_hash) \
+        self.want: Optional[bytes] = FETCH_WANT.pack(cg.id, path_hash) \
             if isinstance(target, Slot) else None
 
 
@@ -189,10 +191,22 @@ class Links:
 
     def single(self, cg: Cgroup) -> Union[Slot, Link]:
         """What reads one cgroup: a fetch slot, else a SELF_ONLY link."""
-        if self.fetch is not None:
-            return self.fetch.stash(cg)
+        fetch = self.fetch
+        if fetch is not None:
+            slot = fetch.stash(cg)
+            if fetch.evicted:
+                self._forget_slots(fetch)
+            return slot
         self.evict(programs.ORDER_SELF_ONLY, programs.MAX_SINGLE_CGROUPS)
         return self.link(cg, programs.ORDER_SELF_ONLY)
+
+    def _forget_slots(self, fetch: Fetch) -> None:
+        """Forget the routes to the slots the fetch program let go of."""
+        gone = {id(slot) for slot in fetch.evicted}
+        fetch.evicted.clear()
+        routes = self.routes
+        for path in [p for p, r in routes.items() if id(r.target) in gone]:
+            del routes[path]
 
     def drop_single(self, target: Union[Slot, Link]) -> None:
         """Let go of what single() gave."""
