@@ -147,6 +147,15 @@ struct pmc_fetch_many_args {
 	struct pmc_fetch_want want[PMC_FETCH_BATCH_MAX];
 };
 
+/* The ids of removed cgroups (memcg_gone.bpf.c), read through mmap: the
+ * id of the gen-th removal since load is at ids[gen % PMC_GONE_RING], and
+ * gen counts removals (written after the id). */
+#define PMC_GONE_RING	256	/* a power of two */
+struct pmc_gone_ring {
+	unsigned long long gen;
+	unsigned long long ids[PMC_GONE_RING];
+};
+
 /* Writer bookkeeping in .bss, read by the shim through the mmaped map. */
 struct pmc_overflow_state {
 	unsigned long long session_id;	/* session whose records the map holds */

@@ -78,6 +78,11 @@ const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);
 
+struct pmc_gone;
+int pmc_gone_load(struct pmc_gone **out, char *log, size_t log_size);
+void pmc_gone_destroy(struct pmc_gone *gone);
+const void *pmc_gone_ring(const struct pmc_gone *gone);
+
 int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,
                            unsigned int *state_out, unsigned int *events_out,
                            unsigned int *got_state, unsigned int *got_events);

@@ -20,6 +20,7 @@
 #include "pmc_shim.h"
 #include "memcg_iter.skel.h"
 #include "memcg_fetch.skel.h"
+#include "memcg_gone.skel.h"
 
 struct pmc_prog {
 	struct memcg_iter *skel;
@@ -657,6 +658,57 @@ int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int 
 	if (bpf_prog_test_run_opts(fetch->many_fd, &opts))
 		return -errno;
 	return opts.retval > n ? -EIO : (int)opts.retval;
+}
+
+/* --- the ids of removed cgroups --- */
+
+struct pmc_gone {
+	struct memcg_gone *skel;
+	void *ring;			/* mmap of the gone map */
+	size_t ring_map_size;
+};
+
+void pmc_gone_destroy(struct pmc_gone *gone)
+{
+	if (!gone)
+		return;
+	if (gone->ring)
+		munmap(gone->ring, gone->ring_map_size);
+	memcg_gone__destroy(gone->skel);	/* detaches the program */
+	free(gone);
+}
+
+int pmc_gone_load(struct pmc_gone **out, char *log, size_t log_size)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	struct pmc_gone *gone = calloc(1, sizeof(*gone));
+	int err = 0;
+
+	*out = NULL;
+	if (!gone)
+		return -ENOMEM;
+	log_begin(log, log_size);
+	gone->skel = memcg_gone__open_and_load();
+	if (!gone->skel)
+		err = -errno;
+	/* the skeleton's destroy detaches it */
+	if (!err && !(gone->skel->links.pmc_gone = bpf_program__attach(gone->skel->progs.pmc_gone)))
+		err = -errno;
+	gone->ring_map_size = (sizeof(struct pmc_gone_ring) + page - 1) / page * page;
+	if (!err)
+		err = map_readonly(gone->skel->maps.gone, gone->ring_map_size, &gone->ring);
+	log_end();
+	if (err) {
+		pmc_gone_destroy(gone);
+		return err < 0 ? err : -EINVAL;
+	}
+	*out = gone;
+	return 0;
+}
+
+const void *pmc_gone_ring(const struct pmc_gone *gone)
+{
+	return gone->ring;
 }
 
 int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,

@@ -120,6 +120,16 @@ const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);
 
+/*
+ * The ids of removed cgroups (memcg_gone.bpf.c, a cgroup_rmdir tracepoint
+ * program, Linux 6.1+): pmc_gone_ring() points at a struct pmc_gone_ring,
+ * read-only, that the kernel updates at each removal until destroy.
+ */
+struct pmc_gone;
+int pmc_gone_load(struct pmc_gone **out, char *log, size_t log_size);
+void pmc_gone_destroy(struct pmc_gone *gone);
+const void *pmc_gone_ring(const struct pmc_gone *gone);
+
 /* The kernel's own memcg item lists through kallsyms: copies up to state_n
  * entries of memcg_node_stat_items[] and events_n of memcg_vm_event_stat[];
  * *got_* say how many were read (0: not in kallsyms or unreadable). */

@@ -14,13 +14,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from typing import Any, Callable, Dict, Iterable, List, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
 
 from . import slots
 from .binding import load
 from .cgroupfs import Cgroup, Replaced
 from .memory_stat import PAGE_SIZE
-from ._record_h import KFUNCS_NONE
+from ._record_h import GONE_RING, KFUNCS_NONE
 from .wire import selection_digest
 from .errors import BpfUnavailable, CgroupNotFound, PermissionDenied, ReadError, VerifierRejected
 
@@ -225,6 +225,46 @@ class Fetch:
             self.lib.pmc_fetch_destroy(self.ptr)  # drops every slot's reference
             self.ptr = None
             self.by_id.clear()
+
+
+class Removals:
+    """The ids of cgroups removed since the last look (memcg_gone.bpf.c),
+    for a holder of iterator links, each of which keeps its cgroup alive
+    until closed. Seeing that nothing changed costs one read of the
+    kernel-updated counter (`words[0]` against `seen`)."""
+
+    def __init__(self) -> None:
+        ffi, lib = load()
+        self.lib = lib
+        out = ffi.new("struct pmc_gone **")
+        load_program(lib.pmc_gone_load, out)
+        self.ptr = out[0]
+        # struct pmc_gone_ring as u64 words: gen, then the ring of ids
+        self.words = memoryview(ffi.buffer(ffi.cast("char *", lib.pmc_gone_ring(self.ptr)),
+                                           8 * (1 + GONE_RING))).cast("Q")
+        self.seen: int = self.words[0]
+
+    def since(self) -> Optional[Set[int]]:
+        """The ids removed since the last call, or None when more were
+        removed than the ring holds (some ids are lost: let go of all)."""
+        words = self.words
+        seen, gen = self.seen, words[0]
+        if gen - seen > GONE_RING:
+            self.seen = gen
+            return None
+        ids = {words[1 + (g & (GONE_RING - 1))] for g in range(seen, gen)}
+        # the ring may have wrapped over ids still to read while reading
+        if words[0] - seen > GONE_RING:
+            self.seen = words[0]
+            return None
+        self.seen = gen
+        return ids
+
+    def destroy(self) -> None:
+        if self.ptr is not None:
+            self.words.release()
+            self.lib.pmc_gone_destroy(self.ptr)
+            self.ptr = None
 
 
 def load_error(err: int, log: str) -> Exception:

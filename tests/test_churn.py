@@ -19,6 +19,7 @@ import pymemcg
 from pymemcg import programs
 from pymemcg.backends import bpf as bpf_mod, bpf_single, bpf_walk
 from pymemcg.cgroupfs import memory_mount
+from pymemcg._record_h import GONE_RING
 
 from conftest import my_links, open_fds
 
@@ -456,6 +457,56 @@ def _count_within(want: int, seconds: float) -> int:
     while _memory_cgroups() != want and time.monotonic() < deadline:
         time.sleep(0.02)
     return _memory_cgroups()
+
+
+@pytest.mark.parametrize("how", ["read", "read_tree"])
+def test_links_of_removed_cgroups_are_closed(no_leaks, cgroups, monkeypatch, how):
+    """Where reads go through iterator links (each keeps its cgroup alive):
+    cgroups read one by one, or as tree roots, then removed, are freed by
+    the kernel at the reader's next read of any other path, and their
+    links are closed. The host's count moves with other cgroups being freed
+    meanwhile, so an attempt whose background moved is made again."""
+    monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
+    n = 20
+    seen = []
+    for attempt in range(4):
+        other = cgroups.make(f"stays{attempt}")
+        paths = [cgroups.make(f"linked{attempt}/c{i}") for i in range(n)]
+        with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+            links = r._backend._links
+            for p in paths:
+                assert (r.read(p) if how == "read" else r.read_tree(p).records[0]).id == \
+                    os.stat(p).st_ino
+            assert len(links.by_key) == n
+            before = _quiet_count()
+            for p in paths:
+                os.rmdir(p)
+            getattr(r, how)(other)
+            after = _count_within(before - n, 1.0)
+            seen.append((before, after))
+            assert {link.cgroup.path for link in links.by_key.values()} == {other}
+        if after == before - n:
+            return
+    raise AssertionError(f"(count before the rmdirs, 1 s after a read of another path) in "
+                         f"each attempt: {seen}; expected (c, c - {n})")
+
+
+def test_more_removals_than_the_ring_holds_let_go_of_every_link(no_leaks, cgroups,
+                                                                 monkeypatch):
+    """More cgroups removed between two reads than the ring of removed ids
+    holds: the reader cannot tell whether its cgroups were among them, so
+    it closes every link, and reads on through new ones."""
+    monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
+    kept = [cgroups.make(f"kept{i}") for i in range(3)]
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        links = r._backend._links
+        for p in kept:
+            r.read(p)
+        assert len(links.by_key) == 3
+        for i in range(GONE_RING + 1):
+            os.rmdir(cgroups.make(f"churned{i}"))
+        assert r.read(kept[0]).id == os.stat(kept[0]).st_ino
+        assert [link.cgroup.path for link in links.by_key.values()] == [kept[0]]
 
 
 @pytest.mark.parametrize("how", ["read", "read_many"])

@@ -209,6 +209,15 @@ def test_rotation_past_the_old_slot_limit_never_evicts(cgroups, bpf_ok):
                 assert rec.id == os.stat(p).st_ino
         assert lib.stashes == n
         assert len(fetch.by_id) == n and len(r._backend._routes) == n
+        # the whole list again: runs of the last call's entries, no slow read
+        be = r._backend
+        runs = []
+        real = be._batches.run_many
+        be._batches.run_many = lambda *args: runs.append(args[2]) or real(*args)
+        be._read_slow = lambda p: pytest.fail(f"slow read of {p}")
+        for p, rec in zip(paths, r.read_many(paths)):
+            assert rec.id == os.stat(p).st_ino
+        assert runs == [be._batches.capacity, n - be._batches.capacity]
 
 
 def test_past_capacity_the_least_recently_read_go(cgroups, bpf_ok, monkeypatch):

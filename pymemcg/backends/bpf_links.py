@@ -8,8 +8,10 @@ Each kind is bounded: at most programs.MAX_FETCH_CGROUPS cgroups read one
 by one through fetch slots (the least recently read let go first; the
 kernel deletes a removed cgroup's slot itself), programs.MAX_SINGLE_CGROUPS
 SELF_ONLY links where the fetch program does not load, and MAX_TREE_LINKS
-tree roots (links: the oldest let go first). pins.pin() makes its one link
-here too (BpfSelection, Links).
+tree roots (links: the oldest let go first). A link keeps its cgroup alive
+in the kernel: a reader that watches removals (programs.Removals) closes
+the links of removed cgroups at its next read of any path. pins.pin()
+makes its one link here too (BpfSelection, Links).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from .. import programs, slots
 from ..binding import load
 from ..cgroupfs import Cgroup
 from ..decode import Selection
-from ..errors import Closed, ReadError
+from ..errors import BpfUnavailable, Closed, ReadError
 from ..kernel_probe import KernelFacts, kernel_facts
 from ..memory_stat import PAGE_SIZE
-from ..programs import Fetch, Program, Slot
+from ..programs import Fetch, Program, Removals, Slot
 from ..record_format import FETCH_WANT, SESSION_BUF_SIZE
 
 INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
@@ -156,6 +158,10 @@ class Links:
         self.by_key: Dict[Tuple[int, int], Link] = {}
         self.routes = Routes()
         self.roots: Dict[str, Cgroup] = {}     # canonical path -> the tree root it names
+        # close the links of removed cgroups (reap()): loaded with the first
+        # link where watch_removals is set (a reader's, not a pin's)
+        self.watch_removals = False
+        self.removals: Optional[Removals] = None
 
     def link(self, cg: Cgroup, order: int) -> Link:
         """The link reading cg in this order, made on first use."""
@@ -166,9 +172,25 @@ class Links:
         if known is not None:
             known.cgroup = cg  # the same cgroup, maybe renamed
             return known
+        if self.watch_removals and self.removals is None:
+            try:
+                self.removals = Removals()
+            except BpfUnavailable:
+                self.watch_removals = False  # links are then held until let go of
         link = Link(self.prog.attach(cg, order), cg, order)
         self.by_key[key] = link
         return link
+
+    def reap(self) -> None:
+        """Close the links of cgroups removed since the last call (all
+        links, if more were removed than the ring tells)."""
+        removals = self.removals
+        if removals is None or removals.words[0] == removals.seen:
+            return
+        gone = removals.since()
+        for link in list(self.by_key.values()):
+            if gone is None or link.cgroup.id in gone:
+                self.drop(link)
 
     def get(self, cgroup_id: int, order: int) -> Optional[Link]:
         return self.by_key.get((cgroup_id, order))
@@ -242,6 +264,9 @@ class Links:
                 if fetch is not None:
                     fetch.destroy()
             self.fetch = self._retired = None
+            if self.removals is not None:
+                self.removals.destroy()
+                self.removals = None
         for link in list(self.by_key.values()):
             try:
                 os.close(link.fd)
