@@ -27,10 +27,16 @@ struct pmc_out {
 	__u64 values[PMC_MAX_STATS];
 };
 
+/* Where a name is copied to be hashed: sized memory, as a global
+ * function's pointer argument must be. */
+struct pmc_name_buf {
+	__u64 words[PMC_NAME_MAX / 8];
+};
+
 /* What a fill reads the kernel's arrays and names into: not part of the
  * record, so that a record can be filled where the reader finds it. */
 struct pmc_tmp {
-	__u64 name[PMC_NAME_MAX / 8];
+	struct pmc_name_buf name;
 	__u64 state[PMC_ARRAY_MAX];
 	__u64 events[PMC_ARRAY_MAX];
 	__u64 memev[PMC_ARRAY_MAX / 4];
@@ -333,14 +339,27 @@ static __always_inline void flush_memcg(struct cgroup *cgrp)
 	}
 }
 
-static __always_inline __u64 name_hash(struct pmc_tmp *tmp, struct kernfs_node *kn)
+/*
+ * FNV-1a of the NUL-terminated kernel string at address `name` (kernfs
+ * names), copied into buf on the way; 0 if it cannot be read.
+ *
+ * A global function (neither static nor inlined), on purpose: the verifier
+ * checks it once, on its own, instead of once at every call site, and
+ * path_hash() calls it at each of up to PMC_PATH_MAX_DEPTH levels: inlined,
+ * that nested loop would be walked in full at every level, and the
+ * verifier's time and kernel memory go with what it walks. Hence the scalar
+ * address (a global function takes no kernel pointer before 6.8's
+ * __arg_trusted) and the probe read.
+ */
+__noinline __u64 pmc_name_hash(struct pmc_name_buf *buf, __u64 name)
 {
-	const char *name = kn->name;
 	__u64 h = PMC_FNV_OFFSET;
 	long n;
 	__u32 i;
 
-	n = bpf_probe_read_kernel_str(tmp->name, sizeof(tmp->name), name);
+	if (!buf)
+		return 0;
+	n = bpf_probe_read_kernel_str(buf->words, sizeof(buf->words), (const void *)name);
 	if (n <= 0)
 		return 0;
 	for (i = 0; i < PMC_NAME_MAX / 8; i++) {
@@ -349,12 +368,19 @@ static __always_inline __u64 name_hash(struct pmc_tmp *tmp, struct kernfs_node *
 
 		if (left <= 0)
 			break;
-		w = tmp->name[i];
+		w = buf->words[i];
 		if (left < 8)
 			w &= (1ULL << (left * 8)) - 1;	/* bytes past the NUL are stale */
 		h = (h ^ w) * PMC_FNV_PRIME;
 	}
 	return h;
+}
+
+static __always_inline __u64 name_hash(struct pmc_tmp *tmp, struct kernfs_node *kn)
+{
+	/* a probe read, not a load: a load of kn->name is a pointer to the
+	 * verifier, which a global function does not take */
+	return pmc_name_hash(&tmp->name, (__u64)BPF_CORE_READ(kn, name));
 }
 
 /*

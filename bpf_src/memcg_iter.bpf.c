@@ -21,10 +21,6 @@ const volatile __u32 overflow_capacity = 0;	/* entries of the overflow map */
 const volatile __u64 selection_tree[PMC_SELECTION_WORDS] = {};
 const volatile __u64 selection_path[PMC_SELECTION_WORDS] = {};
 
-/* kernel item lists to copy out (pmc_kernel_tables), in u32 entries */
-const volatile __u32 tbl_state_n = 0;
-const volatile __u32 tbl_events_n = 0;
-
 /*
  * --- writer bookkeeping, shared by every session of this program ---
  *
@@ -58,12 +54,6 @@ struct {
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, sizeof(struct pmc_record));
 } overflow SEC(".maps");
-
-/* The kernel's own item lists (mm/memcontrol.c). Typeless and weak: they
- * resolve through kallsyms where the kernel lists data symbols
- * (CONFIG_KALLSYMS_ALL) and are NULL elsewhere. */
-extern const void memcg_node_stat_items __ksym __weak;
-extern const void memcg_vm_event_stat __ksym __weak;
 
 /*
  * End of walk: another session may already be writing the bookkeeping.
@@ -160,41 +150,4 @@ SEC("iter.s/cgroup")
 int pmc_memcg_iter_path_flush(struct bpf_iter__cgroup *ctx)
 {
 	return emit(ctx, true, true);
-}
-
-/*
- * Copies the kernel's item lists out, once: a header of two u32 counts
- * (entries read of memcg_node_stat_items[], of memcg_vm_event_stat[]; 0 when
- * absent or unreadable), then the entries. The loader attaches it SELF_ONLY
- * to the hierarchy root, reads one session and unloads it.
- */
-SEC("iter/cgroup")
-int pmc_kernel_tables(struct bpf_iter__cgroup *ctx)
-{
-	struct pmc_scratch *s;
-	__u32 counts[2] = {};
-	__u32 zero = 0;
-	__u32 sn = tbl_state_n, en = tbl_events_n;
-
-	if (!ctx->cgroup)
-		return 0;
-	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s)
-		return 1;
-	if (sn > 2 * PMC_ARRAY_MAX)
-		sn = 0;
-	if (en > 2 * PMC_ARRAY_MAX)
-		en = 0;
-	if (sn && &memcg_node_stat_items &&
-	    !bpf_probe_read_kernel(s->tmp.state, sn * sizeof(__u32), &memcg_node_stat_items))
-		counts[0] = sn;
-	if (en && &memcg_vm_event_stat &&
-	    !bpf_probe_read_kernel(s->tmp.events, en * sizeof(__u32), &memcg_vm_event_stat))
-		counts[1] = en;
-	bpf_seq_write(ctx->meta->seq, counts, sizeof(counts));
-	if (counts[0])
-		bpf_seq_write(ctx->meta->seq, s->tmp.state, sn * sizeof(__u32));
-	if (counts[1])
-		bpf_seq_write(ctx->meta->seq, s->tmp.events, en * sizeof(__u32));
-	return 1;
 }

@@ -26,12 +26,17 @@ struct pmc_config {
     int flush;
     unsigned long long page_size;
     unsigned int overflow_capacity;
+    unsigned int programs;
     unsigned char selection_tree[32];
     unsigned char selection_path[32];
 };
 
 struct pmc_prog;
 struct pmc_btf;
+enum pmc_iter_programs {
+    PMC_PROGRAMS_TREE = 1,
+    PMC_PROGRAMS_PATH = 2,
+};
 
 int pmc_prog_load(const struct pmc_config *cfg, struct pmc_prog **out,
                   char *log, size_t log_size);
@@ -40,6 +45,7 @@ unsigned int pmc_prog_record_size(const struct pmc_prog *prog);
 unsigned int pmc_prog_seq_budget(const struct pmc_prog *prog);
 unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog);
 int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order);
+int pmc_prog_serves(const struct pmc_prog *prog, int order);
 int pmc_link_pin(int link_fd, const char *path);
 
 enum pmc_pin_object {
@@ -68,6 +74,8 @@ int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
 struct pmc_fetch;
 int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
                    struct pmc_fetch **out, char *log, size_t log_size);
+int pmc_fetch_load_many(struct pmc_fetch *fetch, char *log, size_t log_size);
+int pmc_fetch_has_many(const struct pmc_fetch *fetch);
 void pmc_fetch_destroy(struct pmc_fetch *fetch);
 const void *pmc_fetch_record(const struct pmc_fetch *fetch);
 int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned long long *cgroup_id);
@@ -83,7 +91,7 @@ int pmc_gone_load(struct pmc_gone **out, char *log, size_t log_size);
 void pmc_gone_destroy(struct pmc_gone *gone);
 const void *pmc_gone_ring(const struct pmc_gone *gone);
 
-int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,
+int pmc_read_kernel_tables(unsigned int state_n, unsigned int events_n,
                            unsigned int *state_out, unsigned int *events_out,
                            unsigned int *got_state, unsigned int *got_events);
 

@@ -21,6 +21,7 @@
 #include "memcg_iter.skel.h"
 #include "memcg_fetch.skel.h"
 #include "memcg_gone.skel.h"
+#include "memcg_tables.skel.h"
 
 struct pmc_prog {
 	struct memcg_iter *skel;
@@ -29,8 +30,8 @@ struct pmc_prog {
 	unsigned int record_size;
 	unsigned int seq_budget;
 	unsigned int overflow_capacity;
-	struct bpf_program *tree_prog;	/* the two programs this selection loaded */
-	struct bpf_program *path_prog;
+	struct bpf_program *tree_prog;	/* the programs this selection loaded, */
+	struct bpf_program *path_prog;	/* or NULL: not wanted */
 };
 
 /*
@@ -134,7 +135,8 @@ static int check_config(const struct pmc_config *cfg)
 {
 	if (cfg->nr_stats > PMC_MAX_STATS || cfg->page_size == 0 ||
 	    cfg->kfuncs < PMC_KFUNCS_NONE || cfg->kfuncs > PMC_KFUNCS_RFC ||
-	    (cfg->flush && cfg->kfuncs == PMC_KFUNCS_NONE))
+	    (cfg->flush && cfg->kfuncs == PMC_KFUNCS_NONE) ||
+	    (cfg->programs & ~(unsigned int)(PMC_PROGRAMS_TREE | PMC_PROGRAMS_PATH)))
 		return -EINVAL;
 	return 0;
 }
@@ -212,6 +214,8 @@ static int prog_load(const struct pmc_config *cfg, bool direct, struct pmc_prog 
 	struct pmc_prog *prog;
 	struct memcg_iter *skel;
 	unsigned int capacity;
+	unsigned int want = cfg->programs ? cfg->programs : PMC_PROGRAMS_TREE | PMC_PROGRAMS_PATH;
+	bool tree = want & PMC_PROGRAMS_TREE, path = want & PMC_PROGRAMS_PATH;
 	int err;
 
 	*out = NULL;
@@ -243,16 +247,19 @@ static int prog_load(const struct pmc_config *cfg, bool direct, struct pmc_prog 
 	memcpy((void *)skel->rodata->selection_path, cfg->selection_path,
 	       sizeof(cfg->selection_path));
 
-	/* load only the pair this selection runs: the flushing variants are
-	 * sleepable and need a flush kfunc, the others must not flush */
-	prog->tree_prog = cfg->flush ? skel->progs.pmc_memcg_iter_flush : skel->progs.pmc_memcg_iter;
-	prog->path_prog = cfg->flush ? skel->progs.pmc_memcg_iter_path_flush
-				     : skel->progs.pmc_memcg_iter_path;
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter, !cfg->flush);
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path, !cfg->flush);
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_flush, !!cfg->flush);
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path_flush, !!cfg->flush);
-	bpf_program__set_autoload(skel->progs.pmc_kernel_tables, false);
+	/* load only what this selection runs, of what was asked for: the
+	 * flushing variants are sleepable and need a flush kfunc, the others
+	 * must not flush */
+	if (tree)
+		prog->tree_prog = cfg->flush ? skel->progs.pmc_memcg_iter_flush
+					     : skel->progs.pmc_memcg_iter;
+	if (path)
+		prog->path_prog = cfg->flush ? skel->progs.pmc_memcg_iter_path_flush
+					     : skel->progs.pmc_memcg_iter_path;
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter, tree && !cfg->flush);
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path, path && !cfg->flush);
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_flush, tree && cfg->flush);
+	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path_flush, path && cfg->flush);
 
 	err = bpf_map__set_value_size(skel->maps.overflow, prog->record_size);
 	if (!err)
@@ -318,7 +325,14 @@ int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order)
 	struct bpf_program *p = order == BPF_CGROUP_ITER_SELF_ONLY ? prog->path_prog
 								  : prog->tree_prog;
 
+	if (!p)
+		return -ENOEXEC;	/* not loaded: the loader checks pmc_prog_serves() */
 	return cgroup_iter_link(bpf_program__fd(p), cgroup_fd, order);
+}
+
+int pmc_prog_serves(const struct pmc_prog *prog, int order)
+{
+	return (order == BPF_CGROUP_ITER_SELF_ONLY ? prog->path_prog : prog->tree_prog) != NULL;
 }
 
 int pmc_link_pin(int link_fd, const char *path)
@@ -478,6 +492,7 @@ int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
 
 struct pmc_fetch {
 	struct memcg_fetch *skel;
+	struct memcg_fetch *many_skel;	/* pmc_fetch_many, once loaded, on skel's maps */
 	void *record;			/* mmap of the out map */
 	size_t record_map_size;
 	void *batch;			/* mmap of the batch map: pmc_fetch_many's records */
@@ -497,6 +512,7 @@ void pmc_fetch_destroy(struct pmc_fetch *fetch)
 		munmap(fetch->record, fetch->record_map_size);
 	if (fetch->batch)
 		munmap(fetch->batch, fetch->batch_map_size);
+	memcg_fetch__destroy(fetch->many_skel);
 	/* detaches pmc_rmdir, frees the slots: drops their references */
 	memcg_fetch__destroy(fetch->skel);
 	free(fetch);
@@ -518,6 +534,7 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 	if (!fetch)
 		return -ENOMEM;
 	fetch->nr_slots = nr_slots;
+	fetch->many_fd = -1;
 	/* a run reads cgroups that are all stashed at once: no more than the map holds */
 	fetch->batch_capacity = nr_slots < PMC_FETCH_BATCH_MAX ? nr_slots : PMC_FETCH_BATCH_MAX;
 
@@ -531,6 +548,8 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 	/* bpf_rdonly_cast: 6.2+, this program 6.4+ */
 	set_selection(&skel->rodata->sel, cfg, true);
 	skel->rodata->flush_stats = !!cfg->flush;
+	/* the batch program later, and only if it is run: pmc_fetch_load_many */
+	bpf_program__set_autoload(skel->progs.pmc_fetch_many, false);
 	err = bpf_map__set_max_entries(skel->maps.slots, nr_slots);
 	if (!err)
 		err = bpf_map__set_max_entries(skel->maps.batch, fetch->batch_capacity);
@@ -547,7 +566,6 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 		goto fail;
 	}
 	fetch->prog_fd = bpf_program__fd(skel->progs.pmc_fetch);
-	fetch->many_fd = bpf_program__fd(skel->progs.pmc_fetch_many);
 	fetch->record_map_size = (bpf_map__value_size(skel->maps.out) + page - 1) / page * page;
 	err = map_readonly(skel->maps.out, fetch->record_map_size, &fetch->record);
 	if (err)
@@ -567,6 +585,60 @@ fail:
 	log_end();
 	pmc_fetch_destroy(fetch);
 	return err < 0 ? err : -EINVAL;
+}
+
+/*
+ * pmc_fetch_many as a second instance of the object whose maps are all the
+ * first one's (bpf_map__reuse_fd): the same slots and references, output
+ * maps, selection (.rodata, frozen: the verifier sees the same constants)
+ * and .bss. Only that program of the instance loads.
+ */
+int pmc_fetch_load_many(struct pmc_fetch *fetch, char *log, size_t log_size)
+{
+	struct memcg_fetch *skel;
+	struct bpf_program *p;
+	struct bpf_map *map;
+	int err = 0;
+
+	if (fetch->many_skel)
+		return 0;
+	log_begin(log, log_size);
+	skel = memcg_fetch__open();
+	if (!skel) {
+		err = -errno;
+		goto out;
+	}
+	memcpy((void *)skel->rodata, fetch->skel->rodata, sizeof(*skel->rodata));
+	bpf_object__for_each_program(p, skel->obj)
+		bpf_program__set_autoload(p, p == skel->progs.pmc_fetch_many);
+	bpf_object__for_each_map(map, skel->obj) {
+		const struct bpf_map *first =
+			bpf_object__find_map_by_name(fetch->skel->obj, bpf_map__name(map));
+
+		if (!first || bpf_map__fd(first) < 0) {
+			err = -ENOENT;
+			break;
+		}
+		err = bpf_map__reuse_fd(map, bpf_map__fd(first));
+		if (err)
+			break;
+	}
+	if (!err)
+		err = memcg_fetch__load(skel);
+	if (err) {
+		memcg_fetch__destroy(skel);
+		goto out;
+	}
+	fetch->many_skel = skel;
+	fetch->many_fd = bpf_program__fd(skel->progs.pmc_fetch_many);
+out:
+	log_end();
+	return err < 0 ? err : (err ? -EINVAL : 0);
+}
+
+int pmc_fetch_has_many(const struct pmc_fetch *fetch)
+{
+	return fetch->many_skel != NULL;
 }
 
 const void *pmc_fetch_record(const struct pmc_fetch *fetch)
@@ -648,6 +720,8 @@ int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int 
 	LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &args,
 		    .ctx_size_in = offsetof(struct pmc_fetch_many_args, want) + n * sizeof(*want));
 
+	if (fetch->many_fd < 0)
+		return -ENOEXEC;
 	if (n == 0)
 		return 0;
 	if (n > fetch->batch_capacity)
@@ -711,20 +785,20 @@ const void *pmc_gone_ring(const struct pmc_gone *gone)
 	return gone->ring;
 }
 
-int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,
+int pmc_read_kernel_tables(unsigned int state_n, unsigned int events_n,
 			   unsigned int *state_out, unsigned int *events_out,
 			   unsigned int *got_state, unsigned int *got_events)
 {
-	struct memcg_iter *skel;
-	unsigned int buf[4 * 256 + 2];
-	int link = -1, iter = -1, err;
-	ssize_t n;
+	LIBBPF_OPTS(bpf_test_run_opts, opts);
+	struct memcg_tables *skel;
+	unsigned int gs, ge;
+	int err;
 
 	*got_state = *got_events = 0;
 	if (state_n > 256 || events_n > 256)
 		return -EINVAL;
 	log_begin(NULL, 0);
-	skel = memcg_iter__open();
+	skel = memcg_tables__open();
 	if (!skel) {
 		err = -errno;
 		log_end();
@@ -732,50 +806,27 @@ int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int eve
 	}
 	skel->rodata->tbl_state_n = state_n;
 	skel->rodata->tbl_events_n = events_n;
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter, false);
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path, false);
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_flush, false);
-	bpf_program__set_autoload(skel->progs.pmc_memcg_iter_path_flush, false);
-	err = bpf_map__set_value_size(skel->maps.overflow, PMC_RECORD_SIZE(0));
-	if (!err)
-		err = memcg_iter__load(skel);
+	err = memcg_tables__load(skel);
 	log_end();
 	if (err)
 		goto out;
-
-	link = cgroup_iter_link(bpf_program__fd(skel->progs.pmc_kernel_tables), cgroup_fd,
-				BPF_CGROUP_ITER_SELF_ONLY);
-	if (link < 0) {
-		err = link;
-		goto out;
-	}
-	iter = bpf_iter_create(link);
-	if (iter < 0) {
+	if (bpf_prog_test_run_opts(bpf_program__fd(skel->progs.pmc_kernel_tables), &opts)) {
 		err = -errno;
 		goto out;
 	}
-	n = read(iter, buf, sizeof(buf));
-	if (n < (ssize_t)(2 * sizeof(unsigned int))) {
-		err = n < 0 ? -errno : -EIO;
-		goto out;
-	}
-	if ((size_t)n != (2 + buf[0] + buf[1]) * sizeof(unsigned int) ||
-	    buf[0] > state_n || buf[1] > events_n) {
+	gs = skel->bss->got_state;
+	ge = skel->bss->got_events;
+	if (opts.retval || gs > state_n || ge > events_n) {
 		err = -EIO;
 		goto out;
 	}
-	memcpy(state_out, buf + 2, buf[0] * sizeof(unsigned int));
-	memcpy(events_out, buf + 2 + buf[0], buf[1] * sizeof(unsigned int));
-	*got_state = buf[0];
-	*got_events = buf[1];
-	err = 0;
+	memcpy(state_out, skel->bss->state_list, gs * sizeof(unsigned int));
+	memcpy(events_out, skel->bss->events_list, ge * sizeof(unsigned int));
+	*got_state = gs;
+	*got_events = ge;
 out:
-	if (iter >= 0)
-		close(iter);
-	if (link >= 0)
-		close(link);
-	memcg_iter__destroy(skel);
-	return err;
+	memcg_tables__destroy(skel);
+	return err < 0 ? err : (err ? -EINVAL : 0);
 }
 
 /* --- BTF --- */

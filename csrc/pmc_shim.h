@@ -23,12 +23,22 @@ struct pmc_config {
 	int flush;			/* flush before reading (needs kfuncs) */
 	unsigned long long page_size;
 	unsigned int overflow_capacity;	/* records the overflow map can hold */
+	/* which iterator programs pmc_prog_load loads (enum pmc_iter_programs);
+	 * 0: both */
+	unsigned int programs;
 	/* pmc_trailer.selection of the tree and the single-cgroup program */
 	unsigned char selection_tree[PMC_SELECTION_WORDS * 8];
 	unsigned char selection_path[PMC_SELECTION_WORDS * 8];
 };
 
 struct pmc_prog;
+
+/* The iterator programs of a selection: each loaded only by a process that
+ * runs it, as the verifier's time and memory are most of a load's. */
+enum pmc_iter_programs {
+	PMC_PROGRAMS_TREE = 1,	/* walks: records with name hashes */
+	PMC_PROGRAMS_PATH = 2,	/* one cgroup: the record with its path's hash */
+};
 
 /* Load the program with this selection. On failure, log holds what libbpf
  * said (NUL-terminated; the newest text where it does not all fit), the
@@ -45,6 +55,8 @@ unsigned int pmc_prog_overflow_capacity(const struct pmc_prog *prog);
  * links run the program whose records carry the path hash; a program
  * loaded with flush runs the flushing (sleepable) variants. */
 int pmc_prog_attach(struct pmc_prog *prog, int cgroup_fd, int order);
+/* Whether the program that attach() uses for `order` was loaded. */
+int pmc_prog_serves(const struct pmc_prog *prog, int order);
 
 int pmc_link_pin(int link_fd, const char *path);
 
@@ -98,6 +110,11 @@ struct pmc_fetch;
 /* nr_slots: how many cgroups the slots hold at most (allocated as used) */
 int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 		   struct pmc_fetch **out, char *log, size_t log_size);
+/* pmc_fetch_load loads the single-read programs only; this loads the one
+ * that pmc_fetch_run_many runs (once; 0 if it already is), sharing every map
+ * with them. */
+int pmc_fetch_load_many(struct pmc_fetch *fetch, char *log, size_t log_size);
+int pmc_fetch_has_many(const struct pmc_fetch *fetch);
 void pmc_fetch_destroy(struct pmc_fetch *fetch);
 const void *pmc_fetch_record(const struct pmc_fetch *fetch);
 /* Reference the cgroup behind cgroup_fd from the slot of its id (a slot
@@ -114,7 +131,8 @@ int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id);
  * pmc_fetch_batch_capacity()): the record of the i-th one's cgroup at
  * pmc_fetch_batch() + i * pmc_fetch_batch_stride(). Returns how many
  * records are not of that entry's cgroup and path hash (or are of a removed
- * cgroup), or -E2BIG (too many), -EIO (the run failed). */
+ * cgroup), or -E2BIG (too many), -EIO (the run failed), -ENOEXEC
+ * (pmc_fetch_load_many() has not loaded it). */
 int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n);
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
@@ -133,7 +151,7 @@ const void *pmc_gone_ring(const struct pmc_gone *gone);
 /* The kernel's own memcg item lists through kallsyms: copies up to state_n
  * entries of memcg_node_stat_items[] and events_n of memcg_vm_event_stat[];
  * *got_* say how many were read (0: not in kallsyms or unreadable). */
-int pmc_read_kernel_tables(int cgroup_fd, unsigned int state_n, unsigned int events_n,
+int pmc_read_kernel_tables(unsigned int state_n, unsigned int events_n,
 			   unsigned int *state_out, unsigned int *events_out,
 			   unsigned int *got_state, unsigned int *got_events);
 

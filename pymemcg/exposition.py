@@ -80,6 +80,17 @@ def header(name: str, mtype: str, help_text: str) -> str:
     return f"# HELP {name} {escape_help(help_text)}\n# TYPE {name} {ptype}\n"
 
 
+def openmetrics_header(name: str, mtype: str, help_text: str) -> str:
+    """header() in the OpenMetrics text format (1.0.0): a counter's family is
+    named without the `_total` its samples carry, an untyped family is
+    "unknown", and HELP escapes double quotes too (as prometheus_client's
+    OpenMetrics exposition writes them)."""
+    family = name[:-6] if mtype == COUNTER else name
+    otype = mtype if mtype in (GAUGE, COUNTER) else "unknown"
+    text = escape_help(help_text).replace('"', r'\"')
+    return f"# HELP {family} {text}\n# TYPE {family} {otype}\n"
+
+
 def label_pairs(names: Sequence[str], values: Sequence[str]) -> str:
     """'a="x",b="y"' (values escaped); "" for no labels."""
     return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values))
@@ -233,10 +244,15 @@ class TextWriter:
     selected: (stat, type, help) of each raw stat exported as memcg_<stat>;
     cadvisor: cAdvisor's metrics (consumed generically: name, type, help,
     needs, extra_labels, values(get)). info: the values of pymemcg_info's
-    labels (version, backend, cgroup_version, kernel, root)."""
+    labels (version, backend, cgroup_version, kernel, root). openmetrics:
+    write the families' HELP and TYPE lines as the OpenMetrics text format
+    does (the samples are the same in both; the caller ends the exposition
+    with "# EOF")."""
 
     def __init__(self, selected: Sequence[Tuple[str, str, str]],
-                 cadvisor: Sequence[CadvisorMetric], info: Dict[str, str]) -> None:
+                 cadvisor: Sequence[CadvisorMetric], info: Dict[str, str],
+                 openmetrics: bool = False) -> None:
+        self._header = openmetrics_header if openmetrics else header
         self.selected = [(stat, exposed_name(f"memcg_{stat}", mtype), mtype, help_text)
                          for stat, mtype, help_text in selected]
         self.cadvisor = list(cadvisor)
@@ -250,9 +266,9 @@ class TextWriter:
                                    if s not in raw_stats and s not in local_keys]
         self._headers = {}
         for stat, name, mtype, help_text in self.selected:
-            self._headers[stat] = header(name, mtype, help_text)
+            self._headers[stat] = self._header(name, mtype, help_text)
         for m in self.cadvisor:
-            self._headers[m.name] = header(exposed_name(m.name, m.type), m.type, m.help)
+            self._headers[m.name] = self._header(exposed_name(m.name, m.type), m.type, m.help)
         self._info = label_pairs(list(info), list(info.values()))
         self._labels: Optional[TreeLabels] = None
         self._heads: Dict[str, List[str]] = {}      # family -> its line head per row
@@ -362,15 +378,15 @@ class TextWriter:
 
     def _write_own(self, out: List[str], taken: Taken) -> None:
         snap = taken.snapshot
-        out.append(header("pymemcg_info", GAUGE, INFO_HELP))
+        out.append(self._header("pymemcg_info", GAUGE, INFO_HELP))
         out.append(f"pymemcg_info{{{self._info}}} 1\n")
-        out.append(header("pymemcg_cgroups", GAUGE, CGROUPS_HELP))
+        out.append(self._header("pymemcg_cgroups", GAUGE, CGROUPS_HELP))
         if snap is not None:
             out.append(f"pymemcg_cgroups {len(snap)}\n")
-        out.append(header("pymemcg_snapshot_duration_seconds", GAUGE, DURATION_HELP))
+        out.append(self._header("pymemcg_snapshot_duration_seconds", GAUGE, DURATION_HELP))
         if snap is not None:
             out.append(f"pymemcg_snapshot_duration_seconds {taken.seconds!r}\n")
-        out.append(header("pymemcg_scrape_error", GAUGE, ERROR_HELP))
+        out.append(self._header("pymemcg_scrape_error", GAUGE, ERROR_HELP))
         out.append(f"pymemcg_scrape_error {0 if snap is not None else 1}\n")
 
 

@@ -136,34 +136,26 @@ def kallsyms_lists() -> Optional[List[str]]:
 
 
 def with_kernel_lists(facts: KernelFacts) -> KernelFacts:
-    """Add the kernel's own item lists where kallsyms has them (Debian's
-    kernels), copied out by a one-shot BPF program. Without privileges, or
+    """Add the kernel's own item lists where it has their symbols (Debian's
+    kernels: CONFIG_KALLSYMS_ALL), copied out by a one-shot BPF program that
+    looks them up by name (not by reading /proc/kallsyms, which makes the
+    kernel write its whole symbol table as text). Without privileges, or
     without the symbols, the facts stay as they are."""
-    listed = kallsyms_lists() or []
-    if not listed or os.geteuid() != 0:
+    if os.geteuid() != 0:
         return facts
     memcg_items = sorted(v for k, v in facts.enums.get("memcg_stat_item", {}).items()
                          if k != "MEMCG_NR_STAT")
-    state_n = (facts.state_len or 0) - len(memcg_items) \
-        if "memcg_node_stat_items" in listed else 0
-    events_n = (facts.events_len or 0) if "memcg_vm_event_stat" in listed else 0
+    state_n = (facts.state_len or 0) - len(memcg_items)
+    events_n = facts.events_len or 0
     if state_n <= 0 and events_n <= 0:
-        return facts
-    from .cgroupfs import memory_mount
-    mount = memory_mount()
-    if mount is None:
         return facts
     from .binding import load
     ffi, lib = load()
     state = ffi.new("unsigned int[256]")
     events = ffi.new("unsigned int[256]")
     got_s, got_e = ffi.new("unsigned int *"), ffi.new("unsigned int *")
-    fd = os.open(mount.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        rc = lib.pmc_read_kernel_tables(fd, max(state_n, 0), events_n, state, events, got_s,
-                                        got_e)
-    finally:
-        os.close(fd)
+    rc = lib.pmc_read_kernel_tables(max(state_n, 0), max(events_n, 0), state, events, got_s,
+                                    got_e)
     if rc < 0:
         return facts
     # memcg_stat_items[] follows the node items in state[]: MEMCG_SWAP..

@@ -64,13 +64,13 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         f"`pip install 'pymemcg[otel]'`") from None
 
 from . import __version__, catalog, forksafe
-from .cadvisor import (UNLIMITED_ABOVE, CadvisorMetric, Getter, cadvisor_metrics, getters,
-                       needed_local_stats, needed_stats)
+from .cadvisor import (UNLIMITED_ABOVE, CadvisorMetric, cadvisor_metrics, needed_local_stats,
+                       needed_stats)
 from .cgroupfs import memory_mount
 from .containers import identify
 from .decode import Snapshot
 from .errors import NoMemoryController, UnknownStat
-from .exposition import interval_seconds
+from .exposition import interval_seconds, local_columns, metric_inputs, picked
 from .names import escape
 from .reader import Reader
 
@@ -83,15 +83,77 @@ PAGING_FAULT_TYPE = "system.paging.fault.type"
 Attributes = Dict[str, str]
 
 
-class _Cgroup:
-    """One cgroup of a snapshot: its attributes and how to get its values."""
+class _Shape:
+    """What a tree's shape (its list of paths) decides, made once per shape
+    and kept across collections while the paths are unchanged: which
+    records are observed and each one's attribute dicts. The SDK copies the
+    attributes of every observation (opentelemetry.sdk's Measurement cleans
+    them into a new mapping), so one dict serves every point of a cgroup,
+    collection after collection."""
 
-    __slots__ = ("attributes", "get", "cadvisor")
+    def __init__(self, paths: List[Optional[str]]) -> None:
+        self.paths = paths
+        self.rows = [i for i, p in enumerate(paths) if p is not None]
+        self.attributes: List[Attributes] = []
+        self.cadvisor_rows: List[int] = []          # rows cAdvisor would export
+        self.cadvisor_attributes: List[Attributes] = []
+        self.fault_attributes: List[Tuple[Attributes, Attributes]] = []   # (major, minor)
+        for i in self.rows:
+            # records without a path were left out above
+            path = cast(str, paths[i])
+            ident = identify(path)
+            attributes = {"cgroup.path": escape(path)}
+            if ident.container_id:
+                attributes["container.id"] = ident.container_id
+            if ident.pod_uid:
+                attributes["k8s.pod.uid"] = ident.pod_uid
+            self.attributes.append(attributes)
+            if not ident.cadvisor_skips:
+                self.cadvisor_rows.append(i)
+                self.cadvisor_attributes.append(attributes)
+                self.fault_attributes.append(({**attributes, PAGING_FAULT_TYPE: "major"},
+                                              {**attributes, PAGING_FAULT_TYPE: "minor"}))
 
-    def __init__(self, attributes: Attributes, get: Getter, cadvisor: bool) -> None:
-        self.attributes = attributes
-        self.get = get
-        self.cadvisor = cadvisor      # cAdvisor would export it (container.* cover it)
+    def same_shape(self, paths: List[Optional[str]]) -> bool:
+        return paths is self.paths or paths == self.paths
+
+
+class _Frame:
+    """One snapshot as a collection's instruments observe it: its shape, and
+    each input column at the observed rows, made on first use."""
+
+    def __init__(self, snap: Snapshot, local_snap: Optional[Snapshot], shape: _Shape,
+                 local_stats: Sequence[str]) -> None:
+        self.snap, self.shape = snap, shape
+        self._local = local_columns(snap, local_snap, local_stats)
+        self._columns: Dict[Tuple[str, bool], Sequence[Optional[int]]] = {}
+        self._values: Dict[str, List[List[Tuple[Tuple[str, ...], int]]]] = {}
+
+    def column(self, stat: str, cadvisor: bool) -> Sequence[Optional[int]]:
+        """stat (or local(stat)) of each observed record: of cAdvisor's rows
+        when `cadvisor`, else of every record with a path."""
+        key = (stat, cadvisor)
+        col = self._columns.get(key)
+        if col is None:
+            full = self._local[stat] if stat in self._local else self.snap.column(stat)
+            col = self._columns[key] = picked(
+                full, self.shape.cadvisor_rows if cadvisor else self.shape.rows)
+        return col
+
+    def values(self, metric: CadvisorMetric) -> List[List[Tuple[Tuple[str, ...], int]]]:
+        """metric.values() of each of cAdvisor's rows. It is a function of the
+        stats it needs: computed once per distinct input (idle cgroups,
+        unset limits and zero counts share theirs)."""
+        out = self._values.get(metric.name)
+        if out is None:
+            needs = metric_inputs(metric)
+            keys = list(zip(*[self.column(s, True) for s in needs]))
+            distinct: Dict[Tuple[Optional[int], ...], List[Tuple[Tuple[str, ...], int]]] = {}
+            for k in keys:
+                if k not in distinct:
+                    distinct[k] = metric.values(dict(zip(needs, k)).get)
+            out = self._values[metric.name] = [distinct[k] for k in keys]
+        return out
 
 
 class MemcgInstrumentor:
@@ -131,7 +193,8 @@ class MemcgInstrumentor:
         self.local_reader: Optional[Reader] = None
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
-        self._snapshot: List[_Cgroup] = []
+        self._frame: Optional[_Frame] = None
+        self._shape: Optional[_Shape] = None
         self._read_at = float("-inf")
         self._served: Set[str] = set()         # instruments that observed the current snapshot
         self._meters: Dict[int, object] = {}   # id(provider) -> meter whose instruments exist
@@ -177,7 +240,7 @@ class MemcgInstrumentor:
         observe nothing. The OpenTelemetry API cannot remove an instrument."""
         with self._lock:
             self._close_readers()
-            self._snapshot = []
+            self._frame = None
 
     def _close_readers(self) -> None:
         for r in (self.reader, self.local_reader):
@@ -191,8 +254,7 @@ class MemcgInstrumentor:
         cad = self._cadvisor
 
         def one(name: str, metric: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-            return self._callback(name, lambda cg: _values(cad.get(metric), cg),
-                                  containers_only=True)
+            return self._callback(name, functools.partial(_one_value, cad.get(metric)))
 
         meter.create_observable_up_down_counter(
             "container.memory.usage", [one("container.memory.usage",
@@ -207,17 +269,15 @@ class MemcgInstrumentor:
             unit="By", description="Container memory RSS.")
         meter.create_observable_up_down_counter(
             "container.memory.available",
-            [self._callback("container.memory.available", self._available,
-                            containers_only=True)],
+            [self._callback("container.memory.available", self._available)],
             unit="By", description="Container memory available.")
         meter.create_observable_counter(
             "container.paging.faults",
-            [self._callback("container.paging.faults", self._faults, containers_only=True)],
+            [self._callback("container.paging.faults", self._faults)],
             unit="{fault}", description="Container memory paging faults.")
         for name in self.selected:
             stat = catalog.STATS[name]
-            callback = self._callback(f"memcg.{name}", functools.partial(_raw, name=name),
-                                      containers_only=False)
+            callback = self._callback(f"memcg.{name}", functools.partial(_raw, stat=name))
             description = f"{stat.meaning} (memory cgroup stat {name})"
             if stat.unit == catalog.COUNT:
                 meter.create_observable_counter(f"memcg.{name}", [callback], unit="{count}",
@@ -226,56 +286,53 @@ class MemcgInstrumentor:
                 meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="By",
                                                         description=description)
 
-    def _available(self, cg: _Cgroup) -> List[Tuple[Attributes, int]]:
-        ws = _values(self._cadvisor.get("container_memory_working_set_bytes"), cg)
-        limit = cg.get("limit")
-        if not ws or limit is None or limit > UNLIMITED_ABOVE:
+    def _available(self, frame: _Frame) -> List[Observation]:
+        ws_metric = self._cadvisor.get("container_memory_working_set_bytes")
+        if ws_metric is None:
             return []
-        return [({}, max(limit - ws[0][1], 0))]
+        return [Observation(max(limit - ws[0][1], 0), a) for a, ws, limit in zip(
+                    frame.shape.cadvisor_attributes, frame.values(ws_metric),
+                    frame.column("limit", True))
+                if ws and limit is not None and limit <= UNLIMITED_ABOVE]
 
-    def _faults(self, cg: _Cgroup) -> List[Tuple[Attributes, int]]:
+    def _faults(self, frame: _Frame) -> List[Observation]:
         failures = self._cadvisor.get("container_memory_failures_total")
         if failures is None:
             return []
-        counts = {ftype: v for (ftype, scope), v in failures.values(cg.get)
-                  if scope == "container"}
-        if "pgfault" not in counts or "pgmajfault" not in counts:
-            return []
-        return [({PAGING_FAULT_TYPE: "major"}, counts["pgmajfault"]),
-                ({PAGING_FAULT_TYPE: "minor"}, counts["pgfault"] - counts["pgmajfault"])]
+        out = []
+        for (major, minor), values in zip(frame.shape.fault_attributes, frame.values(failures)):
+            counts = {ftype: v for (ftype, scope), v in values if scope == "container"}
+            if "pgfault" in counts and "pgmajfault" in counts:
+                out.append(Observation(counts["pgmajfault"], major))
+                out.append(Observation(counts["pgfault"] - counts["pgmajfault"], minor))
+        return out
 
-    def _callback(self, instrument: str,
-                  values: Callable[[_Cgroup], List[Tuple[Attributes, int]]],
-                  containers_only: bool) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _callback(self, instrument: str, observe: Callable[[_Frame], List[Observation]]
+                  ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
-            out = []
-            for cg in self._snapshot_for(instrument):
-                if containers_only and not cg.cadvisor:
-                    continue
-                for extra, v in values(cg):
-                    out.append(Observation(v, {**cg.attributes, **extra}))
-            return out
+            frame = self._frame_for(instrument)
+            return observe(frame) if frame is not None else []
         return callback
 
     # --- the snapshot ---
 
-    def _snapshot_for(self, instrument: str) -> List[_Cgroup]:
+    def _frame_for(self, instrument: str) -> Optional[_Frame]:
         """The current snapshot; a new one when `instrument` has already
         observed the current one (a new collection) and `interval` has passed."""
         with self._lock:
             reader = self.reader
             if reader is None:
-                return []
+                return None
             if instrument in self._served:      # a new collection
                 self._served = set()
             now = time.monotonic()
             if not self._served and now - self._read_at >= self.interval:
-                self._snapshot = self._read(reader)
+                self._frame = self._read(reader)
                 self._read_at = now
             self._served.add(instrument)
-            return self._snapshot
+            return self._frame
 
-    def _read(self, reader: Reader) -> List[_Cgroup]:
+    def _read(self, reader: Reader) -> Optional[_Frame]:
         self.reads += 1
         try:
             snap: Snapshot = reader.read_tree(self.root)
@@ -285,20 +342,11 @@ class MemcgInstrumentor:
         except Error as e:  # the root went away, ...: say so, observe nothing
             self.last_error = str(e)
             _log.warning("pymemcg: reading %s failed: %s", self.root, e)
-            return []
-        records = [r for r in snap.records if r.path is not None]
-        out = []
-        for r, get in zip(records, getters(records, local_snap.records
-                                           if local_snap is not None else None)):
-            ident = identify(r.path)
-            # records without a path were left out above
-            attributes = {"cgroup.path": escape(cast(str, r.path))}
-            if ident.container_id:
-                attributes["container.id"] = ident.container_id
-            if ident.pod_uid:
-                attributes["k8s.pod.uid"] = ident.pod_uid
-            out.append(_Cgroup(attributes, get, not ident.cadvisor_skips))
-        return out
+            return None
+        shape = self._shape
+        if shape is None or not shape.same_shape(snap.shared_paths):
+            shape = self._shape = _Shape(snap.shared_paths)
+        return _Frame(snap, local_snap, shape, self.local_stats_needed)
 
 
 #: the cAdvisor definitions the container.* instruments are computed with
@@ -307,13 +355,15 @@ _CADVISOR_USED = ("container_memory_usage_bytes", "container_memory_working_set_
                   "container_spec_memory_limit_bytes")
 
 
-def _values(metric: Optional[CadvisorMetric], cg: _Cgroup) -> List[Tuple[Attributes, int]]:
-    """A one-value cAdvisor metric of the cgroup, as [({}, value)] or []."""
+def _one_value(metric: Optional[CadvisorMetric], frame: _Frame) -> List[Observation]:
+    """A one-value cAdvisor metric of each of cAdvisor's cgroups."""
     if metric is None:
         return []
-    return [({}, v) for _, v in metric.values(cg.get)]
+    return [Observation(v, a) for a, values in zip(frame.shape.cadvisor_attributes,
+                                                   frame.values(metric)) for _, v in values]
 
 
-def _raw(cg: _Cgroup, name: str) -> List[Tuple[Attributes, int]]:
-    v = cg.get(name)
-    return [] if v is None else [({}, v)]
+def _raw(frame: _Frame, stat: str) -> List[Observation]:
+    """A raw stat of every cgroup read."""
+    return [Observation(v, a) for v, a in zip(frame.column(stat, False), frame.shape.attributes)
+            if v is not None]

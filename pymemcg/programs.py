@@ -21,8 +21,8 @@ from .binding import load
 from .cgroupfs import Cgroup, Replaced
 from .memory_stat import PAGE_SIZE
 from ._record_h import GONE_RING, KFUNCS_NONE
-from .wire import selection_digest
-from .errors import BpfUnavailable, CgroupNotFound, PermissionDenied, ReadError, VerifierRejected
+from .wire import selection_digest, seq_budget
+from .errors import BpfUnavailable, CgroupNotFound, Closed, PermissionDenied, ReadError, VerifierRejected
 
 ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE = 1, 2
 # cgroups read one by one that a reader keeps a SELF_ONLY link (an fd) to,
@@ -43,10 +43,12 @@ def object_digest() -> str:
 
 
 def config(resolutions: Sequence[slots.Resolution], local: bool, kfuncs: int,
-            flush: bool, capacity: int = 0) -> Any:
-    """The selection as the shim's struct pmc_config."""
+            flush: bool, capacity: int = 0, programs: int = 0) -> Any:
+    """The selection as the shim's struct pmc_config; programs: which
+    iterator programs to load (PROGRAMS_TREE | PROGRAMS_PATH; 0: both)."""
     ffi, _ = load()
     cfg = ffi.new("struct pmc_config *")
+    cfg.programs = programs
     cfg.nr_stats = len(resolutions)
     for i, r in enumerate(resolutions):
         spec = cfg.specs[i]
@@ -73,19 +75,58 @@ def load_program(loader: Callable[..., int], out: Any, *args: Any) -> None:
 
 
 class Program:
-    """One loaded iterator program (a selection) and its links."""
+    """The iterator programs of a selection: the tree program (walks, with
+    the overflow map of `capacity` records) and the path program (one cgroup,
+    its record with its path's hash), each an object of its own that loads
+    when first attached (the verifier's time and kernel memory are most of
+    a load: a process pays for what it runs); `now` loads those named
+    (ORDER_SELF_ONLY: the path program, ORDER_DESCENDANTS_PRE: the tree's)
+    at once, so that a failure is raised here."""
 
     def __init__(self, resolutions: Sequence[slots.Resolution], local: bool,
                  capacity: int, kfuncs: int = KFUNCS_NONE,
-                 flush: bool = False) -> None:
+                 flush: bool = False,
+                 now: Sequence[int] = (ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE)) -> None:
         ffi, lib = load()
         self.ffi, self.lib = ffi, lib
-        out = ffi.new("struct pmc_prog **")
-        load_program(lib.pmc_prog_load, out, config(resolutions, local, kfuncs, flush, capacity))
-        self.prog = out[0]
-        self.record_size = lib.pmc_prog_record_size(self.prog)
-        self.seq_budget = lib.pmc_prog_seq_budget(self.prog)
-        self.capacity = lib.pmc_prog_overflow_capacity(self.prog)
+        self._selection = (resolutions, local, kfuncs, flush)
+        self.capacity = max(capacity, 1)   # records the tree program's overflow map holds
+        self.record_size = ffi.sizeof("struct pmc_record") + 8 * len(resolutions)
+        self.seq_budget = seq_budget(self.record_size)
+        self._tree: Any = None      # struct pmc_prog * of each, once loaded
+        self._path: Any = None
+        self._destroyed = False
+        for order in now:
+            self.loaded(order)
+
+    def loaded(self, order: int) -> Any:
+        """The loaded program (struct pmc_prog *) that walks in `order`."""
+        tree = order != ORDER_SELF_ONLY
+        have = self._tree if tree else self._path
+        if have is not None:
+            return have
+        if self._destroyed:
+            raise Closed("this Reader is closed: make a new one")
+        out = self.ffi.new("struct pmc_prog **")
+        # the path program's sessions hold one record: no overflow map to speak of
+        load_program(self.lib.pmc_prog_load, out,
+                     config(*self._selection, capacity=self.capacity if tree else 1,
+                            programs=self.lib.PMC_PROGRAMS_TREE if tree
+                            else self.lib.PMC_PROGRAMS_PATH))
+        if tree:
+            self._tree = out[0]
+        else:
+            self._path = out[0]
+        return out[0]
+
+    @property
+    def prog(self) -> Any:
+        """The tree program (struct pmc_prog *), whose overflow map a walk reads."""
+        return self.loaded(ORDER_DESCENDANTS_PRE)
+
+    def serves(self, order: int) -> bool:
+        """Whether the program of this order is loaded."""
+        return (self._tree if order != ORDER_SELF_ONLY else self._path) is not None
 
     def attach(self, cg: Cgroup, order: int) -> int:
         try:
@@ -93,7 +134,7 @@ class Program:
         except FileNotFoundError:
             raise CgroupNotFound(f"{cg.path}: the cgroup was removed") from None
         try:
-            link = self.lib.pmc_prog_attach(self.prog, fd, order)
+            link = self.lib.pmc_prog_attach(self.loaded(order), fd, order)
         finally:
             os.close(fd)
         if link == -errno.ENOENT or (link < 0 and not os.path.isdir(cg.path)):
@@ -106,9 +147,12 @@ class Program:
         return fd_of_link
 
     def destroy(self) -> None:
-        if self.prog is not None:
-            self.lib.pmc_prog_destroy(self.prog)
-            self.prog = None
+        self._destroyed = True
+        for name in ("_tree", "_path"):
+            prog = getattr(self, name)
+            if prog is not None:
+                setattr(self, name, None)
+                self.lib.pmc_prog_destroy(prog)
 
 
 class Slot:
@@ -159,6 +203,12 @@ class Fetch:
         # slots read without marking each (a read_many plan reused): marked
         # used at the start of each eviction sweep
         self.in_use: Callable[[], Iterable[Slot]] = tuple
+
+    def load_many(self) -> None:
+        """Load the batch program (pmc_fetch_run_many) if it is not yet:
+        only a process that reads many cgroups at once pays for its load."""
+        if not self.lib.pmc_fetch_has_many(self.ptr):
+            load_program(self.lib.pmc_fetch_load_many, self.ptr)
 
     def stash(self, cg: Cgroup) -> Slot:
         """The slot of cg, made (one iterator session) if it has none; past

@@ -1,13 +1,21 @@
 """Prometheus metrics for memory cgroups: a prometheus_client collector.
 
-    from prometheus_client import REGISTRY, start_http_server
-    from pymemcg.prometheus import MemcgCollector
+    from prometheus_client import REGISTRY
+    from pymemcg.prometheus import MemcgCollector, start_http_server
 
     REGISTRY.register(MemcgCollector())          # the whole memory hierarchy
     start_http_server(9756)
 
 or, from the shell, `pymemcg export --listen 127.0.0.1:9756`. Needs the
 `prometheus` extra (`pip install 'pymemcg[prometheus]'`).
+
+generate_latest, make_wsgi_app, make_asgi_app, start_http_server and
+write_to_textfile here take prometheus_client's arguments and serve a whole
+registry, the daemon's other metrics included, writing each MemcgCollector
+with pymemcg's writer (pymemcg.exposition) instead of a Python object per
+sample: prometheus_client's functions of those names serve the same
+metrics at many times the CPU per scrape (docs/prometheus.md, "In a
+daemon's own registry").
 
 Every scrape reads the subtree once (one `Reader.read_tree`, one BPF
 iterator session) and exposes, for each cgroup:
@@ -41,19 +49,25 @@ they are exported only when the reader is hierarchical (local=False).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import ssl
 import threading
 import zlib
-from typing import (TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
-                    Tuple)
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Iterable, Iterator, List,
+                    Optional, Sequence, Tuple)
+from urllib.parse import parse_qs, urlsplit
 
 from .errors import Error, PrometheusClientMissing, quoted
 from .errors import ListenError as ListenError  # importable from here as it always was
 
 
 try:
+    from prometheus_client import exposition as _client
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.openmetrics import exposition as _client_openmetrics
+    from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
     from prometheus_client.samples import Sample
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise PrometheusClientMissing(
@@ -98,10 +112,13 @@ class MemcgCollector:
     scrapes share one tree read (0: a read per scrape; not finite seconds
     >= 0: BadInterval); see pymemcg.exposition.SharedSnapshot.
 
-    Two ways to serve it: register it in a prometheus_client registry
+    Ways to serve it: register it in a prometheus_client registry
     (`collect()`), or take `exposition()`, the same metrics as text-format
     bytes written without prometheus_client's objects (what `pymemcg
-    export` serves; much cheaper per scrape).
+    export` serves; much cheaper per scrape). A registry served by this
+    module's generate_latest / make_wsgi_app / make_asgi_app /
+    start_http_server gets both: the registry's other metrics as
+    prometheus_client writes them, this collector's through exposition().
     """
 
     def __init__(self, root: Optional[str] = None, stats: Sequence[str] = catalog.DEFAULT_STATS,
@@ -152,6 +169,7 @@ class MemcgCollector:
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
         self._shape_cache: Optional[Tuple[TreeLabels, LabelDicts, LabelDicts]] = None
+        self._openmetrics_writer: Optional[TextWriter] = None
         self.scrapes = 0
 
     @property
@@ -197,6 +215,18 @@ class MemcgCollector:
     def exposition_chunks(self) -> List[bytes]:
         """exposition() in pieces, to be written in order (no copy of the whole)."""
         return self.writer.render_chunks(self.take())
+
+    def openmetrics_chunks(self) -> List[bytes]:
+        """exposition_chunks() in the OpenMetrics text format (1.0.0), without
+        the "# EOF" line that ends a whole exposition."""
+        writer = self._openmetrics_writer
+        if writer is None:
+            with self._lock:
+                if self._openmetrics_writer is None:
+                    self._openmetrics_writer = TextWriter(self._raw, self.cadvisor,
+                                                          self._info_labels(), openmetrics=True)
+                writer = self._openmetrics_writer
+        return writer.render_chunks(self.take())
 
     # --- prometheus_client protocol ---
 
@@ -347,10 +377,7 @@ def _handler(collector: MemcgCollector) -> Callable[[Request], Response]:
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             plain, packed = zipped[0]
             if plain is not chunks:
-                # level 1: the text's repeated names and labels compress well at
-                # the cheapest level already; a higher level costs CPU on every scrape
-                z = zlib.compressobj(1, zlib.DEFLATED, 31)   # 31: a gzip stream
-                packed = b"".join([*map(z.compress, chunks), z.flush()])
+                packed = gzipped(chunks)
                 zipped[0] = (chunks, packed)
             body = [packed]
             headers.append(("Content-Encoding", "gzip"))
@@ -358,6 +385,14 @@ def _handler(collector: MemcgCollector) -> Callable[[Request], Response]:
         return Response(200, headers, body, held=chunks)
 
     return answer
+
+
+def gzipped(chunks: Iterable[bytes]) -> bytes:
+    """The chunks, in order, as one gzip stream."""
+    # level 1: the text's repeated names and labels compress well at the
+    # cheapest level already; a higher level costs CPU on every scrape
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)   # 31: a gzip stream
+    return b"".join([*map(z.compress, chunks), z.flush()])
 
 
 def listen_url(server: BoundedHTTPServer) -> str:
@@ -369,3 +404,331 @@ def listen_url(server: BoundedHTTPServer) -> str:
     elif ":" in addr:
         addr = f"[{addr}]"
     return f"{getattr(server, 'scheme', 'http')}://{addr}:{port}/metrics"
+
+
+# --- a prometheus_client registry, its MemcgCollectors written by pymemcg ---
+#
+# prometheus_client's generate_latest formats every sample of every collector
+# in Python, a MemcgCollector's too. The functions below take the same
+# arguments as prometheus_client's of the same names and give the same
+# exposition (family for family, as its parser reads it), writing each
+# MemcgCollector of the registry with its own writer (exposition_chunks()) and
+# every other collector with prometheus_client, in the registry's order.
+
+#: formats of an exposition
+TEXT, OPENMETRICS = "text", "openmetrics"
+_EOF = b"# EOF\n"
+_client_escapes = "escaping" in inspect.signature(_client.generate_latest).parameters
+_openmetrics_latest: Callable[..., bytes] = _client_openmetrics.generate_latest
+#: the escaping under which a name of the legacy character set is rewritten
+#: (prometheus_client's "dots" doubles every underscore): prometheus_client
+#: writes MemcgCollectors then too
+_REWRITES_LEGACY = "dots"
+
+
+class _Run:
+    """Collectors of a registry that are not MemcgCollectors, in order: one
+    Collector for prometheus_client's expositions."""
+
+    def __init__(self, collectors: List[Collector]) -> None:
+        self.collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.collectors:
+            yield from collector.collect()
+
+
+class _Fixed:
+    """A Collector of families already made (a registry's target_info)."""
+
+    def __init__(self, families: List[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def _parts(registry: Collector) -> List[Collector]:
+    """What registry.collect() collects, in its order: each MemcgCollector on
+    its own, runs of the other collectors together. A registry that is not a
+    plain CollectorRegistry (a subclass that collects its own way, a
+    restricted registry, any other Collector) is one part."""
+    if isinstance(registry, MemcgCollector) or type(registry) is not CollectorRegistry:
+        return [registry]
+    # what CollectorRegistry.collect() reads, under its lock as it does
+    with registry._lock:
+        collectors = list(registry._collector_to_names)
+        target: Optional[Metric] = (registry._target_info_metric()  # type: ignore[no-untyped-call]
+                                    if registry._target_info else None)
+    parts: List[Collector] = []
+    run: List[Collector] = [_Fixed([target])] if target is not None else []
+    for collector in collectors:
+        if isinstance(collector, MemcgCollector):
+            if run:
+                parts.append(_Run(run))
+                run = []
+            parts.append(collector)
+        else:
+            run.append(collector)
+    if run:
+        parts.append(_Run(run))
+    return parts
+
+
+def exposition_chunks(registry: Collector, fmt: str = TEXT, escaping: str = "underscores",
+                      version: str = "1.0.0") -> List[bytes]:
+    """The exposition of `registry` in pieces, to be written in order: fmt
+    TEXT (the Prometheus text format, as prometheus_client's generate_latest)
+    or OPENMETRICS (as prometheus_client.openmetrics.exposition's, "# EOF"
+    last); escaping and version as prometheus_client takes them."""
+    out: List[bytes] = []
+    for part in _parts(registry):
+        if isinstance(part, MemcgCollector) and escaping != _REWRITES_LEGACY:
+            out += part.openmetrics_chunks() if fmt == OPENMETRICS else part.exposition_chunks()
+        elif fmt == OPENMETRICS:
+            body = _openmetrics_latest(part, escaping=escaping, version=version) \
+                if _client_escapes else _openmetrics_latest(part)
+            out.append(body[:-len(_EOF)] if body.endswith(_EOF) else body)
+        else:
+            out.append(_client.generate_latest(part, escaping) if _client_escapes
+                       else _client.generate_latest(part))
+    if fmt == OPENMETRICS:
+        out.append(_EOF)
+    return out
+
+
+def generate_latest(registry: Collector = REGISTRY, escaping: str = "underscores") -> bytes:
+    """prometheus_client.generate_latest: `registry` in the Prometheus text
+    format, UTF-8, its MemcgCollectors written by pymemcg."""
+    return b"".join(exposition_chunks(registry, TEXT, escaping))
+
+
+def write_to_textfile(path: str, registry: Collector, escaping: str = "allow-utf-8",
+                      tmpdir: Optional[str] = None) -> None:
+    """prometheus_client.write_to_textfile (for node_exporter's textfile
+    collector): generate_latest(registry, escaping) written to a file beside
+    `path` (or in `tmpdir`, on the same file system), then renamed to `path`."""
+    where = os.path.join(tmpdir, os.path.basename(path)) if tmpdir is not None else path
+    tmppath = f"{where}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        with open(tmppath, "wb") as f:
+            f.writelines(exposition_chunks(registry, TEXT, escaping))
+        os.replace(tmppath, path)
+    except BaseException:
+        if os.path.exists(tmppath):
+            os.remove(tmppath)
+        raise
+
+
+def _accepted_type(accepted: str) -> Tuple[str, str, str]:
+    """(media type, version, escaping) of one entry of an Accept header, as
+    prometheus_client reads them (an unknown escaping is "underscores")."""
+    tokens = accepted.split(";")
+    version, escaping = None, None      # each: the first one named
+    for token in tokens[1:]:
+        key, eq, value = token.strip().partition("=")
+        if eq and key == "version" and version is None:
+            version = value
+        elif eq and key == "escaping" and escaping is None:
+            escaping = value if value in ("allow-utf-8", "underscores", "dots", "values") \
+                else "underscores"
+    return tokens[0].strip(), version or "", escaping or "underscores"
+
+
+def _version_tuple(version: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in version.split("."))
+    except ValueError:
+        return ()
+
+
+def choose_format(accept: Optional[str]) -> Tuple[str, str, str, str]:
+    """(format, escaping, version, Content-Type) for a request's Accept
+    header, as prometheus_client's choose_encoder chooses: the first entry
+    that is OpenMetrics (version 1.0.0 unless a version >= 1.0.0 is named), or
+    text/plain with a version >= 1.0.0, in the header's order (q values
+    ignored, as prometheus_client does); else the text format 0.0.4."""
+    for accepted in (accept or "").split(","):
+        mtype, version, escaping = _accepted_type(accepted)
+        if not _client_escapes:
+            # an older prometheus_client: OpenMetrics 1.0.0 or text 0.0.4, no escaping
+            if mtype == "application/openmetrics-text":
+                return OPENMETRICS, "underscores", "1.0.0", _client_openmetrics.CONTENT_TYPE_LATEST
+            continue
+        if mtype == "application/openmetrics-text":
+            if not version:
+                return OPENMETRICS, "underscores", "1.0.0", _client_openmetrics.CONTENT_TYPE_LATEST
+            if _version_tuple(version) >= (1, 0, 0):
+                return (OPENMETRICS, escaping, version,
+                        f"application/openmetrics-text; version={version}; charset=utf-8; "
+                        f"escaping={escaping}")
+        elif mtype == "text/plain" and version and _version_tuple(version) >= (1, 0, 0):
+            return (TEXT, escaping, "", "text/plain; version=1.0.0; charset=utf-8; "
+                    f"escaping={escaping}")
+    return TEXT, "underscores", "", CONTENT_TYPE
+
+
+def _accepts_gzip(accept_encoding: Optional[str]) -> bool:
+    return any(e.split(";")[0].strip().lower() == "gzip"
+               for e in (accept_encoding or "").split(","))
+
+
+def _bake(registry: Collector, accept: Optional[str], accept_encoding: Optional[str],
+          params: Dict[str, List[str]], disable_compression: bool
+          ) -> Tuple[List[Tuple[str, str]], List[bytes]]:
+    """(headers, body pieces) of a scrape, as prometheus_client answers one:
+    the format the Accept header chooses, `name[]` parameters restricting the
+    families (prometheus_client's restricted registry, which pymemcg does not
+    write itself; a registry that cannot be restricted, a bare collector, is
+    served whole), gzip when accepted and not disabled."""
+    fmt, escaping, version, content_type = choose_format(accept)
+    if "name[]" in params and isinstance(registry, CollectorRegistry):
+        registry = registry.restricted_registry(params["name[]"])
+    body = exposition_chunks(registry, fmt, escaping, version)
+    headers = [("Content-Type", content_type)]
+    if not disable_compression and _accepts_gzip(accept_encoding):
+        body = [gzipped(body)]
+        headers.append(("Content-Encoding", "gzip"))
+    return headers, body
+
+
+WSGIApp = Callable[[Dict[str, Any], Callable[..., Any]], List[bytes]]
+
+
+def make_wsgi_app(registry: Collector = REGISTRY, disable_compression: bool = False) -> WSGIApp:
+    """prometheus_client.make_wsgi_app: a WSGI app serving `registry`, its
+    MemcgCollectors written by pymemcg. Answers as prometheus_client's does:
+    GET of any path, OPTIONS, 405 for other methods, an empty /favicon.ico."""
+
+    def prometheus_app(environ: Dict[str, Any], start_response: Callable[..., Any]
+                       ) -> List[bytes]:
+        method = environ["REQUEST_METHOD"]
+        headers: List[Tuple[str, str]]
+        if method == "OPTIONS":
+            status, headers, body = "200 OK", [("Allow", "OPTIONS,GET")], [b""]
+        elif method != "GET":
+            status, headers = "405 Method Not Allowed", [("Allow", "OPTIONS,GET")]
+            body = [f"# HTTP {status}: {method}; use OPTIONS or GET\n".encode()]
+        elif environ.get("PATH_INFO") == "/favicon.ico":
+            status, headers, body = "200 OK", [], [b""]
+        else:
+            status = "200 OK"
+            headers, chunks = _bake(registry, environ.get("HTTP_ACCEPT"),
+                                    environ.get("HTTP_ACCEPT_ENCODING"),
+                                    parse_qs(environ.get("QUERY_STRING", "")),
+                                    disable_compression)
+            # one piece: a WSGI server sets Content-Length only for a one-item body
+            body = [b"".join(chunks)]
+        start_response(status, headers)
+        return body
+
+    return prometheus_app
+
+
+ASGIApp = Callable[[Dict[str, Any], Callable[[], Awaitable[Dict[str, Any]]],
+                    Callable[[Dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+
+
+def make_asgi_app(registry: Collector = REGISTRY, disable_compression: bool = False) -> ASGIApp:
+    """prometheus_client.make_asgi_app: an ASGI app serving `registry`, its
+    MemcgCollectors written by pymemcg. The exposition is written in the
+    event loop's thread, as prometheus_client's app does."""
+
+    async def prometheus_app(scope: Dict[str, Any],
+                             receive: Callable[[], Awaitable[Dict[str, Any]]],
+                             send: Callable[[Dict[str, Any]], Awaitable[None]]) -> None:
+        if scope.get("type") != "http":
+            raise ValueError(f"pymemcg's metrics app serves HTTP, not {scope.get('type')!r}")
+        request_headers = scope.get("headers") or []
+
+        def joined(name: str) -> str:
+            return ",".join(v.decode("utf8") for k, v in request_headers
+                            if k.decode("utf8").lower() == name)
+        headers, chunks = _bake(registry, joined("accept"), joined("accept-encoding"),
+                                parse_qs(scope.get("query_string", b"").decode("utf8")),
+                                disable_compression)
+        payload = await receive()
+        if payload.get("type") == "http.request":
+            # lower case, as the ASGI specification asks of header names
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(k.lower().encode("utf8"), v.encode("utf8"))
+                                    for k, v in headers]})
+            await send({"type": "http.response.body", "body": b"".join(chunks)})
+
+    return prometheus_app
+
+
+def _registry_handler(registry: Collector) -> Callable[[Request], Response]:
+    """The answer to a request of pymemcg's HTTP server: a scrape of `registry`."""
+    from .http_server import Response
+
+    def answer(request: Request) -> Response:
+        url = urlsplit(request.target)
+        if url.path == "/favicon.ico":
+            return Response(200, [], [])
+        headers, body = _bake(registry, request.headers.get("Accept"),
+                              request.headers.get("Accept-Encoding"), parse_qs(url.query), False)
+        # held: the server bounds how many answers' bodies slow readers keep
+        return Response(200, headers, body, held=body)
+
+    return answer
+
+
+def start_http_server(port: int, addr: str = "0.0.0.0", registry: Collector = REGISTRY,
+                      certfile: Optional[str] = None, keyfile: Optional[str] = None,
+                      client_cafile: Optional[str] = None, client_capath: Optional[str] = None,
+                      protocol: int = ssl.PROTOCOL_TLS_SERVER, client_auth_required: bool = False,
+                      tls_min_version: Optional[ssl.TLSVersion] = None,
+                      tls_max_version: Optional[ssl.TLSVersion] = None,
+                      *, limits: Optional[Limits] = None
+                      ) -> Tuple[BoundedHTTPServer, threading.Thread]:
+    """prometheus_client.start_http_server: serve `registry` on addr:port
+    from a daemon thread, its MemcgCollectors written by pymemcg; TLS when
+    certfile and keyfile are given (the other arguments as
+    prometheus_client takes them). Returns (server, thread);
+    server.shutdown() then server.server_close() stop it.
+
+    The server is pymemcg's (pymemcg.http_server: GET and HEAD, bounded in
+    time and connections by `limits`, default Limits()), not a thread per
+    connection as prometheus_client's. ListenError (an OSError) when the
+    address cannot be bound."""
+    from .http_server import BoundedHTTPServer
+
+    ctx = None
+    if certfile and keyfile:
+        ctx = _ssl_context(certfile, keyfile, protocol, client_cafile, client_capath,
+                           client_auth_required, tls_min_version, tls_max_version)
+    try:
+        server = BoundedHTTPServer(addr, port, _registry_handler(registry),
+                                   limits if limits is not None else Limits())
+    except OSError as e:
+        raise ListenError(f"cannot listen on {addr or '*'}:{port} ({e.strerror or e}): choose "
+                          f"another address or port") from None
+    if ctx is not None:
+        server.ssl_context, server.scheme = ctx, "https"
+    thread = threading.Thread(target=server.serve_forever, name="pymemcg-metrics", daemon=True)
+    thread.start()
+    return server, thread
+
+
+start_wsgi_server = start_http_server
+
+
+def _ssl_context(certfile: str, keyfile: str, protocol: int, cafile: Optional[str],
+                 capath: Optional[str], client_auth_required: bool,
+                 tls_min_version: Optional[ssl.TLSVersion],
+                 tls_max_version: Optional[ssl.TLSVersion]) -> ssl.SSLContext:
+    """The server's TLS context, as prometheus_client's start_http_server makes it."""
+    ctx = ssl.SSLContext(protocol=protocol)
+    if cafile is not None or capath is not None:
+        ctx.load_verify_locations(cafile, capath)
+    else:
+        ctx.load_default_certs(purpose=ssl.Purpose.CLIENT_AUTH)
+    if client_auth_required:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(certfile=certfile, keyfile=keyfile)
+    if tls_min_version is not None:
+        ctx.minimum_version = tls_min_version
+    if tls_max_version is not None:
+        ctx.maximum_version = tls_max_version
+    return ctx

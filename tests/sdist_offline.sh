@@ -43,8 +43,10 @@ missing=
 for f in PKG-INFO setup.py csrc/build_ffi.py csrc/build_config.py csrc/record_header.py \
          bpf_src/memcg_record.h csrc/pmc_shim.c csrc/extension.map \
          vendor/bpf/x86/memcg_iter.bpf.o vendor/bpf/x86/memcg_iter.skel.h \
-         vendor/bpf/x86/memcg_fetch.skel.h vendor/bpf/arm64/memcg_iter.bpf.o \
+         vendor/bpf/x86/memcg_fetch.skel.h vendor/bpf/x86/memcg_tables.skel.h \
+         vendor/bpf/arm64/memcg_iter.bpf.o \
          vendor/bpf/arm64/memcg_iter.skel.h vendor/bpf/arm64/memcg_fetch.skel.h \
+         vendor/bpf/arm64/memcg_tables.skel.h \
          vendor/libbpf/src/libbpf.c vendor/libbpf/include/uapi/linux/bpf.h \
          vendor/libbpf/headers/bpf/libbpf.h vendor/libbpf/LICENSE; do
     grep -qx "$f" "$WORK/sdist.txt" || missing="$missing $f"

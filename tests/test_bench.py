@@ -181,3 +181,23 @@ def test_exporter_load_smoke_run(bpf_ok):
     assert run["exporter_peak"]["threads"] <= 3
     assert run["exporter_peak"]["sockets"] <= 40 + 2    # the crowd, a scrape, the listener
     assert not {d for d in set(os.listdir(own)) - before if d.startswith("pymemcg-bench-")}
+
+
+def test_bench_embedding_smoke_run(bpf_ok, cgroups):
+    """The embedding table: every way on both backends, in the same rounds;
+    the drop-in read as prometheus_client's own exposition does."""
+    pytest.importorskip("prometheus_client")
+    pytest.importorskip("opentelemetry.sdk.metrics")
+    with made_cgroups.BenchCgroups(cgroups.base) as made:
+        r = exporter.measure_embedding(made, 1, size=25)
+    assert r.same_as_client is True
+    assert set(r.costs) == {f"{m}/{b}" for m, _ in exporter.EMBED_METHODS
+                            for b in ("bpf", "text")}
+    assert all(c["cpu"] > 0 for c in r.costs.values())
+    # every default instrument observed every cgroup (v1's text backend lacks two stats)
+    assert r.points["bpf"] >= 25 * 18 and r.points["text"] > 25 * 10
+    assert 0 < r.otel_ours["bpf"] < r.costs["otel/bpf"]["cpu"]
+    text = "\n".join(exporter.report_part5([], None, None, {}, 1, r))
+    assert "### Embedding in a daemon" in text and "| SDK per data point |" in text
+    assert "`pymemcg.prometheus.generate_latest`" in text
+    assert not os.path.exists(made.top)

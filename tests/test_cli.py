@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -97,7 +98,10 @@ def test_snapshot_json(bpf_ok, mount, own_rel):
     assert own["level"] == (0 if own_rel == "/" else own_rel.count("/"))
     for c in cgroups:
         assert all(v is None or type(v) is int for v in c["stats"].values()), c
-        assert c["level"] == (0 if c["path"] == "/" else c["path"].count("/")), c
+        # null: a cgroup made or removed during the walk (by anything else on the host)
+        # whose name the walk could not learn
+        assert c["path"] is None or \
+            c["level"] == (0 if c["path"] == "/" else c["path"].count("/")), c
     check_ids(mount, [(c["path"], c["id"]) for c in cgroups], {"/", own_rel})
     if own_rel != "/":
         parent = os.path.dirname(abs_path(mount, own_rel))
@@ -323,6 +327,38 @@ def test_watch_stops_cleanly(bpf_ok, sig):
         json.loads(line)
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_watch_stopped_while_its_reader_lags_writes_whole_lines(bpf_ok, cgroups, sig):
+    """A stop signal that lands while watch waits on a full pipe (a consumer
+    that reads slowly) ends the command once the snapshot it was writing is
+    written, never inside a line."""
+    import signal
+    root = cgroups.make("lag")
+    for i in range(800):  # one snapshot is more than a pipe holds
+        cgroups.make(f"lag/c{i}")
+    proc = subprocess.Popen([sys.executable, "-m", "pymemcg", "watch", "--interval", "0.05",
+                             "--stats", "anon", "--backend", "bpf", root],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+                            preexec_fn=sigint_default)
+    try:
+        first = os.read(proc.stdout.fileno(), 100)   # it runs; now leave the pipe full
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until it waits in a write
+            with open(f"/proc/{proc.pid}/wchan") as f:
+                if "pipe" in f.read():
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert err == b""
+    lines = (first + out).decode().splitlines()
+    assert len(lines) > 800   # the first snapshot whole
+    for line in lines:  # whole lines only
+        json.loads(line)
+
+
 def test_watch_into_a_closed_pipe_is_quiet(bpf_ok):
     proc = subprocess.Popen([sys.executable, "-m", "pymemcg", "watch", "--interval", "0.05",
                              "--stats", "anon", "--backend", "bpf"], stdout=subprocess.PIPE,
@@ -485,11 +521,12 @@ def test_doctor_blames_a_seccomp_filter_that_refuses_bpf(bpf_ok):
     assert out.splitlines()[-1].startswith("verdict: BPF does not work here")
 
 
-def test_doctor_blames_an_unreadable_kallsyms(bpf_ok, tmp_path):
+def test_bpf_works_with_an_unreadable_kallsyms(bpf_ok, tmp_path):
     """/proc/kallsyms out of reach, as systemd's ProtectKernelTunables=yes
     leaves it (an inaccessible device node mounted over it, in a mount
-    namespace of the test's own): the kallsyms check fails with the remedy,
-    and the load error names the file."""
+    namespace of the test's own): no program needs it (the kernel's item
+    lists are looked up by name in the kernel), so doctor says so and the
+    BPF backend works."""
     import shutil
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare")
@@ -499,11 +536,11 @@ def test_doctor_blames_an_unreadable_kallsyms(bpf_ok, tmp_path):
                         f'mount --bind "{node}" /proc/kallsyms && exec "$0" -m pymemcg doctor',
                         sys.executable], capture_output=True, text=True, timeout=120,
                        env={k: v for k, v in os.environ.items() if k != "PYMEMCG_REQUIRE_BPF"})
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    assert re.search(r"^  fail  kallsyms\s+/proc/kallsyms cannot be read", out, re.M), out
-    assert "-> systemd's ProtectKernelTunables=yes makes it unreadable" in out
-    assert re.search(r"^  fail  bpf backend .*/proc/kallsyms", out, re.M), out
+    assert re.search(r"^  info  kallsyms\s+/proc/kallsyms cannot be read .*pymemcg does not "
+                     r"need it", out, re.M), out
+    assert re.search(r"^  ok    bpf backend ", out, re.M), out
     assert re.search(r"^  ok    privileges ", out, re.M) and re.search(r"^  ok    seccomp ", out, re.M)
 
 

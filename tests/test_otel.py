@@ -5,6 +5,7 @@ a limit), so the instruments' values equal a direct read."""
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import time
@@ -125,6 +126,36 @@ def test_one_snapshot_per_collection(bpf_ok, quiet, provider):
         assert len(got) == 7 and calls == [parent]   # 5 container.* + 2 memcg.*, one read
         collect(reader)
         assert calls == [parent, parent] and inst.reads == 2
+    finally:
+        inst.uninstrument()
+
+
+def test_a_changed_tree_is_observed_as_it_is_now(bpf_ok, cgroups, provider):
+    """Attributes are kept from one collection to the next while the tree's
+    paths are unchanged: a cgroup made or removed in between shows at once,
+    and a kept cgroup's values are this collection's."""
+    meter_provider, reader = provider
+    a, b = cgroups.make("a"), cgroups.make("b")
+    inst = MemcgInstrumentor(cgroups.base, ["usage", "limit"])
+    inst.instrument(meter_provider=meter_provider)
+    try:
+        def paths(got: dict, name: str) -> dict:
+            return {dict(k)["cgroup.path"]: v[0] for k, v in got[name].items()}
+        first = collect(reader)
+        assert set(paths(first, "memcg.usage")) == {rel(cgroups.base), rel(a), rel(b)}
+        assert set(paths(first, "container.memory.usage")) == set(paths(first, "memcg.usage"))
+        os.rmdir(b)
+        c = cgroups.make("c")
+        with open(os.path.join(c, "memory.max" if cgroups.v2 else "memory.limit_in_bytes"),
+                  "w") as f:
+            f.write(str(LIMIT))
+        second = collect(reader)
+        assert set(paths(second, "memcg.usage")) == {rel(cgroups.base), rel(a), rel(c)}
+        assert paths(second, "memcg.limit")[rel(c)] == LIMIT
+        assert set(paths(second, "container.memory.available")) == {rel(c)}
+        third = collect(reader)           # the same shape again: the kept attributes
+        assert paths(third, "memcg.limit") == paths(second, "memcg.limit")
+        assert inst.reads == 3
     finally:
         inst.uninstrument()
 

@@ -263,12 +263,11 @@ def test_the_running_service_is_hardened_as_the_unit_says(booted):
         assert "/proc/kcore" in mounts, sorted(mounts)
 
 
-def test_without_kallsyms_the_unit_refuses_to_start(booted):
-    """ProtectKernelTunables=yes hides /proc/kallsyms; the exporter must exit
-    with the cause rather than serve memory.stat text, and stay down."""
-    t = booted["tunables"]
-    assert t["ActiveState"] == "failed" and t["ExecMainStatus"] == "2", t
-    assert t["NRestarts"] == "0", t                     # RestartPreventExitStatus=2
-    assert booted["tunables_metrics"] is None
-    journal = booted["pymemcg-export-tunables journal"]
-    assert "kallsyms" in journal, journal
+def test_without_kallsyms_the_unit_serves_through_bpf(booted):
+    """ProtectKernelTunables=yes hides /proc/kallsyms, which no program of
+    pymemcg's needs (the kernel's item lists are looked up by name in the
+    kernel): the exporter serves through BPF all the same."""
+    t, body = booted["tunables"], booted["tunables_metrics"]
+    assert t["ActiveState"] == "active", (t, booted["pymemcg-export-tunables journal"])
+    assert body is not None, booted
+    assert re.search(r'^pymemcg_info\{[^}]*backend="bpf"', body, re.M), body[:2000]

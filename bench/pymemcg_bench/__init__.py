@@ -36,6 +36,11 @@ Five parts, all on this machine's real cgroups:
    read(), read_many() and memory.stat pread + parse per cgroup
    (rotation.py).
 
+And start-up (startup.py), each in a fresh process: Reader() to its first
+read() done, then its first read_tree(), `pymemcg snapshot` start to exit,
+and the peak memory that loading every program charges to a cgroup of its
+own.
+
 Methods take turns in rounds (a noisy spell of the machine falls on all of
 them alike); per-operation figures are the median round. Totals are sums of
 clock_gettime/perf_counter (real) and getrusage (user, sys) over the rounds,

@@ -15,11 +15,13 @@ from pymemcg.reader import Reader
 from . import QUICK_READS, READS, STATS, TREE_SIZES, Settings, __doc__ as PACKAGE_DOC, log
 from .c_side import CBench, build_c, spec_lines
 from .cgroups import BenchCgroups, remove_stale_trees
-from .exporter import measure_anchor, measure_read_many, measure_scrapes, report_part5
+from .exporter import (measure_anchor, measure_embedding, measure_read_many, measure_scrapes,
+                       report_part5)
 from .measure import loop, measure_single, measure_tree, split_read
 from .perf import measure_profiles, perf_works
 from .rotation import measure_rotation, rotation_markdown
 from .report import plot, profile_markdown, report
+from .startup import measure_startup, report_startup
 
 
 def busy_cpu_seconds() -> Tuple[float, float]:
@@ -51,6 +53,9 @@ def run(args) -> int:
         log(f"no C side: {why_no_c}")
     ok, why_no_profile = perf_works() if not args.no_profile else (False, "--no-profile")
     remove_stale_trees(own)
+    startup_rounds = 5 if args.quick else 15
+    # first, in processes of their own: what this one loads is no part of it
+    startup = measure_startup(own, mount.mountpoint, mount.version, startup_rounds)
     t_start, busy0 = time.perf_counter(), busy_cpu_seconds()
     with BenchCgroups(own) as cgroups, Reader(stats=STATS, backend="bpf") as reader:
         read_method = reader.read_method
@@ -80,7 +85,7 @@ def run(args) -> int:
             profiles = measure_profiles(cbench, mount.mountpoint, cgroups, est,
                                         st.profile_s) if ok else []
             # part 5
-            scrapes, why_no_scrapes = [], ""
+            scrapes, why_no_scrapes, embedding = [], "", None
             try:
                 import prometheus_client  # noqa: F401
             except ImportError:
@@ -88,6 +93,7 @@ def run(args) -> int:
                 log(f"no scrapes: {why_no_scrapes}")
             if not why_no_scrapes:
                 scrapes = measure_scrapes(cgroups, st.tree_rounds)
+                embedding = measure_embedding(cgroups, st.tree_rounds)
             many = measure_read_many(cgroups, st.tree_rounds * 3, 200 if not args.quick else 50)
             anchor = measure_anchor(cgroups, st.tree_rounds)
             rotation = measure_rotation(cgroups, st.tree_rounds)
@@ -98,12 +104,15 @@ def run(args) -> int:
     busy1 = busy_cpu_seconds()
     others = ((busy1[0] - busy0[0]) - (busy1[1] - busy0[1])) / (time.perf_counter() - t_start)
     part5 = report_part5(scrapes, many, anchor,
-                         {t.size: t.split for t in trees if t.split}, st.tree_rounds)
+                         {t.size: t.split for t in trees if t.split}, st.tree_rounds,
+                         embedding)
     if why_no_scrapes:
         part5 += [f"No scrapes: {why_no_scrapes}.", ""]
     part5 += rotation_markdown(rotation)
     text, env = report(single, trees, profiles, split, why_no_profile, why_no_c, st,
                        max(0.0, others), read_method, part5, scrapes, many)
+    text = text.rstrip("\n") + "\n\n" + "\n".join(report_startup(startup, startup_rounds,
+                                                                  mount.mountpoint))
     sys.stdout.write(text)
     if args.out:
         with open(args.out, "w") as f:

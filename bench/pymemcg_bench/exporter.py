@@ -105,9 +105,10 @@ def measure_scrapes(cgroups: BenchCgroups, rounds: int, sizes=SCRAPE_SIZES) -> L
     return out
 
 
-def _same_as_client(collector, registry) -> bool:
-    """The writer's exposition and prometheus_client's, of one snapshot, read the
-    same to prometheus_client's parser."""
+def _same_as_client(collector, registry, ours=None) -> bool:
+    """The writer's exposition (or ours(), pymemcg's of the registry) and
+    prometheus_client's of the registry, of one snapshot, read the same to
+    prometheus_client's parser."""
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -118,9 +119,220 @@ def _same_as_client(collector, registry) -> bool:
     collector.shared.min_interval = 3600
     try:
         client = generate_latest(registry).decode()
-        return parsed(collector.exposition().decode()) == parsed(client)
+        mine = ours() if ours is not None else collector.exposition()
+        return parsed(mine.decode()) == parsed(client)
     finally:
         collector.shared.min_interval = 0
+
+
+# --- embedding in a daemon ---
+
+EMBED_SIZE = 1_000
+EMBED_WORK = 10_000           # cgroups per round by the cheap methods on BPF
+#: per round: (method, what it is), in the report's order
+EMBED_METHODS = (
+    ("exposition", "pymemcg's exposition: `MemcgCollector.exposition()` (`pymemcg export`)"),
+    ("client", "the collector in a daemon's registry, prometheus_client's `generate_latest`"),
+    ("drop-in", "the same registry, `pymemcg.prometheus.generate_latest` (what its "
+                "`make_wsgi_app` / `make_asgi_app` / `start_http_server` serve)"),
+    ("client-om", "the registry in OpenMetrics (what Prometheus asks for), "
+                  "prometheus_client's `openmetrics.exposition.generate_latest`"),
+    ("drop-in-om", "the registry in OpenMetrics, pymemcg's drop-ins"),
+    ("otel", "OpenTelemetry: `MemcgInstrumentor()` (default instruments), one "
+             "`InMemoryMetricReader` collection"),
+    ("otel-container", "OpenTelemetry, the container.* instruments only "
+                       "(`MemcgInstrumentor(stats=())`)"),
+)
+
+
+@dataclass
+class EmbedResult:
+    """CPU per scrape / collection at one tree size, by "method/backend";
+    otel_ours: pymemcg's share of a default collection (its callbacks, the
+    tree read included; median of the collections) by backend; points: data
+    points per default collection."""
+
+    size: int
+    costs: Dict[str, Dict[str, float]]
+    calls: Dict[str, int]
+    otel_ours: Dict[str, float] = field(default_factory=dict)
+    points: Dict[str, int] = field(default_factory=dict)
+    same_as_client: Optional[bool] = None   # the drop-in parsed == prometheus_client parsed
+
+
+def _daemon_registry(collector):
+    """A daemon's registry: a counter and a histogram of its own, then the collector."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    requests = Counter("daemon_requests", "requests served", ["path"], registry=registry)
+    latency = Histogram("daemon_request_seconds", "request latency", registry=registry)
+    for i in range(20):
+        requests.labels(f"/{i}").inc(i)
+        latency.observe(i / 100)
+    registry.register(collector)
+    return registry
+
+
+def _timed_instrumentor():
+    """MemcgInstrumentor counting the CPU seconds of its own callbacks (the tree
+    read included) in `ours`: pymemcg's share of a collection; `last`: the
+    last collection's MetricsData."""
+    from pymemcg.otel import MemcgInstrumentor
+
+    class Timed(MemcgInstrumentor):
+        ours = 0.0
+        last = None
+        shares: List[float]
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.shares = []
+
+        def _callback(self, instrument, observe):
+            inner = super()._callback(instrument, observe)
+
+            def timed(options):
+                c0 = time.process_time()
+                out = list(inner(options))
+                self.ours += time.process_time() - c0
+                return out
+            return timed
+    return Timed
+
+
+def measure_embedding(cgroups: BenchCgroups, rounds: int, size: int = EMBED_SIZE
+                      ) -> EmbedResult:
+    """Each way of embedding pymemcg, BPF and text backends, taking turns."""
+    from prometheus_client import generate_latest as client_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as client_om
+
+    from pymemcg import prometheus as pm
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    except ImportError:
+        MeterProvider = None
+        log("embedding: no OpenTelemetry rows (opentelemetry-sdk is not installed)")
+    root = cgroups.path(f"embed{size}")
+    opened: List[object] = []
+    try:
+        make_tree(root, size)
+        methods: Dict[str, tuple] = {}
+        calls: Dict[str, int] = {}
+        instrumentors = {}
+        same = None
+        for backend in ("bpf", "text"):
+            collector = pm.MemcgCollector(root, backend=backend, min_interval=0)
+            opened.append(collector)
+            registry = _daemon_registry(collector)
+            if backend == "bpf":
+                same = _same_as_client(collector, registry, lambda: pm.generate_latest(registry))
+            cheap = max(1, EMBED_WORK // size) if backend == "bpf" else 1
+            for method, fn, n in (
+                    ("exposition", collector.exposition_chunks, cheap),
+                    ("client", lambda r=registry: client_latest(r), 1),
+                    ("drop-in", lambda r=registry: pm.generate_latest(r), cheap),
+                    ("client-om", lambda r=registry: client_om(r), 1),
+                    ("drop-in-om", lambda r=registry: pm.exposition_chunks(r, pm.OPENMETRICS),
+                     cheap)):
+                fn()                                   # the shape's labels are made here
+                methods[f"{method}/{backend}"] = (fn, n)
+                calls[f"{method}/{backend}"] = n
+            if MeterProvider is None:
+                continue
+            for method, stats in (("otel", None), ("otel-container", ())):
+                reader = InMemoryMetricReader()
+                provider = MeterProvider(metric_readers=[reader])
+                inst = _timed_instrumentor()(root, backend=backend) if stats is None else \
+                    _timed_instrumentor()(root, stats=stats, backend=backend)
+                inst.instrument(meter_provider=provider)
+                opened.append((inst, provider))
+                instrumentors[f"{method}/{backend}"] = inst
+                reader.get_metrics_data()
+                methods[f"{method}/{backend}"] = (_collection(inst, reader), 1)
+                calls[f"{method}/{backend}"] = 1
+        log(f"embedding, {size:,} cgroups: {rounds} rounds of {calls}")
+        for inst in instrumentors.values():
+            inst.shares.clear()
+        costs = interleaved(methods, rounds)
+        otel_ours, points = {}, {}
+        for backend in ("bpf", "text"):
+            inst = instrumentors.get(f"otel/{backend}")
+            if inst is not None:
+                otel_ours[backend] = statistics.median(inst.shares)
+                points[backend] = _points(inst.last)
+        return EmbedResult(size, costs, calls, otel_ours, points, same)
+    finally:
+        for thing in opened:
+            if isinstance(thing, tuple):
+                thing[0].uninstrument()
+                thing[1].shutdown()
+            else:
+                thing.close()
+        failed = remove_tree(root)
+        if failed:
+            log("could NOT remove: " + "; ".join(failed))
+
+
+def _collection(inst, reader) -> Callable[[], None]:
+    """One collection of `reader`, pymemcg's share of it appended to
+    inst.shares (a median of them is robust to a collector's pause falling
+    in one of our callbacks)."""
+    def collect() -> None:
+        before = inst.ours
+        inst.last = reader.get_metrics_data()
+        inst.shares.append(inst.ours - before)
+    return collect
+
+
+def _points(data) -> int:
+    """Data points in one collection's MetricsData."""
+    return sum(len(m.data.data_points) for rm in data.resource_metrics
+               for sm in rm.scope_metrics for m in sm.metrics)
+
+
+def report_embedding(r: EmbedResult, rounds: int) -> List[str]:
+    """The embedding table: each way, BPF against text in the same rounds."""
+    lines = [
+        "### Embedding in a daemon",
+        "",
+        f"{r.size:,} cgroups (empty ones, default stats plus cAdvisor's metrics), CPU time "
+        f"of this process per scrape or collection, median of {rounds} rounds in which "
+        "every method on both backends takes its turn. The daemon's registry holds a "
+        "counter and a histogram of its own beside the collector. "
+        f"Drop-in read the same as prometheus_client's own exposition: {r.same_as_client}.",
+        "",
+        "| path | BPF | text | text ÷ BPF |",
+        "|---|---:|---:|---:|",
+    ]
+    for method, what in EMBED_METHODS:
+        b = r.costs.get(f"{method}/bpf")
+        t = r.costs.get(f"{method}/text")
+        if b is None or t is None:
+            continue
+        lines.append(f"| {what} | {_ms(b['cpu'])} | {_ms(t['cpu'])} | "
+                     f"{t['cpu'] / b['cpu']:.1f}× |")
+    if r.otel_ours:
+        b_all, t_all = r.costs["otel/bpf"]["cpu"], r.costs["otel/text"]["cpu"]
+        ours_b, ours_t = r.otel_ours["bpf"], r.otel_ours["text"]
+        lines += [
+            "",
+            "Where a default OpenTelemetry collection's time goes: *pymemcg* is the "
+            "instrumentor's callbacks (the tree read, the values, one Observation per "
+            "data point), *SDK* the rest (opentelemetry-sdk turning each observation into "
+            "a Measurement, its attributes cleaned and hashed, aggregation, exemplars).",
+            "",
+            "| | BPF | text |",
+            "|---|---:|---:|",
+            f"| data points | {r.points['bpf']:,} | {r.points['text']:,} |",
+            f"| pymemcg | {_ms(ours_b)} | {_ms(ours_t)} |",
+            f"| SDK | {_ms(b_all - ours_b)} | {_ms(t_all - ours_t)} |",
+            f"| SDK per data point | {(b_all - ours_b) / r.points['bpf'] * 1e6:.1f} µs | "
+            f"{(t_all - ours_t) / r.points['text'] * 1e6:.1f} µs |",
+        ]
+    lines.append("")
+    return lines
 
 
 # --- read_many ---
@@ -191,7 +403,7 @@ def _ms(s: float) -> str:
 
 def report_part5(scrapes: List[ScrapeResult], many: Optional[Dict[str, object]],
                  anchor: Optional[AnchorResult], tree_splits: Dict[int, Dict[str, float]],
-                 rounds: int) -> List[str]:
+                 rounds: int, embedding: Optional[EmbedResult] = None) -> List[str]:
     lines = ["## 5. Scrapes, read_many, the anchor", ""]
     if scrapes:
         lines += [
@@ -220,6 +432,8 @@ def report_part5(scrapes: List[ScrapeResult], many: Optional[Dict[str, object]],
                          f"{r.body_bytes / 1e6:.1f} MB | "
                          f"{'-' if r.same_as_client is None else r.same_as_client} |")
         lines.append("")
+    if embedding is not None:
+        lines += report_embedding(embedding, rounds)
     if many:
         med, best = many["median_ns_per_cgroup"], many["best_ns_per_cgroup"]
         lines += [

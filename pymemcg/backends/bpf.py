@@ -25,7 +25,7 @@ from .. import forksafe
 from ..cgroupfs import path_list
 from ..decode import Record, Snapshot
 from ..errors import BpfUnavailable
-from ..programs import Fetch, Slot
+from ..programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, Fetch, Slot
 from .._record_h import REC_GONE, TRAILER_MAGIC
 from ..record_format import TRAILER
 from ..wire import selection_digest
@@ -55,7 +55,7 @@ class BpfBackend:
         self.version = version
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock", reset=BpfBackend._after_fork)
-        # load first: without privileges this is what fails, with a clear error
+        # each iterator program loads on first use (programs.Program)
         self._links = Links(bpf.iterator(bpf_links.INITIAL_OVERFLOW_CAPACITY))
         self._links.watch_removals = True
         self._finalizer = weakref.finalize(self, self._links.release)
@@ -81,6 +81,11 @@ class BpfBackend:
         self.read_method = "iterator session"
         if singles:
             self._load_fetch()
+        if self._fetch is None:
+            # a program loads now, whatever is read first: without privileges,
+            # or where the kernel refuses the programs, this is what fails,
+            # with a clear error (and Reader(backend="auto") reads text)
+            self._links.loaded(ORDER_SELF_ONLY if singles else ORDER_DESCENDANTS_PRE)
 
     def _load_fetch(self) -> None:
         """Single reads through BPF_PROG_RUN where the kernel takes the fetch
@@ -98,7 +103,19 @@ class BpfBackend:
         self._unpack_record = self.selection.record.unpack_from
         self._batches = Batches(self._links, self._singles, fetch)
         self._run_many = self._batches.run_many
+        self._many_loaded = False
         self.read_method = "BPF_PROG_RUN (memcg_fetch)"
+
+    def _load_many(self) -> Optional[Batches]:
+        """The batch program, loaded by the first read_many; where it does
+        not load, read_many reads path by path, as without the fetch program."""
+        self._many_loaded = True
+        try:
+            if self._fetch is not None:
+                self._fetch.load_many()
+        except BpfUnavailable:
+            self._batches = None
+        return self._batches
 
     def _after_fork(self) -> None:
         """In a forked child (pymemcg.forksafe), maybe of a backend that
@@ -163,6 +180,8 @@ class BpfBackend:
             if removals is not None and removals.words[0] != removals.seen:
                 self._links.reap()   # links of removed cgroups: close them
             batches = self._batches   # None without the fetch program
+            if batches is not None and not self._many_loaded:
+                batches = self._load_many()
             if batches is not None:
                 plan = batches.plan
                 if plan[1] == self._routes.gen and paths == plan[0]:

@@ -49,10 +49,11 @@ class BpfSelection:
                                    {r.stat.name: r.stat.unit for r in self.resolutions})
         self.local = local
 
-    def iterator(self, capacity: int) -> Program:
-        """The iterator program, with an overflow map of `capacity` records."""
+    def iterator(self, capacity: int, now: Sequence[int] = ()) -> Program:
+        """The iterator programs, the tree's with an overflow map of `capacity`
+        records; each loads on first use, or here if its order is in `now`."""
         return Program(self.resolutions, self.local, capacity, self.plan.kfuncs,
-                       self.plan.flush)
+                       self.plan.flush, now)
 
     def fetch(self) -> Fetch:
         """The one-call program, a slot for each cgroup read one by one."""
@@ -191,6 +192,12 @@ class Links:
         for link in list(self.by_key.values()):
             if gone is None or link.cgroup.id in gone:
                 self.drop(link)
+
+    def loaded(self, order: int) -> None:
+        """Load the program that reads in this order, if it is not yet."""
+        if self.prog is None:
+            raise Closed("this Reader is closed: make a new one")
+        self.prog.loaded(order)
 
     def get(self, cgroup_id: int, order: int) -> Optional[Link]:
         return self.by_key.get((cgroup_id, order))

@@ -117,9 +117,13 @@ class TreeWalks:
         capacity = bpf_links.INITIAL_OVERFLOW_CAPACITY
         while capacity < needed * 5 // 4:
             capacity *= 2
+        bigger: Optional[Program] = None
         try:
-            bigger: Program = self.bpf.iterator(capacity)
+            bigger = self.bpf.iterator(capacity)
+            bigger.loaded(ORDER_DESCENDANTS_PRE)   # here, where a failure is expected
         except BpfUnavailable as e:
+            if bigger is not None:
+                bigger.destroy()
             # the program loaded before serves on: only this tree is too big
             raise ReadError(errno.ENOMEM, f"the tree has {needed} cgroups and a program with "
                                           f"room for their records could not be loaded ({e}); "

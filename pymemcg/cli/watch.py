@@ -11,7 +11,7 @@ from .. import catalog
 from ..reader import Reader
 from .format import path_text, record_json
 from .options import default_root, selection
-from .running import EXIT_OK, Stop, next_tick, open_reader, stop_on_sigterm
+from .running import EXIT_OK, Stop, next_tick, open_reader, stop_on_sigterm, write_whole
 
 #: what `watch` writes when --stats is not given
 WATCH_STATS = catalog.DEFAULT_STATS
@@ -48,14 +48,14 @@ def _watch_loop(reader: Reader, root: str, args: argparse.Namespace, out: TextIO
         now = time.time()
         snap = reader.read_tree(root)
         if args.per == "snapshot":
-            out.write(dumps({"seq": seq, "time": now, "backend": reader.backend,
-                             "root": path_text(root),
-                             "local": args.local,
-                             "cgroups": [record_json(r) for r in snap.records]}) + "\n")
+            lines = dumps({"seq": seq, "time": now, "backend": reader.backend,
+                           "root": path_text(root),
+                           "local": args.local,
+                           "cgroups": [record_json(r) for r in snap.records]}) + "\n"
         else:
-            for rec in snap.records:
-                out.write(dumps({"seq": seq, "time": now, **record_json(rec)}) + "\n")
-        out.flush()
+            lines = "".join(dumps({"seq": seq, "time": now, **record_json(rec)}) + "\n"
+                            for rec in snap.records)
+        write_whole(out, lines)
         seq += 1
         if args.count is not None and seq >= args.count:
             return
