@@ -5,14 +5,17 @@
  * buffer on every read; BPF_PROG_RUN of a syscall program costs one.
  *
  * pmc_stash runs once per cgroup (a SELF_ONLY iterator session at set-up)
- * and keeps a reference to the cgroup in slot `stash_slot`; that is the
- * only way to a struct cgroup that works on cgroup v1 too (cgroup-id lookups
- * search the default hierarchy only). pmc_fetch, run with BPF_PROG_RUN,
- * fills the same record as memcg_iter.bpf.c's single-cgroup program (path
- * hash included) for the slot it is given, into the mmapable `out` map;
- * pmc_fetch_many does the same for a list of slots in one run, a record per
+ * and keeps a reference to the cgroup in the `slots` hash map under its
+ * cgroup id; an iterator session is the only way to a struct cgroup that
+ * works on cgroup v1 too (cgroup-id lookups search the default hierarchy
+ * only). pmc_rmdir, on the cgroup_rmdir tracepoint, deletes a removed
+ * cgroup's element at once, so that a reference held here never keeps a
+ * removed cgroup in the kernel. pmc_fetch, run with BPF_PROG_RUN, fills the
+ * same record as memcg_iter.bpf.c's single-cgroup program (path hash
+ * included) for the cgroup id it is given, into the mmapable `out` map;
+ * pmc_fetch_many does the same for a list of ids in one run, a record per
  * element of the mmapable `batch` map, and counts the records that are not
- * of the cgroup and path the caller proved each slot to hold.
+ * of the cgroup and path the caller proved each entry to name.
  * Needs Linux 6.4+ (bpf_cgroup_acquire came in 6.2, RCU-protected kptrs in
  * 6.4; run on 6.12, 6.18 and 7.2, refused by 6.1); the loader falls back to
  * iterator sessions where this object does not load.
@@ -25,18 +28,19 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile struct pmc_selection sel = {};
 const volatile bool flush_stats = false;	/* flush before reading (kfuncs only) */
 
-__u32 stash_slot = 0;	/* .bss: the slot the next pmc_stash session fills */
-
 struct pmc_cgroup_slot {
 	struct cgroup __kptr *cgrp;
 };
 
-/* A reference per stashed cgroup: overwriting the element, or freeing the
- * map, drops it. Capacity is set at load. */
+/* cgroup id (kernfs id) -> a reference to that cgroup: deleting the
+ * element (pmc_rmdir, or the loader letting go of it), or freeing the map,
+ * drops it. Elements are allocated as cgroups are stashed, not up front;
+ * capacity is set at load. */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1);
-	__type(key, __u32);
+	__type(key, __u64);
 	__type(value, struct pmc_cgroup_slot);
 } slots SEC(".maps");
 
@@ -62,16 +66,22 @@ SEC("iter/cgroup")
 int pmc_stash(struct bpf_iter__cgroup *ctx)
 {
 	struct cgroup *cgrp = ctx->cgroup, *old;
-	struct pmc_cgroup_slot *slot;
-	__u32 key = stash_slot;
-	__u64 id;
+	struct pmc_cgroup_slot empty = {}, *slot;
+	__u64 id, none = 0;
 
 	if (!cgrp)
 		return 0;
-	slot = bpf_map_lookup_elem(&slots, &key);
-	if (!slot)
-		return 1;
 	id = cgrp->kn->id;
+	/* The walk holds cgroup_mutex, and so does rmdir up to and including
+	 * its tracepoint: a cgroup stashed here is live, and its removal, which
+	 * comes after, deletes this element. */
+	bpf_map_update_elem(&slots, &id, &empty, BPF_NOEXIST);
+	slot = bpf_map_lookup_elem(&slots, &id);
+	if (!slot) {
+		/* the map is full: id 0 (no kernfs node has it) says so */
+		bpf_seq_write(ctx->meta->seq, &none, sizeof(none));
+		return 1;
+	}
 	cgrp = bpf_cgroup_acquire(cgrp);
 	if (!cgrp)
 		return 1;
@@ -80,6 +90,21 @@ int pmc_stash(struct bpf_iter__cgroup *ctx)
 		bpf_cgroup_release(old);
 	/* the loader checks that the session stashed the cgroup it meant */
 	bpf_seq_write(ctx->meta->seq, &id, sizeof(id));
+	return 0;
+}
+
+/* A removed cgroup's element goes at once, and with it the reference that
+ * would keep the cgroup (and its memcg) in the kernel until the next read
+ * of its path. */
+SEC("tp_btf/cgroup_rmdir")
+int pmc_rmdir(__u64 *ctx)
+{
+	/* the tracepoint's arguments: (struct cgroup *cgrp, const char *path);
+	 * the verifier types ctx[0] from the tracepoint's BTF */
+	struct cgroup *cgrp = (struct cgroup *)ctx[0];
+	__u64 id = cgrp->kn->id;
+
+	bpf_map_delete_elem(&slots, &id);
 	return 0;
 }
 
@@ -117,17 +142,18 @@ static __always_inline void mark_gone(struct pmc_out *rec, __u64 cgroup_id)
 	rec->hdr.valid[1] = 0;
 }
 
-/* The record of the cgroup in slot `key` into rec: an empty slot, or a
- * cgroup removed since it was stashed, gives a PMC_REC_GONE record.
- * -1: no such slot. */
-static __always_inline int fetch_one(__u32 key, struct pmc_out *rec, struct pmc_tmp *tmp,
-				     struct pmc_name_cache *names)
+/* The record of the stashed cgroup with this id into rec: one not stashed
+ * (or let go of), or removed since, gives a PMC_REC_GONE record. */
+static __always_inline void fetch_one(__u64 key, struct pmc_out *rec, struct pmc_tmp *tmp,
+				      struct pmc_name_cache *names)
 {
 	struct pmc_cgroup_slot *slot = bpf_map_lookup_elem(&slots, &key);
 	struct cgroup *cgrp = 0;
 
-	if (!slot)
-		return -1;
+	if (!slot) {
+		mark_gone(rec, 0);
+		return;
+	}
 	if (!flush_stats) {
 		/* a read that does not flush does not sleep: the slot's own
 		 * reference keeps the cgroup, and the RCU section the pointer
@@ -140,7 +166,7 @@ static __always_inline int fetch_one(__u32 key, struct pmc_out *rec, struct pmc_
 		else
 			fill_record(rec, tmp, names, cgrp, true, false);
 		bpf_rcu_read_unlock();
-		return 0;
+		return;
 	}
 	/* a reference of our own, so that the read (which may sleep when it
 	 * flushes) runs outside the RCU section */
@@ -154,7 +180,6 @@ static __always_inline int fetch_one(__u32 key, struct pmc_out *rec, struct pmc_
 		fill_record(rec, tmp, names, cgrp, true, flush_stats);
 	if (cgrp)
 		bpf_cgroup_release(cgrp);
-	return 0;
 }
 
 SEC("syscall")
@@ -166,7 +191,8 @@ int pmc_fetch(struct pmc_fetch_args *args)
 	s = bpf_map_lookup_elem(&out, &zero);
 	if (!s)
 		return 1;
-	return fetch_one(args->slot, &s->rec, &s->tmp, 0) ? 1 : 0;
+	fetch_one(args->cgroup_id, &s->rec, &s->tmp, 0);
+	return 0;
 }
 
 /* One record of a pmc_fetch_many run. A global function, run by a bpf_loop
@@ -188,8 +214,7 @@ __noinline int pmc_fetch_nth(__u32 i)
 	if (!list || !s || !rec)
 		return 1;
 	want = &list->want[i & (PMC_FETCH_BATCH_MAX - 1)];
-	if (fetch_one(want->slot, rec, &s->tmp, &list->names))
-		mark_gone(rec, 0);	/* no such slot: a record of no cgroup */
+	fetch_one(want->cgroup_id, rec, &s->tmp, &list->names);
 	/* the check a reader makes of each record (pymemcg/backends/bpf.py) */
 	if (rec->hdr.cgroup_id != want->cgroup_id || rec->hdr.name_hash != want->path_hash ||
 	    (rec->hdr.flags & PMC_REC_GONE))
@@ -209,7 +234,7 @@ static long fetch_nth(__u32 i, void *unused)
 	return stop ? 1 : 0;
 }
 
-/* A record per listed slot, in order, in one BPF_PROG_RUN. Returns how
+/* A record per listed cgroup, in order, in one BPF_PROG_RUN. Returns how
  * many records are not what the list says; more than count: the run
  * failed. */
 SEC("syscall")

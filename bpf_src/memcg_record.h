@@ -20,7 +20,7 @@
 #ifndef PMC_MEMCG_RECORD_H
 #define PMC_MEMCG_RECORD_H
 
-#define PMC_FORMAT_VERSION	3
+#define PMC_FORMAT_VERSION	4
 #define PMC_MAX_STATS		128	/* one bit each in pmc_record.valid */
 #define PMC_SEQ_BUF_SIZE	32768	/* PAGE_SIZE << 3 in kernel/bpf/bpf_iter.c */
 #define PMC_TRAILER_MAGIC	0x31474d434d4d50ULL	/* "PMMCMG1" */
@@ -29,7 +29,7 @@
 /* pmc_record.flags */
 #define PMC_REC_NO_MEMCG	(1U << 0)	/* cgroup has no memory css */
 #define PMC_REC_NO_VMSTATS	(1U << 1)	/* memcg->vmstats was NULL */
-#define PMC_REC_GONE		(1U << 2)	/* fetch: empty slot, or the cgroup was removed */
+#define PMC_REC_GONE		(1U << 2)	/* fetch: not stashed, or the cgroup was removed */
 
 /* pmc_stat_spec.kind */
 enum pmc_stat_kind {
@@ -122,10 +122,9 @@ struct pmc_trailer {
 };
 
 /* BPF_PROG_RUN context of pmc_fetch (memcg_fetch.bpf.c): which stashed
- * cgroup to read. The record comes back in the mmaped `out` map. */
+ * cgroup to read, by id. The record comes back in the mmaped `out` map. */
 struct pmc_fetch_args {
-	unsigned int slot;
-	unsigned int pad;
+	unsigned long long cgroup_id;
 };
 
 /* BPF_PROG_RUN context of pmc_fetch_many: the stashed cgroups to read, in
@@ -138,9 +137,7 @@ struct pmc_fetch_args {
  * copies no more than that in. */
 #define PMC_FETCH_BATCH_MAX	256
 struct pmc_fetch_want {
-	unsigned int slot;
-	unsigned int pad;
-	unsigned long long cgroup_id;
+	unsigned long long cgroup_id;	/* the stashed cgroup to read */
 	unsigned long long path_hash;
 };
 
@@ -148,6 +145,15 @@ struct pmc_fetch_many_args {
 	unsigned int count;
 	unsigned int pad;
 	struct pmc_fetch_want want[PMC_FETCH_BATCH_MAX];
+};
+
+/* The ids of removed cgroups (memcg_gone.bpf.c), read through mmap: the
+ * id of the gen-th removal since load is at ids[gen % PMC_GONE_RING], and
+ * gen counts removals (written after the id). */
+#define PMC_GONE_RING	256	/* a power of two */
+struct pmc_gone_ring {
+	unsigned long long gen;
+	unsigned long long ids[PMC_GONE_RING];
 };
 
 /* Writer bookkeeping in .bss, read by the shim through the mmaped map. */

@@ -27,12 +27,19 @@ typedef _Bool bool;
 #define false 0
 
 enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 };
 
 enum {
+	BPF_F_NO_PREALLOC = (1U << 0),
 	BPF_F_MMAPABLE = (1U << 10),
+};
+
+enum {
+	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
 };
 
 typedef struct {

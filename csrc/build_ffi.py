@@ -78,14 +78,18 @@ int pmc_fetch_load_many(struct pmc_fetch *fetch, char *log, size_t log_size);
 int pmc_fetch_has_many(const struct pmc_fetch *fetch);
 void pmc_fetch_destroy(struct pmc_fetch *fetch);
 const void *pmc_fetch_record(const struct pmc_fetch *fetch);
-int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
-                    unsigned long long *cgroup_id);
-int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned int slot);
-int pmc_fetch_run(struct pmc_fetch *fetch, unsigned int slot);
+int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned long long *cgroup_id);
+int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned long long cgroup_id);
+int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id);
 int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n);
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);
+
+struct pmc_gone;
+int pmc_gone_load(struct pmc_gone **out, char *log, size_t log_size);
+void pmc_gone_destroy(struct pmc_gone *gone);
+const void *pmc_gone_ring(const struct pmc_gone *gone);
 
 int pmc_read_kernel_tables(unsigned int state_n, unsigned int events_n,
                            unsigned int *state_out, unsigned int *events_out,

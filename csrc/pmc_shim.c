@@ -20,6 +20,7 @@
 #include "pmc_shim.h"
 #include "memcg_iter.skel.h"
 #include "memcg_fetch.skel.h"
+#include "memcg_gone.skel.h"
 #include "memcg_tables.skel.h"
 
 struct pmc_prog {
@@ -498,7 +499,7 @@ struct pmc_fetch {
 	size_t batch_map_size;
 	int prog_fd;
 	int many_fd;
-	unsigned int nr_slots;
+	unsigned int nr_slots;		/* cgroups the slots map holds at most */
 	unsigned int batch_capacity;	/* records one pmc_fetch_run_many fills at most */
 	unsigned int batch_stride;	/* bytes from one of its records to the next */
 };
@@ -512,7 +513,8 @@ void pmc_fetch_destroy(struct pmc_fetch *fetch)
 	if (fetch->batch)
 		munmap(fetch->batch, fetch->batch_map_size);
 	memcg_fetch__destroy(fetch->many_skel);
-	memcg_fetch__destroy(fetch->skel);	/* frees the slots: drops their references */
+	/* detaches pmc_rmdir, frees the slots: drops their references */
+	memcg_fetch__destroy(fetch->skel);
 	free(fetch);
 }
 
@@ -533,7 +535,7 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 		return -ENOMEM;
 	fetch->nr_slots = nr_slots;
 	fetch->many_fd = -1;
-	/* a run reads slots that are all stashed at once: no more than there are */
+	/* a run reads cgroups that are all stashed at once: no more than the map holds */
 	fetch->batch_capacity = nr_slots < PMC_FETCH_BATCH_MAX ? nr_slots : PMC_FETCH_BATCH_MAX;
 
 	log_begin(log, log_size);
@@ -555,6 +557,14 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 		err = memcg_fetch__load(skel);
 	if (err)
 		goto fail;
+	/* removed cgroups leave the slots map at once (the iterator programs
+	 * of the skeleton attach per cgroup, so only this one is attached here;
+	 * the skeleton's destroy detaches it) */
+	skel->links.pmc_rmdir = bpf_program__attach(skel->progs.pmc_rmdir);
+	if (!skel->links.pmc_rmdir) {
+		err = -errno;
+		goto fail;
+	}
 	fetch->prog_fd = bpf_program__fd(skel->progs.pmc_fetch);
 	fetch->record_map_size = (bpf_map__value_size(skel->maps.out) + page - 1) / page * page;
 	err = map_readonly(skel->maps.out, fetch->record_map_size, &fetch->record);
@@ -636,15 +646,11 @@ const void *pmc_fetch_record(const struct pmc_fetch *fetch)
 	return fetch->record;
 }
 
-int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
-		    unsigned long long *cgroup_id)
+int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned long long *cgroup_id)
 {
 	int link, iter, err = 0;
 	ssize_t n;
 
-	if (slot >= fetch->nr_slots)
-		return -EINVAL;
-	fetch->skel->bss->stash_slot = slot;
 	link = cgroup_iter_link(bpf_program__fd(fetch->skel->progs.pmc_stash), cgroup_fd,
 				BPF_CGROUP_ITER_SELF_ONLY);
 	if (link < 0)
@@ -664,25 +670,25 @@ int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
 		err = -ENOENT;	/* the walk found no live cgroup */
 	else if (n != sizeof(*cgroup_id))
 		err = -EIO;
+	else if (*cgroup_id == 0)
+		err = -ENOSPC;	/* the slots map is full */
 	close(iter);
 	close(link);
 	return err;
 }
 
-int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned int slot)
+int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned long long cgroup_id)
 {
-	struct { void *cgrp; } empty = { 0 };
-
-	if (slot >= fetch->nr_slots)
-		return -EINVAL;
-	/* an update releases the kptr the element held */
-	return bpf_map_update_elem(bpf_map__fd(fetch->skel->maps.slots), &slot, &empty, BPF_ANY)
-		? -errno : 0;
+	/* deleting the element releases the reference it held; one that
+	 * pmc_rmdir deleted already is not an error */
+	if (bpf_map_delete_elem(bpf_map__fd(fetch->skel->maps.slots), &cgroup_id) && errno != ENOENT)
+		return -errno;
+	return 0;
 }
 
-int pmc_fetch_run(struct pmc_fetch *fetch, unsigned int slot)
+int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id)
 {
-	struct pmc_fetch_args args = { .slot = slot };
+	struct pmc_fetch_args args = { .cgroup_id = cgroup_id };
 	LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &args, .ctx_size_in = sizeof(args));
 
 	if (bpf_prog_test_run_opts(fetch->prog_fd, &opts))
@@ -713,7 +719,6 @@ int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int 
 	 * (and back out) on every run */
 	LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &args,
 		    .ctx_size_in = offsetof(struct pmc_fetch_many_args, want) + n * sizeof(*want));
-	unsigned int i;
 
 	if (fetch->many_fd < 0)
 		return -ENOEXEC;
@@ -721,15 +726,63 @@ int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int 
 		return 0;
 	if (n > fetch->batch_capacity)
 		return -E2BIG;
-	for (i = 0; i < n; i++)
-		if (want[i].slot >= fetch->nr_slots)
-			return -EINVAL;
 	args.count = n;
 	args.pad = 0;
 	memcpy(args.want, want, n * sizeof(*want));
 	if (bpf_prog_test_run_opts(fetch->many_fd, &opts))
 		return -errno;
 	return opts.retval > n ? -EIO : (int)opts.retval;
+}
+
+/* --- the ids of removed cgroups --- */
+
+struct pmc_gone {
+	struct memcg_gone *skel;
+	void *ring;			/* mmap of the gone map */
+	size_t ring_map_size;
+};
+
+void pmc_gone_destroy(struct pmc_gone *gone)
+{
+	if (!gone)
+		return;
+	if (gone->ring)
+		munmap(gone->ring, gone->ring_map_size);
+	memcg_gone__destroy(gone->skel);	/* detaches the program */
+	free(gone);
+}
+
+int pmc_gone_load(struct pmc_gone **out, char *log, size_t log_size)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	struct pmc_gone *gone = calloc(1, sizeof(*gone));
+	int err = 0;
+
+	*out = NULL;
+	if (!gone)
+		return -ENOMEM;
+	log_begin(log, log_size);
+	gone->skel = memcg_gone__open_and_load();
+	if (!gone->skel)
+		err = -errno;
+	/* the skeleton's destroy detaches it */
+	if (!err && !(gone->skel->links.pmc_gone = bpf_program__attach(gone->skel->progs.pmc_gone)))
+		err = -errno;
+	gone->ring_map_size = (sizeof(struct pmc_gone_ring) + page - 1) / page * page;
+	if (!err)
+		err = map_readonly(gone->skel->maps.gone, gone->ring_map_size, &gone->ring);
+	log_end();
+	if (err) {
+		pmc_gone_destroy(gone);
+		return err < 0 ? err : -EINVAL;
+	}
+	*out = gone;
+	return 0;
+}
+
+const void *pmc_gone_ring(const struct pmc_gone *gone)
+{
+	return gone->ring;
 }
 
 int pmc_read_kernel_tables(unsigned int state_n, unsigned int events_n,

@@ -98,13 +98,16 @@ int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
 
 /*
  * Single reads in one bpf() call (memcg_fetch.bpf.c, Linux 6.4+): a slot
- * holds a reference to a cgroup, and each run writes its record (the same
- * record as a SELF_ONLY session of pmc_prog, path hash included) to memory
- * that pmc_fetch_record() points at, or, for a list of slots, their records
- * one after the other to pmc_fetch_batch(). Not thread-safe: one run at a
- * time.
+ * holds a reference to a cgroup under its id, and each run writes its record
+ * (the same record as a SELF_ONLY session of pmc_prog, path hash included)
+ * to memory that pmc_fetch_record() points at, or, for a list of ids, their
+ * records one after the other to pmc_fetch_batch(). The slot of a removed
+ * cgroup goes at its removal (a tracepoint program attached at load), so no
+ * reference here keeps a removed cgroup in the kernel. Not thread-safe: one
+ * run at a time.
  */
 struct pmc_fetch;
+/* nr_slots: how many cgroups the slots hold at most (allocated as used) */
 int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 		   struct pmc_fetch **out, char *log, size_t log_size);
 /* pmc_fetch_load loads the single-read programs only; this loads the one
@@ -114,24 +117,36 @@ int pmc_fetch_load_many(struct pmc_fetch *fetch, char *log, size_t log_size);
 int pmc_fetch_has_many(const struct pmc_fetch *fetch);
 void pmc_fetch_destroy(struct pmc_fetch *fetch);
 const void *pmc_fetch_record(const struct pmc_fetch *fetch);
-/* Reference the cgroup behind cgroup_fd from slot (replacing what it held);
- * *cgroup_id says which cgroup that was. -ENOENT: the cgroup was removed. */
-int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned int slot,
-		    unsigned long long *cgroup_id);
-/* Drop the slot's reference. */
-int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned int slot);
-/* One BPF_PROG_RUN: the slot's record into pmc_fetch_record(). */
-int pmc_fetch_run(struct pmc_fetch *fetch, unsigned int slot);
+/* Reference the cgroup behind cgroup_fd from the slot of its id (a slot
+ * it had already is kept); *cgroup_id says which cgroup that was.
+ * -ENOENT: the cgroup was removed; -ENOSPC: every slot is in use. */
+int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned long long *cgroup_id);
+/* Drop the reference of the slot of cgroup_id, if it has one. */
+int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned long long cgroup_id);
+/* One BPF_PROG_RUN: the record of the stashed cgroup_id into
+ * pmc_fetch_record(); a PMC_REC_GONE record where it has no slot (never
+ * stashed, cleared, or removed). */
+int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id);
 /* One BPF_PROG_RUN for the n struct pmc_fetch_want at wants (at most
- * pmc_fetch_batch_capacity()): the record of the i-th one's slot at
+ * pmc_fetch_batch_capacity()): the record of the i-th one's cgroup at
  * pmc_fetch_batch() + i * pmc_fetch_batch_stride(). Returns how many
  * records are not of that entry's cgroup and path hash (or are of a removed
- * cgroup), or -E2BIG (too many), -EINVAL (a slot out of range), -EIO (the
- * run failed), -ENOEXEC (pmc_fetch_load_many() has not loaded it). */
+ * cgroup), or -E2BIG (too many), -EIO (the run failed), -ENOEXEC
+ * (pmc_fetch_load_many() has not loaded it). */
 int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n);
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);
+
+/*
+ * The ids of removed cgroups (memcg_gone.bpf.c, a cgroup_rmdir tracepoint
+ * program, Linux 6.1+): pmc_gone_ring() points at a struct pmc_gone_ring,
+ * read-only, that the kernel updates at each removal until destroy.
+ */
+struct pmc_gone;
+int pmc_gone_load(struct pmc_gone **out, char *log, size_t log_size);
+void pmc_gone_destroy(struct pmc_gone *gone);
+const void *pmc_gone_ring(const struct pmc_gone *gone);
 
 /* The kernel's own memcg item lists through kallsyms: copies up to state_n
  * entries of memcg_node_stat_items[] and events_n of memcg_vm_event_stat[];

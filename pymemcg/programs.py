@@ -14,21 +14,24 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
 
 from . import slots
 from .binding import load
 from .cgroupfs import Cgroup, Replaced
 from .memory_stat import PAGE_SIZE
-from ._record_h import KFUNCS_NONE
+from ._record_h import GONE_RING, KFUNCS_NONE
 from .wire import selection_digest, seq_budget
 from .errors import BpfUnavailable, CgroupNotFound, Closed, PermissionDenied, ReadError, VerifierRejected
 
 ORDER_SELF_ONLY, ORDER_DESCENDANTS_PRE = 1, 2
-# cgroups read one by one that a reader keeps a kernel reference to: each a
-# fetch slot, or a SELF_ONLY link (an fd) where the fetch program does not
-# load; past it the oldest is let go
+# cgroups read one by one that a reader keeps a SELF_ONLY link (an fd) to,
+# where the fetch program does not load; past it the oldest is let go
 MAX_SINGLE_CGROUPS = 256
+# cgroups read one by one that the fetch program keeps a reference to (an
+# element of its slots map each, allocated as used, deleted by the kernel
+# when the cgroup is removed); past it the least recently read go
+MAX_FETCH_CGROUPS = 65536
 
 
 def object_digest() -> str:
@@ -153,25 +156,31 @@ class Program:
 
 
 class Slot:
-    """A cgroup that the fetch program holds a reference to, for single reads."""
+    """A cgroup that the fetch program holds a reference to, for single
+    reads, under its id. `used`: read again since it was stashed or since
+    the last eviction sweep looked (a second chance before it is let go)."""
 
-    __slots__ = ("index", "cgroup")
+    __slots__ = ("id", "cgroup", "used")
 
-    def __init__(self, index: int, cgroup: Cgroup) -> None:
-        self.index = index
+    def __init__(self, cgroup: Cgroup) -> None:
+        self.id = cgroup.id
         self.cgroup = cgroup
+        self.used = False
 
 
 class Fetch:
     """The one-call single-read program (memcg_fetch.bpf.c) and its slots.
 
-    A slot holds a kernel reference to its cgroup until it is cleared, so the
-    number of slots is bounded and the oldest is reused.
+    A slot holds a kernel reference to its cgroup until it is cleared or the
+    cgroup is removed (the program's own tracepoint deletes it then). The
+    slots are bounded by the map's capacity; past it the least recently
+    read are let go (second chance: each read marks its slot used, and an
+    eviction sweep spares a used slot once).
     """
 
     def __init__(self, resolutions: Sequence[slots.Resolution], local: bool,
                  kfuncs: int, flush: bool, record_size: int,
-                 slots: int = MAX_SINGLE_CGROUPS) -> None:
+                 slots: int = MAX_FETCH_CGROUPS) -> None:
         ffi, lib = load()
         self.lib = lib
         out = ffi.new("struct pmc_fetch **")
@@ -187,8 +196,13 @@ class Fetch:
         self.batch_stride = lib.pmc_fetch_batch_stride(self.ptr)
         self.batch = memoryview(ffi.buffer(ffi.cast("char *", lib.pmc_fetch_batch(self.ptr)),
                                            self.batch_capacity * self.batch_stride))
-        self.by_id: Dict[int, Slot] = {}    # oldest first
+        self.by_id: Dict[int, Slot] = {}    # in the order stashed (or spared)
         self._id_out = ffi.new("unsigned long long *")
+        # slots evict() let go of, for the owner to drop its routes to them
+        self.evicted: List[Slot] = []
+        # slots read without marking each (a read_many plan reused): marked
+        # used at the start of each eviction sweep
+        self.in_use: Callable[[], Iterable[Slot]] = tuple
 
     def load_many(self) -> None:
         """Load the batch program (pmc_fetch_run_many) if it is not yet:
@@ -197,46 +211,110 @@ class Fetch:
             load_program(self.lib.pmc_fetch_load_many, self.ptr)
 
     def stash(self, cg: Cgroup) -> Slot:
+        """The slot of cg, made (one iterator session) if it has none; past
+        capacity the least recently read slots are let go first (evicted()
+        says which, for the caller to forget its routes to them)."""
         slot = self.by_id.get(cg.id)
         if slot is not None:
             slot.cgroup = cg  # the same cgroup, maybe by another path or renamed
+            slot.used = True
             return slot
-        used = {s.index for s in self.by_id.values()}
-        if len(used) >= self.capacity:
-            oldest = next(iter(self.by_id.values()))
-            self.clear(oldest)
-            index = oldest.index
-        else:
-            index = next(i for i in range(self.capacity) if i not in used)
+        if len(self.by_id) >= self.capacity:
+            self.evict(max(1, self.capacity // 8))
         try:
             fd = os.open(cg.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise CgroupNotFound(f"{cg.path}: the cgroup was removed") from None
         try:
-            rc = self.lib.pmc_fetch_stash(self.ptr, fd, index, self._id_out)
+            rc = self.lib.pmc_fetch_stash(self.ptr, fd, self._id_out)
         finally:
             os.close(fd)
         if rc == -errno.ENOENT:
             raise CgroupNotFound(f"{cg.path}: the cgroup was removed")
         if rc < 0:
             raise ReadError(-rc, f"taking a reference to {cg.path} failed: {os.strerror(-rc)}")
-        if self._id_out[0] != cg.id:  # the directory was replaced meanwhile
-            self.lib.pmc_fetch_clear(self.ptr, index)
+        got = self._id_out[0]
+        if got != cg.id:  # the directory was replaced meanwhile
+            if got not in self.by_id:  # not a slot some other path reads
+                self.lib.pmc_fetch_clear(self.ptr, got)
             raise Replaced(cg.path)
-        slot = self.by_id[cg.id] = Slot(index, cg)
+        slot = self.by_id[cg.id] = Slot(cg)
         return slot
 
+    def evict(self, count: int) -> None:
+        """Let go of `count` slots, least recently read first: a slot read
+        since the last sweep is spared once (and goes to the back)."""
+        by_id = self.by_id
+        for slot in self.in_use():
+            slot.used = True
+        gone: List[Slot] = []
+        while len(gone) < count and by_id:
+            for cgroup_id, slot in list(by_id.items()):
+                if len(gone) >= count:
+                    break
+                if slot.used:
+                    slot.used = False
+                    del by_id[cgroup_id]
+                    by_id[cgroup_id] = slot
+                else:
+                    gone.append(slot)
+                    del by_id[cgroup_id]
+        for slot in gone:
+            self.lib.pmc_fetch_clear(self.ptr, slot.id)
+        self.evicted.extend(gone)
+
     def clear(self, slot: Slot) -> None:
-        """Drop the slot's reference to its cgroup."""
-        if self.by_id.get(slot.cgroup.id) is slot:
-            del self.by_id[slot.cgroup.id]
-            self.lib.pmc_fetch_clear(self.ptr, slot.index)
+        """Drop the slot's reference to its cgroup (if the kernel has not
+        already, at the cgroup's removal)."""
+        if self.by_id.get(slot.id) is slot:
+            del self.by_id[slot.id]
+            self.lib.pmc_fetch_clear(self.ptr, slot.id)
 
     def destroy(self) -> None:
         if self.ptr is not None:
             self.lib.pmc_fetch_destroy(self.ptr)  # drops every slot's reference
             self.ptr = None
             self.by_id.clear()
+
+
+class Removals:
+    """The ids of cgroups removed since the last look (memcg_gone.bpf.c),
+    for a holder of iterator links, each of which keeps its cgroup alive
+    until closed. Seeing that nothing changed costs one read of the
+    kernel-updated counter (`words[0]` against `seen`)."""
+
+    def __init__(self) -> None:
+        ffi, lib = load()
+        self.lib = lib
+        out = ffi.new("struct pmc_gone **")
+        load_program(lib.pmc_gone_load, out)
+        self.ptr = out[0]
+        # struct pmc_gone_ring as u64 words: gen, then the ring of ids
+        self.words = memoryview(ffi.buffer(ffi.cast("char *", lib.pmc_gone_ring(self.ptr)),
+                                           8 * (1 + GONE_RING))).cast("Q")
+        self.seen: int = self.words[0]
+
+    def since(self) -> Optional[Set[int]]:
+        """The ids removed since the last call, or None when more were
+        removed than the ring holds (some ids are lost: let go of all)."""
+        words = self.words
+        seen, gen = self.seen, words[0]
+        if gen - seen > GONE_RING:
+            self.seen = gen
+            return None
+        ids = {words[1 + (g & (GONE_RING - 1))] for g in range(seen, gen)}
+        # the ring may have wrapped over ids still to read while reading
+        if words[0] - seen > GONE_RING:
+            self.seen = words[0]
+            return None
+        self.seen = gen
+        return ids
+
+    def destroy(self) -> None:
+        if self.ptr is not None:
+            self.words.release()
+            self.lib.pmc_gone_destroy(self.ptr)
+            self.ptr = None
 
 
 def load_error(err: int, log: str) -> Exception:

@@ -62,7 +62,7 @@ def tuple_positions(name: str, structs: Mapping[str, Layout] = STRUCTS) -> Dict[
 HEADER = struct.Struct(struct_format("pmc_record"))
 #: struct pmc_trailer: (selection digest, magic, session_id, visited)
 TRAILER = struct.Struct(struct_format("pmc_trailer", ("selection",)))
-#: struct pmc_fetch_want: (slot, pad, cgroup_id, path_hash), an entry of a batched fetch
+#: struct pmc_fetch_want: (cgroup_id, path_hash), an entry of a batched fetch
 FETCH_WANT = struct.Struct(struct_format("pmc_fetch_want"))
 SELECTION_BYTES = SELECTION_WORDS * 8
 

@@ -19,6 +19,7 @@ import pymemcg
 from pymemcg import programs
 from pymemcg.backends import bpf as bpf_mod, bpf_single, bpf_walk
 from pymemcg.cgroupfs import memory_mount
+from pymemcg._record_h import GONE_RING
 
 from conftest import my_links, open_fds
 
@@ -433,14 +434,6 @@ def _memory_cgroups() -> int:
     raise AssertionError("no memory controller in /proc/cgroups")
 
 
-def _wait_count(want: int) -> int:
-    for _ in range(100):  # the last reference goes through an RCU grace period
-        if _memory_cgroups() == want:
-            break
-        time.sleep(0.05)
-    return _memory_cgroups()
-
-
 def _quiet_count(settle: float = 0.5, timeout: float = 10.0) -> int:
     """The count once it has not moved for `settle` seconds: the count is the
     whole host's, and cgroups that earlier tests removed are freed in the
@@ -457,32 +450,96 @@ def _quiet_count(settle: float = 0.5, timeout: float = 10.0) -> int:
     return last
 
 
-@pytest.mark.parametrize("how", ["read", "close"])
-def test_fetch_references_of_removed_cgroups_are_dropped(no_leaks, cgroups, how):
-    """A one-call read keeps a kernel reference to its cgroup; once the
-    cgroup is removed, the next read of it (or close) drops that reference,
-    so the kernel can free it. The host's count moves with other cgroups
-    being freed meanwhile, so an attempt whose background moved is made
-    again: a reference never dropped (or never held) fails every attempt."""
+def _count_within(want: int, seconds: float) -> int:
+    """The count once it is `want`, or after `seconds` (removed cgroups are
+    freed after an RCU grace period)."""
+    deadline = time.monotonic() + seconds
+    while _memory_cgroups() != want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _memory_cgroups()
+
+
+@pytest.mark.parametrize("how", ["read", "read_tree"])
+def test_links_of_removed_cgroups_are_closed(no_leaks, cgroups, monkeypatch, how):
+    """Where reads go through iterator links (each keeps its cgroup alive):
+    cgroups read one by one, or as tree roots, then removed, are freed by
+    the kernel at the reader's next read of any other path, and their
+    links are closed. The host's count moves with other cgroups being freed
+    meanwhile, so an attempt whose background moved is made again."""
+    monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
+    n = 20
     seen = []
     for attempt in range(4):
-        victim = cgroups.make(f"held{attempt}")
+        other = cgroups.make(f"stays{attempt}")
+        paths = [cgroups.make(f"linked{attempt}/c{i}") for i in range(n)]
+        with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+            links = r._backend._links
+            for p in paths:
+                assert (r.read(p) if how == "read" else r.read_tree(p).records[0]).id == \
+                    os.stat(p).st_ino
+            assert len(links.by_key) == n
+            before = _quiet_count()
+            for p in paths:
+                os.rmdir(p)
+            getattr(r, how)(other)
+            after = _count_within(before - n, 1.0)
+            seen.append((before, after))
+            assert {link.cgroup.path for link in links.by_key.values()} == {other}
+        if after == before - n:
+            return
+    raise AssertionError(f"(count before the rmdirs, 1 s after a read of another path) in "
+                         f"each attempt: {seen}; expected (c, c - {n})")
+
+
+def test_more_removals_than_the_ring_holds_let_go_of_every_link(no_leaks, cgroups,
+                                                                 monkeypatch):
+    """More cgroups removed between two reads than the ring of removed ids
+    holds: the reader cannot tell whether its cgroups were among them, so
+    it closes every link, and reads on through new ones."""
+    monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
+    kept = [cgroups.make(f"kept{i}") for i in range(3)]
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        links = r._backend._links
+        for p in kept:
+            r.read(p)
+        assert len(links.by_key) == 3
+        for i in range(GONE_RING + 1):
+            os.rmdir(cgroups.make(f"churned{i}"))
+        assert r.read(kept[0]).id == os.stat(kept[0]).st_ino
+        assert [link.cgroup.path for link in links.by_key.values()] == [kept[0]]
+
+
+@pytest.mark.parametrize("how", ["read", "read_many"])
+def test_removed_cgroups_are_not_held(no_leaks, cgroups, how):
+    """A one-call read keeps a kernel reference to each cgroup it read;
+    once those cgroups are removed the kernel frees them within a second,
+    with no further read and the Reader still open (the fetch program drops
+    a removed cgroup's reference at its removal). The host's count moves
+    with other cgroups being freed meanwhile, so an attempt whose background
+    moved is made again: references held until the next read or close fail
+    every attempt."""
+    n = 30
+    seen = []
+    for attempt in range(4):
+        paths = [cgroups.make(f"held{attempt}/c{i}") for i in range(n)]
         with pymemcg.Reader(stats=STATS, backend="bpf") as r:
             assert r.read_method.startswith("BPF_PROG_RUN"), r.read_method
-            r.read(victim)
+            for _ in range(2):
+                if how == "read":
+                    for p in paths:
+                        r.read(p)
+                else:
+                    assert all(r.read_many(paths))
             before = _quiet_count()
-            os.rmdir(victim)
-            time.sleep(0.3)
-            held = _memory_cgroups()
-            if how == "read":
-                with pytest.raises(pymemcg.CgroupNotFound):
-                    r.read(victim)
-                dropped = _wait_count(before - 1)
-        if how == "close":
-            dropped = _wait_count(before - 1)
-        seen.append((before, held, dropped))
-        if (held, dropped) == (before, before - 1):
+            for p in paths:
+                os.rmdir(p)
+            after = _count_within(before - n, 1.0)
+            seen.append((before, after))
+            # and a read of a removed path still says so
+            with pytest.raises(pymemcg.CgroupNotFound):
+                r.read(paths[0])
+            assert r.read_many(paths) == [None] * n
+        if after == before - n:
             return
-    raise AssertionError(f"(count before the rmdir, after it, after the {how}) in each "
-                         f"attempt: {seen}; expected (n, n, n - 1)")
-    assert _wait_count(before - 1) == before - 1
+    raise AssertionError(f"(count before the rmdirs, 1 s after) in each attempt: {seen}; "
+                         f"expected (c, c - {n})")

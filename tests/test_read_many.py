@@ -14,7 +14,7 @@ import sys
 import pytest
 
 import pymemcg
-from pymemcg import pins
+from pymemcg import pins, programs
 from pymemcg.backends.bpf_links import Routes
 from pymemcg.cgroupfs import memory_mount
 
@@ -157,9 +157,10 @@ def test_rename_replace_remove_between_calls(cgroups, reader):
         check_answer(rec, path)
 
 
-def test_more_paths_than_slots(cgroups, bpf_ok):
+def test_more_paths_than_slots(cgroups, bpf_ok, monkeypatch):
     """More distinct cgroups than the one-call program has slots (and than a
     run takes): every answer is still its own cgroup, in each call."""
+    monkeypatch.setattr(programs, "MAX_FETCH_CGROUPS", 64)
     with pymemcg.Reader(STATS, backend="bpf", shared_pins=False) as r:
         fetch = r._backend._fetch
         assert fetch is not None
@@ -174,6 +175,66 @@ def test_more_paths_than_slots(cgroups, bpf_ok):
         # the first ones lost their slots to the last ones: read again
         for path, rec in zip(paths[:60], r.read_many(paths[:60])):
             check_answer(rec, path)
+
+
+class CountingLib:
+    """The shim's functions, counting the stash sessions (a cgroup taken
+    hold of by the fetch program) made through it."""
+
+    def __init__(self, lib) -> None:
+        self.lib, self.stashes = lib, 0
+
+    def pmc_fetch_stash(self, *args):
+        self.stashes += 1
+        return self.lib.pmc_fetch_stash(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.lib, name)
+
+
+def test_rotation_past_the_old_slot_limit_never_evicts(cgroups, bpf_ok):
+    """A poller reading more cgroups than the old 256 slots in rotation, one
+    by one and in lists: each cgroup is taken hold of once, and every later
+    read of it goes through its route (no eviction, no slow path)."""
+    n = 300
+    paths = [cgroups.make(f"rot{i}") for i in range(n)]
+    with pymemcg.Reader(["usage"], backend="bpf", shared_pins=False) as r:
+        fetch = r._backend._fetch
+        assert fetch is not None
+        lib = fetch.lib = CountingLib(fetch.lib)
+        for _ in range(3):
+            for p in paths:
+                assert r.read(p).id == os.stat(p).st_ino
+            for p, rec in zip(paths, r.read_many(paths)):
+                assert rec.id == os.stat(p).st_ino
+        assert lib.stashes == n
+        assert len(fetch.by_id) == n and len(r._backend._routes) == n
+        # the whole list again: runs of the last call's entries, no slow read
+        be = r._backend
+        runs = []
+        real = be._batches.run_many
+        be._batches.run_many = lambda *args: runs.append(args[2]) or real(*args)
+        be._read_slow = lambda p: pytest.fail(f"slow read of {p}")
+        for p, rec in zip(paths, r.read_many(paths)):
+            assert rec.id == os.stat(p).st_ino
+        assert runs == [be._batches.capacity, n - be._batches.capacity]
+
+
+def test_past_capacity_the_least_recently_read_go(cgroups, bpf_ok, monkeypatch):
+    """More cgroups than the fetch program's slots: a cgroup read between
+    every other read keeps its slot (least recently read go, not the
+    oldest), the others are taken hold of again each round."""
+    monkeypatch.setattr(programs, "MAX_FETCH_CGROUPS", 8)
+    hot, *others = [cgroups.make(f"lru{i}") for i in range(20)]
+    with pymemcg.Reader(["usage"], backend="bpf", shared_pins=False) as r:
+        fetch = r._backend._fetch
+        lib = fetch.lib = CountingLib(fetch.lib)
+        for _ in range(2):
+            for p in others:
+                assert r.read(hot).id == os.stat(hot).st_ino
+                assert r.read(p).id == os.stat(p).st_ino
+        assert lib.stashes == 1 + 2 * len(others)
+        assert len(fetch.by_id) <= 8
 
 
 def test_a_run_reads_each_record_once(cgroups, bpf_ok, monkeypatch):

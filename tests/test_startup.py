@@ -76,12 +76,16 @@ def test_a_reader_loads_each_program_when_first_used(no_leaks):
         after_tree = added(loaded_programs(), before)
         r.read_many([own, own])
         after_many = added(loaded_programs(), before)
-    # single reads: the fetch program (6.4+), else the path iterator program
-    single = ("pmc_stash", "pmc_fetch") if one_call else ("pmc_memcg_iter_",)
-    assert started == after_read == names(single), (started, after_read)
-    assert after_tree == names(single, ["pmc_memcg_iter"]), after_tree
+    # single reads: the fetch program (6.4+, with its tracepoint program
+    # that lets go of removed cgroups), else the path iterator program;
+    # the first link (a tree's, or a single read's without the fetch
+    # program) brings the watcher of removed cgroups (pmc_gone)
+    single = ("pmc_stash", "pmc_fetch", "pmc_rmdir") if one_call else ("pmc_memcg_iter_",)
+    assert started == names(single), started
+    assert after_read == names(single, [] if one_call else ["pmc_gone"]), after_read
+    assert after_tree == names(single, ["pmc_memcg_iter", "pmc_gone"]), after_tree
     # read_many's batch program, where there is a fetch program to batch
-    assert after_many == names(single, ["pmc_memcg_iter"],
+    assert after_many == names(single, ["pmc_memcg_iter", "pmc_gone"],
                                ["pmc_fetch_many"] if one_call else []), after_many
     assert loaded_programs() == before  # nothing left behind
 

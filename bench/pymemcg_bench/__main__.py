@@ -19,6 +19,7 @@ from .exporter import (measure_anchor, measure_embedding, measure_read_many, mea
                        report_part5)
 from .measure import loop, measure_single, measure_tree, split_read
 from .perf import measure_profiles, perf_works
+from .rotation import measure_rotation, rotation_markdown
 from .report import plot, profile_markdown, report
 from .startup import measure_startup, report_startup
 
@@ -95,6 +96,7 @@ def run(args) -> int:
                 embedding = measure_embedding(cgroups, st.tree_rounds)
             many = measure_read_many(cgroups, st.tree_rounds * 3, 200 if not args.quick else 50)
             anchor = measure_anchor(cgroups, st.tree_rounds)
+            rotation = measure_rotation(cgroups, st.tree_rounds)
         except KeyboardInterrupt:
             print("bench: interrupted", file=sys.stderr)
             return 130
@@ -106,6 +108,7 @@ def run(args) -> int:
                          embedding)
     if why_no_scrapes:
         part5 += [f"No scrapes: {why_no_scrapes}.", ""]
+    part5 += rotation_markdown(rotation)
     text, env = report(single, trees, profiles, split, why_no_profile, why_no_c, st,
                        max(0.0, others), read_method, part5, scrapes, many)
     text = text.rstrip("\n") + "\n\n" + "\n".join(report_startup(startup, startup_rounds,

@@ -266,7 +266,7 @@ def split_read(reader: Reader, cgroup: str, reads: int, rounds: int) -> Dict[str
         be = reader._backend
         link = be._routes[cgroup].target
         if be._fetch is not None:
-            run, ptr, index = be._fetch_run, be._fetch_ptr, link.index
+            run, ptr, index = be._fetch_run, be._fetch_ptr, link.id
             record, unpack = be._fetch_record, be._unpack_record
 
             def call():

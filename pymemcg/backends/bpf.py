@@ -57,6 +57,7 @@ class BpfBackend:
         forksafe.renew_in_child(self, "_lock", reset=BpfBackend._after_fork)
         # each iterator program loads on first use (programs.Program)
         self._links = Links(bpf.iterator(bpf_links.INITIAL_OVERFLOW_CAPACITY))
+        self._links.watch_removals = True
         self._finalizer = weakref.finalize(self, self._links.release)
         self._routes = self._links.routes
         sessions = Sessions()
@@ -131,6 +132,9 @@ class BpfBackend:
         lock = self._lock
         lock.acquire()
         try:
+            removals = self._links.removals
+            if removals is not None and removals.words[0] != removals.seen:
+                self._links.reap()   # links of removed cgroups: close them
             try:
                 route = self._routes.get(path)
             except TypeError:  # not a path at all (unhashable)
@@ -140,10 +144,11 @@ class BpfBackend:
                 if isinstance(target, Slot):
                     # fast path: one bpf() call fills the record, one unpack,
                     # and the path hash proves the path still names this cgroup
-                    if self._fetch_run(self._fetch_ptr, target.index) == 0:
+                    if self._fetch_run(self._fetch_ptr, route.id) == 0:
                         t = self._unpack_record(self._fetch_record)
                         if t[2] == route.path_hash and t[0] == route.id and \
                                 not t[4] & REC_GONE:
+                            target.used = True   # spared by the next eviction sweep
                             return Record(self.selection, t, route.relpath)
                         if t[4] & REC_GONE and self._fetch is not None:
                             self._fetch.clear(target)  # removed: let the kernel free it
@@ -171,6 +176,9 @@ class BpfBackend:
         lock = self._lock
         lock.acquire()
         try:
+            removals = self._links.removals
+            if removals is not None and removals.words[0] != removals.seen:
+                self._links.reap()   # links of removed cgroups: close them
             batches = self._batches   # None without the fetch program
             if batches is not None and not self._many_loaded:
                 batches = self._load_many()
@@ -178,10 +186,15 @@ class BpfBackend:
                 plan = batches.plan
                 if plan[1] == self._routes.gen and paths == plan[0]:
                     # fast path: the paths of the last call (a poller's list)
-                    # and their routes unchanged; one run, and the program
-                    # found every record to be what its route proved
-                    return batches.answers(paths, None, plan[3],
-                                           self._run_many(self._fetch_ptr, plan[2], len(paths)))
+                    # and their routes unchanged; one run (a run per
+                    # capacity paths), and the program found every record
+                    # to be what its route proved
+                    wants = plan[2]
+                    if len(wants) == 1:
+                        return batches.answers(paths, None, plan[3],
+                                               self._run_many(self._fetch_ptr, wants[0],
+                                                              len(paths)))
+                    return batches.run_plan(paths)
                 return batches.read(paths)
         finally:
             lock.release()
@@ -190,6 +203,7 @@ class BpfBackend:
 
     def read_tree(self, path: str) -> Snapshot:
         with self._lock:
+            self._links.reap()   # links of removed cgroups: close them
             return self._walks.read(path)
 
     def close(self) -> None:

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import struct
 from itertools import repeat
+from operator import attrgetter
 from typing import List, Optional, Sequence, Tuple, cast
 
 from ..decode import PackedRecord, Record
 from ..errors import CgroupNotFound
 from ..programs import Fetch, Slot
 from .._record_h import REC_GONE
+from ..record_format import FETCH_WANT
 from .bpf_links import Links, Route
 from .bpf_single import SingleReads
+
+
+_want = attrgetter("want")   # a route's fetch entry; None (no slot) fails b"".join
 
 
 class Batches:
@@ -35,8 +40,18 @@ class Batches:
         self.stride = fetch.batch_stride
         pad = fetch.batch_stride - self.selection.record_size
         self.unpack = struct.Struct(self.selection.record.format + f"{pad}x").iter_unpack
-        # the last call: its paths, routes.gen then, their fetch entries and relpaths
-        self.plan: Tuple[Optional[List[str]], int, bytes, List[str]] = (None, -1, b"", [])
+        # the last call: its paths, routes.gen then, their fetch entries (a
+        # run's worth each: one for up to capacity paths) and relpaths
+        self.plan: Tuple[Optional[List[str]], int, List[bytes], List[str]] = (None, -1, [], [])
+        # a poller's calls reuse the plan without touching each slot: an
+        # eviction sweep asks for the plan's slots instead
+        fetch.in_use = self.planned_slots
+
+    def planned_slots(self) -> List[Slot]:
+        """The slots the last call's plan reads (read with every call that reuses it)."""
+        paths = self.plan[0] or []
+        return [r.target for r in map(self.routes.get, paths)
+                if r is not None and isinstance(r.target, Slot)]
 
     def read(self, paths: List[str]) -> List[Optional[Record]]:
         """read_many() of paths other than the last call's, or with routes
@@ -47,36 +62,53 @@ class Batches:
             routes = list(map(by_path.get, paths))
         except TypeError:  # not a path at all (unhashable): the slow path says so
             routes = [by_path.get(p) if isinstance(p, str) else None for p in paths]
-        if len(routes) <= self.capacity:
-            # where every path has a slot route; one without (None, or a
-            # link's want None) raises, cheaper than checking each first
-            slotted = cast(List[Route], routes)
-            try:
-                wants = b"".join([cast(bytes, r.want) for r in slotted])
-            except (AttributeError, TypeError):  # a path without a slot route
-                pass
-            else:
-                relpaths = [r.relpath for r in slotted]
-                # a copy: the caller may change its list before the next call
-                self.plan = (list(paths), by_path.gen, wants, relpaths)
+        # where every path has a slot route; one without (None, or a link's
+        # want None) raises, cheaper than checking each first
+        slotted = cast(List[Route], routes)
+        cap = self.capacity
+        try:
+            wants = [b"".join(map(_want, slotted[i:i + cap])) for i in range(0, len(slotted), cap)]
+        except (AttributeError, TypeError):  # a path without a slot route
+            pass
+        else:
+            relpaths = [r.relpath for r in slotted]
+            # a copy: the caller may change its list before the next call
+            self.plan = (list(paths), by_path.gen, wants, relpaths)
+            if len(wants) == 1:
                 return self.answers(paths, slotted, relpaths,
-                                   self.run_many(self.fetch_ptr, wants, len(routes)))
-        # some paths have no route yet, or more than a run takes: runs of the
-        # routed ones, then the rest one by one
+                                    self.run_many(self.fetch_ptr, wants[0], len(routes)))
+            return self.run_plan(paths)
+        # some paths have no route yet: runs of the routed ones, then the
+        # rest one by one
         out: List[Optional[Record]] = [None] * len(paths)
         slot_routes = {i: r for i, r in enumerate(routes) if r is not None and r.want is not None}
+        for r in slot_routes.values():
+            cast(Slot, r.target).used = True   # spared by the next eviction sweep
         routed = list(slot_routes)
-        cap = self.capacity
         for start in range(0, len(routed), cap):
             part = routed[start:start + cap]
             some = [slot_routes[i] for i in part]
-            rc = self.run_many(self.fetch_ptr, b"".join([cast(bytes, r.want) for r in some]),
-                               len(some))
+            rc = self.run_many(self.fetch_ptr, b"".join(map(_want, some)), len(some))
             got = self.answers([paths[i] for i in part], some, [r.relpath for r in some], rc)
             for i, rec in zip(part, got):
                 out[i] = rec
         routed_set = set(routed)
         self._fix(paths, routes, out, [i for i in range(len(paths)) if i not in routed_set])
+        return out
+
+    def run_plan(self, paths: List[str]) -> List[Optional[Record]]:
+        """The last call's plan (for these same paths, routes unchanged
+        since) in runs of up to capacity paths. Each run's records are
+        checked against its own entries, so a route that a run's slow reads
+        change does not make a later run's answers wrong."""
+        _, _, wants, relpaths = self.plan
+        cap = self.capacity
+        out: List[Optional[Record]] = []
+        for k, chunk in enumerate(wants):
+            start = k * cap
+            m = len(chunk) // FETCH_WANT.size
+            out += self.answers(paths[start:start + m], None, relpaths[start:start + m],
+                                self.run_many(self.fetch_ptr, chunk, m))
         return out
 
     def answers(self, paths: List[str], routes: Optional[Sequence[Route]], relpaths: List[str],
@@ -95,25 +127,32 @@ class Batches:
             data = bytes(view)
             return list(map(PackedRecord, repeat(self.selection, n), repeat(data, n),
                             range(0, n * stride, stride), relpaths))
+        known: Sequence[Optional[Route]]
         if routes is None:
-            # the last call's paths, routes unchanged since (routes.gen)
-            routes = [self.routes[p] for p in paths]
+            # the last call's paths; an earlier run of the same call may have
+            # dropped or replaced a route since (a path listed twice): such a
+            # record is checked against the route now, or read again
+            known = list(map(self.routes.get, paths))
+        else:
+            known = routes
         out: List[Optional[Record]] = [None] * n
         if rc < 0:  # as read() does when a run fails: the slow path
-            self._fix(paths, routes, out, list(range(n)))
+            self._fix(paths, known, out, list(range(n)))
             return out
         failed = []
         selection = self.selection
         fetch = self.links.fetch
-        for k, (route, t) in enumerate(zip(routes, self.unpack(view))):
-            if t[2] == route.path_hash and t[0] == route.id and not t[4] & REC_GONE:
+        for k, (route, t) in enumerate(zip(known, self.unpack(view))):
+            if route is not None and t[2] == route.path_hash and t[0] == route.id and \
+                    not t[4] & REC_GONE:
                 out[k] = Record(selection, t, route.relpath)
                 continue
             # removed: let the kernel free it
-            if t[4] & REC_GONE and fetch is not None and isinstance(route.target, Slot):
+            if t[4] & REC_GONE and fetch is not None and route is not None and \
+                    isinstance(route.target, Slot):
                 fetch.clear(route.target)
             failed.append(k)
-        self._fix(paths, routes, out, failed)
+        self._fix(paths, known, out, failed)
         return out
 
     def _fix(self, paths: List[str], routes: Sequence[Optional[Route]],

@@ -4,10 +4,14 @@ selection (BpfSelection resolves it for this kernel), a link (an fd) per
 the cgroups read one by one; with them (Links) the paths proven to name
 what those read (routes, tree roots), and the session buffer (Sessions).
 
-Each kind is bounded, the oldest let go first: at most
-programs.MAX_SINGLE_CGROUPS cgroups read one by one (fetch slots, or
-SELF_ONLY links where the fetch program does not load) and MAX_TREE_LINKS
-tree roots. pins.pin() makes its one link here too (BpfSelection, Links).
+Each kind is bounded: at most programs.MAX_FETCH_CGROUPS cgroups read one
+by one through fetch slots (the least recently read let go first; the
+kernel deletes a removed cgroup's slot itself), programs.MAX_SINGLE_CGROUPS
+SELF_ONLY links where the fetch program does not load, and MAX_TREE_LINKS
+tree roots (links: the oldest let go first). A link keeps its cgroup alive
+in the kernel: a reader that watches removals (programs.Removals) closes
+the links of removed cgroups at its next read of any path. pins.pin()
+makes its one link here too (BpfSelection, Links).
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from .. import programs, slots
 from ..binding import load
 from ..cgroupfs import Cgroup
 from ..decode import Selection
-from ..errors import Closed, ReadError
+from ..errors import BpfUnavailable, Closed, ReadError
 from ..kernel_probe import KernelFacts, kernel_facts
 from ..memory_stat import PAGE_SIZE
-from ..programs import Fetch, Program, Slot
+from ..programs import Fetch, Program, Removals, Slot
 from ..record_format import FETCH_WANT, SESSION_BUF_SIZE
 
 INITIAL_OVERFLOW_CAPACITY = 1024     # records; grows by reloading when a tree needs more
@@ -54,7 +58,7 @@ class BpfSelection:
     def fetch(self) -> Fetch:
         """The one-call program, a slot for each cgroup read one by one."""
         return Fetch(self.resolutions, self.local, self.plan.kfuncs, self.plan.flush,
-                     self.selection.record_size, programs.MAX_SINGLE_CGROUPS)
+                     self.selection.record_size, programs.MAX_FETCH_CGROUPS)
 
 
 class Link:
@@ -78,7 +82,7 @@ class Route:
     def __init__(self, target: Union[Slot, Link], cg: Cgroup, path_hash: int) -> None:
         self.target, self.id, self.relpath, self.path_hash = target, cg.id, cg.relpath, path_hash
         # the entry of a batched fetch that reads and checks this path
-        self.want: Optional[bytes] = FETCH_WANT.pack(target.index, 0, cg.id, path_hash) \
+        self.want: Optional[bytes] = FETCH_WANT.pack(cg.id, path_hash) \
             if isinstance(target, Slot) else None
 
 
@@ -155,6 +159,10 @@ class Links:
         self.by_key: Dict[Tuple[int, int], Link] = {}
         self.routes = Routes()
         self.roots: Dict[str, Cgroup] = {}     # canonical path -> the tree root it names
+        # close the links of removed cgroups (reap()): loaded with the first
+        # link where watch_removals is set (a reader's, not a pin's)
+        self.watch_removals = False
+        self.removals: Optional[Removals] = None
 
     def link(self, cg: Cgroup, order: int) -> Link:
         """The link reading cg in this order, made on first use."""
@@ -165,9 +173,25 @@ class Links:
         if known is not None:
             known.cgroup = cg  # the same cgroup, maybe renamed
             return known
+        if self.watch_removals and self.removals is None:
+            try:
+                self.removals = Removals()
+            except BpfUnavailable:
+                self.watch_removals = False  # links are then held until let go of
         link = Link(self.prog.attach(cg, order), cg, order)
         self.by_key[key] = link
         return link
+
+    def reap(self) -> None:
+        """Close the links of cgroups removed since the last call (all
+        links, if more were removed than the ring tells)."""
+        removals = self.removals
+        if removals is None or removals.words[0] == removals.seen:
+            return
+        gone = removals.since()
+        for link in list(self.by_key.values()):
+            if gone is None or link.cgroup.id in gone:
+                self.drop(link)
 
     def loaded(self, order: int) -> None:
         """Load the program that reads in this order, if it is not yet."""
@@ -196,10 +220,22 @@ class Links:
 
     def single(self, cg: Cgroup) -> Union[Slot, Link]:
         """What reads one cgroup: a fetch slot, else a SELF_ONLY link."""
-        if self.fetch is not None:
-            return self.fetch.stash(cg)
+        fetch = self.fetch
+        if fetch is not None:
+            slot = fetch.stash(cg)
+            if fetch.evicted:
+                self._forget_slots(fetch)
+            return slot
         self.evict(programs.ORDER_SELF_ONLY, programs.MAX_SINGLE_CGROUPS)
         return self.link(cg, programs.ORDER_SELF_ONLY)
+
+    def _forget_slots(self, fetch: Fetch) -> None:
+        """Forget the routes to the slots the fetch program let go of."""
+        gone = {id(slot) for slot in fetch.evicted}
+        fetch.evicted.clear()
+        routes = self.routes
+        for path in [p for p, r in routes.items() if id(r.target) in gone]:
+            del routes[path]
 
     def drop_single(self, target: Union[Slot, Link]) -> None:
         """Let go of what single() gave."""
@@ -235,6 +271,9 @@ class Links:
                 if fetch is not None:
                     fetch.destroy()
             self.fetch = self._retired = None
+            if self.removals is not None:
+                self.removals.destroy()
+                self.removals = None
         for link in list(self.by_key.values()):
             try:
                 os.close(link.fd)

@@ -28,14 +28,14 @@ class SingleReads:
         self.sessions = sessions
         self.selection = selection
         self.sel_path = sel_path   # what the trailer of a one-cgroup session must say
-        self.proofs = PathHashProofs(4 * programs.MAX_SINGLE_CGROUPS)
+        self.proofs = PathHashProofs(programs.MAX_FETCH_CGROUPS)
 
     def read_target(self, target: Union[Slot, Link]) -> Optional[Tuple[Any, ...]]:
         """The record tuple of one cgroup, or None when it was removed."""
         if isinstance(target, Slot):
             fetch = self.links.fetch
             assert fetch is not None  # a slot is only given while the fetch program serves
-            rc = fetch.lib.pmc_fetch_run(fetch.ptr, target.index)
+            rc = fetch.lib.pmc_fetch_run(fetch.ptr, target.id)
             if rc < 0:
                 raise ReadError(-rc, f"reading {target.cgroup.path} (BPF_PROG_RUN) failed: "
                                      f"{os.strerror(-rc)}")
