@@ -69,6 +69,7 @@ struct ctx {
 	int root_fd;			/* tree: the root directory */
 	struct pmc_prog *prog;
 	struct pmc_fetch *fetch;	/* single: NULL where memcg_fetch did not load */
+	unsigned long long fetch_id;	/* the cgroup stashed in it */
 	unsigned int record_size;
 	char *buf;
 	char *ovf;			/* tree: overflow records land here */
@@ -148,7 +149,7 @@ static void run_bpf(struct ctx *c)
 
 static void run_bpf_fetch(struct ctx *c)
 {
-	int err = pmc_fetch_run(c->fetch, 0);
+	int err = pmc_fetch_run(c->fetch, c->fetch_id);
 
 	if (err)
 		die("BPF_PROG_RUN of memcg_fetch", -err);
@@ -516,11 +517,9 @@ int main(int argc, char **argv)
 			}
 		}
 	} else {
-		unsigned long long id;
-
 		err = pmc_fetch_load(&cfg, 1, &c.fetch, log, sizeof(log));
 		if (!err)
-			err = pmc_fetch_stash(c.fetch, cg_fd, 0, &id);
+			err = pmc_fetch_stash(c.fetch, cg_fd, &c.fetch_id);
 		if (err) {
 			printf("skip method=bpf-fetch reason=%s\n", strerror(-err));
 			pmc_fetch_destroy(c.fetch);
