@@ -206,7 +206,7 @@ void pmc_prog_destroy(struct pmc_prog *prog)
 
 /* direct: read struct mem_cgroup with plain loads of the selected slots
  * (bpf_rdonly_cast, Linux 6.2+) instead of a probe-read copy of each whole
- * array: at 10,000 cgroups those copies were a third of the walk's time */
+ * array: on large trees those copies dominate the walk */
 static int prog_load(const struct pmc_config *cfg, bool direct, struct pmc_prog **out,
 		     char *log, size_t log_size)
 {
