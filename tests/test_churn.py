@@ -17,7 +17,7 @@ import pytest
 
 import pymemcg
 from pymemcg import programs
-from pymemcg.backends import bpf as bpf_mod, bpf_single, bpf_walk
+from pymemcg.backends import bpf as bpf_mod, bpf_links as bpf_links_mod, bpf_single, bpf_walk
 from pymemcg.cgroupfs import memory_mount
 from pymemcg._record_h import GONE_RING
 
@@ -543,3 +543,19 @@ def test_removed_cgroups_are_not_held(no_leaks, cgroups, how):
             return
     raise AssertionError(f"(count before the rmdirs, 1 s after) in each attempt: {seen}; "
                          f"expected (c, c - {n})")
+
+
+def test_a_reader_that_cannot_watch_removals_says_so(no_leaks, cgroups, monkeypatch):
+    """Where the removal watcher does not load, links of removed cgroups are
+    held until read again or closed: the Reader warns rather than hold them
+    silently, and still reads."""
+    monkeypatch.setattr(bpf_mod.BpfBackend, "_load_fetch", lambda self: None)
+
+    def refused() -> None:
+        raise pymemcg.BpfUnavailable("the removal watcher did not load (test)")
+
+    monkeypatch.setattr(bpf_links_mod, "Removals", refused)
+    path = cgroups.make("watched")
+    with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+        with pytest.warns(pymemcg.FallbackWarning, match="cannot watch cgroup removals"):
+            assert r.read(path).id == os.stat(path).st_ino

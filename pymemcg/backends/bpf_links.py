@@ -17,6 +17,7 @@ makes its one link here too (BpfSelection, Links).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from .. import programs, slots
@@ -176,8 +177,12 @@ class Links:
         if self.watch_removals and self.removals is None:
             try:
                 self.removals = Removals()
-            except BpfUnavailable:
-                self.watch_removals = False  # links are then held until let go of
+            except BpfUnavailable as e:
+                from ..reader import FallbackWarning
+                self.watch_removals = False
+                warnings.warn(f"pymemcg cannot watch cgroup removals here ({e}): the link of a "
+                              f"removed cgroup keeps it in the kernel until this Reader reads "
+                              f"that path again or closes", FallbackWarning, stacklevel=2)
         link = Link(self.prog.attach(cg, order), cg, order)
         self.by_key[key] = link
         return link
