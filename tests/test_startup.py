@@ -90,6 +90,27 @@ def test_a_reader_loads_each_program_when_first_used(no_leaks):
     assert loaded_programs() == before  # nothing left behind
 
 
+def test_a_reader_for_trees_never_loads_the_single_read_program(no_leaks):
+    """for_trees: the tree program loads when the Reader is made (so that a
+    Reader that cannot use BPF still fails then), the fetch program never;
+    a read() loads the path iterator program instead."""
+    own = own_memory_cgroup()
+    before = loaded_programs()
+    with pymemcg.Reader(stats=["anon", "usage"], backend="bpf", shared_pins=False,
+                        for_trees=True) as r:
+        started = added(loaded_programs(), before)
+        r.read_tree(own)
+        after_tree = added(loaded_programs(), before)
+        record = r.read(own)
+        r.read_many([own, own])
+        after_reads = added(loaded_programs(), before)
+        assert record.get("anon") is not None and "made for trees" in r.read_method
+    assert started == names(["pmc_memcg_iter"]), started
+    assert after_tree == names(["pmc_memcg_iter", "pmc_gone"]), after_tree
+    assert after_reads == names(["pmc_memcg_iter", "pmc_gone", "pmc_memcg_iter_"]), after_reads
+    assert loaded_programs() == before
+
+
 CHILD = """
 import sys
 import pymemcg
