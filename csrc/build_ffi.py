@@ -108,7 +108,8 @@ ffibuilder.set_source(
     "pymemcg._pymemcg",
     '#include "pmc_shim.h"\n',
     extra_compile_args=["-O2", "-Wall"],
-    extra_link_args=[f"-Wl,--version-script={os.path.join(build_config.HERE, 'extension.map')}"],
+    extra_link_args=[f"-Wl,--version-script={os.path.join(build_config.HERE, 'extension.map')}"]
+    + build_config.wrap_link_args(),
     **build_config.extension_inputs(),
 )
 

@@ -222,11 +222,13 @@ class MemcgInstrumentor:
             _log.warning("pymemcg: MemcgInstrumentor is already instrumented")
             return
         provider = kwargs.get("meter_provider")
-        self.reader = Reader(stats=self.stats_needed, backend=self.backend, flush=self.flush)
+        self.reader = Reader(stats=self.stats_needed, backend=self.backend, flush=self.flush,
+                             for_trees=True)
         try:
             if self.local_stats_needed:
                 self.local_reader = Reader(stats=self.local_stats_needed, local=True,
-                                           backend=self.backend, flush=self.flush)
+                                           backend=self.backend, flush=self.flush,
+                                           for_trees=True)
             key = id(provider)
             if key not in self._meters:
                 # an SDK keeps the first instrument of a name: on a provider seen

@@ -81,6 +81,8 @@ class BpfBackend:
         self.read_method = "iterator session"
         if singles:
             self._load_fetch()
+        else:
+            self.read_method = "iterator session (a Reader made for trees)"
         if self._fetch is None:
             # a program loads now, whatever is read first: without privileges,
             # or where the kernel refuses the programs, this is what fails,

@@ -255,7 +255,7 @@ def cmd_top(args: argparse.Namespace, out: TextIO) -> int:
     interactive = not args.batch and isatty(out) and isatty(sys.stdin)
     with stop_on_sigterm():
         try:
-            with open_reader(names, args.local, args.backend, args.flush) as reader:
+            with open_reader(names, args.local, args.backend, args.flush, for_trees=True) as reader:
                 view = TopView(reader, root, names, sort, args.interval, reverse=args.reverse)
                 if not interactive:
                     return _top_batch(view, out, args.iterations,
