@@ -25,7 +25,7 @@ from .. import forksafe
 from ..cgroupfs import path_list
 from ..decode import Record, Snapshot
 from ..errors import BpfUnavailable
-from ..programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, Fetch
+from ..programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, Fetch, Slot
 from .._record_h import READ_GONE, READ_OK, TRAILER_MAGIC
 from ..record_format import TRAILER
 from ..wire import selection_digest
@@ -141,13 +141,12 @@ class BpfBackend:
                 route = None
             if route is not None:
                 target = route.target
-                proof = route.proof
-                if proof is not None:
+                if isinstance(target, Slot):
                     # fast path: one bpf() call fills the slot's record, and
                     # the shim checks it: the route's cgroup, alive, and no
                     # cgroup renamed since the path was proven (else the
                     # kernel hashed the path, and the hash matched)
-                    rc = self._fetch_read(self._fetch_ptr, proof)
+                    rc = self._fetch_read(self._fetch_ptr, route.proof)
                     if rc == READ_OK:
                         target.used = True   # spared by the next eviction sweep
                         return Record(self.selection, self._unpack_record(self._fetch_record),
