@@ -117,7 +117,7 @@ test: develop
 SAN_DIR    := $(OUTPUT)/sanitize
 SAN_CFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 SAN_TESTS  ?= tests/test_parity.py tests/test_tree.py tests/test_read_many.py tests/test_pins.py \
-              tests/test_churn.py tests/test_errors.py
+              tests/test_churn.py tests/test_errors.py tests/test_renames.py
 SAN_EXT    := $(SAN_DIR)/pymemcg/_pymemcg.so
 SAN_REPORTS := $(abspath $(SAN_DIR))/reports
 .PHONY: test-sanitize

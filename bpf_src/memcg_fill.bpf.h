@@ -437,13 +437,20 @@ static __always_inline __u64 path_hash(struct pmc_tmp *tmp, struct pmc_name_cach
  * The record of one cgroup into rec: header, then every selected value
  * (each one written, so a reader never sees the previous cgroup's numbers);
  * tmp is where the kernel's arrays and names are read to on the way.
- * with_path: name_hash holds the path's hash (single reads) instead of the
- * name's (walks); names: a run's cache of name hashes for it, or NULL.
+ * hash_of: what name_hash holds, the cgroup's name's hash (walks), its
+ * path's (single reads), or 0 (a caller that proved the path otherwise);
+ * names: a run's cache of name hashes for the path's, or NULL.
  * flush: fold pending per-CPU updates in first (sleepable programs only).
  */
+enum pmc_hash_of {
+	PMC_HASH_NAME,
+	PMC_HASH_PATH,
+	PMC_HASH_NONE,
+};
+
 static __always_inline void fill_record(struct pmc_out *rec, struct pmc_tmp *tmp,
 					struct pmc_name_cache *names, struct cgroup *cgrp,
-					bool with_path, bool flush)
+					enum pmc_hash_of hash_of, bool flush)
 {
 	struct cgroup_subsys_state *css, *parent;
 
@@ -477,7 +484,12 @@ static __always_inline void fill_record(struct pmc_out *rec, struct pmc_tmp *tmp
 	/* The name last: its copy is a long helper call that the CPU cannot
 	 * run ahead of, so loads placed after it waited for it, and their cache
 	 * misses came one after another instead of overlapping. */
-	rec->hdr.name_hash = with_path ? path_hash(tmp, names, cgrp) : name_hash(tmp, cgrp->kn);
+	if (hash_of == PMC_HASH_PATH)
+		rec->hdr.name_hash = path_hash(tmp, names, cgrp);
+	else if (hash_of == PMC_HASH_NAME)
+		rec->hdr.name_hash = name_hash(tmp, cgrp->kn);
+	else
+		rec->hdr.name_hash = 0;
 }
 
 #endif /* PMC_MEMCG_FILL_BPF_H */

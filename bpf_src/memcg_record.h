@@ -20,7 +20,7 @@
 #ifndef PMC_MEMCG_RECORD_H
 #define PMC_MEMCG_RECORD_H
 
-#define PMC_FORMAT_VERSION	4
+#define PMC_FORMAT_VERSION	5
 #define PMC_MAX_STATS		128	/* one bit each in pmc_record.valid */
 #define PMC_SEQ_BUF_SIZE	32768	/* PAGE_SIZE << 3 in kernel/bpf/bpf_iter.c */
 #define PMC_TRAILER_MAGIC	0x31474d434d4d50ULL	/* "PMMCMG1" */
@@ -121,11 +121,20 @@ struct pmc_trailer {
 	unsigned long long visited;	/* records this walk produced in all */
 };
 
-/* BPF_PROG_RUN context of pmc_fetch (memcg_fetch.bpf.c): which stashed
- * cgroup to read, by id. The record comes back in the mmaped `out` map. */
+/* What pmc_fetch (memcg_fetch.bpf.c) reads next, in its .bss (the run
+ * takes no context): which stashed cgroup, by id, and whether to hash its
+ * path. The record comes back in the mmaped `out` map. */
 struct pmc_fetch_args {
 	unsigned long long cgroup_id;
+	unsigned long long path_hash;	/* with_path 0: the record's name_hash */
+	unsigned int with_path;		/* 0: the caller proved the path otherwise */
+	unsigned int pad;
 };
+
+/* What the loader's pmc_fetch_read (csrc/pmc_shim.h) says of a run */
+#define PMC_READ_OK		0	/* the route's cgroup, and its path names it still */
+#define PMC_READ_GONE		1	/* removed, or its slot let go of */
+#define PMC_READ_OTHER		2	/* another cgroup, or another path */
 
 /* BPF_PROG_RUN context of pmc_fetch_many: the stashed cgroups to read, in
  * order, each with what the reader proved its path to name. Record i (for

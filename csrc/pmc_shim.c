@@ -497,6 +497,8 @@ struct pmc_fetch {
 	size_t record_map_size;
 	void *batch;			/* mmap of the batch map: pmc_fetch_many's records */
 	size_t batch_map_size;
+	struct pmc_fetch_args *args;	/* in the mmaped .bss: what pmc_fetch reads */
+	const volatile unsigned long long *renames;	/* in the mmaped .bss: pmc_rename's count */
 	int prog_fd;
 	int many_fd;
 	unsigned int nr_slots;		/* cgroups the slots map holds at most */
@@ -565,6 +567,21 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 		err = -errno;
 		goto fail;
 	}
+	/* renames are counted from here on: a path proven from now is proven
+	 * at the count it reads then */
+	skel->links.pmc_rename = bpf_program__attach(skel->progs.pmc_rename);
+	if (!skel->links.pmc_rename) {
+		err = -errno;
+		goto fail;
+	}
+	if (!skel->bss) {
+		/* the skeleton maps .bss where the kernel can (5.5+): always
+		 * where this object loads */
+		err = -ENOTSUP;
+		goto fail;
+	}
+	fetch->args = &skel->bss->fetch_args;
+	fetch->renames = &skel->bss->renames;
 	fetch->prog_fd = bpf_program__fd(skel->progs.pmc_fetch);
 	fetch->record_map_size = (bpf_map__value_size(skel->maps.out) + page - 1) / page * page;
 	err = map_readonly(skel->maps.out, fetch->record_map_size, &fetch->record);
@@ -686,14 +703,51 @@ int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned long long cgroup_id)
 	return 0;
 }
 
-int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id)
+/* One run of pmc_fetch on what fetch->args says: no context to copy. */
+static int fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id,
+		     unsigned long long path_hash, int with_path)
 {
-	struct pmc_fetch_args args = { .cgroup_id = cgroup_id };
-	LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &args, .ctx_size_in = sizeof(args));
+	LIBBPF_OPTS(bpf_test_run_opts, opts);
 
+	fetch->args->cgroup_id = cgroup_id;
+	fetch->args->path_hash = path_hash;
+	fetch->args->with_path = with_path;
 	if (bpf_prog_test_run_opts(fetch->prog_fd, &opts))
 		return -errno;
 	return opts.retval ? -EINVAL : 0;
+}
+
+int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id)
+{
+	return fetch_run(fetch, cgroup_id, 0, 1);
+}
+
+unsigned long long pmc_fetch_renames(const struct pmc_fetch *fetch)
+{
+	return __atomic_load_n(fetch->renames, __ATOMIC_ACQUIRE);
+}
+
+int pmc_fetch_read(struct pmc_fetch *fetch, struct pmc_fetch_route *route)
+{
+	const struct pmc_record *rec = fetch->record;
+	/* read before the run: a rename counted after this read had not shown
+	 * its new name to any lookup when the count was read */
+	unsigned long long now = __atomic_load_n(fetch->renames, __ATOMIC_ACQUIRE);
+	int proven = now == route->renames, err;
+
+	err = fetch_run(fetch, route->cgroup_id, route->path_hash, !proven);
+	if (err)
+		return err;
+	if (rec->flags & PMC_REC_GONE)
+		return PMC_READ_GONE;
+	if (rec->cgroup_id != route->cgroup_id)
+		return PMC_READ_OTHER;
+	if (proven)
+		return PMC_READ_OK;	/* alive, and no rename since the proof */
+	if (rec->name_hash != route->path_hash)
+		return PMC_READ_OTHER;
+	route->renames = now;	/* proven again, at this count */
+	return PMC_READ_OK;
 }
 
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch)

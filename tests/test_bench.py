@@ -100,8 +100,10 @@ def test_bench_smoke_run(bpf_ok, cgroups, tmp_path):
         # with the same valid stats as Reader.read (measure_single checks)
         assert set(r.py) == {"bpf", "pread", "pread+parse"}
         assert {"stat-seek", "stat-pread", "bpf"} <= set(r.c)
-        if reader.read_method.startswith("BPF_PROG_RUN"):
-            assert "bpf-fetch" in r.c  # the C side measures Reader.read's path too
+        one_call = reader.read_method.startswith("BPF_PROG_RUN")
+        if one_call:
+            # the C side measures Reader.read's path too, and the run that hashes
+            assert {"bpf-fetch", "bpf-fetch-hash"} <= set(r.c)
         assert all(c.count == 400 for c in list(r.py.values()) + list(r.c.values()))
         # both methods, same numbers, on an idle tree (the tree part does it too)
         trees = [measure.measure_tree(n, made, reader, cbench, 40, 1) for n in (1, 25)]
@@ -117,6 +119,18 @@ def test_bench_smoke_run(bpf_ok, cgroups, tmp_path):
             assert measure.compare_with_text(reader.read_tree(tree_root), tree_root) > 25
         finally:
             assert not made_cgroups.remove_tree(tree_root)
+        # the single-read goals of this run: Reader.read against Python's
+        # pread + parse and against C's read by Reader.read's own method
+        api = r.py["bpf"].per_op
+        c_read = r.c["bpf-fetch" if one_call else "bpf"].per_op
+        by_text = {g.text: g for g in report.goals(single, [])}
+        vs_parse = by_text[f"leaf: `Reader.read` ≥ {report.GOAL_API_VS_PARSE:.0f}× faster than "
+                           f"Python pread + parse"]
+        assert report.GOAL_API_VS_PARSE == 10.0
+        assert vs_parse.score == pytest.approx(r.py["pread+parse"].per_op / api / 10.0)
+        vs_c = by_text["leaf: `Reader.read` within 2× of C's " +
+                       ("one-call read (`BPF_PROG_RUN`)" if one_call else "iterator session")]
+        assert vs_c.score == pytest.approx(2.0 * c_read / api)
         split = measure.split_read(reader, leaf, 200, 2)
         assert set(split) == {"call", "call+unpack", "Reader.read"}
         method = reader.read_method

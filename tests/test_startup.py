@@ -76,11 +76,13 @@ def test_a_reader_loads_each_program_when_first_used(no_leaks):
         after_tree = added(loaded_programs(), before)
         r.read_many([own, own])
         after_many = added(loaded_programs(), before)
-    # single reads: the fetch program (6.4+, with its tracepoint program
-    # that lets go of removed cgroups), else the path iterator program;
+    # single reads: the fetch program (6.4+, with its tracepoint programs
+    # that let go of removed cgroups and count renames), else the path
+    # iterator program;
     # the first link (a tree's, or a single read's without the fetch
     # program) brings the watcher of removed cgroups (pmc_gone)
-    single = ("pmc_stash", "pmc_fetch", "pmc_rmdir") if one_call else ("pmc_memcg_iter_",)
+    single = ("pmc_stash", "pmc_fetch", "pmc_rmdir", "pmc_rename") if one_call \
+        else ("pmc_memcg_iter_",)
     assert started == names(single), started
     assert after_read == names(single, [] if one_call else ["pmc_gone"]), after_read
     assert after_tree == names(single, ["pmc_memcg_iter", "pmc_gone"]), after_tree
