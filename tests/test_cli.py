@@ -320,7 +320,12 @@ def test_watch_stops_cleanly(bpf_ok, sig):
         assert links_of(proc.pid), "watch reads through a link of its own"
     finally:
         proc.send_signal(getattr(signal, sig))
-        out, err = proc.communicate(timeout=30)
+        # the rest through the same buffered reader: readline() may have
+        # buffered more than its line, which communicate() (reading the
+        # fd itself) would skip, starting mid-line
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        proc.wait(timeout=30)
     assert proc.returncode == 0, err
     assert err == ""
     for line in out.splitlines():  # whole lines only
