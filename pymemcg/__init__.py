@@ -12,7 +12,7 @@ happens at import time: the BPF program loads when a Reader is made.
 """
 
 from .catalog import DEFAULT_STATS
-from .decode import Record, Snapshot
+from .decode import MAX, Record, Snapshot
 from .errors import (BadInterval, BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
                      FlushUnavailable, InvalidArgument, InvalidPin, ListenError,
                      MalformedData, MalformedName, NoBtf,
@@ -28,7 +28,7 @@ from .parity import verify  # the proof of exact on this host (`pymemcg verify`)
 from ._version import __version__
 
 __all__ = [
-    "Reader", "Record", "Snapshot", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
+    "Reader", "Record", "Snapshot", "MAX", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
     "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "ExtensionMissing", "FlushUnavailable",
     "InvalidArgument", "MalformedData", "MalformedName", "NoBtf",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",

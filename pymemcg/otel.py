@@ -53,6 +53,7 @@ import time
 from typing import (Any, Callable, Collection, Dict, Iterable, List, Optional, Sequence, Set,
                     Tuple, cast)
 
+from .decode import Value
 from .errors import Error, OpenTelemetryMissing
 
 
@@ -126,10 +127,10 @@ class _Frame:
                  local_stats: Sequence[str]) -> None:
         self.snap, self.shape = snap, shape
         self._local = local_columns(snap, local_snap, local_stats)
-        self._columns: Dict[Tuple[str, bool], Sequence[Optional[int]]] = {}
-        self._values: Dict[str, List[List[Tuple[Tuple[str, ...], int]]]] = {}
+        self._columns: Dict[Tuple[str, bool], Sequence[Optional[Value]]] = {}
+        self._values: Dict[str, List[List[Tuple[Tuple[str, ...], Value]]]] = {}
 
-    def column(self, stat: str, cadvisor: bool) -> Sequence[Optional[int]]:
+    def column(self, stat: str, cadvisor: bool) -> Sequence[Optional[Value]]:
         """stat (or local(stat)) of each observed record: of cAdvisor's rows
         when `cadvisor`, else of every record with a path."""
         key = (stat, cadvisor)
@@ -140,7 +141,7 @@ class _Frame:
                 full, self.shape.cadvisor_rows if cadvisor else self.shape.rows)
         return col
 
-    def values(self, metric: CadvisorMetric) -> List[List[Tuple[Tuple[str, ...], int]]]:
+    def values(self, metric: CadvisorMetric) -> List[List[Tuple[Tuple[str, ...], Value]]]:
         """metric.values() of each of cAdvisor's rows. It is a function of the
         stats it needs: computed once per distinct input (idle cgroups,
         unset limits and zero counts share theirs)."""
@@ -148,7 +149,7 @@ class _Frame:
         if out is None:
             needs = metric_inputs(metric)
             keys = list(zip(*[self.column(s, True) for s in needs]))
-            distinct: Dict[Tuple[Optional[int], ...], List[Tuple[Tuple[str, ...], int]]] = {}
+            distinct: Dict[Tuple[Optional[Value], ...], List[Tuple[Tuple[str, ...], Value]]] = {}
             for k in keys:
                 if k not in distinct:
                     distinct[k] = metric.values(dict(zip(needs, k)).get)
