@@ -20,7 +20,8 @@ COUNTER = "counter"    # a struct page_counter field
 FIELD = "field"        # a scalar field of struct mem_cgroup or struct cgroup
 
 BYTES = "bytes"
-COUNT = "count"
+COUNT = "count"    # cumulative: a counter
+NUMBER = "number"  # a count or a 0/1 setting as it is now: a gauge
 
 
 @dataclass(frozen=True)
@@ -179,13 +180,13 @@ _STATS = [
     _tunable("swap_high", COUNTER, "SWAP_HIGH", "swap throttling limit (memory.swap.high)", 2),
     _tunable("zswap_max", FIELD, "ZSWAP_MAX", "zswap limit (memory.zswap.max)", 2),
     _tunable("soft_limit", FIELD, "SOFT_LIMIT", "soft limit (v1 memory.soft_limit_in_bytes)", 1),
-    Stat("oom_group", FIELD, "OOM_GROUP", COUNT, "1 if the OOM killer kills the cgroup as a "
+    Stat("oom_group", FIELD, "OOM_GROUP", NUMBER, "1 if the OOM killer kills the cgroup as a "
          "whole (memory.oom.group), else 0", cgroup_version=2),
     _memevent("sock_throttled", "MEMCG_SOCK_THROTTLED",
               "socket memory throttles (memory.events sock_throttled; Linux 6.19+)"),
-    Stat("nr_descendants", FIELD, "NR_DESCENDANTS", COUNT,
+    Stat("nr_descendants", FIELD, "NR_DESCENDANTS", NUMBER,
          "live descendant cgroups (cgroup.stat nr_descendants)"),
-    Stat("nr_dying_descendants", FIELD, "NR_DYING_DESCENDANTS", COUNT,
+    Stat("nr_dying_descendants", FIELD, "NR_DYING_DESCENDANTS", NUMBER,
          "removed descendant cgroups not yet freed (cgroup.stat nr_dying_descendants)"),
     # the same kernel item as "zswap", printed by its own file
     Stat("zswap_current", STATE, "MEMCG_ZSWAP_B", BYTES,

@@ -53,7 +53,7 @@ import time
 from typing import (Any, Callable, Collection, Dict, Iterable, List, Optional, Sequence, Set,
                     Tuple, cast)
 
-from .decode import Value
+from .decode import MAX, Value
 from .errors import Error, OpenTelemetryMissing
 
 
@@ -283,6 +283,9 @@ class MemcgInstrumentor:
             if stat.unit == catalog.COUNT:
                 meter.create_observable_counter(f"memcg.{name}", [callback], unit="{count}",
                                                 description=description)
+            elif stat.unit == catalog.NUMBER:
+                meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="1",
+                                                        description=description)
             else:
                 meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="By",
                                                         description=description)
@@ -365,6 +368,7 @@ def _one_value(metric: Optional[CadvisorMetric], frame: _Frame) -> List[Observat
 
 
 def _raw(frame: _Frame, stat: str) -> List[Observation]:
-    """A raw stat of every cgroup read."""
+    """A raw stat of every cgroup read (a limit not set, MAX, has no value to
+    observe: left out, as container.memory.available is)."""
     return [Observation(v, a) for v, a in zip(frame.column(stat, False), frame.shape.attributes)
-            if v is not None]
+            if v is not None and v is not MAX]
