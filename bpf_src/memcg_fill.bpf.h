@@ -130,6 +130,12 @@ static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which,
 	return 0;
 }
 
+/* The compiler may not move what uses var above this point: a field's
+ * address computed from it stays behind the field's existence check
+ * (hoisted out of the record's loop, a missing field's failed relocation
+ * would run unconditionally and the program would not load). */
+#define PMC_OPAQUE(var) asm volatile("" : "+r"(var))
+
 /*
  * A scalar field of the memcg or of its cgroup (enum pmc_field), where this
  * kernel's BTF has it: soft_limit is gone where CONFIG_MEMCG_V1 is off,
@@ -144,16 +150,19 @@ static __always_inline __u64 read_field(struct cgroup *cgrp, struct mem_cgroup *
 	case PMC_FIELD_SOFT_LIMIT:
 		if (!bpf_core_field_exists(memcg->soft_limit))
 			return 0;
+		PMC_OPAQUE(memcg);
 		return read_u64(__builtin_preserve_access_index(&memcg->soft_limit), ok, direct);
 	case PMC_FIELD_ZSWAP_MAX:
 		if (!bpf_core_field_exists(memcg->zswap_max))
 			return 0;
+		PMC_OPAQUE(memcg);
 		return read_u64(__builtin_preserve_access_index(&memcg->zswap_max), ok, direct);
 	case PMC_FIELD_OOM_GROUP: {
 		bool group = false;
 
 		if (!bpf_core_field_exists(memcg->oom_group))
 			return 0;
+		PMC_OPAQUE(memcg);
 		if (direct) {
 			*ok = true;
 			return memcg->oom_group;
@@ -165,11 +174,13 @@ static __always_inline __u64 read_field(struct cgroup *cgrp, struct mem_cgroup *
 	case PMC_FIELD_NR_DESCENDANTS:
 		if (!bpf_core_field_exists(cgrp->nr_descendants))
 			return 0;
+		PMC_OPAQUE(cgrp);
 		*ok = true;
 		return (__u32)cgrp->nr_descendants;
 	case PMC_FIELD_NR_DYING_DESCENDANTS:
 		if (!bpf_core_field_exists(cgrp->nr_dying_descendants))
 			return 0;
+		PMC_OPAQUE(cgrp);
 		*ok = true;
 		return (__u32)cgrp->nr_dying_descendants;
 	}
