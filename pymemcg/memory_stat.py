@@ -155,15 +155,15 @@ def text_availability(name: str, version: int, local: bool,
     keys: what memory.stat prints on this kernel (printed_keys())."""
     stat = catalog.STATS[name]
     files = number_files(version)
+    if name in CGROUP_STAT_KEYS.values():
+        return (True, "cgroup.stat") if version == 2 else \
+            (False, "no cgroup v1 file (cgroup.stat is cgroup v2's)")
     if name in files:
         if local and name in HIERARCHICAL_FILES:
             return False, f"{files[name]} prints hierarchical values only"
         return True, files[name]
-    if stat.kind in (COUNTER, FIELD) and name not in CGROUP_STAT_KEYS.values():
+    if stat.kind in (COUNTER, FIELD):
         return False, f"no cgroup v{version} file"
-    if name in CGROUP_STAT_KEYS.values():
-        return (True, "cgroup.stat") if version == 2 else \
-            (False, "no cgroup v1 file (cgroup.stat is cgroup v2's)")
     if stat.kind == MEMEVENT:
         if version == 1:
             ok = name == "oom_kill" and not local
