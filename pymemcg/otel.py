@@ -26,9 +26,11 @@ cAdvisor would export:
   pgmajfault), from cAdvisor's container_memory_failures_total of scope
   "container", as the conventions derive it;
 
-and, for every cgroup read, memcg.<stat> for each selected raw stat: sizes
-as observable UpDownCounters in By, cumulative counts as observable
-Counters in {count}.
+and, for every cgroup read, memcg.<stat> for each raw stat asked for
+(`stats`, none by default): sizes as observable UpDownCounters in By,
+cumulative counts as observable Counters in {count}. The default is the
+semantic conventions' instruments alone because the SDK's cost is per
+data point (docs/otel.md): each memcg.<stat> adds one point per cgroup.
 
 Attributes: cgroup.path, the path relative to the hierarchy's root ("/",
 "/system.slice/foo.service") as text (pymemcg.names.escape: valid UTF-8,
@@ -162,14 +164,16 @@ class MemcgInstrumentor:
 
     root: the cgroup directory whose subtree is observed (default: the
     memory hierarchy's mountpoint). stats: the raw stats observed as
-    memcg.<stat> (default pymemcg.DEFAULT_STATS). interval: the least time
+    memcg.<stat> (default none: the container.* instruments alone;
+    e.g. pymemcg.DEFAULT_STATS for the stats a Reader reads by default).
+    interval: the least time
     in seconds between two reads of the tree (0: every collection reads;
     not finite seconds >= 0: BadInterval).
     backend, flush: as for pymemcg.Reader. The Reader is made (the BPF
     program loaded) by instrument() and closed by uninstrument().
     """
 
-    def __init__(self, root: Optional[str] = None, stats: Sequence[str] = catalog.DEFAULT_STATS,
+    def __init__(self, root: Optional[str] = None, stats: Sequence[str] = (),
                  interval: float = 0.0, *, backend: str = "auto", flush: bool = False) -> None:
         mount = memory_mount()
         if mount is None:

@@ -194,9 +194,13 @@ def test_bench_embedding_smoke_run(bpf_ok, cgroups):
     assert set(r.costs) == {f"{m}/{b}" for m, _ in exporter.EMBED_METHODS
                             for b in ("bpf", "text")}
     assert all(c["cpu"] > 0 for c in r.costs.values())
-    # every default instrument observed every cgroup (v1's text backend lacks two stats)
-    assert r.points["bpf"] >= 25 * 18 and r.points["text"] > 25 * 10
-    assert 0 < r.otel_ours["bpf"] < r.costs["otel/bpf"]["cpu"]
+    # every instrument observed every cgroup: the default's five container.*
+    # points (no limit: no container.memory.available), and with memcg.* the
+    # default stats too (v1's text backend lacks two of them)
+    assert r.points["otel/bpf"] >= 25 * 5 and r.points["otel/text"] >= 25 * 5
+    assert r.points["otel-memcg/bpf"] >= 25 * 18 and r.points["otel-memcg/text"] > 25 * 10
+    for key in ("otel/bpf", "otel/text", "otel-memcg/bpf", "otel-memcg/text"):
+        assert 0 < r.otel_ours[key] < r.costs[key]["cpu"]
     text = "\n".join(exporter.report_part5([], None, None, {}, 1, r))
     assert "### Embedding in a daemon" in text and "| SDK per data point |" in text
     assert "`pymemcg.prometheus.generate_latest`" in text
