@@ -19,6 +19,7 @@ RawRecord = Tuple[int, ...]
 
 from ._record_h import MAX_STATS, REC_NO_MEMCG
 from .catalog import TUNABLES
+from .memory_stat import PAGE_COUNTER_MAX_BYTES
 from .containers import CgroupIdentity, identify
 from .errors import MalformedData, StatUnavailable, UnknownStat, quoted
 from .record_format import (FLAGS_AT, HASH_AT, ID_AT, ID_WORD, LEVEL_AT, PARENT_AT, VALID_AT,
@@ -54,16 +55,10 @@ MAX = Max()
 Value = Union[int, float]
 
 
-def _page_counter_max_bytes() -> int:
-    import os
-    page = os.sysconf("SC_PAGE_SIZE")
-    return (2**63 - 1) // page * page
-
-
 #: PAGE_COUNTER_MAX pages in bytes: what a record holds for "max" (BPF reads
 #: the kernel's page count times the page size; the text backend parses
 #: "max" to it), and what a v1 limit file prints for no limit
-RAW_MAX = _page_counter_max_bytes()
+RAW_MAX = PAGE_COUNTER_MAX_BYTES
 
 
 def unlimited(value: int) -> Value:
