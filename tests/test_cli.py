@@ -663,11 +663,15 @@ def test_snapshot_writes_a_limit_not_set_as_max(bpf_ok, mount, cgroups):
     fname = "memory.limit_in_bytes" if mount.version == 1 else "memory.max"
     with open(os.path.join(child, fname), "w") as f:
         f.write(str(64 << 20))
-    for fmt in ("json", "table"):
+    for fmt in ("json", "table", "csv"):
         r = run_cli("snapshot", cgroups.base, "--format", fmt, "--stats", "limit,nr_descendants")
         assert r.returncode == 0, r.stderr
         if fmt == "table":
             assert " max " in r.stdout + " " and "64.0 MiB" in r.stdout
+            continue
+        if fmt == "csv":
+            rows = [line.split(",") for line in r.stdout.splitlines()]
+            assert rows[1][-2:] == ["max", "1"] and rows[2][-2] == str(64 << 20)
             continue
         rows = json.loads(r.stdout)["cgroups"]
         assert rows[0]["stats"] == {"limit": "max", "nr_descendants": 1}

@@ -148,10 +148,11 @@ def snapshot_json(snap: Snapshot, names: Sequence[str], backend: str, version: i
 
 
 def write_csv(out: TextIO, snap: Snapshot, names: Sequence[str]) -> None:
-    """Header, then id, path, level and exact integers (empty where unavailable)."""
+    """Header, then id, path, level and exact integers (empty where
+    unavailable, "max" for a limit not set)."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["id", "parent_id", "path", "level"] + list(names))
     for rec in snap.records:
         values = rec.as_dict()
         w.writerow([rec.id, rec.parent_id, path_text(rec.path) or "", rec.level]
-                   + ["" if values[n] is None else values[n] for n in names])
+                   + ["" if values[n] is None else json_value(values[n]) for n in names])
