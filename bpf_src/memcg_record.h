@@ -38,6 +38,9 @@ enum pmc_stat_kind {
 	PMC_KIND_EVENT,		/* memcg_vmstats.events[slot] / events_local[slot] */
 	PMC_KIND_MEMEVENT,	/* mem_cgroup.memory_events[slot] / _local[slot] */
 	PMC_KIND_COUNTER,	/* a page_counter field, slot is enum pmc_counter */
+	/* --- limits and cgroup.stat: appended --- */
+	PMC_KIND_FIELD,		/* a scalar field of struct mem_cgroup or struct
+				 * cgroup, slot is enum pmc_field */
 };
 
 /* pmc_stat_spec.slot when kind == PMC_KIND_COUNTER */
@@ -50,6 +53,22 @@ enum pmc_counter {
 	PMC_CTR_SWAP_PEAK,
 	PMC_CTR_SWAP_MAX,
 	PMC_CTR_SWAP_FAILCNT,
+	/* --- protections and limits (memory.min/low/high, memory.swap.high):
+	 * appended --- */
+	PMC_CTR_MEMORY_MIN,
+	PMC_CTR_MEMORY_LOW,
+	PMC_CTR_MEMORY_HIGH,
+	PMC_CTR_SWAP_HIGH,
+};
+
+/* pmc_stat_spec.slot when kind == PMC_KIND_FIELD; each read only where the
+ * kernel's BTF has the field (bpf_core_field_exists), else unavailable */
+enum pmc_field {
+	PMC_FIELD_SOFT_LIMIT = 0,	/* mem_cgroup.soft_limit, pages (v1) */
+	PMC_FIELD_ZSWAP_MAX,		/* mem_cgroup.zswap_max, pages */
+	PMC_FIELD_OOM_GROUP,		/* mem_cgroup.oom_group, bool */
+	PMC_FIELD_NR_DESCENDANTS,	/* cgroup.nr_descendants, int */
+	PMC_FIELD_NR_DYING_DESCENDANTS,	/* cgroup.nr_dying_descendants, int */
 };
 
 /* pmc_stat_spec.flags */

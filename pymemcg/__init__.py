@@ -12,7 +12,7 @@ happens at import time: the BPF program loads when a Reader is made.
 """
 
 from .catalog import DEFAULT_STATS
-from .decode import Record, Snapshot
+from .decode import MAX, Record, Snapshot
 from .errors import (BadInterval, BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
                      FlushUnavailable, InvalidArgument, InvalidPin, ListenError,
                      MalformedData, MalformedName, NoBtf,
@@ -39,7 +39,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "Reader", "Record", "Snapshot", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
+    "Reader", "Record", "Snapshot", "MAX", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
     "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "ExtensionMissing", "FlushUnavailable",
     "InvalidArgument", "MalformedData", "MalformedName", "NoBtf",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",

@@ -36,6 +36,11 @@ RFC_KFUNCS = ("memcg_stat_fetch", "memcg_node_stat_fetch", "memcg_vm_event_fetch
 #: the kernel's static item lists (mm/memcontrol.c), in kallsyms with CONFIG_KALLSYMS_ALL
 KALLSYMS_TABLES = ("memcg_node_stat_items", "memcg_stat_items", "memcg_vm_event_stat")
 
+#: the scalar fields the FIELD stats read ("struct.member"): which of them a
+#: kernel's BTF has is a fact (KernelFacts.fields)
+FIELD_FACTS = ("mem_cgroup.soft_limit", "mem_cgroup.zswap_max", "mem_cgroup.oom_group",
+               "cgroup.nr_descendants", "cgroup.nr_dying_descendants")
+
 #: set to 0 to resolve without the kernel's kallsyms lists (built-in tables alone)
 KALLSYMS_ENV = "PYMEMCG_KALLSYMS"
 
@@ -55,6 +60,8 @@ class KernelFacts:
     # the kernel's own lists (kallsyms), as enum values in slot order
     kallsyms_state: Optional[Tuple[int, ...]] = None
     kallsyms_events: Optional[Tuple[int, ...]] = None
+    # which of FIELD_FACTS BTF has ("mem_cgroup.zswap_max"); None: not captured
+    fields: Optional[FrozenSet[str]] = None
 
     def value(self, name: str) -> Optional[int]:
         for values in self.enums.values():
@@ -110,6 +117,8 @@ def read_btf_facts(release: str, path: Optional[str] = None) -> KernelFacts:
 
         kfuncs = frozenset(f for f in MEMCG_KFUNCS + RFC_KFUNCS
                            if lib.pmc_btf_has_func(btf, f.encode()))
+        fields = frozenset(f for f in FIELD_FACTS
+                           if lib.pmc_btf_member_size(btf, *(p.encode() for p in f.split("."))) >= 0)
         return KernelFacts(
             release=release,
             enums=enums,
@@ -119,6 +128,7 @@ def read_btf_facts(release: str, path: Optional[str] = None) -> KernelFacts:
             state_local_len=array_len("memcg_vmstats", "state_local"),
             events_local_len=array_len("memcg_vmstats", "events_local"),
             kfuncs=kfuncs,
+            fields=fields,
         )
     finally:
         lib.pmc_btf_close(btf)
@@ -192,6 +202,8 @@ def kernel_facts() -> KernelFacts:
 def facts_to_json(facts: KernelFacts) -> Dict[str, Any]:
     doc = dataclasses.asdict(facts)
     doc["kfuncs"] = sorted(facts.kfuncs)
+    if facts.fields is not None:
+        doc["fields"] = sorted(facts.fields)
     return doc
 
 
@@ -199,6 +211,8 @@ def facts_from_json(doc: Mapping[str, Any]) -> KernelFacts:
     fields = {f.name for f in dataclasses.fields(KernelFacts)}
     kw = {k: v for k, v in doc.items() if k in fields}
     kw["kfuncs"] = frozenset(kw.get("kfuncs", ()))
+    if kw.get("fields") is not None:
+        kw["fields"] = frozenset(kw["fields"])
     for k in ("kallsyms_state", "kallsyms_events"):
         if kw.get(k) is not None:
             kw[k] = tuple(kw[k])

@@ -55,6 +55,7 @@ import time
 from typing import (Any, Callable, Collection, Dict, Iterable, List, Optional, Sequence, Set,
                     Tuple, cast)
 
+from .decode import MAX, Value
 from .errors import Error, OpenTelemetryMissing
 
 
@@ -128,10 +129,10 @@ class _Frame:
                  local_stats: Sequence[str]) -> None:
         self.snap, self.shape = snap, shape
         self._local = local_columns(snap, local_snap, local_stats)
-        self._columns: Dict[Tuple[str, bool], Sequence[Optional[int]]] = {}
-        self._values: Dict[str, List[List[Tuple[Tuple[str, ...], int]]]] = {}
+        self._columns: Dict[Tuple[str, bool], Sequence[Optional[Value]]] = {}
+        self._values: Dict[str, List[List[Tuple[Tuple[str, ...], Value]]]] = {}
 
-    def column(self, stat: str, cadvisor: bool) -> Sequence[Optional[int]]:
+    def column(self, stat: str, cadvisor: bool) -> Sequence[Optional[Value]]:
         """stat (or local(stat)) of each observed record: of cAdvisor's rows
         when `cadvisor`, else of every record with a path."""
         key = (stat, cadvisor)
@@ -142,7 +143,7 @@ class _Frame:
                 full, self.shape.cadvisor_rows if cadvisor else self.shape.rows)
         return col
 
-    def values(self, metric: CadvisorMetric) -> List[List[Tuple[Tuple[str, ...], int]]]:
+    def values(self, metric: CadvisorMetric) -> List[List[Tuple[Tuple[str, ...], Value]]]:
         """metric.values() of each of cAdvisor's rows. It is a function of the
         stats it needs: computed once per distinct input (idle cgroups,
         unset limits and zero counts share theirs)."""
@@ -150,7 +151,7 @@ class _Frame:
         if out is None:
             needs = metric_inputs(metric)
             keys = list(zip(*[self.column(s, True) for s in needs]))
-            distinct: Dict[Tuple[Optional[int], ...], List[Tuple[Tuple[str, ...], int]]] = {}
+            distinct: Dict[Tuple[Optional[Value], ...], List[Tuple[Tuple[str, ...], Value]]] = {}
             for k in keys:
                 if k not in distinct:
                     distinct[k] = metric.values(dict(zip(needs, k)).get)
@@ -288,6 +289,9 @@ class MemcgInstrumentor:
             if stat.unit == catalog.COUNT:
                 meter.create_observable_counter(f"memcg.{name}", [callback], unit="{count}",
                                                 description=description)
+            elif stat.unit == catalog.NUMBER:
+                meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="1",
+                                                        description=description)
             else:
                 meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="By",
                                                         description=description)
@@ -370,6 +374,7 @@ def _one_value(metric: Optional[CadvisorMetric], frame: _Frame) -> List[Observat
 
 
 def _raw(frame: _Frame, stat: str) -> List[Observation]:
-    """A raw stat of every cgroup read."""
+    """A raw stat of every cgroup read (a limit not set, MAX, has no value to
+    observe: left out, as container.memory.available is)."""
     return [Observation(v, a) for v, a in zip(frame.column(stat, False), frame.shape.attributes)
-            if v is not None]
+            if v is not None and v is not MAX]

@@ -194,7 +194,8 @@ class MemcgCollector:
     def _raw_family(self, name: str) -> Tuple[str, str]:
         stat = catalog.STATS[name]
         counter = stat.unit == catalog.COUNT
-        help_text = f"{stat.meaning} ({'a count' if counter else 'bytes'}; pymemcg stat " \
+        unit = {catalog.COUNT: "a count", catalog.NUMBER: "a number"}.get(stat.unit, "bytes")
+        help_text = f"{stat.meaning} ({unit}; pymemcg stat " \
                     f"{name}{', local' if self.local else ''})"
         return (COUNTER if counter else GAUGE), help_text
 

@@ -152,6 +152,8 @@ def test_a_changed_tree_is_observed_as_it_is_now(bpf_ok, cgroups, provider):
         second = collect(reader)
         assert set(paths(second, "memcg.usage")) == {rel(cgroups.base), rel(a), rel(c)}
         assert paths(second, "memcg.limit")[rel(c)] == LIMIT
+        # a limit not set (pymemcg.MAX) has no value to observe, as for available
+        assert set(paths(second, "memcg.limit")) == {rel(c)}
         assert set(paths(second, "container.memory.available")) == {rel(c)}
         third = collect(reader)           # the same shape again: the kept attributes
         assert paths(third, "memcg.limit") == paths(second, "memcg.limit")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from .. import catalog
+from ..decode import Value
 from ..errors import UnknownStat
 from ..reader import Reader
 from .format import (Style, colour_wanted, display_path, format_rate, format_value, isatty,
@@ -53,7 +54,7 @@ class TopView:
         self.rows: List[TopRow] = []
         self.refreshes = 0
         self.taken_at = 0.0           # wall clock of the last refresh
-        self._prev: Dict[int, Dict[str, Optional[int]]] = {}
+        self._prev: Dict[int, Dict[str, Optional[Value]]] = {}
         self._prev_t: Optional[float] = None
 
     def refresh(self) -> None:
