@@ -711,6 +711,20 @@ unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch)
 	return fetch->batch_stride;
 }
 
+int pmc_fetch_batch_copy(const struct pmc_fetch *fetch, void *dst, unsigned int n,
+			 unsigned int size)
+{
+	const char *src = fetch->batch;
+	char *out = dst;
+	unsigned int i;
+
+	if (n > fetch->batch_capacity || size > fetch->batch_stride)
+		return -EINVAL;
+	for (i = 0; i < n; i++)
+		memcpy(out + (size_t)i * size, src + (size_t)i * fetch->batch_stride, size);
+	return 0;
+}
+
 int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n)
 {
 	const struct pmc_fetch_want *want = wants;	/* n of them: bytes from Python */

@@ -137,6 +137,13 @@ int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int 
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);
+/* The first `size` bytes of each of the first n records of the last
+ * pmc_fetch_run_many() into dst, one after the other (n * size bytes): a
+ * record of a few stats is a small part of its batch element, which has
+ * room for every stat. 0, or -EINVAL (n past the capacity, size past the
+ * stride). */
+int pmc_fetch_batch_copy(const struct pmc_fetch *fetch, void *dst, unsigned int n,
+			 unsigned int size);
 
 /*
  * The ids of removed cgroups (memcg_gone.bpf.c, a cgroup_rmdir tracepoint

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 
@@ -256,6 +257,28 @@ def test_a_run_reads_each_record_once(cgroups, bpf_ok, monkeypatch):
         for path, rec in zip(paths, r.read_many(list(paths))):
             check_answer(rec, path)
         assert runs == [50]
+
+
+def test_answers_hold_only_their_records(cgroups, bpf_ok):
+    """read_many's answers keep the bytes of their own records, not the
+    batch elements the program wrote them into (each has room for every
+    stat): a poller that keeps the last answers of thousands of cgroups
+    keeps a Record and its record's bytes for each, and copies no more."""
+    paths = make_limited(cgroups, [f"m{i}" for i in range(50)])
+    with pymemcg.Reader(STATS, backend="bpf", shared_pins=False) as r:
+        r.read_many(paths)
+        record_size = r._backend.selection.record_size
+        tracemalloc.start()
+        try:
+            answers = r.read_many(paths)
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        for path, rec in zip(paths, answers):
+            check_answer(rec, path)
+    # a Record object, its list entry and offset are about 120 bytes
+    assert held / len(paths) < record_size + 256, \
+        f"{held / len(paths):.0f} bytes held per answer, records of {record_size} bytes"
 
 
 def test_fallback_without_the_one_call_program(cgroups, bpf_ok):

@@ -12,6 +12,7 @@ from itertools import repeat
 from operator import attrgetter
 from typing import List, Optional, Sequence, Tuple, cast
 
+from ..binding import load
 from ..decode import PackedRecord, Record
 from ..errors import CgroupNotFound
 from ..programs import Fetch, Slot
@@ -35,6 +36,10 @@ class Batches:
         self.capacity = fetch.batch_capacity
         self.run_many = fetch.lib.pmc_fetch_run_many
         self.fetch_ptr = fetch.ptr
+        # a run's records, packed: the first record_size bytes of each element
+        self.copy_records = fetch.lib.pmc_fetch_batch_copy
+        self.from_buffer = load()[0].from_buffer
+        self.record_size = self.selection.record_size
         # each run's records, in elements of stride bytes
         self.view = fetch.batch
         self.stride = fetch.batch_stride
@@ -119,14 +124,18 @@ class Batches:
         route says, or -errno). A Record per path, None where no cgroup has
         it; what the run did not prove is read by the slow path."""
         n = len(paths)
-        stride = self.stride
-        view = self.view[:n * stride]
         if rc == 0:
             # every record proven by the program: each Record unpacks its
-            # values from one copy of the batch when first used
-            data = bytes(view)
-            return list(map(PackedRecord, repeat(self.selection, n), repeat(data, n),
-                            range(0, n * stride, stride), relpaths))
+            # values when first used from one copy of the run's records,
+            # packed (a batch element has room for every stat: copied whole,
+            # a few stats' records would cost ten times the copy and memory)
+            size = self.record_size
+            data = bytearray(n * size)
+            if self.copy_records(self.fetch_ptr, self.from_buffer(data), n, size) == 0:
+                return list(map(PackedRecord, repeat(self.selection, n), repeat(data, n),
+                                range(0, n * size, size), relpaths))
+            rc = -1  # not copied: read as a failed run is
+        view = self.view[:n * self.stride]
         known: Sequence[Optional[Route]]
         if routes is None:
             # the last call's paths; an earlier run of the same call may have
