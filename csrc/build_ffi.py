@@ -81,7 +81,8 @@ const void *pmc_fetch_record(const struct pmc_fetch *fetch);
 int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned long long *cgroup_id);
 int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned long long cgroup_id);
 int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id);
-int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n);
+int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n,
+                       unsigned int flags);
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);

@@ -725,7 +725,8 @@ int pmc_fetch_batch_copy(const struct pmc_fetch *fetch, void *dst, unsigned int 
 	return 0;
 }
 
-int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n)
+int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n,
+		       unsigned int flags)
 {
 	const struct pmc_fetch_want *want = wants;	/* n of them: bytes from Python */
 	struct pmc_fetch_many_args args;
@@ -741,7 +742,7 @@ int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int 
 	if (n > fetch->batch_capacity)
 		return -E2BIG;
 	args.count = n;
-	args.pad = 0;
+	args.flags = flags & PMC_MANY_WARM;
 	memcpy(args.want, want, n * sizeof(*want));
 	if (bpf_prog_test_run_opts(fetch->many_fd, &opts))
 		return -errno;

@@ -132,8 +132,11 @@ int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id);
  * pmc_fetch_batch() + i * pmc_fetch_batch_stride(). Returns how many
  * records are not of that entry's cgroup and path hash (or are of a removed
  * cgroup), or -E2BIG (too many), -EIO (the run failed), -ENOEXEC
- * (pmc_fetch_load_many() has not loaded it). */
-int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n);
+ * (pmc_fetch_load_many() has not loaded it). flags: PMC_MANY_WARM, for
+ * each run of a call over more cgroups than one run reads (the program
+ * first brings the run's cgroups into the CPU's caches, several at once). */
+int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n,
+		       unsigned int flags);
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);

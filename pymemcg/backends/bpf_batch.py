@@ -16,7 +16,7 @@ from ..binding import load
 from ..decode import PackedRecord, Record
 from ..errors import CgroupNotFound
 from ..programs import Fetch, Slot
-from .._record_h import REC_GONE
+from .._record_h import MANY_WARM, REC_GONE
 from ..record_format import FETCH_WANT
 from .bpf_links import Links, Route
 from .bpf_single import SingleReads
@@ -81,7 +81,7 @@ class Batches:
             self.plan = (list(paths), by_path.gen, wants, relpaths)
             if len(wants) == 1:
                 return self.answers(paths, slotted, relpaths,
-                                    self.run_many(self.fetch_ptr, wants[0], len(routes)))
+                                    self.run_many(self.fetch_ptr, wants[0], len(routes), 0))
             return self.run_plan(paths)
         # some paths have no route yet: runs of the routed ones, then the
         # rest one by one
@@ -90,10 +90,11 @@ class Batches:
         for r in slot_routes.values():
             cast(Slot, r.target).used = True   # spared by the next eviction sweep
         routed = list(slot_routes)
+        flags = MANY_WARM if len(routed) > cap else 0
         for start in range(0, len(routed), cap):
             part = routed[start:start + cap]
             some = [slot_routes[i] for i in part]
-            rc = self.run_many(self.fetch_ptr, b"".join(map(_want, some)), len(some))
+            rc = self.run_many(self.fetch_ptr, b"".join(map(_want, some)), len(some), flags)
             got = self.answers([paths[i] for i in part], some, [r.relpath for r in some], rc)
             for i, rec in zip(part, got):
                 out[i] = rec
@@ -105,15 +106,24 @@ class Batches:
         """The last call's plan (for these same paths, routes unchanged
         since) in runs of up to capacity paths. Each run's records are
         checked against its own entries, so a route that a run's slow reads
-        change does not make a later run's answers wrong."""
+        change does not make a later run's answers wrong.
+
+        Each run but a call's only one warms the caches first: by the time
+        a rotation over more cgroups than a run reads comes back to a
+        cgroup, the other runs have pushed its lines out of the CPU's
+        caches, and the program's warm-up has many of their misses in
+        flight at once instead of one after another. (A call of one run
+        read back to back finds its lines cached, where the warm-up only
+        costs.)"""
         _, _, wants, relpaths = self.plan
         cap = self.capacity
+        flags = MANY_WARM if len(wants) > 1 else 0
         out: List[Optional[Record]] = []
         for k, chunk in enumerate(wants):
             start = k * cap
             m = len(chunk) // FETCH_WANT.size
             out += self.answers(paths[start:start + m], None, relpaths[start:start + m],
-                                self.run_many(self.fetch_ptr, chunk, m))
+                                self.run_many(self.fetch_ptr, chunk, m, flags))
         return out
 
     def answers(self, paths: List[str], routes: Optional[Sequence[Route]], relpaths: List[str],
