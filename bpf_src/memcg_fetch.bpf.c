@@ -101,9 +101,20 @@ int pmc_rmdir(__u64 *ctx)
 {
 	/* the tracepoint's arguments: (struct cgroup *cgrp, const char *path);
 	 * the verifier types ctx[0] from the tracepoint's BTF */
-	struct cgroup *cgrp = (struct cgroup *)ctx[0];
+	struct cgroup *cgrp = (struct cgroup *)ctx[0], *held;
+	struct pmc_cgroup_slot *slot;
 	__u64 id = cgrp->kn->id;
 
+	/* The reference goes now, not when the map frees the element: kernels
+	 * that free a deleted element's kptrs only once the element itself is
+	 * freed (after an RCU grace period, or when a per-CPU cache of free
+	 * elements lets go of it) kept removed cgroups dying for as long. */
+	slot = bpf_map_lookup_elem(&slots, &id);
+	if (slot) {
+		held = bpf_kptr_xchg(&slot->cgrp, 0);
+		if (held)
+			bpf_cgroup_release(held);
+	}
 	bpf_map_delete_elem(&slots, &id);
 	return 0;
 }
