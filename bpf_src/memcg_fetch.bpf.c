@@ -118,9 +118,20 @@ int pmc_rmdir(__u64 *ctx)
 {
 	/* the tracepoint's arguments: (struct cgroup *cgrp, const char *path);
 	 * the verifier types ctx[0] from the tracepoint's BTF */
-	struct cgroup *cgrp = (struct cgroup *)ctx[0];
+	struct cgroup *cgrp = (struct cgroup *)ctx[0], *held;
+	struct pmc_cgroup_slot *slot;
 	__u64 id = cgrp->kn->id;
 
+	/* The reference goes now, not when the map frees the element: kernels
+	 * that free a deleted element's kptrs only once the element itself is
+	 * freed (after an RCU grace period, or when a per-CPU cache of free
+	 * elements lets go of it) kept removed cgroups dying for as long. */
+	slot = bpf_map_lookup_elem(&slots, &id);
+	if (slot) {
+		held = bpf_kptr_xchg(&slot->cgrp, 0);
+		if (held)
+			bpf_cgroup_release(held);
+	}
 	bpf_map_delete_elem(&slots, &id);
 	return 0;
 }
@@ -149,6 +160,9 @@ struct pmc_batch_list {
 	__u32 mismatched;	/* records that are not what want[] says */
 	struct pmc_fetch_want want[PMC_FETCH_BATCH_MAX];
 	struct pmc_name_cache names;	/* of this run */
+	/* the warm-up passes' addresses, per entry (see warm_run) */
+	__u64 warm[2][PMC_FETCH_BATCH_MAX];
+	__u64 sink;			/* what the warm-up loaded, so that it is loaded */
 };
 
 struct {
@@ -265,6 +279,132 @@ static long fetch_nth(__u32 i, void *unused)
 	return stop ? 1 : 0;
 }
 
+/*
+ * Warm-up of a run. Each record reads a dozen cache lines that a rotation
+ * over thousands of cgroups finds cold: the slot's bucket and element, the
+ * cgroup, its kernfs node and name, the memcg and its stats. Read record
+ * by record, each miss waits for the one before it, as each address comes
+ * from the line before. So, where the caller asks (PMC_MANY_WARM: a run of
+ * a call over more cgroups than one run reads, whose lines the other runs
+ * have pushed out), before the fill four passes over the run's
+ * entries go one level deeper each (slot -> cgroup -> kernfs node and
+ * memcg -> name and stats); within a pass an entry's loads do not wait for
+ * another entry's, and the CPU has many misses in flight at once. The
+ * passes only load: their addresses, kept as numbers, are read through
+ * bpf_rdonly_cast (faulting loads read 0), never trusted or written, and
+ * a cgroup freed meanwhile costs nothing but a wasted load.
+ */
+static __always_inline struct pmc_batch_list *warm_list(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&batch_list, &zero);
+}
+
+static long warm_slot(__u32 i, void *unused)
+{
+	struct pmc_batch_list *list = warm_list();
+	struct pmc_cgroup_slot *slot;
+	__u32 k = i & (PMC_FETCH_BATCH_MAX - 1);
+
+	if (!list)
+		return 1;
+	slot = bpf_map_lookup_elem(&slots, &list->want[k].cgroup_id);
+	/* outside an RCU section the kptr loads as an untrusted pointer:
+	 * only its address is kept */
+	list->warm[0][k] = slot ? (__u64)slot->cgrp : 0;
+	return 0;
+}
+
+static long warm_cgroup(__u32 i, void *unused)
+{
+	struct pmc_batch_list *list = warm_list();
+	__u32 k = i & (PMC_FETCH_BATCH_MAX - 1);
+	struct cgroup *cgrp;
+
+	if (!list)
+		return 1;
+	cgrp = bpf_rdonly_cast((void *)list->warm[0][k], bpf_core_type_id_kernel(struct cgroup));
+	if (!cgrp)
+		return 0;
+	list->sink += cgrp->self.flags + cgrp->level;
+	list->warm[0][k] = (__u64)cgrp->kn;
+	list->warm[1][k] = (__u64)cgrp->subsys[bpf_core_enum_value(enum cgroup_subsys_id,
+								   memory_cgrp_id)];
+	return 0;
+}
+
+static long warm_memcg(__u32 i, void *unused)
+{
+	struct pmc_batch_list *list = warm_list();
+	__u32 k = i & (PMC_FETCH_BATCH_MAX - 1);
+	struct kernfs_node *kn;
+	struct mem_cgroup *memcg;
+
+	if (!list)
+		return 1;
+	kn = bpf_rdonly_cast((void *)list->warm[0][k], bpf_core_type_id_kernel(struct kernfs_node));
+	memcg = bpf_rdonly_cast((void *)list->warm[1][k], bpf_core_type_id_kernel(struct mem_cgroup));
+	if (kn) {
+		list->sink += kn->id;
+		list->warm[0][k] = (__u64)kn->name;
+	} else {
+		list->warm[0][k] = 0;
+	}
+	if (memcg) {
+		list->sink += memcg->memory.usage.counter;
+		list->warm[1][k] = (__u64)memcg->vmstats;
+	} else {
+		list->warm[1][k] = 0;
+	}
+	return 0;
+}
+
+static long warm_stats(__u32 i, void *unused)
+{
+	struct pmc_batch_list *list = warm_list();
+	__u32 k = i & (PMC_FETCH_BATCH_MAX - 1);
+	__u32 state_off = bpf_core_field_offset(struct memcg_vmstats, state);
+	__u32 events_off = bpf_core_field_offset(struct memcg_vmstats, events);
+	__u32 state_len = bpf_core_field_size(struct memcg_vmstats, state) / sizeof(long);
+	__u32 events_len = bpf_core_field_size(struct memcg_vmstats, events) / sizeof(long);
+	struct memcg_vmstats *vmstats;
+	__u64 word = 0, sum = 0;
+
+	if (!list)
+		return 1;
+	if (list->warm[0][k])
+		bpf_probe_read_kernel(&word, sizeof(word), (void *)list->warm[0][k]);
+	sum += word;
+	vmstats = bpf_rdonly_cast((void *)list->warm[1][k],
+				  bpf_core_type_id_kernel(struct memcg_vmstats));
+	/* the lines fill_core reads (hierarchical values; the kfuncs read the
+	 * same arrays, by indexes not known here) */
+	if (vmstats && sel.kfuncs == PMC_KFUNCS_NONE && !sel.local_stats) {
+		for (__u32 s = 0; s < PMC_MAX_STATS; s++) {
+			__u32 slot;
+
+			if (s >= sel.nr_stats)
+				break;
+			slot = sel.specs[s].slot;
+			if (sel.specs[s].kind == PMC_KIND_STATE && slot < state_len)
+				sum += *(const __u64 *)((void *)vmstats + state_off + slot * 8);
+			else if (sel.specs[s].kind == PMC_KIND_EVENT && slot < events_len)
+				sum += *(const __u64 *)((void *)vmstats + events_off + slot * 8);
+		}
+	}
+	list->sink += sum;
+	return 0;
+}
+
+static __always_inline void warm_run(__u32 n)
+{
+	bpf_loop(n, warm_slot, 0, 0);
+	bpf_loop(n, warm_cgroup, 0, 0);
+	bpf_loop(n, warm_memcg, 0, 0);
+	bpf_loop(n, warm_stats, 0, 0);
+}
+
 /* A record per listed cgroup, in order, in one BPF_PROG_RUN. Returns how
  * many records are not what the list says; more than count: the run
  * failed. */
@@ -283,6 +423,8 @@ int pmc_fetch_many(struct pmc_fetch_many_args *args)
 	list->mismatched = 0;
 	for (__u32 i = 0; i < PMC_PATH_MAX_DEPTH; i++)
 		list->names.id[i] = 0;	/* no kernfs node has id 0 */
+	if ((args->flags & PMC_MANY_WARM) && !flush_stats)
+		warm_run(n);
 	bpf_loop(n, fetch_nth, 0, 0);
 	return list->done == n ? list->mismatched : PMC_FETCH_BATCH_MAX + 1;
 }

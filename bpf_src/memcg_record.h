@@ -169,9 +169,12 @@ struct pmc_fetch_want {
 	unsigned long long path_hash;
 };
 
+/* pmc_fetch_many_args.flags: warm the caches first (a rotation over more
+ * cgroups than the CPU's caches hold) */
+#define PMC_MANY_WARM	1
 struct pmc_fetch_many_args {
 	unsigned int count;
-	unsigned int pad;
+	unsigned int flags;		/* PMC_MANY_* */
 	struct pmc_fetch_want want[PMC_FETCH_BATCH_MAX];
 };
 

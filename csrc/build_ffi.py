@@ -88,10 +88,13 @@ struct pmc_fetch_route {
     unsigned long long renames;
 };
 int pmc_fetch_read(struct pmc_fetch *fetch, struct pmc_fetch_route *route);
-int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n);
+int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n,
+                       unsigned int flags);
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);
+int pmc_fetch_batch_copy(const struct pmc_fetch *fetch, void *dst, unsigned int n,
+                         unsigned int size);
 
 struct pmc_gone;
 int pmc_gone_load(struct pmc_gone **out, char *log, size_t log_size);

@@ -765,7 +765,22 @@ unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch)
 	return fetch->batch_stride;
 }
 
-int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n)
+int pmc_fetch_batch_copy(const struct pmc_fetch *fetch, void *dst, unsigned int n,
+			 unsigned int size)
+{
+	const char *src = fetch->batch;
+	char *out = dst;
+	unsigned int i;
+
+	if (n > fetch->batch_capacity || size > fetch->batch_stride)
+		return -EINVAL;
+	for (i = 0; i < n; i++)
+		memcpy(out + (size_t)i * size, src + (size_t)i * fetch->batch_stride, size);
+	return 0;
+}
+
+int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n,
+		       unsigned int flags)
 {
 	const struct pmc_fetch_want *want = wants;	/* n of them: bytes from Python */
 	struct pmc_fetch_many_args args;
@@ -781,7 +796,7 @@ int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int 
 	if (n > fetch->batch_capacity)
 		return -E2BIG;
 	args.count = n;
-	args.pad = 0;
+	args.flags = flags & PMC_MANY_WARM;
 	memcpy(args.want, want, n * sizeof(*want));
 	if (bpf_prog_test_run_opts(fetch->many_fd, &opts))
 		return -errno;

@@ -153,11 +153,21 @@ int pmc_fetch_read(struct pmc_fetch *fetch, struct pmc_fetch_route *route);
  * pmc_fetch_batch() + i * pmc_fetch_batch_stride(). Returns how many
  * records are not of that entry's cgroup and path hash (or are of a removed
  * cgroup), or -E2BIG (too many), -EIO (the run failed), -ENOEXEC
- * (pmc_fetch_load_many() has not loaded it). */
-int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n);
+ * (pmc_fetch_load_many() has not loaded it). flags: PMC_MANY_WARM, for
+ * each run of a call over more cgroups than one run reads (the program
+ * first brings the run's cgroups into the CPU's caches, several at once). */
+int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n,
+		       unsigned int flags);
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);
+/* The first `size` bytes of each of the first n records of the last
+ * pmc_fetch_run_many() into dst, one after the other (n * size bytes): a
+ * record of a few stats is a small part of its batch element, which has
+ * room for every stat. 0, or -EINVAL (n past the capacity, size past the
+ * stride). */
+int pmc_fetch_batch_copy(const struct pmc_fetch *fetch, void *dst, unsigned int n,
+			 unsigned int size);
 
 /*
  * The ids of removed cgroups (memcg_gone.bpf.c, a cgroup_rmdir tracepoint

@@ -328,12 +328,13 @@ class Record:
 class PackedRecord(Record):
     """A Record whose tuple is unpacked on first use, from the bytes of a
     batch read (read_many): making one costs no int object per value. The
-    bytes are a copy taken at read time, so its values are those of the
-    read, as a Record's are."""
+    bytes are a copy taken at read time, which nothing writes afterwards,
+    so its values are those of the read, as a Record's are."""
 
     __slots__ = ("_data", "_at")
 
-    def __init__(self, selection: Selection, data: bytes, at: int, path: Optional[str]) -> None:
+    def __init__(self, selection: Selection, data: Union[bytes, bytearray], at: int,
+                 path: Optional[str]) -> None:
         self._selection = selection
         self._data = data
         self._at = at

@@ -220,11 +220,12 @@ class Reader:
 
         With the BPF backend on Linux 6.4+, the paths this Reader has read
         before (by read() or read_many) are read together, up to 256 in one
-        bpf() call; a path's first read proves its cgroup on its own. More
-        than 256 distinct cgroups through one Reader take turns in its
-        slots, and those that lost theirs are read one by one again.
-        Elsewhere (text, kernels before 6.4, shared pins) it is a loop of
-        read().
+        bpf() call (a call per 256 paths); a path's first read proves its
+        cgroup on its own and takes a kernel reference to it, which the
+        Reader keeps for up to 65,536 distinct cgroups (past that, the least
+        recently read let go first, and read one by one again when next
+        asked for). Elsewhere (text, kernels before 6.4, shared pins) it is
+        a loop of read().
         """
         backend = self._backend
         if backend is None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 
 import pymemcg
 from pymemcg import pins, programs
+from pymemcg._record_h import MANY_WARM
 from pymemcg.backends.bpf_links import Routes
 from pymemcg.cgroupfs import memory_mount
 
@@ -195,7 +197,8 @@ class CountingLib:
 def test_rotation_past_the_old_slot_limit_never_evicts(cgroups, bpf_ok):
     """A poller reading more cgroups than the old 256 slots in rotation, one
     by one and in lists: each cgroup is taken hold of once, and every later
-    read of it goes through its route (no eviction, no slow path)."""
+    read of it goes through its route (no eviction, no slow path). A call
+    of more than one run asks the program to warm the caches for each."""
     n = 300
     paths = [cgroups.make(f"rot{i}") for i in range(n)]
     with pymemcg.Reader(["usage"], backend="bpf", shared_pins=False) as r:
@@ -213,11 +216,12 @@ def test_rotation_past_the_old_slot_limit_never_evicts(cgroups, bpf_ok):
         be = r._backend
         runs = []
         real = be._batches.run_many
-        be._batches.run_many = lambda *args: runs.append(args[2]) or real(*args)
+        be._batches.run_many = lambda *args: runs.append(args[2:]) or real(*args)
         be._read_slow = lambda p: pytest.fail(f"slow read of {p}")
         for p, rec in zip(paths, r.read_many(paths)):
             assert rec.id == os.stat(p).st_ino
-        assert runs == [be._batches.capacity, n - be._batches.capacity]
+        assert runs == [(be._batches.capacity, MANY_WARM),
+                        (n - be._batches.capacity, MANY_WARM)]
 
 
 def test_past_capacity_the_least_recently_read_go(cgroups, bpf_ok, monkeypatch):
@@ -249,13 +253,35 @@ def test_a_run_reads_each_record_once(cgroups, bpf_ok, monkeypatch):
         real = be._run_many
 
         def counting(*args):
-            runs.append(args[2])
+            runs.append(args[2:])
             return real(*args)
         monkeypatch.setattr(be, "_run_many", counting)
         monkeypatch.setattr(be, "_read_slow", lambda p: pytest.fail(f"slow read of {p}"))
         for path, rec in zip(paths, r.read_many(list(paths))):
             check_answer(rec, path)
-        assert runs == [50]
+        assert runs == [(50, 0)]   # one run, read back to back: no warm-up
+
+
+def test_answers_hold_only_their_records(cgroups, bpf_ok):
+    """read_many's answers keep the bytes of their own records, not the
+    batch elements the program wrote them into (each has room for every
+    stat): a poller that keeps the last answers of thousands of cgroups
+    keeps a Record and its record's bytes for each, and copies no more."""
+    paths = make_limited(cgroups, [f"m{i}" for i in range(50)])
+    with pymemcg.Reader(STATS, backend="bpf", shared_pins=False) as r:
+        r.read_many(paths)
+        record_size = r._backend.selection.record_size
+        tracemalloc.start()
+        try:
+            answers = r.read_many(paths)
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        for path, rec in zip(paths, answers):
+            check_answer(rec, path)
+    # a Record object, its list entry and offset are about 120 bytes
+    assert held / len(paths) < record_size + 256, \
+        f"{held / len(paths):.0f} bytes held per answer, records of {record_size} bytes"
 
 
 def test_fallback_without_the_one_call_program(cgroups, bpf_ok):

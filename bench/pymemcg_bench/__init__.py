@@ -8,6 +8,8 @@ By hand, with bench/ on PYTHONPATH:
     python -m pymemcg_bench [--quick] [--out FILE] [--plot FILE] [--profile FILE]
     python -m pymemcg_bench specs [--stats a,b,...]     # stat specs for bench/memcg_bench
     python -m pymemcg_bench loop METHOD PATH COUNT      # one method alone, for profilers
+    python -m pymemcg_bench rotation [--rounds N] [--sizes 100,1000,10000]
+                                                        # only part 5's rotation table
 
 Five parts, all on this machine's real cgroups:
 

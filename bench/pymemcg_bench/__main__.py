@@ -12,14 +12,15 @@ from typing import List, Optional, Tuple
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
 from pymemcg.reader import Reader
 
-from . import QUICK_READS, READS, STATS, TREE_SIZES, Settings, __doc__ as PACKAGE_DOC, log
+from . import (QUICK_READS, READS, STATS, TREE_ROUNDS, TREE_SIZES, Settings,
+               __doc__ as PACKAGE_DOC, log)
 from .c_side import CBench, build_c, spec_lines
 from .cgroups import BenchCgroups, remove_stale_trees
 from .exporter import (measure_anchor, measure_embedding, measure_read_many, measure_scrapes,
                        report_part5)
 from .measure import loop, measure_single, measure_tree, split_read
 from .perf import measure_profiles, perf_works
-from .rotation import measure_rotation, rotation_markdown
+from .rotation import ROTATION_SIZES, measure_rotation, rotation_markdown
 from .report import plot, profile_markdown, report
 from .startup import measure_startup, report_startup
 
@@ -131,6 +132,23 @@ def run(args) -> int:
     return 0
 
 
+def run_rotation(rounds: int, sizes: List[int]) -> int:
+    """Only the rotation table, in cgroups of this run's own; Markdown to stdout."""
+    own = own_memory_cgroup()
+    if memory_mount() is None or own is None:
+        print("bench: this host has no memory cgroup hierarchy", file=sys.stderr)
+        return 2
+    remove_stale_trees(own)
+    with BenchCgroups(own) as cgroups:
+        try:
+            results = measure_rotation(cgroups, rounds, sizes)
+        except KeyboardInterrupt:
+            print("bench: interrupted", file=sys.stderr)
+            return 130
+    sys.stdout.write("\n".join(rotation_markdown(results)) + "\n")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["specs"]:
@@ -156,11 +174,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         a = p.parse_args(argv[1:])
         loop(a.method, a.path, a.count)
         return 0
+    if argv[:1] == ["rotation"]:
+        p = argparse.ArgumentParser(prog="python -m pymemcg_bench rotation",
+                                    description="only the poller's rotation table (part 5)")
+        p.add_argument("--rounds", type=int, default=TREE_ROUNDS,
+                       help=f"rounds per size (default {TREE_ROUNDS}; --quick runs 3)")
+        p.add_argument("--sizes", default=",".join(map(str, ROTATION_SIZES)),
+                       help="comma-separated numbers of cgroups")
+        a = p.parse_args(argv[1:])
+        return run_rotation(a.rounds, [int(n) for n in a.sizes.split(",")])
     p = argparse.ArgumentParser(prog="python -m pymemcg_bench",
                                 description=PACKAGE_DOC.split("\n")[0],
-                                epilog="also: `python -m pymemcg_bench specs` and "
-                                       "`python -m pymemcg_bench loop` (see the package's "
-                                       "docstring)")
+                                epilog="also: `python -m pymemcg_bench specs`, "
+                                       "`python -m pymemcg_bench loop` and `python -m "
+                                       "pymemcg_bench rotation` (see the package's docstring)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_READS:,} reads instead of {READS:,}, smaller tree loops, "
                         f"shorter profiles")

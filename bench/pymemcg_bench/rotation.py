@@ -11,7 +11,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from pymemcg.cli.bench import read_stat_pread
 from pymemcg.reader import Reader
@@ -28,12 +28,17 @@ class RotationResult:
     size: int
     per_cgroup: Dict[str, float]    # method -> seconds per cgroup (median round)
     read_method: str
+    # method -> CPU seconds of this process (user + system) per cgroup, median
+    # round: on a machine that other jobs share, what waiting for a CPU
+    # leaves out of the wall-clock figure
+    cpu_per_cgroup: Dict[str, float]
 
 
-def _pass_seconds(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
+def _pass_seconds(fn: Callable[[], object]) -> Tuple[float, float]:
+    """(wall-clock seconds, CPU seconds) of one pass."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def measure_rotation(cgroups: BenchCgroups, rounds: int,
@@ -68,11 +73,15 @@ def measure_rotation(cgroups: BenchCgroups, rounds: int,
                 for fn in passes.values():
                     fn()
                 times: Dict[str, List[float]] = {m: [] for m in METHODS}
+                cpu: Dict[str, List[float]] = {m: [] for m in METHODS}
                 for _ in range(rounds):
                     for name, fn in passes.items():
-                        times[name].append(_pass_seconds(fn) / n)
+                        wall, used = _pass_seconds(fn)
+                        times[name].append(wall / n)
+                        cpu[name].append(used / n)
                 out.append(RotationResult(n, {m: statistics.median(t) for m, t in times.items()},
-                                          reader.read_method))
+                                          reader.read_method,
+                                          {m: statistics.median(t) for m, t in cpu.items()}))
         finally:
             for fd in fds:
                 os.close(fd)
@@ -102,6 +111,17 @@ def rotation_markdown(results: List[RotationResult]) -> List[str]:
                      f"{c['pread+parse'] / c['read_many()']:.1f}x |")
     first, last = results[0].per_cgroup, results[-1].per_cgroup
     lines += ["", f"At {results[-1].size:,} cgroups against {results[0].size:,}: read() "
+                  f"{last['read()'] / first['read()']:.2f}x, read_many() "
+                  f"{last['read_many()'] / first['read_many()']:.2f}x per cgroup.", "",
+              "CPU time of this process (user + system) per cgroup, microseconds, median "
+              "round (what the wall-clock figures are less any wait for a CPU):", "",
+              "| cgroups | read() | read_many() | pread+parse |", "|---:|---:|---:|---:|"]
+    for r in results:
+        c = r.cpu_per_cgroup
+        lines.append(f"| {r.size:,} | {c['read()'] * us:.2f} | {c['read_many()'] * us:.2f} | "
+                     f"{c['pread+parse'] * us:.2f} |")
+    first, last = results[0].cpu_per_cgroup, results[-1].cpu_per_cgroup
+    lines += ["", f"CPU at {results[-1].size:,} against {results[0].size:,}: read() "
                   f"{last['read()'] / first['read()']:.2f}x, read_many() "
                   f"{last['read_many()'] / first['read_many()']:.2f}x per cgroup.", ""]
     return lines

@@ -196,7 +196,7 @@ class BpfBackend:
                     if len(wants) == 1:
                         return batches.answers(paths, None, plan[3],
                                                self._run_many(self._fetch_ptr, wants[0],
-                                                              len(paths)))
+                                                              len(paths), 0))
                     return batches.run_plan(paths)
                 return batches.read(paths)
         finally:

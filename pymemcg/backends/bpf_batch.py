@@ -12,10 +12,11 @@ from itertools import repeat
 from operator import attrgetter
 from typing import List, Optional, Sequence, Tuple, cast
 
+from ..binding import load
 from ..decode import PackedRecord, Record
 from ..errors import CgroupNotFound
 from ..programs import Fetch, Slot
-from .._record_h import REC_GONE
+from .._record_h import MANY_WARM, REC_GONE
 from ..record_format import FETCH_WANT
 from .bpf_links import Links, Route
 from .bpf_single import SingleReads
@@ -35,6 +36,10 @@ class Batches:
         self.capacity = fetch.batch_capacity
         self.run_many = fetch.lib.pmc_fetch_run_many
         self.fetch_ptr = fetch.ptr
+        # a run's records, packed: the first record_size bytes of each element
+        self.copy_records = fetch.lib.pmc_fetch_batch_copy
+        self.from_buffer = load()[0].from_buffer
+        self.record_size = self.selection.record_size
         # each run's records, in elements of stride bytes
         self.view = fetch.batch
         self.stride = fetch.batch_stride
@@ -76,7 +81,7 @@ class Batches:
             self.plan = (list(paths), by_path.gen, wants, relpaths)
             if len(wants) == 1:
                 return self.answers(paths, slotted, relpaths,
-                                    self.run_many(self.fetch_ptr, wants[0], len(routes)))
+                                    self.run_many(self.fetch_ptr, wants[0], len(routes), 0))
             return self.run_plan(paths)
         # some paths have no route yet: runs of the routed ones, then the
         # rest one by one
@@ -85,10 +90,11 @@ class Batches:
         for r in slot_routes.values():
             cast(Slot, r.target).used = True   # spared by the next eviction sweep
         routed = list(slot_routes)
+        flags = MANY_WARM if len(routed) > cap else 0
         for start in range(0, len(routed), cap):
             part = routed[start:start + cap]
             some = [slot_routes[i] for i in part]
-            rc = self.run_many(self.fetch_ptr, b"".join(map(_want, some)), len(some))
+            rc = self.run_many(self.fetch_ptr, b"".join(map(_want, some)), len(some), flags)
             got = self.answers([paths[i] for i in part], some, [r.relpath for r in some], rc)
             for i, rec in zip(part, got):
                 out[i] = rec
@@ -100,15 +106,24 @@ class Batches:
         """The last call's plan (for these same paths, routes unchanged
         since) in runs of up to capacity paths. Each run's records are
         checked against its own entries, so a route that a run's slow reads
-        change does not make a later run's answers wrong."""
+        change does not make a later run's answers wrong.
+
+        Each run but a call's only one warms the caches first: by the time
+        a rotation over more cgroups than a run reads comes back to a
+        cgroup, the other runs have pushed its lines out of the CPU's
+        caches, and the program's warm-up has many of their misses in
+        flight at once instead of one after another. (A call of one run
+        read back to back finds its lines cached, where the warm-up only
+        costs.)"""
         _, _, wants, relpaths = self.plan
         cap = self.capacity
+        flags = MANY_WARM if len(wants) > 1 else 0
         out: List[Optional[Record]] = []
         for k, chunk in enumerate(wants):
             start = k * cap
             m = len(chunk) // FETCH_WANT.size
             out += self.answers(paths[start:start + m], None, relpaths[start:start + m],
-                                self.run_many(self.fetch_ptr, chunk, m))
+                                self.run_many(self.fetch_ptr, chunk, m, flags))
         return out
 
     def answers(self, paths: List[str], routes: Optional[Sequence[Route]], relpaths: List[str],
@@ -119,14 +134,18 @@ class Batches:
         route says, or -errno). A Record per path, None where no cgroup has
         it; what the run did not prove is read by the slow path."""
         n = len(paths)
-        stride = self.stride
-        view = self.view[:n * stride]
         if rc == 0:
             # every record proven by the program: each Record unpacks its
-            # values from one copy of the batch when first used
-            data = bytes(view)
-            return list(map(PackedRecord, repeat(self.selection, n), repeat(data, n),
-                            range(0, n * stride, stride), relpaths))
+            # values when first used from one copy of the run's records,
+            # packed (a batch element has room for every stat: copied whole,
+            # a few stats' records would cost ten times the copy and memory)
+            size = self.record_size
+            data = bytearray(n * size)
+            if self.copy_records(self.fetch_ptr, self.from_buffer(data), n, size) == 0:
+                return list(map(PackedRecord, repeat(self.selection, n), repeat(data, n),
+                                range(0, n * size, size), relpaths))
+            rc = -1  # not copied: read as a failed run is
+        view = self.view[:n * self.stride]
         known: Sequence[Optional[Route]]
         if routes is None:
             # the last call's paths; an earlier run of the same call may have
