@@ -40,7 +40,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Iterator, List, Optional, Union
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Union
 
 from . import forksafe
 from .binding import load
@@ -112,7 +112,7 @@ class OomEvent:
         """Who the victim's cgroup is (pymemcg.containers.identify)."""
         return identify(self.cgroup)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         """JSON-ready: paths and comm escaped (pymemcg.names.escape)."""
         from .names import escape
         ident = self.container
@@ -145,7 +145,7 @@ class OomEventsLost:
     count: int
     total: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return {"event": "lost", "count": self.count, "total": self.total}
 
 

@@ -211,3 +211,74 @@ def test_cli_events_writes_a_json_line_per_kill(bpf_ok, cgroups):
             cli.wait()
     assert line["event"] == "oom_kill" and line["tgid"] == pid
     assert line["cgroup"] == cgroup[len(memory_mount().mountpoint):]
+
+
+def test_exporters_count_a_kill_in_a_removed_cgroup_then_drop_it(bpf_ok, cgroups):
+    """container_oom_events_total (Prometheus) and container.oom_events
+    (OpenTelemetry) from events: a kill whose cgroup is gone before the
+    scrape is exported under its path, a live cgroup without kills is 0,
+    and the removed cgroup's series goes once `oom_retention` has passed."""
+    from conftest import require_module
+    require_module("prometheus_client")
+    require_module("opentelemetry.sdk.metrics")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from pymemcg.otel import MemcgInstrumentor
+    from pymemcg.prometheus import MemcgCollector
+
+    mount = memory_mount().mountpoint
+    live = cgroups.make("oom-live")
+    victim = cgroups.make("oom-export")
+    _limit(victim)
+    rel_live, rel_victim = live[len(mount):], victim[len(mount):]
+    retention = 1.0
+
+    def sample(text: str, path: str):
+        want = f'container_oom_events_total{{id="{path}"'
+        for line in text.splitlines():
+            if line.startswith(want):
+                return int(line.rsplit(" ", 1)[1])
+        return None
+
+    def otel_points(metrics: InMemoryMetricReader) -> dict:
+        out = {}
+        data = metrics.get_metrics_data()
+        for rm in (data.resource_metrics if data is not None else []):
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name == "container.oom_events":
+                        for dp in m.data.data_points:
+                            out[dp.attributes["cgroup.path"]] = dp.value
+        return out
+
+    fds_before = len(os.listdir("/proc/self/fd"))
+    metrics = InMemoryMetricReader()
+    instrumentor = MemcgInstrumentor(oom_events=True, oom_retention=retention)
+    instrumentor.instrument(meter_provider=MeterProvider(metric_readers=[metrics]))
+    try:
+        with MemcgCollector(stats=["usage"], oom_events=True, oom_retention=retention,
+                            min_interval=0) as collector:
+            text = collector.exposition().decode()
+            assert sample(text, rel_live) == 0 and sample(text, rel_victim) == 0
+            assert "pymemcg_oom_events_lost_total 0" in text
+            _kill_in(victim)
+            os.rmdir(victim)
+            deadline = time.monotonic() + 10
+            while sample(text, rel_victim) != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                text = collector.exposition().decode()
+            assert sample(text, rel_victim) == 1 and sample(text, rel_live) == 0
+            points = otel_points(metrics)
+            deadline = time.monotonic() + 10
+            while points.get(rel_victim) != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                points = otel_points(metrics)
+            assert points[rel_victim] == 1 and points[rel_live] == 0
+            time.sleep(retention + 0.2)
+            collector.exposition()          # the scrape that ages it out
+            assert sample(collector.exposition().decode(), rel_victim) is None
+            otel_points(metrics)
+            assert rel_victim not in otel_points(metrics)
+    finally:
+        instrumentor.uninstrument()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
