@@ -64,6 +64,9 @@ FLAG_OOM_KNOWN = 1 << 6
 
 METHODS = {1: "kprobes", 2: "tracepoints"}
 
+#: seconds a blocked poll() waits at most before it looks whether it was closed
+WAKE_CHECK = 1.0
+
 # enum oom_constraint (include/linux/oom.h, unchanged 4.x-7.x)
 CONSTRAINTS = ("none", "cpuset", "memory_policy", "memcg")
 
@@ -257,8 +260,11 @@ class OomEvents:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return []
+            # a second at most per select: a close() between read() and
+            # select() closes these fds, and their numbers may be reused
+            wait = WAKE_CHECK if left is None else min(left, WAKE_CHECK)
             try:
-                ready, _, _ = select.select([self._epoll_fd, self._wake_r], [], [], left)
+                ready, _, _ = select.select([self._epoll_fd, self._wake_r], [], [], wait)
             except (OSError, ValueError):
                 self._check()   # closed meanwhile: Closed, else the error itself
                 raise

@@ -18,6 +18,7 @@ last kill).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -29,6 +30,8 @@ from .errors import InvalidArgument
 from .exposition import IDENTITY_LABELS, TreeLabels
 from .names import escape
 from .oom import OomEvent, OomEvents, OomEventsLost
+
+_log = logging.getLogger(__name__)
 
 #: seconds a removed cgroup's series stays (several scrape intervals)
 DEFAULT_RETENTION = 300.0
@@ -69,14 +72,19 @@ class OomCounts:
         forksafe.renew_in_child(self, "_lock")
         self._counts: Dict[int, _Count] = {}
         self.missed = 0     # lost events, and events without a path
+        self.failed: Optional[str] = None   # why counting stopped, if it did
         self._own = events is None
         self.events = events if events is not None else OomEvents()
         self._thread = threading.Thread(target=self._feed, name="pymemcg-oom-counts", daemon=True)
         self._thread.start()
 
     def _feed(self) -> None:
-        for item in self.events:
-            self.add(item)
+        try:
+            for item in self.events:
+                self.add(item)
+        except Exception as e:  # noqa: BLE001 - a thread's end must be said, not lost
+            self.failed = f"{type(e).__name__}: {e}"
+            _log.error("pymemcg: OOM event counting stopped: %s", self.failed)
 
     def add(self, item: object) -> None:
         """Count one item of OomEvents."""

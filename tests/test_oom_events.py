@@ -253,10 +253,13 @@ def test_exporters_count_a_kill_in_a_removed_cgroup_then_drop_it(bpf_ok, cgroups
 
     fds_before = len(os.listdir("/proc/self/fd"))
     metrics = InMemoryMetricReader()
-    instrumentor = MemcgInstrumentor(oom_events=True, oom_retention=retention)
+    # rooted at the test's own cgroups: the host's other cgroups (other
+    # tests' included) stay out of the SDK's cardinality limit
+    instrumentor = MemcgInstrumentor(cgroups.base, oom_events=True, oom_retention=retention)
     instrumentor.instrument(meter_provider=MeterProvider(metric_readers=[metrics]))
     try:
-        with MemcgCollector(stats=["usage"], oom_events=True, oom_retention=retention,
+        with MemcgCollector(cgroups.base, stats=["usage"], oom_events=True,
+                            oom_retention=retention,
                             min_interval=0) as collector:
             text = collector.exposition().decode()
             assert sample(text, rel_live) == 0 and sample(text, rel_victim) == 0
