@@ -84,7 +84,7 @@ $(LIBBPF_A): $(LIBBPF_TARBALL) | $(OUTPUT)
 		OBJDIR=$(abspath $(OUTPUT)/libbpf-obj) DESTDIR=$(abspath $(OUTPUT)/libbpf) \
 		INCLUDEDIR=/include LIBDIR= UAPIDIR= install >/dev/null
 
-$(OUTPUT)/%.bpf.o: bpf_src/%.bpf.c bpf_src/memcg_fill.bpf.h bpf_src/memcg_record.h bpf_src/vmlinux_min.h $(LIBBPF_A) | $(OUTPUT)
+$(OUTPUT)/%.bpf.o: bpf_src/%.bpf.c bpf_src/memcg_fill.bpf.h bpf_src/memcg_record.h bpf_src/memcg_oom.h bpf_src/vmlinux_min.h $(LIBBPF_A) | $(OUTPUT)
 	$(CLANG) $(BPF_CFLAGS) -Ibpf_src -I$(LIBBPF_INC) -c $< -o $@
 
 $(OUTPUT)/%.skel.h: $(OUTPUT)/%.bpf.o

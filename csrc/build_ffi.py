@@ -112,8 +112,63 @@ long pmc_btf_member_size(struct pmc_btf *btf, const char *struct_name, const cha
 int pmc_btf_has_func(struct pmc_btf *btf, const char *name);
 """
 
+# csrc/pmc_oom.h and bpf_src/memcg_oom.h (the event, checked by the compiler)
+OOM_CDEF = """
+struct pmc_oom_event {
+    unsigned long long seq;
+    unsigned long long boot_ns;
+    unsigned long long victim_cgroup_id;
+    unsigned long long oom_cgroup_id;
+    unsigned long long total_vm_kb;
+    unsigned long long anon_rss_kb;
+    unsigned long long file_rss_kb;
+    unsigned long long shmem_rss_kb;
+    unsigned long long pgtables_kb;
+    unsigned long long oom_usage_kb;
+    unsigned long long oom_limit_kb;
+    unsigned long long oom_failcnt;
+    unsigned long long totalpages;
+    unsigned int pid;
+    unsigned int tgid;
+    unsigned int uid;
+    unsigned int flags;
+    unsigned int constraint;
+    unsigned int oom_score_adj;
+    unsigned int victim_level;
+    unsigned int oom_level;
+    unsigned int victim_names_len;
+    unsigned int oom_names_len;
+    unsigned int format;
+    unsigned int pad;
+    unsigned long long comm[2];
+};
+#define PMC_OOM_FORMAT_VERSION 1
+#define PMC_OOM_VICTIM_PATH ...
+#define PMC_OOM_OOM_PATH ...
+#define PMC_OOM_MEMCG ...
+#define PMC_OOM_HAS_MM ...
+#define PMC_OOM_RSS_EXACT ...
+#define PMC_OOM_OOM_COUNTER ...
+#define PMC_OOM_OOM_KNOWN ...
+struct pmc_oom;
+enum pmc_oom_method {
+    PMC_OOM_KPROBES = 1,
+    PMC_OOM_TRACEPOINT = 2,
+};
+int pmc_oom_method(const struct pmc_oom *oom);
+int pmc_oom_load(unsigned long long page_size, struct pmc_oom **out,
+                 char *log, size_t log_size);
+void pmc_oom_destroy(struct pmc_oom *oom);
+int pmc_oom_fd(const struct pmc_oom *oom);
+int pmc_oom_consume(struct pmc_oom *oom);
+const void *pmc_oom_buffer(const struct pmc_oom *oom, size_t *len);
+void pmc_oom_clear(struct pmc_oom *oom);
+unsigned long long pmc_oom_seen(const struct pmc_oom *oom);
+unsigned long long pmc_oom_lost(const struct pmc_oom *oom);
+"""
+
 ffibuilder = FFI()
-ffibuilder.cdef(record_header.cdef(record_header.read_header()) + SHIM_CDEF)
+ffibuilder.cdef(record_header.cdef(record_header.read_header()) + SHIM_CDEF + OOM_CDEF)
 ffibuilder.set_source(
     "pymemcg._pymemcg",
     '#include "pmc_shim.h"\n',

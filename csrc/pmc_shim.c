@@ -1125,3 +1125,6 @@ int pmc_btf_has_func(struct pmc_btf *b, const char *name)
 {
 	return btf__find_by_name_kind(b->btf, name, BTF_KIND_FUNC) >= 0;
 }
+
+/* OOM kill events (compiled here for the log capture above) */
+#include "pmc_oom.c"

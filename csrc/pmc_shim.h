@@ -197,4 +197,6 @@ long pmc_btf_member_size(struct pmc_btf *btf, const char *struct_name, const cha
 /* 1 if a function (kfunc) of this name is in BTF, else 0 */
 int pmc_btf_has_func(struct pmc_btf *btf, const char *name);
 
+#include "pmc_oom.h"
+
 #endif /* PMC_SHIM_H */

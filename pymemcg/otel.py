@@ -70,11 +70,12 @@ from . import __version__, catalog, forksafe
 from .cadvisor import (UNLIMITED_ABOVE, CadvisorMetric, cadvisor_metrics, needed_local_stats,
                        needed_stats)
 from .cgroupfs import memory_mount
-from .containers import identify
+from .containers import CgroupIdentity, identify
 from .decode import Snapshot
 from .errors import NoMemoryController, UnknownStat
 from .exposition import interval_seconds, local_columns, metric_inputs, picked
 from .names import escape
+from .oom_metrics import DEFAULT_RETENTION, OomCounts, gone_identity, under
 from .reader import Reader
 
 _log = logging.getLogger(__name__)
@@ -84,6 +85,16 @@ INSTRUMENTS = ("opentelemetry-api >= 1.12",)
 
 PAGING_FAULT_TYPE = "system.paging.fault.type"
 Attributes = Dict[str, str]
+
+
+def _attributes(path: str, ident: CgroupIdentity) -> Attributes:
+    """A cgroup's attributes: its path as text, and who it is where known."""
+    attributes = {"cgroup.path": escape(path)}
+    if ident.container_id:
+        attributes["container.id"] = ident.container_id
+    if ident.pod_uid:
+        attributes["k8s.pod.uid"] = ident.pod_uid
+    return attributes
 
 
 class _Shape:
@@ -105,11 +116,7 @@ class _Shape:
             # records without a path were left out above
             path = cast(str, paths[i])
             ident = identify(path)
-            attributes = {"cgroup.path": escape(path)}
-            if ident.container_id:
-                attributes["container.id"] = ident.container_id
-            if ident.pod_uid:
-                attributes["k8s.pod.uid"] = ident.pod_uid
+            attributes = _attributes(path, ident)
             self.attributes.append(attributes)
             if not ident.cadvisor_skips:
                 self.cadvisor_rows.append(i)
@@ -174,7 +181,8 @@ class MemcgInstrumentor:
     """
 
     def __init__(self, root: Optional[str] = None, stats: Sequence[str] = (),
-                 interval: float = 0.0, *, backend: str = "auto", flush: bool = False) -> None:
+                 interval: float = 0.0, *, backend: str = "auto", flush: bool = False,
+                 oom_events: bool = False, oom_retention: float = DEFAULT_RETENTION) -> None:
         mount = memory_mount()
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "
@@ -196,6 +204,9 @@ class MemcgInstrumentor:
         self.local_stats_needed = needed_local_stats(used)
         self.reader: Optional[Reader] = None
         self.local_reader: Optional[Reader] = None
+        # container.oom_events from OOM kill events (pymemcg.oom_metrics)
+        self.oom_events, self.oom_retention = oom_events, oom_retention
+        self.oom_counts: Optional[OomCounts] = None
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
         self._frame: Optional[_Frame] = None
@@ -230,6 +241,8 @@ class MemcgInstrumentor:
                 self.local_reader = Reader(stats=self.local_stats_needed, local=True,
                                            backend=self.backend, flush=self.flush,
                                            for_trees=True)
+            if self.oom_events:
+                self.oom_counts = OomCounts(retention=self.oom_retention)
             key = id(provider)
             if key not in self._meters:
                 # an SDK keeps the first instrument of a name: on a provider seen
@@ -254,6 +267,9 @@ class MemcgInstrumentor:
             if r is not None:
                 r.close()
         self.reader = self.local_reader = None
+        if self.oom_counts is not None:
+            self.oom_counts.close()
+            self.oom_counts = None
 
     # --- instruments ---
 
@@ -282,6 +298,12 @@ class MemcgInstrumentor:
             "container.paging.faults",
             [self._callback("container.paging.faults", self._faults)],
             unit="{fault}", description="Container memory paging faults.")
+        if self.oom_events:
+            meter.create_observable_counter(
+                "container.oom_events", [self._callback("container.oom_events", self._ooms)],
+                unit="{event}", description="OOM kills whose victim was in the container, "
+                "since instrumented (cAdvisor's container_oom_events_total); a removed "
+                "cgroup's is observed for oom_retention seconds after its removal")
         for name in self.selected:
             stat = catalog.STATS[name]
             callback = self._callback(f"memcg.{name}", functools.partial(_raw, stat=name))
@@ -304,6 +326,21 @@ class MemcgInstrumentor:
                     frame.shape.cadvisor_attributes, frame.values(ws_metric),
                     frame.column("limit", True))
                 if ws and limit is not None and limit <= UNLIMITED_ABOVE]
+
+    def _ooms(self, frame: _Frame) -> List[Observation]:
+        counts = self.oom_counts
+        if counts is None:
+            return []
+        ids = frame.snap.ids()
+        live, gone = counts.series(ids)
+        out = [Observation(live.get(ids[row], 0), a) for row, a in
+               zip(frame.shape.cadvisor_rows, frame.shape.cadvisor_attributes)]
+        root = self.root[len(self.mountpoint):] or "/"
+        for path, count in gone:
+            ident = gone_identity(path)
+            if ident is not None and under(path, root):
+                out.append(Observation(count, _attributes(path, ident)))
+        return out
 
     def _faults(self, frame: _Frame) -> List[Observation]:
         failures = self._cadvisor.get("container_memory_failures_total")

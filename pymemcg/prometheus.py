@@ -84,6 +84,9 @@ from .exposition import (CGROUPS_HELP, CONTENT_TYPE, DEFAULT_MIN_INTERVAL, DURAT
                          picked)
 from .errors import NoMemoryController, UnknownStat
 from .names import escape
+from .exposition import header, label_pairs, openmetrics_header
+from .oom_metrics import DEFAULT_RETENTION, HELP as OOM_HELP, LOST_HELP as OOM_LOST_HELP
+from .oom_metrics import LOST_NAME as OOM_LOST_NAME, NAME as OOM_NAME
 from .server_limits import Limits
 
 if TYPE_CHECKING:
@@ -124,7 +127,8 @@ class MemcgCollector:
     def __init__(self, root: Optional[str] = None, stats: Sequence[str] = catalog.DEFAULT_STATS,
                  *, local: bool = False, backend: str = "auto", cadvisor: Optional[bool] = None,
                  reader: Optional[Reader] = None, flush: bool = False,
-                 min_interval: float = DEFAULT_MIN_INTERVAL) -> None:
+                 min_interval: float = DEFAULT_MIN_INTERVAL, oom_events: bool = False,
+                 oom_retention: float = DEFAULT_RETENTION) -> None:
         mount = memory_mount()
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "
@@ -139,6 +143,11 @@ class MemcgCollector:
         if cadvisor is None:
             cadvisor = not local
         self.cadvisor = cadvisor_metrics(mount.version) if cadvisor else []
+        # oom_events: container_oom_events_total from OOM kill events
+        # (pymemcg.oom_metrics), not from the cgroups' own oom_kill counts
+        oom_events = oom_events and bool(self.cadvisor)
+        if oom_events:
+            self.cadvisor = [m for m in self.cadvisor if m.name != OOM_NAME]
         self.stats_needed = needed_stats(self.selected, self.cadvisor)
         self._own_reader = reader is None
         if reader is None:
@@ -165,6 +174,15 @@ class MemcgCollector:
             lambda root: self.reader.read_tree(root), self.root, min_interval,
             on_error=self._said_error,
             read_local=(lambda root: local_reader.read_tree(root)) if local_reader else None)
+        self.oom_rows = None
+        if oom_events:
+            from .oom_metrics import OomCounts, Rows
+            try:
+                self.oom_rows = Rows(OomCounts(retention=oom_retention),
+                                     self.root[len(mount.mountpoint):] or "/")
+            except BaseException:
+                self.close()
+                raise
         self._raw = [(name, *self._raw_family(name)) for name in self.selected]
         self.writer = TextWriter(self._raw, self.cadvisor, self._info_labels())
         self._lock = threading.Lock()
@@ -212,11 +230,25 @@ class MemcgCollector:
 
     def exposition(self) -> bytes:
         """One scrape in the Prometheus text format (version 0.0.4), UTF-8."""
-        return self.writer.render(self.take())
+        return b"".join(self.exposition_chunks())
 
     def exposition_chunks(self) -> List[bytes]:
         """exposition() in pieces, to be written in order (no copy of the whole)."""
-        return self.writer.render_chunks(self.take())
+        taken = self.take()
+        return self._with_oom(self.writer.render_chunks(taken), taken, header)
+
+    def _with_oom(self, chunks: List[bytes], taken: Taken,
+                  head: Callable[[str, str, str], str]) -> List[bytes]:
+        """chunks, then container_oom_events_total from events (oom_events)."""
+        if self.oom_rows is None:
+            return chunks
+        text = [head(OOM_NAME, COUNTER, OOM_HELP)]
+        if taken.snapshot is not None:
+            text += [f"{OOM_NAME}{{{label_pairs(names, values)}}} {count}\n"
+                     for names, values, count in self.oom_rows.rows(taken.snapshot)]
+        text.append(head(OOM_LOST_NAME, COUNTER, OOM_LOST_HELP))
+        text.append(f"{OOM_LOST_NAME} {self.oom_rows.counts.missed}\n")
+        return [*chunks, "".join(text).encode()]
 
     def openmetrics_chunks(self) -> List[bytes]:
         """exposition_chunks() in the OpenMetrics text format (1.0.0), without
@@ -228,7 +260,8 @@ class MemcgCollector:
                     self._openmetrics_writer = TextWriter(self._raw, self.cadvisor,
                                                           self._info_labels(), openmetrics=True)
                 writer = self._openmetrics_writer
-        return writer.render_chunks(self.take())
+        taken = self.take()
+        return self._with_oom(writer.render_chunks(taken), taken, openmetrics_header)
 
     # --- prometheus_client protocol ---
 
@@ -287,6 +320,16 @@ class MemcgCollector:
                                if v is not None]
             families.append(fam)
 
+        if self.oom_rows is not None:
+            fam = CounterMetricFamily(OOM_NAME, OOM_HELP)
+            if snap is not None:
+                fam.samples = [Sample(OOM_NAME, dict(zip(names, values)), count)
+                               for names, values, count in self.oom_rows.rows(snap)]
+            lost = CounterMetricFamily(OOM_LOST_NAME, OOM_LOST_HELP)
+            if taken is not None:
+                lost.add_metric([], self.oom_rows.counts.missed)
+            families += [fam, lost]
+
         info = GaugeMetricFamily("pymemcg_info", INFO_HELP,
                                  labels=["version", "backend", "cgroup_version", "kernel", "root"])
         cgroups = GaugeMetricFamily("pymemcg_cgroups", CGROUPS_HELP)
@@ -302,7 +345,10 @@ class MemcgCollector:
         return families
 
     def close(self) -> None:
-        """Close the Reader if this collector made it."""
+        """Close the Reader if this collector made it, and the OOM events."""
+        oom_rows = getattr(self, "oom_rows", None)
+        if oom_rows is not None:
+            oom_rows.counts.close()
         if self._own_reader:
             self.reader.close()
         if self.local_reader is not None:

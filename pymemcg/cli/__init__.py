@@ -4,6 +4,7 @@
                      [--backend auto|bpf|text]
     pymemcg top [ROOT] [--sort STAT] [--interval S] [--stats ...] [--batch] [-n N]
     pymemcg watch [ROOT] [--interval S] [--count N] [--per cgroup|snapshot] [--stats ...]
+    pymemcg events [--count N] [--ready]          (OOM kills as they happen, JSON lines)
     pymemcg export [ROOT] [--listen ADDR:PORT] [--min-interval S] [--stats ...]  (`prometheus` extra)
     pymemcg doctor [--format text|json]
     pymemcg stats [--format table|json]
@@ -111,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--per", choices=("cgroup", "snapshot"), default="cgroup",
                        help="one JSON object per cgroup (default) or per snapshot")
     watch.set_defaults(func=command("watch", "cmd_watch"))
+
+    events = sub.add_parser("events", parents=[colour], help="OOM kills as they happen, JSON lines",
+                            description="Write one JSON object per OOM kill as the kernel makes "
+                                        "it (through BPF, without /dev/kmsg): time, victim pid and "
+                                        "command, its memory cgroup and the one whose limit was "
+                                        "hit, the memory figures the kernel logs (KiB); "
+                                        "{\"event\": \"lost\"} where events were lost.")
+    events.add_argument("--count", "-c", type=positive_int, metavar="N",
+                        help="stop after N kills (default: until Ctrl-C)")
+    events.add_argument("--ready", action="store_true",
+                        help="first write {\"event\": \"ready\"} once the programs are attached")
+    events.set_defaults(func=command("events", "cmd_events"))
 
     export = sub.add_parser("export", parents=[colour],
                             help="serve Prometheus metrics (cAdvisor names + memcg_<stat>)",

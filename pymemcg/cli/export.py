@@ -42,6 +42,13 @@ def add_export_options(export: argparse.ArgumentParser) -> None:
                              f"scrape faster cannot make the exporter walk the cgroups faster")
     export.add_argument("--no-cadvisor", action="store_true",
                         help="only the memcg_<stat> metrics")
+    export.add_argument("--oom-events", action="store_true",
+                        help="container_oom_events_total from OOM kill events (BPF), counted "
+                             "also for cgroups removed right after the kill, instead of from "
+                             "each cgroup's own oom_kill count")
+    export.add_argument("--oom-retention", metavar="S", type=seconds_or_zero, default=300.0,
+                        help="seconds a removed cgroup's container_oom_events_total stays "
+                             "exported with --oom-events (default 300)")
     export.add_argument("--web-config", metavar="FILE",
                         help="TLS and basic auth, in Prometheus exporters' web-config.yml "
                              "format (needs `pip install 'pymemcg[web]'`)")
@@ -83,7 +90,9 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
             with warnings_said():
                 collector = MemcgCollector(root, names, local=args.local, backend=args.backend,
                                            cadvisor=not args.no_cadvisor and not args.local,
-                                           flush=args.flush, min_interval=args.min_interval)
+                                           flush=args.flush, min_interval=args.min_interval,
+                                           oom_events=args.oom_events,
+                                           oom_retention=args.oom_retention)
             with collector:
                 with warnings_said():     # a connection cap lowered to the file limit
                     server = make_server(collector, host, port, limits)
