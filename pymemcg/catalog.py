@@ -15,9 +15,12 @@ STATE = "state"        # memcg_vmstats.state[] (enum node_stat_item / memcg_stat
 EVENT = "event"        # memcg_vmstats.events[] (enum vm_event_item)
 MEMEVENT = "memevent"  # mem_cgroup.memory_events[] (enum memcg_memory_event)
 COUNTER = "counter"    # a struct page_counter field
+PRESSURE = "pressure"  # the cgroup's struct psi_group (memory.pressure), cgroup v2
 
 BYTES = "bytes"
 COUNT = "count"
+MICROSECONDS = "microseconds"             # pressure totals, as memory.pressure prints total=
+PERCENT_X100 = "hundredths of a percent"  # pressure averages: avg10=5.23 is 523
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,36 @@ def _counter(name: str, item: str, unit: str, meaning: str, version: Optional[in
 
 def _memevent(name: str, item: str, meaning: str) -> Stat:
     return Stat(name, MEMEVENT, item, COUNT, meaning)
+
+
+# --- pressure (PSI) ---
+#: memory.pressure's lines (some, full) and fields (total, avg10, avg60, avg300)
+PRESSURE_LINES = ("some", "full")
+PRESSURE_WINDOWS = ("avg10", "avg60", "avg300")
+_PSI_MEANING = {"some": "at least one task stalled on memory",
+                "full": "all non-idle tasks stalled on memory at once"}
+
+
+def pressure_name(line: str, field: str) -> str:
+    """The stat name of memory.pressure's `line` ("some"/"full") and `field`
+    ("total", "avg10", ...): pressure_some_total_us, pressure_full_avg10_x100."""
+    return f"pressure_{line}_{field}_us" if field == "total" else f"pressure_{line}_{field}_x100"
+
+
+def _pressure() -> list:
+    # item: the enum psi_states entry of the line (PSI_MEM_SOME / PSI_MEM_FULL)
+    out = []
+    for line in PRESSURE_LINES:
+        item = f"PSI_MEM_{line.upper()}"
+        out.append(Stat(pressure_name(line, "total"), PRESSURE, item, MICROSECONDS,
+                        f"time {_PSI_MEANING[line]}, in microseconds (memory.pressure "
+                        f"{line} total=)", cgroup_version=2))
+        for window in PRESSURE_WINDOWS:
+            out.append(Stat(pressure_name(line, window), PRESSURE, item, PERCENT_X100,
+                            f"share of time with {_PSI_MEANING[line]}, running average "
+                            f"over {window[3:]} s, in hundredths of a percent (memory.pressure {line} "
+                            f"{window}=5.23 is 523)", cgroup_version=2))
+    return out
 
 
 _STATS = [
@@ -160,6 +193,8 @@ _STATS = [
     _memevent("swap_high_events", "MEMCG_SWAP_HIGH", "swap usage above swap.high (memory.swap.events high)"),
     _memevent("swap_max_events", "MEMCG_SWAP_MAX", "swap allocations over swap.max (memory.swap.events max)"),
     _memevent("swap_fail_events", "MEMCG_SWAP_FAIL", "failed swap allocations (memory.swap.events fail)"),
+    # --- pressure (PSI): memory.pressure ---
+    *_pressure(),
 ]
 
 STATS: Dict[str, Stat] = {s.name: s for s in _STATS}

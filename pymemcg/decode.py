@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 # one record as unpacked: id, parent id, name hash, level, flags, valid words, values
 RawRecord = Tuple[int, ...]
 
-from ._record_h import MAX_STATS, REC_NO_MEMCG
+from ._record_h import MAX_STATS, REC_NO_MEMCG, REC_NO_PSI
 from .containers import CgroupIdentity, identify
 from .errors import MalformedData, StatUnavailable, UnknownStat, quoted
 from .record_format import (FLAGS_AT, HASH_AT, ID_AT, ID_WORD, LEVEL_AT, PARENT_AT, VALID_AT,
@@ -164,6 +164,12 @@ class PackedRecords(Sequence[RawRecord]):
 RawRecords = Union[List[RawRecord], PackedRecords]
 
 
+#: why a record with REC_NO_PSI has no pressure values
+NO_PSI_WHY = ("this cgroup has no pressure accounting of its own: its cgroup.pressure is 0, or "
+              "it is the root, whose pressure is the system's (/proc/pressure/memory, which "
+              "BPF does not read), or PSI is off")
+
+
 class Record:
     """One cgroup's stats: record["anon"] in bytes, record["pgfault"] a count.
 
@@ -213,8 +219,10 @@ class Record:
         except KeyError:
             raise self._selection.unknown(name) from None
         if not (self._t[VALID_AT + (i >> 6)] >> (i & 63)) & 1:
-            raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: "
-                                  f"{self._selection.sources.get(name, 'not read')}")
+            why = self._selection.sources.get(name, 'not read')
+            if self._t[FLAGS_AT] & REC_NO_PSI and name.startswith("pressure_"):
+                why = NO_PSI_WHY
+            raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: {why}")
         return self._t[i + VALUES_AT]
 
     def get(self, name: str, default: Optional[int] = None) -> Optional[int]:

@@ -24,7 +24,12 @@ from .errors import NoBtf
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 STATE_ENUMS = ("node_stat_item", "memcg_stat_item")
 EVENT_ENUMS = ("vm_event_item",)
-ENUMS = STATE_ENUMS + EVENT_ENUMS + ("memcg_memory_event",)
+# --- pressure (PSI): include/linux/psi_types.h ---
+PSI_ENUMS = ("psi_states", "psi_aggregators")
+ENUMS = STATE_ENUMS + EVENT_ENUMS + ("memcg_memory_event",) + PSI_ENUMS
+#: exists where the kernel accounts pressure (CONFIG_PSI=y and not booted
+#: with psi=0: kernel/sched/psi.c psi_proc_init makes /proc/pressure then only)
+PROC_PRESSURE_MEMORY = "/proc/pressure/memory"
 
 #: Linux 7.0+ mm/bpf_memcontrol.c
 MEMCG_KFUNCS = ("bpf_get_mem_cgroup", "bpf_put_mem_cgroup", "bpf_mem_cgroup_page_state",
@@ -55,6 +60,13 @@ class KernelFacts:
     # the kernel's own lists (kallsyms), as enum values in slot order
     kallsyms_state: Optional[Tuple[int, ...]] = None
     kallsyms_events: Optional[Tuple[int, ...]] = None
+    # --- pressure (PSI) ---
+    # struct psi_group's arrays as BTF has them (flattened): total[] is
+    # [NR_PSI_AGGREGATORS][NR_PSI_STATES - 1] u64 ns, avg[] is
+    # [NR_PSI_STATES - 1][3] fixed point; None: not in BTF (CONFIG_PSI=n)
+    psi_total_len: Optional[int] = None
+    psi_avg_len: Optional[int] = None
+    cgroup_has_psi: bool = False                     # struct cgroup has `psi`
 
     def value(self, name: str) -> Optional[int]:
         for values in self.enums.values():
@@ -119,6 +131,9 @@ def read_btf_facts(release: str, path: Optional[str] = None) -> KernelFacts:
             state_local_len=array_len("memcg_vmstats", "state_local"),
             events_local_len=array_len("memcg_vmstats", "events_local"),
             kfuncs=kfuncs,
+            psi_total_len=array_len("psi_group", "total"),
+            psi_avg_len=array_len("psi_group", "avg"),
+            cgroup_has_psi=array_len("cgroup", "psi") is not None,
         )
     finally:
         lib.pmc_btf_close(btf)
@@ -203,3 +218,10 @@ def facts_from_json(doc: Mapping[str, Any]) -> KernelFacts:
         if kw.get(k) is not None:
             kw[k] = tuple(kw[k])
     return KernelFacts(**kw)
+
+
+def psi_running() -> bool:
+    """Whether the running kernel accounts pressure: CONFIG_PSI=y and not
+    booted with psi=0 (nor with CONFIG_PSI_DEFAULT_DISABLED and no psi=1).
+    kernel/sched/psi.c makes /proc/pressure only then."""
+    return os.path.exists(PROC_PRESSURE_MEMORY)

@@ -66,8 +66,9 @@ def test_release_of():
 def test_host_resolves_through_its_table(host):
     res = by_name(slots.resolve(ALL, host, 1, PAGE))
     unavailable = {n for n, r in res.items() if not r.available}
-    # only the cgroup v2 counters; everything else has a proven slot
-    assert unavailable == {"swap_usage", "swap_peak", "swap_limit"}
+    # only the cgroup v2 counters and pressure; everything else has a proven slot
+    pressure = {n for n, s in catalog.STATS.items() if s.kind == catalog.PRESSURE}
+    assert unavailable == {"swap_usage", "swap_peak", "swap_limit"} | pressure
     assert res["anon"].via == slots.VIA_TABLE and res["anon"].kind == slots.KIND_STATE
     assert res["pgfault"].kind == slots.KIND_EVENT
     assert res["oom_kill"].via == slots.VIA_ENUM

@@ -8,13 +8,13 @@ import os
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .. import catalog
-from ..catalog import MEMEVENT
+from ..catalog import MEMEVENT, PRESSURE
 from ..cgroupfs import Cgroup, Replaced, path_list, resolve_cgroup
 from ..decode import Selection, Record, Snapshot, raw_record
 from ..errors import CgroupNotFound, ReadError
 from ..memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
-                           parse_flat_keyed, parse_memory_stat, parse_number, printed_keys,
-                           read_file, text_availability)
+                           PRESSURE_FILE, parse_flat_keyed, parse_memory_stat, parse_number,
+                           parse_pressure, printed_keys, read_file, text_availability)
 from . import read_each
 
 
@@ -102,6 +102,12 @@ class TextBackend:
                     out[name] = parse_number(text, fname)
         if want & {s.name for s in catalog.STATS.values() if s.kind == MEMEVENT}:
             out.update(self._events(read))
+        if self.version == 2 and not self.local and \
+                want & {s.name for s in catalog.STATS.values() if s.kind == PRESSURE}:
+            # absent: PSI off, or cgroup.pressure 0 (the kernel hides the file)
+            text = read(PRESSURE_FILE)
+            if text is not None:
+                out.update(parse_pressure(text))
         if missing and _removed(dfd):
             # a file this kernel does not have is unavailable; one that went
             # with its cgroup is not

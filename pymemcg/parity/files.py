@@ -10,9 +10,9 @@ import os
 from typing import Dict, Mapping, Optional, Tuple
 
 from .. import catalog
-from ..catalog import COUNTER, MEMEVENT
-from ..memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
-                           parse_flat_keyed, parse_number)
+from ..catalog import COUNTER, MEMEVENT, PRESSURE
+from ..memory_stat import (EVENTS_KEYS, PRESSURE_FILE, SWAP_EVENTS_KEYS, V1_COUNTER_FILES,
+                           V2_COUNTER_FILES, parse_flat_keyed, parse_number, parse_pressure)
 
 # v1: the kmem page counter is charged in the same call as MEMCG_KMEM
 # (memcg_account_kmem), so it is the kernel's own print of "kernel" there
@@ -26,7 +26,7 @@ FileValues = Dict[str, Tuple[int, str]]    # stat name -> (value, "file key")
 def _files_for(version: int) -> Tuple[str, ...]:
     counters = V1_COUNTER_FILES if version == 1 else V2_COUNTER_FILES
     extra = (V1_KMEM_FILE, V1_OOM_FILE) if version == 1 else \
-        ("memory.events", "memory.events.local", "memory.swap.events")
+        ("memory.events", "memory.events.local", "memory.swap.events", PRESSURE_FILE)
     return ("memory.stat",) + tuple(counters.values()) + extra
 
 
@@ -70,6 +70,9 @@ def file_values(files: Mapping[str, Optional[str]], version: int, local: bool,
             continue
         if s.kind == MEMEVENT:
             _memevent(s.name, files, version, local, leaf, note, values, why)
+            continue
+        if s.kind == PRESSURE:
+            _pressure(s.name, files, version, local, values, why)
             continue
         if version == 1:
             if s.name == "kernel":
@@ -143,3 +146,22 @@ def _memevent(name: str, files: Mapping[str, Optional[str]], version: int, local
                 why[name] = f"this kernel's {fname} does not print {key}"
         return
     why[name] = "no cgroup v2 file prints it"
+
+
+# --- pressure (PSI) ---
+def _pressure(name: str, files: Mapping[str, Optional[str]], version: int, local: bool,
+              values: FileValues, why: Dict[str, str]) -> None:
+    """A memory.pressure value (v2). Reading the file aggregates the group's
+    per-CPU times and, once per 2 s period, its averages (psi_show): the
+    bracketing reads are what the BPF read between them sees, so a quiet
+    cgroup's values are the same in all three."""
+    if version == 1:
+        why[name] = "cgroup v1 has no memory.pressure"
+    elif local:
+        why[name] = "memory.pressure is hierarchical only"
+    elif files.get(PRESSURE_FILE) is None:
+        why[name] = (f"no {PRESSURE_FILE} (PSI off, or this cgroup's cgroup.pressure is 0)")
+    else:
+        line, field = name.split("_")[1:3]
+        values[name] = (parse_pressure(files[PRESSURE_FILE] or "")[name],
+                        f"{PRESSURE_FILE} {line} {field}")
