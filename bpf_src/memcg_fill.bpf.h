@@ -128,9 +128,9 @@ static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which,
  * percent, LOAD_INT * 100 + LOAD_FRAC. Both as of the group's last
  * aggregation (its averaging work, about every 2 s while the group is
  * active, or a read of one of its pressure files): the program does not
- * aggregate. No group (PSI off, or the root, whose group is the system's
- * psi_system: cgroup_psi()) or cgroup.pressure 0 (group->enabled, the
- * file hidden): unavailable, and the record says PMC_REC_NO_PSI.
+ * aggregate. No group (PSI off; or the root where the loader found no
+ * psi_system) or cgroup.pressure 0 (group->enabled, the file hidden):
+ * unavailable, and the record says PMC_REC_NO_PSI.
  */
 #define PMC_PSI_FSHIFT	11	/* include/linux/sched/loadavg.h FSHIFT */
 static __always_inline __u64 read_pressure(struct pmc_out *rec, struct cgroup *cgrp,
@@ -147,7 +147,13 @@ static __always_inline __u64 read_pressure(struct pmc_out *rec, struct cgroup *c
 	    !bpf_core_field_exists(struct psi_group, total) ||
 	    !bpf_core_field_exists(struct psi_group, avg))
 		return 0;
-	psi = BPF_CORE_READ(cgrp, psi);
+	/* cgroup_psi(): the root (kernfs ino 1) has the system's group; its
+	 * cgroup->psi stays NULL. (v1 roots are ino 1 too: the loader serves
+	 * pressure on cgroup v2 only.) */
+	if (cgrp->kn->id == 1)
+		psi = (struct psi_group *)sel.psi_system;
+	else
+		psi = BPF_CORE_READ(cgrp, psi);
 	if (!psi || bpf_core_read(&enabled, sizeof(enabled), &psi->enabled) || !enabled) {
 		rec->hdr.flags |= PMC_REC_NO_PSI;
 		return 0;

@@ -107,6 +107,8 @@ struct pmc_selection {
 	unsigned int direct_loads;
 	unsigned int pad;
 	struct pmc_stat_spec specs[PMC_MAX_STATS];
+	/* --- pressure (PSI) --- */
+	unsigned long long psi_system;	/* &psi_system, the v2 root's psi group; 0: unknown */
 };
 
 struct pmc_record {

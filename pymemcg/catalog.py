@@ -8,7 +8,7 @@ Sizes are bytes, events are counts, exactly as memory.stat prints them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 # where the kernel keeps a stat
 STATE = "state"        # memcg_vmstats.state[] (enum node_stat_item / memcg_stat_item)
@@ -72,7 +72,7 @@ def pressure_name(line: str, field: str) -> str:
     return f"pressure_{line}_{field}_us" if field == "total" else f"pressure_{line}_{field}_x100"
 
 
-def _pressure() -> list:
+def _pressure() -> List[Stat]:
     # item: the enum psi_states entry of the line (PSI_MEM_SOME / PSI_MEM_FULL)
     out = []
     for line in PRESSURE_LINES:

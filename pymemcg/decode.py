@@ -165,9 +165,11 @@ RawRecords = Union[List[RawRecord], PackedRecords]
 
 
 #: why a record with REC_NO_PSI has no pressure values
-NO_PSI_WHY = ("this cgroup has no pressure accounting of its own: its cgroup.pressure is 0, or "
-              "it is the root, whose pressure is the system's (/proc/pressure/memory, which "
-              "BPF does not read), or PSI is off")
+NO_PSI_WHY = ("this cgroup keeps no pressure: its cgroup.pressure is 0 (the kernel hides "
+              "memory.pressure then), or PSI is off")
+NO_PSI_ROOT_WHY = ("the root cgroup's pressure is the system's (psi_system, "
+                   "/proc/pressure/memory), and this kernel's kallsyms does not list "
+                   "psi_system (no CONFIG_KALLSYMS_ALL, or PYMEMCG_KALLSYMS=0), or PSI is off")
 
 
 class Record:
@@ -221,7 +223,7 @@ class Record:
         if not (self._t[VALID_AT + (i >> 6)] >> (i & 63)) & 1:
             why = self._selection.sources.get(name, 'not read')
             if self._t[FLAGS_AT] & REC_NO_PSI and name.startswith("pressure_"):
-                why = NO_PSI_WHY
+                why = NO_PSI_ROOT_WHY if self._t[LEVEL_AT] == 0 else NO_PSI_WHY
             raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: {why}")
         return self._t[i + VALUES_AT]
 

@@ -31,7 +31,8 @@ from itertools import repeat
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 from . import forksafe
-from .cadvisor import COUNTER, GAUGE, CadvisorMetric, Getter, local, needed_local_stats
+from .cadvisor import (COUNTER, GAUGE, CadvisorMetric, Getter, Values, local,
+                       needed_local_stats)
 from .containers import CgroupIdentity, identify
 from .decode import Snapshot
 from .errors import BadInterval, Error, quoted
@@ -361,7 +362,7 @@ class TextWriter:
                 tails = [self._tails(m, r) for r in map(m.values, getters)]
             out.append("".join([h + t for h, ts in zip(self._heads[m.name], tails) for t in ts]))
 
-    def _tails(self, m: CadvisorMetric, values: List[Tuple[Tuple[str, ...], int]]
+    def _tails(self, m: CadvisorMetric, values: Values
                ) -> Tuple[str, ...]:
         """What follows a cgroup's line head (`name{id="..."`) for each value."""
         out = []

@@ -67,6 +67,9 @@ class KernelFacts:
     psi_total_len: Optional[int] = None
     psi_avg_len: Optional[int] = None
     cgroup_has_psi: bool = False                     # struct cgroup has `psi`
+    # the address of psi_system (the v2 root's psi group), from kallsyms like
+    # the lists; 0: not listed. Of this boot only: never compared nor saved.
+    psi_system: int = dataclasses.field(default=0, compare=False)
 
     def value(self, name: str) -> Optional[int]:
         for values in self.enums.values():
@@ -169,8 +172,9 @@ def with_kernel_lists(facts: KernelFacts) -> KernelFacts:
     state = ffi.new("unsigned int[256]")
     events = ffi.new("unsigned int[256]")
     got_s, got_e = ffi.new("unsigned int *"), ffi.new("unsigned int *")
+    psi_system = ffi.new("unsigned long long *")
     rc = lib.pmc_read_kernel_tables(max(state_n, 0), max(events_n, 0), state, events, got_s,
-                                    got_e)
+                                    got_e, psi_system)
     if rc < 0:
         return facts
     # memcg_stat_items[] follows the node items in state[]: MEMCG_SWAP..
@@ -178,7 +182,8 @@ def with_kernel_lists(facts: KernelFacts) -> KernelFacts:
     kstate = tuple(state[i] for i in range(got_s[0])) + tuple(memcg_items) \
         if got_s[0] else None
     kevents = tuple(events[i] for i in range(got_e[0])) if got_e[0] else None
-    return dataclasses.replace(facts, kallsyms_state=kstate, kallsyms_events=kevents)
+    return dataclasses.replace(facts, kallsyms_state=kstate, kallsyms_events=kevents,
+                               psi_system=psi_system[0])
 
 
 def kallsyms_enabled() -> bool:
@@ -207,6 +212,7 @@ def kernel_facts() -> KernelFacts:
 def facts_to_json(facts: KernelFacts) -> Dict[str, Any]:
     doc = dataclasses.asdict(facts)
     doc["kfuncs"] = sorted(facts.kfuncs)
+    del doc["psi_system"]   # an address of one boot
     return doc
 
 

@@ -64,8 +64,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         f"`pip install 'pymemcg[otel]'`") from None
 
 from . import __version__, catalog, forksafe
-from .cadvisor import (UNLIMITED_ABOVE, CadvisorMetric, cadvisor_metrics, needed_local_stats,
-                       needed_stats)
+from .cadvisor import (UNLIMITED_ABOVE, CadvisorMetric, Values, cadvisor_metrics,
+                       needed_local_stats, needed_stats)
 from .cgroupfs import memory_mount
 from .containers import identify
 from .decode import Snapshot
@@ -127,7 +127,7 @@ class _Frame:
         self.snap, self.shape = snap, shape
         self._local = local_columns(snap, local_snap, local_stats)
         self._columns: Dict[Tuple[str, bool], Sequence[Optional[int]]] = {}
-        self._values: Dict[str, List[List[Tuple[Tuple[str, ...], int]]]] = {}
+        self._values: Dict[str, List[Values]] = {}
 
     def column(self, stat: str, cadvisor: bool) -> Sequence[Optional[int]]:
         """stat (or local(stat)) of each observed record: of cAdvisor's rows
@@ -140,7 +140,7 @@ class _Frame:
                 full, self.shape.cadvisor_rows if cadvisor else self.shape.rows)
         return col
 
-    def values(self, metric: CadvisorMetric) -> List[List[Tuple[Tuple[str, ...], int]]]:
+    def values(self, metric: CadvisorMetric) -> List[Values]:
         """metric.values() of each of cAdvisor's rows. It is a function of the
         stats it needs: computed once per distinct input (idle cgroups,
         unset limits and zero counts share theirs)."""
@@ -148,7 +148,7 @@ class _Frame:
         if out is None:
             needs = metric_inputs(metric)
             keys = list(zip(*[self.column(s, True) for s in needs]))
-            distinct: Dict[Tuple[Optional[int], ...], List[Tuple[Tuple[str, ...], int]]] = {}
+            distinct: Dict[Tuple[Optional[int], ...], Values] = {}
             for k in keys:
                 if k not in distinct:
                     distinct[k] = metric.values(dict(zip(needs, k)).get)
@@ -282,6 +282,14 @@ class MemcgInstrumentor:
             if stat.unit == catalog.COUNT:
                 meter.create_observable_counter(f"memcg.{name}", [callback], unit="{count}",
                                                 description=description)
+            # --- pressure (PSI) ---
+            elif stat.unit == catalog.MICROSECONDS:
+                meter.create_observable_counter(f"memcg.{name}", [callback], unit="us",
+                                                description=description)
+            elif stat.unit == catalog.PERCENT_X100:
+                meter.create_observable_gauge(f"memcg.{name}", [callback],
+                                              unit="{hundredth_percent}",
+                                              description=description)
             else:
                 meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="By",
                                                         description=description)

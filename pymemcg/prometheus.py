@@ -192,8 +192,10 @@ class MemcgCollector:
 
     def _raw_family(self, name: str) -> Tuple[str, str]:
         stat = catalog.STATS[name]
-        counter = stat.unit == catalog.COUNT
-        help_text = f"{stat.meaning} ({'a count' if counter else 'bytes'}; pymemcg stat " \
+        # counts, and pressure's cumulative stall time, only ever grow
+        counter = stat.unit in (catalog.COUNT, catalog.MICROSECONDS)
+        unit = "a count" if stat.unit == catalog.COUNT else stat.unit
+        help_text = f"{stat.meaning} ({unit}; pymemcg stat " \
                     f"{name}{', local' if self.local else ''})"
         return (COUNTER if counter else GAUGE), help_text
 

@@ -197,21 +197,26 @@ def needs_v2_psi(cgroup_version):
         pytest.skip("no memory.pressure here: test_unavailable_with_reason_where_not_served")
 
 
+def bracketed_read(reader: pymemcg.Reader, cg: str) -> tuple:
+    """(record, memory.pressure values) of a BPF read between two reads of
+    the file that agree: nothing moved in between."""
+    for _ in range(100):
+        before = read_pressure_file(cg)
+        rec = reader.read(cg)
+        after = read_pressure_file(cg)
+        if before == after:
+            return rec, after
+        time.sleep(0.05)
+    pytest.fail(f"{cg}: memory.pressure never held still across a read")
+
+
 def test_pressure_parity(bpf_ok, cgroups, cgroup_version):
     """Between two reads of memory.pressure, each of which aggregates the
     group (psi_show), the BPF read equals both: same totals, same averages."""
     needs_v2_psi(cgroup_version)
     cg, proc = stalled_cgroup(cgroups)
     with pymemcg.Reader(stats=PRESSURE, backend="bpf") as r:
-        for _ in range(100):
-            before = read_pressure_file(cg)
-            rec = r.read(cg)
-            after = read_pressure_file(cg)
-            if before == after:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"{cg}: memory.pressure never held still across a read")
+        rec, after = bracketed_read(r, cg)
         assert rec.as_dict() == after
         tree = r.read_tree(cg)
         assert tree[tree.root].get("pressure_some_total_us") is not None
@@ -260,3 +265,20 @@ def test_cgroup_pressure_off(bpf_ok, cgroups, cgroup_version):
                 assert rec.flags & pymemcg.decode.REC_NO_PSI
                 with pytest.raises(StatUnavailable, match="cgroup.pressure"):
                     rec["pressure_some_total_us"]
+
+
+def test_root_is_the_systems_pressure(bpf_ok, cgroup_version):
+    """The v2 root's psi group is psi_system (cgroup_psi()), found through
+    kallsyms: its memory.pressure, as /proc/pressure/memory. Where kallsyms
+    does not list it: unavailable, with the reason."""
+    needs_v2_psi(cgroup_version)
+    root = pymemcg.cgroupfs.memory_mount().mountpoint
+    with pymemcg.Reader(stats=PRESSURE, backend="bpf") as r:
+        if not kernel_facts().psi_system:
+            rec = r.read(root)
+            assert all(rec.get(n) is None for n in PRESSURE)
+            with pytest.raises(StatUnavailable, match="psi_system"):
+                rec["pressure_some_total_us"]
+            return
+        rec, after = bracketed_read(r, root)
+        assert rec.as_dict() == after

@@ -111,7 +111,7 @@ except Exception as e:
 print(json.dumps(out))
 """
 
-TESTS = ["tests/test_parity.py", "tests/test_startup.py"]
+TESTS = ["tests/test_parity.py", "tests/test_startup.py", "tests/test_pressure.py"]
 
 
 def run_json(py: str, code: str, env: dict, cwd: str) -> tuple:
