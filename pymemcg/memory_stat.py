@@ -15,6 +15,7 @@ from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 from . import catalog
 from .catalog import COUNTER, MEMEVENT, PRESSURE
 from .errors import MalformedData, ReadError
+from .kernel_probe import psi_running
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")   # bytes; the unit of page counters and of page stats
 PAGE_COUNTER_MAX_BYTES = (2**63 - 1) // PAGE_SIZE * PAGE_SIZE  # "max" / unlimited
@@ -178,6 +179,8 @@ def text_availability(name: str, version: int, local: bool,
             return False, "cgroup v1 has no memory.pressure"
         if local:
             return False, "memory.pressure is hierarchical only"
+        if not psi_running():
+            return False, "PSI is off on this kernel (psi=0): no memory.pressure"
         return True, PRESSURE_FILE
     if stat.kind == MEMEVENT:
         if version == 1:

@@ -141,6 +141,18 @@ def test_resolve_unavailable_on_v1_local_and_psi_off():
         assert not r.available and "hierarchical only" in r.detail
 
 
+def test_text_availability(monkeypatch):
+    from pymemcg import memory_stat
+    monkeypatch.setattr(memory_stat, "psi_running", lambda: True)
+    assert memory_stat.text_availability("pressure_some_total_us", 2, False) == \
+        (True, "memory.pressure")
+    assert not memory_stat.text_availability("pressure_some_total_us", 1, False)[0]
+    assert not memory_stat.text_availability("pressure_some_total_us", 2, True)[0]
+    monkeypatch.setattr(memory_stat, "psi_running", lambda: False)
+    ok, why = memory_stat.text_availability("pressure_full_avg10_x100", 2, False)
+    assert not ok and "psi=0" in why
+
+
 # --- the running kernel ---
 
 def test_running_kernel_facts(bpf_ok):
