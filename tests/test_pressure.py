@@ -180,23 +180,32 @@ def test_unavailable_with_reason_where_not_served(bpf_ok, cgroups, cgroup_versio
 
 STALL = """
 import sys
-b = bytearray({size})
-b[::4096] = b"x" * len(b[::4096])   # each page touched, over memory.high
 print("ready", flush=True)
+sys.stdin.readline()
+b = bytearray({size})
+b[::4096] = b"x" * len(b[::4096])   # each page touched, past memory.high
+print("stalled", flush=True)
 sys.stdin.read()
 """
 
 
 def stalled_cgroup(cgroups) -> tuple:
-    """A cgroup whose process allocated past a small memory.high and was
-    throttled for it (mem_cgroup_handle_over_high: a memory stall); the
-    process then holds its memory, asleep."""
+    """A cgroup whose process allocated a little past memory.high and was
+    throttled for it (mem_cgroup_handle_over_high: a memory stall of
+    min(64 * overage^2, 2) s per 64 pages over, so about 0.5 s for 1 MiB over
+    4 MiB of headroom); the process then holds its memory, asleep."""
     cg = cgroups.make("stall")
-    for name, value in (("memory.swap.max", "0"), ("memory.high", str(16 * MiB))):
+    proc = cgroups.spawn(cg, STALL.format(size=5 * MiB))
+    with open(os.path.join(cg, "memory.current")) as f:
+        high = int(f.read()) + 4 * MiB
+    for name, value in (("memory.swap.max", "0"), ("memory.high", str(high))):
         if os.path.exists(os.path.join(cg, name)):
             with open(os.path.join(cg, name), "w") as f:
                 f.write(value)
-    return cg, cgroups.spawn(cg, STALL.format(size=20 * MiB))
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "stalled"
+    return cg, proc
 
 
 def read_pressure_file(cg: str) -> dict:
