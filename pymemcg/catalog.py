@@ -20,7 +20,7 @@ PRESSURE = "pressure"  # the cgroup's struct psi_group (memory.pressure), cgroup
 BYTES = "bytes"
 COUNT = "count"
 MICROSECONDS = "microseconds"             # pressure totals, as memory.pressure prints total=
-PERCENT_X100 = "hundredths of a percent"  # pressure averages: avg10=5.23 is 523
+PERCENT_X100 = "percent_x100"   # hundredths of a percent: pressure averages, avg10=5.23 is 523
 
 
 @dataclass(frozen=True)
