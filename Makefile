@@ -117,7 +117,7 @@ test: develop
 SAN_DIR    := $(OUTPUT)/sanitize
 SAN_CFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 SAN_TESTS  ?= tests/test_parity.py tests/test_tree.py tests/test_read_many.py tests/test_pins.py \
-              tests/test_churn.py tests/test_errors.py
+              tests/test_churn.py tests/test_errors.py tests/test_renames.py
 SAN_EXT    := $(SAN_DIR)/pymemcg/_pymemcg.so
 SAN_REPORTS := $(abspath $(SAN_DIR))/reports
 .PHONY: test-sanitize
@@ -174,9 +174,11 @@ bench: develop bench-c
 # the C side of the benchmark, on the project's own loader (csrc/pmc_shim.c)
 .PHONY: bench-c
 bench-c: $(OUTPUT)/memcg_bench
+# the shim takes over these libbpf calls (csrc/build_config.py WRAPPED_LIBBPF)
+SHIM_LDFLAGS := -Wl,--wrap=btf__load_vmlinux_btf -Wl,--wrap=btf__free -Wl,--wrap=btf__find_by_name_kind
 $(OUTPUT)/memcg_bench: bench/memcg_bench.c csrc/pmc_shim.c csrc/pmc_shim.h bpf_src/memcg_record.h $(LIBBPF_A) $(SKELS)
 	$(CC) -O2 -Wall -Werror -Icsrc -Ibpf_src -I$(OUTPUT) -I$(LIBBPF_INC) -o $@ \
-		bench/memcg_bench.c csrc/pmc_shim.c $(LIBBPF_A) -lelf -lz
+		bench/memcg_bench.c csrc/pmc_shim.c $(LIBBPF_A) -lelf -lz $(SHIM_LDFLAGS)
 
 # make wheels / make wheel: manylinux_2_28 abi3 wheels for x86_64 and aarch64
 # (packaging/wheels.mk). make sdist: the source distribution, which builds

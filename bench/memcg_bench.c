@@ -20,10 +20,13 @@
  *   stat-pread  pread(0) of an open memory.stat (one syscall fewer)
  *   bpf         one iterator session on a SELF_ONLY link made once:
  *               bpf_iter_create + read + close (pmc_read_session)
- *   bpf-fetch   one BPF_PROG_RUN of memcg_fetch on a cgroup stashed once
- *               (pmc_fetch_run), the record copied out of the mmaped map:
- *               Reader.read's path where the kernel loads it (6.4+); a
- *               "skip" line says why where it does not
+ *   bpf-fetch   Reader.read's path where the kernel loads memcg_fetch
+ *               (6.4+; a "skip" line says why where it does not): one
+ *               BPF_PROG_RUN on a cgroup stashed once and its path proven
+ *               once (pmc_fetch_read: with no rename since, the run does
+ *               not hash the path), the record copied out of the mmaped map
+ *   bpf-fetch-hash  the same, each run hashing the path (pmc_fetch_run):
+ *               what a read costs after a rename
  * tree methods, ROOT and every cgroup below it (COUNT snapshots):
  *   stat-walk   readdir walk, openat + read + close of every memory.stat
  *   bpf-walk    one DESCENDANTS_PRE session plus the copy of the overflow
@@ -60,7 +63,7 @@
 #include "pmc_shim.h"
 
 #define BUF_SIZE	65536	/* one read of memory.stat or one session */
-#define MAX_METHODS	4
+#define MAX_METHODS	5
 #define MAX_ROUNDS	1000
 
 struct ctx {
@@ -70,6 +73,7 @@ struct ctx {
 	struct pmc_prog *prog;
 	struct pmc_fetch *fetch;	/* single: NULL where memcg_fetch did not load */
 	unsigned long long fetch_id;	/* the cgroup stashed in it */
+	struct pmc_fetch_route route;	/* its path, proven once */
 	unsigned int record_size;
 	char *buf;
 	char *ovf;			/* tree: overflow records land here */
@@ -149,13 +153,27 @@ static void run_bpf(struct ctx *c)
 
 static void run_bpf_fetch(struct ctx *c)
 {
+	int rc = pmc_fetch_read(c->fetch, &c->route);
+
+	if (rc < 0)
+		die("BPF_PROG_RUN of memcg_fetch", -rc);
+	if (rc != PMC_READ_OK)
+		die("memcg_fetch: the cgroup was removed or renamed", ENOENT);
+	memcpy(c->buf, pmc_fetch_record(c->fetch), c->record_size);
+	c->bytes = c->record_size;
+	c->units = 1;
+}
+
+static void run_bpf_fetch_hash(struct ctx *c)
+{
+	const struct pmc_record *rec = pmc_fetch_record(c->fetch);
 	int err = pmc_fetch_run(c->fetch, c->fetch_id);
 
 	if (err)
 		die("BPF_PROG_RUN of memcg_fetch", -err);
-	memcpy(c->buf, pmc_fetch_record(c->fetch), c->record_size);
-	if (((struct pmc_record *)c->buf)->flags & PMC_REC_GONE)
-		die("memcg_fetch: the cgroup was removed", ENOENT);
+	if ((rec->flags & PMC_REC_GONE) || rec->name_hash != c->route.path_hash)
+		die("memcg_fetch: the cgroup was removed or renamed", ENOENT);
+	memcpy(c->buf, rec, c->record_size);
 	c->bytes = c->record_size;
 	c->units = 1;
 }
@@ -441,7 +459,7 @@ int main(int argc, char **argv)
 {
 	static struct method single[] = {
 		{ "stat-seek", run_stat_seek }, { "stat-pread", run_stat_pread }, { "bpf", run_bpf },
-		{ "bpf-fetch", run_bpf_fetch },
+		{ "bpf-fetch", run_bpf_fetch }, { "bpf-fetch-hash", run_bpf_fetch_hash },
 	};
 	static struct method tree[] = {
 		{ "stat-walk", run_stat_walk }, { "bpf-walk", run_bpf_walk },
@@ -476,7 +494,7 @@ int main(int argc, char **argv)
 	    rounds > count || rounds > MAX_ROUNDS)
 		goto usage;
 	all = is_tree ? tree : single;
-	nall = is_tree ? 3 : 4;
+	nall = is_tree ? (int)(sizeof(tree) / sizeof(tree[0])) : (int)(sizeof(single) / sizeof(single[0]));
 	for (k = 0; k < nall; k++)
 		if (selected(only, all[k].name))
 			chosen[nm++] = all[k];
@@ -518,14 +536,26 @@ int main(int argc, char **argv)
 		}
 	} else {
 		err = pmc_fetch_load(&cfg, 1, &c.fetch, log, sizeof(log));
-		if (!err)
+		if (!err) {
+			/* the path is proven as Reader.read proves it: the count
+			 * first, then the hash; the same cgroup as the link's */
+			c.route.renames = pmc_fetch_renames(c.fetch);
 			err = pmc_fetch_stash(c.fetch, cg_fd, &c.fetch_id);
+		}
+		if (!err)
+			err = pmc_fetch_run(c.fetch, c.fetch_id);
+		if (!err) {
+			c.route.cgroup_id = c.fetch_id;
+			c.route.path_hash =
+				((const struct pmc_record *)pmc_fetch_record(c.fetch))->name_hash;
+		}
 		if (err) {
 			printf("skip method=bpf-fetch reason=%s\n", strerror(-err));
+			printf("skip method=bpf-fetch-hash reason=%s\n", strerror(-err));
 			pmc_fetch_destroy(c.fetch);
 			c.fetch = NULL;
 			for (k = 0; k < nm; k++)
-				if (chosen[k].run == run_bpf_fetch)
+				if (chosen[k].run == run_bpf_fetch || chosen[k].run == run_bpf_fetch_hash)
 					chosen[k--] = chosen[--nm];
 		}
 		close(cg_fd);

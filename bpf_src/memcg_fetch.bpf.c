@@ -12,7 +12,11 @@
  * cgroup's element at once, so that a reference held here never keeps a
  * removed cgroup in the kernel. pmc_fetch, run with BPF_PROG_RUN, fills the
  * same record as memcg_iter.bpf.c's single-cgroup program (path hash
- * included) for the cgroup id it is given, into the mmapable `out` map;
+ * included, unless the caller says it proved the path otherwise) for the
+ * cgroup id the loader wrote into `fetch_args`, into the mmapable `out` map.
+ * pmc_rename, on the cgroup_rename tracepoint, counts renames: while the
+ * count has not moved, no path has changed its cgroup by a rename, and a
+ * caller that proved a path at that count need not hash it again.
  * pmc_fetch_many does the same for a list of ids in one run, a record per
  * element of the mmapable `batch` map, and counts the records that are not
  * of the cgroup and path the caller proved each entry to name.
@@ -56,6 +60,19 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pmc_scratch);
 } out SEC(".maps");
+
+/* What the next pmc_fetch run reads, written through the mmaped .bss: a
+ * run with no context costs less (the kernel allocates a context, copies it
+ * in and back out on every run). */
+struct pmc_fetch_args fetch_args = {};
+
+/* Renames of cgroups (of any hierarchy) since load, read through the mmaped
+ * .bss. The tracepoint fires inside the rename, after the new name is set
+ * and before the rename returns or the VFS shows the new name (the renamer
+ * holds the parent directory's lock throughout): a count read unchanged
+ * since a path was proven means that no lookup of any path can have seen a
+ * rename since. */
+__u64 renames = 0;
 
 extern struct cgroup *bpf_cgroup_acquire(struct cgroup *cgrp) __ksym;
 extern void bpf_cgroup_release(struct cgroup *cgrp) __ksym;
@@ -108,6 +125,13 @@ int pmc_rmdir(__u64 *ctx)
 	return 0;
 }
 
+SEC("tp_btf/cgroup_rename")
+int pmc_rename(__u64 *ctx)
+{
+	__sync_fetch_and_add(&renames, 1);
+	return 0;
+}
+
 /* Records of a pmc_fetch_many run, one per element, filled in place.
  * Capacity is set at load. */
 struct {
@@ -145,7 +169,7 @@ static __always_inline void mark_gone(struct pmc_out *rec, __u64 cgroup_id)
 /* The record of the stashed cgroup with this id into rec: one not stashed
  * (or let go of), or removed since, gives a PMC_REC_GONE record. */
 static __always_inline void fetch_one(__u64 key, struct pmc_out *rec, struct pmc_tmp *tmp,
-				      struct pmc_name_cache *names)
+				      struct pmc_name_cache *names, enum pmc_hash_of hash_of)
 {
 	struct pmc_cgroup_slot *slot = bpf_map_lookup_elem(&slots, &key);
 	struct cgroup *cgrp = 0;
@@ -164,7 +188,7 @@ static __always_inline void fetch_one(__u64 key, struct pmc_out *rec, struct pmc
 		if (!cgrp || !(cgrp->self.flags & CSS_ONLINE))
 			mark_gone(rec, cgrp ? cgrp->kn->id : 0);
 		else
-			fill_record(rec, tmp, names, cgrp, true, false);
+			fill_record(rec, tmp, names, cgrp, hash_of, false);
 		bpf_rcu_read_unlock();
 		return;
 	}
@@ -177,13 +201,13 @@ static __always_inline void fetch_one(__u64 key, struct pmc_out *rec, struct pmc
 	if (!cgrp || !(cgrp->self.flags & CSS_ONLINE))
 		mark_gone(rec, cgrp ? cgrp->kn->id : 0);
 	else
-		fill_record(rec, tmp, names, cgrp, true, flush_stats);
+		fill_record(rec, tmp, names, cgrp, hash_of, flush_stats);
 	if (cgrp)
 		bpf_cgroup_release(cgrp);
 }
 
 SEC("syscall")
-int pmc_fetch(struct pmc_fetch_args *args)
+int pmc_fetch(void *ctx)
 {
 	struct pmc_scratch *s;
 	__u32 zero = 0;
@@ -191,7 +215,14 @@ int pmc_fetch(struct pmc_fetch_args *args)
 	s = bpf_map_lookup_elem(&out, &zero);
 	if (!s)
 		return 1;
-	fetch_one(args->cgroup_id, &s->rec, &s->tmp, 0);
+	if (fetch_args.with_path) {
+		fetch_one(fetch_args.cgroup_id, &s->rec, &s->tmp, 0, PMC_HASH_PATH);
+	} else {
+		fetch_one(fetch_args.cgroup_id, &s->rec, &s->tmp, 0, PMC_HASH_NONE);
+		/* the hash the caller proved the path to have, as a hashing
+		 * run would have put it */
+		s->rec.hdr.name_hash = fetch_args.path_hash;
+	}
 	return 0;
 }
 
@@ -214,7 +245,7 @@ __noinline int pmc_fetch_nth(__u32 i)
 	if (!list || !s || !rec)
 		return 1;
 	want = &list->want[i & (PMC_FETCH_BATCH_MAX - 1)];
-	fetch_one(want->cgroup_id, rec, &s->tmp, &list->names);
+	fetch_one(want->cgroup_id, rec, &s->tmp, &list->names, PMC_HASH_PATH);
 	/* the check a reader makes of each record (pymemcg/backends/bpf.py) */
 	if (rec->hdr.cgroup_id != want->cgroup_id || rec->hdr.name_hash != want->path_hash ||
 	    (rec->hdr.flags & PMC_REC_GONE))

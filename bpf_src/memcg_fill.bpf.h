@@ -100,8 +100,10 @@ static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which,
 					  bool direct)
 {
 	struct page_counter *pc;
+	bool swap = (which >= PMC_CTR_SWAP_USAGE && which <= PMC_CTR_SWAP_FAILCNT) ||
+		    which == PMC_CTR_SWAP_HIGH;
 
-	pc = which < PMC_CTR_SWAP_USAGE ? &memcg->memory : &memcg->swap;
+	pc = swap ? &memcg->swap : &memcg->memory;
 	switch (which) {
 	case PMC_CTR_MEMORY_USAGE:
 	case PMC_CTR_SWAP_USAGE:
@@ -115,8 +117,73 @@ static __always_inline __u64 read_counter(struct mem_cgroup *memcg, __u32 which,
 	case PMC_CTR_MEMORY_FAILCNT:
 	case PMC_CTR_SWAP_FAILCNT:
 		return read_u64(__builtin_preserve_access_index(&pc->failcnt), ok, direct);
+	/* protections and limits */
+	case PMC_CTR_MEMORY_MIN:
+		return read_u64(__builtin_preserve_access_index(&pc->min), ok, direct);
+	case PMC_CTR_MEMORY_LOW:
+		return read_u64(__builtin_preserve_access_index(&pc->low), ok, direct);
+	case PMC_CTR_MEMORY_HIGH:
+	case PMC_CTR_SWAP_HIGH:
+		return read_u64(__builtin_preserve_access_index(&pc->high), ok, direct);
 	}
 	*ok = false;
+	return 0;
+}
+
+/* The compiler may not move what uses var above this point: a field's
+ * address computed from it stays behind the field's existence check
+ * (hoisted out of the record's loop, a missing field's failed relocation
+ * would run unconditionally and the program would not load). */
+#define PMC_OPAQUE(var) asm volatile("" : "+r"(var))
+
+/*
+ * A scalar field of the memcg or of its cgroup (enum pmc_field), where this
+ * kernel's BTF has it: soft_limit is gone where CONFIG_MEMCG_V1 is off,
+ * zswap_max where CONFIG_ZSWAP is. Each existence check is a constant after
+ * relocation, so a missing field's failed relocation is dead code.
+ */
+static __always_inline __u64 read_field(struct cgroup *cgrp, struct mem_cgroup *memcg,
+					__u32 which, bool *ok, bool direct)
+{
+	*ok = false;
+	switch (which) {
+	case PMC_FIELD_SOFT_LIMIT:
+		if (!bpf_core_field_exists(memcg->soft_limit))
+			return 0;
+		PMC_OPAQUE(memcg);
+		return read_u64(__builtin_preserve_access_index(&memcg->soft_limit), ok, direct);
+	case PMC_FIELD_ZSWAP_MAX:
+		if (!bpf_core_field_exists(memcg->zswap_max))
+			return 0;
+		PMC_OPAQUE(memcg);
+		return read_u64(__builtin_preserve_access_index(&memcg->zswap_max), ok, direct);
+	case PMC_FIELD_OOM_GROUP: {
+		bool group = false;
+
+		if (!bpf_core_field_exists(memcg->oom_group))
+			return 0;
+		PMC_OPAQUE(memcg);
+		if (direct) {
+			*ok = true;
+			return memcg->oom_group;
+		}
+		*ok = bpf_core_read(&group, sizeof(group), &memcg->oom_group) == 0;
+		return group;
+	}
+	/* cgrp is a BTF pointer in every program: plain loads */
+	case PMC_FIELD_NR_DESCENDANTS:
+		if (!bpf_core_field_exists(cgrp->nr_descendants))
+			return 0;
+		PMC_OPAQUE(cgrp);
+		*ok = true;
+		return (__u32)cgrp->nr_descendants;
+	case PMC_FIELD_NR_DYING_DESCENDANTS:
+		if (!bpf_core_field_exists(cgrp->nr_dying_descendants))
+			return 0;
+		PMC_OPAQUE(cgrp);
+		*ok = true;
+		return (__u32)cgrp->nr_dying_descendants;
+	}
 	return 0;
 }
 
@@ -331,6 +398,9 @@ static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 				break;
 			v = read_counter(memcg, slot, &ok, direct);
 			break;
+		case PMC_KIND_FIELD:
+			v = read_field(cgrp, memcg, slot, &ok, direct);
+			break;
 		/* --- pressure (PSI) --- */
 		case PMC_KIND_PRESSURE:
 			v = read_pressure(rec, cgrp, slot, sel.specs[i].item, &ok);
@@ -390,6 +460,15 @@ static __always_inline void fill_kfunc(struct pmc_out *rec, struct cgroup *cgrp,
 			}
 			/* no kfunc for the other page-counter fields: CO-RE */
 			v = read_counter(memcg, slot, &ok, false);
+			if (!ok)
+				v = (unsigned long)-1;
+			break;
+		}
+		case PMC_KIND_FIELD: {
+			bool ok;
+
+			/* no kfunc serves these either: CO-RE */
+			v = read_field(cgrp, memcg, sel.specs[i].slot, &ok, false);
 			if (!ok)
 				v = (unsigned long)-1;
 			break;
@@ -528,13 +607,20 @@ static __always_inline __u64 path_hash(struct pmc_tmp *tmp, struct pmc_name_cach
  * The record of one cgroup into rec: header, then every selected value
  * (each one written, so a reader never sees the previous cgroup's numbers);
  * tmp is where the kernel's arrays and names are read to on the way.
- * with_path: name_hash holds the path's hash (single reads) instead of the
- * name's (walks); names: a run's cache of name hashes for it, or NULL.
+ * hash_of: what name_hash holds, the cgroup's name's hash (walks), its
+ * path's (single reads), or 0 (a caller that proved the path otherwise);
+ * names: a run's cache of name hashes for the path's, or NULL.
  * flush: fold pending per-CPU updates in first (sleepable programs only).
  */
+enum pmc_hash_of {
+	PMC_HASH_NAME,
+	PMC_HASH_PATH,
+	PMC_HASH_NONE,
+};
+
 static __always_inline void fill_record(struct pmc_out *rec, struct pmc_tmp *tmp,
 					struct pmc_name_cache *names, struct cgroup *cgrp,
-					bool with_path, bool flush)
+					enum pmc_hash_of hash_of, bool flush)
 {
 	struct cgroup_subsys_state *css, *parent;
 
@@ -570,7 +656,12 @@ static __always_inline void fill_record(struct pmc_out *rec, struct pmc_tmp *tmp
 	/* The name last: its copy is a long helper call that the CPU cannot
 	 * run ahead of, so loads placed after it waited for it, and their cache
 	 * misses came one after another instead of overlapping. */
-	rec->hdr.name_hash = with_path ? path_hash(tmp, names, cgrp) : name_hash(tmp, cgrp->kn);
+	if (hash_of == PMC_HASH_PATH)
+		rec->hdr.name_hash = path_hash(tmp, names, cgrp);
+	else if (hash_of == PMC_HASH_NAME)
+		rec->hdr.name_hash = name_hash(tmp, cgrp->kn);
+	else
+		rec->hdr.name_hash = 0;
 }
 
 #endif /* PMC_MEMCG_FILL_BPF_H */

@@ -102,7 +102,7 @@ static __always_inline int emit(struct bpf_iter__cgroup *ctx, bool with_path, bo
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	if (!s || size > sizeof(s->rec))
 		return 1;
-	fill_record(&s->rec, &s->tmp, 0, cgrp, with_path, flush);
+	fill_record(&s->rec, &s->tmp, 0, cgrp, with_path ? PMC_HASH_PATH : PMC_HASH_NAME, flush);
 
 	n = visited++;
 	if (n < seq_budget) {

@@ -20,7 +20,7 @@
 #ifndef PMC_MEMCG_RECORD_H
 #define PMC_MEMCG_RECORD_H
 
-#define PMC_FORMAT_VERSION	5
+#define PMC_FORMAT_VERSION	7
 #define PMC_MAX_STATS		128	/* one bit each in pmc_record.valid */
 #define PMC_SEQ_BUF_SIZE	32768	/* PAGE_SIZE << 3 in kernel/bpf/bpf_iter.c */
 #define PMC_TRAILER_MAGIC	0x31474d434d4d50ULL	/* "PMMCMG1" */
@@ -41,6 +41,9 @@ enum pmc_stat_kind {
 	PMC_KIND_EVENT,		/* memcg_vmstats.events[slot] / events_local[slot] */
 	PMC_KIND_MEMEVENT,	/* mem_cgroup.memory_events[slot] / _local[slot] */
 	PMC_KIND_COUNTER,	/* a page_counter field, slot is enum pmc_counter */
+	/* --- limits and cgroup.stat: appended --- */
+	PMC_KIND_FIELD,		/* a scalar field of struct mem_cgroup or struct
+				 * cgroup, slot is enum pmc_field */
 	/* --- pressure (PSI) --- */
 	PMC_KIND_PRESSURE,	/* the cgroup's struct psi_group: slot is enum
 				 * pmc_pressure_field, item the index into that array */
@@ -56,6 +59,22 @@ enum pmc_counter {
 	PMC_CTR_SWAP_PEAK,
 	PMC_CTR_SWAP_MAX,
 	PMC_CTR_SWAP_FAILCNT,
+	/* --- protections and limits (memory.min/low/high, memory.swap.high):
+	 * appended --- */
+	PMC_CTR_MEMORY_MIN,
+	PMC_CTR_MEMORY_LOW,
+	PMC_CTR_MEMORY_HIGH,
+	PMC_CTR_SWAP_HIGH,
+};
+
+/* pmc_stat_spec.slot when kind == PMC_KIND_FIELD; each read only where the
+ * kernel's BTF has the field (bpf_core_field_exists), else unavailable */
+enum pmc_field {
+	PMC_FIELD_SOFT_LIMIT = 0,	/* mem_cgroup.soft_limit, pages (v1) */
+	PMC_FIELD_ZSWAP_MAX,		/* mem_cgroup.zswap_max, pages */
+	PMC_FIELD_OOM_GROUP,		/* mem_cgroup.oom_group, bool */
+	PMC_FIELD_NR_DESCENDANTS,	/* cgroup.nr_descendants, int */
+	PMC_FIELD_NR_DYING_DESCENDANTS,	/* cgroup.nr_dying_descendants, int */
 };
 
 /* --- pressure (PSI) --- */
@@ -139,11 +158,20 @@ struct pmc_trailer {
 	unsigned long long visited;	/* records this walk produced in all */
 };
 
-/* BPF_PROG_RUN context of pmc_fetch (memcg_fetch.bpf.c): which stashed
- * cgroup to read, by id. The record comes back in the mmaped `out` map. */
+/* What pmc_fetch (memcg_fetch.bpf.c) reads next, in its .bss (the run
+ * takes no context): which stashed cgroup, by id, and whether to hash its
+ * path. The record comes back in the mmaped `out` map. */
 struct pmc_fetch_args {
 	unsigned long long cgroup_id;
+	unsigned long long path_hash;	/* with_path 0: the record's name_hash */
+	unsigned int with_path;		/* 0: the caller proved the path otherwise */
+	unsigned int pad;
 };
+
+/* What the loader's pmc_fetch_read (csrc/pmc_shim.h) says of a run */
+#define PMC_READ_OK		0	/* the route's cgroup, and its path names it still */
+#define PMC_READ_GONE		1	/* removed, or its slot let go of */
+#define PMC_READ_OTHER		2	/* another cgroup, or another path */
 
 /* BPF_PROG_RUN context of pmc_fetch_many: the stashed cgroups to read, in
  * order, each with what the reader proved its path to name. Record i (for

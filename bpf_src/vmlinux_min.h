@@ -82,6 +82,8 @@ struct cgroup {
 	int level;
 	struct kernfs_node *kn;
 	struct cgroup_subsys_state *subsys[16];
+	int nr_descendants;
+	int nr_dying_descendants;
 	struct psi_group *psi;	/* pressure (PSI); NULL where PSI is off */
 } __attribute__((preserve_access_index));
 
@@ -95,6 +97,9 @@ struct page_counter {
 	unsigned long failcnt;
 	unsigned long watermark;
 	unsigned long max;
+	unsigned long min;
+	unsigned long low;
+	unsigned long high;
 } __attribute__((preserve_access_index));
 
 struct memcg_vmstats {
@@ -111,6 +116,9 @@ struct mem_cgroup {
 	struct memcg_vmstats *vmstats;
 	atomic_long_t memory_events[1];
 	atomic_long_t memory_events_local[1];
+	unsigned long soft_limit;	/* CONFIG_MEMCG_V1 (6.11+) */
+	unsigned long zswap_max;	/* CONFIG_ZSWAP */
+	bool oom_group;
 } __attribute__((preserve_access_index));
 
 enum cgroup_subsys_id {

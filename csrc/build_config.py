@@ -58,6 +58,17 @@ def sdist_bpf_dir():
     return os.path.join(VENDOR, "bpf", arch) if arch else None
 
 
+#: libbpf functions whose calls the shim takes over (link with --wrap: see
+#: "parsed once per process" in pmc_shim.c); the Makefile's memcg_bench rule
+#: passes the same (SHIM_LDFLAGS)
+WRAPPED_LIBBPF = ("btf__load_vmlinux_btf", "btf__free", "btf__find_by_name_kind")
+
+
+def wrap_link_args() -> list:
+    """The linker flags that route WRAPPED_LIBBPF through the shim."""
+    return [f"-Wl,--wrap={name}" for name in WRAPPED_LIBBPF]
+
+
 def cannot_build_reason():
     """Why the extension cannot be built here at all, or None."""
     if build_mode() != "sdist":

@@ -82,6 +82,13 @@ const void *pmc_fetch_record(const struct pmc_fetch *fetch);
 int pmc_fetch_stash(struct pmc_fetch *fetch, int cgroup_fd, unsigned long long *cgroup_id);
 int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned long long cgroup_id);
 int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id);
+unsigned long long pmc_fetch_renames(const struct pmc_fetch *fetch);
+struct pmc_fetch_route {
+    unsigned long long cgroup_id;
+    unsigned long long path_hash;
+    unsigned long long renames;
+};
+int pmc_fetch_read(struct pmc_fetch *fetch, struct pmc_fetch_route *route);
 int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n);
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
 unsigned int pmc_fetch_batch_capacity(const struct pmc_fetch *fetch);
@@ -110,7 +117,8 @@ ffibuilder.set_source(
     "pymemcg._pymemcg",
     '#include "pmc_shim.h"\n',
     extra_compile_args=["-O2", "-Wall"],
-    extra_link_args=[f"-Wl,--version-script={os.path.join(build_config.HERE, 'extension.map')}"],
+    extra_link_args=[f"-Wl,--version-script={os.path.join(build_config.HERE, 'extension.map')}"]
+    + build_config.wrap_link_args(),
     **build_config.extension_inputs(),
 )
 

@@ -498,6 +498,8 @@ struct pmc_fetch {
 	size_t record_map_size;
 	void *batch;			/* mmap of the batch map: pmc_fetch_many's records */
 	size_t batch_map_size;
+	struct pmc_fetch_args *args;	/* in the mmaped .bss: what pmc_fetch reads */
+	const volatile unsigned long long *renames;	/* in the mmaped .bss: pmc_rename's count */
 	int prog_fd;
 	int many_fd;
 	unsigned int nr_slots;		/* cgroups the slots map holds at most */
@@ -566,6 +568,21 @@ int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
 		err = -errno;
 		goto fail;
 	}
+	/* renames are counted from here on: a path proven from now is proven
+	 * at the count it reads then */
+	skel->links.pmc_rename = bpf_program__attach(skel->progs.pmc_rename);
+	if (!skel->links.pmc_rename) {
+		err = -errno;
+		goto fail;
+	}
+	if (!skel->bss) {
+		/* the skeleton maps .bss where the kernel can (5.5+): always
+		 * where this object loads */
+		err = -ENOTSUP;
+		goto fail;
+	}
+	fetch->args = &skel->bss->fetch_args;
+	fetch->renames = &skel->bss->renames;
 	fetch->prog_fd = bpf_program__fd(skel->progs.pmc_fetch);
 	fetch->record_map_size = (bpf_map__value_size(skel->maps.out) + page - 1) / page * page;
 	err = map_readonly(skel->maps.out, fetch->record_map_size, &fetch->record);
@@ -687,14 +704,51 @@ int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned long long cgroup_id)
 	return 0;
 }
 
-int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id)
+/* One run of pmc_fetch on what fetch->args says: no context to copy. */
+static int fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id,
+		     unsigned long long path_hash, int with_path)
 {
-	struct pmc_fetch_args args = { .cgroup_id = cgroup_id };
-	LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &args, .ctx_size_in = sizeof(args));
+	LIBBPF_OPTS(bpf_test_run_opts, opts);
 
+	fetch->args->cgroup_id = cgroup_id;
+	fetch->args->path_hash = path_hash;
+	fetch->args->with_path = with_path;
 	if (bpf_prog_test_run_opts(fetch->prog_fd, &opts))
 		return -errno;
 	return opts.retval ? -EINVAL : 0;
+}
+
+int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id)
+{
+	return fetch_run(fetch, cgroup_id, 0, 1);
+}
+
+unsigned long long pmc_fetch_renames(const struct pmc_fetch *fetch)
+{
+	return __atomic_load_n(fetch->renames, __ATOMIC_ACQUIRE);
+}
+
+int pmc_fetch_read(struct pmc_fetch *fetch, struct pmc_fetch_route *route)
+{
+	const struct pmc_record *rec = fetch->record;
+	/* read before the run: a rename counted after this read had not shown
+	 * its new name to any lookup when the count was read */
+	unsigned long long now = __atomic_load_n(fetch->renames, __ATOMIC_ACQUIRE);
+	int proven = now == route->renames, err;
+
+	err = fetch_run(fetch, route->cgroup_id, route->path_hash, !proven);
+	if (err)
+		return err;
+	if (rec->flags & PMC_REC_GONE)
+		return PMC_READ_GONE;
+	if (rec->cgroup_id != route->cgroup_id)
+		return PMC_READ_OTHER;
+	if (proven)
+		return PMC_READ_OK;	/* alive, and no rename since the proof */
+	if (rec->name_hash != route->path_hash)
+		return PMC_READ_OTHER;
+	route->renames = now;	/* proven again, at this count */
+	return PMC_READ_OK;
 }
 
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch)
@@ -834,6 +888,141 @@ out:
 }
 
 /* --- BTF --- */
+
+/*
+ * The running kernel's BTF, parsed once per process. libbpf parses
+ * /sys/kernel/btf/vmlinux (megabytes, some 100,000 types or more) anew for
+ * every object it loads and frees it after, and finds a type by name by
+ * walking every type: those two were most of a load's time in user space.
+ * The extension is linked with --wrap for the three functions below
+ * (csrc/build_config.py WRAPPED_LIBBPF, and the Makefile for memcg_bench),
+ * so every load, and pmc_btf_open(NULL), gets the one parse and an index of
+ * its names. A running kernel's BTF never changes, libbpf only reads it
+ * (module BTFs, which come and go, are split off it and still parsed per
+ * load), and it is kept for the process's lifetime: installed with a
+ * compare-and-swap, no lock (nothing to hold across fork), a racing
+ * parse freed.
+ */
+struct btf *__real_btf__load_vmlinux_btf(void);
+void __real_btf__free(struct btf *btf);
+__s32 __real_btf__find_by_name_kind(const struct btf *btf, const char *type_name, __u32 kind);
+
+/* (name, kind) -> the lowest type id of that name and kind, open
+ * addressing; an empty entry has id 0 (type 0 is void, never indexed) */
+struct name_index {
+	unsigned int mask;
+	unsigned int id[];
+};
+
+static struct btf *vmlinux_btf;
+static struct name_index *vmlinux_index;
+
+static unsigned int name_hash(const char *name, unsigned int kind)
+{
+	unsigned int h = 2166136261u ^ kind;	/* FNV-1a */
+
+	while (*name)
+		h = (h ^ (unsigned char)*name++) * 16777619u;
+	return h;
+}
+
+/* the entry of (name, kind) in idx: its id, or an empty one to fill */
+static unsigned int *index_slot(struct name_index *idx, const struct btf *btf,
+				const char *name, unsigned int kind)
+{
+	unsigned int i;
+
+	for (i = name_hash(name, kind) & idx->mask; idx->id[i]; i = (i + 1) & idx->mask) {
+		const struct btf_type *t = btf__type_by_id(btf, idx->id[i]);
+
+		if (btf_kind(t) == kind && !strcmp(btf__name_by_offset(btf, t->name_off), name))
+			break;
+	}
+	return &idx->id[i];
+}
+
+static const char *type_name_of(const struct btf *btf, unsigned int id)
+{
+	const char *name = btf__name_by_offset(btf, btf__type_by_id(btf, id)->name_off);
+
+	return name && name[0] ? name : NULL;
+}
+
+static struct name_index *index_names(const struct btf *btf)
+{
+	unsigned int n = btf__type_cnt(btf), named = 0, size = 1024, id;
+	struct name_index *idx;
+
+	for (id = 1; id < n; id++)
+		named += type_name_of(btf, id) != NULL;
+	while (size < 2 * named)	/* at most half full: short probes */
+		size *= 2;
+	idx = calloc(1, sizeof(*idx) + (size_t)size * sizeof(idx->id[0]));
+	if (!idx)
+		return NULL;
+	idx->mask = size - 1;
+	for (id = 1; id < n; id++) {
+		const char *name = type_name_of(btf, id);
+		unsigned int *slot;
+
+		if (!name)
+			continue;
+		slot = index_slot(idx, btf, name, btf_kind(btf__type_by_id(btf, id)));
+		if (!*slot)	/* else a lower id has that name and kind */
+			*slot = id;
+	}
+	return idx;
+}
+
+struct btf *__wrap_btf__load_vmlinux_btf(void)
+{
+	struct btf *btf = __atomic_load_n(&vmlinux_btf, __ATOMIC_ACQUIRE), *none = NULL;
+
+	if (btf)
+		return btf;
+	btf = __real_btf__load_vmlinux_btf();
+	if (!btf)
+		return NULL;	/* errno says why */
+	if (!__atomic_compare_exchange_n(&vmlinux_btf, &none, btf, false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE)) {
+		__real_btf__free(btf);
+		btf = none;
+	}
+	return btf;
+}
+
+void __wrap_btf__free(struct btf *btf)
+{
+	if (btf && btf == __atomic_load_n(&vmlinux_btf, __ATOMIC_ACQUIRE))
+		return;
+	__real_btf__free(btf);
+}
+
+__s32 __wrap_btf__find_by_name_kind(const struct btf *btf, const char *type_name, __u32 kind)
+{
+	struct name_index *idx, *none = NULL;
+	unsigned int id;
+
+	if (!btf || btf != __atomic_load_n(&vmlinux_btf, __ATOMIC_ACQUIRE) ||
+	    kind == BTF_KIND_UNKN || !strcmp(type_name, "void"))
+		return __real_btf__find_by_name_kind(btf, type_name, kind);
+	idx = __atomic_load_n(&vmlinux_index, __ATOMIC_ACQUIRE);
+	if (!idx) {
+		idx = index_names(btf);
+		if (!idx)
+			return __real_btf__find_by_name_kind(btf, type_name, kind);
+		if (!__atomic_compare_exchange_n(&vmlinux_index, &none, idx, false,
+						 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+			free(idx);
+			idx = none;
+		}
+	}
+	id = *index_slot(idx, btf, type_name, kind);
+	if (id)
+		return id;
+	errno = ENOENT;	/* as libbpf's own walk says it */
+	return -ENOENT;
+}
 
 struct pmc_btf {
 	struct btf *btf;

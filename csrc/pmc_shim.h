@@ -129,6 +129,27 @@ int pmc_fetch_clear(struct pmc_fetch *fetch, unsigned long long cgroup_id);
  * pmc_fetch_record(); a PMC_REC_GONE record where it has no slot (never
  * stashed, cleared, or removed). */
 int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id);
+/* Renames of cgroups since load (a tracepoint program counts them). A path
+ * proven to name a cgroup, with the count read before the proof, names it
+ * as long as the count has not moved and the cgroup is alive. */
+unsigned long long pmc_fetch_renames(const struct pmc_fetch *fetch);
+/* What a path was proven to name: a stashed cgroup, the hash of the path
+ * that the kernel reported for it, and the rename count read before the
+ * proof. */
+struct pmc_fetch_route {
+	unsigned long long cgroup_id;
+	unsigned long long path_hash;
+	unsigned long long renames;
+};
+/* pmc_fetch_run for a route: PMC_READ_OK, the record at pmc_fetch_record()
+ * is the route's cgroup and the path still names it (no rename since the
+ * proof: the run does not hash the path, and puts path_hash in the
+ * record's name_hash; renames since: the run hashed the path, it matched,
+ * and route->renames is now the count read before the run); PMC_READ_GONE,
+ * the cgroup was removed (or its slot let go of); PMC_READ_OTHER, the
+ * record is of another cgroup or path; or -errno. (PMC_READ_* are in
+ * memcg_record.h.) */
+int pmc_fetch_read(struct pmc_fetch *fetch, struct pmc_fetch_route *route);
 /* One BPF_PROG_RUN for the n struct pmc_fetch_want at wants (at most
  * pmc_fetch_batch_capacity()): the record of the i-th one's cgroup at
  * pmc_fetch_batch() + i * pmc_fetch_batch_stride(). Returns how many

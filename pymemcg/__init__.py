@@ -12,7 +12,7 @@ happens at import time: the BPF program loads when a Reader is made.
 """
 
 from .catalog import DEFAULT_STATS
-from .decode import Record, Snapshot
+from .decode import MAX, Record, Snapshot
 from .errors import (BadInterval, BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
                      FlushUnavailable, InvalidArgument, InvalidPin, ListenError,
                      MalformedData, MalformedName, NoBtf,
@@ -22,13 +22,24 @@ from .errors import (BadInterval, BpfUnavailable, CgroupNotFound, Closed, Error,
                      SelectionMismatch, StatUnavailable, UnknownStat, UntrustedMetadata,
                      VerifierRejected, VerifyUnavailable, WebConfigError, WebConfigExtraMissing)
 from .reader import FallbackWarning, Reader, StatInfo, stats
-from . import pins  # shared pins: pin(), PinReader (imports no BPF code)
-from .parity import verify  # the proof of exact on this host (`pymemcg verify`)
 
 from ._version import __version__
 
+
+def __getattr__(name: str) -> object:
+    """pins (shared pins: pin(), PinReader) and verify (the proof of exact
+    on this host, `pymemcg verify`), imported when first asked for: most
+    processes use neither, and importing them is a third of the package's."""
+    import importlib
+    if name == "pins":
+        return importlib.import_module(".pins", __name__)
+    if name == "verify":
+        verify: object = importlib.import_module(".parity", __name__).verify
+        return verify
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
-    "Reader", "Record", "Snapshot", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
+    "Reader", "Record", "Snapshot", "MAX", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
     "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "ExtensionMissing", "FlushUnavailable",
     "InvalidArgument", "MalformedData", "MalformedName", "NoBtf",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",

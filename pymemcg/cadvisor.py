@@ -32,7 +32,9 @@ the hierarchical count.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+
+from .decode import Value
 
 if TYPE_CHECKING:
     from .decode import Record
@@ -46,8 +48,8 @@ UNLIMITED_ABOVE = 1 << 62
 #: the prefix that asks a getter for the cgroup's own (local) value of a stat
 LOCAL_PREFIX = "local:"
 
-Getter = Callable[[str], Optional[int]]
-Values = List[Tuple[Tuple[str, ...], Union[int, float]]]
+Getter = Callable[[str], Optional[Value]]
+Values = List[Tuple[Tuple[str, ...], Value]]
 
 
 def local(stat: str) -> str:
@@ -87,7 +89,7 @@ def _one(key: str) -> Callable[[Getter], Values]:
 def _sum(*keys: str) -> Callable[[Getter], Values]:
     def values(get: Getter) -> Values:
         parts = [get(k) for k in keys]
-        total = 0
+        total: Value = 0
         for part in parts:
             if part is None:
                 return []
@@ -298,7 +300,7 @@ def getter(get: Getter, local_get: Optional[Getter] = None) -> Getter:
     """One getter for `values()`: plain names from `get` (a hierarchical
     record's get), local(name) from `local_get` (the same cgroup's local
     record), None for local names when there is no local record."""
-    def combined(name: str) -> Optional[int]:
+    def combined(name: str) -> Optional[Value]:
         if name.startswith(LOCAL_PREFIX):
             return None if local_get is None else local_get(name[len(LOCAL_PREFIX):])
         return get(name)

@@ -1,8 +1,12 @@
 """Every stat pymemcg knows: its name, where the kernel keeps it, its unit.
 
 Names are the cgroup v2 memory.stat keys, plus the page_counter values
-(usage, peak, limit, failcnt, swap/memsw) and the memory.events counters.
-Sizes are bytes, events are counts, exactly as memory.stat prints them.
+(usage, peak, limit, failcnt, swap/memsw), the protections and limits
+(memory.min ... memory.oom.group, v1's soft limit), the memory.events
+counters, cgroup.stat's descendant counts and memory.pressure (PSI).
+Sizes are bytes, events are counts, exactly as memory.stat prints them;
+pressure is in memory.pressure's units (microseconds, hundredths of a
+percent).
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ STATE = "state"        # memcg_vmstats.state[] (enum node_stat_item / memcg_stat
 EVENT = "event"        # memcg_vmstats.events[] (enum vm_event_item)
 MEMEVENT = "memevent"  # mem_cgroup.memory_events[] (enum memcg_memory_event)
 COUNTER = "counter"    # a struct page_counter field
+FIELD = "field"        # a scalar field of struct mem_cgroup or struct cgroup
 PRESSURE = "pressure"  # the cgroup's struct psi_group (memory.pressure), cgroup v2
 
 BYTES = "bytes"
-COUNT = "count"
-MICROSECONDS = "microseconds"             # pressure totals, as memory.pressure prints total=
+COUNT = "count"    # cumulative: a counter
+NUMBER = "number"  # a count or a 0/1 setting as it is now: a gauge
+MICROSECONDS = "microseconds"   # cumulative: pressure totals, as memory.pressure prints total=
 PERCENT_X100 = "percent_x100"   # hundredths of a percent: pressure averages, avg10=5.23 is 523
 
 
@@ -37,6 +43,9 @@ class Stat:
     cgroup_version: Optional[int] = None  # only meaningful on this version
     # the kernel's other names for the item, by release (tried after `item`)
     aliases: Tuple[str, ...] = ()
+    # a limit or protection: the kernel's PAGE_COUNTER_MAX ("max" in a v2 file)
+    # reads as pymemcg.MAX, no limit
+    tunable: bool = False
 
 
 def _state(name: str, item: str, meaning: str, v1: Optional[str] = None, v2: bool = True,
@@ -56,6 +65,10 @@ def _counter(name: str, item: str, unit: str, meaning: str, version: Optional[in
 
 def _memevent(name: str, item: str, meaning: str) -> Stat:
     return Stat(name, MEMEVENT, item, COUNT, meaning)
+
+
+def _tunable(name: str, kind: str, item: str, meaning: str, version: Optional[int]) -> Stat:
+    return Stat(name, kind, item, BYTES, meaning, cgroup_version=version, tunable=True)
 
 
 # --- pressure (PSI) ---
@@ -173,15 +186,16 @@ _STATS = [
     # --- page counters ---
     _counter("usage", "MEMORY_USAGE", BYTES, "memory in use (memory.current / memory.usage_in_bytes)"),
     _counter("peak", "MEMORY_PEAK", BYTES, "peak usage (memory.peak / memory.max_usage_in_bytes)"),
-    _counter("limit", "MEMORY_MAX", BYTES, "limit (memory.max / memory.limit_in_bytes); unlimited is "
-             "PAGE_COUNTER_MAX pages"),
+    _tunable("limit", COUNTER, "MEMORY_MAX", "limit (memory.max / memory.limit_in_bytes); "
+             "pymemcg.MAX where none is set", None),
     _counter("failcnt", "MEMORY_FAILCNT", COUNT, "charges that hit the limit (v1 memory.failcnt)", 1),
     _counter("swap_usage", "SWAP_USAGE", BYTES, "swap in use (memory.swap.current)", 2),
     _counter("swap_peak", "SWAP_PEAK", BYTES, "peak swap usage (memory.swap.peak)", 2),
-    _counter("swap_limit", "SWAP_MAX", BYTES, "swap limit (memory.swap.max)", 2),
+    _tunable("swap_limit", COUNTER, "SWAP_MAX", "swap limit (memory.swap.max)", 2),
     _counter("memsw_usage", "SWAP_USAGE", BYTES, "memory+swap in use (memory.memsw.usage_in_bytes)", 1),
     _counter("memsw_peak", "SWAP_PEAK", BYTES, "peak memory+swap (memory.memsw.max_usage_in_bytes)", 1),
-    _counter("memsw_limit", "SWAP_MAX", BYTES, "memory+swap limit (memory.memsw.limit_in_bytes)", 1),
+    _tunable("memsw_limit", COUNTER, "SWAP_MAX", "memory+swap limit (memory.memsw.limit_in_bytes)",
+             1),
     _counter("memsw_failcnt", "SWAP_FAILCNT", COUNT, "memory+swap limit hits (memory.memsw.failcnt)", 1),
     # --- memory.events ---
     _memevent("low", "MEMCG_LOW", "reclaims below memory.low (memory.events low)"),
@@ -193,6 +207,25 @@ _STATS = [
     _memevent("swap_high_events", "MEMCG_SWAP_HIGH", "swap usage above swap.high (memory.swap.events high)"),
     _memevent("swap_max_events", "MEMCG_SWAP_MAX", "swap allocations over swap.max (memory.swap.events max)"),
     _memevent("swap_fail_events", "MEMCG_SWAP_FAIL", "failed swap allocations (memory.swap.events fail)"),
+    # --- protections and limits, memory.events' newer counters, cgroup.stat,
+    # --- zswap (appended: memory.min ... memory.oom.group, soft limit) ---
+    _tunable("memory_min", COUNTER, "MEMORY_MIN", "hard protection (memory.min)", 2),
+    _tunable("memory_low", COUNTER, "MEMORY_LOW", "best-effort protection (memory.low)", 2),
+    _tunable("memory_high", COUNTER, "MEMORY_HIGH", "throttling limit (memory.high)", 2),
+    _tunable("swap_high", COUNTER, "SWAP_HIGH", "swap throttling limit (memory.swap.high)", 2),
+    _tunable("zswap_max", FIELD, "ZSWAP_MAX", "zswap limit (memory.zswap.max)", 2),
+    _tunable("soft_limit", FIELD, "SOFT_LIMIT", "soft limit (v1 memory.soft_limit_in_bytes)", 1),
+    Stat("oom_group", FIELD, "OOM_GROUP", NUMBER, "1 if the OOM killer kills the cgroup as a "
+         "whole (memory.oom.group), else 0", cgroup_version=2),
+    _memevent("sock_throttled", "MEMCG_SOCK_THROTTLED",
+              "socket memory throttles (memory.events sock_throttled; Linux 6.19+)"),
+    Stat("nr_descendants", FIELD, "NR_DESCENDANTS", NUMBER,
+         "live descendant cgroups (cgroup.stat nr_descendants)"),
+    Stat("nr_dying_descendants", FIELD, "NR_DYING_DESCENDANTS", NUMBER,
+         "removed descendant cgroups not yet freed (cgroup.stat nr_dying_descendants)"),
+    # the same kernel item as "zswap", printed by its own file
+    Stat("zswap_current", STATE, "MEMCG_ZSWAP_B", BYTES,
+         "memory of the zswap compression backend (memory.zswap.current)", cgroup_version=2),
     # --- pressure (PSI): memory.pressure ---
     *_pressure(),
 ]
@@ -203,6 +236,9 @@ STATS: Dict[str, Stat] = {s.name: s for s in _STATS}
 DEFAULT_STATS = ("usage", "limit", "anon", "file", "shmem", "kernel_stack", "pagetables",
                  "file_mapped", "file_dirty", "inactive_file", "active_file", "pgfault",
                  "pgmajfault", "oom_kill")
+
+#: the limits and protections: PAGE_COUNTER_MAX reads as pymemcg.MAX
+TUNABLES = frozenset(s.name for s in _STATS if s.tunable)
 
 #: v1 memory.stat keys -> v2 names
 V1_KEYS: Dict[str, str] = {s.v1_key: s.name for s in _STATS if s.v1_key}

@@ -12,17 +12,65 @@ from __future__ import annotations
 import operator
 import sys
 import struct
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast, overload
+from typing import Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast, overload
 
 # one record as unpacked: id, parent id, name hash, level, flags, valid words, values
 RawRecord = Tuple[int, ...]
 
 from ._record_h import MAX_STATS, REC_NO_MEMCG, REC_NO_PSI
+from .catalog import TUNABLES
+from .memory_stat import PAGE_COUNTER_MAX_BYTES
 from .containers import CgroupIdentity, identify
 from .errors import MalformedData, StatUnavailable, UnknownStat, quoted
 from .record_format import (FLAGS_AT, HASH_AT, ID_AT, ID_WORD, LEVEL_AT, PARENT_AT, VALID_AT,
                             VALID_WORD, VALID_WORDS, VALUE_WORD, VALUES_AT, WORDS_ALIGNED,
                             record_struct)
+
+
+class Max(float):
+    """The value of a limit or protection that is not set: "max" in its cgroup
+    v2 file (v1's files print PAGE_COUNTER_MAX in bytes for it). It is
+    positive infinity, so it compares above every int and `usage / limit`
+    is 0.0; str() is "max". pymemcg.MAX is its one instance."""
+
+    __slots__ = ()
+
+    def __new__(cls) -> "Max":
+        return super().__new__(cls, "inf")
+
+    def __repr__(self) -> str:
+        return "pymemcg.MAX"
+
+    def __str__(self) -> str:
+        return "max"
+
+    def __reduce__(self) -> str:
+        return "MAX"
+
+
+MAX = Max()
+
+#: a stat's value: an int (bytes or a count), or MAX (a float: infinity)
+#: for a limit or protection not set
+Value = Union[int, float]
+
+
+#: PAGE_COUNTER_MAX pages in bytes: what a record holds for "max" (BPF reads
+#: the kernel's page count times the page size; the text backend parses
+#: "max" to it), and what a v1 limit file prints for no limit
+RAW_MAX = PAGE_COUNTER_MAX_BYTES
+
+
+def unlimited(value: int) -> Value:
+    """A limit's or protection's value as a Record gives it: MAX for the
+    kernel's PAGE_COUNTER_MAX, else the value."""
+    return MAX if value == RAW_MAX else value
+
+
+def json_value(value: Optional[Value]) -> Union[None, int, str]:
+    """A value as JSON carries it: MAX as the string "max" (JSON has no
+    infinity), None as null, an int as itself."""
+    return "max" if value is MAX else cast(Optional[int], value)
 
 
 def raw_record(cgroup_id: int, parent_id: int, name_hash: int, level: int, flags: int,
@@ -51,7 +99,7 @@ def _valid_bits(t: RawRecord) -> int:
 class Selection:
     """The selected stat names, in record order, and how each was resolved."""
 
-    __slots__ = ("names", "index", "_record", "sources", "units")
+    __slots__ = ("names", "index", "_record", "sources", "units", "tunable_at")
 
     def __init__(self, names: Sequence[str], sources: Optional[Mapping[str, str]] = None,
                  units: Optional[Mapping[str, str]] = None) -> None:
@@ -60,6 +108,9 @@ class Selection:
                                 f"select fewer")
         self.names: Tuple[str, ...] = tuple(names)
         self.index: Dict[str, int] = {n: i for i, n in enumerate(self.names)}
+        # positions of limits and protections, whose PAGE_COUNTER_MAX is MAX
+        self.tunable_at: FrozenSet[int] = frozenset(
+            i for i, n in enumerate(self.names) if n in TUNABLES)
         self._record: Optional[struct.Struct] = None
         self.sources: Dict[str, str] = dict(sources or {})
         self.units: Dict[str, str] = dict(units or {})
@@ -215,7 +266,7 @@ class Record:
         """Bit i set: the i-th selected stat was read."""
         return _valid_bits(self._t)
 
-    def __getitem__(self, name: str) -> int:
+    def __getitem__(self, name: str) -> Value:
         try:
             i = self._selection.index[name]
         except KeyError:
@@ -225,13 +276,19 @@ class Record:
             if self._t[FLAGS_AT] & REC_NO_PSI and name.startswith("pressure_"):
                 why = NO_PSI_ROOT_WHY if self._t[LEVEL_AT] == 0 else NO_PSI_WHY
             raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: {why}")
-        return self._t[i + VALUES_AT]
+        v = self._t[i + VALUES_AT]
+        if v == RAW_MAX and i in self._selection.tunable_at:
+            return MAX
+        return v
 
-    def get(self, name: str, default: Optional[int] = None) -> Optional[int]:
+    def get(self, name: str, default: Optional[Value] = None) -> Optional[Value]:
         i = self._selection.index.get(name)
         if i is None or not (self._t[VALID_AT + (i >> 6)] >> (i & 63)) & 1:
             return default
-        return self._t[i + VALUES_AT]
+        v = self._t[i + VALUES_AT]
+        if v == RAW_MAX and i in self._selection.tunable_at:
+            return MAX
+        return v
 
     def __contains__(self, name: str) -> bool:
         i = self._selection.index.get(name)
@@ -240,11 +297,15 @@ class Record:
     def keys(self) -> Tuple[str, ...]:
         return self._selection.names
 
-    def as_dict(self) -> Dict[str, Optional[int]]:
+    def as_dict(self) -> Dict[str, Optional[Value]]:
         """Every selected stat; None where unavailable."""
         valid = self.valid
-        return {n: (v if (valid >> i) & 1 else None)
-                for i, (n, v) in enumerate(zip(self._selection.names, self._t[VALUES_AT:]))}
+        out: Dict[str, Optional[Value]] = {n: (v if (valid >> i) & 1 else None)
+               for i, (n, v) in enumerate(zip(self._selection.names, self._t[VALUES_AT:]))}
+        for i in self._selection.tunable_at:
+            if out[self._selection.names[i]] == RAW_MAX:
+                out[self._selection.names[i]] = MAX
+        return out
 
     def source(self, name: str) -> str:
         """How this stat was resolved on this kernel (table, btf-enum, ...)."""
@@ -362,10 +423,16 @@ class Snapshot(Mapping[str, Record]):
         ids: List[int] = list(map(_record_id, raw))
         return ids
 
-    def column(self, name: str) -> List[Optional[int]]:
+    def column(self, name: str) -> List[Optional[Value]]:
         """One stat for every cgroup, in walk order (None where unavailable);
         UnknownStat for a name outside the selection, as Record[name] raises."""
         i = self.selection.position(name)
+        if i in self.selection.tunable_at:
+            return [MAX if v == RAW_MAX else v for v in self._column(i)]
+        return cast(List[Optional[Value]], self._column(i))
+
+    def _column(self, i: int) -> List[Optional[int]]:
+        """column() of the stat at position i, as the records hold it."""
         raw = self._raw
         if raw.__class__ is PackedRecords:
             valid_word, value_word = VALID_WORD + (i >> 6), VALUE_WORD + i
@@ -380,7 +447,7 @@ class Snapshot(Mapping[str, Record]):
         word, bit, at = VALID_AT + (i >> 6), i & 63, i + VALUES_AT
         return [t[at] if (t[word] >> bit) & 1 else None for t in raw]
 
-    def columns(self, names: Sequence[str]) -> Dict[str, Sequence[Optional[int]]]:
+    def columns(self, names: Sequence[str]) -> Dict[str, Sequence[Optional[Value]]]:
         """column() of each name, made at once: where every record has the same
         stats available (the usual case) the columns are one transposition
         of the records, with no test per value."""
@@ -399,7 +466,10 @@ class Snapshot(Mapping[str, Record]):
             return {n: self.column(n) for n in names}
         valid = _valid_bits(first)
         none = [None] * len(raw)
-        return {n: cols[index[n] + VALUES_AT] if (valid >> index[n]) & 1 else none
+        tunable_at = self.selection.tunable_at
+        return {n: (cols[index[n] + VALUES_AT] if index[n] not in tunable_at else
+                    [MAX if v == RAW_MAX else v for v in cols[index[n] + VALUES_AT]])
+                if (valid >> index[n]) & 1 else none
                 for n in names}
 
     @property

@@ -28,13 +28,14 @@ import threading
 import time
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 from . import forksafe
+from .catalog import TUNABLES
 from .cadvisor import (COUNTER, GAUGE, CadvisorMetric, Getter, Values, local,
                        needed_local_stats)
 from .containers import CgroupIdentity, identify
-from .decode import Snapshot
+from .decode import MAX, Snapshot, Value
 from .errors import BadInterval, Error, quoted
 from .names import escape
 
@@ -197,7 +198,7 @@ def _identity(paths: List[str], idents: List[CgroupIdentity]
                    for p, x in zip(paths, idents)]
 
 
-def picked(column: Sequence[Optional[int]], rows: List[int]) -> Sequence[Optional[int]]:
+def picked(column: Sequence[Optional[Value]], rows: List[int]) -> Sequence[Optional[Value]]:
     """column's values at `rows` (the whole column when rows are all of it)."""
     if len(rows) == len(column):
         return column
@@ -211,7 +212,7 @@ def metric_inputs(m: CadvisorMetric) -> Tuple[str, ...]:
 
 
 def local_columns(snap: Snapshot, local_snap: Optional[Snapshot], stats: Sequence[str]
-                  ) -> Dict[str, Sequence[Optional[int]]]:
+                  ) -> Dict[str, Sequence[Optional[Value]]]:
     """{local(stat): the cgroup's own value of stat, aligned with snap}: from
     local_snap, the same tree read by a local Reader, matched by cgroup id (a
     path may name another cgroup by then); None where that read has no such
@@ -231,7 +232,7 @@ def local_columns(snap: Snapshot, local_snap: Optional[Snapshot], stats: Sequenc
     return {local(s): [None if i is None else cols[s][i] for i in where] for s in stats}
 
 
-def lines(heads: Sequence[str], values: Sequence[Optional[int]]) -> str:
+def lines(heads: Sequence[str], values: Sequence[Union[None, Value, str]]) -> str:
     """head + value + newline for each available value (None: left out)."""
     # an f-string per line: each line is built in one step, no intermediate strings
     return "".join([f"{h}{v}\n" for h, v in zip(heads, values) if v is not None])
@@ -321,7 +322,13 @@ class TextWriter:
                 self._write_cadvisor(out, columns, labels)
             for stat, _, _, _ in self.selected:
                 out.append(self._headers[stat])
-                out.append(lines(self._heads[stat], picked(columns[stat], labels.rows)))
+                values = picked(columns[stat], labels.rows)
+                if stat in TUNABLES:
+                    # a limit not set: infinity, as the text format writes it
+                    out.append(lines(self._heads[stat],
+                                     ["+Inf" if v is MAX else v for v in values]))
+                else:
+                    out.append(lines(self._heads[stat], values))
         else:
             for m in self.cadvisor:
                 out.append(self._headers[m.name])
@@ -330,7 +337,7 @@ class TextWriter:
         self._write_own(out, taken)
         return out
 
-    def _write_cadvisor(self, out: List[str], columns: Dict[str, Sequence[Optional[int]]],
+    def _write_cadvisor(self, out: List[str], columns: Dict[str, Sequence[Optional[Value]]],
                         labels: TreeLabels) -> None:
         """cAdvisor's families. m.values(get) is a function of the stats in
         m.needs: where many cgroups give it the same inputs (idle cgroups,

@@ -41,6 +41,11 @@ RFC_KFUNCS = ("memcg_stat_fetch", "memcg_node_stat_fetch", "memcg_vm_event_fetch
 #: the kernel's static item lists (mm/memcontrol.c), in kallsyms with CONFIG_KALLSYMS_ALL
 KALLSYMS_TABLES = ("memcg_node_stat_items", "memcg_stat_items", "memcg_vm_event_stat")
 
+#: the scalar fields the FIELD stats read ("struct.member"): which of them a
+#: kernel's BTF has is a fact (KernelFacts.fields)
+FIELD_FACTS = ("mem_cgroup.soft_limit", "mem_cgroup.zswap_max", "mem_cgroup.oom_group",
+               "cgroup.nr_descendants", "cgroup.nr_dying_descendants")
+
 #: set to 0 to resolve without the kernel's kallsyms lists (built-in tables alone)
 KALLSYMS_ENV = "PYMEMCG_KALLSYMS"
 
@@ -60,6 +65,8 @@ class KernelFacts:
     # the kernel's own lists (kallsyms), as enum values in slot order
     kallsyms_state: Optional[Tuple[int, ...]] = None
     kallsyms_events: Optional[Tuple[int, ...]] = None
+    # which of FIELD_FACTS BTF has ("mem_cgroup.zswap_max"); None: not captured
+    fields: Optional[FrozenSet[str]] = None
     # --- pressure (PSI) ---
     # struct psi_group's arrays as BTF has them (flattened): total[] is
     # [NR_PSI_AGGREGATORS][NR_PSI_STATES - 1] u64 ns, avg[] is
@@ -125,6 +132,8 @@ def read_btf_facts(release: str, path: Optional[str] = None) -> KernelFacts:
 
         kfuncs = frozenset(f for f in MEMCG_KFUNCS + RFC_KFUNCS
                            if lib.pmc_btf_has_func(btf, f.encode()))
+        fields = frozenset(f for f in FIELD_FACTS
+                           if lib.pmc_btf_member_size(btf, *(p.encode() for p in f.split("."))) >= 0)
         return KernelFacts(
             release=release,
             enums=enums,
@@ -134,6 +143,7 @@ def read_btf_facts(release: str, path: Optional[str] = None) -> KernelFacts:
             state_local_len=array_len("memcg_vmstats", "state_local"),
             events_local_len=array_len("memcg_vmstats", "events_local"),
             kfuncs=kfuncs,
+            fields=fields,
             psi_total_len=array_len("psi_group", "total"),
             psi_avg_len=array_len("psi_group", "avg"),
             cgroup_has_psi=array_len("cgroup", "psi") is not None,
@@ -212,6 +222,8 @@ def kernel_facts() -> KernelFacts:
 def facts_to_json(facts: KernelFacts) -> Dict[str, Any]:
     doc = dataclasses.asdict(facts)
     doc["kfuncs"] = sorted(facts.kfuncs)
+    if facts.fields is not None:
+        doc["fields"] = sorted(facts.fields)
     del doc["psi_system"]   # an address of one boot
     return doc
 
@@ -220,6 +232,8 @@ def facts_from_json(doc: Mapping[str, Any]) -> KernelFacts:
     fields = {f.name for f in dataclasses.fields(KernelFacts)}
     kw = {k: v for k, v in doc.items() if k in fields}
     kw["kfuncs"] = frozenset(kw.get("kfuncs", ()))
+    if kw.get("fields") is not None:
+        kw["fields"] = frozenset(kw["fields"])
     for k in ("kallsyms_state", "kallsyms_events"):
         if kw.get(k) is not None:
             kw[k] = tuple(kw[k])

@@ -1,7 +1,9 @@
 """The kernel's own files of a memory cgroup, parsed: memory.stat in both
 formats (v2 keys are the stat names; v1 keys map to them, cache -> file,
 rss -> anon, ..., with the total_* keys as the hierarchical values and the
-plain keys as local ones), the page-counter files and memory.events.
+plain keys as local ones), the page-counter files, the protections and
+limits (one number each, "max" where none is set), memory.events and
+cgroup.stat.
 
 The text backend (backends/text.py) reads through these, and they are the
 control of `pymemcg verify`, every parity test and the benchmark.
@@ -13,7 +15,7 @@ import os
 from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
 from . import catalog
-from .catalog import COUNTER, MEMEVENT, PRESSURE
+from .catalog import COUNTER, FIELD, MEMEVENT, PRESSURE
 from .errors import MalformedData, ReadError
 from .kernel_probe import psi_running
 
@@ -32,11 +34,33 @@ V2_COUNTER_FILES = {
     "swap_usage": "memory.swap.current", "swap_peak": "memory.swap.peak",
     "swap_limit": "memory.swap.max",
 }
+# the protections and limits (and memory.zswap.current): one number each,
+# "max" where none is set
+V1_TUNABLE_FILES = {"soft_limit": "memory.soft_limit_in_bytes"}
+V2_TUNABLE_FILES = {
+    "memory_min": "memory.min", "memory_low": "memory.low", "memory_high": "memory.high",
+    "swap_high": "memory.swap.high", "zswap_max": "memory.zswap.max",
+    "oom_group": "memory.oom.group", "zswap_current": "memory.zswap.current",
+}
+# of those, files that print the subtree's value, not one the cgroup alone has
+# (page counters and settings have one value, whatever local= says)
+HIERARCHICAL_FILES = frozenset({"zswap_current"})
 # memory.events keys -> stat names
 EVENTS_KEYS = {"low": "low", "high": "high", "max": "max", "oom": "oom", "oom_kill": "oom_kill",
-                "oom_group_kill": "oom_group_kill"}
+                "oom_group_kill": "oom_group_kill", "sock_throttled": "sock_throttled"}
+# cgroup.stat (cgroup v2) keys -> stat names
+CGROUP_STAT_KEYS = {"nr_descendants": "nr_descendants",
+                    "nr_dying_descendants": "nr_dying_descendants"}
 SWAP_EVENTS_KEYS = {"high": "swap_high_events", "max": "swap_max_events",
                      "fail": "swap_fail_events"}
+
+
+def number_files(version: int) -> Dict[str, str]:
+    """Stat name -> the one-number file that prints it on cgroup `version`:
+    page counters, protections and limits."""
+    if version == 1:
+        return {**V1_COUNTER_FILES, **V1_TUNABLE_FILES}
+    return {**V2_COUNTER_FILES, **V2_TUNABLE_FILES}
 
 
 def _lines(text: Union[str, bytes, bytearray, memoryview], what: str
@@ -171,9 +195,16 @@ def text_availability(name: str, version: int, local: bool,
     """Whether the text backend can serve a stat, and from which file.
     keys: what memory.stat prints on this kernel (printed_keys())."""
     stat = catalog.STATS[name]
-    if stat.kind == COUNTER:
-        files = V1_COUNTER_FILES if version == 1 else V2_COUNTER_FILES
-        return (name in files, files.get(name, f"no cgroup v{version} file"))
+    files = number_files(version)
+    if name in CGROUP_STAT_KEYS.values():
+        return (True, "cgroup.stat") if version == 2 else \
+            (False, "no cgroup v1 file (cgroup.stat is cgroup v2's)")
+    if name in files:
+        if local and name in HIERARCHICAL_FILES:
+            return False, f"{files[name]} prints hierarchical values only"
+        return True, files[name]
+    if stat.kind in (COUNTER, FIELD):
+        return False, f"no cgroup v{version} file"
     if stat.kind == PRESSURE:
         if version == 1:
             return False, "cgroup v1 has no memory.pressure"
@@ -186,6 +217,13 @@ def text_availability(name: str, version: int, local: bool,
         if version == 1:
             ok = name == "oom_kill" and not local
             return ok, "memory.oom_control" if ok else "no cgroup v1 file"
+        if name in SWAP_EVENTS_KEYS.values():
+            if local:
+                # the kernel counts them in memory_events_local[] (BPF reads
+                # that), but prints only the hierarchical memory.swap.events
+                return False, "no memory.swap.events.local: the kernel prints the " \
+                              "hierarchical counts only"
+            return True, "memory.swap.events"
         return True, "memory.events.local" if local else "memory.events"
     key = stat.v1_key if version == 1 else stat.v2_key
     if version == 2 and local:

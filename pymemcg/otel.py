@@ -26,9 +26,11 @@ cAdvisor would export:
   pgmajfault), from cAdvisor's container_memory_failures_total of scope
   "container", as the conventions derive it;
 
-and, for every cgroup read, memcg.<stat> for each selected raw stat: sizes
-as observable UpDownCounters in By, cumulative counts as observable
-Counters in {count}.
+and, for every cgroup read, memcg.<stat> for each raw stat asked for
+(`stats`, none by default): sizes as observable UpDownCounters in By,
+cumulative counts as observable Counters in {count}. The default is the
+semantic conventions' instruments alone because the SDK's cost is per
+data point (docs/otel.md): each memcg.<stat> adds one point per cgroup.
 
 Attributes: cgroup.path, the path relative to the hierarchy's root ("/",
 "/system.slice/foo.service") as text (pymemcg.names.escape: valid UTF-8,
@@ -53,6 +55,7 @@ import time
 from typing import (Any, Callable, Collection, Dict, Iterable, List, Optional, Sequence, Set,
                     Tuple, cast)
 
+from .decode import MAX, Value
 from .errors import Error, OpenTelemetryMissing
 
 
@@ -126,10 +129,10 @@ class _Frame:
                  local_stats: Sequence[str]) -> None:
         self.snap, self.shape = snap, shape
         self._local = local_columns(snap, local_snap, local_stats)
-        self._columns: Dict[Tuple[str, bool], Sequence[Optional[int]]] = {}
+        self._columns: Dict[Tuple[str, bool], Sequence[Optional[Value]]] = {}
         self._values: Dict[str, List[Values]] = {}
 
-    def column(self, stat: str, cadvisor: bool) -> Sequence[Optional[int]]:
+    def column(self, stat: str, cadvisor: bool) -> Sequence[Optional[Value]]:
         """stat (or local(stat)) of each observed record: of cAdvisor's rows
         when `cadvisor`, else of every record with a path."""
         key = (stat, cadvisor)
@@ -148,7 +151,7 @@ class _Frame:
         if out is None:
             needs = metric_inputs(metric)
             keys = list(zip(*[self.column(s, True) for s in needs]))
-            distinct: Dict[Tuple[Optional[int], ...], Values] = {}
+            distinct: Dict[Tuple[Optional[Value], ...], Values] = {}
             for k in keys:
                 if k not in distinct:
                     distinct[k] = metric.values(dict(zip(needs, k)).get)
@@ -161,14 +164,16 @@ class MemcgInstrumentor:
 
     root: the cgroup directory whose subtree is observed (default: the
     memory hierarchy's mountpoint). stats: the raw stats observed as
-    memcg.<stat> (default pymemcg.DEFAULT_STATS). interval: the least time
+    memcg.<stat> (default none: the container.* instruments alone;
+    e.g. pymemcg.DEFAULT_STATS for the stats a Reader reads by default).
+    interval: the least time
     in seconds between two reads of the tree (0: every collection reads;
     not finite seconds >= 0: BadInterval).
     backend, flush: as for pymemcg.Reader. The Reader is made (the BPF
     program loaded) by instrument() and closed by uninstrument().
     """
 
-    def __init__(self, root: Optional[str] = None, stats: Sequence[str] = catalog.DEFAULT_STATS,
+    def __init__(self, root: Optional[str] = None, stats: Sequence[str] = (),
                  interval: float = 0.0, *, backend: str = "auto", flush: bool = False) -> None:
         mount = memory_mount()
         if mount is None:
@@ -218,11 +223,13 @@ class MemcgInstrumentor:
             _log.warning("pymemcg: MemcgInstrumentor is already instrumented")
             return
         provider = kwargs.get("meter_provider")
-        self.reader = Reader(stats=self.stats_needed, backend=self.backend, flush=self.flush)
+        self.reader = Reader(stats=self.stats_needed, backend=self.backend, flush=self.flush,
+                             for_trees=True)
         try:
             if self.local_stats_needed:
                 self.local_reader = Reader(stats=self.local_stats_needed, local=True,
-                                           backend=self.backend, flush=self.flush)
+                                           backend=self.backend, flush=self.flush,
+                                           for_trees=True)
             key = id(provider)
             if key not in self._meters:
                 # an SDK keeps the first instrument of a name: on a provider seen
@@ -282,6 +289,9 @@ class MemcgInstrumentor:
             if stat.unit == catalog.COUNT:
                 meter.create_observable_counter(f"memcg.{name}", [callback], unit="{count}",
                                                 description=description)
+            elif stat.unit == catalog.NUMBER:
+                meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="1",
+                                                        description=description)
             # --- pressure (PSI) ---
             elif stat.unit == catalog.MICROSECONDS:
                 meter.create_observable_counter(f"memcg.{name}", [callback], unit="us",
@@ -372,6 +382,7 @@ def _one_value(metric: Optional[CadvisorMetric], frame: _Frame) -> List[Observat
 
 
 def _raw(frame: _Frame, stat: str) -> List[Observation]:
-    """A raw stat of every cgroup read."""
+    """A raw stat of every cgroup read (a limit not set, MAX, has no value to
+    observe: left out, as container.memory.available is)."""
     return [Observation(v, a) for v, a in zip(frame.column(stat, False), frame.shape.attributes)
-            if v is not None]
+            if v is not None and v is not MAX]

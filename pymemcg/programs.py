@@ -208,6 +208,14 @@ class Fetch:
         # used at the start of each eviction sweep
         self.in_use: Callable[[], Iterable[Slot]] = tuple
 
+    def renames(self) -> int:
+        """Renames of cgroups counted since load (the program's tracepoint).
+        Read before a path's proof: while it has not moved, the path names
+        the cgroup it was proven to name for as long as that cgroup lives,
+        and a read of it need not hash the path (pmc_fetch_read)."""
+        n: int = self.lib.pmc_fetch_renames(self.ptr)
+        return n
+
     def load_many(self) -> None:
         """Load the batch program (pmc_fetch_run_many) if it is not yet:
         only a process that reads many cgroups at once pays for its load."""

@@ -142,7 +142,8 @@ class MemcgCollector:
         self.stats_needed = needed_stats(self.selected, self.cadvisor)
         self._own_reader = reader is None
         if reader is None:
-            reader = Reader(stats=self.stats_needed, local=local, backend=backend, flush=flush)
+            reader = Reader(stats=self.stats_needed, local=local, backend=backend, flush=flush,
+                            for_trees=True)
         else:
             missing = [s for s in self.stats_needed if s not in reader.stats]
             if missing:
@@ -154,7 +155,7 @@ class MemcgCollector:
         local_stats = needed_local_stats(self.cadvisor)
         try:
             self.local_reader = Reader(stats=local_stats, local=True, backend=backend,
-                                       flush=flush) if local_stats else None
+                                       flush=flush, for_trees=True) if local_stats else None
         except BaseException:
             if self._own_reader:
                 reader.close()
@@ -194,7 +195,7 @@ class MemcgCollector:
         stat = catalog.STATS[name]
         # counts, and pressure's cumulative stall time, only ever grow
         counter = stat.unit in (catalog.COUNT, catalog.MICROSECONDS)
-        unit = "a count" if stat.unit == catalog.COUNT else stat.unit
+        unit = {catalog.COUNT: "a count", catalog.NUMBER: "a number"}.get(stat.unit, stat.unit)
         help_text = f"{stat.meaning} ({unit}; pymemcg stat " \
                     f"{name}{', local' if self.local else ''})"
         return (COUNTER if counter else GAUGE), help_text

@@ -92,12 +92,13 @@ def _check_shared_pins(value: object) -> Union[bool, Tuple[str, str]]:
 
 
 def _own_backend(stats: List[str], local: bool, flush: bool, backend: str, mount: Mount,
-                 stacklevel: int) -> Backend:
+                 stacklevel: int, for_trees: bool = False) -> Backend:
     """A Reader's own backend: BPF, else (auto) text with a FallbackWarning."""
     if backend in ("auto", "bpf"):
         try:
             from .backends.bpf import BpfBackend
-            return BpfBackend(stats, local, mount.version, mount.mountpoint, flush=flush)
+            return BpfBackend(stats, local, mount.version, mount.mountpoint, flush=flush,
+                              singles=not for_trees)
         except BpfUnavailable as e:
             if backend == "bpf" or _bpf_required():
                 raise
@@ -123,6 +124,10 @@ class Reader:
     by root (`pymemcg pin`) serves reads instead of a program of this
     Reader's own, which is then loaded only when a read needs it (see
     pymemcg/backends/pinned.py); this is how a non-root process reads through BPF.
+    for_trees: a Reader made for read_tree() (an exporter, `pymemcg
+    snapshot`): the tree program is the one loaded when it is made, and
+    the one-call program of single reads (BPF_PROG_RUN, Linux 6.4+) never
+    is; read() and read_many() still work, through iterator sessions.
     Reads are serialised per Reader; use one Reader per thread for
     parallel reads. Close it (or use `with`) to close its links and unload its programs.
     An argument of another type or value raises InvalidArgument (a
@@ -132,10 +137,12 @@ class Reader:
 
     def __init__(self, stats: Sequence[str] = catalog.DEFAULT_STATS, *, local: bool = False,
                  backend: str = "auto", flush: bool = False,
-                 shared_pins: Union[bool, Tuple[str, str]] = True) -> None:
+                 shared_pins: Union[bool, Tuple[str, str]] = True,
+                 for_trees: bool = False) -> None:
         self.stats = _check_names(stats)
         self.local = local = _check_flag("local", local)
         self.flush = flush = _check_flag("flush", flush)
+        for_trees = _check_flag("for_trees", for_trees)
         if not isinstance(backend, str) or backend not in BACKENDS:
             raise InvalidArgument(f"Reader(backend={quoted(backend)}): backend takes "
                                   f"{', '.join(map(repr, BACKENDS))}")
@@ -153,10 +160,11 @@ class Reader:
             from .backends.pinned import PinnedBackend
             self._backend = PinnedBackend.for_reader(
                 self.stats, local, shared_pins,
-                functools.partial(_own_backend, self.stats, local, flush, backend, mount, 4),
+                functools.partial(_own_backend, self.stats, local, flush, backend, mount, 4,
+                                  for_trees),
                 backend)
         if self._backend is None:
-            self._backend = _own_backend(self.stats, local, flush, backend, mount, 3)
+            self._backend = _own_backend(self.stats, local, flush, backend, mount, 3, for_trees)
 
     @property
     def backend(self) -> str:

@@ -100,6 +100,9 @@ SESSION_BUF_SIZE = SEQ_BUF_SIZE + 4096
 #: the page-counter fields a COUNTER spec's slot names: "MEMORY_USAGE" -> PMC_CTR_MEMORY_USAGE
 COUNTERS: Dict[str, int] = {name[len("PMC_CTR_"):]: value
                             for name, value in ENUMS["pmc_counter"].items()}
+#: the scalar fields a FIELD spec's slot names: "SOFT_LIMIT" -> PMC_FIELD_SOFT_LIMIT
+FIELDS: Dict[str, int] = {name[len("PMC_FIELD_"):]: value
+                          for name, value in ENUMS["pmc_field"].items()}
 
 
 def record_struct(nr_stats: int) -> struct.Struct:

@@ -25,16 +25,17 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import catalog
-from .catalog import BYTES, COUNT, COUNTER, MEMEVENT, PRESSURE, Stat
+from .catalog import BYTES, COUNT, COUNTER, FIELD, MEMEVENT, PRESSURE, Stat
 from .kernel_probe import EVENT_ENUMS, MEMCG_KFUNCS, RFC_KFUNCS, STATE_ENUMS, KernelFacts
 from .release_tables import ENUM_INDEXED_STATE, TABLES, Entry, KernelTable
 
 # enum pmc_stat_kind / enum pmc_counter / PMC_SPEC_* / enum pmc_kfuncs of
 # bpf_src/memcg_record.h
 from ._record_h import (KFUNCS_MEMCG, KFUNCS_NONE, KFUNCS_RFC, KIND_COUNTER, KIND_EVENT,
-                        KIND_MEMEVENT, KIND_NONE, KIND_STATE, SPEC_MEMCG_ITEM, SPEC_SIGNED)
+                        KIND_FIELD, KIND_MEMEVENT, KIND_NONE, KIND_STATE, SPEC_MEMCG_ITEM,
+                        SPEC_SIGNED)
 from ._record_h import KIND_PRESSURE, PSI_AVG, PSI_TOTAL  # pressure (PSI)
-from .record_format import COUNTERS
+from .record_format import COUNTERS, FIELDS
 
 BACKEND_KFUNC = "kfunc"
 BACKEND_RFC = "rfc-kfunc"
@@ -367,6 +368,8 @@ def _resolve_one(stat: Stat, facts: KernelFacts, matches: Sequence[TableMatch],
                               "bpf_mem_cgroup_usage")
         return Resolution(stat, VIA_FIELD, KIND_COUNTER, COUNTERS[stat.item], 0, 0,
                           page_size if stat.unit == BYTES else 1, "struct page_counter")
+    if stat.kind == FIELD:
+        return _resolve_field(stat, facts, page_size)
     item = next((n for n in (stat.item,) + stat.aliases if facts.has(n)), None)
     if item is None:
         return _unavailable(stat, f"{' or '.join((stat.item,) + stat.aliases)} is not in "
@@ -428,3 +431,22 @@ def _resolve_one(stat: Stat, facts: KernelFacts, matches: Sequence[TableMatch],
         problems.extend(match.problems)
     why = "; ".join(problems) or "the kernel does not keep it per memcg"
     return _unavailable(stat, f"{stat.item}: {why}")
+
+
+#: where each FIELD stat's value is (enum pmc_field name -> "struct.member")
+FIELD_MEMBERS = {"SOFT_LIMIT": "mem_cgroup.soft_limit", "ZSWAP_MAX": "mem_cgroup.zswap_max",
+                 "OOM_GROUP": "mem_cgroup.oom_group", "NR_DESCENDANTS": "cgroup.nr_descendants",
+                 "NR_DYING_DESCENDANTS": "cgroup.nr_dying_descendants"}
+
+
+def _resolve_field(stat: Stat, facts: KernelFacts, page_size: int) -> Resolution:
+    """A scalar field of struct mem_cgroup / struct cgroup, read by CO-RE on
+    every backend (no kfunc serves one). The program reads it only where
+    the kernel's BTF has it; where the facts say which fields BTF has
+    (a live kernel, not an old fixture), a missing one is unavailable here."""
+    member = FIELD_MEMBERS[stat.item]
+    if facts.fields is not None and member not in facts.fields:
+        return _unavailable(stat, f"struct {member.replace('.', ' has no ')} in this kernel's "
+                                  f"BTF")
+    return Resolution(stat, VIA_FIELD, KIND_FIELD, FIELDS[stat.item], 0, 0,
+                      page_size if stat.unit == BYTES else 1, f"struct {member}")

@@ -19,6 +19,7 @@ import pymemcg
 from pymemcg import programs
 from pymemcg.backends import bpf as bpf_mod, bpf_links as bpf_links_mod, bpf_single, bpf_walk
 from pymemcg.cgroupfs import memory_mount
+from pymemcg.decode import RAW_MAX
 from pymemcg._record_h import GONE_RING
 
 from conftest import my_links, open_fds
@@ -33,7 +34,8 @@ def limit_of(path: str):
     name = "memory.limit_in_bytes" if memory_mount().version == 1 else "memory.max"
     with open(os.path.join(path, name)) as f:
         text = f.read().strip()
-    return None if text == "max" else int(text)
+    # no limit: "max" (v2) or PAGE_COUNTER_MAX bytes (v1), pymemcg.MAX either way
+    return pymemcg.MAX if text in ("max", str(RAW_MAX)) else int(text)
 
 
 def rel_of(path: str) -> str:

@@ -320,7 +320,12 @@ def test_watch_stops_cleanly(bpf_ok, sig):
         assert links_of(proc.pid), "watch reads through a link of its own"
     finally:
         proc.send_signal(getattr(signal, sig))
-        out, err = proc.communicate(timeout=30)
+        # the rest through the same buffered reader: readline() may have
+        # buffered more than its line, which communicate() (reading the
+        # fd itself) would skip, starting mid-line
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        proc.wait(timeout=30)
     assert proc.returncode == 0, err
     assert err == ""
     for line in out.splitlines():  # whole lines only
@@ -639,3 +644,40 @@ def test_flush_flag(bpf_ok, mount):
                            "anon"], capture_output=True, text=True, env=env, timeout=120)
     assert auto.returncode == 0, auto
     assert "flush kfunc" in auto.stderr and auto.stdout.startswith("backend text")
+
+
+def test_stats_lists_the_limits_and_counts():
+    """`pymemcg stats` names each limit, protection and count with its unit
+    and how this host serves it (or why not)."""
+    r = run_cli("stats", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    by_name = {s["name"]: s for s in json.loads(r.stdout)}
+    for name, unit in (("memory_min", "bytes"), ("memory_low", "bytes"), ("memory_high", "bytes"),
+                       ("swap_high", "bytes"), ("zswap_max", "bytes"), ("soft_limit", "bytes"),
+                       ("oom_group", "number"), ("sock_throttled", "count"),
+                       ("nr_descendants", "number"), ("nr_dying_descendants", "number"),
+                       ("zswap_current", "bytes")):
+        s = by_name[name]
+        assert s["unit"] == unit, name
+        assert s["via"], name   # the slot, the file, or why neither
+        assert s["available"] == bool(s["backend"]), name
+
+
+def test_snapshot_writes_a_limit_not_set_as_max(bpf_ok, mount, cgroups):
+    child = cgroups.make("clim")
+    fname = "memory.limit_in_bytes" if mount.version == 1 else "memory.max"
+    with open(os.path.join(child, fname), "w") as f:
+        f.write(str(64 << 20))
+    for fmt in ("json", "table", "csv"):
+        r = run_cli("snapshot", cgroups.base, "--format", fmt, "--stats", "limit,nr_descendants")
+        assert r.returncode == 0, r.stderr
+        if fmt == "table":
+            assert " max " in r.stdout + " " and "64.0 MiB" in r.stdout
+            continue
+        if fmt == "csv":
+            rows = [line.split(",") for line in r.stdout.splitlines()]
+            assert rows[1][-2:] == ["max", "1"] and rows[2][-2] == str(64 << 20)
+            continue
+        rows = json.loads(r.stdout)["cgroups"]
+        assert rows[0]["stats"] == {"limit": "max", "nr_descendants": 1}
+        assert rows[1]["stats"]["limit"] == 64 << 20

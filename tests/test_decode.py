@@ -491,3 +491,57 @@ def test_selection_digest_covers_order_local_and_program():
               selection_digest(["anon", "file"], False, False),
               selection_digest(["anon", "fileusage"], False, False)]
     assert len({base, *others}) == 1 + len(others)
+
+
+# --------------------------------------------------------------------------
+# limits and protections: the kernel's PAGE_COUNTER_MAX reads as pymemcg.MAX
+
+@pytest.mark.parametrize("packed", [False, True], ids=["tuples", "packed"])
+def test_a_limit_not_set_reads_as_max(packed):
+    from pymemcg.decode import RAW_MAX
+    names = ["limit", "memory_high", "anon", "soft_limit"]
+    selection = Selection(names)
+    rows = [[RAW_MAX, 64 << 20, RAW_MAX, RAW_MAX],   # anon is no limit: its value stays
+            [1 << 30, RAW_MAX, 5, 32 << 20]]
+    data = b"".join(encode_record(selection, i + 1, 0, 0, 0, 0b1111, row)
+                    for i, row in enumerate(rows))
+    raw = PackedRecords(selection, data) if packed else \
+        [selection.record.unpack_from(data, i * selection.record_size) for i in range(2)]
+    snap = Snapshot("/", selection, raw, ["/", "/a"])
+    first, second = snap.records
+    assert first["limit"] is pymemcg.MAX and first.get("limit") is pymemcg.MAX
+    assert first["anon"] == RAW_MAX and isinstance(first["anon"], int)
+    assert first.as_dict() == {"limit": pymemcg.MAX, "memory_high": 64 << 20, "anon": RAW_MAX,
+                               "soft_limit": pymemcg.MAX}
+    assert second["memory_high"] is pymemcg.MAX and second["limit"] == 1 << 30
+    assert snap.column("limit") == [pymemcg.MAX, 1 << 30]
+    assert snap.column("anon") == [RAW_MAX, 5]
+    cols = snap.columns(names)
+    assert list(cols["memory_high"]) == [64 << 20, pymemcg.MAX]
+    assert list(cols["soft_limit"]) == [pymemcg.MAX, 32 << 20]
+    assert list(cols["anon"]) == [RAW_MAX, 5]
+    # a limit not set stays unavailable where it was not read, never MAX
+    rec = Record(selection, raw_tuple(1, 0, 0, 0, 0b1110, rows[0]), "/")
+    assert rec.get("limit") is None and "limit" not in rec
+
+
+def test_max_compares_above_every_int_and_prints_as_max():
+    from pymemcg.decode import RAW_MAX, json_value
+    assert pymemcg.MAX > 2**64 and pymemcg.MAX > RAW_MAX and not pymemcg.MAX < 0
+    assert pymemcg.MAX == float("inf") and (4096 / pymemcg.MAX) == 0.0
+    assert str(pymemcg.MAX) == "max" and repr(pymemcg.MAX) == "pymemcg.MAX"
+    assert json_value(pymemcg.MAX) == "max" and json_value(7) == 7 and json_value(None) is None
+    import copy
+    import pickle
+    assert pickle.loads(pickle.dumps(pymemcg.MAX)) is pymemcg.MAX
+    assert copy.deepcopy(pymemcg.MAX) is pymemcg.MAX
+    # which stats are limits or protections
+    assert catalog.TUNABLES == {"limit", "swap_limit", "memsw_limit", "memory_min", "memory_low",
+                                "memory_high", "swap_high", "zswap_max", "soft_limit"}
+
+
+def test_the_catalog_fits_one_record():
+    """Every stat in one selection (`--stats all`, verify's readers) fits the
+    record's PMC_MAX_STATS values."""
+    assert len(catalog.STATS) <= MAX_STATS
+    Selection(list(catalog.STATS))

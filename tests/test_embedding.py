@@ -17,6 +17,7 @@ import pytest
 
 import pymemcg
 from pymemcg.cgroupfs import memory_mount
+from pymemcg.decode import RAW_MAX
 
 from conftest import in_child, my_links, open_fds
 
@@ -35,7 +36,8 @@ def v1_limit(path: str) -> int:
     name = "memory.limit_in_bytes" if memory_mount().version == 1 else "memory.max"
     with open(os.path.join(path, name)) as f:
         text = f.read().strip()
-    return int(text) if text != "max" else None
+    # no limit: "max" (v2) or PAGE_COUNTER_MAX bytes (v1), pymemcg.MAX either way
+    return pymemcg.MAX if text in ("max", str(RAW_MAX)) else int(text)
 
 
 

@@ -59,9 +59,13 @@ def session_backend(stats):
     return BpfBackend(stats, False, mount.version, mount.mountpoint, singles=False)
 
 
-def read_limit(path: str) -> int:
+def read_limit(path: str):
+    """The cgroup's limit as a Record gives it: pymemcg.MAX where none is
+    set (v1's file prints PAGE_COUNTER_MAX bytes for it, v2's "max")."""
+    from pymemcg.decode import RAW_MAX
     with open(os.path.join(path, limit_file())) as f:
-        return int(f.read())
+        text = f.read().strip()
+    return pymemcg.MAX if text in ("max", str(RAW_MAX)) else int(text)
 
 
 def check_answer(rec, path: str) -> None:

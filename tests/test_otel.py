@@ -152,6 +152,8 @@ def test_a_changed_tree_is_observed_as_it_is_now(bpf_ok, cgroups, provider):
         second = collect(reader)
         assert set(paths(second, "memcg.usage")) == {rel(cgroups.base), rel(a), rel(c)}
         assert paths(second, "memcg.limit")[rel(c)] == LIMIT
+        # a limit not set (pymemcg.MAX) has no value to observe, as for available
+        assert set(paths(second, "memcg.limit")) == {rel(c)}
         assert set(paths(second, "container.memory.available")) == {rel(c)}
         third = collect(reader)           # the same shape again: the kept attributes
         assert paths(third, "memcg.limit") == paths(second, "memcg.limit")
@@ -243,3 +245,31 @@ def test_without_opentelemetry_is_a_clean_error():
                          timeout=60)
     assert out.stdout.startswith("OpenTelemetryMissing"), out
     assert "pymemcg[otel]" in out.stdout
+
+
+def test_default_instruments_are_the_semantic_conventions_alone(bpf_ok, quiet, provider):
+    """MemcgInstrumentor() observes the container.* instruments only: each
+    memcg.<stat> costs the SDK a data point per cgroup, so raw stats are
+    observed only when asked for."""
+    parent, _ = quiet
+    meter_provider, reader = provider
+    inst = MemcgInstrumentor(parent)
+    inst.instrument(meter_provider=meter_provider)
+    try:
+        names = {name for name, points in collect(reader).items() if points}
+    finally:
+        inst.uninstrument()
+    assert names, "the default instruments observed nothing"
+    assert all(n.startswith("container.") for n in names), names
+    assert {"container.memory.usage", "container.memory.working_set",
+            "container.memory.rss"} <= names
+    other = InMemoryMetricReader()
+    other_provider = MeterProvider(metric_readers=[other])
+    asked = MemcgInstrumentor(parent, pymemcg.DEFAULT_STATS)
+    asked.instrument(meter_provider=other_provider)
+    try:
+        got = {name for name, points in collect(other).items() if points}
+    finally:
+        asked.uninstrument()
+        other_provider.shutdown()
+    assert {f"memcg.{s}" for s in pymemcg.DEFAULT_STATS} <= got

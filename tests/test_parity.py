@@ -36,8 +36,17 @@ V1_COUNTERS = {
     "limit": "memory.limit_in_bytes", "failcnt": "memory.failcnt",
     "memsw_usage": "memory.memsw.usage_in_bytes", "memsw_peak": "memory.memsw.max_usage_in_bytes",
     "memsw_limit": "memory.memsw.limit_in_bytes", "memsw_failcnt": "memory.memsw.failcnt",
+    "soft_limit": "memory.soft_limit_in_bytes",
 }
 V2_COUNTERS = {"usage": "memory.current", "peak": "memory.peak", "swap_usage": "memory.swap.current"}
+# the limits and protections (none on the v2 root), one number or "max" each
+V2_SETTINGS = {
+    "limit": "memory.max", "swap_limit": "memory.swap.max", "memory_min": "memory.min",
+    "memory_low": "memory.low", "memory_high": "memory.high", "swap_high": "memory.swap.high",
+    "zswap_max": "memory.zswap.max", "oom_group": "memory.oom.group",
+}
+# PAGE_COUNTER_MAX pages in bytes: what v1's files print for no limit
+NO_LIMIT_V1 = (2**63 - 1) // os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PAGE_SIZE")
 
 ALL = list(catalog.STATS)
 
@@ -45,6 +54,16 @@ ALL = list(catalog.STATS)
 def _kv(path: str) -> dict:
     with open(path) as f:
         return {k: int(v) for k, v in (line.split() for line in f if line.strip())}
+
+
+def _number(path: str, name: str):
+    """A one-number file: "max", or a v1 limit file's PAGE_COUNTER_MAX bytes,
+    is pymemcg.MAX for a limit or protection."""
+    with open(path) as f:
+        text = f.read().strip()
+    if catalog.STATS[name].tunable and text in ("max", str(NO_LIMIT_V1)):
+        return pymemcg.MAX
+    return int(text)
 
 
 def kernel_values(cg: str, version: int, local: bool) -> dict:
@@ -58,8 +77,7 @@ def kernel_values(cg: str, version: int, local: bool) -> dict:
                 out[name] = stat[k]
         for name, fname in V1_COUNTERS.items():
             if os.path.exists(os.path.join(cg, fname)):
-                with open(os.path.join(cg, fname)) as f:
-                    out[name] = int(f.read())
+                out[name] = _number(os.path.join(cg, fname), name)
         if not local:
             out["oom_kill"] = _kv(os.path.join(cg, "memory.oom_control"))["oom_kill"]
     else:
@@ -68,10 +86,16 @@ def kernel_values(cg: str, version: int, local: bool) -> dict:
         elif not any(e.is_dir() for e in os.scandir(cg)):
             # v2 prints no local values, but a leaf is its whole subtree
             out.update({k: v for k, v in stat.items() if k in catalog.STATS})
-        for name, fname in V2_COUNTERS.items():
+        for name, fname in {**V2_COUNTERS, **V2_SETTINGS}.items():
             if os.path.exists(os.path.join(cg, fname)):
-                with open(os.path.join(cg, fname)) as f:
-                    out[name] = int(f.read())
+                out[name] = _number(os.path.join(cg, fname), name)
+        leaf = not any(e.is_dir() for e in os.scandir(cg))
+        zswap = os.path.join(cg, "memory.zswap.current")
+        if os.path.exists(zswap) and (not local or leaf):  # the subtree's value
+            out["zswap_current"] = _number(zswap, "zswap_current")
+        # the cgroup's own counts, for local and hierarchical reads alike
+        out.update({k: v for k, v in _kv(os.path.join(cg, "cgroup.stat")).items()
+                    if k in catalog.STATS})
         # the v2 root cgroup has no memory.events (nor memory.current/peak)
         events_file = os.path.join(cg, "memory.events.local" if local else "memory.events")
         if os.path.exists(events_file):
@@ -241,6 +265,57 @@ def test_oom_kill(bpf_ok, cgroups, cgroup_version):
         assert rec["limit"] == limit
     with pymemcg.Reader(stats=["oom_kill"], local=True, backend="bpf") as r:
         assert r.read(cg)["oom_kill"] == 1
+
+
+def _write(cg: str, fname: str, value: object) -> bool:
+    """Write value to the cgroup's file; False where this kernel lacks it."""
+    if not os.path.exists(os.path.join(cg, fname)):
+        return False
+    with open(os.path.join(cg, fname), "w") as f:
+        f.write(str(value))
+    return True
+
+
+# what test_limits_parity sets: file -> (stat, value)
+V1_SET = {"memory.soft_limit_in_bytes": ("soft_limit", 32 * MiB),
+          "memory.limit_in_bytes": ("limit", 256 * MiB),
+          "memory.memsw.limit_in_bytes": ("memsw_limit", 512 * MiB)}
+V2_SET = {"memory.min": ("memory_min", 4 * MiB), "memory.low": ("memory_low", 8 * MiB),
+          "memory.high": ("memory_high", 192 * MiB), "memory.max": ("limit", 256 * MiB),
+          "memory.swap.high": ("swap_high", 64 * MiB), "memory.swap.max": ("swap_limit", 128 * MiB),
+          "memory.zswap.max": ("zswap_max", 32 * MiB), "memory.oom.group": ("oom_group", 1)}
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["hierarchical", "local"])
+def test_limits_parity(bpf_ok, cgroups, cgroup_version, local):
+    """Limits, protections and cgroup.stat's counts set to values of our own
+    on a parent (its children keep "max"), read through single reads and a
+    tree walk, against the files."""
+    parent = cgroups.make("lim")
+    kids = [cgroups.make("lim/a"), cgroups.make("lim/b")]
+    cgroups.spawn(kids[0], workload(anon=4 * MiB, cache=2 * MiB, shmem=1 * MiB))
+    wanted = {stat: value for fname, (stat, value) in
+              (V1_SET if cgroup_version == 1 else V2_SET).items() if _write(parent, fname, value)}
+    assert "limit" in wanted
+    with pymemcg.Reader(stats=ALL, local=local, backend="bpf") as r:
+        for cg in [parent] + kids:
+            rec, kernel = quiet_read(r, cg, cgroup_version, local)
+            assert_parity(rec, kernel)
+        rec = r.read(parent)
+        snap = r.read_tree(parent)
+    for stat, value in wanted.items():
+        assert rec[stat] == value, stat
+    assert snap[snap.root]["limit"] == 256 * MiB
+    # a limit not set is MAX, in either version's files (v1 prints a number for it)
+    assert snap[snap.root.rstrip("/") + "/a"]["limit"] is pymemcg.MAX
+    if cgroup_version == 2:
+        assert rec["nr_descendants"] == 2 and rec["oom_group"] == 1
+        assert snap[snap.root.rstrip("/") + "/b"]["memory_high"] is pymemcg.MAX
+    else:
+        # the counts are the cgroup's, though no v1 file prints them
+        assert rec["nr_descendants"] == 2
+        for stat in ("memory_min", "oom_group"):
+            assert rec.get(stat) is None and "only on cgroup v2" in rec.source(stat)
 
 
 def test_root_cgroup_parity(bpf_ok, cgroup_version):

@@ -641,3 +641,25 @@ def test_label_values_and_help_round_trip_through_the_parser():
     fam, = text_string_to_metric_families(text)
     assert fam.documentation == "help\\with\nnewline"
     assert fam.samples[0].labels == {"l": odd, "m": ""}
+
+
+def test_limits_and_counts_families(bpf_ok, quiet, cgroup_version):
+    """The limits and protections are gauges in bytes, a limit not set +Inf
+    (pymemcg.MAX) in both the client's and the writer's text; cgroup.stat's
+    counts and memory.oom.group gauges, not counters."""
+    parent, child = quiet
+    selected = ["limit", "nr_descendants"] + \
+        (["soft_limit"] if cgroup_version == 1 else ["memory_high", "oom_group"])
+    with MemcgCollector(parent, selected, backend="bpf", min_interval=60) as collector:
+        got, types = scrape_both(collector)
+    assert got[("memcg_limit", frozenset({("cgroup", rel(child))}))] == LIMIT
+    assert got[("memcg_limit", frozenset({("cgroup", rel(parent))}))] == float("inf")
+    assert "+Inf" in collector.exposition().decode()
+    assert got[("memcg_nr_descendants", frozenset({("cgroup", rel(parent))}))] == 1
+    for name in selected:
+        assert types[f"memcg_{name}"] == "gauge", name
+    if cgroup_version == 2:
+        assert got[("memcg_memory_high", frozenset({("cgroup", rel(child))}))] == float("inf")
+        assert got[("memcg_oom_group", frozenset({("cgroup", rel(child))}))] == 0
+    else:
+        assert got[("memcg_soft_limit", frozenset({("cgroup", rel(child))}))] == float("inf")

@@ -66,9 +66,13 @@ def test_release_of():
 def test_host_resolves_through_its_table(host):
     res = by_name(slots.resolve(ALL, host, 1, PAGE))
     unavailable = {n for n, r in res.items() if not r.available}
-    # only the cgroup v2 counters and pressure; everything else has a proven slot
+    # only the cgroup v2 counters and settings, memory.events' counter of
+    # 6.19+, and pressure (cgroup v2 only); everything else has a proven slot
     pressure = {n for n, s in catalog.STATS.items() if s.kind == catalog.PRESSURE}
-    assert unavailable == {"swap_usage", "swap_peak", "swap_limit"} | pressure
+    assert unavailable == {"swap_usage", "swap_peak", "swap_limit", "memory_min", "memory_low",
+                           "memory_high", "swap_high", "zswap_max", "oom_group",
+                           "zswap_current", "sock_throttled"} | pressure
+    assert res["soft_limit"].kind == slots.KIND_FIELD and res["soft_limit"].scale == PAGE
     assert res["anon"].via == slots.VIA_TABLE and res["anon"].kind == slots.KIND_STATE
     assert res["pgfault"].kind == slots.KIND_EVENT
     assert res["oom_kill"].via == slots.VIA_ENUM
@@ -77,6 +81,45 @@ def test_host_resolves_through_its_table(host):
     assert res["anon"].scale == PAGE and res["workingset_refault_file"].scale == 1
     state_slots = [r.slot for r in res.values() if r.kind == slots.KIND_STATE]
     assert len(state_slots) == len(set(state_slots)) and max(state_slots) < host.state_len
+
+
+def test_fields_resolve_from_btf_facts():
+    """A mem_cgroup / cgroup field is read where the kernel's BTF has it:
+    6.12 (Debian: no CONFIG_MEMCG_V1, no CONFIG_ZSWAP) has neither
+    soft_limit nor zswap_max; 7.3 has zswap_max. A capture without field
+    facts leaves the check to the program (bpf_core_field_exists)."""
+    names = ["soft_limit", "zswap_max", "oom_group", "nr_descendants", "nr_dying_descendants",
+             "memory_min", "memory_low", "memory_high", "swap_high", "limit"]
+    v12 = by_name(slots.resolve(names, captured("6.12"), 1, PAGE))
+    assert not v12["soft_limit"].available
+    assert "mem_cgroup has no soft_limit" in v12["soft_limit"].detail
+    assert v12["nr_descendants"].available and v12["nr_descendants"].scale == 1
+    v73 = by_name(slots.resolve(names, captured("7.3"), 2, PAGE,
+                                backend=slots.BACKEND_KFUNC))
+    assert not by_name(slots.resolve(["zswap_max"], captured("6.12"), 2, PAGE))[
+        "zswap_max"].available
+    # no kfunc serves these: CO-RE on the kfunc backend too
+    assert (v73["zswap_max"].via, v73["zswap_max"].kind) == (slots.VIA_FIELD, slots.KIND_FIELD)
+    assert v73["zswap_max"].slot == slots.FIELDS["ZSWAP_MAX"] and v73["zswap_max"].scale == PAGE
+    assert (v73["oom_group"].slot, v73["oom_group"].scale) == (slots.FIELDS["OOM_GROUP"], 1)
+    assert [v73[n].slot for n in ("memory_min", "memory_low", "memory_high", "swap_high")] == \
+        [slots.COUNTERS[c] for c in ("MEMORY_MIN", "MEMORY_LOW", "MEMORY_HIGH", "SWAP_HIGH")]
+    assert v73["memory_high"].kind == slots.KIND_COUNTER and v73["memory_high"].scale == PAGE
+    unknown = dataclasses.replace(captured("6.12"), fields=None)
+    assert by_name(slots.resolve(["zswap_max"], unknown, 2, PAGE))["zswap_max"].available
+
+
+def test_sock_throttled_where_the_enum_has_it():
+    """memory.events' sock_throttled is MEMCG_SOCK_THROTTLED (6.19+): its slot
+    is its enumerator, from BTF; unavailable before."""
+    for release, ok in (("6.18", False), ("6.19", True), ("7.0", True), ("7.3", True)):
+        facts = captured(release)
+        r = slots.resolve(["sock_throttled"], facts, 2, PAGE, backend=slots.BACKEND_CORE)[0]
+        assert r.available == ok, release
+        if ok:
+            assert (r.kind, r.slot) == (slots.KIND_MEMEVENT,
+                                        facts.enums["memcg_memory_event"]["MEMCG_SOCK_THROTTLED"])
+            assert r.slot < facts.memory_events_len
 
 
 def test_wrong_array_length_makes_stats_unavailable(host):
@@ -277,7 +320,9 @@ def test_captured_kernel_resolves_consistently(name):
                 continue
             if r.via in (slots.VIA_TABLE, slots.VIA_KALLSYMS, slots.VIA_ENUM):
                 key = (r.kind, r.slot)
-                assert key not in seen, f"{r.stat.name} and {seen.get(key)} share a slot"
+                # two names of one kernel item (zswap, zswap_current) share its slot
+                assert key not in seen or catalog.STATS[seen[key]].item == r.stat.item, \
+                    f"{r.stat.name} and {seen.get(key)} share a slot"
                 seen[key] = r.stat.name
                 length = {slots.KIND_STATE: facts.state_local_len if local else facts.state_len,
                           slots.KIND_EVENT: facts.events_local_len if local else facts.events_len,

@@ -352,3 +352,57 @@ def test_real_v1_root_memory_stat():
     total = parse_memory_stat(data, 1, local=False)
     assert local["file"] == raw["cache"] and total["file"] == raw["total_cache"]
     assert local["anon"] == raw["rss"] and total["anon"] == raw["total_rss"]
+
+
+# --------------------------------------------------------------------------
+# limits, protections, cgroup.stat, events: which file serves what
+
+def test_text_sources_of_the_limits_and_counts():
+    from pymemcg.memory_stat import text_availability as avail
+    assert avail("soft_limit", 1, False) == (True, "memory.soft_limit_in_bytes")
+    assert avail("memsw_limit", 1, False) == (True, "memory.memsw.limit_in_bytes")
+    assert avail("memory_min", 2, False) == (True, "memory.min")
+    assert avail("oom_group", 2, True) == (True, "memory.oom.group")  # one value: local too
+    assert avail("memory_high", 1, False)[0] is False
+    assert avail("nr_descendants", 2, True) == (True, "cgroup.stat")
+    assert avail("nr_dying_descendants", 1, False) == \
+        (False, "no cgroup v1 file (cgroup.stat is cgroup v2's)")
+    assert avail("zswap_current", 2, False) == (True, "memory.zswap.current")
+    assert avail("zswap_current", 2, True)[0] is False   # the subtree's value only
+    assert avail("sock_throttled", 2, False) == (True, "memory.events")
+    assert avail("sock_throttled", 2, True) == (True, "memory.events.local")
+
+
+def test_local_swap_events_have_no_file():
+    """The kernel counts a cgroup's own swap events (memory_events_local[],
+    which BPF reads) but prints only the hierarchical memory.swap.events:
+    local text reads must not serve those as the cgroup's own."""
+    from pymemcg.memory_stat import text_availability as avail
+    for name in ("swap_high_events", "swap_max_events", "swap_fail_events"):
+        assert avail(name, 2, False) == (True, "memory.swap.events")
+        ok, why = avail(name, 2, True)
+        assert not ok and "memory.swap.events.local" in why
+
+
+def test_text_backend_reads_local_swap_events_from_no_file(tmp_path):
+    """A local text read of a v2 cgroup directory (files written here) serves
+    memory.events.local and leaves the swap events unavailable, whatever the
+    hierarchical memory.swap.events says; "max" reads as pymemcg.MAX."""
+    from pymemcg.backends.text import TextBackend
+    files = {"memory.stat": "anon 4096\n", "memory.events.local": "low 0\nhigh 3\nmax 1\n",
+             "memory.events": "low 0\nhigh 9\nmax 4\n", "memory.swap.events": "high 0\nmax 7\nfail 2\n",
+             "memory.max": "max\n", "memory.high": "1048576\n", "cgroup.stat":
+             "nr_descendants 2\nnr_dying_descendants 1\nnr_subsys_memory 3\n",
+             "memory.zswap.current": "8192\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    names = ["high", "max", "swap_max_events", "limit", "memory_high", "nr_descendants",
+             "nr_dying_descendants", "zswap_current"]
+    local = TextBackend(names, True, 2).values(str(tmp_path))
+    assert local["high"] == 3 and local["max"] == 1 and "swap_max_events" not in local
+    assert "zswap_current" not in local
+    hier = TextBackend(names, False, 2).values(str(tmp_path))
+    assert hier["high"] == 9 and hier["swap_max_events"] == 7 and hier["zswap_current"] == 8192
+    from pymemcg.decode import RAW_MAX
+    assert hier["limit"] == RAW_MAX and hier["memory_high"] == 1 << 20
+    assert (hier["nr_descendants"], hier["nr_dying_descendants"]) == (2, 1)

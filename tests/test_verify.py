@@ -21,7 +21,6 @@ import pytest
 import pymemcg
 from pymemcg import cli
 from pymemcg.cgroupfs import own_memory_cgroup
-from pymemcg.memory_stat import PAGE_COUNTER_MAX_BYTES
 
 from conftest import as_nobody, my_links, open_fds
 
@@ -259,7 +258,7 @@ def test_file_values_rules():
     vals, why = files.file_values(v2, 2, local=True, leaf=False)
     assert "anon" not in vals and "hierarchical values only" in why["anon"]
     assert vals["oom_kill"] == (1, "memory.events.local oom_kill")
-    assert vals["limit"][0] == PAGE_COUNTER_MAX_BYTES
+    assert vals["limit"][0] is pymemcg.MAX   # "max": no limit
     vals, _ = files.file_values(v2, 2, local=True, leaf=True)
     assert vals["anon"][0] == 4096 and "leaf" in vals["anon"][1]
     vals, why = files.file_values(v2, 2, local=False, leaf=False)

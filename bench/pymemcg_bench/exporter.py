@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+from pymemcg.catalog import DEFAULT_STATS
 from pymemcg.cli.bench import walk_tree_text
 from pymemcg.reader import Reader
 
@@ -138,19 +139,21 @@ EMBED_METHODS = (
     ("client-om", "the registry in OpenMetrics (what Prometheus asks for), "
                   "prometheus_client's `openmetrics.exposition.generate_latest`"),
     ("drop-in-om", "the registry in OpenMetrics, pymemcg's drop-ins"),
-    ("otel", "OpenTelemetry: `MemcgInstrumentor()` (default instruments), one "
-             "`InMemoryMetricReader` collection"),
-    ("otel-container", "OpenTelemetry, the container.* instruments only "
-                       "(`MemcgInstrumentor(stats=())`)"),
+    ("otel", "OpenTelemetry: `MemcgInstrumentor()` (the default, container.* "
+             "instruments), one `InMemoryMetricReader` collection"),
+    ("otel-memcg", "OpenTelemetry with memcg.* too "
+                   "(`MemcgInstrumentor(stats=pymemcg.DEFAULT_STATS)`)"),
 )
+#: the OpenTelemetry methods and the stats each observes as memcg.*
+OTEL_METHODS = (("otel", ()), ("otel-memcg", DEFAULT_STATS))
 
 
 @dataclass
 class EmbedResult:
     """CPU per scrape / collection at one tree size, by "method/backend";
-    otel_ours: pymemcg's share of a default collection (its callbacks, the
-    tree read included; median of the collections) by backend; points: data
-    points per default collection."""
+    otel_ours: pymemcg's share of a collection (its callbacks, the tree read
+    included; median of the collections) by "method/backend"; points: data
+    points per collection, by "method/backend"."""
 
     size: int
     costs: Dict[str, Dict[str, float]]
@@ -241,11 +244,10 @@ def measure_embedding(cgroups: BenchCgroups, rounds: int, size: int = EMBED_SIZE
                 calls[f"{method}/{backend}"] = n
             if MeterProvider is None:
                 continue
-            for method, stats in (("otel", None), ("otel-container", ())):
+            for method, stats in OTEL_METHODS:
                 reader = InMemoryMetricReader()
                 provider = MeterProvider(metric_readers=[reader])
-                inst = _timed_instrumentor()(root, backend=backend) if stats is None else \
-                    _timed_instrumentor()(root, stats=stats, backend=backend)
+                inst = _timed_instrumentor()(root, stats=stats, backend=backend)
                 inst.instrument(meter_provider=provider)
                 opened.append((inst, provider))
                 instrumentors[f"{method}/{backend}"] = inst
@@ -257,11 +259,9 @@ def measure_embedding(cgroups: BenchCgroups, rounds: int, size: int = EMBED_SIZE
             inst.shares.clear()
         costs = interleaved(methods, rounds)
         otel_ours, points = {}, {}
-        for backend in ("bpf", "text"):
-            inst = instrumentors.get(f"otel/{backend}")
-            if inst is not None:
-                otel_ours[backend] = statistics.median(inst.shares)
-                points[backend] = _points(inst.last)
+        for key, inst in instrumentors.items():
+            otel_ours[key] = statistics.median(inst.shares)
+            points[key] = _points(inst.last)
         return EmbedResult(size, costs, calls, otel_ours, points, same)
     finally:
         for thing in opened:
@@ -314,23 +314,27 @@ def report_embedding(r: EmbedResult, rounds: int) -> List[str]:
         lines.append(f"| {what} | {_ms(b['cpu'])} | {_ms(t['cpu'])} | "
                      f"{t['cpu'] / b['cpu']:.1f}× |")
     if r.otel_ours:
-        b_all, t_all = r.costs["otel/bpf"]["cpu"], r.costs["otel/text"]["cpu"]
-        ours_b, ours_t = r.otel_ours["bpf"], r.otel_ours["text"]
         lines += [
             "",
-            "Where a default OpenTelemetry collection's time goes: *pymemcg* is the "
+            "Where an OpenTelemetry collection's time goes: *pymemcg* is the "
             "instrumentor's callbacks (the tree read, the values, one Observation per "
             "data point), *SDK* the rest (opentelemetry-sdk turning each observation into "
             "a Measurement, its attributes cleaned and hashed, aggregation, exemplars).",
             "",
-            "| | BPF | text |",
-            "|---|---:|---:|",
-            f"| data points | {r.points['bpf']:,} | {r.points['text']:,} |",
-            f"| pymemcg | {_ms(ours_b)} | {_ms(ours_t)} |",
-            f"| SDK | {_ms(b_all - ours_b)} | {_ms(t_all - ours_t)} |",
-            f"| SDK per data point | {(b_all - ours_b) / r.points['bpf'] * 1e6:.1f} µs | "
-            f"{(t_all - ours_t) / r.points['text'] * 1e6:.1f} µs |",
+            "| | data points | pymemcg | SDK | SDK per data point |",
+            "|---|---:|---:|---:|---:|",
         ]
+        for method, stats in OTEL_METHODS:
+            for backend in ("bpf", "text"):
+                key = f"{method}/{backend}"
+                if key not in r.otel_ours:
+                    continue
+                ours, points = r.otel_ours[key], r.points[key]
+                sdk = r.costs[key]["cpu"] - ours
+                what = "default" if not stats else "with memcg.*"
+                lines.append(f"| {what}, {'BPF' if backend == 'bpf' else 'text'} | "
+                             f"{points:,} | {_ms(ours)} | {_ms(sdk)} | "
+                             f"{sdk / points * 1e6:.1f} µs |")
     lines.append("")
     return lines
 

@@ -264,16 +264,17 @@ def split_read(reader: Reader, cgroup: str, reads: int, rounds: int) -> Dict[str
     reader.read(cgroup)
     try:
         be = reader._backend
-        link = be._routes[cgroup].target
+        route = be._routes[cgroup]
+        link = route.target
         if be._fetch is not None:
-            run, ptr, index = be._fetch_run, be._fetch_ptr, link.id
+            run, ptr, proof = be._fetch_read, be._fetch_ptr, route.proof
             record, unpack = be._fetch_record, be._unpack_record
 
             def call():
-                return run(ptr, index)
+                return run(ptr, proof)
 
             def call_unpack():
-                run(ptr, index)
+                run(ptr, proof)
                 return unpack(record)
         else:
             session, fd, cbuf, buf, size = (be._read_session, link.fd, be._cbuf, be._buf,

@@ -21,8 +21,9 @@ from .measure import SingleResult, TreeResult
 from .perf import LANDMARKS, Profile, kernel_share, landmark
 
 # the speed goals of section 4
-GOAL_API_VS_PARSE = 6.0          # Reader.read at least 6x faster than pread + parse
-GOAL_API_VS_C = 2.0              # ... and within 2x of C's iterator session
+GOAL_API_VS_PARSE = 10.0         # Reader.read at least 10x faster than pread + parse
+GOAL_API_VS_C = 2.0              # ... and within 2x of C's one-call read (the session where
+                                 # the one-call program does not load)
 GOAL_SYS_SAVED = 0.80            # C: 80% less sys time than memory.stat
 GOAL_TREE_1000 = 100.0           # 1,000-cgroup snapshot 100x faster than the Python walk
 GOAL_TREE_FLAT = 1.3             # per-cgroup cost at 10,000 at most 1.3x that at 1,000
@@ -81,8 +82,10 @@ C_LABELS = {
     "stat-seek": "memory.stat: lseek(0) + read (the seed's control)",
     "stat-pread": "memory.stat: pread(0)",
     "bpf": "BPF: iterator session (create, read, close) on a link made once",
-    "bpf-fetch": "BPF: one `BPF_PROG_RUN` of memcg_fetch on a cgroup stashed once "
-                 "(`Reader.read`'s path)",
+    "bpf-fetch": "BPF: one `BPF_PROG_RUN` of memcg_fetch on a cgroup stashed once, its "
+                 "path proven once (`Reader.read`'s path)",
+    "bpf-fetch-hash": "BPF: the same, the run hashing the path (a read after a cgroup "
+                      "rename)",
 }
 PY_LABELS = {
     "bpf": "pymemcg `Reader.read` (BPF)",
@@ -144,6 +147,11 @@ def report_single(results: List[SingleResult], reads: int, rounds: int) -> List[
                              f"{1 - f.sys / s.sys:.0%} less sys time and "
                              f"{1 - f.real / s.real:.0%} less real time than memory.stat, "
                              f"{ratio(b.real, f.real)} less real time than the session.")
+            h = r.c.get("bpf-fetch-hash")
+            if f and h:
+                lines.append(f"- {r.label}: a run that hashes the path (after a rename) takes "
+                             f"{fmt_time(h.cpu_per_op - f.cpu_per_op)} more CPU per read "
+                             f"({fmt_time(h.cpu_per_op)} vs {fmt_time(f.cpu_per_op)}).")
         lines.append("")
     lines += ["### In Python (the public API against Python reading memory.stat)", ""] + head
     for r in results:
@@ -396,12 +404,18 @@ def goals(single: List[SingleResult], trees: List[TreeResult], scrapes=(), many=
                         f"{ratio(p.cpu_per_op, a.cpu_per_op)}",
                         parse / api >= GOAL_API_VS_PARSE, parse / api / GOAL_API_VS_PARSE))
         if r.c:
-            c = r.c["bpf"]
+            # C's read by the same method as Reader.read's: one BPF_PROG_RUN
+            # where memcg_fetch loads, else an iterator session
+            how = "bpf-fetch" if "bpf-fetch" in r.c else "bpf"
+            c = r.c[how]
+            what = "one-call read (`BPF_PROG_RUN`)" if how == "bpf-fetch" else \
+                "iterator session"
             out.append(Goal(f"{r.label}: `Reader.read` within {GOAL_API_VS_C:.0f}× of C's "
-                            f"iterator session", f"median {ratio(api, c.per_op)} "
+                            f"{what}", f"median {ratio(api, c.per_op)} "
                             f"({fmt_time(api)} vs {fmt_time(c.per_op)}); best "
                             f"{ratio(a.best, c.best)}; CPU time "
-                            f"{ratio(a.cpu_per_op, c.cpu_per_op)}",
+                            f"{ratio(a.cpu_per_op, c.cpu_per_op)} "
+                            f"({fmt_time(a.cpu_per_op)} vs {fmt_time(c.cpu_per_op)})",
                             api / c.per_op <= GOAL_API_VS_C, GOAL_API_VS_C * c.per_op / api))
     for r in single:
         if r.c:
@@ -491,6 +505,9 @@ file, a seq_file and a 32 KiB buffer made and freed per read) that a read throug
 go under. `Reader.read` therefore reads one cgroup with a `SEC("syscall")` program run by
 `BPF_PROG_RUN` (bpf_src/memcg_fetch.bpf.c) on a `struct cgroup` reference that an iterator
 session stashed once: one `bpf()` call, no file (Linux 6.4+; iterator sessions below).
+The run takes no context (the cgroup id goes through the program's mmaped .bss) and, while
+no cgroup was renamed since the path was proven (a tracepoint program counts renames), it
+does not hash the path: the cgroup's being alive proves it; the shim checks the record.
 What moved the tree goal: the walk reads only the selected slots of `struct mem_cgroup`
 with plain loads (`bpf_rdonly_cast`, Linux 6.2+) instead of `bpf_probe_read_kernel`
 copies of the whole `state[]`/`events[]` arrays per cgroup; a snapshot keeps the walk's

@@ -98,24 +98,38 @@ def peak_charged(cgroup_base: str, path: str, version: int) -> int:
                 time.sleep(0.05)
 
 
+def load_average() -> float:
+    """The 1-minute load average: how many others wanted the CPUs meanwhile."""
+    return os.getloadavg()[0]
+
+
 def measure_startup(cgroup_base: str, path: str, version: int, rounds: int) -> Dict[str, float]:
-    """Medians over `rounds` fresh processes, in seconds; and the peak, in bytes."""
+    """Medians over `rounds` fresh processes, in seconds; and the peak, in bytes.
+    The children may write bytecode, as an installed package has it: the
+    first, untimed, compiles what the others then load."""
     log(f"start-up: {rounds} fresh processes each way")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", TIMED_CHILD, path], check=True, capture_output=True,
+                   env=env)
+    subprocess.run([sys.executable, "-m", "pymemcg", "snapshot", "--backend", "bpf", path],
+                   check=True, stdout=subprocess.DEVNULL, env=env)
+    load_before = load_average()
     reads: List[float] = []
     trees: List[float] = []
     snapshots: List[float] = []
     for _ in range(rounds):
         out = subprocess.run([sys.executable, "-c", TIMED_CHILD, path], check=True,
-                             capture_output=True, text=True).stdout
+                             capture_output=True, text=True, env=env).stdout
         times = json.loads(out)
         reads.append(times["first_read"])
         trees.append(times["first_tree"])
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "pymemcg", "snapshot", "--backend", "bpf", path],
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, env=env)
         snapshots.append(time.perf_counter() - t0)
     return {"first_read": _median(reads), "first_tree": _median(trees),
             "snapshot": _median(snapshots),
+            "load_before": load_before, "load_after": load_average(),
             "peak": float(max(peak_charged(cgroup_base, path, version) for _ in range(3)))}
 
 
@@ -131,7 +145,8 @@ def report_startup(result: Dict[str, float], rounds: int, path: str) -> List[str
         "## Start-up",
         "",
         f"Each in a fresh process, medians of {rounds} (`{path}`); the peak is the highest "
-        f"of 3.",
+        f"of 3. Load average (1 min) {result['load_before']:.2f} before, "
+        f"{result['load_after']:.2f} after, on {os.cpu_count()} CPUs.",
         "",
         "| | measured | goal | |",
         "|---|---|---|---|",

@@ -26,7 +26,7 @@ from ..cgroupfs import path_list
 from ..decode import Record, Snapshot
 from ..errors import BpfUnavailable
 from ..programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, Fetch, Slot
-from .._record_h import REC_GONE, TRAILER_MAGIC
+from .._record_h import READ_GONE, READ_OK, TRAILER_MAGIC
 from ..record_format import TRAILER
 from ..wire import selection_digest
 from . import bpf_links, read_each
@@ -81,6 +81,8 @@ class BpfBackend:
         self.read_method = "iterator session"
         if singles:
             self._load_fetch()
+        else:
+            self.read_method = "iterator session (a Reader made for trees)"
         if self._fetch is None:
             # a program loads now, whatever is read first: without privileges,
             # or where the kernel refuses the programs, this is what fails,
@@ -98,7 +100,7 @@ class BpfBackend:
             return
         self._links.fetch = self._fetch = fetch
         self._fetch_ptr = fetch.ptr
-        self._fetch_run = fetch.lib.pmc_fetch_run
+        self._fetch_read = fetch.lib.pmc_fetch_read
         self._fetch_record = fetch.record
         self._unpack_record = self.selection.record.unpack_from
         self._batches = Batches(self._links, self._singles, fetch)
@@ -130,7 +132,7 @@ class BpfBackend:
     # --- reads ---
     def read(self, path: str) -> Record:
         lock = self._lock
-        lock.acquire()
+        lock.acquire()   # not `with`: the hottest path, and this costs less
         try:
             removals = self._links.removals
             if removals is not None and removals.words[0] != removals.seen:
@@ -142,16 +144,17 @@ class BpfBackend:
             if route is not None:
                 target = route.target
                 if isinstance(target, Slot):
-                    # fast path: one bpf() call fills the record, one unpack,
-                    # and the path hash proves the path still names this cgroup
-                    if self._fetch_run(self._fetch_ptr, route.id) == 0:
-                        t = self._unpack_record(self._fetch_record)
-                        if t[2] == route.path_hash and t[0] == route.id and \
-                                not t[4] & REC_GONE:
-                            target.used = True   # spared by the next eviction sweep
-                            return Record(self.selection, t, route.relpath)
-                        if t[4] & REC_GONE and self._fetch is not None:
-                            self._fetch.clear(target)  # removed: let the kernel free it
+                    # fast path: one bpf() call fills the slot's record, and
+                    # the shim checks it: the route's cgroup, alive, and no
+                    # cgroup renamed since the path was proven (else the
+                    # kernel hashed the path, and the hash matched)
+                    rc = self._fetch_read(self._fetch_ptr, route.proof)
+                    if rc == READ_OK:
+                        target.used = True   # spared by the next eviction sweep
+                        return Record(self.selection, self._unpack_record(self._fetch_record),
+                                      route.relpath)
+                    if rc == READ_GONE and self._fetch is not None:
+                        self._fetch.clear(target)  # removed: let the kernel free it
                 else:
                     # fast path: one record and the trailer, one unpack
                     n = self._read_session(target.fd, self._cbuf, self._buflen)

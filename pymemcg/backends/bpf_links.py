@@ -76,15 +76,23 @@ class Route:
     relpath, the slot or link that reads it, and the path hash the kernel
     reported for the cgroup while it had that path. Kept per path, not per
     cgroup: a renamed cgroup's slot serves its new path, and its old path's
-    hash no longer matches, so the old path is resolved again."""
+    hash no longer matches, so the old path is resolved again. A slot's
+    route has its proof in C memory too (`proof`, a struct pmc_fetch_route;
+    None for a link): with the fetch program's rename count read before the
+    proof, while which the cgroup's being alive proves the path with no
+    hash (Fetch.renames, pmc_fetch_read)."""
 
-    __slots__ = ("target", "id", "relpath", "path_hash", "want")
+    __slots__ = ("target", "id", "relpath", "path_hash", "want", "proof")
 
-    def __init__(self, target: Union[Slot, Link], cg: Cgroup, path_hash: int) -> None:
+    def __init__(self, target: Union[Slot, Link], cg: Cgroup, path_hash: int,
+                 renames: int = 0) -> None:
         self.target, self.id, self.relpath, self.path_hash = target, cg.id, cg.relpath, path_hash
+        self.proof: Any = None
         # the entry of a batched fetch that reads and checks this path
-        self.want: Optional[bytes] = FETCH_WANT.pack(cg.id, path_hash) \
-            if isinstance(target, Slot) else None
+        self.want: Optional[bytes] = None
+        if isinstance(target, Slot):
+            self.proof = load()[0].new("struct pmc_fetch_route *", (cg.id, path_hash, renames))
+            self.want = FETCH_WANT.pack(cg.id, path_hash)
 
 
 class Routes(Dict[str, Route]):

@@ -55,6 +55,10 @@ class SingleReads:
         that cgroup before and after the read."""
         links = self.links
         for _ in range(3):
+            # the rename count before the proof: a rename counted after it
+            # makes the route's next read hash the path again
+            fetch = links.fetch
+            renames = fetch.renames() if fetch is not None else 0
             cg = resolve_cgroup(path)
             try:
                 target = links.single(cg)
@@ -77,6 +81,6 @@ class SingleReads:
             # only a canonical absolute path may skip resolution next time:
             # a relative one depends on the cwd, a symlink on its target
             if isinstance(path, str) and path == cg.path and self.proofs.proves(path, cg, t[2]):
-                links.routes[path] = Route(target, cg, t[2])
+                links.routes[path] = Route(target, cg, t[2], renames)
             return Record(self.selection, t, cg.relpath)
         raise CgroupNotFound(f"{path}: the cgroup was removed while being read")

@@ -12,9 +12,10 @@ from ..catalog import MEMEVENT, PRESSURE
 from ..cgroupfs import Cgroup, Replaced, path_list, resolve_cgroup
 from ..decode import Selection, Record, Snapshot, raw_record
 from ..errors import CgroupNotFound, ReadError
-from ..memory_stat import (EVENTS_KEYS, SWAP_EVENTS_KEYS, V1_COUNTER_FILES, V2_COUNTER_FILES,
-                           PRESSURE_FILE, parse_flat_keyed, parse_memory_stat, parse_number,
-                           parse_pressure, printed_keys, read_file, text_availability)
+from ..memory_stat import (CGROUP_STAT_KEYS, EVENTS_KEYS, HIERARCHICAL_FILES, PRESSURE_FILE,
+                           SWAP_EVENTS_KEYS, number_files, parse_flat_keyed, parse_memory_stat,
+                           parse_number, parse_pressure, printed_keys, read_file,
+                           text_availability)
 from . import read_each
 
 
@@ -93,15 +94,18 @@ class TextBackend:
         if stat_text is None:  # every memory cgroup has it: a removed one has no files
             raise CgroupNotFound(f"{path}: the cgroup was removed")
         out.update(parse_memory_stat(stat_text, self.version, self.local))
-        files = V1_COUNTER_FILES if self.version == 1 else V2_COUNTER_FILES
         want = set(names)
-        for name, fname in files.items():
-            if name in want and not (is_root and name in ("usage", "memsw_usage")):
+        for name, fname in number_files(self.version).items():
+            if name in want and not (is_root and name in ("usage", "memsw_usage")) \
+                    and not (self.local and name in HIERARCHICAL_FILES):
                 text = read(fname)
                 if text is not None:
                     out[name] = parse_number(text, fname)
         if want & {s.name for s in catalog.STATS.values() if s.kind == MEMEVENT}:
             out.update(self._events(read))
+        if self.version == 2 and want & set(CGROUP_STAT_KEYS.values()):
+            raw = parse_flat_keyed(read("cgroup.stat") or "", "cgroup.stat")
+            out.update({CGROUP_STAT_KEYS[k]: v for k, v in raw.items() if k in CGROUP_STAT_KEYS})
         if self.version == 2 and not self.local and \
                 want & {s.name for s in catalog.STATS.values() if s.kind == PRESSURE}:
             # absent: PSI off, or cgroup.pressure 0 (the kernel hides the file)
@@ -127,6 +131,9 @@ class TextBackend:
         for k, v in parse_flat_keyed(text or "", "memory.events").items():
             if k in EVENTS_KEYS:
                 out[EVENTS_KEYS[k]] = v
+        if self.local:
+            # no memory.swap.events.local: its counts are the subtree's
+            return out
         text = read("memory.swap.events")
         for k, v in parse_flat_keyed(text or "", "memory.swap.events").items():
             if k in SWAP_EVENTS_KEYS:

@@ -26,28 +26,35 @@ pins, bench), and format, options and running hold what they share.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TextIO
 
 from .. import __version__
 from ..errors import Error
 from ..pins import META_DIR, SHARED_PIN_DIR
-from .bench import ROUNDS, SECONDS, STATS as BENCH_STATS, cmd_bench
-from .doctor import cmd_doctor
-from .export import add_export_options, cmd_export
+from .bench import ROUNDS, SECONDS, STATS as BENCH_STATS
+from .export import add_export_options
 from .options import add_common, positive_float, positive_int
-from .pins import cmd_pin, cmd_pins, cmd_unpin
 from .running import (EXIT_DEGRADED, EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE,
                       PROG)
-from .snapshot import SNAPSHOT_STATS, cmd_snapshot
-from .stats import cmd_stats
-from .top import TOP_STATS, cmd_top
-from .verify import cmd_verify
-from .watch import WATCH_STATS, cmd_watch
+from .snapshot import SNAPSHOT_STATS
+from .top import TOP_STATS
+from .watch import WATCH_STATS
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_DEGRADED", "EXIT_MISMATCH", "EXIT_USAGE",
            "EXIT_INTERRUPTED"]
+
+
+def command(module: str, function: str) -> Callable[[argparse.Namespace, TextIO], int]:
+    """The command `function` of pymemcg.cli.<module>, imported when it runs:
+    a run imports only its own command's code."""
+    def run(args: argparse.Namespace, out: TextIO) -> int:
+        status: int = getattr(importlib.import_module(f".{module}", __name__), function)(args, out)
+        return status
+    run.__name__ = function
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Read every cgroup under ROOT (included) in one walk.")
     add_common(snap, SNAPSHOT_STATS)
     snap.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    snap.set_defaults(func=cmd_snapshot)
+    snap.set_defaults(func=command("snapshot", "cmd_snapshot"))
 
     top = sub.add_parser("top", parents=[colour], help="a live view of the cgroup tree",
                          description="A live view like systemd-cgtop: one tree read per refresh, "
@@ -89,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print frames instead of a full-screen view")
     top.add_argument("--iterations", "-n", type=positive_int, metavar="N",
                      help="stop after N refreshes")
-    top.set_defaults(func=cmd_top)
+    top.set_defaults(func=command("top", "cmd_top"))
 
     watch = sub.add_parser("watch", parents=[colour], help="JSON lines, one snapshot per interval",
                            description="Write JSON lines for other tools: by default one object "
@@ -103,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after N snapshots (default: until Ctrl-C)")
     watch.add_argument("--per", choices=("cgroup", "snapshot"), default="cgroup",
                        help="one JSON object per cgroup (default) or per snapshot")
-    watch.set_defaults(func=cmd_watch)
+    watch.set_defaults(func=command("watch", "cmd_watch"))
 
     export = sub.add_parser("export", parents=[colour],
                             help="serve Prometheus metrics (cAdvisor names + memcg_<stat>)",
@@ -113,18 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
                                         "tree read per scrape interval (--min-interval). Needs `pip install "
                                         "'pymemcg[prometheus]'`.")
     add_export_options(export)
-    export.set_defaults(func=cmd_export)
+    export.set_defaults(func=command("export", "cmd_export"))
 
     doctor = sub.add_parser("doctor", parents=[colour],
                             help="which backend works here, why, and what to fix")
     doctor.add_argument("--format", choices=("text", "json"), default="text")
-    doctor.set_defaults(func=cmd_doctor)
+    doctor.set_defaults(func=command("doctor", "cmd_doctor"))
 
     st = sub.add_parser("stats", parents=[colour],
                         help="list every stat and how this host serves it")
     st.add_argument("--local", action="store_true", help="availability of local values")
     st.add_argument("--format", choices=("table", "json"), default="table")
-    st.set_defaults(func=cmd_stats)
+    st.set_defaults(func=command("stats", "cmd_stats"))
 
     ver = sub.add_parser("verify", parents=[colour],
                          help="prove here that every BPF stat equals the kernel's own files",
@@ -137,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--format", choices=("table", "json"), default="table")
     ver.add_argument("--parent", metavar="DIR",
                      help="make the probe under this cgroup (default: this process's own)")
-    ver.set_defaults(func=cmd_verify)
+    ver.set_defaults(func=command("verify", "cmd_verify"))
 
     pin = sub.add_parser("pin", parents=[colour],
                          help="pin a link for other processes and users to read",
@@ -154,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "metadata is root's, 644")
     pin.add_argument("--dir", default=SHARED_PIN_DIR, help=f"bpffs directory ({SHARED_PIN_DIR})")
     pin.add_argument("--meta-dir", default=META_DIR, help=f"metadata directory ({META_DIR})")
-    pin.set_defaults(func=cmd_pin)
+    pin.set_defaults(func=command("pins", "cmd_pin"))
     unpin = sub.add_parser("unpin", parents=[colour], help="remove pins and their metadata")
     unpin.add_argument("paths", nargs="*", metavar="PIN",
                        help="a pin's name (as given to pin --name, looked up in --dir) or path")
@@ -166,13 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --stale: also pins that another pymemcg build made")
     unpin.add_argument("--dir", default=SHARED_PIN_DIR)
     unpin.add_argument("--meta-dir", default=META_DIR)
-    unpin.set_defaults(func=cmd_unpin)
+    unpin.set_defaults(func=command("pins", "cmd_unpin"))
     lspins = sub.add_parser("pins", parents=[colour],
                             help="list every pin: what each serves, if this build made it, "
                                  "and orphans without metadata")
     lspins.add_argument("--dir", default=SHARED_PIN_DIR)
     lspins.add_argument("--meta-dir", default=META_DIR)
-    lspins.set_defaults(func=cmd_pins)
+    lspins.set_defaults(func=command("pins", "cmd_pins"))
 
     bench = sub.add_parser("bench", parents=[colour],
                            help="how much faster pymemcg reads this host's cgroups than "
@@ -191,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", "-r", type=positive_int, default=ROUNDS, metavar="N",
                        help=f"rounds the methods take turns in (default {ROUNDS})")
     bench.add_argument("--format", choices=("table", "json"), default="table")
-    bench.set_defaults(func=cmd_bench)
+    bench.set_defaults(func=command("bench", "cmd_bench"))
     return p
 
 

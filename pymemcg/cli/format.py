@@ -10,7 +10,7 @@ import os
 from typing import Dict, Optional, Sequence, TextIO
 
 from .. import catalog
-from ..decode import Record, Snapshot
+from ..decode import MAX, Record, Snapshot, Value, json_value
 from ..names import escape
 
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
@@ -60,12 +60,15 @@ def human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def format_value(name: str, value: Optional[int]) -> str:
-    """A table cell: human units for byte stats, plain numbers for counts, '-' if unavailable."""
+def format_value(name: str, value: Optional[Value]) -> str:
+    """A table cell: human units for byte stats, plain numbers for counts, '-' if
+    unavailable, 'max' for a limit not set."""
     if value is None:
         return "-"
+    if value is MAX:
+        return "max"
     if catalog.STATS[name].unit == catalog.BYTES:
-        return human_bytes(value)
+        return human_bytes(int(value))
     return str(value)
 
 
@@ -125,12 +128,13 @@ def write_table(out: TextIO, snap: Snapshot, names: Sequence[str], backend: str,
 def record_json(rec: Record) -> Dict[str, object]:
     return {"id": rec.id, "parent_id": rec.parent_id, "path": path_text(rec.path),
             "level": rec.level,
-            "stats": rec.as_dict()}
+            "stats": {n: json_value(v) for n, v in rec.as_dict().items()}}
 
 
 def snapshot_json(snap: Snapshot, names: Sequence[str], backend: str, version: int,
                   root: str, local: bool) -> Dict[str, object]:
-    """The snapshot as JSON-ready data: exact integers, None (null) where unavailable."""
+    """The snapshot as JSON-ready data: exact integers, None (null) where
+    unavailable, "max" for a limit not set."""
     return {
         "backend": backend,
         "kernel": kernel_release(),
@@ -144,10 +148,11 @@ def snapshot_json(snap: Snapshot, names: Sequence[str], backend: str, version: i
 
 
 def write_csv(out: TextIO, snap: Snapshot, names: Sequence[str]) -> None:
-    """Header, then id, path, level and exact integers (empty where unavailable)."""
+    """Header, then id, path, level and exact integers (empty where
+    unavailable, "max" for a limit not set)."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["id", "parent_id", "path", "level"] + list(names))
     for rec in snap.records:
         values = rec.as_dict()
         w.writerow([rec.id, rec.parent_id, path_text(rec.path) or "", rec.level]
-                   + ["" if values[n] is None else values[n] for n in names])
+                   + ["" if values[n] is None else json_value(values[n]) for n in names])

@@ -36,10 +36,13 @@ def warnings_said() -> Iterator[None]:
         print(f"{PROG}: warning: {w.message}", file=sys.stderr)
 
 
-def open_reader(names: Sequence[str], local: bool, backend: str, flush: bool = False) -> Reader:
-    """A Reader; the BPF -> text fallback warning is said once, in our own words."""
+def open_reader(names: Sequence[str], local: bool, backend: str, flush: bool = False,
+                for_trees: bool = False) -> Reader:
+    """A Reader; the BPF -> text fallback warning is said once, in our own words.
+    for_trees: for a command that reads trees alone (Reader(for_trees=True))."""
     with warnings_said():
-        return Reader(stats=names, local=local, backend=backend, flush=flush)
+        return Reader(stats=names, local=local, backend=backend, flush=flush,
+                      for_trees=for_trees)
 
 
 class Stop(Exception):

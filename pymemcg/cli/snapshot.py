@@ -18,7 +18,7 @@ SNAPSHOT_STATS = ("usage", "anon", "file", "shmem", "kernel_stack", "pgfault", "
 def cmd_snapshot(args: argparse.Namespace, out: TextIO) -> int:
     names = selection(args, SNAPSHOT_STATS)
     root = default_root(args.root)
-    with open_reader(names, args.local, args.backend, args.flush) as reader:
+    with open_reader(names, args.local, args.backend, args.flush, for_trees=True) as reader:
         snap = reader.read_tree(root)
         backend, version = reader.backend, reader.cgroup_version
     if args.format == "json":

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from .. import catalog
+from ..decode import Value
 from ..errors import UnknownStat
 from ..reader import Reader
 from .format import (Style, colour_wanted, display_path, format_rate, format_value, isatty,
@@ -53,7 +54,7 @@ class TopView:
         self.rows: List[TopRow] = []
         self.refreshes = 0
         self.taken_at = 0.0           # wall clock of the last refresh
-        self._prev: Dict[int, Dict[str, Optional[int]]] = {}
+        self._prev: Dict[int, Dict[str, Optional[Value]]] = {}
         self._prev_t: Optional[float] = None
 
     def refresh(self) -> None:
@@ -255,7 +256,7 @@ def cmd_top(args: argparse.Namespace, out: TextIO) -> int:
     interactive = not args.batch and isatty(out) and isatty(sys.stdin)
     with stop_on_sigterm():
         try:
-            with open_reader(names, args.local, args.backend, args.flush) as reader:
+            with open_reader(names, args.local, args.backend, args.flush, for_trees=True) as reader:
                 view = TopView(reader, root, names, sort, args.interval, reverse=args.reverse)
                 if not interactive:
                     return _top_batch(view, out, args.iterations,

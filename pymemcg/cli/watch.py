@@ -33,7 +33,7 @@ def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     with stop_on_sigterm():
         try:
-            with open_reader(names, args.local, args.backend, args.flush) as reader:
+            with open_reader(names, args.local, args.backend, args.flush, for_trees=True) as reader:
                 _watch_loop(reader, root, args, out, dumps)
         except (KeyboardInterrupt, Stop):
             pass

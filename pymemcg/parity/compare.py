@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import catalog
+from ..decode import MAX, Value
 from .files import V1_KMEM_FILE, FileValues, file_values, read_files
 from .probe import LEAVES, PROBE_CGROUPS
 from .results import EXACT, MISMATCH, NOT_COMPARED, Check, StatResult
@@ -23,8 +24,8 @@ FLUSH_PERIOD_S = 2.0
 Key = Tuple[str, bool, str]     # (cgroup, local, method)
 
 
-def compare(bpf: Mapping[str, Optional[int]], before: FileValues, after: FileValues,
-            names: Sequence[str]) -> Dict[str, Tuple[str, Optional[int], Optional[int], str]]:
+def compare(bpf: Mapping[str, Optional[Value]], before: FileValues, after: FileValues,
+            names: Sequence[str]) -> Dict[str, Tuple[str, Optional[Value], Optional[Value], str]]:
     """Decide each of `names` from one bracketed read: files, BPF, files.
 
     Returns name -> (outcome, bpf value, file value, why) for every name whose
@@ -32,7 +33,7 @@ def compare(bpf: Mapping[str, Optional[int]], before: FileValues, after: FileVal
     EXACT when BPF read that value, MISMATCH otherwise. Names whose file value
     moved are left out: the caller reads them again.
     """
-    out: Dict[str, Tuple[str, Optional[int], Optional[int], str]] = {}
+    out: Dict[str, Tuple[str, Optional[Value], Optional[Value], str]] = {}
     for name in names:
         if name not in before or name not in after:
             continue
@@ -45,8 +46,9 @@ def compare(bpf: Mapping[str, Optional[int]], before: FileValues, after: FileVal
         elif got is None:
             out[name] = (MISMATCH, None, now, "BPF returned no value for it")
         else:
-            out[name] = (MISMATCH, got, now, f"BPF read {got}, the file says {now} "
-                                             f"(difference {got - now:+d})")
+            diff = f" (difference {got - now:+d})" if isinstance(got, int) and \
+                isinstance(now, int) else ""
+            out[name] = (MISMATCH, got, now, f"BPF read {got}, the file says {now}{diff}")
     return out
 
 
@@ -70,7 +72,7 @@ def compare_probe(probe: Probe, version: int, hier: Reader, local: Reader, attem
     def expect(files: Mapping[str, Optional[str]], is_local: bool, rel: str) -> FileValues:
         return file_values(files, version, is_local, rel in LEAVES)[0]
 
-    def settle_one(key: Key, bpf: Dict[str, Optional[int]], before: FileValues,
+    def settle_one(key: Key, bpf: Dict[str, Optional[Value]], before: FileValues,
                    after: FileValues) -> None:
         rel, is_local, method = key
         names = [n for n in readers[is_local][1] if (key, n) not in decided]
@@ -159,7 +161,8 @@ def summarise(name: str, checks: List[Check], why_not: str) -> StatResult:
         return StatResult(name, NOT_COMPARED, None, None, why_not or "no kernel file prints "
                           "it here", against)
     bad = [c for c in checks if c.outcome == MISMATCH]
-    shown = bad[0] if bad else max(checks, key=lambda c: c.file or 0)
+    # the largest value set, a limit not set (MAX) only where every one is
+    shown = bad[0] if bad else max(checks, key=lambda c: -1 if c.file is MAX else c.file or 0)
     why = f"{shown.cgroup} {'local' if shown.local else 'hierarchical'} ({shown.method}): " \
           f"{shown.why}" if bad else ""
     return StatResult(name, MISMATCH if bad else EXACT, shown.bpf, shown.file, why, against,

@@ -1,6 +1,8 @@
 """The kernel's own files that verify compares with, read and turned into
-values by stat name: memory.stat and the page-counter files of either cgroup
-version, memory.events(.local) and memory.swap.events on v2, and
+values by stat name: memory.stat, the page-counter files and the limits and
+protections of either cgroup version (pymemcg.MAX where a limit is not
+set), memory.events(.local), memory.swap.events, cgroup.stat and
+memory.pressure on v2, and
 memory.kmem.usage_in_bytes and memory.oom_control on v1. Sizes are bytes and
 events counts, as the files print them (memory_stat.py parses each file)."""
 
@@ -10,9 +12,11 @@ import os
 from typing import Dict, Mapping, Optional, Tuple
 
 from .. import catalog
-from ..catalog import COUNTER, MEMEVENT, PRESSURE
-from ..memory_stat import (EVENTS_KEYS, PRESSURE_FILE, SWAP_EVENTS_KEYS, V1_COUNTER_FILES,
-                           V2_COUNTER_FILES, parse_flat_keyed, parse_number, parse_pressure)
+from ..catalog import COUNTER, FIELD, MEMEVENT, PRESSURE
+from ..decode import Value, unlimited
+from ..memory_stat import (CGROUP_STAT_KEYS, EVENTS_KEYS, HIERARCHICAL_FILES, PRESSURE_FILE,
+                           SWAP_EVENTS_KEYS, number_files, parse_flat_keyed, parse_number,
+                           parse_pressure)
 
 # v1: the kmem page counter is charged in the same call as MEMCG_KMEM
 # (memcg_account_kmem), so it is the kernel's own print of "kernel" there
@@ -20,14 +24,14 @@ V1_KMEM_FILE = "memory.kmem.usage_in_bytes"
 V1_OOM_FILE = "memory.oom_control"
 
 
-FileValues = Dict[str, Tuple[int, str]]    # stat name -> (value, "file key")
+FileValues = Dict[str, Tuple[Value, str]]    # stat name -> (value, "file key")
 
 
 def _files_for(version: int) -> Tuple[str, ...]:
-    counters = V1_COUNTER_FILES if version == 1 else V2_COUNTER_FILES
     extra = (V1_KMEM_FILE, V1_OOM_FILE) if version == 1 else \
-        ("memory.events", "memory.events.local", "memory.swap.events", PRESSURE_FILE)
-    return ("memory.stat",) + tuple(counters.values()) + extra
+        ("memory.events", "memory.events.local", "memory.swap.events", "cgroup.stat",
+         PRESSURE_FILE)
+    return ("memory.stat",) + tuple(number_files(version).values()) + extra
 
 
 def read_files(path: str, version: int) -> Dict[str, Optional[str]]:
@@ -56,17 +60,26 @@ def file_values(files: Mapping[str, Optional[str]], version: int, local: bool,
     note = " (a leaf: its own values are its subtree's)" if local and leaf else ""
     stat_keys = parse_flat_keyed(files.get("memory.stat") or "")
 
+    numbers = number_files(version)
     for s in catalog.STATS.values():
-        if s.kind == COUNTER:
-            fname = (V1_COUNTER_FILES if version == 1 else V2_COUNTER_FILES).get(s.name)
+        if s.name in CGROUP_STAT_KEYS.values():
+            _cgroup_stat(s.name, files, version, values, why)
+            continue
+        if s.kind in (COUNTER, FIELD) or s.name in numbers:
+            fname = numbers.get(s.name)
             if fname is None:
                 why[s.name] = f"no cgroup v{version} file has it"
             elif files.get(fname) is None:
                 why[s.name] = f"this kernel has no {fname}"
+            elif s.name in HIERARCHICAL_FILES and not hier:
+                why[s.name] = f"{fname} prints the subtree's value only (local values " \
+                              f"compared at the leaves)"
             else:
-                # a page counter has one value: local=True reads the same counter
-                # `or ""`: not None, the branch above says
-                values[s.name] = (parse_number(files[fname] or "", fname), fname)
+                # a page counter or a setting has one value: local=True reads
+                # the same; `or ""`: not None, the branch above says
+                value = parse_number(files[fname] or "", fname)
+                values[s.name] = (unlimited(value) if s.tunable else value,
+                                  fname + (note if s.name in HIERARCHICAL_FILES else ""))
             continue
         if s.kind == MEMEVENT:
             _memevent(s.name, files, version, local, leaf, note, values, why)
@@ -146,6 +159,24 @@ def _memevent(name: str, files: Mapping[str, Optional[str]], version: int, local
                 why[name] = f"this kernel's {fname} does not print {key}"
         return
     why[name] = "no cgroup v2 file prints it"
+
+
+def _cgroup_stat(name: str, files: Mapping[str, Optional[str]], version: int,
+                 values: FileValues, why: Dict[str, str]) -> None:
+    """A count of cgroup.stat (cgroup v2): a field of the cgroup itself, so
+    local and hierarchical reads have the same value."""
+    key = next(k for k, n in CGROUP_STAT_KEYS.items() if n == name)
+    if version == 1:
+        why[name] = ("cgroup v1 has no cgroup.stat (the memory hierarchy's cgroups keep "
+                     "the count, but no file prints it)")
+    elif files.get("cgroup.stat") is None:
+        why[name] = "this kernel has no cgroup.stat"
+    else:
+        raw = parse_flat_keyed(files["cgroup.stat"] or "", "cgroup.stat")
+        if key in raw:
+            values[name] = (raw[key], f"cgroup.stat {key}")
+        else:
+            why[name] = f"this kernel's cgroup.stat does not print {key}"
 
 
 # --- pressure (PSI) ---

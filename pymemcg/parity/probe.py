@@ -59,6 +59,14 @@ class Workload:
     oom_high: int = 15 * MiB
     oom_cache: int = 8 * MiB     # clean page cache in oom, for reclaim to take
     hog: int = 96 * MiB
+    # protections and limits set on the probe (none reached; v2: on work, and
+    # memory.low and memory.oom.group on mid; v1: work's soft limit, mid's limit)
+    min: int = 4 * MiB
+    low: int = 8 * MiB
+    high: int = 512 * MiB        # also mid's limit on v1, twice the probe's memory.max
+    swap_high: int = 64 * MiB
+    zswap_max: int = 32 * MiB
+    soft_limit: int = 32 * MiB
 
 
 def _write(path: str, text: str) -> None:
@@ -124,6 +132,7 @@ class Probe:
             _write(os.path.join(oom, "memory.high"), str(self.workload.oom_high))
             if os.path.exists(os.path.join(oom, "memory.swap.max")):
                 _write(os.path.join(oom, "memory.swap.max"), "0")
+        self._set_limits()
         w = self.workload
         jobs = [
             {"name": "work", "cgroup": self.cgroup("work"), "anon": w.anon, "thp": w.thp,
@@ -158,6 +167,27 @@ class Probe:
             raise VerifyUnavailable(f"the probe's workload failed: {errors}; check that "
                                     f"{self.cache_dir} is writable (cache_dir=)")
         self.report["oom_killed"] = oom_ok
+
+    def _set_limits(self) -> None:
+        """Protections and limits on the probe, none of them reached by the
+        workload, so that verify compares set values (and "max" elsewhere)
+        rather than defaults alone; a file this kernel lacks is skipped."""
+        w = self.workload
+        if self.version == 1:
+            settings = {"work": {"memory.soft_limit_in_bytes": w.soft_limit},
+                        "mid": {"memory.limit_in_bytes": w.high}}
+        else:
+            settings = {
+                ".": {"memory.max": w.high * 2},
+                "work": {"memory.min": w.min, "memory.low": w.low, "memory.high": w.high,
+                         "memory.swap.high": w.swap_high, "memory.zswap.max": w.zswap_max},
+                "mid": {"memory.low": w.low, "memory.oom.group": 1},
+            }
+        for rel, files in settings.items():
+            for fname, value in files.items():
+                path = os.path.join(self.cgroup(rel), fname)
+                if os.path.exists(path):
+                    _write(path, str(value))
 
     def wait_until_quiet(self, min_wait: float, max_wait: float) -> float:
         """Wait until the probe's files hold still, and at least min_wait seconds

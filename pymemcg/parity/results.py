@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..decode import Value, json_value
+
 EXACT = "exact"
 MISMATCH = "mismatch"
 NOT_COMPARED = "not compared"
@@ -20,14 +22,15 @@ class Check:
     local: bool
     method: str            # "read" or "read_tree"
     against: str           # the file and key, e.g. "memory.stat total_rss"
-    bpf: Optional[int]
-    file: Optional[int]
+    bpf: Optional[Value]
+    file: Optional[Value]
     outcome: str           # EXACT or MISMATCH
     why: str = ""
 
     def as_dict(self) -> Dict[str, Any]:
         return {"cgroup": self.cgroup, "local": self.local, "method": self.method,
-                "against": self.against, "bpf": self.bpf, "file": self.file,
+                "against": self.against, "bpf": json_value(self.bpf),
+                "file": json_value(self.file),
                 "outcome": self.outcome, **({"why": self.why} if self.why else {})}
 
 
@@ -43,8 +46,8 @@ class StatResult:
 
     name: str
     outcome: str
-    bpf: Optional[int]
-    file: Optional[int]
+    bpf: Optional[Value]
+    file: Optional[Value]
     why: str
     against: List[str] = field(default_factory=list)
     checks: List[Check] = field(default_factory=list)
@@ -55,7 +58,8 @@ class StatResult:
         return any(c.outcome == EXACT and c.file for c in self.checks)
 
     def as_dict(self, checks: bool = True) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"name": self.name, "outcome": self.outcome, "bpf": self.bpf, "file": self.file,
+        out: Dict[str, Any] = {"name": self.name, "outcome": self.outcome,
+               "bpf": json_value(self.bpf), "file": json_value(self.file),
                "why": self.why, "against": self.against, "nonzero": self.nonzero,
                "comparisons": len(self.checks)}
         if checks:
