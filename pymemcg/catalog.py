@@ -90,14 +90,16 @@ def _pressure() -> List[Stat]:
     out = []
     for line in PRESSURE_LINES:
         item = f"PSI_MEM_{line.upper()}"
+        # the meanings leave the unit out: an exporter may give another
+        # (Prometheus: seconds, a ratio)
         out.append(Stat(pressure_name(line, "total"), PRESSURE, item, MICROSECONDS,
-                        f"time {_PSI_MEANING[line]}, in microseconds (memory.pressure "
-                        f"{line} total=)", cgroup_version=2))
+                        f"time {_PSI_MEANING[line]} (memory.pressure {line} total=)",
+                        cgroup_version=2))
         for window in PRESSURE_WINDOWS:
             out.append(Stat(pressure_name(line, window), PRESSURE, item, PERCENT_X100,
                             f"share of time with {_PSI_MEANING[line]}, running average "
-                            f"over {window[3:]} s, in hundredths of a percent (memory.pressure {line} "
-                            f"{window}=5.23 is 523)", cgroup_version=2))
+                            f"over {window[3:]} s (memory.pressure {line} {window}=)",
+                            cgroup_version=2))
     return out
 
 

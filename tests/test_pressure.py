@@ -5,12 +5,14 @@ where each value is in struct psi_group for a kernel's BTF facts. Then, on
 the running kernel: on cgroup v1 (and where PSI is off) every pressure value
 is unavailable with the reason; on cgroup v2 a cgroup that really stalls
 (an allocating child over a small memory.high) is read through BPF between
-two reads of memory.pressure and must equal them exactly.
+two reads of memory.pressure and must equal them exactly, and the
+Prometheus writer exports it in seconds and 0-1 ratios.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 
 import pytest
@@ -18,6 +20,7 @@ import pytest
 import pymemcg
 from pymemcg import catalog, slots
 from pymemcg.errors import MalformedData, StatUnavailable
+from pymemcg.exposition import SharedSnapshot, TextWriter, raw_family
 from pymemcg.kernel_probe import KernelFacts, kernel_facts, psi_running
 from pymemcg.memory_stat import parse_pressure
 from conftest import MiB
@@ -237,7 +240,8 @@ def test_pressure_parity(bpf_ok, cgroups, cgroup_version):
     with the same total once the group is quiet and aggregated. Then between
     two reads of memory.pressure, each of which aggregates the group
     (psi_show), the BPF read equals both: totals and averages. The text
-    backend serves the same numbers."""
+    backend serves the same numbers, and the Prometheus writer the same in
+    seconds and 0-1 ratios."""
     needs_v2_psi(cgroup_version)
     cg, proc = stalled_cgroup(cgroups)
     with pymemcg.Reader(stats=PRESSURE, backend="bpf") as r:
@@ -259,6 +263,22 @@ def test_pressure_parity(bpf_ok, cgroups, cgroup_version):
     with pymemcg.Reader(stats=PRESSURE, backend="text") as t:
         rec, files = bracketed_read(t.read, cg)
         assert rec.as_dict() == files
+    # the Prometheus writer: seconds and 0-1 ratios, named for them
+    with pymemcg.Reader(stats=PRESSURE, backend="bpf", for_trees=True) as r:
+        writer = TextWriter([(n, *raw_family(n, False)) for n in PRESSURE], [], {})
+        shared = SharedSnapshot(r.read_tree, cg, 0)
+        text, files = bracketed_read(lambda _: writer.render(shared.read()).decode(), cg)
+    rel = "/" + os.path.relpath(cg, pymemcg.cgroupfs.memory_mount().mountpoint)
+    exported = dict(re.findall(r'^(memcg_\w+)\{cgroup="%s"[^}]*\} (\S+)$' % re.escape(rel),
+                               text, re.M))
+    want = {}
+    for line in catalog.PRESSURE_LINES:
+        total = files[catalog.pressure_name(line, "total")]
+        want[f"memcg_pressure_{line}_seconds_total"] = repr(total / 1e6)
+        for window in catalog.PRESSURE_WINDOWS:
+            avg = files[catalog.pressure_name(line, window)]
+            want[f"memcg_pressure_{line}_{window}_ratio"] = repr(avg / 1e4)
+    assert exported == want
     proc.stdin.close()
     proc.wait()
 
