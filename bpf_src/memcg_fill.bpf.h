@@ -187,6 +187,83 @@ static __always_inline __u64 read_field(struct cgroup *cgrp, struct mem_cgroup *
 	return 0;
 }
 
+/* --- pressure (PSI) --- */
+/*
+ * One value of the cgroup's psi group as memory.pressure prints it
+ * (kernel/sched/psi.c psi_show): field PMC_PSI_TOTAL is total[] item idx,
+ * ns -> us; PMC_PSI_AVG is avg[] item idx, fixed point -> hundredths of a
+ * percent, LOAD_INT * 100 + LOAD_FRAC. Both as of the group's last
+ * aggregation (its averaging work, about every 2 s while the group is
+ * active, or a read of one of its pressure files): the program does not
+ * aggregate. No group (PSI off; or the root where the loader found no
+ * psi_system) or cgroup.pressure 0 (group->enabled, the file hidden):
+ * unavailable, and the record says PMC_REC_NO_PSI.
+ */
+#define PMC_PSI_FSHIFT	11	/* include/linux/sched/loadavg.h FSHIFT */
+static __always_inline __u64 read_pressure(struct pmc_out *rec, struct cgroup *cgrp,
+					   __u32 field, __u32 idx, bool *ok)
+{
+	struct psi_group *psi;
+	__u8 enabled = 0;
+	__u64 v = 0;
+	__u32 len, off;
+
+	*ok = false;
+	if (!bpf_core_field_exists(struct cgroup, psi) ||
+	    !bpf_core_field_exists(struct psi_group, enabled) ||
+	    !bpf_core_field_exists(struct psi_group, total) ||
+	    !bpf_core_field_exists(struct psi_group, avg))
+		return 0;
+	/* cgroup_psi(): the root (kernfs ino 1) has the system's group; its
+	 * cgroup->psi stays NULL. (v1 roots are ino 1 too: the loader serves
+	 * pressure on cgroup v2 only.) */
+	if (cgrp->kn->id == 1)
+		psi = (struct psi_group *)sel.psi_system;
+	else
+		psi = BPF_CORE_READ(cgrp, psi);
+	if (!psi || bpf_core_read(&enabled, sizeof(enabled), &psi->enabled) || !enabled) {
+		rec->hdr.flags |= PMC_REC_NO_PSI;
+		return 0;
+	}
+	if (field == PMC_PSI_TOTAL) {
+		len = bpf_core_field_size(struct psi_group, total) / sizeof(__u64);
+		off = bpf_core_field_offset(struct psi_group, total);
+	} else {
+		len = bpf_core_field_size(struct psi_group, avg) / sizeof(unsigned long);
+		off = bpf_core_field_offset(struct psi_group, avg);
+	}
+	if (idx >= len || bpf_probe_read_kernel(&v, sizeof(v), (void *)psi + off + idx * 8))
+		return 0;
+	*ok = true;
+	if (field == PMC_PSI_TOTAL)
+		return v / 1000;
+	return (v >> PMC_PSI_FSHIFT) * 100 +
+	       (((v & ((1 << PMC_PSI_FSHIFT) - 1)) * 100) >> PMC_PSI_FSHIFT);
+}
+
+/* --- pressure (PSI) --- */
+/* The pressure values of a cgroup without a memory css: a psi group is the
+ * cgroup's own (cgroup core), whichever controllers it has. */
+static __always_inline void fill_pressure_only(struct pmc_out *rec, struct cgroup *cgrp)
+{
+	__u32 i;
+
+	for (i = 0; i < PMC_MAX_STATS; i++) {
+		bool ok = false;
+		__u64 v;
+
+		if (i >= sel.nr_stats)
+			break;
+		if (sel.specs[i].kind != PMC_KIND_PRESSURE)
+			continue;
+		v = read_pressure(rec, cgrp, sel.specs[i].slot, sel.specs[i].item, &ok);
+		if (!ok)
+			continue;
+		rec->values[i & (PMC_MAX_STATS - 1)] = v;
+		rec->hdr.valid[(i >> 6) & 1] |= 1ULL << (i & 63);
+	}
+}
+
 /*
  * Copy len longs at src into dst (at most max): one helper call for a whole
  * kernel array instead of one per stat. Returns how many longs were copied.
@@ -324,6 +401,10 @@ static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 		case PMC_KIND_FIELD:
 			v = read_field(cgrp, memcg, slot, &ok, direct);
 			break;
+		/* --- pressure (PSI) --- */
+		case PMC_KIND_PRESSURE:
+			v = read_pressure(rec, cgrp, slot, sel.specs[i].item, &ok);
+			break;
 		}
 		if (!ok) {
 			rec->values[i & (PMC_MAX_STATS - 1)] = 0;
@@ -346,6 +427,7 @@ static __always_inline void fill_kfunc(struct pmc_out *rec, struct cgroup *cgrp,
 
 	if (!memcg) {
 		rec->hdr.flags |= PMC_REC_NO_MEMCG;
+		fill_pressure_only(rec, cgrp);
 		return;
 	}
 	if (flush)
@@ -387,6 +469,15 @@ static __always_inline void fill_kfunc(struct pmc_out *rec, struct cgroup *cgrp,
 
 			/* no kfunc serves these either: CO-RE */
 			v = read_field(cgrp, memcg, sel.specs[i].slot, &ok, false);
+			if (!ok)
+				v = (unsigned long)-1;
+			break;
+		}
+		/* --- pressure (PSI): no kfunc reads it; CO-RE as in fill_core --- */
+		case PMC_KIND_PRESSURE: {
+			bool ok;
+
+			v = read_pressure(rec, cgrp, sel.specs[i].slot, sel.specs[i].item, &ok);
 			if (!ok)
 				v = (unsigned long)-1;
 			break;
@@ -552,10 +643,12 @@ static __always_inline void fill_record(struct pmc_out *rec, struct pmc_tmp *tmp
 		css = cgrp->subsys[bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id)];
 		if (flush && css)
 			flush_memcg(cgrp);
-		if (css)
+		if (css) {
 			fill_core(rec, tmp, cgrp, (struct mem_cgroup *)css, parent == 0);
-		else
+		} else {
 			rec->hdr.flags |= PMC_REC_NO_MEMCG;
+			fill_pressure_only(rec, cgrp);
+		}
 	}
 	rec->hdr.cgroup_id = cgrp->kn->id;
 	rec->hdr.parent_id = parent ? parent->cgroup->kn->id : 0;

@@ -20,7 +20,7 @@
 #ifndef PMC_MEMCG_RECORD_H
 #define PMC_MEMCG_RECORD_H
 
-#define PMC_FORMAT_VERSION	6
+#define PMC_FORMAT_VERSION	7
 #define PMC_MAX_STATS		128	/* one bit each in pmc_record.valid */
 #define PMC_SEQ_BUF_SIZE	32768	/* PAGE_SIZE << 3 in kernel/bpf/bpf_iter.c */
 #define PMC_TRAILER_MAGIC	0x31474d434d4d50ULL	/* "PMMCMG1" */
@@ -30,6 +30,9 @@
 #define PMC_REC_NO_MEMCG	(1U << 0)	/* cgroup has no memory css */
 #define PMC_REC_NO_VMSTATS	(1U << 1)	/* memcg->vmstats was NULL */
 #define PMC_REC_GONE		(1U << 2)	/* fetch: not stashed, or the cgroup was removed */
+/* --- pressure (PSI) --- */
+#define PMC_REC_NO_PSI		(1U << 3)	/* a pressure stat was selected and the cgroup
+						 * has no psi group, or its cgroup.pressure is 0 */
 
 /* pmc_stat_spec.kind */
 enum pmc_stat_kind {
@@ -41,6 +44,9 @@ enum pmc_stat_kind {
 	/* --- limits and cgroup.stat: appended --- */
 	PMC_KIND_FIELD,		/* a scalar field of struct mem_cgroup or struct
 				 * cgroup, slot is enum pmc_field */
+	/* --- pressure (PSI) --- */
+	PMC_KIND_PRESSURE,	/* the cgroup's struct psi_group: slot is enum
+				 * pmc_pressure_field, item the index into that array */
 };
 
 /* pmc_stat_spec.slot when kind == PMC_KIND_COUNTER */
@@ -69,6 +75,16 @@ enum pmc_field {
 	PMC_FIELD_OOM_GROUP,		/* mem_cgroup.oom_group, bool */
 	PMC_FIELD_NR_DESCENDANTS,	/* cgroup.nr_descendants, int */
 	PMC_FIELD_NR_DYING_DESCENDANTS,	/* cgroup.nr_dying_descendants, int */
+};
+
+/* --- pressure (PSI) --- */
+/* pmc_stat_spec.slot when kind == PMC_KIND_PRESSURE: which psi_group array
+ * item indexes (flattened as BTF has it), and the unit the record gets. Both
+ * as memory.pressure prints them (kernel/sched/psi.c psi_show). */
+enum pmc_pressure_field {
+	PMC_PSI_TOTAL = 0,	/* total[PSI_AVGS][state] ns -> us (total=) */
+	PMC_PSI_AVG,		/* avg[state][window] fixed point (FSHIFT 11) -> hundredths
+				 * of a percent (avg10=5.23 -> 523) */
 };
 
 /* pmc_stat_spec.flags */
@@ -110,6 +126,8 @@ struct pmc_selection {
 	unsigned int direct_loads;
 	unsigned int pad;
 	struct pmc_stat_spec specs[PMC_MAX_STATS];
+	/* --- pressure (PSI) --- */
+	unsigned long long psi_system;	/* &psi_system, the v2 root's psi group; 0: unknown */
 };
 
 struct pmc_record {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
  * memcg_tables: the kernel's own item lists (mm/memcontrol.c), copied out
- * once per process, in one BPF_PROG_RUN.
+ * once per process, in one BPF_PROG_RUN; and where psi_system is.
  *
  * The kernel finds each list by name (bpf_kallsyms_lookup_name, Linux 5.16+):
  * that resolves what /proc/kallsyms lists (data symbols only with
@@ -27,6 +27,10 @@ __u32 got_state = 0;
 __u32 got_events = 0;
 __u32 state_list[PMC_TABLE_MAX] = {};
 __u32 events_list[PMC_TABLE_MAX] = {};
+/* --- pressure (PSI) --- */
+/* &psi_system (kernel/sched/psi.c): the v2 root cgroup's psi group, which
+ * cgroup_psi() gives it instead of its cgroup->psi; 0: not in kallsyms */
+__u64 psi_system = 0;
 
 /* n u32 entries of the list that the kernel symbol `sym` (sym_size bytes,
  * its NUL included) names into dst; returns how many (0: none) */
@@ -49,5 +53,12 @@ int pmc_kernel_tables(void *ctx)
 
 	got_state = copy_list(state_sym, sizeof(state_sym), state_list, tbl_state_n);
 	got_events = copy_list(events_sym, sizeof(events_sym), events_list, tbl_events_n);
+	{
+		char psi_sym[] = "psi_system";
+		__u64 addr = 0;
+
+		if (!bpf_kallsyms_lookup_name(psi_sym, sizeof(psi_sym), 0, &addr))
+			psi_system = addr;
+	}
 	return 0;
 }

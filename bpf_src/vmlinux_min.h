@@ -69,6 +69,14 @@ struct cgroup_subsys_state {
 
 #define CSS_ONLINE	(1U << 1)	/* include/linux/cgroup-defs.h, since 3.x */
 
+/* --- pressure (PSI): include/linux/psi_types.h; BTF flattens the 2-D arrays
+ * total[NR_PSI_AGGREGATORS][NR_PSI_STATES - 1] and avg[NR_PSI_STATES - 1][3] */
+struct psi_group {
+	bool enabled;
+	__u64 total[1];
+	unsigned long avg[1];
+} __attribute__((preserve_access_index));
+
 struct cgroup {
 	struct cgroup_subsys_state self;
 	int level;
@@ -76,6 +84,7 @@ struct cgroup {
 	struct cgroup_subsys_state *subsys[16];
 	int nr_descendants;
 	int nr_dying_descendants;
+	struct psi_group *psi;	/* pressure (PSI); NULL where PSI is off */
 } __attribute__((preserve_access_index));
 
 struct bpf_iter__cgroup {

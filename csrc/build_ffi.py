@@ -29,6 +29,7 @@ struct pmc_config {
     unsigned int programs;
     unsigned char selection_tree[32];
     unsigned char selection_path[32];
+    unsigned long long psi_system;
 };
 
 struct pmc_prog;
@@ -103,7 +104,8 @@ const void *pmc_gone_ring(const struct pmc_gone *gone);
 
 int pmc_read_kernel_tables(unsigned int state_n, unsigned int events_n,
                            unsigned int *state_out, unsigned int *events_out,
-                           unsigned int *got_state, unsigned int *got_events);
+                           unsigned int *got_state, unsigned int *got_events,
+                           unsigned long long *psi_system);
 
 int pmc_btf_open(const char *path, struct pmc_btf **out);
 void pmc_btf_close(struct pmc_btf *btf);

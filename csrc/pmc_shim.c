@@ -155,6 +155,7 @@ static void set_selection(struct pmc_selection *sel, const struct pmc_config *cf
 	sel->local_stats = !!cfg->local_stats;
 	sel->kfuncs = cfg->kfuncs;
 	sel->direct_loads = direct;
+	sel->psi_system = cfg->psi_system;
 	memcpy(sel->specs, cfg->specs, cfg->nr_stats * sizeof(cfg->specs[0]));
 	for (i = 0; i < cfg->nr_stats; i++) {
 		if (cfg->specs[i].kind == PMC_KIND_STATE)
@@ -856,7 +857,8 @@ const void *pmc_gone_ring(const struct pmc_gone *gone)
 
 int pmc_read_kernel_tables(unsigned int state_n, unsigned int events_n,
 			   unsigned int *state_out, unsigned int *events_out,
-			   unsigned int *got_state, unsigned int *got_events)
+			   unsigned int *got_state, unsigned int *got_events,
+			   unsigned long long *psi_system)
 {
 	LIBBPF_OPTS(bpf_test_run_opts, opts);
 	struct memcg_tables *skel;
@@ -864,6 +866,7 @@ int pmc_read_kernel_tables(unsigned int state_n, unsigned int events_n,
 	int err;
 
 	*got_state = *got_events = 0;
+	*psi_system = 0;
 	if (state_n > 256 || events_n > 256)
 		return -EINVAL;
 	log_begin(NULL, 0);
@@ -893,6 +896,7 @@ int pmc_read_kernel_tables(unsigned int state_n, unsigned int events_n,
 	memcpy(events_out, skel->bss->events_list, ge * sizeof(unsigned int));
 	*got_state = gs;
 	*got_events = ge;
+	*psi_system = skel->bss->psi_system;
 out:
 	memcg_tables__destroy(skel);
 	return err < 0 ? err : (err ? -EINVAL : 0);

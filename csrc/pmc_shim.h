@@ -29,6 +29,8 @@ struct pmc_config {
 	/* pmc_trailer.selection of the tree and the single-cgroup program */
 	unsigned char selection_tree[PMC_SELECTION_WORDS * 8];
 	unsigned char selection_path[PMC_SELECTION_WORDS * 8];
+	/* --- pressure (PSI) --- */
+	unsigned long long psi_system;	/* pmc_selection.psi_system */
 };
 
 struct pmc_prog;
@@ -181,10 +183,12 @@ const void *pmc_gone_ring(const struct pmc_gone *gone);
 
 /* The kernel's own memcg item lists through kallsyms: copies up to state_n
  * entries of memcg_node_stat_items[] and events_n of memcg_vm_event_stat[];
- * *got_* say how many were read (0: not in kallsyms or unreadable). */
+ * *got_* say how many were read (0: not in kallsyms or unreadable).
+ * *psi_system: the address of psi_system (pressure), 0 if not in kallsyms. */
 int pmc_read_kernel_tables(unsigned int state_n, unsigned int events_n,
 			   unsigned int *state_out, unsigned int *events_out,
-			   unsigned int *got_state, unsigned int *got_events);
+			   unsigned int *got_state, unsigned int *got_events,
+			   unsigned long long *psi_system);
 
 /* BTF of the running kernel (path NULL) or of a file. */
 struct pmc_btf;

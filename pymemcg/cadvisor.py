@@ -129,6 +129,15 @@ def _failures(pgfault: str, pgmajfault: str) -> Callable[[Getter], Values]:
     return values
 
 
+# --- pressure (PSI) ---
+def _us_to_seconds(key: str) -> Callable[[Getter], Values]:
+    """cAdvisor's asMicrosecondsToSeconds: float64(us) / 1e6."""
+    def values(get: Getter) -> Values:
+        v = get(key)
+        return [] if v is None else [((), v / 1e6)]
+    return values
+
+
 PGSCAN = ("pgscan_kswapd", "pgscan_direct", "pgscan_khugepaged", "pgscan_proactive")
 PGSTEAL = ("pgsteal_kswapd", "pgsteal_direct", "pgsteal_khugepaged", "pgsteal_proactive")
 
@@ -252,6 +261,18 @@ def cadvisor_metrics(cgroup_version: int) -> List[CadvisorMetric]:
           [oom], _one(oom),
           source="utils/oomparser + cmd/internal/api/oom.go: OOM kills whose victim was in "
                  "the cgroup"),
+        # --- pressure (PSI): cgroup v2 memory.pressure (libcontainer fs2 reads it) ---
+        M("container_pressure_memory_waiting_seconds_total", COUNTER,
+          "Total time duration tasks in the container have waited due to memory congestion.",
+          ["pressure_some_total_us"], _us_to_seconds("pressure_some_total_us"), versions=(2,),
+          source="prometheus.go: asMicrosecondsToSeconds(Memory.PSI.Some.Total), "
+                 "memory.pressure some total= (v2)"),
+        M("container_pressure_memory_stalled_seconds_total", COUNTER,
+          "Total time duration no tasks in the container could make progress due to memory "
+          "congestion.",
+          ["pressure_full_total_us"], _us_to_seconds("pressure_full_total_us"), versions=(2,),
+          source="prometheus.go: asMicrosecondsToSeconds(Memory.PSI.Full.Total), "
+                 "memory.pressure full total= (v2)"),
         M("container_spec_memory_limit_bytes", GAUGE, "Memory limit for the container.",
           ["limit"], _spec("limit"),
           source="helpers.go GetSpec: memory.limit_in_bytes (v1) / memory.max (v2); "

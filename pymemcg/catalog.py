@@ -3,14 +3,16 @@
 Names are the cgroup v2 memory.stat keys, plus the page_counter values
 (usage, peak, limit, failcnt, swap/memsw), the protections and limits
 (memory.min ... memory.oom.group, v1's soft limit), the memory.events
-counters and cgroup.stat's descendant counts.
-Sizes are bytes, events are counts, exactly as memory.stat prints them.
+counters, cgroup.stat's descendant counts and memory.pressure (PSI).
+Sizes are bytes, events are counts, exactly as memory.stat prints them;
+pressure is in memory.pressure's units (microseconds, hundredths of a
+percent).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 # where the kernel keeps a stat
 STATE = "state"        # memcg_vmstats.state[] (enum node_stat_item / memcg_stat_item)
@@ -18,10 +20,13 @@ EVENT = "event"        # memcg_vmstats.events[] (enum vm_event_item)
 MEMEVENT = "memevent"  # mem_cgroup.memory_events[] (enum memcg_memory_event)
 COUNTER = "counter"    # a struct page_counter field
 FIELD = "field"        # a scalar field of struct mem_cgroup or struct cgroup
+PRESSURE = "pressure"  # the cgroup's struct psi_group (memory.pressure), cgroup v2
 
 BYTES = "bytes"
 COUNT = "count"    # cumulative: a counter
 NUMBER = "number"  # a count or a 0/1 setting as it is now: a gauge
+MICROSECONDS = "microseconds"   # cumulative: pressure totals, as memory.pressure prints total=
+PERCENT_X100 = "percent_x100"   # hundredths of a percent: pressure averages, avg10=5.23 is 523
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,38 @@ def _memevent(name: str, item: str, meaning: str) -> Stat:
 
 def _tunable(name: str, kind: str, item: str, meaning: str, version: Optional[int]) -> Stat:
     return Stat(name, kind, item, BYTES, meaning, cgroup_version=version, tunable=True)
+
+
+# --- pressure (PSI) ---
+#: memory.pressure's lines (some, full) and fields (total, avg10, avg60, avg300)
+PRESSURE_LINES = ("some", "full")
+PRESSURE_WINDOWS = ("avg10", "avg60", "avg300")
+_PSI_MEANING = {"some": "at least one task stalled on memory",
+                "full": "all non-idle tasks stalled on memory at once"}
+
+
+def pressure_name(line: str, field: str) -> str:
+    """The stat name of memory.pressure's `line` ("some"/"full") and `field`
+    ("total", "avg10", ...): pressure_some_total_us, pressure_full_avg10_x100."""
+    return f"pressure_{line}_{field}_us" if field == "total" else f"pressure_{line}_{field}_x100"
+
+
+def _pressure() -> List[Stat]:
+    # item: the enum psi_states entry of the line (PSI_MEM_SOME / PSI_MEM_FULL)
+    out = []
+    for line in PRESSURE_LINES:
+        item = f"PSI_MEM_{line.upper()}"
+        # the meanings leave the unit out: an exporter may give another
+        # (Prometheus: seconds, a ratio)
+        out.append(Stat(pressure_name(line, "total"), PRESSURE, item, MICROSECONDS,
+                        f"time {_PSI_MEANING[line]} (memory.pressure {line} total=)",
+                        cgroup_version=2))
+        for window in PRESSURE_WINDOWS:
+            out.append(Stat(pressure_name(line, window), PRESSURE, item, PERCENT_X100,
+                            f"share of time with {_PSI_MEANING[line]}, running average "
+                            f"over {window[3:]} s (memory.pressure {line} {window}=)",
+                            cgroup_version=2))
+    return out
 
 
 _STATS = [
@@ -191,6 +228,8 @@ _STATS = [
     # the same kernel item as "zswap", printed by its own file
     Stat("zswap_current", STATE, "MEMCG_ZSWAP_B", BYTES,
          "memory of the zswap compression backend (memory.zswap.current)", cgroup_version=2),
+    # --- pressure (PSI): memory.pressure ---
+    *_pressure(),
 ]
 
 STATS: Dict[str, Stat] = {s.name: s for s in _STATS}

@@ -17,7 +17,7 @@ from typing import Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence,
 # one record as unpacked: id, parent id, name hash, level, flags, valid words, values
 RawRecord = Tuple[int, ...]
 
-from ._record_h import MAX_STATS, REC_NO_MEMCG
+from ._record_h import MAX_STATS, REC_NO_MEMCG, REC_NO_PSI
 from .catalog import TUNABLES
 from .memory_stat import PAGE_COUNTER_MAX_BYTES
 from .containers import CgroupIdentity, identify
@@ -215,6 +215,14 @@ class PackedRecords(Sequence[RawRecord]):
 RawRecords = Union[List[RawRecord], PackedRecords]
 
 
+#: why a record with REC_NO_PSI has no pressure values
+NO_PSI_WHY = ("this cgroup keeps no pressure: its cgroup.pressure is 0 (the kernel hides "
+              "memory.pressure then), or PSI is off")
+NO_PSI_ROOT_WHY = ("the root cgroup's pressure is the system's (psi_system, "
+                   "/proc/pressure/memory), and this kernel's kallsyms does not list "
+                   "psi_system (no CONFIG_KALLSYMS_ALL, or PYMEMCG_KALLSYMS=0), or PSI is off")
+
+
 class Record:
     """One cgroup's stats: record["anon"] in bytes, record["pgfault"] a count.
 
@@ -264,8 +272,10 @@ class Record:
         except KeyError:
             raise self._selection.unknown(name) from None
         if not (self._t[VALID_AT + (i >> 6)] >> (i & 63)) & 1:
-            raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: "
-                                  f"{self._selection.sources.get(name, 'not read')}")
+            why = self._selection.sources.get(name, 'not read')
+            if self._t[FLAGS_AT] & REC_NO_PSI and name.startswith("pressure_"):
+                why = NO_PSI_ROOT_WHY if self._t[LEVEL_AT] == 0 else NO_PSI_WHY
+            raise StatUnavailable(f"{name} is unavailable for {self.path or self.id}: {why}")
         v = self._t[i + VALUES_AT]
         if v == RAW_MAX and i in self._selection.tunable_at:
             return MAX

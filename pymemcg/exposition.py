@@ -17,7 +17,10 @@ Two pieces:
   (concurrent scrapes of one snapshot share the bytes too).
 
 Values are written as decimal integers (prometheus_client writes the same
-numbers as floats, "4096.0"): a parser reads both to the same float.
+numbers as floats, "4096.0"): a parser reads both to the same float. The
+raw stats whose unit is not a Prometheus base unit (pressure: microseconds,
+hundredths of a percent) are exported in one (seconds, a 0-1 ratio), under
+a name that says so (raw_metric_name), as floats.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
 
-from . import forksafe
+from . import catalog, forksafe
 from .catalog import TUNABLES
-from .cadvisor import COUNTER, GAUGE, CadvisorMetric, Getter, local, needed_local_stats
+from .cadvisor import (COUNTER, GAUGE, CadvisorMetric, Getter, Values, local,
+                       needed_local_stats)
 from .containers import CgroupIdentity, identify
 from .decode import MAX, Snapshot, Value
 from .errors import BadInterval, Error, quoted
@@ -43,6 +47,63 @@ IDENTITY_LABELS = ("pod_uid", "container_id", "qos", "unit")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_MIN_INTERVAL = 1.0
+
+
+#: a stat unit that is not a Prometheus base unit -> the stat name's unit
+#: suffix, the metric name's, what a value is divided by to be in the
+#: metric's unit, and that unit in words for HELP texts
+_BASE_UNITS: Dict[str, Tuple[str, str, float, str]] = {
+    # cAdvisor's container_pressure_memory_*_seconds_total: float64(us) / 1e6
+    catalog.MICROSECONDS: ("_us", "_seconds", 1e6, "in seconds"),
+    # the naming conventions' ratio (0 to 1) rather than a percentage
+    catalog.PERCENT_X100: ("_x100", "_ratio", 1e4, "a ratio, 0 to 1"),
+}
+#: a stat's own unit in words, for HELP texts
+UNIT_WORDS = {catalog.BYTES: "bytes", catalog.COUNT: "a count", catalog.NUMBER: "a number",
+              catalog.MICROSECONDS: "in microseconds",
+              catalog.PERCENT_X100: "in hundredths of a percent"}
+
+
+def raw_metric_name(stat: str) -> str:
+    """The family name of raw stat `stat`: memcg_<stat>, with the stat's unit
+    suffix replaced by its Prometheus base unit where they differ
+    (pressure_some_avg10_x100 -> memcg_pressure_some_avg10_ratio), and a
+    counter's "_total" left to exposed_name(), which puts it last:
+    pressure_some_total_us -> memcg_pressure_some_seconds, whose samples
+    are memcg_pressure_some_seconds_total."""
+    unit = _BASE_UNITS.get(catalog.STATS[stat].unit)
+    if unit is None:
+        return f"memcg_{stat}"
+    suffix, base, _, _ = unit
+    name = stat[:-len(suffix)] if stat.endswith(suffix) else stat
+    if name.endswith("_total"):
+        name = name[:-len("_total")]
+    return f"memcg_{name}{base}"
+
+
+def raw_family(stat: str, local: bool) -> Tuple[str, str]:
+    """(type, HELP text) of raw stat `stat`'s family: counts, and pressure's
+    cumulative stall time, are counters (they only ever grow); sizes,
+    numbers as they are now and pressure's averages gauges. HELP says the
+    unit exported, and the stat's own where it is another."""
+    s = catalog.STATS[stat]
+    counter = s.unit in (catalog.COUNT, catalog.MICROSECONDS)
+    of_stat = f"pymemcg stat {stat}{', local' if local else ''}"
+    unit = _BASE_UNITS.get(s.unit)
+    help_text = f"{s.meaning} ({UNIT_WORDS[s.unit]}; {of_stat})" if unit is None else \
+        f"{s.meaning} ({unit[3]}; {of_stat}, {UNIT_WORDS[s.unit]})"
+    return (COUNTER if counter else GAUGE), help_text
+
+
+def raw_metric_values(stat: str, values: Sequence[Optional[Value]]
+                      ) -> Sequence[Optional[Value]]:
+    """A raw stat's values in the unit of its metric (raw_metric_name): floats
+    in the base unit where the stat's is another, else the values as read."""
+    unit = _BASE_UNITS.get(catalog.STATS[stat].unit)
+    if unit is None:
+        return values
+    divisor = unit[2]
+    return [None if v is None else v / divisor for v in values]
 
 
 def interval_seconds(name: str, value: object) -> float:
@@ -242,7 +303,7 @@ def lines(heads: Sequence[str], values: Sequence[Union[None, Value, str]]) -> st
 class TextWriter:
     """Snapshots -> Prometheus text format, for one collector's metrics.
 
-    selected: (stat, type, help) of each raw stat exported as memcg_<stat>;
+    selected: (stat, type, help) of each raw stat exported (raw_metric_name);
     cadvisor: cAdvisor's metrics (consumed generically: name, type, help,
     needs, extra_labels, values(get)). info: the values of pymemcg_info's
     labels (version, backend, cgroup_version, kernel, root). openmetrics:
@@ -254,7 +315,7 @@ class TextWriter:
                  cadvisor: Sequence[CadvisorMetric], info: Dict[str, str],
                  openmetrics: bool = False) -> None:
         self._header = openmetrics_header if openmetrics else header
-        self.selected = [(stat, exposed_name(f"memcg_{stat}", mtype), mtype, help_text)
+        self.selected = [(stat, exposed_name(raw_metric_name(stat), mtype), mtype, help_text)
                          for stat, mtype, help_text in selected]
         self.cadvisor = list(cadvisor)
         self.local_stats = needed_local_stats(self.cadvisor)
@@ -321,7 +382,7 @@ class TextWriter:
                 self._write_cadvisor(out, columns, labels)
             for stat, _, _, _ in self.selected:
                 out.append(self._headers[stat])
-                values = picked(columns[stat], labels.rows)
+                values = raw_metric_values(stat, picked(columns[stat], labels.rows))
                 if stat in TUNABLES:
                     # a limit not set: infinity, as the text format writes it
                     out.append(lines(self._heads[stat],
@@ -368,7 +429,7 @@ class TextWriter:
                 tails = [self._tails(m, r) for r in map(m.values, getters)]
             out.append("".join([h + t for h, ts in zip(self._heads[m.name], tails) for t in ts]))
 
-    def _tails(self, m: CadvisorMetric, values: List[Tuple[Tuple[str, ...], Value]]
+    def _tails(self, m: CadvisorMetric, values: Values
                ) -> Tuple[str, ...]:
         """What follows a cgroup's line head (`name{id="..."`) for each value."""
         out = []

@@ -24,7 +24,12 @@ from .errors import NoBtf
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 STATE_ENUMS = ("node_stat_item", "memcg_stat_item")
 EVENT_ENUMS = ("vm_event_item",)
-ENUMS = STATE_ENUMS + EVENT_ENUMS + ("memcg_memory_event",)
+# --- pressure (PSI): include/linux/psi_types.h ---
+PSI_ENUMS = ("psi_states", "psi_aggregators")
+ENUMS = STATE_ENUMS + EVENT_ENUMS + ("memcg_memory_event",) + PSI_ENUMS
+#: exists where the kernel accounts pressure (CONFIG_PSI=y and not booted
+#: with psi=0: kernel/sched/psi.c psi_proc_init makes /proc/pressure then only)
+PROC_PRESSURE_MEMORY = "/proc/pressure/memory"
 
 #: Linux 7.0+ mm/bpf_memcontrol.c
 MEMCG_KFUNCS = ("bpf_get_mem_cgroup", "bpf_put_mem_cgroup", "bpf_mem_cgroup_page_state",
@@ -62,6 +67,16 @@ class KernelFacts:
     kallsyms_events: Optional[Tuple[int, ...]] = None
     # which of FIELD_FACTS BTF has ("mem_cgroup.zswap_max"); None: not captured
     fields: Optional[FrozenSet[str]] = None
+    # --- pressure (PSI) ---
+    # struct psi_group's arrays as BTF has them (flattened): total[] is
+    # [NR_PSI_AGGREGATORS][NR_PSI_STATES - 1] u64 ns, avg[] is
+    # [NR_PSI_STATES - 1][3] fixed point; None: not in BTF (CONFIG_PSI=n)
+    psi_total_len: Optional[int] = None
+    psi_avg_len: Optional[int] = None
+    cgroup_has_psi: bool = False                     # struct cgroup has `psi`
+    # the address of psi_system (the v2 root's psi group), from kallsyms like
+    # the lists; 0: not listed. Of this boot only: never compared nor saved.
+    psi_system: int = dataclasses.field(default=0, compare=False)
 
     def value(self, name: str) -> Optional[int]:
         for values in self.enums.values():
@@ -129,6 +144,9 @@ def read_btf_facts(release: str, path: Optional[str] = None) -> KernelFacts:
             events_local_len=array_len("memcg_vmstats", "events_local"),
             kfuncs=kfuncs,
             fields=fields,
+            psi_total_len=array_len("psi_group", "total"),
+            psi_avg_len=array_len("psi_group", "avg"),
+            cgroup_has_psi=array_len("cgroup", "psi") is not None,
         )
     finally:
         lib.pmc_btf_close(btf)
@@ -164,8 +182,9 @@ def with_kernel_lists(facts: KernelFacts) -> KernelFacts:
     state = ffi.new("unsigned int[256]")
     events = ffi.new("unsigned int[256]")
     got_s, got_e = ffi.new("unsigned int *"), ffi.new("unsigned int *")
+    psi_system = ffi.new("unsigned long long *")
     rc = lib.pmc_read_kernel_tables(max(state_n, 0), max(events_n, 0), state, events, got_s,
-                                    got_e)
+                                    got_e, psi_system)
     if rc < 0:
         return facts
     # memcg_stat_items[] follows the node items in state[]: MEMCG_SWAP..
@@ -173,7 +192,8 @@ def with_kernel_lists(facts: KernelFacts) -> KernelFacts:
     kstate = tuple(state[i] for i in range(got_s[0])) + tuple(memcg_items) \
         if got_s[0] else None
     kevents = tuple(events[i] for i in range(got_e[0])) if got_e[0] else None
-    return dataclasses.replace(facts, kallsyms_state=kstate, kallsyms_events=kevents)
+    return dataclasses.replace(facts, kallsyms_state=kstate, kallsyms_events=kevents,
+                               psi_system=psi_system[0])
 
 
 def kallsyms_enabled() -> bool:
@@ -204,6 +224,7 @@ def facts_to_json(facts: KernelFacts) -> Dict[str, Any]:
     doc["kfuncs"] = sorted(facts.kfuncs)
     if facts.fields is not None:
         doc["fields"] = sorted(facts.fields)
+    del doc["psi_system"]   # an address of one boot
     return doc
 
 
@@ -217,3 +238,10 @@ def facts_from_json(doc: Mapping[str, Any]) -> KernelFacts:
         if kw.get(k) is not None:
             kw[k] = tuple(kw[k])
     return KernelFacts(**kw)
+
+
+def psi_running() -> bool:
+    """Whether the running kernel accounts pressure: CONFIG_PSI=y and not
+    booted with psi=0 (nor with CONFIG_PSI_DEFAULT_DISABLED and no psi=1).
+    kernel/sched/psi.c makes /proc/pressure only then."""
+    return os.path.exists(PROC_PRESSURE_MEMORY)

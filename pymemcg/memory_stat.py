@@ -12,11 +12,12 @@ control of `pymemcg verify`, every parity test and the benchmark.
 from __future__ import annotations
 
 import os
-from typing import Dict, FrozenSet, Optional, Tuple, Union
+from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
 from . import catalog
-from .catalog import COUNTER, FIELD, MEMEVENT
+from .catalog import COUNTER, FIELD, MEMEVENT, PRESSURE
 from .errors import MalformedData, ReadError
+from .kernel_probe import psi_running
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")   # bytes; the unit of page counters and of page stats
 PAGE_COUNTER_MAX_BYTES = (2**63 - 1) // PAGE_SIZE * PAGE_SIZE  # "max" / unlimited
@@ -62,17 +63,22 @@ def number_files(version: int) -> Dict[str, str]:
     return {**V2_COUNTER_FILES, **V2_TUNABLE_FILES}
 
 
-def parse_flat_keyed(text: Union[str, bytes, bytearray, memoryview], what: str = "memory.stat") -> Dict[str, int]:
-    """'key value' lines -> {key: value}. Raises MalformedData on anything else."""
+def _lines(text: Union[str, bytes, bytearray, memoryview], what: str
+           ) -> List[Tuple[int, str]]:
+    """A kernel file's non-empty lines, numbered from 1; MalformedData if
+    the text is not ASCII."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         try:
             text = bytes(text).decode("ascii")
         except UnicodeDecodeError as e:
             raise MalformedData(f"{what}: not ASCII text at byte {e.start}") from None
+    return [(n, line) for n, line in enumerate(text.split("\n"), 1) if line]
+
+
+def parse_flat_keyed(text: Union[str, bytes, bytearray, memoryview], what: str = "memory.stat") -> Dict[str, int]:
+    """'key value' lines -> {key: value}. Raises MalformedData on anything else."""
     out: Dict[str, int] = {}
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line:
-            continue
+    for lineno, line in _lines(text, what):
         parts = line.split(" ")
         if len(parts) != 2 or not parts[0]:
             raise MalformedData(f"{what} line {lineno}: expected 'key value', got {line[:60]!r}")
@@ -84,6 +90,41 @@ def parse_flat_keyed(text: Union[str, bytes, bytearray, memoryview], what: str =
             raise MalformedData(f"{what} line {lineno}: {key} has a value that is not a u64 "
                                 f"{value[:30]!r}")
         out[key] = int(value)
+    return out
+
+
+# --- pressure (PSI) ---
+PRESSURE_FILE = "memory.pressure"
+
+
+def parse_pressure(text: Union[str, bytes, bytearray, memoryview],
+                   what: str = PRESSURE_FILE) -> Dict[str, int]:
+    """memory.pressure text -> {stat name: value}, in the record's units:
+    total= microseconds as printed; avg10=5.23 -> 523, hundredths of a
+    percent (psi_show prints LOAD_INT, ".", LOAD_FRAC as two digits).
+    Lines: "some ..." and "full ..."; raises MalformedData on anything else."""
+    out: Dict[str, int] = {}
+    for lineno, line in _lines(text, what):
+        head, *fields = line.split(" ")
+        if head not in catalog.PRESSURE_LINES or len(fields) != 4:
+            raise MalformedData(f"{what} line {lineno}: expected 'some|full avg10=.. avg60=.. "
+                                f"avg300=.. total=..', got {line[:80]!r}")
+        for field, want in zip(fields, catalog.PRESSURE_WINDOWS + ("total",)):
+            key, _, value = field.partition("=")
+            if key != want:
+                raise MalformedData(f"{what} line {lineno}: expected {want}=, got {field[:30]!r}")
+            if want == "total":
+                ok = value.isascii() and value.isdigit() and len(value) <= 20
+                number = int(value) if ok else -1
+            else:
+                whole, dot, frac = value.partition(".")
+                ok = (dot == "." and len(frac) == 2 and whole.isascii() and whole.isdigit()
+                      and frac.isascii() and frac.isdigit() and len(whole) <= 18)
+                number = int(whole) * 100 + int(frac) if ok else -1
+            if not ok or number >= 2**64:
+                raise MalformedData(f"{what} line {lineno}: {head} {want} is not a number "
+                                    f"as the kernel prints it: {value[:30]!r}")
+            out[catalog.pressure_name(head, want)] = number
     return out
 
 
@@ -164,6 +205,14 @@ def text_availability(name: str, version: int, local: bool,
         return True, files[name]
     if stat.kind in (COUNTER, FIELD):
         return False, f"no cgroup v{version} file"
+    if stat.kind == PRESSURE:
+        if version == 1:
+            return False, "cgroup v1 has no memory.pressure"
+        if local:
+            return False, "memory.pressure is hierarchical only"
+        if not psi_running():
+            return False, "PSI is off on this kernel (psi=0): no memory.pressure"
+        return True, PRESSURE_FILE
     if stat.kind == MEMEVENT:
         if version == 1:
             ok = name == "oom_kill" and not local

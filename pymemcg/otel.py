@@ -67,8 +67,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         f"`pip install 'pymemcg[otel]'`") from None
 
 from . import __version__, catalog, forksafe
-from .cadvisor import (UNLIMITED_ABOVE, CadvisorMetric, cadvisor_metrics, needed_local_stats,
-                       needed_stats)
+from .cadvisor import (UNLIMITED_ABOVE, CadvisorMetric, Values, cadvisor_metrics,
+                       needed_local_stats, needed_stats)
 from .cgroupfs import memory_mount
 from .containers import CgroupIdentity, identify
 from .decode import Snapshot
@@ -137,7 +137,7 @@ class _Frame:
         self.snap, self.shape = snap, shape
         self._local = local_columns(snap, local_snap, local_stats)
         self._columns: Dict[Tuple[str, bool], Sequence[Optional[Value]]] = {}
-        self._values: Dict[str, List[List[Tuple[Tuple[str, ...], Value]]]] = {}
+        self._values: Dict[str, List[Values]] = {}
 
     def column(self, stat: str, cadvisor: bool) -> Sequence[Optional[Value]]:
         """stat (or local(stat)) of each observed record: of cAdvisor's rows
@@ -150,7 +150,7 @@ class _Frame:
                 full, self.shape.cadvisor_rows if cadvisor else self.shape.rows)
         return col
 
-    def values(self, metric: CadvisorMetric) -> List[List[Tuple[Tuple[str, ...], Value]]]:
+    def values(self, metric: CadvisorMetric) -> List[Values]:
         """metric.values() of each of cAdvisor's rows. It is a function of the
         stats it needs: computed once per distinct input (idle cgroups,
         unset limits and zero counts share theirs)."""
@@ -158,7 +158,7 @@ class _Frame:
         if out is None:
             needs = metric_inputs(metric)
             keys = list(zip(*[self.column(s, True) for s in needs]))
-            distinct: Dict[Tuple[Optional[Value], ...], List[Tuple[Tuple[str, ...], Value]]] = {}
+            distinct: Dict[Tuple[Optional[Value], ...], Values] = {}
             for k in keys:
                 if k not in distinct:
                     distinct[k] = metric.values(dict(zip(needs, k)).get)
@@ -314,6 +314,14 @@ class MemcgInstrumentor:
             elif stat.unit == catalog.NUMBER:
                 meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="1",
                                                         description=description)
+            # --- pressure (PSI) ---
+            elif stat.unit == catalog.MICROSECONDS:
+                meter.create_observable_counter(f"memcg.{name}", [callback], unit="us",
+                                                description=description)
+            elif stat.unit == catalog.PERCENT_X100:
+                meter.create_observable_gauge(f"memcg.{name}", [callback],
+                                              unit="{hundredth_percent}",
+                                              description=description)
             else:
                 meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="By",
                                                         description=description)

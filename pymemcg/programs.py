@@ -20,7 +20,8 @@ from . import slots
 from .binding import load
 from .cgroupfs import Cgroup, Replaced
 from .memory_stat import PAGE_SIZE
-from ._record_h import GONE_RING, KFUNCS_NONE
+from ._record_h import GONE_RING, KFUNCS_NONE, KIND_PRESSURE
+from .kernel_probe import kernel_facts
 from .wire import selection_digest, seq_budget
 from .errors import BpfUnavailable, CgroupNotFound, Closed, PermissionDenied, ReadError, VerifierRejected
 
@@ -55,6 +56,9 @@ def config(resolutions: Sequence[slots.Resolution], local: bool, kfuncs: int,
         spec.kind, spec.slot, spec.item = r.kind, r.slot, r.item
         spec.flags, spec.scale = r.flags, r.scale
     cfg.local_stats = int(local)
+    # --- pressure (PSI): where the v2 root's psi group is (kallsyms; 0: unknown) ---
+    if any(r.kind == KIND_PRESSURE for r in resolutions):
+        cfg.psi_system = kernel_facts().psi_system
     cfg.kfuncs = kfuncs
     cfg.flush = int(flush)
     cfg.page_size = PAGE_SIZE

@@ -27,6 +27,10 @@ iterator session) and exposes, for each cgroup:
 - every selected raw stat as `memcg_<stat>` with a `cgroup` label (the same
   path): sizes as gauges in bytes, cumulative counts as counters (exposed
   with the `_total` suffix Prometheus client libraries give counters);
+  pressure in Prometheus' base units, named for them
+  (pymemcg.exposition.raw_metric_name): memcg_pressure_some_seconds_total
+  (a counter, from pressure_some_total_us), memcg_pressure_some_avg10_ratio
+  (a gauge, 0 to 1, from pressure_some_avg10_x100);
 - on both, who the cgroup is, read from its path (pymemcg.containers):
   `pod_uid`, `container_id`, `qos`, `unit`. As cAdvisor does with its own
   labels, a scrape carries a label when any of its cgroups has it, and a
@@ -81,7 +85,7 @@ from .decode import Snapshot
 from .exposition import (CGROUPS_HELP, CONTENT_TYPE, DEFAULT_MIN_INTERVAL, DURATION_HELP,
                          ERROR_HELP, INFO_HELP, SharedSnapshot, Taken, TextWriter, TreeLabels,
                          exposed_name, interval_seconds, local_columns, metric_inputs,
-                         picked)
+                         picked, raw_family, raw_metric_name, raw_metric_values)
 from .errors import NoMemoryController, UnknownStat
 from .names import escape
 from .exposition import header, label_pairs, openmetrics_header
@@ -183,7 +187,7 @@ class MemcgCollector:
             except BaseException:
                 self.close()
                 raise
-        self._raw = [(name, *self._raw_family(name)) for name in self.selected]
+        self._raw = [(name, *raw_family(name, self.local)) for name in self.selected]
         self.writer = TextWriter(self._raw, self.cadvisor, self._info_labels())
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
@@ -208,14 +212,6 @@ class MemcgCollector:
 
     def _said_error(self, e: Error) -> None:
         _log.warning("pymemcg: scrape of %s failed: %s", self.root, e)
-
-    def _raw_family(self, name: str) -> Tuple[str, str]:
-        stat = catalog.STATS[name]
-        counter = stat.unit == catalog.COUNT
-        unit = {catalog.COUNT: "a count", catalog.NUMBER: "a number"}.get(stat.unit, "bytes")
-        help_text = f"{stat.meaning} ({unit}; pymemcg stat " \
-                    f"{name}{', local' if self.local else ''})"
-        return (COUNTER if counter else GAUGE), help_text
 
     def _info_labels(self) -> Dict[str, str]:
         return {"version": __version__, "backend": self.reader.backend,
@@ -312,11 +308,11 @@ class MemcgCollector:
                                               if extra_names else d, value))
             families.append(fam)
         for stat, mtype, help_text in self._raw:
-            fam = _family(f"memcg_{stat}", mtype, help_text)
+            fam = _family(raw_metric_name(stat), mtype, help_text)
             if snap is not None:
-                name = exposed_name(f"memcg_{stat}", mtype)
-                fam.samples = [Sample(name, d, v) for d, v in
-                               zip(raw_dicts, picked(snap.column(stat), labels.rows))
+                name = exposed_name(raw_metric_name(stat), mtype)
+                values = raw_metric_values(stat, picked(snap.column(stat), labels.rows))
+                fam.samples = [Sample(name, d, v) for d, v in zip(raw_dicts, values)
                                if v is not None]
             families.append(fam)
 

@@ -276,11 +276,12 @@ def stats(local: bool = False) -> List[StatInfo]:
     bpf_res = {}
     bpf_error = ""
     try:
-        from .kernel_probe import kernel_facts
+        from .kernel_probe import kernel_facts, psi_running
         from .slots import resolve
         facts = kernel_facts()
         bpf_res = {r.stat.name: r for r in resolve(list(catalog.STATS), facts, version,
-                                                    PAGE_SIZE, local=local)}
+                                                    PAGE_SIZE, local=local,
+                                                    psi_on=psi_running())}
     except Exception as e:  # no BTF, no extension: the text backend still answers
         bpf_error = str(e)
     out = []

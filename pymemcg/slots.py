@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import catalog
-from .catalog import BYTES, COUNT, COUNTER, FIELD, MEMEVENT, Stat
+from .catalog import BYTES, COUNT, COUNTER, FIELD, MEMEVENT, PRESSURE, Stat
 from .kernel_probe import EVENT_ENUMS, MEMCG_KFUNCS, RFC_KFUNCS, STATE_ENUMS, KernelFacts
 from .release_tables import ENUM_INDEXED_STATE, TABLES, Entry, KernelTable
 
@@ -34,6 +34,7 @@ from .release_tables import ENUM_INDEXED_STATE, TABLES, Entry, KernelTable
 from ._record_h import (KFUNCS_MEMCG, KFUNCS_NONE, KFUNCS_RFC, KIND_COUNTER, KIND_EVENT,
                         KIND_FIELD, KIND_MEMEVENT, KIND_NONE, KIND_STATE, SPEC_MEMCG_ITEM,
                         SPEC_SIGNED)
+from ._record_h import KIND_PRESSURE, PSI_AVG, PSI_TOTAL  # pressure (PSI)
 from .record_format import COUNTERS, FIELDS
 
 BACKEND_KFUNC = "kfunc"
@@ -46,6 +47,7 @@ VIA_TABLE = "table"          # kernel_tables, checked against BTF
 VIA_ENUM = "btf-enum"        # the slot is the enum value itself (memory_events[])
 VIA_FIELD = "core-field"     # a struct field, relocated by CO-RE
 VIA_KFUNC = "kfunc"          # asked by name through the memcg kfuncs
+VIA_PSI = "core-psi"         # struct psi_group's arrays, indexed by BTF's psi enums
 UNAVAILABLE = "unavailable"
 
 
@@ -273,10 +275,60 @@ def _scale(stat: Stat, page_size: int) -> int:
     return page_size
 
 
+# --- pressure (PSI) ---
+#: why pressure is unavailable on a cgroup v1 hierarchy
+PSI_V1_WHY = ("cgroup v1 has no memory.pressure: the kernel accounts a task's pressure to its "
+              "cgroup on the v2 hierarchy only (a v1 cgroup's psi group, where it has one, "
+              "stays 0); /proc/pressure/memory is the system's")
+PSI_OFF_WHY = ("PSI is off on this kernel (booted with psi=0, or built with "
+               "CONFIG_PSI_DEFAULT_DISABLED and booted without psi=1): no "
+               "/proc/pressure/memory, no memory.pressure")
+
+
+def resolve_pressure(stat: Stat, facts: KernelFacts, cgroup_version: int,
+                     psi_on: Optional[bool] = None) -> Resolution:
+    """Where a pressure stat is in struct psi_group on this kernel, or why
+    it is unavailable. psi_show prints total[PSI_AVGS][s] and avg[s][w]
+    (s: PSI_MEM_SOME or PSI_MEM_FULL; w: 0, 1, 2 for avg10, avg60, avg300);
+    BTF has both arrays flattened, so the item is the flat index, and the
+    lengths BTF reports must be the products the enums give, or nothing is
+    read. psi_on: whether the running kernel accounts pressure (None:
+    unknown, as for a fixture; the program itself then finds no psi group
+    where PSI is off)."""
+    if cgroup_version != 2:
+        return _unavailable(stat, PSI_V1_WHY)
+    states = facts.enums.get("psi_states", {})
+    aggregators = facts.enums.get("psi_aggregators", {})
+    if not facts.cgroup_has_psi or facts.psi_total_len is None or facts.psi_avg_len is None \
+            or stat.item not in states or "NR_PSI_STATES" not in states \
+            or "PSI_AVGS" not in aggregators or "NR_PSI_AGGREGATORS" not in aggregators:
+        return _unavailable(stat, "this kernel has no PSI (built without CONFIG_PSI: no "
+                                  "struct psi_group, cgroup.psi or enum psi_states in BTF)")
+    if psi_on is False:
+        return _unavailable(stat, PSI_OFF_WHY)
+    nr = states["NR_PSI_STATES"] - 1      # psi_group arrays leave out PSI_NONIDLE
+    if facts.psi_total_len != aggregators["NR_PSI_AGGREGATORS"] * nr \
+            or facts.psi_avg_len != nr * 3 or not 0 <= states[stat.item] < nr:
+        return _unavailable(stat, f"struct psi_group's arrays (total[{facts.psi_total_len}], "
+                                  f"avg[{facts.psi_avg_len}]) are not the shape its enums give "
+                                  f"(NR_PSI_STATES {nr + 1}): layout not known")
+    window = stat.name.split("_")[2]      # pressure_<line>_<total|avg10|...>_<unit>
+    if window == "total":
+        index = aggregators["PSI_AVGS"] * nr + states[stat.item]
+        return Resolution(stat, VIA_PSI, KIND_PRESSURE, PSI_TOTAL, index, 0, 1,
+                          f"psi_group.total[PSI_AVGS][{stat.item}] (ns, printed in us)")
+    w = catalog.PRESSURE_WINDOWS.index(window)
+    return Resolution(stat, VIA_PSI, KIND_PRESSURE, PSI_AVG, states[stat.item] * 3 + w, 0, 1,
+                      f"psi_group.avg[{stat.item}][{w}] (fixed point, printed as a percentage)")
+
+
 def resolve(names: Sequence[str], facts: KernelFacts, cgroup_version: int, page_size: int,
             tables: Mapping[str, KernelTable] = TABLES, local: bool = False,
-            backend: Optional[str] = None) -> List[Resolution]:
-    """One Resolution per name, in order. Unknown names raise UnknownStat."""
+            backend: Optional[str] = None, psi_on: Optional[bool] = None
+            ) -> List[Resolution]:
+    """One Resolution per name, in order. Unknown names raise UnknownStat.
+    psi_on: whether the kernel accounts pressure (kernel_probe.psi_running()
+    on the running one)."""
     from .errors import UnknownStat
 
     backend = backend or select_backend(facts, local)
@@ -288,6 +340,11 @@ def resolve(names: Sequence[str], facts: KernelFacts, cgroup_version: int, page_
         if stat is None:
             raise UnknownStat(f"unknown stat {name!r}: see pymemcg.stats() for the names "
                               f"this version knows")
+        if stat.kind == PRESSURE:
+            out.append(resolve_pressure(stat, facts, cgroup_version, psi_on)
+                       if not local else _unavailable(stat, "pressure is hierarchical only "
+                                                            "(memory.pressure): use local=False"))
+            continue
         out.append(_resolve_one(stat, facts, matches, cgroup_version, page_size, local,
                                 backend))
     return out

@@ -26,6 +26,7 @@ import pymemcg  # noqa: E402
 from pymemcg import cadvisor  # noqa: E402
 from pymemcg.cgroupfs import own_memory_cgroup  # noqa: E402
 from pymemcg.cadvisor import UNLIMITED_ABOVE, cadvisor_metrics  # noqa: E402
+from pymemcg.memory_stat import parse_pressure  # noqa: E402
 from pymemcg.prometheus import MemcgCollector  # noqa: E402
 
 from test_prometheus import LIMIT, quiet, rel, samples  # noqa: E402,F401 - quiet is a fixture
@@ -105,6 +106,13 @@ def cadvisor_from_files(path: str, version: int) -> Dict[Key, int]:
             "container_spec_memory_limit_bytes": spec(read_int(path, "memory.max")),
             "container_spec_memory_swap_limit_bytes": spec(read_int(path, "memory.swap.max")),
         })
+        if os.path.exists(os.path.join(path, "memory.pressure")):
+            with open(os.path.join(path, "memory.pressure")) as f:
+                psi = parse_pressure(f.read())
+            out["container_pressure_memory_waiting_seconds_total"] = \
+                psi["pressure_some_total_us"] / 1e6
+            out["container_pressure_memory_stalled_seconds_total"] = \
+                psi["pressure_full_total_us"] / 1e6
         inactive = stat.get("inactive_file")
     if usage is not None and inactive is not None:
         out["container_memory_working_set_bytes"] = max(usage - inactive, 0)
@@ -125,7 +133,9 @@ def scraped(got: dict, cgroup_id: str) -> Dict[Key, int]:
     for (name, labels), value in got.items():
         labels = dict(labels)
         if name.startswith("container_") and labels.pop("id", None) == cgroup_id:
-            out[(name, tuple(sorted(labels.items())))] = int(value)
+            # pressure is in seconds, a float; every other value an integer
+            out[(name, tuple(sorted(labels.items())))] = \
+                value if name.startswith("container_pressure_") else int(value)
     return out
 
 
@@ -222,7 +232,18 @@ def test_definitions_name_their_source_and_exist_per_version():
     assert {"container_memory_kernel_usage", "container_memory_failcnt"} <= v1 - v2
     assert {"container_memory_file_dirty_bytes", "container_memory_file_writeback_bytes",
             "container_memory_pgscan_total", "container_memory_pgsteal_total",
-            "container_memory_events_high_total", "container_memory_events_max_total"} <= v2 - v1
+            "container_memory_events_high_total", "container_memory_events_max_total",
+            "container_pressure_memory_waiting_seconds_total",
+            "container_pressure_memory_stalled_seconds_total"} <= v2 - v1
+
+
+def test_pressure_in_seconds():
+    """cAdvisor's asMicrosecondsToSeconds: some total -> waiting, full -> stalled."""
+    by = {m.name: m for m in cadvisor_metrics(2)}
+    got = {"pressure_some_total_us": 1234567, "pressure_full_total_us": 89}.get
+    assert by["container_pressure_memory_waiting_seconds_total"].values(got) == [((), 1.234567)]
+    assert by["container_pressure_memory_stalled_seconds_total"].values(got) == [((), 0.000089)]
+    assert by["container_pressure_memory_stalled_seconds_total"].values({}.get) == []
 
 
 def test_pgscan_is_the_kernels_sum_or_nothing():

@@ -31,6 +31,7 @@ import pymemcg  # noqa: E402
 from pymemcg import catalog  # noqa: E402
 from pymemcg.cgroupfs import memory_mount  # noqa: E402
 from pymemcg.cadvisor import UNLIMITED_ABOVE, cadvisor_metrics  # noqa: E402
+from pymemcg.exposition import raw_family, raw_metric_name, raw_metric_values  # noqa: E402
 from pymemcg.prometheus import ListenError, MemcgCollector, parse_listen  # noqa: E402
 from pymemcg.names import escape  # noqa: E402
 
@@ -666,3 +667,42 @@ def test_limits_and_counts_families(bpf_ok, quiet, cgroup_version):
         assert got[("memcg_oom_group", frozenset({("cgroup", rel(child))}))] == 0
     else:
         assert got[("memcg_soft_limit", frozenset({("cgroup", rel(child))}))] == float("inf")
+
+
+def test_raw_names_follow_the_naming_conventions(bpf_ok, quiet):
+    """Every stat's family as Prometheus' naming conventions have it, the
+    same in the client's and the writer's text: a counter's samples carry one
+    `_total`, last, and no family name another; no name keeps a stat's unit
+    that is not a base unit (pressure: seconds and 0-1 ratios, not _us or
+    _x100)."""
+    parent, _ = quiet
+    stats = list(catalog.STATS)
+    with MemcgCollector(parent, stats, backend="bpf", cadvisor=False,
+                        min_interval=60) as collector:
+        scrape_both(collector)
+        text = collector.exposition().decode()
+    types = dict(re.findall(r"^# TYPE (memcg_\S+) (\S+)$", text, re.M))
+    assert len(types) == len(stats)
+    for name, mtype in types.items():
+        assert name.count("_total") == (1 if mtype == "counter" else 0), name
+        assert mtype != "counter" or name.endswith("_total"), name
+        assert not name.endswith(("_us", "_x100")), name
+    for line in ("some", "full"):
+        assert types[f"memcg_pressure_{line}_seconds_total"] == "counter"
+        for window in ("avg10", "avg60", "avg300"):
+            assert types[f"memcg_pressure_{line}_{window}_ratio"] == "gauge"
+    assert types["memcg_pgfault_total"] == "counter" and types["memcg_anon"] == "gauge"
+
+
+def test_pressure_values_in_base_units():
+    """Pressure's stats are exported divided into seconds (as cAdvisor's
+    container_pressure_memory_*: float us / 1e6) and 0-1 ratios (hundredths
+    of a percent / 1e4); every other stat as read."""
+    assert raw_metric_values("pressure_some_total_us", [1234567, None, 0]) == [1.234567, None, 0.0]
+    assert raw_metric_values("pressure_full_avg10_x100", [523, 10000, 1]) == [0.0523, 1.0, 0.0001]
+    assert raw_metric_values("anon", [4096, None]) == [4096, None]
+    assert raw_metric_name("pressure_full_total_us") == "memcg_pressure_full_seconds"
+    assert raw_metric_name("pressure_some_avg300_x100") == "memcg_pressure_some_avg300_ratio"
+    assert raw_metric_name("pgfault") == "memcg_pgfault"
+    kind, help_text = raw_family("pressure_some_total_us", False)
+    assert kind == "counter" and "in seconds" in help_text and "in microseconds" in help_text

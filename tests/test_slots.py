@@ -66,11 +66,12 @@ def test_release_of():
 def test_host_resolves_through_its_table(host):
     res = by_name(slots.resolve(ALL, host, 1, PAGE))
     unavailable = {n for n, r in res.items() if not r.available}
-    # only the cgroup v2 counters and settings, and memory.events' counter
-    # of 6.19+; everything else has a proven slot
+    # only the cgroup v2 counters and settings, memory.events' counter of
+    # 6.19+, and pressure (cgroup v2 only); everything else has a proven slot
+    pressure = {n for n, s in catalog.STATS.items() if s.kind == catalog.PRESSURE}
     assert unavailable == {"swap_usage", "swap_peak", "swap_limit", "memory_min", "memory_low",
                            "memory_high", "swap_high", "zswap_max", "oom_group",
-                           "zswap_current", "sock_throttled"}
+                           "zswap_current", "sock_throttled"} | pressure
     assert res["soft_limit"].kind == slots.KIND_FIELD and res["soft_limit"].scale == PAGE
     assert res["anon"].via == slots.VIA_TABLE and res["anon"].kind == slots.KIND_STATE
     assert res["pgfault"].kind == slots.KIND_EVENT

@@ -115,7 +115,7 @@ print(json.dumps(out))
 # cgroup.stat's nr_dying_descendants, which the v1 host has not); of the OOM
 # events' tests, the kill in a removed cgroup (the rest, CLI and exporters,
 # cost a minute or more each under TCG and run on the host)
-TESTS = ["tests/test_parity.py", "tests/test_startup.py",
+TESTS = ["tests/test_parity.py", "tests/test_startup.py", "tests/test_pressure.py",
          "tests/test_churn.py::test_removed_cgroups_are_not_held",
          "tests/test_churn.py::test_links_of_removed_cgroups_are_closed",
          "tests/test_oom_events.py::test_event_layout_matches_the_compiled_struct",

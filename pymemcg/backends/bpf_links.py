@@ -25,7 +25,7 @@ from ..binding import load
 from ..cgroupfs import Cgroup
 from ..decode import Selection
 from ..errors import BpfUnavailable, Closed, ReadError
-from ..kernel_probe import KernelFacts, kernel_facts
+from ..kernel_probe import KernelFacts, kernel_facts, psi_running
 from ..memory_stat import PAGE_SIZE
 from ..programs import Fetch, Program, Removals, Slot
 from ..record_format import FETCH_WANT, SESSION_BUF_SIZE
@@ -43,7 +43,7 @@ class BpfSelection:
         self.facts: KernelFacts = kernel_facts()
         self.plan = slots.plan(self.facts, local, flush)
         self.resolutions = slots.resolve(names, self.facts, version, PAGE_SIZE, local=local,
-                                         backend=self.plan.backend)
+                                         backend=self.plan.backend, psi_on=psi_running())
         sources = {r.stat.name: (f"bpf/{r.via}: {r.detail}" if r.available
                                  else f"unavailable: {r.detail}") for r in self.resolutions}
         self.selection = Selection(names, sources,

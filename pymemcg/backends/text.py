@@ -8,13 +8,14 @@ import os
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .. import catalog
-from ..catalog import MEMEVENT
+from ..catalog import MEMEVENT, PRESSURE
 from ..cgroupfs import Cgroup, Replaced, path_list, resolve_cgroup
 from ..decode import Selection, Record, Snapshot, raw_record
 from ..errors import CgroupNotFound, ReadError
-from ..memory_stat import (CGROUP_STAT_KEYS, EVENTS_KEYS, HIERARCHICAL_FILES, SWAP_EVENTS_KEYS,
-                           number_files, parse_flat_keyed, parse_memory_stat, parse_number,
-                           printed_keys, read_file, text_availability)
+from ..memory_stat import (CGROUP_STAT_KEYS, EVENTS_KEYS, HIERARCHICAL_FILES, PRESSURE_FILE,
+                           SWAP_EVENTS_KEYS, number_files, parse_flat_keyed, parse_memory_stat,
+                           parse_number, parse_pressure, printed_keys, read_file,
+                           text_availability)
 from . import read_each
 
 
@@ -105,6 +106,12 @@ class TextBackend:
         if self.version == 2 and want & set(CGROUP_STAT_KEYS.values()):
             raw = parse_flat_keyed(read("cgroup.stat") or "", "cgroup.stat")
             out.update({CGROUP_STAT_KEYS[k]: v for k, v in raw.items() if k in CGROUP_STAT_KEYS})
+        if self.version == 2 and not self.local and \
+                want & {s.name for s in catalog.STATS.values() if s.kind == PRESSURE}:
+            # absent: PSI off, or cgroup.pressure 0 (the kernel hides the file)
+            text = read(PRESSURE_FILE)
+            if text is not None:
+                out.update(parse_pressure(text))
         if missing and _removed(dfd):
             # a file this kernel does not have is unavailable; one that went
             # with its cgroup is not

@@ -1,7 +1,8 @@
 """The kernel's own files that verify compares with, read and turned into
 values by stat name: memory.stat, the page-counter files and the limits and
 protections of either cgroup version (pymemcg.MAX where a limit is not
-set), memory.events(.local), memory.swap.events and cgroup.stat on v2, and
+set), memory.events(.local), memory.swap.events, cgroup.stat and
+memory.pressure on v2, and
 memory.kmem.usage_in_bytes and memory.oom_control on v1. Sizes are bytes and
 events counts, as the files print them (memory_stat.py parses each file)."""
 
@@ -11,10 +12,11 @@ import os
 from typing import Dict, Mapping, Optional, Tuple
 
 from .. import catalog
-from ..catalog import COUNTER, FIELD, MEMEVENT
+from ..catalog import COUNTER, FIELD, MEMEVENT, PRESSURE
 from ..decode import Value, unlimited
-from ..memory_stat import (CGROUP_STAT_KEYS, EVENTS_KEYS, HIERARCHICAL_FILES, SWAP_EVENTS_KEYS,
-                           number_files, parse_flat_keyed, parse_number)
+from ..memory_stat import (CGROUP_STAT_KEYS, EVENTS_KEYS, HIERARCHICAL_FILES, PRESSURE_FILE,
+                           SWAP_EVENTS_KEYS, number_files, parse_flat_keyed, parse_number,
+                           parse_pressure)
 
 # v1: the kmem page counter is charged in the same call as MEMCG_KMEM
 # (memcg_account_kmem), so it is the kernel's own print of "kernel" there
@@ -27,7 +29,8 @@ FileValues = Dict[str, Tuple[Value, str]]    # stat name -> (value, "file key")
 
 def _files_for(version: int) -> Tuple[str, ...]:
     extra = (V1_KMEM_FILE, V1_OOM_FILE) if version == 1 else \
-        ("memory.events", "memory.events.local", "memory.swap.events", "cgroup.stat")
+        ("memory.events", "memory.events.local", "memory.swap.events", "cgroup.stat",
+         PRESSURE_FILE)
     return ("memory.stat",) + tuple(number_files(version).values()) + extra
 
 
@@ -80,6 +83,9 @@ def file_values(files: Mapping[str, Optional[str]], version: int, local: bool,
             continue
         if s.kind == MEMEVENT:
             _memevent(s.name, files, version, local, leaf, note, values, why)
+            continue
+        if s.kind == PRESSURE:
+            _pressure(s.name, files, version, local, values, why)
             continue
         if version == 1:
             if s.name == "kernel":
@@ -171,3 +177,22 @@ def _cgroup_stat(name: str, files: Mapping[str, Optional[str]], version: int,
             values[name] = (raw[key], f"cgroup.stat {key}")
         else:
             why[name] = f"this kernel's cgroup.stat does not print {key}"
+
+
+# --- pressure (PSI) ---
+def _pressure(name: str, files: Mapping[str, Optional[str]], version: int, local: bool,
+              values: FileValues, why: Dict[str, str]) -> None:
+    """A memory.pressure value (v2). Reading the file aggregates the group's
+    per-CPU times and, once per 2 s period, its averages (psi_show): the
+    bracketing reads are what the BPF read between them sees, so a quiet
+    cgroup's values are the same in all three."""
+    if version == 1:
+        why[name] = "cgroup v1 has no memory.pressure"
+    elif local:
+        why[name] = "memory.pressure is hierarchical only"
+    elif files.get(PRESSURE_FILE) is None:
+        why[name] = (f"no {PRESSURE_FILE} (PSI off, or this cgroup's cgroup.pressure is 0)")
+    else:
+        line, field = name.split("_")[1:3]
+        values[name] = (parse_pressure(files[PRESSURE_FILE] or "")[name],
+                        f"{PRESSURE_FILE} {line} {field}")

@@ -52,6 +52,11 @@ class Workload:
     leaf_anon: int = 4 * MiB     # probe/mid/leaf
     leaf_shmem: int = 1 * MiB
     oom_limit: int = 16 * MiB
+    # cgroup v2: memory.high of `oom`, just below its limit: the hog is
+    # throttled (mem_cgroup_handle_over_high, a memory stall of about 0.5 s
+    # in all) on its way to the limit, so that memory.pressure has real,
+    # non-zero values to compare
+    oom_high: int = 15 * MiB
     oom_cache: int = 8 * MiB     # clean page cache in oom, for reclaim to take
     hog: int = 96 * MiB
     # protections and limits set on the probe (none reached; v2: on work, and
@@ -124,6 +129,7 @@ class Probe:
                        str(2 * self.workload.oom_limit))
         else:
             _write(os.path.join(oom, "memory.max"), limit)
+            _write(os.path.join(oom, "memory.high"), str(self.workload.oom_high))
             if os.path.exists(os.path.join(oom, "memory.swap.max")):
                 _write(os.path.join(oom, "memory.swap.max"), "0")
         self._set_limits()
