@@ -565,6 +565,12 @@ def test_more_removals_than_the_ring_holds_let_go_of_every_link(no_leaks, cgroup
         assert [link.cgroup.path for link in links.by_key.values()] == [kept[0]]
 
 
+def _kernel() -> tuple:
+    """(major, minor) of the running kernel."""
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int(minor)
+
+
 @pytest.mark.parametrize("how", ["read", "read_many"])
 def test_removed_cgroups_are_not_held(no_leaks, cgroups, how):
     """A one-call read keeps a kernel reference to each cgroup it read;
@@ -584,6 +590,11 @@ def test_removed_cgroups_are_not_held(no_leaks, cgroups, how):
         control = _unheld_control(cgroups, f"unheld{attempt}", n)
         paths = [cgroups.make(f"held{attempt}/c{i}") for i in range(n)]
         with pymemcg.Reader(stats=STATS, backend="bpf") as r:
+            if not r.read_method.startswith("BPF_PROG_RUN") and _kernel() < (6, 4):
+                # no one-call read to hold references: this kernel's reads go
+                # through links, which test_links_of_removed_cgroups_are_closed judges
+                pytest.skip(f"Linux {os.uname().release} refuses the one-call read "
+                            f"(6.4+): {r.read_method}")
             assert r.read_method.startswith("BPF_PROG_RUN"), r.read_method
             for _ in range(2):
                 if how == "read":
