@@ -28,7 +28,8 @@ TOP_STATS = ("usage", "anon", "file", "shmem", "kernel", "pgfault", "pgmajfault"
 #: memory pressure (the "some" line: time at least one task stalled, shown as
 #: % of the interval; "full" is in --stats), then the protections and limits,
 #: lowest first. One pressure line and short labels keep a v2 row at 13
-#: numbers; v1 serves only soft_limit and limit of these.
+#: numbers (133 characters before the path with nothing set, about 150 with
+#: all set); v1 serves only soft_limit and limit of these.
 TOP_EXTRAS = ("pressure_some_total_us", "memory_min", "memory_low", "memory_high",
               "soft_limit", "limit")
 
