@@ -332,6 +332,59 @@ def test_batch_shows_a_limit_and_max(bpf_ok, mount, cgroups):
     assert rows[rel(cgroups.base)][at] == "max", r.stdout   # the test's base sets no limit
 
 
+def psi_total(cgroup):
+    """memory.pressure's some total=, microseconds."""
+    with open(os.path.join(cgroup, "memory.pressure")) as f:
+        some = f.readline().split()
+    return int(dict(kv.split("=") for kv in some[1:])["total"])
+
+
+def test_pressure_column_shows_a_stall(bpf_ok, mount, cgroups):
+    """A cgroup throttled above memory.high stalls; top's PSI_SOME% for it is
+    the kernel's stall time over the interval: above 0, bracketed by
+    memory.pressure read before and after each refresh."""
+    if mount.version != 2 or not os.path.exists(os.path.join(cgroups.base, "memory.pressure")):
+        pytest.skip("memory pressure is accounted per cgroup on cgroup v2 with PSI only "
+                    "(test_pressure_is_the_share_of_time_stalled_between_refreshes covers "
+                    "the computation here)")
+    child = cgroups.make("stall")
+    names = ["usage", "pressure_some_total_us"]
+    clock = Clock()
+    with Reader(names, backend="bpf", for_trees=True) as reader:
+        view = TopView(reader, child, names, "usage", 1.0, clock=clock)
+        # a read of memory.pressure folds the per-CPU stall times in, so a BPF
+        # read right after it is at least what it printed
+        before = psi_total(child)
+        view.refresh()
+        settled = psi_total(child)
+        # anon memory over memory.high with no swap to reclaim it to: the
+        # kernel reclaims and throttles the allocator, a memory stall
+        proc = cgroups.spawn(child, """
+            print("ready", flush=True)
+            input()
+            chunks = [bytearray(1 << 20) for _ in range(8)]
+            print("done", flush=True)
+            input()
+        """)
+        # a little over what it holds: a short stall, not a long thrash
+        with open(os.path.join(child, "memory.current")) as f:
+            high = int(f.read()) + (2 << 20)
+        with open(os.path.join(child, "memory.high"), "w") as f:
+            f.write(str(high))
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "done"
+        clock.t += 2.0
+        between = psi_total(child)
+        view.refresh()
+        after = psi_total(child)
+    [row] = view.rows
+    assert between > settled, "the workload did not stall: no pressure to show"
+    # percent of the 2 s interval: 10,000 us stalled per second is 1 %
+    assert (between - settled) / 2 / 1e4 <= row.values["pressure_some_total_us"] \
+        <= (after - before) / 2 / 1e4, (before, settled, between, after, row.values)
+
+
 # --- a real terminal: tmux ---
 
 @pytest.fixture
