@@ -362,13 +362,13 @@ def test_pressure_column_shows_a_stall(bpf_ok, mount, cgroups):
         proc = cgroups.spawn(child, """
             print("ready", flush=True)
             input()
-            chunks = [bytearray(1 << 20) for _ in range(8)]
+            chunks = [bytearray(1 << 20) for _ in range(4)]
             print("done", flush=True)
             input()
         """)
         # a little over what it holds: a short stall, not a long thrash
         with open(os.path.join(child, "memory.current")) as f:
-            high = int(f.read()) + (2 << 20)
+            high = int(f.read()) + (1 << 20)
         with open(os.path.join(child, "memory.high"), "w") as f:
             f.write(str(high))
         proc.stdin.write("\n")
