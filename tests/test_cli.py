@@ -646,21 +646,40 @@ def test_flush_flag(bpf_ok, mount):
     assert "flush kfunc" in auto.stderr and auto.stdout.startswith("backend text")
 
 
-def test_stats_lists_the_limits_and_counts():
-    """`pymemcg stats` names each limit, protection and count with its unit
-    and how this host serves it (or why not)."""
+def test_stats_lists_the_limits_and_counts(mount):
+    """`pymemcg stats` names each limit, protection, count and pressure value
+    with its unit and how this host serves it (or why not), in JSON and in
+    the table."""
     r = run_cli("stats", "--format", "json")
     assert r.returncode == 0, r.stderr
     by_name = {s["name"]: s for s in json.loads(r.stdout)}
-    for name, unit in (("memory_min", "bytes"), ("memory_low", "bytes"), ("memory_high", "bytes"),
-                       ("swap_high", "bytes"), ("zswap_max", "bytes"), ("soft_limit", "bytes"),
-                       ("oom_group", "number"), ("sock_throttled", "count"),
-                       ("nr_descendants", "number"), ("nr_dying_descendants", "number"),
-                       ("zswap_current", "bytes")):
+    pressure = [(catalog.pressure_name(line, field),
+                 "microseconds" if field == "total" else "percent_x100")
+                for line in catalog.PRESSURE_LINES
+                for field in ("total",) + catalog.PRESSURE_WINDOWS]
+    signals = [("memory_min", "bytes"), ("memory_low", "bytes"), ("memory_high", "bytes"),
+               ("limit", "bytes"), ("swap_limit", "bytes"), ("memsw_limit", "bytes"),
+               ("swap_high", "bytes"), ("zswap_max", "bytes"), ("soft_limit", "bytes"),
+               ("oom_group", "number"), ("sock_throttled", "count"),
+               ("nr_descendants", "number"), ("nr_dying_descendants", "number"),
+               ("zswap_current", "bytes")] + pressure
+    assert len(pressure) == 8
+    r = run_cli("stats")
+    assert r.returncode == 0, r.stderr
+    table = {line.split()[0]: line.split(None, 4) for line in r.stdout.splitlines()[1:]}
+    for name, unit in signals:
         s = by_name[name]
         assert s["unit"] == unit, name
         assert s["via"], name   # the slot, the file, or why neither
         assert s["available"] == bool(s["backend"]), name
+        assert table[name][:4] == [name, unit, "yes" if s["available"] else "no",
+                                   s["backend"] or "-"], name
+        assert table[name][4] == s["via"], name
+    if mount.version == 1:
+        # v1 has no memory.pressure: each pressure value says so
+        for name, _ in pressure:
+            assert not by_name[name]["available"], name
+            assert "cgroup v1 has no memory.pressure" in by_name[name]["via"], name
 
 
 def test_snapshot_writes_a_limit_not_set_as_max(bpf_ok, mount, cgroups):

@@ -18,8 +18,9 @@ import pytest
 
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
 from pymemcg.cli.format import format_rate
-from pymemcg.cli.top import TOP_STATS, TopView
-from pymemcg.decode import Selection, Snapshot
+from pymemcg import Reader
+from pymemcg.cli.top import TOP_EXTRAS, TOP_STATS, TopView, served, top_columns
+from pymemcg.decode import MAX, RAW_MAX, Selection, Snapshot
 
 ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
 NAMES = ["usage", "anon", "pgfault", "oom_kill"]
@@ -64,9 +65,9 @@ class Clock:
         return self.t
 
 
-def view_of(snapshots, sort="usage", reverse=False):
+def view_of(snapshots, sort="usage", reverse=False, names=NAMES):
     clock = Clock()
-    view = TopView(FakeReader(snapshots), "/sys/fs/cgroup", NAMES, sort, 1.0, reverse=reverse,
+    view = TopView(FakeReader(snapshots), "/sys/fs/cgroup", names, sort, 1.0, reverse=reverse,
                    clock=clock)
     return view, clock
 
@@ -168,6 +169,56 @@ def test_render():
     assert header[x:x + w].strip() == "USAGE"
 
 
+PSI_NAMES = ["usage", "pressure_some_total_us", "pressure_full_total_us",
+             "pressure_some_avg10_x100", "limit"]
+
+
+def test_pressure_is_the_share_of_time_stalled_between_refreshes():
+    """Pressure totals (microseconds) become the percent of the interval spent
+    stalled, from their difference between refreshes; averages are shown as
+    the kernel's percent; a limit not set is "max"."""
+    names = PSI_NAMES
+    view, clock = view_of([
+        snap([(1, "/", {"usage": 10, "pressure_some_total_us": 1_000_000,
+                        "pressure_full_total_us": 400_000, "pressure_some_avg10_x100": 523,
+                        "limit": RAW_MAX}),
+              (2, "/a", {"usage": 5, "pressure_some_total_us": 7, "pressure_full_total_us": 7,
+                         "pressure_some_avg10_x100": 0, "limit": 64 << 20}),
+              (3, "/b", {"usage": 1, "limit": 1 << 30})], names),    # no pressure: unavailable
+        snap([(1, "/", {"usage": 10, "pressure_some_total_us": 1_500_000,
+                        "pressure_full_total_us": 450_000, "pressure_some_avg10_x100": 1250,
+                        "limit": RAW_MAX}),
+              (2, "/a", {"usage": 5, "pressure_some_total_us": 7, "pressure_full_total_us": 7,
+                         "pressure_some_avg10_x100": 0, "limit": 64 << 20}),
+              (3, "/b", {"usage": 1, "limit": 1 << 30})], names),
+    ], sort="pressure_some_total_us", names=names)
+    view.refresh()
+    assert by_path(view)["/"]["pressure_some_total_us"] is None   # no interval yet
+    clock.t += 2.0
+    view.refresh()
+    rows = by_path(view)
+    # 500,000 us stalled in 2 s: 25 %; 50,000 us: 2.5 %
+    assert rows["/"]["pressure_some_total_us"] == pytest.approx(25.0)
+    assert rows["/"]["pressure_full_total_us"] == pytest.approx(2.5)
+    assert rows["/a"]["pressure_some_total_us"] == 0.0
+    assert rows["/b"]["pressure_some_total_us"] is None
+    assert rows["/"]["limit"] is MAX
+    assert [r.path for r in view.rows] == ["/", "/a", "/b"]       # unavailable last
+    lines = view.render()
+    assert re.split(r"\s+", lines[2][0].strip()) == ["USAGE", "PSI_SOME%", "PSI_FULL%",
+                                                      "PRESSURE_SOME_AVG10_X100", "LIMIT",
+                                                      "CGROUP"]
+    cells = {row.rsplit("  ", 1)[-1]: re.split(r"\s{2,}", row.strip())[:-1]
+             for row, kind in lines if kind == "row"}
+    assert cells["/"] == ["10 B", "25.0", "2.5", "12.5", "max"]
+    assert cells["/a"] == ["5 B", "0", "0", "0", "64.0 MiB"]
+    assert cells["/b"] == ["1 B", "-", "-", "-", "1.0 GiB"]
+    # sorted by the limit: no limit (max) is the largest
+    view.sort = "limit"
+    view.sort_rows()
+    assert [r.path for r in view.rows] == ["/", "/b", "/a"]
+
+
 def test_format_rate():
     assert format_rate(None) == "-"
     assert format_rate(0) == "0"
@@ -207,6 +258,9 @@ def test_batch_frames(bpf_ok):
     assert len(frames) == 2
     labels = [n.upper() + ("/s" if n in ("pgfault", "pgmajfault", "oom_kill") else "")
               for n in TOP_STATS]
+    labels += [{"pressure_some_total_us": "PSI_SOME%", "memory_min": "MIN", "memory_low": "LOW",
+                "memory_high": "HIGH", "soft_limit": "SOFT_LIMIT", "limit": "LIMIT"}[n]
+               for n in extras_served()]
     for i, frame in enumerate(frames):
         lines = frame.splitlines()
         assert lines[0].startswith(f"pymemcg top - {memory_mount().mountpoint} - bpf, cgroup v")
@@ -222,6 +276,113 @@ def test_batch_frames(bpf_ok):
             own = rows[paths.index(own_rel())]
             cell = re.split(r"\s{2,}", own.strip())[TOP_STATS.index("pgfault")]
             assert re.fullmatch(r"\d+(\.\d)?[kMG]?", cell), own
+
+
+@pytest.fixture
+def mount():
+    return memory_mount()
+
+
+def extras_served():
+    with Reader(list(TOP_STATS + TOP_EXTRAS), backend="bpf", for_trees=True) as reader:
+        return [n for n in TOP_EXTRAS if served(reader.sources[n])]
+
+
+def test_top_columns_follow_what_the_host_serves(bpf_ok, mount):
+    """Without --stats, top shows pressure and each protection or limit where
+    this host serves it, and nothing this host cannot serve."""
+    with Reader(list(TOP_STATS + TOP_EXTRAS), backend="bpf", for_trees=True) as reader:
+        sources = reader.sources
+        columns = top_columns(sources)
+    assert columns[:len(TOP_STATS)] == list(TOP_STATS)
+    for name in TOP_EXTRAS:
+        assert (name in columns) == (not sources[name].startswith("unavailable:")), \
+            (name, sources[name])
+    if mount.version == 1:
+        # v1: the soft limit and the limit; no v2 protection, no pressure
+        assert columns[len(TOP_STATS):] == ["soft_limit", "limit"]
+    else:
+        assert {"memory_min", "memory_low", "memory_high", "limit"} <= set(columns)
+        assert "soft_limit" not in columns
+        psi = open("/proc/pressure/memory").read() if os.path.exists("/proc/pressure/memory") \
+            else ""
+        assert ("pressure_some_total_us" in columns) == bool(psi), sources
+
+
+def test_batch_shows_a_limit_and_max(bpf_ok, mount, cgroups):
+    """A cgroup's limit in its row, "max" where none is set."""
+    child = cgroups.make("toplim")
+    fname = "memory.limit_in_bytes" if mount.version == 1 else "memory.max"
+    with open(os.path.join(child, fname), "w") as f:
+        f.write(str(64 << 20))
+    r = subprocess.run([sys.executable, "-m", "pymemcg", "top", "--batch", "-n", "1",
+                        "--backend", "bpf", "--sort", "cgroup", cgroups.base],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    header = re.split(r"\s+", lines[2].strip())
+    assert "LIMIT" in header and ("PSI_SOME%" in header) == (mount.version == 2 and
+                                                            "pressure_some_total_us"
+                                                            in extras_served())
+    at = header.index("LIMIT")
+    rows = {row.rsplit("  ", 1)[-1]: re.split(r"\s{2,}", row.strip()) for row in lines[3:]
+            if row.strip()}
+    rel = lambda p: "/" + os.path.relpath(p, mount.mountpoint)  # noqa: E731
+    assert rows[rel(child)][at] == "64.0 MiB", r.stdout
+    assert rows[rel(cgroups.base)][at] == "max", r.stdout   # the test's base sets no limit
+
+
+def psi_total(cgroup):
+    """memory.pressure's some total=, microseconds."""
+    with open(os.path.join(cgroup, "memory.pressure")) as f:
+        some = f.readline().split()
+    return int(dict(kv.split("=") for kv in some[1:])["total"])
+
+
+def test_pressure_column_shows_a_stall(bpf_ok, mount, cgroups):
+    """A cgroup throttled above memory.high stalls; top's PSI_SOME% for it is
+    the kernel's stall time over the interval: above 0, bracketed by
+    memory.pressure read before and after each refresh."""
+    if mount.version != 2 or not os.path.exists(os.path.join(cgroups.base, "memory.pressure")):
+        pytest.skip("memory pressure is accounted per cgroup on cgroup v2 with PSI only "
+                    "(test_pressure_is_the_share_of_time_stalled_between_refreshes covers "
+                    "the computation here)")
+    child = cgroups.make("stall")
+    names = ["usage", "pressure_some_total_us"]
+    clock = Clock()
+    with Reader(names, backend="bpf", for_trees=True) as reader:
+        view = TopView(reader, child, names, "usage", 1.0, clock=clock)
+        # a read of memory.pressure folds the per-CPU stall times in, so a BPF
+        # read right after it is at least what it printed
+        before = psi_total(child)
+        view.refresh()
+        settled = psi_total(child)
+        # anon memory over memory.high with no swap to reclaim it to: the
+        # kernel reclaims and throttles the allocator, a memory stall
+        proc = cgroups.spawn(child, """
+            print("ready", flush=True)
+            input()
+            chunks = [bytearray(1 << 20) for _ in range(4)]
+            print("done", flush=True)
+            input()
+        """)
+        # a little over what it holds: a short stall, not a long thrash
+        with open(os.path.join(child, "memory.current")) as f:
+            high = int(f.read()) + (1 << 20)
+        with open(os.path.join(child, "memory.high"), "w") as f:
+            f.write(str(high))
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "done"
+        clock.t += 2.0
+        between = psi_total(child)
+        view.refresh()
+        after = psi_total(child)
+    [row] = view.rows
+    assert between > settled, "the workload did not stall: no pressure to show"
+    # percent of the 2 s interval: 10,000 us stalled per second is 1 %
+    assert (between - settled) / 2 / 1e4 <= row.values["pressure_some_total_us"] \
+        <= (after - before) / 2 / 1e4, (before, settled, between, after, row.values)
 
 
 # --- a real terminal: tmux ---

@@ -88,6 +88,15 @@ def format_rate(rate: Optional[float]) -> str:
     raise AssertionError("unreachable")
 
 
+def format_percent(percent: Optional[float]) -> str:
+    """A share of time in percent: '0', '0.4', '12.5', '100.0'; '-' before a second sample."""
+    if percent is None:
+        return "-"
+    if percent == 0:
+        return "0"
+    return f"{percent:.1f}"
+
+
 def kernel_release() -> str:
     return os.uname().release
 

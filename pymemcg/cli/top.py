@@ -1,6 +1,7 @@
 """`pymemcg top`: a live view of a cgroup tree like systemd-cgtop; counts as
-rates per second between refreshes. Full-screen (curses) on a terminal,
-frames of text elsewhere or with --batch."""
+rates per second between refreshes, pressure totals as the share of time
+stalled between refreshes (as `top` shows %CPU). Full-screen (curses) on a
+terminal, frames of text elsewhere or with --batch."""
 
 from __future__ import annotations
 
@@ -12,16 +13,42 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from .. import catalog
-from ..decode import Value
+from ..decode import MAX, Value
 from ..errors import UnknownStat
 from ..reader import Reader
-from .format import (Style, colour_wanted, display_path, format_rate, format_value, isatty,
-                     path_text)
+from .format import (Style, colour_wanted, display_path, format_percent, format_rate,
+                     format_value, isatty, path_text)
 from .options import default_root, selection
 from .running import EXIT_OK, Stop, next_tick, open_reader, stop_on_sigterm
 
 #: what `top` shows when --stats is not given (counts are shown per second)
 TOP_STATS = ("usage", "anon", "file", "shmem", "kernel", "pgfault", "pgmajfault", "oom_kill")
+
+#: what `top` adds to TOP_STATS (without --stats) where this host serves it:
+#: memory pressure (the "some" line: time at least one task stalled, shown as
+#: % of the interval; "full" is in --stats), then the protections and limits,
+#: lowest first. One pressure line and short labels keep a v2 row at 13
+#: numbers (133 characters before the path with nothing set, about 150 with
+#: all set); v1 serves only soft_limit and limit of these.
+TOP_EXTRAS = ("pressure_some_total_us", "memory_min", "memory_low", "memory_high",
+              "soft_limit", "limit")
+
+#: header labels shorter than the stat names, so that the extras stay narrow
+SHORT_LABELS = {"pressure_some_total_us": "PSI_SOME", "pressure_full_total_us": "PSI_FULL",
+                "memory_min": "MIN", "memory_low": "LOW", "memory_high": "HIGH",
+                "soft_limit": "SOFT_LIMIT"}
+
+
+def served(source: str) -> bool:
+    """A Reader.sources value: False where it says why the stat is unavailable
+    ("unavailable: why", also behind a shared pin's "shared pins: " prefix)."""
+    return not (source.startswith("unavailable:") or ": unavailable:" in source)
+
+
+def top_columns(sources: Dict[str, str]) -> List[str]:
+    """TOP_STATS, then each of TOP_EXTRAS that `sources` (Reader.sources of a
+    Reader that selected them) says this host serves."""
+    return list(TOP_STATS) + [n for n in TOP_EXTRAS if served(sources.get(n, "unavailable:"))]
 
 
 def check_sort(sort: str, names: Sequence[str]) -> None:
@@ -36,18 +63,23 @@ class TopRow:
     path: str
     id: int
     level: int
-    values: Dict[str, Optional[float]]   # bytes for sizes, per-second rates for counts
+    # bytes for sizes (MAX: no limit), per-second rates for counts, percent
+    # of the interval for pressure totals
+    values: Dict[str, Optional[float]]
 
 
 class TopView:
     """The state of `pymemcg top`: the last snapshot as rows, with rates for
-    cumulative counts (per second between the last two refreshes), sorted."""
+    cumulative counts (per second between the last two refreshes) and for
+    pressure totals (microseconds stalled per second, as a percent of the
+    interval), sorted."""
 
     def __init__(self, reader: Reader, root: str, names: Sequence[str], sort: str,
                  interval: float, reverse: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.reader, self.root, self.names = reader, root, list(names)
         self.rates = {n for n in self.names if catalog.STATS[n].unit == catalog.COUNT}
+        self.stalls = {n for n in self.names if catalog.STATS[n].unit == catalog.MICROSECONDS}
         check_sort(sort, self.names)
         self.sort, self.reverse, self.interval = sort, reverse, interval
         self.clock = clock
@@ -68,11 +100,13 @@ class TopView:
             shown: Dict[str, Optional[float]] = {}
             for n in self.names:
                 v = raw.get(n)
-                if n in self.rates:
+                if n in self.rates or n in self.stalls:
                     p = prev.get(n) if prev is not None else None
                     # a counter that went down was reset (v1 failcnt): no rate this time
-                    shown[n] = None if (v is None or p is None or not dt or dt <= 0 or v < p) \
+                    rate = None if (v is None or p is None or not dt or dt <= 0 or v < p) \
                         else (v - p) / dt
+                    # microseconds stalled per second of the interval, as a percent
+                    shown[n] = rate / 1e4 if rate is not None and n in self.stalls else rate
                 else:
                     shown[n] = v
             current[rec.id] = raw
@@ -104,12 +138,17 @@ class TopView:
     # --- rendering (pure: tests call it without a terminal) ---
 
     def label(self, name: str) -> str:
-        return name.upper() + ("/s" if name in self.rates else "")
+        text = SHORT_LABELS.get(name, name.upper())
+        return text + ("/s" if name in self.rates else "%" if name in self.stalls else "")
 
     def cell(self, name: str, value: Optional[float]) -> str:
         if name in self.rates:
             return format_rate(value)
-        return format_value(name, None if value is None else int(value))
+        if name in self.stalls:
+            return format_percent(value)
+        if value is not None and catalog.STATS[name].unit == catalog.PERCENT_X100:
+            return format_percent(value / 100)
+        return format_value(name, value if value is None or value is MAX else int(value))
 
     def render(self, width: Optional[int] = None, height: Optional[int] = None,
                keys_help: bool = True) -> List[Tuple[str, str]]:
@@ -249,7 +288,9 @@ def _top_curses(stdscr: Any, view: TopView, iterations: Optional[int], colour: b
 
 
 def cmd_top(args: argparse.Namespace, out: TextIO) -> int:
-    names = selection(args, TOP_STATS)
+    chosen = args.stats is not None
+    # without --stats the extras are read too, and shown where the host serves them
+    names = selection(args, TOP_STATS) if chosen else list(TOP_STATS + TOP_EXTRAS)
     sort = args.sort if args.sort is not None else ("usage" if "usage" in names else names[0])
     check_sort(sort, names)  # before a Reader loads anything
     root = default_root(args.root)
@@ -257,7 +298,9 @@ def cmd_top(args: argparse.Namespace, out: TextIO) -> int:
     with stop_on_sigterm():
         try:
             with open_reader(names, args.local, args.backend, args.flush, for_trees=True) as reader:
-                view = TopView(reader, root, names, sort, args.interval, reverse=args.reverse)
+                shown = names if chosen else top_columns(reader.sources)
+                check_sort(sort, shown)
+                view = TopView(reader, root, shown, sort, args.interval, reverse=args.reverse)
                 if not interactive:
                     return _top_batch(view, out, args.iterations,
                                       Style(colour_wanted(out, args.color)))
