@@ -341,9 +341,17 @@ class MemcgInstrumentor:
                     frame.column("limit", True))
                 if ws and limit is not None and limit <= UNLIMITED_ABOVE]
 
+    @property
+    def oom_error(self) -> Optional[str]:
+        """Why OOM event counting has stopped (container.oom_events then
+        observes nothing), or None while it counts or without oom_events."""
+        counts = self.oom_counts
+        return counts.stopped if counts is not None else None
+
     def _ooms(self, frame: _Frame) -> List[Observation]:
         counts = self.oom_counts
-        if counts is None:
+        if counts is None or counts.stopped is not None:
+            # counts that no longer grow are not observed; the log says why
             return []
         ids = frame.snap.ids()
         live, gone = counts.series(ids)
