@@ -74,11 +74,29 @@ def raw_metric_name(stat: str) -> str:
     unit = _BASE_UNITS.get(catalog.STATS[stat].unit)
     if unit is None:
         return f"memcg_{stat}"
-    suffix, base, _, _ = unit
+    return f"memcg_{_without_unit(stat, unit[0])}{unit[1]}"
+
+
+def _without_unit(stat: str, suffix: str) -> str:
+    """A stat's name without its unit suffix and a "_total" before it."""
     name = stat[:-len(suffix)] if stat.endswith(suffix) else stat
-    if name.endswith("_total"):
-        name = name[:-len("_total")]
-    return f"memcg_{name}{base}"
+    return name[:-len("_total")] if name.endswith("_total") else name
+
+
+def otel_raw_name(stat: str) -> str:
+    """The OpenTelemetry instrument name of raw stat `stat`: memcg.<stat>,
+    except where the stat's unit is not a base unit (pressure), whose name
+    drops the unit and "total" (the instrument's unit says them) and is
+    dot-separated as the semantic conventions name time and ratios:
+    pressure_some_total_us -> memcg.pressure.some.time (seconds),
+    pressure_full_avg10_x100 -> memcg.pressure.full.avg10 (a ratio, 0 to 1)."""
+    unit = _BASE_UNITS.get(catalog.STATS[stat].unit)
+    if unit is None:
+        return f"memcg.{stat}"
+    parts = _without_unit(stat, unit[0]).split("_")
+    if catalog.STATS[stat].unit == catalog.MICROSECONDS:
+        parts.append("time")
+    return "memcg." + ".".join(parts)
 
 
 def raw_family(stat: str, local: bool) -> Tuple[str, str]:

@@ -43,6 +43,10 @@ HELP = "Count of out of memory events observed for the container"
 LOST_NAME = "pymemcg_oom_events_lost_total"
 LOST_HELP = ("OOM kills whose events were lost (the kernel's ring was full) or had no "
              "readable cgroup path: container_oom_events_total misses them")
+ERROR_NAME = "pymemcg_oom_events_error"
+ERROR_HELP = ("1 if OOM event counting has stopped (the log says why): "
+              "container_oom_events_total and pymemcg_oom_events_lost_total are then "
+              "left out, not kept at counts that no longer grow; else 0")
 
 
 class _Count:
@@ -73,6 +77,7 @@ class OomCounts:
         self._counts: Dict[int, _Count] = {}
         self.missed = 0     # lost events, and events without a path
         self.failed: Optional[str] = None   # why counting stopped, if it did
+        self._closing = False
         self._own = events is None
         self.events = events if events is not None else OomEvents()
         self._thread = threading.Thread(target=self._feed, name="pymemcg-oom-counts", daemon=True)
@@ -84,7 +89,24 @@ class OomCounts:
                 self.add(item)
         except Exception as e:  # noqa: BLE001 - a thread's end must be said, not lost
             self.failed = f"{type(e).__name__}: {e}"
-            _log.error("pymemcg: OOM event counting stopped: %s", self.failed)
+        else:
+            if self._closing:
+                return
+            # the events were closed by someone other than close()
+            self.failed = "the OOM events were closed"
+        _log.error("pymemcg: OOM event counting stopped: %s", self.failed)
+
+    @property
+    def stopped(self) -> Optional[str]:
+        """Why counting has stopped, or None while it counts. Counts that
+        no longer grow are no counts to export: the exporters leave them
+        out and say this instead."""
+        if self.failed is not None:
+            return self.failed
+        if not self._thread.is_alive():
+            # close(), or the child of a fork (the thread stayed in the parent)
+            return "OOM event counting is not running"
+        return None
 
     def add(self, item: object) -> None:
         """Count one item of OomEvents."""
@@ -129,6 +151,7 @@ class OomCounts:
 
     def close(self) -> None:
         """Stop counting; closes the OomEvents if this object made them."""
+        self._closing = True
         if self._own:
             self.events.close()
         elif self._thread.is_alive():

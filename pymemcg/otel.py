@@ -28,7 +28,11 @@ cAdvisor would export:
 
 and, for every cgroup read, memcg.<stat> for each raw stat asked for
 (`stats`, none by default): sizes as observable UpDownCounters in By,
-cumulative counts as observable Counters in {count}. The default is the
+cumulative counts as observable Counters in {count}; pressure named and
+measured in UCUM base units (pymemcg.exposition.otel_raw_name):
+memcg.pressure.{some,full}.time, observable Counters in s, and
+memcg.pressure.{some,full}.avg{10,60,300}, observable Gauges in 1 (ratios,
+0 to 1). The default is the
 semantic conventions' instruments alone because the SDK's cost is per
 data point (docs/otel.md): each memcg.<stat> adds one point per cgroup.
 
@@ -73,7 +77,8 @@ from .cgroupfs import memory_mount
 from .containers import CgroupIdentity, identify
 from .decode import Snapshot
 from .errors import NoMemoryController, UnknownStat
-from .exposition import interval_seconds, local_columns, metric_inputs, picked
+from .exposition import (interval_seconds, local_columns, metric_inputs, otel_raw_name, picked,
+                         raw_metric_values)
 from .names import escape
 from .oom_metrics import DEFAULT_RETENTION, OomCounts, gone_identity, under
 from .reader import Reader
@@ -306,24 +311,25 @@ class MemcgInstrumentor:
                 "cgroup's is observed for oom_retention seconds after its removal")
         for name in self.selected:
             stat = catalog.STATS[name]
-            callback = self._callback(f"memcg.{name}", functools.partial(_raw, stat=name))
+            instrument = otel_raw_name(name)
+            callback = self._callback(instrument, functools.partial(_raw, stat=name))
             description = f"{stat.meaning} (memory cgroup stat {name})"
             if stat.unit == catalog.COUNT:
-                meter.create_observable_counter(f"memcg.{name}", [callback], unit="{count}",
+                meter.create_observable_counter(instrument, [callback], unit="{count}",
                                                 description=description)
             elif stat.unit == catalog.NUMBER:
-                meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="1",
+                meter.create_observable_up_down_counter(instrument, [callback], unit="1",
                                                         description=description)
-            # --- pressure (PSI) ---
+            # pressure (PSI), in UCUM base units: stall time in seconds, its
+            # averages as ratios (0 to 1); raw_metric_values converts
             elif stat.unit == catalog.MICROSECONDS:
-                meter.create_observable_counter(f"memcg.{name}", [callback], unit="us",
+                meter.create_observable_counter(instrument, [callback], unit="s",
                                                 description=description)
             elif stat.unit == catalog.PERCENT_X100:
-                meter.create_observable_gauge(f"memcg.{name}", [callback],
-                                              unit="{hundredth_percent}",
+                meter.create_observable_gauge(instrument, [callback], unit="1",
                                               description=description)
             else:
-                meter.create_observable_up_down_counter(f"memcg.{name}", [callback], unit="By",
+                meter.create_observable_up_down_counter(instrument, [callback], unit="By",
                                                         description=description)
 
     def _available(self, frame: _Frame) -> List[Observation]:
@@ -335,9 +341,17 @@ class MemcgInstrumentor:
                     frame.column("limit", True))
                 if ws and limit is not None and limit <= UNLIMITED_ABOVE]
 
+    @property
+    def oom_error(self) -> Optional[str]:
+        """Why OOM event counting has stopped (container.oom_events then
+        observes nothing), or None while it counts or without oom_events."""
+        counts = self.oom_counts
+        return counts.stopped if counts is not None else None
+
     def _ooms(self, frame: _Frame) -> List[Observation]:
         counts = self.oom_counts
-        if counts is None:
+        if counts is None or counts.stopped is not None:
+            # counts that no longer grow are not observed; the log says why
             return []
         ids = frame.snap.ids()
         live, gone = counts.series(ids)
@@ -419,7 +433,9 @@ def _one_value(metric: Optional[CadvisorMetric], frame: _Frame) -> List[Observat
 
 
 def _raw(frame: _Frame, stat: str) -> List[Observation]:
-    """A raw stat of every cgroup read (a limit not set, MAX, has no value to
-    observe: left out, as container.memory.available is)."""
-    return [Observation(v, a) for v, a in zip(frame.column(stat, False), frame.shape.attributes)
+    """A raw stat of every cgroup read, in its instrument's unit (pressure in
+    seconds and ratios: raw_metric_values). A limit not set, MAX, has no
+    value to observe: left out, as container.memory.available is."""
+    values = raw_metric_values(stat, frame.column(stat, False))
+    return [Observation(v, a) for v, a in zip(values, frame.shape.attributes)
             if v is not None and v is not MAX]

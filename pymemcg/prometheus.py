@@ -91,6 +91,7 @@ from .names import escape
 from .exposition import header, label_pairs, openmetrics_header
 from .oom_metrics import DEFAULT_RETENTION, HELP as OOM_HELP, LOST_HELP as OOM_LOST_HELP
 from .oom_metrics import LOST_NAME as OOM_LOST_NAME, NAME as OOM_NAME
+from .oom_metrics import ERROR_HELP as OOM_ERROR_HELP, ERROR_NAME as OOM_ERROR_NAME
 from .server_limits import Limits
 
 if TYPE_CHECKING:
@@ -235,15 +236,20 @@ class MemcgCollector:
 
     def _with_oom(self, chunks: List[bytes], taken: Taken,
                   head: Callable[[str, str, str], str]) -> List[bytes]:
-        """chunks, then container_oom_events_total from events (oom_events)."""
+        """chunks, then container_oom_events_total from events (oom_events),
+        and whether their counting has stopped (then without the counts)."""
         if self.oom_rows is None:
             return chunks
+        counting = self.oom_rows.counts.stopped is None
         text = [head(OOM_NAME, COUNTER, OOM_HELP)]
-        if taken.snapshot is not None:
+        if taken.snapshot is not None and counting:
             text += [f"{OOM_NAME}{{{label_pairs(names, values)}}} {count}\n"
                      for names, values, count in self.oom_rows.rows(taken.snapshot)]
         text.append(head(OOM_LOST_NAME, COUNTER, OOM_LOST_HELP))
-        text.append(f"{OOM_LOST_NAME} {self.oom_rows.counts.missed}\n")
+        if counting:
+            text.append(f"{OOM_LOST_NAME} {self.oom_rows.counts.missed}\n")
+        text.append(head(OOM_ERROR_NAME, GAUGE, OOM_ERROR_HELP))
+        text.append(f"{OOM_ERROR_NAME} {0 if counting else 1}\n")
         return [*chunks, "".join(text).encode()]
 
     def openmetrics_chunks(self) -> List[bytes]:
@@ -317,14 +323,18 @@ class MemcgCollector:
             families.append(fam)
 
         if self.oom_rows is not None:
+            counting = self.oom_rows.counts.stopped is None
             fam = CounterMetricFamily(OOM_NAME, OOM_HELP)
-            if snap is not None:
+            if snap is not None and counting:
                 fam.samples = [Sample(OOM_NAME, dict(zip(names, values)), count)
                                for names, values, count in self.oom_rows.rows(snap)]
             lost = CounterMetricFamily(OOM_LOST_NAME, OOM_LOST_HELP)
+            oom_error = GaugeMetricFamily(OOM_ERROR_NAME, OOM_ERROR_HELP)
             if taken is not None:
-                lost.add_metric([], self.oom_rows.counts.missed)
-            families += [fam, lost]
+                if counting:
+                    lost.add_metric([], self.oom_rows.counts.missed)
+                oom_error.add_metric([], 0 if counting else 1)
+            families += [fam, lost, oom_error]
 
         info = GaugeMetricFamily("pymemcg_info", INFO_HELP,
                                  labels=["version", "backend", "cgroup_version", "kernel", "root"])

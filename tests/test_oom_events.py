@@ -288,3 +288,62 @@ def test_exporters_count_a_kill_in_a_removed_cgroup_then_drop_it(bpf_ok, cgroups
     finally:
         instrumentor.uninstrument()
     assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_exporters_say_when_oom_counting_stops(bpf_ok, cgroups):
+    """Once the counting thread ends (here: its OomEvents closed under it),
+    a scrape says so in pymemcg_oom_events_error (both writers) and leaves
+    the counts out, and container.oom_events observes nothing, rather than
+    counts that silently stop growing."""
+    from conftest import require_module
+    require_module("prometheus_client")
+    require_module("opentelemetry.sdk.metrics")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from prometheus_client import CollectorRegistry, generate_latest
+    from pymemcg.otel import MemcgInstrumentor
+    from pymemcg.prometheus import MemcgCollector
+
+    cgroups.make("oom-counting")
+
+    def oom_points(metrics: InMemoryMetricReader) -> int:
+        data = metrics.get_metrics_data()
+        return sum(len(m.data.data_points)
+                   for rm in (data.resource_metrics if data is not None else [])
+                   for sm in rm.scope_metrics for m in sm.metrics
+                   if m.name == "container.oom_events")
+
+    def stop(counts) -> None:
+        counts.events.close()
+        deadline = time.monotonic() + 5
+        while counts.stopped is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    metrics = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[metrics])
+    instrumentor = MemcgInstrumentor(cgroups.base, oom_events=True)
+    instrumentor.instrument(meter_provider=provider)
+    try:
+        with MemcgCollector(cgroups.base, stats=["usage"], oom_events=True,
+                            min_interval=0) as collector:
+            registry = CollectorRegistry()
+            registry.register(collector)
+            for text in (collector.exposition().decode(), generate_latest(registry).decode()):
+                assert re.search(r"^pymemcg_oom_events_error 0(\.0)?$", text, re.M), text
+                assert re.search(r"^container_oom_events_total\{", text, re.M)
+                assert re.search(r"^pymemcg_oom_events_lost_total ", text, re.M)
+            assert oom_points(metrics) > 0 and instrumentor.oom_error is None
+
+            stop(collector.oom_rows.counts)
+            assert collector.oom_rows.counts.stopped == "the OOM events were closed"
+            for text in (collector.exposition().decode(), generate_latest(registry).decode()):
+                assert re.search(r"^pymemcg_oom_events_error 1(\.0)?$", text, re.M), text
+                assert "# TYPE container_oom_events_total counter" in text
+                assert not re.search(r"^container_oom_events_total\{", text, re.M)
+                assert not re.search(r"^pymemcg_oom_events_lost_total ", text, re.M)
+
+            stop(instrumentor.oom_counts)
+            assert instrumentor.oom_error and oom_points(metrics) == 0
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import subprocess
 import sys
 import time
@@ -273,3 +274,78 @@ def test_default_instruments_are_the_semantic_conventions_alone(bpf_ok, quiet, p
         asked.uninstrument()
         other_provider.shutdown()
     assert {f"memcg.{s}" for s in pymemcg.DEFAULT_STATS} <= got
+
+
+class _RecordingMeter:
+    """An SDK meter that also records each instrument made: (kind, unit) by name."""
+
+    def __init__(self, meter) -> None:
+        self._meter = meter
+        self.made: dict = {}
+
+    def __getattr__(self, attr: str):
+        real = getattr(self._meter, attr)
+        if not attr.startswith("create_"):
+            return real
+
+        def create(name, *args, unit="", **kwargs):
+            self.made[name] = (attr, unit)
+            return real(name, *args, unit=unit, **kwargs)
+        return create
+
+
+class _RecordingProvider(MeterProvider):
+    def get_meter(self, *args, **kwargs):
+        self.meter = _RecordingMeter(super().get_meter(*args, **kwargs))
+        return self.meter
+
+
+#: UCUM units the instruments may have: bytes, seconds, the unity, or an annotation
+OTEL_UNIT = re.compile(r"^(By|s|1|\{[a-z_]+\})$")
+OTEL_NAME = re.compile(r"^memcg(\.[a-z][a-z0-9_]*)+$")
+
+
+def test_raw_names_and_units_follow_the_conventions(bpf_ok, quiet):
+    """Every memcg.* instrument as OpenTelemetry's naming conventions have it:
+    dot-separated, no unit or "total" in the name (the instrument's UCUM unit
+    says it), units By / s / 1 / {annotation}; pressure as time in seconds
+    (a Counter) and its averages as ratios (Gauges, 0 to 1)."""
+    parent, _ = quiet
+    reader = InMemoryMetricReader()
+    meter_provider = _RecordingProvider(metric_readers=[reader])
+    inst = MemcgInstrumentor(parent, list(pymemcg.catalog.STATS))
+    inst.instrument(meter_provider=meter_provider)
+    try:
+        got = collect(reader)
+    finally:
+        inst.uninstrument()
+        meter_provider.shutdown()
+    made = {n: v for n, v in meter_provider.meter.made.items() if n.startswith("memcg.")}
+    assert len(made) == len(pymemcg.catalog.STATS)
+    for name, (kind, unit) in made.items():
+        assert OTEL_NAME.match(name), name
+        for segment in name.split("."):
+            assert segment != "total" and not segment.endswith(
+                ("_us", "_x100", "_total", "_bytes", "_seconds", "_ratio")), name
+        assert OTEL_UNIT.match(unit), (name, unit)
+    for line in ("some", "full"):
+        assert made[f"memcg.pressure.{line}.time"] == ("create_observable_counter", "s")
+        for window in ("avg10", "avg60", "avg300"):
+            assert made[f"memcg.pressure.{line}.{window}"] == ("create_observable_gauge", "1")
+            for value, _, _ in got.get(f"memcg.pressure.{line}.{window}", {}).values():
+                assert 0 <= value <= 1
+    assert made["memcg.pgfault"] == ("create_observable_counter", "{count}")
+    assert made["memcg.anon"] == ("create_observable_up_down_counter", "By")
+    # a limit not set (MAX) has no value to observe; a set one is observed in By
+    limits = got["memcg.limit"]
+    assert limits[frozenset({("cgroup.path", rel(quiet[1]))})][:2] == (LIMIT, "By")
+    assert frozenset({("cgroup.path", rel(parent))}) not in limits
+
+
+def test_pressure_in_base_units():
+    """Pressure's instruments are named for what they measure, their values
+    divided into seconds and 0-1 ratios as the Prometheus exporter's."""
+    from pymemcg.exposition import otel_raw_name
+    assert otel_raw_name("pressure_some_total_us") == "memcg.pressure.some.time"
+    assert otel_raw_name("pressure_full_avg300_x100") == "memcg.pressure.full.avg300"
+    assert otel_raw_name("anon") == "memcg.anon"
