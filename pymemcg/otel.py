@@ -171,6 +171,17 @@ class _Frame:
         return out
 
 
+#: a raw stat's unit -> (the observable instrument, its UCUM unit); bytes
+#: otherwise. Pressure in base units: stall time in seconds, its averages as
+#: ratios (0 to 1); raw_metric_values converts the values.
+_INSTRUMENT_OF_UNIT: Dict[str, Tuple[str, str]] = {
+    catalog.COUNT: ("counter", "{count}"),
+    catalog.NUMBER: ("up_down_counter", "1"),
+    catalog.MICROSECONDS: ("counter", "s"),
+    catalog.PERCENT_X100: ("gauge", "1"),
+}
+
+
 class MemcgInstrumentor:
     """Memory-cgroup metrics as OpenTelemetry observable instruments.
 
@@ -314,23 +325,9 @@ class MemcgInstrumentor:
             instrument = otel_raw_name(name)
             callback = self._callback(instrument, functools.partial(_raw, stat=name))
             description = f"{stat.meaning} (memory cgroup stat {name})"
-            if stat.unit == catalog.COUNT:
-                meter.create_observable_counter(instrument, [callback], unit="{count}",
-                                                description=description)
-            elif stat.unit == catalog.NUMBER:
-                meter.create_observable_up_down_counter(instrument, [callback], unit="1",
-                                                        description=description)
-            # pressure (PSI), in UCUM base units: stall time in seconds, its
-            # averages as ratios (0 to 1); raw_metric_values converts
-            elif stat.unit == catalog.MICROSECONDS:
-                meter.create_observable_counter(instrument, [callback], unit="s",
-                                                description=description)
-            elif stat.unit == catalog.PERCENT_X100:
-                meter.create_observable_gauge(instrument, [callback], unit="1",
-                                              description=description)
-            else:
-                meter.create_observable_up_down_counter(instrument, [callback], unit="By",
-                                                        description=description)
+            kind, unit = _INSTRUMENT_OF_UNIT.get(stat.unit, ("up_down_counter", "By"))
+            make = getattr(meter, f"create_observable_{kind}")
+            make(instrument, [callback], unit=unit, description=description)
 
     def _available(self, frame: _Frame) -> List[Observation]:
         ws_metric = self._cadvisor.get("container_memory_working_set_bytes")
