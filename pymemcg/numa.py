@@ -197,3 +197,14 @@ def numa_availability(stat_name: str, version: int, local: bool) -> Tuple[bool, 
         return False, why
     return True, NUMA_FILE + ("" if version == 2 else
                               " (plain lines)" if local else " (hierarchical_* lines)")
+
+
+def lookup(stat_name: str) -> Stat:
+    """The Stat of any name a reader takes: a catalog stat, or a NUMA one
+    on this host's memory hierarchy (its unit differs by cgroup version)."""
+    found = catalog.STATS.get(stat_name)
+    if found is not None:
+        return found
+    from .cgroupfs import memory_mount
+    mount = memory_mount()
+    return stat(stat_name, mount.version if mount else 2)

@@ -116,3 +116,78 @@ def test_record_numa_unavailable_says_why(bpf_ok, monkeypatch):
         rec = r.read(pymemcg.cgroupfs.memory_mount().mountpoint)
         with pytest.raises(StatUnavailable, match="40 nodes"):
             rec.numa("anon")
+
+
+def test_cadvisor_numa_pages_only_when_asked(bpf_ok, cgroups):
+    """container_memory_numa_pages{type,scope,node}: absent by default; asked
+    for, one series per type, scope and node, with memory.numa_stat's values
+    (v1: pages, scope container the plain lines, hierarchy the
+    hierarchical_* ones; v2: the file's bytes, scope container)."""
+    from pymemcg.prometheus import MemcgCollector
+    leaf = cgroups.make("exp")
+    cgroups.spawn(leaf, workload(anon=4 * MiB, cache=2 * MiB, shmem=1 * MiB))
+    version = 2 if cgroups.v2 else 1
+    nodes = numa.memory_nodes()
+    rel = leaf[len(pymemcg.cgroupfs.memory_mount().mountpoint):]
+    with MemcgCollector(cgroups.base, stats=["anon"], min_interval=0) as plain:
+        assert b"container_memory_numa_pages" not in plain.exposition()
+    with MemcgCollector(cgroups.base, stats=["anon"], min_interval=0, numa=True) as c:
+        for _ in range(20):
+            want = {"container": _file_values(leaf, version, version == 1),
+                    "hierarchy": _file_values(leaf, version, False) if version == 1 else {}}
+            text = c.exposition().decode()
+            again = {"container": _file_values(leaf, version, version == 1),
+                     "hierarchy": _file_values(leaf, version, False) if version == 1 else {}}
+            if want == again:
+                break
+        got = {}
+        for line in text.splitlines():
+            if line.startswith("container_memory_numa_pages{") and f'id="{rel}"' in line:
+                labels, value = line.rsplit(" ", 1)
+                fields = dict(kv.split("=", 1) for kv in labels[labels.index("{") + 1:-1]
+                              .split(","))
+                fields = {k: v.strip('"') for k, v in fields.items()}
+                got[(fields["type"], fields["scope"], int(fields["node"]))] = int(float(value))
+        expect = {(t, scope, n): vals[f"{t}:N{n}"]
+                  for scope, vals in again.items() if vals
+                  for t in ("file", "anon", "unevictable") for n in nodes}
+        assert got == expect
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "kernel_facts")
+
+
+def _facts(name):
+    import json
+    from pymemcg.kernel_probe import facts_from_json
+    with open(os.path.join(FIXTURES, name + ".json")) as f:
+        return facts_from_json(json.load(f))
+
+
+@pytest.mark.parametrize("release", ["6.1", "6.12", "6.18-host"])
+def test_numa_slots_are_state_slots(release):
+    """A node item's slot in lruvec_stats is its slot in memcg_vmstats.state[]
+    (by enum value on 6.1, compacted on 6.12 and 6.18); v1's items are runs
+    of the LRU lists; per-node local values need state_local (6.2+)."""
+    from pymemcg import slots
+    facts = _facts(release)
+    v2 = {r.stat.name: r for r in slots.resolve(
+        ["anon", "file", "shmem", "anon:N1", "file:N0", "shmem:N3"], facts, 2, 4096,
+        backend=slots.BACKEND_CORE)}
+    for item, name in (("anon", "anon:N1"), ("file", "file:N0"), ("shmem", "shmem:N3")):
+        assert v2[name].available, v2[name].detail
+        assert (v2[name].slot, v2[name].scale) == (v2[item].slot, v2[item].scale)
+        assert v2[name].item == int(name.rsplit("N", 1)[1])
+        assert v2[name].slot < facts.lruvec_state_len
+    with pytest.raises(UnknownStat):              # MEMCG_KMEM: per memcg only
+        slots.resolve(["kernel:N0"], facts, 2, 4096)
+    v1 = {r.stat.name: r for r in slots.resolve(["total:N0", "anon:N0", "file:N0",
+                                                 "unevictable:N0"], facts, 1, 4096)}
+    inactive_anon = facts.value("NR_INACTIVE_ANON") if release == "6.1" else 0
+    runs = {"total:N0": (0, 5), "anon:N0": (0, 2), "file:N0": (2, 2), "unevictable:N0": (4, 1)}
+    for name, (first, run) in runs.items():
+        r = v1[name]
+        assert r.available and r.scale == 1, r.detail
+        assert (r.slot, r.flags >> 8) == (inactive_anon + first, run)
+    local = slots.resolve(["total:N0"], facts, 1, 4096, local=True)[0]
+    assert local.available == (facts.lruvec_state_local_len is not None)
