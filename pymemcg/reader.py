@@ -75,14 +75,15 @@ def _check_numa(value: object, version: int) -> List[str]:
     try:
         if isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError
-        out = list(value)  # type: ignore[call-overload]
+        out: List[object] = list(value)  # type: ignore[call-overload]
     except TypeError:
         raise InvalidArgument(f"Reader(numa={quoted(value)}): numa takes True, False or a list "
                               f"of memory.numa_stat item names, e.g. ['anon', 'file']"
                               ) from None
-    if not all(isinstance(n, str) for n in out):
+    names = [n for n in out if isinstance(n, str)]
+    if len(names) != len(out):
         raise InvalidArgument(f"Reader(numa={quoted(value)}): item names are str")
-    return out
+    return names
 
 
 def _check_flag(name: str, value: object) -> bool:
@@ -307,19 +308,21 @@ def stats(local: bool = False) -> List[StatInfo]:
     mount = memory_mount()
     version = mount.version if mount else 2
     keys = printed_keys(mount.mountpoint) if mount else None
+    # --- NUMA: memory.numa_stat's items on this host's nodes with memory ---
+    numa_names = _numa.expand(_numa.items(version), version, _numa.memory_nodes())
     bpf_res = {}
     bpf_error = ""
     try:
         from .kernel_probe import kernel_facts, psi_running
         from .slots import resolve
         facts = kernel_facts()
-        bpf_res = {r.stat.name: r for r in resolve(list(catalog.STATS), facts, version,
-                                                    PAGE_SIZE, local=local,
+        bpf_res = {r.stat.name: r for r in resolve(list(catalog.STATS) + numa_names, facts,
+                                                    version, PAGE_SIZE, local=local,
                                                     psi_on=psi_running())}
     except Exception as e:  # no BTF, no extension: the text backend still answers
         bpf_error = str(e)
     out = []
-    for s in catalog.STATS.values():
+    for s in [*catalog.STATS.values(), *(_numa.stat(n, version) for n in numa_names)]:
         r = bpf_res.get(s.name)
         if r is not None and r.available:
             out.append(StatInfo(s.name, s.unit, s.meaning, True, "bpf", f"{r.via}: {r.detail}"))

@@ -16,7 +16,7 @@ from ..memory_stat import (CGROUP_STAT_KEYS, EVENTS_KEYS, HIERARCHICAL_FILES, PR
                            SWAP_EVENTS_KEYS, number_files, parse_flat_keyed, parse_memory_stat,
                            parse_number, parse_pressure, printed_keys, read_file,
                            text_availability)
-from ..numa import NUMA_FILE, is_numa, numa_availability, parse_numa_stat
+from ..numa import NUMA_FILE, is_numa, parse_numa_stat
 from . import read_each
 
 
@@ -45,10 +45,6 @@ class TextBackend:
         sources = {}
         self._numa = frozenset(n for n in names if is_numa(n))
         for n in names:
-            if n in self._numa:
-                ok, where = numa_availability(n, version, local)
-                sources[n] = f"text: {where}" if ok else f"unavailable: {where}"
-                continue
             ok, where = text_availability(n, version, local, keys)
             sources[n] = f"text: {where}" if ok else f"unavailable: {where}"
         self.selection = Selection(names, sources)

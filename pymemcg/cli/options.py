@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence
 
 from ..cgroupfs import memory_mount
 from ..errors import NoMemoryController, UnknownStat
+from ..numa import is_numa
 from ..reader import stats as list_stats
 
 
@@ -52,9 +53,10 @@ def positive_int(text: str) -> int:
 
 def parse_stat_list(text: str, local: bool = False) -> List[str]:
     """'a, b,c' -> ['a', 'b', 'c'] (names are checked by the Reader); 'all' -> every
-    stat this host can serve."""
+    stat this host can serve, but the per-node NUMA ones (name them: anon:N0)."""
     if text.strip() == "all":
-        return [s.name for s in list_stats(local=local) if s.available]
+        # NUMA stats are per node, a family of their own: Reader(numa=...)
+        return [s.name for s in list_stats(local=local) if s.available and not is_numa(s.name)]
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise UnknownStat("--stats names no stat: give a comma-separated list, e.g. "
