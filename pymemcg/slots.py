@@ -365,9 +365,10 @@ def resolve_numa(name: str, facts: KernelFacts, matches: Sequence[TableMatch],
     state[]'s (kernel lists, tables, BTF), read by CO-RE on every backend
     (no kfunc reads per-node stats). v1's items sum a run of consecutive
     LRU slots; the run must be consecutive here, or nothing is read."""
+    from .errors import UnknownStat
     try:
         stat = numa.stat(name, cgroup_version)
-    except Exception as e:  # the other version's item: unavailable, with why
+    except UnknownStat as e:  # the other version's item: unavailable, with why
         return _unavailable(Stat(name, catalog.NUMA, "", catalog.BYTES, ""), str(e))
     item_name, node = numa.parse(name)  # type: ignore[misc]
     if facts.lruvec_state_len is None:
@@ -379,11 +380,10 @@ def resolve_numa(name: str, facts: KernelFacts, matches: Sequence[TableMatch],
     if cgroup_version == 1:
         first, run = numa.V1_ITEMS[stat.item]
         parts = [Stat(i, catalog.STATE, i, BYTES, "") for i in numa.LRU_ITEMS[first:first + run]]
-        scale = 1   # pages, as the v1 file prints them
     else:
         parts = [catalog.STATS[item_name]]
-        scale = 0
     slots: List[int] = []
+    scale, detail = 1, ""
     for part in parts:
         item = next((n for n in (part.item,) + part.aliases if facts.has(n)), None)
         if item is None or facts.enum_of(item) != "node_stat_item":
@@ -394,8 +394,8 @@ def resolve_numa(name: str, facts: KernelFacts, matches: Sequence[TableMatch],
         if not core.available:
             return _unavailable(stat, core.detail)
         slots.append(core.slot)
-        scale = scale or core.scale
-        detail = core.detail
+        # v1's file prints pages; v2's prints memory.stat's unit, as state[] has it
+        scale, detail = (1 if cgroup_version == 1 else core.scale), core.detail
     if slots != list(range(slots[0], slots[0] + len(slots))):
         return _unavailable(stat, f"the LRU lists are not at consecutive slots here ({slots})")
     length = facts.lruvec_state_local_len if local else facts.lruvec_state_len
