@@ -198,3 +198,25 @@ def test_numa_slots_are_state_slots(release):
         assert (r.slot, r.flags >> 8) == (inactive_anon + first, run)
     local = slots.resolve(["total:N0"], facts, 1, 4096, local=True)[0]
     assert local.available == (facts.lruvec_state_local_len is not None)
+
+
+def test_snapshot_numa_columns(bpf_ok, cgroups):
+    """`pymemcg snapshot --numa ITEM` adds a column per node with memory, in
+    the file's unit; an item this cgroup version has not fails by name."""
+    import json
+    import subprocess
+    import sys
+    version = 2 if cgroups.v2 else 1
+    nodes = numa.memory_nodes()
+    r = subprocess.run([sys.executable, "-m", "pymemcg", "snapshot", cgroups.base, "--stats",
+                        "anon", "--numa", "anon", "--format", "json", "--backend", "bpf"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["stats"] == ["anon"] + [f"anon:N{n}" for n in nodes]
+    assert doc["units"]["anon:N0"] == ("pages" if version == 1 else "bytes")
+    assert all(isinstance(c["stats"]["anon:N0"], int) for c in doc["cgroups"])
+    other = "shmem" if version == 1 else "total"
+    r = subprocess.run([sys.executable, "-m", "pymemcg", "snapshot", cgroups.base, "--numa",
+                        other], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and f"numa='{other}'" in r.stderr
