@@ -305,12 +305,11 @@ def signals_markdown(r: SignalsResult) -> List[str]:
         "",
         f"Values per cgroup: {len(r.bpf_served)} through BPF, {r.file_values} from the files; "
         f"{r.compared:,} values both have were compared on the idle tree before the timing, "
-        "all equal.",
+        "all equal." + (
+            f" No file on this host carries {', '.join(sorted(r.plan.no_file))}"
+            + (f"; BPF serves {', '.join(sorted(bpf_only))} all the same (the kernel keeps "
+               "them)" if bpf_only else "") + "." if r.plan.no_file else ""),
     ]
-    if r.plan.no_file:
-        lines.append(f" No file on this host carries {', '.join(sorted(r.plan.no_file))}"
-                     + (f"; BPF serves {', '.join(sorted(bpf_only))} all the same (the "
-                        "kernel keeps them)" if bpf_only else "") + ".")
     lines += [
         "",
         f"Median of {r.rounds} rounds in which the methods take turns; in each, one snapshot "
