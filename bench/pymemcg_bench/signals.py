@@ -206,8 +206,10 @@ class SignalsResult:
     read_method: str
 
 
-def compare(snapshot, files: Dict[str, Values], root: str) -> int:
-    """Every value both sides have is equal; returns how many were compared."""
+def compare(snapshot, files: Dict[str, Values]) -> int:
+    """Every value both sides have is equal (a limit not set is MAX in the
+    snapshot, the page counter's maximum in the files); returns how many were
+    compared."""
     mountpoint = memory_mount().mountpoint
     if len(snapshot) != len(files):
         raise RuntimeError(f"BPF saw {len(snapshot)} cgroups, the files {len(files)}")
@@ -249,7 +251,7 @@ def measure_signals(cgroups: BenchCgroups, iterations: int, rounds: int,
                 try:
                     snap = read_tree(root)
                     files = plan.walk(root)
-                    compared = compare(snap, files, root)
+                    compared = compare(snap, files)
                     break
                 except RuntimeError as e:
                     last = e
