@@ -117,7 +117,7 @@ def run(args) -> int:
         part5 += [f"No scrapes: {why_no_scrapes}.", ""]
     part5 += rotation_markdown(rotation)
     text, env = report(single, trees, profiles, split, why_no_profile, why_no_c, st,
-                       max(0.0, others), read_method, part5, scrapes, many)
+                       max(0.0, others), read_method, part5, scrapes, many, signals)
     text = text.rstrip("\n") + "\n\n" + "\n".join(report_startup(startup, startup_rounds,
                                                                   mount.mountpoint))
     sys.stdout.write(text)
