@@ -241,6 +241,66 @@ static __always_inline __u64 read_pressure(struct pmc_out *rec, struct cgroup *c
 	       (((v & ((1 << PMC_PSI_FSHIFT) - 1)) * 100) >> PMC_PSI_FSHIFT);
 }
 
+/* --- NUMA --- */
+/*
+ * One memory.numa_stat value of the memcg (passed as an address: a trusted,
+ * a read-only cast or a probe-read pointer alike): the per-node stats of
+ * node `node` (memcg->nodeinfo[node]->lruvec_stats), state[slot] or with
+ * local state_local[slot], summed over `run` slots from slot (cgroup v1's
+ * sums of LRU lists). Each slot is clamped at 0 before the sum, as the
+ * kernel's lruvec_page_state() does. The loader gives only nodes with
+ * memory (each has its nodeinfo), and slots its resolution proved; a slot
+ * past this kernel's array reads nothing.
+ */
+static __always_inline __u64 read_numa(__u64 memcg, __u32 node, __u32 slot, __u32 run,
+				       bool local, bool *ok)
+{
+	__u64 pn = 0, stats = 0, sum = 0;
+	__u32 len, off, j;
+
+	*ok = false;
+	if (run == 0)
+		run = 1;
+	if (node >= 1024 || bpf_probe_read_kernel(&pn, sizeof(pn), (void *)(memcg +
+			bpf_core_field_offset(struct mem_cgroup, nodeinfo) + node * 8)) || !pn)
+		return 0;
+	if (bpf_core_field_exists(struct mem_cgroup_per_node, lruvec_stats)) {
+		PMC_OPAQUE(pn);
+		if (bpf_probe_read_kernel(&stats, sizeof(stats), (void *)(pn +
+				bpf_core_field_offset(struct mem_cgroup_per_node, lruvec_stats))))
+			return 0;
+	} else if (bpf_core_field_exists(struct mem_cgroup_per_node___embedded, lruvec_stats)) {
+		PMC_OPAQUE(pn);
+		stats = pn + bpf_core_field_offset(struct mem_cgroup_per_node___embedded, lruvec_stats);
+	}
+	if (!stats)
+		return 0;
+	if (local) {
+		if (!bpf_core_field_exists(struct lruvec_stats, state_local))
+			return 0;
+		PMC_OPAQUE(stats);
+		off = bpf_core_field_offset(struct lruvec_stats, state_local);
+		len = bpf_core_field_size(struct lruvec_stats, state_local) / sizeof(long);
+	} else {
+		off = bpf_core_field_offset(struct lruvec_stats, state);
+		len = bpf_core_field_size(struct lruvec_stats, state) / sizeof(long);
+	}
+	if (slot >= len || run > len - slot)
+		return 0;
+	for (j = 0; j < PMC_SPEC_RUN_MASK; j++) {
+		long v = 0;
+
+		if (j >= run)
+			break;
+		if (bpf_probe_read_kernel(&v, sizeof(v), (void *)(stats + off + (slot + j) * 8)))
+			return 0;
+		if (v > 0)
+			sum += v;
+	}
+	*ok = true;
+	return sum;
+}
+
 /* --- pressure (PSI) --- */
 /* The pressure values of a cgroup without a memory css: a psi group is the
  * cgroup's own (cgroup core), whichever controllers it has. */
@@ -405,6 +465,12 @@ static __always_inline void fill_core(struct pmc_out *rec, struct pmc_tmp *tmp,
 		case PMC_KIND_PRESSURE:
 			v = read_pressure(rec, cgrp, slot, sel.specs[i].item, &ok);
 			break;
+		/* --- NUMA --- */
+		case PMC_KIND_NUMA:
+			v = read_numa((__u64)memcg, sel.specs[i].item, slot,
+				      (flags >> PMC_SPEC_RUN_SHIFT) & PMC_SPEC_RUN_MASK,
+				      sel.local_stats, &ok);
+			break;
 		}
 		if (!ok) {
 			rec->values[i & (PMC_MAX_STATS - 1)] = 0;
@@ -478,6 +544,17 @@ static __always_inline void fill_kfunc(struct pmc_out *rec, struct cgroup *cgrp,
 			bool ok;
 
 			v = read_pressure(rec, cgrp, sel.specs[i].slot, sel.specs[i].item, &ok);
+			if (!ok)
+				v = (unsigned long)-1;
+			break;
+		}
+		/* --- NUMA: no kfunc reads per-node stats; CO-RE as in fill_core --- */
+		case PMC_KIND_NUMA: {
+			bool ok;
+
+			v = read_numa((__u64)memcg, sel.specs[i].item, sel.specs[i].slot,
+				      (sel.specs[i].flags >> PMC_SPEC_RUN_SHIFT) & PMC_SPEC_RUN_MASK,
+				      false, &ok);
 			if (!ok)
 				v = (unsigned long)-1;
 			break;

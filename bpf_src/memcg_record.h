@@ -20,7 +20,7 @@
 #ifndef PMC_MEMCG_RECORD_H
 #define PMC_MEMCG_RECORD_H
 
-#define PMC_FORMAT_VERSION	7
+#define PMC_FORMAT_VERSION	8
 #define PMC_MAX_STATS		128	/* one bit each in pmc_record.valid */
 #define PMC_SEQ_BUF_SIZE	32768	/* PAGE_SIZE << 3 in kernel/bpf/bpf_iter.c */
 #define PMC_TRAILER_MAGIC	0x31474d434d4d50ULL	/* "PMMCMG1" */
@@ -47,6 +47,10 @@ enum pmc_stat_kind {
 	/* --- pressure (PSI) --- */
 	PMC_KIND_PRESSURE,	/* the cgroup's struct psi_group: slot is enum
 				 * pmc_pressure_field, item the index into that array */
+	/* --- NUMA (memory.numa_stat) --- */
+	PMC_KIND_NUMA,		/* mem_cgroup.nodeinfo[item]->lruvec_stats: state[slot]
+				 * (state_local[slot] with local_stats), summed over
+				 * PMC_SPEC_RUN(flags) slots from slot */
 };
 
 /* pmc_stat_spec.slot when kind == PMC_KIND_COUNTER */
@@ -90,6 +94,10 @@ enum pmc_pressure_field {
 /* pmc_stat_spec.flags */
 #define PMC_SPEC_SIGNED		(1U << 0)	/* kernel keeps a long: clamp < 0 to 0 */
 #define PMC_SPEC_MEMCG_ITEM	(1U << 1)	/* item is an enum memcg_stat_item (RFC kfuncs) */
+/* --- NUMA --- */
+#define PMC_SPEC_RUN_SHIFT	8	/* PMC_KIND_NUMA: how many slots from slot are summed */
+#define PMC_SPEC_RUN_MASK	7	/* (cgroup v1's LRU sums: 1 to 5; 0 means 1) */
+#define PMC_NUMA_MAX_NODES	16	/* nodes with memory a selection takes NUMA stats of */
 
 /* how the program reads state and events (the loader's choice, in .rodata) */
 enum pmc_kfuncs {

@@ -109,6 +109,24 @@ struct memcg_vmstats {
 	unsigned long events_local[1];
 } __attribute__((preserve_access_index));
 
+/* --- NUMA: a memcg's per-node stats (include/linux/memcontrol.h). state[]
+ * is hierarchical, state_local[] the memcg alone (6.2+); both laid out as
+ * memcg_vmstats.state[]'s node items. The struct is reached through a
+ * pointer from 6.10 or so on, and is embedded in mem_cgroup_per_node before:
+ * the ___embedded flavour names the older shape. */
+struct lruvec_stats {
+	long state[1];
+	long state_local[1];
+} __attribute__((preserve_access_index));
+
+struct mem_cgroup_per_node {
+	struct lruvec_stats *lruvec_stats;
+} __attribute__((preserve_access_index));
+
+struct mem_cgroup_per_node___embedded {
+	struct lruvec_stats lruvec_stats;
+} __attribute__((preserve_access_index));
+
 struct mem_cgroup {
 	struct cgroup_subsys_state css;
 	struct page_counter memory;
@@ -119,6 +137,7 @@ struct mem_cgroup {
 	unsigned long soft_limit;	/* CONFIG_MEMCG_V1 (6.11+) */
 	unsigned long zswap_max;	/* CONFIG_ZSWAP */
 	bool oom_group;
+	struct mem_cgroup_per_node *nodeinfo[];	/* NUMA: by node id */
 } __attribute__((preserve_access_index));
 
 enum cgroup_subsys_id {

@@ -138,6 +138,44 @@ def _us_to_seconds(key: str) -> Callable[[Getter], Values]:
     return values
 
 
+# --- NUMA ---
+#: container_memory_numa_pages's type label values, in cAdvisor's order
+NUMA_TYPES = ("file", "anon", "unevictable")
+
+
+def numa_pages_metric(cgroup_version: int, nodes: Sequence[int]) -> "CadvisorMetric":
+    """container_memory_numa_pages{type, scope, node} on these nodes.
+
+    v1: the cgroup's memory.numa_stat in pages: scope "container" its plain
+    lines (a local Reader), "hierarchy" its hierarchical_* lines. v2:
+    libcontainer fs2 gives scope "container" memory.numa_stat's values as
+    printed (bytes, though the name says pages) and makes "hierarchy" a sum
+    of the children's files, which a per-cgroup value cannot be: only
+    "container" is served there."""
+    keys = [(t, n, f"{t}:N{n}") for t in NUMA_TYPES for n in nodes]
+
+    def values(get: Getter) -> Values:
+        out: Values = []
+        scopes = (("container", local), ("hierarchy", str)) if cgroup_version == 1 else \
+            (("container", str),)
+        for scope, key_of in scopes:
+            for t, n, key in keys:
+                v = get(key_of(key))
+                if v is not None:
+                    out.append(((t, scope, str(n)), v))
+        return out
+
+    reads = [k for _, _, k in keys]
+    return CadvisorMetric(
+        "container_memory_numa_pages", GAUGE, "Number of used pages per NUMA node",
+        tuple(reads), values, ("type", "scope", "node"), (cgroup_version,),
+        tuple(reads) if cgroup_version == 1 else (),
+        "prometheus.go (MemoryNumaMetrics, getNumaStatsPerNode) + handler.go "
+        "setMemoryNumaStats: memory.numa_stat file/anon/unevictable per node (v1: pages, "
+        "plain lines for scope container, hierarchical_* for hierarchy; v2 fs2 "
+        "getPageUsageByNUMAV2: the file's bytes, scope container only here)")
+
+
 PGSCAN = ("pgscan_kswapd", "pgscan_direct", "pgscan_khugepaged", "pgscan_proactive")
 PGSTEAL = ("pgsteal_kswapd", "pgsteal_direct", "pgsteal_khugepaged", "pgsteal_proactive")
 
@@ -161,10 +199,13 @@ SWAP_EVENTS_PROPOSED = (
 )
 
 
-def cadvisor_metrics(cgroup_version: int) -> List[CadvisorMetric]:
+def cadvisor_metrics(cgroup_version: int, numa_nodes: Optional[Sequence[int]] = None
+                     ) -> List[CadvisorMetric]:
     """cAdvisor's memory metrics that pymemcg can serve with cAdvisor's
     meaning on this cgroup version, for a hierarchical Reader (plus a local
-    one for `local_needs`)."""
+    one for `local_needs`). numa_nodes: also container_memory_numa_pages,
+    a series per type, scope and node (only when asked: cAdvisor too has
+    it off by default)."""
     v1 = cgroup_version == 1
     swap = "swap" if v1 else "swap_usage"
     faults = (local("pgfault"), local("pgmajfault")) if v1 else ("pgfault", "pgmajfault")
@@ -314,6 +355,8 @@ def cadvisor_metrics(cgroup_version: int) -> List[CadvisorMetric]:
           source="helpers.go GetSpec: memory.memsw.limit_in_bytes (v1) / memory.swap.max "
                  "(v2); prometheus.go specMemoryValue"),
     ]
+    if numa_nodes:
+        metrics.append(numa_pages_metric(cgroup_version, numa_nodes))
     return [m for m in metrics if cgroup_version in m.versions]
 
 

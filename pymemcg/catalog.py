@@ -21,12 +21,14 @@ MEMEVENT = "memevent"  # mem_cgroup.memory_events[] (enum memcg_memory_event)
 COUNTER = "counter"    # a struct page_counter field
 FIELD = "field"        # a scalar field of struct mem_cgroup or struct cgroup
 PRESSURE = "pressure"  # the cgroup's struct psi_group (memory.pressure), cgroup v2
+NUMA = "numa"          # a per-node value of memory.numa_stat (pymemcg.numa: "anon:N0")
 
 BYTES = "bytes"
 COUNT = "count"    # cumulative: a counter
 NUMBER = "number"  # a count or a 0/1 setting as it is now: a gauge
 MICROSECONDS = "microseconds"   # cumulative: pressure totals, as memory.pressure prints total=
 PERCENT_X100 = "percent_x100"   # hundredths of a percent: pressure averages, avg10=5.23 is 523
+PAGES = "pages"    # pages, as cgroup v1's memory.numa_stat prints them
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,24 @@ class Record:
                 out[self._selection.names[i]] = MAX
         return out
 
+    def numa(self, item: str) -> Dict[int, Value]:
+        """A memory.numa_stat item per node, {node: value}, in the file's
+        unit (cgroup v2: bytes, or a count; v1: pages), for the nodes the
+        reader was made with (Reader(numa=[item])). StatUnavailable where a
+        node's value could not be read, or the host's nodes are too many;
+        UnknownStat where the reader did not select the item."""
+        from . import numa
+        prefix = item + ":N"
+        names = [n for n in self._selection.names if n.startswith(prefix)]
+        if not names:
+            if isinstance(item, str) and any(item in numa.items(v) for v in (1, 2)):
+                why = numa.nodes_why(numa.memory_nodes())
+                if why:
+                    raise StatUnavailable(f"numa({item!r}) is unavailable: {why}")
+            raise UnknownStat(f"numa({quoted(item)}): not in this reader's selection; make the "
+                              f"Reader with numa=[{item!r}] (or numa=True)")
+        return {int(n[len(prefix):]): self[n] for n in names}
+
     def source(self, name: str) -> str:
         """How this stat was resolved on this kernel (table, btf-enum, ...)."""
         return self._selection.sources.get(name, "")

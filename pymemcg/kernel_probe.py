@@ -77,6 +77,10 @@ class KernelFacts:
     # the address of psi_system (the v2 root's psi group), from kallsyms like
     # the lists; 0: not listed. Of this boot only: never compared nor saved.
     psi_system: int = dataclasses.field(default=0, compare=False)
+    # --- NUMA: struct lruvec_stats (a memcg's per-node stats), None: not in
+    # BTF, or not captured (older fixtures) ---
+    lruvec_state_len: Optional[int] = None
+    lruvec_state_local_len: Optional[int] = None
 
     def value(self, name: str) -> Optional[int]:
         for values in self.enums.values():
@@ -147,6 +151,8 @@ def read_btf_facts(release: str, path: Optional[str] = None) -> KernelFacts:
             psi_total_len=array_len("psi_group", "total"),
             psi_avg_len=array_len("psi_group", "avg"),
             cgroup_has_psi=array_len("cgroup", "psi") is not None,
+            lruvec_state_len=array_len("lruvec_stats", "state"),
+            lruvec_state_local_len=array_len("lruvec_stats", "state_local"),
         )
     finally:
         lib.pmc_btf_close(btf)

@@ -194,6 +194,9 @@ def text_availability(name: str, version: int, local: bool,
                       keys: Optional[FrozenSet[str]] = None) -> Tuple[bool, str]:
     """Whether the text backend can serve a stat, and from which file.
     keys: what memory.stat prints on this kernel (printed_keys())."""
+    if name not in catalog.STATS:   # a per-node NUMA stat: memory.numa_stat
+        from .numa import numa_availability
+        return numa_availability(name, version, local)
     stat = catalog.STATS[name]
     files = number_files(version)
     if name in CGROUP_STAT_KEYS.values():

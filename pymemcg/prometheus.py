@@ -86,7 +86,7 @@ from .exposition import (CGROUPS_HELP, CONTENT_TYPE, DEFAULT_MIN_INTERVAL, DURAT
                          ERROR_HELP, INFO_HELP, SharedSnapshot, Taken, TextWriter, TreeLabels,
                          exposed_name, interval_seconds, local_columns, metric_inputs,
                          picked, raw_family, raw_metric_name, raw_metric_values)
-from .errors import NoMemoryController, UnknownStat
+from .errors import NoMemoryController, StatUnavailable, UnknownStat
 from .names import escape
 from .exposition import header, label_pairs, openmetrics_header
 from .oom_metrics import DEFAULT_RETENTION, HELP as OOM_HELP, LOST_HELP as OOM_LOST_HELP
@@ -113,6 +113,8 @@ class MemcgCollector:
     memory hierarchy's mountpoint). stats: the raw stats exported as
     memcg_<stat> (default pymemcg.DEFAULT_STATS). cadvisor: also export
     cAdvisor's container_* metrics (default: when local is False).
+    numa: also cAdvisor's container_memory_numa_pages (with cadvisor), a
+    series per type, scope and node with memory (docs/numa.md).
     reader: an open pymemcg.Reader to use instead of making one; it must
     select every stat needed (see `stats_needed`) and is not closed here.
     Otherwise the collector makes its own Reader (the BPF program loads
@@ -133,7 +135,7 @@ class MemcgCollector:
                  *, local: bool = False, backend: str = "auto", cadvisor: Optional[bool] = None,
                  reader: Optional[Reader] = None, flush: bool = False,
                  min_interval: float = DEFAULT_MIN_INTERVAL, oom_events: bool = False,
-                 oom_retention: float = DEFAULT_RETENTION) -> None:
+                 oom_retention: float = DEFAULT_RETENTION, numa: bool = False) -> None:
         mount = memory_mount()
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "
@@ -147,7 +149,14 @@ class MemcgCollector:
         self.local = local
         if cadvisor is None:
             cadvisor = not local
-        self.cadvisor = cadvisor_metrics(mount.version) if cadvisor else []
+        # --- NUMA: a series per type, scope and node, only when asked ---
+        nodes = None
+        if numa and cadvisor:
+            from .numa import memory_nodes, nodes_why
+            nodes = memory_nodes()
+            if nodes_why(nodes):
+                raise StatUnavailable(f"container_memory_numa_pages: {nodes_why(nodes)}")
+        self.cadvisor = cadvisor_metrics(mount.version, nodes) if cadvisor else []
         # oom_events: container_oom_events_total from OOM kill events
         # (pymemcg.oom_metrics), not from the cgroups' own oom_kill counts
         oom_events = oom_events and bool(self.cadvisor)

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import catalog, forksafe
+from . import numa as _numa
 from .cgroupfs import Mount, memory_mount
 from .decode import Record, Snapshot
 from .errors import (BpfUnavailable, Closed, InvalidArgument, NoMemoryController, UnknownStat,
@@ -52,7 +53,7 @@ def _check_names(names: Sequence[str]) -> List[str]:
             raise InvalidArgument(f"Reader(stats=...): {quoted(n)} ({type(n).__name__}) is "
                                   f"not a stat name: stats takes str names, see "
                                   f"pymemcg.stats()")
-        if n not in catalog.STATS:
+        if n not in catalog.STATS and not _numa.is_numa(n):
             raise UnknownStat(f"unknown stat {quoted(n)}: see pymemcg.stats() for the names "
                               f"this version knows")
     repeated = [n for n, count in Counter(out).items() if count > 1]
@@ -60,6 +61,29 @@ def _check_names(names: Sequence[str]) -> List[str]:
         raise UnknownStat(f"stats lists {', '.join(map(repr, repeated))} twice or more: "
                           f"give each name once")
     return out
+
+
+def _check_numa(value: object, version: int) -> List[str]:
+    """numa=: True (every item memory.numa_stat prints on this cgroup
+    version), False or () for none, or a list of item names."""
+    if value is True:
+        return list(_numa.items(version))
+    if value is False:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    try:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError
+        out: List[object] = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidArgument(f"Reader(numa={quoted(value)}): numa takes True, False or a list "
+                              f"of memory.numa_stat item names, e.g. ['anon', 'file']"
+                              ) from None
+    names = [n for n in out if isinstance(n, str)]
+    if len(names) != len(out):
+        raise InvalidArgument(f"Reader(numa={quoted(value)}): item names are str")
+    return names
 
 
 def _check_flag(name: str, value: object) -> bool:
@@ -128,6 +152,11 @@ class Reader:
     snapshot`): the tree program is the one loaded when it is made, and
     the one-call program of single reads (BPF_PROG_RUN, Linux 6.4+) never
     is; read() and read_many() still work, through iterator sessions.
+    numa: memory.numa_stat items to read per node (True: every item the file
+    prints on this cgroup version; see pymemcg.numa): each item on each
+    node with memory now is a stat of its own, "anon:N0", and
+    Record.numa("anon") gives {node: value}, in the file's unit (v2 bytes
+    or counts, v1 pages). More nodes than pymemcg.numa.MAX_NODES: none.
     Reads are serialised per Reader; use one Reader per thread for
     parallel reads. Close it (or use `with`) to close its links and unload its programs.
     An argument of another type or value raises InvalidArgument (a
@@ -138,7 +167,8 @@ class Reader:
     def __init__(self, stats: Sequence[str] = catalog.DEFAULT_STATS, *, local: bool = False,
                  backend: str = "auto", flush: bool = False,
                  shared_pins: Union[bool, Tuple[str, str]] = True,
-                 for_trees: bool = False) -> None:
+                 for_trees: bool = False,
+                 numa: Union[bool, Sequence[str]] = ()) -> None:
         self.stats = _check_names(stats)
         self.local = local = _check_flag("local", local)
         self.flush = flush = _check_flag("flush", flush)
@@ -153,6 +183,11 @@ class Reader:
                                      "controller: mount one (cgroup v2 with +memory, or v1 "
                                      "-o memory)")
         self.cgroup_version = mount.version
+        # --- NUMA: one stat per item and node with memory, now ---
+        self.numa_items = _check_numa(numa, mount.version)
+        if self.numa_items:
+            self.stats = _check_names(self.stats + _numa.expand(
+                self.numa_items, mount.version, _numa.memory_nodes()))
         self._backend: Optional[Backend] = None
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
@@ -273,19 +308,21 @@ def stats(local: bool = False) -> List[StatInfo]:
     mount = memory_mount()
     version = mount.version if mount else 2
     keys = printed_keys(mount.mountpoint) if mount else None
+    # --- NUMA: memory.numa_stat's items on this host's nodes with memory ---
+    numa_names = _numa.expand(_numa.items(version), version, _numa.memory_nodes())
     bpf_res = {}
     bpf_error = ""
     try:
         from .kernel_probe import kernel_facts, psi_running
         from .slots import resolve
         facts = kernel_facts()
-        bpf_res = {r.stat.name: r for r in resolve(list(catalog.STATS), facts, version,
-                                                    PAGE_SIZE, local=local,
+        bpf_res = {r.stat.name: r for r in resolve(list(catalog.STATS) + numa_names, facts,
+                                                    version, PAGE_SIZE, local=local,
                                                     psi_on=psi_running())}
     except Exception as e:  # no BTF, no extension: the text backend still answers
         bpf_error = str(e)
     out = []
-    for s in catalog.STATS.values():
+    for s in [*catalog.STATS.values(), *(_numa.stat(n, version) for n in numa_names)]:
         r = bpf_res.get(s.name)
         if r is not None and r.available:
             out.append(StatInfo(s.name, s.unit, s.meaning, True, "bpf", f"{r.via}: {r.detail}"))

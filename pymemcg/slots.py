@@ -24,7 +24,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import catalog
+from . import catalog, numa
 from .catalog import BYTES, COUNT, COUNTER, FIELD, MEMEVENT, PRESSURE, Stat
 from .kernel_probe import EVENT_ENUMS, MEMCG_KFUNCS, RFC_KFUNCS, STATE_ENUMS, KernelFacts
 from .release_tables import ENUM_INDEXED_STATE, TABLES, Entry, KernelTable
@@ -35,6 +35,7 @@ from ._record_h import (KFUNCS_MEMCG, KFUNCS_NONE, KFUNCS_RFC, KIND_COUNTER, KIN
                         KIND_FIELD, KIND_MEMEVENT, KIND_NONE, KIND_STATE, SPEC_MEMCG_ITEM,
                         SPEC_SIGNED)
 from ._record_h import KIND_PRESSURE, PSI_AVG, PSI_TOTAL  # pressure (PSI)
+from ._record_h import KIND_NUMA, SPEC_RUN_SHIFT  # NUMA
 from .record_format import COUNTERS, FIELDS
 
 BACKEND_KFUNC = "kfunc"
@@ -48,6 +49,7 @@ VIA_ENUM = "btf-enum"        # the slot is the enum value itself (memory_events[
 VIA_FIELD = "core-field"     # a struct field, relocated by CO-RE
 VIA_KFUNC = "kfunc"          # asked by name through the memcg kfuncs
 VIA_PSI = "core-psi"         # struct psi_group's arrays, indexed by BTF's psi enums
+VIA_NUMA = "core-numa"       # mem_cgroup.nodeinfo[node]->lruvec_stats, state[]'s node slots
 UNAVAILABLE = "unavailable"
 
 
@@ -336,6 +338,9 @@ def resolve(names: Sequence[str], facts: KernelFacts, cgroup_version: int, page_
                            match_layout(facts, tables)) if m]
     out: List[Resolution] = []
     for name in names:
+        if numa.is_numa(name):
+            out.append(resolve_numa(name, facts, matches, cgroup_version, page_size, local))
+            continue
         stat = catalog.STATS.get(name)
         if stat is None:
             raise UnknownStat(f"unknown stat {name!r}: see pymemcg.stats() for the names "
@@ -350,6 +355,59 @@ def resolve(names: Sequence[str], facts: KernelFacts, cgroup_version: int, page_
         out.append(_resolve_one(stat, facts, matches, cgroup_version, page_size, local,
                                 backend))
     return out
+
+
+# --- NUMA ---
+def resolve_numa(name: str, facts: KernelFacts, matches: Sequence[TableMatch],
+                 cgroup_version: int, page_size: int, local: bool) -> Resolution:
+    """Where a memory.numa_stat value ("anon:N0") is: the node's struct
+    lruvec_stats holds the node items at the slots memcg_vmstats.state[]
+    has them (compacted by memcg_node_stat_items[] from 6.10/6.11 on, by
+    enum value before), so a slot comes from the same resolution as
+    state[]'s (kernel lists, tables, BTF), read by CO-RE on every backend
+    (no kfunc reads per-node stats). v1's items sum a run of consecutive
+    LRU slots; the run must be consecutive here, or nothing is read."""
+    from .errors import UnknownStat
+    try:
+        stat = numa.stat(name, cgroup_version)
+    except UnknownStat as e:  # the other version's item: unavailable, with why
+        return _unavailable(Stat(name, catalog.NUMA, "", catalog.BYTES, ""), str(e))
+    item_name, node = numa.parse(name)  # type: ignore[misc]
+    if facts.lruvec_state_len is None:
+        return _unavailable(stat, "struct lruvec_stats.state (a memcg's per-node stats) is "
+                                  "not in this kernel's BTF")
+    if local and facts.lruvec_state_local_len is None:
+        return _unavailable(stat, "this kernel keeps per-node local values per CPU only (no "
+                                  "lruvec_stats.state_local[]); use local=False")
+    if cgroup_version == 1:
+        first, run = numa.V1_ITEMS[stat.item]
+        parts = [Stat(i, catalog.STATE, i, BYTES, "") for i in numa.LRU_ITEMS[first:first + run]]
+    else:
+        parts = [catalog.STATS[item_name]]
+    slots: List[int] = []
+    scale, detail = 1, ""
+    for part in parts:
+        item = next((n for n in (part.item,) + part.aliases if facts.has(n)), None)
+        if item is None or facts.enum_of(item) != "node_stat_item":
+            return _unavailable(stat, f"{part.item} is not a per-node item (enum node_stat_item) "
+                                      f"on this kernel")
+        core = _resolve_one(dataclasses.replace(part, item=item, aliases=()), facts, matches,
+                            2, page_size, False, BACKEND_CORE)
+        if not core.available:
+            return _unavailable(stat, core.detail)
+        slots.append(core.slot)
+        # v1's file prints pages; v2's prints memory.stat's unit, as state[] has it
+        scale, detail = (1 if cgroup_version == 1 else core.scale), core.detail
+    if slots != list(range(slots[0], slots[0] + len(slots))):
+        return _unavailable(stat, f"the LRU lists are not at consecutive slots here ({slots})")
+    length = facts.lruvec_state_local_len if local else facts.lruvec_state_len
+    if slots[-1] >= (length or 0):
+        return _unavailable(stat, f"slot {slots[-1]} is past lruvec_stats.state[{length}]")
+    array = "state_local" if local else "state"
+    where = f"[{slots[0]}]" if len(slots) == 1 else f"[{slots[0]}..{slots[-1]}] summed"
+    return Resolution(stat, VIA_NUMA, KIND_NUMA, slots[0], node,
+                      SPEC_SIGNED | (len(slots) << SPEC_RUN_SHIFT), scale,
+                      f"nodeinfo[{node}]->lruvec_stats.{array}{where}, slots per {detail}")
 
 
 def _unavailable(stat: Stat, why: str) -> Resolution:

@@ -213,14 +213,32 @@ def run_dir(name: str) -> Path:
     return BUILD / "run" / name
 
 
+def numa_args(nodes: int, arch: Arch) -> List[str]:
+    """qemu arguments for GUEST_MEM split evenly over `nodes` NUMA nodes, each
+    a shared memfd backend of its own (vhost-user needs every byte shared);
+    the CPU on node 0. With one node: the single backend the machine names."""
+    if nodes <= 1:
+        return [*(a.format(mem="mem") for a in arch.machine),
+                "-object", f"memory-backend-memfd,id=mem,size={GUEST_MEM},share=on"]
+    total = int(GUEST_MEM.rstrip("G")) << 10          # MiB
+    machine = [a.replace(",memory-backend={mem}", "") for a in arch.machine]
+    out = list(machine)
+    for n in range(nodes):
+        out += ["-object", f"memory-backend-memfd,id=mem{n},size={total // nodes}M,share=on",
+                "-numa", f"node,nodeid={n},memdev=mem{n}" + (",cpus=0" if n == 0 else "")]
+    return out
+
+
 def boot(name: str, root: Path, cgroup: int, python: str, timeout: float,
-         cmd: str = "", arch: Arch = ARCH, userland: Optional[Path] = None) -> Boot:
+         cmd: str = "", arch: Arch = ARCH, userland: Optional[Path] = None,
+         numa_nodes: int = 1) -> Boot:
     """Boot guest `name` on the kernel unpacked in `root`, with cgroup
     version `cgroup`, running vm/guest_run.py under `python` (or `cmd`
     instead, for debugging), and wait until it ends. `userland`: the root
     directory of another architecture's userland (vm/userland.py), which
     the guest chroots into instead of this host's root; `python` is then
-    its venv's, running the installed wheel."""
+    its venv's, running the installed wheel. numa_nodes: the guest's NUMA
+    nodes, its memory split evenly over them."""
     run = run_dir(name)
     outdir = BUILD / "out" / name
     for d in (run, outdir):
@@ -263,10 +281,10 @@ def boot(name: str, root: Path, cgroup: int, python: str, timeout: float,
                   f"{KERNEL_ARGS}")
         accel = "tcg" + (",thread=multi" if GUEST_CPUS > 1 else "")
         qemu_cmd = [
-            arch.qemu, "-accel", accel, *(a.format(mem="mem") for a in arch.machine),
+            arch.qemu, "-accel", accel,
             "-smp", str(GUEST_CPUS), "-m", GUEST_MEM,
             # vhost-user (virtiofsd) needs the guest's memory shared
-            "-object", f"memory-backend-memfd,id=mem,size={GUEST_MEM},share=on",
+            *numa_args(numa_nodes, arch),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-chardev", f"file,id=con,path={b.console}", "-serial", "chardev:con",
             "-chardev", f"socket,id=vfs,path={sock}",

@@ -117,6 +117,7 @@ print(json.dumps(out))
 # cost a minute or more each under TCG and run on the host); top's pressure
 # column against a real stall, which only a v2 guest can make (a v1 one skips it)
 TESTS = ["tests/test_parity.py", "tests/test_startup.py", "tests/test_pressure.py",
+         "tests/test_numa.py::test_numa_matches_memory_numa_stat",
          "tests/test_churn.py::test_removed_cgroups_are_not_held",
          "tests/test_churn.py::test_links_of_removed_cgroups_are_closed",
          "tests/test_oom_events.py::test_event_layout_matches_the_compiled_struct",

@@ -76,7 +76,13 @@ GUESTS: Dict[str, tuple] = {
     "6.1-aarch64-v2": ("6.1-aarch64", 2),
     "6.12-aarch64-v2": ("6.12-aarch64", 2),
     "7.3-aarch64-v2": ("7.3-aarch64", 2),
+    # two NUMA nodes (qemu -numa, memory split over them): memory.numa_stat
+    # per node, with verify's probe interleaving its memory over both
+    "6.12-v2-numa": ("6.12", 2),
+    "6.1-v1-numa": ("6.1", 1),
 }
+#: guests booted with more than one NUMA node, and how many
+NUMA_NODES: Dict[str, int] = {"6.12-v2-numa": 2, "6.1-v1-numa": 2}
 # `make matrix-quick`: the oldest on v1, the first compacted one, the newest
 QUICK = ("6.1-v1", "6.12-v2", "7.3-v2")
 
@@ -91,11 +97,13 @@ def run_guest(name: str, python: str, timeout: float, cmd: str = "") -> dict:
     console = boot.run_dir(name) / "console.log"
     res: dict = {"guest": name, "kernel_series": k.series, "cgroup": cgv,
                  "kernel_package": f"{k.package}={k.version}", "where": boot.WHERE,
-                 "arch": k.arch, "console_log": str(console.relative_to(REPO))}
+                 "arch": k.arch, "console_log": str(console.relative_to(REPO)),
+                 "numa_nodes": NUMA_NODES.get(name, 1)}
     users = None
     if k.arch != platform.machine():
         users, python, res["userland"] = userland(k.arch)
-    b = boot.boot(name, root, cgv, python, timeout, cmd, boot.ARCHES[k.arch], users)
+    b = boot.boot(name, root, cgv, python, timeout, cmd, boot.ARCHES[k.arch], users,
+                  NUMA_NODES.get(name, 1))
     res["status"] = b.status
     if b.qemu_rc is not None:
         res["qemu_rc"] = b.qemu_rc

@@ -16,6 +16,7 @@ from ..memory_stat import (CGROUP_STAT_KEYS, EVENTS_KEYS, HIERARCHICAL_FILES, PR
                            SWAP_EVENTS_KEYS, number_files, parse_flat_keyed, parse_memory_stat,
                            parse_number, parse_pressure, printed_keys, read_file,
                            text_availability)
+from ..numa import NUMA_FILE, is_numa, parse_numa_stat
 from . import read_each
 
 
@@ -42,6 +43,7 @@ class TextBackend:
         self.local = local
         keys = printed_keys(mountpoint) if mountpoint else None
         sources = {}
+        self._numa = frozenset(n for n in names if is_numa(n))
         for n in names:
             ok, where = text_availability(n, version, local, keys)
             sources[n] = f"text: {where}" if ok else f"unavailable: {where}"
@@ -112,6 +114,11 @@ class TextBackend:
             text = read(PRESSURE_FILE)
             if text is not None:
                 out.update(parse_pressure(text))
+        # --- NUMA ---
+        if any(n in self._numa for n in names):
+            text = read(NUMA_FILE)
+            if text is not None:
+                out.update(parse_numa_stat(text, self.version, self.local))
         if missing and _removed(dfd):
             # a file this kernel does not have is unavailable; one that went
             # with its cgroup is not

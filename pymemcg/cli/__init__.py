@@ -37,7 +37,7 @@ from ..errors import Error
 from ..pins import META_DIR, SHARED_PIN_DIR
 from .bench import ROUNDS, SECONDS, STATS as BENCH_STATS
 from .export import add_export_options
-from .options import add_common, positive_float, positive_int
+from .options import add_common, add_numa, positive_float, positive_int
 from .running import (EXIT_DEGRADED, EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE,
                       PROG)
 from .snapshot import SNAPSHOT_STATS
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="read a cgroup tree in one walk and print it",
                           description="Read every cgroup under ROOT (included) in one walk.")
     add_common(snap, SNAPSHOT_STATS)
+    add_numa(snap)
     snap.add_argument("--format", choices=("table", "json", "csv"), default="table")
     snap.set_defaults(func=command("snapshot", "cmd_snapshot"))
 
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "level, stats}); --per snapshot writes one object per "
                                        "snapshot. Exact integers, null where unavailable.")
     add_common(watch, WATCH_STATS)
+    add_numa(watch)
     watch.add_argument("--interval", "-i", type=positive_float, default=1.0, metavar="S",
                        help="seconds between snapshots (default 1)")
     watch.add_argument("--count", "-c", type=positive_int, metavar="N",

@@ -136,7 +136,8 @@ def _check_item_tables(infos: List[StatInfo]) -> Check:
     else:
         ks = (f"/proc/kallsyms has no {', '.join(KALLSYMS_TABLES)} (static data, listed only "
               f"with CONFIG_KALLSYMS_ALL=y)")
-    items = [s for s in infos if catalog.STATS[s.name].kind in (catalog.STATE, catalog.EVENT)]
+    items = [s for s in infos if s.name in catalog.STATS
+             and catalog.STATS[s.name].kind in (catalog.STATE, catalog.EVENT)]
     through_bpf = [s for s in items if s.available and s.backend == "bpf"]
     vias: Dict[str, int] = {}
     for s in through_bpf:

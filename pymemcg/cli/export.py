@@ -42,6 +42,9 @@ def add_export_options(export: argparse.ArgumentParser) -> None:
                              f"scrape faster cannot make the exporter walk the cgroups faster")
     export.add_argument("--no-cadvisor", action="store_true",
                         help="only the memcg_<stat> metrics")
+    export.add_argument("--numa", action="store_true",
+                        help="also cAdvisor's container_memory_numa_pages{type,scope,node}: "
+                             "a series per type, scope and NUMA node with memory")
     export.add_argument("--oom-events", action="store_true",
                         help="container_oom_events_total from OOM kill events (BPF), counted "
                              "also for cgroups removed right after the kill, instead of from "
@@ -92,7 +95,8 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
                                            cadvisor=not args.no_cadvisor and not args.local,
                                            flush=args.flush, min_interval=args.min_interval,
                                            oom_events=args.oom_events,
-                                           oom_retention=args.oom_retention)
+                                           oom_retention=args.oom_retention,
+                                           numa=args.numa)
             with collector:
                 with warnings_said():     # a connection cap lowered to the file limit
                     server = make_server(collector, host, port, limits)

@@ -10,6 +10,7 @@ import os
 from typing import Dict, Optional, Sequence, TextIO
 
 from .. import catalog
+from ..numa import lookup
 from ..decode import MAX, Record, Snapshot, Value, json_value
 from ..names import escape
 
@@ -67,7 +68,7 @@ def format_value(name: str, value: Optional[Value]) -> str:
         return "-"
     if value is MAX:
         return "max"
-    if catalog.STATS[name].unit == catalog.BYTES:
+    if lookup(name).unit == catalog.BYTES:
         return human_bytes(int(value))
     return str(value)
 
@@ -151,7 +152,7 @@ def snapshot_json(snap: Snapshot, names: Sequence[str], backend: str, version: i
         "root": path_text(root),
         "local": local,
         "stats": list(names),
-        "units": {n: catalog.STATS[n].unit for n in names},
+        "units": {n: lookup(n).unit for n in names},
         "cgroups": [record_json(rec) for rec in snap.records],
     }
 

@@ -7,7 +7,8 @@ import argparse
 from typing import List, Optional, Sequence
 
 from ..cgroupfs import memory_mount
-from ..errors import NoMemoryController, UnknownStat
+from ..errors import NoMemoryController, StatUnavailable, UnknownStat
+from ..numa import is_numa
 from ..reader import stats as list_stats
 
 
@@ -52,9 +53,10 @@ def positive_int(text: str) -> int:
 
 def parse_stat_list(text: str, local: bool = False) -> List[str]:
     """'a, b,c' -> ['a', 'b', 'c'] (names are checked by the Reader); 'all' -> every
-    stat this host can serve."""
+    stat this host can serve, but the per-node NUMA ones (name them: anon:N0)."""
     if text.strip() == "all":
-        return [s.name for s in list_stats(local=local) if s.available]
+        # NUMA stats are per node, a family of their own: Reader(numa=...)
+        return [s.name for s in list_stats(local=local) if s.available and not is_numa(s.name)]
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise UnknownStat("--stats names no stat: give a comma-separated list, e.g. "
@@ -62,11 +64,37 @@ def parse_stat_list(text: str, local: bool = False) -> List[str]:
     return names
 
 
+def add_numa(p: argparse.ArgumentParser) -> None:
+    """--numa: memory.numa_stat items as a column per node (snapshot, watch)."""
+    p.add_argument("--numa", metavar="A,B",
+                   help="memory.numa_stat items to add, a column per node with memory "
+                        "(anon:N0, anon:N1, ...), or all (docs/numa.md)")
+
+
+def numa_columns(text: str) -> List[str]:
+    """--numa's items on every node with memory, as stat names; StatUnavailable
+    (naming why) where this host's nodes cannot be served."""
+    from .. import numa
+    mount = memory_mount()
+    if mount is None:
+        raise NoMemoryController("no cgroup hierarchy on this host has the memory controller")
+    items = list(numa.items(mount.version)) if text.strip() == "all" else \
+        [part.strip() for part in text.split(",") if part.strip()]
+    nodes = numa.memory_nodes()
+    why = numa.nodes_why(nodes)
+    if why:
+        raise StatUnavailable(f"--numa: {why}")
+    return numa.expand(items, mount.version, nodes)
+
+
 def selection(args: argparse.Namespace, default: Sequence[str]) -> List[str]:
-    """The stats --stats names, or `default` without it."""
-    if args.stats is None:
-        return list(default)
-    return parse_stat_list(args.stats, local=getattr(args, "local", False))
+    """The stats --stats names, or `default` without it; then --numa's
+    columns, where the command has that option."""
+    names = list(default) if args.stats is None else \
+        parse_stat_list(args.stats, local=getattr(args, "local", False))
+    if getattr(args, "numa", None):
+        names += [n for n in numa_columns(args.numa) if n not in names]
+    return names
 
 
 def default_root(root: Optional[str]) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from .. import catalog
+from ..numa import lookup
 from ..decode import MAX, Value
 from ..errors import UnknownStat
 from ..reader import Reader
@@ -78,8 +79,8 @@ class TopView:
                  interval: float, reverse: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.reader, self.root, self.names = reader, root, list(names)
-        self.rates = {n for n in self.names if catalog.STATS[n].unit == catalog.COUNT}
-        self.stalls = {n for n in self.names if catalog.STATS[n].unit == catalog.MICROSECONDS}
+        self.rates = {n for n in self.names if lookup(n).unit == catalog.COUNT}
+        self.stalls = {n for n in self.names if lookup(n).unit == catalog.MICROSECONDS}
         check_sort(sort, self.names)
         self.sort, self.reverse, self.interval = sort, reverse, interval
         self.clock = clock
@@ -146,7 +147,7 @@ class TopView:
             return format_rate(value)
         if name in self.stalls:
             return format_percent(value)
-        if value is not None and catalog.STATS[name].unit == catalog.PERCENT_X100:
+        if value is not None and lookup(name).unit == catalog.PERCENT_X100:
             return format_percent(value / 100)
         return format_value(name, value if value is None or value is MAX else int(value))
 

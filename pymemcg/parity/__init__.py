@@ -47,7 +47,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from .. import catalog
 from ..cgroupfs import memory_mount, own_memory_cgroup, resolve_cgroup
@@ -76,21 +76,41 @@ def _bpf_backend(reader: Reader, local_reader: Optional[Reader]) -> str:
     return f"bpf ({', '.join(kinds)})" if kinds else "bpf"
 
 
-def _open_readers() -> Tuple[Reader, Reader]:
-    """(hierarchical Reader, local Reader): every catalog stat, BPF only."""
+def _open_readers() -> Tuple[List[Reader], List[Reader]]:
+    """(hierarchical Readers, local Readers), BPF only: every catalog stat,
+    then memory.numa_stat's items on every node with memory, in readers of
+    as many nodes as a record holds."""
     from ..reader import Reader
-    names = list(catalog.STATS)
+    opened: List[Reader] = []
+    out: Tuple[List[Reader], List[Reader]] = ([], [])
     try:
-        hier = Reader(stats=names, backend="bpf", shared_pins=False)
-    except BpfUnavailable as e:
-        raise VerifyUnavailable(f"the BPF backend cannot run here, so there is nothing to "
-                                f"verify: {e}") from None
-    try:
-        local = Reader(stats=names, local=True, backend="bpf", shared_pins=False)
+        for is_local in (False, True):
+            try:
+                r = Reader(stats=list(catalog.STATS), local=is_local, backend="bpf",
+                           shared_pins=False)
+            except BpfUnavailable as e:
+                raise VerifyUnavailable(f"the BPF backend cannot run here, so there is "
+                                        f"nothing to verify: {e}") from None
+            opened.append(r)
+            out[is_local].append(r)
+            # --- NUMA ---
+            for names in _numa_groups(r.cgroup_version):
+                opened.append(Reader(stats=names, local=is_local, backend="bpf",
+                                     shared_pins=False))
+                out[is_local].append(opened[-1])
     except BaseException:
-        hier.close()
+        for r in opened:
+            r.close()
         raise
-    return hier, local
+    return out
+
+
+def _numa_groups(version: int) -> List[List[str]]:
+    """Every NUMA stat of this host, in lists that each fit a record."""
+    from .. import numa
+    from .._record_h import MAX_STATS
+    names = numa.expand(numa.items(version), version, numa.memory_nodes())
+    return [names[i:i + MAX_STATS] for i in range(0, len(names), MAX_STATS)]
 
 
 def verify(parent: Optional[str] = None, *, workload: Workload = Workload(),
@@ -128,14 +148,12 @@ def verify(parent: Optional[str] = None, *, workload: Workload = Workload(),
         waited = probe.wait_until_quiet(settle_s, settle_s + 10)
         checks, served, rounds = compare_probe(probe, version, hier, local, attempts)
         why_not = why_not_compared(probe, version, hier, local)
-        backend = _bpf_backend(hier, local)
-        read_method = hier.read_method
+        backend = _bpf_backend(hier[0], local[0])
+        read_method = hier[0].read_method
     finally:
         try:
-            try:
-                hier.close()
-            finally:
-                local.close()
+            for r in hier + local:
+                r.close()
         finally:
             probe.close()
     stats = [summarise(name, checks.get(name, []), why_not.get(name, ""))

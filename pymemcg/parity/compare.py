@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import catalog
 from ..decode import MAX, Value
+from ..numa import NUMA_FILE, is_numa
 from .files import V1_KMEM_FILE, FileValues, file_values, read_files
 from .probe import LEAVES, PROBE_CGROUPS
 from .results import EXACT, MISMATCH, NOT_COMPARED, Check, StatResult
@@ -57,13 +58,18 @@ def served_by_bpf(reader: Reader) -> List[str]:
     return [n for n, src in reader.sources.items() if src.startswith("bpf/")]
 
 
-def compare_probe(probe: Probe, version: int, hier: Reader, local: Reader, attempts: int
-                  ) -> Tuple[Dict[str, List[Check]], List[str], int]:
+def compare_probe(probe: Probe, version: int, hier: Sequence[Reader], local: Sequence[Reader],
+                  attempts: int) -> Tuple[Dict[str, List[Check]], List[str], int]:
     """Every check of every served stat, by name, the served names in catalog
-    order, and the rounds of reads it took: single reads and tree walks,
-    hierarchical and local, read again while a value moves."""
-    readers = {False: (hier, served_by_bpf(hier)), True: (local, served_by_bpf(local))}
-    served = [n for n in catalog.STATS if n in readers[False][1] or n in readers[True][1]]
+    order (then the NUMA ones), and the rounds of reads it took: single
+    reads and tree walks, hierarchical and local, read again while a value
+    moves. hier, local: the readers of each (the catalog's stats, and the
+    NUMA ones, which do not fit the same record)."""
+    groups = {False: list(hier), True: list(local)}
+    readers = {k: (rs, [n for r in rs for n in served_by_bpf(r)]) for k, rs in groups.items()}
+    both = set(readers[False][1]) | set(readers[True][1])
+    served = [n for n in catalog.STATS if n in both] + \
+        [n for n in dict.fromkeys(readers[False][1] + readers[True][1]) if n not in catalog.STATS]
     decided: Dict[Tuple[Key, str], Check] = {}
     moving: Dict[Tuple[Key, str], Check] = {}
     lag_since: Dict[Tuple[Key, str], float] = {}
@@ -110,20 +116,22 @@ def compare_probe(probe: Probe, version: int, hier: Reader, local: Reader, attem
         for rel in rels:
             path = probe.cgroup(rel)
             files0 = read_files(path, version)
-            recs = {is_local: r.read(path).as_dict() for is_local, (r, _) in readers.items()}
+            recs = {is_local: {k: v for r in rs for k, v in r.read(path).as_dict().items()}
+                    for is_local, (rs, _) in readers.items()}
             files1 = read_files(path, version)
             for is_local in readers:
                 settle_one((rel, is_local, "read"), recs[is_local],
                            expect(files0, is_local, rel), expect(files1, is_local, rel))
         # one tree walk of the probe per reader, bracketed the same way
-        for is_local, (r, _) in readers.items():
+        for is_local, (rs, _) in readers.items():
             tree0 = {rel: read_files(probe.cgroup(rel), version) for rel in rels}
-            snap = r.read_tree(probe.path)
+            snaps = [r.read_tree(probe.path) for r in rs]
             tree1 = {rel: read_files(probe.cgroup(rel), version) for rel in rels}
-            root = snap.root
             for rel in rels:
-                key = root if rel == "." else root.rstrip("/") + "/" + rel
-                bpf = snap[key].as_dict() if key in snap else {}
+                bpf = {}
+                for snap in snaps:
+                    key = snap.root if rel == "." else snap.root.rstrip("/") + "/" + rel
+                    bpf.update(snap[key].as_dict() if key in snap else {})
                 settle_one((rel, is_local, "read_tree"), bpf, expect(tree0[rel], is_local, rel),
                            expect(tree1[rel], is_local, rel))
         if not moving:
@@ -138,15 +146,21 @@ def compare_probe(probe: Probe, version: int, hier: Reader, local: Reader, attem
     return checks, served, rounds
 
 
-def why_not_compared(probe: Probe, version: int, hier: Reader, local: Reader) -> Dict[str, str]:
+def why_not_compared(probe: Probe, version: int, hier: Sequence[Reader],
+                     local: Sequence[Reader]) -> Dict[str, str]:
     """Why a served stat has no file to compare with: the probe's reason,
     hierarchical first, then local (read from the now quiet files)."""
     files = read_files(probe.path, version)
     out: Dict[str, str] = {}
-    served_h, served_l = set(served_by_bpf(hier)), set(served_by_bpf(local))
+    served_h = {n for r in hier for n in served_by_bpf(r)}
+    served_l = {n for r in local for n in served_by_bpf(r)}
     for is_local, served in ((False, served_h), (True, served_l)):
-        why = file_values(files, version, is_local, False)[1]
+        values, why = file_values(files, version, is_local, False)
         for name in served:
+            if is_numa(name) and name not in why and name not in values:
+                # --- NUMA: the file's reason, or a line it does not print ---
+                why[name] = why.get(NUMA_FILE, f"this kernel's {NUMA_FILE} does not print "
+                                               f"{name.split(':')[0]}")
             if name in why and why[name] != out.get(name):
                 text = ("local values: " if is_local and name in out else "") + why[name]
                 out[name] = "; ".join(filter(None, (out.get(name), text)))

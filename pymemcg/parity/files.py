@@ -14,6 +14,7 @@ from typing import Dict, Mapping, Optional, Tuple
 from .. import catalog
 from ..catalog import COUNTER, FIELD, MEMEVENT, PRESSURE
 from ..decode import Value, unlimited
+from ..numa import NUMA_FILE, parse_numa_stat
 from ..memory_stat import (CGROUP_STAT_KEYS, EVENTS_KEYS, HIERARCHICAL_FILES, PRESSURE_FILE,
                            SWAP_EVENTS_KEYS, number_files, parse_flat_keyed, parse_number,
                            parse_pressure)
@@ -31,7 +32,7 @@ def _files_for(version: int) -> Tuple[str, ...]:
     extra = (V1_KMEM_FILE, V1_OOM_FILE) if version == 1 else \
         ("memory.events", "memory.events.local", "memory.swap.events", "cgroup.stat",
          PRESSURE_FILE)
-    return ("memory.stat",) + tuple(number_files(version).values()) + extra
+    return ("memory.stat",) + tuple(number_files(version).values()) + extra + (NUMA_FILE,)
 
 
 def read_files(path: str, version: int) -> Dict[str, Optional[str]]:
@@ -118,7 +119,29 @@ def file_values(files: Mapping[str, Optional[str]], version: int, local: bool,
         else:
             values[s.name] = (stat_keys[key], f"memory.stat {key}" + (note if version == 2
                                                                         else ""))
+    _numa(files, version, local, leaf, note, values, why)
     return values, why
+
+
+# --- NUMA ---
+def _numa(files: Mapping[str, Optional[str]], version: int, local: bool, leaf: bool,
+          note: str, values: FileValues, why: Dict[str, str]) -> None:
+    """memory.numa_stat per node ("anon:N0"): v2 prints hierarchical values
+    only (a leaf's are its own), v1 both (hierarchical_* and plain lines).
+    A NUMA name the file does not print has no entry: why_numa() says why."""
+    text = files.get(NUMA_FILE)
+    if text is None:
+        why[NUMA_FILE] = f"this kernel has no {NUMA_FILE}"
+        return
+    hier_only = version == 2 and local
+    if hier_only and not leaf:
+        why[NUMA_FILE] = (f"cgroup v2's {NUMA_FILE} prints hierarchical values only (local "
+                          f"ones compared at the leaves)")
+        return
+    for n, v in parse_numa_stat(text, version, local and not hier_only).items():
+        prefix = "hierarchical_" if version == 1 and not local else ""
+        values[n] = (v, f"{NUMA_FILE} {prefix}{n.replace(':N', ' N', 1)}="
+                     + (note if hier_only else ""))
 
 
 def _memevent(name: str, files: Mapping[str, Optional[str]], version: int, local: bool,

@@ -99,6 +99,36 @@ def charge(job: Job, cache_dir: str) -> List[object]:
     return keep
 
 
+# --- NUMA ---
+#: set_mempolicy(2)'s number (glibc has no wrapper) and MPOL_INTERLEAVE
+SYS_SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237}
+MPOL_INTERLEAVE = 3
+
+
+def spread_over_nodes(libc: ctypes.CDLL) -> None:
+    """Where more than one node has memory, interleave this process's
+    allocations (anonymous memory and the page cache it reads in) over all
+    of them, so that memory.numa_stat has a value to compare on each node."""
+    try:
+        with open("/sys/devices/system/node/has_memory") as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return
+    nodes: List[int] = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        nodes.extend(range(int(lo), int(hi or lo) + 1))
+    if len(nodes) < 2:
+        return
+    mask = sum(1 << n for n in nodes)
+    words = (ctypes.c_ulong * (max(nodes) // 64 + 1))(
+        *[(mask >> (64 * i)) & (2**64 - 1) for i in range(max(nodes) // 64 + 1)])
+    nr = SYS_SET_MEMPOLICY[os.uname().machine]
+    if libc.syscall(nr, MPOL_INTERLEAVE, words, ctypes.c_ulong(max(nodes) + 2)) != 0:
+        raise OSError(ctypes.get_errno(), "set_mempolicy(MPOL_INTERLEAVE) over nodes "
+                      f"{text}: {os.strerror(ctypes.get_errno())}")
+
+
 def hold(keep: List[object]) -> NoReturn:
     """Sleep until killed, keeping `keep` (the memory charged) alive."""
     while True:
@@ -121,6 +151,7 @@ def worker(job: Job, cache_dir: str, driver: int, libc: ctypes.CDLL) -> Tuple[in
             os._exit(1)
         with open(os.path.join(job["cgroup"], "cgroup.procs"), "w") as f:
             f.write("0")  # this process, before it allocates anything
+        spread_over_nodes(libc)
         keep = charge(job, cache_dir)
         os.write(w, b"ready")
         os.close(w)
