@@ -153,7 +153,7 @@ static void run_bpf(struct ctx *c)
 
 static void run_bpf_fetch(struct ctx *c)
 {
-	int rc = pmc_fetch_read(c->fetch, &c->route);
+	int rc = pmc_fetch_read(&c->route);
 
 	if (rc < 0)
 		die("BPF_PROG_RUN of memcg_fetch", -rc);
@@ -546,6 +546,7 @@ int main(int argc, char **argv)
 			err = pmc_fetch_run(c.fetch, c.fetch_id);
 		if (!err) {
 			c.route.cgroup_id = c.fetch_id;
+			c.route.fetch = c.fetch;
 			c.route.path_hash =
 				((const struct pmc_record *)pmc_fetch_record(c.fetch))->name_hash;
 		}
