@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 from .. import forksafe
 from ..cgroupfs import path_list
 from ..decode import Record, Snapshot
-from ..errors import BpfUnavailable
+from ..errors import BpfUnavailable, Closed
 from ..programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, Fetch, Slot
 from .._record_h import READ_GONE, READ_REAP, TRAILER_MAGIC
 from ..record_format import TRAILER
@@ -44,6 +44,7 @@ class BpfBackend:
 
     name = "bpf"
     loads_programs = True   # reads any tree through BPF programs of its own
+    read_checks_closed = True   # read() once closed raises Closed (Reader calls it directly)
 
     def __init__(self, names: Sequence[str], local: bool, version: int, mountpoint: str,
                  flush: bool = False,
@@ -180,6 +181,8 @@ class BpfBackend:
                 # renamed, removed or replaced (or its link closed by the reap
                 # below): resolve again
                 self._routes.pop(path, None)
+            if not self._finalizer.alive:   # closed (no route is left then)
+                raise Closed("this Reader is closed: make a new one")
             self._links.reap()   # links of removed cgroups: close them
             return self._read_slow(path)
         finally:
