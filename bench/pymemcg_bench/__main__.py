@@ -97,7 +97,7 @@ def run(args) -> int:
                 embedding = measure_embedding(cgroups, st.tree_rounds)
             many = measure_read_many(cgroups, st.tree_rounds * 3, 200 if not args.quick else 50)
             anchor = measure_anchor(cgroups, st.tree_rounds)
-            rotation = measure_rotation(cgroups, st.tree_rounds)
+            rotation = measure_rotation(cgroups, st.tree_rounds, cbench=cbench)
         except KeyboardInterrupt:
             print("bench: interrupted", file=sys.stderr)
             return 130
@@ -139,9 +139,13 @@ def run_rotation(rounds: int, sizes: List[int]) -> int:
         print("bench: this host has no memory cgroup hierarchy", file=sys.stderr)
         return 2
     remove_stale_trees(own)
+    binary, why_no_c = build_c()
+    if binary is None:
+        print(f"bench: no C floor: {why_no_c}", file=sys.stderr)
     with BenchCgroups(own) as cgroups:
         try:
-            results = measure_rotation(cgroups, rounds, sizes)
+            results = measure_rotation(cgroups, rounds, sizes,
+                                       CBench(binary) if binary is not None else None)
         except KeyboardInterrupt:
             print("bench: interrupted", file=sys.stderr)
             return 130

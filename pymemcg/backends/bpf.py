@@ -150,14 +150,17 @@ class BpfBackend:
                     # and no cgroup renamed since the path was proven (else the
                     # kernel hashed the path, and the hash matched); first,
                     # whether cgroups were removed since the last reap
+                    # the Record is made first, without a call of its __init__,
+                    # and only its values after the call: the less a read
+                    # touches after a syscall, the less it pays for what the
+                    # syscall pushed out of the CPU's caches and TLB
+                    rec = _new_record(Record)
+                    rec._selection = self.selection
+                    rec.path = route.relpath
                     rc = self._fetch_read(proof)
                     if not rc:   # READ_OK (and proof.used set: the slot is spared
                         # by the next eviction sweep, Batches.slots_in_use)
-                        # Record(...) without the call of its __init__
-                        rec = _new_record(Record)
-                        rec._selection = self.selection
                         rec._t = self._unpack_record(self._fetch_record)
-                        rec.path = route.relpath
                         return rec
                     if rc == READ_REAP:
                         self._links.reap()   # links of removed cgroups: close them
