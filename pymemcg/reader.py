@@ -165,10 +165,6 @@ class Reader:
                 backend)
         if self._backend is None:
             self._backend = _own_backend(self.stats, local, flush, backend, mount, 3, for_trees)
-        if getattr(self._backend, "read_checks_closed", False):
-            # the hottest call: the backend's own read, one call layer less
-            # (closed, it raises Closed itself, as read() below does)
-            self.__dict__["read"] = self._backend.read
 
     @property
     def backend(self) -> str:
@@ -244,7 +240,6 @@ class Reader:
         """Close the links (fds: a Reader pins nothing) and unload the programs. Safe to
         call twice."""
         with self._lock:
-            self.__dict__.pop("read", None)
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None

@@ -141,23 +141,6 @@ def test_closed_reader(no_leaks):
         r.read(own_memory_cgroup())
 
 
-@pytest.mark.parametrize("backend", ["bpf", "text"])
-def test_read_taken_before_close_raises_closed(no_leaks, cgroups, backend):
-    """reader.read taken (as a daemon's loop keeps it) before close: once
-    closed, it raises Closed, for a path read before and for one never read
-    (even one that names no cgroup), and reads nothing."""
-    path = cgroups.make("read")
-    r = pymemcg.Reader(stats=["usage"], backend=backend, shared_pins=False)
-    read = r.read
-    assert read(path).id == os.stat(path).st_ino
-    r.close()
-    for p in (path, own_memory_cgroup(), path + "/no-such-cgroup"):
-        with pytest.raises(pymemcg.Closed):
-            read(p)
-        with pytest.raises(pymemcg.Closed):
-            r.read(p)
-
-
 def test_missing_privileges(no_leaks):
     own = own_memory_cgroup()
 

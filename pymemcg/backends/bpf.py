@@ -19,19 +19,19 @@ from __future__ import annotations
 import struct
 import threading
 import weakref
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, cast
 
 from .. import forksafe
 from ..cgroupfs import path_list
 from ..decode import Record, Snapshot
-from ..errors import BpfUnavailable, Closed
+from ..errors import BpfUnavailable
 from ..programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, Fetch, Slot
 from .._record_h import READ_GONE, READ_REAP, TRAILER_MAGIC
 from ..record_format import TRAILER
 from ..wire import selection_digest
 from . import bpf_links, read_each
 from .bpf_batch import Batches
-from .bpf_links import BpfSelection, Links, Sessions
+from .bpf_links import BpfSelection, Link, Links, Sessions
 from .bpf_single import SingleReads
 from .bpf_walk import TreeWalks
 
@@ -44,7 +44,6 @@ class BpfBackend:
 
     name = "bpf"
     loads_programs = True   # reads any tree through BPF programs of its own
-    read_checks_closed = True   # read() once closed raises Closed (Reader calls it directly)
 
     def __init__(self, names: Sequence[str], local: bool, version: int, mountpoint: str,
                  flush: bool = False,
@@ -169,13 +168,15 @@ class BpfBackend:
                             return Record(self.selection,
                                           self._unpack_record(self._fetch_record), route.relpath)
                     if rc == READ_GONE and self._fetch is not None:
-                        self._fetch.clear(route.target)  # removed: let the kernel free it
+                        # removed: let the kernel free it
+                        self._fetch.clear(cast(Slot, route.target))
                 else:
                     removals = self._links.removals
                     if removals is None or removals.words[0] == removals.seen:
                         # fast path (no links of removed cgroups to close
                         # first): one record and the trailer, one unpack
-                        n = self._read_session(route.target.fd, self._cbuf, self._buflen)
+                        n = self._read_session(cast(Link, route.target).fd, self._cbuf,
+                                               self._buflen)
                         if n == self._single_size:
                             t = self._unpack_single(self._buf)
                             if t[-3] == TRAILER_MAGIC and t[-4] == self._sel_path and \
@@ -184,8 +185,6 @@ class BpfBackend:
                 # renamed, removed or replaced (or its link closed by the reap
                 # below): resolve again
                 self._routes.pop(path, None)
-            if not self._finalizer.alive:   # closed (no route is left then)
-                raise Closed("this Reader is closed: make a new one")
             self._links.reap()   # links of removed cgroups: close them
             return self._read_slow(path)
         finally:
