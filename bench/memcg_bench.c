@@ -7,6 +7,7 @@
  *
  *   memcg_bench [-m METHODS] [-c CAPACITY] single SPECS CGROUP COUNT ROUNDS
  *   memcg_bench [-m METHODS] [-c CAPACITY] tree   SPECS ROOT   COUNT ROUNDS
+ *   memcg_bench [-m METHODS] [-c SLOTS] rotation SPECS LIST COUNT ROUNDS
  *
  * SPECS is a file of the selected stats, one per line, "name kind slot item
  * flags scale" (python -m pymemcg_bench specs writes it; '#' lines are
@@ -37,12 +38,25 @@
  *               writes nothing: what the cgroup iterator's own walk costs
  *               (locking, css_next_descendant_pre, one program call per
  *               cgroup, the session's file), which no program can remove
+ * rotation methods, the cgroups whose paths LIST holds (one a line), each
+ * read in turn (COUNT passes over the list; a poller's rotation), with
+ * SLOTS (at least the list's length; Reader's is programs.MAX_FETCH_CGROUPS)
+ * in the fetch program's map:
+ *   fetch-each  Reader.read's path for each: one BPF_PROG_RUN of memcg_fetch
+ *               per cgroup, on a slot stashed once and its path proven once
+ *               (pmc_fetch_read), the record copied out of the mmaped map
+ *   fetch-many  Reader.read_many's path: one BPF_PROG_RUN of pmc_fetch_many
+ *               per PMC_FETCH_BATCH_MAX cgroups (warming the caches first
+ *               where a pass takes more than one run, as read_many does),
+ *               the records copied out packed (pmc_fetch_batch_copy)
+ *   stat-pread  pread(0) of each one's open memory.stat
  * Nothing is parsed on either side, as in the seed.
  *
  * Output, one line per method, times in seconds summed over the rounds:
- *   method=NAME count=N real=S user=S sys=S units=U bytes=B rounds=S,S,...
- * units: cgroups per operation (1, or the tree's size); bytes: read per
- * operation; rounds: each round's real time per operation.
+ *   method=NAME count=N real=S user=S sys=S units=U bytes=B rounds=S,S,... cpu_rounds=S,S,...
+ * units: cgroups per operation (1, the tree's size, or the list's length);
+ * bytes: read per operation; rounds: each round's real time per operation;
+ * cpu_rounds: each round's CPU time (user + system) per operation.
  * A line "record ..." gives the first BPF record's header and values.
  */
 #define _GNU_SOURCE
@@ -81,6 +95,11 @@ struct ctx {
 	int null_link_fd;		/* tree: the null program's link, or -1 */
 	int null_map_fd;		/* its counter: cgroups visited, all sessions */
 	unsigned long long null_sessions;	/* sessions run on null_link_fd */
+	/* rotation: n cgroups, a route, a batch entry and a memory.stat fd each */
+	unsigned int n;
+	struct pmc_fetch_route *routes;
+	struct pmc_fetch_want *wants;
+	int *stat_fds;
 	long long units;		/* cgroups seen by the last operation */
 	long long bytes;		/* bytes read by the last operation */
 };
@@ -90,6 +109,7 @@ struct method {
 	void (*run)(struct ctx *c);
 	double real, user, sys;		/* seconds, all rounds */
 	double *per_op;			/* seconds per operation, each round */
+	double *cpu_per_op;		/* CPU seconds (user + system) per operation, each round */
 };
 
 static void die(const char *what, int err)
@@ -153,7 +173,7 @@ static void run_bpf(struct ctx *c)
 
 static void run_bpf_fetch(struct ctx *c)
 {
-	int rc = pmc_fetch_read(c->fetch, &c->route);
+	int rc = pmc_fetch_read(&c->route);
 
 	if (rc < 0)
 		die("BPF_PROG_RUN of memcg_fetch", -rc);
@@ -176,6 +196,126 @@ static void run_bpf_fetch_hash(struct ctx *c)
 	memcpy(c->buf, rec, c->record_size);
 	c->bytes = c->record_size;
 	c->units = 1;
+}
+
+/* --- rotations --- */
+
+static void run_fetch_each(struct ctx *c)
+{
+	unsigned int i;
+	int rc;
+
+	for (i = 0; i < c->n; i++) {
+		rc = pmc_fetch_read(&c->routes[i]);
+		if (rc < 0)
+			die("BPF_PROG_RUN of memcg_fetch", -rc);
+		if (rc != PMC_READ_OK)
+			die("memcg_fetch: a cgroup was removed or renamed", ENOENT);
+		memcpy(c->buf, pmc_fetch_record(c->fetch), c->record_size);
+	}
+	c->bytes = (long long)c->n * c->record_size;
+	c->units = c->n;
+}
+
+static void run_fetch_many(struct ctx *c)
+{
+	unsigned int cap = pmc_fetch_batch_capacity(c->fetch), start, m;
+	unsigned int flags = c->n > cap ? PMC_MANY_WARM : 0;
+	int rc;
+
+	for (start = 0; start < c->n; start += m) {
+		m = c->n - start < cap ? c->n - start : cap;
+		rc = pmc_fetch_run_many(c->fetch, c->wants + start, m, flags);
+		if (rc < 0)
+			die("BPF_PROG_RUN of pmc_fetch_many", -rc);
+		if (rc)
+			die("pmc_fetch_many: a cgroup was removed or renamed", ENOENT);
+		rc = pmc_fetch_batch_copy(c->fetch, c->buf, m, c->record_size);
+		if (rc)
+			die("copying a run's records", -rc);
+	}
+	c->bytes = (long long)c->n * c->record_size;
+	c->units = c->n;
+}
+
+static void run_stat_pread_each(struct ctx *c)
+{
+	unsigned int i;
+	long long bytes = 0;
+	ssize_t n;
+
+	for (i = 0; i < c->n; i++) {
+		n = pread(c->stat_fds[i], c->buf, BUF_SIZE, 0);
+		if (n <= 0)
+			die("pread memory.stat", n < 0 ? errno : EIO);
+		bytes += n;
+	}
+	c->bytes = bytes;
+	c->units = c->n;
+}
+
+/* The cgroups LIST names: a slot and a proven route each (as Reader.read
+ * proves a path: the rename count first, then the hash the run reported),
+ * their batch entries, and their memory.stat open. */
+static void rotation_setup(struct ctx *c, const struct pmc_config *cfg, const char *list,
+			   unsigned int slots, char *log, size_t log_size)
+{
+	char line[4096], stat_path[4200], **paths = NULL;
+	unsigned int cap = 0, i;
+	FILE *f = fopen(list, "r");
+	int fd, err;
+
+	if (!f)
+		die(list, errno);
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		if (!line[0])
+			continue;
+		if (c->n == cap && !(paths = realloc(paths, (cap = cap ? 2 * cap : 1024) *
+								sizeof(*paths))))
+			die("realloc", ENOMEM);
+		if (!(paths[c->n++] = strdup(line)))
+			die("strdup", ENOMEM);
+	}
+	fclose(f);
+	if (!c->n)
+		die("the list names no cgroup", EINVAL);
+	err = pmc_fetch_load(cfg, slots > c->n ? slots : c->n, &c->fetch, log, log_size);
+	if (!err)
+		err = pmc_fetch_load_many(c->fetch, log, log_size);
+	if (err) {
+		fprintf(stderr, "%s\n", log);
+		die("loading memcg_fetch", -err);
+	}
+	c->routes = calloc(c->n, sizeof(*c->routes));
+	c->wants = calloc(c->n, sizeof(*c->wants));
+	c->stat_fds = calloc(c->n, sizeof(*c->stat_fds));
+	if (!c->routes || !c->wants || !c->stat_fds)
+		die("calloc", ENOMEM);
+	for (i = 0; i < c->n; i++) {
+		struct pmc_fetch_route *r = &c->routes[i];
+
+		fd = open(paths[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			die(paths[i], errno);
+		r->renames = pmc_fetch_renames(c->fetch);
+		r->fetch = c->fetch;
+		err = pmc_fetch_stash(c->fetch, fd, &r->cgroup_id);
+		close(fd);
+		if (!err)
+			err = pmc_fetch_run(c->fetch, r->cgroup_id);
+		if (err)
+			die("taking hold of a cgroup of the list", -err);
+		r->path_hash = ((const struct pmc_record *)pmc_fetch_record(c->fetch))->name_hash;
+		c->wants[i].cgroup_id = r->cgroup_id;
+		c->wants[i].path_hash = r->path_hash;
+		snprintf(stat_path, sizeof(stat_path), "%s/memory.stat", paths[i]);
+		c->stat_fds[i] = open(stat_path, O_RDONLY | O_CLOEXEC);
+		if (c->stat_fds[i] < 0)
+			die(stat_path, errno);
+		free(paths[i]);
+	}
+	free(paths);
 }
 
 /* --- trees --- */
@@ -364,7 +504,8 @@ static void measure(struct ctx *c, struct method *m, int nm, long long count, in
 	for (k = 0; k < nm; k++) {
 		m[k].run(c);	/* warm up: dentries, the seq buffer, caches */
 		m[k].per_op = calloc(rounds, sizeof(double));
-		if (!m[k].per_op)
+		m[k].cpu_per_op = calloc(rounds, sizeof(double));
+		if (!m[k].per_op || !m[k].cpu_per_op)
 			die("calloc", ENOMEM);
 	}
 	for (r = 0; r < rounds; r++) {
@@ -379,6 +520,7 @@ static void measure(struct ctx *c, struct method *m, int nm, long long count, in
 			m[k].user += u1 - u0;
 			m[k].sys += s1 - s0;
 			m[k].per_op[r] = (t1 - t0) / chunk;
+			m[k].cpu_per_op[r] = (u1 - u0 + s1 - s0) / chunk;
 		}
 	}
 	for (k = 0; k < nm; k++) {
@@ -396,8 +538,12 @@ static void measure(struct ctx *c, struct method *m, int nm, long long count, in
 		       c->units, c->bytes);
 		for (r = 0; r < rounds; r++)
 			printf("%s%.9g", r ? "," : "", m[k].per_op[r]);
+		printf(" cpu_rounds=");
+		for (r = 0; r < rounds; r++)
+			printf("%s%.9g", r ? "," : "", m[k].cpu_per_op[r]);
 		printf("\n");
 		free(m[k].per_op);
+		free(m[k].cpu_per_op);
 	}
 }
 
@@ -465,21 +611,26 @@ int main(int argc, char **argv)
 		{ "stat-walk", run_stat_walk }, { "bpf-walk", run_bpf_walk },
 		{ "null-walk", run_null_walk },
 	};
+	static struct method rotation[] = {
+		{ "fetch-each", run_fetch_each }, { "fetch-many", run_fetch_many },
+		{ "stat-pread", run_stat_pread_each },
+	};
 	static struct pmc_config cfg;
 	static char log[1 << 16];
 	struct method chosen[MAX_METHODS], *all;
 	const char *only = NULL, *mode, *path;
 	unsigned int capacity = 16384;
+	int capacity_set = 0;
 	struct ctx c = { .stat_fd = -1, .root_fd = -1, .null_link_fd = -1, .null_map_fd = -1 };
 	long long count;
-	int opt, cg_fd, is_tree, nall, nm = 0, rounds, k, err;
+	int opt, cg_fd, is_tree, is_rotation, nall, nm = 0, rounds, k, err;
 	char stat_path[4096];
 
 	while ((opt = getopt(argc, argv, "m:c:")) != -1) {
 		if (opt == 'm')
 			only = optarg;
 		else if (opt == 'c')
-			capacity = strtoul(optarg, NULL, 10);
+			capacity = strtoul(optarg, NULL, 10), capacity_set = 1;
 		else
 			goto usage;
 	}
@@ -490,11 +641,14 @@ int main(int argc, char **argv)
 	count = atoll(argv[optind + 3]);
 	rounds = atoi(argv[optind + 4]);
 	is_tree = !strcmp(mode, "tree");
-	if ((!is_tree && strcmp(mode, "single")) || count < 1 || rounds < 1 ||
+	is_rotation = !strcmp(mode, "rotation");
+	if ((!is_tree && !is_rotation && strcmp(mode, "single")) || count < 1 || rounds < 1 ||
 	    rounds > count || rounds > MAX_ROUNDS)
 		goto usage;
-	all = is_tree ? tree : single;
-	nall = is_tree ? (int)(sizeof(tree) / sizeof(tree[0])) : (int)(sizeof(single) / sizeof(single[0]));
+	all = is_tree ? tree : is_rotation ? rotation : single;
+	nall = is_tree ? (int)(sizeof(tree) / sizeof(tree[0])) :
+	       is_rotation ? (int)(sizeof(rotation) / sizeof(rotation[0])) :
+	       (int)(sizeof(single) / sizeof(single[0]));
 	for (k = 0; k < nall; k++)
 		if (selected(only, all[k].name))
 			chosen[nm++] = all[k];
@@ -503,6 +657,20 @@ int main(int argc, char **argv)
 
 	read_specs(argv[optind + 1], &cfg);
 	cfg.page_size = sysconf(_SC_PAGESIZE);
+	if (is_rotation) {
+		c.buf = malloc(BUF_SIZE);
+		if (!c.buf)
+			die("malloc", ENOMEM);
+		cfg.overflow_capacity = 1;
+		c.record_size = PMC_RECORD_SIZE(cfg.nr_stats);
+		rotation_setup(&c, &cfg, path, capacity_set ? capacity : 0, log, sizeof(log));
+		measure(&c, chosen, nm, count, rounds);
+		fflush(stdout);
+		for (k = 0; k < (int)c.n; k++)
+			close(c.stat_fds[k]);
+		pmc_fetch_destroy(c.fetch);
+		return 0;
+	}
 	cfg.overflow_capacity = is_tree ? capacity : 1;
 	err = pmc_prog_load(&cfg, &c.prog, log, sizeof(log));
 	if (err) {
@@ -546,6 +714,7 @@ int main(int argc, char **argv)
 			err = pmc_fetch_run(c.fetch, c.fetch_id);
 		if (!err) {
 			c.route.cgroup_id = c.fetch_id;
+			c.route.fetch = c.fetch;
 			c.route.path_hash =
 				((const struct pmc_record *)pmc_fetch_record(c.fetch))->name_hash;
 		}
@@ -583,7 +752,7 @@ int main(int argc, char **argv)
 	pmc_prog_destroy(c.prog);
 	return 0;
 usage:
-	fprintf(stderr, "usage: memcg_bench [-m METHODS] [-c CAPACITY] single|tree SPECS PATH "
-			"COUNT ROUNDS\n");
+	fprintf(stderr, "usage: memcg_bench [-m METHODS] [-c CAPACITY] single|tree|rotation SPECS "
+			"PATH COUNT ROUNDS\n");
 	return 2;
 }

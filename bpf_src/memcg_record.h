@@ -180,6 +180,8 @@ struct pmc_fetch_args {
 #define PMC_READ_OK		0	/* the route's cgroup, and its path names it still */
 #define PMC_READ_GONE		1	/* removed, or its slot let go of */
 #define PMC_READ_OTHER		2	/* another cgroup, or another path */
+#define PMC_READ_REAP		3	/* not read: cgroups were removed since the
+					 * reader last closed its links to them */
 
 /* BPF_PROG_RUN context of pmc_fetch_many: the stashed cgroups to read, in
  * order, each with what the reader proved its path to name. Record i (for

@@ -73,6 +73,7 @@ int pmc_copy_overflow(struct pmc_prog *prog, unsigned long long session_id,
                       void *dst, unsigned long long n);
 
 struct pmc_fetch;
+struct pmc_gone;
 int pmc_fetch_load(const struct pmc_config *cfg, unsigned int nr_slots,
                    struct pmc_fetch **out, char *log, size_t log_size);
 int pmc_fetch_load_many(struct pmc_fetch *fetch, char *log, size_t log_size);
@@ -87,8 +88,11 @@ struct pmc_fetch_route {
     unsigned long long cgroup_id;
     unsigned long long path_hash;
     unsigned long long renames;
+    struct pmc_fetch *fetch;
+    unsigned long long used;
 };
-int pmc_fetch_read(struct pmc_fetch *fetch, struct pmc_fetch_route *route);
+int pmc_fetch_read(struct pmc_fetch_route *route);
+void pmc_fetch_watch(struct pmc_fetch *fetch, const struct pmc_gone *gone);
 int pmc_fetch_run_many(struct pmc_fetch *fetch, const void *wants, unsigned int n,
                        unsigned int flags);
 const void *pmc_fetch_batch(const struct pmc_fetch *fetch);
@@ -97,10 +101,10 @@ unsigned int pmc_fetch_batch_stride(const struct pmc_fetch *fetch);
 int pmc_fetch_batch_copy(const struct pmc_fetch *fetch, void *dst, unsigned int n,
                          unsigned int size);
 
-struct pmc_gone;
 int pmc_gone_load(struct pmc_gone **out, char *log, size_t log_size);
 void pmc_gone_destroy(struct pmc_gone *gone);
 const void *pmc_gone_ring(const struct pmc_gone *gone);
+unsigned long long *pmc_gone_seen(struct pmc_gone *gone);
 
 int pmc_read_kernel_tables(unsigned int state_n, unsigned int events_n,
                            unsigned int *state_out, unsigned int *events_out,

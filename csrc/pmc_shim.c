@@ -505,6 +505,7 @@ struct pmc_fetch {
 	unsigned int nr_slots;		/* cgroups the slots map holds at most */
 	unsigned int batch_capacity;	/* records one pmc_fetch_run_many fills at most */
 	unsigned int batch_stride;	/* bytes from one of its records to the next */
+	const struct pmc_gone *gone;	/* removals pmc_fetch_read checks first, or NULL */
 };
 
 void pmc_fetch_destroy(struct pmc_fetch *fetch)
@@ -728,14 +729,19 @@ unsigned long long pmc_fetch_renames(const struct pmc_fetch *fetch)
 	return __atomic_load_n(fetch->renames, __ATOMIC_ACQUIRE);
 }
 
-int pmc_fetch_read(struct pmc_fetch *fetch, struct pmc_fetch_route *route)
+static int gone_unseen(const struct pmc_gone *gone);
+
+int pmc_fetch_read(struct pmc_fetch_route *route)
 {
+	struct pmc_fetch *fetch = route->fetch;
 	const struct pmc_record *rec = fetch->record;
 	/* read before the run: a rename counted after this read had not shown
 	 * its new name to any lookup when the count was read */
 	unsigned long long now = __atomic_load_n(fetch->renames, __ATOMIC_ACQUIRE);
 	int proven = now == route->renames, err;
 
+	if (fetch->gone && gone_unseen(fetch->gone))
+		return PMC_READ_REAP;
 	err = fetch_run(fetch, route->cgroup_id, route->path_hash, !proven);
 	if (err)
 		return err;
@@ -743,11 +749,12 @@ int pmc_fetch_read(struct pmc_fetch *fetch, struct pmc_fetch_route *route)
 		return PMC_READ_GONE;
 	if (rec->cgroup_id != route->cgroup_id)
 		return PMC_READ_OTHER;
-	if (proven)
-		return PMC_READ_OK;	/* alive, and no rename since the proof */
-	if (rec->name_hash != route->path_hash)
-		return PMC_READ_OTHER;
-	route->renames = now;	/* proven again, at this count */
+	if (!proven) {
+		if (rec->name_hash != route->path_hash)
+			return PMC_READ_OTHER;
+		route->renames = now;	/* proven again, at this count */
+	}			/* else alive, and no rename since the proof */
+	route->used = 1;
 	return PMC_READ_OK;
 }
 
@@ -810,7 +817,25 @@ struct pmc_gone {
 	struct memcg_gone *skel;
 	void *ring;			/* mmap of the gone map */
 	size_t ring_map_size;
+	unsigned long long seen;	/* the reader's: gen up to which it reaped */
 };
+
+static int gone_unseen(const struct pmc_gone *gone)
+{
+	const struct pmc_gone_ring *ring = gone->ring;
+
+	return __atomic_load_n(&ring->gen, __ATOMIC_ACQUIRE) != gone->seen;
+}
+
+unsigned long long *pmc_gone_seen(struct pmc_gone *gone)
+{
+	return &gone->seen;
+}
+
+void pmc_fetch_watch(struct pmc_fetch *fetch, const struct pmc_gone *gone)
+{
+	fetch->gone = gone;
+}
 
 void pmc_gone_destroy(struct pmc_gone *gone)
 {

@@ -135,11 +135,15 @@ int pmc_fetch_run(struct pmc_fetch *fetch, unsigned long long cgroup_id);
 unsigned long long pmc_fetch_renames(const struct pmc_fetch *fetch);
 /* What a path was proven to name: a stashed cgroup, the hash of the path
  * that the kernel reported for it, and the rename count read before the
- * proof. */
+ * proof; the fetch program that holds the cgroup's slot (so that a read is
+ * a call with one argument); and `used`, set by each PMC_READ_OK (the
+ * reader's eviction sweep clears it). */
 struct pmc_fetch_route {
 	unsigned long long cgroup_id;
 	unsigned long long path_hash;
 	unsigned long long renames;
+	struct pmc_fetch *fetch;
+	unsigned long long used;
 };
 /* pmc_fetch_run for a route: PMC_READ_OK, the record at pmc_fetch_record()
  * is the route's cgroup and the path still names it (no rename since the
@@ -147,9 +151,10 @@ struct pmc_fetch_route {
  * record's name_hash; renames since: the run hashed the path, it matched,
  * and route->renames is now the count read before the run); PMC_READ_GONE,
  * the cgroup was removed (or its slot let go of); PMC_READ_OTHER, the
- * record is of another cgroup or path; or -errno. (PMC_READ_* are in
- * memcg_record.h.) */
-int pmc_fetch_read(struct pmc_fetch *fetch, struct pmc_fetch_route *route);
+ * record is of another cgroup or path; PMC_READ_REAP, nothing was run:
+ * the removals watched (pmc_fetch_watch) moved past what the reader has
+ * seen; or -errno. (PMC_READ_* are in memcg_record.h.) */
+int pmc_fetch_read(struct pmc_fetch_route *route);
 /* One BPF_PROG_RUN for the n struct pmc_fetch_want at wants (at most
  * pmc_fetch_batch_capacity()): the record of the i-th one's cgroup at
  * pmc_fetch_batch() + i * pmc_fetch_batch_stride(). Returns how many
@@ -180,6 +185,12 @@ struct pmc_gone;
 int pmc_gone_load(struct pmc_gone **out, char *log, size_t log_size);
 void pmc_gone_destroy(struct pmc_gone *gone);
 const void *pmc_gone_ring(const struct pmc_gone *gone);
+/* The ring's gen up to which the reader has closed its links to removed
+ * cgroups: the reader's to advance. */
+unsigned long long *pmc_gone_seen(struct pmc_gone *gone);
+/* pmc_fetch_read answers PMC_READ_REAP while gone's gen differs from its
+ * seen (gone NULL: never). gone must outlive fetch, or be unset first. */
+void pmc_fetch_watch(struct pmc_fetch *fetch, const struct pmc_gone *gone);
 
 /* The kernel's own memcg item lists through kallsyms: copies up to state_n
  * entries of memcg_node_stat_items[] and events_n of memcg_vm_event_stat[];

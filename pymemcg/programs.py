@@ -187,6 +187,7 @@ class Fetch:
                  slots: int = MAX_FETCH_CGROUPS) -> None:
         ffi, lib = load()
         self.lib = lib
+        self._ffi = ffi
         out = ffi.new("struct pmc_fetch **")
         self.capacity = slots   # slots in the map
         load_program(lib.pmc_fetch_load, out, config(resolutions, local, kfuncs, flush),
@@ -215,6 +216,13 @@ class Fetch:
         and a read of it need not hash the path (pmc_fetch_read)."""
         n: int = self.lib.pmc_fetch_renames(self.ptr)
         return n
+
+    def watch(self, removals: Optional["Removals"]) -> None:
+        """Make each pmc_fetch_read answer PMC_READ_REAP, reading nothing,
+        while `removals` has ids its owner has not seen (None: never).
+        removals must outlive this program, or be unwatched first."""
+        self.lib.pmc_fetch_watch(self.ptr, removals.ptr if removals is not None else
+                                 self._ffi.NULL)
 
     def load_many(self) -> None:
         """Load the batch program (pmc_fetch_run_many) if it is not yet:
@@ -304,7 +312,20 @@ class Removals:
         # struct pmc_gone_ring as u64 words: gen, then the ring of ids
         self.words = memoryview(ffi.buffer(ffi.cast("char *", lib.pmc_gone_ring(self.ptr)),
                                            8 * (1 + GONE_RING))).cast("Q")
-        self.seen: int = self.words[0]
+        # in C memory: a fetch program watching these removals compares it
+        # with the ring's gen (pmc_fetch_read, PMC_READ_REAP)
+        self._seen = lib.pmc_gone_seen(self.ptr)
+        self.seen = self.words[0]
+
+    @property
+    def seen(self) -> int:
+        """The ring's gen up to which the owner has seen the removals."""
+        gen: int = self._seen[0]
+        return gen
+
+    @seen.setter
+    def seen(self, gen: int) -> None:
+        self._seen[0] = gen
 
     def since(self) -> Optional[Set[int]]:
         """The ids removed since the last call, or None when more were

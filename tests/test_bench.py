@@ -21,7 +21,7 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(CHECKOUT, "bench"))
 
 from pymemcg_bench import Settings  # noqa: E402
-from pymemcg_bench import c_side, exporter, measure, report, signals  # noqa: E402
+from pymemcg_bench import c_side, exporter, measure, report, rotation, signals  # noqa: E402
 from pymemcg_bench import cgroups as made_cgroups  # noqa: E402
 
 ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
@@ -137,6 +137,27 @@ def test_bench_smoke_run(bpf_ok, cgroups, tmp_path):
         text, env = report.report(single, trees, [], split, "smoke run", "",
                                  Settings.quick(), 0.0, method)
     assert "## 4. The speed goals" in text and method in "\n".join(env)
+    assert not os.path.exists(made.top)
+
+
+def test_bench_rotation_against_the_c_floor(bpf_ok, cgroups):
+    """The poller's rotation with the kernel's floor: the C side read the
+    same cgroups in the same rotation by each of its methods, and the table
+    gives Python's share on top of it at each size."""
+    binary, why = c_side.build_c()
+    assert binary is not None, why
+    with made_cgroups.BenchCgroups(cgroups.base) as made:
+        results = rotation.measure_rotation(made, 2, sizes=(5, 20),
+                                            cbench=c_side.CBench(binary))
+    assert [r.size for r in results] == [5, 20]
+    for r in results:
+        assert set(r.c_cpu_per_cgroup) == set(rotation.C_METHODS)
+        assert all(v > 0 for v in r.c_cpu_per_cgroup.values())
+    text = "\n".join(rotation.rotation_markdown(results))
+    assert "The kernel's floor" in text
+    share = rotation.python_share(results[1], "fetch-each")
+    assert f"| {share * 1e6:.2f} |" in text.split("The kernel's floor")[1]
+    assert "At 20 against 5, per cgroup: the C one-call read" in text
     assert not os.path.exists(made.top)
 
 

@@ -547,6 +547,28 @@ def test_links_of_removed_cgroups_are_closed(no_leaks, cgroups, monkeypatch, how
                          f"True)")
 
 
+def test_a_one_call_read_closes_the_links_of_removed_tree_roots(no_leaks, cgroups):
+    """Where read() is one call of the fetch program (its removal check is
+    in the shim, PMC_READ_REAP): tree roots read, then removed, have their
+    links closed by the next read() of a path read before, which still
+    answers with its own cgroup."""
+    other = cgroups.make("read")
+    roots = [cgroups.make(f"root{i}") for i in range(3)]
+    with pymemcg.Reader(stats=STATS, backend="bpf", shared_pins=False) as r:
+        if not r.read_method.startswith("BPF_PROG_RUN"):
+            pytest.skip(f"no one-call read here: {r.read_method}")
+        links = r._backend._links
+        assert r.read(other).id == os.stat(other).st_ino   # its route proven
+        for p in roots:
+            r.read_tree(p)
+        assert len(links.by_key) == len(roots)
+        for p in roots[1:]:
+            os.rmdir(p)
+        assert r.read(other).id == os.stat(other).st_ino
+        assert [link.cgroup.path for link in links.by_key.values()] == [roots[0]]
+        assert r.read(other).id == os.stat(other).st_ino   # and on, with nothing to reap
+
+
 def test_more_removals_than_the_ring_holds_let_go_of_every_link(no_leaks, cgroups,
                                                                  monkeypatch):
     """More cgroups removed between two reads than the ring of removed ids

@@ -59,10 +59,10 @@ def test_unhashed_reads_until_a_rename(bpf_ok, v1_cgroups):
         fetch, route = be._fetch, be._routes[path]
         count = fetch.renames()
         assert route.proof.renames == count
-        wrong = ffi.new("struct pmc_fetch_route *", (route.id, route.path_hash ^ 1, count))
+        wrong = ffi.new("struct pmc_fetch_route *", (route.id, route.path_hash ^ 1, count, fetch.ptr))
 
         def read(proof) -> tuple:
-            rc = lib.pmc_fetch_read(fetch.ptr, proof)
+            rc = lib.pmc_fetch_read(proof)
             return rc, be._unpack_record(fetch.record)
 
         rc, t = read(wrong)

@@ -44,8 +44,9 @@ Five parts, all on this machine's real cgroups:
    Reader.read_many against a loop of read() at 50 cgroups
    (bench/read_many.py); the upstream proposal's 1,111-cgroup tree read
    both ways; a poller's rotation over 100, 1,000 and 10,000 cgroups:
-   read(), read_many() and memory.stat pread + parse per cgroup
-   (rotation.py).
+   read(), read_many() and memory.stat pread + parse per cgroup, against
+   the kernel's floor (the same rotation in C, memcg_bench rotation) and
+   Python's share on top of it (rotation.py).
 
 And start-up (startup.py), each in a fresh process: Reader() to its first
 read() done, then its first read_tree(), `pymemcg snapshot` start to exit,

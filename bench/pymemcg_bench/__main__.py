@@ -103,7 +103,7 @@ def run(args) -> int:
                 embedding = measure_embedding(cgroups, st.tree_rounds)
             many = measure_read_many(cgroups, st.tree_rounds * 3, 200 if not args.quick else 50)
             anchor = measure_anchor(cgroups, st.tree_rounds)
-            rotation = measure_rotation(cgroups, st.tree_rounds)
+            rotation = measure_rotation(cgroups, st.tree_rounds, cbench=cbench)
         except KeyboardInterrupt:
             print("bench: interrupted", file=sys.stderr)
             return 130
@@ -155,7 +155,11 @@ def in_own_cgroups(measure: Callable[[BenchCgroups], T]) -> Union[T, int]:
 
 def run_rotation(rounds: int, sizes: List[int]) -> int:
     """Only the rotation table, in cgroups of this run's own; Markdown to stdout."""
-    results = in_own_cgroups(lambda cgroups: measure_rotation(cgroups, rounds, sizes))
+    binary, why_no_c = build_c()
+    if binary is None:
+        print(f"bench: no C floor: {why_no_c}", file=sys.stderr)
+    cbench = CBench(binary) if binary is not None else None
+    results = in_own_cgroups(lambda cgroups: measure_rotation(cgroups, rounds, sizes, cbench))
     if isinstance(results, int):
         return results
     sys.stdout.write("\n".join(rotation_markdown(results)) + "\n")

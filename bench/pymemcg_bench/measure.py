@@ -273,14 +273,14 @@ def split_read(reader: Reader, cgroup: str, reads: int, rounds: int) -> Dict[str
         route = be._routes[cgroup]
         link = route.target
         if be._fetch is not None:
-            run, ptr, proof = be._fetch_read, be._fetch_ptr, route.proof
+            run, proof = be._fetch_read, route.proof
             record, unpack = be._fetch_record, be._unpack_record
 
             def call():
-                return run(ptr, proof)
+                return run(proof)
 
             def call_unpack():
-                run(ptr, proof)
+                run(proof)
                 return unpack(record)
         else:
             session, fd, cbuf, buf, size = (be._read_session, link.fd, be._cbuf, be._buf,

@@ -3,7 +3,13 @@ Reader.read (one call per cgroup), Reader.read_many (one call for the whole
 list) and memory.stat pread + parse (an fd per cgroup kept open), at N of
 100, 1,000 and 10,000. Per-cgroup cost, median round; a reader that lets go
 of cgroups it will read again (a bounded cache evicted in order) shows a
-cliff past its bound."""
+cliff past its bound.
+
+The kernel's floor at each size, by the same method: bench/memcg_bench's
+rotation of the same cgroups in C (the one-call read of each, the batch
+read of the list, pread of each memory.stat), through the same shim calls
+with nothing of Python's; Python's share is what read() and read_many() cost
+on top of it."""
 
 from __future__ import annotations
 
@@ -11,16 +17,20 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from pymemcg import programs
 from pymemcg.cli.bench import read_stat_pread
 from pymemcg.reader import Reader
 
 from . import STATS, log
+from .c_side import CBench
 from .cgroups import BenchCgroups, make_tree, plan_tree, remove_tree
 
 ROTATION_SIZES = (100, 1_000, 10_000)
 METHODS = ("read()", "read_many()", "pread+parse")
+#: bench/memcg_bench's rotation methods, and the Python method each is the floor of
+C_METHODS = {"fetch-each": "read()", "fetch-many": "read_many()", "stat-pread": "pread+parse"}
 
 
 @dataclass
@@ -32,6 +42,9 @@ class RotationResult:
     # round: on a machine that other jobs share, what waiting for a CPU
     # leaves out of the wall-clock figure
     cpu_per_cgroup: Dict[str, float]
+    # C method (C_METHODS) -> CPU seconds per cgroup of bench/memcg_bench's
+    # rotation of the same cgroups ({} without the C side)
+    c_cpu_per_cgroup: Dict[str, float]
 
 
 def _pass_seconds(fn: Callable[[], object]) -> Tuple[float, float]:
@@ -41,11 +54,27 @@ def _pass_seconds(fn: Callable[[], object]) -> Tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def c_rotation(cbench: CBench, paths: List[str], rounds: int) -> Dict[str, float]:
+    """CPU seconds per cgroup of each C rotation method (C_METHODS) over
+    paths: bench/memcg_bench, a pass of each method to warm up, then
+    `rounds` rounds of one pass per method, taking turns, as here (median
+    round); its fetch program has a Reader's slots."""
+    listing = os.path.join(os.path.dirname(cbench.specs), "rotation-paths.txt")
+    with open(listing, "w") as f:
+        f.write("\n".join(paths) + "\n")
+    _costs, info = cbench.run("rotation", listing, rounds, rounds,
+                              capacity=programs.MAX_FETCH_CGROUPS)
+    return {m: statistics.median(float(x) for x in info[m]["cpu_rounds"].split(",")) / len(paths)
+            for m in C_METHODS if m in info}
+
+
 def measure_rotation(cgroups: BenchCgroups, rounds: int,
-                     sizes: Sequence[int] = ROTATION_SIZES) -> List[RotationResult]:
+                     sizes: Sequence[int] = ROTATION_SIZES,
+                     cbench: Optional[CBench] = None) -> List[RotationResult]:
     """For each size: a tree of that many cgroups, a new Reader, one pass of
     each method to warm up (the reader takes hold of each cgroup), then
-    `rounds` rounds of one pass per method, taking turns."""
+    `rounds` rounds of one pass per method, taking turns; then the C side's
+    rotation of the same cgroups (the kernel's floor), where cbench is given."""
     out = []
     for n in sizes:
         top = cgroups.path(f"rotation{n}")
@@ -79,9 +108,13 @@ def measure_rotation(cgroups: BenchCgroups, rounds: int,
                         wall, used = _pass_seconds(fn)
                         times[name].append(wall / n)
                         cpu[name].append(used / n)
-                out.append(RotationResult(n, {m: statistics.median(t) for m, t in times.items()},
-                                          reader.read_method,
-                                          {m: statistics.median(t) for m, t in cpu.items()}))
+                result = RotationResult(n, {m: statistics.median(t) for m, t in times.items()},
+                                        reader.read_method,
+                                        {m: statistics.median(t) for m, t in cpu.items()}, {})
+            if cbench is not None:
+                # after the Reader let go of its slots: the C program takes its own
+                result.c_cpu_per_cgroup = c_rotation(cbench, paths, rounds)
+            out.append(result)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -124,4 +157,45 @@ def rotation_markdown(results: List[RotationResult]) -> List[str]:
     lines += ["", f"CPU at {results[-1].size:,} against {results[0].size:,}: read() "
                   f"{last['read()'] / first['read()']:.2f}x, read_many() "
                   f"{last['read_many()'] / first['read_many()']:.2f}x per cgroup.", ""]
-    return lines
+    return lines + floor_markdown(results)
+
+
+def python_share(r: RotationResult, c_method: str) -> float:
+    """CPU seconds per cgroup that the Python method costs on top of its C floor."""
+    return r.cpu_per_cgroup[C_METHODS[c_method]] - r.c_cpu_per_cgroup[c_method]
+
+
+def floor_markdown(results: List[RotationResult]) -> List[str]:
+    """The rotation against the kernel's floor at each size: the C side's
+    rotation of the same cgroups, and Python's share on top of it."""
+    floored = [r for r in results if set(C_METHODS) <= set(r.c_cpu_per_cgroup)]
+    if not floored:
+        return []
+    us = 1e6
+    lines = ["The kernel's floor: the same cgroups in the same rotation in C (bench/memcg_bench "
+             "rotation, through the same shim calls, no Python): the one-call read of each "
+             "(pmc_fetch_read), the batch read of the list (pmc_fetch_run_many, up to "
+             "256 a run, the records copied out), pread of each memory.stat. CPU "
+             "microseconds per cgroup, median round; *Python's share*: the Python method's "
+             "CPU less its C floor's.", "",
+             "| cgroups | C one-call read | read() | Python's share | C batch read | "
+             "read_many() | Python's share | C pread | pread+parse |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in floored:
+        c, py = r.c_cpu_per_cgroup, r.cpu_per_cgroup
+        lines.append(f"| {r.size:,} | {c['fetch-each'] * us:.2f} | {py['read()'] * us:.2f} | "
+                     f"{python_share(r, 'fetch-each') * us:.2f} | "
+                     f"{c['fetch-many'] * us:.2f} | {py['read_many()'] * us:.2f} | "
+                     f"{python_share(r, 'fetch-many') * us:.2f} | "
+                     f"{c['stat-pread'] * us:.2f} | {py['pread+parse'] * us:.2f} |")
+    base = floored[0]
+    for r in floored[1:]:
+        lines += ["", f"At {r.size:,} against {base.size:,}, per cgroup: the C one-call read "
+                      f"{r.c_cpu_per_cgroup['fetch-each'] / base.c_cpu_per_cgroup['fetch-each']:.2f}x, "
+                      f"Python's share of read() "
+                      f"{python_share(r, 'fetch-each') / python_share(base, 'fetch-each'):.2f}x; "
+                      f"the C batch read "
+                      f"{r.c_cpu_per_cgroup['fetch-many'] / base.c_cpu_per_cgroup['fetch-many']:.2f}x, "
+                      f"Python's share of read_many() "
+                      f"{python_share(r, 'fetch-many') / python_share(base, 'fetch-many'):.2f}x."]
+    return lines + [""]

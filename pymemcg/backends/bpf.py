@@ -19,21 +19,24 @@ from __future__ import annotations
 import struct
 import threading
 import weakref
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, cast
 
 from .. import forksafe
 from ..cgroupfs import path_list
 from ..decode import Record, Snapshot
 from ..errors import BpfUnavailable
 from ..programs import ORDER_DESCENDANTS_PRE, ORDER_SELF_ONLY, Fetch, Slot
-from .._record_h import READ_GONE, READ_OK, TRAILER_MAGIC
+from .._record_h import READ_GONE, READ_REAP, TRAILER_MAGIC
 from ..record_format import TRAILER
 from ..wire import selection_digest
 from . import bpf_links, read_each
 from .bpf_batch import Batches
-from .bpf_links import BpfSelection, Links, Sessions
+from .bpf_links import BpfSelection, Link, Links, Sessions
 from .bpf_single import SingleReads
 from .bpf_walk import TreeWalks
+
+
+_new_record = object.__new__
 
 
 class BpfBackend:
@@ -134,36 +137,55 @@ class BpfBackend:
         lock = self._lock
         lock.acquire()   # not `with`: the hottest path, and this costs less
         try:
-            removals = self._links.removals
-            if removals is not None and removals.words[0] != removals.seen:
-                self._links.reap()   # links of removed cgroups: close them
             try:
                 route = self._routes.get(path)
             except TypeError:  # not a path at all (unhashable)
                 route = None
             if route is not None:
-                target = route.target
-                if isinstance(target, Slot):
-                    # fast path: one bpf() call fills the slot's record, and
-                    # the shim checks it: the route's cgroup, alive, and no
-                    # cgroup renamed since the path was proven (else the
-                    # kernel hashed the path, and the hash matched)
-                    rc = self._fetch_read(self._fetch_ptr, route.proof)
-                    if rc == READ_OK:
-                        target.used = True   # spared by the next eviction sweep
-                        return Record(self.selection, self._unpack_record(self._fetch_record),
-                                      route.relpath)
+                proof = route.proof
+                if proof is not None:
+                    # fast path: one shim call, one bpf() call, which fills the
+                    # slot's record and checks it: the route's cgroup, alive,
+                    # and no cgroup renamed since the path was proven (else the
+                    # kernel hashed the path, and the hash matched); first,
+                    # whether cgroups were removed since the last reap
+                    # the Record is made first, without a call of its __init__,
+                    # and only its values after the call: the less a read
+                    # touches after a syscall, the less it pays for what the
+                    # syscall pushed out of the CPU's caches and TLB
+                    rec = _new_record(Record)
+                    rec._selection = self.selection
+                    rec.path = route.relpath
+                    rc = self._fetch_read(proof)
+                    if not rc:   # READ_OK (and proof.used set: the slot is spared
+                        # by the next eviction sweep, Batches.slots_in_use)
+                        rec._t = self._unpack_record(self._fetch_record)
+                        return rec
+                    if rc == READ_REAP:
+                        self._links.reap()   # links of removed cgroups: close them
+                        rc = self._fetch_read(proof)
+                        if not rc:
+                            return Record(self.selection,
+                                          self._unpack_record(self._fetch_record), route.relpath)
                     if rc == READ_GONE and self._fetch is not None:
-                        self._fetch.clear(target)  # removed: let the kernel free it
+                        # removed: let the kernel free it
+                        self._fetch.clear(cast(Slot, route.target))
                 else:
-                    # fast path: one record and the trailer, one unpack
-                    n = self._read_session(target.fd, self._cbuf, self._buflen)
-                    if n == self._single_size:
-                        t = self._unpack_single(self._buf)
-                        if t[-3] == TRAILER_MAGIC and t[-4] == self._sel_path and \
-                                t[2] == route.path_hash and t[0] == route.id:
-                            return Record(self.selection, t, route.relpath)
-                del self._routes[path]  # renamed, removed or replaced: resolve again
+                    removals = self._links.removals
+                    if removals is None or removals.words[0] == removals.seen:
+                        # fast path (no links of removed cgroups to close
+                        # first): one record and the trailer, one unpack
+                        n = self._read_session(cast(Link, route.target).fd, self._cbuf,
+                                               self._buflen)
+                        if n == self._single_size:
+                            t = self._unpack_single(self._buf)
+                            if t[-3] == TRAILER_MAGIC and t[-4] == self._sel_path and \
+                                    t[2] == route.path_hash and t[0] == route.id:
+                                return Record(self.selection, t, route.relpath)
+                # renamed, removed or replaced (or its link closed by the reap
+                # below): resolve again
+                self._routes.pop(path, None)
+            self._links.reap()   # links of removed cgroups: close them
             return self._read_slow(path)
         finally:
             lock.release()

@@ -48,15 +48,24 @@ class Batches:
         # the last call: its paths, routes.gen then, their fetch entries (a
         # run's worth each: one for up to capacity paths) and relpaths
         self.plan: Tuple[Optional[List[str]], int, List[bytes], List[str]] = (None, -1, [], [])
-        # a poller's calls reuse the plan without touching each slot: an
-        # eviction sweep asks for the plan's slots instead
-        fetch.in_use = self.planned_slots
+        # a poller's calls reuse the plan, and read() reads a route, without
+        # touching each slot: an eviction sweep asks for those slots instead
+        fetch.in_use = self.slots_in_use
 
-    def planned_slots(self) -> List[Slot]:
-        """The slots the last call's plan reads (read with every call that reuses it)."""
+    def slots_in_use(self) -> List[Slot]:
+        """The slots read since the last sweep without being marked used:
+        those of the last call's plan (read with every call that reuses it)
+        and those read() read through a route (the shim set its proof's
+        `used`, cleared here)."""
         paths = self.plan[0] or []
-        return [r.target for r in map(self.routes.get, paths)
-                if r is not None and isinstance(r.target, Slot)]
+        slots = [r.target for r in map(self.routes.get, paths)
+                 if r is not None and isinstance(r.target, Slot)]
+        for r in self.routes.values():
+            proof = r.proof
+            if proof is not None and proof.used:
+                proof.used = 0
+                slots.append(cast(Slot, r.target))
+        return slots
 
     def read(self, paths: List[str]) -> List[Optional[Record]]:
         """read_many() of paths other than the last call's, or with routes

@@ -80,18 +80,22 @@ class Route:
     route has its proof in C memory too (`proof`, a struct pmc_fetch_route;
     None for a link): with the fetch program's rename count read before the
     proof, while which the cgroup's being alive proves the path with no
-    hash (Fetch.renames, pmc_fetch_read)."""
+    hash (Fetch.renames, pmc_fetch_read), and the fetch program's pointer,
+    so that a read is a shim call of one argument."""
 
     __slots__ = ("target", "id", "relpath", "path_hash", "want", "proof")
 
     def __init__(self, target: Union[Slot, Link], cg: Cgroup, path_hash: int,
-                 renames: int = 0) -> None:
+                 renames: int = 0, fetch: Optional[Fetch] = None) -> None:
         self.target, self.id, self.relpath, self.path_hash = target, cg.id, cg.relpath, path_hash
         self.proof: Any = None
         # the entry of a batched fetch that reads and checks this path
         self.want: Optional[bytes] = None
         if isinstance(target, Slot):
-            self.proof = load()[0].new("struct pmc_fetch_route *", (cg.id, path_hash, renames))
+            if fetch is None:
+                raise ValueError("a slot's route needs the fetch program that holds the slot")
+            self.proof = load()[0].new("struct pmc_fetch_route *",
+                                       (cg.id, path_hash, renames, fetch.ptr))
             self.want = FETCH_WANT.pack(cg.id, path_hash)
 
 
@@ -185,6 +189,8 @@ class Links:
         if self.watch_removals and self.removals is None:
             try:
                 self.removals = Removals()
+                if self.fetch is not None:   # its reads say when to reap
+                    self.fetch.watch(self.removals)
             except BpfUnavailable as e:
                 from ..reader import FallbackWarning
                 self.watch_removals = False

@@ -81,6 +81,6 @@ class SingleReads:
             # only a canonical absolute path may skip resolution next time:
             # a relative one depends on the cwd, a symlink on its target
             if isinstance(path, str) and path == cg.path and self.proofs.proves(path, cg, t[2]):
-                links.routes[path] = Route(target, cg, t[2], renames)
+                links.routes[path] = Route(target, cg, t[2], renames, links.fetch)
             return Record(self.selection, t, cg.relpath)
         raise CgroupNotFound(f"{path}: the cgroup was removed while being read")
