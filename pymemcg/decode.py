@@ -365,30 +365,6 @@ class Record:
     __hash__ = None  # type: ignore[assignment]
 
 
-class PackedRecord(Record):
-    """A Record whose tuple is unpacked on first use, from the bytes of a
-    batch read (read_many): making one costs no int object per value. The
-    bytes are a copy taken at read time, which nothing writes afterwards,
-    so its values are those of the read, as a Record's are."""
-
-    __slots__ = ("_data", "_at")
-
-    def __init__(self, selection: Selection, data: Union[bytes, bytearray], at: int,
-                 path: Optional[str]) -> None:
-        self._selection = selection
-        self._data = data
-        self._at = at
-        self.path = path
-
-    def __getattr__(self, name: str) -> RawRecord:
-        # called only for slots not set: _t until the first use
-        if name != "_t":
-            raise AttributeError(name)
-        t: RawRecord = self._selection.record.unpack_from(self._data, self._at)
-        self._t = t
-        return t
-
-
 class Snapshot(Mapping[str, Record]):
     """A tree read in one walk: records keyed by path, findable by id.
 

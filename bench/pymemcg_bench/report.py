@@ -518,7 +518,7 @@ records as the kernel wrote them, one bytes object (decode.PackedRecords), whose
 ids and shape (ids, parents, name hashes) are read as u64 words with no object per
 cgroup, and a Record is made, and its tuple unpacked, only when one is asked for; a walk
 whose shape did not change reuses the last snapshot's paths and index. read_many's
-Records unpack their values from one copy of the batch on first use (decode.PackedRecord).
+Records are unpacked from one packed copy of the batch.
 
 Where a large tree's per-cgroup cost grows (section 5, "Where a tree snapshot's time
 goes"): in the kernel, in cache misses. For each cgroup the walk loads fields of its

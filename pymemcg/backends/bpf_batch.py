@@ -13,7 +13,7 @@ from operator import attrgetter
 from typing import List, Optional, Sequence, Tuple, cast
 
 from ..binding import load
-from ..decode import PackedRecord, Record
+from ..decode import Record
 from ..errors import CgroupNotFound
 from ..programs import Fetch, Slot
 from .._record_h import MANY_WARM, REC_GONE
@@ -144,15 +144,16 @@ class Batches:
         it; what the run did not prove is read by the slow path."""
         n = len(paths)
         if rc == 0:
-            # every record proven by the program: each Record unpacks its
-            # values when first used from one copy of the run's records,
-            # packed (a batch element has room for every stat: copied whole,
-            # a few stats' records would cost ten times the copy and memory)
+            # every record proven by the program: one copy of the run's
+            # records, packed (a batch element has room for every stat: copied
+            # whole, a few stats' records would cost ten times the copy), and
+            # a Record per path unpacked from it now; unpacked on first use
+            # instead, a Record cost twice as much CPU by its first value
             size = self.record_size
             data = bytearray(n * size)
             if self.copy_records(self.fetch_ptr, self.from_buffer(data), n, size) == 0:
-                return list(map(PackedRecord, repeat(self.selection, n), repeat(data, n),
-                                range(0, n * size, size), relpaths))
+                return list(map(Record, repeat(self.selection, n),
+                                self.selection.record.iter_unpack(data), relpaths))
             rc = -1  # not copied: read as a failed run is
         view = self.view[:n * self.stride]
         known: Sequence[Optional[Route]]
