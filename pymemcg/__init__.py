@@ -13,7 +13,7 @@ happens at import time: the BPF program loads when a Reader is made.
 
 from .catalog import DEFAULT_STATS
 from .decode import MAX, Record, Snapshot
-from .errors import (BadInterval, BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
+from .errors import (BadInterval, BadRingSize, BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
                      FlushUnavailable, InvalidArgument, InvalidPin, ListenError,
                      MalformedData, MalformedName, NoBtf,
                      NoMemoryController, NotACgroup, NotAPin, OpenTelemetryMissing,
@@ -45,7 +45,7 @@ __all__ = [
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",
     "StatUnavailable", "UnknownStat", "VerifierRejected", "VerifyUnavailable", "verify",
     "InvalidPin", "NotAPin", "PinGone", "PinMismatch", "PinMoved", "PinTooSmall",
-    "UntrustedMetadata", "BadInterval", "ListenError", "PrometheusClientMissing",
+    "UntrustedMetadata", "BadInterval", "BadRingSize", "ListenError", "PrometheusClientMissing",
     "OpenTelemetryMissing", "WebConfigError", "WebConfigExtraMissing",
     "__version__", "pins",
 ]

@@ -86,6 +86,11 @@ class VerifierRejected(BpfUnavailable):
         return text
 
 
+class BadRingSize(InvalidArgument):
+    """OomEvents(ring_pages=...) that the kernel cannot take as a ring
+    buffer's size: not a power of two pages, or too large."""
+
+
 class ReadError(Error, OSError):
     """A read of the iterator or of a cgroup file failed."""
 
