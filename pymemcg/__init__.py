@@ -15,7 +15,7 @@ from .catalog import DEFAULT_STATS
 from .decode import MAX, Record, Snapshot
 from .errors import (BadInterval, BadRingSize, BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
                      FlushUnavailable, InvalidArgument, InvalidPin, ListenError,
-                     MalformedData, MalformedName, NoBtf,
+                     MalformedData, MalformedName, NoBtf, NumaNodesChanged,
                      NoMemoryController, NotACgroup, NotAPin, OpenTelemetryMissing,
                      PermissionDenied, PinGone, PinMismatch, PinMoved, PinTooSmall,
                      PrometheusClientMissing, ReadError,
@@ -41,7 +41,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "Reader", "Record", "Snapshot", "MAX", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
     "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "ExtensionMissing", "FlushUnavailable",
-    "InvalidArgument", "MalformedData", "MalformedName", "NoBtf",
+    "InvalidArgument", "MalformedData", "MalformedName", "NoBtf", "NumaNodesChanged",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",
     "StatUnavailable", "UnknownStat", "VerifierRejected", "VerifyUnavailable", "verify",
     "InvalidPin", "NotAPin", "PinGone", "PinMismatch", "PinMoved", "PinTooSmall",
