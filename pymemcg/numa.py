@@ -185,9 +185,10 @@ class NodeWatch:
 
     def __del__(self) -> None:
         # a Reader whose making failed after this was made
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
             self._fd = None
+            os.close(fd)
 
 
 def _changed(now: bytes, nodes: Optional[Sequence[int]]) -> NumaNodesChanged:
