@@ -19,7 +19,8 @@
 #define PMC_OOM_NAMES_MAX	4096
 /* one component at most (NAME_MAX + its NUL) */
 #define PMC_OOM_NAME_MAX	256
-#define PMC_OOM_RING_BYTES	(256 * 1024)	/* the ring buffer map's size */
+#define PMC_OOM_RING_BYTES	(256 * 1024)	/* the ring buffer map's default size */
+#define PMC_OOM_RING_BYTES_MAX	(1ULL << 30)	/* the largest a caller may choose */
 
 /* pmc_oom_event.flags */
 #define PMC_OOM_VICTIM_PATH	(1U << 0)	/* the victim's cgroup path is whole */

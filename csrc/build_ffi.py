@@ -149,6 +149,8 @@ struct pmc_oom_event {
     unsigned long long comm[2];
 };
 #define PMC_OOM_FORMAT_VERSION 1
+#define PMC_OOM_RING_BYTES ...
+#define PMC_OOM_RING_BYTES_MAX ...
 #define PMC_OOM_VICTIM_PATH ...
 #define PMC_OOM_OOM_PATH ...
 #define PMC_OOM_MEMCG ...
@@ -162,8 +164,8 @@ enum pmc_oom_method {
     PMC_OOM_TRACEPOINT = 2,
 };
 int pmc_oom_method(const struct pmc_oom *oom);
-int pmc_oom_load(unsigned long long page_size, struct pmc_oom **out,
-                 char *log, size_t log_size);
+int pmc_oom_load(unsigned long long page_size, unsigned long long ring_bytes,
+                 struct pmc_oom **out, char *log, size_t log_size);
 void pmc_oom_destroy(struct pmc_oom *oom);
 int pmc_oom_fd(const struct pmc_oom *oom);
 int pmc_oom_consume(struct pmc_oom *oom);

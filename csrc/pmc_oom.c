@@ -115,7 +115,8 @@ static int mark_victim_takes_task(void)
 	return ok;
 }
 
-static int oom_load_method(struct pmc_oom *oom, int method, int shift)
+static int oom_load_method(struct pmc_oom *oom, int method, int shift,
+			   unsigned long long ring_bytes)
 {
 	int err = 0;
 
@@ -123,6 +124,9 @@ static int oom_load_method(struct pmc_oom *oom, int method, int shift)
 	if (!oom->skel)
 		return -errno;
 	oom_select(oom->skel, method);
+	err = bpf_map__set_max_entries(oom->skel->maps.events, (__u32)ring_bytes);
+	if (err)
+		return err;
 	oom->skel->rodata->page_shift = (unsigned int)shift;
 	if (method == PMC_OOM_TRACEPOINT && !mark_victim_takes_task())
 		return -ENOTSUP;
@@ -140,29 +144,32 @@ static int oom_load_method(struct pmc_oom *oom, int method, int shift)
 	return err;
 }
 
-int pmc_oom_load(unsigned long long page_size, struct pmc_oom **out,
-		 char *log, size_t log_size)
+int pmc_oom_load(unsigned long long page_size, unsigned long long ring_bytes,
+		 struct pmc_oom **out, char *log, size_t log_size)
 {
-	struct pmc_oom *oom = calloc(1, sizeof(*oom));
+	struct pmc_oom *oom;
 	int shift = oom_page_shift(page_size);
 	int err;
 
 	*out = NULL;
+	if (shift < 0)
+		return shift;
+	/* the kernel takes a ring of a power of two pages, and its size is a u32 */
+	if (ring_bytes < page_size || (ring_bytes & (ring_bytes - 1)) ||
+	    ring_bytes > PMC_OOM_RING_BYTES_MAX)
+		return -EINVAL;
+	oom = calloc(1, sizeof(*oom));
 	if (!oom)
 		return -ENOMEM;
-	if (shift < 0) {
-		free(oom);
-		return shift;
-	}
 	/* kprobes first: they also give the OOM's side (struct oom_control) */
 	log_begin(log, log_size);
-	err = oom_load_method(oom, PMC_OOM_KPROBES, shift);
+	err = oom_load_method(oom, PMC_OOM_KPROBES, shift, ring_bytes);
 	if (err) {
 		oom_unload(oom);
 		static const char next[] = "\n(kprobes failed: trying the oom:mark_victim tracepoint)\n";
 
 		log_append(next, strlen(next));
-		err = oom_load_method(oom, PMC_OOM_TRACEPOINT, shift);
+		err = oom_load_method(oom, PMC_OOM_TRACEPOINT, shift, ring_bytes);
 		if (err == -ENOTSUP) {
 			static const char why[] = "oom:mark_victim does not pass the task on this kernel\n";
 

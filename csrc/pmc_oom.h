@@ -20,10 +20,12 @@ enum pmc_oom_method {
 	PMC_OOM_TRACEPOINT = 2,	/* oom:mark_victim: the victim's side alone */
 };
 /* Load and attach; page_size: the kernel's page size in bytes (its kB
- * figures are pages << (page_shift - 10)). Kprobes where they attach,
- * else the tracepoint. On failure, log holds what libbpf said of both. */
-int pmc_oom_load(unsigned long long page_size, struct pmc_oom **out,
-		 char *log, size_t log_size);
+ * figures are pages << (page_shift - 10)); ring_bytes: the ring buffer's
+ * size, a power of two pages up to PMC_OOM_RING_BYTES_MAX (else -EINVAL;
+ * PMC_OOM_RING_BYTES is the default). Kprobes where they attach, else the
+ * tracepoint. On failure, log holds what libbpf said of both. */
+int pmc_oom_load(unsigned long long page_size, unsigned long long ring_bytes,
+		 struct pmc_oom **out, char *log, size_t log_size);
 void pmc_oom_destroy(struct pmc_oom *oom);
 int pmc_oom_method(const struct pmc_oom *oom);
 /* the ring buffer's epoll fd: readable when events wait */

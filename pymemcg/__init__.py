@@ -13,9 +13,9 @@ happens at import time: the BPF program loads when a Reader is made.
 
 from .catalog import DEFAULT_STATS
 from .decode import MAX, Record, Snapshot
-from .errors import (BadInterval, BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
+from .errors import (BadInterval, BadRingSize, BpfUnavailable, CgroupNotFound, Closed, Error, ExtensionMissing,
                      FlushUnavailable, InvalidArgument, InvalidPin, ListenError,
-                     MalformedData, MalformedName, NoBtf,
+                     MalformedData, MalformedName, NoBtf, NumaNodesChanged,
                      NoMemoryController, NotACgroup, NotAPin, OpenTelemetryMissing,
                      PermissionDenied, PinGone, PinMismatch, PinMoved, PinTooSmall,
                      PrometheusClientMissing, ReadError,
@@ -41,11 +41,11 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "Reader", "Record", "Snapshot", "MAX", "stats", "StatInfo", "DEFAULT_STATS", "FallbackWarning",
     "Error", "BpfUnavailable", "CgroupNotFound", "Closed", "ExtensionMissing", "FlushUnavailable",
-    "InvalidArgument", "MalformedData", "MalformedName", "NoBtf",
+    "InvalidArgument", "MalformedData", "MalformedName", "NoBtf", "NumaNodesChanged",
     "NoMemoryController", "NotACgroup", "PermissionDenied", "ReadError", "SelectionMismatch",
     "StatUnavailable", "UnknownStat", "VerifierRejected", "VerifyUnavailable", "verify",
     "InvalidPin", "NotAPin", "PinGone", "PinMismatch", "PinMoved", "PinTooSmall",
-    "UntrustedMetadata", "BadInterval", "ListenError", "PrometheusClientMissing",
+    "UntrustedMetadata", "BadInterval", "BadRingSize", "ListenError", "PrometheusClientMissing",
     "OpenTelemetryMissing", "WebConfigError", "WebConfigExtraMissing",
     "__version__", "pins",
 ]

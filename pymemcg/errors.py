@@ -86,6 +86,17 @@ class VerifierRejected(BpfUnavailable):
         return text
 
 
+class BadRingSize(InvalidArgument):
+    """OomEvents(ring_pages=...) that the kernel cannot take as a ring
+    buffer's size: not a power of two pages, or too large."""
+
+
+class NumaNodesChanged(Error, RuntimeError):
+    """The set of NUMA nodes with memory changed (memory hotplug) since the
+    Reader's NUMA selection was made: its per-node maps would miss nodes or
+    name gone ones, so the read is refused."""
+
+
 class ReadError(Error, OSError):
     """A read of the iterator or of a cgroup file failed."""
 

@@ -16,7 +16,10 @@ what memory.numa_stat prints on the hierarchy's cgroup version, in its unit:
 
 Which nodes: those with memory (N_MEMORY, /sys/devices/system/node/has_memory)
 when the reader is made, as the file prints them. More than
-MAX_NODES of them: NUMA stats are unavailable, never a subset.
+MAX_NODES of them: NUMA stats are unavailable, never a subset. Memory
+hotplug can change that set later: a NodeWatch reads has_memory again at
+each read of a reader with NUMA stats and refuses the read
+(NumaNodesChanged) once it differs, rather than serve a map of other nodes.
 Pure Python: nothing here needs the compiled part.
 """
 
@@ -24,17 +27,21 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import catalog
+from . import catalog, forksafe
 from ._record_h import NUMA_MAX_NODES
 from .catalog import COUNT, PAGES, STATE, Stat
-from .errors import MalformedData, UnknownStat, quoted
+from .errors import MalformedData, NumaNodesChanged, UnknownStat, quoted
 
 #: nodes a reader's selection may hold NUMA stats of (more: unavailable)
 MAX_NODES = NUMA_MAX_NODES
 
 NODE_DIR = "/sys/devices/system/node"
+#: the nodes with memory, as the kernel lists them ("0-1"); NodeWatch reads
+#: this name when made
+HAS_MEMORY = os.path.join(NODE_DIR, "has_memory")
 NUMA_FILE = "memory.numa_stat"
 
 #: the LRU lists in the kernel's order (enum lru_list, NR_LRU_BASE + lru in
@@ -118,14 +125,96 @@ def parse_nodelist(text: str) -> List[int]:
     return out
 
 
-def memory_nodes(node_dir: str = NODE_DIR) -> Optional[List[int]]:
+def memory_nodes() -> Optional[List[int]]:
     """The nodes with memory (N_MEMORY: those memory.numa_stat prints), or
     None on a kernel without NUMA (CONFIG_NUMA off: no memory.numa_stat)."""
     try:
-        with open(os.path.join(node_dir, "has_memory")) as f:
+        with open(HAS_MEMORY) as f:
             return parse_nodelist(f.read())
     except FileNotFoundError:
         return None
+
+
+class NodeWatch:
+    """The nodes with memory a NUMA selection was made for, checked again
+    at each read: `check()` reads has_memory (one pread of a few bytes of
+    sysfs, about 2 us, on an fd kept open) and raises NumaNodesChanged when
+    it no longer lists `nodes`. Where the kernel has no NUMA (no has_memory)
+    there is nothing to watch: NUMA cannot come at run time."""
+
+    def __init__(self, nodes: Optional[Sequence[int]] = None) -> None:
+        """Watch `nodes`, or (None) the nodes that have memory now."""
+        self._lock = threading.Lock()
+        forksafe.renew_in_child(self, "_lock")
+        self._fd: Optional[int] = None
+        try:
+            self._fd = os.open(HAS_MEMORY, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.nodes: Optional[List[int]] = None if nodes is None else list(nodes)
+            self._text = b""
+            return
+        now = self._read()
+        self.nodes = parse_nodelist(now.decode()) if nodes is None else list(nodes)
+        # the text that lists exactly `nodes`, once seen: a read that gets it
+        # again needs no parse
+        self._text = now if parse_nodelist(now.decode()) == self.nodes else b""
+
+    def _read(self) -> bytes:
+        assert self._fd is not None
+        return os.pread(self._fd, 4096, 0)
+
+    def check(self) -> None:
+        """NumaNodesChanged where the nodes with memory are not `nodes` any more."""
+        with self._lock:
+            if self._fd is None:
+                return
+            now = self._read()
+            if now == self._text:
+                return
+            if parse_nodelist(now.decode()) == self.nodes:
+                self._text = now
+                return
+        raise _changed(now, self.nodes)
+
+    def close(self) -> None:
+        """Close the fd. Idempotent."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __del__(self) -> None:
+        # a Reader whose making failed after this was made
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            self._fd = None
+            os.close(fd)
+
+
+def _changed(now: bytes, nodes: Optional[Sequence[int]]) -> NumaNodesChanged:
+    return NumaNodesChanged(
+        f"the NUMA nodes with memory are now {now.decode().strip() or 'none'} "
+        f"({HAS_MEMORY}); these per-node stats were selected for nodes "
+        f"{','.join(map(str, nodes or [])) or 'none'} (memory hotplug since?): make a new "
+        f"Reader (a shared pin: pin it again) to read the nodes there are now")
+
+
+def check_nodes(nodes: Sequence[int]) -> None:
+    """NumaNodesChanged where has_memory does not list `nodes` now: NodeWatch
+    for a holder that keeps no fd (a PinReader, which opens its pin per read
+    too)."""
+    try:
+        with open(HAS_MEMORY, "rb") as f:
+            now = f.read()
+    except FileNotFoundError:
+        return
+    if parse_nodelist(now.decode()) != list(nodes):
+        raise _changed(now, nodes)
+
+
+def selected_nodes(stat_names: Sequence[str]) -> List[int]:
+    """The nodes that NUMA stat names (as expand() makes them) are of."""
+    return sorted({p[1] for p in map(parse, stat_names) if p is not None})
 
 
 def nodes_why(nodes: Optional[Sequence[int]]) -> str:

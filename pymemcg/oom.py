@@ -45,7 +45,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional,
 from . import forksafe
 from .binding import load
 from .containers import CgroupIdentity, identify
-from .errors import BpfUnavailable, Closed, InvalidArgument, MalformedData
+from .errors import BadRingSize, BpfUnavailable, Closed, InvalidArgument, MalformedData
 from .programs import load_program
 
 # bpf_src/memcg_oom.h: struct pmc_oom_event (13 u64, 12 u32, 2 u64);
@@ -204,6 +204,23 @@ def parse_event(data: bytes, boot_offset: float) -> OomEvent:
     )
 
 
+def ring_bytes(ring_pages: Optional[int], page_size: int, most: int, default: int) -> int:
+    """The ring buffer's size in bytes for `ring_pages` pages of `page_size`
+    bytes (None: `default` bytes, or one page where a page is larger);
+    BadRingSize where the kernel cannot take it (a power of two pages, at
+    most `most` bytes)."""
+    if ring_pages is None:
+        return max(default, page_size)
+    largest = most // page_size
+    if type(ring_pages) is not int or ring_pages < 1 or ring_pages & (ring_pages - 1) \
+            or ring_pages > largest:
+        raise BadRingSize(
+            f"ring_pages={ring_pages!r}: the OOM events' ring buffer is a power of two "
+            f"pages (1, 2, 4, ... {largest} pages of {page_size} bytes); pass one of those, "
+            "or None for the default")
+    return ring_pages * page_size
+
+
 class OomEvents:
     """OOM kill events of the whole machine, from load until close().
 
@@ -211,17 +228,28 @@ class OomEvents:
     share between threads: reads are serialised, and close() from any
     thread wakes every blocked one (which then ends or raises Closed). In
     the child of a fork it is closed (the parent's events stay the
-    parent's)."""
+    parent's).
 
-    def __init__(self) -> None:
+    `ring_pages`: the ring buffer's size in pages, a power of two (default
+    256 KiB worth, 64 pages of 4 KiB; several hundred events of cgroups a few
+    levels deep). Kills that come while the ring is full are counted as
+    lost (`OomEventsLost`, `lost`), never dropped silently: a caller that
+    may stop reading for long, or that watches many kills at once, takes a
+    larger ring. Its memory is locked kernel memory, charged to the
+    process's memory cgroup."""
+
+    def __init__(self, ring_pages: Optional[int] = None) -> None:
         ffi, lib = load()
         self._ffi, self._lib = ffi, lib
         self._lock = threading.Lock()
         self._ptr = None
         self._closed = False
+        page_size = os.sysconf("SC_PAGE_SIZE")
+        self.ring_bytes: int = ring_bytes(ring_pages, page_size, lib.PMC_OOM_RING_BYTES_MAX,
+                                          lib.PMC_OOM_RING_BYTES)
         out = ffi.new("struct pmc_oom **")
         try:
-            load_program(lib.pmc_oom_load, out, os.sysconf("SC_PAGE_SIZE"))
+            load_program(lib.pmc_oom_load, out, page_size, self.ring_bytes)
         except BpfUnavailable as e:
             raise type(e)(f"OOM events: {e}") from None
         self._ptr = out[0]

@@ -29,7 +29,7 @@ import stat as stat_mod
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import catalog, wire
+from . import catalog, numa, wire
 from .cgroupfs import Cgroup, TreePaths, resolve_cgroup, still_names
 from ._record_h import FORMAT_VERSION
 from .decode import Selection, RawRecord, Record, Snapshot
@@ -561,6 +561,9 @@ class PinReader:
         self._selection = wire.selection_digest(stats, self.local, not self.tree)
         self.root = doc["root"]
         self.cgroup_id = self._root_id = doc["cgroup_id"]
+        # a pin's per-node stats are of the nodes that had memory when it was
+        # made: each read checks that they still are (numa.NodeWatch)
+        self._numa_nodes = numa.selected_nodes(stats)
         self._buf = bytearray(SESSION_BUF_SIZE)
         self._paths = TreePaths()
 
@@ -607,7 +610,11 @@ class PinReader:
 
     def read(self) -> Union[Record, Snapshot]:
         """The pinned cgroup's Record, or its subtree's Snapshot, labelled
-        with the path it has now (after the session)."""
+        with the path it has now (after the session). A pin of per-node
+        stats (`pymemcg pin --numa`) raises NumaNodesChanged once the nodes
+        with memory are not those it was pinned for."""
+        if self._numa_nodes:
+            numa.check_nodes(self._numa_nodes)
         raw = self.records()
         if not raw:
             raise self._removed()

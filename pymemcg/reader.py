@@ -157,6 +157,8 @@ class Reader:
     node with memory now is a stat of its own, "anon:N0", and
     Record.numa("anon") gives {node: value}, in the file's unit (v2 bytes
     or counts, v1 pages). More nodes than pymemcg.numa.MAX_NODES: none.
+    Once the nodes with memory change (memory hotplug), reads raise
+    NumaNodesChanged: make a new Reader (docs/numa.md).
     Reads are serialised per Reader; use one Reader per thread for
     parallel reads. Close it (or use `with`) to close its links and unload its programs.
     An argument of another type or value raises InvalidArgument (a
@@ -185,9 +187,12 @@ class Reader:
         self.cgroup_version = mount.version
         # --- NUMA: one stat per item and node with memory, now ---
         self.numa_items = _check_numa(numa, mount.version)
+        # the nodes they were made for, checked again at every read
+        self._nodes: Optional[_numa.NodeWatch] = None
         if self.numa_items:
+            self._nodes = _numa.NodeWatch()
             self.stats = _check_names(self.stats + _numa.expand(
-                self.numa_items, mount.version, _numa.memory_nodes()))
+                self.numa_items, mount.version, self._nodes.nodes))
         self._backend: Optional[Backend] = None
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
@@ -238,6 +243,8 @@ class Reader:
         backend = self._backend
         if backend is None:
             raise Closed(_CLOSED)
+        if self._nodes is not None:
+            self._nodes.check()
         return backend.read(path)
 
     def read_many(self, paths: Sequence[str]) -> List[Optional[Record]]:
@@ -265,11 +272,16 @@ class Reader:
         backend = self._backend
         if backend is None:
             raise Closed(_CLOSED)
+        if self._nodes is not None:
+            self._nodes.check()
         return backend.read_many(paths)
 
     def read_tree(self, root: str) -> Snapshot:
         """Every cgroup under `root` (included), from one walk."""
-        return self._be().read_tree(root)
+        backend = self._be()
+        if self._nodes is not None:
+            self._nodes.check()
+        return backend.read_tree(root)
 
     def close(self) -> None:
         """Close the links (fds: a Reader pins nothing) and unload the programs. Safe to
@@ -278,6 +290,8 @@ class Reader:
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None
+            if self._nodes is not None:
+                self._nodes.close()
 
     def __enter__(self) -> "Reader":
         return self

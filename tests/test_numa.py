@@ -115,9 +115,12 @@ def test_parse_both_formats():
     assert numa.parse_numa_stat(v1, 1, False) == {"total:N0": 4, "total:N1": 5}
 
 
-def test_record_numa_unavailable_says_why(bpf_ok, monkeypatch):
-    """A host with more nodes than the cap: numa() raises with the reason."""
-    monkeypatch.setattr(numa, "memory_nodes", lambda node_dir=None: list(range(40)))
+def test_record_numa_unavailable_says_why(bpf_ok, monkeypatch, tmp_path):
+    """A host with more nodes than the cap (has_memory, where it is read,
+    says 40): numa() raises with the reason."""
+    copy = tmp_path / "has_memory"
+    copy.write_text("0-39\n")
+    monkeypatch.setattr(numa, "HAS_MEMORY", str(copy))
     with pymemcg.Reader(stats=["anon"], numa=["anon"], backend="bpf",
                         shared_pins=False) as r:
         rec = r.read(pymemcg.cgroupfs.memory_mount().mountpoint)
@@ -220,3 +223,37 @@ def test_snapshot_numa_columns(bpf_ok, cgroups):
     r = subprocess.run([sys.executable, "-m", "pymemcg", "snapshot", cgroups.base, "--numa",
                         other], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and f"numa='{other}'" in r.stderr
+
+
+@pytest.mark.parametrize("backend", ["bpf", "text"])
+def test_reads_refuse_once_the_nodes_with_memory_change(bpf_ok, cgroups, backend, monkeypatch,
+                                                        tmp_path):
+    """A Reader's per-node stats are of the nodes that had memory when it
+    was made. Memory hotplug is simulated where has_memory is read: a copy
+    of the kernel's file, at the name NodeWatch reads, rewritten. Once it
+    lists other nodes, every read form raises NumaNodesChanged naming the
+    remedy, rather than serve a map without the new node; back to the same
+    nodes, reads serve again. A Reader without NUMA stats never looks."""
+    real = open(numa.HAS_MEMORY, "rb").read()
+    nodes = numa.parse_nodelist(real.decode())
+    copy = tmp_path / "has_memory"
+    copy.write_bytes(real)
+    monkeypatch.setattr(numa, "HAS_MEMORY", str(copy))
+    fds = set(os.listdir("/proc/self/fd"))
+    with pymemcg.Reader(stats=["usage"], numa=["anon"], backend=backend,
+                        shared_pins=False) as r:
+        assert set(r.read(cgroups.base).numa("anon")) == set(nodes)
+        for changed in (nodes + [max(nodes) + 1], nodes[1:], [max(nodes) + 1]):
+            copy.write_text(",".join(map(str, changed)) + "\n")
+            for call in (r.read, lambda p: r.read_many([p]), r.read_tree):
+                with pytest.raises(pymemcg.NumaNodesChanged, match="make a new Reader"):
+                    call(cgroups.base)
+        copy.write_bytes(real)
+        assert set(r.read_many([cgroups.base])[0].numa("anon")) == set(nodes)
+        snap = r.read_tree(cgroups.base)
+        assert set(snap[snap.root].numa("anon")) == set(nodes)
+    assert set(os.listdir("/proc/self/fd")) == fds
+    copy.write_text(f"{max(nodes) + 1}\n")
+    with pymemcg.Reader(stats=["usage"], backend=backend, shared_pins=False) as r:
+        r.read(cgroups.base)
+        r.read_tree(cgroups.base)

@@ -59,12 +59,13 @@ def _oom_kill_count(cgroup: str) -> int:
     raise AssertionError(f"no oom_kill in {name}")
 
 
-def _kill_in(cgroup: str) -> int:
-    """Run a process that the OOM killer ends in `cgroup`; its pid."""
+def _kill_in(cgroup: str, argv=None) -> int:
+    """Run a process (`argv`, default a Python one) that the OOM killer ends
+    in `cgroup`; its pid."""
     def enter() -> None:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
-    proc = subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=enter,
+    proc = subprocess.Popen(argv or [sys.executable, "-c", HOG], preexec_fn=enter,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert proc.wait(timeout=120) == -9, "the workload was not OOM-killed"
     return proc.pid
@@ -347,3 +348,93 @@ def test_exporters_say_when_oom_counting_stops(bpf_ok, cgroups):
     finally:
         instrumentor.uninstrument()
         provider.shutdown()
+
+
+def _vmstat_oom_kills() -> int:
+    """The kernel's own count of OOM kills on the whole machine."""
+    with open("/proc/vmstat") as f:
+        for line in f:
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    raise AssertionError("no oom_kill in /proc/vmstat")
+
+
+def test_ring_pages_must_be_a_power_of_two_pages(bpf_ok):
+    page = os.sysconf("SC_PAGE_SIZE")
+    most = load()[1].PMC_OOM_RING_BYTES_MAX // page
+    for bad in (0, -1, 3, 96, most * 2, True, 1.0, "1"):
+        with pytest.raises(pymemcg.BadRingSize, match="power of two pages"):
+            oom.OomEvents(ring_pages=bad)
+    assert oom.ring_bytes(None, page, 1 << 30, 256 << 10) == 256 << 10
+    assert oom.ring_bytes(None, 1 << 20, 1 << 30, 256 << 10) == 1 << 20
+    assert oom.ring_bytes(most, page, 1 << 30, 256 << 10) == 1 << 30
+    with oom.OomEvents() as events:
+        assert events.ring_bytes == 256 << 10
+
+
+# coreutils' dd reads /dev/zero into one 64 MiB buffer: over the 32 MiB limit
+# in about a millisecond of its own, with no interpreter to start
+DD_HOG = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+
+
+def test_a_full_ring_counts_each_kill_it_could_not_hold(bpf_ok, cgroups):
+    """Kills while nobody reads: a one-page ring holds a few events (long
+    paths make them large), and every further kill is counted as lost, by
+    the iterator (OomEventsLost) and by the exporters' counts
+    (pymemcg_oom_events_lost_total comes from OomCounts.missed), so that
+    events delivered + lost == the kills the kernel counts."""
+    from pymemcg.oom_metrics import OomCounts
+
+    kills = 12
+    # a 200-byte name in both of an event's paths: about 800 bytes an event
+    cgroup = cgroups.make("oom-lost-" + "x" * 200)
+    _limit(cgroup)
+    cgroup_id = os.stat(cgroup).st_ino
+
+    with oom.OomEvents(ring_pages=1) as iterated, oom.OomEvents(ring_pages=1) as counted:
+        assert iterated.ring_bytes == counted.ring_bytes == os.sysconf("SC_PAGE_SIZE")
+        # other processes of the machine may OOM too: the kernel's own
+        # count over the same window says how many kills there were in all
+        seen_before = (iterated.seen, counted.seen)
+        vm_before = _vmstat_oom_kills()
+        for _ in range(kills):
+            _kill_in(cgroup, DD_HOG)
+        all_kills = _vmstat_oom_kills() - vm_before
+        assert _oom_kill_count(cgroup) == kills
+        for events, before in zip((iterated, counted), seen_before):
+            assert events.seen - before == all_kills
+            assert 0 < events.lost < kills, "the one-page ring held none or all"
+
+        items = []
+        while True:
+            more = iterated.poll(0.2)
+            if not more:
+                break
+            items += more
+        lost = [i for i in items if isinstance(i, oom.OomEventsLost)]
+        delivered = [i for i in items if isinstance(i, oom.OomEvent)]
+        ours = [e for e in delivered if e.cgroup_id == cgroup_id]
+        assert sum(i.count for i in lost) == lost[-1].total == iterated.lost
+        assert len(delivered) + iterated.lost == iterated.seen
+        assert ours, "the ring held none of this cgroup's events"
+        if all_kills == kills:   # no other OOM kill on the machine meanwhile
+            assert len(ours) + iterated.lost == kills
+        else:
+            assert len(ours) + iterated.lost >= kills
+
+        counts = OomCounts(events=counted)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                live, _ = counts.series([cgroup_id])
+                if counts.missed >= counted.lost and live.get(cgroup_id, 0) >= len(ours):
+                    break
+                time.sleep(0.02)
+            live, _ = counts.series([cgroup_id])
+            assert counts.missed == counted.lost
+            if all_kills == kills:
+                assert live[cgroup_id] + counts.missed == kills
+        finally:
+            counts.close()      # then closing its events ends its thread
+            counted.close()

@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "link in bpffs with the given owner, group and mode; "
                                      "readers use pymemcg.pins.PinReader (no bpf() needed).")
     add_common(pin, SNAPSHOT_STATS, backend=False)
+    add_numa(pin)
     pin.add_argument("--name", required=True, help="the pin's file name")
     pin.add_argument("--self-only", action="store_true", help="ROOT alone, not its subtree")
     pin.add_argument("--owner", default="0", help="user (name or uid; default root)")
