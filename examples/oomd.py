@@ -72,22 +72,30 @@ def under(path: str, prefix: str) -> bool:
     return prefix == "/" or path == prefix or path.startswith(prefix + "/")
 
 
-def candidates_of(root: str, walk: Iterable[Tuple[str, bool]]) -> List[str]:
-    """systemd-oomd's candidates below root, from a pre-order walk of
-    (path, oom_group): leaves, and oom.group cgroups (nothing below them)."""
+def candidates_of(root: str, walk: Iterable[Tuple[str, bool]]) -> List[int]:
+    """systemd-oomd's candidates below root, as positions in a pre-order walk
+    of (path, oom_group): leaves, and oom.group cgroups (nothing below them)."""
     items = list(walk)
     parents = {p.rpartition("/")[0] or "/" for p, _ in items[1:]}
-    out: List[str] = []
+    out: List[int] = []
     cut: Optional[str] = None
-    for path, group in items:
+    for i, (path, group) in enumerate(items):
         if path == root:
             if root not in parents:
-                out.append(path)
+                out.append(i)
         elif cut is None or not under(path, cut):
             cut = path if group else None
             if group or path not in parents:
-                out.append(path)
+                out.append(i)
     return out
+
+
+def pgscan_of(scans: Sequence[Optional[Number]]) -> Optional[int]:
+    """memory.stat's pgscan: the sum of the kernel's pgscan_* items (those a
+    kernel does not have are unavailable); unknown without kswapd's and direct's."""
+    if scans[0] is None or scans[1] is None:
+        return None
+    return int(sum(s or 0 for s in scans))
 
 
 class Source(Protocol):
@@ -106,27 +114,21 @@ class PymemcgSource:
     def __init__(self, mount: str, reader: pymemcg.Reader) -> None:
         self.mount, self.reader = mount.rstrip("/"), reader
 
-    def _sample(self, path: str, get: Callable[[str], Optional[Number]]) -> Sample:
-        scans = [get(n) for n in PGSCAN]
-        pgscan = None if scans[0] is None or scans[1] is None else sum(s or 0 for s in scans)
-        return Sample(path, get("pressure_full_avg10_x100"), pgscan, get("usage"),  # type: ignore
-                      get("swap_usage"), get("memory_min"), get("memory_low"),  # type: ignore
-                      bool(get("oom_group")))
-
     def monitored(self, paths: Sequence[str]) -> Dict[str, Sample]:
         recs = self.reader.read_many([self.mount + p for p in paths])
-        return {p: self._sample(p, r.get) for p, r in zip(paths, recs) if r is not None}
+        return {p: Sample(p, r.get(STATS[0]), pgscan_of([r.get(n) for n in PGSCAN]),  # type: ignore
+                          *(r.get(n) for n in STATS[1:5]), bool(r.get("oom_group")))  # type: ignore
+                for p, r in zip(paths, recs) if r is not None}
 
     def candidates(self, root: str) -> List[Sample]:
         snap = self.reader.read_tree(self.mount + root)
         cols = snap.columns(STATS)
         paths = [p or "" for p in snap.paths]
-        rows = {p: i for i, p in enumerate(paths)}
-
-        def row(i: int) -> Callable[[str], Optional[Number]]:
-            return lambda name: cols[name][i]
-        chosen = candidates_of(snap.root, zip(paths, (bool(g) for g in cols["oom_group"])))
-        return [self._sample(p, row(rows[p])) for p in chosen]
+        full, current, swap, least, low, group = (cols[n] for n in STATS[:6])
+        scans = [cols[n] for n in PGSCAN]
+        return [Sample(paths[i], full[i], pgscan_of([s[i] for s in scans]),  # type: ignore
+                       current[i], swap[i], least[i], low[i], bool(group[i]))  # type: ignore
+                for i in candidates_of(snap.root, zip(paths, map(bool, group)))]
 
 
 class FileSource:

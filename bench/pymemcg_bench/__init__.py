@@ -10,6 +10,7 @@ By hand, with bench/ on PYTHONPATH:
     python -m pymemcg_bench loop METHOD PATH COUNT      # one method alone, for profilers
     python -m pymemcg_bench rotation [--rounds N] [--sizes 100,1000,10000]
                                                         # only part 5's rotation table
+    python -m pymemcg_bench oomd [--rounds N]           # only part 5's memory daemon table
 
 Five parts, all on this machine's real cgroups:
 
@@ -36,7 +37,9 @@ Five parts, all on this machine's real cgroups:
    (bench/read_many.py); the upstream proposal's 1,111-cgroup tree read
    both ways; a poller's rotation over 100, 1,000 and 10,000 cgroups:
    read(), read_many() and memory.stat pread + parse per cgroup
-   (rotation.py).
+   (rotation.py); examples/oomd.py, a daemon that decides as systemd-oomd
+   does, polling 1,000 cgroups through pymemcg against the same daemon
+   reading the files, and its CPU at systemd-oomd's intervals (oomd.py).
 
 And start-up (startup.py), each in a fresh process: Reader() to its first
 read() done, then its first read_tree(), `pymemcg snapshot` start to exit,

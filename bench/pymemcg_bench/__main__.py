@@ -18,6 +18,7 @@ from .c_side import CBench, build_c, spec_lines
 from .cgroups import BenchCgroups, remove_stale_trees
 from .exporter import (measure_anchor, measure_embedding, measure_read_many, measure_scrapes,
                        report_part5)
+from .oomd import measure_oomd, oomd_markdown, run_oomd
 from .measure import loop, measure_single, measure_tree, split_read
 from .perf import measure_profiles, perf_works
 from .rotation import ROTATION_SIZES, measure_rotation, rotation_markdown
@@ -98,6 +99,7 @@ def run(args) -> int:
             many = measure_read_many(cgroups, st.tree_rounds * 3, 200 if not args.quick else 50)
             anchor = measure_anchor(cgroups, st.tree_rounds)
             rotation = measure_rotation(cgroups, st.tree_rounds)
+            oomd = measure_oomd(cgroups, st.tree_rounds)
         except KeyboardInterrupt:
             print("bench: interrupted", file=sys.stderr)
             return 130
@@ -110,6 +112,7 @@ def run(args) -> int:
     if why_no_scrapes:
         part5 += [f"No scrapes: {why_no_scrapes}.", ""]
     part5 += rotation_markdown(rotation)
+    part5 += oomd_markdown(oomd)
     text, env = report(single, trees, profiles, split, why_no_profile, why_no_c, st,
                        max(0.0, others), read_method, part5, scrapes, many)
     text = text.rstrip("\n") + "\n\n" + "\n".join(report_startup(startup, startup_rounds,
@@ -183,11 +186,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                        help="comma-separated numbers of cgroups")
         a = p.parse_args(argv[1:])
         return run_rotation(a.rounds, [int(n) for n in a.sizes.split(",")])
+    if argv[:1] == ["oomd"]:
+        p = argparse.ArgumentParser(prog="python -m pymemcg_bench oomd",
+                                    description="only the memory daemon's table (part 5): "
+                                                "examples/oomd.py on pymemcg against the files")
+        p.add_argument("--rounds", type=int, default=TREE_ROUNDS,
+                       help=f"rounds (default {TREE_ROUNDS})")
+        return run_oomd(p.parse_args(argv[1:]).rounds)
     p = argparse.ArgumentParser(prog="python -m pymemcg_bench",
                                 description=PACKAGE_DOC.split("\n")[0],
                                 epilog="also: `python -m pymemcg_bench specs`, "
-                                       "`python -m pymemcg_bench loop` and `python -m "
-                                       "pymemcg_bench rotation` (see the package's docstring)")
+                                       "`python -m pymemcg_bench loop`, `python -m "
+                                       "pymemcg_bench rotation` and `python -m pymemcg_bench "
+                                       "oomd` (see the package's docstring)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_READS:,} reads instead of {READS:,}, smaller tree loops, "
                         f"shorter profiles")
