@@ -121,14 +121,18 @@ class PymemcgSource:
                 for p, r in zip(paths, recs) if r is not None}
 
     def candidates(self, root: str) -> List[Sample]:
-        snap = self.reader.read_tree(self.mount + root)
+        try:
+            snap = self.reader.read_tree(self.mount + root)
+        except pymemcg.CgroupNotFound:
+            return []
         cols = snap.columns(STATS)
+        # a cgroup removed before its name was read has no path: never a candidate
         paths = [p or "" for p in snap.paths]
         full, current, swap, least, low, group = (cols[n] for n in STATS[:6])
         scans = [cols[n] for n in PGSCAN]
         return [Sample(paths[i], full[i], pgscan_of([s[i] for s in scans]),  # type: ignore
                        current[i], swap[i], least[i], low[i], bool(group[i]))  # type: ignore
-                for i in candidates_of(snap.root, zip(paths, map(bool, group)))]
+                for i in candidates_of(snap.root, zip(paths, map(bool, group))) if paths[i]]
 
 
 class FileSource:
@@ -169,7 +173,10 @@ class FileSource:
         return {p: self.sample(p) for p in paths if os.path.isdir(self.mount + p)}
 
     def candidates(self, root: str) -> List[Sample]:
-        subs = [e.name for e in os.scandir(self.mount + root) if e.is_dir()]
+        try:
+            subs = [e.name for e in os.scandir(self.mount + root) if e.is_dir()]
+        except FileNotFoundError:    # removed meanwhile
+            return []
         if not subs:
             return [self.sample(root)]
         out: List[Sample] = []
