@@ -216,6 +216,9 @@ class Watch:
 
 
 class Oomd:
+    """systemd-oomd's decisions over what `source` reads; each poll returns
+    the path it killed (or, in a dry run, would have killed), else None."""
+
     def __init__(self, source: Source, mount: str, watches: List[Watch], swap_roots: List[str],
                  act: bool = False, meminfo: str = "/proc/meminfo") -> None:
         self.source, self.mount, self.act, self.meminfo = source, mount.rstrip("/"), act, meminfo
@@ -225,6 +228,7 @@ class Oomd:
         self.delay_start: Optional[float] = None
 
     def preference(self, path: str, prefix: str) -> int:
+        """OMIT, AVOID or NONE from the cgroup's xattrs, if its owner may say."""
         full = self.mount + path
         try:
             uid = os.stat(full).st_uid
@@ -249,6 +253,7 @@ class Oomd:
                       key=lambda c: (prefs[c.path],) + key(c))
 
     def poll_pressure(self, now: float) -> Optional[str]:
+        """Every PRESSURE_INTERVAL_S; now: monotonic seconds."""
         got = self.source.monitored([w.path for w in self.watches])
         targets = []
         for w in self.watches:
@@ -292,6 +297,7 @@ class Oomd:
         return None
 
     def poll_swap(self, now: float) -> Optional[str]:
+        """Every SWAP_INTERVAL_S; now: monotonic seconds."""
         mem: Dict[str, int] = {}
         with open(self.meminfo) as f:
             for line in f:
