@@ -90,6 +90,15 @@ def candidates_of(root: str, walk: Iterable[Tuple[str, bool]]) -> List[int]:
     return out
 
 
+def full_avg10(text: Optional[str]) -> Optional[int]:
+    """memory.pressure's "full avg10=" in hundredths of a percent."""
+    for line in (text or "").splitlines():
+        if line.startswith("full "):
+            whole, _, frac = line.split()[1][len("avg10="):].partition(".")
+            return int(whole) * 100 + int(frac)
+    return None
+
+
 def pgscan_of(scans: Sequence[Optional[Number]]) -> Optional[int]:
     """memory.stat's pgscan: the sum of the kernel's pgscan_* items (those a
     kernel does not have are unavailable); unknown without kswapd's and direct's."""
@@ -105,6 +114,9 @@ class Source(Protocol):
 
     def candidates(self, root: str) -> List[Sample]: ...
 
+    def confirm(self, sample: Sample) -> Optional[int]:
+        """The full avg10 to act on, for a watched cgroup read above its limit."""
+
 
 class PymemcgSource:
     """Numbers through ONE pymemcg Reader: read_many for the monitored
@@ -119,6 +131,17 @@ class PymemcgSource:
         return {p: Sample(p, r.get(STATS[0]), pgscan_of([r.get(n) for n in PGSCAN]),  # type: ignore
                           *(r.get(n) for n in STATS[1:5]), bool(r.get("oom_group")))  # type: ignore
                 for p, r in zip(paths, recs) if r is not None}
+
+    def confirm(self, sample: Sample) -> Optional[int]:
+        """BPF reads a psi group's averages as the kernel last updated them:
+        for a group gone idle they stay where they were (docs/pressure.md),
+        while memory.pressure, read, decays them first. So above the limit,
+        one read of the file (which brings the group up to date) decides."""
+        try:
+            with open(f"{self.mount}{sample.path}/memory.pressure") as f:
+                return full_avg10(f.read())
+        except FileNotFoundError:
+            return None
 
     def candidates(self, root: str) -> List[Sample]:
         try:
@@ -157,11 +180,7 @@ class FileSource:
         return None if text is None else pymemcg.MAX if text.strip() == "max" else int(text)
 
     def sample(self, path: str) -> Sample:
-        full = pgscan = None
-        for line in (self._read(path, "pressure") or "").splitlines():
-            if line.startswith("full "):
-                whole, _, frac = line.split()[1][len("avg10="):].partition(".")
-                full = int(whole) * 100 + int(frac)
+        full, pgscan = full_avg10(self._read(path, "pressure")), None
         for line in (self._read(path, "stat") or "").splitlines():
             if line.startswith("pgscan "):
                 pgscan = int(line[7:])
@@ -171,6 +190,9 @@ class FileSource:
 
     def monitored(self, paths: Sequence[str]) -> Dict[str, Sample]:
         return {p: self.sample(p) for p in paths if os.path.isdir(self.mount + p)}
+
+    def confirm(self, sample: Sample) -> Optional[int]:
+        return sample.full_avg10_x100       # read from the file already
 
     def candidates(self, root: str) -> List[Sample]:
         try:
@@ -263,17 +285,20 @@ class Oomd:
             if scan_rate(s.pgscan, w.pgscan) > 0:
                 w.last_reclaim = now
             w.pgscan = s.pgscan
-            if s.full_avg10_x100 is not None and s.full_avg10_x100 > w.limit_x100:
+            full = s.full_avg10_x100
+            if full is not None and full > w.limit_x100:
+                full = self.source.confirm(s)
+            if full is not None and full > w.limit_x100:
                 w.hit_start = now if w.hit_start is None else w.hit_start
                 if now - w.hit_start >= w.duration_s:
-                    targets.append((w, s))
+                    targets.append((w, full))
             else:
                 w.hit_start = None
         delayed = self.delay_start is not None and now < self.delay_start + POST_ACTION_DELAY_S
         roots = [w.path for w in self.watches]
         if targets and not delayed:
             refreshed = False
-            for w, s in targets:
+            for w, full in targets:
                 if now - w.last_reclaim > RECLAIM_WINDOW_S:
                     continue
                 if not refreshed:
@@ -285,7 +310,7 @@ class Oomd:
                 if ranked:
                     self.delay_start = now
                     return self.kill(ranked[0], f"memory pressure of {w.path}: full avg10 "
-                                     f"{(s.full_avg10_x100 or 0) / 100:.2f}% > "
+                                     f"{full / 100:.2f}% > "
                                      f"{w.limit_x100 / 100:.2f}%"
                                      f" for > {w.duration_s:g} s with reclaim activity")
             if not refreshed:

@@ -50,12 +50,16 @@ class Fed:
     def __init__(self) -> None:
         self.mon: Dict[str, object] = {}
         self.cands: List[object] = []
+        self.file_avg10: Dict[str, int] = {}      # what memory.pressure says, where it differs
 
     def monitored(self, paths):
         return {p: self.mon[p] for p in paths if p in self.mon}
 
     def candidates(self, root):
         return [c for c in self.cands if oomd.under(c.path, root)]
+
+    def confirm(self, sample):
+        return self.file_avg10.get(sample.path, sample.full_avg10_x100)
 
 
 def daemon(prefs: Optional[Dict[str, int]] = None, **kw):
@@ -115,6 +119,19 @@ def test_pressure_needs_reclaim_and_a_steady_excess():
     assert [d.poll_pressure(t) for t in (0.0, 1.0, 2.0)] == [None, None, "/w/a"]
     d.delay_start = None
     assert d.poll_pressure(31.0) is None
+
+
+def test_pressure_above_the_limit_is_confirmed_by_the_file():
+    """A watched cgroup gone idle keeps its last averages in BPF while its
+    file decays them: the file's value decides, and it alone."""
+    d, src = daemon()
+    src.cands = [S("/w/a", pgscan=10)]
+    src.file_avg10 = {"/w": 900}                          # the file: below 10%
+    for t in range(4):
+        src.mon = {"/w": S("/w", full=2000, pgscan=5 + t)}   # BPF: 20%, undecayed
+        assert d.poll_pressure(float(t)) is None
+    src.file_avg10 = {}
+    assert [d.poll_pressure(float(t)) for t in (4, 5, 6)] == [None, None, "/w/a"]
 
 
 def test_candidates_without_scans_or_memory_are_skipped():

@@ -4,7 +4,9 @@ cgroup files, and the daemon's CPU at systemd-oomd's intervals.
 
 A poll is timed in the state where it reads the most, which is when it
 matters: a watched cgroup above its pressure limit (systemd-oomd then reads
-the watched cgroup and every kill candidate below it each second), and
+the watched cgroup and every kill candidate below it each second; the
+pymemcg daemon also reads the watched cgroup's memory.pressure then, to
+confirm it), and
 memory and swap above the swap limit (it then reads every candidate each
 150 ms). Both daemons are the example's own Oomd with its two sources, so the
 logic is the same line for line; only the reads differ. Quiet polls (nothing
@@ -99,7 +101,9 @@ def measure_oomd(cgroups: BenchCgroups, rounds: int, size: int = OOMD_SIZE) -> O
                     if swap:
                         d.poll_swap(0.0)            # /proc/meminfo: below the limit here
                     else:
-                        d.source.monitored([rel])
+                        watched = d.source.monitored([rel])
+                        if not quiet:               # above the limit: confirmed
+                            d.source.confirm(watched[rel])
                     if not quiet:
                         d.refresh([rel])
                 return run
