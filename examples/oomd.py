@@ -125,6 +125,7 @@ class PymemcgSource:
 
     def __init__(self, mount: str, reader: pymemcg.Reader) -> None:
         self.mount, self.reader = mount.rstrip("/"), reader
+        self.name = f"pymemcg ({reader.backend} backend)"
 
     def monitored(self, paths: Sequence[str]) -> Dict[str, Sample]:
         recs = self.reader.read_many([self.mount + p for p in paths])
