@@ -203,10 +203,11 @@ def test_refuses_cgroup_v1(cgroup_version):
 
 
 # each thrasher reads a file of its own, bigger than its memory.high, over and
-# over: page cache reclaimed and refaulted (pgscan, and memory stalls), no swap
+# over: page cache reclaimed and refaulted (pgscan, and memory stalls), no
+# swap; with a pause after each MiB it scans less
 THRASH = """
-import os, sys
-size = {size}
+import os, sys, time
+size, pause = {size}, {pause}
 name = "/var/tmp/pymemcg-oomd-%d" % os.getpid()
 fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o600)
 os.unlink(name)
@@ -217,6 +218,7 @@ print("ready", flush=True)
 while True:
     for off in range(0, size, 1 << 20):
         os.pread(fd, 1 << 20, off)
+        time.sleep(pause)
 """
 IDLE = "import sys\nprint('ready', flush=True)\nsys.stdin.read()\n"
 
@@ -265,14 +267,17 @@ def test_acts_under_real_pressure(bpf_ok, cgroups, cgroup_version):
     """A cgroup whose children thrash their page cache under memory.high:
     full pressure; the daemon (limit 2%, 1 s) names the child with the
     highest pgscan rate that is not omitted, reading the files (dry run), and
-    kills it through pymemcg's numbers with --act; the others live."""
+    kills it through pymemcg's numbers with --act; the others live. The
+    omitted child thrashes without pause, the other with pauses, so that the
+    omitted one scans faster: without its mark it would be the victim."""
     if cgroup_version != 2:
         pytest.skip("cgroup v2 only (test_refuses_cgroup_v1 is v1's)")
     mount = memory_mount().mountpoint.rstrip("/")
     w = cgroups.make("w")
     procs = {}
-    for name, high, script in (("a", 8, THRASH.format(size=48 * MiB)),
-                               ("o", 16, THRASH.format(size=48 * MiB)), ("b", None, IDLE)):
+    for name, high, script in (("a", 8, THRASH.format(size=24 * MiB, pause=0.1)),
+                               ("o", 16, THRASH.format(size=48 * MiB, pause=0)),
+                               ("b", None, IDLE)):
         cg = cgroups.make(f"w/{name}")
         if high:
             with open(os.path.join(cg, "memory.high"), "w") as f:
