@@ -142,6 +142,25 @@ PGSCAN = ("pgscan_kswapd", "pgscan_direct", "pgscan_khugepaged", "pgscan_proacti
 PGSTEAL = ("pgsteal_kswapd", "pgsteal_direct", "pgsteal_khugepaged", "pgsteal_proactive")
 
 
+#: memory.events counters proposed for cAdvisor beside high and max:
+#: (key, HELP text); each is container_memory_events_<key>_total
+MEMORY_EVENTS_PROPOSED = (
+    ("low", "Cumulative count of reclaims of the container below its memory.low protection"),
+    ("oom", "Cumulative count of times the container's memory usage reached its limit and "
+            "an allocation was about to fail"),
+    ("oom_kill", "Cumulative count of processes of the container killed by the OOM killer"),
+    ("oom_group_kill", "Cumulative count of group OOM kills of the container"),
+)
+#: memory.swap.events counters proposed for cAdvisor: (key, HELP text); each
+#: is container_memory_swap_events_<key>_total
+SWAP_EVENTS_PROPOSED = (
+    ("high", "Cumulative count of times the container's swap usage crossed memory.swap.high"),
+    ("max", "Cumulative count of swap allocations of the container refused by "
+            "memory.swap.max"),
+    ("fail", "Cumulative count of failed swap allocations of the container"),
+)
+
+
 def cadvisor_metrics(cgroup_version: int) -> List[CadvisorMetric]:
     """cAdvisor's memory metrics that pymemcg can serve with cAdvisor's
     meaning on this cgroup version, for a hierarchical Reader (plus a local
@@ -222,6 +241,18 @@ def cadvisor_metrics(cgroup_version: int) -> List[CadvisorMetric]:
           "Cumulative count of memory.max limit hit events for the container",
           ["max"], _one("max"), versions=(2,),
           source="handler.go setMemoryEvents: memory.events max (v2)"),
+        # not merged in cAdvisor yet (docs/prometheus.md cites the proposals): named
+        # as proposed, so that a dashboard written for them needs no change; read by
+        # setMemoryEvents from the same hierarchical files as high and max
+        *(M(f"container_memory_events_{key}_total", COUNTER, help_text, [key], _one(key),
+            versions=(2,), source=f"handler.go setMemoryEvents: memory.events {key} (v2), as "
+                                  f"proposed for cAdvisor")
+          for key, help_text in MEMORY_EVENTS_PROPOSED),
+        *(M(f"container_memory_swap_events_{key}_total", COUNTER, help_text,
+            [f"swap_{key}_events"], _one(f"swap_{key}_events"), versions=(2,),
+            source=f"handler.go setMemoryEvents: memory.swap.events {key} (v2), as "
+                   f"proposed for cAdvisor")
+          for key, help_text in SWAP_EVENTS_PROPOSED),
         M("container_memory_file_dirty_bytes", GAUGE,
           "Number of bytes of file cache that has been modified but not yet written back "
           "to disk.", ["file_dirty"], _one("file_dirty"), versions=(2,),

@@ -211,6 +211,18 @@ class PackedRecords(Sequence[RawRecord]):
         return col == col[:8] * self._n
 
 
+def _unlimited_as_max(values: Sequence[Optional[int]]) -> List[Optional[Value]]:
+    """A limit's values with the kernel's "no limit" as MAX. A tree's limits
+    are mostly all unset or all set: one C-level count decides those, and
+    only a mix is tested value by value."""
+    unlimited = values.count(RAW_MAX)
+    if unlimited == len(values):
+        return [MAX] * unlimited
+    if not unlimited:
+        return list(values)
+    return [MAX if v == RAW_MAX else v for v in values]
+
+
 # a walk's records: tuples, or the kernel's bytes
 RawRecords = Union[List[RawRecord], PackedRecords]
 
@@ -427,17 +439,27 @@ class Snapshot(Mapping[str, Record]):
     def column(self, name: str) -> List[Optional[Value]]:
         """One stat for every cgroup, in walk order (None where unavailable);
         UnknownStat for a name outside the selection, as Record[name] raises."""
-        i = self.selection.position(name)
-        if i in self.selection.tunable_at:
-            return [MAX if v == RAW_MAX else v for v in self._column(i)]
-        return cast(List[Optional[Value]], self._column(i))
+        return self._value_column(self.selection.position(name), {})
 
-    def _column(self, i: int) -> List[Optional[int]]:
+    def _value_column(self, i: int, uniform: Dict[int, bool]) -> List[Optional[Value]]:
+        """column() of the stat at position i; `uniform` caches, per valid
+        word, whether every record has the same valid bits (PackedRecords)."""
+        if i in self.selection.tunable_at:
+            return _unlimited_as_max(self._column(i, uniform))
+        return cast(List[Optional[Value]], self._column(i, uniform))
+
+    def _column(self, i: int, uniform: Optional[Dict[int, bool]] = None
+                ) -> List[Optional[int]]:
         """column() of the stat at position i, as the records hold it."""
         raw = self._raw
         if raw.__class__ is PackedRecords:
             valid_word, value_word = VALID_WORD + (i >> 6), VALUE_WORD + i
-            if raw.uniform(valid_word):  # the usual case: one test for all
+            same = uniform.get(valid_word) if uniform is not None else None
+            if same is None:
+                same = raw.uniform(valid_word)
+                if uniform is not None:
+                    uniform[valid_word] = same
+            if same:  # the usual case: one test for all
                 if not raw or (raw.words[valid_word] >> (i & 63)) & 1:
                     # every value present: the ints as they are (list is invariant)
                     return cast(List[Optional[int]], raw.word_column(value_word))
@@ -459,7 +481,8 @@ class Snapshot(Mapping[str, Record]):
         if not raw:
             return {n: [] for n in names}
         if raw.__class__ is PackedRecords:
-            return {n: self.column(n) for n in names}
+            uniform: Dict[int, bool] = {}
+            return {n: self._value_column(index[n], uniform) for n in names}
         first = raw[0]
         cols = list(zip(*raw))
         if any(cols[w].count(first[w]) != len(raw)
@@ -469,7 +492,7 @@ class Snapshot(Mapping[str, Record]):
         none = [None] * len(raw)
         tunable_at = self.selection.tunable_at
         return {n: (cols[index[n] + VALUES_AT] if index[n] not in tunable_at else
-                    [MAX if v == RAW_MAX else v for v in cols[index[n] + VALUES_AT]])
+                    _unlimited_as_max(cols[index[n] + VALUES_AT]))
                 if (valid >> index[n]) & 1 else none
                 for n in names}
 

@@ -341,9 +341,11 @@ def resolve(names: Sequence[str], facts: KernelFacts, cgroup_version: int, page_
             raise UnknownStat(f"unknown stat {name!r}: see pymemcg.stats() for the names "
                               f"this version knows")
         if stat.kind == PRESSURE:
-            out.append(resolve_pressure(stat, facts, cgroup_version, psi_on)
-                       if not local else _unavailable(stat, "pressure is hierarchical only "
-                                                            "(memory.pressure): use local=False"))
+            where = resolve_pressure(stat, facts, cgroup_version, psi_on)
+            # a reason that holds whatever local= is (v1, PSI off) comes first
+            out.append(where if not local or not where.available else
+                       _unavailable(stat, "pressure is hierarchical only (memory.pressure): "
+                                          "use local=False"))
             continue
         out.append(_resolve_one(stat, facts, matches, cgroup_version, page_size, local,
                                 backend))

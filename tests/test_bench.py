@@ -21,7 +21,7 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(CHECKOUT, "bench"))
 
 from pymemcg_bench import Settings  # noqa: E402
-from pymemcg_bench import c_side, exporter, measure, oomd, report  # noqa: E402
+from pymemcg_bench import c_side, exporter, measure, oomd, report, signals  # noqa: E402
 from pymemcg_bench import cgroups as made_cgroups  # noqa: E402
 
 ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
@@ -235,3 +235,48 @@ def test_bench_embedding_smoke_run(bpf_ok, cgroups):
     assert "### Embedding in a daemon" in text and "| SDK per data point |" in text
     assert "`pymemcg.prometheus.generate_latest`" in text
     assert not os.path.exists(made.top)
+
+
+def test_signals_control_parses_as_the_kernel_prints():
+    """The daemon's control (part 2b) converts the files as pymemcg's own
+    parsers do: memory.pressure's averages as hundredths of a percent, its
+    totals in microseconds, "max" as the page counter's maximum."""
+    from pymemcg.decode import RAW_MAX
+    from pymemcg.memory_stat import parse_pressure
+    text = b"some avg10=5.23 avg60=0.40 avg300=10.00 total=824308\n" \
+           b"full avg10=0.00 avg60=0.07 avg300=1.25 total=512590\n"
+    names = [n for n in signals.SIGNAL_STATS if n.startswith("pressure_")]
+    out: dict = {}
+    signals._pressure(names)(text, out)
+    assert out == parse_pressure(text) and out["pressure_some_avg10_x100"] == 523
+    one: dict = {}
+    signals._number("limit")(b"max\n", one)
+    signals._number("memory_low")(b"1048576\n", one)
+    assert one == {"limit": RAW_MAX, "memory_low": 1 << 20}
+
+
+def test_signals_smoke_run(bpf_ok, cgroups):
+    """Part 2b end to end on a small tree: both sides read the same values
+    (measure_signals compares them first), and the section and its goal are
+    written. On cgroup v1 the control reads the v1 files that carry the
+    selection, and BPF serves the events the files do not have."""
+    with made_cgroups.BenchCgroups(cgroups.base) as made:
+        r = signals.measure_signals(made, 1, 1, size=25)
+    assert not os.path.exists(made.top)
+    assert r.compared >= 25 * r.file_values > 0
+    assert {"bpf", "bpf+columns", "files", "bpf-cold", "files-cold"} <= set(r.per_snapshot)
+    files = set(r.plan.files_of.values())
+    if r.version == 1:
+        assert files == {"memory.stat", "memory.usage_in_bytes", "memory.limit_in_bytes",
+                         "memory.soft_limit_in_bytes", "memory.memsw.limit_in_bytes",
+                         "memory.failcnt", "memory.oom_control"}
+        assert {"low", "high", "max", "oom", "nr_descendants"} <= set(r.bpf_served)
+        assert not any(n.startswith("pressure_") for n in r.bpf_served)
+    else:
+        assert {"memory.stat", "memory.current", "memory.max", "memory.min", "memory.low",
+                "memory.high", "memory.events", "cgroup.stat"} <= files
+    text = "\n".join(signals.signals_markdown(r))
+    assert "## 2b." in text and "`memory.stat`" in text
+    goal = signals.signals_goal(r)
+    assert goal.text.startswith("25-cgroup snapshot") and "≥ 50×" in goal.text
+

@@ -85,6 +85,7 @@ def cadvisor_from_files(path: str, version: int) -> Dict[Key, int]:
     else:
         usage = read_int(path, "memory.current")
         events = read_keyed(path, "memory.events")
+        swap_events = read_keyed(path, "memory.swap.events")
         out.update({
             "container_memory_usage_bytes": usage,
             "container_memory_max_usage_bytes": read_int(path, "memory.peak"),
@@ -96,6 +97,12 @@ def cadvisor_from_files(path: str, version: int) -> Dict[Key, int]:
             "container_memory_total_inactive_file_bytes": stat.get("inactive_file"),
             "container_memory_events_high_total": events.get("high"),
             "container_memory_events_max_total": events.get("max"),
+            # proposed for cAdvisor (setMemoryEvents): the other memory.events
+            # counters and memory.swap.events, as the files print them
+            **{f"container_memory_events_{k}_total": events.get(k)
+               for k in ("low", "oom", "oom_kill", "oom_group_kill")},
+            **{f"container_memory_swap_events_{k}_total": swap_events.get(k)
+               for k in ("high", "max", "fail")},
             "container_memory_file_dirty_bytes": stat.get("file_dirty"),
             "container_memory_file_writeback_bytes": stat.get("file_writeback"),
             "container_memory_pgscan_total": stat.get("pgscan"),
@@ -233,8 +240,32 @@ def test_definitions_name_their_source_and_exist_per_version():
     assert {"container_memory_file_dirty_bytes", "container_memory_file_writeback_bytes",
             "container_memory_pgscan_total", "container_memory_pgsteal_total",
             "container_memory_events_high_total", "container_memory_events_max_total",
+            "container_memory_events_low_total", "container_memory_events_oom_total",
+            "container_memory_events_oom_kill_total",
+            "container_memory_events_oom_group_kill_total",
+            "container_memory_swap_events_high_total", "container_memory_swap_events_max_total",
+            "container_memory_swap_events_fail_total",
             "container_pressure_memory_waiting_seconds_total",
             "container_pressure_memory_stalled_seconds_total"} <= v2 - v1
+
+
+def test_memory_and_swap_events_as_proposed_for_cadvisor():
+    """The names proposed for cAdvisor, each a counter of its hierarchical
+    memory.events / memory.swap.events key, with no label of its own."""
+    by = {m.name: m for m in cadvisor_metrics(2)}
+    got = {"low": 1, "oom": 2, "oom_kill": 3, "oom_group_kill": 4, "swap_high_events": 5,
+           "swap_max_events": 6, "swap_fail_events": 7}
+    names = {"container_memory_events_low_total": 1, "container_memory_events_oom_total": 2,
+             "container_memory_events_oom_kill_total": 3,
+             "container_memory_events_oom_group_kill_total": 4,
+             "container_memory_swap_events_high_total": 5,
+             "container_memory_swap_events_max_total": 6,
+             "container_memory_swap_events_fail_total": 7}
+    for name, value in names.items():
+        m = by[name]
+        assert (m.type, m.extra_labels, m.local_needs) == (cadvisor.COUNTER, (), ()), name
+        assert m.values(got.get) == [((), value)], name
+        assert m.values({}.get) == [], name      # unavailable: no sample, never 0
 
 
 def test_pressure_in_seconds():

@@ -525,6 +525,30 @@ def test_a_limit_not_set_reads_as_max(packed):
     assert rec.get("limit") is None and "limit" not in rec
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["tuples", "packed"])
+@pytest.mark.parametrize("limits,valid,want", [
+    (("max", "max", "max"), 0b111, ("max", "max", "max")),     # no cgroup has a limit
+    ((1 << 30, 2 << 30, 4096), 0b111, (1 << 30, 2 << 30, 4096)),
+    (("max", 1 << 30, "max"), 0b111, ("max", 1 << 30, "max")),
+    (("max", "max", "max"), 0b101, ("max", None, "max")),       # one unread: None, not MAX
+])
+def test_a_limit_column_whole_or_mixed(packed, limits, valid, want):
+    from pymemcg.decode import RAW_MAX
+    selection = Selection(["limit", "anon"])
+    rows = [[RAW_MAX if v == "max" else v, 7] for v in limits]
+    data = b"".join(encode_record(selection, i + 1, 0, 0, 0,
+                                  0b11 if (valid >> i) & 1 else 0b10, row)
+                    for i, row in enumerate(rows))
+    raw = PackedRecords(selection, data) if packed else \
+        [selection.record.unpack_from(data, i * selection.record_size) for i in range(3)]
+    snap = Snapshot("/", selection, raw, ["/", "/a", "/b"])
+    expected = [pymemcg.MAX if w == "max" else w for w in want]
+    for column in (snap.column("limit"), list(snap.columns(["anon", "limit"])["limit"])):
+        assert column == expected
+        assert [v is pymemcg.MAX for v in column] == [w == "max" for w in want]
+    assert snap.column("anon") == [7, 7, 7]
+
+
 def test_max_compares_above_every_int_and_prints_as_max():
     from pymemcg.decode import RAW_MAX, json_value
     assert pymemcg.MAX > 2**64 and pymemcg.MAX > RAW_MAX and not pymemcg.MAX < 0

@@ -142,6 +142,15 @@ def test_resolve_unavailable_on_v1_local_and_psi_off():
         assert not r.available and "psi=0" in r.detail
     for r in slots.resolve(PRESSURE, facts_with_psi(), 2, 4096, local=True, psi_on=True):
         assert not r.available and "hierarchical only" in r.detail
+    # what `pymemcg stats --local` says on a v1 host or with PSI off: the reason
+    # that holds whatever local= is, not advice that would not help
+    for r in slots.resolve(PRESSURE, facts_with_psi(), 1, 4096, local=True, psi_on=True):
+        assert not r.available and "cgroup v1 has no memory.pressure" in r.detail
+    for r in slots.resolve(PRESSURE, facts_with_psi(), 2, 4096, local=True, psi_on=False):
+        assert not r.available and "psi=0" in r.detail
+    from pymemcg.memory_stat import text_availability
+    ok, why = text_availability("pressure_some_total_us", 1, True)
+    assert not ok and "cgroup v1 has no memory.pressure" in why
 
 
 def test_text_availability(monkeypatch):

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -110,6 +111,14 @@ def first_line(stream, deadline: float) -> str:
     return ""
 
 
+def drain(stream) -> threading.Thread:
+    """Read stream to its end in a thread, as a consumer does: a command that
+    writes more than a pipe holds must not wait on this test to stop."""
+    thread = threading.Thread(target=lambda: stream.read(), daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.mark.parametrize("line", readme_commands())
 def test_readme_command_runs(line: str, tmp_path: Path) -> None:
     argv = pymemcg_command(line)
@@ -141,8 +150,11 @@ def test_readme_command_runs(line: str, tmp_path: Path) -> None:
                 assert 'backend="bpf"' in body, body[-2000:]
         else:
             assert first_line(p.stdout, deadline).strip(), f"`{line}` printed nothing"
+        drains = [drain(p.stdout), drain(p.stderr)]
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=30)
+        for thread in drains:
+            thread.join(timeout=30)
     finally:
         if p.poll() is None:
             p.kill()

@@ -10,6 +10,8 @@ By hand, with bench/ on PYTHONPATH:
     python -m pymemcg_bench loop METHOD PATH COUNT      # one method alone, for profilers
     python -m pymemcg_bench rotation [--rounds N] [--sizes 100,1000,10000]
                                                         # only part 5's rotation table
+    python -m pymemcg_bench signals [--rounds N] [--iterations N]
+                                                        # only part 2b
     python -m pymemcg_bench oomd [--rounds N]           # only part 5's memory daemon table
 
 Five parts, all on this machine's real cgroups:
@@ -26,6 +28,13 @@ Five parts, all on this machine's real cgroups:
    walk that parses every memory.stat and a C walk that reads them without
    parsing (and the C floor of a BPF walk). Time per snapshot and per
    cgroup, and the Python memory one snapshot takes (measure.py).
+2b. A daemon's snapshot (signals.py): 1,000 cgroups with pressure,
+   protections, limits, memory.events and cgroup.stat selected beside
+   memory.stat's stats, `Reader(for_trees=True).read_tree` against Python
+   reading and parsing the files that carry them on this host's cgroup
+   version (on v1: memory.stat, usage_in_bytes, limit_in_bytes,
+   soft_limit_in_bytes, memsw.limit_in_bytes, failcnt, oom_control; v1 has
+   no file for pressure, protections, the other events or cgroup.stat).
 3. Where the time goes: perf (cpu-clock; this VM has no hardware counters)
    on the C and Python fast paths, and a split of Reader.read's time
    (perf.py).

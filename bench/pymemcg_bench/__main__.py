@@ -7,21 +7,22 @@ import os
 import resource
 import sys
 import time
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, TypeVar, Union
 
 from pymemcg.cgroupfs import memory_mount, own_memory_cgroup
 from pymemcg.reader import Reader
 
-from . import (QUICK_READS, READS, STATS, TREE_ROUNDS, TREE_SIZES, Settings,
+from . import (QUICK_READS, READS, STATS, TREE_ROUNDS, TREE_SIZES, TREE_WORK, Settings,
                __doc__ as PACKAGE_DOC, log)
 from .c_side import CBench, build_c, spec_lines
 from .cgroups import BenchCgroups, remove_stale_trees
 from .exporter import (measure_anchor, measure_embedding, measure_read_many, measure_scrapes,
                        report_part5)
-from .oomd import measure_oomd, oomd_markdown, run_oomd
+from .oomd import measure_oomd, oomd_markdown
 from .measure import loop, measure_single, measure_tree, split_read
 from .perf import measure_profiles, perf_works
 from .rotation import ROTATION_SIZES, measure_rotation, rotation_markdown
+from .signals import measure_signals, signals_goal, signals_markdown
 from .report import plot, profile_markdown, report
 from .startup import measure_startup, report_startup
 
@@ -41,6 +42,9 @@ def busy_cpu_seconds() -> Tuple[float, float]:
 
 
 # --- main ---
+
+T = TypeVar("T")
+
 
 def run(args) -> int:
     """The whole benchmark; writes the Markdown to stdout and the files asked for."""
@@ -75,6 +79,8 @@ def run(args) -> int:
             # part 2
             trees = [measure_tree(n, cgroups, reader, cbench, st.tree_work, st.tree_rounds)
                      for n in TREE_SIZES]
+            # part 2b: a daemon's selection, against the files that carry it
+            signals = measure_signals(cgroups, max(1, st.tree_work // 1000), st.tree_rounds)
             # part 3
             est = {"py-read": single[0].py["bpf"].per_op,
                    "py-parse": single[0].py["pread+parse"].per_op}
@@ -114,7 +120,7 @@ def run(args) -> int:
     part5 += rotation_markdown(rotation)
     part5 += oomd_markdown(oomd)
     text, env = report(single, trees, profiles, split, why_no_profile, why_no_c, st,
-                       max(0.0, others), read_method, part5, scrapes, many)
+                       max(0.0, others), read_method, part5, scrapes, many, signals)
     text = text.rstrip("\n") + "\n\n" + "\n".join(report_startup(startup, startup_rounds,
                                                                   mount.mountpoint))
     sys.stdout.write(text)
@@ -135,8 +141,8 @@ def run(args) -> int:
     return 0
 
 
-def run_rotation(rounds: int, sizes: List[int]) -> int:
-    """Only the rotation table, in cgroups of this run's own; Markdown to stdout."""
+def in_own_cgroups(measure: Callable[[BenchCgroups], T]) -> Union[T, int]:
+    """measure(cgroups of this run's own, removed afterwards), or an exit status."""
     own = own_memory_cgroup()
     if memory_mount() is None or own is None:
         print("bench: this host has no memory cgroup hierarchy", file=sys.stderr)
@@ -144,11 +150,41 @@ def run_rotation(rounds: int, sizes: List[int]) -> int:
     remove_stale_trees(own)
     with BenchCgroups(own) as cgroups:
         try:
-            results = measure_rotation(cgroups, rounds, sizes)
+            return measure(cgroups)
         except KeyboardInterrupt:
             print("bench: interrupted", file=sys.stderr)
             return 130
+
+
+def run_rotation(rounds: int, sizes: List[int]) -> int:
+    """Only the rotation table, in cgroups of this run's own; Markdown to stdout."""
+    results = in_own_cgroups(lambda cgroups: measure_rotation(cgroups, rounds, sizes))
+    if isinstance(results, int):
+        return results
     sys.stdout.write("\n".join(rotation_markdown(results)) + "\n")
+    return 0
+
+
+def run_signals(rounds: int, iterations: int) -> int:
+    """Only part 2b (a daemon's snapshot against the files) and its goal; Markdown
+    to stdout."""
+    result = in_own_cgroups(lambda cgroups: measure_signals(cgroups, iterations, rounds))
+    if isinstance(result, int):
+        return result
+    goal = signals_goal(result)
+    lines = [f"Linux {os.uname().release}", ""] + signals_markdown(result) + [
+        "| goal | measured | met |", "|---|---|---|",
+        f"| {goal.text} | {goal.measured} | {goal.verdict} |"]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def run_oomd(rounds: int) -> int:
+    """Only the memory daemon's table (examples/oomd.py); Markdown to stdout."""
+    result = in_own_cgroups(lambda cgroups: measure_oomd(cgroups, rounds))
+    if isinstance(result, int):
+        return result
+    sys.stdout.write("\n".join(oomd_markdown(result)) + "\n")
     return 0
 
 
@@ -186,6 +222,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                        help="comma-separated numbers of cgroups")
         a = p.parse_args(argv[1:])
         return run_rotation(a.rounds, [int(n) for n in a.sizes.split(",")])
+    if argv[:1] == ["signals"]:
+        p = argparse.ArgumentParser(prog="python -m pymemcg_bench signals",
+                                    description="only a daemon's snapshot against the files "
+                                                "(part 2b)")
+        p.add_argument("--rounds", type=int, default=TREE_ROUNDS,
+                       help=f"rounds (default {TREE_ROUNDS})")
+        p.add_argument("--iterations", type=int, default=TREE_WORK // 1000,
+                       help=f"snapshots per method and round (default {TREE_WORK // 1000})")
+        a = p.parse_args(argv[1:])
+        return run_signals(a.rounds, a.iterations)
     if argv[:1] == ["oomd"]:
         p = argparse.ArgumentParser(prog="python -m pymemcg_bench oomd",
                                     description="only the memory daemon's table (part 5): "
@@ -197,8 +243,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 description=PACKAGE_DOC.split("\n")[0],
                                 epilog="also: `python -m pymemcg_bench specs`, "
                                        "`python -m pymemcg_bench loop`, `python -m "
-                                       "pymemcg_bench rotation` and `python -m pymemcg_bench "
-                                       "oomd` (see the package's docstring)")
+                                       "pymemcg_bench rotation`, `python -m pymemcg_bench "
+                                       "signals` and `python -m pymemcg_bench oomd` (see the "
+                                       "package's docstring)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_READS:,} reads instead of {READS:,}, smaller tree loops, "
                         f"shorter profiles")

@@ -180,6 +180,21 @@ def evict_caches() -> None:
     _evict_buffers[1][:] = _evict_buffers[0]
 
 
+def cold_then_warm(methods: Dict[str, Callable[[], object]], iterations: int,
+                   per: Dict[str, List[float]], cpu: Dict[str, List[float]]) -> None:
+    """One round: each method takes one snapshot with the caches evicted first
+    (NAME-cold), then `iterations` back to back (NAME), each regime alike at
+    every size; appends seconds per snapshot to per[...] and user + sys to cpu[...]."""
+    for name, fn in methods.items():
+        evict_caches()
+        real, user, sys_ = time_loop(fn, 1)
+        per.setdefault(name + "-cold", []).append(real)
+        cpu.setdefault(name + "-cold", []).append(user + sys_)
+        real, user, sys_ = time_loop(fn, iterations)
+        per.setdefault(name, []).append(real / iterations)
+        cpu.setdefault(name, []).append((user + sys_) / iterations)
+
+
 def measure_tree(size: int, cgroups: BenchCgroups, reader: Reader, cbench: Optional[CBench],
                  work: int, rounds: int) -> TreeResult:
     """Snapshots of a tree of `size` cgroups, made for it and removed afterwards."""
@@ -199,16 +214,7 @@ def measure_tree(size: int, cgroups: BenchCgroups, reader: Reader, cbench: Optio
         per: Dict[str, List[float]] = {}
         cpu: Dict[str, List[float]] = {}
         for _ in range(rounds):
-            for name, fn in methods.items():
-                # one snapshot with the caches evicted first, then the rest back
-                # to back: each regime alike at every size
-                evict_caches()
-                real, user, sys_ = time_loop(fn, 1)
-                per.setdefault(name + "-cold", []).append(real)
-                cpu.setdefault(name + "-cold", []).append(user + sys_)
-                real, user, sys_ = time_loop(fn, iterations)
-                per.setdefault(name, []).append(real / iterations)
-                cpu.setdefault(name, []).append((user + sys_) / iterations)
+            cold_then_warm(methods, iterations, per, cpu)
             if cbench is not None:
                 costs, info = cbench.run("tree", root, iterations, 1,
                                          capacity=max(1024, 2 * size))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Dict, List
@@ -156,20 +155,3 @@ def oomd_markdown(r: OomdResult) -> List[str]:
               f"| quiet | {share('files', 'quiet ') * 100:.3f}% | "
               f"{share('pymemcg', 'quiet ') * 100:.3f}% |", ""]
     return lines
-
-
-def run_oomd(rounds: int) -> int:
-    """Only this table, in cgroups of this run's own; Markdown to stdout."""
-    from pymemcg.cgroupfs import own_memory_cgroup
-    from .cgroups import remove_stale_trees
-    own = own_memory_cgroup()
-    if memory_mount() is None or own is None:
-        print("bench: this host has no memory cgroup hierarchy", file=sys.stderr)
-        return 2
-    remove_stale_trees(own)
-    t0 = time.perf_counter()
-    with BenchCgroups(own) as cgroups:
-        result = measure_oomd(cgroups, rounds)
-    log(f"done in {time.perf_counter() - t0:.0f} s")
-    sys.stdout.write("\n".join(oomd_markdown(result)) + "\n")
-    return 0

@@ -19,6 +19,7 @@ from . import STATS, Settings
 from .exporter import tree_split_table
 from .measure import SingleResult, TreeResult
 from .perf import LANDMARKS, Profile, kernel_share, landmark
+from .signals import signals_goal, signals_markdown
 
 # the speed goals of section 4
 GOAL_API_VS_PARSE = 10.0         # Reader.read at least 10x faster than pread + parse
@@ -389,8 +390,8 @@ def _best_ratio(t: TreeResult, slow: str, fast: str) -> str:
     return ""
 
 
-def goals(single: List[SingleResult], trees: List[TreeResult], scrapes=(), many=None
-          ) -> List[Goal]:
+def goals(single: List[SingleResult], trees: List[TreeResult], scrapes=(), many=None,
+          signals=None) -> List[Goal]:
     """The speed goals against the measurements: each says what it
     compares (median rounds, with the best rounds beside where the run has
     them); met is judged on the medians."""
@@ -445,6 +446,8 @@ def goals(single: List[SingleResult], trees: List[TreeResult], scrapes=(), many=
                         f"{fmt_time(t.per_snapshot['text'])}){best}; CPU time "
                         f"{ratio(t.cpu['text'], t.cpu['bpf'])}{cold}", x >= GOAL_TREE_1000,
                         x / GOAL_TREE_1000))
+    if signals is not None:
+        out.append(signals_goal(signals))
     big = max(trees, key=lambda t: t.size) if trees else None
     if t and big and big.size >= 10_000:
         parts, worst = [], 0.0
@@ -541,7 +544,7 @@ compare) is small beside the kernel's."""
 def report(single: List[SingleResult], trees: List[TreeResult], profiles: List[Profile],
            split: Dict[str, float], why_no_profile: str, why_no_c: str,
            settings: Settings, others: float, read_method: str = "", part5: List[str] = (),
-           scrapes=(), many=None) -> Tuple[str, List[str]]:
+           scrapes=(), many=None, signals=None) -> Tuple[str, List[str]]:
     """(the Markdown of bench.md, its environment lines)."""
     mount = memory_mount()
     env = [
@@ -569,13 +572,15 @@ def report(single: List[SingleResult], trees: List[TreeResult], profiles: List[P
     if trees:
         lines += report_trees(trees, settings.tree_rounds, settings.tree_work)
         lines += ["![cost per snapshot against tree size](bench.png)", ""]
+    if signals is not None:
+        lines += signals_markdown(signals)
     # split_read measured the leaf (the last cgroup), best rounds
     c_session = single[-1].c["bpf"].best if single and single[-1].c else None
     tree_split = next((t.split for t in trees if t.split), {})
     how = "BPF_PROG_RUN" if read_method.startswith("BPF_PROG_RUN") else "iterator session"
     lines += report_profiles(profiles, split, c_session, tree_split, why_no_profile, how)
     lines += ["## 4. The speed goals", "", "| goal | measured | met |", "|---|---|---|"]
-    for g in goals(single, trees, scrapes, many):
+    for g in goals(single, trees, scrapes, many, signals):
         lines.append(f"| {g.text} | {g.measured} | {g.verdict} |")
     lines += ["", WHAT_WOULD_CHANGE, ""]
     lines += list(part5)
