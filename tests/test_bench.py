@@ -21,7 +21,7 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(CHECKOUT, "bench"))
 
 from pymemcg_bench import Settings  # noqa: E402
-from pymemcg_bench import c_side, exporter, measure, report, rotation, signals  # noqa: E402
+from pymemcg_bench import c_side, exporter, measure, oomd, report, rotation, signals  # noqa: E402
 from pymemcg_bench import cgroups as made_cgroups  # noqa: E402
 
 ENV = {**os.environ, "PYMEMCG_REQUIRE_BPF": "1"}
@@ -165,7 +165,7 @@ def test_full_bench_runs_as_a_module_of_the_checkout(bpf_ok):
     """`make bench` runs it as `python -m pymemcg_bench` with bench/ on
     PYTHONPATH; its helpers for the C side and for profilers run so too."""
     env = {**ENV, "PYTHONPATH": os.path.join(CHECKOUT, "bench")}
-    for args in (["--help"], ["specs", "--stats", "anon,usage"],
+    for args in (["--help"], ["oomd", "--help"], ["specs", "--stats", "anon,usage"],
                  ["loop", "read", own_memory_cgroup(), "10"]):
         r = subprocess.run([sys.executable, "-m", "pymemcg_bench", *args], capture_output=True,
                            text=True, env=env, timeout=60, cwd="/")
@@ -198,6 +198,22 @@ def test_bench_part5_smoke_run(bpf_ok, cgroups):
     assert "36.9×" in text
     assert "| kernel floor: the iterator's walk, null program (C) | 400 ns (500) |" in text
     assert not os.path.exists(made.top)
+
+
+def test_bench_oomd_smoke_run(bpf_ok, cgroups):
+    """examples/oomd.py's polls, both ways, on a small tree: both daemons
+    read the same candidates with the same values, every poll costs, and
+    the tree is gone after."""
+    with made_cgroups.BenchCgroups(cgroups.base) as made:
+        r = oomd.measure_oomd(made, 1, size=12)
+        assert not os.path.exists(made.path("oomd"))
+    assert r.same_candidates is True and r.candidates == 12 - 1 - 3   # the top, 3 middle
+    assert set(r.costs) == {f"{side} {kind}" for side in ("files", "pymemcg")
+                            for kind in ("pressure", "swap", "quiet pressure", "quiet swap")}
+    assert all(c["cpu"] >= 0 and c["real"] > 0 for c in r.costs.values())
+    text = "\n".join(oomd.oomd_markdown(r))
+    assert "### A memory daemon: examples/oomd.py" in text and "as a share of one core" in text
+    assert f"cgroup v{r.version}" in text
 
 
 def test_exporter_load_smoke_run(bpf_ok):

@@ -1,6 +1,7 @@
 """The package's annotations: mypy --strict passes on it (every module,
-the verify workload's too), the Reader's documented methods are what type
-checkers and help() see; and every subpackage is built into the wheel."""
+the verify workload's too) and on examples/; the Reader's documented
+methods are what type checkers and help() see; and every subpackage is
+built into the wheel."""
 
 from __future__ import annotations
 

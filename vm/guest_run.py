@@ -115,7 +115,8 @@ print(json.dumps(out))
 # cgroup.stat's nr_dying_descendants, which the v1 host has not); of the OOM
 # events' tests, the kill in a removed cgroup (the rest, CLI and exporters,
 # cost a minute or more each under TCG and run on the host); top's pressure
-# column against a real stall, which only a v2 guest can make (a v1 one skips it)
+# column against a real stall, which only a v2 guest can make (a v1 one skips it);
+# examples/oomd.py under real pressure (v2; on v1 it must refuse)
 TESTS = ["tests/test_parity.py", "tests/test_startup.py", "tests/test_pressure.py",
          "tests/test_numa.py::test_numa_matches_memory_numa_stat",
          "tests/test_churn.py::test_removed_cgroups_are_not_held",
@@ -123,7 +124,9 @@ TESTS = ["tests/test_parity.py", "tests/test_startup.py", "tests/test_pressure.p
          "tests/test_oom_events.py::test_event_layout_matches_the_compiled_struct",
          "tests/test_oom_events.py::"
          "test_kill_in_a_cgroup_removed_right_after_is_reported_once_with_its_path",
-         "tests/test_top.py::test_pressure_column_shows_a_stall"]
+         "tests/test_top.py::test_pressure_column_shows_a_stall",
+         "tests/test_oomd.py::test_refuses_cgroup_v1",
+         "tests/test_oomd.py::test_acts_under_real_pressure"]
 
 
 def run_json(py: str, code: str, env: dict, cwd: str) -> tuple:

@@ -12,6 +12,7 @@ By hand, with bench/ on PYTHONPATH:
                                                         # only part 5's rotation table
     python -m pymemcg_bench signals [--rounds N] [--iterations N]
                                                         # only part 2b
+    python -m pymemcg_bench oomd [--rounds N]           # only part 5's memory daemon table
 
 Five parts, all on this machine's real cgroups:
 
@@ -46,7 +47,10 @@ Five parts, all on this machine's real cgroups:
    both ways; a poller's rotation over 100, 1,000 and 10,000 cgroups:
    read(), read_many() and memory.stat pread + parse per cgroup, against
    the kernel's floor (the same rotation in C, memcg_bench rotation) and
-   Python's share on top of it (rotation.py).
+   Python's share on top of it (rotation.py); examples/oomd.py, a daemon
+   that decides as systemd-oomd does, polling 1,000 cgroups through pymemcg
+   against the same daemon reading the files, and its CPU at systemd-oomd's
+   intervals (oomd.py).
 
 And start-up (startup.py), each in a fresh process: Reader() to its first
 read() done, then its first read_tree(), `pymemcg snapshot` start to exit,

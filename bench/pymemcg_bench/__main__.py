@@ -18,6 +18,7 @@ from .c_side import CBench, build_c, spec_lines
 from .cgroups import BenchCgroups, remove_stale_trees
 from .exporter import (measure_anchor, measure_embedding, measure_read_many, measure_scrapes,
                        report_part5)
+from .oomd import measure_oomd, oomd_markdown
 from .measure import loop, measure_single, measure_tree, split_read
 from .perf import measure_profiles, perf_works
 from .rotation import ROTATION_SIZES, measure_rotation, rotation_markdown
@@ -104,6 +105,7 @@ def run(args) -> int:
             many = measure_read_many(cgroups, st.tree_rounds * 3, 200 if not args.quick else 50)
             anchor = measure_anchor(cgroups, st.tree_rounds)
             rotation = measure_rotation(cgroups, st.tree_rounds, cbench=cbench)
+            oomd = measure_oomd(cgroups, st.tree_rounds)
         except KeyboardInterrupt:
             print("bench: interrupted", file=sys.stderr)
             return 130
@@ -116,6 +118,7 @@ def run(args) -> int:
     if why_no_scrapes:
         part5 += [f"No scrapes: {why_no_scrapes}.", ""]
     part5 += rotation_markdown(rotation)
+    part5 += oomd_markdown(oomd)
     text, env = report(single, trees, profiles, split, why_no_profile, why_no_c, st,
                        max(0.0, others), read_method, part5, scrapes, many, signals)
     text = text.rstrip("\n") + "\n\n" + "\n".join(report_startup(startup, startup_rounds,
@@ -180,6 +183,15 @@ def run_signals(rounds: int, iterations: int) -> int:
     return 0
 
 
+def run_oomd(rounds: int) -> int:
+    """Only the memory daemon's table (examples/oomd.py); Markdown to stdout."""
+    result = in_own_cgroups(lambda cgroups: measure_oomd(cgroups, rounds))
+    if isinstance(result, int):
+        return result
+    sys.stdout.write("\n".join(oomd_markdown(result)) + "\n")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["specs"]:
@@ -224,12 +236,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                        help=f"snapshots per method and round (default {TREE_WORK // 1000})")
         a = p.parse_args(argv[1:])
         return run_signals(a.rounds, a.iterations)
+    if argv[:1] == ["oomd"]:
+        p = argparse.ArgumentParser(prog="python -m pymemcg_bench oomd",
+                                    description="only the memory daemon's table (part 5): "
+                                                "examples/oomd.py on pymemcg against the files")
+        p.add_argument("--rounds", type=int, default=TREE_ROUNDS,
+                       help=f"rounds (default {TREE_ROUNDS})")
+        return run_oomd(p.parse_args(argv[1:]).rounds)
     p = argparse.ArgumentParser(prog="python -m pymemcg_bench",
                                 description=PACKAGE_DOC.split("\n")[0],
                                 epilog="also: `python -m pymemcg_bench specs`, "
-                                       "`python -m pymemcg_bench loop` and `python -m "
-                                       "pymemcg_bench rotation` and `python -m pymemcg_bench "
-                                       "signals` (see the package's docstring)")
+                                       "`python -m pymemcg_bench loop`, `python -m "
+                                       "pymemcg_bench rotation`, `python -m pymemcg_bench "
+                                       "signals` and `python -m pymemcg_bench oomd` (see the "
+                                       "package's docstring)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_READS:,} reads instead of {READS:,}, smaller tree loops, "
                         f"shorter profiles")
