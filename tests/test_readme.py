@@ -229,18 +229,21 @@ def kind(unit: str) -> str:
 
 def bench_figures() -> Dict[str, List[float]]:
     """Every figure of docs/bench.md by kind, times in seconds; a bare number in
-    a table that the paragraph before it says is in ns per cgroup counts as ns."""
+    a table that the paragraph before it says is in ns (or microseconds) per
+    cgroup counts as such."""
     out: Dict[str, List[float]] = {}
-    bare_ns = False
+    bare = 0.0   # seconds per bare number of the tables below this paragraph
     for line in (DOCS / "bench.md").read_text(encoding="utf-8").splitlines():
         if not line.startswith("|") and line.strip():
-            bare_ns = line.rstrip().endswith("ns per cgroup.")
-        for value, unit, _ in figures(line):
+            bare = (1e-9 if line.rstrip().endswith("ns per cgroup.") else
+                    1e-6 if re.search(r"microseconds per cgroup", line, flags=re.I) else 0.0)
+        # some tables write a ratio as 8.6x, the README as 8.6×
+        for value, unit, _ in figures(re.sub(r"(\d)x\b", "\\1×", line)):
             out.setdefault(kind(unit), []).append(value * UNIT_SECONDS.get(unit, 1.0))
-        if bare_ns and line.startswith("|"):
+        if bare and line.startswith("|"):
             for cell in line.strip("|").split("|"):
-                if re.fullmatch(r"\s*\d[\d,]*\s*", cell):
-                    out.setdefault("time", []).append(float(cell.replace(",", "")) * 1e-9)
+                if re.fullmatch(r"\s*\d[\d,]*(\.\d+)?\s*", cell):
+                    out.setdefault("time", []).append(float(cell.replace(",", "")) * bare)
     return out
 
 
