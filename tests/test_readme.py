@@ -342,6 +342,13 @@ def markdown_files() -> List[Path]:
     return [README] + sorted(DOCS.glob("*.md"))
 
 
+def test_every_page_of_docs_is_linked_from_the_readme():
+    """The README is the front door: each page of docs/ is one link away."""
+    linked = {(README.parent / target.partition("#")[0]).resolve() for target in links(README)}
+    for page in sorted(DOCS.glob("*.md")):
+        assert page.resolve() in linked, f"README links no {page.relative_to(REPO)}"
+
+
 def without_code_blocks(text: str) -> str:
     """text without its fenced and indented code blocks."""
     text = re.sub(r"^```.*?^```[ \t]*$", "", text, flags=re.M | re.S)
