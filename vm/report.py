@@ -122,7 +122,9 @@ def matrix_rows(results: List[dict]) -> List[dict]:
             tested = "FAIL: no test results"
         base = {"kernel": r.get("kernel_release") or r["kernel_series"],
                 "arch": r.get("arch") or r.get("machine") or "?",
-                "cgroup": f"v{r.get('cgroup')}", "where": r.get("where", ""),
+                "cgroup": f"v{r.get('cgroup')}",
+                "where": r.get("where", "") + (f", {r['numa_nodes']} NUMA nodes"
+                                               if (r.get("numa_nodes") or 1) > 1 else ""),
                 "total": len(stats), "passed": bool(r.get("passed"))}
         v = r.get("verify") or {}
         lists = (r.get("slot_sources") or {}).get("kernel_lists")
