@@ -127,7 +127,7 @@ $(SAN_DIR)/libbpf/libbpf.a: $(LIBBPF_A)
 		CC="$(CC)" OBJDIR=$(abspath $(SAN_DIR)/libbpf-obj) DESTDIR=$(abspath $(SAN_DIR)/libbpf) \
 		INCLUDEDIR=/include LIBDIR= UAPIDIR= install >/dev/null
 
-$(SAN_EXT): csrc/pmc_shim.c csrc/pmc_shim.h csrc/build_ffi.py csrc/build_config.py \
+$(SAN_EXT): csrc/pmc_shim.c csrc/pmc_records.c csrc/pmc_shim.h csrc/build_ffi.py csrc/build_config.py \
 		csrc/record_header.py csrc/extension.map \
 		bpf_src/memcg_record.h $(SKELS) $(SAN_DIR)/libbpf/libbpf.a | $(VPY)
 	rm -f $(SAN_DIR)/pymemcg/_pymemcg*.so

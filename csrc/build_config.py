@@ -64,6 +64,11 @@ def sdist_bpf_dir():
 WRAPPED_LIBBPF = ("btf__load_vmlinux_btf", "btf__free", "btf__find_by_name_kind")
 
 
+#: the extension's own C sources: the shim, and the module that makes a
+#: single read's Record in C (pymemcg._records, in the same shared object)
+EXTENSION_SOURCES = ("pmc_shim.c", "pmc_records.c")
+
+
 def wrap_link_args() -> list:
     """The linker flags that route WRAPPED_LIBBPF through the shim."""
     return [f"-Wl,--wrap={name}" for name in WRAPPED_LIBBPF]
@@ -90,7 +95,7 @@ def extension_inputs() -> dict:
         # libbpf's own build flags (its src/Makefile): its bundled uapi and
         # compat headers come after the shim's, which see the installed layout
         return dict(
-            sources=[os.path.relpath(os.path.join(HERE, "pmc_shim.c"), ROOT)]
+            sources=[os.path.relpath(os.path.join(HERE, f), ROOT) for f in EXTENSION_SOURCES]
             + sorted(os.path.relpath(os.path.join(src, f), ROOT)
                      for f in os.listdir(src) if f.endswith(".c")),
             include_dirs=common_include + [bpf, os.path.join(libbpf, "headers"), src,
@@ -100,13 +105,13 @@ def extension_inputs() -> dict:
             libraries=["elf", "z"],
         )
     build = build_dir()
-    shim = os.path.join(HERE, "pmc_shim.c")
+    ours = [os.path.join(HERE, f) for f in EXTENSION_SOURCES]
     # `make bpf` built libbpf.a before the extension is compiled (and
     # `make test-sanitize` its sanitized twin)
     libbpf = os.path.join(sanitize_dir() or build, "libbpf")
     inputs = dict(
         # relative for setuptools; absolute where cffi compiles in another directory
-        sources=[shim if sanitize_dir() else os.path.relpath(shim, ROOT)],
+        sources=[f if sanitize_dir() else os.path.relpath(f, ROOT) for f in ours],
         include_dirs=common_include + [build, os.path.join(libbpf, "include")],
         extra_objects=[os.path.join(libbpf, "libbpf.a")],
         libraries=["elf", "z"],

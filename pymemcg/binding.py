@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import re
+import sys
 from typing import Any, Tuple
 
 from .errors import ExtensionMissing
@@ -44,3 +48,45 @@ def load() -> Tuple[Any, Any]:
                                    f"builds of the record format ({differs}): reinstall pymemcg")
         _checked = True
     return ffi, lib
+
+
+def records() -> Any:
+    """pymemcg._records, the single read made in C (csrc/pmc_records.c). It
+    is in the same shared object as pymemcg._pymemcg, loaded from that file
+    by name, so that both use one copy of the shim."""
+    mod = sys.modules.get("pymemcg._records")
+    if mod is not None:
+        return mod
+    load()
+    name, path = "pymemcg._records", sys.modules["pymemcg._pymemcg"].__file__
+    if path is None:
+        raise ExtensionMissing("pymemcg's compiled part has no file to load pymemcg._records "
+                               "from: reinstall pymemcg")
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    try:
+        assert spec is not None
+        mod = importlib.util.module_from_spec(spec)
+        loader.exec_module(mod)
+    except ImportError as e:
+        raise ExtensionMissing(f"pymemcg's compiled part ({path}) has no pymemcg._records "
+                               f"({e}): it is from an older build; reinstall pymemcg") from None
+    sys.modules[name] = mod
+    return mod
+
+
+_FIELD = re.compile(r"(\d*)([IQ])")
+_WIDTH = {"I": 4, "Q": 8}
+
+
+def field_widths(fmt: str) -> bytes:
+    """Each field's width in bytes of a record's struct format ("<QQQII2Q"):
+    what pymemcg._records reads it by. Formats of other field types or byte
+    orders are not records: ValueError."""
+    if not fmt.startswith("<") or sys.byteorder != "little":
+        raise ValueError(f"{fmt!r}: not a little-endian record format on a little-endian host")
+    body = fmt[1:]
+    parts = _FIELD.findall(body)
+    if "".join(count + kind for count, kind in parts) != body:
+        raise ValueError(f"{fmt!r}: a record has fields of types I and Q only")
+    return bytes(w for count, kind in parts for w in [_WIDTH[kind]] * int(count or 1))

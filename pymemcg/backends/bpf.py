@@ -16,12 +16,13 @@ hash, so that a path's answer is the cgroup that has the path now.
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 import weakref
-from typing import List, Optional, Sequence, cast
+from typing import Any, List, Optional, Sequence, cast
 
-from .. import forksafe
+from .. import binding, forksafe
 from ..cgroupfs import path_list
 from ..decode import Record, Snapshot
 from ..errors import BpfUnavailable
@@ -80,6 +81,7 @@ class BpfBackend:
         self._unpack_single = self._single.unpack_from
         self._bpf = bpf
         self._fetch: Optional[Fetch] = None
+        self._reads: Any = None   # pymemcg._records.Reads, with the fetch program
         self._batches: Optional[Batches] = None
         self.read_method = "iterator session"
         if singles:
@@ -110,6 +112,18 @@ class BpfBackend:
         self._run_many = self._batches.run_many
         self._many_loaded = False
         self.read_method = "BPF_PROG_RUN (memcg_fetch)"
+        if not self.plan.flush:
+            # read() of a proven path in one C call, which answers only while
+            # the lock is free and keeps the GIL throughout (csrc/pmc_records.c):
+            # not with a flush, which can take long enough to matter to other
+            # threads. What it does not answer, this class's read does (called
+            # through a proxy: a bound method would make a cycle, and keep the
+            # programs loaded until the garbage collector ran)
+            self._reads = binding.records().Reads(
+                self._routes, Record, self.selection,
+                binding.field_widths(self.selection.record.format), self._lock.locked,
+                functools.partial(BpfBackend.read, weakref.proxy(self)))
+            self.read = self._reads.read   # type: ignore[method-assign]
 
     def _load_many(self) -> Optional[Batches]:
         """The batch program, loaded by the first read_many; where it does
@@ -122,11 +136,20 @@ class BpfBackend:
             self._batches = None
         return self._batches
 
+    def _drop_reads(self) -> None:
+        """Every read through this class's read from now on."""
+        reads = getattr(self, "_reads", None)
+        if reads is not None:
+            reads.close()
+            self._reads = None
+            self.__dict__.pop("read", None)
+
     def _after_fork(self) -> None:
         """In a forked child (pymemcg.forksafe), maybe of a backend that
         another thread of the parent was still making: parent and child
         would share the fetch program's output map, so the child reads
         through iterator sessions, whose buffers are its own."""
+        self._drop_reads()
         if getattr(self, "_fetch", None) is not None:
             self._fetch = self._batches = None
             self._links.retire_fetch()   # and the routes to its slots
@@ -233,6 +256,7 @@ class BpfBackend:
 
     def close(self) -> None:
         with self._lock:
+            self._drop_reads()
             # before the finalizer frees what their pointers point at
             self._fetch = self._fetch_record = self._batches = None
             self._finalizer()

@@ -83,19 +83,22 @@ class Route:
     hash (Fetch.renames, pmc_fetch_read), and the fetch program's pointer,
     so that a read is a shim call of one argument."""
 
-    __slots__ = ("target", "id", "relpath", "path_hash", "want", "proof")
+    __slots__ = ("target", "id", "relpath", "path_hash", "want", "proof", "proof_addr")
 
     def __init__(self, target: Union[Slot, Link], cg: Cgroup, path_hash: int,
                  renames: int = 0, fetch: Optional[Fetch] = None) -> None:
         self.target, self.id, self.relpath, self.path_hash = target, cg.id, cg.relpath, path_hash
         self.proof: Any = None
+        self.proof_addr: Optional[int] = None   # where pymemcg._records finds it
         # the entry of a batched fetch that reads and checks this path
         self.want: Optional[bytes] = None
         if isinstance(target, Slot):
             if fetch is None:
                 raise ValueError("a slot's route needs the fetch program that holds the slot")
-            self.proof = load()[0].new("struct pmc_fetch_route *",
-                                       (cg.id, path_hash, renames, fetch.ptr))
+            ffi = load()[0]
+            self.proof = ffi.new("struct pmc_fetch_route *",
+                                 (cg.id, path_hash, renames, fetch.ptr))
+            self.proof_addr = int(ffi.cast("uintptr_t", self.proof))
             self.want = FETCH_WANT.pack(cg.id, path_hash)
 
 
