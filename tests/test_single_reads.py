@@ -51,6 +51,8 @@ def test_a_proven_path_is_read_in_c(bpf_ok, cgroups, cgroup_version):
         backend = reader._backend
         assert type(backend.__dict__.get("read")).__name__ == "builtin_function_or_method", \
             "the backend's read is not the C call"
+        # Record's slots found in its instances' memory: set in place, not by name
+        assert backend._reads.slots_found()
         first = reader.read(path)   # proves the path: Python
         again = reader.read(path)   # through the route: C
         by_python = python_read(reader, path)
@@ -150,10 +152,16 @@ def test_closed_and_forked_readers_leave_the_c_call(bpf_ok, cgroups):
     with pytest.raises(pymemcg.Closed):
         reader.read(path)
     # the C object refuses what it no longer serves, with no crash
-    reads = binding.records().Reads({}, Record, None, b"\x08", lambda: False, lambda p: "slow")
+    reads = binding.records().Reads({}, Record, None, b"\x08", lambda: False, lambda p: "slow", 0)
     assert reads.read("/x") == "slow"
     reads.close()
     assert reads.read("/x") == "slow"
+
+    # a type whose slots are not all found is served by name
+    class Other:
+        __slots__ = ("_t", "path")
+    other = binding.records().Reads({}, Other, None, b"\x08", lambda: False, lambda p: None, 0)
+    assert not other.slots_found()
 
 
 def test_a_removed_cgroup_raises_through_the_c_call(bpf_ok, cgroups):
@@ -183,10 +191,27 @@ def test_field_widths_refuses_other_formats(fmt):
 
 def test_reads_checks_its_arguments(bpf_ok):
     Reads = binding.records().Reads
-    ok = ({}, Record, None, b"\x08", lambda: False, lambda p: None)
+    ok = ({}, Record, None, b"\x08", lambda: False, lambda p: None, 0)
     Reads(*ok)
     for bad in [(None,) + ok[1:], ok[:1] + (int(),) + ok[2:], ok[:3] + (b"\x05",) + ok[4:],
                 ok[:3] + (b"",) + ok[4:], ok[:3] + (b"\x08" * 257,) + ok[4:],
                 ok[:4] + (None,) + ok[5:]]:
         with pytest.raises((TypeError, ValueError)):
             Reads(*bad)
+
+
+def test_records_made_in_c_are_not_tracked_by_the_collector(bpf_ok, cgroups, cgroup_version):
+    # a read_many of thousands made the young generation pass over each
+    # Record; made in C they are not tracked (nothing in one refers back)
+    paths = [cgroups.make(f"m{i}") for i in range(3)]
+    for i, path in enumerate(paths):
+        set_limit(path, (80 + i) * MiB, cgroup_version)
+    with fast_reader() as reader:
+        reader.read_many(paths)              # proves each path
+        many = reader.read_many(paths)       # one batch run: Records made in C
+        singles = [reader.read(p) for p in paths]
+        for i, (a, b) in enumerate(zip(many, singles)):
+            assert a is not None and a.id == b.id and a.path == b.path
+            assert a["limit"] == b["limit"] == (80 + i) * MiB
+            assert not gc.is_tracked(a) and not gc.is_tracked(a._t)
+            assert not gc.is_tracked(b) and not gc.is_tracked(b._t)

@@ -122,8 +122,10 @@ class BpfBackend:
             self._reads = binding.records().Reads(
                 self._routes, Record, self.selection,
                 binding.field_widths(self.selection.record.format), self._lock.locked,
-                functools.partial(BpfBackend.read, weakref.proxy(self)))
+                functools.partial(BpfBackend.read, weakref.proxy(self)),
+                int(binding.load()[0].cast("uintptr_t", fetch.ptr)))
             self.read = self._reads.read   # type: ignore[method-assign]
+            self._batches.records = self._reads.many
 
     def _load_many(self) -> Optional[Batches]:
         """The batch program, loaded by the first read_many; where it does
@@ -143,6 +145,8 @@ class BpfBackend:
             reads.close()
             self._reads = None
             self.__dict__.pop("read", None)
+            if self._batches is not None:
+                self._batches.records = None
 
     def _after_fork(self) -> None:
         """In a forked child (pymemcg.forksafe), maybe of a backend that

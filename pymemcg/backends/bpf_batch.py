@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from itertools import repeat
 from operator import attrgetter
-from typing import List, Optional, Sequence, Tuple, cast
+from typing import Callable, List, Optional, Sequence, Tuple, cast
 
 from ..binding import load
 from ..decode import Record
@@ -51,6 +51,9 @@ class Batches:
         # a poller's calls reuse the plan, and read() reads a route, without
         # touching each slot: an eviction sweep asks for those slots instead
         fetch.in_use = self.slots_in_use
+        # Records of a proven run made in C (pymemcg._records.Reads.many),
+        # set by the backend where it reads through pymemcg._records
+        self.records: Optional[Callable[[List[str]], List[Optional[Record]]]] = None
 
     def slots_in_use(self) -> List[Slot]:
         """The slots read since the last sweep without being marked used:
@@ -143,6 +146,9 @@ class Batches:
         route says, or -errno). A Record per path, None where no cgroup has
         it; what the run did not prove is read by the slow path."""
         n = len(paths)
+        if rc == 0 and self.records is not None:
+            # every record proven by the program: a Record of each, made in C
+            return self.records(relpaths)
         if rc == 0:
             # every record proven by the program: one copy of the run's
             # records, packed (a batch element has room for every stat: copied
