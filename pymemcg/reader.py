@@ -8,7 +8,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from collections import Counter
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import catalog, forksafe
 from . import numa as _numa
@@ -205,6 +205,8 @@ class Reader:
                 backend)
         if self._backend is None:
             self._backend = _own_backend(self.stats, local, flush, backend, mount, 3, for_trees)
+        # read()'s one lookup: the backend's read, bound once (None once closed)
+        self._read: Optional[Callable[[str], Record]] = self._backend.read
 
     @property
     def backend(self) -> str:
@@ -239,13 +241,13 @@ class Reader:
 
     def read(self, path: str) -> Record:
         """The selected stats of the cgroup directory `path`."""
-        # a hot path: _be() inlined, one call layer over the backend's read
-        backend = self._backend
-        if backend is None:
+        # a hot path: one call layer over the backend's read
+        read = self._read
+        if read is None:
             raise Closed(_CLOSED)
         if self._nodes is not None:
             self._nodes.check()
-        return backend.read(path)
+        return read(path)
 
     def read_many(self, paths: Sequence[str]) -> List[Optional[Record]]:
         """read() of each path, in order, as one call: a Record per path, or
@@ -287,6 +289,7 @@ class Reader:
         """Close the links (fds: a Reader pins nothing) and unload the programs. Safe to
         call twice."""
         with self._lock:
+            self._read = None
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None
