@@ -301,3 +301,40 @@ def test_signals_smoke_run(bpf_ok, cgroups):
     goal = signals.signals_goal(r)
     assert goal.text.startswith("25-cgroup snapshot") and "≥ 50×" in goal.text
 
+
+
+def test_goals_judge_the_rotation_against_100_and_against_the_c_floor():
+    def result(size, py, c):
+        return rotation.RotationResult(
+            size, {}, "BPF_PROG_RUN", {"read()": py[0], "read_many()": py[1], "pread+parse": 9.0},
+            {"fetch-each": c[0], "fetch-many": c[1], "stat-pread": 5.0})
+    # read() grows 2x and 3x as its floor does; read_many() 2x and 1.2x where
+    # its floor grows 2x and 1.5x: a cliff as the target words it, none
+    # beyond the kernel's own
+    rs = [result(100, (1.0, 0.5), (0.5, 0.2)), result(1_000, (2.0, 1.0), (1.0, 0.4)),
+          result(10_000, (3.0, 0.6), (1.5, 0.3))]
+    literal, floor = report.rotation_goals(rs)
+    assert literal.text.startswith("no cliff: ") and not literal.met
+    assert literal.score == pytest.approx(1.5 / 3.0)
+    assert "read() 2.00×, 3.00×" in literal.measured
+    assert floor.text.startswith("no cliff, against the kernel's floor") and floor.met
+    assert floor.score == pytest.approx(1.5)
+    assert "read_many() 2.00× where C grows 2.00× (1.00), 1.20× where C grows 1.50× (0.80)" \
+        in floor.measured
+    # Python growing 2x past a floor that stays flat is a cliff of Python's own
+    rs[2] = result(10_000, (3.0, 0.6), (0.5, 0.3))
+    assert not report.rotation_goals(rs)[1].met
+    # without 100 or a bigger size: nothing to judge
+    assert report.rotation_goals(rs[1:]) == [] and report.rotation_goals(rs[:1]) == []
+
+
+def test_goals_judge_pythons_share_of_a_snapshot_over_the_c_walk():
+    def tree(size, bpf, c_walk):
+        return measure.TreeResult(size, 1, {"bpf": bpf, "c-bpf-walk": c_walk, "text": 50.0},
+                                  0.0, 0.0, 150 * size, 0, None, cpu={"bpf": bpf, "text": 50.0})
+    (share,) = [g for g in report.goals([], [tree(1_000, 1.0, 0.9), tree(10_000, 2.0, 1.7)])
+                if g.text.startswith("Python's share")]
+    assert share.met and "1,000: 10.0%" in share.measured and "10,000: 15.0%" in share.measured
+    (share,) = [g for g in report.goals([], [tree(1_000, 1.0, 0.7)])
+                if g.text.startswith("Python's share")]
+    assert not share.met and share.score == pytest.approx(0.2 / 0.3)

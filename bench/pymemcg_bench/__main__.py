@@ -120,7 +120,7 @@ def run(args) -> int:
     part5 += rotation_markdown(rotation)
     part5 += oomd_markdown(oomd)
     text, env = report(single, trees, profiles, split, why_no_profile, why_no_c, st,
-                       max(0.0, others), read_method, part5, scrapes, many, signals)
+                       max(0.0, others), read_method, part5, scrapes, many, signals, rotation)
     text = text.rstrip("\n") + "\n\n" + "\n".join(report_startup(startup, startup_rounds,
                                                                   mount.mountpoint))
     sys.stdout.write(text)
