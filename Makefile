@@ -110,14 +110,16 @@ test: develop
 # UndefinedBehaviorSanitizer into build/sanitize (the checkout's own build is
 # left alone), loaded instead of it in every Python process of the run
 # (tools/sanitize/sitecustomize.py), under the tests that drive the shim:
-# loads, iterator sessions, overflow copies, batched fetches, pins, errors.
+# loads, iterator sessions, overflow copies, batched fetches, pins, errors,
+# and the Records made in C (pymemcg._records).
 # Any report fails the run: each process writes it to build/sanitize/reports
 # and stops (a run that leaves a report fails even where the test passed).
 # Leaks are not checked: CPython itself leaves memory to the exit.
 SAN_DIR    := $(OUTPUT)/sanitize
 SAN_CFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 SAN_TESTS  ?= tests/test_parity.py tests/test_tree.py tests/test_read_many.py tests/test_pins.py \
-              tests/test_churn.py tests/test_errors.py tests/test_renames.py
+              tests/test_churn.py tests/test_errors.py tests/test_renames.py \
+              tests/test_single_reads.py
 SAN_EXT    := $(SAN_DIR)/pymemcg/_pymemcg.so
 SAN_REPORTS := $(abspath $(SAN_DIR))/reports
 .PHONY: test-sanitize

@@ -6,7 +6,7 @@ import operator
 import os
 import stat
 from dataclasses import dataclass
-from typing import AbstractSet, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import AbstractSet, Dict, Iterable, Iterator, List, Optional, Tuple, cast
 
 from .decode import PackedRecords, RawRecords
 from .record_format import HASH_WORD, ID_WORD, PARENT_WORD
@@ -337,12 +337,19 @@ class TreePaths:
         """paths() and {path: position}; the same objects as last time when
         the tree's shape did not change (treat both as read-only)."""
         shape: Tuple[object, ...]
+        last = self._shape
         if raw.__class__ is PackedRecords:  # the columns' bytes, no object per record
+            if last is not None and last[:2] == (root.mount.mountpoint, root.relpath) and \
+                    len(last) == 5 and all(raw.word_equals(word, cast(bytes, column))
+                                           for word, column in
+                                           zip((ID_WORD, PARENT_WORD, HASH_WORD), last[2:])):
+                # compared in place: the columns are copied only when they change
+                return self._last
             shape = (root.mount.mountpoint, root.relpath, raw.word_bytes(ID_WORD),
                      raw.word_bytes(PARENT_WORD), raw.word_bytes(HASH_WORD))
         else:
             shape = (root.mount.mountpoint, root.relpath, list(map(_SHAPE, raw)))
-        if shape == self._shape:
+        if shape == last:
             return self._last
         paths = self.paths(root, raw)
         index = {p: i for i, p in enumerate(paths) if p is not None}

@@ -205,6 +205,12 @@ class PackedRecords(Sequence[RawRecord]):
         """word_column() as the bytes it is made of (for comparing shapes)."""
         return self.words[word::self.stride].tobytes()
 
+    def word_equals(self, word: int, column: bytes) -> bool:
+        """Whether word_bytes(word) would equal column, compared in place
+        (no copy of the column made first)."""
+        return len(column) == 8 * self._n and \
+            self.words[word::self.stride] == memoryview(column).cast("Q")
+
     def uniform(self, word: int) -> bool:
         """Whether every record has the same value in word `word`."""
         col = self.word_bytes(word)

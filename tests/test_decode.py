@@ -334,6 +334,16 @@ def test_packed_snapshot_reads_as_the_tuples_do(case, uniform):
         assert got.column(name) == want.column(name)
     for t in tuples:
         assert got.by_id(t[0]) == want.by_id(t[0])
+    # a column compared in place against its bytes: equal, and unequal once
+    # any record's word differs or the count does
+    for word in range(3):
+        column = packed.word_bytes(word)
+        assert packed.word_equals(word, column)
+        assert not packed.word_equals(word, column + bytes(8))
+        if tuples:
+            changed = bytearray(column)
+            changed[-8] ^= 1
+            assert not packed.word_equals(word, bytes(changed))
     with pytest.raises(pymemcg.MalformedData):
         PackedRecords(selection, data + b"x")
 

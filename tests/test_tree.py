@@ -160,6 +160,12 @@ def test_unchanged_tree_reuses_its_paths(bpf_ok, cgroups):
         os.rmdir(y)
         s4 = r.read_tree(base)
         assert sorted(s4) == sorted(s1) and s4.root + "/y" not in s4
+        # the same ids and parents, one name changed: only its name hash moved
+        os.rename(os.path.join(base, "x"), os.path.join(base, "z"))
+        s5 = r.read_tree(base)
+        assert s5._index is not s4._index and len(s5) == 2
+        assert s5.root + "/z" in s5 and s5.root + "/x" not in s5
+        assert r.read_tree(base)._index is s5._index
 
 
 def test_overflow_tree_read_by_two_processes_of_one_program(bpf_ok, cgroups):
