@@ -490,19 +490,23 @@ def goals(single: List[SingleResult], trees: List[TreeResult], scrapes=(), many=
     if signals is not None:
         out.append(signals_goal(signals))
     big = max(trees, key=lambda t: t.size) if trees else None
-    walked = [t for t in trees if t.size in (1_000, 10_000) and "c-bpf-walk" in t.per_snapshot]
+    # the C walk and read_tree in the same rounds, best round each (the
+    # split): part 2's medians set read_tree just after a cache eviction
+    # each round against a C walk in a process of its own, which is not
+    walked = [t for t in trees if t.size in (1_000, 10_000) and
+              {"c-walk", "read_tree"} <= set(t.split)]
     if walked:
-        shares = [(t.size, 1 - t.per_snapshot["c-bpf-walk"] / t.per_snapshot["bpf"])
-                  for t in walked]
-        worst_share = max(share for _, share in shares)
-        out.append(Goal(f"Python's share of a snapshot on top of the C walk (the same BPF walk "
-                        f"through the shim) < {GOAL_TREE_SHARE:.0%} at 1,000 and 10,000 "
-                        f"cgroups", "; ".join(
-                            f"{size:,}: {share:.1%} ({fmt_time(t.per_snapshot['bpf'])} vs "
-                            f"{fmt_time(t.per_snapshot['c-bpf-walk'])})"
-                            for (size, share), t in zip(shares, walked)),
-                        worst_share < GOAL_TREE_SHARE,
-                        GOAL_TREE_SHARE / max(worst_share, 1e-9)))
+        shares = [1 - t.split["c-walk"] / t.split["read_tree"] for t in walked]
+        out.append(Goal(f"Python's share of a snapshot on top of the C walk (the same session "
+                        f"and overflow copy in C; best rounds of the same rounds) < "
+                        f"{GOAL_TREE_SHARE:.0%} at 1,000 and 10,000 cgroups", "; ".join(
+                            f"{t.size:,}: {share:.1%} ({fmt_time(t.split['read_tree'])} vs "
+                            f"{fmt_time(t.split['c-walk'])}; the session from Python through "
+                            f"cffi {fmt_time(t.split['session'])})"
+                            for share, t in zip(shares, walked) if "session" in t.split) or
+                        "; ".join(f"{t.size:,}: {share:.1%}" for share, t in zip(shares, walked)),
+                        max(shares) < GOAL_TREE_SHARE,
+                        GOAL_TREE_SHARE / max(max(shares), 1e-9)))
     if rotation:
         out += rotation_goals(rotation)
     by_size = {r.size: r for r in scrapes}
