@@ -264,8 +264,10 @@ def split_read(reader: Reader, cgroup: str, reads: int, rounds: int) -> Dict[str
     (best round: the differences of small numbers need the least noisy figure).
 
     Uses the backend's internals (its fetch slot, or link fd and buffer) to
-    call the shim the way Reader.read does; {} if those have moved. Keys:
-    "call" (the shim call through cffi), "call+unpack", "Reader.read".
+    call the shim through cffi; {} if those have moved. Keys: "call" (the
+    shim call through cffi), "call+unpack", "Reader.read", and where
+    Reader.read reads through pymemcg._records, "records" (its C call: the
+    same run and the Record made in C).
     """
     reader.read(cgroup)
     try:
@@ -297,6 +299,9 @@ def split_read(reader: Reader, cgroup: str, reads: int, rounds: int) -> Dict[str
         return {}
     methods = {"call": call, "call+unpack": call_unpack,
                "Reader.read": lambda: reader.read(cgroup)}
+    in_c = getattr(be, "_reads", None)
+    if in_c is not None:
+        methods["records"] = lambda: in_c.read(cgroup)
     costs = timed_rounds(methods, reads, rounds)
     return {name: c.best for name, c in costs.items()}
 

@@ -285,7 +285,16 @@ def profile_summary(profiles: List[Profile], split: Dict[str, float],
         out.append(f"- **Reader.read (Python)**: {kernel_share(p):.0f}% kernel (the "
                    f"{split_how}), {py:.0f}% the interpreter and struct, the rest libc, cffi "
                    f"and the shim.")
-    if split:
+    if split and "records" in split:
+        c = f"; the C program's session, best round: {fmt_time(c_session)}" if c_session else ""
+        out.append(f"- **Reader.read taken apart** (per call, best round): one {split_how} and "
+                   f"the Record made in C (`pymemcg._records`) {fmt_time(split['records'])}, "
+                   f"+ `Reader.read`'s Python layer (the closed check, the call) "
+                   f"{fmt_time(split['Reader.read'] - split['records'])} = "
+                   f"{fmt_time(split['Reader.read'])}; the same run through cffi "
+                   f"{fmt_time(split['call'])}, and its record unpacked by struct "
+                   f"{fmt_time(split['call+unpack'])}{c}.")
+    elif split:
         parts = [f"one {split_how} through cffi {fmt_time(split['call'])}",
                  f"+ struct unpack {fmt_time(split['call+unpack'] - split['call'])}",
                  f"+ the rest of `Reader.read` (lock, path lookup, checks, the Record) "
@@ -561,8 +570,10 @@ copies of the whole `state[]`/`events[]` arrays per cgroup; a snapshot keeps the
 records as the kernel wrote them, one bytes object (decode.PackedRecords), whose columns,
 ids and shape (ids, parents, name hashes) are read as u64 words with no object per
 cgroup, and a Record is made, and its tuple unpacked, only when one is asked for; a walk
-whose shape did not change reuses the last snapshot's paths and index. read_many's
-Records are unpacked from one packed copy of the batch.
+whose shape did not change reuses the last snapshot's paths and index (the shape compared
+in place). A single read's Record, and read_many's, are made in C (`pymemcg._records`, in
+the extension's shared object): through cffi, unpacking a record into ints and making the
+Record in Python cost about as much again as the run.
 
 Where a large tree's per-cgroup cost grows (section 5, "Where a tree snapshot's time
 goes"): in the kernel, in cache misses. For each cgroup the walk loads fields of its
