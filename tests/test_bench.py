@@ -334,12 +334,13 @@ def test_goals_judge_the_rotation_against_100_and_against_the_c_floor():
 def test_goals_judge_pythons_share_of_a_snapshot_over_the_c_walk():
     def tree(size, read_tree, c_walk):
         return measure.TreeResult(size, 1, {"bpf": 9.9, "text": 50.0}, 0.0, 0.0, 150 * size, 0,
-                                  None, split={"c-walk": c_walk, "read_tree": read_tree,
+                                  None, split={"c-walk": 0.5, "read_tree": read_tree,
                                                "session": c_walk},
                                   cpu={"bpf": 9.9, "text": 50.0})
     (share,) = [g for g in report.goals([], [tree(1_000, 1.0, 0.9), tree(10_000, 2.0, 1.7)])
                 if g.text.startswith("Python's share")]
     assert share.met and "1,000: 10.0%" in share.measured and "10,000: 15.0%" in share.measured
+    assert "the C walk in its own process 500.00 ms" in share.measured
     (share,) = [g for g in report.goals([], [tree(1_000, 1.0, 0.7)])
                 if g.text.startswith("Python's share")]
     assert not share.met and share.score == pytest.approx(0.2 / 0.3)
