@@ -142,6 +142,17 @@ def test_a_dropped_reader_is_freed_without_the_garbage_collector(bpf_ok, cgroups
         gc.enable()
 
 
+def test_a_read_held_past_its_reader_does_not_reach_freed_programs(bpf_ok, cgroups):
+    path = cgroups.make("held")
+    reader = fast_reader()
+    reader.read(path)
+    held = reader._backend.read   # the C call, bound to its Reads object
+    del reader
+    gc.collect()
+    with pytest.raises(ReferenceError):
+        held(path)
+
+
 def test_closed_and_forked_readers_leave_the_c_call(bpf_ok, cgroups):
     path = cgroups.make("closed")
     reader = fast_reader()

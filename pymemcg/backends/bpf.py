@@ -126,6 +126,9 @@ class BpfBackend:
                 int(binding.load()[0].cast("uintptr_t", fetch.ptr)))
             self.read = self._reads.read   # type: ignore[method-assign]
             self._batches.records = self._reads.many
+            # whoever still holds its read once this backend is gone reaches
+            # the Python read (and a dead proxy), never a freed fetch program
+            weakref.finalize(self, self._reads.close)
 
     def _load_many(self) -> Optional[Batches]:
         """The batch program, loaded by the first read_many; where it does
