@@ -438,3 +438,18 @@ def test_a_full_ring_counts_each_kill_it_could_not_hold(bpf_ok, cgroups):
         finally:
             counts.close()      # then closing its events ends its thread
             counted.close()
+
+
+def test_cli_events_takes_the_rings_size(bpf_ok):
+    page = os.sysconf("SC_PAGE_SIZE")
+    cli = subprocess.Popen([sys.executable, "-m", "pymemcg", "events", "--ready",
+                            "--ring-pages", "128"], stdout=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(cli.stdout.readline())
+    finally:
+        cli.terminate()
+        cli.wait(timeout=30)
+    assert ready["event"] == "ready" and ready["ring_bytes"] == 128 * page
+    bad = subprocess.run([sys.executable, "-m", "pymemcg", "events", "--ring-pages", "3"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "power of two pages" in bad.stderr

@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after N kills (default: until Ctrl-C)")
     events.add_argument("--ready", action="store_true",
                         help="first write {\"event\": \"ready\"} once the programs are attached")
+    events.add_argument("--ring-pages", type=positive_int, metavar="N",
+                        help="the kernel's ring for events not yet read, in pages: a power of "
+                             "two (default 256 KiB); a larger ring loses fewer events in a "
+                             "burst of kills")
     events.set_defaults(func=command("events", "cmd_events"))
 
     export = sub.add_parser("export", parents=[colour],

@@ -20,7 +20,7 @@ def cmd_events(args: argparse.Namespace, out: TextIO) -> int:
          "total_vm_kb": 276148, "anon_rss_kb": 32512, ..., "oom_limit_kb": 32768}
 
     and {"event": "lost", "count": N, "total": T} where events did not fit
-    the kernel's ring. Sizes are KiB as the kernel logs them, null where
+    the kernel's ring (--ring-pages makes it larger). Sizes are KiB as the kernel logs them, null where
     unavailable (the OOM's side where `oom_known` is false); paths and comm
     are text (pymemcg.names.escape). Runs until Ctrl-C or SIGTERM, or
     --count kills.
@@ -29,9 +29,10 @@ def cmd_events(args: argparse.Namespace, out: TextIO) -> int:
     kills = 0
     with stop_on_sigterm():
         try:
-            with OomEvents() as events:
+            with OomEvents(ring_pages=args.ring_pages) as events:
                 if args.ready:
-                    write_whole(out, dumps({"event": "ready", "method": events.method}) + "\n")
+                    write_whole(out, dumps({"event": "ready", "method": events.method,
+                                            "ring_bytes": events.ring_bytes}) + "\n")
                 for item in events:
                     write_whole(out, dumps(item.as_dict()) + "\n")
                     if item.as_dict()["event"] == "oom_kill":
