@@ -20,9 +20,9 @@ def cmd_events(args: argparse.Namespace, out: TextIO) -> int:
          "total_vm_kb": 276148, "anon_rss_kb": 32512, ..., "oom_limit_kb": 32768}
 
     and {"event": "lost", "count": N, "total": T} where events did not fit
-    the kernel's ring (--ring-pages makes it larger). Sizes are KiB as the kernel logs them, null where
-    unavailable (the OOM's side where `oom_known` is false); paths and comm
-    are text (pymemcg.names.escape). Runs until Ctrl-C or SIGTERM, or
+    the kernel's ring (--ring-pages makes it larger). Sizes are KiB as the
+    kernel logs them, null where unavailable (the OOM's side where
+    `oom_known` is false); paths and comm are text (pymemcg.names.escape). Runs until Ctrl-C or SIGTERM, or
     --count kills.
     """
     dumps = json.JSONEncoder(separators=(",", ":")).encode
