@@ -402,6 +402,8 @@ def tmux():
                    check=True, env=env)
 
     class Term:
+        dir = sockdir
+
         def send(self, *keys):
             subprocess.run(base + ["send-keys", "-t", "t", *keys], check=True)
 
@@ -427,9 +429,19 @@ def tmux():
 
 
 def start_top(term, marker):
+    """Start top in the terminal and return its pid. The pid goes to a file: a line on
+    the screen is hidden as soon as top switches to its full-screen view."""
+    pidfile = os.path.join(term.dir, f"{marker}.pid")
     # ROOT = this process's cgroup: its row is on the screen whatever else the host runs
-    term.send(f"clear; sh -c 'echo PID=$$; exec {sys.executable} -m pymemcg top --backend bpf "
+    term.send(f"clear; sh -c 'echo $$ > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; "
+              f"exec {sys.executable} -m pymemcg top --backend bpf "
               f"--interval 0.5 {own_memory_cgroup()}'; echo {marker}=$?", "Enter")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(pidfile):
+        assert time.monotonic() < deadline, f"top's shell never started; the screen:\n{term.screen()}"
+        time.sleep(0.05)
+    with open(pidfile) as f:
+        return int(f.read())
 
 
 def assert_restored(term, pid, marker):
@@ -448,8 +460,7 @@ def assert_restored(term, pid, marker):
 
 
 def test_top_in_a_terminal_q(bpf_ok, tmux):
-    start_top(tmux, "EXIT_Q")
-    pid = int(tmux.wait_for(r"^PID=(\d+)")[0].group(1))
+    pid = start_top(tmux, "EXIT_Q")
     m, text = tmux.wait_for(r"^pymemcg top - .* - bpf, cgroup v\d - \d+ cgroups - every 0\.5s")
     lines = text.splitlines()
     header = next(line for line in lines if "CGROUP" in line)
@@ -467,8 +478,7 @@ def test_top_in_a_terminal_q(bpf_ok, tmux):
 
 
 def test_top_in_a_terminal_ctrl_c(bpf_ok, tmux):
-    start_top(tmux, "EXIT_C")
-    pid = int(tmux.wait_for(r"^PID=(\d+)")[0].group(1))
+    pid = start_top(tmux, "EXIT_C")
     tmux.wait_for(r"^pymemcg top - ")
     tmux.send("C-c")
     assert_restored(tmux, pid, "EXIT_C")
