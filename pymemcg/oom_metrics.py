@@ -60,17 +60,21 @@ class _Count:
 
 class OomCounts:
     """Kills per victim cgroup (by kernfs id) since this object was made,
-    fed by a thread of its own from `events` (default: new OomEvents,
-    closed by close()).
+    fed by a thread of its own from `events` (default: new OomEvents with a
+    ring of `ring_pages` pages (see OomEvents), closed by close()).
 
     `series(live_ids)` gives, for one scrape, the counts of the cgroups in
     the tree and those of removed cgroups still within `retention` seconds
     of the first scrape that found them gone."""
 
     def __init__(self, events: Optional[OomEvents] = None,
-                 retention: float = DEFAULT_RETENTION) -> None:
+                 retention: float = DEFAULT_RETENTION,
+                 ring_pages: Optional[int] = None) -> None:
         if not (isinstance(retention, (int, float)) and 0 <= retention < float("inf")):
             raise InvalidArgument(f"retention must be finite seconds >= 0, not {retention!r}")
+        if events is not None and ring_pages is not None:
+            raise InvalidArgument("ring_pages sizes the OomEvents that OomCounts makes: "
+                                  "with events given, size their ring where they are made")
         self.retention = float(retention)
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
@@ -79,7 +83,7 @@ class OomCounts:
         self.failed: Optional[str] = None   # why counting stopped, if it did
         self._closing = False
         self._own = events is None
-        self.events = events if events is not None else OomEvents()
+        self.events = events if events is not None else OomEvents(ring_pages=ring_pages)
         self._thread = threading.Thread(target=self._feed, name="pymemcg-oom-counts", daemon=True)
         self._thread.start()
 

@@ -194,11 +194,16 @@ class MemcgInstrumentor:
     not finite seconds >= 0: BadInterval).
     backend, flush: as for pymemcg.Reader. The Reader is made (the BPF
     program loaded) by instrument() and closed by uninstrument().
+    oom_events: container.oom_events from OOM kill events (docs/otel.md),
+    kept for oom_retention seconds after a cgroup is gone, through a kernel
+    ring of oom_ring_pages pages (a power of two; default as
+    pymemcg.oom.OomEvents; else BadRingSize from instrument()).
     """
 
     def __init__(self, root: Optional[str] = None, stats: Sequence[str] = (),
                  interval: float = 0.0, *, backend: str = "auto", flush: bool = False,
-                 oom_events: bool = False, oom_retention: float = DEFAULT_RETENTION) -> None:
+                 oom_events: bool = False, oom_retention: float = DEFAULT_RETENTION,
+                 oom_ring_pages: Optional[int] = None) -> None:
         mount = memory_mount()
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "
@@ -222,6 +227,7 @@ class MemcgInstrumentor:
         self.local_reader: Optional[Reader] = None
         # container.oom_events from OOM kill events (pymemcg.oom_metrics)
         self.oom_events, self.oom_retention = oom_events, oom_retention
+        self.oom_ring_pages = oom_ring_pages
         self.oom_counts: Optional[OomCounts] = None
         self._lock = threading.Lock()
         forksafe.renew_in_child(self, "_lock")
@@ -258,7 +264,8 @@ class MemcgInstrumentor:
                                            backend=self.backend, flush=self.flush,
                                            for_trees=True)
             if self.oom_events:
-                self.oom_counts = OomCounts(retention=self.oom_retention)
+                self.oom_counts = OomCounts(retention=self.oom_retention,
+                                            ring_pages=self.oom_ring_pages)
             key = id(provider)
             if key not in self._meters:
                 # an SDK keeps the first instrument of a name: on a provider seen
@@ -320,6 +327,11 @@ class MemcgInstrumentor:
                 unit="{event}", description="OOM kills whose victim was in the container, "
                 "since instrumented (cAdvisor's container_oom_events_total); a removed "
                 "cgroup's is observed for oom_retention seconds after its removal")
+            meter.create_observable_counter(
+                "pymemcg.oom_events.lost", [self._oom_lost], unit="{event}",
+                description="OOM kills that container.oom_events could not count: the "
+                "kernel's ring was full (oom_ring_pages makes it larger), or the path was "
+                "unreadable (pymemcg_oom_events_lost_total)")
         for name in self.selected:
             stat = catalog.STATS[name]
             instrument = otel_raw_name(name)
@@ -360,6 +372,13 @@ class MemcgInstrumentor:
             if ident is not None and under(path, root):
                 out.append(Observation(count, _attributes(path, ident)))
         return out
+
+    def _oom_lost(self, options: CallbackOptions) -> List[Observation]:
+        # not from the snapshot: a count of the counting itself
+        counts = self.oom_counts
+        if counts is None or counts.stopped is not None:
+            return []
+        return [Observation(counts.missed)]
 
     def _faults(self, frame: _Frame) -> List[Observation]:
         failures = self._cadvisor.get("container_memory_failures_total")

@@ -121,6 +121,10 @@ class MemcgCollector:
     then) and `close()` unloads it. min_interval: seconds during which
     scrapes share one tree read (0: a read per scrape; not finite seconds
     >= 0: BadInterval); see pymemcg.exposition.SharedSnapshot.
+    oom_events: container_oom_events_total from OOM kill events (with
+    cadvisor; docs/prometheus.md), kept for oom_retention seconds after a
+    cgroup is gone, through a kernel ring of oom_ring_pages pages (a power
+    of two; default as pymemcg.oom.OomEvents; else BadRingSize).
 
     Ways to serve it: register it in a prometheus_client registry
     (`collect()`), or take `exposition()`, the same metrics as text-format
@@ -135,7 +139,8 @@ class MemcgCollector:
                  *, local: bool = False, backend: str = "auto", cadvisor: Optional[bool] = None,
                  reader: Optional[Reader] = None, flush: bool = False,
                  min_interval: float = DEFAULT_MIN_INTERVAL, oom_events: bool = False,
-                 oom_retention: float = DEFAULT_RETENTION, numa: bool = False) -> None:
+                 oom_retention: float = DEFAULT_RETENTION, oom_ring_pages: Optional[int] = None,
+                 numa: bool = False) -> None:
         mount = memory_mount()
         if mount is None:
             raise NoMemoryController("no cgroup hierarchy on this host has the memory "
@@ -192,7 +197,7 @@ class MemcgCollector:
         if oom_events:
             from .oom_metrics import OomCounts, Rows
             try:
-                self.oom_rows = Rows(OomCounts(retention=oom_retention),
+                self.oom_rows = Rows(OomCounts(retention=oom_retention, ring_pages=oom_ring_pages),
                                      self.root[len(mount.mountpoint):] or "/")
             except BaseException:
                 self.close()

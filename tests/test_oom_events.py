@@ -17,7 +17,7 @@ import time
 import pytest
 
 import pymemcg
-from pymemcg import oom
+from pymemcg import oom, oom_metrics
 from pymemcg.binding import load
 from pymemcg.cgroupfs import memory_mount
 
@@ -312,7 +312,7 @@ def test_exporters_say_when_oom_counting_stops(bpf_ok, cgroups):
         return sum(len(m.data.data_points)
                    for rm in (data.resource_metrics if data is not None else [])
                    for sm in rm.scope_metrics for m in sm.metrics
-                   if m.name == "container.oom_events")
+                   if m.name in ("container.oom_events", "pymemcg.oom_events.lost"))
 
     def stop(counts) -> None:
         counts.events.close()
@@ -453,3 +453,104 @@ def test_cli_events_takes_the_rings_size(bpf_ok):
     bad = subprocess.run([sys.executable, "-m", "pymemcg", "events", "--ring-pages", "3"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "power of two pages" in bad.stderr
+
+
+def test_exporters_take_the_rings_size(bpf_ok, cgroups):
+    """oom_ring_pages sizes the kernel ring of the exporters' OOM events
+    (MemcgCollector, MemcgInstrumentor, `pymemcg export --oom-ring-pages`);
+    a size the kernel cannot take is BadRingSize (exit 2 from the CLI) with
+    nothing left open."""
+    from conftest import require_module
+    require_module("prometheus_client")
+    require_module("opentelemetry.sdk.metrics")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from pymemcg.otel import MemcgInstrumentor
+    from pymemcg.prometheus import MemcgCollector
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    fds_before = sorted(os.listdir("/proc/self/fd"))
+    threads_before = threading.active_count()
+    with MemcgCollector(cgroups.base, stats=["usage"], oom_events=True,
+                        oom_ring_pages=2) as collector:
+        assert collector.oom_rows.counts.events.ring_bytes == 2 * page
+        assert "pymemcg_oom_events_lost_total 0" in collector.exposition().decode()
+    instrumentor = MemcgInstrumentor(cgroups.base, oom_events=True, oom_ring_pages=4)
+    instrumentor.instrument(meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    try:
+        assert instrumentor.oom_counts.events.ring_bytes == 4 * page
+    finally:
+        instrumentor.uninstrument()
+
+    with pytest.raises(pymemcg.BadRingSize, match="power of two pages"):
+        MemcgCollector(cgroups.base, stats=["usage"], oom_events=True, oom_ring_pages=3)
+    instrumentor = MemcgInstrumentor(cgroups.base, oom_events=True, oom_ring_pages=3)
+    with pytest.raises(pymemcg.BadRingSize, match="power of two pages"):
+        instrumentor.instrument(
+            meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    assert instrumentor.reader is None and instrumentor.oom_counts is None
+    with pytest.raises(pymemcg.InvalidArgument, match="ring_pages sizes the OomEvents"):
+        with oom.OomEvents() as events:
+            oom_metrics.OomCounts(events=events, ring_pages=2)
+    deadline = time.monotonic() + 5
+    while threading.active_count() > threads_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == threads_before, threading.enumerate()
+    assert sorted(os.listdir("/proc/self/fd")) == fds_before
+
+    export = [sys.executable, "-m", "pymemcg", "export", "--listen", "127.0.0.1:0",
+              "--backend", "bpf", "--stats", "usage", "--oom-events"]
+    cli = subprocess.Popen(export + ["--oom-ring-pages", "128", cgroups.base],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = cli.stderr.readline()
+    finally:
+        cli.terminate()
+        cli.wait(timeout=30)
+    assert f"OOM events ring {128 * page} bytes" in line, line
+    bad = subprocess.run(export + ["--oom-ring-pages", "3", cgroups.base], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "power of two pages" in bad.stderr, bad.stderr
+    alone = subprocess.run(export[:-1] + ["--oom-ring-pages", "2", cgroups.base],
+                           capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 2 and "add --oom-events" in alone.stderr, alone.stderr
+
+
+def test_otel_observes_the_kills_it_could_not_count(bpf_ok, cgroups):
+    """A one-page ring and a counting thread held up (its lock taken, as by
+    a slow consumer): the kills the ring could not hold are observed as
+    pymemcg.oom_events.lost, what the counting says it missed, at least the
+    kernel ring's own count of lost kills."""
+    from conftest import require_module
+    require_module("opentelemetry.sdk.metrics")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from pymemcg.otel import MemcgInstrumentor
+
+    cgroup = cgroups.make("oom-otel-lost-" + "x" * 200)
+    _limit(cgroup)
+    metrics = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[metrics])
+    instrumentor = MemcgInstrumentor(cgroups.base, oom_events=True, oom_ring_pages=1)
+    instrumentor.instrument(meter_provider=provider)
+
+    def lost_points() -> list:
+        data = metrics.get_metrics_data()
+        return [p.value for rm in (data.resource_metrics if data is not None else [])
+                for sm in rm.scope_metrics for m in sm.metrics
+                if m.name == "pymemcg.oom_events.lost" for p in m.data.data_points]
+
+    try:
+        counts = instrumentor.oom_counts
+        assert lost_points() == [0]
+        with counts._lock:
+            for _ in range(12):
+                _kill_in(cgroup, DD_HOG)
+        assert counts.events.lost > 0, "the one-page ring held every kill"
+        deadline = time.monotonic() + 10
+        while counts.missed < counts.events.lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lost_points() == [counts.missed] and counts.missed >= counts.events.lost
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()

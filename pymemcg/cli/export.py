@@ -8,7 +8,7 @@ import sys
 from typing import TextIO
 
 from .. import catalog
-from ..errors import BadInterval
+from ..errors import BadInterval, InvalidArgument
 from ..exposition import DEFAULT_MIN_INTERVAL, interval_seconds
 from ..server_limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT
 from .options import add_common, default_root, positive_float, positive_int, selection
@@ -52,6 +52,10 @@ def add_export_options(export: argparse.ArgumentParser) -> None:
     export.add_argument("--oom-retention", metavar="S", type=seconds_or_zero, default=300.0,
                         help="seconds a removed cgroup's container_oom_events_total stays "
                              "exported with --oom-events (default 300)")
+    export.add_argument("--oom-ring-pages", metavar="N", type=positive_int,
+                        help="the OOM events' kernel ring in pages, a power of two, with "
+                             "--oom-events (default 256 KiB worth): kills that come while it "
+                             "is full are counted in pymemcg_oom_events_lost_total")
     export.add_argument("--web-config", metavar="FILE",
                         help="TLS and basic auth, in Prometheus exporters' web-config.yml "
                              "format (needs `pip install 'pymemcg[web]'`)")
@@ -83,6 +87,9 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     if args.web_config is not None:    # a bad file fails before the BPF program loads
         from .. import web_config
         web = web_config.load(args.web_config)
+    if args.oom_ring_pages is not None and not args.oom_events:
+        raise InvalidArgument("--oom-ring-pages sizes the ring of --oom-events: add "
+                              "--oom-events, or leave --oom-ring-pages out")
     names = selection(args, catalog.DEFAULT_STATS)
     root = default_root(args.root)
     # a ROOT that is no cgroup fails here, as `snapshot` does, rather than serving
@@ -96,15 +103,18 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
                                            flush=args.flush, min_interval=args.min_interval,
                                            oom_events=args.oom_events,
                                            oom_retention=args.oom_retention,
+                                           oom_ring_pages=args.oom_ring_pages,
                                            numa=args.numa)
             with collector:
                 with warnings_said():     # a connection cap lowered to the file limit
                     server = make_server(collector, host, port, limits)
                 if web is not None:
                     web_config.secure(server, web)
+                oom = collector.oom_rows
+                ring = f", OOM events ring {oom.counts.events.ring_bytes} bytes" if oom else ""
                 try:
                     print(f"{PROG}: serving memory metrics of {root} on {listen_url(server)} "
-                          f"(backend {collector.reader.backend}); Ctrl-C stops",
+                          f"(backend {collector.reader.backend}{ring}); Ctrl-C stops",
                           file=sys.stderr, flush=True)
                     server.serve_forever()
                 finally:
