@@ -95,10 +95,11 @@ def measure_single(cgroups: List[Tuple[str, str]], reader: Reader, cbench: Optio
             assert os.pread(fd, READ_SIZE, 0).count(b"\n") == whole.count(b"\n"), "short pread"
             results.append(SingleResult(label, path, len(whole), None, {}, {}))
         # partial, not lambda: no Python frame of the bench's own around each call
-        methods = [{"bpf": functools.partial(reader.read, r.path),
-                    "pread": functools.partial(os.pread, fd, READ_SIZE, 0),
-                    "pread+parse": functools.partial(read_stat_pread, fd)}
-                   for r, fd in zip(results, fds)]
+        methods: List[Dict[str, Callable[[], object]]] = [
+            {"bpf": functools.partial(reader.read, r.path),
+             "pread": functools.partial(os.pread, fd, READ_SIZE, 0),
+             "pread+parse": functools.partial(read_stat_pread, fd)}
+            for r, fd in zip(results, fds)]
         for r, ms in zip(results, methods):
             for name, fn in ms.items():
                 fn()  # warm up: the link attached, the path hash learned
