@@ -80,9 +80,10 @@ GUESTS: Dict[str, tuple] = {
     # per node, with verify's probe interleaving its memory over both
     "6.12-v2-numa": ("6.12", 2),
     "6.1-v1-numa": ("6.1", 1),
+    "7.3-aarch64-v2-numa": ("7.3-aarch64", 2),
 }
 #: guests booted with more than one NUMA node, and how many
-NUMA_NODES: Dict[str, int] = {"6.12-v2-numa": 2, "6.1-v1-numa": 2}
+NUMA_NODES: Dict[str, int] = {"6.12-v2-numa": 2, "6.1-v1-numa": 2, "7.3-aarch64-v2-numa": 2}
 # `make matrix-quick`: the oldest on v1, the first compacted one, the newest
 QUICK = ("6.1-v1", "6.12-v2", "7.3-v2")
 
