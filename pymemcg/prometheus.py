@@ -86,7 +86,7 @@ from .exposition import (CGROUPS_HELP, CONTENT_TYPE, DEFAULT_MIN_INTERVAL, DURAT
                          ERROR_HELP, INFO_HELP, SharedSnapshot, Taken, TextWriter, TreeLabels,
                          exposed_name, interval_seconds, local_columns, metric_inputs,
                          picked, raw_family, raw_metric_name, raw_metric_values)
-from .errors import NoMemoryController, StatUnavailable, UnknownStat
+from .errors import InvalidArgument, NoMemoryController, StatUnavailable, UnknownStat
 from .names import escape
 from .exposition import header, label_pairs, openmetrics_header
 from .oom_metrics import DEFAULT_RETENTION, HELP as OOM_HELP, LOST_HELP as OOM_LOST_HELP
@@ -154,9 +154,18 @@ class MemcgCollector:
         self.local = local
         if cadvisor is None:
             cadvisor = not local
+        for asked, metric in ((oom_events, "oom_events counts container_oom_events_total"),
+                              (numa, "numa adds container_memory_numa_pages")):
+            if asked and not cadvisor:
+                raise InvalidArgument(f"{metric}, one of cAdvisor's metrics, which "
+                                      "cadvisor=False (the default with local=True) leaves "
+                                      "out: pass cadvisor=True, or leave it out")
+        if oom_ring_pages is not None and not oom_events:
+            raise InvalidArgument("oom_ring_pages sizes the ring of oom_events: pass "
+                                  "oom_events=True, or no oom_ring_pages")
         # --- NUMA: a series per type, scope and node, only when asked ---
         nodes = None
-        if numa and cadvisor:
+        if numa:
             from .numa import memory_nodes, nodes_why
             nodes = memory_nodes()
             if nodes_why(nodes):
@@ -164,7 +173,6 @@ class MemcgCollector:
         self.cadvisor = cadvisor_metrics(mount.version, nodes) if cadvisor else []
         # oom_events: container_oom_events_total from OOM kill events
         # (pymemcg.oom_metrics), not from the cgroups' own oom_kill counts
-        oom_events = oom_events and bool(self.cadvisor)
         if oom_events:
             self.cadvisor = [m for m in self.cadvisor if m.name != OOM_NAME]
         self.stats_needed = needed_stats(self.selected, self.cadvisor)

@@ -554,3 +554,25 @@ def test_otel_observes_the_kills_it_could_not_count(bpf_ok, cgroups):
     finally:
         instrumentor.uninstrument()
         provider.shutdown()
+
+
+def test_exporter_options_that_serve_nothing_are_refused(bpf_ok, cgroups):
+    """oom_events and numa serve cAdvisor metrics: asked for where cAdvisor's
+    metrics are left out, or a ring size without oom_events, they are an
+    InvalidArgument (exit 2 naming the conflict) before anything loads,
+    rather than options silently doing nothing."""
+    from conftest import require_module
+    require_module("prometheus_client")
+    from pymemcg.prometheus import MemcgCollector
+
+    for kwargs in ({"oom_events": True, "cadvisor": False}, {"oom_events": True, "local": True},
+                   {"numa": True, "cadvisor": False}, {"oom_ring_pages": 4}):
+        with pytest.raises(pymemcg.InvalidArgument, match="oom_events|numa"):
+            MemcgCollector(cgroups.base, stats=["usage"], **kwargs)
+    export = [sys.executable, "-m", "pymemcg", "export", "--listen", "127.0.0.1:0",
+              "--backend", "bpf", "--stats", "usage"]
+    for flags in (["--oom-events", "--no-cadvisor"], ["--oom-events", "--local"],
+                  ["--numa", "--local"]):
+        r = subprocess.run(export + flags + [cgroups.base], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2 and "drop one or the other" in r.stderr, (flags, r.stderr)

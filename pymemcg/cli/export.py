@@ -90,6 +90,10 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     if args.oom_ring_pages is not None and not args.oom_events:
         raise InvalidArgument("--oom-ring-pages sizes the ring of --oom-events: add "
                               "--oom-events, or leave --oom-ring-pages out")
+    for asked, option in ((args.oom_events, "--oom-events"), (args.numa, "--numa")):
+        if asked and (args.no_cadvisor or args.local):
+            raise InvalidArgument(f"{option} serves one of cAdvisor's metrics, which "
+                                  "--no-cadvisor and --local leave out: drop one or the other")
     names = selection(args, catalog.DEFAULT_STATS)
     root = default_root(args.root)
     # a ROOT that is no cgroup fails here, as `snapshot` does, rather than serving
