@@ -164,6 +164,20 @@ def test_kill_in_a_cgroup_removed_right_after_is_reported_once_with_its_path(
                 assert abs(mine - kernels) <= slack, (mine, kernels)
 
 
+def _wait_until_blocked_in_poll(thread: threading.Thread, timeout: float = 10.0) -> None:
+    """Until the thread sleeps in select()/poll() (the kernel's wait channel
+    says so): a close() before that would test an iterator that never blocked."""
+    deadline = time.monotonic() + timeout
+    where = ""
+    while time.monotonic() < deadline:
+        with open(f"/proc/self/task/{thread.native_id}/wchan") as f:
+            where = f.read()
+        if "poll" in where or "select" in where:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the iterating thread never blocked in select(): wchan {where!r}")
+
+
 def test_thread_asyncio_and_close(oom_events, cgroups):
     """The fd form on asyncio's loop gets a kill; close() from another
     thread ends a blocked iterator; nothing is left open."""
@@ -191,7 +205,7 @@ def test_thread_asyncio_and_close(oom_events, cgroups):
     seen = []
     t = threading.Thread(target=lambda: (seen.extend(events), ended.set()), daemon=True)
     t.start()
-    time.sleep(0.2)
+    _wait_until_blocked_in_poll(t)
     events.close()
     assert ended.wait(5), "close() did not end the blocked iterator"
     with pytest.raises(pymemcg.Closed):
