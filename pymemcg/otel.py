@@ -76,7 +76,7 @@ from .cadvisor import (UNLIMITED_ABOVE, CadvisorMetric, Values, cadvisor_metrics
 from .cgroupfs import memory_mount
 from .containers import CgroupIdentity, identify
 from .decode import Snapshot
-from .errors import NoMemoryController, UnknownStat
+from .errors import InvalidArgument, NoMemoryController, UnknownStat
 from .exposition import (interval_seconds, local_columns, metric_inputs, otel_raw_name, picked,
                          raw_metric_values)
 from .names import escape
@@ -226,6 +226,9 @@ class MemcgInstrumentor:
         self.reader: Optional[Reader] = None
         self.local_reader: Optional[Reader] = None
         # container.oom_events from OOM kill events (pymemcg.oom_metrics)
+        if oom_ring_pages is not None and not oom_events:
+            raise InvalidArgument("oom_ring_pages sizes the ring of oom_events: pass "
+                                  "oom_events=True, or no oom_ring_pages")
         self.oom_events, self.oom_retention = oom_events, oom_retention
         self.oom_ring_pages = oom_ring_pages
         self.oom_counts: Optional[OomCounts] = None

@@ -503,6 +503,8 @@ def test_exporters_take_the_rings_size(bpf_ok, cgroups):
         instrumentor.instrument(
             meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]))
     assert instrumentor.reader is None and instrumentor.oom_counts is None
+    with pytest.raises(pymemcg.InvalidArgument, match="pass oom_events=True"):
+        MemcgInstrumentor(cgroups.base, oom_ring_pages=4)
     with pytest.raises(pymemcg.InvalidArgument, match="ring_pages sizes the OomEvents"):
         with oom.OomEvents() as events:
             oom_metrics.OomCounts(events=events, ring_pages=2)
